@@ -1,0 +1,5 @@
+import sys
+
+from simfoe.cli import main
+
+sys.exit(main())

@@ -1,0 +1,70 @@
+"""The `simfoe` command: a thin shell over the Python API.
+
+Sub-commands live in sibling modules, each with ``register(subparsers)``; a module that is not
+present (a feature not installed) is skipped. Heavy imports happen inside each ``run``.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+from simfoe.cli.common import Parser, UsageError, print_json
+from simfoe.errors import SpecError
+
+# Order = order in --help.
+COMMANDS = [
+    "forward", "kernel", "serve", "pipeline", "sweep", "plot", "recommend",
+    "calibrate", "validate", "testbed", "fit",
+]
+
+
+def build_parser() -> Parser:
+    from simfoe import __version__
+
+    p = Parser(
+        prog="simfoe",
+        description="Simulate MoE vs Federation-of-Experts inference and compound AI pipelines "
+        "on GPU clusters. Time in seconds, sizes in bytes, bandwidth in bytes/s.",
+    )
+    p.add_argument("--version", action="version", version=f"simfoe {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"simfoe.cli.{name}_cmd")
+        except ModuleNotFoundError as e:
+            if e.name == f"simfoe.cli.{name}_cmd":
+                continue
+            raise
+        mod.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 0
+        result = args.func(args)
+    except (UsageError, SpecError) as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    if result is None:
+        return 0
+    code = 0
+    if isinstance(result, tuple):  # (result, exit code)
+        result, code = result
+    if getattr(args, "json", False):
+        print_json(result)
+    else:
+        render = getattr(args, "render", None)
+        sys.stdout.write((render(result) if render else str(result)) + "\n")
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
