@@ -1,0 +1,81 @@
+"""Hardware spec: GPU, node (NVLink/NVSwitch domain) and network (NICs, leaf/spine switches).
+
+Units: FLOP/s, bytes, bytes/s (per direction), seconds. Every number in a profile YAML names its
+source in the profile's ``provenance`` map (dotted path -> source); see hwprofiles/README.md.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt
+
+from simfoe.specs.base import Spec
+
+
+class GPUSpec(Spec):
+    """One accelerator (or, for CPU profiles, one worker process)."""
+
+    name: str
+    peak_flops: dict[str, PositiveFloat] = Field(description="dense peak FLOP/s by dtype (bf16, fp8, fp32)")
+    hbm_bytes: PositiveFloat = Field(description="device memory capacity, bytes")
+    hbm_bandwidth: PositiveFloat = Field(description="peak memory bandwidth, bytes/s")
+    l2_bytes: float = Field(0.0, ge=0)
+    launch_overhead_s: float = Field(0.0, ge=0, description="fixed cost per kernel, s")
+
+
+class NodeSpec(Spec):
+    """A node: GPUs joined by an NVSwitch domain (or shared memory for CPU profiles)."""
+
+    gpus_per_node: PositiveInt
+    nvlink_bandwidth: PositiveFloat = Field(description="per-GPU NVLink bandwidth per direction, bytes/s")
+    nvlink_latency_s: float = Field(ge=0, description="one-way GPU-to-GPU small-message latency, s")
+    nvswitch_reduction: bool = Field(False, description="in-switch reduction (NVLS) available")
+
+
+class NetworkSpec(Spec):
+    """Scale-out network: one NIC per GPU by default, rail-optimized leaves, a spine."""
+
+    nics_per_node: PositiveInt
+    nic_bandwidth: PositiveFloat = Field(description="line rate per NIC per direction, bytes/s")
+    nic_latency_s: float = Field(ge=0, description="one-way NIC-to-NIC small-message latency, s")
+    topology: Literal["rail-optimized", "fat-tree"] = "rail-optimized"
+    oversubscription: float = Field(1.0, ge=1.0, description="leaf uplink oversubscription factor")
+
+
+class PathCalibration(Spec):
+    """Alpha-beta calibration of one transfer path: achieved = efficiency x line rate."""
+
+    alpha_s: float = Field(ge=0, description="per-message software + wire latency, s")
+    efficiency: float = Field(gt=0, le=1.0, description="achieved bandwidth / line rate")
+
+
+class CollectiveCalibration(Spec):
+    """Fitted per-path parameters used by the collective algorithms."""
+
+    nvlink: PathCalibration
+    network: PathCalibration
+    nvls: PathCalibration | None = None
+
+
+class HardwareSpec(Spec):
+    """A hardware profile: GPU + node + network + fitted kernel and collective efficiencies."""
+
+    name: str
+    description: str = ""
+    gpu: GPUSpec
+    node: NodeSpec
+    network: NetworkSpec
+    kernels: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="fitted kernel-efficiency parameters by kernel family"
+    )
+    collectives: CollectiveCalibration
+    provenance: dict[str, str] = Field(default_factory=dict)
+
+    def peak(self, dtype: str) -> float:
+        """Dense peak FLOP/s for ``dtype`` (falls back to bf16 for fp16)."""
+        from simfoe.errors import SpecError
+
+        key = {"fp16": "bf16"}.get(dtype, dtype) if dtype not in self.gpu.peak_flops else dtype
+        if key not in self.gpu.peak_flops:
+            raise SpecError("dtype", dtype, "allowed: " + ", ".join(sorted(self.gpu.peak_flops)))
+        return self.gpu.peak_flops[key]

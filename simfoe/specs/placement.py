@@ -1,0 +1,171 @@
+"""Placement spec: how one model instance is laid out on ``nodes`` x ``gpus_per_node`` GPUs.
+
+MoE baseline: attention tensor-parallel inside a node and data-parallel across nodes (``tp``), or
+data-parallel everywhere (``dp``); experts spread over expert-parallel groups of ``ep`` GPUs.
+FoE: ``clusters`` expert clusters, each owning n_kv_heads/clusters KV heads and its own experts,
+each on ``gpus_per_cluster`` GPUs inside one node; one residual all-reduce per layer across clusters.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import Field, PositiveInt
+
+from simfoe.errors import SpecError
+from simfoe.specs.base import Spec
+from simfoe.specs.model import ModelSpec
+
+
+class MoEPlacement(Spec):
+    attention: Literal["tp", "dp"] = Field("tp", description="tp: TP inside a node, DP across nodes (vLLM EP); dp: DP everywhere (DeepSeek/SGLang)")
+    attention_tp: PositiveInt | None = Field(None, description="TP degree for attention='tp' (default: GPUs per node)")
+    ep: PositiveInt | None = Field(None, description="expert-parallel group size (default: all GPUs, at most n_experts)")
+    dedup_dispatch: bool = Field(True, description="send a token once per destination GPU (DeepEP-style), not once per expert choice")
+    all_to_all: Literal["direct", "hierarchical"] = "direct"
+
+
+class FoEPlacement(Spec):
+    clusters: PositiveInt | None = Field(None, description="number of clusters (default: n_kv_heads)")
+    gpus_per_cluster: PositiveInt | None = Field(None, description="GPUs per cluster, inside one node (default: GPUs / clusters, at least 1)")
+    experts_per_cluster: PositiveInt | None = None
+    top_k_per_cluster: PositiveInt | None = None
+    expert_ffn: PositiveInt | None = Field(None, description="width of one FoE expert")
+    all_reduce: Literal["auto", "ring", "tree", "nvls", "hierarchical"] = "auto"
+
+
+class PlacementSpec(Spec):
+    arch: Literal["moe", "foe"] = "moe"
+    nodes: PositiveInt = 1
+    moe: MoEPlacement = Field(default_factory=MoEPlacement)
+    foe: FoEPlacement = Field(default_factory=FoEPlacement)
+
+
+# ---- resolved layouts (derived, immutable) ---------------------------------------------------
+@dataclass(frozen=True)
+class MoELayout:
+    gpus: int
+    gpus_per_node: int
+    attention: str  # "tp" | "dp"
+    attention_tp: int  # 1 for dp
+    ep: int
+    n_experts: int
+    top_k: int
+    expert_ffn: int
+    dedup: bool
+    all_to_all: str
+
+    @property
+    def experts_per_gpu(self) -> int:
+        return self.n_experts // self.ep
+
+
+@dataclass(frozen=True)
+class FoELayout:
+    gpus: int
+    gpus_per_node: int
+    clusters: int
+    gpus_per_cluster: int
+    clusters_per_gpu: int
+    experts_per_cluster: int
+    top_k_per_cluster: int
+    expert_ffn: int
+    kv_heads_per_cluster: float  # may be < 1 never; MLA: n_heads / clusters query heads
+    all_reduce: str
+
+    @property
+    def experts_per_gpu(self) -> int:
+        return self.experts_per_cluster * self.clusters_per_gpu // self.gpus_per_cluster
+
+
+def resolve_moe(model: ModelSpec, gpus_per_node: int, p: PlacementSpec) -> MoELayout:
+    G = p.nodes * gpus_per_node
+    moe = model.moe
+    if p.moe.attention == "tp":
+        tp = p.moe.attention_tp or min(gpus_per_node, G)
+        if gpus_per_node % tp:
+            raise SpecError("placement.moe.attention_tp", tp, f"must divide GPUs per node ({gpus_per_node})")
+        if tp > model.attention.n_heads or model.attention.n_heads % tp:
+            raise SpecError("placement.moe.attention_tp", tp, f"must divide the {model.attention.n_heads} query heads")
+    else:
+        tp = 1
+    if moe is None:
+        return MoELayout(G, gpus_per_node, p.moe.attention, tp, G, 1, 1, model.ffn, True, p.moe.all_to_all)
+    if p.moe.ep is not None:
+        ep = p.moe.ep
+        if G % ep or moe.n_experts % ep:
+            raise SpecError("placement.moe.ep", ep, f"must divide both the GPU count ({G}) and n_experts ({moe.n_experts})")
+    else:
+        ep = max(d for d in range(1, G + 1) if G % d == 0 and moe.n_experts % d == 0)
+    return MoELayout(G, gpus_per_node, p.moe.attention, tp, ep, moe.n_experts, moe.top_k, moe.expert_ffn,
+                     p.moe.dedup_dispatch, p.moe.all_to_all)
+
+
+def derive_foe_experts(model: ModelSpec, clusters: int, f: FoEPlacement) -> tuple[int, int, int]:
+    """Iso-parameter FoE experts (E_c, k_c, f') from an MoE with E experts, top-k, width f.
+
+    k_c = ceil(k/C), E_c = k_c*E/k, f' = f*k/(C*k_c): total and active expert parameters equal the
+    MoE's. Explicit values in ``f`` take precedence; a non-integral derivation is refused.
+    """
+    moe = model.moe
+    if moe is None:
+        raise SpecError("model.moe", None, "FoE needs an MoE model (a dense model has no experts to federate)")
+    E, k, w = moe.n_experts, moe.top_k, moe.expert_ffn
+    kc = f.top_k_per_cluster or math.ceil(k / clusters)
+    if f.experts_per_cluster is None:
+        if (kc * E) % k:
+            raise SpecError("placement.foe.experts_per_cluster", None,
+                            f"iso-parameter E_c = k_c*E/k = {kc}*{E}/{k} is not an integer; set placement.foe.experts_per_cluster")
+        ec = kc * E // k
+    else:
+        ec = f.experts_per_cluster
+    if kc > ec:
+        raise SpecError("placement.foe.top_k_per_cluster", kc, f"must be <= experts per cluster ({ec})")
+    if f.expert_ffn is None:
+        if (w * k) % (clusters * kc):
+            raise SpecError("placement.foe.expert_ffn", None,
+                            f"iso-parameter f' = f*k/(C*k_c) = {w}*{k}/({clusters}*{kc}) is not an integer; set placement.foe.expert_ffn")
+        fw = w * k // (clusters * kc)
+    else:
+        fw = f.expert_ffn
+    return ec, kc, fw
+
+
+def resolve_foe(model: ModelSpec, gpus_per_node: int, p: PlacementSpec) -> FoELayout:
+    G = p.nodes * gpus_per_node
+    a = model.attention
+    f = p.foe
+    if f.clusters is None:
+        if a.kind == "mla":
+            raise SpecError("placement.foe.clusters", None,
+                            "MLA models have no GQA KV heads; set placement.foe.clusters (e.g. --set placement.foe.clusters=8)")
+        C = a.n_kv_heads
+    else:
+        C = f.clusters
+    if a.kind != "mla" and a.n_kv_heads % C:
+        raise SpecError("placement.foe.clusters", C, f"must divide n_kv_heads ({a.n_kv_heads})")
+    if a.n_heads % C:
+        raise SpecError("placement.foe.clusters", C, f"must divide n_heads ({a.n_heads})")
+    ec, kc, fw = derive_foe_experts(model, C, f)
+    if f.gpus_per_cluster is not None:
+        g = f.gpus_per_cluster
+        if g * C != G and not (g == 1 and C % G == 0):
+            raise SpecError("placement.foe.gpus_per_cluster", g, f"clusters x gpus_per_cluster must equal the {G} GPUs")
+    else:
+        g = max(1, G // C)
+    if G >= C:
+        if G % C:
+            raise SpecError("placement.foe.clusters", C, f"must divide the GPU count ({G}) or be a multiple of it")
+        cpg = 1
+    else:
+        if C % G:
+            raise SpecError("placement.foe.clusters", C, f"must be a multiple of the GPU count ({G}) when larger")
+        cpg, g = C // G, 1
+    if g > gpus_per_node or gpus_per_node % g:
+        raise SpecError("placement.foe.gpus_per_cluster", g,
+                        f"a cluster lives inside one node: must divide GPUs per node ({gpus_per_node})")
+    if ec % g:
+        raise SpecError("placement.foe.gpus_per_cluster", g, f"must divide experts per cluster ({ec})")
+    kvpc = (a.n_kv_heads / C) if a.kind != "mla" else a.n_heads / C
+    return FoELayout(G, gpus_per_node, C, g, cpg, ec, kc, fw, kvpc, f.all_reduce)

@@ -1,0 +1,197 @@
+"""Timing, statistics and CSV helpers shared by the kernel and collective benchmarks.
+
+Standard library + torch only. All times are seconds.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+"""Dtype names used in the CSV files -> torch dtypes."""
+
+
+def dtype_bytes(name: str) -> int:
+    """Bytes per element of a dtype named as in ``DTYPES``."""
+    return torch.tensor([], dtype=DTYPES[name]).element_size()
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """q-th percentile (0..100) with linear interpolation between order statistics."""
+    xs = sorted(values)
+    if not xs:
+        raise ValueError("percentile of an empty sequence")
+    pos = (len(xs) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Summary of per-call times in seconds over ``repeats`` samples."""
+
+    median_s: float
+    p10_s: float
+    p90_s: float
+    min_s: float
+    max_s: float
+    repeats: int
+
+    @classmethod
+    def of(cls, samples: Sequence[float]) -> "Stats":
+        return cls(
+            median_s=percentile(samples, 50),
+            p10_s=percentile(samples, 10),
+            p90_s=percentile(samples, 90),
+            min_s=min(samples),
+            max_s=max(samples),
+            repeats=len(samples),
+        )
+
+
+@dataclass(frozen=True)
+class TimingPolicy:
+    """How long and how often one point is measured.
+
+    ``warmup_s``: seconds of untimed calls (at least ``min_warmup`` calls).
+    ``budget_s``: target seconds of timed calls per point; repeats are derived from it and
+    clamped to [``min_repeats``, ``max_repeats``]. ``min_sample_s``: each sample loops over
+    enough calls (``inner``) to last at least this long, so timer and launch overheads of
+    very short ops are amortised; the recorded time is per call.
+    """
+
+    warmup_s: float
+    budget_s: float
+    min_repeats: int
+    max_repeats: int
+    min_sample_s: float
+    min_warmup: int = 2
+
+
+FULL_POLICY = TimingPolicy(warmup_s=0.05, budget_s=0.4, min_repeats=5, max_repeats=50, min_sample_s=1e-3)
+QUICK_POLICY = TimingPolicy(warmup_s=0.005, budget_s=0.03, min_repeats=3, max_repeats=10, min_sample_s=2e-4)
+
+
+class DeviceTimer:
+    """Times a loop of calls: host clock on CPU, CUDA events (after synchronisation) on CUDA."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def time_loop(self, fn: Callable[[int], object], start_index: int, inner: int) -> float:
+        """Seconds per call of ``fn(i)`` for ``i`` in ``start_index .. start_index+inner-1``."""
+        if self.cuda:
+            begin = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(self.device)
+            begin.record()
+            for i in range(start_index, start_index + inner):
+                fn(i)
+            end.record()
+            end.synchronize()
+            return begin.elapsed_time(end) * 1e-3 / inner
+        t0 = time.perf_counter()
+        for i in range(start_index, start_index + inner):
+            fn(i)
+        return (time.perf_counter() - t0) / inner
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Result of ``measure``: statistics plus the loop structure used (calls per sample, warm-up calls)."""
+
+    stats: Stats
+    inner: int
+    warmup: int
+
+
+def measure(fn: Callable[[int], object], timer: DeviceTimer, policy: TimingPolicy) -> Measurement:
+    """Warm up, choose the inner loop length and the repeats from the policy, and time ``fn``.
+
+    ``fn(i)`` runs the op once; ``i`` increases by one per call so that callers can rotate over
+    several input buffers (cold caches).
+    """
+    i = 0
+    warm = 0
+    t_start = time.perf_counter()
+    while warm < policy.min_warmup or time.perf_counter() - t_start < policy.warmup_s:
+        fn(i)
+        i += 1
+        warm += 1
+    timer.sync()
+    one = max(timer.time_loop(fn, i, 1), 1e-9)
+    i += 1
+    inner = max(1, math.ceil(policy.min_sample_s / one))
+    repeats = int(policy.budget_s / (one * inner))
+    repeats = max(policy.min_repeats, min(policy.max_repeats, repeats))
+    samples: list[float] = []
+    for _ in range(repeats):
+        samples.append(timer.time_loop(fn, i, inner))
+        i += inner
+    return Measurement(stats=Stats.of(samples), inner=inner, warmup=warm + 1)
+
+
+def rotation_count(working_set_bytes: int, cache_bytes: int, max_buffers: int, mem_cap_bytes: int) -> int:
+    """Number of input buffer sets to rotate over so that their total exceeds twice the last-level cache.
+
+    Rotating defeats cache reuse between consecutive calls, so a call reads its inputs from
+    DRAM/HBM as the minimal-traffic byte count assumes. Capped by ``max_buffers`` and by
+    ``mem_cap_bytes`` of total allocation.
+    """
+    if working_set_bytes <= 0:
+        return 1
+    need = math.ceil(2 * cache_bytes / working_set_bytes)
+    by_mem = max(1, mem_cap_bytes // working_set_bytes)
+    return int(max(1, min(need, max_buffers, by_mem)))
+
+
+def write_csv(path: str, columns: Sequence[str], rows: Iterable[dict]) -> int:
+    """Write dict rows under fixed ``columns`` (missing keys and None become empty cells); returns row count."""
+    n = 0
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="raise")
+        w.writeheader()
+        for row in rows:
+            w.writerow({c: _cell(row.get(c)) for c in columns})
+            n += 1
+    return n
+
+
+def _cell(v: object) -> object:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return v
+
+
+def log(msg: str) -> None:
+    """Progress line on stderr (stdout is kept for the final summary)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (affinity mask when readable)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1

@@ -1,0 +1,376 @@
+"""Kernel microbenchmarks: GEMM, grouped expert FFN, SDPA attention (prefill/decode), memory copy.
+
+Each benchmark yields one dict per measured point with the columns of ``KERNEL_COLUMNS``. FLOP and
+byte counts follow validation/README.md ("Definitions"): FLOPs of the mathematical op (multiply-add
+= 2 FLOP), bytes = minimal DRAM/HBM traffic (every input read once, every output written once,
+intermediates not counted). Inputs are rotated over several buffer sets so that the last-level
+cache does not hold them between calls.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from validation.bench_common import (
+    DTYPES,
+    DeviceTimer,
+    TimingPolicy,
+    dtype_bytes,
+    log,
+    measure,
+    rotation_count,
+)
+
+KERNEL_COLUMNS: tuple[str, ...] = (
+    "op", "variant", "device", "dtype", "threads",
+    "batch", "m", "n", "k",
+    "heads", "kv_heads", "head_dim", "seq_len", "context_len", "causal",
+    "experts", "routing", "tokens_total", "tokens_max", "experts_active", "tokens_per_expert",
+    "size_bytes", "flops", "bytes",
+    "median_s", "p10_s", "p90_s", "min_s", "max_s", "repeats", "inner", "warmup", "buffers",
+)
+"""Columns of kernels.csv, in order. Cells that do not apply to an op are empty."""
+
+
+@dataclass(frozen=True)
+class KernelContext:
+    """Where and how kernels run: device, timing policy, last-level cache size (bytes) for rotation,
+    and a cap (bytes) on the memory spent on rotated copies."""
+
+    device: torch.device
+    policy: TimingPolicy
+    cache_bytes: int
+    rotate_mem_cap_bytes: int
+    max_buffers: int = 16
+
+    @property
+    def timer(self) -> DeviceTimer:
+        return DeviceTimer(self.device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Shape sets
+
+
+@dataclass(frozen=True)
+class ShapeSet:
+    """The grid measured for one device class and mode (full or quick)."""
+
+    gemm_mnk: tuple[tuple[int, int, int], ...]
+    ffn: tuple[tuple[int, int, int, int], ...]          # (experts, hidden k, ffn width n, total routed tokens)
+    routings: tuple[str, ...]
+    prefill: tuple[tuple[int, int, int, int, int], ...]  # (batch, heads, kv_heads, head_dim, seq_len)
+    decode: tuple[tuple[int, int, int, int, int], ...]   # (batch, heads, kv_heads, head_dim, context_len)
+    copy_bytes: tuple[int, ...]
+
+
+def _grid(ms: Sequence[int], nks: Sequence[tuple[int, int]]) -> tuple[tuple[int, int, int], ...]:
+    return tuple((m, n, k) for (n, k) in nks for m in ms)
+
+
+_KIB, _MIB = 1024, 1024 * 1024
+
+CPU_FULL = ShapeSet(
+    gemm_mnk=_grid((1, 8, 32, 128, 512, 2048), ((1024, 1024), (4096, 1024), (1024, 4096)))
+    + tuple((s, s, s) for s in (256, 512, 1536)),
+    ffn=tuple((e, 1024, 512, t) for e in (8, 32) for t in (8, 64, 512, 2048)),
+    routings=("uniform", "zipf1.2"),
+    prefill=tuple((1, h, kv, d, s) for (h, kv, d) in ((8, 8, 64), (16, 4, 64), (8, 1, 128)) for s in (128, 512, 2048)),
+    decode=tuple((b, h, kv, d, c) for (h, kv, d) in ((8, 8, 64), (16, 4, 64), (8, 1, 128))
+                 for b in (1, 8) for c in (512, 4096)),
+    copy_bytes=tuple(x * _KIB for x in (16, 256)) + tuple(x * _MIB for x in (1, 4, 16, 64, 256)),
+)
+
+CPU_QUICK = ShapeSet(
+    gemm_mnk=((1, 256, 256), (64, 256, 256), (256, 256, 256)),
+    ffn=((8, 256, 128, 64),),
+    routings=("uniform", "zipf1.2"),
+    prefill=((1, 4, 2, 64, 128),),
+    decode=((2, 4, 2, 64, 256),),
+    copy_bytes=(256 * _KIB, 4 * _MIB),
+)
+
+CUDA_FULL = ShapeSet(
+    gemm_mnk=_grid((1, 16, 64, 256, 1024, 4096, 16384), ((4096, 4096), (14336, 4096), (4096, 14336), (2048, 7168), (7168, 2048)))
+    + tuple((s, s, s) for s in (1024, 2048, 8192)),
+    ffn=tuple((e, 4096, 1408, t) for e in (8, 64) for t in (64, 512, 4096, 16384))
+    + tuple((32, 7168, 2048, t) for t in (128, 1024, 8192)),
+    routings=("uniform", "zipf1.2"),
+    prefill=tuple((b, h, kv, 128, s) for (h, kv) in ((32, 8), (64, 8), (32, 32)) for (b, s) in ((8, 512), (2, 2048), (1, 8192), (1, 16384))),
+    decode=tuple((b, h, kv, 128, c) for (h, kv) in ((32, 8), (64, 8), (32, 32))
+                 for b in (1, 16, 128) for c in (1024, 8192, 32768) if b * c <= 128 * 8192),
+    copy_bytes=tuple(x * _KIB for x in (64, 256)) + tuple(x * _MIB for x in (1, 4, 16, 64, 256, 1024)),
+)
+
+CUDA_QUICK = ShapeSet(
+    gemm_mnk=((1, 4096, 4096), (256, 4096, 4096), (4096, 4096, 4096)),
+    ffn=((8, 4096, 1408, 512),),
+    routings=("uniform", "zipf1.2"),
+    prefill=((1, 32, 8, 128, 2048),),
+    decode=((16, 32, 8, 128, 4096),),
+    copy_bytes=(1 * _MIB, 256 * _MIB),
+)
+
+
+def shape_set(device_type: str, quick: bool) -> ShapeSet:
+    """Grid for ``device_type`` ('cpu' or 'cuda'); ``quick`` picks the seconds-long subset."""
+    if device_type == "cuda":
+        return CUDA_QUICK if quick else CUDA_FULL
+    return CPU_QUICK if quick else CPU_FULL
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _rand(shape: Sequence[int], dtype: torch.dtype, device: torch.device, gen: torch.Generator) -> torch.Tensor:
+    return torch.randn(*shape, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
+
+
+def _buffers(ctx: KernelContext, working_set: int, make: Callable[[], tuple]) -> list[tuple]:
+    n = rotation_count(working_set, ctx.cache_bytes, ctx.max_buffers, ctx.rotate_mem_cap_bytes)
+    return [make() for _ in range(n)]
+
+
+def _row(ctx: KernelContext, op: str, variant: str, dtype: str, threads: int | None, fn: Callable[[int], object],
+         n_buffers: int, flops: int, nbytes: int, **cols: object) -> dict:
+    with torch.inference_mode():
+        m = measure(fn, ctx.timer, ctx.policy)
+    row: dict = dict(op=op, variant=variant, device=ctx.device.type, dtype=dtype, threads=threads,
+                     flops=int(flops), bytes=int(nbytes), buffers=n_buffers, inner=m.inner, warmup=m.warmup,
+                     median_s=m.stats.median_s, p10_s=m.stats.p10_s, p90_s=m.stats.p90_s,
+                     min_s=m.stats.min_s, max_s=m.stats.max_s, repeats=m.stats.repeats)
+    row.update(cols)
+    return row
+
+
+def _threads_cell(ctx: KernelContext) -> int | None:
+    return torch.get_num_threads() if ctx.device.type == "cpu" else None
+
+
+# ----------------------------------------------------------------------------------------------
+# GEMM
+
+
+def bench_gemm(ctx: KernelContext, shapes: ShapeSet, dtypes: Sequence[str]) -> Iterator[dict]:
+    """C[m,n] = A[m,k] @ B[k,n]. FLOPs 2*m*n*k; bytes (m*k + k*n + m*n) * element size."""
+    gen = torch.Generator().manual_seed(0)
+    for dt in dtypes:
+        tdt, eb = DTYPES[dt], dtype_bytes(dt)
+        for (m, n, k) in shapes.gemm_mnk:
+            ws = (m * k + k * n + m * n) * eb
+            bufs = _buffers(ctx, ws, lambda: (_rand((m, k), tdt, ctx.device, gen), _rand((k, n), tdt, ctx.device, gen),
+                                              torch.empty(m, n, dtype=tdt, device=ctx.device)))
+            nb = len(bufs)
+
+            def fn(i: int, bufs: list = bufs, nb: int = nb) -> object:
+                a, b, c = bufs[i % nb]
+                return torch.mm(a, b, out=c)
+
+            yield _row(ctx, "gemm", "mm", dt, _threads_cell(ctx), fn, nb, 2 * m * n * k, ws, m=m, n=n, k=k)
+            del bufs
+
+
+# ----------------------------------------------------------------------------------------------
+# Grouped expert FFN
+
+
+def route_tokens(total: int, experts: int, routing: str) -> list[int]:
+    """Deterministic tokens-per-expert split of ``total`` routed tokens.
+
+    'uniform': as equal as possible. 'zipfS': share of the r-th expert proportional to r**-S,
+    rounded by largest remainder so the counts sum to ``total``. 'hot': all on one expert.
+    """
+    if routing == "uniform":
+        weights = [1.0] * experts
+    elif routing.startswith("zipf"):
+        s = float(routing[4:])
+        weights = [(r + 1) ** -s for r in range(experts)]
+    elif routing == "hot":
+        weights = [1.0] + [0.0] * (experts - 1)
+    else:
+        raise ValueError(f"routing {routing!r}: allowed uniform, zipf<S>, hot")
+    tot_w = sum(weights)
+    exact = [total * w / tot_w for w in weights]
+    counts = [math.floor(x) for x in exact]
+    order = sorted(range(experts), key=lambda e: (-(exact[e] - counts[e]), e))
+    for e in order[: total - sum(counts)]:
+        counts[e] += 1
+    return counts
+
+
+def bench_grouped_ffn(ctx: KernelContext, shapes: ShapeSet, dtypes: Sequence[str]) -> Iterator[dict]:
+    """SwiGLU expert FFN applied per expert to its tokens (loop over experts, as a reference MoE layer).
+
+    Expert e with t_e tokens: H = X_e[t_e,k] @ Wgu_e[k,2n]; A = silu(H[:, :n]) * H[:, n:];
+    Y_e = A[t_e,n] @ Wd_e[n,k]. FLOPs 6*k*n*sum(t_e) (elementwise ignored); bytes
+    (3*k*n*experts_active + 2*k*sum(t_e)) * element size (active experts' weights read once,
+    X read once, Y written once).
+    """
+    gen = torch.Generator().manual_seed(1)
+    for dt in dtypes:
+        tdt, eb = DTYPES[dt], dtype_bytes(dt)
+        for (experts, k, n, total) in shapes.ffn:
+            for routing in shapes.routings:
+                counts = route_tokens(total, experts, routing)
+                active = [e for e in range(experts) if counts[e] > 0]
+                ws = (3 * k * n * len(active) + 2 * k * total) * eb
+
+                def make() -> tuple:
+                    wgu = [_rand((k, 2 * n), tdt, ctx.device, gen) for _ in active]
+                    wd = [_rand((n, k), tdt, ctx.device, gen) for _ in active]
+                    x = _rand((total, k), tdt, ctx.device, gen)
+                    y = torch.empty(total, k, dtype=tdt, device=ctx.device)
+                    return wgu, wd, x, y
+
+                bufs = _buffers(ctx, ws, make)
+                nb = len(bufs)
+                offsets: list[tuple[int, int]] = []
+                start = 0
+                for e in active:
+                    offsets.append((start, start + counts[e]))
+                    start += counts[e]
+
+                def fn(i: int, bufs: list = bufs, nb: int = nb, offsets: list = offsets, n: int = n) -> object:
+                    wgu, wd, x, y = bufs[i % nb]
+                    for j, (lo, hi) in enumerate(offsets):
+                        h = torch.mm(x[lo:hi], wgu[j])
+                        a = F.silu(h[:, :n]) * h[:, n:]
+                        torch.mm(a, wd[j], out=y[lo:hi])
+                    return y
+
+                yield _row(ctx, "grouped_ffn", "loop_swiglu", dt, _threads_cell(ctx), fn, nb,
+                           6 * k * n * total, ws, n=n, k=k, experts=experts, routing=routing,
+                           tokens_total=total, tokens_max=max(counts), experts_active=len(active),
+                           tokens_per_expert=";".join(str(c) for c in counts))
+                del bufs
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention (SDPA)
+
+
+def _sdpa_supports_gqa() -> bool:
+    import inspect
+
+    try:
+        return "enable_gqa" in inspect.signature(F.scaled_dot_product_attention).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def attention_flops(batch: int, heads: int, seq_len: int, context_len: int, head_dim: int, causal: bool) -> int:
+    """4*b*h*s_q*s_kv*d (QK^T and PV), halved for causal prefill."""
+    f = 4 * batch * heads * seq_len * context_len * head_dim
+    return f // 2 if causal else f
+
+
+def attention_bytes(batch: int, heads: int, kv_heads: int, seq_len: int, context_len: int, head_dim: int, eb: int) -> int:
+    """Q read and O written (b*h*s_q*d each), K and V read (b*kv*s_kv*d each), times element size."""
+    return (2 * batch * heads * seq_len * head_dim + 2 * batch * kv_heads * context_len * head_dim) * eb
+
+
+def bench_attention(ctx: KernelContext, shapes: ShapeSet, dtypes: Sequence[str]) -> Iterator[dict]:
+    """torch SDPA, layout [batch, heads, seq, head_dim]; GQA through ``enable_gqa`` when available,
+    otherwise K/V are expanded per query head inside the timed call (variant says which)."""
+    gen = torch.Generator().manual_seed(2)
+    gqa_native = _sdpa_supports_gqa()
+    points = [("prefill", p) for p in shapes.prefill] + [("decode", p) for p in shapes.decode]
+    for dt in dtypes:
+        tdt, eb = DTYPES[dt], dtype_bytes(dt)
+        for phase, (b, h, kv, d, length) in points:
+            sq, skv = (length, length) if phase == "prefill" else (1, length)
+            causal = phase == "prefill"
+            ws = attention_bytes(b, h, kv, sq, skv, d, eb)
+            bufs = _buffers(ctx, ws, lambda: (_rand((b, h, sq, d), tdt, ctx.device, gen),
+                                              _rand((b, kv, skv, d), tdt, ctx.device, gen),
+                                              _rand((b, kv, skv, d), tdt, ctx.device, gen)))
+            nb = len(bufs)
+            grouped = kv != h
+            if grouped and gqa_native:
+                variant = "sdpa_gqa"
+
+                def fn(i: int, bufs: list = bufs, nb: int = nb, causal: bool = causal) -> object:
+                    q, kk, vv = bufs[i % nb]
+                    return F.scaled_dot_product_attention(q, kk, vv, is_causal=causal, enable_gqa=True)
+            elif grouped:
+                variant = "sdpa_expand_kv"
+                rep = h // kv
+
+                def fn(i: int, bufs: list = bufs, nb: int = nb, causal: bool = causal, rep: int = rep) -> object:
+                    q, kk, vv = bufs[i % nb]
+                    return F.scaled_dot_product_attention(q, kk.repeat_interleave(rep, 1), vv.repeat_interleave(rep, 1),
+                                                          is_causal=causal)
+            else:
+                variant = "sdpa"
+
+                def fn(i: int, bufs: list = bufs, nb: int = nb, causal: bool = causal) -> object:
+                    q, kk, vv = bufs[i % nb]
+                    return F.scaled_dot_product_attention(q, kk, vv, is_causal=causal)
+
+            yield _row(ctx, "attention", f"{phase}:{variant}", dt, _threads_cell(ctx), fn, nb,
+                       attention_flops(b, h, sq, skv, d, causal), ws,
+                       batch=b, heads=h, kv_heads=kv, head_dim=d, seq_len=sq, context_len=skv, causal=causal)
+            del bufs
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory copy
+
+
+def bench_memcopy(ctx: KernelContext, shapes: ShapeSet, dtypes: Sequence[str]) -> Iterator[dict]:
+    """dst.copy_(src) of ``size_bytes``; bytes = 2*size_bytes (read + write). On CUDA also host<->device
+    copies from/to pinned host memory (variants h2d, d2h); their link bandwidth is size_bytes/time."""
+    del dtypes  # copies are measured on raw bytes (uint8 buffers)
+    variants = ["copy"] + (["h2d", "d2h"] if ctx.device.type == "cuda" else [])
+    for variant in variants:
+        for size in shapes.copy_bytes:
+            if variant == "copy":
+                bufs = _buffers(ctx, 2 * size, lambda: (torch.ones(size, dtype=torch.uint8, device=ctx.device),
+                                                        torch.empty(size, dtype=torch.uint8, device=ctx.device)))
+            elif variant == "h2d":
+                bufs = [(torch.ones(size, dtype=torch.uint8).pin_memory(), torch.empty(size, dtype=torch.uint8, device=ctx.device))]
+            else:
+                bufs = [(torch.ones(size, dtype=torch.uint8, device=ctx.device), torch.empty(size, dtype=torch.uint8).pin_memory())]
+            nb = len(bufs)
+            nonblocking = variant != "copy"
+
+            def fn(i: int, bufs: list = bufs, nb: int = nb, nonblocking: bool = nonblocking) -> object:
+                src, dst = bufs[i % nb]
+                return dst.copy_(src, non_blocking=nonblocking)
+
+            yield _row(ctx, "memcopy", variant, "u8", _threads_cell(ctx), fn, nb, 0, 2 * size, size_bytes=size)
+            del bufs
+
+
+KERNEL_BENCHES: dict[str, Callable[[KernelContext, ShapeSet, Sequence[str]], Iterator[dict]]] = {
+    "gemm": bench_gemm,
+    "grouped_ffn": bench_grouped_ffn,
+    "attention": bench_attention,
+    "memcopy": bench_memcopy,
+}
+
+
+def run_kernels(ctx: KernelContext, op: str, shapes: ShapeSet, dtypes: Sequence[str]) -> list[dict]:
+    """Run one kernel benchmark and log a line per point."""
+    rows = []
+    for row in KERNEL_BENCHES[op](ctx, shapes, dtypes):
+        rate = ""
+        if row["flops"]:
+            rate = f"{row['flops'] / row['median_s'] / 1e9:.1f} GFLOP/s"
+        elif row["bytes"]:
+            rate = f"{row['bytes'] / row['median_s'] / 1e9:.2f} GB/s"
+        log(f"  {op} {row['variant']} {row['dtype']} thr={row['threads']} "
+            f"{_shape_label(row)} median={row['median_s'] * 1e6:.1f}us {rate}")
+        rows.append(row)
+    return rows
+
+
+def _shape_label(row: dict) -> str:
+    keys = ("m", "n", "k", "batch", "heads", "kv_heads", "head_dim", "seq_len", "context_len",
+            "experts", "routing", "tokens_total", "size_bytes")
+    return " ".join(f"{k}={row[k]}" for k in keys if row.get(k) is not None)
