@@ -25,6 +25,7 @@ import gzip
 import io
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -231,8 +232,6 @@ for _c in ("prompt_tokens", "output_tokens", "ContextTokens", "GeneratedTokens",
 
 
 def _with_skips(t: RequestTable, skipped: list[int]) -> RequestTable:
-    from dataclasses import replace
-
     return replace(t, skipped_rows=len(skipped), skipped_lines=tuple(skipped[:_KEEP_LINES]))
 
 
