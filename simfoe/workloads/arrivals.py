@@ -90,7 +90,7 @@ def rescale_to_rate(arrival_s: np.ndarray, rate: float) -> np.ndarray:
     span = float(a.max() - a.min())
     if span <= 0:
         raise SpecError("rate", rate, "a trace whose timestamps span more than 0 s (all arrive at once)")
-    return (a - a.min()) * ((len(a) - 1) / span / rate)
+    return (a - a.min()) / span * ((len(a) - 1) / rate)  # divide first: no overflow for tiny spans
 
 
 def parse_arrival(arrival: str | None, cv: float | None = None) -> tuple[str, float]:
