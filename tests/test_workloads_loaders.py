@@ -175,3 +175,10 @@ def test_other_public_traces(shared_data, name, rows, fmt):
         # every prompt is covered by its 512-token hash blocks: ceil(input / 512) ids
         n_blocks = np.diff(t.hash_offsets)
         np.testing.assert_array_equal(n_blocks, -(-t.prompt_tokens // 512))
+
+
+def test_byte_order_mark_and_records(tmp_path):
+    p = tmp_path / "bom.csv"
+    p.write_bytes("\ufeffTIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46,3,4\n".encode())
+    t = load_trace(p)
+    assert t.records() == [(0, 0.0, 3, 4)]

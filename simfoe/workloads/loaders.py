@@ -65,7 +65,10 @@ class TraceRowError(SpecError):
 
 # ---------------------------------------------------------------------------- detection
 def _open_text(path: Path):
-    return gzip.open(path, "rt", newline="") if path.suffix == ".gz" else open(path, newline="")
+    """Text handle; utf-8-sig drops a byte-order mark so headers still match."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", newline="", encoding="utf-8-sig")
+    return open(path, newline="", encoding="utf-8-sig")
 
 
 def _first_line(path: Path) -> str:
@@ -122,7 +125,7 @@ def _scan_lines(path: Path, ncols: int) -> tuple[np.ndarray, list[int]]:
 def _read_csv(path: Path, skip_bad_rows: bool) -> tuple[pd.DataFrame, np.ndarray | None, list[int]]:
     """The csv as a DataFrame, its rows' line numbers (None = not computed yet) and skipped lines."""
     try:
-        df = pd.read_csv(path, skipinitialspace=True)
+        df = pd.read_csv(path, skipinitialspace=True, encoding="utf-8-sig")
         return df, None, []
     except pd.errors.ParserError as e:
         m = re.search(r"line (\d+)", str(e))
@@ -133,7 +136,7 @@ def _read_csv(path: Path, skip_bad_rows: bool) -> tuple[pd.DataFrame, np.ndarray
         raise TraceRowError(path, None, f"not a readable csv ({e})") from None
     ncols = len(next(csv.reader([_first_line(path)])))
     lines, long_ = _scan_lines(path, ncols)
-    df = pd.read_csv(path, skipinitialspace=True, skiprows=[ln - 1 for ln in long_])
+    df = pd.read_csv(path, skipinitialspace=True, encoding="utf-8-sig", skiprows=[ln - 1 for ln in long_])
     return df, lines, long_
 
 

@@ -153,6 +153,13 @@ class RequestTable:
             return np.empty(0, dtype=np.int64)
         return self.hash_ids[self.hash_offsets[i] : self.hash_offsets[i + 1]]
 
+    def records(self) -> list[tuple[int, float, int, int]]:
+        """(request_id, arrival_s, prompt_tokens, output_tokens) as Python scalars, in row order.
+
+        For event loops that handle one request at a time (a single vectorized conversion)."""
+        return list(zip(self.request_id.tolist(), self.arrival_s.tolist(),
+                        self.prompt_tokens.tolist(), self.output_tokens.tolist()))
+
     # ------------------------------------------------------------------ transformations
     def sorted_by_arrival(self) -> RequestTable:
         """Rows in arrival order (stable, so ties keep file order)."""
