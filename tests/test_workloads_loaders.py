@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from simfoe.errors import SpecError
 from simfoe.workloads import RequestTable, TraceRowError, detect_format, load_trace
@@ -182,3 +184,22 @@ def test_byte_order_mark_and_records(tmp_path):
     p.write_bytes("\ufeffTIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46,3,4\n".encode())
     t = load_trace(p)
     assert t.records() == [(0, 0.0, 3, 4)]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(st.floats(0, 1e6, allow_nan=False), st.integers(1, 10**6), st.integers(1, 10**5),
+                  st.sampled_from(["qa", "code", "chat, long"])),
+        min_size=1, max_size=40,
+    )
+)
+def test_simfoe_csv_roundtrip_property(tmp_path_factory, rows):
+    a, p, o, k = (list(x) for x in zip(*rows))
+    t = RequestTable.from_arrays(np.round(a, 6), p, o, prompt_type=k)
+    u = load_trace(t.to_csv(tmp_path_factory.mktemp("rt") / "t.csv"))
+    order = np.argsort(np.round(a, 6), kind="stable")
+    np.testing.assert_allclose(u.arrival_s, np.round(a, 6)[order] - np.min(np.round(a, 6)), atol=2e-6)
+    np.testing.assert_array_equal(u.prompt_tokens, np.asarray(p)[order])
+    np.testing.assert_array_equal(u.request_id, order)
+    assert list(u.prompt_type) == [k[i] for i in order]
