@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import json
 import re
 from dataclasses import replace
