@@ -83,11 +83,15 @@ def _buffers(collective: str, size: int, n: int, dev: torch.device) -> tuple[tor
             torch.empty(count, dtype=torch.float32, device=dev), count)
 
 
+# torch >= 2.10 names it all_gather_single and deprecates all_gather_into_tensor; same semantics.
+_ALL_GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
 def _call(collective: str, inp: torch.Tensor, out: torch.Tensor) -> None:
     if collective == "all_reduce":
         dist.all_reduce(inp)
     elif collective == "all_gather":
-        dist.all_gather_into_tensor(out, inp)
+        _ALL_GATHER(out, inp)
     else:
         dist.all_to_all_single(out, inp)
 
@@ -122,14 +126,14 @@ def _worker(rank: int, job: CollectiveJob) -> None:
     for collective in job.collectives:
         for size in job.sizes:
             inp, out, count = _buffers(collective, size, n, dev)
+            # every rank must run the same number of warm-up calls: rank 0's clock decides when to stop
             t_start = time.perf_counter()
             warm = 0
-            while warm < pol.min_warmup or time.perf_counter() - t_start < pol.warmup_s:
+            while True:
                 _call(collective, inp, out)
                 warm += 1
-                # every rank must run the same number of warm-up calls: rank 0 decides when to stop
-                flag = torch.tensor([1.0 if (warm >= pol.min_warmup and time.perf_counter() - t_start >= pol.warmup_s) else 0.0],
-                                    device=dev)
+                done = warm >= pol.min_warmup and time.perf_counter() - t_start >= pol.warmup_s
+                flag = torch.tensor([1.0 if done else 0.0], device=dev)
                 dist.broadcast(flag, 0)
                 if flag.item() > 0:
                     break

@@ -1,0 +1,184 @@
+"""Measurement harness: ``python -m validation.harness --device cpu --out validation/data/NAME/``.
+
+Writes ``kernels.csv``, ``collectives.csv`` and ``env.json`` into ``--out`` (format in
+validation/README.md). Needs only the Python standard library and torch; it does not import simfoe.
+Progress goes to stderr; a one-line JSON summary goes to stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Sequence
+
+import torch
+
+from validation import FORMAT_VERSION
+from validation.bench_collectives import COLLECTIVE_COLUMNS, COLLECTIVES, FULL_SIZES, QUICK_SIZES, run_collectives
+from validation.bench_common import FULL_POLICY, QUICK_POLICY, TimingPolicy, available_cpus, log, write_csv
+from validation.bench_env import collect_env, last_level_cache_bytes
+from validation.bench_kernels import KERNEL_BENCHES, KERNEL_COLUMNS, KernelContext, run_kernels, shape_set
+
+ALL_OPS = tuple(KERNEL_BENCHES) + ("collectives",)
+DEFAULT_DTYPES = {"cpu": ("fp32", "bf16"), "cuda": ("bf16",)}
+"""GEMM dtypes by device; the other kernel ops use the first dtype only (override with --dtypes)."""
+
+
+def _csv_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _int_list(text: str, field: str) -> list[int]:
+    try:
+        vals = [int(t) for t in _csv_list(text)]
+    except ValueError:
+        raise SystemExit(f"error: {field}={text!r}: expected comma-separated integers") from None
+    if not vals or min(vals) < 1:
+        raise SystemExit(f"error: {field}={text!r}: expected positive integers")
+    return vals
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m validation.harness", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--out", required=True, help="output folder (created); files inside are overwritten")
+    p.add_argument("--quick", action="store_true", help="small grid and short timing (~30 s on a CPU)")
+    p.add_argument("--ops", default="all", help=f"comma list of {','.join(ALL_OPS)} or 'all'")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads for kernels on CPU (default 1)")
+    p.add_argument("--gemm-threads", default=None,
+                   help="comma list of thread counts for GEMM on CPU (default: --threads); e.g. 1,2")
+    p.add_argument("--dtypes", default=None, help="comma list of fp32,bf16,fp16 (default by device)")
+    p.add_argument("--world-sizes", default=None,
+                   help="comma list of process counts for collectives (default cpu: 2,4; cuda: 2,4,8 up to GPUs)")
+    p.add_argument("--backend", choices=("gloo", "nccl"), default=None,
+                   help="collective backend (default gloo on cpu, nccl on cuda)")
+    p.add_argument("--collective-sizes", default=None, help="comma list of byte sizes (nccl-tests 'size')")
+    p.add_argument("--budget-s", type=float, default=None, help="timed seconds per point (overrides the mode)")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    ops = list(ALL_OPS) if args.ops == "all" else _csv_list(args.ops)
+    bad = [o for o in ops if o not in ALL_OPS]
+    if bad:
+        print(f"error: --ops={args.ops!r}: unknown {','.join(bad)}; allowed {','.join(ALL_OPS)} or all", file=sys.stderr)
+        return 2
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device=cuda: torch.cuda.is_available() is False", file=sys.stderr)
+        return 2
+    if args.threads < 1:
+        print(f"error: --threads={args.threads}: must be >= 1", file=sys.stderr)
+        return 2
+    dtypes = tuple(_csv_list(args.dtypes)) if args.dtypes else DEFAULT_DTYPES[args.device]
+    bad = [d for d in dtypes if d not in ("fp32", "bf16", "fp16")]
+    if bad:
+        print(f"error: --dtypes={args.dtypes!r}: allowed fp32,bf16,fp16", file=sys.stderr)
+        return 2
+    gemm_threads = _int_list(args.gemm_threads, "--gemm-threads") if args.gemm_threads else [args.threads]
+
+    device = torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu")
+    base = QUICK_POLICY if args.quick else FULL_POLICY
+    policy = base if args.budget_s is None else TimingPolicy(
+        base.warmup_s, args.budget_s, base.min_repeats, base.max_repeats, base.min_sample_s, base.min_warmup)
+    os.makedirs(args.out, exist_ok=True)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass  # already fixed once parallel work ran; recorded in env.json either way
+    torch.set_num_threads(args.threads)
+
+    env = collect_env(device, args.threads)
+    env.update({
+        "format_version": FORMAT_VERSION,
+        "argv": list(sys.argv if argv is None else ["validation.harness", *argv]),
+        "mode": "quick" if args.quick else "full",
+        "ops": ops,
+        "dtypes": list(dtypes),
+        "gemm_threads": gemm_threads if args.device == "cpu" else None,
+        "timing_policy": policy.__dict__,
+        "timing_method": ("CUDA events around a loop of calls after torch.cuda.synchronize"
+                          if args.device == "cuda" else "time.perf_counter around a loop of calls"),
+        "last_level_cache_bytes": last_level_cache_bytes(device),
+        "op_wall_s": {},
+    })
+
+    cap = 2 * 1024 ** 3 if args.device == "cuda" else 512 * 1024 ** 2
+    ctx = KernelContext(device=device, policy=policy, cache_bytes=env["last_level_cache_bytes"], rotate_mem_cap_bytes=cap)
+    shapes = shape_set(args.device, args.quick)
+    kernel_rows: list[dict] = []
+    coll_rows: list[dict] = []
+    t_all = time.perf_counter()
+    for op in ops:
+        t0 = time.perf_counter()
+        if op == "collectives":
+            coll_rows = _collectives(args, device, policy, env)
+        elif op == "gemm":
+            for thr in (gemm_threads if args.device == "cpu" else [args.threads]):
+                torch.set_num_threads(thr)
+                log(f"[gemm] threads={thr}")
+                kernel_rows += run_kernels(ctx, op, shapes, dtypes)
+            torch.set_num_threads(args.threads)
+        else:
+            log(f"[{op}]")
+            kernel_rows += run_kernels(ctx, op, shapes, dtypes[:1])
+        env["op_wall_s"][op] = round(time.perf_counter() - t0, 2)
+        # write after every op so that an interrupted run keeps what it measured
+        write_csv(os.path.join(args.out, "kernels.csv"), KERNEL_COLUMNS, kernel_rows)
+        write_csv(os.path.join(args.out, "collectives.csv"), COLLECTIVE_COLUMNS, coll_rows)
+        _write_env(args.out, env)
+    env["total_wall_s"] = round(time.perf_counter() - t_all, 2)
+    env["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    write_csv(os.path.join(args.out, "kernels.csv"), KERNEL_COLUMNS, kernel_rows)
+    write_csv(os.path.join(args.out, "collectives.csv"), COLLECTIVE_COLUMNS, coll_rows)
+    _write_env(args.out, env)
+    print(json.dumps({"out": args.out, "kernels": len(kernel_rows), "collectives": len(coll_rows),
+                      "wall_s": env["total_wall_s"]}))
+    return 0
+
+
+def _write_env(out: str, env: dict) -> None:
+    with open(os.path.join(out, "env.json"), "w") as fh:
+        json.dump(env, fh, indent=1, sort_keys=True, default=str)
+        fh.write("\n")
+
+
+def _collectives(args: argparse.Namespace, device: torch.device, policy: TimingPolicy, env: dict) -> list[dict]:
+    backend = args.backend or ("nccl" if device.type == "cuda" else "gloo")
+    dev_type = "cuda" if backend == "nccl" else "cpu"
+    if backend == "nccl" and not torch.cuda.is_available():
+        raise SystemExit("error: --backend=nccl: needs CUDA GPUs")
+    if args.world_sizes:
+        world_sizes = _int_list(args.world_sizes, "--world-sizes")
+    elif dev_type == "cuda":
+        world_sizes = [w for w in (2, 4, 8) if w <= torch.cuda.device_count()]
+    else:
+        world_sizes = [2] if args.quick else [2, 4]
+    sizes = _int_list(args.collective_sizes, "--collective-sizes") if args.collective_sizes else \
+        list(QUICK_SIZES if args.quick else FULL_SIZES)
+    info: dict = {"backend": backend, "world_sizes": world_sizes, "sizes": sizes, "threads_per_rank": 1,
+                  "transport": "TCP over 127.0.0.1" if backend == "gloo" else "NCCL (intra-node)"}
+    if dev_type == "cuda":
+        too_big = [w for w in world_sizes if w > torch.cuda.device_count()]
+        if too_big:
+            raise SystemExit(f"error: --world-sizes={too_big}: only {torch.cuda.device_count()} GPUs (one rank per GPU)")
+    if not world_sizes:
+        info["skipped"] = f"{backend}: needs at least 2 GPUs, found {torch.cuda.device_count()}"
+        log(f"[collectives] skipped: {info['skipped']}")
+        env["collectives"] = info
+        return []
+    cpus = available_cpus()
+    if dev_type == "cpu":
+        info["oversubscribed_world_sizes"] = [w for w in world_sizes if w > cpus]
+        info["note"] = (f"{cpus} CPUs available; world sizes above that time-share cores, so their "
+                        f"times include scheduling and are not a network model")
+    env["collectives"] = info
+    log(f"[collectives] {backend} world_sizes={world_sizes}")
+    return run_collectives(backend, dev_type, world_sizes, sizes, policy, threads_per_rank=1, collectives=COLLECTIVES)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
