@@ -1,0 +1,94 @@
+"""The validation harness runs end to end (--quick, tiny subset) and writes the documented format."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # validation/ is a top-level folder, not part of the installed package
+    sys.path.insert(0, str(REPO))
+
+from validation.bench_collectives import COLLECTIVE_COLUMNS, bus_factor  # noqa: E402
+from validation.bench_common import percentile  # noqa: E402
+from validation.bench_kernels import KERNEL_COLUMNS, attention_flops, route_tokens  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+
+def _harness(out: Path, *args: str) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "validation.harness", "--device", "cpu", "--quick",
+                           "--out", str(out), *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _rows(path: Path) -> tuple[list[str], list[dict]]:
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def test_quick_kernels_format(tmp_path: Path) -> None:
+    summary = _harness(tmp_path, "--ops", "gemm,grouped_ffn,attention,memcopy", "--dtypes", "fp32", "--budget-s", "0.005")
+    cols, rows = _rows(tmp_path / "kernels.csv")
+    assert cols == list(KERNEL_COLUMNS)
+    assert summary["kernels"] == len(rows) > 0
+    assert {r["op"] for r in rows} == {"gemm", "grouped_ffn", "attention", "memcopy"}
+    for r in rows:
+        med, p10, p90 = float(r["median_s"]), float(r["p10_s"]), float(r["p90_s"])
+        assert 0 < p10 <= med <= p90
+        assert int(r["repeats"]) >= 3 and int(r["bytes"]) > 0
+        assert r["threads"] == "1"
+        if r["op"] == "gemm":
+            m, n, k = int(r["m"]), int(r["n"]), int(r["k"])
+            assert int(r["flops"]) == 2 * m * n * k
+            assert int(r["bytes"]) == (m * k + k * n + m * n) * 4
+        if r["op"] == "grouped_ffn":
+            counts = [int(c) for c in r["tokens_per_expert"].split(";")]
+            assert sum(counts) == int(r["tokens_total"]) and len(counts) == int(r["experts"])
+    env = json.loads((tmp_path / "env.json").read_text())
+    for key in ("torch", "device", "device_name", "torch_threads", "cpu", "date_utc", "hostname", "timing_policy"):
+        assert key in env
+    _, coll = _rows(tmp_path / "collectives.csv")
+    assert coll == []
+
+
+@pytest.mark.slow
+def test_quick_collectives_format(tmp_path: Path) -> None:
+    _harness(tmp_path, "--ops", "collectives", "--world-sizes", "2", "--collective-sizes", "4096", "--budget-s", "0.005")
+    cols, rows = _rows(tmp_path / "collectives.csv")
+    assert cols == list(COLLECTIVE_COLUMNS)
+    assert {r["collective"] for r in rows} == {"all_reduce", "all_gather", "all_to_all"}
+    for r in rows:
+        assert r["backend"] == "gloo" and r["world_size"] == "2" and r["bytes"] == "4096"
+        algbw = int(r["bytes"]) / float(r["median_s"])
+        assert float(r["algbw_Bps"]) == pytest.approx(algbw, rel=1e-3)
+    env = json.loads((tmp_path / "env.json").read_text())
+    assert env["collectives"]["world_sizes"] == [2]
+
+
+def test_bad_ops_exit_2(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "validation.harness", "--out", str(tmp_path), "--ops", "conv"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --ops")
+
+
+def test_definitions() -> None:
+    assert route_tokens(10, 4, "uniform") == [3, 3, 2, 2]
+    z = route_tokens(100, 8, "zipf1.2")
+    assert sum(z) == 100 and z == sorted(z, reverse=True)
+    assert route_tokens(5, 3, "hot") == [5, 0, 0]
+    assert attention_flops(1, 2, 8, 8, 4, causal=True) == 4 * 2 * 8 * 8 * 4 // 2
+    assert attention_flops(1, 2, 1, 8, 4, causal=False) == 4 * 2 * 8 * 4
+    assert bus_factor("all_reduce", 4) == pytest.approx(1.5)
+    assert bus_factor("all_to_all", 4) == pytest.approx(0.75)
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 50) == 3.0
+    assert percentile([0.0, 10.0], 10) == pytest.approx(1.0)
