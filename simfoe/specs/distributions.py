@@ -48,6 +48,11 @@ class DistSpec:
 
 
 def _num(field: str, value: Any) -> float:
+    if isinstance(value, str):  # PyYAML reads 1.0e3 (no exponent sign) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SpecError(field, value, "a number")
     v = float(value)

@@ -1,0 +1,114 @@
+"""`simfoe pipeline`: simulate an ALTO-style stage pipeline (stream vs batch, routing policies).
+
+One run:   simfoe pipeline --spec factool --mode stream --rate 10 --duration 720 --json
+Curves:    simfoe pipeline --spec factool --compare stream,batch --rates 1:30:1 --out out/
+"""
+from __future__ import annotations
+
+from simfoe.cli.common import add_json_flag, fmt_time, table
+
+ROUTINGS = ("round-robin", "hash-all", "aggregation-aware", "least-loaded", "prompt-aware")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "pipeline",
+        help="simulate a compound AI pipeline (ALTO): stream vs batch hand-over, routing policies",
+        description="Simulate a stage pipeline with Poisson arrivals. Latency in seconds, load in requests/s.",
+    )
+    p.add_argument("--spec", required=True, help="preset name (factool) or a pipeline YAML file")
+    p.add_argument("--mode", default="stream", help="stream | batch (default stream)")
+    p.add_argument("--routing", default=None, help=f"{' | '.join(ROUTINGS)} (default: the spec's routing)")
+    p.add_argument("--rate", type=float, default=10.0, help="offered load, requests/s (default 10)")
+    p.add_argument("--duration", type=float, default=720.0, help="arrival interval, s (default 720, as ALTO)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                   help="override a spec key, e.g. stages.bm25.service_s.mean=0.003 (repeatable)")
+    p.add_argument("--compare", default=None,
+                   help="comma list of modes and/or routing policies to sweep, e.g. stream,batch or "
+                        "hash-all,aggregation-aware,prompt-aware")
+    p.add_argument("--rates", default=None, help="rates for --compare: START:STOP:STEP or a comma list")
+    p.add_argument("--target", type=float, default=4.0, help="median latency target for --compare, s (default 4)")
+    p.add_argument("--out", default=None, help="folder for --compare results (points.json, curves.png)")
+    p.add_argument("--jobs", type=int, default=None, help="worker processes for --compare (default 2)")
+    add_json_flag(p)
+    p.set_defaults(func=run, render=render)
+
+
+def run(args) -> dict:
+    from simfoe.errors import SpecError
+    from simfoe.pipelines.engine import MODES, simulate
+    from simfoe.pipelines.metrics import max_load_meeting, parse_rates, summarize
+    from simfoe.pipelines.spec import load_pipeline
+
+    spec = load_pipeline(args.spec, args.overrides)
+    if args.mode not in MODES:
+        raise SpecError("--mode", args.mode, "stream or batch")
+    if args.routing is not None and args.routing not in ROUTINGS:
+        raise SpecError("--routing", args.routing, f"one of {', '.join(ROUTINGS)}")
+    if not args.duration > 0:
+        raise SpecError("--duration", args.duration, "a duration > 0 s")
+    if args.compare is None:
+        if not args.rate > 0:
+            raise SpecError("--rate", args.rate, "a rate > 0 requests/s")
+        return summarize(simulate(spec, args.mode, args.rate, args.duration, args.seed, args.routing))
+
+    from pathlib import Path
+
+    from simfoe.pipelines.curves import plot_curves, sweep
+
+    items = [x.strip() for x in args.compare.split(",") if x.strip()]
+    variants = []
+    for x in items:
+        if x in MODES:
+            variants.append((x, args.routing))
+        elif x in ROUTINGS:
+            variants.append((args.mode, x))
+        else:
+            raise SpecError("--compare", x, f"modes ({', '.join(MODES)}) or routings ({', '.join(ROUTINGS)})")
+    if len(variants) < 1:
+        raise SpecError("--compare", args.compare, "at least one mode or routing")
+    rates = parse_rates(args.rates) if args.rates else [args.rate]
+    points = sweep(spec, variants, rates, args.duration, args.seed, args.jobs)
+    summary = {}
+    for v in dict.fromkeys(p["variant"] for p in points):
+        pts = [p for p in points if p["variant"] == v]
+        low = min(pts, key=lambda p: p["offered_rps"])
+        summary[v] = {
+            "max_load_at_target_rps": max_load_meeting(pts, args.target),
+            "p99_at_lowest_rate_s": low["latency_s"]["p99"],
+            "p50_at_lowest_rate_s": low["latency_s"]["p50"],
+        }
+    result = {"spec": spec.name, "target_s": args.target, "duration_s": args.duration, "seed": args.seed,
+              "summary": summary, "points": points}
+    if args.out:
+        import json
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "points.json").write_text(json.dumps(result, indent=1))
+        png = plot_curves(points, out / "curves.png", title=f"{spec.name}: latency vs achieved load",
+                          target_s=args.target)
+        result["files"] = [str(out / "points.json"), str(png)]
+    return result
+
+
+def render(result: dict) -> str:
+    if "points" in result:
+        rows = [[p["variant"], f"{p['offered_rps']:g}", f"{p['achieved_rps']:.2f}", fmt_time(p["latency_s"]["p50"]),
+                 fmt_time(p["latency_s"]["p99"]), "yes" if p["valid_point"] else "no"] for p in result["points"]]
+        s = table(rows, ["variant", "offered", "achieved", "p50", "p99", "valid"])
+        srows = [[v, "-" if x["max_load_at_target_rps"] is None else f"{x['max_load_at_target_rps']:.2f}",
+                  fmt_time(x["p99_at_lowest_rate_s"])] for v, x in result["summary"].items()]
+        s += "\n\n" + table(srows, ["variant", f"max load at p50 <= {result['target_s']:g} s", "p99 at lowest rate"])
+        if result.get("files"):
+            s += "\n\nwrote " + ", ".join(result["files"])
+        return s
+    lat = result["latency_s"]
+    head = (f"{result['spec']} {result['mode']}/{result['routing']}: offered {result['offered_rps']:g} req/s, "
+            f"achieved {result['achieved_rps']:.2f} req/s, {result['completed']} completed\n"
+            f"latency mean {fmt_time(lat['mean'])}, p50 {fmt_time(lat['p50'])}, p90 {fmt_time(lat['p90'])}, "
+            f"p99 {fmt_time(lat['p99'])}\n")
+    rows = [[n, s["instances"], s["items_in"], f"{s['utilization_mean']:.2f}", f"{s['utilization_max']:.2f}",
+             f"{s['mean_queue']:.2f}"] for n, s in result["stages"].items()]
+    return head + table(rows, ["stage", "instances", "items", "util mean", "util max", "mean queue"])

@@ -1,0 +1,122 @@
+"""Stage graph (networkx DAG) and its static checks: names, cycles, reachability, key levels.
+
+Every item carries a key path such as ``(request, claim, query, token)``. The first stage receives
+paths of one level, ``request``; a stage whose fan-out has a level adds it, ``parts`` add one
+more; a stateful stage cuts the path back to its key level. This module derives, per stage, the
+levels of arriving items and the depth each edge forwards, and rejects specs that cannot run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+
+from simfoe.errors import SpecError
+from simfoe.pipelines.spec import PipelineSpec
+
+ROOT_LEVEL = "request"
+
+
+@dataclass(frozen=True)
+class EdgeInfo:
+    src: int
+    dst: int
+    depth: int  # path length of the items forwarded on this edge
+    dst_port: int  # index among the destination's incoming edges
+
+
+@dataclass(frozen=True)
+class StageGraph:
+    graph: nx.DiGraph
+    order: tuple[int, ...]  # topological order of stage indices
+    in_levels: tuple[tuple[str, ...], ...]  # levels of arriving items, per stage
+    out_levels: tuple[tuple[str, ...], ...]  # levels of the finest emitted unit, per stage
+    key_depth: tuple[int, ...]  # stateful: path length of the aggregation key, else 0
+    edges: tuple[tuple[EdgeInfo, ...], ...]  # outgoing edges per stage
+    n_in: tuple[int, ...]  # incoming edges per stage
+    sinks: tuple[int, ...]
+
+
+def build_graph(spec: PipelineSpec) -> StageGraph:
+    """Validate ``spec`` as a DAG whose first stage receives requests; derive key levels."""
+    names = [s.name for s in spec.stages]
+    idx: dict[str, int] = {}
+    for i, n in enumerate(names):
+        if n in idx:
+            raise SpecError(f"stages[{i}].name", n, "a name not used by another stage")
+        idx[n] = i
+    g = nx.DiGraph()
+    g.add_nodes_from(range(len(names)))
+    for i, s in enumerate(spec.stages):
+        for e in s.to:
+            if e.to not in idx:
+                raise SpecError(f"stages.{s.name}.to", e.to, f"a stage name ({', '.join(names)})")
+            if g.has_edge(i, idx[e.to]):
+                raise SpecError(f"stages.{s.name}.to", e.to, "each downstream stage once")
+            g.add_edge(i, idx[e.to])
+    if not nx.is_directed_acyclic_graph(g):
+        cyc = nx.find_cycle(g)
+        path = " -> ".join(names[a] for a, _ in cyc) + f" -> {names[cyc[0][0]]}"
+        raise SpecError("stages.to", path, "an acyclic stage graph (no cycles)")
+    reach = nx.descendants(g, 0) | {0}
+    for i, n in enumerate(names):
+        if i not in reach:
+            raise SpecError(f"stages.{n}", n, f"a stage reachable from the first stage {names[0]!r}")
+    order = tuple(nx.lexicographical_topological_sort(g))
+    n_stages = len(names)
+    in_levels: list[tuple[str, ...] | None] = [None] * n_stages
+    out_levels: list[tuple[str, ...]] = [()] * n_stages
+    key_depth = [0] * n_stages
+    in_levels[0] = (ROOT_LEVEL,)
+    preds: dict[int, list[int]] = {i: sorted(g.predecessors(i)) for i in range(n_stages)}
+    edges: list[list[EdgeInfo]] = [[] for _ in range(n_stages)]
+    port_count = [0] * n_stages
+    for i in order:
+        s = spec.stages[i]
+        lv = in_levels[i]
+        assert lv is not None
+        base = lv
+        if s.stateful:
+            if i == 0:
+                raise SpecError(f"stages.{s.name}.stateful", True,
+                                "stateful only on a stage fed by another stage (the first stage gets whole requests)")
+            if s.key is None:
+                kd = len(lv) - 1
+            elif s.key in lv:
+                kd = lv.index(s.key) + 1
+            else:
+                raise SpecError(f"stages.{s.name}.key", s.key, f"a level of the arriving items ({', '.join(lv)})")
+            if kd == len(lv) and len(preds[i]) < 2:
+                raise SpecError(f"stages.{s.name}.key", s.key or lv[-1],
+                                f"a level above the arriving items' own ({', '.join(lv[:-1])}): "
+                                "with one input edge each item would be its own aggregate")
+            key_depth[i] = kd
+            base = lv[:kd]
+        own = tuple(x for x in (s.level, s.parts_level) if x is not None)
+        for x in own:
+            if x in base:
+                raise SpecError(f"stages.{s.name}.level", x, f"a level name not already used upstream ({', '.join(base)})")
+        out = base + own
+        out_levels[i] = out
+        for e in s.to:
+            j = names.index(e.to)
+            if e.unit is None:
+                depth = len(out)
+            elif e.unit in own:
+                depth = len(base) + own.index(e.unit) + 1
+            else:
+                raise SpecError(f"stages.{s.name}.to.{e.to}.unit", e.unit,
+                                f"one of this stage's own levels ({', '.join(own) or 'none: it has no fan-out'})")
+            lv_e = out[:depth]
+            if in_levels[j] is None:
+                in_levels[j] = lv_e
+            elif in_levels[j] != lv_e:
+                raise SpecError(f"stages.{e.to}", "/".join(lv_e),
+                                f"the same item levels on every input edge (another edge brings {'/'.join(in_levels[j])})")
+            edges[i].append(EdgeInfo(i, j, depth, port_count[j]))
+            port_count[j] += 1
+    sinks = tuple(i for i in order if g.out_degree(i) == 0)
+    return StageGraph(
+        graph=g, order=order, in_levels=tuple(in_levels), out_levels=tuple(out_levels),  # type: ignore[arg-type]
+        key_depth=tuple(key_depth), edges=tuple(tuple(e) for e in edges), n_in=tuple(port_count), sinks=sinks,
+    )

@@ -1,0 +1,90 @@
+"""Run metrics as in ALTO: latency percentiles and achieved vs offered load.
+
+Achieved load (ALTO section 2) = requests sent during the interval / wall time until all of them
+completed. A point counts on a latency-vs-load curve only when achieved >= 80% of offered.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from simfoe.pipelines.engine import RunResult
+
+ACHIEVED_FRACTION_MIN = 0.8  # ALTO Fig. 3: "only points where the achieved load was >= 80% of the offered load"
+
+
+def summarize(r: RunResult, per_instance: bool = True) -> dict:
+    """Public JSON of one run (seconds, requests/s); contract keys first."""
+    lat = r.latencies
+    offered = r.sent / r.duration if r.duration > 0 else 0.0
+    achieved = r.sent / r.t_end if r.t_end > 0 else 0.0
+    q = (lambda p: float(np.percentile(lat, p))) if len(lat) else (lambda p: None)
+    out = {
+        "offered_rps": float(r.rate),
+        "achieved_rps": achieved,
+        "completed": int(len(lat)),
+        "latency_s": {"mean": float(lat.mean()) if len(lat) else None, "p50": q(50), "p90": q(90), "p99": q(99)},
+        "sent": int(r.sent),
+        "sent_rps": offered,
+        "achieved_fraction": achieved / r.rate if r.rate > 0 else None,
+        "valid_point": bool(r.rate > 0 and achieved >= ACHIEVED_FRACTION_MIN * r.rate),
+        "mode": r.mode,
+        "routing": r.routing,
+        "spec": r.spec.name,
+        "duration_s": r.duration,
+        "makespan_s": r.t_end,
+        "seed": r.seed,
+    }
+    stages = {}
+    T = r.t_end if r.t_end > 0 else 1.0
+    for st in r.stages:
+        insts = [
+            {
+                "node": inst.node,
+                "utilization": inst.busy_time / (inst.slots * T),
+                "mean_queue": inst.q_area / T,
+                "max_queue": inst.q_max,
+                "served": inst.served,
+                **({"prefix_hits": inst.hits} if st.spec.prefix_cache is not None else {}),
+            }
+            for inst in st.instances
+        ]
+        u = [x["utilization"] for x in insts]
+        stages[st.spec.name] = {
+            "instances": len(insts),
+            "items_in": st.items_in,
+            "utilization_mean": float(np.mean(u)),
+            "utilization_max": float(np.max(u)),
+            "mean_queue": float(np.sum([x["mean_queue"] for x in insts])),
+            **({"aggregates": st.aggs_done} if st.stateful else {}),
+            **({"per_instance": insts} if per_instance else {}),
+        }
+    out["stages"] = stages
+    return out
+
+
+def max_load_meeting(points: list[dict], target_s: float, stat: str = "p50") -> float | None:
+    """Largest achieved load among valid points whose latency ``stat`` is <= ``target_s`` (None if none)."""
+    ok = [p["achieved_rps"] for p in points if p["valid_point"] and p["latency_s"][stat] is not None
+          and p["latency_s"][stat] <= target_s]
+    return max(ok) if ok else None
+
+
+def parse_rates(text: str) -> list[float]:
+    """``1:30:1`` (start:stop:step, inclusive) or ``1,5,10`` -> list of rates."""
+    from simfoe.errors import SpecError
+
+    try:
+        if ":" in text:
+            a, b, *c = (float(x) for x in text.split(":"))
+            step = c[0] if c else 1.0
+            if step <= 0 or b < a:
+                raise ValueError
+            n = int(np.floor((b - a) / step + 1e-9)) + 1
+            rates = [round(a + k * step, 10) for k in range(n)]
+        else:
+            rates = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SpecError("--rates", text, "START:STOP:STEP with STEP > 0 and STOP >= START, or a comma list") from None
+    if not rates or any(r <= 0 for r in rates):
+        raise SpecError("--rates", text, "rates > 0 requests/s")
+    return rates
