@@ -1,0 +1,154 @@
+"""Batch formation for one iteration (vLLM-like continuous batching), as a registry of policies.
+
+A policy's ``schedule(replica, store, now)`` returns ``(decode_idx, chunks)``: the int array of
+decoding requests (one token each) and a list of ``(request, prefill_tokens)``; or ``None`` when
+there is nothing to run. It allocates KV blocks for what it schedules and preempts when the cache
+is full (recompute: the victim frees its blocks and later re-prefills prompt + generated tokens).
+
+Policies:
+
+* ``chunked`` (default; vLLM v1 / Sarathi-style): running requests first in admission order
+  (decodes take one token of the budget, partial prefills the rest), then waiting requests FCFS
+  while the token budget, ``max_batch`` and free KV blocks allow; prompts are split into chunks.
+* ``whole-prompt``: as ``chunked``, but a prompt's prefill is scheduled only whole (one prompt may
+  exceed the budget when it is alone in the prefill part of the batch).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from simfoe.errors import SpecError
+from simfoe.serving.metrics import STATUS_DROPPED, STATUS_RUNNING, STATUS_WAITING
+
+SCHEDULERS: dict[str, type] = {}
+
+
+def register_scheduler(name: str):
+    def deco(cls):
+        SCHEDULERS[name] = cls
+        cls.name = name
+        return cls
+    return deco
+
+
+@register_scheduler("chunked")
+class ChunkedFCFS:
+    """FCFS continuous batching with chunked prefill; see module docstring."""
+
+    chunked = True
+
+    def __init__(self, max_batch: int = 256, token_budget: int = 8192):
+        if not (isinstance(max_batch, (int, np.integer)) and max_batch >= 1):
+            raise SpecError("max_batch", max_batch, "an integer >= 1 (sequences per iteration)")
+        if not (isinstance(token_budget, (int, np.integer)) and token_budget >= max_batch):
+            raise SpecError("token_budget", token_budget,
+                            f"an integer >= max_batch ({max_batch}): tokens per iteration")
+        self.max_batch = int(max_batch)
+        self.token_budget = int(token_budget)
+
+    # ---------------------------------------------------------------- helpers
+    @staticmethod
+    def preempt_last(rep, st) -> None:
+        """Preempt the most recently admitted running request (recompute)."""
+        i = rep.running.pop()
+        rep.kv.free += int(st.blocks[i])
+        st.blocks[i] = 0
+        st.ctx[i] = 0
+        st.pf_left[i] = st.prompt[i] + st.gen[i]
+        st.status[i] = STATUS_WAITING
+        st.preempted[i] += 1
+        rep.preemptions += 1
+        rep.waiting.appendleft(i)
+
+    def _chunk(self, i: int, budget: int, alone: bool, st, kv) -> int:
+        """Prefill tokens of request ``i`` to run now (0: none); allocates their KV blocks."""
+        left = int(st.pf_left[i])
+        if self.chunked:
+            c = min(left, budget)
+        else:
+            c = left if (left <= budget or alone) else 0
+        if c <= 0:
+            return 0
+        ctx = int(st.ctx[i])
+        have = int(st.blocks[i])
+        fit = (have + kv.free) * kv.block_size - ctx
+        if c > fit:
+            if not self.chunked or fit <= 0:
+                return 0
+            c = fit
+        nb = -(-(ctx + c) // kv.block_size)
+        kv.free -= nb - have
+        st.blocks[i] = nb
+        return c
+
+    # ---------------------------------------------------------------- one iteration
+    def schedule(self, rep, st, now: float):
+        kv = rep.kv
+        bs = kv.block_size
+        while True:
+            run = rep.running
+            if run:
+                r = np.fromiter(run, np.int64, len(run))
+                dmask = st.pf_left[r] == 0
+                dec = r[dmask]
+                grow = (st.ctx[dec] % bs) == 0
+                need = int(np.count_nonzero(grow))
+                if need > kv.free:
+                    self.preempt_last(rep, st)
+                    continue
+            else:
+                r = dec = np.empty(0, np.int64)
+                dmask = np.empty(0, bool)
+                grow = dec
+                need = 0
+            if need:
+                st.blocks[dec[grow]] += 1
+                kv.free -= need
+            budget = self.token_budget - len(dec)
+            chunks = []
+            if len(dec) < len(r):
+                for i in r[~dmask].tolist():
+                    if budget <= 0:
+                        break
+                    c = self._chunk(i, budget, not chunks, st, kv)
+                    if c:
+                        chunks.append((i, c))
+                        budget -= c
+            waiting = rep.waiting
+            while waiting and budget > 0 and len(run) < self.max_batch:
+                i = waiting[0]
+                if kv.blocks_for(st.prompt[i] + st.target[i] - 1) > kv.total:
+                    waiting.popleft()
+                    st.status[i] = STATUS_DROPPED
+                    st.dropped[i] = 1
+                    continue
+                c = self._chunk(i, budget, not chunks, st, kv)
+                if not c:
+                    break
+                waiting.popleft()
+                run.append(i)
+                st.status[i] = STATUS_RUNNING
+                if st.scheduled[i] != st.scheduled[i]:  # NaN: first time scheduled
+                    st.scheduled[i] = now
+                chunks.append((i, c))
+                budget -= c
+            if len(dec) or chunks:
+                return dec, chunks
+            if run:  # only stalled prefills holding the cache: free some and retry
+                self.preempt_last(rep, st)
+                continue
+            return None
+
+
+@register_scheduler("whole-prompt")
+class WholePrompt(ChunkedFCFS):
+    """Continuous batching without chunking prompts; see module docstring."""
+
+    chunked = False
+
+
+def make_scheduler(name: str, max_batch: int, token_budget: int):
+    cls = SCHEDULERS.get(name)
+    if cls is None:
+        raise SpecError("scheduler", name, "allowed: " + ", ".join(SCHEDULERS))
+    return cls(max_batch=max_batch, token_budget=token_budget)

@@ -1,0 +1,132 @@
+"""Iteration-time models for the serving engine, and the memo that makes hours of traffic cheap.
+
+The engine describes one iteration (one forward pass of a continuous batch) by four numbers:
+
+* ``prefill_tokens``: new prompt tokens computed this step (sum of chunk sizes);
+* ``prefill_attn_pairs``: causal query-key pairs of those chunks,
+  sum of ``chunk * (past_context + (chunk + 1) / 2)``;
+* ``decode_seqs``: sequences decoding one token each;
+* ``decode_kv_tokens``: sum of their context lengths (tokens attended, incl. the new one).
+
+Any object with ``iteration(prefill_tokens, prefill_attn_pairs, decode_seqs, decode_kv_tokens)``
+returning seconds or an object with ``latency_s`` (and optionally ``breakdown_s``) is a step model;
+:class:`simfoe.forward.ForwardModel` is the real one. The analytic ones here serve tests and
+queueing-theory checks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from simfoe.errors import SpecError
+
+
+class StepModel(Protocol):
+    def iteration(self, prefill_tokens: int, prefill_attn_pairs: float, decode_seqs: int,
+                  decode_kv_tokens: int): ...
+
+
+@dataclass(frozen=True)
+class ConstantStep:
+    """Every iteration takes ``step_s`` seconds whatever the batch (queueing-theory checks)."""
+
+    step_s: float
+
+    def __post_init__(self):
+        if not self.step_s > 0:
+            raise SpecError("step_s", self.step_s, "seconds > 0")
+
+    def iteration(self, prefill_tokens, prefill_attn_pairs, decode_seqs, decode_kv_tokens) -> float:
+        return self.step_s
+
+
+@dataclass(frozen=True)
+class LinearStep:
+    """Affine iteration time (seconds): a fixed cost plus per-token, per-pair and per-sequence terms.
+
+    Monotone in every input, so a batch never runs faster than any part of it alone.
+    """
+
+    base_s: float = 0.0
+    per_prefill_token_s: float = 0.0
+    per_attn_pair_s: float = 0.0
+    per_decode_seq_s: float = 0.0
+    per_kv_token_s: float = 0.0
+
+    def __post_init__(self):
+        for k, v in self.__dict__.items():
+            if not v >= 0:
+                raise SpecError(k, v, "seconds >= 0")
+        if self.base_s + self.per_prefill_token_s + self.per_decode_seq_s <= 0:
+            raise SpecError("base_s", self.base_s, "a step model whose iterations take time > 0")
+
+    def iteration(self, prefill_tokens, prefill_attn_pairs, decode_seqs, decode_kv_tokens) -> float:
+        return (self.base_s + self.per_prefill_token_s * prefill_tokens + self.per_attn_pair_s * prefill_attn_pairs
+                + self.per_decode_seq_s * decode_seqs + self.per_kv_token_s * decode_kv_tokens)
+
+
+def bucket_up(x: float, bits: int) -> int:
+    """Round ``x`` >= 0 up to a value with ``bits`` significant binary digits (exact below 2**bits).
+
+    Relative rounding error < 2**-(bits-1); ceiling so a memoized cost never undercuts the
+    exact one for a monotone step model."""
+    n = int(x)
+    if n < x:
+        n += 1
+    if n < (1 << bits):
+        return n
+    shift = n.bit_length() - bits
+    q = ((n - 1) >> shift) + 1
+    return q << shift
+
+
+class MemoCost:
+    """Memoized iteration cost keyed by a bucketed batch signature.
+
+    ``bits`` significant bits per coordinate (5: <= 6.25% relative rounding, always upwards).
+    ``hits``/``misses`` count lookups; ``counts[key]`` how many iterations used each key, so that
+    time-weighted breakdowns cost nothing per iteration.
+    """
+
+    def __init__(self, model, bits: int = 5):
+        if not 2 <= int(bits) <= 20:
+            raise SpecError("bucket_bits", bits, "an integer in 2..20")
+        self.model = model
+        self.bits = int(bits)
+        self.table: dict[tuple, float] = {}
+        self.breakdown: dict[tuple, dict] = {}
+        self.counts: dict[tuple, int] = {}
+        self.misses = 0
+
+    def __call__(self, prefill_tokens: int, attn_pairs: float, decode_seqs: int, kv_tokens: int) -> float:
+        b = self.bits
+        key = (bucket_up(prefill_tokens, b), bucket_up(attn_pairs, b), bucket_up(decode_seqs, b),
+               bucket_up(kv_tokens, b))
+        t = self.table.get(key)
+        if t is None:
+            r = self.model.iteration(key[0], float(key[1]), key[2], key[3])
+            t = float(getattr(r, "latency_s", r))
+            if not t > 0:
+                raise SpecError("step model", t, "iteration latency > 0 seconds")
+            self.table[key] = t
+            bd = getattr(r, "breakdown_s", None)
+            if bd:
+                self.breakdown[key] = dict(bd)
+            self.counts[key] = 1
+            self.misses += 1
+        else:
+            self.counts[key] += 1
+        return t
+
+    @property
+    def lookups(self) -> int:
+        return sum(self.counts.values())
+
+    def total_breakdown(self) -> dict[str, float]:
+        """Seconds per breakdown category summed over all iterations (empty if the model gives none)."""
+        out: dict[str, float] = {}
+        for key, bd in self.breakdown.items():
+            c = self.counts[key]
+            for k, v in bd.items():
+                out[k] = out.get(k, 0.0) + c * float(v)
+        return out
