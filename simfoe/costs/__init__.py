@@ -1,0 +1,1 @@
+"""Cost models: kernel costs (``kernels``: roofline + calibrated efficiency) and collectives."""

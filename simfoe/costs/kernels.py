@@ -1,0 +1,271 @@
+"""Kernel cost model: roofline with calibrated efficiency (DESIGN.md "Kernels").
+
+Every function is pure and cheap (plain floats, ``math``) because the simulator calls it in its
+hot path. Units: seconds, FLOP, bytes.
+
+Model, per kernel::
+
+    t_compute = flops / (peak(dtype) * eff_c(shape))
+    t_memory  = bytes / (hbm_bandwidth * eff_m(bytes))
+    latency   = smax_p(t_compute, t_memory) + launch
+
+``smax_p(a, b) = (a**p + b**p)**(1/p)`` is a smoothed max (p = inf is the plain max); it is never
+below ``max(a, b)``, so latency >= flops/peak and >= bytes/hbm_bandwidth always holds.
+
+Fitted parameters live in ``hw.kernels`` (see docs/calibration-kernels.md), one mapping per family:
+
+``gemm``  (also used by ``grouped_gemm``)
+    ``eff_max`` (peak fraction reached by large GEMMs), ``m_pad``, ``n_pad``, ``k_pad`` (elements):
+    eff_c = eff_max * m/(m+m_pad) * n/(n+n_pad) * k/(k+k_pad), i.e. the kernel behaves as if each
+    dimension were padded by a fixed amount (tile and wave under-fill); ``mem_eff`` and
+    ``mem_floor_bytes``: eff_m = mem_eff * B/(B+mem_floor_bytes); ``launch_s``; ``smooth_p``.
+``elementwise`` (and optional ``elementwise_norm``, ``elementwise_act``, ``elementwise_add``)
+    ``mem_eff``, ``mem_floor_bytes``, ``launch_s``.
+``attention_prefill``
+    ``eff_max`` (achieved FlashAttention FLOP/s / peak), ``mem_eff``, ``launch_s``, ``smooth_p``.
+``attention_decode``
+    ``mem_eff``, ``mem_floor_bytes``, ``launch_s``, ``eff_max`` (for the small FLOP term).
+
+Uncalibrated hardware (``hw.kernels`` empty, or a family missing): pure roofline, every efficiency
+1, no floor, plain max, plus ``hw.gpu.launch_overhead_s``. Such numbers are lower bounds, not
+predictions.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from simfoe.errors import SpecError
+
+DTYPE_BYTES: dict[str, int] = {"bf16": 2, "fp16": 2, "fp8": 1, "fp32": 4}
+BOUNDS = ("compute", "memory", "launch")
+ELEMENTWISE_KINDS = ("norm", "act", "add")
+
+
+@dataclass(frozen=True, slots=True)
+class KernelCost:
+    """Cost of one kernel launch: latency (s), work (FLOP), traffic (bytes), what bounds it."""
+
+    latency_s: float
+    flops: float
+    bytes: float
+    bound: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"latency_s": self.latency_s, "flops": self.flops, "bytes": self.bytes, "bound": self.bound}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def dtype_bytes(dtype: str) -> int:
+    """Bytes per element of ``dtype``."""
+    try:
+        return DTYPE_BYTES[dtype]
+    except KeyError:
+        raise SpecError("dtype", dtype, "allowed: " + ", ".join(DTYPE_BYTES)) from None
+
+
+def smooth_max(a: float, b: float, p: float) -> float:
+    """(a^p + b^p)^(1/p) for a, b >= 0; p = inf gives max(a, b). Never below max(a, b)."""
+    hi = a if a > b else b
+    if hi <= 0.0 or math.isinf(p):
+        return hi
+    lo = b if a > b else a
+    return hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
+
+
+def _family(hw, name: str) -> dict[str, float]:
+    return hw.kernels.get(name) or {}
+
+
+def _launch(hw, fam: dict[str, float]) -> float:
+    return float(fam.get("launch_s", hw.gpu.launch_overhead_s))
+
+
+def _pos(field: str, value, allow_zero: bool = False) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise SpecError(field, value, "a number") from None
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise SpecError(field, value, ">= 0" if allow_zero else "> 0")
+    return v
+
+
+def _cost(t_c: float, t_m: float, p: float, launch: float, flops: float, nbytes: float) -> KernelCost:
+    body = smooth_max(t_c, t_m, p)
+    if launch >= body:
+        bound = "launch"
+    else:
+        bound = "compute" if t_c >= t_m else "memory"
+    return KernelCost(body + launch, float(flops), float(nbytes), bound)
+
+
+def gemm_params(hw) -> tuple[float, float, float, float, float, float, float, float]:
+    """(eff_max, m_pad, n_pad, k_pad, mem_eff, mem_floor_bytes, launch_s, smooth_p) of ``hw``."""
+    g = _family(hw, "gemm")
+    return (
+        float(g.get("eff_max", 1.0)), float(g.get("m_pad", 0.0)), float(g.get("n_pad", 0.0)),
+        float(g.get("k_pad", 0.0)), float(g.get("mem_eff", 1.0)), float(g.get("mem_floor_bytes", 0.0)),
+        _launch(hw, g), float(g.get("smooth_p", math.inf)),
+    )
+
+
+def gemm_time_array(peak: float, bw: float, params: Sequence[float], m, n, k, elem_bytes: float = 2.0):
+    """Vectorized GEMM latency (s) for numpy arrays m, n, k; same formula as :func:`gemm`.
+
+    Used by the fitter; ``params`` as returned by :func:`gemm_params`.
+    """
+    import numpy as np
+
+    eff_max, m_pad, n_pad, k_pad, mem_eff, floor_b, launch, p = params
+    t_c = 2.0 * (m + m_pad) * (n + n_pad) * (k + k_pad) / (peak * eff_max)
+    nbytes = elem_bytes * (m * k + k * n + m * n)
+    t_m = (nbytes + floor_b) / (bw * mem_eff)
+    hi = np.maximum(t_c, t_m)
+    if math.isinf(p):
+        return hi + launch
+    lo = np.minimum(t_c, t_m)
+    return hi * (1.0 + (lo / hi) ** p) ** (1.0 / p) + launch
+
+
+# ----------------------------------------------------------------------------- kernels
+
+def gemm(hw, m: int, n: int, k: int, dtype: str = "bf16") -> KernelCost:
+    """(m x k) @ (k x n) in ``dtype``: 2mnk FLOP; reads A and B, writes C once (bytes).
+
+    Compute time uses the padded-dimension efficiency of ``hw.kernels['gemm']``; memory time the
+    fitted streaming efficiency with a size floor. Uncalibrated: roofline + launch.
+    """
+    m = _pos("m", m, allow_zero=True)
+    n = _pos("n", n)
+    k = _pos("k", k)
+    if m == 0:
+        return KernelCost(0.0, 0.0, 0.0, "launch")
+    eb = dtype_bytes(dtype)
+    eff_max, m_pad, n_pad, k_pad, mem_eff, floor_b, launch, p = gemm_params(hw)
+    flops = 2.0 * m * n * k
+    nbytes = eb * (m * k + k * n + m * n)
+    t_c = 2.0 * (m + m_pad) * (n + n_pad) * (k + k_pad) / (hw.peak(dtype) * eff_max)
+    t_m = (nbytes + floor_b) / (hw.gpu.hbm_bandwidth * mem_eff)
+    return _cost(t_c, t_m, p, launch, flops, nbytes)
+
+
+def grouped_gemm(hw, tokens_per_expert, n: int, k: int, dtype: str = "bf16") -> KernelCost:
+    """One grouped launch: for each expert e, (t_e x k) @ (k x n).
+
+    Experts with t_e = 0 cost nothing (their weights are not read); each active expert's weights
+    (k x n) are read once. Compute time sums the per-expert padded GEMM times (a grouped kernel
+    pads every expert's rows to tiles), which reduces in closed form to
+    2 (sum t_e + m_pad * active) (n + n_pad)(k + k_pad) / (peak * eff_max). One launch.
+    """
+    import numpy as np
+
+    t = np.asarray(tokens_per_expert, dtype=float).ravel()
+    if t.size == 0 or not np.all(np.isfinite(t)) or np.any(t < 0):
+        raise SpecError("tokens_per_expert", tokens_per_expert, "a non-empty array of counts >= 0")
+    n = _pos("n", n)
+    k = _pos("k", k)
+    total = float(t.sum())
+    active = float(np.count_nonzero(t))
+    if active == 0:
+        return KernelCost(0.0, 0.0, 0.0, "launch")
+    eb = dtype_bytes(dtype)
+    eff_max, m_pad, n_pad, k_pad, mem_eff, floor_b, launch, p = gemm_params(hw)
+    flops = 2.0 * total * n * k
+    nbytes = eb * (active * k * n + total * (k + n))
+    t_c = 2.0 * (total + m_pad * active) * (n + n_pad) * (k + k_pad) / (hw.peak(dtype) * eff_max)
+    t_m = (nbytes + floor_b) / (hw.gpu.hbm_bandwidth * mem_eff)
+    return _cost(t_c, t_m, p, launch, flops, nbytes)
+
+
+def _check_heads(n_heads, n_kv_heads, head_dim) -> tuple[float, float, float]:
+    h = _pos("n_heads", n_heads)
+    hkv = _pos("n_kv_heads", n_kv_heads)
+    d = _pos("head_dim", head_dim)
+    if hkv > h or h % hkv:
+        raise SpecError("n_kv_heads", n_kv_heads, f"a divisor of n_heads={n_heads}")
+    return h, hkv, d
+
+
+def attention_prefill(hw, batch: int, q_len: int, kv_len: int, n_heads: int, n_kv_heads: int,
+                      head_dim: int, dtype: str = "bf16", causal: bool = True) -> KernelCost:
+    """FlashAttention-like prefill: Q (q_len new tokens) against kv_len keys per sequence.
+
+    FLOP = 4 * batch * n_heads * head_dim * pairs, pairs = q_len*kv_len, or with ``causal``
+    q_len*kv_len - q_len^2/2 (exactly half when q_len == kv_len; the new tokens are the last
+    q_len of kv_len). Bytes: Q, K, V, O each once. Efficiency ``hw.kernels['attention_prefill']``
+    (published FlashAttention figures). Uncalibrated: roofline + launch.
+    """
+    b = _pos("batch", batch, allow_zero=True)
+    q = _pos("q_len", q_len, allow_zero=True)
+    kv = _pos("kv_len", kv_len, allow_zero=True)
+    h, hkv, d = _check_heads(n_heads, n_kv_heads, head_dim)
+    if q > kv:
+        raise SpecError("q_len", q_len, f"<= kv_len={kv_len} (new tokens attend to the context and themselves)")
+    if b == 0 or q == 0:
+        return KernelCost(0.0, 0.0, 0.0, "launch")
+    eb = dtype_bytes(dtype)
+    pairs = q * kv - (q * q / 2.0 if causal else 0.0)
+    flops = 4.0 * b * h * d * pairs
+    nbytes = eb * b * d * (2.0 * q * h + 2.0 * kv * hkv)
+    f = _family(hw, "attention_prefill")
+    t_c = flops / (hw.peak(dtype) * float(f.get("eff_max", 1.0)))
+    t_m = nbytes / (hw.gpu.hbm_bandwidth * float(f.get("mem_eff", 1.0)))
+    return _cost(t_c, t_m, float(f.get("smooth_p", math.inf)), _launch(hw, f), flops, nbytes)
+
+
+def attention_decode(hw, batch: int, kv_len, n_heads: int, n_kv_heads: int, head_dim: int,
+                     dtype: str = "bf16") -> KernelCost:
+    """Decode attention: one new query token per sequence reads its whole KV cache.
+
+    ``kv_len``: context length per sequence (int, same for all ``batch`` sequences) or an
+    array-like of per-sequence lengths (its sum is the total KV tokens read; its length must be
+    ``batch``). FLOP = 4 * n_heads * head_dim * total_kv; bytes = K and V of total_kv tokens plus
+    Q and O. Memory-bound: uses the fitted HBM streaming efficiency ``hw.kernels['attention_decode']``.
+    """
+    b = _pos("batch", batch, allow_zero=True)
+    h, hkv, d = _check_heads(n_heads, n_kv_heads, head_dim)
+    if isinstance(kv_len, (int, float)) and not isinstance(kv_len, bool):
+        total = _pos("kv_len", kv_len, allow_zero=True) * b
+    else:
+        import numpy as np
+
+        arr = np.asarray(kv_len, dtype=float).ravel()
+        if arr.size != b or not np.all(np.isfinite(arr)) or np.any(arr < 0):
+            raise SpecError("kv_len", kv_len, f"an int or {int(b)} per-sequence lengths >= 0")
+        total = float(arr.sum())
+    if b == 0:
+        return KernelCost(0.0, 0.0, 0.0, "launch")
+    eb = dtype_bytes(dtype)
+    flops = 4.0 * h * d * total
+    nbytes = eb * d * (2.0 * hkv * total + 2.0 * b * h)
+    f = _family(hw, "attention_decode")
+    t_c = flops / (hw.peak(dtype) * float(f.get("eff_max", 1.0)))
+    t_m = (nbytes + float(f.get("mem_floor_bytes", 0.0))) / (hw.gpu.hbm_bandwidth * float(f.get("mem_eff", 1.0)))
+    return _cost(t_c, t_m, math.inf, _launch(hw, f), flops, nbytes)
+
+
+def elementwise(hw, nbytes: float, flops: float = 0.0, kind: str | None = None) -> KernelCost:
+    """Memory-bound elementwise kernel (norm, activation, residual add) moving ``nbytes``.
+
+    ``kind`` in {"norm", "act", "add"} picks ``hw.kernels['elementwise_<kind>']`` when fitted, else
+    ``hw.kernels['elementwise']``. ``flops`` (CUDA-core work) counts only when the profile gives a
+    ``fp32`` peak; otherwise these kernels are treated as memory-bound (true for norms, activations
+    and adds). Uncalibrated: bytes / hbm_bandwidth + launch.
+    """
+    nb = _pos("nbytes", nbytes, allow_zero=True)
+    fl = _pos("flops", flops, allow_zero=True)
+    if kind is not None and kind not in ELEMENTWISE_KINDS:
+        raise SpecError("kind", kind, "allowed: " + ", ".join(ELEMENTWISE_KINDS) + " or None")
+    if nb == 0 and fl == 0:
+        return KernelCost(0.0, 0.0, 0.0, "launch")
+    f = (_family(hw, f"elementwise_{kind}") if kind else None) or _family(hw, "elementwise")
+    t_m = (nb + float(f.get("mem_floor_bytes", 0.0))) / (hw.gpu.hbm_bandwidth * float(f.get("mem_eff", 1.0)))
+    fp32 = hw.gpu.peak_flops.get("fp32")
+    t_c = fl / fp32 if (fp32 and fl) else 0.0
+    return _cost(t_c, t_m, math.inf, _launch(hw, f), fl, nb)
+
+
+OPS = ("gemm", "grouped_gemm", "attention_prefill", "attention_decode", "elementwise")
