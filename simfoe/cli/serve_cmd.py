@@ -1,0 +1,101 @@
+"""`simfoe serve`: request-level serving simulation (continuous batching on MoE or FoE replicas)."""
+from __future__ import annotations
+
+import sys
+
+from simfoe.cli.common import add_json_flag, add_set_flag, fmt_time, table
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="simulate serving a request trace (TTFT, TBT, throughput, goodput)",
+        description="Serve a trace on --replicas copies of one model instance spanning --nodes nodes, with "
+        "vLLM-like continuous batching (chunked prefill, paged KV cache, recompute preemption). "
+        "Iteration times come from the forward model. Times in seconds.",
+    )
+    p.add_argument("--model", required=True, help="model preset or YAML path")
+    p.add_argument("--hardware", required=True, help="hardware preset (e.g. h100-sxm) or YAML path")
+    p.add_argument("--nodes", type=int, default=1, help="nodes per model instance (default 1)")
+    p.add_argument("--arch", required=True, choices=["moe", "foe"], help="MoE (expert parallel) or FoE layout")
+    p.add_argument("--trace", required=True,
+                   help="trace file (Azure/Mooncake/ShareGPT/simfoe csv) or built-in name: longbench, "
+                   "azure-conv, azure-code, sharegpt, mooncake-conv, ...")
+    p.add_argument("--rate", type=float, default=None, help="arrival rate, requests/s (default: trace timestamps)")
+    p.add_argument("--duration", type=float, default=None, help="keep arrivals in [0, S) seconds")
+    p.add_argument("--arrival", default=None, help="trace | poisson | gamma:CV (default poisson when --rate)")
+    p.add_argument("--replicas", type=int, default=1, help="data-parallel copies of the instance (default 1)")
+    p.add_argument("--router", default="round-robin", help="replica router: round-robin | least-outstanding")
+    p.add_argument("--scheduler", default="chunked", help="batching policy: chunked | whole-prompt")
+    p.add_argument("--routing", default="uniform", help="expert routing distribution (uniform, zipf:S, ...)")
+    p.add_argument("--max-batch", type=int, default=256, help="max sequences per iteration (default 256)")
+    p.add_argument("--token-budget", type=int, default=8192, help="max tokens per iteration (default 8192)")
+    p.add_argument("--block-size", type=int, default=16, help="KV-cache block size, tokens (default 16)")
+    p.add_argument("--slo-ttft", type=float, default=None, help="TTFT SLO for goodput, seconds")
+    p.add_argument("--slo-tbt", type=float, default=None, help="per-request mean TBT SLO for goodput, seconds")
+    p.add_argument("--horizon", type=float, default=None,
+                   help="stop at this simulated time; unfinished requests are reported dropped")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-bad-rows", action="store_true", help="drop malformed trace rows instead of failing")
+    p.add_argument("--out", default=None, help="directory for requests.parquet and summary.json")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--progress", dest="progress", action="store_true", default=None,
+                   help="show a progress bar (default: when stderr is a terminal and not --json)")
+    g.add_argument("--no-progress", dest="progress", action="store_false")
+    add_set_flag(p)
+    add_json_flag(p)
+    p.set_defaults(func=run, render=render)
+
+
+def run(args) -> dict:
+    from simfoe.serving import run_serve
+
+    progress = args.progress
+    if progress is None:
+        progress = sys.stderr.isatty() and not args.json
+    return run_serve(
+        args.model, args.hardware, args.nodes, args.arch, args.trace, rate=args.rate, duration=args.duration,
+        replicas=args.replicas, routing=args.routing, overrides=args.overrides, seed=args.seed,
+        slo_ttft=args.slo_ttft, slo_tbt=args.slo_tbt, max_batch=args.max_batch, token_budget=args.token_budget,
+        progress=progress, out=args.out, router=args.router, scheduler=args.scheduler, arrival=args.arrival,
+        block_size=args.block_size, horizon_s=args.horizon, skip_bad_rows=args.skip_bad_rows,
+    )
+
+
+def _num(x, fmt="{:.2f}"):
+    return "-" if x is None else fmt.format(x)
+
+
+def render(r: dict) -> str:
+    req = r["requests"]
+    lines = [
+        f"{r['model']} on {r['replicas']} x {r['nodes']} node(s) of {r['hardware']} ({r['arch']}), "
+        f"{r.get('gpus_per_replica') or '?'} GPUs per replica",
+        f"workload: {r['workload']['source']}",
+        f"requests: {req['completed']}/{req['total']} completed"
+        + (f", {req['dropped']} dropped {req['dropped_by_reason']}" if req["dropped"] else ""),
+        "",
+    ]
+    rows = []
+    for key, label in (("ttft_s", "TTFT"), ("tbt_s", "TBT"), ("tpot_s", "TPOT (mean TBT per request)"),
+                       ("e2e_s", "end-to-end"), ("queue_s", "queueing delay")):
+        d = r[key]
+        rows.append([label] + [fmt_time(d.get(k)) for k in ("mean", "p50", "p90", "p99")])
+    lines.append(table(rows, ["latency", "mean", "p50", "p90", "p99"]))
+    th, gp, kv = r["throughput"], r["goodput"], r["kv_cache"]
+    lines += [
+        "",
+        f"throughput: {_num(th['requests_per_s'])} req/s (offered {_num(th['offered_requests_per_s'])}), "
+        f"{_num(th['output_tokens_per_s'], '{:.0f}')} output tokens/s",
+        f"goodput: {_num(gp['requests_per_s'])} req/s ({_num((gp['fraction_of_requests'] or 0) * 100, '{:.1f}')}% "
+        f"of requests; SLO TTFT {fmt_time(gp['slo_ttft_s'])}, TBT {fmt_time(gp['slo_tbt_s'])})",
+        f"KV cache: {kv['capacity_tokens']:,} tokens/replica, mean use {kv['mean_used_fraction'] * 100:.1f}%, "
+        f"max {kv['max_used_fraction'] * 100:.1f}%, {kv['preemptions']} preemptions",
+        f"GPU utilization (busy share): {_num((r['gpu_utilization'] or 0) * 100, '{:.1f}')}%",
+        f"simulated {r['sim']['simulated_s']:.1f} s in {r['sim']['wall_s']:.2f} s wall "
+        f"({_num(r['sim']['sim_s_per_wall_s'], '{:.0f}')} sim s/s; {r['sim']['iterations']} iterations, "
+        f"{r['sim']['cost_evaluations']} forward-model evaluations)",
+    ]
+    if "files" in r:
+        lines.append(f"records: {r['files']['records']}")
+    return "\n".join(lines)
