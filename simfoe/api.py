@@ -1,0 +1,68 @@
+"""The Python API: plain functions returning the same dicts the CLI prints with ``--json``.
+
+>>> import simfoe.api as sf
+>>> r = sf.forward("mixtral-8x7b", "h100-sxm", nodes=1, arch="foe", phase="decode", batch=64, seq_len=2048)
+>>> r["latency_s"] > 0
+True
+
+Specs are presets (short names) or YAML paths; ``overrides`` are ``--set`` strings
+("hardware.network.nic_bandwidth=100e9").
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Iterable
+
+from simfoe.errors import SpecError
+from simfoe.forward import ForwardModel
+from simfoe.specs.io import build_placement, check_override_roots, load_hardware, load_model
+
+
+@lru_cache(maxsize=256)
+def _specs(model: str, hardware: str, nodes: int, arch: str, overrides: tuple[str, ...]):
+    check_override_roots(list(overrides))
+    ov = list(overrides)
+    return load_model(model, ov), load_hardware(hardware, ov), build_placement(arch, nodes, ov)
+
+
+def forward_model(model: str, hardware: str, nodes: int = 1, arch: str = "moe", routing: str = "uniform",
+                  overrides: Iterable[str] = (), seed: int = 0) -> ForwardModel:
+    """A ``ForwardModel`` for presets/paths plus overrides (cached spec loading)."""
+    if arch not in ("moe", "foe"):
+        raise SpecError("arch", arch, "allowed: moe, foe")
+    if int(nodes) < 1:
+        raise SpecError("nodes", nodes, "an integer >= 1")
+    m, hw, p = _specs(str(model), str(hardware), int(nodes), arch, tuple(overrides))
+    return ForwardModel(m, hw, p, routing, seed)
+
+
+def forward(model: str, hardware: str, nodes: int = 1, arch: str = "moe", phase: str = "prefill",
+            batch: int = 1, seq_len: int = 2048, routing: str = "uniform", overrides: Iterable[str] = (),
+            seed: int = 0, per_layer: bool = False, timeline: str | None = None) -> dict:
+    """One forward pass; returns {"latency_s", "gpus", "breakdown_s", "comm_bytes", "local_activation_rate"}.
+
+    ``timeline``: path of a Chrome/Perfetto trace JSON to write (per-GPU compute, per-batch transfers).
+    """
+    fm = forward_model(model, hardware, nodes, arch, routing, overrides, seed)
+    events: list | None = [] if timeline else None
+    r = fm.run(phase, int(batch), int(seq_len), per_layer=per_layer, timeline=events)
+    if timeline:
+        write_timeline(timeline, events)
+    return r.to_dict()
+
+
+def write_timeline(path: str, events: list) -> None:
+    """Write Chrome trace-event JSON (open in chrome://tracing or ui.perfetto.dev)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    meta = [{"name": "process_name", "ph": "M", "pid": 0, "args": {"name": "GPU compute"}},
+            {"name": "process_name", "ph": "M", "pid": 1, "args": {"name": "fabric transfers"}}]
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump({"traceEvents": meta + events, "displayTimeUnit": "ms"}, f)
+    os.replace(tmp, p)

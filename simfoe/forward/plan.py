@@ -1,0 +1,352 @@
+"""Turn (model, placement, work) into a per-GPU *layer program*: compute steps and collectives.
+
+A program is a list of steps executed in order by every GPU:
+
+* ``Compute(category, seconds)``: GPU-local work, ``seconds`` is an array over GPUs;
+* ``Collective(category, groups, fn)``: each group (array of global GPU ranks) runs ``fn(net, group)``
+  (a SimPy generator from ``simfoe.costs.collectives``) once all its members have arrived.
+
+Layouts (see DESIGN.md "MoE placement" / "FoE placement"):
+
+MoE, attention ``tp`` (vLLM EP): attention heads split over a TP group of t GPUs inside a node,
+sequences split over the G/t groups; the attention output is reduce-scattered over the TP group
+(each GPU keeps 1/t of the tokens), tokens are dispatched to their experts' GPUs within the EP
+group (all-to-all), experts run, results return (all-to-all) and are all-gathered in the TP group.
+Reduce-scatter + all-gather move the bytes of one all-reduce and are counted as ``all_reduce``.
+MoE, attention ``dp`` (DeepSeek/SGLang): every GPU holds all attention heads and its own sequences;
+dispatch and combine all-to-all only.
+FoE: every GPU computes the attention heads of its cluster(s) for all tokens; one all-reduce over all
+GPUs sums the post-attention residuals; each cluster routes every token to k_c of its experts. With
+one GPU per cluster (or several clusters per GPU) the experts are local: no all-to-all. With g GPUs
+per cluster, tokens are sharded g ways inside the cluster, dispatched and combined by an all-to-all
+among the cluster's g GPUs (one node, NVLink) and all-gathered back inside the cluster.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from simfoe.costs import collectives as coll
+from simfoe.costs import kernels as K
+from simfoe.forward.routing import route_group
+from simfoe.forward.work import Work, even_split
+from simfoe.specs.hardware import HardwareSpec
+from simfoe.specs.model import ModelSpec
+from simfoe.specs.placement import FoELayout, MoELayout
+
+
+@dataclass
+class Compute:
+    category: str
+    seconds: np.ndarray  # (G,)
+
+
+@dataclass
+class Collective:
+    category: str
+    groups: list[np.ndarray]
+    fn: Callable  # fn(net, group_index, group) -> generator
+
+
+@dataclass
+class LayerPlan:
+    steps: list
+    local_activations: float = 0.0
+    activations: float = 0.0
+
+
+class _Costs:
+    """Memoized kernel costs for one pass (the same shapes recur across GPUs)."""
+
+    def __init__(self, hw: HardwareSpec, dtype: str):
+        self.hw, self.dtype = hw, dtype
+        self._c: dict = {}
+
+    def gemm(self, m, n, k) -> float:
+        if m <= 0 or n <= 0 or k <= 0:
+            return 0.0
+        key = ("g", int(m), int(n), int(k))
+        v = self._c.get(key)
+        if v is None:
+            v = self._c[key] = K.gemm(self.hw, int(m), int(n), int(k), self.dtype).latency_s
+        return v
+
+    def ew(self, nbytes, kind) -> float:
+        if nbytes <= 0:
+            return 0.0
+        key = ("e", float(nbytes), kind)
+        v = self._c.get(key)
+        if v is None:
+            v = self._c[key] = K.elementwise(self.hw, float(nbytes), kind=kind).latency_s
+        return v
+
+    def grouped(self, loads: np.ndarray, n, k) -> float:
+        if loads.sum() <= 0:
+            return 0.0
+        return K.grouped_gemm(self.hw, np.rint(loads), int(n), int(k), self.dtype).latency_s
+
+    def attn_prefill(self, tokens, pairs, h, hkv, d) -> float:
+        """Prefill chunks as one non-causal block of ``tokens`` queries x pairs/tokens keys
+        (FLOPs = 4 h d pairs, the causal count the caller computed)."""
+        if tokens <= 0 or pairs <= 0:
+            return 0.0
+        key = ("ap", int(tokens), float(pairs), h, hkv, d)
+        v = self._c.get(key)
+        if v is None:
+            q = int(tokens)
+            kv_true = pairs / q
+            kv = max(q, int(math.ceil(kv_true)))
+            v = K.attention_prefill(self.hw, 1, q, kv, h, hkv, d, self.dtype, causal=False).latency_s
+            v = self._c[key] = v * (kv_true / kv if kv > kv_true else 1.0)
+        return v
+
+    def attn_decode(self, seqs, kv_tokens, h, hkv, d) -> float:
+        if seqs <= 0:
+            return 0.0
+        key = ("ad", int(seqs), int(kv_tokens), h, hkv, d)
+        v = self._c.get(key)
+        if v is None:
+            per = max(1, int(round(kv_tokens / seqs)))
+            v = self._c[key] = K.attention_decode(self.hw, int(seqs), per, h, hkv, d, self.dtype).latency_s
+        return v
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def _attention_dims(model: ModelSpec, heads_per_gpu: float, kv_per_gpu: float):
+    """(qkv_out, o_in, h_q, h_kv, d, d_decode, kv_decode_heads) for attention on one GPU."""
+    a = model.attention
+    hq = max(1, int(math.ceil(heads_per_gpu)))
+    if a.kind == "mla":
+        # prefill: latent up-projected to per-head K (nope+rope) and V; decode: weight-absorbed
+        # attention reads the latent (kv_lora_rank + rope) once per token and head group.
+        d = a.qk_nope_head_dim + a.qk_rope_head_dim
+        d_dec = (a.kv_lora_rank + a.qk_rope_head_dim) / 2.0  # K and V halves of one latent read
+        return hq, hq, d, d_dec, 1
+    hkv = max(1, int(math.ceil(kv_per_gpu)))
+    if hq % hkv:
+        hkv = 1
+    return hq, hkv, a.head_dim, a.head_dim, hkv
+
+
+def _attention_seconds(c: _Costs, model: ModelSpec, w: Work, heads_per_gpu: float, kv_per_gpu: float) -> float:
+    """Norm, QKV projection, attention kernel, output projection and residual add on one GPU."""
+    a, h, b = model.attention, model.hidden, model.dtype_bytes
+    T = w.tokens
+    if T <= 0:
+        return 0.0
+    hq, hkv, d, d_dec, kv_dec = _attention_dims(model, heads_per_gpu, kv_per_gpu)
+    t = c.ew(2 * T * h * b, "norm")
+    if a.kind == "mla":
+        qk = a.qk_nope_head_dim + a.qk_rope_head_dim
+        if a.q_lora_rank:
+            t += c.gemm(T, a.q_lora_rank, h) + c.gemm(T, hq * qk, a.q_lora_rank)
+        else:
+            t += c.gemm(T, hq * qk, h)
+        t += c.gemm(T, a.kv_lora_rank + a.qk_rope_head_dim, h)
+        t += c.gemm(T, hq * (a.qk_nope_head_dim + a.v_head_dim), a.kv_lora_rank)
+        o_in = hq * a.v_head_dim
+    else:
+        t += c.gemm(T, (hq + 2 * hkv) * a.head_dim, h)
+        o_in = hq * a.head_dim
+    pairs, kv_tok = w.prefill_pairs, w.decode_kv_tokens
+    if a.sliding_window:
+        # layers alternate full and sliding-window attention; the representative layer carries the
+        # average attention work (the kernel time is linear in the pairs/KV tokens read).
+        frac = 1.0 / a.sliding_every
+        W = a.sliding_window
+        pairs = (1 - frac) * pairs + frac * min(pairs, w.prefill_tokens * W)
+        kv_tok = (1 - frac) * kv_tok + frac * min(kv_tok, w.decode_seqs * W)
+    t += c.attn_prefill(w.prefill_tokens, pairs, hq, hkv if a.kind != "mla" else hq, d)
+    t += c.attn_decode(w.decode_seqs, kv_tok, hq, kv_dec if a.kind == "mla" else hkv, d_dec)
+    t += c.gemm(T, h, o_in)
+    t += c.ew(3 * T * h * b, "add")
+    return t
+
+
+def _ffn_seconds(c: _Costs, model: ModelSpec, tokens: int, width: float) -> float:
+    """Dense (or shared-expert) gated FFN of intermediate ``width`` on ``tokens`` tokens."""
+    if tokens <= 0 or width <= 0:
+        return 0.0
+    h, b = model.hidden, model.dtype_bytes
+    up = (2 if model.gated else 1) * width
+    return (c.gemm(tokens, int(up), h) + c.ew(3 * tokens * width * b, "act") + c.gemm(tokens, h, int(width))
+            + c.ew(2 * tokens * h * b, "norm"))
+
+
+def _experts_seconds(c: _Costs, model: ModelSpec, loads: np.ndarray, width: int) -> float:
+    """Grouped expert FFN on one GPU; ``loads`` = tokens per local expert."""
+    if loads.sum() <= 0:
+        return 0.0
+    h, b = model.hidden, model.dtype_bytes
+    up = (2 if model.gated else 1) * width
+    return (c.grouped(loads, up, h) + c.ew(3 * loads.sum() * width * b, "act") + c.grouped(loads, h, width))
+
+
+def _a2a(traffic_bytes: np.ndarray, algorithm: str, tag: str = "all_to_all"):
+    def fn(net, gi, group):
+        yield from coll.all_to_all(net, group, traffic_bytes[gi], algorithm, tag)
+    return fn
+
+
+def _ar(nbytes: float, algorithm: str = "auto"):
+    def fn(net, gi, group):
+        yield from coll.all_reduce(net, group, nbytes, algorithm, "all_reduce")
+    return fn
+
+
+def _rs(nbytes: float):
+    def fn(net, gi, group):
+        yield from coll.reduce_scatter(net, group, nbytes, "auto", "all_reduce")
+    return fn
+
+
+def _ag(nbytes_per_rank: float):
+    def fn(net, gi, group):
+        yield from coll.all_gather(net, group, nbytes_per_rank, "auto", "all_reduce")
+    return fn
+
+
+def _groups(G: int, size: int) -> list[np.ndarray]:
+    return [np.arange(i, i + size) for i in range(0, G, size)]
+
+
+# ------------------------------------------------------------------------------------------- MoE
+def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work, probs: np.ndarray | None,
+              rng: np.random.Generator, dense: bool) -> LayerPlan:
+    """Program of one MoE (or, with ``dense``, dense-FFN) layer under the expert-parallel baseline."""
+    G, t, h, b = L.gpus, L.attention_tp, model.hidden, model.dtype_bytes
+    a = model.attention
+    n_groups = G // t
+    per_group = work.split(n_groups)
+    steps: list = []
+    if L.attention == "tp":
+        heads, kvh = a.n_heads / t, (a.n_kv_heads or 1) / t
+    else:
+        heads, kvh = a.n_heads, (a.n_kv_heads or 1)
+    attn = np.repeat([_attention_seconds(c, model, w, heads, kvh) for w in per_group], t)
+    steps.append(Compute("attention", attn))
+    tp_groups = _groups(G, t)
+    tok_group = np.array([w.tokens for w in per_group])
+    # tokens each GPU holds after the TP reduce-scatter (sequence-parallel shard)
+    tok_gpu = np.concatenate([even_split(n, t) for n in tok_group])
+    if dense:
+        if t > 1:
+            steps.append(Collective("all_reduce", tp_groups, _ar_groups([n * h * b for n in tok_group])))
+        ffn = np.repeat([_ffn_seconds(c, model, n, model.ffn / t) for n in tok_group], t)
+        steps.append(Compute("dense_ffn", ffn))
+        if t > 1:
+            steps.append(Collective("all_reduce", tp_groups, _ar_groups([n * h * b for n in tok_group])))
+        return LayerPlan(steps)
+    moe = model.moe
+    if t > 1:
+        steps.append(Collective("all_reduce", tp_groups, _rs_groups([n * h * b for n in tok_group])))
+    # router + shared experts on the local shard
+    router = np.array([c.gemm(n, moe.n_experts, h) + c.ew(2 * n * h * b, "norm") for n in tok_gpu])
+    steps.append(Compute("experts", router))
+    ep_groups = _groups(G, L.ep)
+    epg = L.experts_per_gpu
+    traffic, expert_time = [], np.zeros(G)
+    local = acts = 0.0
+    for gi, grp in enumerate(ep_groups):
+        # each EP group holds all experts; a token is routed inside its own group
+        s = route_group(probs, tok_gpu[grp], moe.top_k, epg, L.dedup, rng)
+        traffic.append(s.traffic_tokens * h * b)
+        local += s.local
+        acts += s.activations
+        for j, gpu in enumerate(grp):
+            expert_time[gpu] = _experts_seconds(c, model, s.expert_load[j * epg:(j + 1) * epg], moe.expert_ffn)
+    steps.append(Collective("dispatch", ep_groups, _a2a(traffic, L.all_to_all)))
+    if moe.n_shared_experts:
+        sw = (moe.shared_ffn or moe.expert_ffn) * moe.n_shared_experts
+        expert_time = expert_time + np.array([_ffn_seconds(c, model, n, sw) for n in tok_gpu])
+    steps.append(Compute("experts", expert_time))
+    steps.append(Collective("combine", ep_groups, _a2a([m.T.copy() for m in traffic], L.all_to_all)))
+    steps.append(Compute("experts", np.array([c.ew(3 * n * h * b, "add") for n in tok_gpu])))
+    if t > 1:
+        steps.append(Collective("all_reduce", tp_groups, _ag_groups([n * h * b / t for n in tok_group])))
+    return LayerPlan(steps, local, acts)
+
+
+def _ar_groups(nbytes: list[float]):
+    def fn(net, gi, group):
+        yield from coll.all_reduce(net, group, nbytes[gi], "auto", "all_reduce")
+    return fn
+
+
+def _rs_groups(nbytes: list[float]):
+    def fn(net, gi, group):
+        yield from coll.reduce_scatter(net, group, nbytes[gi], "auto", "all_reduce")
+    return fn
+
+
+def _ag_groups(nbytes_per_rank: list[float]):
+    def fn(net, gi, group):
+        yield from coll.all_gather(net, group, nbytes_per_rank[gi], "auto", "all_reduce")
+    return fn
+
+
+# ------------------------------------------------------------------------------------------- FoE
+def foe_layer(c: _Costs, model: ModelSpec, L: FoELayout, work: Work, probs: np.ndarray | None,
+              rng: np.random.Generator, dense: bool) -> LayerPlan:
+    """Program of one FoE layer (or a dense layer of an FoE model, FFN tensor-parallel over all GPUs)."""
+    G, g, h, b = L.gpus, L.gpus_per_cluster, model.hidden, model.dtype_bytes
+    a = model.attention
+    C, cpg = L.clusters, L.clusters_per_gpu
+    T = work.tokens
+    heads = a.n_heads / C * cpg / g
+    kvh = (a.n_kv_heads or 1) / C * cpg / g
+    steps: list = [Compute("attention", np.full(G, _attention_seconds(c, model, work, heads, kvh)))]
+    everyone = [np.arange(G)]
+    if G > 1:
+        steps.append(Collective("all_reduce", everyone, _ar(T * h * b, L.all_reduce)))
+    if dense:
+        steps.append(Compute("dense_ffn", np.full(G, _ffn_seconds(c, model, T, model.ffn / G))))
+        if G > 1:
+            steps.append(Collective("all_reduce", everyone, _ar(T * h * b, L.all_reduce)))
+        return LayerPlan(steps)
+    Ec, kc, fw = L.experts_per_cluster, L.top_k_per_cluster, L.expert_ffn
+    epg = Ec // g  # experts of one cluster on one GPU
+    expert_time = np.zeros(G)
+    local = acts = 0.0
+    if g == 1:
+        router = c.gemm(T, Ec * cpg, h) + c.ew(2 * T * h * b, "norm")
+        for gpu in range(G):
+            loads = []
+            for cl in range(gpu * cpg, (gpu + 1) * cpg):
+                s = route_group(probs[cl], np.array([T]), kc, Ec, True, rng)
+                loads.append(s.expert_load)
+                local += s.activations
+                acts += s.activations
+            expert_time[gpu] = _experts_seconds(c, model, np.concatenate(loads), fw)
+        steps.append(Compute("experts", np.full(G, router) + expert_time + c.ew(3 * T * h * b, "add")))
+        return LayerPlan(steps, local, acts)
+    clusters = _groups(G, g)
+    shard = even_split(T, g)
+    router = np.tile([c.gemm(n, Ec, h) + c.ew(2 * n * h * b, "norm") for n in shard], C)
+    steps.append(Compute("experts", router))
+    traffic = []
+    for ci, grp in enumerate(clusters):
+        s = route_group(probs[ci], shard, kc, epg, True, rng)
+        traffic.append(s.traffic_tokens * h * b)
+        local += s.local
+        acts += s.activations
+        for j, gpu in enumerate(grp):
+            expert_time[gpu] = _experts_seconds(c, model, s.expert_load[j * epg:(j + 1) * epg], fw)
+    steps.append(Collective("dispatch", clusters, _a2a(traffic, "direct")))
+    steps.append(Compute("experts", expert_time))
+    steps.append(Collective("combine", clusters, _a2a([m.T.copy() for m in traffic], "direct")))
+    steps.append(Compute("experts", np.tile([c.ew(3 * n * h * b, "add") for n in shard], C)))
+    steps.append(Collective("all_reduce", clusters, _ag(float(shard.max()) * h * b)))
+    return LayerPlan(steps, local, acts)
+
+
+def head_seconds(c: _Costs, model: ModelSpec, work: Work, vocab_split: int, dp_groups: int) -> float:
+    """Embedding lookup + final norm + LM head on the busiest GPU (logits for one token per sequence)."""
+    h, b = model.hidden, model.dtype_bytes
+    per = work.split(dp_groups)[0]
+    emb = c.ew(2 * per.tokens * h * b, "add")
+    seqs = per.seqs
+    return emb + c.ew(2 * seqs * h * b, "norm") + c.gemm(seqs, int(math.ceil(model.vocab / vocab_split)), h)
