@@ -86,10 +86,12 @@ def build_graph(spec: PipelineSpec) -> StageGraph:
                 kd = lv.index(s.key) + 1
             else:
                 raise SpecError(f"stages.{s.name}.key", s.key, f"a level of the arriving items ({', '.join(lv)})")
-            if kd == len(lv) and len(preds[i]) < 2:
+            if kd < 1 or (kd == len(lv) and len(preds[i]) < 2):
                 raise SpecError(f"stages.{s.name}.key", s.key or lv[-1],
                                 f"a level above the arriving items' own ({', '.join(lv[:-1])}): "
-                                "with one input edge each item would be its own aggregate")
+                                "with one input edge each item would be its own aggregate" if len(lv) > 1 else
+                                "an upstream fan-out to aggregate (give an upstream stage `outputs`) or "
+                                "a second input edge to join")
             key_depth[i] = kd
             base = lv[:kd]
         own = tuple(x for x in (s.level, s.parts_level) if x is not None)

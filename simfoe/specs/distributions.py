@@ -103,7 +103,7 @@ def parse_dist(value: Any, field: str = "dist") -> DistSpec:
 def sample(spec: DistSpec, rng: np.random.Generator, n: int) -> np.ndarray:
     """Draw ``n`` float64 samples >= 0 from ``spec`` (vectorized)."""
     m, s = spec.mean, spec.std
-    if spec.dist == "constant" or (s == 0 and spec.dist != "exponential"):
+    if spec.dist == "constant" or (s <= 1e-9 * m and spec.dist != "exponential"):  # std ~ 0: a constant
         return np.full(n, m, dtype=np.float64)
     if spec.dist == "exponential":
         return rng.exponential(m, n)
