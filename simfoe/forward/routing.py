@@ -136,8 +136,10 @@ def route_group(probs: np.ndarray, tokens_per_gpu: np.ndarray, k: int, experts_p
     if dedup:
         hit = np.zeros((n, g), dtype=np.int32)
         hit[np.arange(n)[:, None], dst_gpu] = 1
-        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-        per_src = np.add.reduceat(hit, starts, axis=0).astype(float)
+        # tokens are grouped by source GPU: row sums per source as cumulative-sum differences
+        cs = np.vstack([np.zeros((1, g), dtype=np.int64), np.cumsum(hit, axis=0, dtype=np.int64)])
+        ends = np.cumsum(counts)
+        per_src = (cs[ends] - cs[ends - counts]).astype(float)
     else:
         per_src = np.bincount((src[:, None] * g + dst_gpu).ravel(), minlength=g * g).reshape(g, g).astype(float)
     return RoutingSample(load, per_src * scale, local, float(total * k))

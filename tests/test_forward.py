@@ -1,0 +1,169 @@
+"""Forward-pass simulator: the invariants issue 3 requires, hand-computed volumes and properties."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from simfoe.api import forward, forward_model
+from simfoe.errors import SpecError
+from simfoe.specs.io import load_hardware, load_model
+
+FAST = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def test_foe_one_node_moves_no_all_to_all():
+    r = forward("mixtral-8x7b", "h100-sxm", nodes=1, arch="foe", phase="prefill", batch=2, seq_len=1024)
+    a2a = r["comm_bytes"]["all_to_all"]
+    assert a2a["intra_node"] == 0 and a2a["inter_node"] == 0
+    assert r["local_activation_rate"] == 1.0
+    assert r["breakdown_s"]["dispatch"] == 0 and r["breakdown_s"]["combine"] == 0
+
+
+@pytest.mark.parametrize("nodes", [2, 4])
+def test_foe_multi_node_confines_all_to_all_to_nvlink(nodes):
+    r = forward("mixtral-8x7b", "h100-sxm", nodes=nodes, arch="foe", phase="decode", batch=64, seq_len=1024)
+    assert r["comm_bytes"]["all_to_all"]["inter_node"] == 0
+    assert r["comm_bytes"]["all_reduce"]["inter_node"] > 0
+
+
+def test_moe_ep_over_two_nodes_crosses_the_network():
+    # gpt-oss-120b: 128 experts over 16 GPUs, one instance on two nodes
+    r = forward("gpt-oss-120b", "h100-sxm", nodes=2, arch="moe", phase="decode", batch=64, seq_len=1024)
+    assert r["gpus"] == 16
+    assert r["comm_bytes"]["all_to_all"]["inter_node"] > 0
+
+
+def test_json_keys_are_the_contract():
+    r = forward("olmoe-1b-7b", "h100-sxm", nodes=1, arch="moe", phase="decode", batch=8, seq_len=512)
+    assert set(r) == {"latency_s", "gpus", "breakdown_s", "comm_bytes", "local_activation_rate"}
+    assert set(r["comm_bytes"]) == {"all_to_all", "all_reduce"}
+    for v in r["comm_bytes"].values():
+        assert set(v) == {"intra_node", "inter_node"}
+    assert abs(sum(r["breakdown_s"].values()) - r["latency_s"]) < 1e-9 * max(1.0, r["latency_s"])
+
+
+@pytest.mark.parametrize("nodes,batch", [(1, 64), (2, 128)])
+def test_dispatch_volume_matches_hand_computation(nodes, batch):
+    """DP attention, no dedup, uniform routing: bytes = T x k(G-1)/G x hidden x 2 B x 2 x layers."""
+    m = load_model("olmoe-1b-7b")
+    ov = ["placement.moe.attention=dp", "placement.moe.dedup_dispatch=false"]
+    r = forward("olmoe-1b-7b", "h100-sxm", nodes=nodes, arch="moe", phase="prefill", batch=batch, seq_len=64,
+                overrides=ov, seed=3)
+    G = 8 * nodes
+    T = batch * 64
+    expected = T * m.moe.top_k * (G - 1) / G * m.hidden * m.dtype_bytes * 2 * m.n_moe_layers
+    got = r["comm_bytes"]["all_to_all"]["intra_node"] + r["comm_bytes"]["all_to_all"]["inter_node"]
+    assert got == pytest.approx(expected, rel=0.02)
+    if nodes == 2:  # half of the remote destinations live on the other node
+        inter = r["comm_bytes"]["all_to_all"]["inter_node"]
+        assert inter / got == pytest.approx(8 / 15, rel=0.03)
+
+
+def test_dedup_sends_fewer_bytes_than_per_choice():
+    base = dict(model="olmoe-1b-7b", hardware="h100-sxm", nodes=1, arch="moe", phase="prefill", batch=8, seq_len=256)
+    on = forward(**base)["comm_bytes"]["all_to_all"]["intra_node"]
+    off = forward(**base, overrides=["placement.moe.dedup_dispatch=false"])["comm_bytes"]["all_to_all"]["intra_node"]
+    assert on < off
+
+
+def test_tp_attention_has_all_reduce_dp_has_none():
+    base = dict(model="olmoe-1b-7b", hardware="h100-sxm", nodes=1, arch="moe", phase="decode", batch=64, seq_len=512)
+    tp = forward(**base)
+    dp = forward(**base, overrides=["placement.moe.attention=dp"])
+    assert tp["comm_bytes"]["all_reduce"]["intra_node"] > 0
+    assert dp["comm_bytes"]["all_reduce"]["intra_node"] == 0
+
+
+def test_deterministic_given_seed():
+    a = forward("qwen3-30b-a3b", "h100-sxm", nodes=2, arch="moe", phase="decode", batch=32, seq_len=512, seed=7, routing="zipf:1.2")
+    b = forward("qwen3-30b-a3b", "h100-sxm", nodes=2, arch="moe", phase="decode", batch=32, seq_len=512, seed=7, routing="zipf:1.2")
+    assert a == b
+
+
+def test_skewed_routing_is_slower_than_uniform():
+    base = dict(model="qwen3-30b-a3b", hardware="h100-sxm", nodes=1, arch="moe", phase="prefill", batch=4, seq_len=2048)
+    assert forward(**base, routing="zipf:1.5")["breakdown_s"]["experts"] > forward(**base)["breakdown_s"]["experts"]
+
+
+def test_unfederable_model_names_the_field():
+    with pytest.raises(SpecError, match="placement.foe.clusters"):
+        forward("deepseek-v3", "h100-sxm", nodes=4, arch="foe", phase="decode", batch=8, seq_len=128)
+    with pytest.raises(SpecError, match="model.moe"):
+        forward("llama-3-70b", "h100-sxm", nodes=1, arch="foe")
+
+
+def test_deepseek_foe_with_explicit_clusters_runs():
+    r = forward("deepseek-v3", "h100-sxm", nodes=4, arch="foe", phase="decode", batch=64, seq_len=1024,
+                overrides=["placement.foe.clusters=8"])
+    assert r["comm_bytes"]["all_to_all"]["inter_node"] == 0 and r["latency_s"] > 0
+
+
+def test_dense_model_runs_without_experts():
+    r = forward("llama-3-70b", "h100-sxm", nodes=1, arch="moe", phase="decode", batch=8, seq_len=1024)
+    assert r["local_activation_rate"] is None
+    assert r["breakdown_s"]["dense_ffn"] > 0
+
+
+# ---------------------------------------------------------------------------------- properties
+def _dense_flops(model, tokens):
+    """2 x tokens x (active params without embeddings): a lower bound of the pass's FLOPs."""
+    active = model.active_params() - 2 * model.vocab * model.hidden
+    return 2.0 * tokens * active
+
+
+@FAST
+@given(arch=st.sampled_from(["moe", "foe"]), nodes=st.sampled_from([1, 2]), batch=st.integers(1, 16),
+       seq=st.sampled_from([128, 512, 2048]))
+def test_prefill_at_least_flops_over_peak(arch, nodes, batch, seq):
+    m = load_model("mixtral-8x7b")
+    hw = load_hardware("h100-sxm")
+    r = forward("mixtral-8x7b", "h100-sxm", nodes=nodes, arch=arch, phase="prefill", batch=batch, seq_len=seq)
+    assert r["latency_s"] >= _dense_flops(m, batch * seq) / (r["gpus"] * hw.peak("bf16"))
+
+
+@FAST
+@given(arch=st.sampled_from(["moe", "foe"]), nodes=st.sampled_from([1, 2]), batch=st.integers(1, 256),
+       ctx=st.sampled_from([128, 4096]))
+def test_decode_at_least_weight_read_time(arch, nodes, batch, ctx):
+    fm = forward_model("mixtral-8x7b", "h100-sxm", nodes, arch)
+    m, hw = fm.model, fm.hw
+    r = fm.run("decode", batch, ctx)
+    # every GPU reads at least its share of attention weights in every layer
+    attn_per_gpu = m.attn_params() * m.dtype_bytes * m.n_layers / fm.gpus
+    assert r.latency_s >= attn_per_gpu / hw.gpu.hbm_bandwidth
+    # and the most loaded GPU's expert weights when every expert is hit (large batch)
+    if batch >= 64:
+        assert r.latency_s >= fm.weight_bytes_per_gpu() * 0.5 / hw.gpu.hbm_bandwidth
+
+
+@FAST
+@given(arch=st.sampled_from(["moe", "foe"]), phase=st.sampled_from(["prefill", "decode"]),
+       factor=st.sampled_from([1.5, 2.0, 4.0]), what=st.sampled_from(["nic", "nvlink", "peak", "hbm"]))
+def test_more_bandwidth_or_compute_never_slower(arch, phase, factor, what):
+    path = {"nic": "hardware.network.nic_bandwidth", "nvlink": "hardware.node.nvlink_bandwidth",
+            "peak": "hardware.gpu.peak_flops.bf16", "hbm": "hardware.gpu.hbm_bandwidth"}[what]
+    hw = load_hardware("h100-sxm")
+    base = {"nic": hw.network.nic_bandwidth, "nvlink": hw.node.nvlink_bandwidth,
+            "peak": hw.gpu.peak_flops["bf16"], "hbm": hw.gpu.hbm_bandwidth}[what]
+    kw = dict(model="qwen3-30b-a3b", hardware="h100-sxm", nodes=2, arch=arch, phase=phase,
+              batch=16 if phase == "prefill" else 128, seq_len=512, seed=1)
+    slow = forward(**kw)["latency_s"]
+    fast = forward(**kw, overrides=[f"{path}={base * factor}"])["latency_s"]
+    assert fast <= slow * (1 + 1e-9)
+
+
+@FAST
+@given(arch=st.sampled_from(["moe", "foe"]), phase=st.sampled_from(["prefill", "decode"]),
+       batch=st.integers(1, 64))
+def test_more_tokens_never_faster(arch, phase, batch):
+    kw = dict(model="mixtral-8x7b", hardware="h100-sxm", nodes=2, arch=arch, phase=phase, seq_len=256, seed=2)
+    assert forward(**kw, batch=2 * batch)["latency_s"] >= forward(**kw, batch=batch)["latency_s"] * (1 - 1e-9)
+
+
+def test_kv_capacity_positive_and_weights_fit():
+    fm = forward_model("mixtral-8x7b", "h100-sxm", 1, "moe")
+    assert fm.fits() and fm.kv_capacity_tokens() > 100_000
+    big = forward_model("deepseek-v3", "h100-sxm", 1, "moe")
+    assert not big.fits() and big.kv_capacity_tokens() == 0
