@@ -1,0 +1,36 @@
+"""Pipeline engine speed: the FacTool preset, 12 simulated minutes at 15 requests/s (ALTO Table 1's run).
+
+Target (issue 5): under 10 s wall on one core. Prints wall time, simulated seconds per wall second,
+requests and served units per wall second. Usage: python benchmarks/bench_pipeline.py [--mode batch]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+from simfoe.pipelines.engine import simulate
+from simfoe.pipelines.metrics import summarize
+from simfoe.pipelines.spec import load_pipeline
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mode", default="stream")
+    ap.add_argument("--rate", type=float, default=15.0)
+    ap.add_argument("--duration", type=float, default=720.0)
+    ap.add_argument("--routing", default=None)
+    a = ap.parse_args()
+    spec = load_pipeline("factool")
+    t0 = time.perf_counter()
+    r = simulate(spec, a.mode, a.rate, a.duration, seed=0, routing=a.routing)
+    wall = time.perf_counter() - t0
+    s = summarize(r, per_instance=False)
+    units = sum(i.served for st in r.stages for i in st.instances)
+    print(f"factool {a.mode}/{r.routing} {a.rate:g} req/s x {a.duration:g} s: wall {wall:.2f} s, "
+          f"{r.t_end / wall:.0f} simulated s per wall s, {r.sent / wall:.0f} requests/s, "
+          f"{units / wall:.0f} served units/s ({units} units); p50 {s['latency_s']['p50']:.3f} s, "
+          f"achieved {s['achieved_rps']:.2f} req/s")
+
+
+if __name__ == "__main__":
+    main()
