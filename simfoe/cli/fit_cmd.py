@@ -1,0 +1,106 @@
+"""`simfoe fit kernels|collectives`: fit a hardware profile's efficiencies to Vidur measurements.
+
+  simfoe fit kernels --hardware h100-sxm --vidur ../shared/data/vidur [--write] [--json]
+  simfoe fit collectives --hardware h100-sxm --vidur ../shared/data/vidur [--write] [--json]
+
+Without --write nothing is changed; with it the fitted section (and its provenance) is written into
+hwprofiles/<hardware>.yaml through simfoe.specs.profile_io.update_profile.
+"""
+from __future__ import annotations
+
+from simfoe.cli.common import add_json_flag, table
+
+TARGETS = ("kernels", "collectives")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "fit",
+        help="fit kernel or collective efficiencies of a hardware profile to measured data",
+        description="Fit a hardware profile's kernel (GEMM, elementwise) or collective efficiencies to "
+        "Vidur's public measurements and report train/held-out errors (MAPE, %).",
+    )
+    p.add_argument("target", help=" | ".join(TARGETS))
+    p.add_argument("--hardware", required=True, help="hardware preset to fit (h100-sxm, a100-sxm, h200-sxm)")
+    p.add_argument("--vidur", default=None,
+                   help="Vidur profiling data folder (default: ../shared/data/vidur when present)")
+    p.add_argument("--write", action="store_true", help="write the fitted section into hwprofiles/<hardware>.yaml")
+    add_json_flag(p)
+    p.set_defaults(func=run, render=render)
+
+
+def _vidur_dir(arg):
+    from pathlib import Path
+
+    from simfoe.errors import SpecError
+    from simfoe.paths import shared_data_dir
+
+    if arg:
+        p = Path(arg)
+        if not p.is_dir():
+            raise SpecError("--vidur", arg, "an existing folder of Vidur profiling data")
+        return p
+    d = shared_data_dir()
+    if d is None or not (d / "vidur").is_dir():
+        raise SpecError("--vidur", None, "a folder of Vidur profiling data (../shared/data/vidur is absent)")
+    return d / "vidur"
+
+
+def run(args) -> dict:
+    import importlib
+
+    from simfoe.errors import SpecError
+
+    if args.target not in TARGETS:
+        raise SpecError("fit", args.target, "allowed: " + ", ".join(TARGETS))
+    vidur = _vidur_dir(args.vidur)
+    if args.target == "kernels":
+        from simfoe.costs.fit_kernels import run_fit
+    else:
+        try:
+            mod = importlib.import_module("simfoe.costs.fit_collectives")
+        except ModuleNotFoundError as e:
+            if e.name != "simfoe.costs.fit_collectives":
+                raise
+            raise SpecError("fit", "collectives", "not available in this installation "
+                            "(simfoe.costs.fit_collectives is missing); allowed: kernels") from None
+        run_fit = getattr(mod, "run_fit", None)
+        if run_fit is None:
+            raise SpecError("fit", "collectives", "simfoe.costs.fit_collectives has no run_fit; allowed: kernels")
+        # fit_collectives reads <dir>/{h100_dgx,a100_dgx}/*.csv: accept the Vidur root as well
+        if (vidur / "network").is_dir():
+            vidur = vidur / "network"
+    report = run_fit(args.hardware, vidur, args.write)
+    return {"target": args.target, **report}
+
+
+def render(result: dict) -> str:
+    lines = [f"fit {result.get('target')} for {result.get('hardware')} from {result.get('data', '-')}"]
+    if "mape_pct" not in result:  # another fitter's report: print it as indented YAML
+        import yaml
+
+        from simfoe.cli.common import _clean
+
+        body = {k: v for k, v in result.items() if k not in ("target", "hardware")}
+        return lines[0].replace(" from -", "") + "\n" + yaml.safe_dump(_clean(body), sort_keys=False, width=120).rstrip()
+    mape = result.get("mape_pct")
+    if isinstance(mape, dict) and all(isinstance(v, dict) for v in mape.values()):
+        rows = [[op, _p(v.get("train")), _p(v.get("held_out")), _p(v.get("held_out_p90")), v.get("rows", "-")]
+                for op, v in mape.items()]
+        lines.append(table(rows, ["op", "train MAPE", "held-out MAPE", "held-out p90", "rows"]))
+    if result.get("held_out_groups"):
+        lines.append("held out: " + ", ".join(result["held_out_groups"]))
+    params = result.get("params")
+    if isinstance(params, dict):
+        for fam, vals in params.items():
+            if isinstance(vals, dict):
+                lines.append(f"{fam}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                    for k, v in vals.items()))
+            else:
+                lines.append(f"{fam}: {vals}")
+    lines.append(f"written: {result['written']}" if result.get("written") else "not written (use --write)")
+    return "\n".join(lines)
+
+
+def _p(x) -> str:
+    return "-" if x is None else f"{x:.2f}%"

@@ -1,0 +1,200 @@
+"""`simfoe kernel`: predicted latency of one kernel, or of every row of a shapes CSV.
+
+One op:   simfoe kernel --hardware h100-sxm --op gemm --m 4096 --n 8192 --k 8192 --json
+Batch:    simfoe kernel --hardware h100-sxm --shapes shapes.csv --json   (columns op,m,n,k[,dtype])
+
+Fields per op (flags, or CSV columns of the same name without dashes and with _ for -):
+  gemm               m, n, k
+  grouped_gemm       tokens (per-expert counts: "a,b,c" on the command line, "a;b;c" in a CSV), n, k
+  attention_prefill  batch, q_len, kv_len, heads, kv_heads, head_dim [, causal]
+  attention_decode   batch, kv_len, heads, kv_heads, head_dim
+  elementwise        bytes [, flops, kind = norm|act|add]
+"""
+from __future__ import annotations
+
+from simfoe.cli.common import add_json_flag, add_set_flag, fmt_bytes, fmt_time, table
+
+OPS = ("gemm", "grouped_gemm", "attention_prefill", "attention_decode", "elementwise")
+REQUIRED = {
+    "gemm": ("m", "n", "k"),
+    "grouped_gemm": ("tokens", "n", "k"),
+    "attention_prefill": ("batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim"),
+    "attention_decode": ("batch", "kv_len", "heads", "kv_heads", "head_dim"),
+    "elementwise": ("bytes",),
+}
+INT_FIELDS = ("m", "n", "k", "batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim")
+FLOAT_FIELDS = ("bytes", "flops")
+FIELDS = INT_FIELDS + FLOAT_FIELDS + ("tokens", "dtype", "causal", "kind")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "kernel",
+        help="predicted latency, FLOP and bytes of one GPU kernel (or a CSV of shapes)",
+        description="Kernel cost from the hardware profile's roofline and fitted efficiencies. "
+        "Latency in seconds, work in FLOP, traffic in bytes.",
+    )
+    p.add_argument("--hardware", required=True, help="hardware preset (h100-sxm, a100-sxm, h200-sxm) or YAML path")
+    p.add_argument("--op", default=None, help=" | ".join(OPS))
+    p.add_argument("--shapes", default=None, help="CSV with columns op,m,n,k[,dtype] (other fields as extra columns)")
+    p.add_argument("--m", type=str, default=None, help="GEMM rows (tokens)")
+    p.add_argument("--n", type=str, default=None, help="GEMM output columns")
+    p.add_argument("--k", type=str, default=None, help="GEMM reduction dimension")
+    p.add_argument("--tokens", default=None, help="grouped_gemm: per-expert token counts, comma-separated")
+    p.add_argument("--batch", type=str, default=None, help="attention: sequences")
+    p.add_argument("--q-len", dest="q_len", type=str, default=None, help="attention_prefill: new tokens per sequence")
+    p.add_argument("--kv-len", dest="kv_len", type=str, default=None, help="attention: context tokens per sequence")
+    p.add_argument("--heads", type=str, default=None, help="attention: query heads")
+    p.add_argument("--kv-heads", dest="kv_heads", type=str, default=None, help="attention: KV heads")
+    p.add_argument("--head-dim", dest="head_dim", type=str, default=None, help="attention: head dimension")
+    p.add_argument("--no-causal", dest="causal", action="store_const", const="false", default=None,
+                   help="attention_prefill: full (non-causal) attention")
+    p.add_argument("--bytes", type=str, default=None, help="elementwise: bytes moved")
+    p.add_argument("--flops", type=str, default=None, help="elementwise: FLOP (counted only with an fp32 peak)")
+    p.add_argument("--kind", default=None, help="elementwise: norm | act | add (picks the fitted curve)")
+    p.add_argument("--dtype", default=None, help="bf16 (default) | fp16 | fp8 | fp32")
+    add_set_flag(p)
+    add_json_flag(p)
+    p.set_defaults(func=run, render=render)
+
+
+def _int(field: str, text) -> int:
+    from simfoe.errors import SpecError
+
+    try:
+        v = float(str(text).strip())
+    except ValueError:
+        raise SpecError(field, text, "an integer >= 0") from None
+    if not v.is_integer() or v < 0:
+        raise SpecError(field, text, "an integer >= 0")
+    return int(v)
+
+
+def _float(field: str, text) -> float:
+    import math
+
+    from simfoe.errors import SpecError
+
+    try:
+        v = float(str(text).strip())
+    except ValueError:
+        raise SpecError(field, text, "a number >= 0") from None
+    if not math.isfinite(v) or v < 0:
+        raise SpecError(field, text, "a number >= 0")
+    return v
+
+
+def evaluate(hw, fields: dict, prefix: str = "--") -> dict:
+    """Cost of one op described by string ``fields`` (op, m, n, k, ...); errors name ``prefix+field``."""
+    from simfoe.costs import kernels as K
+    from simfoe.errors import SpecError
+
+    def name(f):
+        return prefix + (f.replace("_", "-") if prefix == "--" else f)
+
+    op = (fields.get("op") or "").strip()
+    if op not in OPS:
+        raise SpecError(name("op"), fields.get("op"), "allowed: " + ", ".join(OPS))
+    for f in REQUIRED[op]:
+        if fields.get(f) in (None, ""):
+            raise SpecError(name(f), None, f"required for op {op}")
+    v: dict = {}
+    for f in INT_FIELDS:
+        if fields.get(f) not in (None, ""):
+            v[f] = _int(name(f), fields[f])
+    for f in FLOAT_FIELDS:
+        if fields.get(f) not in (None, ""):
+            v[f] = _float(name(f), fields[f])
+    dtype = (fields.get("dtype") or "bf16").strip()
+    if dtype not in K.DTYPE_BYTES:
+        raise SpecError(name("dtype"), dtype, "allowed: " + ", ".join(K.DTYPE_BYTES))
+    try:
+        if op == "gemm":
+            c = K.gemm(hw, v["m"], v["n"], v["k"], dtype)
+        elif op == "grouped_gemm":
+            sep = ";" if ";" in fields["tokens"] else ","
+            toks = [_int(name("tokens"), t) for t in str(fields["tokens"]).split(sep) if t.strip()]
+            if not toks:
+                raise SpecError(name("tokens"), fields["tokens"], "per-expert token counts")
+            c = K.grouped_gemm(hw, toks, v["n"], v["k"], dtype)
+        elif op == "attention_prefill":
+            causal_s = str(fields.get("causal") or "true").strip().lower()
+            if causal_s not in ("true", "false", "1", "0"):
+                raise SpecError(name("causal"), fields.get("causal"), "true or false")
+            c = K.attention_prefill(hw, v["batch"], v["q_len"], v["kv_len"], v["heads"], v["kv_heads"],
+                                    v["head_dim"], dtype, causal=causal_s in ("true", "1"))
+        elif op == "attention_decode":
+            c = K.attention_decode(hw, v["batch"], v["kv_len"], v["heads"], v["kv_heads"], v["head_dim"], dtype)
+        else:
+            kind = (fields.get("kind") or "").strip() or None
+            c = K.elementwise(hw, v["bytes"], v.get("flops", 0.0), kind=kind)
+    except SpecError as e:
+        if e.field.startswith(prefix):
+            raise
+        raise SpecError(name(e.field), e.value, e.allowed) from None
+    return c.as_dict()
+
+
+def _read_shapes(path: str) -> list[tuple[int, dict]]:
+    import csv
+    from pathlib import Path
+
+    from simfoe.errors import SpecError
+
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError("--shapes", path, "an existing CSV file")
+    with p.open(newline="") as f:
+        reader = csv.DictReader(f)
+        cols = [c.strip() for c in (reader.fieldnames or [])]
+        if "op" not in cols:
+            raise SpecError("--shapes", path, "a CSV with a header row op,m,n,k[,dtype]")
+        unknown = [c for c in cols if c and c != "op" and c not in FIELDS]
+        if unknown:
+            raise SpecError(f"{p.name} line 1", unknown[0], "known columns: op, " + ", ".join(FIELDS))
+        rows = []
+        for row in reader:
+            rows.append((reader.line_num, {(k or "").strip(): (val.strip() if isinstance(val, str) else val)
+                                           for k, val in row.items()}))
+    return rows
+
+
+def run(args) -> dict:
+    from pathlib import Path
+
+    from simfoe.errors import SpecError
+    from simfoe.specs.io import check_override_roots, load_hardware
+
+    check_override_roots(args.overrides)
+    hw = load_hardware(args.hardware, args.overrides)
+    flag_fields = {f: getattr(args, f, None) for f in FIELDS}
+    if args.shapes is not None:
+        if args.op is not None:
+            raise SpecError("--op", args.op, "not allowed with --shapes (the CSV names each row's op)")
+        name = Path(args.shapes).name
+        results = []
+        for line, row in _read_shapes(args.shapes):
+            if not row.get("dtype") and args.dtype:
+                row["dtype"] = args.dtype
+            r = evaluate(hw, row, prefix=f"{name} line {line}: ")
+            results.append({"op": row["op"], **r})
+        return {"hardware": hw.name, "results": results}
+    if args.op is None:
+        raise SpecError("--op", None, "one of " + ", ".join(OPS) + " (or --shapes CSV)")
+    out = evaluate(hw, {"op": args.op, **flag_fields})
+    op = args.op
+    args.render = lambda result: render(result, op)  # the single-op JSON stays exactly the 4 keys
+    return out
+
+
+def render(result: dict, op: str = "-") -> str:
+    rows = result.get("results")
+    if rows is None:
+        rows = [{"op": op, **result}]
+    out = []
+    for r in rows:
+        lat = r["latency_s"]
+        tflops = f"{r['flops'] / lat / 1e12:.1f}" if lat else "-"
+        gbs = f"{r['bytes'] / lat / 1e9:.0f}" if lat else "-"
+        out.append([r["op"], fmt_time(lat), f"{r['flops']:.3g}", fmt_bytes(r["bytes"]), tflops, gbs, r["bound"]])
+    return table(out, ["op", "latency", "FLOP", "bytes", "TFLOP/s", "GB/s", "bound"])
