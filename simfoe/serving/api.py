@@ -127,6 +127,7 @@ def summarize(eng: Engine, wall_s: float, slo_ttft: float | None = None, slo_tbt
             "wall_s": wall_s,
             "sim_s_per_wall_s": sim_s / wall_s if wall_s > 0 else None,
             "iterations": iters,
+            "cost_model": type(cost).__name__,
             "cost_evaluations": cost.misses,
             "memo_hit_rate": 1.0 - cost.misses / iters if iters else None,
         },
@@ -139,8 +140,8 @@ def summarize(eng: Engine, wall_s: float, slo_ttft: float | None = None, slo_tbt
 
 def simulate(requests, step_model, kv_capacity_tokens: int, *, replicas: int = 1, router: str = "round-robin",
              scheduler: str = "chunked", max_batch: int = 256, token_budget: int = 8192, block_size: int = 16,
-             bucket_bits: int = 5, horizon_s: float | None = None, token_times: bool = False,
-             slo_ttft: float | None = None, slo_tbt: float | None = None, progress: bool = False) -> ServingResult:
+             cost: str = "auto", bucket_bits: int | None = None, horizon_s: float | None = None,
+             token_times: bool = False, slo_ttft: float | None = None, slo_tbt: float | None = None, progress: bool = False) -> ServingResult:
     """Serve ``requests`` (a RequestTable, or anything with ``arrival_s, prompt_tokens,
     output_tokens``) on ``replicas`` copies of an instance whose iteration time is ``step_model``
     and whose KV cache holds ``kv_capacity_tokens`` tokens. See module docstring for metrics."""
@@ -153,8 +154,8 @@ def simulate(requests, step_model, kv_capacity_tokens: int, *, replicas: int = 1
     if rid is None:
         rid = np.arange(len(arr))
     cfg = EngineConfig(replicas=replicas, router=router, scheduler=scheduler, max_batch=max_batch,
-                       token_budget=token_budget, block_size=block_size, bucket_bits=bucket_bits,
-                       horizon_s=horizon_s, token_times=token_times)
+                       token_budget=token_budget, block_size=block_size, cost=cost,
+                       bucket_bits=bucket_bits, horizon_s=horizon_s, token_times=token_times)
     eng = Engine(arr, requests.prompt_tokens, requests.output_tokens, rid, step_model, kv_capacity_tokens, cfg,
                  progress=progress)
     t = time.perf_counter()
@@ -188,15 +189,16 @@ def simulate_serving(model, hardware, nodes: int, arch: str, trace, rate: float 
                      seed: int = 0, slo_ttft: float | None = None, slo_tbt: float | None = None,
                      max_batch: int = 256, token_budget: int = 8192, *, router: str = "round-robin",
                      scheduler: str = "chunked", arrival: str | None = None, block_size: int = 16,
-                     bucket_bits: int = 5, horizon_s: float | None = None, token_times: bool = False,
-                     progress: bool = False, skip_bad_rows: bool = False, step_model=None,
+                     cost: str = "auto", bucket_bits: int | None = None, horizon_s: float | None = None,
+                     token_times: bool = False, progress: bool = False, skip_bad_rows: bool = False, step_model=None,
                      kv_capacity_tokens: int | None = None) -> ServingResult:
     """Simulate serving ``trace`` (path or built-in name) on ``replicas`` instances of ``model`` on
     ``nodes`` nodes of ``hardware`` each, laid out as ``arch`` (moe | foe).
 
     ``rate`` req/s and ``duration`` s shape the workload (simfoe.workloads.make_workload);
     ``routing`` is the expert-routing distribution, ``router`` the replica router. ``step_model``
-    and ``kv_capacity_tokens`` replace the forward model (both or neither)."""
+    and ``kv_capacity_tokens`` replace the forward model (both or neither). ``cost``: how iteration
+    times are cached (memo | interp | auto, see simfoe.serving.step_models.make_cost)."""
     from simfoe.workloads import make_workload
 
     _check_slo("slo_ttft", slo_ttft)
@@ -212,7 +214,7 @@ def simulate_serving(model, hardware, nodes: int, arch: str, trace, rate: float 
         raise SpecError("kv_capacity_tokens", None, "an integer number of tokens when step_model is given")
     res = simulate(reqs, step_model, kv_capacity_tokens, replicas=replicas, router=router, scheduler=scheduler,
                    max_batch=max_batch, token_budget=token_budget, block_size=block_size,
-                   bucket_bits=bucket_bits, horizon_s=horizon_s, token_times=token_times,
+                   cost=cost, bucket_bits=bucket_bits, horizon_s=horizon_s, token_times=token_times,
                    slo_ttft=slo_ttft, slo_tbt=slo_tbt, progress=progress)
     head = {
         "model": str(getattr(model, "name", model)),

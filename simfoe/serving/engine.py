@@ -22,7 +22,7 @@ from simfoe.serving.metrics import (
 )
 from simfoe.serving.router import make_router
 from simfoe.serving.scheduler import make_scheduler
-from simfoe.serving.step_models import MemoCost
+from simfoe.serving.step_models import make_cost
 
 
 class Replica:
@@ -117,7 +117,8 @@ class EngineConfig:
     max_batch: int = 256
     token_budget: int = 8192
     block_size: int = 16
-    bucket_bits: int = 5
+    cost: str = "auto"  # memo | interp | auto (see step_models.make_cost)
+    bucket_bits: int | None = None
     horizon_s: float | None = None  # stop here; unfinished requests are reported dropped
     token_times: bool = False
     extra: dict = field(default_factory=dict)
@@ -138,7 +139,7 @@ class Engine:
         self.cfg = cfg
         self.env = simpy.Environment()
         self.store = RequestStore(arr, prompt_tokens, output_tokens, request_id, token_times=cfg.token_times)
-        self.cost = step_model if isinstance(step_model, MemoCost) else MemoCost(step_model, cfg.bucket_bits)
+        self.cost = make_cost(step_model, cfg.cost, cfg.bucket_bits)
         self.scheduler = make_scheduler(cfg.scheduler, cfg.max_batch, cfg.token_budget)
         self.router = make_router(cfg.router, int(cfg.replicas))
         self.replicas = [Replica(self, k, kv_capacity_tokens, cfg.block_size) for k in range(int(cfg.replicas))]

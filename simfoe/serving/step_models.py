@@ -130,3 +130,97 @@ class MemoCost:
             for k, v in bd.items():
                 out[k] = out.get(k, 0.0) + c * float(v)
         return out
+
+
+def bucket_down(x: float, bits: int) -> int:
+    """Largest value <= ``x`` with ``bits`` significant binary digits (exact below 2**bits)."""
+    n = int(x)
+    if n < (1 << bits):
+        return n
+    shift = n.bit_length() - bits
+    return (n >> shift) << shift
+
+
+class InterpCost:
+    """Iteration cost from a few hundred step-model evaluations, for expensive models (the forward model).
+
+    Decode-only iterations: ``D(decode_seqs, kv_tokens)``, bilinear between grid nodes (integers
+    with ``bits`` significant binary digits on each axis). Iterations with prefill:
+    ``P(T, pairs + decode_seqs) + D(decode_seqs, kv_tokens) - D(decode_seqs, decode_seqs)`` with
+    ``T = prefill_tokens + decode_seqs``: every token goes through the dense/expert/communication
+    path of a prefill of T tokens, and the decodes add only their KV-length-dependent attention.
+    Same interface as :class:`MemoCost`; ``misses`` counts step-model evaluations.
+    """
+
+    def __init__(self, model, bits: int = 3):
+        if not 2 <= int(bits) <= 12:
+            raise SpecError("bucket_bits", bits, "an integer in 2..12")
+        self.model = model
+        self.bits = int(bits)
+        self.table: dict[tuple, float] = {}
+        self.misses = 0
+        self.calls = 0
+
+    def _node(self, pf: int, pairs: int, ds: int, kv: int) -> float:
+        key = (pf, pairs, ds, kv)
+        t = self.table.get(key)
+        if t is None:
+            r = self.model.iteration(pf, float(pairs), ds, kv)
+            t = float(getattr(r, "latency_s", r))
+            if not t > 0:
+                raise SpecError("step model", t, "iteration latency > 0 seconds")
+            self.table[key] = t
+            self.misses += 1
+        return t
+
+    def _bilinear(self, x: float, y: float, prefill: bool) -> float:
+        b = self.bits
+        x0, x1 = bucket_down(x, b), bucket_up(x, b)
+        y0, y1 = bucket_down(y, b), bucket_up(y, b)
+        if prefill:
+            f = lambda xx, yy: self._node(xx, yy, 0, 0)  # noqa: E731
+        else:
+            f = lambda xx, yy: self._node(0, 0, xx, yy)  # noqa: E731
+        f00 = f(x0, y0)
+        if x1 == x0 and y1 == y0:
+            return f00
+        wx = (x - x0) / (x1 - x0) if x1 != x0 else 0.0
+        wy = (y - y0) / (y1 - y0) if y1 != y0 else 0.0
+        f01 = f(x0, y1) if y1 != y0 else f00
+        f10 = f(x1, y0) if x1 != x0 else f00
+        f11 = f(x1, y1) if (x1 != x0 and y1 != y0) else (f01 if x1 == x0 else f10)
+        return (f00 * (1 - wx) + f10 * wx) * (1 - wy) + (f01 * (1 - wx) + f11 * wx) * wy
+
+    def __call__(self, prefill_tokens: int, attn_pairs: float, decode_seqs: int, kv_tokens: int) -> float:
+        self.calls += 1
+        if prefill_tokens == 0:
+            return self._bilinear(decode_seqs, kv_tokens, False)
+        t = self._bilinear(prefill_tokens + decode_seqs, attn_pairs + decode_seqs, True)
+        if decode_seqs:
+            t += max(0.0, self._bilinear(decode_seqs, kv_tokens, False) - self._bilinear(decode_seqs, decode_seqs, False))
+        return t
+
+    @property
+    def lookups(self) -> int:
+        return self.calls
+
+    def total_breakdown(self) -> dict[str, float]:
+        return {}
+
+
+COST_MODES = ("auto", "memo", "interp")
+
+
+def make_cost(step_model, mode: str = "auto", bits: int | None = None):
+    """Wrap ``step_model`` for the engine: ``memo`` (:class:`MemoCost`, default 5 bits),
+    ``interp`` (:class:`InterpCost`, default 3 bits) or ``auto`` (memo for the cheap analytic
+    models of this module, interp otherwise). An already wrapped cost is returned as is."""
+    if isinstance(step_model, (MemoCost, InterpCost)):
+        return step_model
+    if mode not in COST_MODES:
+        raise SpecError("cost", mode, "allowed: " + ", ".join(COST_MODES))
+    if mode == "auto":
+        mode = "memo" if isinstance(step_model, (ConstantStep, LinearStep)) else "interp"
+    if mode == "memo":
+        return MemoCost(step_model, 5 if bits is None else bits)
+    return InterpCost(step_model, 3 if bits is None else bits)
