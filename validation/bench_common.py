@@ -95,8 +95,13 @@ class DeviceTimer:
         if self.cuda:
             torch.cuda.synchronize(self.device)
 
-    def time_loop(self, fn: Callable[[int], object], start_index: int, inner: int) -> float:
-        """Seconds per call of ``fn(i)`` for ``i`` in ``start_index .. start_index+inner-1``."""
+    def time_loop(self, fn: Callable[[int], object], start_index: int, inner: int) -> tuple[float, float | None]:
+        """(wall seconds per call, process CPU seconds per call or None on CUDA) of ``fn(i)`` for
+        ``i`` in ``start_index .. start_index+inner-1``.
+
+        Process CPU time sums all threads of this process and excludes time spent descheduled, so
+        with one torch thread it estimates the wall time on an idle core of a shared host.
+        """
         if self.cuda:
             begin = torch.cuda.Event(enable_timing=True)
             end = torch.cuda.Event(enable_timing=True)
@@ -106,18 +111,23 @@ class DeviceTimer:
                 fn(i)
             end.record()
             end.synchronize()
-            return begin.elapsed_time(end) * 1e-3 / inner
+            return begin.elapsed_time(end) * 1e-3 / inner, None
+        c0 = time.process_time()
         t0 = time.perf_counter()
         for i in range(start_index, start_index + inner):
             fn(i)
-        return (time.perf_counter() - t0) / inner
+        t1 = time.perf_counter()
+        c1 = time.process_time()
+        return (t1 - t0) / inner, (c1 - c0) / inner
 
 
 @dataclass(frozen=True)
 class Measurement:
-    """Result of ``measure``: statistics plus the loop structure used (calls per sample, warm-up calls)."""
+    """Result of ``measure``: wall-time statistics, process-CPU-time statistics (CPU device only),
+    and the loop structure used (calls per sample, warm-up calls)."""
 
     stats: Stats
+    cpu_stats: Stats | None
     inner: int
     warmup: int
 
@@ -136,16 +146,21 @@ def measure(fn: Callable[[int], object], timer: DeviceTimer, policy: TimingPolic
         i += 1
         warm += 1
     timer.sync()
-    one = max(timer.time_loop(fn, i, 1), 1e-9)
+    one = max(timer.time_loop(fn, i, 1)[0], 1e-9)
     i += 1
     inner = max(1, math.ceil(policy.min_sample_s / one))
     repeats = int(policy.budget_s / (one * inner))
     repeats = max(policy.min_repeats, min(policy.max_repeats, repeats))
-    samples: list[float] = []
+    walls: list[float] = []
+    cpus: list[float] = []
     for _ in range(repeats):
-        samples.append(timer.time_loop(fn, i, inner))
+        wall, cpu = timer.time_loop(fn, i, inner)
+        walls.append(wall)
+        if cpu is not None:
+            cpus.append(cpu)
         i += inner
-    return Measurement(stats=Stats.of(samples), inner=inner, warmup=warm + 1)
+    return Measurement(stats=Stats.of(walls), cpu_stats=Stats.of(cpus) if cpus else None,
+                       inner=inner, warmup=warm + 1)
 
 
 def rotation_count(working_set_bytes: int, cache_bytes: int, max_buffers: int, mem_cap_bytes: int) -> int:

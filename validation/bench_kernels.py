@@ -31,7 +31,8 @@ KERNEL_COLUMNS: tuple[str, ...] = (
     "heads", "kv_heads", "head_dim", "seq_len", "context_len", "causal",
     "experts", "routing", "tokens_total", "tokens_max", "experts_active", "tokens_per_expert",
     "size_bytes", "flops", "bytes",
-    "median_s", "p10_s", "p90_s", "min_s", "max_s", "repeats", "inner", "warmup", "buffers",
+    "median_s", "p10_s", "p90_s", "min_s", "max_s", "cpu_median_s", "cpu_p10_s", "cpu_p90_s",
+    "repeats", "inner", "warmup", "buffers",
 )
 """Columns of kernels.csv, in order. Cells that do not apply to an op are empty."""
 
@@ -75,7 +76,7 @@ def _grid(ms: Sequence[int], nks: Sequence[tuple[int, int]]) -> tuple[tuple[int,
 _KIB, _MIB = 1024, 1024 * 1024
 
 CPU_FULL = ShapeSet(
-    gemm_mnk=_grid((1, 8, 32, 128, 512, 2048), ((1024, 1024), (4096, 1024), (1024, 4096)))
+    gemm_mnk=_grid((1, 8, 32, 128, 512, 1024), ((1024, 1024), (4096, 1024), (1024, 4096)))
     + tuple((s, s, s) for s in (256, 512, 1536)),
     ffn=tuple((e, 1024, 512, t) for e in (8, 32) for t in (8, 64, 512, 2048)),
     routings=("uniform", "zipf1.2"),
@@ -144,6 +145,8 @@ def _row(ctx: KernelContext, op: str, variant: str, dtype: str, threads: int | N
                      flops=int(flops), bytes=int(nbytes), buffers=n_buffers, inner=m.inner, warmup=m.warmup,
                      median_s=m.stats.median_s, p10_s=m.stats.p10_s, p90_s=m.stats.p90_s,
                      min_s=m.stats.min_s, max_s=m.stats.max_s, repeats=m.stats.repeats)
+    if m.cpu_stats is not None:
+        row.update(cpu_median_s=m.cpu_stats.median_s, cpu_p10_s=m.cpu_stats.p10_s, cpu_p90_s=m.cpu_stats.p90_s)
     row.update(cols)
     return row
 
@@ -254,13 +257,16 @@ def bench_grouped_ffn(ctx: KernelContext, shapes: ShapeSet, dtypes: Sequence[str
 # Attention (SDPA)
 
 
-def _sdpa_supports_gqa() -> bool:
-    import inspect
-
+def _sdpa_supports_gqa(device: torch.device) -> bool:
+    """Whether SDPA accepts ``enable_gqa`` here (torch >= 2.5); probed with a tiny call because the
+    builtin has no inspectable signature."""
+    q = torch.zeros(1, 2, 1, 8, device=device)
+    kv = torch.zeros(1, 1, 1, 8, device=device)
     try:
-        return "enable_gqa" in inspect.signature(F.scaled_dot_product_attention).parameters
-    except (TypeError, ValueError):
+        F.scaled_dot_product_attention(q, kv, kv, enable_gqa=True)
+    except (TypeError, RuntimeError):
         return False
+    return True
 
 
 def attention_flops(batch: int, heads: int, seq_len: int, context_len: int, head_dim: int, causal: bool) -> int:
@@ -278,7 +284,7 @@ def bench_attention(ctx: KernelContext, shapes: ShapeSet, dtypes: Sequence[str])
     """torch SDPA, layout [batch, heads, seq, head_dim]; GQA through ``enable_gqa`` when available,
     otherwise K/V are expanded per query head inside the timed call (variant says which)."""
     gen = torch.Generator().manual_seed(2)
-    gqa_native = _sdpa_supports_gqa()
+    gqa_native = _sdpa_supports_gqa(ctx.device)
     points = [("prefill", p) for p in shapes.prefill] + [("decode", p) for p in shapes.decode]
     for dt in dtypes:
         tdt, eb = DTYPES[dt], dtype_bytes(dt)
@@ -365,7 +371,8 @@ def run_kernels(ctx: KernelContext, op: str, shapes: ShapeSet, dtypes: Sequence[
         elif row["bytes"]:
             rate = f"{row['bytes'] / row['median_s'] / 1e9:.2f} GB/s"
         log(f"  {op} {row['variant']} {row['dtype']} thr={row['threads']} "
-            f"{_shape_label(row)} median={row['median_s'] * 1e6:.1f}us {rate}")
+            f"{_shape_label(row)} median={row['median_s'] * 1e6:.1f}us {rate}"
+            + (f" cpu_median={row['cpu_median_s'] * 1e6:.1f}us" if row.get("cpu_median_s") else ""))
         rows.append(row)
     return rows
 

@@ -104,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           if args.device == "cuda" else "time.perf_counter around a loop of calls"),
         "last_level_cache_bytes": last_level_cache_bytes(device),
         "op_wall_s": {},
+        "loadavg_after_op": {},
     })
 
     cap = 2 * 1024 ** 3 if args.device == "cuda" else 512 * 1024 ** 2
@@ -126,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"[{op}]")
             kernel_rows += run_kernels(ctx, op, shapes, dtypes[:1])
         env["op_wall_s"][op] = round(time.perf_counter() - t0, 2)
+        env["loadavg_after_op"][op] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
         # write after every op so that an interrupted run keeps what it measured
         write_csv(os.path.join(args.out, "kernels.csv"), KERNEL_COLUMNS, kernel_rows)
         write_csv(os.path.join(args.out, "collectives.csv"), COLLECTIVE_COLUMNS, coll_rows)
@@ -177,7 +179,11 @@ def _collectives(args: argparse.Namespace, device: torch.device, policy: TimingP
                         f"times include scheduling and are not a network model")
     env["collectives"] = info
     log(f"[collectives] {backend} world_sizes={world_sizes}")
-    return run_collectives(backend, dev_type, world_sizes, sizes, policy, threads_per_rank=1, collectives=COLLECTIVES)
+    # samples of at least 5 ms (full mode) amortise the barrier-exit skew between ranks
+    cpol = policy if args.quick else TimingPolicy(policy.warmup_s, policy.budget_s, policy.min_repeats,
+                                                  policy.max_repeats, max(policy.min_sample_s, 5e-3), policy.min_warmup)
+    info["timing_policy"] = cpol.__dict__
+    return run_collectives(backend, dev_type, world_sizes, sizes, cpol, threads_per_rank=1, collectives=COLLECTIVES)
 
 
 if __name__ == "__main__":
