@@ -1,0 +1,178 @@
+"""Run a sweep: expand, skip finished run_ids (resume), execute in chunks, commit rows as chunks
+finish, compact, then draw plots and write the markdown summary."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from simfoe.errors import SpecError
+from simfoe.sweep.spec import Scenario, SweepSpec, load_sweep_spec
+from simfoe.sweep.store import ResultStore
+
+EXECUTORS = ("local", "ray")
+
+
+def default_workers() -> int:
+    """CPU count available to this process."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+def auto_chunk(n: int, workers: int) -> int:
+    """Scenarios per task: ~32 tasks per worker for load balance, at most 16 scenarios per task."""
+    return max(1, min(16, math.ceil(n / max(1, workers * 32))))
+
+
+def _task(s: Scenario) -> tuple:
+    return (s.index, s.run_id, s.options, s.override_list())
+
+
+def make_row(spec: SweepSpec, s: Scenario, rec: dict, version: str) -> dict:
+    """One results row: ids, status, inputs as columns, flattened metrics, provenance."""
+    row: dict[str, Any] = {"run_id": s.run_id, "index": s.index, "kind": spec.kind,
+                           "status": rec["status"], "error": rec["error"]}
+    for k, v in s.inputs().items():
+        row[k] = json.dumps(v) if isinstance(v, (list, dict)) else v
+    for k, v in rec["metrics"].items():
+        row[f"metric.{k}" if k in row else k] = v
+    row.update(simfoe_version=version, wall_s=rec["wall_s"], worker=rec["worker"], finished_at=time.time())
+    return row
+
+
+def probe(spec: SweepSpec, todo: list[Scenario], workers: int, probes: int = 2) -> dict:
+    """Time up to ``probes`` scenarios in-process -> time estimate for the remaining ones (s)."""
+    from simfoe.sweep.worker import resolve, run_chunk
+
+    t0 = time.perf_counter()
+    fn = spec.scenario_kind().function()
+    resolve(spec.kind, fn)
+    startup = time.perf_counter() - t0
+    if not todo or probes <= 0:
+        return {"probes": 0, "startup_s": startup, "per_scenario_s": None, "estimate_s": None}
+    picks = [todo[round(i * (len(todo) - 1) / max(1, probes - 1))] for i in range(min(probes, len(todo)))]
+    recs = run_chunk(spec.kind, [_task(s) for s in picks], spec.metrics, fn)
+    times = sorted(r["wall_s"] for r in recs)
+    per = times[len(times) // 2]
+    return {"probes": len(recs), "startup_s": startup, "per_scenario_s": per,
+            "estimate_s": startup + per * len(todo) / max(1, min(workers, len(todo)))}
+
+
+def run_sweep(spec: SweepSpec | str | Path | None = None, out: str | Path = "simfoe-out", *,
+              executor: str = "local", workers: int | None = None, address: str | None = None,
+              resume: bool = False, overwrite: bool = False, retry_failed: bool = False,
+              chunk_size: int | None = None, max_retries: int = 3, dry_run: bool = False,
+              probes: int = 4, progress: bool = True, plots: bool = True) -> dict:
+    """Run (or with ``dry_run`` only count and time-estimate) a sweep into ``out``.
+
+    Returns a JSON-able dict: counts, wall time (s), scenarios per second, paths written.
+    Raises SpecError for bad specs or options before any scenario runs.
+    """
+    from simfoe import __version__
+
+    if not isinstance(spec, SweepSpec):
+        spec = load_sweep_spec(spec)
+    if executor not in EXECUTORS:
+        raise SpecError("--executor", executor, "allowed: " + ", ".join(EXECUTORS))
+    workers = default_workers() if workers is None else workers
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise SpecError("--workers", workers, "a positive integer")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise SpecError("--chunk-size", chunk_size, "a positive integer")
+    if resume and overwrite:
+        raise SpecError("--overwrite", True, "not together with --resume")
+    scenarios = spec.scenarios()  # validates every distinct value before anything runs
+    out = Path(out)
+    store = ResultStore(out)
+    done: dict[str, str] = {}
+    if store.has_results():
+        if resume:
+            done = store.finished()
+        elif not overwrite and not dry_run:
+            raise SpecError("--out", str(out), "already holds sweep results; pass --resume to skip finished "
+                            "scenarios or --overwrite to start over")
+    todo = [s for s in scenarios if s.run_id not in done or (retry_failed and done[s.run_id] != "ok")]
+    base = {"spec": spec.source, "name": spec.name, "kind": spec.kind, "out": str(out),
+            "scenarios": len(scenarios), "already_done": len(scenarios) - len(todo), "to_run": len(todo),
+            "executor": executor, "workers": workers}
+    if dry_run:
+        return {**base, "dry_run": True, **probe(spec, todo, workers, probes)}
+
+    if overwrite:
+        store.clear()
+    out.mkdir(parents=True, exist_ok=True)
+    _write_manifest(spec, out, base, __version__)
+    chunk = chunk_size or auto_chunk(len(todo), workers)
+    # Dispatch in run_id order (a stable shuffle): costly corners of the grid spread over tasks.
+    order = sorted(todo, key=lambda s: s.run_id)
+    chunks = [[_task(s) for s in order[i:i + chunk]] for i in range(0, len(order), chunk)]
+    by_index = {s.index: s for s in todo}
+    kind = spec.scenario_kind()
+    fn = None if kind.builtin else kind.function()
+    from simfoe.sweep import executors
+
+    if executor == "ray":
+        it = executors.iter_ray(spec.kind, chunks, spec.metrics, fn, workers, address, max_retries)
+    else:
+        it = executors.iter_local(spec.kind, chunks, spec.metrics, fn, workers)
+    bar = _progress(len(todo), progress)
+    ok = failed = 0
+    t0 = time.perf_counter()
+    try:
+        for recs in it:
+            rows = [make_row(spec, by_index[r["index"]], r, __version__) for r in recs]
+            store.append(rows)
+            n_ok = sum(r["status"] == "ok" for r in recs)
+            ok += n_ok
+            failed += len(recs) - n_ok
+            if bar is not None:
+                bar.update(len(recs))
+                if failed:
+                    bar.set_postfix(failed=failed, refresh=False)
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+        store.compact()
+        sys.stderr.write(f"stored {ok + failed} of {len(todo)} scenarios in {out}; "
+                         "rerun with --resume to finish\n")
+        raise
+    finally:
+        close = getattr(it, "close", None)
+        if close:
+            close()
+    if bar is not None:
+        bar.close()
+    wall = time.perf_counter() - t0
+    df = store.compact()
+    result = {**base, "ran": ok + failed, "ok": ok, "failed": failed, "wall_s": wall,
+              "scenarios_per_s": (ok + failed) / wall if wall > 0 and ok + failed else None,
+              "chunk_size": chunk, "results": str(store.results), "rows": int(len(df))}
+    if plots:
+        from simfoe.sweep.plots import make_plots
+        from simfoe.sweep.summary import write_summary
+
+        result["plots"] = [str(p) for p in make_plots(df, out / "plots")]
+        result["summary"] = str(write_summary(df, out, spec_name=spec.name, run=result))
+    return result
+
+
+def _write_manifest(spec: SweepSpec, out: Path, base: dict, version: str) -> None:
+    import yaml
+
+    (out / "sweep.yaml").write_text(yaml.safe_dump(spec.raw, sort_keys=False))
+    meta = {**base, "simfoe_version": version, "started_at": time.time()}
+    (out / "sweep.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled or total == 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="scn", desc="sweep", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)

@@ -1,0 +1,83 @@
+"""Short markdown summary of a sweep (``out/summary.md``): what ran, what failed, headline numbers
+(for forward sweeps: where FoE beats MoE and by how much), and links to the plots."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from simfoe.cli.common import fmt_time
+
+
+def _speedups(ok: pd.DataFrame) -> pd.DataFrame:
+    """MoE latency / FoE latency for every input combination that has both archs."""
+    inputs = [c for c in ok.columns if c in ("model", "hardware", "nodes", "phase", "batch", "seq_len", "routing",
+                                              "seed") or c.startswith(("hardware.", "model.", "placement."))]
+    piv = ok.pivot_table(index=inputs, columns="arch", values="latency_s", aggfunc="first")
+    if not {"moe", "foe"} <= set(piv.columns):
+        return pd.DataFrame()
+    piv = piv.dropna(subset=["moe", "foe"])
+    piv["speedup"] = piv["moe"] / piv["foe"]
+    return piv.reset_index()
+
+
+def _forward_section(ok: pd.DataFrame) -> list[str]:
+    if not {"arch", "latency_s"} <= set(ok.columns):
+        return []
+    sp = _speedups(ok)
+    if sp.empty:
+        return []
+    wins = int((sp["speedup"] > 1).sum())
+    lines = ["## MoE vs FoE", "",
+             f"FoE is faster in **{wins} of {len(sp)}** matched scenarios "
+             f"(speed-up = MoE latency / FoE latency; median {sp['speedup'].median():.2f}x, "
+             f"range {sp['speedup'].min():.2f}x to {sp['speedup'].max():.2f}x).", ""]
+    show = [c for c in ("phase", "nodes", "batch", "seq_len") if c in sp]
+    for label, row in (("Largest FoE win", sp.loc[sp["speedup"].idxmax()]),
+                       ("Largest FoE loss", sp.loc[sp["speedup"].idxmin()])):
+        where = ", ".join(f"{c}={row[c]}" for c in show)
+        lines.append(f"- {label}: {row['speedup']:.2f}x at {where} "
+                     f"(MoE {fmt_time(row['moe'])}, FoE {fmt_time(row['foe'])})")
+    lines.append("")
+    if {"phase", "nodes", "batch"} <= set(sp.columns):
+        for ph, g in sp.groupby("phase"):
+            t = g.pivot_table(index="nodes", columns="batch", values="speedup", aggfunc="median")
+            lines += [f"Speed-up, {ph} (rows: nodes, columns: batch; >1 means FoE is faster):", "",
+                      "| nodes | " + " | ".join(str(b) for b in t.columns) + " |",
+                      "|---" * (len(t.columns) + 1) + "|"]
+            for n, r in t.iterrows():
+                lines.append(f"| {n} | " + " | ".join("-" if pd.isna(v) else f"{v:.2f}x" for v in r) + " |")
+            lines.append("")
+    return lines
+
+
+def write_summary(df: pd.DataFrame, out: str | Path, spec_name: str = "sweep", run: dict | None = None) -> Path:
+    """Write ``out/summary.md`` and return its path."""
+    out = Path(out)
+    ok = df[df["status"] == "ok"] if "status" in df else df
+    bad = df[df["status"] != "ok"] if "status" in df else df.iloc[:0]
+    kind = df["kind"].iloc[0] if len(df) and "kind" in df else "?"
+    lines = [f"# Sweep `{spec_name}` ({kind})", "",
+             f"- scenarios stored: {len(df)} ({len(ok)} ok, {len(bad)} failed)"]
+    if run:
+        if run.get("wall_s") is not None:
+            lines.append(f"- this run: {run.get('ran', 0)} scenarios in {run['wall_s']:.1f} s "
+                         f"with the {run.get('executor')} executor ({run.get('workers')} workers)"
+                         + (f", {run['scenarios_per_s']:.1f} scenarios/s" if run.get("scenarios_per_s") else ""))
+        if run.get("already_done"):
+            lines.append(f"- resumed: {run['already_done']} scenarios were already stored")
+    lines += ["- results: `results.parquet` (one row per scenario; inputs and `a.b.c` metric columns)", ""]
+    if kind == "forward" and len(ok):
+        lines += _forward_section(ok)
+    if len(bad):
+        lines += ["## Failed scenarios", ""]
+        for err, g in bad.groupby(bad["error"].fillna("unknown")):
+            lines.append(f"- {len(g)} x `{err}`")
+        lines.append("")
+    plots = sorted((out / "plots").glob("*.png")) if (out / "plots").is_dir() else []
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
+    path = out / "summary.md"
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    return path
