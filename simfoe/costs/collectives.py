@@ -23,7 +23,9 @@ Algorithms (S = bytes per GPU, n = group size, k = GPUs of the group per node, m
   ring all-reduce of the S/k shard among same-local-index GPUs (rails; 2(m-1) network alphas), intra-node
   ring all-gather (k-1 nvlink alphas). Phases run one after the other. Needs the same local indices on
   every node spanned.
-- auto all-reduce (NCCL-like): one node -> nvls when the node has in-switch reduction, else ring;
+- auto all-reduce (NCCL-like): one node -> nvls when the node has in-switch reduction and n > 2, else
+  ring (for 2 GPUs a ring moves the same S per GPU as NVLS; Vidur's 2-GPU H100 all_reduce follows the
+  ring at NVLink efficiency, not the slower NVLS rate, see docs/calibration-collectives.md);
   several nodes -> hierarchical when the group is the same shape on every node, else ring.
 - all-gather / reduce-scatter: ring (multi-channel across nodes as above); (n-1) steps.
 - all-to-all direct: all pairs at once, one alpha. Hierarchical (PXN-like, rail-aligned): phase 1, every
@@ -133,7 +135,8 @@ def all_reduce(net: FlowNetwork, gpus, nbytes: float, algorithm: str = "auto", t
     spans = _spans_nodes(net, g)
     if algorithm == "auto":
         if not spans:
-            algorithm = "nvls" if (hw.node.nvswitch_reduction and hw.collectives.nvls is not None) else "ring"
+            nvls_ok = hw.node.nvswitch_reduction and hw.collectives.nvls is not None
+            algorithm = "nvls" if (nvls_ok and n > 2) else "ring"
         else:
             algorithm = "hierarchical" if _uniform_shape(net, g) is not None else "ring"
     if algorithm == "ring":
