@@ -84,6 +84,7 @@ class FlowNetwork:
 
             raise SpecError("dst", f"{dst.size} entries", f"as many as src ({src.size})")
         keep = (nb > 0) & (src != dst)
+        acc = self.bytes_by_tag.setdefault(tag, {"intra_node": 0.0, "inter_node": 0.0})
         ev = self.env.event()
         if not keep.all():
             src, dst, nb = src[keep], dst[keep], nb[keep]
@@ -92,7 +93,6 @@ class FlowNetwork:
             return ev
         gpn = self.cluster.gpus_per_node
         intra = (src // gpn) == (dst // gpn)
-        acc = self.bytes_by_tag.setdefault(tag, {"intra_node": 0.0, "inter_node": 0.0})
         tot = float(nb.sum())
         b_intra = float(nb[intra].sum())
         acc["intra_node"] += b_intra
