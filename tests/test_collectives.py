@@ -1,0 +1,122 @@
+"""Collective algorithms on the flow network: alpha-beta agreement, accounting, algorithm choice."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import simpy
+
+from simfoe.costs.collectives import all_gather, all_reduce, all_to_all, predict, reduce_scatter, send_recv
+from simfoe.errors import SpecError
+from simfoe.fabric import FlowNetwork, build_cluster
+from simfoe.specs.io import load_hardware
+
+
+@pytest.fixture(scope="module")
+def hw():
+    return load_hardware("h100-sxm")
+
+
+def _net(hw, nodes):
+    env = simpy.Environment()
+    return env, FlowNetwork(env, build_cluster(hw, nodes))
+
+
+def _run(env, gen):
+    p = env.process(gen)
+    env.run(p)
+    return env.now
+
+
+@pytest.mark.parametrize("n", [2, 4, 8])
+@pytest.mark.parametrize("S", [1e5, 1e7, 1e9])
+def test_ring_all_reduce_matches_alpha_beta(hw, n, S):
+    c = hw.collectives.nvlink
+    B = hw.node.nvlink_bandwidth * c.efficiency
+    expected = 2 * (n - 1) / n * S / B + 2 * (n - 1) * c.alpha_s + hw.node.nvlink_latency_s
+    assert predict(hw, "all_reduce", n, S, "ring") == pytest.approx(expected, rel=1e-9)
+
+
+def test_ring_across_nodes_uses_all_nics(hw):
+    # 16 GPUs on 2 nodes, 8 channels: each GPU sends 2*15/16*S/8 over its NIC; NIC-bound
+    S = 1e9
+    t = predict(hw, "all_reduce", 16, S, "ring")
+    nic = hw.network.nic_bandwidth * hw.collectives.network.efficiency
+    assert t == pytest.approx(2 * 15 / 16 * S / 8 / nic + 30 * hw.collectives.network.alpha_s, rel=0.01)
+
+
+def test_all_reduce_accounting(hw):
+    env, net = _net(hw, 2)
+    S = 8e6
+    _run(env, all_reduce(net, list(range(16)), S, "hierarchical"))
+    acc = net.bytes_by_tag["all_reduce"]
+    # RS + AG inside each node: 2 * 16 GPUs * 7/8 S; inter-node: 16 GPUs * 2*(1/2)*S/8
+    assert acc["intra_node"] == pytest.approx(2 * 16 * 7 / 8 * S)
+    assert acc["inter_node"] == pytest.approx(16 * S / 8)
+    env, net = _net(hw, 1)
+    _run(env, all_reduce(net, list(range(8)), S, "ring"))
+    assert net.bytes_by_tag["all_reduce"] == {"intra_node": pytest.approx(8 * 2 * 7 / 8 * S), "inter_node": 0.0}
+
+
+def test_all_to_all_bytes_equal_off_diagonal_traffic(hw):
+    rng = np.random.default_rng(1)
+    T = rng.uniform(0, 1e6, (16, 16))
+    env, net = _net(hw, 2)
+    gpus = np.arange(16)
+    _run(env, all_to_all(net, gpus, T))
+    acc = net.bytes_by_tag["all_to_all"]
+    off = ~np.eye(16, dtype=bool)
+    same = (gpus[:, None] // 8) == (gpus[None, :] // 8)
+    assert acc["intra_node"] + acc["inter_node"] == pytest.approx(T[off].sum())
+    assert acc["inter_node"] == pytest.approx(T[~same].sum())
+
+
+def test_hierarchical_all_to_all_inter_bytes_and_rails(hw):
+    T = np.full((16, 16), 1e6)
+    np.fill_diagonal(T, 0)
+    env, net = _net(hw, 2)
+    t_h = _run(env, all_to_all(net, range(16), T, "hierarchical"))
+    acc = net.bytes_by_tag["all_to_all"]
+    assert acc["inter_node"] == pytest.approx(16 * 8 * 1e6)  # each byte crosses the network once
+    # phase 2 only uses same-rail paths (no spine): total time ~ NVLink phase + 8 MB per NIC
+    nic = hw.network.nic_bandwidth * hw.collectives.network.efficiency
+    assert t_h > 8e6 / nic
+
+
+def test_nvls_rules(hw):
+    assert predict(hw, "all_reduce", 8, 1e8) == pytest.approx(predict(hw, "all_reduce", 8, 1e8, "nvls"))
+    assert predict(hw, "all_reduce", 2, 1e8) == pytest.approx(predict(hw, "all_reduce", 2, 1e8, "ring"))
+    with pytest.raises(SpecError):
+        predict(hw, "all_reduce", 16, 1e6, "nvls")
+    a100 = load_hardware("a100-sxm")
+    with pytest.raises(SpecError):
+        predict(a100, "all_reduce", 8, 1e6, "nvls")
+
+
+def test_other_collectives_and_errors(hw):
+    env, net = _net(hw, 1)
+    _run(env, all_gather(net, range(8), 1e6))
+    _run(env, reduce_scatter(net, range(8), 8e6))
+    _run(env, send_recv(net, 0, 3, 1e6))
+    assert net.bytes_by_tag["all_gather"]["intra_node"] == pytest.approx(8 * 7 * 1e6)
+    assert net.bytes_by_tag["reduce_scatter"]["intra_node"] == pytest.approx(8 * 7 / 8 * 8e6)
+    assert net.bytes_by_tag["send_recv"]["intra_node"] == 1e6
+    assert predict(hw, "all_reduce", 8, 1e6, "tree") > 0
+    for bad in [lambda: predict(hw, "all_reduce", 8, 1e6, "magic"), lambda: predict(hw, "broadcast", 8, 1e6),
+                lambda: predict(hw, "all_reduce", 8, -1.0), lambda: predict(hw, "all_reduce", 12, 1e6, nodes=5)]:
+        with pytest.raises(SpecError):
+            bad()
+    env, net = _net(hw, 1)
+    with pytest.raises(SpecError):
+        _run(env, all_to_all(net, range(4), np.ones((3, 3))))
+    assert predict(hw, "all_reduce", 1, 1e6) == 0.0
+
+
+def test_concurrent_collectives_share_links(hw):
+    env, net = _net(hw, 1)
+    S = 1e9
+    p1 = env.process(all_reduce(net, range(8), S, "ring", tag="a"))
+    p2 = env.process(all_reduce(net, range(8), S, "ring", tag="b"))
+    env.run(p1 & p2)
+    one = predict(hw, "all_reduce", 8, S, "ring")
+    lat = 14 * hw.collectives.nvlink.alpha_s + hw.node.nvlink_latency_s  # paid once: the two overlap
+    assert env.now == pytest.approx(2 * (one - lat) + lat, rel=1e-9)
