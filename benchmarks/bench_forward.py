@@ -1,0 +1,47 @@
+"""Forward-pass speed (issue 3): not a test, a measurement. Run: python benchmarks/bench_forward.py
+
+Targets: one deepseek-v3 pass on 4 nodes x 8 H100 (decode, batch 256) under 1 s wall;
+>= 1,000 mixtral-8x7b forward scenarios per minute on one core.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import platform
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from simfoe.api import forward  # noqa: E402
+
+
+def main() -> dict:
+    forward("deepseek-v3", "h100-sxm", nodes=4, arch="moe", phase="decode", batch=256, seq_len=8192)  # warm caches
+    reps = 3
+    t0 = time.perf_counter()
+    for s in range(reps):
+        forward("deepseek-v3", "h100-sxm", nodes=4, arch="moe", phase="decode", batch=256, seq_len=8192, seed=s)
+    ds = (time.perf_counter() - t0) / reps
+
+    grid = list(itertools.product([1, 2, 4], ["moe", "foe"], ["prefill", "decode"], [1, 2, 4, 8, 16, 32, 64, 128, 256], [512, 2048, 8192]))
+    t0 = time.perf_counter()
+    n = 0
+    for nodes, arch, phase, batch, seq in grid:
+        if phase == "prefill" and batch * seq > 65536:
+            continue
+        forward("mixtral-8x7b", "h100-sxm", nodes=nodes, arch=arch, phase=phase, batch=batch, seq_len=seq)
+        n += 1
+    wall = time.perf_counter() - t0
+    out = {
+        "machine": platform.processor() or platform.machine(),
+        "deepseek_v3_4x8_h100_decode_b256_wall_s": round(ds, 4),
+        "mixtral_scenarios": n,
+        "mixtral_scenarios_per_minute_one_core": round(60 * n / wall, 1),
+    }
+    print(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main()
