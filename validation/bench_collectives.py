@@ -10,13 +10,14 @@ algbw = bytes / time; busbw = algbw x (2(n-1)/n for all_reduce, (n-1)/n for all_
 from __future__ import annotations
 
 import datetime
+import inspect
 import json
 import math
 import os
 import socket
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -104,8 +105,11 @@ def _worker(rank: int, job: CollectiveJob) -> None:
         dev = torch.device("cuda", rank)
     else:
         dev = torch.device("cpu")
+    kwargs: dict = {}
+    if cuda and "device_id" in inspect.signature(dist.init_process_group).parameters:
+        kwargs["device_id"] = dev  # binds the NCCL communicator (and barriers) to this rank's GPU
     dist.init_process_group(job.backend, init_method=f"tcp://127.0.0.1:{job.port}", rank=rank,
-                            world_size=job.world_size, timeout=datetime.timedelta(seconds=120))
+                            world_size=job.world_size, timeout=datetime.timedelta(seconds=120), **kwargs)
     n = job.world_size
     pol = job.policy
 
@@ -191,10 +195,3 @@ def run_collectives(backend: str, device_type: str, world_sizes: Sequence[int], 
         log(f"  world_size={ws} done in {time.perf_counter() - t0:.1f}s")
         rows.extend(got)
     return rows
-
-
-def job_description(job: CollectiveJob) -> dict:
-    """JSON-able view of a job (for env.json)."""
-    d = asdict(job)
-    d.pop("result_path")
-    return d

@@ -128,8 +128,13 @@ def shape_set(device_type: str, quick: bool) -> ShapeSet:
 # Helpers
 
 
+def _gen(device: torch.device, seed: int) -> torch.Generator:
+    """Seeded generator on ``device`` (inputs are drawn where they live: no multi-GB host staging)."""
+    return torch.Generator(device=device).manual_seed(seed)
+
+
 def _rand(shape: Sequence[int], dtype: torch.dtype, device: torch.device, gen: torch.Generator) -> torch.Tensor:
-    return torch.randn(*shape, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
+    return torch.randn(*shape, generator=gen, dtype=dtype, device=device)
 
 
 def _buffers(ctx: KernelContext, working_set: int, make: Callable[[], tuple]) -> list[tuple]:
@@ -161,7 +166,7 @@ def _threads_cell(ctx: KernelContext) -> int | None:
 
 def bench_gemm(ctx: KernelContext, shapes: ShapeSet, dtypes: Sequence[str]) -> Iterator[dict]:
     """C[m,n] = A[m,k] @ B[k,n]. FLOPs 2*m*n*k; bytes (m*k + k*n + m*n) * element size."""
-    gen = torch.Generator().manual_seed(0)
+    gen = _gen(ctx.device, 0)
     for dt in dtypes:
         tdt, eb = DTYPES[dt], dtype_bytes(dt)
         for (m, n, k) in shapes.gemm_mnk:
@@ -214,7 +219,7 @@ def bench_grouped_ffn(ctx: KernelContext, shapes: ShapeSet, dtypes: Sequence[str
     (3*k*n*experts_active + 2*k*sum(t_e)) * element size (active experts' weights read once,
     X read once, Y written once).
     """
-    gen = torch.Generator().manual_seed(1)
+    gen = _gen(ctx.device, 1)
     for dt in dtypes:
         tdt, eb = DTYPES[dt], dtype_bytes(dt)
         for (experts, k, n, total) in shapes.ffn:
@@ -283,7 +288,7 @@ def attention_bytes(batch: int, heads: int, kv_heads: int, seq_len: int, context
 def bench_attention(ctx: KernelContext, shapes: ShapeSet, dtypes: Sequence[str]) -> Iterator[dict]:
     """torch SDPA, layout [batch, heads, seq, head_dim]; GQA through ``enable_gqa`` when available,
     otherwise K/V are expanded per query head inside the timed call (variant says which)."""
-    gen = torch.Generator().manual_seed(2)
+    gen = _gen(ctx.device, 2)
     gqa_native = _sdpa_supports_gqa(ctx.device)
     points = [("prefill", p) for p in shapes.prefill] + [("decode", p) for p in shapes.decode]
     for dt in dtypes:
