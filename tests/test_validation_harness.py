@@ -46,7 +46,7 @@ def test_quick_kernels_format(tmp_path: Path) -> None:
         med, p10, p90 = float(r["median_s"]), float(r["p10_s"]), float(r["p90_s"])
         assert 0 < p10 <= med <= p90
         assert int(r["repeats"]) >= 3 and int(r["bytes"]) > 0
-        assert r["threads"] == "1"
+        assert r["threads"] == "1" and float(r["cpu_median_s"]) > 0
         if r["op"] == "gemm":
             m, n, k = int(r["m"]), int(r["n"]), int(r["k"])
             assert int(r["flops"]) == 2 * m * n * k
