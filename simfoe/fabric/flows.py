@@ -26,6 +26,42 @@ Recorder = Callable[[str, str, str, float, float, float], None]
 _REL_TOL = 1e-9
 
 
+def _water_fill(path: np.ndarray, cap: np.ndarray, nl: int, pad: int) -> np.ndarray:
+    """Max-min fair rates (bytes/s) of flows with padded link paths ``path`` on links of capacity ``cap``.
+
+    Progressive filling, several bottlenecks per round: a link whose fair share (remaining capacity /
+    unfrozen flows) is no larger than the share of any link its flows also cross is a bottleneck now;
+    all its flows freeze at that share. Freezing a flow at a rate <= a link's share never lowers that
+    link's share, so all such links can be settled in the same round. Rounds <= distinct bottleneck levels.
+    """
+    n = path.shape[0]
+    rate = np.empty(n)
+    cap = cap.copy()
+    idx = np.arange(n)
+    cur = path
+    while idx.size:
+        flat = cur.ravel()
+        cnt = np.bincount(flat, minlength=nl)
+        cnt[pad] = 0
+        share = cap / np.maximum(cnt, 1)
+        share[cnt == 0] = np.inf
+        sp = share[cur]  # (F, K)
+        fmin = sp.min(axis=1)
+        # a link is not settled now if one of its flows sees a strictly smaller share elsewhere
+        later = sp > fmin[:, None] * (1 + _REL_TOL)
+        settled = np.bincount(flat[later.ravel()], minlength=nl) == 0
+        settled &= cnt > 0
+        hit = settled[cur].any(axis=1)
+        r = fmin[hit]
+        rate[idx[hit]] = r
+        cap -= np.bincount(cur[hit].ravel(), weights=np.repeat(r, cur.shape[1]), minlength=nl)
+        np.maximum(cap, 0.0, out=cap)
+        keep = ~hit
+        idx = idx[keep]
+        cur = cur[keep]
+    return rate
+
+
 class _Batch:
     __slots__ = ("event", "pending", "start_s", "nbytes", "tag")
 
@@ -137,31 +173,7 @@ class FlowNetwork:
         if n == 0:
             self._rate = np.zeros(0)
             return
-        nl, pad = self._nl, self._pad
-        path = self._path
-        cap = self._cap.copy()
-        rate = np.zeros(n)
-        free = np.ones(n, dtype=bool)
-        while True:
-            fp = path[free]
-            cnt = np.bincount(fp.ravel(), minlength=nl)
-            cnt[pad] = 0
-            used = cnt > 0
-            if not used.any():
-                break
-            share = np.full(nl, np.inf)
-            share[used] = cap[used] / cnt[used]
-            s = share.min()
-            bott = share <= s * (1 + _REL_TOL)
-            hit = bott[fp].any(axis=1)
-            idx = np.flatnonzero(free)[hit]
-            rate[idx] = s
-            free[idx] = False
-            cap -= np.bincount(path[idx].ravel(), minlength=nl) * s
-            np.maximum(cap, 0.0, out=cap)
-            if not free.any():
-                break
-        self._rate = rate
+        self._rate = rate = _water_fill(self._path, self._cap, self._nl, self._pad)
         rem = np.maximum(self._rem, 0.0)
         ttf = rem / rate
         t_min = float(ttf.min())
