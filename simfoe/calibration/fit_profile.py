@@ -1,0 +1,349 @@
+"""Fit a hardware profile from a measurement set (validation/README.md format) and predict its rows.
+
+A CPU measurement set becomes a profile in which one worker process is one "GPU":
+
+* ``gpu.peak_flops[dtype]``: the highest GEMM FLOP/s measured at 1 thread in that dtype (FLOP/s);
+  ``gpu.hbm_bandwidth``: the highest copy bandwidth of buffers larger than 4x the last-level cache
+  (DRAM-resident; bytes moved = 2 x size, bytes/s); ``gpu.hbm_bytes`` = memory / processes.
+* ``node.gpus_per_node`` = CPUs available (one process per core); ``node.nvlink_bandwidth`` and
+  ``collectives.nvlink.alpha_s``: alpha-beta fit of the gloo loopback collectives at world size 2
+  (``efficiency`` = 1 by definition: the fitted bandwidth *is* the achieved rate; the path latency
+  ``nvlink_latency_s`` = 0 because alpha absorbs it). ``network`` = the same values (one node).
+* ``kernels``: the families of simfoe/costs/kernels.py fitted through its public functions
+  (gemm on fp32 GEMMs, attention on the GQA SDPA rows, elementwise on copies).
+
+Kernel times: ``cpu_median_s`` (process CPU time) for 1-thread rows, which excludes time the process
+sat descheduled on a shared host (validation/README.md); ``median_s`` otherwise. Collectives: wall
+``median_s`` (no CPU time is recorded for them). Each fit minimizes a soft-L1 loss on
+log(predicted / measured); residuals (APE, %) are reported per family.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from simfoe.errors import SpecError
+
+SIG = 5
+#: GQA decode/prefill rows are fitted (all simfoe attention models are GQA; the testbed too).
+ATTENTION_VARIANT = "sdpa_gqa"
+#: Size (bytes, per rank, nccl-tests "size") conversion harness -> simfoe.costs.collectives.predict:
+#: all_gather "bytes" is the gathered output (n x per-rank), all_to_all "bytes" is one rank's whole send
+#: buffer (n chunks, its own included): simfoe wants per-rank / per-peer bytes.
+COLLECTIVE_DIVISOR = {"all_reduce": False, "all_gather": True, "all_to_all": True}
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.{SIG}g}") if x and math.isfinite(x) else float(x)
+
+
+def _rel(p: Path) -> str:
+    from simfoe.paths import REPO_ROOT
+
+    p = Path(p).resolve()
+    try:
+        return str(p.relative_to(REPO_ROOT))
+    except ValueError:
+        return str(p)
+
+
+# --------------------------------------------------------------------------------------- loading
+def load_set(set_dir: str | Path):
+    """(kernels DataFrame, collectives DataFrame, env dict) of a measurement set; ``t_s`` column added
+    to kernels (cpu_median_s for 1-thread CPU rows, else median_s)."""
+    import pandas as pd
+
+    d = Path(set_dir)
+    if not (d / "kernels.csv").is_file() or not (d / "env.json").is_file():
+        raise SpecError("measurement set", str(set_dir), "a folder with kernels.csv and env.json (python -m validation.harness)")
+    k = pd.read_csv(d / "kernels.csv")
+    use_cpu = (k.device == "cpu") & (k.threads == 1) & k.cpu_median_s.notna() & (k.cpu_median_s > 0)
+    k["t_s"] = np.where(use_cpu, k.cpu_median_s, k.median_s)
+    c = pd.read_csv(d / "collectives.csv") if (d / "collectives.csv").is_file() else pd.DataFrame()
+    env = json.loads((d / "env.json").read_text())
+    return k, c, env
+
+
+def _kv(r) -> tuple[int, int, int]:
+    return int(r.heads), int(r.kv_heads), int(r.head_dim)
+
+
+# --------------------------------------------------------------------------------------- predictions
+def predict_kernel_row(hw, r) -> float | None:
+    """simfoe's prediction (s) for one kernels.csv row, through simfoe.costs.kernels; None if not modeled."""
+    from simfoe.costs import kernels as K
+
+    dt = str(r.dtype)
+    if r.op == "gemm":
+        return K.gemm(hw, int(r.m), int(r.n), int(r.k), dt).latency_s
+    if r.op == "attention":
+        h, hkv, d = _kv(r)
+        b, ctx = int(r.batch), int(r.context_len)
+        if str(r.variant).startswith("prefill"):
+            return K.attention_prefill(hw, b, int(r.seq_len), ctx, h, hkv, d, dt, causal=bool(int(r.causal))).latency_s
+        return K.attention_decode(hw, b, ctx, h, hkv, d, dt).latency_s
+    if r.op == "memcopy" and r.variant == "copy":
+        return K.elementwise(hw, 2.0 * float(r.size_bytes)).latency_s
+    if r.op == "grouped_ffn":
+        # as simfoe.forward.plan._experts_seconds: grouped up (n=2f), activation, grouped down
+        loads = np.array([int(x) for x in str(r.tokens_per_expert).split(";") if x != ""], dtype=float)
+        k, n, eb = int(r.k), int(r.n), K.dtype_bytes(dt)
+        return (K.grouped_gemm(hw, loads, 2 * n, k, dt).latency_s
+                + K.elementwise(hw, 3.0 * loads.sum() * n * eb, kind="act").latency_s
+                + K.grouped_gemm(hw, loads, k, n, dt).latency_s)
+    return None
+
+
+def predict_collective_row(hw, r) -> float:
+    """simfoe's prediction (s) for one collectives.csv row (harness sizes converted, see COLLECTIVE_DIVISOR)."""
+    from simfoe.costs.collectives import predict
+
+    n = int(r.world_size)
+    nb = float(r.bytes) / (n if COLLECTIVE_DIVISOR[r.collective] else 1)
+    return predict(hw, r.collective, n, nb, "auto", 1)
+
+
+# --------------------------------------------------------------------------------------- fitting
+def _lsq(resid: Callable, x0, lo, hi):
+    from scipy.optimize import least_squares
+
+    return least_squares(resid, x0, bounds=(lo, hi), loss="soft_l1", f_scale=0.05).x
+
+
+def _with_kernels(hw, kernels: dict):
+    return hw.model_copy(update={"kernels": kernels})
+
+
+def _fit_family(hw, kernels: dict, family: str, spec: dict, rows, meas: np.ndarray) -> dict:
+    """Fit the parameters ``spec`` = {name: (start, low, high, log_scale)} of ``kernels[family]``."""
+    names = list(spec)
+    tr = [(math.log(v[0]), math.log(v[1]), math.log(v[2])) if v[3] else v[:3] for v in spec.values()]
+
+    def unpack(x):
+        return {nm: (math.exp(xi) if spec[nm][3] else float(xi)) for nm, xi in zip(names, x)}
+
+    def resid(x):
+        h = _with_kernels(hw, {**kernels, family: {**kernels.get(family, {}), **unpack(x)}})
+        pred = np.array([predict_kernel_row(h, r) for r in rows.itertuples(index=False)])
+        return np.log(pred / meas)
+
+    x = _lsq(resid, [t[0] for t in tr], [t[1] for t in tr], [t[2] for t in tr])
+    return {nm: _round(v) for nm, v in unpack(x).items()}
+
+
+def _ape(pred, meas) -> np.ndarray:
+    return np.abs(np.asarray(pred, float) / np.asarray(meas, float) - 1.0) * 100.0
+
+
+def _errs(ape: np.ndarray) -> dict:
+    return {"rows": int(ape.size), "mape_pct": round(float(ape.mean()), 2), "max_ape_pct": round(float(ape.max()), 2)}
+
+
+def _gpu_section(k, env, name) -> tuple[dict, dict]:
+    one = k[(k.op == "gemm") & (k.threads == 1)]
+    peaks = {}
+    for dt in sorted(set(one.dtype)):
+        r = one[one.dtype == dt]
+        peaks[dt] = _round(float((r.flops / r.t_s).max()))
+    llc = float(env.get("last_level_cache_bytes") or 0)
+    cp = k[(k.op == "memcopy") & (k.variant == "copy") & (k.size_bytes > 4 * llc)]
+    if cp.empty or not peaks:
+        raise SpecError("measurement set", name, "GEMM rows at 1 thread and copies larger than 4x the last-level cache")
+    bw = _round(float((cp.bytes / cp.t_s).max()))
+    procs = int(env.get("cpus_available") or 1)
+    mem = float(env["cpu"]["mem_total_bytes"]) / procs
+    l2 = 0.0
+    try:
+        l2 = float(env["cpu"]["caches"]["L2"]["size"].rstrip("K")) * 1024
+    except (KeyError, TypeError, ValueError, AttributeError):
+        pass
+    return {"name": f"cpu-process-1-thread ({env.get('device_name') or 'CPU'})", "peak_flops": peaks,
+            "hbm_bytes": _round(mem), "hbm_bandwidth": bw, "l2_bytes": l2, "launch_overhead_s": 0.0}, {
+        "peak": "highest GEMM FLOP/s at 1 thread per dtype (cpu_median_s)",
+        "bw": f"highest copy bandwidth (2 x size / cpu_median_s) of copies > 4 x LLC ({int(llc)} B): DRAM-resident",
+        "mem": f"env.json cpu.mem_total_bytes / {procs} processes", "l2": "env.json cpu.caches.L2 (per core)"}
+
+
+def _fit_collectives(hw, c) -> tuple[dict, dict]:
+    """alpha (s) and achieved bandwidth (bytes/s) of the gloo loopback path, world size 2, all sizes."""
+    rows = c[(c.world_size == 2) & (c.oversubscribed == 0) & c.collective.isin(list(COLLECTIVE_DIVISOR))]
+    if rows.empty:
+        raise SpecError("measurement set", "collectives.csv", "gloo rows at world size 2, not oversubscribed")
+    meas = rows.median_s.to_numpy(float)
+
+    def build(x):
+        a, bw = math.exp(x[0]), math.exp(x[1])
+        node = hw.node.model_copy(update={"nvlink_bandwidth": bw, "nvlink_latency_s": 0.0})
+        path = {"alpha_s": a, "efficiency": 1.0}
+        coll = type(hw.collectives).model_validate({"nvlink": path, "network": path})
+        return hw.model_copy(update={"node": node, "collectives": coll})
+
+    def resid(x):
+        h = build(x)
+        return np.log(np.array([predict_collective_row(h, r) for r in rows.itertuples(index=False)]) / meas)
+
+    x = _lsq(resid, [math.log(2e-4), math.log(1e9)], [math.log(1e-7), math.log(1e6)], [math.log(1e-1), math.log(1e12)])
+    h = build(x)
+    pred = np.array([predict_collective_row(h, r) for r in rows.itertuples(index=False)])
+    ape = _ape(pred, meas)
+    per = {cn: _errs(ape[(rows.collective == cn).to_numpy()]) for cn in COLLECTIVE_DIVISOR if (rows.collective == cn).any()}
+    return {"alpha_s": _round(math.exp(x[0])), "bandwidth": _round(math.exp(x[1]))}, {"all": _errs(ape), **per}
+
+
+def fit_profile(set_dir: str | Path, name: str | None = None) -> tuple[dict, dict, dict]:
+    """(profile dict, provenance, report) fitted from the measurement set in ``set_dir``.
+
+    The report holds the fitted values and residuals (APE %, per family / collective) on the rows
+    each part was fitted to, plus held-out checks (grouped FFN, other dtypes) that were not fitted.
+    """
+    from simfoe.specs.hardware import HardwareSpec
+
+    set_dir = Path(set_dir)
+    k, c, env = load_set(set_dir)
+    if env.get("device") != "cpu":
+        raise SpecError("measurement set", str(set_dir), "a CPU set (device cpu); GPU sets are validated, not fitted here")
+    src = _rel(set_dir)
+    name = name or f"cpu-{set_dir.name}"
+    gpu, why = _gpu_section(k, env, src)
+    procs = int(env.get("cpus_available") or 1)
+    # start from an uncalibrated profile: fitted pieces replace these values below
+    base = {
+        "name": name,
+        "description": f"one torch process per core ({procs} on one node) of {env.get('device_name')}, "
+                       f"{env.get('torch')}; fitted from {src}",
+        "gpu": gpu,
+        "node": {"gpus_per_node": procs, "nvlink_bandwidth": 1e9, "nvlink_latency_s": 0.0, "nvswitch_reduction": False},
+        "network": {"nics_per_node": procs, "nic_bandwidth": 1e9, "nic_latency_s": 0.0,
+                    "topology": "rail-optimized", "oversubscription": 1.0},
+        "collectives": {"nvlink": {"alpha_s": 0.0, "efficiency": 1.0}, "network": {"alpha_s": 0.0, "efficiency": 1.0}},
+        "kernels": {},
+    }
+    hw = HardwareSpec.model_validate(base)
+    report: dict = {"set": src, "profile": name, "kernels": {}, "held_out": {}}
+
+    coll, cerr = _fit_collectives(hw, c)
+    report["collectives"] = {"fit": coll, "residuals": cerr}
+    for sec, bwk, latk in (("node", "nvlink_bandwidth", "nvlink_latency_s"), ("network", "nic_bandwidth", "nic_latency_s")):
+        base[sec][bwk] = coll["bandwidth"]
+        base[sec][latk] = 0.0
+    base["collectives"] = {p: {"alpha_s": coll["alpha_s"], "efficiency": 1.0} for p in ("nvlink", "network")}
+    hw = HardwareSpec.model_validate(base)
+
+    kern: dict[str, dict] = {}
+    fp32 = k[(k.op == "gemm") & (k.threads == 1) & (k.dtype == "fp32")]
+    # starts: large GEMMs near the measured peak, DRAM streaming near the copy rate, launch ~ tens of us
+    # (a CPU op dispatch in eager torch); bounds keep efficiencies in (0, 1]
+    kern["gemm"] = _fit_family(hw, kern, "gemm", {
+        "eff_max": (0.9, 0.05, 1.0, False), "m_pad": (8.0, 1e-3, 1e5, True), "n_pad": (8.0, 1e-3, 1e5, True),
+        "k_pad": (8.0, 1e-3, 1e5, True), "mem_eff": (0.8, 0.05, 1.0, False), "mem_floor_bytes": (1e4, 1.0, 1e9, True),
+        "launch_s": (2e-5, 1e-8, 1e-2, True), "smooth_p": (4.0, 1.0, 50.0, False)}, fp32, fp32.t_s.to_numpy(float))
+    cp = k[(k.op == "memcopy") & (k.variant == "copy")]
+    kern["elementwise"] = _fit_family(hw, kern, "elementwise", {
+        "mem_eff": (0.8, 0.01, 1.0, False), "launch_s": (5e-6, 1e-8, 1e-2, True)}, cp, cp.t_s.to_numpy(float))
+    att = k[(k.op == "attention") & k.variant.str.endswith(":" + ATTENTION_VARIANT)]
+    pre, dec = att[att.variant.str.startswith("prefill")], att[att.variant.str.startswith("decode")]
+    if not pre.empty:
+        kern["attention_prefill"] = _fit_family(hw, kern, "attention_prefill", {
+            "eff_max": (0.5, 0.01, 1.0, False), "mem_eff": (0.5, 0.01, 1.0, False),
+            "launch_s": (2e-5, 1e-8, 1e-2, True), "smooth_p": (4.0, 1.0, 50.0, False)}, pre, pre.t_s.to_numpy(float))
+    if not dec.empty:
+        kern["attention_decode"] = {"eff_max": kern.get("attention_prefill", {}).get("eff_max", 1.0)}
+        kern["attention_decode"].update(_fit_family(hw, kern, "attention_decode", {
+            "mem_eff": (0.5, 0.01, 1.0, False), "mem_floor_bytes": (1e4, 1.0, 1e9, True),
+            "launch_s": (2e-5, 1e-8, 1e-2, True)}, dec, dec.t_s.to_numpy(float)))
+    base["kernels"] = kern
+    base["gpu"]["launch_overhead_s"] = kern["elementwise"]["launch_s"]
+    hw = HardwareSpec.model_validate(base)
+
+    def resid_of(rows):
+        pred = np.array([predict_kernel_row(hw, r) for r in rows.itertuples(index=False)])
+        return _errs(_ape(pred, rows.t_s.to_numpy(float)))
+
+    report["kernels"] = {"gemm (fp32, 1 thread)": resid_of(fp32), "elementwise (copy)": resid_of(cp)}
+    if not pre.empty:
+        report["kernels"][f"attention_prefill ({ATTENTION_VARIANT})"] = resid_of(pre)
+    if not dec.empty:
+        report["kernels"][f"attention_decode ({ATTENTION_VARIANT})"] = resid_of(dec)
+    for dt in sorted(set(k[(k.op == "gemm") & (k.threads == 1)].dtype) - {"fp32"}):
+        report["held_out"][f"gemm ({dt}, 1 thread)"] = resid_of(k[(k.op == "gemm") & (k.threads == 1) & (k.dtype == dt)])
+    g = k[(k.op == "grouped_ffn") & (k.threads == 1)]
+    if not g.empty:
+        report["held_out"]["grouped_ffn (loop_swiglu)"] = resid_of(g)
+    report["kernels_fit"] = kern
+    report["gpu"] = gpu
+
+    today = _dt.date.today().isoformat()
+    fitted = f"fit to {src} by simfoe.calibration.fit_profile on {today}"
+    prov = {f"gpu.peak_flops.{dt}": f"{src}/kernels.csv: {why['peak']}" for dt in gpu["peak_flops"]}
+    prov.update({
+        "gpu.name": f"{src}/env.json device_name; one torch process with 1 intra-op thread is one 'GPU'",
+        "gpu.hbm_bandwidth": f"{src}/kernels.csv: {why['bw']}",
+        "gpu.hbm_bytes": f"{src}/env.json: {why['mem']}",
+        "gpu.l2_bytes": f"{src}/env.json: {why['l2']}",
+        "gpu.launch_overhead_s": f"= kernels.elementwise.launch_s ({fitted})",
+        "node.gpus_per_node": f"{src}/env.json cpus_available: one process per core",
+        "node.nvlink_bandwidth": f"{fitted}: alpha-beta of gloo (TCP loopback) all_reduce/all_gather/all_to_all at "
+                                 "world size 2, wall median_s, all sizes; the achieved rate (efficiency 1)",
+        "node.nvlink_latency_s": "0: the fitted collectives.nvlink.alpha_s holds the whole per-message latency",
+        "node.nvswitch_reduction": "no in-switch reduction on a CPU host",
+        "network": "one node: the scale-out network is never used; same values as the loopback path",
+        "collectives.nvlink.alpha_s": f"{fitted}: see node.nvlink_bandwidth",
+        "collectives.nvlink.efficiency": "1 by definition: node.nvlink_bandwidth is the fitted achieved rate",
+        "collectives.network": "copy of collectives.nvlink (one node; never used)",
+        "kernels": fitted + "; functional forms of simfoe/costs/kernels.py (docs/calibration.md)",
+        "kernels.gemm": f"{fitted}: fp32 GEMM rows at 1 thread, cpu_median_s",
+        "kernels.elementwise": f"{fitted}: copy rows (bytes = 2 x size), cpu_median_s; norms/activations/adds "
+                               "were not measured and use this pooled fit",
+        "kernels.attention_prefill": f"{fitted}: prefill:{ATTENTION_VARIANT} rows (causal SDPA, fp32), cpu_median_s",
+        "kernels.attention_decode": f"{fitted}: decode:{ATTENTION_VARIANT} rows, cpu_median_s; eff_max from attention_prefill",
+        "description": f"{src}",
+        "name": "profile name",
+    })
+    return base, prov, report
+
+
+HEADER = ("# CPU profile fitted from a stored measurement set: one torch process (1 thread) = one 'GPU'.\n"
+          "# Regenerate: simfoe calibrate --from {src} --out {out}\n")
+
+
+def write_profile(profile: dict, provenance: dict, out: str | Path, set_dir: str | Path) -> Path:
+    """Write ``profile`` to ``out``: new files are created whole (validated, atomic); an existing
+    profile gets each section replaced through simfoe.specs.profile_io.update_profile."""
+    import os
+    import tempfile
+
+    import yaml
+
+    from simfoe.specs.base import validate_spec
+    from simfoe.specs.hardware import HardwareSpec
+    from simfoe.specs.profile_io import profile_path, update_profile
+
+    path = profile_path(out)
+    if path.exists():
+        keys = ("description", "gpu", "node", "network", "collectives", "kernels")
+        for i, key in enumerate(keys):
+            update_profile(path, key, profile[key], provenance=provenance if i == len(keys) - 1 else None)
+        return path
+    data = {**profile, "provenance": dict(provenance)}
+    validate_spec(HardwareSpec, data, "hardware")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(HEADER.format(src=_rel(Path(set_dir)), out=_rel(path)))
+        f.write(yaml.safe_dump(data, sort_keys=False, width=200))
+    os.replace(tmp, path)
+    return path
+
+
+def run_fit(set_dir: str | Path, out: str | Path | None = None, name: str | None = None) -> dict:
+    """Fit ``set_dir``; write the profile to ``out`` when given. Returns the report (+ ``written``)."""
+    if out is not None and name is None:
+        name = Path(str(out)).name.removesuffix(".yaml").removesuffix(".yml")
+    profile, prov, report = fit_profile(set_dir, name)
+    report["written"] = str(write_profile(profile, prov, out, set_dir)) if out is not None else None
+    return report
