@@ -1,0 +1,98 @@
+"""`simfoe recommend`: search MoE/FoE layouts for the highest goodput under SLOs; HTML + JSON report."""
+from __future__ import annotations
+
+import sys
+
+from simfoe.cli.common import add_json_flag, add_set_flag, fmt_time, table
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "recommend",
+        help="recommend a placement (MoE/FoE layout, nodes, GPU type, replicas) under latency SLOs",
+        description="For every MoE layout (attention TP/DP, EP group, dispatch variant) and FoE layout "
+        "(clusters x GPUs per cluster) on 1..--max-nodes nodes of each --hardware, find the highest request "
+        "rate meeting the SLOs with the serving simulator (layouts that cannot fit or cannot win are pruned "
+        "by cheap bounds first), rank by goodput per GPU (per dollar with --price) and write a self-contained "
+        "HTML report plus a JSON summary. Times in seconds, rates in requests/s.",
+    )
+    p.add_argument("--model", required=True, help="model preset or YAML path")
+    p.add_argument("--hardware", required=True, help="hardware preset(s), comma-separated (e.g. h100-sxm,a100-sxm)")
+    p.add_argument("--max-nodes", type=int, default=1, help="largest deployment, nodes (default 1)")
+    p.add_argument("--trace", default="longbench", help="workload: built-in name or trace file (default longbench)")
+    p.add_argument("--slo-ttft-p90", type=float, default=None, help="p90 time-to-first-token SLO, seconds")
+    p.add_argument("--slo-tbt-p99", type=float, default=None, help="p99 time-between-tokens SLO, seconds")
+    p.add_argument("--price", action="append", default=[], metavar="HW=USD",
+                   help="price per GPU-hour, e.g. h100-sxm=2.5 (repeatable or comma-separated); "
+                   "with a price for every GPU type, layouts are ranked per dollar")
+    p.add_argument("--routing", default="uniform", help="expert routing distribution (uniform, zipf:S, ...)")
+    p.add_argument("--requests", type=int, default=240, help="requests per rate probe (default 240)")
+    p.add_argument("--bisect-steps", type=int, default=4, help="rate bisection steps after bracketing (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-sensitivity", action="store_true", help="skip the 2x load / skew / half-bandwidth runs")
+    p.add_argument("--out", default=None, help="HTML report path (the JSON summary is written beside it)")
+    add_set_flag(p)
+    add_json_flag(p)
+    p.set_defaults(func=run, render=render)
+
+
+def _prices(items: list[str]) -> dict:
+    from simfoe.errors import SpecError
+
+    out = {}
+    for item in items:
+        for part in item.split(","):
+            if not part.strip():
+                continue
+            k, sep, v = part.partition("=")
+            try:
+                out[k.strip()] = float(v)
+            except ValueError:
+                raise SpecError("--price", part, "HW=USD per GPU-hour, e.g. h100-sxm=2.5") from None
+            if not sep:
+                raise SpecError("--price", part, "HW=USD per GPU-hour, e.g. h100-sxm=2.5")
+    return out
+
+
+def run(args) -> dict:
+    from simfoe.planner import recommend
+
+    progress = None
+    if sys.stderr.isatty() and not args.json:
+        def progress(line):
+            sys.stderr.write(line + "\n")
+    r = recommend(args.model, args.hardware, max_nodes=args.max_nodes, trace=args.trace,
+                  slo_ttft_p90=args.slo_ttft_p90, slo_tbt_p99=args.slo_tbt_p99, prices=_prices(args.price) or None,
+                  routing=args.routing, requests=args.requests, bisect_steps=args.bisect_steps, seed=args.seed,
+                  overrides=tuple(args.overrides), sensitivity=not args.no_sensitivity, progress=progress)
+    if args.out:
+        from simfoe.planner.report import write_report
+
+        write_report(r, args.out)
+    return r
+
+
+def render(r: dict) -> str:
+    s = r["search"]
+    lines = [f"{r['model']} on {', '.join(r['hardware'])}, up to {r['max_nodes']} node(s); workload {r['trace']}"]
+    rec = r.get("recommended")
+    if rec:
+        lines.append(f"recommended: {rec['label']}  goodput {rec['goodput_rps']:.3g} req/s "
+                     f"({rec['goodput_rps_per_gpu']:.3g} per GPU)")
+        if r.get("runner_up"):
+            ru = r["runner_up"]
+            lines.append(f"runner-up:   {ru['label']}  goodput {ru['goodput_rps']:.3g} req/s "
+                         f"({ru['goodput_rps_per_gpu']:.3g} per GPU)")
+    else:
+        lines.append("no layout meets the SLOs")
+    rows = [[x["label"], x["status"], f"{x['max_rate_rps_per_replica']:.3g}", f"{x['goodput_rps_per_gpu']:.3g}",
+             fmt_time((x.get("at_max_rate") or {}).get("ttft_p90_s")), fmt_time((x.get("at_max_rate") or {}).get("tbt_p99_s"))]
+            for x in r["layouts"]]
+    if rows:
+        lines += ["", table(rows, ["layout", "status", "rate/replica", "per GPU", "p90 TTFT", "p99 TBT"])]
+    lines.append("")
+    lines.append(f"{s['candidates']} layouts: {s['simulated']} simulated ({s['probes']} probes), {s['pruned']} pruned "
+                 f"{s['pruned_by_reason']}, {s['skipped_placements']} invalid placements; search {s['wall_s']:.1f} s")
+    if "files" in r:
+        lines.append(f"report: {r['files']['html']}  summary: {r['files']['json']}")
+    return "\n".join(lines)

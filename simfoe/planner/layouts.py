@@ -1,0 +1,162 @@
+"""Candidate layouts for the planner: every MoE and FoE placement of one model on 1..max_nodes nodes.
+
+A :class:`Candidate` is one model instance (``nodes`` nodes of one GPU type, laid out as MoE or FoE
+with ``settings``: dotted ``placement.*`` overrides) served by ``replicas`` data-parallel copies
+(``floor(max_nodes / nodes)``). Dimensions:
+
+* MoE: attention ``tp`` (TP inside a node, DP across nodes; vLLM EP) or ``dp`` (DeepSeek/SGLang);
+  EP group size (the largest valid one, and one node's GPUs when that differs); dispatch with
+  DeepEP-style dedup or one copy per expert choice.
+* FoE: clusters C (divisors of the KV-head count) and GPUs per cluster g with C x g = GPUs,
+  a cluster never straddling nodes. A model that cannot be federated (``resolve_foe`` refuses it,
+  e.g. MLA without ``placement.foe.clusters``) is reported as skipped with the refusal message.
+
+Candidates that the placement rules reject are not returned; their reasons are.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from simfoe.errors import SpecError
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One layout to evaluate. ``settings``: placement overrides as ``(path, value)`` pairs."""
+
+    hardware: str
+    nodes: int
+    arch: str
+    settings: tuple[tuple[str, object], ...]
+    replicas: int
+    gpus_per_node: int
+
+    @property
+    def gpus(self) -> int:
+        """GPUs of one instance."""
+        return self.nodes * self.gpus_per_node
+
+    @property
+    def total_gpus(self) -> int:
+        return self.gpus * self.replicas
+
+    @property
+    def overrides(self) -> tuple[str, ...]:
+        return tuple(f"{k}={_fmt(v)}" for k, v in self.settings)
+
+    @property
+    def label(self) -> str:
+        s = dict(self.settings)
+        if self.arch == "moe":
+            att = s.get("placement.moe.attention", "tp")
+            att_s = f"TP{self.gpus_per_node} attn" if att == "tp" else "DP attn"
+            ep = s.get("placement.moe.ep")
+            dd = "dedup" if s.get("placement.moe.dedup_dispatch", True) else "per-choice"
+            body = f"MoE {att_s}, EP{ep}, {dd} dispatch"
+        else:
+            body = f"FoE C={s.get('placement.foe.clusters')} x {s.get('placement.foe.gpus_per_cluster')} GPU"
+        return f"{body} | {self.nodes} node(s) {self.hardware} x{self.replicas}"
+
+    def key(self) -> tuple:
+        return (self.hardware, self.nodes, self.arch, self.settings)
+
+
+@dataclass
+class Enumeration:
+    candidates: list[Candidate] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # {"what", "reason"}
+
+
+def _fmt(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def enumerate_layouts(model, hardware: dict, max_nodes: int, user_overrides=(), archs=("moe", "foe"),
+                      dispatch_variants: bool = True) -> Enumeration:
+    """All candidates for ``model`` (a ModelSpec) on ``hardware`` ({name: HardwareSpec}).
+
+    ``user_overrides``: the user's ``--set`` strings; a ``placement.*`` path set there pins that
+    dimension (it is not searched). Placement validity is checked with the resolvers."""
+    from simfoe.specs.io import build_placement
+    from simfoe.specs.placement import resolve_foe, resolve_moe
+
+    pinned = {o.split("=", 1)[0].strip() for o in user_overrides if o.strip().startswith("placement.")}
+    user_pl = [o for o in user_overrides if o.strip().startswith("placement.")]
+    out = Enumeration()
+    seen = set()
+    foe_reasons: dict[str, str] = {}
+
+    def add(hw_name, gpn, nodes, arch, settings):
+        settings = tuple((k, v) for k, v in settings if k not in pinned)
+        ov = [f"{k}={_fmt(v)}" for k, v in settings] + user_pl
+        try:
+            pl = build_placement(arch, nodes, ov)
+            lay = resolve_foe(model, gpn, pl) if arch == "foe" else resolve_moe(model, gpn, pl)
+        except SpecError as e:
+            return e
+        # canonical settings: the resolved values (so pinned/derived values show in the label)
+        if arch == "moe":
+            canon = (("placement.moe.attention", lay.attention), ("placement.moe.ep", lay.ep),
+                     ("placement.moe.dedup_dispatch", lay.dedup))
+        else:
+            canon = (("placement.foe.clusters", lay.clusters), ("placement.foe.gpus_per_cluster", lay.gpus_per_cluster))
+        c = Candidate(hw_name, nodes, arch, canon, max_nodes // nodes, gpn)
+        if c.key() not in seen:
+            seen.add(c.key())
+            out.candidates.append(c)
+        return None
+
+    for hw_name, hw in hardware.items():
+        gpn = hw.node.gpus_per_node
+        for nodes in range(1, max_nodes + 1):
+            G = nodes * gpn
+            if "moe" in archs:
+                if model.moe is None:
+                    eps = [None]
+                else:
+                    valid = [d for d in _divisors(G) if model.moe.n_experts % d == 0]
+                    eps = sorted({max(valid), *([gpn] if gpn in valid else [])}, reverse=True)
+                for att in ("tp", "dp"):
+                    for ep in eps:
+                        for dd in ((True, False) if (dispatch_variants and model.moe) else (True,)):
+                            s = [("placement.moe.attention", att), ("placement.moe.dedup_dispatch", dd)]
+                            if ep is not None:
+                                s.append(("placement.moe.ep", ep))
+                            err = add(hw_name, gpn, nodes, "moe", s)
+                            if err is not None:
+                                out.skipped.append({"what": f"MoE {att} attn EP{ep} on {nodes} node(s) {hw_name}",
+                                                    "reason": str(err)})
+            if "foe" in archs:
+                if model.moe is None:
+                    foe_reasons["dense"] = "FoE needs an MoE model (a dense model has no experts to federate)"
+                    continue
+                a = model.attention
+                user_c = next((o.split("=", 1)[1] for o in user_overrides
+                               if o.split("=", 1)[0].strip() == "placement.foe.clusters"), None)
+                if user_c is not None:
+                    cs = [int(user_c)]
+                elif a.kind == "mla":
+                    cs = [None]  # resolve_foe refuses: report its message
+                else:
+                    cs = _divisors(a.n_kv_heads)
+                for C in cs:
+                    s = [] if C is None else [("placement.foe.clusters", C)]
+                    if C is not None and C <= G:
+                        if G % C == 0:
+                            s.append(("placement.foe.gpus_per_cluster", G // C))
+                    err = add(hw_name, gpn, nodes, "foe", s)
+                    if err is not None:
+                        msg = str(err)
+                        if C is None or "federate" in msg or "MLA" in msg or "iso-parameter" in msg:
+                            foe_reasons[f"C={C}"] = msg
+                        else:
+                            out.skipped.append({"what": f"FoE C={C} on {nodes} node(s) {hw_name}", "reason": msg})
+    for what, reason in foe_reasons.items():
+        out.skipped.append({"what": f"FoE ({what})", "reason": reason, "foe_not_federable": True})
+    return out

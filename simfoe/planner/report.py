@@ -1,0 +1,270 @@
+"""The recommendation report: one self-contained HTML file (plots as base64 PNG, no scripts, no
+external links) and the JSON summary next to it.
+
+Caveats quote the calibration error of each hardware profile used from its ``provenance`` map and
+from ``docs/calibration-*.md`` (lines that state an error figure), never from numbers kept here.
+Every name that comes from the user (model, hardware, trace, overrides, labels) is escaped.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+from pathlib import Path
+
+from simfoe.cli.common import _clean, fmt_bytes, fmt_time
+
+_ERR = re.compile(r"(MAPE|error|err\b|within|deviat)", re.I)
+_PCT = re.compile(r"\d+(\.\d+)?\s*%")
+
+
+def calibration_notes(hardware: list[str], repo_root: Path | None = None) -> list[str]:
+    """Error figures for the profiles used: provenance entries and docs/calibration-*.md lines that
+    state a percentage error (MAPE, error, within ...)."""
+    from simfoe.paths import REPO_ROOT
+    from simfoe.specs.io import load_hardware
+
+    notes: list[str] = []
+    for h in hardware:
+        try:
+            hw = load_hardware(h)
+        except Exception:  # noqa: BLE001 - a caveat must not break the report
+            continue
+        for k, v in hw.provenance.items():
+            if _ERR.search(v) and _PCT.search(v):
+                notes.append(f"{hw.name} {k}: {v}")
+    root = repo_root or REPO_ROOT
+    for f in sorted((root / "docs").glob("calibration-*.md")) if (root / "docs").is_dir() else []:
+        for line in f.read_text(errors="replace").splitlines():
+            t = line.strip().lstrip("-*|# ").strip()
+            if _ERR.search(t) and _PCT.search(t) and len(t) < 400:
+                notes.append(f"docs/{f.name}: {t}")
+    seen, out = set(), []
+    for n in notes:
+        if n not in seen:
+            seen.add(n)
+            out.append(n)
+    return out
+
+
+def caveats(result: dict) -> list[str]:
+    """Plain-text caveats for the report and the JSON summary."""
+    out = []
+    archs = {lay["arch"] for lay in result.get("layouts", [])}
+    rec = result.get("recommended") or {}
+    if rec.get("arch") == "foe" or "foe" in archs:
+        out.append("FoE is a different model: a federated model must be trained (or retrained) with C clusters "
+                   "of experts; an existing MoE checkpoint cannot be served as FoE. FoE layouts assume the "
+                   "iso-parameter derivation (same total and active parameters) and equal quality.")
+    w = result.get("workload", {})
+    out.append(f"Workload: {result.get('trace')} (mean prompt {w.get('mean_prompt_tokens', 0):.0f} tokens, mean output "
+               f"{w.get('mean_output_tokens', 0):.0f} tokens); each rate probe simulates about "
+               f"{w.get('requests_per_probe')} requests with seed {w.get('seed')}, Poisson arrivals. Short probes "
+               "understate tail effects of long runs; rates are found to within the bisection bracket.")
+    out.append("Goodput of a deployment = replicas x the rate one replica sustains (one replica simulated); "
+               "the recommended layout is re-checked with all replicas when it has more than one.")
+    out.append(f"Expert routing: {result.get('routing')}; iteration times are interpolated from forward-model "
+               "evaluations on a grid (simfoe.serving.step_models.InterpCost).")
+    out.append("Token budget per iteration (chunked prefill) is chosen per layout so that one chunk takes at most "
+               "80% of the TBT SLO.")
+    notes = calibration_notes(result.get("hardware", []))
+    if notes:
+        out.append("Calibration of the hardware profiles used (from their provenance and docs/calibration-*.md):")
+        out.extend("  " + n for n in notes)
+    else:
+        out.append("No calibration error figures were found in the hardware profiles' provenance or "
+                   "docs/calibration-*.md; treat absolute numbers as uncalibrated.")
+    return out
+
+
+# ---- plots -------------------------------------------------------------------------------------
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def plots(result: dict) -> dict[str, str]:
+    """data: URIs of the report's figures."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figs: dict[str, str] = {}
+    lays = result.get("layouts", [])[:20]
+    if lays:
+        fig, ax = plt.subplots(figsize=(8, 0.35 * len(lays) + 1.2))
+        vals = [x["goodput_rps_per_gpu"] or 0 for x in lays]
+        colors = ["#2b8a3e" if i == 0 else ("#74b816" if i == 1 else "#adb5bd") for i in range(len(lays))]
+        ax.barh(range(len(lays)), vals, color=colors)
+        ax.set_yticks(range(len(lays)), [x["label"] for x in lays], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel("goodput per GPU (requests/s)")
+        ax.set_title("Feasible layouts (winner dark green)")
+        figs["goodput"] = _png(fig)
+    an = result.get("analysis", {})
+    if an:
+        fig, ax = plt.subplots(figsize=(7, 2.2 + 0.4 * len(an)))
+        cats = [("compute_s", "compute", "#4c6ef5"), ("all_to_all_s", "all-to-all", "#f76707"),
+                ("all_reduce_s", "all-reduce", "#e64980"), ("queueing_s", "queueing", "#868e96")]
+        names = list(an)
+        left = [0.0] * len(names)
+        for key, lab, col in cats:
+            v = [an[n]["breakdown"].get(key, 0.0) for n in names]
+            ax.barh(range(len(names)), v, left=left, label=lab, color=col)
+            left = [a + b for a, b in zip(left, v)]
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel("seconds per request (busy GPU time by kind, plus mean queueing delay)")
+        ax.legend(fontsize=7, loc="lower right")
+        ax.set_title("Where the time goes at the maximum rate")
+        figs["breakdown"] = _png(fig)
+    tops = [x for x in (result.get("recommended"), result.get("runner_up")) if x]
+    if tops and result["slo"].get("ttft_p90_s"):
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        for x, m in zip(tops, ("o", "s")):
+            pr = sorted((p for p in x["probes"] if p.get("ttft_p90_s") is not None), key=lambda p: p["rate_rps"])
+            ax.plot([p["rate_rps"] for p in pr], [p["ttft_p90_s"] for p in pr], marker=m, label=x["label"][:60])
+        ax.axhline(result["slo"]["ttft_p90_s"], color="k", ls="--", lw=1, label="p90 TTFT SLO")
+        ax.set_yscale("log")
+        ax.set_xlabel("arrival rate per replica (requests/s)")
+        ax.set_ylabel("p90 TTFT (s)")
+        ax.legend(fontsize=6)
+        ax.set_title("Rate search probes")
+        figs["probes"] = _png(fig)
+    return figs
+
+
+# ---- HTML --------------------------------------------------------------------------------------
+def _e(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _n(x, fmt="{:.3g}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    h = "".join(f"<th>{_e(c)}</th>" for c in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _layout_desc(x: dict) -> str:
+    return (f"<b>{_e(x['label'])}</b>: {_e(x['replicas'])} replica(s) x {_e(x['gpus_per_replica'])} GPUs; "
+            f"goodput {_n(x['goodput_rps'])} req/s ({_n(x['goodput_rps_per_gpu'])} per GPU"
+            + (f", {_n(x['requests_per_dollar'], '{:.0f}')} requests per $" if x.get("requests_per_dollar") else "")
+            + f"); token budget {_e(x['token_budget'])}; KV cache {_e(format(x['kv_capacity_tokens'] or 0, ','))} tokens"
+            + f"; weights {_e(fmt_bytes(x['weight_bytes_per_gpu']))} per GPU.")
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#212529}
+table{border-collapse:collapse;font-size:12px;margin:1em 0}td,th{border:1px solid #dee2e6;padding:3px 6px;text-align:right}
+td:first-child,th:first-child{text-align:left}th{background:#f1f3f5}.win{background:#ebfbee;padding:.6em 1em;border-left:4px solid #2b8a3e}
+.muted{color:#868e96;font-size:12px}img{max-width:100%}code{background:#f1f3f5;padding:0 3px}"""
+
+
+def render_html(result: dict) -> str:
+    """The report as one HTML string (no scripts, no external resources)."""
+    r = result
+    figs = plots(r)
+    slo = r["slo"]
+    s = r["search"]
+    title = f"simfoe placement recommendation: {r['model']}"
+    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_e(title)}</title>"
+             f"<style>{CSS}</style></head><body>", f"<h1>{_e(title)}</h1>",
+             f"<p>Hardware: {_e(', '.join(r['hardware']))}; up to {_e(r['max_nodes'])} node(s); workload "
+             f"<code>{_e(r['trace'])}</code>; SLOs: p90 TTFT &le; {_e(_n(slo['ttft_p90_s']))} s, p99 TBT &le; "
+             f"{_e(_n(slo['tbt_p99_s']))} s; ranked by {_e(r['rank_by'])}."
+             + (f" Overrides: <code>{_e(' '.join(r['overrides']))}</code>." if r.get("overrides") else "") + "</p>"]
+    rec, ru = r.get("recommended"), r.get("runner_up")
+    parts.append("<h2>Recommendation</h2>")
+    if rec:
+        parts.append(f"<div class=\"win\">{_layout_desc(rec)}</div>")
+        if rec.get("replica_check"):
+            rc = rec["replica_check"]
+            parts.append(f"<p>Check with all {_e(rec['replicas'])} replicas simulated at {_n(rc['rate_rps'])} req/s: "
+                         f"p90 TTFT {_e(fmt_time(rc['ttft_p90_s']))}, p99 TBT {_e(fmt_time(rc['tbt_p99_s']))}, "
+                         f"{'meets' if rc['ok'] else 'MISSES'} the SLOs.</p>")
+        if ru:
+            parts.append(f"<p>Runner-up: {_layout_desc(ru)}</p>")
+    else:
+        parts.append("<p><b>No layout meets the SLOs.</b> See the rejected layouts below.</p>")
+    parts.append(f"<p class=\"muted\">Search: {s['candidates']} candidate layouts, {s['simulated']} simulated "
+                 f"({s['probes']} serving probes), {s['pruned']} pruned before or during the search, "
+                 f"{s['skipped_placements']} placements invalid; {s['wall_s']:.1f} s search, "
+                 f"{s.get('total_wall_s', s['wall_s']):.1f} s with the analysis.</p>")
+    if s["pruned_by_reason"]:
+        parts.append(_table(["pruned because", "layouts"], [[_e(k), _e(v)] for k, v in s["pruned_by_reason"].items()]))
+    an = r.get("analysis", {})
+    if an:
+        parts.append("<h2>Why the winner wins</h2>")
+        rows = []
+        for name, a in an.items():
+            b = a["breakdown"]
+            tot = sum(b[k] for k in ("compute_s", "all_to_all_s", "all_reduce_s"))
+            rows.append([_e(name), _e(fmt_time(b["compute_s"])), _e(fmt_time(b["all_to_all_s"])),
+                         _e(fmt_time(b["all_reduce_s"])), _e(fmt_time(tot)), _e(fmt_time(b["queueing_s"])),
+                         _e(b["decode_batch"])])
+        parts.append("<p>Busy GPU time per request at each layout's maximum rate (prefill chunks plus its share of "
+                     "decode steps), and the mean queueing delay:</p>")
+        parts.append(_table(["layout", "compute", "all-to-all", "all-reduce", "busy total", "queueing",
+                             "decode batch"], rows))
+        if "breakdown" in figs:
+            parts.append(f"<img alt=\"time breakdown\" src=\"{figs['breakdown']}\">")
+        parts.append("<h2>Sensitivity</h2><p>SLO metrics at each layout's maximum rate when conditions change "
+                     "(one probe each):</p>")
+        rows = []
+        for name, a in an.items():
+            for cond, v in a.get("sensitivity", {}).items():
+                if "error" in v:
+                    rows.append([_e(name), _e(cond), "-", "-", _e(v["error"])])
+                    continue
+                rows.append([_e(name), _e(cond), _e(fmt_time(v.get("ttft_p90_s"))), _e(fmt_time(v.get("tbt_p99_s"))),
+                             _e(("meets SLOs" if v.get("ok") else "misses SLOs") + (f" ({v['note']})" if v.get("note") else ""))])
+        parts.append(_table(["layout", "condition", "p90 TTFT", "p99 TBT", "verdict"], rows))
+    if "goodput" in figs:
+        parts.append(f"<h2>All feasible layouts</h2><img alt=\"goodput per GPU\" src=\"{figs['goodput']}\">")
+    rows = []
+    for x in r.get("layouts", []):
+        ge = "&ge; " if x["status"] == "partial" else ""
+        rows.append([_e(x["label"]), _e(x["replicas"]), _e(x["total_gpus"]), _e(x["token_budget"]),
+                     ge + _e(_n(x["max_rate_rps_per_replica"])), ge + _e(_n(x["goodput_rps"])),
+                     ge + _e(_n(x["goodput_rps_per_gpu"])), _e(_n(x.get("requests_per_dollar"), "{:.0f}")),
+                     _e(_n(x["bound_rps_per_replica"])),
+                     _e(fmt_time((x.get("at_max_rate") or {}).get("ttft_p90_s"))),
+                     _e(fmt_time((x.get("at_max_rate") or {}).get("tbt_p99_s")))])
+    parts.append(_table(["layout", "replicas", "GPUs", "token budget", "rate/replica", "goodput", "per GPU",
+                         "req per $", "bound/replica", "p90 TTFT", "p99 TBT"], rows))
+    parts.append("<p class=\"muted\">&ge;: the rate search stopped early once its bracket fell below the "
+                 "runner-up; the value is a lower bound.</p>")
+    if "probes" in figs:
+        parts.append(f"<img alt=\"rate search probes\" src=\"{figs['probes']}\">")
+    rej = r.get("rejected", [])
+    if rej:
+        parts.append("<h2>Rejected layouts</h2>")
+        parts.append(_table(["layout", "status", "reason"], [[_e(x["label"]), _e(x["status"]), _e(x["reason"])] for x in rej]))
+    if r.get("skipped"):
+        parts.append("<h2>Invalid placements</h2>")
+        parts.append(_table(["placement", "reason"], [[_e(x["what"]), _e(x["reason"])] for x in r["skipped"]]))
+    parts.append("<h2>Caveats</h2><ul>" + "".join(f"<li>{_e(c)}</li>" for c in r.get("caveats", [])) + "</ul>")
+    parts.append("<p class=\"muted\">Generated by simfoe recommend. Times in seconds, rates in requests/s.</p></body></html>")
+    return "\n".join(parts)
+
+
+def write_report(result: dict, out: str | Path) -> dict:
+    """Write ``out`` (.html) and the JSON summary beside it (same stem, .json); returns both paths."""
+    p = Path(out)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    jp = p.with_suffix(".json")
+    result.setdefault("caveats", caveats(result))
+    result["files"] = {"html": str(p), "json": str(jp)}
+    p.write_text(render_html(result), encoding="utf-8")
+    jp.write_text(json.dumps(_clean(result), indent=1) + "\n", encoding="utf-8")
+    return result["files"]

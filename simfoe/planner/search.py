@@ -1,0 +1,494 @@
+"""Placement search: the highest request rate each layout sustains under the SLOs, ranked.
+
+For every candidate (``simfoe.planner.layouts``), cheapest checks first:
+
+1. memory: weights must fit in 90% of HBM (``ForwardModel.fits``) and the KV cache must hold the
+   longest request of the workload;
+2. latency bounds (one request alone on the layout, no queueing): the solo prefill of the
+   90th-percentile prompt must not exceed the p90 TTFT SLO, a one-sequence decode step at the
+   mean context must not exceed the p99 TBT SLO;
+3. throughput bound (roofline-like, per replica): ``1 / (P * c_pf + O * min(c_pf, c_dec))`` req/s
+   with P, O the mean prompt/output tokens, ``c_pf`` the per-token time of a full prefill chunk
+   and ``c_dec`` the per-sequence time of a decode step at the largest batch the KV cache allows.
+   Candidates are simulated in decreasing order of this bound per GPU (per dollar); one whose
+   bound cannot beat the runner-up found so far is pruned (branch and bound). The bound is loose
+   under latency SLOs (queueing), so it is also calibrated: a candidate is pruned when
+   bound x ``calibration_margin`` x (highest max-rate/bound ratio among the layouts simulated so
+   far) cannot beat the runner-up (reported as its own reason; ``calibration_margin=inf`` turns
+   this heuristic off).
+
+Simulated candidates get a rate search with the serving simulator (fixed seed, ~``requests``
+requests per probe): probe the bound, halve until the SLOs hold, then bisect geometrically.
+A probe passes when every request completes, p90 TTFT <= ``slo_ttft_p90`` and p99 TBT <=
+``slo_tbt_p99``. Iteration times are shared across a layout's probes (one interpolated cost
+table per ForwardModel). The token budget per iteration (chunked-prefill size) is chosen per
+layout: the largest of ``TOKEN_BUDGETS`` whose chunk iteration takes <= 80% of the TBT SLO.
+
+Replicas: a layout of n nodes runs ``floor(max_nodes / n)`` data-parallel copies; one replica is
+simulated and the deployment's goodput is ``replicas x`` its rate (round-robin splitting of
+Poisson arrivals gives each replica a smoother stream, so this is not optimistic);
+``verify_replicas`` re-checks the winner with all replicas simulated.
+Units: seconds, requests/s, bytes, tokens; prices in $ per GPU-hour.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from simfoe.errors import SpecError
+from simfoe.planner.layouts import Candidate, enumerate_layouts
+
+#: Chunked-prefill token budgets tried per layout, largest first (vLLM max_num_batched_tokens).
+TOKEN_BUDGETS = (8192, 4096, 2048, 1024, 512, 256)
+#: Share of the TBT SLO one prefill chunk may take (the rest is left to the decodes in its batch).
+CHUNK_SHARE_OF_TBT = 0.8
+COMPUTE_CATS = ("attention", "experts", "dense_ffn", "embed_lm_head")
+
+
+@dataclass
+class PlanConfig:
+    """Search settings. SLOs in seconds; ``requests``: requests per probe; ``bisect_steps``:
+    geometric bisection steps after bracketing (precision ~ 2**(1/2**steps) of the bracket)."""
+
+    slo_ttft_p90: float | None = None
+    slo_tbt_p99: float | None = None
+    trace: str = "longbench"
+    requests: int = 240
+    bisect_steps: int = 4
+    max_halvings: int = 6
+    seed: int = 0
+    max_batch: int = 256
+    routing: str = "uniform"
+    overrides: tuple[str, ...] = ()
+    prices: dict | None = None  # {hardware name: $ per GPU-hour}
+    interp_bits: int = 3
+    sensitivity: bool = True
+    verify_replicas: bool = True
+    skew_routing: str = "zipf:1.2"
+    calibration_margin: float = 1.25  # prune when bound x margin x (best rate/bound seen) < runner-up; inf = off
+    progress: object = None  # callable(str) for one line per layout, or None
+
+    def check(self):
+        for name in ("slo_ttft_p90", "slo_tbt_p99"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise SpecError(name.replace("_", "-"), v, "seconds > 0")
+        if self.slo_ttft_p90 is None and self.slo_tbt_p99 is None:
+            raise SpecError("slo", None, "at least one of --slo-ttft-p90, --slo-tbt-p99 (seconds)")
+        if not (isinstance(self.requests, int) and self.requests >= 20):
+            raise SpecError("requests", self.requests, "an integer >= 20 requests per probe")
+        if not (isinstance(self.bisect_steps, int) and 0 <= self.bisect_steps <= 10):
+            raise SpecError("bisect_steps", self.bisect_steps, "an integer in 0..10")
+
+
+@dataclass
+class Evaluation:
+    """What the search learned about one candidate (see module docstring for statuses)."""
+
+    cand: Candidate
+    status: str = "pending"  # pruned | infeasible | feasible | partial
+    reason: str = ""
+    reason_kind: str = ""
+    token_budget: int | None = None
+    kv_capacity_tokens: int | None = None
+    weight_bytes_per_gpu: float | None = None
+    bound_rps: float | None = None  # per replica
+    rate_rps: float | None = None  # highest passing rate found, per replica
+    probes: list = field(default_factory=list)
+    at_rate: dict | None = None  # metrics of the passing probe at rate_rps
+    price: float | None = None
+    fm: object = field(default=None, repr=False)
+    cost: object = field(default=None, repr=False)
+
+    @property
+    def goodput_rps(self) -> float | None:
+        return None if self.rate_rps is None else self.rate_rps * self.cand.replicas
+
+    @property
+    def per_gpu(self) -> float | None:
+        return None if self.rate_rps is None else self.rate_rps / self.cand.gpus
+
+    @property
+    def per_dollar(self) -> float | None:
+        """Requests per dollar (rate x 3600 / (GPUs x $/GPU-hour))."""
+        if self.rate_rps is None or not self.price:
+            return None
+        return self.rate_rps * 3600.0 / (self.cand.gpus * self.price)
+
+    def score(self, rank_by: str, bound: bool = False) -> float:
+        r = self.bound_rps if bound else self.rate_rps
+        if r is None:
+            return -1.0
+        if rank_by == "dollar":
+            return r * 3600.0 / (self.cand.gpus * self.price) if self.price else -1.0
+        return r / self.cand.gpus
+
+    def to_dict(self) -> dict:
+        c = self.cand
+        return {
+            "label": c.label, "hardware": c.hardware, "nodes": c.nodes, "arch": c.arch,
+            "settings": {k: v for k, v in c.settings}, "overrides": list(c.overrides),
+            "replicas": c.replicas, "gpus_per_replica": c.gpus, "total_gpus": c.total_gpus,
+            "status": self.status, "reason": self.reason,
+            "token_budget": self.token_budget, "kv_capacity_tokens": self.kv_capacity_tokens,
+            "weight_bytes_per_gpu": self.weight_bytes_per_gpu,
+            "bound_rps_per_replica": self.bound_rps, "max_rate_rps_per_replica": self.rate_rps,
+            "goodput_rps": self.goodput_rps, "goodput_rps_per_gpu": self.per_gpu,
+            "price_per_gpu_hour": self.price, "requests_per_dollar": self.per_dollar,
+            "at_max_rate": self.at_rate, "probes": self.probes,
+        }
+
+
+@dataclass
+class WorkloadStats:
+    mean_prompt: float
+    mean_output: float
+    p90_prompt: int
+    max_tokens: int
+
+    @classmethod
+    def of(cls, trace: str, seed: int) -> WorkloadStats:
+        from simfoe.workloads import make_workload
+
+        t = make_workload(trace, rate=1.0, seed=seed)
+        p = np.asarray(t.prompt_tokens)
+        o = np.asarray(t.output_tokens)
+        return cls(float(p.mean()), float(o.mean()), int(np.quantile(p, 0.9, method="higher")), int((p + o).max()))
+
+
+class Planner:
+    """Runs the search for one model; see :func:`recommend` for the one-call entry point."""
+
+    def __init__(self, model: str, hardware: list[str], max_nodes: int, cfg: PlanConfig):
+        from simfoe.specs.io import check_override_roots, load_hardware, load_model
+
+        cfg.check()
+        if not (isinstance(max_nodes, int) and max_nodes >= 1):
+            raise SpecError("max-nodes", max_nodes, "an integer >= 1")
+        if not hardware:
+            raise SpecError("hardware", hardware, "one or more hardware presets or YAML paths")
+        check_override_roots(list(cfg.overrides))
+        self.model_name, self.max_nodes, self.cfg = str(model), max_nodes, cfg
+        self.model = load_model(model, list(cfg.overrides))
+        self.hw = {str(h): load_hardware(h, list(cfg.overrides)) for h in hardware}
+        prices = dict(cfg.prices or {})
+        for k, v in prices.items():
+            if k not in self.hw:
+                raise SpecError("price", k, "a hardware name given in --hardware: " + ", ".join(self.hw))
+            if not (isinstance(v, (int, float)) and v > 0):
+                raise SpecError("price", v, "$ per GPU-hour > 0")
+        self.prices = prices
+        self.rank_by = "dollar" if prices and all(h in prices for h in self.hw) else "gpu"
+        self.stats = WorkloadStats.of(cfg.trace, cfg.seed)
+        self.probes = 0
+        self.forward_evals = 0
+
+    # ---- per-candidate pieces ------------------------------------------------------------------
+    def _forward(self, cand: Candidate, routing: str | None = None, extra: tuple[str, ...] = ()):
+        from simfoe.api import forward_model
+
+        return forward_model(self.model_name, cand.hardware, cand.nodes, cand.arch, routing or self.cfg.routing,
+                             tuple(self.cfg.overrides) + cand.overrides + tuple(extra), self.cfg.seed)
+
+    def _cost(self, fm):
+        from simfoe.serving.step_models import InterpCost
+
+        return InterpCost(fm, self.cfg.interp_bits)
+
+    def _it(self, fm, pf: int, pairs: float, ds: int, kv: int) -> float:
+        self.forward_evals += 1
+        return float(fm.iteration(int(pf), float(pairs), int(ds), int(kv)).latency_s)
+
+    def screen(self, ev: Evaluation) -> None:
+        """Memory fit, latency bounds, token budget and throughput bound (a few forward passes)."""
+        cfg, st = self.cfg, self.stats
+        try:
+            fm = self._forward(ev.cand)
+        except SpecError as e:
+            ev.status, ev.reason_kind, ev.reason = "pruned", "placement", str(e)
+            return
+        ev.fm = fm
+        ev.price = self.prices.get(ev.cand.hardware)
+        hbm = fm.hw.gpu.hbm_bytes
+        ev.weight_bytes_per_gpu = fm.weight_bytes_per_gpu()
+        if not fm.fits():
+            ev.status, ev.reason_kind = "pruned", "memory: weights do not fit"
+            ev.reason = (f"weights need {ev.weight_bytes_per_gpu / 1e9:.1f} GB per GPU, more than 90% of "
+                         f"{hbm / 1e9:.0f} GB HBM")
+            return
+        ev.kv_capacity_tokens = kv = fm.kv_capacity_tokens()
+        if kv < st.max_tokens:
+            ev.status, ev.reason_kind = "pruned", "memory: KV cache too small"
+            ev.reason = f"KV cache holds {kv:,} tokens, less than the longest request ({st.max_tokens:,})"
+            return
+        P, O = st.mean_prompt, st.mean_output
+        if cfg.slo_ttft_p90 is not None:
+            from simfoe.forward.work import Work
+
+            self.forward_evals += 1
+            t = fm.simulate(Work.from_phase("prefill", 1, st.p90_prompt)).latency_s
+            if t > cfg.slo_ttft_p90:
+                ev.status, ev.reason_kind = "infeasible", "latency bound: TTFT"
+                ev.reason = (f"a {st.p90_prompt}-token prompt (p90) alone takes {t:.3f} s to prefill, "
+                             f"above the p90 TTFT SLO {cfg.slo_ttft_p90:g} s")
+                return
+        t1 = self._it(fm, 0, 0, 1, P + 1)
+        if cfg.slo_tbt_p99 is not None and t1 > cfg.slo_tbt_p99:
+            ev.status, ev.reason_kind = "infeasible", "latency bound: TBT"
+            ev.reason = f"one decode step of one sequence takes {t1 * 1e3:.1f} ms, above the p99 TBT SLO"
+            return
+        # token budget: largest chunk whose iteration leaves room for the decodes in the TBT SLO
+        ctx = P / 2
+        budget, t_chunk = None, None
+        for c in TOKEN_BUDGETS:
+            t = self._it(fm, c, c * (ctx + (c + 1) / 2), 0, 0)
+            budget, t_chunk = c, t
+            if cfg.slo_tbt_p99 is None or t <= CHUNK_SHARE_OF_TBT * cfg.slo_tbt_p99:
+                break
+        ev.token_budget = budget
+        c_pf = t_chunk / budget
+        n = int(max(1, min(cfg.max_batch, kv // max(1, int(P + O)))))
+        c_dec = self._it(fm, 0, 0, n, n * (P + O / 2)) / n
+        ev.bound_rps = 1.0 / (P * c_pf + O * min(c_pf, c_dec))
+        ev.status = "screened"
+
+    def _probe(self, ev: Evaluation, rate: float, cost=None, replicas: int = 1, requests: int | None = None) -> dict:
+        from simfoe.serving.api import simulate
+        from simfoe.workloads import make_workload
+
+        cfg = self.cfg
+        n = (requests or cfg.requests) * replicas
+        dur = n / rate
+        reqs = make_workload(cfg.trace, rate=rate, duration=dur, seed=cfg.seed)
+        horizon = None
+        if cfg.slo_ttft_p90 is not None and cfg.slo_tbt_p99 is not None:
+            # past this, requests are so late that the probe fails anyway: stop the backlog early
+            horizon = dur + 4 * (cfg.slo_ttft_p90 + (self.stats.max_tokens) * cfg.slo_tbt_p99)
+        t0 = time.perf_counter()
+        res = simulate(reqs, cost if cost is not None else ev.cost, ev.kv_capacity_tokens, replicas=replicas,
+                       router="round-robin", max_batch=cfg.max_batch, token_budget=ev.token_budget,
+                       horizon_s=horizon)
+        s = res.summary
+        self.probes += 1
+        ttft, tbt = s["ttft_s"].get("p90"), s["tbt_s"].get("p99")
+        done = s["requests"]["completed"] == s["requests"]["total"] and s["requests"]["total"] > 0
+        ok = done
+        if cfg.slo_ttft_p90 is not None:
+            ok = ok and ttft is not None and ttft <= cfg.slo_ttft_p90
+        if cfg.slo_tbt_p99 is not None:
+            ok = ok and (tbt is None or tbt <= cfg.slo_tbt_p99)
+        return {"rate_rps": rate, "ok": bool(ok), "requests": s["requests"]["total"],
+                "completed": s["requests"]["completed"], "ttft_p90_s": ttft, "tbt_p99_s": tbt,
+                "ttft_mean_s": s["ttft_s"].get("mean"), "queue_mean_s": s["queue_s"].get("mean"),
+                "e2e_mean_s": s["e2e_s"].get("mean"), "gpu_utilization": s.get("gpu_utilization"),
+                "output_tokens_per_s": s["throughput"]["output_tokens_per_s"],
+                "wall_s": time.perf_counter() - t0}
+
+    def search_rate(self, ev: Evaluation, stop_below: float | None = None) -> None:
+        """Bracket and bisect the highest passing rate (per replica). ``stop_below``: a score below
+        which the exact value does not matter (stop early, status 'partial')."""
+        cfg = self.cfg
+        ev.cost = self._cost(ev.fm)
+        bound = ev.bound_rps
+        # first probe at half the bound (rates near the bound are rarely met under latency SLOs
+        # and an overloaded probe is the slowest kind), then up to the bound or down by halves
+        r = bound / 2
+        p = self._probe(ev, r)
+        ev.probes.append(p)
+        if p["ok"]:
+            lo, lo_p = r, p
+            p = self._probe(ev, bound)
+            ev.probes.append(p)
+            if p["ok"]:
+                lo, lo_p, hi = bound, p, bound * 2
+            else:
+                hi = bound
+        else:
+            lo = lo_p = None
+            hi = r
+            for _ in range(cfg.max_halvings - 1):
+                r /= 2
+                p = self._probe(ev, r)
+                ev.probes.append(p)
+                if p["ok"]:
+                    lo, lo_p = r, p
+                    break
+                hi = r
+            if lo is None:
+                ev.status, ev.reason_kind = "infeasible", "SLO missed at low load"
+                ev.reason = f"misses the SLOs even at {r:.3g} req/s (1/{2 ** cfg.max_halvings} of its throughput bound)"
+                return
+        ev.rate_rps, ev.at_rate, ev.status = lo, lo_p, "feasible"
+        for _ in range(cfg.bisect_steps):
+            if stop_below is not None and self._score_at(ev, hi) <= stop_below:
+                ev.status = "partial"
+                ev.reason = "rate search stopped early: its bracket lies below the runner-up"
+                return
+            mid = math.sqrt(lo * hi)
+            p = self._probe(ev, mid)
+            ev.probes.append(p)
+            if p["ok"]:
+                lo, ev.rate_rps, ev.at_rate = mid, mid, p
+            else:
+                hi = mid
+
+    def _unit(self, score: float) -> str:
+        return f"{score:.3g} requests per $" if self.rank_by == "dollar" else f"{score:.3g} req/s per GPU"
+
+    def _score_at(self, ev: Evaluation, rate: float) -> float:
+        saved = ev.rate_rps
+        ev.rate_rps = rate
+        s = ev.score(self.rank_by)
+        ev.rate_rps = saved
+        return s
+
+    # ---- the whole search -----------------------------------------------------------------------
+    def run(self) -> dict:
+        t0 = time.perf_counter()
+        enum = enumerate_layouts(self.model, self.hw, self.max_nodes, self.cfg.overrides)
+        evs = [Evaluation(c) for c in enum.candidates]
+        for ev in evs:
+            self.screen(ev)
+        order = sorted((e for e in evs if e.status == "screened"), key=lambda e: -e.score(self.rank_by, bound=True))
+        top: list[float] = []  # best two achieved scores
+        eff = 0.0  # highest (max rate / throughput bound) seen among simulated layouts
+        for ev in order:
+            second = top[1] if len(top) >= 2 else None
+            b = ev.score(self.rank_by, bound=True)
+            if second is not None and b <= second:
+                ev.status, ev.reason_kind = "pruned", "throughput bound below the runner-up"
+                ev.reason = (f"its throughput bound ({self._unit(b)}) is not above the runner-up found so far "
+                             f"({self._unit(second)})")
+                continue
+            k = min(1.0, self.cfg.calibration_margin * eff)
+            if second is not None and eff > 0 and b * k <= second:
+                ev.status, ev.reason_kind = "pruned", "calibrated bound below the runner-up"
+                ev.reason = (f"its throughput bound ({self._unit(b)}) x {k:.2f} (the best rate/bound ratio "
+                             f"simulated so far x {self.cfg.calibration_margin:g}) is not above the runner-up found "
+                             f"so far ({self._unit(second)})")
+                continue
+            self.search_rate(ev, stop_below=second)
+            if self.cfg.progress:
+                self.cfg.progress(f"{ev.cand.label}: {ev.status} {ev.rate_rps or 0:.3g} req/s/replica "
+                                  f"({len(ev.probes)} probes, {time.perf_counter() - t0:.0f} s)")
+            if ev.rate_rps is not None and ev.status == "feasible":
+                eff = max(eff, ev.rate_rps / ev.bound_rps)
+                top = sorted(top + [ev.score(self.rank_by)], reverse=True)[:2]
+        search_s = time.perf_counter() - t0
+        ranked = sorted((e for e in evs if e.status in ("feasible", "partial")),
+                        key=lambda e: (e.status != "feasible", -e.score(self.rank_by)))
+        result = {
+            "model": self.model_name, "hardware": list(self.hw), "max_nodes": self.max_nodes,
+            "trace": self.cfg.trace, "routing": self.cfg.routing, "overrides": list(self.cfg.overrides),
+            "slo": {"ttft_p90_s": self.cfg.slo_ttft_p90, "tbt_p99_s": self.cfg.slo_tbt_p99},
+            "rank_by": "goodput per dollar" if self.rank_by == "dollar" else "goodput per GPU",
+            "workload": {"mean_prompt_tokens": self.stats.mean_prompt, "mean_output_tokens": self.stats.mean_output,
+                         "p90_prompt_tokens": self.stats.p90_prompt, "max_request_tokens": self.stats.max_tokens,
+                         "requests_per_probe": self.cfg.requests, "seed": self.cfg.seed},
+            "recommended": ranked[0].to_dict() if ranked else None,
+            "runner_up": ranked[1].to_dict() if len(ranked) > 1 else None,
+            "layouts": [e.to_dict() for e in ranked],
+            "rejected": [e.to_dict() for e in evs if e.status in ("pruned", "infeasible")],
+            "skipped": enum.skipped,
+        }
+        by_reason: dict[str, int] = {}
+        for e in evs:
+            if e.status in ("pruned", "infeasible"):
+                by_reason[e.reason_kind] = by_reason.get(e.reason_kind, 0) + 1
+        simulated = sum(1 for e in evs if e.probes)
+        result["search"] = {
+            "candidates": len(evs), "simulated": simulated,
+            "pruned": sum(by_reason.values()), "pruned_by_reason": by_reason,
+            "skipped_placements": len(enum.skipped), "probes": self.probes,
+            "forward_evaluations": self.forward_evals + sum(e.cost.misses for e in evs if e.cost is not None),
+            "wall_s": search_s,
+        }
+        self._ranked = ranked
+        if ranked:
+            t1 = time.perf_counter()
+            result["analysis"] = {e.cand.label: self.analyse(e) for e in ranked[:2]}
+            if self.cfg.verify_replicas and ranked[0].cand.replicas > 1 and ranked[0].status == "feasible":
+                w = ranked[0]
+                p = self._probe(w, w.rate_rps * w.cand.replicas, replicas=w.cand.replicas)
+                result["recommended"]["replica_check"] = p
+            result["search"]["analysis_wall_s"] = time.perf_counter() - t1
+        result["search"]["total_wall_s"] = time.perf_counter() - t0
+        return result
+
+    # ---- explanation ----------------------------------------------------------------------------
+    def breakdown(self, ev: Evaluation) -> dict:
+        """Busy GPU seconds per request by category (compute, all-to-all, all-reduce) at the operating
+        point, plus the mean queueing delay (s): prefill chunks x P/budget + decode steps x O / batch."""
+        st, fm, at = self.stats, ev.fm, ev.at_rate or {}
+        c = ev.token_budget
+        pf = fm.iteration(c, c * (st.mean_prompt / 2 + (c + 1) / 2), 0, 0).breakdown_s
+        # Little's law: sequences decoding at once = rate x (mean time from first token to last)
+        dec_time = max((at.get("e2e_mean_s") or 0) - (at.get("ttft_mean_s") or 0), 0.0)
+        n = int(min(self.cfg.max_batch, max(1, round((ev.rate_rps or 0) * dec_time))))
+        dc = fm.iteration(0, 0, n, int(n * (st.mean_prompt + st.mean_output / 2))).breakdown_s
+        self.forward_evals += 2
+
+        def group(bd, scale):
+            return {
+                "compute_s": scale * sum(bd.get(k, 0.0) for k in COMPUTE_CATS),
+                "all_to_all_s": scale * (bd.get("dispatch", 0.0) + bd.get("combine", 0.0)),
+                "all_reduce_s": scale * bd.get("all_reduce", 0.0),
+            }
+
+        a = group(pf, st.mean_prompt / c)
+        b = group(dc, st.mean_output / n)
+        out = {k: a[k] + b[k] for k in a}
+        out["queueing_s"] = at.get("queue_mean_s") or 0.0
+        out["prefill_busy_s"] = a
+        out["decode_busy_s"] = b
+        out["decode_batch"] = n
+        out["token_budget"] = c
+        return out
+
+    def sensitivity(self, ev: Evaluation) -> dict:
+        """SLO metrics at the layout's max rate under changed conditions (one probe each)."""
+        cfg, rate = self.cfg, ev.rate_rps
+        out = {}
+        p = self._probe(ev, 2 * rate)
+        out["2x load"] = p
+        try:
+            fm2 = self._forward(ev.cand, routing=cfg.skew_routing)
+            ev2 = Evaluation(ev.cand, token_budget=ev.token_budget, kv_capacity_tokens=ev.kv_capacity_tokens)
+            out[f"skewed routing ({cfg.skew_routing})"] = self._probe(ev2, rate, cost=self._cost(fm2))
+        except SpecError as e:
+            out[f"skewed routing ({cfg.skew_routing})"] = {"error": str(e)}
+        key = "half network bandwidth"
+        if ev.cand.nodes == 1:
+            out[key] = {**(ev.at_rate or {}), "note": "one node per instance: no inter-node traffic, unchanged"}
+        else:
+            bw = self.hw[ev.cand.hardware].network.nic_bandwidth / 2
+            fm3 = self._forward(ev.cand, extra=(f"hardware.network.nic_bandwidth={bw!r}",))
+            ev3 = Evaluation(ev.cand, token_budget=ev.token_budget, kv_capacity_tokens=fm3.kv_capacity_tokens())
+            out[key] = self._probe(ev3, rate, cost=self._cost(fm3))
+        for v in out.values():
+            if "ttft_p90_s" in v:
+                v["meets_slo"] = bool(v.get("ok", False))
+        return out
+
+    def analyse(self, ev: Evaluation) -> dict:
+        out = {"breakdown": self.breakdown(ev)}
+        if self.cfg.sensitivity and ev.rate_rps:
+            out["sensitivity"] = self.sensitivity(ev)
+        return out
+
+
+def recommend(model: str, hardware: str | list[str], max_nodes: int = 1, trace: str = "longbench",
+              slo_ttft_p90: float | None = None, slo_tbt_p99: float | None = None, **kw) -> dict:
+    """Search layouts and return the JSON summary (see docs/planner.md). ``hardware``: one name,
+    a comma-separated string or a list; other keywords are :class:`PlanConfig` fields."""
+    hws = [h.strip() for h in hardware.split(",")] if isinstance(hardware, str) else list(hardware)
+    cfg = PlanConfig(slo_ttft_p90=slo_ttft_p90, slo_tbt_p99=slo_tbt_p99, trace=trace, **kw)
+    cfg.overrides = tuple(cfg.overrides)
+    result = Planner(model, hws, int(max_nodes), cfg).run()
+    from simfoe.planner.report import caveats
+
+    result["caveats"] = caveats(result)
+    return result
