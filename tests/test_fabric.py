@@ -137,3 +137,28 @@ def test_more_bytes_never_faster(hw, fl, k):
     (t0,), _ = run(build_cluster(hw, 2), [(src, dst, nb)])
     (t1,), _ = run(build_cluster(hw, 2), [(src, dst, nb * k)])
     assert t1 >= t0 * (1 - 1e-9)
+
+
+def test_completion_tolerance_keeps_skewed_all_to_all_within_one_percent():
+    """The default 1% completion tolerance must not move a skewed 32-GPU all-to-all by more than 1%."""
+    import simpy
+
+    from simfoe.costs.collectives import all_to_all
+    from simfoe.fabric.flows import FlowNetwork
+    from simfoe.fabric.topology import build_cluster
+    from simfoe.specs.io import load_hardware
+
+    hw = load_hardware("h100-sxm")
+    cl = build_cluster(hw, 4)
+    traffic = np.random.default_rng(0).gamma(2.0, 1e6 / 2.0, size=(32, 32))
+
+    def run(tol):
+        env = simpy.Environment()
+        net = FlowNetwork(env, cl, rel_tol=tol)
+        env.process(all_to_all(net, list(range(32)), traffic))
+        env.run()
+        return env.now
+
+    exact, fast = run(0.0), run(None)
+    assert fast == pytest.approx(exact, rel=0.01)
+    assert fast <= exact * (1 + 1e-12)
