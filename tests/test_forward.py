@@ -8,9 +8,13 @@ from hypothesis import strategies as st
 
 from simfoe.api import forward, forward_model
 from simfoe.errors import SpecError
+from simfoe.fabric.flows import FlowNetwork
 from simfoe.specs.io import load_hardware, load_model
 
 FAST = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+#: Flows finish up to FlowNetwork.REL_TOL of their duration early (simfoe/fabric/flows.py), so
+#: monotonicity holds up to that numerical tolerance, not to machine precision.
+SIM_TOL = FlowNetwork.REL_TOL
 
 
 def test_foe_one_node_moves_no_all_to_all():
@@ -151,7 +155,7 @@ def test_more_bandwidth_or_compute_never_slower(arch, phase, factor, what):
               batch=16 if phase == "prefill" else 128, seq_len=512, seed=1)
     slow = forward(**kw)["latency_s"]
     fast = forward(**kw, overrides=[f"{path}={base * factor}"])["latency_s"]
-    assert fast <= slow * (1 + 1e-9)
+    assert fast <= slow * (1 + SIM_TOL)
 
 
 @FAST
@@ -159,7 +163,7 @@ def test_more_bandwidth_or_compute_never_slower(arch, phase, factor, what):
        batch=st.integers(1, 64))
 def test_more_tokens_never_faster(arch, phase, batch):
     kw = dict(model="mixtral-8x7b", hardware="h100-sxm", nodes=2, arch=arch, phase=phase, seq_len=256, seed=2)
-    assert forward(**kw, batch=2 * batch)["latency_s"] >= forward(**kw, batch=batch)["latency_s"] * (1 - 1e-9)
+    assert forward(**kw, batch=2 * batch)["latency_s"] >= forward(**kw, batch=batch)["latency_s"] * (1 - SIM_TOL)
 
 
 def test_kv_capacity_positive_and_weights_fit():
