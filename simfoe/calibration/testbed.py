@@ -1,0 +1,130 @@
+"""Run the torch testbed (validation/testbed.py) and compare it with simfoe's forward predictions.
+
+The same ModelSpec (default validation/models/testbed-moe.yaml) is simulated on the calibrated CPU
+profile (default hwprofiles/cpu-amd-epyc-zen4.yaml: 2 processes = 2 "GPUs" on one node) with the
+layouts the testbed implements: MoE ``placement.moe.attention=dp`` (expert parallel over both ranks),
+FoE default (iso-parameter clusters = n_kv_heads, one per rank). Predictions never see the testbed
+results: the profile is fitted on the microbenchmarks only.
+
+``measured_s`` = median over repeats of the largest per-rank process CPU time of one forward pass
+(contention-free estimate on a shared host, as the kernel fit uses cpu_median_s); the wall-clock
+median is reported beside it (``measured_wall_s``). speedup_error = |pred ratio / measured ratio - 1|
+for the MoE/FoE latency ratio, averaged over (phase, batch) pairs (max also reported).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from simfoe.errors import SpecError
+from simfoe.paths import REPO_ROOT
+
+DEFAULT_MODEL = "validation/models/testbed-moe.yaml"
+DEFAULT_HARDWARE = "cpu-amd-epyc-zen4"
+#: (phase, batch, seq_len): prefill of 2 and 4 prompts of 128 tokens; decode of 4 and 16 sequences
+#: with 512 tokens of context. Chosen before any comparison, inside the measured GEMM/SDPA ranges.
+DEFAULT_SHAPES = (("prefill", 2, 128), ("prefill", 4, 128), ("decode", 4, 512), ("decode", 16, 512))
+QUICK_SHAPES = (("prefill", 2, 128), ("decode", 16, 512))
+PLACEMENT = {"moe": ["placement.moe.attention=dp"], "foe": []}
+
+
+def _resolve(path: str) -> str:
+    p = Path(path)
+    if not p.is_absolute() and not p.exists() and (REPO_ROOT / p).exists():
+        return str(REPO_ROOT / p)
+    return str(p)
+
+
+def build_config(model, hw, shapes, repeats: int, warmup: int, seed: int = 0) -> dict:
+    """Testbed config (validation/testbed.py ``run``) for ``model`` on ``hw``'s node."""
+    from simfoe.specs.io import build_placement
+    from simfoe.specs.placement import resolve_foe
+
+    a = model.attention
+    if model.moe is None or a.kind == "mla" or model.moe.n_shared_experts or model.moe.first_dense_layers:
+        raise SpecError("model", model.name, "a GQA/MHA MoE without shared experts or dense layers (testbed scope)")
+    if not model.gated or model.dtype != "fp32":
+        raise SpecError("model", model.name, "gated FFN and dtype fp32 (the CPU profile is fitted on fp32)")
+    world = hw.node.gpus_per_node
+    L = resolve_foe(model, world, build_placement("foe", 1, PLACEMENT["foe"]))
+    if L.gpus_per_cluster != 1 or L.clusters_per_gpu != 1:
+        raise SpecError("model.attention.n_kv_heads", a.n_kv_heads, f"equal to the {world} processes (one FoE cluster per rank)")
+    return {
+        "model": {"hidden": model.hidden, "n_layers": model.n_layers, "vocab": model.vocab, "n_heads": a.n_heads,
+                  "n_kv_heads": a.n_kv_heads, "head_dim": a.head_dim, "n_experts": model.moe.n_experts,
+                  "top_k": model.moe.top_k, "expert_ffn": model.moe.expert_ffn},
+        "foe": {"clusters": L.clusters, "experts_per_cluster": L.experts_per_cluster,
+                "top_k_per_cluster": L.top_k_per_cluster, "expert_ffn": L.expert_ffn},
+        "cases": [[arch, ph, b, s] for ph, b, s in shapes for arch in ("moe", "foe")],
+        "world_size": world, "repeats": repeats, "warmup": warmup, "seed": seed,
+    }
+
+
+def run_testbed(config: dict, timeout_s: float = 900) -> dict:
+    """Run validation/testbed.py in a subprocess (repo root on the path); returns its JSON."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / "cfg.json"
+        cfg.write_text(json.dumps(config))
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               "OMP_NUM_THREADS": "1"}
+        p = subprocess.run([sys.executable, "-m", "validation.testbed", "--config", str(cfg)], cwd=str(REPO_ROOT),
+                           env=env, capture_output=True, text=True, timeout=timeout_s)
+    if p.returncode != 0:
+        raise RuntimeError(f"testbed failed (exit {p.returncode}): {p.stderr.strip()[-2000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def predict_cases(model, hw, cases, seed: int = 0) -> list[float]:
+    """simfoe ForwardModel latency (s) for each [arch, phase, batch, seq_len]."""
+    from simfoe.forward.simulate import ForwardModel
+    from simfoe.specs.io import build_placement
+
+    fms = {arch: ForwardModel(model, hw, build_placement(arch, 1, PLACEMENT[arch]), seed=seed) for arch in PLACEMENT}
+    return [fms[a].run(ph, int(b), int(s)).latency_s for a, ph, b, s in cases]
+
+
+def compare(measured: dict, predicted: list[float]) -> dict:
+    """Cases with measured/predicted seconds, MAPE (%) and the MoE/FoE speedup error (fraction)."""
+    cases, by = [], {}
+    for c, p in zip(measured["cases"], predicted):
+        m = c["cpu_median_s"]
+        row = {"arch": c["arch"], "phase": c["phase"], "batch": c["batch"], "seq_len": c["seq_len"],
+               "measured_s": m, "predicted_s": p, "ape_pct": abs(p / m - 1) * 100,
+               "measured_wall_s": c["wall_median_s"], "measured_wall_min_s": c["wall_min_s"]}
+        cases.append(row)
+        by.setdefault((c["phase"], c["batch"], c["seq_len"]), {})[c["arch"]] = row
+    speed = []
+    for (ph, b, s), d in by.items():
+        if "moe" in d and "foe" in d:
+            mr = d["moe"]["measured_s"] / d["foe"]["measured_s"]
+            pr = d["moe"]["predicted_s"] / d["foe"]["predicted_s"]
+            wr = d["moe"]["measured_wall_s"] / d["foe"]["measured_wall_s"]
+            speed.append({"phase": ph, "batch": b, "seq_len": s, "measured_ratio": mr, "predicted_ratio": pr,
+                          "measured_wall_ratio": wr, "error": abs(pr / mr - 1)})
+    apes = [r["ape_pct"] for r in cases]
+    errs = [r["error"] for r in speed]
+    return {"cases": cases, "mape": sum(apes) / len(apes), "max_ape": max(apes),
+            "speedup_error": sum(errs) / len(errs) if errs else None,
+            "speedup_error_max": max(errs) if errs else None, "speedups": speed}
+
+
+def run(model: str = DEFAULT_MODEL, hardware: str = DEFAULT_HARDWARE, quick: bool = False, repeats: int | None = None,
+        warmup: int = 2, seed: int = 0, measured: dict | None = None) -> dict:
+    """Measure (unless ``measured`` is given) and predict; returns the comparison plus env/config."""
+    from simfoe.specs.io import load_hardware, load_model
+
+    m = load_model(_resolve(model))
+    hw = load_hardware(hardware if not hardware.endswith(".yaml") else _resolve(hardware))
+    shapes = QUICK_SHAPES if quick else DEFAULT_SHAPES
+    cfg = build_config(m, hw, shapes, repeats or (5 if quick else 9), warmup, seed)
+    if measured is None:
+        measured = run_testbed(cfg)
+    pred = predict_cases(m, hw, [[c["arch"], c["phase"], c["batch"], c["seq_len"]] for c in measured["cases"]], seed)
+    out = compare(measured, pred)
+    out.update({"model": m.name, "hardware": hw.name, "measure": "max over ranks of process CPU time per forward, "
+                "median over repeats", "env": measured.get("env", {}), "barrier_s": measured.get("barrier_s")})
+    return out

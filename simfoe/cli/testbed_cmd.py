@@ -1,0 +1,52 @@
+"""`simfoe testbed`: real MoE and FoE forward passes on this machine (torch, gloo) vs simfoe's prediction.
+
+  simfoe testbed [--model validation/models/testbed-moe.yaml] [--hardware cpu-amd-epyc-zen4] [--quick]
+                 [--repeats N] [--out FILE.json] [--json]
+
+-> {"cases": [{"arch", "phase", "batch", "measured_s", "predicted_s", ...}], "mape", "speedup_error", ...}
+"""
+from __future__ import annotations
+
+from simfoe.cli.common import add_json_flag, fmt_time
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("testbed", help="run a real small MoE and FoE model across processes and compare with simfoe",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="validation/models/testbed-moe.yaml", help="testbed ModelSpec YAML (fp32 GQA MoE)")
+    p.add_argument("--hardware", default="cpu-amd-epyc-zen4", help="calibrated profile of this machine")
+    p.add_argument("--quick", action="store_true", help="two shapes (prefill B=2, decode B=16), fewer repeats (CI)")
+    p.add_argument("--repeats", type=int, default=None, help="timed forward passes per case (default 9, quick 5)")
+    p.add_argument("--out", default=None, help="also write the result JSON here")
+    add_json_flag(p)
+    p.set_defaults(func=run, render=render)
+
+
+def run(args) -> dict:
+    import json
+
+    from simfoe.calibration import testbed
+    from simfoe.errors import SpecError
+
+    if args.repeats is not None and args.repeats < 1:
+        raise SpecError("--repeats", args.repeats, "an integer >= 1")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise SpecError("torch", None, "PyTorch installed (pip install -e .[validation])") from None
+    res = testbed.run(args.model, args.hardware, quick=args.quick, repeats=args.repeats)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=1)
+    return res
+
+
+def render(r: dict) -> str:
+    lines = [f"testbed {r['model']} on {r['hardware']} (measured = {r['measure']})",
+             f"{'arch':5} {'phase':8} {'batch':>5} {'measured':>11} {'wall':>11} {'predicted':>11} {'err':>7}"]
+    for c in r["cases"]:
+        lines.append(f"{c['arch']:5} {c['phase']:8} {c['batch']:>5} {fmt_time(c['measured_s']):>11} "
+                     f"{fmt_time(c['measured_wall_s']):>11} {fmt_time(c['predicted_s']):>11} {c['ape_pct']:6.1f}%")
+    lines.append(f"MAPE {r['mape']:.1f}%  max {r['max_ape']:.1f}%  speedup error {100 * r['speedup_error']:.1f}% "
+                 f"(max {100 * r['speedup_error_max']:.1f}%)")
+    return "\n".join(lines)
