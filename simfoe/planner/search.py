@@ -9,6 +9,7 @@ For every candidate (``simfoe.planner.layouts``), cheapest checks first:
    mean context must not exceed the p99 TBT SLO;
 3. throughput bound (roofline-like, per replica): ``1 / (P * c_pf + O * min(c_pf, c_dec))`` req/s
    with P, O the mean prompt/output tokens, ``c_pf`` the per-token time of a full prefill chunk
+   (attention pairs per token as in the workload: a prompt of P tokens has P(P+1)/2 causal pairs)
    and ``c_dec`` the per-sequence time of a decode step at the largest batch the KV cache allows.
    Candidates are simulated in decreasing order of this bound per GPU (per dollar); one whose
    bound cannot beat the runner-up found so far is pruned (branch and bound). The bound is loose
@@ -18,7 +19,8 @@ For every candidate (``simfoe.planner.layouts``), cheapest checks first:
    this heuristic off).
 
 Simulated candidates get a rate search with the serving simulator (fixed seed, ~``requests``
-requests per probe): probe the bound, halve until the SLOs hold, then bisect geometrically.
+requests per probe and at least ``probe_slo_multiple`` x the TTFT SLO of arrivals, so that a small
+overload has time to build a queue that breaks the SLO): probe the bound, halve until the SLOs hold, then bisect geometrically.
 A probe passes when every request completes, p90 TTFT <= ``slo_ttft_p90`` and p99 TBT <=
 ``slo_tbt_p99``. Iteration times are shared across a layout's probes (one interpolated cost
 table per ForwardModel). The token budget per iteration (chunked-prefill size) is chosen per
@@ -68,6 +70,7 @@ class PlanConfig:
     sensitivity: bool = True
     verify_replicas: bool = True
     skew_routing: str = "zipf:1.2"
+    probe_slo_multiple: float = 20.0  # a probe lasts at least this many TTFT SLOs (s)
     calibration_margin: float = 1.25  # prune when bound x margin x (best rate/bound seen) < runner-up; inf = off
     progress: object = None  # callable(str) for one line per layout, or None
 
@@ -148,6 +151,7 @@ class WorkloadStats:
     mean_output: float
     p90_prompt: int
     max_tokens: int
+    pairs_per_token: float  # causal attention pairs per prompt token, token-weighted: E[P(P+1)/2] / E[P]
 
     @classmethod
     def of(cls, trace: str, seed: int) -> WorkloadStats:
@@ -156,7 +160,9 @@ class WorkloadStats:
         t = make_workload(trace, rate=1.0, seed=seed)
         p = np.asarray(t.prompt_tokens)
         o = np.asarray(t.output_tokens)
-        return cls(float(p.mean()), float(o.mean()), int(np.quantile(p, 0.9, method="higher")), int((p + o).max()))
+        pf = p.astype(np.float64)
+        return cls(float(p.mean()), float(o.mean()), int(np.quantile(p, 0.9, method="higher")), int((p + o).max()),
+                   float((pf * (pf + 1) / 2).sum() / pf.sum()))
 
 
 class Planner:
@@ -241,10 +247,9 @@ class Planner:
             ev.reason = f"one decode step of one sequence takes {t1 * 1e3:.1f} ms, above the p99 TBT SLO"
             return
         # token budget: largest chunk whose iteration leaves room for the decodes in the TBT SLO
-        ctx = P / 2
         budget, t_chunk = None, None
         for c in TOKEN_BUDGETS:
-            t = self._it(fm, c, c * (ctx + (c + 1) / 2), 0, 0)
+            t = self._it(fm, c, c * st.pairs_per_token, 0, 0)
             budget, t_chunk = c, t
             if cfg.slo_tbt_p99 is None or t <= CHUNK_SHARE_OF_TBT * cfg.slo_tbt_p99:
                 break
@@ -262,6 +267,9 @@ class Planner:
         cfg = self.cfg
         n = (requests or cfg.requests) * replicas
         dur = n / rate
+        if cfg.slo_ttft_p90 is not None:
+            # a probe much shorter than the TTFT SLO cannot see a small overload build up a queue
+            dur = max(dur, cfg.probe_slo_multiple * cfg.slo_ttft_p90)
         reqs = make_workload(cfg.trace, rate=rate, duration=dur, seed=cfg.seed)
         horizon = None
         if cfg.slo_ttft_p90 is not None and cfg.slo_tbt_p99 is not None:
@@ -424,7 +432,7 @@ class Planner:
         point, plus the mean queueing delay (s): prefill chunks x P/budget + decode steps x O / batch."""
         st, fm, at = self.stats, ev.fm, ev.at_rate or {}
         c = ev.token_budget
-        pf = fm.iteration(c, c * (st.mean_prompt / 2 + (c + 1) / 2), 0, 0).breakdown_s
+        pf = fm.iteration(c, c * st.pairs_per_token, 0, 0).breakdown_s
         # Little's law: sequences decoding at once = rate x (mean time from first token to last)
         dec_time = max((at.get("e2e_mean_s") or 0) - (at.get("ttft_mean_s") or 0), 0.0)
         n = int(min(self.cfg.max_batch, max(1, round((ev.rate_rps or 0) * dec_time))))
