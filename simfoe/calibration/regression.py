@@ -1,0 +1,182 @@
+"""Stored measurements vs current predictions: the CI calibration regression (``simfoe validate``).
+
+Sources (each judged against its tolerance in validation/tolerances.yaml):
+
+* ``<set>:<op>`` for every measurement set in validation/data/ (kernels.csv rows at 1 thread:
+  gemm, attention, memcopy, grouped_ffn; collectives.csv rows at world size 2, not oversubscribed),
+  predicted with the profile the tolerances file assigns to the set;
+* ``vidur:<gpu>:gemm`` and ``vidur:<dataset>:all_reduce`` (sizes >= 1 MB): Vidur's H100/A100 operator
+  and NCCL data, read in place from ``<shared>/vidur`` when present (simfoe.paths.shared_data_dir);
+* ``testbed``: the stored testbed measurements (reports/calibration/testbed.json) against the current
+  forward-model predictions, judged by the MoE/FoE speedup error.
+
+A source fails when its MAPE (%) exceeds its ``mape`` tolerance (or ``speedup_error`` for the testbed).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from simfoe.errors import SpecError
+from simfoe.paths import REPO_ROOT
+
+TOLERANCES = REPO_ROOT / "validation" / "tolerances.yaml"
+DATA_DIR = REPO_ROOT / "validation" / "data"
+TESTBED_RESULT = REPO_ROOT / "reports" / "calibration" / "testbed.json"
+VIDUR_GPU = {"h100-sxm": ("h100", "h100_dgx"), "a100-sxm": ("a100", "a100_dgx")}
+
+
+def load_tolerances(path: str | Path = TOLERANCES) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError("tolerances", str(p), "validation/tolerances.yaml")
+    return yaml.safe_load(p.read_text()) or {}
+
+
+def _rows(source: str, op: str, pred, meas) -> list[dict]:
+    return [{"source": source, "op": op, "predicted_s": float(p), "measured_s": float(m)} for p, m in zip(pred, meas)]
+
+
+def set_rows(set_dir: Path, hw) -> list[dict]:
+    """Predicted vs measured rows of one measurement set (1-thread kernels, world-size-2 collectives)."""
+    from simfoe.calibration.fit_profile import ATTENTION_VARIANT, load_set, predict_collective_row, predict_kernel_row
+
+    k, c, _ = load_set(set_dir)
+    name = set_dir.name
+    out = []
+    k = k[(k.threads == 1) | k.threads.isna()]
+    # attention: the GQA SDPA variant simfoe's attention families model (fit_profile.ATTENTION_VARIANT);
+    # MHA-through-SDPA and expand-KV variants are different kernels with no family of their own
+    k = k[(k.op != "attention") | k.variant.astype(str).str.endswith(":" + ATTENTION_VARIANT)]
+    for r in k.itertuples(index=False):
+        p = predict_kernel_row(hw, r)
+        if p is not None:
+            op = r.op if r.op != "attention" else "attention_" + str(r.variant).split(":")[0]
+            out += _rows(f"{name}:{op}", f"{r.op}:{r.variant}:{r.dtype}", [p], [r.t_s])
+    if not c.empty:
+        cc = c[(c.world_size == 2) & (c.oversubscribed == 0)]
+        for r in cc.itertuples(index=False):
+            out += _rows(f"{name}:collectives", r.collective, [predict_collective_row(hw, r)], [r.median_s])
+    return out
+
+
+def vidur_rows(vidur: Path, hardware: str) -> list[dict]:
+    """Vidur GEMM rows (all shapes) and all-reduce rows (>= 1 MB) predicted with ``hardware``."""
+    from simfoe.costs import fit_collectives as fc
+    from simfoe.costs import fit_kernels as fk
+    from simfoe.costs.collectives import predict
+    from simfoe.specs.io import load_hardware
+
+    gpu, dataset = VIDUR_GPU[hardware]
+    hw = load_hardware(hardware)
+    out = []
+    df = fk.load_rows(fk.resolve_gpu_dir(vidur, gpu))
+    g = df[df.kind == "gemm"]
+    out += _rows(f"vidur:{gpu}:gemm", "gemm", fk.predict(hw, g), g.t_s)
+    net = vidur / "network" if (vidur / "network").is_dir() else vidur
+    if (net / dataset / "all_reduce.csv").is_file():
+        ar = fc.load_vidur(net, dataset, "all_reduce")
+        ar = ar[ar.bytes >= fc.MIN_BYTES]
+        cache: dict = {}
+        pred = []
+        for r in ar.itertuples(index=False):
+            key = (int(r.num_workers), float(r.bytes), int(r.nodes))
+            if key not in cache:
+                cache[key] = predict(hw, "all_reduce", key[0], key[1], "auto", key[2])
+            pred.append(cache[key])
+        out += _rows(f"vidur:{dataset}:all_reduce", "all_reduce", pred, ar.time_s)
+    return out
+
+
+def testbed_source(path: Path = TESTBED_RESULT) -> tuple[list[dict], dict] | None:
+    """Stored testbed measurements vs current predictions: (rows, comparison) or None if absent."""
+    import json
+
+    from simfoe.calibration import testbed
+
+    if not path.is_file():
+        return None
+    stored = json.loads(path.read_text())
+    measured = {"cases": [{"arch": c["arch"], "phase": c["phase"], "batch": c["batch"], "seq_len": c["seq_len"],
+                           "cpu_median_s": c["measured_s"], "wall_median_s": c["measured_wall_s"],
+                           "wall_min_s": c["measured_wall_min_s"]} for c in stored["cases"]], "env": stored.get("env", {})}
+    cmp = testbed.run(testbed.DEFAULT_MODEL, stored.get("hardware", testbed.DEFAULT_HARDWARE), measured=measured)
+    rows = [{"source": "testbed", "op": f"{c['arch']}:{c['phase']}:{c['batch']}", "predicted_s": c["predicted_s"],
+             "measured_s": c["measured_s"]} for c in cmp["cases"]]
+    return rows, cmp
+
+
+def _summ(rows: list[dict]) -> dict:
+    p = np.array([r["predicted_s"] for r in rows])
+    m = np.array([r["measured_s"] for r in rows])
+    ape = np.abs(p / m - 1) * 100
+    return {"n": int(ape.size), "mape": float(ape.mean()), "max_ape": float(ape.max()),
+            "bias_pct": float((np.exp(np.mean(np.log(p / m))) - 1) * 100)}
+
+
+def validate(vidur: str | Path | None = None, hardware: list[str] | None = None, include_sets: bool = True,
+             include_testbed: bool = True, tolerances: str | Path = TOLERANCES, hw_overrides: list[str] | None = None) -> dict:
+    """Run every source; returns {"cases", "mape", "max_ape", "by_source", "failed", "rows"}.
+
+    ``vidur``: Vidur data folder (default <shared>/vidur when present); ``hardware``: Vidur profiles
+    to check (default h100-sxm, a100-sxm); ``hw_overrides``: --set items applied to every profile.
+    """
+    from simfoe.paths import shared_data_dir
+    from simfoe.specs.io import load_hardware
+
+    tol = load_tolerances(tolerances)
+    rows: list[dict] = []
+    extra: dict[str, dict] = {}
+    skipped: dict[str, str] = {}
+    if include_sets:
+        for d in sorted(DATA_DIR.iterdir()) if DATA_DIR.is_dir() else []:
+            if not (d / "kernels.csv").is_file():
+                continue
+            hwname = (tol.get("measurement_sets") or {}).get(d.name, {}).get("hardware")
+            if hwname is None:
+                skipped[d.name] = "no profile assigned in validation/tolerances.yaml measurement_sets"
+                continue
+            rows += set_rows(d, load_hardware(hwname, hw_overrides))
+    vdir = Path(vidur) if vidur else (shared_data_dir() / "vidur" if shared_data_dir() else None)
+    if vidur and not Path(vidur).is_dir():
+        raise SpecError("--vidur", str(vidur), "an existing folder of Vidur profiling data")
+    if vdir is not None and vdir.is_dir():
+        for h in hardware or list(VIDUR_GPU):
+            if h not in VIDUR_GPU:
+                raise SpecError("--hardware", h, "allowed: " + ", ".join(VIDUR_GPU))
+            if hw_overrides:
+                from unittest import mock
+
+                hwo = load_hardware(h, hw_overrides)
+                with mock.patch("simfoe.specs.io.load_hardware", lambda *a, **k: hwo):
+                    rows += vidur_rows(vdir, h)
+            else:
+                rows += vidur_rows(vdir, h)
+    else:
+        skipped["vidur"] = "../shared/data/vidur absent"
+    if include_testbed:
+        tb = testbed_source()
+        if tb is None:
+            skipped["testbed"] = f"{TESTBED_RESULT} absent"
+        else:
+            rows += tb[0]
+            extra["testbed"] = {"speedup_error": tb[1]["speedup_error"], "speedup_error_max": tb[1]["speedup_error_max"]}
+    if not rows:
+        raise SpecError("validate", None, "at least one source (validation/data sets or Vidur data)")
+    by: dict[str, dict] = {}
+    for src in sorted({r["source"] for r in rows}):
+        s = _summ([r for r in rows if r["source"] == src])
+        s.update(extra.get(src, {}))
+        t = (tol.get("sources") or {}).get(src)
+        if t is None:
+            s["tolerance"], s["ok"] = None, True
+        else:
+            s["tolerance"] = {k: v for k, v in t.items() if k != "reason"}
+            s["ok"] = all(s.get(k) is not None and s[k] <= v for k, v in s["tolerance"].items())
+        by[src] = s
+    allsum = _summ(rows)
+    cases = [{"source": src, **{k: v for k, v in s.items() if k in ("n", "mape", "max_ape", "ok")}} for src, s in by.items()]
+    return {"cases": cases, "mape": allsum["mape"], "max_ape": allsum["max_ape"], "by_source": by,
+            "failed": [s for s, v in by.items() if not v["ok"]], "skipped": skipped, "rows": rows}

@@ -1,0 +1,66 @@
+"""`simfoe calibrate`: measure this machine, or fit a hardware profile from a stored measurement set.
+
+  simfoe calibrate --device cpu --out validation/data/NAME/ [--quick]        # runs python -m validation.harness
+  simfoe calibrate --from validation/data/NAME/ --out hwprofiles/NAME.yaml   # fit (and write) a profile
+"""
+from __future__ import annotations
+
+from simfoe.cli.common import add_json_flag
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("calibrate", help="run the microbenchmark harness, or fit a profile from a measurement set",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="measure this device (runs the harness)")
+    p.add_argument("--from", dest="src", default=None, help="measurement set folder to fit")
+    p.add_argument("--out", default=None, help="measurement folder (with --device) or profile YAML (with --from)")
+    p.add_argument("--quick", action="store_true", help="harness quick mode (~30 s on a CPU)")
+    add_json_flag(p)
+    p.set_defaults(func=run, render=render)
+
+
+def run(args):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from simfoe.errors import SpecError
+    from simfoe.paths import REPO_ROOT
+
+    if (args.device is None) == (args.src is None):
+        raise SpecError("calibrate", None, "exactly one of --device (measure) or --from (fit)")
+    if args.device:
+        if not args.out:
+            raise SpecError("--out", None, "a folder for the measurement set, e.g. validation/data/NAME/")
+        cmd = [sys.executable, "-m", "validation.harness", "--device", args.device, "--out", str(Path(args.out).resolve())]
+        if args.quick:
+            cmd.append("--quick")
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        p = subprocess.run(cmd, cwd=str(REPO_ROOT), env=env, stdout=subprocess.PIPE, text=True)
+        if p.returncode:
+            return {"error": f"harness exited {p.returncode}", "command": cmd}, p.returncode
+        return {"measured": json.loads(p.stdout.strip().splitlines()[-1]), "command": cmd}
+    src = Path(args.src)
+    if not src.is_dir():
+        raise SpecError("--from", args.src, "an existing measurement set folder (kernels.csv, collectives.csv, env.json)")
+    if args.out and not str(args.out).endswith((".yaml", ".yml")):
+        raise SpecError("--out", args.out, "a profile path ending in .yaml")
+    from simfoe.calibration.fit_profile import run_fit
+
+    return run_fit(src, args.out)
+
+
+def render(r: dict) -> str:
+    if "measured" in r or "error" in r:
+        return str(r.get("measured") or r)
+    lines = [f"fit {r['set']} -> {r.get('written') or '(not written; pass --out)'}",
+             f"peak FLOP/s {r['gpu']['peak_flops']}, DRAM {r['gpu']['hbm_bandwidth']:.4g} B/s; "
+             f"gloo alpha {r['collectives']['fit']['alpha_s']:.3g} s, bandwidth {r['collectives']['fit']['bandwidth']:.4g} B/s"]
+    for part in ("kernels", "held_out"):
+        for k, v in r[part].items():
+            lines.append(f"  {part:9} {k:36} rows {v['rows']:>3}  MAPE {v['mape_pct']:6.2f}%  max {v['max_ape_pct']:7.2f}%")
+    for k, v in r["collectives"]["residuals"].items():
+        lines.append(f"  {'coll':9} {k:36} rows {v['rows']:>3}  MAPE {v['mape_pct']:6.2f}%  max {v['max_ape_pct']:7.2f}%")
+    return "\n".join(lines)
