@@ -1,0 +1,109 @@
+"""Calibration report: ``python -m simfoe.calibration.report [--out reports/calibration] [--testbed]``.
+
+Writes README.md (error tables per source and op, testbed results), parity_<source>.png (predicted vs
+measured, log-log); `simfoe validate --cases-out FILE.csv` gives the rows. ``--testbed`` re-runs the testbed first (else the stored
+reports/calibration/testbed.json is used).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from simfoe.paths import REPO_ROOT
+
+OUT = REPO_ROOT / "reports" / "calibration"
+
+
+def _parity(rows, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    m = np.array([r["measured_s"] for r in rows])
+    p = np.array([r["predicted_s"] for r in rows])
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    ops = sorted({r["op"].split(":")[0] for r in rows})
+    for op in ops:
+        sel = np.array([r["op"].split(":")[0] == op for r in rows])
+        ax.scatter(m[sel], p[sel], s=6 if len(rows) > 200 else 18, alpha=0.5, label=op)
+    lo, hi = min(m.min(), p.min()) / 1.5, max(m.max(), p.max()) * 1.5
+    ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
+    for f in (0.8, 1.2):
+        ax.plot([lo, hi], [lo * f, hi * f], "k:", lw=0.6)
+    ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), xlabel="measured (s)", ylabel="predicted (s)", title=title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def generate(out: Path = OUT, rerun_testbed: bool = False) -> Path:
+    import pandas as pd
+
+    from simfoe.calibration import regression, testbed
+    from simfoe.calibration.fit_profile import fit_profile
+
+    out.mkdir(parents=True, exist_ok=True)
+    if rerun_testbed:
+        tb = testbed.run()
+        (out / "testbed.json").write_text(json.dumps(tb, indent=1))
+    r = regression.validate()
+    rows = r.pop("rows")
+    lines = ["# Calibration report", "", "Regenerate: `python -m simfoe.calibration.report` (add `--testbed` to re-measure "
+             "the testbed). Method: docs/calibration.md. APE = |predicted/measured - 1|; bias = geometric-mean ratio - 1.", "",
+             "## By source (simfoe validate)", "", "| source | rows | MAPE % | max APE % | bias % | tolerance | ok |", "|---|---|---|---|---|---|---|"]
+    for s, v in r["by_source"].items():
+        tol = ", ".join(f"{k} <= {x}" for k, x in (v.get("tolerance") or {}).items()) or "-"
+        lines.append(f"| {s} | {v['n']} | {v['mape']:.2f} | {v['max_ape']:.2f} | {v['bias_pct']:+.1f} | {tol} | {'yes' if v['ok'] else 'NO'} |")
+    lines += ["", "## By source and op", "", "| source | op | rows | MAPE % | max APE % |", "|---|---|---|---|---|"]
+    df = pd.DataFrame(rows)
+    df["ape"] = (df.predicted_s / df.measured_s - 1).abs() * 100
+    for (s, op), g in df.groupby(["source", "op"]):
+        lines.append(f"| {s} | {op} | {len(g)} | {g.ape.mean():.2f} | {g.ape.max():.2f} |")
+    lines += ["", "## CPU profile fit residuals (rows each part was fitted to; held-out = never fitted)", "",
+              "| part | rows | MAPE % | max APE % |", "|---|---|---|---|"]
+    _, _, rep = fit_profile(REPO_ROOT / "validation" / "data" / "cpu-amd-epyc-zen4-2026-11-23", "cpu-amd-epyc-zen4")
+    for part in ("kernels", "held_out"):
+        for k, v in rep[part].items():
+            lines.append(f"| {part}: {k} | {v['rows']} | {v['mape_pct']} | {v['max_ape_pct']} |")
+    for k, v in rep["collectives"]["residuals"].items():
+        lines.append(f"| collectives: {k} | {v['rows']} | {v['mape_pct']} | {v['max_ape_pct']} |")
+    tbp = out / "testbed.json"
+    if tbp.is_file():
+        tb = json.loads(tbp.read_text())
+        env = tb.get("env", {})
+        lines += ["", "## Testbed (real MoE / FoE forward passes, 2 gloo processes, fp32)", "",
+                  f"Model validation/models/testbed-moe.yaml on {tb['hardware']}; measured = {tb['measure']}; "
+                  f"load average {env.get('loadavg_start')} -> {env.get('loadavg_end')}; {env.get('date_utc')}.", "",
+                  "| arch | phase | batch | seq_len | measured (ms) | wall median (ms) | predicted (ms) | APE % |", "|---|---|---|---|---|---|---|---|"]
+        for c in tb["cases"]:
+            lines.append(f"| {c['arch']} | {c['phase']} | {c['batch']} | {c['seq_len']} | {c['measured_s'] * 1e3:.1f} | "
+                         f"{c['measured_wall_s'] * 1e3:.1f} | {c['predicted_s'] * 1e3:.1f} | {c['ape_pct']:.1f} |")
+        lines += ["", "| phase | batch | measured MoE/FoE | predicted MoE/FoE | speedup error % |", "|---|---|---|---|---|"]
+        for s in tb["speedups"]:
+            lines.append(f"| {s['phase']} | {s['batch']} | {s['measured_ratio']:.3f} | {s['predicted_ratio']:.3f} | {100 * s['error']:.1f} |")
+        lines += ["", f"Testbed MAPE {tb['mape']:.1f}% (max {tb['max_ape']:.1f}%), speedup error {100 * tb['speedup_error']:.1f}% "
+                  f"(max {100 * tb['speedup_error_max']:.1f}%)."]
+    lines += ["", "## Parity plots", ""]
+    for s in sorted(df.source.unique()):
+        fn = "parity_" + s.replace(":", "_").replace("/", "_") + ".png"
+        _parity([x for x in rows if x["source"] == s], out / fn, s)
+        lines.append(f"![{s}]({fn})")
+    (out / "README.md").write_text("\n".join(lines) + "\n")
+    return out / "README.md"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m simfoe.calibration.report", description=__doc__)
+    p.add_argument("--out", default=str(OUT))
+    p.add_argument("--testbed", action="store_true", help="re-run the testbed (~1 min) before writing")
+    a = p.parse_args(argv)
+    print(generate(Path(a.out), a.testbed))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
