@@ -79,6 +79,36 @@ def caveats(result: dict) -> list[str]:
     return out
 
 
+def explain(result: dict) -> str:
+    """One sentence on why the winner wins, from the per-request time breakdowns of the analysis."""
+    an, rec = result.get("analysis") or {}, result.get("recommended")
+    if not rec or rec["label"] not in an or len(an) < 2:
+        return ""
+    names = {"compute_s": "compute", "all_to_all_s": "all-to-all", "all_reduce_s": "all-reduce", "queueing_s": "queueing"}
+    w = an[rec["label"]]["breakdown"]
+    out = []
+    for label, a in an.items():
+        if label == rec["label"]:
+            continue
+        b = a["breakdown"]
+        diff = {k: b.get(k, 0.0) - w.get(k, 0.0) for k in ("compute_s", "all_to_all_s", "all_reduce_s")}
+        k = max(diff, key=lambda x: abs(diff[x]))
+        busy_w = sum(w[x] for x in diff)
+        busy_b = sum(b[x] for x in diff)
+        out.append(f"against {label}: {busy_w:.3g} s vs {busy_b:.3g} s of busy GPU time per request, the largest "
+                   f"difference in {names[k]} ({diff[k]:+.3g} s for the other layout)")
+    msg = f"{rec['label']} wins; " + "; ".join(out) + "."
+    ru = result.get("runner_up")
+    steps = result.get("workload", {}).get("bisect_steps")
+    if ru and ru.get("goodput_rps_per_gpu") and rec.get("goodput_rps_per_gpu") and steps is not None:
+        margin = rec["goodput_rps_per_gpu"] / ru["goodput_rps_per_gpu"] - 1
+        res = 2 ** (1 / 2 ** steps) - 1
+        if margin <= res:
+            msg += (f" The margin over the runner-up ({margin:.1%}) is within the rate search's resolution "
+                    f"({res:.1%}): treat the two as tied.")
+    return msg
+
+
 # ---- plots -------------------------------------------------------------------------------------
 def _png(fig) -> str:
     buf = io.BytesIO()
@@ -212,6 +242,8 @@ def render_html(result: dict) -> str:
             rows.append([_e(name), _e(fmt_time(b["compute_s"])), _e(fmt_time(b["all_to_all_s"])),
                          _e(fmt_time(b["all_reduce_s"])), _e(fmt_time(tot)), _e(fmt_time(b["queueing_s"])),
                          _e(b["decode_batch"])])
+        if r.get("why"):
+            parts.append(f"<p>{_e(r['why'])}</p>")
         parts.append("<p>Busy GPU time per request at each layout's maximum rate (prefill chunks plus its share of "
                      "decode steps), and the mean queueing delay:</p>")
         parts.append(_table(["layout", "compute", "all-to-all", "all-reduce", "busy total", "queueing",

@@ -16,7 +16,8 @@ For every candidate (``simfoe.planner.layouts``), cheapest checks first:
    under latency SLOs (queueing), so it is also calibrated: a candidate is pruned when
    bound x ``calibration_margin`` x (highest max-rate/bound ratio among the layouts simulated so
    far) cannot beat the runner-up (reported as its own reason; ``calibration_margin=inf`` turns
-   this heuristic off).
+   this heuristic off). The best-bound layout of each architecture (MoE, FoE) is always
+   simulated so that the report compares the two.
 
 Simulated candidates get a rate search with the serving simulator (fixed seed, ~``requests``
 requests per probe and at least ``probe_slo_multiple`` x the TTFT SLO of arrivals, so that a small
@@ -363,10 +364,15 @@ class Planner:
         order = sorted((e for e in evs if e.status == "screened"), key=lambda e: -e.score(self.rank_by, bound=True))
         top: list[float] = []  # best two achieved scores
         eff = 0.0  # highest (max rate / throughput bound) seen among simulated layouts
+        # the best-bound layout of each architecture is always simulated, so the report can compare
+        # MoE with FoE even when one of them cannot win
+        baselines = {id(next(e for e in order if e.cand.arch == a)) for a in {e.cand.arch for e in order}}
         for ev in order:
             second = top[1] if len(top) >= 2 else None
             b = ev.score(self.rank_by, bound=True)
-            if second is not None and b <= second:
+            if id(ev) in baselines:
+                pass
+            elif second is not None and b <= second:
                 ev.status, ev.reason_kind = "pruned", "throughput bound below the runner-up"
                 ev.reason = (f"its throughput bound ({self._unit(b)}) is not above the runner-up found so far "
                              f"({self._unit(second)})")
@@ -395,7 +401,8 @@ class Planner:
             "rank_by": "goodput per dollar" if self.rank_by == "dollar" else "goodput per GPU",
             "workload": {"mean_prompt_tokens": self.stats.mean_prompt, "mean_output_tokens": self.stats.mean_output,
                          "p90_prompt_tokens": self.stats.p90_prompt, "max_request_tokens": self.stats.max_tokens,
-                         "requests_per_probe": self.cfg.requests, "seed": self.cfg.seed},
+                         "requests_per_probe": self.cfg.requests, "seed": self.cfg.seed,
+                         "bisect_steps": self.cfg.bisect_steps},
             "recommended": ranked[0].to_dict() if ranked else None,
             "runner_up": ranked[1].to_dict() if len(ranked) > 1 else None,
             "layouts": [e.to_dict() for e in ranked],
@@ -418,6 +425,11 @@ class Planner:
         if ranked:
             t1 = time.perf_counter()
             result["analysis"] = {e.cand.label: self.analyse(e) for e in ranked[:2]}
+            for arch in ("moe", "foe"):  # best of the other architecture: breakdown only
+                if ranked[0].cand.arch != arch:
+                    other = next((e for e in ranked if e.cand.arch == arch), None)
+                    if other is not None and other.cand.label not in result["analysis"]:
+                        result["analysis"][other.cand.label] = {"breakdown": self.breakdown(other)}
             if self.cfg.verify_replicas and ranked[0].cand.replicas > 1 and ranked[0].status == "feasible":
                 w = ranked[0]
                 p = self._probe(w, w.rate_rps * w.cand.replicas, replicas=w.cand.replicas)
@@ -496,7 +508,8 @@ def recommend(model: str, hardware: str | list[str], max_nodes: int = 1, trace: 
     cfg = PlanConfig(slo_ttft_p90=slo_ttft_p90, slo_tbt_p99=slo_tbt_p99, trace=trace, **kw)
     cfg.overrides = tuple(cfg.overrides)
     result = Planner(model, hws, int(max_nodes), cfg).run()
-    from simfoe.planner.report import caveats
+    from simfoe.planner.report import caveats, explain
 
+    result["why"] = explain(result)
     result["caveats"] = caveats(result)
     return result
