@@ -85,14 +85,19 @@ def render(r: dict) -> str:
                          f"({ru['goodput_rps_per_gpu']:.3g} per GPU)")
     else:
         lines.append("no layout meets the SLOs")
-    rows = [[x["label"], x["status"], f"{x['max_rate_rps_per_replica']:.3g}", f"{x['goodput_rps_per_gpu']:.3g}",
-             fmt_time((x.get("at_max_rate") or {}).get("ttft_p90_s")), fmt_time((x.get("at_max_rate") or {}).get("tbt_p99_s"))]
+    per_dollar = r["rank_by"] == "goodput per dollar"
+    rows = [[x["label"], x["status"], f"{x['max_rate_rps_per_replica']:.3g}", f"{x['goodput_rps_per_gpu']:.3g}"]
+            + ([f"{x['requests_per_dollar']:.0f}"] if per_dollar else [])
+            + [fmt_time((x.get("at_max_rate") or {}).get("ttft_p90_s")), fmt_time((x.get("at_max_rate") or {}).get("tbt_p99_s"))]
             for x in r["layouts"]]
     if rows:
-        lines += ["", table(rows, ["layout", "status", "rate/replica", "per GPU", "p90 TTFT", "p99 TBT"])]
+        head = ["layout", "status", "rate/replica", "per GPU"] + (["req per $"] if per_dollar else []) + ["p90 TTFT", "p99 TBT"]
+        lines += ["", table(rows, head)]
     lines.append("")
     lines.append(f"{s['candidates']} layouts: {s['simulated']} simulated ({s['probes']} probes), {s['pruned']} pruned "
                  f"{s['pruned_by_reason']}, {s['skipped_placements']} invalid placements; search {s['wall_s']:.1f} s")
+    if r.get("why"):
+        lines.append(r["why"])
     if "files" in r:
         lines.append(f"report: {r['files']['html']}  summary: {r['files']['json']}")
     return "\n".join(lines)

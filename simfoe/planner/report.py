@@ -36,11 +36,14 @@ def calibration_notes(hardware: list[str], repo_root: Path | None = None) -> lis
             if _ERR.search(v) and _PCT.search(v):
                 notes.append(f"{hw.name} {k}: {v}")
     root = repo_root or REPO_ROOT
-    for f in sorted((root / "docs").glob("calibration-*.md")) if (root / "docs").is_dir() else []:
-        for line in f.read_text(errors="replace").splitlines():
-            t = line.strip().lstrip("-*|# ").strip()
-            if _ERR.search(t) and _PCT.search(t) and len(t) < 400:
-                notes.append(f"docs/{f.name}: {t}")
+    for f in sorted((root / "docs").glob("calibration*.md")) if (root / "docs").is_dir() else []:
+        for para in re.split(r"\n\s*\n", f.read_text(errors="replace")):
+            if para.lstrip().startswith(("|", "```")):
+                continue  # tables and code: the prose states the summary figures
+            text = " ".join(x.strip().lstrip("-*# ").strip() for x in para.splitlines())
+            for sent in re.split(r"(?<=[.;])\s+(?=[A-Z(`])", text):
+                if _ERR.search(sent) and _PCT.search(sent) and len(sent) < 400:
+                    notes.append(f"docs/{f.name}: {sent.strip()}")
     seen, out = set(), []
     for n in notes:
         if n not in seen:
