@@ -179,3 +179,23 @@ def test_cli_bad_input_one_line_exit_2(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_deepseek_v3_is_recommended_at_the_smallest_node_count_that_fits():
+    """Known answer: deepseek-v3 in bf16 (~1.34 TB of weights) needs more than two 8x80 GB nodes; with EP
+    groups that must divide both the GPU count and the 256 experts, three nodes (EP 8) do not fit either,
+    so the smallest deployment is four nodes with EP 32, and that is what gets recommended. FoE is
+    reported as not federable (MLA, no clusters given)."""
+    from simfoe.api import forward_model
+    from simfoe.planner.layouts import enumerate_layouts as enum
+
+    m = load_model("deepseek-v3")
+    cands = enum(m, _hw(), 4).candidates
+    fits = {c.nodes for c in cands if forward_model("deepseek-v3", c.hardware, c.nodes, c.arch, overrides=c.overrides).fits()}
+    assert min(fits) == 4
+    r = recommend("deepseek-v3", "h100-sxm", max_nodes=4, slo_ttft_p90=2.0, slo_tbt_p99=0.1,
+                  **{**FAST, "requests": 40, "bisect_steps": 1})
+    assert r["recommended"]["nodes"] == min(fits)
+    assert all(x["status"] == "pruned" for x in r["rejected"] if x["nodes"] < 4)
+    assert any(s.get("foe_not_federable") for s in r["skipped"])
