@@ -159,17 +159,21 @@ def plots(result: dict) -> dict[str, str]:
         ax.set_title("Where the time goes at the maximum rate")
         figs["breakdown"] = _png(fig)
     tops = [x for x in (result.get("recommended"), result.get("runner_up")) if x]
-    if tops and result["slo"].get("ttft_p90_s"):
-        fig, ax = plt.subplots(figsize=(6, 3.2))
-        for x, m in zip(tops, ("o", "s")):
-            pr = sorted((p for p in x["probes"] if p.get("ttft_p90_s") is not None), key=lambda p: p["rate_rps"])
-            ax.plot([p["rate_rps"] for p in pr], [p["ttft_p90_s"] for p in pr], marker=m, label=x["label"][:60])
-        ax.axhline(result["slo"]["ttft_p90_s"], color="k", ls="--", lw=1, label="p90 TTFT SLO")
-        ax.set_yscale("log")
-        ax.set_xlabel("arrival rate per replica (requests/s)")
-        ax.set_ylabel("p90 TTFT (s)")
-        ax.legend(fontsize=6)
-        ax.set_title("Rate search probes")
+    if tops:
+        panels = [(k, s, lab) for k, s, lab in (("ttft_p90_s", result["slo"].get("ttft_p90_s"), "p90 TTFT (s)"),
+                                                  ("tbt_p99_s", result["slo"].get("tbt_p99_s"), "p99 TBT (s)")) if s]
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.2), squeeze=False)
+        for ax, (key, slo_v, lab) in zip(axes[0], panels):
+            for x, m in zip(tops, ("o", "s")):
+                pr = sorted((p for p in x["probes"] if p.get(key) is not None), key=lambda p: p["rate_rps"])
+                ax.plot([p["rate_rps"] for p in pr], [p[key] for p in pr], marker=m, label=x["label"][:60])
+            ax.axhline(slo_v, color="k", ls="--", lw=1, label="SLO")
+            if key == "ttft_p90_s":
+                ax.set_yscale("log")
+            ax.set_xlabel("arrival rate per replica (requests/s)")
+            ax.set_ylabel(lab)
+        axes[0][0].legend(fontsize=6)
+        fig.suptitle("Rate search probes (a probe passes when every SLO holds)")
         figs["probes"] = _png(fig)
     return figs
 
