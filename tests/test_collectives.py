@@ -30,10 +30,18 @@ def _run(env, gen):
 @pytest.mark.parametrize("n", [2, 4, 8])
 @pytest.mark.parametrize("S", [1e5, 1e7, 1e9])
 def test_ring_all_reduce_matches_alpha_beta(hw, n, S):
+    """NCCL latency model by hand: the faster of Simple and LL, base + 2(n-1) hops + bytes / rate."""
     c = hw.collectives.nvlink
     B = hw.node.nvlink_bandwidth * c.efficiency
-    expected = 2 * (n - 1) / n * S / B + 2 * (n - 1) * c.alpha_s + hw.node.nvlink_latency_s
+    per_gpu = 2 * (n - 1) / n * S
+    simple = c.alpha_s + 2 * (n - 1) * c.hop_s + per_gpu / B
+    ll = c.ll_alpha_s + 2 * (n - 1) * c.ll_hop_s + per_gpu / (B * c.ll_bandwidth_fraction)
+    expected = min(simple, ll) + hw.node.nvlink_latency_s
     assert predict(hw, "all_reduce", n, S, "ring") == pytest.approx(expected, rel=1e-9)
+    if S >= 1e9:
+        assert simple < ll  # large messages: Simple protocol
+    if S <= 1e5 and n == 8:
+        assert ll < simple  # small messages: LL protocol
 
 
 def test_ring_across_nodes_uses_all_nics(hw):
@@ -41,7 +49,10 @@ def test_ring_across_nodes_uses_all_nics(hw):
     S = 1e9
     t = predict(hw, "all_reduce", 16, S, "ring")
     nic = hw.network.nic_bandwidth * hw.collectives.network.efficiency
-    assert t == pytest.approx(2 * 15 / 16 * S / 8 / nic + 30 * hw.collectives.network.alpha_s, rel=0.01)
+    c = hw.collectives
+    # Simple protocol: base latency of the network path, 28 NVLink steps and 2 network steps
+    lat = c.network.alpha_s + 28 * c.nvlink.hop_s + 2 * c.network.hop_s
+    assert t == pytest.approx(2 * 15 / 16 * S / 8 / nic + lat, rel=0.01)
 
 
 def test_all_reduce_accounting(hw):
@@ -118,5 +129,6 @@ def test_concurrent_collectives_share_links(hw):
     p2 = env.process(all_reduce(net, range(8), S, "ring", tag="b"))
     env.run(p1 & p2)
     one = predict(hw, "all_reduce", 8, S, "ring")
-    lat = 14 * hw.collectives.nvlink.alpha_s + hw.node.nvlink_latency_s  # paid once: the two overlap
+    c = hw.collectives.nvlink  # 1 GB: Simple protocol; latency paid once, the two overlap
+    lat = c.alpha_s + 14 * c.hop_s + hw.node.nvlink_latency_s
     assert env.now == pytest.approx(2 * (one - lat) + lat, rel=1e-9)

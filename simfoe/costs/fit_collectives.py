@@ -8,8 +8,11 @@ collectives_wrapper.py), i.e. the column is already BYTES of an fp16 buffer, not
 read as elements, the 2-GPU H100 send/recv would move 694 GB/s one way over 450 GB/s NVLink4 and the A100 one
 457 GB/s over 300 GB/s NVLink3. So ``bytes = size`` (``VIDUR_BYTES_PER_SIZE_UNIT``).
 
-What is fitted (each by minimizing the mean relative error of the simulator's own prediction,
-:func:`simfoe.costs.collectives.predict`, on sizes >= 1 MB, Nelder-Mead over (log alpha, efficiency)):
+Latency model: a collective phase costs ``alpha_s + steps * hop_s`` (NCCL's tuning model: a base latency
+plus a per-step hardware latency). ``hop_s`` is NCCL's own LL-protocol per-step latency (``HOP_S`` below);
+``alpha_s`` is fitted on SMALL messages (<= 64 KB, where bytes/bandwidth is negligible) and ``efficiency``
+on sizes >= 1 MB with alpha held, each by minimizing the mean relative error of the simulator's own
+prediction (:func:`simfoe.costs.collectives.predict`, Nelder-Mead), two rounds. Paths:
 
 - h100-sxm ``nvls``: all_reduce inside one node with 4 and 8 GPUs (``auto`` picks NVLS there);
   ``nvlink``: all_reduce of 2 GPUs (ring) plus send_recv between 2 GPUs of one node; ``network``: alpha from send_recv between 2 nodes with
@@ -33,7 +36,17 @@ from simfoe.errors import SpecError
 from simfoe.specs.hardware import HardwareSpec
 
 VIDUR_BYTES_PER_SIZE_UNIT = 1.0  # see module docstring: Vidur's `size` column is bytes
-MIN_BYTES = 1e6  # errors and fits are over sizes >= 1 MB
+MIN_BYTES = 1e6  # bandwidth fit and the headline errors: sizes >= 1 MB
+SMALL_MAX_BYTES = 64 * 1024  # latency (alpha) fit: sizes <= 64 KB
+
+#: NCCL's per-step latencies (s), ring algorithm (NCCL src/graph/tuning.cc, hwLat[NVLINK|NET][RING],
+#: NCCL 2.2x): Simple NVLink 3.4 us, network 14 us; LL NVLink 0.6 us, network 2.7 us. NVLS has no steps.
+HOP_S = {"nvlink": 3.4e-6, "network": 14.0e-6, "nvls": 0.0}
+LL_HOP_S = {"nvlink": 0.6e-6, "network": 2.7e-6}
+#: LL moves 8-byte lines carrying 4 bytes of data plus a flag: NCCL models ring LL at 0.5 x the bus
+#: bandwidth (tuning.cc: ``busBw * .5`` for RING/LL, NCCL 2.2x).
+LL_BW_FRACTION = 0.5
+HOP_SOURCE = "NCCL src/graph/tuning.cc hwLat[{path}][RING][{proto}] = {us} us per step (NCCL 2.2x tuning model)"
 _DATASET = {"h100-sxm": "h100_dgx", "a100-sxm": "a100_dgx", "h200-sxm": "h100_dgx"}
 _TIME_COL = "time_stats.{c}.median"
 
@@ -54,9 +67,14 @@ def load_vidur(vidur_dir: Path, dataset: str, collective: str) -> pd.DataFrame:
     return out
 
 
-def _with(hw: HardwareSpec, path: str, alpha: float, eff: float) -> HardwareSpec:
+def _with(hw: HardwareSpec, path: str, alpha: float, eff: float, ll_alpha: float | None = None) -> HardwareSpec:
+    """``hw`` with path's Simple (alpha, efficiency) set, NCCL hop latencies, and LL alpha when given."""
     c = hw.collectives.model_dump()
-    c[path] = {"alpha_s": float(alpha), "efficiency": float(eff)}
+    old = c.get(path) or {}
+    c[path] = {"alpha_s": float(alpha), "efficiency": float(eff), "hop_s": HOP_S[path]}
+    ll = ll_alpha if ll_alpha is not None else old.get("ll_alpha_s")
+    if ll is not None and path in LL_HOP_S:
+        c[path].update({"ll_alpha_s": float(ll), "ll_hop_s": LL_HOP_S[path], "ll_bandwidth_fraction": LL_BW_FRACTION})
     return hw.model_copy(update={"collectives": type(hw.collectives).model_validate(c)})
 
 
@@ -76,16 +94,16 @@ def _subsample(df: pd.DataFrame, per_group: int = 40) -> pd.DataFrame:
     return pd.concat(parts)
 
 
-def _fit_path(hw, path, sets, fixed_eff=None, x0=(1e-5, 0.7)):
+def _fit_path(hw, path, sets, fixed_eff=None, x0=(1e-5, 0.7), fixed_alpha=None):
     """Minimize mean |pred - meas| / meas over (alpha, efficiency) of one path; returns (alpha, eff).
 
     ``sets`` = [(collective, rows), ...]; every row weighs the same.
     """
-    samples = [(c, _subsample(df)) for c, df in sets]
+    samples = [(c, _subsample(df)) for c, df in sets if len(df)]
     meas = np.concatenate([s["time_s"].to_numpy() for _, s in samples])
 
     def unpack(x):
-        alpha = math.exp(x[0])
+        alpha = fixed_alpha if fixed_alpha is not None else math.exp(x[0])
         eff = fixed_eff if fixed_eff is not None else float(np.clip(x[1], 0.02, 1.0))
         return alpha, eff
 
@@ -102,6 +120,30 @@ def _fit_path(hw, path, sets, fixed_eff=None, x0=(1e-5, 0.7)):
         if best is None or res.fun < best.fun:
             best = res
     return unpack(best.x)
+
+
+def _fit_two_stage(hw, path, sets, fixed_eff=None):
+    """Simple protocol (alpha, efficiency) on sizes >= MIN_BYTES, then the LL alpha on sizes <= SMALL_MAX_BYTES.
+
+    Returns (alpha, efficiency, ll_alpha); ll_alpha is None for paths without an LL protocol (NVLS).
+    """
+    small = [(c, df[df["bytes"] <= SMALL_MAX_BYTES]) for c, df in sets]
+    large = [(c, df[df["bytes"] >= MIN_BYTES]) for c, df in sets]
+    alpha, eff = _fit_path(hw, path, large, fixed_eff=fixed_eff, x0=(1e-5, getattr(hw.collectives, path).efficiency))
+    hw = _with(hw, path, alpha, eff)
+    if path not in LL_HOP_S:
+        return alpha, eff, None
+
+    def loss_ll(x):
+        h = _with(hw, path, alpha, eff, ll_alpha=math.exp(x[0]))
+        rows = [(c, _subsample(df)) for c, df in small if len(df)]
+        pred = np.concatenate([_predict_rows(h, c, r) for c, r in rows])
+        meas = np.concatenate([r["time_s"].to_numpy() for _, r in rows])
+        return float(np.mean(np.abs(pred - meas) / meas))
+
+    best = min((minimize(loss_ll, [math.log(a0)], method="Nelder-Mead", options={"xatol": 1e-3, "fatol": 1e-5})
+                for a0 in (3e-6, 1e-5, 3e-5)), key=lambda r: r.fun)
+    return alpha, eff, math.exp(best.x[0])
 
 
 def error_table(hw: HardwareSpec, collective: str, df: pd.DataFrame) -> dict:
@@ -146,27 +188,37 @@ def run_fit(hardware: str, vidur_dir: Path, write: bool) -> dict:
         raise SpecError("hardware", hardware, "one of " + ", ".join(sorted(_DATASET)))
     dataset = _DATASET[hardware]
     hw = load_hardware(hardware)
-    ar = load_vidur(vidur_dir, dataset, "all_reduce")
-    sr = load_vidur(vidur_dir, dataset, "send_recv")
-    ar = ar[ar["bytes"] >= MIN_BYTES]
-    sr = sr[sr["bytes"] >= MIN_BYTES]
+    ar_all = load_vidur(vidur_dir, dataset, "all_reduce")
+    sr_all = load_vidur(vidur_dir, dataset, "send_recv")
+    ar = ar_all[ar_all["bytes"] >= MIN_BYTES]
+    sr = sr_all[sr_all["bytes"] >= MIN_BYTES]
+    for path in ("nvlink", "network", "nvls"):
+        if getattr(hw.collectives, path) is not None:
+            cur = getattr(hw.collectives, path)
+            hw = _with(hw, path, cur.alpha_s, cur.efficiency)
     src = f"../shared/data/vidur/network/{dataset}"
     prov: dict[str, str] = {}
     if dataset == "h100_dgx":
         one = ar[ar["nodes"] == 1]
-        sr_in, sr_out = sr[sr["nodes"] == 1], sr[sr["nodes"] > 1]
-        a, e = _fit_path(hw, "nvls", [("all_reduce", one[one["num_workers"] > 2])], x0=(1e-5, 0.5))
+        one_all = ar_all[ar_all["nodes"] == 1]
+        sr_in, sr_out = sr_all[sr_all["nodes"] == 1], sr_all[sr_all["nodes"] > 1]
+        a, e, _ = _fit_two_stage(hw, "nvls", [("all_reduce", one_all[one_all["num_workers"] > 2])])
         hw = _with(hw, "nvls", a, e)
-        prov["collectives.nvls.alpha_s"] = prov["collectives.nvls.efficiency"] = (
+        prov["collectives.nvls.alpha_s"] = (
             f"fit to {src}/all_reduce.csv, 4 and 8 GPUs in one node (auto = NVLS), sizes >= 1 MB (`simfoe fit collectives`)")
-        a, e = _fit_path(hw, "nvlink", [("all_reduce", one[one["num_workers"] == 2]), ("send_recv", sr_in)], x0=(1e-5, 0.7))
-        hw = _with(hw, "nvlink", a, e)
-        prov["collectives.nvlink.alpha_s"] = prov["collectives.nvlink.efficiency"] = (
+        prov["collectives.nvls.efficiency"] = (
+            f"fit to {src}/all_reduce.csv, 4 and 8 GPUs in one node (auto = NVLS), sizes >= 1 MB (`simfoe fit collectives`)")
+        a, e, ll = _fit_two_stage(hw, "nvlink", [("all_reduce", one_all), ("send_recv", sr_in)])
+        hw = _with(hw, "nvlink", a, e, ll)
+        prov["collectives.nvlink.alpha_s"] = (
+            f"fit to {src}/all_reduce.csv (2 GPUs, ring) and send_recv.csv (2 GPUs), one node, sizes >= 1 MB "
+            "(`simfoe fit collectives`)")
+        prov["collectives.nvlink.efficiency"] = (
             f"fit to {src}/all_reduce.csv (2 GPUs, ring) and send_recv.csv (2 GPUs), one node, sizes >= 1 MB "
             "(`simfoe fit collectives`)")
         e_net = hw.collectives.network.efficiency
-        a, e = _fit_path(hw, "network", [("send_recv", sr_out)], fixed_eff=e_net)
-        hw = _with(hw, "network", a, e)
+        a, e, ll = _fit_two_stage(hw, "network", [("send_recv", sr_out)], fixed_eff=e_net)
+        hw = _with(hw, "network", a, e, ll)
         prov["collectives.network.alpha_s"] = (
             f"fit to {src}/send_recv.csv, 2 GPUs on 2 nodes, sizes >= 1 MB, efficiency held (`simfoe fit collectives`)")
         prov["collectives.network.efficiency"] = (
@@ -175,17 +227,33 @@ def run_fit(hardware: str, vidur_dir: Path, write: bool) -> dict:
         errors = {**error_table(hw, "all_reduce", one), **error_table(hw, "send_recv", sr)}
         headline = error_table(hw, "all_reduce", ar)
     else:
-        one, multi = ar[ar["nodes"] == 1], ar[ar["nodes"] > 1]
-        a, e = _fit_path(hw, "nvlink", [("all_reduce", one)], x0=(1e-5, 0.7))
-        hw = _with(hw, "nvlink", a, e)
-        prov["collectives.nvlink.alpha_s"] = prov["collectives.nvlink.efficiency"] = (
+        one, multi = ar_all[ar_all["nodes"] == 1], ar_all[ar_all["nodes"] > 1]
+        a, e, ll = _fit_two_stage(hw, "nvlink", [("all_reduce", one)])
+        hw = _with(hw, "nvlink", a, e, ll)
+        prov["collectives.nvlink.alpha_s"] = (
             f"fit to {src}/all_reduce.csv, 2/4/8 GPUs in one node (ring), sizes >= 1 MB (`simfoe fit collectives`)")
-        a, e = _fit_path(hw, "network", [("all_reduce", multi)], x0=(1e-5, 0.5))
-        hw = _with(hw, "network", a, e)
-        prov["collectives.network.alpha_s"] = prov["collectives.network.efficiency"] = (
+        prov["collectives.nvlink.efficiency"] = (
+            f"fit to {src}/all_reduce.csv, 2/4/8 GPUs in one node (ring), sizes >= 1 MB (`simfoe fit collectives`)")
+        a, e, ll = _fit_two_stage(hw, "network", [("all_reduce", multi)])
+        hw = _with(hw, "network", a, e, ll)
+        prov["collectives.network.alpha_s"] = (
+            f"fit to {src}/all_reduce.csv, 2-16 GPUs on 2 nodes (auto), sizes >= 1 MB (`simfoe fit collectives`)")
+        prov["collectives.network.efficiency"] = (
             f"fit to {src}/all_reduce.csv, 2-16 GPUs on 2 nodes (auto), sizes >= 1 MB (`simfoe fit collectives`)")
         errors = {**error_table(hw, "all_reduce", ar), **error_table(hw, "send_recv", sr)}
         headline = error_table(hw, "all_reduce", ar)
+    for path, hop in HOP_S.items():
+        if getattr(hw.collectives, path) is None:
+            continue
+        prov[f"collectives.{path}.hop_s"] = HOP_SOURCE.format(path=path.upper(), proto="Simple", us=hop * 1e6) if hop else (
+            "NVLS in-switch reduction has no ring steps (NCCL tuning model: NVLS latency = base only)")
+        if path in LL_HOP_S and getattr(hw.collectives, path).ll_alpha_s is not None:
+            prov[f"collectives.{path}.ll_hop_s"] = HOP_SOURCE.format(path=path.upper(), proto="LL", us=LL_HOP_S[path] * 1e6)
+            prov[f"collectives.{path}.ll_bandwidth_fraction"] = "NCCL src/graph/tuning.cc: ring LL bus bandwidth = 0.5 x Simple (NCCL 2.2x)"
+            prov[f"collectives.{path}.ll_alpha_s"] = (
+                f"fit to {src} sizes <= 64 KB ({'all_reduce' if path == 'nvlink' or dataset == 'a100_dgx' else 'send_recv'}), "
+                "Simple parameters held (`simfoe fit collectives`)")
+    small = error_table(hw, "all_reduce", ar_all[ar_all["bytes"] <= SMALL_MAX_BYTES])
     pts = sum(v["points"] for v in headline.values())
     overall = sum(v["mean_rel_err"] * v["points"] for v in headline.values()) / pts
     coll = hw.collectives.model_dump(exclude_none=True)
@@ -196,6 +264,9 @@ def run_fit(hardware: str, vidur_dir: Path, write: bool) -> dict:
         "collectives": coll,
         "errors": errors,
         "overall_mean_rel_err": overall,
+        "small_message_errors": small,
+        "small_message_mean_rel_err": (sum(v["mean_rel_err"] * v["points"] for v in small.values())
+                                       / max(sum(v["points"] for v in small.values()), 1)),
         "nccl": nccl_comparison(hw, hardware),
         "written": [],
     }

@@ -43,10 +43,21 @@ class NetworkSpec(Spec):
 
 
 class PathCalibration(Spec):
-    """Alpha-beta calibration of one transfer path: achieved = efficiency x line rate."""
+    """Latency-bandwidth calibration of one transfer path, for NCCL's two regimes.
 
-    alpha_s: float = Field(ge=0, description="per-message software + wire latency, s")
+    Simple protocol (large messages): a collective costs ``alpha_s + steps * hop_s`` of latency plus
+    its bytes at ``efficiency`` x line rate, shared max-min fairly with other flows. LL protocol (small
+    messages, when ``ll_alpha_s`` is set): ``ll_alpha_s + steps * ll_hop_s``, at
+    ``ll_bandwidth_fraction`` of that rate. Each collective uses the protocol that is faster for its
+    size, as NCCL's tuner does.
+    """
+
+    alpha_s: float = Field(ge=0, description="Simple protocol: base latency of one collective on this path, s")
     efficiency: float = Field(gt=0, le=1.0, description="achieved bandwidth / line rate")
+    hop_s: float = Field(0.0, ge=0, description="Simple protocol: latency per algorithm step, s")
+    ll_alpha_s: float | None = Field(None, ge=0, description="LL protocol: base latency, s (None: no LL)")
+    ll_hop_s: float = Field(0.0, ge=0, description="LL protocol: latency per algorithm step, s")
+    ll_bandwidth_fraction: float = Field(0.5, gt=0, le=1.0, description="LL protocol: share of the Simple rate")
 
 
 class CollectiveCalibration(Spec):
