@@ -218,3 +218,32 @@ def test_metrics_helpers():
            {"achieved_rps": 6, "valid_point": True, "latency_s": {"p50": 5}},
            {"achieved_rps": 9, "valid_point": False, "latency_s": {"p50": 1}}]
     assert max_load_meeting(pts, 4.0) == 3
+
+
+def test_hardware_profile_sets_network_and_cross_node_transfers_cost_time():
+    """Instances placed on two nodes of an A100 profile pay its calibrated NIC rate and latency."""
+    from simfoe.pipelines.spec import parse_pipeline as parse_spec
+    from simfoe.specs.io import load_hardware
+
+    hw = load_hardware("a100-sxm")
+
+    def spec(nodes_b):
+        return {
+            "name": "two-node", "hardware": "a100-sxm", "nodes": 2,
+            "stages": [
+                {"name": "a", "instances": 1, "service_s": {"dist": "constant", "mean": 0.01}, "to": ["b"],
+                 "item_bytes": 50e6},
+                {"name": "b", "instances": 1, "service_s": {"dist": "constant", "mean": 0.01},
+                 "placement": {"node": nodes_b}},
+            ],
+        }
+
+    s = parse_spec(spec(1))
+    assert s.network.inter_node_bandwidth == pytest.approx(hw.network.nic_bandwidth * hw.collectives.network.efficiency)
+    same = summarize(simulate(parse_spec(spec(0)), "stream", rate=0.5, duration=200, seed=1))
+    cross = summarize(simulate(s, "stream", rate=0.5, duration=200, seed=1))
+    # 50 MB over the NIC: the extra latency per request is the transfer time
+    extra = 50e6 / s.network.inter_node_bandwidth
+    assert cross["latency_s"]["mean"] - same["latency_s"]["mean"] == pytest.approx(extra, rel=0.05)
+    with pytest.raises(SpecError, match="placement"):
+        parse_spec({**spec(2)})

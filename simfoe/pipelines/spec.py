@@ -25,9 +25,12 @@ Stage keys (all but ``name`` optional; defaults in brackets):
 - ``item_bytes`` [0]: bytes per emitted item (for transfer time between nodes).
 - ``placement`` [node 0]: ``{node: N}`` or ``{nodes: [N0, N1, ...]}`` one per instance.
 
-Pipeline keys: ``name``, ``stages``, ``routing`` [aggregation-aware], ``network``
+Pipeline keys: ``name``, ``stages``, ``routing`` [aggregation-aware], ``hardware`` (a hardware
+profile, e.g. ``a100-sxm``, or a YAML path: the cluster the instances are placed on; its calibrated
+NVLink and NIC rates and latencies become the network defaults, and ``nodes`` [largest node used + 1]
+bounds the placement), ``network``
 (``intra_node_bandwidth``, ``inter_node_bandwidth`` in bytes/s, ``intra_node_latency``,
-``inter_node_latency`` in s), ``prompts`` (``{weights: [...]}``, prompt-type mix of requests),
+``inter_node_latency`` in s; explicit keys override the hardware profile's), ``prompts`` (``{weights: [...]}``, prompt-type mix of requests),
 ``spill_queue`` [4] (prompt-aware: queue length above which a request leaves its home instance).
 """
 from __future__ import annotations
@@ -56,7 +59,7 @@ STAGE_KEYS = {
     "name", "instances", "concurrency", "service_s", "outputs", "level", "parts", "to", "stateful",
     "key", "kind", "prefix_cache", "item_bytes", "placement", "note", "service_per",
 }
-PIPELINE_KEYS = {"name", "stages", "routing", "network", "prompts", "spill_queue", "note", "notes"}
+PIPELINE_KEYS = {"name", "stages", "routing", "network", "prompts", "spill_queue", "note", "notes", "hardware", "nodes"}
 
 
 @dataclass(frozen=True)
@@ -247,9 +250,16 @@ def parse_pipeline(d: Any) -> PipelineSpec:
     net = d.get("network") or {}
     if not isinstance(net, dict) or not set(net) <= set(NetworkSpec.__dataclass_fields__):
         raise SpecError("network", net, f"keys {', '.join(NetworkSpec.__dataclass_fields__)}")
-    network = NetworkSpec(**{
+    base = _network_from_hardware(d["hardware"]) if d.get("hardware") is not None else {}
+    network = NetworkSpec(**{**base, **{
         k: _float(f"network.{k}", v, 0.0, strict=k.endswith("bandwidth")) for k, v in net.items()
-    })
+    }})
+    if d.get("nodes") is not None:
+        n_nodes = _int("nodes", d["nodes"], 1)
+        for st in stages:
+            bad = [n for n in st.nodes if n >= n_nodes]
+            if bad:
+                raise SpecError(f"stages.{st.name}.placement", bad[0], f"a node index below nodes={n_nodes}")
     prompts = d.get("prompts") or {}
     weights = prompts.get("weights", [1.0]) if isinstance(prompts, dict) else None
     if not isinstance(weights, list) or not weights or any(
@@ -263,6 +273,26 @@ def parse_pipeline(d: Any) -> PipelineSpec:
     )
     build_graph(spec)  # validates
     return spec
+
+
+def _network_from_hardware(name: Any) -> dict:
+    """Network defaults from a hardware profile: calibrated NVLink and NIC rates, one-way latencies.
+
+    Inside a node: NVLink line rate x its fitted efficiency, latency ``node.nvlink_latency_s``;
+    between nodes: NIC line rate x its efficiency, latency ``network.nic_latency_s`` plus the
+    network path's small-message base latency (LL protocol when calibrated, else Simple).
+    """
+    from simfoe.specs.io import load_hardware
+
+    hw = load_hardware(str(name))
+    c = hw.collectives
+    base = c.network.ll_alpha_s if c.network.ll_alpha_s is not None else c.network.alpha_s
+    return {
+        "intra_node_bandwidth": hw.node.nvlink_bandwidth * c.nvlink.efficiency,
+        "inter_node_bandwidth": hw.network.nic_bandwidth * c.network.efficiency,
+        "intra_node_latency": hw.node.nvlink_latency_s,
+        "inter_node_latency": hw.network.nic_latency_s + base,
+    }
 
 
 def _set_path(d: dict, path: str, value: Any) -> None:
