@@ -57,6 +57,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="collective backend (default gloo on cpu, nccl on cuda)")
     p.add_argument("--collective-sizes", default=None, help="comma list of byte sizes (nccl-tests 'size')")
     p.add_argument("--budget-s", type=float, default=None, help="timed seconds per point (overrides the mode)")
+    p.add_argument("--concurrent", type=int, default=1,
+                   help="CPU only: run the kernel grid in N processes at once (they share DRAM bandwidth and "
+                        "the last-level cache, as N workers of one node do) and keep each point's slowest "
+                        "process; collectives are unaffected (default 1)")
     return p.parse_args(argv)
 
 
@@ -79,6 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: --dtypes={args.dtypes!r}: allowed fp32,bf16,fp16", file=sys.stderr)
         return 2
     gemm_threads = _int_list(args.gemm_threads, "--gemm-threads") if args.gemm_threads else [args.threads]
+    if args.concurrent < 1 or (args.concurrent > 1 and args.device != "cpu"):
+        print(f"error: --concurrent={args.concurrent}: an integer >= 1, and > 1 only with --device cpu", file=sys.stderr)
+        return 2
 
     device = torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu")
     base = QUICK_POLICY if args.quick else FULL_POLICY
@@ -105,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "last_level_cache_bytes": last_level_cache_bytes(device),
         "op_wall_s": {},
         "loadavg_after_op": {},
+        "concurrent_processes": args.concurrent,
     })
 
     cap = 2 * 1024 ** 3 if args.device == "cuda" else 512 * 1024 ** 2
@@ -117,6 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         if op == "collectives":
             coll_rows = _collectives(args, device, policy, env)
+        elif args.concurrent > 1:
+            log(f"[{op}] {args.concurrent} concurrent processes")
+            kernel_rows += _concurrent_kernels(args, op, dtypes, gemm_threads, policy, env)
         elif op == "gemm":
             for thr in (gemm_threads if args.device == "cpu" else [args.threads]):
                 torch.set_num_threads(thr)
@@ -140,6 +151,67 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(json.dumps({"out": args.out, "kernels": len(kernel_rows), "collectives": len(coll_rows),
                       "wall_s": env["total_wall_s"]}))
     return 0
+
+
+_TIMING_COLUMNS = ("median_s", "p10_s", "p90_s", "min_s", "max_s", "cpu_median_s", "cpu_p10_s", "cpu_p90_s",
+                   "repeats", "inner", "warmup", "buffers")
+
+
+def _kernel_worker(rank: int, op: str, args: argparse.Namespace, dtypes: tuple, gemm_threads: list, policy,
+                   cache_bytes: int, barrier, queue) -> None:
+    """One of N processes measuring the same kernel grid at the same time (CPU)."""
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
+    ctx = KernelContext(device=torch.device("cpu"), policy=policy, cache_bytes=cache_bytes,
+                        rotate_mem_cap_bytes=512 * 1024 ** 2)
+    shapes = shape_set("cpu", args.quick)
+    barrier.wait()
+    rows: list[dict] = []
+    if op == "gemm":
+        for thr in gemm_threads:
+            torch.set_num_threads(thr)
+            rows += run_kernels(ctx, op, shapes, dtypes) if rank == 0 else _quiet(ctx, op, shapes, dtypes)
+    else:
+        torch.set_num_threads(args.threads)
+        rows += run_kernels(ctx, op, shapes, dtypes[:1]) if rank == 0 else _quiet(ctx, op, shapes, dtypes[:1])
+    queue.put((rank, rows))
+
+
+def _quiet(ctx, op, shapes, dtypes) -> list[dict]:
+    from validation.bench_kernels import KERNEL_BENCHES
+
+    return list(KERNEL_BENCHES[op](ctx, shapes, dtypes))
+
+
+def _concurrent_kernels(args: argparse.Namespace, op: str, dtypes: tuple, gemm_threads: list, policy, env: dict) -> list[dict]:
+    """Run ``op``'s grid in ``args.concurrent`` processes at once; keep, per point, the slowest row.
+
+    The processes walk the same grid in the same order and start together (a barrier), so each point
+    is timed while the others run comparable kernels: the contended per-worker figure a node of N
+    CPU "GPUs" (one process each) actually gets.
+    """
+    import multiprocessing as mp
+
+    mctx = mp.get_context("spawn")
+    barrier = mctx.Barrier(args.concurrent)
+    queue = mctx.Queue()
+    procs = [mctx.Process(target=_kernel_worker, args=(r, op, args, dtypes, gemm_threads, policy,
+                                                        env["last_level_cache_bytes"], barrier, queue))
+             for r in range(args.concurrent)]
+    for pr in procs:
+        pr.start()
+    results = dict(queue.get() for _ in procs)
+    for pr in procs:
+        pr.join()
+    merged: dict = {}
+    for rank in sorted(results):
+        for row in results[rank]:
+            key = tuple((k, v) for k, v in row.items() if k not in _TIMING_COLUMNS)
+            if key not in merged or row["median_s"] > merged[key]["median_s"]:
+                merged[key] = row
+    return list(merged.values())
 
 
 def _write_env(out: str, env: dict) -> None:
