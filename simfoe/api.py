@@ -10,7 +10,6 @@ Specs are presets (short names) or YAML paths; ``overrides`` are ``--set`` strin
 """
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from typing import Iterable
 
@@ -53,16 +52,7 @@ def forward(model: str, hardware: str, nodes: int = 1, arch: str = "moe", phase:
 
 
 def write_timeline(path: str, events: list) -> None:
-    """Write Chrome trace-event JSON (open in chrome://tracing or ui.perfetto.dev)."""
-    import os
-    import tempfile
-    from pathlib import Path
+    """Write a forward pass's Chrome/Perfetto trace (GPU compute on pid 0, fabric transfers on pid 1)."""
+    from simfoe.timeline import write_timeline as _write
 
-    meta = [{"name": "process_name", "ph": "M", "pid": 0, "args": {"name": "GPU compute"}},
-            {"name": "process_name", "ph": "M", "pid": 1, "args": {"name": "fabric transfers"}}]
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"traceEvents": meta + events, "displayTimeUnit": "ms"}, f)
-    os.replace(tmp, p)
+    _write(path, events, {0: "GPU compute", 1: "fabric transfers"})

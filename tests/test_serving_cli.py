@@ -117,3 +117,33 @@ def test_azure_trace_by_path(shared_data, fake_forward):
     p = shared_data / "traces" / "azure_llm_inference_2023_conv.csv"
     r = api.run_serve("qwen3-30b-a3b", "h100-sxm", 1, "moe", str(p), duration=30)
     assert r["requests"]["total"] > 0 and r["requests"]["completed"] == r["requests"]["total"]
+
+
+def test_serve_timeline_has_one_event_per_iteration(tmp_path):
+    """--timeline writes a Chrome trace: one complete event per engine iteration, replica = thread."""
+    import json
+
+    from simfoe.cli import main
+
+    out = tmp_path / "serve.json"
+    rc = main(["serve", "--model", "olmoe-1b-7b", "--hardware", "h100-sxm", "--nodes", "1", "--arch", "foe",
+               "--trace", "longbench", "--rate", "1", "--duration", "10", "--replicas", "2",
+               "--timeline", str(out), "--json"])
+    assert rc == 0
+    ev = [e for e in json.loads(out.read_text())["traceEvents"] if e["ph"] == "X"]
+    assert ev and {e["tid"] for e in ev} <= {0, 1}
+    assert all(e["dur"] > 0 and e["args"]["prefill_tokens"] + e["args"]["decode_seqs"] > 0 for e in ev)
+
+
+def test_forward_timeline(tmp_path):
+    import json
+
+    from simfoe.cli import main
+
+    out = tmp_path / "fwd.json"
+    assert main(["forward", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--nodes", "2", "--arch", "moe",
+                 "--phase", "decode", "--batch", "8", "--seq-len", "256", "--timeline", str(out), "--json"]) == 0
+    ev = json.loads(out.read_text())["traceEvents"]
+    cats = {e.get("cat") for e in ev if e["ph"] == "X"}
+    assert "compute" in cats and "comm" in cats
+    assert {e["tid"] for e in ev if e.get("cat") == "compute"} == set(range(16))

@@ -38,6 +38,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-bad-rows", action="store_true", help="drop malformed trace rows instead of failing")
     p.add_argument("--out", default=None, help="directory for requests.parquet and summary.json")
+    p.add_argument("--timeline", metavar="FILE.json", default=None,
+                   help="write a Chrome/Perfetto trace: one event per engine iteration and replica")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--progress", dest="progress", action="store_true", default=None,
                    help="show a progress bar (default: when stderr is a terminal and not --json)")
@@ -59,6 +61,7 @@ def run(args) -> dict:
         slo_ttft=args.slo_ttft, slo_tbt=args.slo_tbt, max_batch=args.max_batch, token_budget=args.token_budget,
         progress=progress, out=args.out, router=args.router, scheduler=args.scheduler, arrival=args.arrival,
         block_size=args.block_size, horizon_s=args.horizon, skip_bad_rows=args.skip_bad_rows,
+        timeline=args.timeline,
     )
 
 

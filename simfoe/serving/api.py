@@ -141,10 +141,12 @@ def summarize(eng: Engine, wall_s: float, slo_ttft: float | None = None, slo_tbt
 def simulate(requests, step_model, kv_capacity_tokens: int, *, replicas: int = 1, router: str = "round-robin",
              scheduler: str = "chunked", max_batch: int = 256, token_budget: int = 8192, block_size: int = 16,
              cost: str = "auto", bucket_bits: int | None = None, horizon_s: float | None = None,
-             token_times: bool = False, slo_ttft: float | None = None, slo_tbt: float | None = None, progress: bool = False) -> ServingResult:
+             token_times: bool = False, slo_ttft: float | None = None, slo_tbt: float | None = None, progress: bool = False,
+             timeline: bool = False) -> ServingResult:
     """Serve ``requests`` (a RequestTable, or anything with ``arrival_s, prompt_tokens,
     output_tokens``) on ``replicas`` copies of an instance whose iteration time is ``step_model``
-    and whose KV cache holds ``kv_capacity_tokens`` tokens. See module docstring for metrics."""
+    and whose KV cache holds ``kv_capacity_tokens`` tokens. See module docstring for metrics.
+    ``timeline``: record one Chrome-trace event per engine iteration (replica = thread)."""
     _check_slo("slo_ttft", slo_ttft)
     _check_slo("slo_tbt", slo_tbt)
     arr = np.asarray(requests.arrival_s, dtype=np.float64)
@@ -155,7 +157,7 @@ def simulate(requests, step_model, kv_capacity_tokens: int, *, replicas: int = 1
         rid = np.arange(len(arr))
     cfg = EngineConfig(replicas=replicas, router=router, scheduler=scheduler, max_batch=max_batch,
                        token_budget=token_budget, block_size=block_size, cost=cost,
-                       bucket_bits=bucket_bits, horizon_s=horizon_s, token_times=token_times)
+                       bucket_bits=bucket_bits, horizon_s=horizon_s, token_times=token_times, timeline=timeline)
     eng = Engine(arr, requests.prompt_tokens, requests.output_tokens, rid, step_model, kv_capacity_tokens, cfg,
                  progress=progress)
     t = time.perf_counter()
@@ -191,14 +193,15 @@ def simulate_serving(model, hardware, nodes: int, arch: str, trace, rate: float 
                      scheduler: str = "chunked", arrival: str | None = None, block_size: int = 16,
                      cost: str = "auto", bucket_bits: int | None = None, horizon_s: float | None = None,
                      token_times: bool = False, progress: bool = False, skip_bad_rows: bool = False, step_model=None,
-                     kv_capacity_tokens: int | None = None) -> ServingResult:
+                     kv_capacity_tokens: int | None = None, timeline: str | None = None) -> ServingResult:
     """Simulate serving ``trace`` (path or built-in name) on ``replicas`` instances of ``model`` on
     ``nodes`` nodes of ``hardware`` each, laid out as ``arch`` (moe | foe).
 
     ``rate`` req/s and ``duration`` s shape the workload (simfoe.workloads.make_workload);
     ``routing`` is the expert-routing distribution, ``router`` the replica router. ``step_model``
     and ``kv_capacity_tokens`` replace the forward model (both or neither). ``cost``: how iteration
-    times are cached (memo | interp | auto, see simfoe.serving.step_models.make_cost)."""
+    times are cached (memo | interp | auto, see simfoe.serving.step_models.make_cost). ``timeline``: path of a
+    Chrome/Perfetto trace of every iteration (batch composition, KV use) to write."""
     from simfoe.workloads import make_workload
 
     _check_slo("slo_ttft", slo_ttft)
@@ -215,7 +218,12 @@ def simulate_serving(model, hardware, nodes: int, arch: str, trace, rate: float 
     res = simulate(reqs, step_model, kv_capacity_tokens, replicas=replicas, router=router, scheduler=scheduler,
                    max_batch=max_batch, token_budget=token_budget, block_size=block_size,
                    cost=cost, bucket_bits=bucket_bits, horizon_s=horizon_s, token_times=token_times,
-                   slo_ttft=slo_ttft, slo_tbt=slo_tbt, progress=progress)
+                   slo_ttft=slo_ttft, slo_tbt=slo_tbt, progress=progress, timeline=timeline is not None)
+    if timeline is not None:
+        from simfoe.timeline import write_timeline
+
+        write_timeline(timeline, res.engine.timeline,
+                       {0: f"serving iterations (one row per replica){' - truncated' if res.engine.timeline_truncated else ''}"})
     head = {
         "model": str(getattr(model, "name", model)),
         "hardware": str(getattr(hardware, "name", hardware)),

@@ -23,6 +23,7 @@ from simfoe.serving.metrics import (
 from simfoe.serving.router import make_router
 from simfoe.serving.scheduler import make_scheduler
 from simfoe.serving.step_models import make_cost
+from simfoe.timeline import MAX_EVENTS
 
 
 class Replica:
@@ -73,6 +74,15 @@ class Replica:
                 self.kv_max = used
             self.busy_s += lat
             self.iterations += 1
+            tl = eng.timeline
+            if tl is not None and lat > 0:
+                if len(tl) < MAX_EVENTS:
+                    tl.append({"name": "prefill+decode" if (pf_tok and nd) else ("prefill" if pf_tok else "decode"),
+                               "ph": "X", "pid": 0, "tid": self.index, "ts": env.now * 1e6, "dur": lat * 1e6,
+                               "args": {"prefill_tokens": pf_tok, "decode_seqs": nd, "kv_tokens": kv_tok,
+                                        "kv_used_fraction": round(used, 4), "waiting": len(self.waiting)}})
+                else:
+                    eng.timeline_truncated = True
             yield env.timeout(lat)
             now = env.now
             # ---- advance decodes
@@ -121,6 +131,7 @@ class EngineConfig:
     bucket_bits: int | None = None
     horizon_s: float | None = None  # stop here; unfinished requests are reported dropped
     token_times: bool = False
+    timeline: bool = False  # record one trace event per iteration (bounded by simfoe.timeline.MAX_EVENTS)
     extra: dict = field(default_factory=dict)
 
 
@@ -146,6 +157,8 @@ class Engine:
         self.completed = 0
         self.arrived = 0
         self.pbar = None
+        self.timeline: list | None = [] if cfg.timeline else None
+        self.timeline_truncated = False
         self._progress = progress
         self._last_tick = 0.0
 
