@@ -13,7 +13,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 MODELS = {"olmoe-1b-7b": "1B-class (OLMoE-1B-7B)", "mixtral-8x7b": "7B-class (Mixtral-8x7B scale)"}
 NODES = (1, 2)
-ARCHS = ("moe", "foe")
+#: layouts compared: the two MoE baselines DESIGN.md names, and FoE (label -> (arch, --set overrides))
+LAYOUTS = {
+    "moe-tp": ("moe", ()),  # vLLM expert parallel: TP attention in a node, EP over the instance
+    "moe-dp": ("moe", ("placement.moe.attention=dp",)),  # DeepSeek/SGLang: DP attention + EP
+    "foe": ("foe", ()),
+}
+ARCHS = tuple(LAYOUTS)
+BASELINES = ("moe-tp", "moe-dp")
 BATCHES = (1, 2, 4, 8, 16, 32, 64)
 PAPER = {"forward": 5.2, "ttft": 3.62, "tbt": 1.95}
 
@@ -25,12 +32,15 @@ def forward_sweep(seq_len: int) -> list[dict]:
     for model in MODELS:
         for nodes in NODES:
             for arch in ARCHS:
-                fm, _, _ = build_forward(model, "h100-sxm", nodes, arch)
+                kind, ov = LAYOUTS[arch]
+                fm, _, _ = build_forward(model, "h100-sxm", nodes, kind, overrides=ov)
                 for phase in ("prefill", "decode"):
                     for b in BATCHES:
                         r = fm.run(phase, b, seq_len)
+                        comm = sum(r.breakdown_s[k] for k in ("all_reduce", "dispatch", "combine"))
                         rows.append({"model": model, "nodes": nodes, "arch": arch, "phase": phase, "batch": b,
-                                     "seq_len": seq_len, "latency_s": r.latency_s})
+                                     "seq_len": seq_len, "latency_s": r.latency_s,
+                                     "comm_share": comm / r.latency_s, "breakdown_s": r.breakdown_s})
     return rows
 
 
@@ -41,9 +51,10 @@ def load_sweep(rates: list[float], duration: float) -> list[dict]:
     for model in MODELS:
         for nodes in NODES:
             for arch in ARCHS:
+                kind, ov = LAYOUTS[arch]
                 for rate in rates:
-                    s = simulate_serving(model, "h100-sxm", nodes, arch, "longbench", rate=rate, duration=duration,
-                                         seed=0).summary
+                    s = simulate_serving(model, "h100-sxm", nodes, kind, "longbench", rate=rate, duration=duration,
+                                         overrides=ov, seed=0).summary
                     rows.append({"model": model, "nodes": nodes, "arch": arch, "rate": rate,
                                  "ttft_mean_s": s["ttft_s"]["mean"], "ttft_p50_s": s["ttft_s"]["p50"],
                                  "ttft_p99_s": s["ttft_s"]["p99"], "tbt_mean_s": s["tbt_s"]["mean"],
@@ -54,20 +65,27 @@ def load_sweep(rates: list[float], duration: float) -> list[dict]:
 
 
 def ratios(fwd: list[dict], load: list[dict]) -> list[dict]:
+    """Baseline / FoE ratios (> 1: FoE faster) per model, node count and baseline."""
     out = []
     for model in MODELS:
         for nodes in NODES:
             def pick(rows, arch, **kw):
                 return [r for r in rows if r["model"] == model and r["nodes"] == nodes and r["arch"] == arch
                         and all(r[k] == v for k, v in kw.items())]
-            fr = [m["latency_s"] / f["latency_s"] for m, f in zip(pick(fwd, "moe"), pick(fwd, "foe"))]
-            lm, lf = pick(load, "moe"), pick(load, "foe")
-            tt = [m["ttft_mean_s"] / f["ttft_mean_s"] for m, f in zip(lm, lf) if m["ttft_mean_s"] and f["ttft_mean_s"]]
-            tb = [m["tbt_mean_s"] / f["tbt_mean_s"] for m, f in zip(lm, lf) if m["tbt_mean_s"] and f["tbt_mean_s"]]
-            out.append({"model": model, "nodes": nodes,
-                        "forward_max": max(fr), "forward_min": min(fr),
-                        "ttft_max": max(tt) if tt else None, "ttft_min": min(tt) if tt else None,
-                        "tbt_max": max(tb) if tb else None, "tbt_min": min(tb) if tb else None})
+            for base in BASELINES:
+                row = {"model": model, "nodes": nodes, "baseline": base}
+                for phase in ("prefill", "decode"):
+                    fr = [m["latency_s"] / f["latency_s"] for m, f in zip(pick(fwd, base, phase=phase), pick(fwd, "foe", phase=phase))]
+                    row[f"forward_{phase}_min"], row[f"forward_{phase}_max"] = min(fr), max(fr)
+                lm, lf = pick(load, base), pick(load, "foe")
+                tt = [m["ttft_mean_s"] / f["ttft_mean_s"] for m, f in zip(lm, lf) if m["ttft_mean_s"] and f["ttft_mean_s"]]
+                tb = [m["tbt_mean_s"] / f["tbt_mean_s"] for m, f in zip(lm, lf) if m["tbt_mean_s"] and f["tbt_mean_s"]]
+                row.update({"ttft_max": max(tt) if tt else None, "ttft_min": min(tt) if tt else None,
+                            "tbt_max": max(tb) if tb else None, "tbt_min": min(tb) if tb else None})
+                cs = [r["comm_share"] for r in pick(fwd, base)]
+                row["baseline_comm_share_max"] = max(cs)
+                row["baseline_comm_share_min"] = min(cs)
+                out.append(row)
     return out
 
 
@@ -115,6 +133,48 @@ def plots(fwd, load, rates):
     return files
 
 
+def differences(rat: list[dict], fwd: list[dict]) -> list[str]:
+    """The written comparison with the paper, its figures taken from this run's results."""
+    def over(base, key):
+        vals = [r[key] for r in rat if r["baseline"] == base and r[key] is not None]
+        return (min(vals), max(vals)) if vals else (None, None)
+
+    tp_dec, tp_ttft, tp_tbt = over("moe-tp", "forward_decode_max"), over("moe-tp", "ttft_max"), over("moe-tp", "tbt_max")
+    tp_comm = max(r["baseline_comm_share_max"] for r in rat if r["baseline"] == "moe-tp")
+    dp_pre, dp_ttft = over("moe-dp", "forward_prefill_max"), over("moe-dp", "ttft_max")
+    dp_pre_min = min(r["forward_prefill_min"] for r in rat if r["baseline"] == "moe-dp")
+    b1 = [r for r in fwd if r["arch"] == "moe-dp" and r["phase"] == "prefill" and r["batch"] == 1]
+    return [
+        "## Where simfoe's numbers differ from the paper's, and why",
+        "",
+        f"- **Against the vLLM-style baseline (moe-tp)** FoE's best gains are {tp_dec[1]:.2f}x in forward decode, "
+        f"{tp_ttft[1]:.2f}x in mean TTFT and {tp_tbt[1]:.2f}x in mean TBT. TBT is in the paper's range (1.95x); "
+        "forward latency and TTFT gain less than the paper's 5.2x and 3.62x. Removing a share c of a pass's "
+        "time bounds the speed-up by 1/(1-c), so 5.2x needs communication to be >= 81% of the baseline's latency, "
+        "and FoE adds an all-reduce of its own. In simfoe this baseline's communication share reaches "
+        f"{tp_comm * 100:.0f}% (the paper's motivation figure is >= 68%), i.e. a bound of {1 / (1 - tp_comm):.1f}x, and it "
+        "is far lower on one node, where the calibrated H100 collectives are cheap (NCCL LL latencies of "
+        "~15-30 us, NVLink at 0.78 of 450 GB/s; docs/calibration-collectives.md). A slower dispatch than "
+        "simfoe models (a non-fused all-to-all, token padding to the largest expert load, fp32 activations) "
+        "would raise the ratios; simfoe does not assume one.",
+        f"- **Against the DP-attention baseline (moe-dp)** the ratios go well past the paper (forward prefill up to "
+        f"{dp_pre[1]:.2f}x, mean TTFT up to {dp_ttft[1]:.2f}x), but not for the paper's reason: DP attention gives a lone "
+        "prompt a single GPU for attention and every dense layer, while FoE splits its heads over all GPUs. "
+        f"That is parallelism, not communication ({len(b1)} batch-1 prefill cases). At large prefill batches the "
+        f"same baseline beats FoE (ratio down to {dp_pre_min:.2f}x): FoE's per-layer all-reduce of tokens x hidden "
+        "does not shrink with more GPUs and, across nodes, crosses the NICs.",
+        "- **Mixtral on 2 nodes.** With 8 experts the MoE baselines keep EP inside each node and send nothing over "
+        "the network, so FoE's inter-node all-reduce costs it (prefill ratios < 1). The paper's multi-node models "
+        "must have had EP spanning nodes; OLMoE (64 experts, EP over 16 GPUs) shows that case.",
+        "- **Under load**, TTFT and TBT also include queueing, and chunked prefill mixes prefill and decode in one "
+        "iteration, so FoE's per-layer saving is diluted by compute both layouts share.",
+        "- **What would change the answer:** the paper's model dimensions and its baseline's layout and dispatch "
+        "implementation. simfoe exposes both (`--set placement.moe.*`, model YAML); with them this report can "
+        "be re-run.",
+        "",
+    ]
+
+
 def fmt(x, d=2):
     return "-" if x is None else f"{x:.{d}f}"
 
@@ -125,7 +185,7 @@ def main(argv=None):
     ap.add_argument("--seq-len", type=int, default=8192, help="forward sweep prompt/context length, tokens")
     a = ap.parse_args(argv)
     rates = [0.5, 2.0] if a.quick else [0.25, 0.5, 1.0, 2.0, 4.0]
-    duration = 60.0 if a.quick else 300.0
+    duration = 60.0 if a.quick else 150.0
     t = time.time()
     fwd = forward_sweep(a.seq_len)
     load = load_sweep(rates, duration)
@@ -141,14 +201,27 @@ def main(argv=None):
         "Paper (FoE, arXiv 2605.06206, abstract): up to **5.2x** lower forward latency, **3.62x** lower TTFT, "
         "**1.95x** lower TBT than an MoE of the same size, LongBench, Poisson arrivals.",
         "",
-        "## Ratios MoE / FoE (> 1: FoE faster), min..max over the sweep",
+        "## Ratios baseline / FoE (> 1: FoE faster), min..max over the sweep",
         "",
-        "| model | nodes | forward (paper up to 5.2x) | mean TTFT (3.62x) | mean TBT (1.95x) |",
-        "|---|---|---|---|---|",
+        "Baselines: `moe-tp` = TP attention inside a node + expert parallelism (vLLM's EP default: an attention "
+        "all-reduce (as reduce-scatter + all-gather) and two all-to-alls per layer); `moe-dp` = DP attention + EP "
+        "(DeepSeek/SGLang: two all-to-alls, no all-reduce). The paper's baseline layout is not public.",
+        "",
+        "| model | nodes | baseline | forward prefill | forward decode (paper: up to 5.2x) | mean TTFT (3.62x) | mean TBT (1.95x) | baseline comm share |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rat:
-        lines.append(f"| {MODELS[r['model']]} | {r['nodes']} | {fmt(r['forward_min'])}..{fmt(r['forward_max'])} | "
-                     f"{fmt(r['ttft_min'])}..{fmt(r['ttft_max'])} | {fmt(r['tbt_min'])}..{fmt(r['tbt_max'])} |")
+        lines.append(f"| {MODELS[r['model']]} | {r['nodes']} | {r['baseline']} | "
+                     f"{fmt(r['forward_prefill_min'])}..{fmt(r['forward_prefill_max'])} | "
+                     f"{fmt(r['forward_decode_min'])}..{fmt(r['forward_decode_max'])} | "
+                     f"{fmt(r['ttft_min'])}..{fmt(r['ttft_max'])} | {fmt(r['tbt_min'])}..{fmt(r['tbt_max'])} | "
+                     f"{r['baseline_comm_share_min'] * 100:.0f}..{r['baseline_comm_share_max'] * 100:.0f}% |")
+    best_fwd = max(max(r["forward_prefill_max"], r["forward_decode_max"]) for r in rat)
+    best_ttft = max((r["ttft_max"] or 0) for r in rat)
+    best_tbt = max((r["tbt_max"] or 0) for r in rat)
+    lines += ["", f"Largest simulated FoE gains over all rows: forward {best_fwd:.2f}x (paper 5.2x), "
+              f"TTFT {best_ttft:.2f}x (paper 3.62x), TBT {best_tbt:.2f}x (paper 1.95x).", ""]
+    lines += differences(rat, fwd)
     lines += ["", "## Plots", ""] + [f"![{f}]({f})" for f in files]
     lines += ["", "## Load sweep", "", "| model | nodes | arch | rate | TTFT mean | TTFT p99 | TBT mean | TBT p99 | done |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -160,8 +233,9 @@ def main(argv=None):
         "", "## Assumptions", "",
         "- Models: the simfoe presets `olmoe-1b-7b` (1B active class) and `mixtral-8x7b` (7B class); the paper's exact "
         "dimensions are not public. FoE variants use simfoe's default iso-parameter derivation (C = number of KV heads, "
-        "k_c = ceil(k/C), E_c = k_c E / k, f' = f k / (C k_c)); MoE uses simfoe's default placement (see "
-        "simfoe/specs/placement.py: TP attention + EP over all GPUs of the instance).",
+        "k_c = ceil(k/C), E_c = k_c E / k, f' = f k / (C k_c)). MoE: EP group = the largest divisor of the GPU count "
+        "that divides the expert count (OLMoE: 64 experts over 8 or 16 GPUs; Mixtral: 8 experts, so EP stays "
+        "inside a node and 2 nodes run attention data-parallel across nodes).",
         "- Hardware: simfoe's `h100-sxm` profile (8 GPUs per node, NVLink/NVSwitch, one 400 Gb/s NIC per GPU); "
         "1 node = one instance of 8 GPUs, 2 nodes = one instance spanning 16 GPUs (no data-parallel replicas).",
         f"- Forward sweep: `ForwardModel.run(phase, batch, {a.seq_len})` (prefill: batch prompts of that length; "
