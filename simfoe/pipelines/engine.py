@@ -19,11 +19,17 @@ Cost per item: one SimPy timeout per served unit, no process per item.
 """
 from __future__ import annotations
 
+import gc
+from heapq import heappush
+
 from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 import simpy
+from simpy.core import NORMAL as _NORMAL
+
+_new_event = object.__new__
 
 from simfoe.errors import SpecError
 from simfoe.pipelines.graph import StageGraph, build_graph
@@ -307,12 +313,19 @@ class Simulation:
         self.st[src.stage].units_out += len(cells)
 
     def _after(self, delay: float, fn) -> None:
-        """Call ``fn(event)`` ``delay`` seconds from now (a bare SimPy event; cheaper than Timeout)."""
-        ev = simpy.Event(self.env)
+        """Call ``fn(event)`` ``delay`` seconds from now.
+
+        The hottest call of a run (one per served unit): a bare, already-triggered SimPy event pushed on
+        the environment's queue directly, which is what ``Environment.schedule`` does (NORMAL priority),
+        without the ``Event.__init__`` / ``schedule`` call overhead.
+        """
+        env = self.env
+        ev = _new_event(simpy.Event)
+        ev.env = env
+        ev.callbacks = [fn]
         ev._ok = True
         ev._value = None
-        ev.callbacks.append(fn)
-        self.env.schedule(ev, delay=delay)
+        heappush(env._queue, (env._now + delay, _NORMAL, next(env._eid), ev))
 
     def _enqueue(self, inst: Instance, work):
         self.st[inst.stage].items_in += 1
@@ -423,7 +436,15 @@ class Simulation:
         w = np.asarray(self.spec.prompt_weights, dtype=float)
         ptypes = self.rng_pt.choice(len(w), size=len(arrivals), p=w / w.sum())
         self.env.process(self._arrivals(np.asarray(arrivals, dtype=float), ptypes))
-        self.env.run()
+        # Allocation-heavy loop whose garbage is freed by reference counting (no cycles per event):
+        # pause the cyclic collector while it runs, so it does not rescan live objects (~10% faster).
+        gc_was_on = gc.isenabled()
+        gc.disable()
+        try:
+            self.env.run()
+        finally:
+            if gc_was_on:
+                gc.enable()
         self._check()
         lat = sorted(self.latencies)
         return RunResult(

@@ -8,6 +8,8 @@ numpy columns (:class:`simfoe.serving.metrics.RequestStore`). Deterministic: no 
 """
 from __future__ import annotations
 
+import gc
+
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -192,9 +194,15 @@ class Engine:
         self.env.process(self.arrivals())
         for r in self.replicas:
             self.env.process(r.loop())
+        # Allocation-heavy loop whose garbage is freed by reference counting: pause the cyclic
+        # collector while it runs so it does not rescan live objects (same results, less time).
+        gc_was_on = gc.isenabled()
+        gc.disable()
         try:
             self.env.run(until=self.cfg.horizon_s)
         finally:
+            if gc_was_on:
+                gc.enable()
             if self.pbar is not None:
                 self.pbar.close()
         st = self.store
