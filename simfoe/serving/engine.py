@@ -177,6 +177,9 @@ class Engine:
             dt = arr[i] - env.now
             if dt > 0:
                 yield env.timeout(dt)
+                # now + (arr - now) can round one ulp below arr: the request arrives when the
+                # simulation gets to it, so later times (scheduled, first token) never precede it
+                arr[i] = env.now
             k = router.pick(reps, i)
             st.replica[i] = k
             st.status[i] = STATUS_WAITING
