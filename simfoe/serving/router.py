@@ -2,16 +2,12 @@
 from __future__ import annotations
 
 from simfoe.errors import SpecError
+from simfoe.registry import registrar
 
 ROUTERS: dict[str, type] = {}
 
 
-def register_router(name: str):
-    def deco(cls):
-        ROUTERS[name] = cls
-        cls.name = name
-        return cls
-    return deco
+register_router = registrar(ROUTERS)
 
 
 @register_router("round-robin")

@@ -18,17 +18,13 @@ from __future__ import annotations
 import numpy as np
 
 from simfoe.errors import SpecError
+from simfoe.registry import registrar
 from simfoe.serving.metrics import STATUS_DROPPED, STATUS_RUNNING, STATUS_WAITING
 
 SCHEDULERS: dict[str, type] = {}
 
 
-def register_scheduler(name: str):
-    def deco(cls):
-        SCHEDULERS[name] = cls
-        cls.name = name
-        return cls
-    return deco
+register_scheduler = registrar(SCHEDULERS)
 
 
 @register_scheduler("chunked")

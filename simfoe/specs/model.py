@@ -117,27 +117,27 @@ class ModelSpec(Spec):
     def dense_ffn_params(self) -> int:
         return self.ffn_mats * self.hidden * self.ffn
 
-    def total_params(self) -> int:
-        """All parameters (embeddings and LM head untied)."""
-        per_attn = self.attn_params()
-        moe_layer = (self.moe.n_experts * self.expert_params() + self.shared_params() + self.hidden * self.moe.n_experts) if self.moe else 0
+    def _params(self, experts_per_token: int | None) -> int:
+        """Parameters of the whole model, counting ``experts_per_token`` routed experts per MoE layer
+        (None: all of them); embeddings and LM head untied."""
+        moe_layer = 0
+        if self.moe:
+            e = self.moe.n_experts if experts_per_token is None else experts_per_token
+            moe_layer = e * self.expert_params() + self.shared_params() + self.hidden * self.moe.n_experts
         return (
-            self.n_layers * per_attn
+            self.n_layers * self.attn_params()
             + self.n_dense_layers * self.dense_ffn_params()
             + self.n_moe_layers * moe_layer
             + 2 * self.vocab * self.hidden
         )
 
+    def total_params(self) -> int:
+        """All parameters (embeddings and LM head untied)."""
+        return self._params(None)
+
     def active_params(self) -> int:
-        """Parameters touched per token."""
-        per_attn = self.attn_params()
-        moe_layer = (self.moe.top_k * self.expert_params() + self.shared_params() + self.hidden * self.moe.n_experts) if self.moe else 0
-        return (
-            self.n_layers * per_attn
-            + self.n_dense_layers * self.dense_ffn_params()
-            + self.n_moe_layers * moe_layer
-            + 2 * self.vocab * self.hidden
-        )
+        """Parameters touched per token (top-k routed experts)."""
+        return self._params(self.moe.top_k if self.moe else None)
 
     def kv_bytes_per_token(self) -> float:
         """KV-cache bytes per token summed over layers (MLA: compressed latent + rope key)."""
