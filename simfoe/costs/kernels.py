@@ -120,6 +120,8 @@ def gemm_time_array(peak: float, bw: float, params: Sequence[float], m, n, k, el
     import numpy as np
 
     eff_max, m_pad, n_pad, k_pad, mem_eff, floor_b, launch, p = params
+    m = np.asarray(m, dtype=float)
+    m_pad = np.where(m == 1, 0.0, m_pad)  # m = 1: matrix-vector kernel, no row tile (see gemm)
     t_c = 2.0 * (m + m_pad) * (n + n_pad) * (k + k_pad) / (peak * eff_max)
     nbytes = elem_bytes * (m * k + k * n + m * n)
     t_m = (nbytes + floor_b) / (bw * mem_eff)
@@ -136,7 +138,9 @@ def gemm(hw, m: int, n: int, k: int, dtype: str = "bf16") -> KernelCost:
     """(m x k) @ (k x n) in ``dtype``: 2mnk FLOP; reads A and B, writes C once (bytes).
 
     Compute time uses the padded-dimension efficiency of ``hw.kernels['gemm']``; memory time the
-    fitted streaming efficiency with a size floor. Uncalibrated: roofline + launch.
+    fitted streaming efficiency with a size floor. One token (m = 1) is a matrix-vector product: BLAS
+    libraries (MKL, cuBLAS) dispatch it to a GEMV kernel that streams the weights without a row
+    tile, so the m padding does not apply there. Uncalibrated: roofline + launch.
     """
     m = _pos("m", m, allow_zero=True)
     n = _pos("n", n)
@@ -147,6 +151,8 @@ def gemm(hw, m: int, n: int, k: int, dtype: str = "bf16") -> KernelCost:
     eff_max, m_pad, n_pad, k_pad, mem_eff, floor_b, launch, p = gemm_params(hw)
     flops = 2.0 * m * n * k
     nbytes = eb * (m * k + k * n + m * n)
+    if m == 1:
+        m_pad = 0.0  # matrix-vector kernel (see docstring)
     t_c = 2.0 * (m + m_pad) * (n + n_pad) * (k + k_pad) / (hw.peak(dtype) * eff_max)
     t_m = (nbytes + floor_b) / (hw.gpu.hbm_bandwidth * mem_eff)
     return _cost(t_c, t_m, p, launch, flops, nbytes)
