@@ -42,7 +42,7 @@ from typing import Any
 import yaml
 
 from simfoe.errors import SpecError
-from simfoe.specs.distributions import DistSpec, parse_dist
+from simfoe.specs.distributions import DistSpec, as_number, parse_dist
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
@@ -130,13 +130,7 @@ def _int(field_: str, v: Any, minimum: int) -> int:
 
 
 def _float(field_: str, v: Any, minimum: float = 0.0, maximum: float | None = None, strict: bool = False) -> float:
-    if isinstance(v, str):  # PyYAML reads 300.0e9 (no exponent sign) as a string
-        try:
-            v = float(v)
-        except ValueError:
-            pass
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise SpecError(field_, v, "a number")
+    v = as_number(field_, v)
     if v < minimum or (strict and v == minimum) or (maximum is not None and v > maximum):
         rng = f"{'>' if strict else '>='} {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
         raise SpecError(field_, v, f"a number {rng}")

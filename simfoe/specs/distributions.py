@@ -47,15 +47,21 @@ class DistSpec:
         return d
 
 
-def _num(field: str, value: Any) -> float:
-    if isinstance(value, str):  # PyYAML reads 1.0e3 (no exponent sign) as a string
+def as_number(field: str, value: Any) -> float:
+    """A spec number: int or float, or a string PyYAML left unparsed (it reads 1.0e3, with no exponent
+    sign, as a string); bools and other types are a SpecError naming ``field``."""
+    if isinstance(value, str):
         try:
             value = float(value)
         except ValueError:
             pass
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SpecError(field, value, "a number")
-    v = float(value)
+    return float(value)
+
+
+def _num(field: str, value: Any) -> float:
+    v = as_number(field, value)
     if not math.isfinite(v):
         raise SpecError(field, value, "a finite number")
     return v
