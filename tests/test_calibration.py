@@ -38,7 +38,9 @@ def test_committed_profile_matches_refit(fitted):
     for fam, params in profile["kernels"].items():
         for k, v in params.items():
             assert math.isclose(hw.kernels[fam][k], v, rel_tol=1e-3), (fam, k)
-    assert report["kernels"]["gemm (fp32, 1 thread)"]["mape_pct"] < 20  # committed fit: 13.0%
+    assert {dt: t.model_dump() for dt, t in hw.gemm_tables.items()} == profile["gemm_tables"]
+    assert report["kernels"]["gemm table (fp32, 1 thread)"]["mape_pct"] < 2  # the table reproduces its rows (0.48%)
+    assert report["held_out"]["grouped_ffn (loop_swiglu)"]["mape_pct"] < 10  # never fitted: 7.35%
 
 
 def test_every_number_has_provenance():
@@ -46,7 +48,7 @@ def test_every_number_has_provenance():
 
     data = yaml.safe_load((REPO_ROOT / "hwprofiles" / f"{PROFILE}.yaml").read_text())
     prov = data["provenance"]
-    for sec in ("gpu", "node", "network", "collectives", "kernels"):
+    for sec in ("gpu", "node", "network", "collectives", "kernels", "gemm_tables"):
         for leaf in _leaves(data[sec], sec + "."):
             parts = leaf.split(".")
             assert any(".".join(parts[:i]) in prov for i in range(1, len(parts) + 1)), leaf

@@ -26,6 +26,13 @@ Fitted parameters live in ``hw.kernels`` (see docs/calibration-kernels.md), one 
 ``attention_decode``
     ``mem_eff``, ``mem_floor_bytes``, ``launch_s``, ``eff_max`` (for the small FLOP term).
 
+``hw.gemm_tables[dtype]`` (CPU profiles)
+    measured efficiency of single GEMM calls over m and two (n, k) slices (simfoe.specs.hardware.GemmTable);
+    when present for a dtype it prices that dtype's GEMMs (:func:`table_efficiency`), and a grouped
+    GEMM is the sum of its experts' single GEMMs (a loop of calls: eager torch on a CPU has no grouped
+    kernel). A BLAS that switches kernels with m (MKL fp32 on Intel Xeon runs m = 128 at a third of
+    the m = 256 rate) has no smooth padded form; the table reproduces its measured grid.
+
 Uncalibrated hardware (``hw.kernels`` empty, or a family missing): pure roofline, every efficiency
 1, no floor, plain max, plus ``hw.gpu.launch_overhead_s``. Such numbers are lower bounds, not
 predictions.
@@ -132,13 +139,43 @@ def gemm_time_array(peak: float, bw: float, params: Sequence[float], m, n, k, el
     return hi * (1.0 + (lo / hi) ** p) ** (1.0 / p) + launch
 
 
+def _interp_log(x: float, xs, ys) -> float:
+    """ys interpolated linearly in log(x) over increasing ``xs``; clamped outside [xs[0], xs[-1]]."""
+    if x <= xs[0]:
+        return float(ys[0])
+    if x >= xs[-1]:
+        return float(ys[-1])
+    j = 1
+    while xs[j] < x:
+        j += 1
+    f = math.log(x / xs[j - 1]) / math.log(xs[j] / xs[j - 1])
+    return float(ys[j - 1] + f * (ys[j] - ys[j - 1]))
+
+
+def table_efficiency(tab, m: float, n: float, k: float) -> float:
+    """Efficiency (FLOP/s / peak) of an (m x k) @ (k x n) call from a GemmTable.
+
+    e(m, n, k) = e_n(m, n) * e_k(m, k) / e(m, n0, k0): each slice is interpolated in log m, then in
+    log n (log k); the k-slice enters as a ratio to its (n0, k0) point.
+    """
+    en = [_interp_log(m, tab.m, row) for row in tab.eff_n]
+    ek = [_interp_log(m, tab.m, row) for row in tab.eff_k]
+    return _interp_log(n, tab.n, en) * _interp_log(k, tab.k, ek) / ek[tab.k.index(tab.k0)]
+
+
+def _table(hw, dtype: str):
+    tabs = hw.gemm_tables
+    return tabs.get(dtype) if tabs else None
+
+
 # ----------------------------------------------------------------------------- kernels
 
 def gemm(hw, m: int, n: int, k: int, dtype: str = "bf16") -> KernelCost:
     """(m x k) @ (k x n) in ``dtype``: 2mnk FLOP; reads A and B, writes C once (bytes).
 
     Compute time uses the padded-dimension efficiency of ``hw.kernels['gemm']``; memory time the
-    fitted streaming efficiency with a size floor. One token (m = 1) is a matrix-vector product: BLAS
+    fitted streaming efficiency with a size floor. A dtype with a measured table
+    (``hw.gemm_tables``) is priced from it instead: flops / (peak * table efficiency). One token (m = 1) is a matrix-vector product: BLAS
     libraries (MKL, cuBLAS) dispatch it to a GEMV kernel that streams the weights without a row
     tile, so the m padding does not apply there. Uncalibrated: roofline + launch.
     """
@@ -148,9 +185,14 @@ def gemm(hw, m: int, n: int, k: int, dtype: str = "bf16") -> KernelCost:
     if m == 0:
         return KernelCost(0.0, 0.0, 0.0, "launch")
     eb = dtype_bytes(dtype)
-    eff_max, m_pad, n_pad, k_pad, mem_eff, floor_b, launch, p = gemm_params(hw)
     flops = 2.0 * m * n * k
     nbytes = eb * (m * k + k * n + m * n)
+    tab = _table(hw, dtype)
+    if tab is not None:
+        peak = hw.peak(dtype)
+        bound = "compute" if flops / peak >= nbytes / hw.gpu.hbm_bandwidth else "memory"
+        return KernelCost(flops / (peak * table_efficiency(tab, m, n, k)), flops, nbytes, bound)
+    eff_max, m_pad, n_pad, k_pad, mem_eff, floor_b, launch, p = gemm_params(hw)
     if m == 1:
         m_pad = 0.0  # matrix-vector kernel (see docstring)
     t_c = 2.0 * (m + m_pad) * (n + n_pad) * (k + k_pad) / (hw.peak(dtype) * eff_max)
@@ -164,7 +206,8 @@ def grouped_gemm(hw, tokens_per_expert, n: int, k: int, dtype: str = "bf16") -> 
     Experts with t_e = 0 cost nothing (their weights are not read); each active expert's weights
     (k x n) are read once. Compute time sums the per-expert padded GEMM times (a grouped kernel
     pads every expert's rows to tiles), which reduces in closed form to
-    2 (sum t_e + m_pad * active) (n + n_pad)(k + k_pad) / (peak * eff_max). One launch.
+    2 (sum t_e + m_pad * active) (n + n_pad)(k + k_pad) / (peak * eff_max). One launch. With a
+    measured table for ``dtype`` (CPU profiles), the sum of the active experts' single GEMMs.
     """
     import numpy as np
 
@@ -178,9 +221,15 @@ def grouped_gemm(hw, tokens_per_expert, n: int, k: int, dtype: str = "bf16") -> 
     if active == 0:
         return KernelCost(0.0, 0.0, 0.0, "launch")
     eb = dtype_bytes(dtype)
-    eff_max, m_pad, n_pad, k_pad, mem_eff, floor_b, launch, p = gemm_params(hw)
     flops = 2.0 * total * n * k
     nbytes = eb * (active * k * n + total * (k + n))
+    if _table(hw, dtype) is not None:
+        # a loop of single GEMM calls, one per active expert
+        sizes, reps = np.unique(t[t > 0], return_counts=True)
+        costs = [gemm(hw, float(te), n, k, dtype) for te in sizes]
+        lat = float(sum(r * c.latency_s for r, c in zip(reps, costs)))
+        return KernelCost(lat, flops, nbytes, costs[-1].bound)
+    eff_max, m_pad, n_pad, k_pad, mem_eff, floor_b, launch, p = gemm_params(hw)
     t_c = 2.0 * (total + m_pad * active) * (n + n_pad) * (k + k_pad) / (hw.peak(dtype) * eff_max)
     t_m = (nbytes + floor_b) / (hw.gpu.hbm_bandwidth * mem_eff)
     return _cost(t_c, t_m, p, launch, flops, nbytes)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
 from simfoe.specs.base import Spec
 
@@ -68,6 +68,39 @@ class CollectiveCalibration(Spec):
     nvls: PathCalibration | None = None
 
 
+class GemmTable(Spec):
+    """Measured GEMM efficiency (achieved FLOP/s / ``gpu.peak_flops[dtype]``) of single calls, for
+    libraries whose efficiency is not a smooth function of the shape (MKL switches kernels with m).
+
+    Two slices through the measured grid, each over the rows ``m``: ``eff_n[i][j]`` at n = ``n[i]``,
+    k = ``k0``, m = ``m[j]``; ``eff_k[i][j]`` at n = ``n0``, k = ``k[i]``. simfoe.costs.kernels
+    interpolates them linearly in log m, log n and log k (clamped at the ends) and combines the
+    n and k slices multiplicatively around (n0, k0).
+    """
+
+    m: list[PositiveInt] = Field(min_length=1, description="rows measured, increasing")
+    n0: PositiveInt
+    k0: PositiveInt
+    n: list[PositiveInt] = Field(min_length=1, description="columns measured at k = k0, increasing, holds n0")
+    k: list[PositiveInt] = Field(min_length=1, description="inner dims measured at n = n0, increasing, holds k0")
+    eff_n: list[list[PositiveFloat]]
+    eff_k: list[list[PositiveFloat]]
+
+    @model_validator(mode="after")
+    def _shapes(self) -> "GemmTable":
+        for axis in ("m", "n", "k"):
+            v = getattr(self, axis)
+            if any(b <= a for a, b in zip(v, v[1:])):
+                raise ValueError(f"{axis} must be strictly increasing")
+        if self.n0 not in self.n or self.k0 not in self.k:
+            raise ValueError("n must hold n0 and k must hold k0")
+        for name, axis in (("eff_n", self.n), ("eff_k", self.k)):
+            grid = getattr(self, name)
+            if len(grid) != len(axis) or any(len(r) != len(self.m) for r in grid):
+                raise ValueError(f"{name} must be len({name[-1]}) rows of len(m) efficiencies")
+        return self
+
+
 class HardwareSpec(Spec):
     """A hardware profile: GPU + node + network + fitted kernel and collective efficiencies."""
 
@@ -78,6 +111,10 @@ class HardwareSpec(Spec):
     network: NetworkSpec
     kernels: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="fitted kernel-efficiency parameters by kernel family"
+    )
+    gemm_tables: dict[str, GemmTable] = Field(
+        default_factory=dict, description="measured GEMM efficiency tables by dtype (CPU profiles); "
+        "a dtype listed here is priced from its table instead of kernels.gemm"
     )
     collectives: CollectiveCalibration
     provenance: dict[str, str] = Field(default_factory=dict)
