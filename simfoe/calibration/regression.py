@@ -7,7 +7,8 @@ Sources (each judged against its tolerance in validation/tolerances.yaml):
   predicted with the profile the tolerances file assigns to the set;
 * ``vidur:<gpu>:gemm`` and ``vidur:<dataset>:all_reduce`` (sizes >= 1 MB): Vidur's H100/A100 operator
   and NCCL data, read in place from ``<shared>/vidur`` when present (simfoe.paths.shared_data_dir);
-* ``testbed``: the stored testbed measurements (reports/calibration/testbed.json) against the current
+* ``testbed:<profile>``: the stored testbed measurements (reports/calibration/testbed-<profile>.json, one per
+  machine kind, each naming its profile; tolerance ``testbed:<profile>`` or else ``testbed``) against the current
   forward-model predictions, judged by the MoE/FoE speedup error.
 
 A source fails when its MAPE (%) exceeds its ``mape`` tolerance (or ``speedup_error`` for the testbed).
@@ -24,7 +25,12 @@ from simfoe.paths import REPO_ROOT
 
 TOLERANCES = REPO_ROOT / "validation" / "tolerances.yaml"
 DATA_DIR = REPO_ROOT / "validation" / "data"
-TESTBED_RESULT = REPO_ROOT / "reports" / "calibration" / "testbed.json"
+TESTBED_DIR = REPO_ROOT / "reports" / "calibration"
+
+
+def testbed_result_path(hardware: str, folder: Path = TESTBED_DIR) -> Path:
+    """Where the stored testbed run measured on ``hardware``'s machine kind lives."""
+    return folder / f"testbed-{hardware}.json"
 VIDUR_GPU = {"h100-sxm": ("h100", "h100_dgx"), "a100-sxm": ("a100", "a100_dgx")}
 
 
@@ -90,8 +96,14 @@ def vidur_rows(vidur: Path, hardware: str) -> list[dict]:
     return out
 
 
-def testbed_source(path: Path = TESTBED_RESULT) -> tuple[list[dict], dict] | None:
-    """Stored testbed measurements vs current predictions: (rows, comparison) or None if absent."""
+def testbed_results(folder: Path = TESTBED_DIR) -> list[Path]:
+    """Stored testbed runs: reports/calibration/testbed-<profile>.json, one per machine kind."""
+    return sorted(folder.glob("testbed-*.json")) if folder.is_dir() else []
+
+
+def testbed_source(path: Path) -> tuple[list[dict], dict] | None:
+    """Stored testbed measurements vs current predictions on the profile they name: (rows, comparison)
+    or None if absent. Rows carry the source ``testbed:<profile>``."""
     import json
 
     from simfoe.calibration import testbed
@@ -103,7 +115,8 @@ def testbed_source(path: Path = TESTBED_RESULT) -> tuple[list[dict], dict] | Non
                            "cpu_median_s": c["measured_s"], "wall_median_s": c["measured_wall_s"],
                            "wall_min_s": c["measured_wall_min_s"]} for c in stored["cases"]], "env": stored.get("env", {})}
     cmp = testbed.run(testbed.DEFAULT_MODEL, stored.get("hardware", testbed.DEFAULT_HARDWARE), measured=measured)
-    rows = [{"source": "testbed", "op": f"{c['arch']}:{c['phase']}:{c['batch']}", "predicted_s": c["predicted_s"],
+    src = f"testbed:{cmp['hardware']}"
+    rows = [{"source": src, "op": f"{c['arch']}:{c['phase']}:{c['batch']}", "predicted_s": c["predicted_s"],
              "measured_s": c["measured_s"]} for c in cmp["cases"]]
     return rows, cmp
 
@@ -157,19 +170,22 @@ def validate(vidur: str | Path | None = None, hardware: list[str] | None = None,
     else:
         skipped["vidur"] = "../shared/data/vidur absent"
     if include_testbed:
-        tb = testbed_source()
-        if tb is None:
-            skipped["testbed"] = f"{TESTBED_RESULT} absent"
-        else:
+        stored = testbed_results()
+        if not stored:
+            skipped["testbed"] = f"no {TESTBED_DIR}/testbed-*.json"
+        for path in stored:
+            tb = testbed_source(path)
             rows += tb[0]
-            extra["testbed"] = {"speedup_error": tb[1]["speedup_error"], "speedup_error_max": tb[1]["speedup_error_max"]}
+            extra[tb[0][0]["source"]] = {"speedup_error": tb[1]["speedup_error"],
+                                         "speedup_error_max": tb[1]["speedup_error_max"]}
     if not rows:
         raise SpecError("validate", None, "at least one source (validation/data sets or Vidur data)")
     by: dict[str, dict] = {}
     for src in sorted({r["source"] for r in rows}):
         s = _summ([r for r in rows if r["source"] == src])
         s.update(extra.get(src, {}))
-        t = (tol.get("sources") or {}).get(src)
+        srcs = tol.get("sources") or {}
+        t = srcs.get(src, srcs.get(src.split(":")[0]) if src.startswith("testbed:") else None)
         if t is None:
             s["tolerance"], s["ok"] = None, True
         else:

@@ -2,7 +2,7 @@
 
 Writes README.md (error tables per source and op, testbed results), parity_<source>.png (predicted vs
 measured, log-log); `simfoe validate --cases-out FILE.csv` gives the rows. ``--testbed`` re-runs the testbed first (else the stored
-reports/calibration/testbed.json is used).
+reports/calibration/testbed-<profile>.json runs are used, one per machine kind, predicted with today's model).
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def generate(out: Path = OUT, rerun_testbed: bool = False) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     if rerun_testbed:
         tb = testbed.run()
-        (out / "testbed.json").write_text(json.dumps(tb, indent=1))
+        regression.testbed_result_path(tb["hardware"], out).write_text(json.dumps(tb, indent=1))
     r = regression.validate()
     rows = r.pop("rows")
     lines = ["# Calibration report", "", "Regenerate: `python -m simfoe.calibration.report` (add `--testbed` to re-measure "
@@ -65,17 +65,19 @@ def generate(out: Path = OUT, rerun_testbed: bool = False) -> Path:
         lines.append(f"| {s} | {op} | {len(g)} | {g.ape.mean():.2f} | {g.ape.max():.2f} |")
     lines += ["", "## CPU profile fit residuals (rows each part was fitted to; held-out = never fitted)", "",
               "| part | rows | MAPE % | max APE % |", "|---|---|---|---|"]
-    _, _, rep = fit_profile(REPO_ROOT / "validation" / "data" / "cpu-amd-epyc-zen4-2026-11-23", "cpu-amd-epyc-zen4")
-    for part in ("kernels", "held_out"):
-        for k, v in rep[part].items():
-            lines.append(f"| {part}: {k} | {v['rows']} | {v['mape_pct']} | {v['max_ape_pct']} |")
-    for k, v in rep["collectives"]["residuals"].items():
-        lines.append(f"| collectives: {k} | {v['rows']} | {v['mape_pct']} | {v['max_ape_pct']} |")
-    tbp = out / "testbed.json"
-    if tbp.is_file():
-        tb = json.loads(tbp.read_text())
-        env = tb.get("env", {})
-        lines += ["", "## Testbed (real MoE / FoE forward passes, 2 gloo processes, fp32)", "",
+    for set_name, spec in sorted((regression.load_tolerances().get("measurement_sets") or {}).items()):
+        _, _, rep = fit_profile(regression.DATA_DIR / set_name, spec["hardware"])
+        for part in ("kernels", "held_out"):
+            for k, v in rep[part].items():
+                lines.append(f"| {set_name} {part}: {k} | {v['rows']} | {v['mape_pct']} | {v['max_ape_pct']} |")
+        for k, v in rep["collectives"]["residuals"].items():
+            lines.append(f"| {set_name} collectives: {k} | {v['rows']} | {v['mape_pct']} | {v['max_ape_pct']} |")
+    for tbp in regression.testbed_results(out):
+        # stored measurements, predictions of today's model and profile
+        stored = json.loads(tbp.read_text())
+        tb = {**stored, **regression.testbed_source(tbp)[1]}
+        env = stored.get("env", {})
+        lines += ["", f"## Testbed on {tb['hardware']} (real MoE / FoE forward passes, 2 gloo processes, fp32)", "",
                   f"Model validation/models/testbed-moe.yaml on {tb['hardware']}; measured = {tb['measure']}; "
                   f"load average {env.get('loadavg_start')} -> {env.get('loadavg_end')}; {env.get('date_utc')}.", "",
                   "| arch | phase | batch | seq_len | measured (ms) | wall median (ms) | predicted (ms) | APE % |", "|---|---|---|---|---|---|---|---|"]

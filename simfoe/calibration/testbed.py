@@ -112,10 +112,27 @@ def compare(measured: dict, predicted: list[float]) -> dict:
             "speedup_error_max": max(errs) if errs else None, "speedups": speed}
 
 
-def run(model: str = DEFAULT_MODEL, hardware: str = DEFAULT_HARDWARE, quick: bool = False, repeats: int | None = None,
+def resolve_hardware(hardware: str) -> tuple[str, bool]:
+    """(profile, matched): ``auto`` picks the profile calibrated on this host's CPU kind
+    (simfoe.calibration.host); with none, DEFAULT_HARDWARE and matched False."""
+    if hardware != "auto":
+        return hardware, True
+    from simfoe.calibration.host import matching_profiles
+
+    found = matching_profiles()
+    return (found[0], True) if found else (DEFAULT_HARDWARE, False)
+
+
+def run(model: str = DEFAULT_MODEL, hardware: str = "auto", quick: bool = False, repeats: int | None = None,
         warmup: int = 2, seed: int = 0, measured: dict | None = None) -> dict:
-    """Measure (unless ``measured`` is given) and predict; returns the comparison plus env/config."""
+    """Measure (unless ``measured`` is given) and predict; returns the comparison plus env/config.
+
+    ``hardware``: a profile name or YAML, or ``auto`` (the profile calibrated on this CPU kind; without
+    one, DEFAULT_HARDWARE, and the result says ``hardware_matched: false``: per-case errors then mix
+    two machines, the speedup error stays meaningful)."""
     from simfoe.specs.io import load_hardware, load_model
+
+    hardware, matched = resolve_hardware(hardware)
 
     m = load_model(_resolve(model))
     hw = load_hardware(hardware if not hardware.endswith(".yaml") else _resolve(hardware))
@@ -125,6 +142,6 @@ def run(model: str = DEFAULT_MODEL, hardware: str = DEFAULT_HARDWARE, quick: boo
         measured = run_testbed(cfg)
     pred = predict_cases(m, hw, [[c["arch"], c["phase"], c["batch"], c["seq_len"]] for c in measured["cases"]], seed)
     out = compare(measured, pred)
-    out.update({"model": m.name, "hardware": hw.name, "measure": "max over ranks of process CPU time per forward, "
+    out.update({"model": m.name, "hardware": hw.name, "hardware_matched": matched, "measure": "max over ranks of process CPU time per forward, "
                 "median over repeats", "env": measured.get("env", {}), "barrier_s": measured.get("barrier_s")})
     return out

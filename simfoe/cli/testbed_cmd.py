@@ -1,6 +1,6 @@
 """`simfoe testbed`: real MoE and FoE forward passes on this machine (torch, gloo) vs simfoe's prediction.
 
-  simfoe testbed [--model validation/models/testbed-moe.yaml] [--hardware cpu-amd-epyc-zen4] [--quick]
+  simfoe testbed [--model validation/models/testbed-moe.yaml] [--hardware auto|PROFILE] [--quick]
                  [--repeats N] [--out FILE.json] [--json]
 
 -> {"cases": [{"arch", "phase", "batch", "measured_s", "predicted_s", ...}], "mape", "speedup_error", ...}
@@ -14,7 +14,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("testbed", help="run a real small MoE and FoE model across processes and compare with simfoe",
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="validation/models/testbed-moe.yaml", help="testbed ModelSpec YAML (fp32 GQA MoE)")
-    p.add_argument("--hardware", default="cpu-amd-epyc-zen4", help="calibrated profile of this machine")
+    p.add_argument("--hardware", default="auto",
+                   help="calibrated profile of this machine; auto (default): the profile whose measurement set was "
+                        "taken on this CPU kind (vendor, family, model), else cpu-amd-epyc-zen4 with a warning")
     p.add_argument("--quick", action="store_true", help="two shapes (prefill B=2, decode B=16), fewer repeats (CI)")
     p.add_argument("--repeats", type=int, default=None, help="timed forward passes per case (default 9, quick 5)")
     p.add_argument("--out", default=None, help="also write the result JSON here")
@@ -35,6 +37,11 @@ def run(args) -> dict:
     except ImportError:
         raise SpecError("torch", None, "PyTorch installed (pip install -e .[validation])") from None
     res = testbed.run(args.model, args.hardware, quick=args.quick, repeats=args.repeats)
+    if not res["hardware_matched"]:
+        import sys
+
+        print(f"warning: no calibrated profile matches this CPU; predicting with {res['hardware']} "
+              "(calibrate this machine: simfoe calibrate --device cpu --out validation/data/NAME/)", file=sys.stderr)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(res, f, indent=1)
