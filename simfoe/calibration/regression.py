@@ -8,7 +8,7 @@ Sources (each judged against its tolerance in validation/tolerances.yaml):
 * ``vidur:<gpu>:gemm`` and ``vidur:<dataset>:all_reduce`` (sizes >= 1 MB): Vidur's H100/A100 operator
   and NCCL data, read in place from ``<shared>/vidur`` when present (simfoe.paths.shared_data_dir);
 * ``testbed:<profile>``: the stored testbed measurements (reports/calibration/testbed-<profile>.json, one per
-  machine kind, each naming its profile; tolerance ``testbed:<profile>`` or else ``testbed``) against the current
+  machine kind, each naming its profile; tolerance ``testbed:<profile>``) against the current
   forward-model predictions, judged by the MoE/FoE speedup error.
 
 A source fails when its MAPE (%) exceeds its ``mape`` tolerance (or ``speedup_error`` for the testbed).
@@ -184,8 +184,7 @@ def validate(vidur: str | Path | None = None, hardware: list[str] | None = None,
     for src in sorted({r["source"] for r in rows}):
         s = _summ([r for r in rows if r["source"] == src])
         s.update(extra.get(src, {}))
-        srcs = tol.get("sources") or {}
-        t = srcs.get(src, srcs.get(src.split(":")[0]) if src.startswith("testbed:") else None)
+        t = (tol.get("sources") or {}).get(src)
         if t is None:
             s["tolerance"], s["ok"] = None, True
         else:

@@ -228,18 +228,13 @@ def run_fit(hardware: str, vidur_dir: Path, write: bool) -> dict:
         headline = error_table(hw, "all_reduce", ar)
     else:
         one, multi = ar_all[ar_all["nodes"] == 1], ar_all[ar_all["nodes"] > 1]
-        a, e, ll = _fit_two_stage(hw, "nvlink", [("all_reduce", one)])
-        hw = _with(hw, "nvlink", a, e, ll)
-        prov["collectives.nvlink.alpha_s"] = (
-            f"fit to {src}/all_reduce.csv, 2/4/8 GPUs in one node (ring), sizes >= 1 MB (`simfoe fit collectives`)")
-        prov["collectives.nvlink.efficiency"] = (
-            f"fit to {src}/all_reduce.csv, 2/4/8 GPUs in one node (ring), sizes >= 1 MB (`simfoe fit collectives`)")
-        a, e, ll = _fit_two_stage(hw, "network", [("all_reduce", multi)])
-        hw = _with(hw, "network", a, e, ll)
-        prov["collectives.network.alpha_s"] = (
-            f"fit to {src}/all_reduce.csv, 2-16 GPUs on 2 nodes (auto), sizes >= 1 MB (`simfoe fit collectives`)")
-        prov["collectives.network.efficiency"] = (
-            f"fit to {src}/all_reduce.csv, 2-16 GPUs on 2 nodes (auto), sizes >= 1 MB (`simfoe fit collectives`)")
+        for path, rows, groups in (("nvlink", one, "2/4/8 GPUs in one node (ring)"),
+                                   ("network", multi, "2-16 GPUs on 2 nodes (auto)")):
+            a, e, ll = _fit_two_stage(hw, path, [("all_reduce", rows)])
+            hw = _with(hw, path, a, e, ll)
+            for key in ("alpha_s", "efficiency"):
+                prov[f"collectives.{path}.{key}"] = (
+                    f"fit to {src}/all_reduce.csv, {groups}, sizes >= 1 MB (`simfoe fit collectives`)")
         errors = {**error_table(hw, "all_reduce", ar), **error_table(hw, "send_recv", sr)}
         headline = error_table(hw, "all_reduce", ar)
     for path, hop in HOP_S.items():
