@@ -19,7 +19,8 @@ Both: embedding lookup, final layer_norm and LM head GEMM on the last token of e
 vocabulary split over ranks). Decode: one new token per sequence attends to a KV cache of
 ``seq_len`` tokens (a separate cache per layer, so it is read from DRAM as in a real model).
 
-Timing: per repeat, ``barrier; t0; forward; barrier; t1`` on every rank; a repeat's time is the
+Timing: per repeat, ``barrier; t0; forward; barrier; t1`` on every rank, the MoE and FoE passes of
+one shape interleaved repeat by repeat (so a shared host's drift moves both alike); a repeat's time is the
 slowest rank's ``t1 - t0`` (wall) and, separately, the largest process CPU time of a rank over the
 forward (``time.process_time``: excludes time descheduled on a shared host). Median over repeats
 after untimed warm-up passes. The load average is recorded before and after.
@@ -196,35 +197,47 @@ def _worker(rank: int, world: int, port: int, cfg: dict, out_path: str) -> None:
         t0 = time.perf_counter()
         dist.barrier()
         bar.append(time.perf_counter() - t0)
+    # Cases of one shape (phase, batch, seq_len) are interleaved repeat by repeat (MoE, FoE, FoE, MoE, ...):
+    # a shared host's speed drifts over seconds, and drift then moves both architectures alike instead
+    # of biasing their ratio.
+    shapes: dict = {}
     for arch, phase, batch, seq in cfg["cases"]:
-        b = _local_batch(arch, batch, rank, world)
-        s = seq if phase == "prefill" else 1
-        tokens = torch.randint(0, m["vocab"], (max(b, 1) * s,), generator=gen)
-        kv = None
-        if phase == "decode":
-            hk = m["n_kv_heads"] // (f["clusters"] if arch == "foe" else 1)
-            kv = [(torch.randn(b, hk, seq, m["head_dim"], generator=gen), torch.randn(b, hk, seq, m["head_dim"], generator=gen))
-                  for _ in range(m["n_layers"])]
-        fwd = forward_foe if arch == "foe" else forward_moe
-        walls, cpus = [], []
+        shapes.setdefault((phase, batch, seq), []).append(arch)
+    samples: dict = {}
+    for (phase, batch, seq), archs in shapes.items():
+        inputs = {}
+        for arch in archs:
+            b = _local_batch(arch, batch, rank, world)
+            s = seq if phase == "prefill" else 1
+            tokens = torch.randint(0, m["vocab"], (max(b, 1) * s,), generator=gen)
+            kv = None
+            if phase == "decode":
+                hk = m["n_kv_heads"] // (f["clusters"] if arch == "foe" else 1)
+                kv = [(torch.randn(b, hk, seq, m["head_dim"], generator=gen),
+                       torch.randn(b, hk, seq, m["head_dim"], generator=gen)) for _ in range(m["n_layers"])]
+            inputs[arch] = (forward_foe if arch == "foe" else forward_moe, tokens, b, s, kv)
         for i in range(cfg["warmup"] + cfg["repeats"]):
-            dist.barrier()
-            t0, c0 = time.perf_counter(), time.process_time()
-            with torch.inference_mode():
-                fwd(W, cfg, tokens, b, s, phase, kv, rank, world)
-            c1 = time.process_time()
-            dist.barrier()
-            t1 = time.perf_counter()
-            if i >= cfg["warmup"]:
-                walls.append(t1 - t0)
-                cpus.append(c1 - c0)
-        t = torch.tensor([walls, cpus], dtype=torch.float64)
+            for arch in (archs if i % 2 == 0 else archs[::-1]):
+                fwd, tokens, b, s, kv = inputs[arch]
+                dist.barrier()
+                t0, c0 = time.perf_counter(), time.process_time()
+                with torch.inference_mode():
+                    fwd(W, cfg, tokens, b, s, phase, kv, rank, world)
+                c1 = time.process_time()
+                dist.barrier()
+                t1 = time.perf_counter()
+                if i >= cfg["warmup"]:
+                    samples.setdefault((arch, phase, batch, seq), []).append((t1 - t0, c1 - c0))
+        del inputs
+    for arch, phase, batch, seq in cfg["cases"]:
+        t = torch.tensor(samples[(arch, phase, batch, seq)], dtype=torch.float64).T.contiguous()
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         w, c = t[0].tolist(), t[1].tolist()
         qs = statistics.quantiles(w, n=10) if len(w) > 1 else [w[0]] * 9
         results.append({"arch": arch, "phase": phase, "batch": batch, "seq_len": seq,
                         "wall_median_s": statistics.median(w), "wall_p10_s": qs[0], "wall_p90_s": qs[-1],
-                        "wall_min_s": min(w), "cpu_median_s": statistics.median(c), "repeats": len(w)})
+                        "wall_min_s": min(w), "cpu_median_s": statistics.median(c), "repeats": len(w),
+                        "cpu_samples_s": c})
     if rank == 0:
         with open(out_path, "w") as fh:
             json.dump({"cases": results, "barrier_s": statistics.median(bar)}, fh)
@@ -252,7 +265,7 @@ def run(cfg: dict) -> dict:
                   "torch": torch.__version__, "world_size": world, "threads_per_rank": 1, "backend": "gloo",
                   "dtype": "fp32", "cpus": os.cpu_count(), "loadavg_start": list(load0),
                   "loadavg_end": list(os.getloadavg()), "wall_s": round(time.time() - t0, 2),
-                  "warmup": cfg["warmup"], "repeats": cfg["repeats"]}
+                  "warmup": cfg["warmup"], "repeats": cfg["repeats"], "interleaved": True}
     return res
 
 

@@ -137,7 +137,7 @@ def run(model: str = DEFAULT_MODEL, hardware: str = "auto", quick: bool = False,
     m = load_model(_resolve(model))
     hw = load_hardware(hardware if not hardware.endswith(".yaml") else _resolve(hardware))
     shapes = QUICK_SHAPES if quick else DEFAULT_SHAPES
-    cfg = build_config(m, hw, shapes, repeats or (5 if quick else 9), warmup, seed)
+    cfg = build_config(m, hw, shapes, repeats or 9, warmup, seed)
     if measured is None:
         measured = run_testbed(cfg)
     pred = predict_cases(m, hw, [[c["arch"], c["phase"], c["batch"], c["seq_len"]] for c in measured["cases"]], seed)
