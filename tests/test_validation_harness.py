@@ -37,12 +37,18 @@ def _rows(path: Path) -> tuple[list[str], list[dict]]:
 
 
 def test_quick_kernels_format(tmp_path: Path) -> None:
-    summary = _harness(tmp_path, "--ops", "gemm,grouped_ffn,attention,memcopy", "--dtypes", "fp32", "--budget-s", "0.005")
+    summary = _harness(tmp_path, "--ops", "gemm,grouped_ffn,attention,memcopy,routing_glue", "--dtypes", "fp32",
+                       "--budget-s", "0.005")
     cols, rows = _rows(tmp_path / "kernels.csv")
     assert cols == list(KERNEL_COLUMNS)
     assert summary["kernels"] == len(rows) > 0
-    assert {r["op"] for r in rows} == {"gemm", "grouped_ffn", "attention", "memcopy"}
-    for r in rows:
+    assert {r["op"] for r in rows} == {"gemm", "grouped_ffn", "attention", "memcopy", "routing_glue"}
+    glue = [r for r in rows if r["op"] == "routing_glue"]
+    assert {(r["experts"], r["ranks"]) for r in glue} == {("4", "0"), ("4", "2")}
+    for r in glue:  # dispatch time only: no FLOPs or bytes counted; active experts within the local ones
+        assert int(r["flops"]) == int(r["bytes"]) == 0 and float(r["cpu_median_s"]) > 0
+        assert 1 <= int(r["experts_active"]) <= int(r["experts"])
+    for r in (r for r in rows if r["op"] != "routing_glue"):
         med, p10, p90 = float(r["median_s"]), float(r["p10_s"]), float(r["p90_s"])
         assert 0 < p10 <= med <= p90
         assert int(r["repeats"]) >= 3 and int(r["bytes"]) > 0

@@ -29,7 +29,7 @@ KERNEL_COLUMNS: tuple[str, ...] = (
     "op", "variant", "device", "dtype", "threads",
     "batch", "m", "n", "k",
     "heads", "kv_heads", "head_dim", "seq_len", "context_len", "causal",
-    "experts", "routing", "tokens_total", "tokens_max", "experts_active", "tokens_per_expert",
+    "experts", "ranks", "routing", "tokens_total", "tokens_max", "experts_active", "tokens_per_expert",
     "size_bytes", "flops", "bytes",
     "median_s", "p10_s", "p90_s", "min_s", "max_s", "cpu_median_s", "cpu_p10_s", "cpu_p90_s",
     "repeats", "inner", "warmup", "buffers",
@@ -67,6 +67,7 @@ class ShapeSet:
     prefill: tuple[tuple[int, int, int, int, int], ...]  # (batch, heads, kv_heads, head_dim, seq_len)
     decode: tuple[tuple[int, int, int, int, int], ...]   # (batch, heads, kv_heads, head_dim, context_len)
     copy_bytes: tuple[int, ...]
+    glue: tuple[tuple[int, int, int], ...] = ()        # (local experts, destination ranks (0 = local), tokens)
 
 
 def _grid(ms: Sequence[int], nks: Sequence[tuple[int, int]]) -> tuple[tuple[int, int, int], ...]:
@@ -84,6 +85,7 @@ CPU_FULL = ShapeSet(
     decode=tuple((b, h, kv, d, c) for (h, kv, d) in ((8, 8, 64), (16, 4, 64), (8, 1, 128))
                  for b in (1, 8) for c in (512, 4096)),
     copy_bytes=tuple(x * _KIB for x in (16, 256)) + tuple(x * _MIB for x in (1, 4, 16, 64, 256)),
+    glue=tuple((e, r, t) for e in (1, 2, 4, 8, 16) for r in (0, 1, 2, 4) for t in (4, 256)),
 )
 
 CPU_QUICK = ShapeSet(
@@ -93,6 +95,7 @@ CPU_QUICK = ShapeSet(
     prefill=((1, 4, 2, 64, 128),),
     decode=((2, 4, 2, 64, 256),),
     copy_bytes=(256 * _KIB, 4 * _MIB),
+    glue=((4, 0, 4), (4, 2, 16)),
 )
 
 CUDA_FULL = ShapeSet(
@@ -358,11 +361,64 @@ def bench_memcopy(ctx: KernelContext, shapes: ShapeSet, dtypes: Sequence[str]) -
             del bufs
 
 
+# ----------------------------------------------------------------------------------------------
+# Routing glue of an eager MoE layer
+
+GLUE_HIDDEN, GLUE_FFN = 64, 32
+"""Hidden and expert width of the glue benchmark: small, so that what is timed is per-op dispatch."""
+
+
+def bench_routing_glue(ctx: KernelContext, shapes: ShapeSet, dtypes: Sequence[str]) -> Iterator[dict]:
+    """The small ops of an eager MoE layer around its GEMMs (validation/eager_moe.py, the testbed's code):
+    top-k and softmax of given router logits; with ``ranks`` > 0 the partition of tokens by destination
+    rank, the split-size bookkeeping and the final scatter-add back to tokens (the collectives themselves
+    are not run: the sent rows are processed locally); then the loop over ``experts`` local experts
+    (row selection, gather, SiLU*mul, gate, index_add) with the GEMMs replaced by a zero-filled output of
+    their shape. ``ranks`` = 0 is the FoE form (local experts only, top-1). Hidden 64, width 32: the time is
+    framework dispatch, not data. FLOPs and bytes 0; ``experts_active`` = local experts that got rows.
+    CPU only (on a GPU these are kernel launches, not measured here)."""
+    if ctx.device.type != "cpu":
+        return
+    from validation import eager_moe
+
+    del dtypes  # fp32: the dispatch cost does not depend on the element type
+    gen = _gen(ctx.device, 3)
+    H, f = GLUE_HIDDEN, GLUE_FFN
+    for (E, R, T) in shapes.glue:
+        k = 1 if R == 0 else min(2, E * R)
+        logits = _rand((T, E * max(R, 1)), torch.float32, ctx.device, gen)
+        x = _rand((T, H), torch.float32, ctx.device, gen)
+        wgu = [_rand((H, 2 * f), torch.float32, ctx.device, gen) for _ in range(E)]
+        wd = [_rand((f, H), torch.float32, ctx.device, gen) for _ in range(E)]
+        gi0, gates0 = eager_moe.route(logits, k)
+        # rows sent to rank r carry r's local expert ids; processing every sent row here keeps the op count
+        ids0 = gi0 if R == 0 else eager_moe.partition(x, gi0, gates0, R, E)[0][:, H:H + k].long()
+        active = int((torch.bincount(ids0[ids0 >= 0], minlength=E) > 0).sum())
+
+        def fn(i: int, E=E, R=R, T=T, k=k, logits=logits, x=x, wgu=wgu, wd=wd) -> object:
+            gi, gates = eager_moe.route(logits, k)
+            if R == 0:
+                return eager_moe.experts(x, gi, gates, wgu, wd, mm=eager_moe.gemm_stand_in)
+            send, counts, tok_index = eager_moe.partition(x, gi, gates, R, E)
+            cin = torch.tensor(counts, dtype=torch.int64)
+            recv = torch.empty(int(cin.sum()), send.shape[1])
+            recv.copy_(send)
+            ids = recv[:, H:H + k].long()
+            y = eager_moe.experts(recv[:, :H].contiguous(), ids, recv[:, H + k:], wgu, wd, mm=eager_moe.gemm_stand_in)
+            back = torch.empty(send.shape[0], H)
+            back.copy_(y)
+            return eager_moe.unpermute(T, back, tok_index)
+
+        yield _row(ctx, "routing_glue", "eager", "fp32", _threads_cell(ctx), fn, 1, 0, 0, k=H, n=f,
+                   experts=E, ranks=R, tokens_total=T, experts_active=active)
+
+
 KERNEL_BENCHES: dict[str, Callable[[KernelContext, ShapeSet, Sequence[str]], Iterator[dict]]] = {
     "gemm": bench_gemm,
     "grouped_ffn": bench_grouped_ffn,
     "attention": bench_attention,
     "memcopy": bench_memcopy,
+    "routing_glue": bench_routing_glue,
 }
 
 
@@ -384,5 +440,5 @@ def run_kernels(ctx: KernelContext, op: str, shapes: ShapeSet, dtypes: Sequence[
 
 def _shape_label(row: dict) -> str:
     keys = ("m", "n", "k", "batch", "heads", "kv_heads", "head_dim", "seq_len", "context_len",
-            "experts", "routing", "tokens_total", "size_bytes")
+            "experts", "ranks", "routing", "tokens_total", "size_bytes")
     return " ".join(f"{k}={row[k]}" for k in keys if row.get(k) is not None)

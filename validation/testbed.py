@@ -42,6 +42,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from validation import eager_moe
+
 DTYPE = torch.float32
 
 
@@ -100,22 +102,6 @@ def _attention(x, w, ln, b, s, hq, hk, d, phase, kv_cache):
     return o
 
 
-def _experts(xs, ids, gates, wgu, wd):
-    """Loop over local experts: rows of ``xs`` whose ``ids`` column equals e go through expert e."""
-    out = torch.zeros_like(xs)
-    for e in range(len(wgu)):
-        sel = (ids == e).nonzero()
-        if sel.numel() == 0:
-            continue
-        rows, slot = sel[:, 0], sel[:, 1]
-        hmid = xs.index_select(0, rows) @ wgu[e]
-        n = hmid.shape[1] // 2
-        act = F.silu(hmid[:, :n]) * hmid[:, n:]
-        y = (act @ wd[e]) * gates[rows, slot].unsqueeze(1)
-        out.index_add_(0, rows, y)
-    return out
-
-
 def forward_moe(W: Weights, cfg, tokens, b, s, phase, kv, rank, world):
     m = cfg["model"]
     h, H, KV, d, E, topk = m["hidden"], m["n_heads"], m["n_kv_heads"], m["head_dim"], m["n_experts"], m["top_k"]
@@ -125,30 +111,19 @@ def forward_moe(W: Weights, cfg, tokens, b, s, phase, kv, rank, world):
         x = x + _attention(x, lw, lw["ln1"], b, s, H, KV, d, phase, kv[li] if kv else None)
         xn = F.layer_norm(x, (h,), lw["ln2"])
         logits = xn @ lw["wr"]
-        gv, gi = torch.topk(logits, topk, dim=1)
-        gates = torch.softmax(gv, dim=1)
-        dest = gi // epg  # rank of each choice
+        gi, gates = eager_moe.route(logits, topk)
         T = x.shape[0]
-        # payload: hidden | local expert id per choice (-1 if elsewhere) | gate per choice
-        send_rows, counts = [], []
-        for r in range(world):
-            mask = dest == r
-            tok = mask.any(dim=1).nonzero().squeeze(1)
-            lid = torch.where(mask[tok], gi[tok] - r * epg, torch.full_like(gi[tok], -1)).to(DTYPE)
-            send_rows.append((tok, torch.cat([x.index_select(0, tok), lid, gates[tok]], dim=1)))
-            counts.append(tok.numel())
-        send = torch.cat([p for _, p in send_rows])
+        send, counts, tok_index = eager_moe.partition(x, gi, gates, world, epg)
         cin = torch.tensor(counts, dtype=torch.int64)
         cout = torch.empty_like(cin)
         dist.all_to_all_single(cout, cin)
         recv = torch.empty(int(cout.sum()), send.shape[1], dtype=DTYPE)
         dist.all_to_all_single(recv, send, cout.tolist(), counts)
         ids = recv[:, h:h + topk].long()
-        y = _experts(recv[:, :h].contiguous(), ids, recv[:, h + topk:], lw["wgu"], lw["wd"])
+        y = eager_moe.experts(recv[:, :h].contiguous(), ids, recv[:, h + topk:], lw["wgu"], lw["wd"])
         back = torch.empty(send.shape[0], h, dtype=DTYPE)
         dist.all_to_all_single(back, y, counts, cout.tolist())
-        moe_out = torch.zeros(T, h, dtype=DTYPE)
-        moe_out.index_add_(0, torch.cat([t for t, _ in send_rows]), back)
+        moe_out = eager_moe.unpermute(T, back, tok_index)
         x = x + moe_out
     last = x.view(b, s, h)[:, -1]
     return F.layer_norm(last, (h,), W.moe[0]["ln1"]) @ W.lm
@@ -165,9 +140,8 @@ def forward_foe(W: Weights, cfg, tokens, b, s, phase, kv, rank, world):
         x = x + o
         xn = F.layer_norm(x, (h,), lw["ln2"])
         logits = xn @ lw["wr"]
-        gv, gi = torch.topk(logits, kc, dim=1)
-        gates = torch.softmax(gv, dim=1)
-        x = x + _experts(x, gi, gates, lw["wgu"], lw["wd"])
+        gi, gates = eager_moe.route(logits, kc)
+        x = x + eager_moe.experts(x, gi, gates, lw["wgu"], lw["wd"])
     last = x.view(b, s, h)[:, -1]
     return F.layer_norm(last, (h,), W.foe[0]["ln1"]) @ W.lm_shard
 
