@@ -42,6 +42,17 @@ def test_collective_20pct_error_fails(monkeypatch, capsys):
     assert code == 1, r["by_source"]
 
 
+def test_routing_glue_20pct_error_fails(monkeypatch, capsys):
+    import simfoe.costs.kernels as K
+
+    orig = K.routing_glue
+    monkeypatch.setattr(K, "routing_glue", lambda *a, **k: 1.2 * orig(*a, **k))
+    code = main(["validate", "--json", "--no-testbed"])
+    r = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert "cpu-intel-xeon-amx-2026-11-23:routing_glue" in r["failed"]
+
+
 def test_validate_bad_input(capsys):
     assert main(["validate", "--set", "model.hidden=3", "--json"]) == 2
     assert main(["validate", "--vidur", "/nonexistent", "--json"]) == 2

@@ -96,7 +96,32 @@ def predict_kernel_row(hw, r) -> float | None:
         return (K.grouped_gemm(hw, loads, 2 * n, k, dt).latency_s
                 + K.elementwise(hw, 3.0 * loads.sum() * n * eb, kind="act").latency_s
                 + K.grouped_gemm(hw, loads, k, n, dt).latency_s)
+    if r.op == "routing_glue":
+        return K.routing_glue(hw, *glue_features(r))
     return None
+
+
+def glue_features(r) -> tuple[int, int, int, float, float]:
+    """(active experts, idle experts, ranks, rows, tokens) of a ``routing_glue`` row; the benchmark routes
+    top-1 when ranks = 0, else top-min(2, experts x ranks) (validation/README.md)."""
+    E, R, T, active = int(r.experts), int(r.ranks), int(r.tokens_total), int(r.experts_active)
+    k = 1 if R == 0 else min(2, E * R)
+    return active, E - active, R, float(T * k), float(T)
+
+
+def _fit_glue(g) -> dict:
+    """Non-negative least squares of the routing_glue rows, relative residuals (each row weighted 1/t)."""
+    from scipy.optimize import nnls
+
+    from simfoe.costs.kernels import GLUE_PARAMS
+
+    X, y = [], g.t_s.to_numpy(float)
+    for r in g.itertuples(index=False):
+        a, b, R, rows, T = glue_features(r)
+        X.append([a, b, R, 1.0 if R > 0 else 0.0, rows, T * R])
+    X = np.asarray(X, float)
+    coef, _ = nnls(X / y[:, None], np.ones_like(y))
+    return {nm: _round(float(v)) for nm, v in zip(GLUE_PARAMS, coef)}
 
 
 def predict_collective_row(hw, r) -> float:
@@ -152,19 +177,22 @@ def _dram_plateau(copies, llc: float):
     """Copies on the DRAM plateau when none exceeds 4 x the reported last-level cache.
 
     A VM may report the host's whole shared L3 (480 MiB on the Intel Xeon runners), far more than one
-    tenant's share. Copies of 16 MiB and up whose bandwidths all lie within 10% of each other stream
+    tenant's share. Copies of 16 MiB and up whose bandwidths lie within 10% of their median stream
     from DRAM (a cache-resident copy is 2-4x faster than DRAM on both CPU kinds measured); returns
     those rows and the provenance sentence, or an empty frame when there is no such plateau.
     """
     big = copies[copies.size_bytes >= PLATEAU_MIN_BYTES]
-    if len(big) < 2:
-        return big.iloc[0:0], ""
     rate = big.bytes / big.t_s
-    if float(rate.max() / rate.min() - 1) > PLATEAU_SPREAD:
+    # the plateau: copies within 10% of the group's median rate (one disturbed sample does not void it)
+    on = big[(rate / rate.median() - 1).abs() <= PLATEAU_SPREAD] if len(big) else big
+    if len(on) < 2:
         return big.iloc[0:0], ""
-    return big, (f"highest copy bandwidth (2 x size / cpu_median_s) of copies >= {PLATEAU_MIN_BYTES >> 20} MiB, "
-                 f"whose bandwidths agree within {rate.max() / rate.min() - 1:.1%} (a DRAM plateau; the reported "
-                 f"LLC of {int(llc)} B is the host's, shared, so no copy exceeds 4 x LLC)")
+    r_on = on.bytes / on.t_s
+    dropped = len(big) - len(on)
+    return on, (f"highest copy bandwidth (2 x size / cpu_median_s) of copies >= {PLATEAU_MIN_BYTES >> 20} MiB on "
+                f"a DRAM plateau ({len(on)} copies within {r_on.max() / r_on.min() - 1:.1%} of each other"
+                + (f"; {dropped} copy more than {PLATEAU_SPREAD:.0%} off the group's median rate left out" if dropped else "")
+                + f"; the reported LLC of {int(llc)} B is the host's, shared, so no copy exceeds 4 x LLC)")
 
 
 def _gpu_section(k, env, name) -> tuple[dict, dict]:
@@ -344,6 +372,9 @@ def fit_profile(set_dir: str | Path, name: str | None = None) -> tuple[dict, dic
         kern["attention_decode"].update(_fit_family(hw, kern, "attention_decode", {
             "mem_eff": (0.5, 0.01, 1.0, False), "mem_floor_bytes": (1e4, 1.0, 1e9, True),
             "launch_s": (2e-5, 1e-8, 1e-2, True)}, dec, dec.t_s.to_numpy(float)))
+    glue = k[(k.op == "routing_glue") & (k.threads == 1)] if "ranks" in k.columns else k.iloc[:0]
+    if not glue.empty:
+        kern["routing_glue"] = _fit_glue(glue)
     base["kernels"] = kern
     base["gpu"]["launch_overhead_s"] = kern["elementwise"]["launch_s"]
     hw_param = HardwareSpec.model_validate(base)
@@ -364,6 +395,8 @@ def fit_profile(set_dir: str | Path, name: str | None = None) -> tuple[dict, dic
         report["kernels"][f"attention_prefill ({ATTENTION_VARIANT})"] = resid_of(pre)
     if not dec.empty:
         report["kernels"][f"attention_decode ({ATTENTION_VARIANT})"] = resid_of(dec)
+    if not glue.empty:
+        report["kernels"]["routing_glue (eager)"] = resid_of(glue)
     for dt in sorted(set(k[(k.op == "gemm") & (k.threads == 1)].dtype) - {"fp32"}):
         report["held_out"][f"gemm ({dt}, 1 thread), parametric kernels.gemm"] = resid_of(
             k[(k.op == "gemm") & (k.threads == 1) & (k.dtype == dt)], hw_param)
@@ -400,6 +433,8 @@ def fit_profile(set_dir: str | Path, name: str | None = None) -> tuple[dict, dic
                                "were not measured and use this pooled fit",
         "kernels.attention_prefill": f"{fitted}: prefill:{ATTENTION_VARIANT} rows (causal SDPA, fp32), cpu_median_s",
         "kernels.attention_decode": f"{fitted}: decode:{ATTENTION_VARIANT} rows, cpu_median_s; eff_max from attention_prefill",
+        "kernels.routing_glue": f"{fitted}: routing_glue (eager) rows, cpu_median_s, non-negative least squares on "
+                                "relative residuals (absent when the set has no such rows)",
         "description": f"{src}",
         "name": "profile name",
     })

@@ -29,7 +29,8 @@ DEFAULT_HARDWARE = "cpu-amd-epyc-zen4"
 #: with 512 tokens of context. Chosen before any comparison, inside the measured GEMM/SDPA ranges.
 DEFAULT_SHAPES = (("prefill", 2, 128), ("prefill", 4, 128), ("decode", 4, 512), ("decode", 16, 512))
 QUICK_SHAPES = (("prefill", 2, 128), ("decode", 16, 512))
-PLACEMENT = {"moe": ["placement.moe.attention=dp"], "foe": []}
+#: the testbed's MoE exchanges split sizes before every dispatch (all_to_all_single with splits)
+PLACEMENT = {"moe": ["placement.moe.attention=dp", "placement.moe.split_exchange=true"], "foe": []}
 
 
 def _resolve(path: str) -> str:

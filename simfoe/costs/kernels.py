@@ -26,6 +26,11 @@ Fitted parameters live in ``hw.kernels`` (see docs/calibration-kernels.md), one 
 ``attention_decode``
     ``mem_eff``, ``mem_floor_bytes``, ``launch_s``, ``eff_max`` (for the small FLOP term).
 
+``routing_glue`` (CPU profiles; absent elsewhere, then 0)
+    the small framework ops of an eager MoE layer beside its GEMMs (validation/eager_moe.py):
+    ``per_active_expert_s``, ``per_idle_expert_s``, ``per_rank_s``, ``dispatch_s``, ``per_row_s``,
+    ``per_token_rank_s`` (:func:`routing_glue`).
+
 ``hw.gemm_tables[dtype]`` (CPU profiles)
     measured efficiency of single GEMM calls over m and two (n, k) slices (simfoe.specs.hardware.GemmTable);
     when present for a dtype it prices that dtype's GEMMs (:func:`table_efficiency`), and a grouped
@@ -321,6 +326,28 @@ def elementwise(hw, nbytes: float, flops: float = 0.0, kind: str | None = None) 
     fp32 = hw.gpu.peak_flops.get("fp32")
     t_c = fl / fp32 if (fp32 and fl) else 0.0
     return _cost(t_c, t_m, math.inf, _launch(hw, f), fl, nb)
+
+
+GLUE_PARAMS = ("per_active_expert_s", "per_idle_expert_s", "per_rank_s", "dispatch_s", "per_row_s", "per_token_rank_s")
+
+
+def routing_glue(hw, active_experts: float, idle_experts: float, ranks: int, rows: float, tokens: float) -> float:
+    """Seconds of eager-framework routing ops on one device for one MoE layer (0 without a fitted
+    ``kernels.routing_glue``, e.g. GPU profiles, whose fused routing kernels are not priced here).
+
+    ``active_experts`` / ``idle_experts``: local experts with / without rows (each active one costs a
+    row selection, gather, activation, gate and scatter-add; an idle one only its selection);
+    ``ranks``: destination ranks of the dispatch (0 when experts are local and nothing is dispatched);
+    ``rows``: token-expert pairs processed locally; ``tokens``: tokens this device routes. Linear:
+    ``a*active + b*idle + r*ranks + d*[ranks > 0] + w*rows + u*tokens*ranks``, fitted to the
+    ``routing_glue`` microbenchmark (simfoe.calibration.fit_profile).
+    """
+    f = _family(hw, "routing_glue")
+    if not f:
+        return 0.0
+    a, b, r, d, w, u = (float(f.get(k, 0.0)) for k in GLUE_PARAMS)
+    return (a * active_experts + b * idle_experts + r * ranks + (d if ranks > 0 else 0.0) + w * rows
+            + u * tokens * ranks)
 
 
 OPS = ("gemm", "grouped_gemm", "attention_prefill", "attention_decode", "elementwise")

@@ -185,6 +185,15 @@ def _experts_seconds(c: _Costs, model: ModelSpec, loads: np.ndarray, width: int)
     return (c.grouped(loads, up, h) + c.ew(3 * loads.sum() * width * b, "act") + c.grouped(loads, h, width))
 
 
+def _glue_seconds(c: _Costs, loads: np.ndarray, ranks: int, tokens: float) -> float:
+    """Eager routing ops of one MoE layer on one GPU (simfoe.costs.kernels.routing_glue; 0 unless the
+    profile fitted them): ``loads`` = rows per local expert, ``ranks`` = dispatch destinations (0: local)."""
+    if not c.hw.kernels.get("routing_glue"):
+        return 0.0
+    active = int(np.count_nonzero(np.rint(loads) > 0))
+    return K.routing_glue(c.hw, active, len(loads) - active, ranks, float(loads.sum()), float(tokens))
+
+
 def _a2a(traffic_bytes: np.ndarray, algorithm: str, tag: str = "all_to_all"):
     def fn(net, gi, group):
         yield from coll.all_to_all(net, group, traffic_bytes[gi], algorithm, tag)
@@ -251,7 +260,13 @@ def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work, probs: np.n
         local += s.local
         acts += s.activations
         for j, gpu in enumerate(grp):
-            expert_time[gpu] = _experts_seconds(c, model, s.expert_load[j * epg:(j + 1) * epg], moe.expert_ffn)
+            loads = s.expert_load[j * epg:(j + 1) * epg]
+            expert_time[gpu] = (_experts_seconds(c, model, loads, moe.expert_ffn)
+                                + _glue_seconds(c, loads, L.ep if L.ep > 1 else 0, tok_gpu[gpu]))
+    if L.split_exchange and L.ep > 1:
+        # one int64 row count per peer, before the variable-size dispatch
+        counts = np.full((L.ep, L.ep), 8.0) - 8.0 * np.eye(L.ep)
+        steps.append(Collective("dispatch", ep_groups, _a2a([counts] * len(ep_groups), L.all_to_all)))
     steps.append(Collective("dispatch", ep_groups, _a2a(traffic, L.all_to_all)))
     if moe.n_shared_experts:
         sw = (moe.shared_ffn or moe.expert_ffn) * moe.n_shared_experts
@@ -312,9 +327,10 @@ def foe_layer(c: _Costs, model: ModelSpec, L: FoELayout, work: Work, probs: np.n
             for cl in range(gpu * cpg, (gpu + 1) * cpg):
                 s = route_group(probs[cl], np.array([T]), kc, Ec, True, rng)
                 loads.append(s.expert_load)
+                expert_time[gpu] += _glue_seconds(c, s.expert_load, 0, T)
                 local += s.activations
                 acts += s.activations
-            expert_time[gpu] = _experts_seconds(c, model, np.concatenate(loads), fw)
+            expert_time[gpu] += _experts_seconds(c, model, np.concatenate(loads), fw)
         steps.append(Compute("experts", np.full(G, router) + expert_time + c.ew(3 * T * h * b, "add")))
         return LayerPlan(steps, local, acts)
     clusters = _groups(G, g)
@@ -328,7 +344,8 @@ def foe_layer(c: _Costs, model: ModelSpec, L: FoELayout, work: Work, probs: np.n
         local += s.local
         acts += s.activations
         for j, gpu in enumerate(grp):
-            expert_time[gpu] = _experts_seconds(c, model, s.expert_load[j * epg:(j + 1) * epg], fw)
+            loads = s.expert_load[j * epg:(j + 1) * epg]
+            expert_time[gpu] = _experts_seconds(c, model, loads, fw) + _glue_seconds(c, loads, g, shard[j])
     steps.append(Collective("dispatch", clusters, _a2a(traffic, "direct")))
     steps.append(Compute("experts", expert_time))
     steps.append(Collective("combine", clusters, _a2a([m.T.copy() for m in traffic], "direct")))

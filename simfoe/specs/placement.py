@@ -24,6 +24,9 @@ class MoEPlacement(Spec):
     ep: PositiveInt | None = Field(None, description="expert-parallel group size (default: all GPUs, at most n_experts)")
     dedup_dispatch: bool = Field(True, description="send a token once per destination GPU (DeepEP-style), not once per expert choice")
     all_to_all: Literal["direct", "hierarchical"] = "direct"
+    split_exchange: bool = Field(False, description="exchange the per-destination row counts in a small all-to-all "
+                                 "before each variable-size dispatch (torch all_to_all_single with splits, DeepEP "
+                                 "normal mode's notify step); false: fixed-capacity buffers, no exchange (DeepEP low-latency)")
 
 
 class FoEPlacement(Spec):
@@ -55,6 +58,7 @@ class MoELayout:
     expert_ffn: int
     dedup: bool
     all_to_all: str
+    split_exchange: bool = False
 
     @property
     def experts_per_gpu(self) -> int:
@@ -91,7 +95,8 @@ def resolve_moe(model: ModelSpec, gpus_per_node: int, p: PlacementSpec) -> MoELa
     else:
         tp = 1
     if moe is None:
-        return MoELayout(G, gpus_per_node, p.moe.attention, tp, G, 1, 1, model.ffn, True, p.moe.all_to_all)
+        return MoELayout(G, gpus_per_node, p.moe.attention, tp, G, 1, 1, model.ffn, True, p.moe.all_to_all,
+                         p.moe.split_exchange)
     if p.moe.ep is not None:
         ep = p.moe.ep
         if G % ep or moe.n_experts % ep:
@@ -99,7 +104,7 @@ def resolve_moe(model: ModelSpec, gpus_per_node: int, p: PlacementSpec) -> MoELa
     else:
         ep = max(d for d in range(1, G + 1) if G % d == 0 and moe.n_experts % d == 0)
     return MoELayout(G, gpus_per_node, p.moe.attention, tp, ep, moe.n_experts, moe.top_k, moe.expert_ffn,
-                     p.moe.dedup_dispatch, p.moe.all_to_all)
+                     p.moe.dedup_dispatch, p.moe.all_to_all, p.moe.split_exchange)
 
 
 def derive_foe_experts(model: ModelSpec, clusters: int, f: FoEPlacement) -> tuple[int, int, int]:
