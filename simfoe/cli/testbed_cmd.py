@@ -17,7 +17,7 @@ def register(subparsers) -> None:
     p.add_argument("--hardware", default="auto",
                    help="calibrated profile of this machine; auto (default): the profile whose measurement set was "
                         "taken on this CPU kind (vendor, family, model), else cpu-amd-epyc-zen4 with a warning")
-    p.add_argument("--quick", action="store_true", help="two shapes only (prefill B=2, decode B=16): the CI check")
+    p.add_argument("--quick", action="store_true", help="two shapes only (prefill B=2, decode B=16): a fast smoke run; CI judges all four")
     p.add_argument("--repeats", type=int, default=None, help="timed forward passes per case, MoE and FoE interleaved (default 9)")
     p.add_argument("--out", default=None, help="also write the result JSON here")
     add_json_flag(p)
