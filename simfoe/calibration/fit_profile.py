@@ -113,13 +113,10 @@ def _fit_glue(g) -> dict:
     """Non-negative least squares of the routing_glue rows, relative residuals (each row weighted 1/t)."""
     from scipy.optimize import nnls
 
-    from simfoe.costs.kernels import GLUE_PARAMS
+    from simfoe.costs.kernels import GLUE_PARAMS, glue_terms
 
-    X, y = [], g.t_s.to_numpy(float)
-    for r in g.itertuples(index=False):
-        a, b, R, rows, T = glue_features(r)
-        X.append([a, b, R, 1.0 if R > 0 else 0.0, rows, T * R])
-    X = np.asarray(X, float)
+    y = g.t_s.to_numpy(float)
+    X = np.array([glue_terms(*glue_features(r)) for r in g.itertuples(index=False)], float)
     coef, _ = nnls(X / y[:, None], np.ones_like(y))
     return {nm: _round(float(v)) for nm, v in zip(GLUE_PARAMS, coef)}
 

@@ -345,9 +345,13 @@ def routing_glue(hw, active_experts: float, idle_experts: float, ranks: int, row
     f = _family(hw, "routing_glue")
     if not f:
         return 0.0
-    a, b, r, d, w, u = (float(f.get(k, 0.0)) for k in GLUE_PARAMS)
-    return (a * active_experts + b * idle_experts + r * ranks + (d if ranks > 0 else 0.0) + w * rows
-            + u * tokens * ranks)
+    terms = glue_terms(active_experts, idle_experts, ranks, rows, tokens)
+    return sum(float(f.get(k, 0.0)) * t for k, t in zip(GLUE_PARAMS, terms))
+
+
+def glue_terms(active_experts: float, idle_experts: float, ranks: int, rows: float, tokens: float) -> tuple:
+    """The regressors of :func:`routing_glue`, in ``GLUE_PARAMS`` order (the fit uses the same ones)."""
+    return (active_experts, idle_experts, ranks, 1.0 if ranks > 0 else 0.0, rows, tokens * ranks)
 
 
 OPS = ("gemm", "grouped_gemm", "attention_prefill", "attention_decode", "elementwise")
