@@ -77,7 +77,8 @@ def _grid(ms: Sequence[int], nks: Sequence[tuple[int, int]]) -> tuple[tuple[int,
 _KIB, _MIB = 1024, 1024 * 1024
 
 CPU_FULL = ShapeSet(
-    gemm_mnk=_grid((1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), ((1024, 1024), (4096, 1024), (1024, 4096)))
+    gemm_mnk=_grid((1, 2, 4, 8, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256, 384, 512, 1024),
+                   ((1024, 1024), (4096, 1024), (1024, 4096)))
     + tuple((s, s, s) for s in (256, 512, 1536)),
     ffn=tuple((e, 1024, 512, t) for e in (8, 32) for t in (8, 64, 512, 2048)),
     routings=("uniform", "zipf1.2"),
