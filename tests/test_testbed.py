@@ -33,6 +33,50 @@ def test_compare_math():
     assert r["speedup_error"] == pytest.approx(0.1)  # predicted ratio 2.2 vs measured 2.0
 
 
+def test_compare_host_speed():
+    meas = {"cases": [
+        {"arch": a, "phase": "decode", "batch": 4, "seq_len": 8, "cpu_median_s": 1.0, "wall_median_s": 1.0,
+         "wall_min_s": 1.0, "probe_cpu_median_s": p} for a, p in (("moe", 0.010), ("foe", 0.0125))]}
+    r = testbed.compare(meas, [1.0, 1.0], probe_predicted_s=0.010)
+    assert [c["host_speed"] for c in r["cases"]] == pytest.approx([1.0, 0.8])
+    assert r["host_speed"] == pytest.approx(0.9)
+    assert "host_speed" not in testbed.compare(meas, [1.0, 1.0])
+
+
+def _model():
+    from simfoe.paths import REPO_ROOT
+    from simfoe.specs.io import load_hardware, load_model
+
+    return load_model(str(REPO_ROOT / testbed.DEFAULT_MODEL)), load_hardware(testbed.DEFAULT_HARDWARE)
+
+
+def test_predict_with_expert_counts_follows_the_routing():
+    """All of a cluster's tokens on one expert cost one big GEMM per layer instead of four quarter-size
+    ones; the prediction with those counts equals the hand sum of the plan's expert step for them."""
+    m, hw = _model()
+    L = m.n_layers
+    T = 2 * 128
+    skew = [[T, 0, 0, 0]] * (2 * L)          # FoE rows: (layer, cluster), 4 experts per cluster
+    even = [[T // 4] * 4] * (2 * L)
+    case = [["foe", "prefill", 2, 128]]
+    p_skew = testbed.predict_cases(m, hw, case, expert_counts=[skew])[0]
+    p_even = testbed.predict_cases(m, hw, case, expert_counts=[even])[0]
+    p_none = testbed.predict_cases(m, hw, case)[0]
+    assert p_skew != pytest.approx(p_even, rel=1e-3)
+    from simfoe.costs.kernels import gemm, routing_glue
+
+    def expert_s(loads):
+        return sum(gemm(hw, t, 2 * 1024, m.hidden, "fp32").latency_s + gemm(hw, t, m.hidden, 1024, "fp32").latency_s
+                   for t in loads if t)
+
+    # only the expert GEMMs (and the glue on the active-expert count) differ between the two routings
+    d_expert = L * (expert_s([T, 0, 0, 0]) - expert_s([T // 4] * 4))
+    d_glue = L * (routing_glue(hw, 1, 3, 0, T, T) - routing_glue(hw, 4, 0, 0, T, T))
+    d_elementwise = p_skew - p_even - d_expert - d_glue
+    assert abs(d_elementwise) < 0.02 * p_even, (p_skew, p_even, d_expert, d_glue)
+    assert p_none > 0
+
+
 @pytest.mark.slow
 def test_testbed_cli_speedup(capsys):
     """Real 2-process runs (~20 s each), judged by the MoE/FoE speedup error averaged over the four
@@ -76,3 +120,11 @@ def test_testbed_cli_quick_runs(capsys):
     assert [(c["arch"], c["phase"], c["batch"]) for c in r["cases"]] == [
         (a, ph, b) for ph, b, _ in testbed.QUICK_SHAPES for a in ("moe", "foe")]
     assert r["hardware_matched"] in (True, False) and r["env"]["interleaved"] is True
+    m = r["cases"]
+    # routing counts are conserved: MoE rows sum to tokens * top_k, FoE rows to tokens * top_k_c
+    for c in m:
+        tokens = c["batch"] * (c["seq_len"] if c["phase"] == "prefill" else 1)
+        per_row = tokens * (2 if c["arch"] == "moe" else 1)
+        rows = c["expert_counts"]
+        assert len(rows) == (4 if c["arch"] == "moe" else 8) and all(sum(row) == per_row for row in rows)
+        assert 0.5 < c["host_speed"] < 2.0

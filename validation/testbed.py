@@ -24,6 +24,18 @@ one shape interleaved repeat by repeat (so a shared host's drift moves both alik
 slowest rank's ``t1 - t0`` (wall) and, separately, the largest process CPU time of a rank over the
 forward (``time.process_time``: excludes time descheduled on a shared host). Median over repeats
 after untimed warm-up passes. The load average is recorded before and after.
+
+Routing: one untimed pass per case records how many tokens chose each expert in each layer
+(``expert_counts``: MoE one row of n_experts per layer, summed over ranks; FoE one row of
+experts_per_cluster per layer and cluster, layer-major). Routing depends only on the (seeded) inputs
+and weights, so the timed passes route the same way; the caller may give these counts to its model
+as the workload's routing distribution.
+
+Host-speed probe (``cfg["probe"]``, optional): after each timed repeat of a shape every rank times one
+GEMM ``[m, k] @ [k, n]`` (process CPU time, rotating over ``buffers`` weight matrices as the harness
+does), both ranks at once as in ``--concurrent 2`` calibration runs. Its median per shape
+(``probe_cpu_median_s``) tells the caller how fast the host ran during that shape compared with the
+calibration: a shared host's speed moves by 10-20 % between minutes, and that moves every case alike.
 """
 from __future__ import annotations
 
@@ -102,7 +114,7 @@ def _attention(x, w, ln, b, s, hq, hk, d, phase, kv_cache):
     return o
 
 
-def forward_moe(W: Weights, cfg, tokens, b, s, phase, kv, rank, world):
+def forward_moe(W: Weights, cfg, tokens, b, s, phase, kv, rank, world, route_counts=None):
     m = cfg["model"]
     h, H, KV, d, E, topk = m["hidden"], m["n_heads"], m["n_kv_heads"], m["head_dim"], m["n_experts"], m["top_k"]
     epg = E // world
@@ -112,6 +124,8 @@ def forward_moe(W: Weights, cfg, tokens, b, s, phase, kv, rank, world):
         xn = F.layer_norm(x, (h,), lw["ln2"])
         logits = xn @ lw["wr"]
         gi, gates = eager_moe.route(logits, topk)
+        if route_counts is not None:
+            route_counts[li] += torch.bincount(gi.flatten(), minlength=E)
         T = x.shape[0]
         send, counts, tok_index = eager_moe.partition(x, gi, gates, world, epg)
         cin = torch.tensor(counts, dtype=torch.int64)
@@ -129,7 +143,7 @@ def forward_moe(W: Weights, cfg, tokens, b, s, phase, kv, rank, world):
     return F.layer_norm(last, (h,), W.moe[0]["ln1"]) @ W.lm
 
 
-def forward_foe(W: Weights, cfg, tokens, b, s, phase, kv, rank, world):
+def forward_foe(W: Weights, cfg, tokens, b, s, phase, kv, rank, world, route_counts=None):
     m, f = cfg["model"], cfg["foe"]
     h, d, C = m["hidden"], m["head_dim"], f["clusters"]
     hq, hk, kc = m["n_heads"] // C, m["n_kv_heads"] // C, f["top_k_per_cluster"]
@@ -141,6 +155,8 @@ def forward_foe(W: Weights, cfg, tokens, b, s, phase, kv, rank, world):
         xn = F.layer_norm(x, (h,), lw["ln2"])
         logits = xn @ lw["wr"]
         gi, gates = eager_moe.route(logits, kc)
+        if route_counts is not None:
+            route_counts[li, rank] += torch.bincount(gi.flatten(), minlength=f["experts_per_cluster"])
         x = x + eager_moe.experts(x, gi, gates, lw["wgu"], lw["wd"])
     last = x.view(b, s, h)[:, -1]
     return F.layer_norm(last, (h,), W.foe[0]["ln1"]) @ W.lm_shard
@@ -178,6 +194,12 @@ def _worker(rank: int, world: int, port: int, cfg: dict, out_path: str) -> None:
     for arch, phase, batch, seq in cfg["cases"]:
         shapes.setdefault((phase, batch, seq), []).append(arch)
     samples: dict = {}
+    routed: dict = {}
+    probe = cfg.get("probe")
+    probe_s: dict = {}
+    if probe:
+        pa = torch.randn(probe["m"], probe["k"], generator=gen)
+        pbs = [torch.randn(probe["k"], probe["n"], generator=gen) for _ in range(probe.get("buffers", 16))]
     for (phase, batch, seq), archs in shapes.items():
         inputs = {}
         for arch in archs:
@@ -190,6 +212,15 @@ def _worker(rank: int, world: int, port: int, cfg: dict, out_path: str) -> None:
                 kv = [(torch.randn(b, hk, seq, m["head_dim"], generator=gen),
                        torch.randn(b, hk, seq, m["head_dim"], generator=gen)) for _ in range(m["n_layers"])]
             inputs[arch] = (forward_foe if arch == "foe" else forward_moe, tokens, b, s, kv)
+            # expert choices per layer (an untimed pass; routing is deterministic for fixed inputs):
+            # MoE [layers, experts] summed over ranks, FoE [layers, clusters, experts per cluster]
+            shape = (m["n_layers"], m["n_experts"]) if arch == "moe" else \
+                (m["n_layers"], f["clusters"], f["experts_per_cluster"])
+            cnt = torch.zeros(shape, dtype=torch.int64)
+            with torch.inference_mode():
+                inputs[arch][0](W, cfg, tokens, b, s, phase, kv, rank, world, route_counts=cnt)
+            dist.all_reduce(cnt)
+            routed[(arch, phase, batch, seq)] = cnt.reshape(-1, shape[-1]).tolist()
         for i in range(cfg["warmup"] + cfg["repeats"]):
             for arch in (archs if i % 2 == 0 else archs[::-1]):
                 fwd, tokens, b, s, kv = inputs[arch]
@@ -202,16 +233,26 @@ def _worker(rank: int, world: int, port: int, cfg: dict, out_path: str) -> None:
                 t1 = time.perf_counter()
                 if i >= cfg["warmup"]:
                     samples.setdefault((arch, phase, batch, seq), []).append((t1 - t0, c1 - c0))
+            if probe and i >= cfg["warmup"]:
+                dist.barrier()
+                c0 = time.process_time()
+                pa @ pbs[i % len(pbs)]
+                probe_s.setdefault((phase, batch, seq), []).append(time.process_time() - c0)
         del inputs
     for arch, phase, batch, seq in cfg["cases"]:
         t = torch.tensor(samples[(arch, phase, batch, seq)], dtype=torch.float64).T.contiguous()
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         w, c = t[0].tolist(), t[1].tolist()
         qs = statistics.quantiles(w, n=10) if len(w) > 1 else [w[0]] * 9
-        results.append({"arch": arch, "phase": phase, "batch": batch, "seq_len": seq,
-                        "wall_median_s": statistics.median(w), "wall_p10_s": qs[0], "wall_p90_s": qs[-1],
-                        "wall_min_s": min(w), "cpu_median_s": statistics.median(c), "repeats": len(w),
-                        "cpu_samples_s": c})
+        row = {"arch": arch, "phase": phase, "batch": batch, "seq_len": seq,
+               "wall_median_s": statistics.median(w), "wall_p10_s": qs[0], "wall_p90_s": qs[-1],
+               "wall_min_s": min(w), "cpu_median_s": statistics.median(c), "repeats": len(w),
+               "cpu_samples_s": c, "expert_counts": routed[(arch, phase, batch, seq)]}
+        if probe:
+            pt = torch.tensor(probe_s[(phase, batch, seq)], dtype=torch.float64)
+            dist.all_reduce(pt, op=dist.ReduceOp.MAX)
+            row["probe_cpu_median_s"] = statistics.median(pt.tolist())
+        results.append(row)
     if rank == 0:
         with open(out_path, "w") as fh:
             json.dump({"cases": results, "barrier_s": statistics.median(bar)}, fh)
@@ -221,7 +262,8 @@ def _worker(rank: int, world: int, port: int, cfg: dict, out_path: str) -> None:
 
 def run(cfg: dict) -> dict:
     """Run every case of ``cfg`` (keys: model, foe, cases [[arch, phase, batch, seq_len], ...],
-    world_size, repeats, warmup, seed) and return ``{"cases", "barrier_s", "env"}``."""
+    world_size, repeats, warmup, seed, optional probe {m, n, k, buffers}) and return
+    ``{"cases", "barrier_s", "env"}``."""
     world = int(cfg.get("world_size", 2))
     cfg = {"warmup": 2, "repeats": 7, "seed": 0, **cfg}
     m, f = cfg["model"], cfg["foe"]
@@ -239,7 +281,8 @@ def run(cfg: dict) -> dict:
                   "torch": torch.__version__, "world_size": world, "threads_per_rank": 1, "backend": "gloo",
                   "dtype": "fp32", "cpus": os.cpu_count(), "loadavg_start": list(load0),
                   "loadavg_end": list(os.getloadavg()), "wall_s": round(time.time() - t0, 2),
-                  "warmup": cfg["warmup"], "repeats": cfg["repeats"], "interleaved": True}
+                  "warmup": cfg["warmup"], "repeats": cfg["repeats"], "interleaved": True,
+                  "probe": cfg.get("probe")}
     return res
 
 

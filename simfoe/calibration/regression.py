@@ -113,7 +113,9 @@ def testbed_source(path: Path) -> tuple[list[dict], dict] | None:
     stored = json.loads(path.read_text())
     measured = {"cases": [{"arch": c["arch"], "phase": c["phase"], "batch": c["batch"], "seq_len": c["seq_len"],
                            "cpu_median_s": c["measured_s"], "wall_median_s": c["measured_wall_s"],
-                           "wall_min_s": c["measured_wall_min_s"]} for c in stored["cases"]], "env": stored.get("env", {})}
+                           "wall_min_s": c["measured_wall_min_s"],
+                           **{k: c[k] for k in ("expert_counts", "probe_cpu_median_s") if k in c}}
+                          for c in stored["cases"]], "env": stored.get("env", {})}
     cmp = testbed.run(testbed.DEFAULT_MODEL, stored.get("hardware", testbed.DEFAULT_HARDWARE), measured=measured)
     src = f"testbed:{cmp['hardware']}"
     rows = [{"source": src, "op": f"{c['arch']}:{c['phase']}:{c['batch']}", "predicted_s": c["predicted_s"],

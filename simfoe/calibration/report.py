@@ -88,7 +88,10 @@ def generate(out: Path = OUT, rerun_testbed: bool = False) -> Path:
         for s in tb["speedups"]:
             lines.append(f"| {s['phase']} | {s['batch']} | {s['measured_ratio']:.3f} | {s['predicted_ratio']:.3f} | {100 * s['error']:.1f} |")
         lines += ["", f"Testbed MAPE {tb['mape']:.1f}% (max {tb['max_ape']:.1f}%), speedup error {100 * tb['speedup_error']:.1f}% "
-                  f"(max {100 * tb['speedup_error_max']:.1f}%)."]
+                  f"(max {100 * tb['speedup_error_max']:.1f}%)."
+                  + (f" Host speed {tb['host_speed']:.2f} (probe GEMM: profile prediction / measured)." if tb.get("host_speed") else "")
+                  + (" Predicted with the testbed's per-layer expert choice counts as routing." if all(
+                      c.get("expert_counts") for c in tb["cases"]) else " Predicted with uniform routing (stored run without routing counts).")]
     lines += ["", "## Parity plots", ""]
     for s in sorted(df.source.unique()):
         fn = "parity_" + s.replace(":", "_").replace("/", "_") + ".png"

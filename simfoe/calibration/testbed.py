@@ -10,11 +10,22 @@ results: the profile is fitted on the microbenchmarks only.
 (contention-free estimate on a shared host, as the kernel fit uses cpu_median_s); the wall-clock
 median is reported beside it (``measured_wall_s``). speedup_error = |pred ratio / measured ratio - 1|
 for the MoE/FoE latency ratio, averaged over (phase, batch) pairs (max also reported).
+
+Routing: the testbed's random routers are far from uniform (one expert of four can take 380 of 512
+tokens), and expert GEMM time is not linear in the tokens an expert gets, so each case is simulated
+layer by layer with the testbed's own per-layer expert choice counts as its routing trace (the
+workload's routing, as a user would pass ``--routing trace:FILE``; never its timings).
+
+Host speed: each case also reports ``host_speed`` = the profile's prediction of a probe GEMM (PROBE,
+a point of the calibration grid) / its CPU time measured between the case's repeats (1.0: the host
+computes as fast as at calibration; 0.9: 10 % slower). It tells host drift apart from model error;
+predictions never use it.
 """
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,6 +40,9 @@ DEFAULT_HARDWARE = "cpu-amd-epyc-zen4"
 #: with 512 tokens of context. Chosen before any comparison, inside the measured GEMM/SDPA ranges.
 DEFAULT_SHAPES = (("prefill", 2, 128), ("prefill", 4, 128), ("decode", 4, 512), ("decode", 16, 512))
 QUICK_SHAPES = (("prefill", 2, 128), ("decode", 16, 512))
+#: host-speed probe: fp32 [256, 1024] @ [1024, 4096], one of the GEMM grid points every CPU measurement
+#: set has (validation/bench_kernels.py), over 16 rotating weight buffers as the harness times it
+PROBE = {"m": 256, "n": 4096, "k": 1024, "buffers": 16}
 #: the testbed's MoE exchanges split sizes before every dispatch (all_to_all_single with splits)
 PLACEMENT = {"moe": ["placement.moe.attention=dp", "placement.moe.split_exchange=true"], "foe": []}
 
@@ -61,7 +75,7 @@ def build_config(model, hw, shapes, repeats: int, warmup: int, seed: int = 0) ->
         "foe": {"clusters": L.clusters, "experts_per_cluster": L.experts_per_cluster,
                 "top_k_per_cluster": L.top_k_per_cluster, "expert_ffn": L.expert_ffn},
         "cases": [[arch, ph, b, s] for ph, b, s in shapes for arch in ("moe", "foe")],
-        "world_size": world, "repeats": repeats, "warmup": warmup, "seed": seed,
+        "world_size": world, "repeats": repeats, "warmup": warmup, "seed": seed, "probe": dict(PROBE),
     }
 
 
@@ -79,23 +93,54 @@ def run_testbed(config: dict, timeout_s: float = 900) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def predict_cases(model, hw, cases, seed: int = 0) -> list[float]:
-    """simfoe ForwardModel latency (s) for each [arch, phase, batch, seq_len]."""
+def predict_cases(model, hw, cases, seed: int = 0, expert_counts: list | None = None) -> list[float]:
+    """simfoe ForwardModel latency (s) for each [arch, phase, batch, seq_len].
+
+    ``expert_counts`` (one entry per case, or None): the testbed's per-layer expert choice counts; a
+    case with counts is simulated layer by layer with them as its routing trace (the workload's routing
+    distribution: random routers are far from uniform), one without uses uniform routing."""
     from simfoe.forward.simulate import ForwardModel
     from simfoe.specs.io import build_placement
+    from simfoe.specs.routing import RoutingSpec
 
-    fms = {arch: ForwardModel(model, hw, build_placement(arch, 1, PLACEMENT[arch]), seed=seed) for arch in PLACEMENT}
-    return [fms[a].run(ph, int(b), int(s)).latency_s for a, ph, b, s in cases]
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (a, ph, b, s) in enumerate(cases):
+            counts = expert_counts[i] if expert_counts else None
+            routing = None
+            if counts:
+                path = Path(tmp) / f"routing{i}.csv"
+                path.write_text("\n".join(",".join(str(int(v)) for v in row) for row in counts) + "\n")
+                routing = RoutingSpec(kind="trace", path=str(path))
+            fm = ForwardModel(model, hw, build_placement(a, 1, PLACEMENT[a]), routing=routing, seed=seed)
+            out.append(fm.run(ph, int(b), int(s), per_layer=counts is not None).latency_s)
+    return out
 
 
-def compare(measured: dict, predicted: list[float]) -> dict:
-    """Cases with measured/predicted seconds, MAPE (%) and the MoE/FoE speedup error (fraction)."""
+def probe_seconds(hw) -> float:
+    """The profile's prediction (s) of the PROBE GEMM in fp32."""
+    from simfoe.costs.kernels import gemm
+
+    return gemm(hw, PROBE["m"], PROBE["n"], PROBE["k"], "fp32").latency_s
+
+
+def compare(measured: dict, predicted: list[float], probe_predicted_s: float | None = None) -> dict:
+    """Cases with measured/predicted seconds, MAPE (%) and the MoE/FoE speedup error (fraction).
+
+    With ``probe_predicted_s`` and probe times in ``measured``, each case also gets ``host_speed`` and
+    the result ``host_speed`` (median over cases)."""
     cases, by = [], {}
     for c, p in zip(measured["cases"], predicted):
         m = c["cpu_median_s"]
         row = {"arch": c["arch"], "phase": c["phase"], "batch": c["batch"], "seq_len": c["seq_len"],
                "measured_s": m, "predicted_s": p, "ape_pct": abs(p / m - 1) * 100,
                "measured_wall_s": c["wall_median_s"], "measured_wall_min_s": c["wall_min_s"]}
+        if c.get("expert_counts"):
+            row["expert_counts"] = c["expert_counts"]
+        if c.get("probe_cpu_median_s"):
+            row["probe_cpu_median_s"] = c["probe_cpu_median_s"]
+            if probe_predicted_s:
+                row["host_speed"] = probe_predicted_s / c["probe_cpu_median_s"]
         cases.append(row)
         by.setdefault((c["phase"], c["batch"], c["seq_len"]), {})[c["arch"]] = row
     speed = []
@@ -108,9 +153,12 @@ def compare(measured: dict, predicted: list[float]) -> dict:
                           "measured_wall_ratio": wr, "error": abs(pr / mr - 1)})
     apes = [r["ape_pct"] for r in cases]
     errs = [r["error"] for r in speed]
-    return {"cases": cases, "mape": sum(apes) / len(apes), "max_ape": max(apes),
-            "speedup_error": sum(errs) / len(errs) if errs else None,
-            "speedup_error_max": max(errs) if errs else None, "speedups": speed}
+    out = {"cases": cases, "mape": sum(apes) / len(apes), "max_ape": max(apes),
+           "speedup_error": sum(errs) / len(errs) if errs else None,
+           "speedup_error_max": max(errs) if errs else None, "speedups": speed}
+    if cases and all("host_speed" in r for r in cases):
+        out["host_speed"] = statistics.median(r["host_speed"] for r in cases)
+    return out
 
 
 def resolve_hardware(hardware: str) -> tuple[str, bool]:
@@ -141,8 +189,9 @@ def run(model: str = DEFAULT_MODEL, hardware: str = "auto", quick: bool = False,
     cfg = build_config(m, hw, shapes, repeats or 9, warmup, seed)
     if measured is None:
         measured = run_testbed(cfg)
-    pred = predict_cases(m, hw, [[c["arch"], c["phase"], c["batch"], c["seq_len"]] for c in measured["cases"]], seed)
-    out = compare(measured, pred)
+    pred = predict_cases(m, hw, [[c["arch"], c["phase"], c["batch"], c["seq_len"]] for c in measured["cases"]], seed,
+                         [c.get("expert_counts") for c in measured["cases"]])
+    out = compare(measured, pred, probe_seconds(hw))
     out.update({"model": m.name, "hardware": hw.name, "hardware_matched": matched, "measure": "max over ranks of process CPU time per forward, "
                 "median over repeats", "env": measured.get("env", {}), "barrier_s": measured.get("barrier_s")})
     return out

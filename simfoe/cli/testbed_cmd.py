@@ -56,4 +56,6 @@ def render(r: dict) -> str:
                      f"{fmt_time(c['measured_wall_s']):>11} {fmt_time(c['predicted_s']):>11} {c['ape_pct']:6.1f}%")
     lines.append(f"MAPE {r['mape']:.1f}%  max {r['max_ape']:.1f}%  speedup error {100 * r['speedup_error']:.1f}% "
                  f"(max {100 * r['speedup_error_max']:.1f}%)")
+    if r.get("host_speed") is not None:
+        lines.append(f"host speed {r['host_speed']:.2f} (probe GEMM, profile prediction / measured; 1.00 = as at calibration)")
     return "\n".join(lines)
