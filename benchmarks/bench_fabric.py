@@ -5,7 +5,6 @@ Run: ``python benchmarks/bench_fabric.py``. Prints one JSON object. Not a test (
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import simpy
@@ -14,14 +13,7 @@ from simfoe.costs.collectives import all_reduce, all_to_all
 from simfoe.fabric import FlowNetwork, build_cluster
 from simfoe.specs.io import load_hardware
 
-
-def _best(fn, reps: int) -> float:
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+from timing import best_of  # benchmarks/timing.py (the script's folder is on sys.path)
 
 
 def main() -> dict:
@@ -52,10 +44,10 @@ def main() -> dict:
         env.run(env.process(step()))
 
     reps = 20
-    t_uni = _best(lambda: a2a(uniform), reps)
-    t_skew = _best(lambda: a2a(skewed), reps)
-    t_hier = _best(lambda: a2a(uniform, alg="hierarchical"), reps)
-    t_mix = _best(mixtral_layer, 50)
+    t_uni = best_of(lambda: a2a(uniform), reps)
+    t_skew = best_of(lambda: a2a(skewed), reps)
+    t_hier = best_of(lambda: a2a(uniform, alg="hierarchical"), reps)
+    t_mix = best_of(mixtral_layer, 50)
     net = a2a(skewed)
     out = {
         "a2a_32gpu_uniform_ms": round(t_uni * 1e3, 3),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 import tracemalloc
 
 import numpy as np
@@ -18,15 +17,7 @@ import numpy as np
 from simfoe.paths import shared_data_dir
 from simfoe.workloads import load_trace, make_workload
 
-
-def best_of(fn, repeat: int) -> float:
-    """Best wall time of ``repeat`` calls, seconds."""
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+from timing import best_of  # benchmarks/timing.py (the script's folder is on sys.path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,13 +6,15 @@ import pytest
 from simfoe.calibration import testbed
 
 
-def test_config_is_iso_parameter_foe():
+def _model():
+    from simfoe.paths import REPO_ROOT
     from simfoe.specs.io import load_hardware, load_model
 
-    from simfoe.paths import REPO_ROOT
+    return load_model(str(REPO_ROOT / testbed.DEFAULT_MODEL)), load_hardware(testbed.DEFAULT_HARDWARE)
 
-    m = load_model(str(REPO_ROOT / testbed.DEFAULT_MODEL))
-    cfg = testbed.build_config(m, load_hardware(testbed.DEFAULT_HARDWARE), testbed.QUICK_SHAPES, 3, 1)
+
+def test_config_is_iso_parameter_foe():
+    cfg = testbed.build_config(*_model(), testbed.QUICK_SHAPES, 3, 1)
     f = cfg["foe"]
     assert (f["clusters"], f["experts_per_cluster"], f["top_k_per_cluster"], f["expert_ffn"]) == (2, 4, 1, 1024)
     # expert parameters equal: C * E_c * f' = E * f; active: C * k_c * f' = k * f
@@ -41,13 +43,6 @@ def test_compare_host_speed():
     assert [c["host_speed"] for c in r["cases"]] == pytest.approx([1.0, 0.8])
     assert r["host_speed"] == pytest.approx(0.9)
     assert "host_speed" not in testbed.compare(meas, [1.0, 1.0])
-
-
-def _model():
-    from simfoe.paths import REPO_ROOT
-    from simfoe.specs.io import load_hardware, load_model
-
-    return load_model(str(REPO_ROOT / testbed.DEFAULT_MODEL)), load_hardware(testbed.DEFAULT_HARDWARE)
 
 
 def test_predict_with_expert_counts_follows_the_routing():

@@ -3,16 +3,21 @@
   simfoe testbed [--model validation/models/testbed-moe.yaml] [--hardware auto|PROFILE] [--quick]
                  [--repeats N] [--out FILE.json] [--json]
 
--> {"cases": [{"arch", "phase", "batch", "measured_s", "predicted_s", ...}], "mape", "speedup_error", ...}
+-> {"cases": [{"arch", "phase", "batch", "measured_s", "predicted_s", "expert_counts", "host_speed", ...}],
+    "mape", "speedup_error", "host_speed", ...}   (all keys: docs/calibration.md, Testbed)
 """
 from __future__ import annotations
+
+import argparse
 
 from simfoe.cli.common import add_json_flag, fmt_time
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("testbed", help="run a real small MoE and FoE model across processes and compare with simfoe",
-                              description=__doc__.split("\n\n")[0])
+                              description=__doc__.split("\n\n")[0],
+                              epilog="--json prints " + __doc__.split("-> ")[1].strip(),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="validation/models/testbed-moe.yaml", help="testbed ModelSpec YAML (fp32 GQA MoE)")
     p.add_argument("--hardware", default="auto",
                    help="calibrated profile of this machine; auto (default): the profile whose measurement set was "
