@@ -1,6 +1,8 @@
 """Testbed: config derivation, comparison math (fast); a short real run judged by the speedup error (slow)."""
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from simfoe.calibration import testbed
@@ -122,4 +124,6 @@ def test_testbed_cli_quick_runs(capsys):
         per_row = tokens * (2 if c["arch"] == "moe" else 1)
         rows = c["expert_counts"]
         assert len(rows) == (4 if c["arch"] == "moe" else 8) and all(sum(row) == per_row for row in rows)
-        assert 0.5 < c["host_speed"] < 2.0
+        # host_speed is a diagnostic of the host (a busy 2-core CI runner read 0.48), so only its
+        # presence and sign are part of the contract, never a band
+        assert math.isfinite(c["host_speed"]) and c["host_speed"] > 0
