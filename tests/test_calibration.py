@@ -85,3 +85,27 @@ def test_calibrate_cli_errors(capsys):
     assert main(["calibrate", "--from", "/nonexistent", "--json"]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 2
+
+
+def test_collective_fit_recovers_alpha_hop_and_bandwidth():
+    """Rows generated from known alpha, per-step hop and bandwidth are fitted back to them: the step
+    count (all_reduce 2 at 2 ranks, all_gather / all_to_all 1) is what separates alpha from hop."""
+    import pandas as pd
+
+    from simfoe.calibration.fit_profile import _fit_collectives, predict_collective_row
+
+    hw = load_hardware(PROFILE)
+    truth = {"alpha_s": 1.2e-4, "hop_s": 2.0e-4, "bandwidth": 8.0e8}
+    path = {"alpha_s": truth["alpha_s"], "hop_s": truth["hop_s"], "efficiency": 1.0}
+    true_hw = hw.model_copy(update={
+        "node": hw.node.model_copy(update={"nvlink_bandwidth": truth["bandwidth"], "nvlink_latency_s": 0.0}),
+        "collectives": type(hw.collectives).model_validate({"nvlink": path, "network": path})})
+    rows = pd.DataFrame([{"collective": c, "world_size": 2, "oversubscribed": 0, "bytes": b}
+                         for c in ("all_reduce", "all_gather", "all_to_all") for b in (1024, 65536, 1 << 20, 1 << 24)])
+    rows["median_s"] = [predict_collective_row(true_hw, r) for r in rows.itertuples(index=False)]
+    # hand check of one row: a 1 KiB all_reduce at 2 ranks is alpha + 2 hops + 2 * (1/2) * 1 KiB / bandwidth
+    assert rows.median_s[0] == pytest.approx(1.2e-4 + 2 * 2.0e-4 + 1024 / 8.0e8, rel=1e-6)
+    fit, resid = _fit_collectives(hw, rows)
+    for k, v in truth.items():
+        assert fit[k] == pytest.approx(v, rel=0.02), k
+    assert resid["all"]["mape_pct"] < 0.5

@@ -6,9 +6,11 @@ A CPU measurement set becomes a profile in which one worker process is one "GPU"
   ``gpu.hbm_bandwidth``: the highest copy bandwidth of buffers larger than 4x the last-level cache
   (DRAM-resident; bytes moved = 2 x size, bytes/s); ``gpu.hbm_bytes`` = memory / processes.
 * ``node.gpus_per_node`` = CPUs available (one process per core); ``node.nvlink_bandwidth`` and
-  ``collectives.nvlink.alpha_s``: alpha-beta fit of the gloo loopback collectives at world size 2
-  (``efficiency`` = 1 by definition: the fitted bandwidth *is* the achieved rate; the path latency
-  ``nvlink_latency_s`` = 0 because alpha absorbs it). ``network`` = the same values (one node).
+  ``collectives.nvlink.alpha_s`` / ``hop_s``: alpha-beta fit of the gloo loopback collectives at world
+  size 2, with a per-step latency (``hop_s``: all_reduce runs 2 steps at 2 ranks, all_gather and
+  all_to_all 1, as simfoe/costs/collectives.py counts them); ``efficiency`` = 1 by definition (the
+  fitted bandwidth *is* the achieved rate; the path latency ``nvlink_latency_s`` = 0 because alpha and
+  hop absorb it). ``network`` = the same values (one node).
 * ``kernels``: the families of simfoe/costs/kernels.py fitted through its public functions
   (gemm on fp32 GEMMs, attention on the GQA SDPA rows, elementwise on copies).
 
@@ -283,16 +285,18 @@ def _gemm_tables(k, peaks: dict) -> tuple[dict, dict]:
 
 
 def _fit_collectives(hw, c) -> tuple[dict, dict]:
-    """alpha (s) and achieved bandwidth (bytes/s) of the gloo loopback path, world size 2, all sizes."""
+    """alpha (s), per-step latency hop (s) and achieved bandwidth (bytes/s) of the gloo loopback path,
+    world size 2, all sizes. The step count tells the collectives apart at small sizes: gloo's
+    all_reduce (2 steps at 2 ranks) takes about twice a 1-step all_to_all there."""
     rows = c[(c.world_size == 2) & (c.oversubscribed == 0) & c.collective.isin(list(COLLECTIVE_DIVISOR))]
     if rows.empty:
         raise SpecError("measurement set", "collectives.csv", "gloo rows at world size 2, not oversubscribed")
     meas = rows.median_s.to_numpy(float)
 
     def build(x):
-        a, bw = math.exp(x[0]), math.exp(x[1])
+        a, bw, hop = math.exp(x[0]), math.exp(x[1]), math.exp(x[2])
         node = hw.node.model_copy(update={"nvlink_bandwidth": bw, "nvlink_latency_s": 0.0})
-        path = {"alpha_s": a, "efficiency": 1.0}
+        path = {"alpha_s": a, "hop_s": hop, "efficiency": 1.0}
         coll = type(hw.collectives).model_validate({"nvlink": path, "network": path})
         return hw.model_copy(update={"node": node, "collectives": coll})
 
@@ -300,12 +304,14 @@ def _fit_collectives(hw, c) -> tuple[dict, dict]:
         h = build(x)
         return np.log(np.array([predict_collective_row(h, r) for r in rows.itertuples(index=False)]) / meas)
 
-    x = _lsq(resid, [math.log(2e-4), math.log(1e9)], [math.log(1e-7), math.log(1e6)], [math.log(1e-1), math.log(1e12)])
+    x = _lsq(resid, [math.log(1e-4), math.log(1e9), math.log(1e-4)], [math.log(1e-7), math.log(1e6), math.log(1e-8)],
+             [math.log(1e-1), math.log(1e12), math.log(1e-1)])
     h = build(x)
     pred = np.array([predict_collective_row(h, r) for r in rows.itertuples(index=False)])
     ape = _ape(pred, meas)
     per = {cn: _errs(ape[(rows.collective == cn).to_numpy()]) for cn in COLLECTIVE_DIVISOR if (rows.collective == cn).any()}
-    return {"alpha_s": _round(math.exp(x[0])), "bandwidth": _round(math.exp(x[1]))}, {"all": _errs(ape), **per}
+    return ({"alpha_s": _round(math.exp(x[0])), "hop_s": _round(math.exp(x[2])), "bandwidth": _round(math.exp(x[1]))},
+            {"all": _errs(ape), **per})
 
 
 def fit_profile(set_dir: str | Path, name: str | None = None) -> tuple[dict, dict, dict]:
@@ -344,7 +350,8 @@ def fit_profile(set_dir: str | Path, name: str | None = None) -> tuple[dict, dic
     for sec, bwk, latk in (("node", "nvlink_bandwidth", "nvlink_latency_s"), ("network", "nic_bandwidth", "nic_latency_s")):
         base[sec][bwk] = coll["bandwidth"]
         base[sec][latk] = 0.0
-    base["collectives"] = {p: {"alpha_s": coll["alpha_s"], "efficiency": 1.0} for p in ("nvlink", "network")}
+    base["collectives"] = {p: {"alpha_s": coll["alpha_s"], "hop_s": coll["hop_s"], "efficiency": 1.0}
+                           for p in ("nvlink", "network")}
     hw = HardwareSpec.model_validate(base)
 
     kern: dict[str, dict] = {}
@@ -415,10 +422,12 @@ def fit_profile(set_dir: str | Path, name: str | None = None) -> tuple[dict, dic
         "node.gpus_per_node": f"{src}/env.json cpus_available: one process per core",
         "node.nvlink_bandwidth": f"{fitted}: alpha-beta of gloo (TCP loopback) all_reduce/all_gather/all_to_all at "
                                  "world size 2, wall median_s, all sizes; the achieved rate (efficiency 1)",
-        "node.nvlink_latency_s": "0: the fitted collectives.nvlink.alpha_s holds the whole per-message latency",
+        "node.nvlink_latency_s": "0: the fitted collectives.nvlink.alpha_s and hop_s hold the whole latency",
         "node.nvswitch_reduction": "no in-switch reduction on a CPU host",
         "network": "one node: the scale-out network is never used; same values as the loopback path",
         "collectives.nvlink.alpha_s": f"{fitted}: see node.nvlink_bandwidth",
+        "collectives.nvlink.hop_s": f"{fitted}: latency per algorithm step (all_reduce 2 steps at 2 ranks, "
+                                    "all_gather and all_to_all 1); see node.nvlink_bandwidth",
         "collectives.nvlink.efficiency": "1 by definition: node.nvlink_bandwidth is the fitted achieved rate",
         "collectives.network": "copy of collectives.nvlink (one node; never used)",
         "kernels": fitted + "; functional forms of simfoe/costs/kernels.py (docs/calibration.md)",
