@@ -92,11 +92,11 @@ def test_collective_fit_recovers_alpha_hop_and_bandwidth():
     count (all_reduce 2 at 2 ranks, all_gather / all_to_all 1) is what separates alpha from hop."""
     import pandas as pd
 
-    from simfoe.calibration.fit_profile import _fit_collectives, predict_collective_row
+    from simfoe.calibration.fit_profile import _fit_collectives, gloo_path, predict_collective_row
 
     hw = load_hardware(PROFILE)
     truth = {"alpha_s": 1.2e-4, "hop_s": 2.0e-4, "bandwidth": 8.0e8}
-    path = {"alpha_s": truth["alpha_s"], "hop_s": truth["hop_s"], "efficiency": 1.0}
+    path = gloo_path(truth["alpha_s"], truth["hop_s"])
     true_hw = hw.model_copy(update={
         "node": hw.node.model_copy(update={"nvlink_bandwidth": truth["bandwidth"], "nvlink_latency_s": 0.0}),
         "collectives": type(hw.collectives).model_validate({"nvlink": path, "network": path})})

@@ -284,6 +284,12 @@ def _gemm_tables(k, peaks: dict) -> tuple[dict, dict]:
     return tables, report
 
 
+def gloo_path(alpha_s: float, hop_s: float) -> dict:
+    """collectives.<path> of a CPU profile: gloo latency per call (s) and per algorithm step (s);
+    efficiency 1 because node.nvlink_bandwidth is the fitted achieved rate."""
+    return {"alpha_s": alpha_s, "hop_s": hop_s, "efficiency": 1.0}
+
+
 def _fit_collectives(hw, c) -> tuple[dict, dict]:
     """alpha (s), per-step latency hop (s) and achieved bandwidth (bytes/s) of the gloo loopback path,
     world size 2, all sizes. The step count tells the collectives apart at small sizes: gloo's
@@ -296,7 +302,7 @@ def _fit_collectives(hw, c) -> tuple[dict, dict]:
     def build(x):
         a, bw, hop = math.exp(x[0]), math.exp(x[1]), math.exp(x[2])
         node = hw.node.model_copy(update={"nvlink_bandwidth": bw, "nvlink_latency_s": 0.0})
-        path = {"alpha_s": a, "hop_s": hop, "efficiency": 1.0}
+        path = gloo_path(a, hop)
         coll = type(hw.collectives).model_validate({"nvlink": path, "network": path})
         return hw.model_copy(update={"node": node, "collectives": coll})
 
@@ -350,8 +356,7 @@ def fit_profile(set_dir: str | Path, name: str | None = None) -> tuple[dict, dic
     for sec, bwk, latk in (("node", "nvlink_bandwidth", "nvlink_latency_s"), ("network", "nic_bandwidth", "nic_latency_s")):
         base[sec][bwk] = coll["bandwidth"]
         base[sec][latk] = 0.0
-    base["collectives"] = {p: {"alpha_s": coll["alpha_s"], "hop_s": coll["hop_s"], "efficiency": 1.0}
-                           for p in ("nvlink", "network")}
+    base["collectives"] = {p: gloo_path(coll["alpha_s"], coll["hop_s"]) for p in ("nvlink", "network")}
     hw = HardwareSpec.model_validate(base)
 
     kern: dict[str, dict] = {}
@@ -439,11 +444,12 @@ def fit_profile(set_dir: str | Path, name: str | None = None) -> tuple[dict, dic
                                "were not measured and use this pooled fit",
         "kernels.attention_prefill": f"{fitted}: prefill:{ATTENTION_VARIANT} rows (causal SDPA, fp32), cpu_median_s",
         "kernels.attention_decode": f"{fitted}: decode:{ATTENTION_VARIANT} rows, cpu_median_s; eff_max from attention_prefill",
-        "kernels.routing_glue": f"{fitted}: routing_glue (eager) rows, cpu_median_s, non-negative least squares on "
-                                "relative residuals (absent when the set has no such rows)",
         "description": f"{src}",
         "name": "profile name",
     })
+    if "routing_glue" in kern:
+        prov["kernels.routing_glue"] = (f"{fitted}: routing_glue (eager) rows, cpu_median_s, non-negative least "
+                                        "squares on relative residuals")
     return base, prov, report
 
 
