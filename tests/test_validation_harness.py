@@ -44,7 +44,13 @@ def test_quick_kernels_format(tmp_path: Path) -> None:
     assert summary["kernels"] == len(rows) > 0
     assert {r["op"] for r in rows} == {"gemm", "grouped_ffn", "attention", "memcopy", "routing_glue"}
     glue = [r for r in rows if r["op"] == "routing_glue"]
-    assert {(r["experts"], r["ranks"]) for r in glue} == {("4", "0"), ("4", "2")}
+    assert {(r["experts"], r["ranks"], r["variant"]) for r in glue} == {
+        (e, rk, v) for (e, rk) in (("4", "0"), ("4", "2")) for v in ("eager", "eager_cold")}
+    for r in rows:  # cold rows: one call per sample, each after a 16 MiB read (the --quick default)
+        cold = r["variant"].endswith("_cold")
+        assert r["flush_bytes"] == (str(16 * 2 ** 20) if cold else "") and (r["inner"] == "1" or not cold)
+    assert {r["variant"] for r in rows if r["op"] in ("gemm", "grouped_ffn")} == {"mm", "mm_cold", "loop_swiglu",
+                                                                                  "loop_swiglu_cold"}
     for r in glue:  # dispatch time only: no FLOPs or bytes counted; active experts within the local ones
         assert int(r["flops"]) == int(r["bytes"]) == 0 and float(r["cpu_median_s"]) > 0
         assert 1 <= int(r["experts_active"]) <= int(r["experts"])
@@ -85,6 +91,13 @@ def test_bad_ops_exit_2(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "validation.harness", "--out", str(tmp_path), "--ops", "conv"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.startswith("error: --ops")
+
+
+def test_bad_flush_exit_2(tmp_path: Path) -> None:
+    out = tmp_path / "set"
+    proc = subprocess.run([sys.executable, "-m", "validation.harness", "--out", str(out), "--flush-mb", "-1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --flush-mb") and not out.exists()
 
 
 def test_definitions() -> None:

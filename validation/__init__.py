@@ -8,5 +8,5 @@ imports simfoe. See validation/README.md for the file format and the FLOP/byte d
 """
 from __future__ import annotations
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Version of the measurement-set format written by the harness (bumped on incompatible changes)."""

@@ -132,19 +132,24 @@ class Measurement:
     warmup: int
 
 
+def _warm_up(fn: Callable[[int], object], policy: TimingPolicy) -> int:
+    """Untimed calls ``fn(0), fn(1), ...`` for ``policy.warmup_s`` seconds (at least ``min_warmup``);
+    returns how many ran (the next index)."""
+    warm = 0
+    t_start = time.perf_counter()
+    while warm < policy.min_warmup or time.perf_counter() - t_start < policy.warmup_s:
+        fn(warm)
+        warm += 1
+    return warm
+
+
 def measure(fn: Callable[[int], object], timer: DeviceTimer, policy: TimingPolicy) -> Measurement:
     """Warm up, choose the inner loop length and the repeats from the policy, and time ``fn``.
 
     ``fn(i)`` runs the op once; ``i`` increases by one per call so that callers can rotate over
     several input buffers (cold caches).
     """
-    i = 0
-    warm = 0
-    t_start = time.perf_counter()
-    while warm < policy.min_warmup or time.perf_counter() - t_start < policy.warmup_s:
-        fn(i)
-        i += 1
-        warm += 1
+    i = warm = _warm_up(fn, policy)
     timer.sync()
     one = max(timer.time_loop(fn, i, 1)[0], 1e-9)
     i += 1
@@ -161,6 +166,34 @@ def measure(fn: Callable[[int], object], timer: DeviceTimer, policy: TimingPolic
         i += inner
     return Measurement(stats=Stats.of(walls), cpu_stats=Stats.of(cpus) if cpus else None,
                        inner=inner, warmup=warm + 1)
+
+
+def measure_after_flush(fn: Callable[[int], object], flush: Callable[[], object], timer: DeviceTimer,
+                        policy: TimingPolicy) -> Measurement:
+    """Time ``fn`` one call per sample, each sample preceded by an untimed ``flush()`` (a streaming read
+    that evicts the caches, as the weights streamed between two calls of an op in a forward pass do).
+
+    Warm-up as ``measure``; repeats from the policy's budget counting the flush time, clamped to
+    [``min_repeats``, ``max_repeats``]; ``inner`` is 1.
+    """
+    i = warm = _warm_up(fn, policy)
+    t0 = time.perf_counter()
+    flush()
+    timer.sync()
+    one = max(timer.time_loop(fn, i, 1)[0] + time.perf_counter() - t0, 1e-9)
+    i += 1
+    repeats = max(policy.min_repeats, min(policy.max_repeats, int(policy.budget_s / one)))
+    walls: list[float] = []
+    cpus: list[float] = []
+    for _ in range(repeats):
+        flush()
+        timer.sync()
+        wall, cpu = timer.time_loop(fn, i, 1)
+        walls.append(wall)
+        if cpu is not None:
+            cpus.append(cpu)
+        i += 1
+    return Measurement(stats=Stats.of(walls), cpu_stats=Stats.of(cpus) if cpus else None, inner=1, warmup=warm + 1)
 
 
 def rotation_count(working_set_bytes: int, cache_bytes: int, max_buffers: int, mem_cap_bytes: int) -> int:

@@ -4,7 +4,10 @@ Each benchmark yields one dict per measured point with the columns of ``KERNEL_C
 byte counts follow validation/README.md ("Definitions"): FLOPs of the mathematical op (multiply-add
 = 2 FLOP), bytes = minimal DRAM/HBM traffic (every input read once, every output written once,
 intermediates not counted). Inputs are rotated over several buffer sets so that the last-level
-cache does not hold them between calls.
+cache does not hold them between calls. On CPU, GEMM, grouped FFN and routing glue are also timed
+cold (variants ``*_cold``): one call per sample after a streaming read of ``flush_bytes``, which also
+evicts code, allocator metadata and page-table entries, as the rest of a forward pass does between
+two calls of the same layer's op.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from validation.bench_common import (
     dtype_bytes,
     log,
     measure,
+    measure_after_flush,
     rotation_count,
 )
 
@@ -32,7 +36,7 @@ KERNEL_COLUMNS: tuple[str, ...] = (
     "experts", "ranks", "routing", "tokens_total", "tokens_max", "experts_active", "tokens_per_expert",
     "size_bytes", "flops", "bytes",
     "median_s", "p10_s", "p90_s", "min_s", "max_s", "cpu_median_s", "cpu_p10_s", "cpu_p90_s",
-    "repeats", "inner", "warmup", "buffers",
+    "repeats", "inner", "warmup", "buffers", "flush_bytes",
 )
 """Columns of kernels.csv, in order. Cells that do not apply to an op are empty."""
 
@@ -40,13 +44,16 @@ KERNEL_COLUMNS: tuple[str, ...] = (
 @dataclass(frozen=True)
 class KernelContext:
     """Where and how kernels run: device, timing policy, last-level cache size (bytes) for rotation,
-    and a cap (bytes) on the memory spent on rotated copies."""
+    a cap (bytes) on the memory spent on rotated copies, and the bytes read before each sample of the
+    cold (in-pass) variants of GEMM, grouped FFN and routing glue (``flush_bytes``; 0 skips them, as on
+    CUDA: the flush models the host caches and TLBs an eager CPU forward pass leaves cold)."""
 
     device: torch.device
     policy: TimingPolicy
     cache_bytes: int
     rotate_mem_cap_bytes: int
     max_buffers: int = 16
+    flush_bytes: int = 0
 
     @property
     def timer(self) -> DeviceTimer:
@@ -147,9 +154,9 @@ def _buffers(ctx: KernelContext, working_set: int, make: Callable[[], tuple]) ->
 
 
 def _row(ctx: KernelContext, op: str, variant: str, dtype: str, threads: int | None, fn: Callable[[int], object],
-         n_buffers: int, flops: int, nbytes: int, **cols: object) -> dict:
+         n_buffers: int, flops: int, nbytes: int, flush: Callable[[], object] | None = None, **cols: object) -> dict:
     with torch.inference_mode():
-        m = measure(fn, ctx.timer, ctx.policy)
+        m = measure(fn, ctx.timer, ctx.policy) if flush is None else measure_after_flush(fn, flush, ctx.timer, ctx.policy)
     row: dict = dict(op=op, variant=variant, device=ctx.device.type, dtype=dtype, threads=threads,
                      flops=int(flops), bytes=int(nbytes), buffers=n_buffers, inner=m.inner, warmup=m.warmup,
                      median_s=m.stats.median_s, p10_s=m.stats.p10_s, p90_s=m.stats.p90_s,
@@ -158,6 +165,18 @@ def _row(ctx: KernelContext, op: str, variant: str, dtype: str, threads: int | N
         row.update(cpu_median_s=m.cpu_stats.median_s, cpu_p10_s=m.cpu_stats.p10_s, cpu_p90_s=m.cpu_stats.p90_s)
     row.update(cols)
     return row
+
+
+_SINKS: dict[int, torch.Tensor] = {}
+
+
+def _sink(ctx: KernelContext) -> Callable[[], object]:
+    """The cache-clearing read of the cold variants: a sum over ``ctx.flush_bytes`` of host memory
+    (allocated once per size and kept)."""
+    buf = _SINKS.get(ctx.flush_bytes)
+    if buf is None:
+        buf = _SINKS[ctx.flush_bytes] = torch.ones(max(ctx.flush_bytes // 4, 1))
+    return buf.sum
 
 
 def _threads_cell(ctx: KernelContext) -> int | None:
@@ -184,6 +203,9 @@ def bench_gemm(ctx: KernelContext, shapes: ShapeSet, dtypes: Sequence[str]) -> I
                 return torch.mm(a, b, out=c)
 
             yield _row(ctx, "gemm", "mm", dt, _threads_cell(ctx), fn, nb, 2 * m * n * k, ws, m=m, n=n, k=k)
+            if ctx.flush_bytes > 0:
+                yield _row(ctx, "gemm", "mm_cold", dt, _threads_cell(ctx), fn, nb, 2 * m * n * k, ws,
+                           flush=_sink(ctx), flush_bytes=ctx.flush_bytes, m=m, n=n, k=k)
             del bufs
 
 
@@ -255,10 +277,12 @@ def bench_grouped_ffn(ctx: KernelContext, shapes: ShapeSet, dtypes: Sequence[str
                         torch.mm(a, wd[j], out=y[lo:hi])
                     return y
 
-                yield _row(ctx, "grouped_ffn", "loop_swiglu", dt, _threads_cell(ctx), fn, nb,
-                           6 * k * n * total, ws, n=n, k=k, experts=experts, routing=routing,
-                           tokens_total=total, tokens_max=max(counts), experts_active=len(active),
-                           tokens_per_expert=";".join(str(c) for c in counts))
+                cols = dict(n=n, k=k, experts=experts, routing=routing, tokens_total=total, tokens_max=max(counts),
+                            experts_active=len(active), tokens_per_expert=";".join(str(c) for c in counts))
+                yield _row(ctx, "grouped_ffn", "loop_swiglu", dt, _threads_cell(ctx), fn, nb, 6 * k * n * total, ws, **cols)
+                if ctx.flush_bytes > 0:
+                    yield _row(ctx, "grouped_ffn", "loop_swiglu_cold", dt, _threads_cell(ctx), fn, nb,
+                               6 * k * n * total, ws, flush=_sink(ctx), flush_bytes=ctx.flush_bytes, **cols)
                 del bufs
 
 
@@ -377,7 +401,11 @@ def bench_routing_glue(ctx: KernelContext, shapes: ShapeSet, dtypes: Sequence[st
     (row selection, gather, SiLU*mul, gate, index_add) with the GEMMs replaced by a zero-filled output of
     their shape. ``ranks`` = 0 is the FoE form (local experts only, top-1). Hidden 64, width 32: the time is
     framework dispatch, not data. FLOPs and bytes 0; ``experts_active`` = local experts that got rows.
-    CPU only (on a GPU these are kernel launches, not measured here)."""
+
+    Two rows per shape: variant ``eager`` times calls back to back (code, allocator and metadata stay in
+    cache); variant ``eager_cold`` (when ``ctx.flush_bytes`` > 0) times one call after a streaming read
+    of ``flush_bytes``, the state a forward pass leaves between two layers' routing (their weights stream
+    through the caches in between). CPU only (on a GPU these are kernel launches, not measured here)."""
     if ctx.device.type != "cpu":
         return
     from validation import eager_moe
@@ -410,8 +438,11 @@ def bench_routing_glue(ctx: KernelContext, shapes: ShapeSet, dtypes: Sequence[st
             back.copy_(y)
             return eager_moe.unpermute(T, back, tok_index)
 
-        yield _row(ctx, "routing_glue", "eager", "fp32", _threads_cell(ctx), fn, 1, 0, 0, k=H, n=f,
-                   experts=E, ranks=R, tokens_total=T, experts_active=active)
+        cols = dict(k=H, n=f, experts=E, ranks=R, tokens_total=T, experts_active=active)
+        yield _row(ctx, "routing_glue", "eager", "fp32", _threads_cell(ctx), fn, 1, 0, 0, **cols)
+        if ctx.flush_bytes > 0:
+            yield _row(ctx, "routing_glue", "eager_cold", "fp32", _threads_cell(ctx), fn, 1, 0, 0,
+                       flush=_sink(ctx), flush_bytes=ctx.flush_bytes, **cols)
 
 
 KERNEL_BENCHES: dict[str, Callable[[KernelContext, ShapeSet, Sequence[str]], Iterator[dict]]] = {

@@ -61,6 +61,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="CPU only: run the kernel grid in N processes at once (they share DRAM bandwidth and "
                         "the last-level cache, as N workers of one node do) and keep each point's slowest "
                         "process; collectives are unaffected (default 1)")
+    p.add_argument("--flush-mb", type=int, default=None,
+                   help="CPU: MiB read before each sample of the cold (in-pass) variants of gemm, grouped_ffn and "
+                        "routing_glue, the weights a forward pass streams between two calls of a layer's op "
+                        "(default 256, --quick 16; 0 skips them)")
     return p.parse_args(argv)
 
 
@@ -83,6 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: --dtypes={args.dtypes!r}: allowed fp32,bf16,fp16", file=sys.stderr)
         return 2
     gemm_threads = _int_list(args.gemm_threads, "--gemm-threads") if args.gemm_threads else [args.threads]
+    if args.flush_mb is not None and args.flush_mb < 0:
+        print(f"error: --flush-mb={args.flush_mb}: must be >= 0 (0 skips the cold rows)", file=sys.stderr)
+        return 2
+    args.flush_bytes = 0 if args.device == "cuda" else (
+        args.flush_mb if args.flush_mb is not None else 16 if args.quick else 256) * 1024 ** 2
     if args.concurrent < 1 or (args.concurrent > 1 and args.device != "cpu"):
         print(f"error: --concurrent={args.concurrent}: an integer >= 1, and > 1 only with --device cpu", file=sys.stderr)
         return 2
@@ -113,10 +122,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "op_wall_s": {},
         "loadavg_after_op": {},
         "concurrent_processes": args.concurrent,
+        "flush_bytes": args.flush_bytes,
     })
 
     cap = 2 * 1024 ** 3 if args.device == "cuda" else 512 * 1024 ** 2
-    ctx = KernelContext(device=device, policy=policy, cache_bytes=env["last_level_cache_bytes"], rotate_mem_cap_bytes=cap)
+    ctx = KernelContext(device=device, policy=policy, cache_bytes=env["last_level_cache_bytes"], rotate_mem_cap_bytes=cap,
+                        flush_bytes=args.flush_bytes)
     shapes = shape_set(args.device, args.quick)
     kernel_rows: list[dict] = []
     coll_rows: list[dict] = []
@@ -165,7 +176,7 @@ def _kernel_worker(rank: int, op: str, args: argparse.Namespace, dtypes: tuple, 
     except RuntimeError:
         pass
     ctx = KernelContext(device=torch.device("cpu"), policy=policy, cache_bytes=cache_bytes,
-                        rotate_mem_cap_bytes=512 * 1024 ** 2)
+                        rotate_mem_cap_bytes=512 * 1024 ** 2, flush_bytes=args.flush_bytes)
     shapes = shape_set("cpu", args.quick)
     barrier.wait()
     rows: list[dict] = []
