@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simfoe.calibration.fit_profile import _fit_glue, glue_features
+from simfoe.calibration.fit_profile import _fit_glue, glue_features, glue_rows, in_pass_rows
 from simfoe.costs import kernels as K
 from simfoe.specs.io import build_placement, load_hardware, load_model
 
-TRUE = dict(zip(K.GLUE_PARAMS, (30e-6, 2e-6, 27e-6, 36e-6, 1e-7, 2e-7)))
+TRUE = dict(zip(K.GLUE_PARAMS, (30e-6, 2e-6, 27e-6, 36e-6, 1e-7, 2e-7, 450e-6)))
 
 
 def _rows(params: dict) -> pd.DataFrame:
@@ -37,10 +37,25 @@ def test_fit_recovers_known_coefficients():
 def test_hand_computed_glue():
     hw = load_hardware("cpu-intel-xeon-amx").model_copy(update={"kernels": {"routing_glue": TRUE}})
     # 3 active + 1 idle expert, 2 destination ranks, 6 rows, 4 tokens
-    want = 3 * 30e-6 + 1 * 2e-6 + 2 * 27e-6 + 36e-6 + 6 * 1e-7 + 4 * 2 * 2e-7
+    want = 3 * 30e-6 + 1 * 2e-6 + 2 * 27e-6 + 36e-6 + 6 * 1e-7 + 4 * 2 * 2e-7 + 450e-6
     assert K.routing_glue(hw, 3, 1, 2, 6.0, 4.0) == pytest.approx(want)
     # local experts (FoE form): no per-rank or dispatch terms
-    assert K.routing_glue(hw, 3, 1, 0, 6.0, 4.0) == pytest.approx(3 * 30e-6 + 2e-6 + 6e-7)
+    assert K.routing_glue(hw, 3, 1, 0, 6.0, 4.0) == pytest.approx(3 * 30e-6 + 2e-6 + 6e-7 + 450e-6)
+    # a profile fitted to warm rows before per_call_s existed prices no per-call term
+    warm = hw.model_copy(update={"kernels": {"routing_glue": {k: v for k, v in TRUE.items() if k != "per_call_s"}}})
+    assert K.routing_glue(warm, 3, 1, 0, 6.0, 4.0) == pytest.approx(3 * 30e-6 + 2e-6 + 6e-7)
+
+
+def test_in_pass_rows_prefer_cold():
+    warm = _rows({**TRUE, "per_call_s": 0.0}).assign(variant="eager", op="routing_glue", threads=1)
+    cold = _rows(TRUE).assign(variant="eager_cold", op="routing_glue", threads=1)
+    gemm = pd.DataFrame({"op": ["gemm"], "variant": ["mm"], "threads": [1]})
+    both = in_pass_rows(pd.concat([warm, cold, gemm], ignore_index=True))
+    assert set(zip(both.op, both.variant)) == {("routing_glue", "eager_cold"), ("gemm", "mm")}
+    assert _fit_glue(glue_rows(both))["per_call_s"] == pytest.approx(450e-6, rel=1e-3)
+    # a set measured before the cold variants existed: its warm rows, and no per-call term
+    assert set(in_pass_rows(warm).variant) == {"eager"}
+    assert _fit_glue(glue_rows(warm))["per_call_s"] == pytest.approx(0.0, abs=1e-9)
 
 
 @settings(max_examples=30, deadline=None)
@@ -73,7 +88,8 @@ def test_plan_charges_glue_only_where_fitted(arch, overrides):
     extra = with_glue.breakdown_s["experts"] - without.breakdown_s["experts"]
     # 4 layers; at least every layer's active experts, at most all 4 local experts active
     g = hw.kernels["routing_glue"]
-    assert 4 * g["per_active_expert_s"] < extra < 4 * (4 * g["per_active_expert_s"] + 2 * g["per_rank_s"] + g["dispatch_s"] + 1e-4)
+    assert 4 * (g["per_active_expert_s"] + g["per_call_s"]) < extra < 4 * (
+        4 * g["per_active_expert_s"] + 2 * g["per_rank_s"] + g["dispatch_s"] + g["per_call_s"] + 1e-4)
     assert with_glue.latency_s - without.latency_s == pytest.approx(extra, rel=1e-6, abs=1e-9)
 
 

@@ -161,11 +161,12 @@ def table_efficiency(tab, m: float, n: float, k: float) -> float:
     """Efficiency (FLOP/s / peak) of an (m x k) @ (k x n) call from a GemmTable.
 
     e(m, n, k) = e_n(m, n) * e_k(m, k) / e(m, n0, k0): each slice is interpolated in log m, then in
-    log n (log k); the k-slice enters as a ratio to its (n0, k0) point.
+    log n (log k); the k-slice enters as a ratio to its (n0, k0) point. Capped at 1: the product of two
+    slices near the peak can pass it, and the peak is the fastest call measured.
     """
     en = [_interp_log(m, tab.m, row) for row in tab.eff_n]
     ek = [_interp_log(m, tab.m, row) for row in tab.eff_k]
-    return _interp_log(n, tab.n, en) * _interp_log(k, tab.k, ek) / ek[tab.k.index(tab.k0)]
+    return min(1.0, _interp_log(n, tab.n, en) * _interp_log(k, tab.k, ek) / ek[tab.k.index(tab.k0)])
 
 
 def _table(hw, dtype: str):
@@ -328,7 +329,8 @@ def elementwise(hw, nbytes: float, flops: float = 0.0, kind: str | None = None) 
     return _cost(t_c, t_m, math.inf, _launch(hw, f), fl, nb)
 
 
-GLUE_PARAMS = ("per_active_expert_s", "per_idle_expert_s", "per_rank_s", "dispatch_s", "per_row_s", "per_token_rank_s")
+GLUE_PARAMS = ("per_active_expert_s", "per_idle_expert_s", "per_rank_s", "dispatch_s", "per_row_s", "per_token_rank_s",
+               "per_call_s")
 
 
 def routing_glue(hw, active_experts: float, idle_experts: float, ranks: int, rows: float, tokens: float) -> float:
@@ -339,8 +341,10 @@ def routing_glue(hw, active_experts: float, idle_experts: float, ranks: int, row
     row selection, gather, activation, gate and scatter-add; an idle one only its selection);
     ``ranks``: destination ranks of the dispatch (0 when experts are local and nothing is dispatched);
     ``rows``: token-expert pairs processed locally; ``tokens``: tokens this device routes. Linear:
-    ``a*active + b*idle + r*ranks + d*[ranks > 0] + w*rows + u*tokens*ranks``, fitted to the
-    ``routing_glue`` microbenchmark (simfoe.calibration.fit_profile).
+    ``a*active + b*idle + r*ranks + d*[ranks > 0] + w*rows + u*tokens*ranks + c``, fitted to the
+    ``routing_glue`` microbenchmark (simfoe.calibration.fit_profile); ``c`` (``per_call_s``) is what a
+    layer's routing pays for finding its code and metadata out of cache, as it does inside a forward
+    pass (absent, i.e. 0, in profiles fitted to warm rows).
     """
     f = _family(hw, "routing_glue")
     if not f:
@@ -351,7 +355,7 @@ def routing_glue(hw, active_experts: float, idle_experts: float, ranks: int, row
 
 def glue_terms(active_experts: float, idle_experts: float, ranks: int, rows: float, tokens: float) -> tuple:
     """The regressors of :func:`routing_glue`, in ``GLUE_PARAMS`` order (the fit uses the same ones)."""
-    return (active_experts, idle_experts, ranks, 1.0 if ranks > 0 else 0.0, rows, tokens * ranks)
+    return (active_experts, idle_experts, ranks, 1.0 if ranks > 0 else 0.0, rows, tokens * ranks, 1.0)
 
 
 OPS = ("gemm", "grouped_gemm", "attention_prefill", "attention_decode", "elementwise")
