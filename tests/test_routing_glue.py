@@ -16,6 +16,7 @@ TRUE = dict(zip(K.GLUE_PARAMS, (30e-6, 2e-6, 27e-6, 36e-6, 1e-7, 2e-7, 450e-6)))
 
 
 def _rows(params: dict) -> pd.DataFrame:
+    hw = load_hardware("cpu-intel-xeon-amx").model_copy(update={"kernels": {"routing_glue": params}})
     rows = []
     for E in (1, 2, 4, 8, 16):
         for R in (0, 1, 2, 4):
@@ -23,7 +24,6 @@ def _rows(params: dict) -> pd.DataFrame:
                 active = min(E, T)
                 r = pd.Series({"experts": E, "ranks": R, "tokens_total": T, "experts_active": active})
                 a, b, rr, rows_, tok = glue_features(r)
-                hw = load_hardware("cpu-intel-xeon-amx").model_copy(update={"kernels": {"routing_glue": params}})
                 rows.append({**r.to_dict(), "t_s": K.routing_glue(hw, a, b, rr, rows_, tok)})
     return pd.DataFrame(rows)
 

@@ -26,12 +26,12 @@ from simfoe.paths import REPO_ROOT
 TOLERANCES = REPO_ROOT / "validation" / "tolerances.yaml"
 DATA_DIR = REPO_ROOT / "validation" / "data"
 TESTBED_DIR = REPO_ROOT / "reports" / "calibration"
+VIDUR_GPU = {"h100-sxm": ("h100", "h100_dgx"), "a100-sxm": ("a100", "a100_dgx")}
 
 
 def testbed_result_path(hardware: str, folder: Path = TESTBED_DIR) -> Path:
     """Where the stored testbed run measured on ``hardware``'s machine kind lives."""
     return folder / f"testbed-{hardware}.json"
-VIDUR_GPU = {"h100-sxm": ("h100", "h100_dgx"), "a100-sxm": ("a100", "a100_dgx")}
 
 
 def load_tolerances(path: str | Path = TOLERANCES) -> dict:

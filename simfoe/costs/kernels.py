@@ -29,7 +29,7 @@ Fitted parameters live in ``hw.kernels`` (see docs/calibration-kernels.md), one 
 ``routing_glue`` (CPU profiles; absent elsewhere, then 0)
     the small framework ops of an eager MoE layer beside its GEMMs (validation/eager_moe.py):
     ``per_active_expert_s``, ``per_idle_expert_s``, ``per_rank_s``, ``dispatch_s``, ``per_row_s``,
-    ``per_token_rank_s`` (:func:`routing_glue`).
+    ``per_token_rank_s``, ``per_call_s`` (:func:`routing_glue`; ``GLUE_PARAMS``).
 
 ``hw.gemm_tables[dtype]`` (CPU profiles)
     measured efficiency of single GEMM calls over m and two (n, k) slices (simfoe.specs.hardware.GemmTable);
