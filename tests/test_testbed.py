@@ -47,6 +47,29 @@ def test_compare_host_speed():
     assert "host_speed" not in testbed.compare(meas, [1.0, 1.0])
 
 
+def test_compare_attaches_breakdown_only_when_measured():
+    base = {"phase": "decode", "batch": 4, "seq_len": 8, "cpu_median_s": 1.0, "wall_median_s": 1.0, "wall_min_s": 1.0}
+    bd = {"attention": 0.4, "experts": 0.6}
+    meas = {"cases": [{**base, "arch": "moe", "breakdown_cpu_s": bd, "breakdown_wall_s": bd}, {**base, "arch": "foe"}]}
+    pred = [{"attention": 0.5, "experts": 0.5, "all_reduce": 0.0}, {"attention": 1.0}]
+    r = testbed.compare(meas, [1.0, 1.0], predicted_breakdowns=pred)
+    assert r["cases"][0]["breakdown"] == {"measured_cpu_s": bd, "measured_wall_s": bd,
+                                          "predicted_s": {"attention": 0.5, "experts": 0.5}}  # zero categories dropped
+    assert "breakdown" not in r["cases"][1]
+    assert "breakdown" not in testbed.compare(meas, [1.0, 1.0])["cases"][0]
+
+
+def test_predicted_breakdown_adds_up_to_the_latency():
+    """The per-category seconds the testbed comparison shows are a partition of the predicted pass."""
+    m, hw = _model()
+    cases = [[a, ph, b, s] for ph, b, s in testbed.DEFAULT_SHAPES for a in ("moe", "foe")]
+    for (a, *_), r in zip(cases, testbed.predict_results(m, hw, cases)):
+        assert sum(r.breakdown_s.values()) == pytest.approx(r.latency_s, rel=1e-9)
+        used = {k for k, v in r.breakdown_s.items() if v > 0}
+        assert used == ({"attention", "experts", "dispatch", "combine", "embed_lm_head"} if a == "moe"
+                        else {"attention", "experts", "all_reduce", "embed_lm_head"})
+
+
 def test_predict_with_expert_counts_follows_the_routing():
     """All of a cluster's tokens on one expert cost one big GEMM per layer instead of four quarter-size
     ones; the prediction with those counts equals the hand sum of the plan's expert step for them."""
@@ -112,7 +135,7 @@ def test_testbed_cli_quick_runs(capsys):
 
     from simfoe.cli import main
 
-    assert main(["testbed", "--quick", "--repeats", "3", "--json"]) == 0
+    assert main(["testbed", "--quick", "--repeats", "3", "--breakdown", "1", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert [(c["arch"], c["phase"], c["batch"]) for c in r["cases"]] == [
         (a, ph, b) for ph, b, _ in testbed.QUICK_SHAPES for a in ("moe", "foe")]
@@ -127,3 +150,17 @@ def test_testbed_cli_quick_runs(capsys):
         # host_speed is a diagnostic of the host (a busy 2-core CI runner read 0.48), so only its
         # presence and sign are part of the contract, never a band
         assert math.isfinite(c["host_speed"]) and c["host_speed"] > 0
+        # the breakdown pass times the same categories the prediction has, and they account for a pass
+        bd = c["breakdown"]
+        cats = {"attention", "experts", "embed_lm_head"} | ({"dispatch", "combine"} if c["arch"] == "moe" else {"all_reduce"})
+        assert set(bd["measured_cpu_s"]) == set(bd["predicted_s"]) == cats
+        assert 0.5 < sum(bd["measured_cpu_s"].values()) / c["measured_s"] < 2.0
+
+
+@pytest.mark.parametrize("argv", [["--repeats", "0"], ["--breakdown", "-1"]])
+def test_testbed_bad_counts_exit_2(argv, capsys):
+    from simfoe.cli import main
+
+    assert main(["testbed", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {argv[0]}")

@@ -97,6 +97,33 @@ class Weights:
         self.lm_shard = rnd(h, V // world)
 
 
+class Sections:
+    """Per-category clock of one pass (``breakdown`` passes only): ``mark(cat)`` charges the process CPU
+    time and wall time since the previous mark to ``cat`` (simfoe's breakdown categories:
+    simfoe/forward/simulate.py CATEGORIES). A mark costs about a microsecond."""
+
+    def __init__(self):
+        self.cpu: dict = {}
+        self.wall: dict = {}
+        self._c, self._w = time.process_time(), time.perf_counter()
+
+    def mark(self, cat: str) -> None:
+        c, w = time.process_time(), time.perf_counter()
+        self.cpu[cat] = self.cpu.get(cat, 0.0) + c - self._c
+        self.wall[cat] = self.wall.get(cat, 0.0) + w - self._w
+        self._c, self._w = c, w
+
+
+class _NoSections:
+    """The timed passes' stand-in for Sections: marks nothing."""
+
+    def mark(self, cat: str) -> None:
+        pass
+
+
+NO_SECTIONS = _NoSections()
+
+
 def _attention(x, w, ln, b, s, hq, hk, d, phase, kv_cache):
     """layer_norm, QKV GEMM, SDPA, O GEMM, residual add; ``x`` [b*s, h]."""
     h = x.shape[1]
@@ -114,13 +141,15 @@ def _attention(x, w, ln, b, s, hq, hk, d, phase, kv_cache):
     return o
 
 
-def forward_moe(W: Weights, cfg, tokens, b, s, phase, kv, rank, world, route_counts=None):
+def forward_moe(W: Weights, cfg, tokens, b, s, phase, kv, rank, world, route_counts=None, sec=NO_SECTIONS):
     m = cfg["model"]
     h, H, KV, d, E, topk = m["hidden"], m["n_heads"], m["n_kv_heads"], m["head_dim"], m["n_experts"], m["top_k"]
     epg = E // world
     x = W.emb.index_select(0, tokens)
+    sec.mark("embed_lm_head")
     for li, lw in enumerate(W.moe):
         x = x + _attention(x, lw, lw["ln1"], b, s, H, KV, d, phase, kv[li] if kv else None)
+        sec.mark("attention")
         xn = F.layer_norm(x, (h,), lw["ln2"])
         logits = xn @ lw["wr"]
         gi, gates = eager_moe.route(logits, topk)
@@ -130,36 +159,65 @@ def forward_moe(W: Weights, cfg, tokens, b, s, phase, kv, rank, world, route_cou
         send, counts, tok_index = eager_moe.partition(x, gi, gates, world, epg)
         cin = torch.tensor(counts, dtype=torch.int64)
         cout = torch.empty_like(cin)
+        sec.mark("experts")
         dist.all_to_all_single(cout, cin)
         recv = torch.empty(int(cout.sum()), send.shape[1], dtype=DTYPE)
         dist.all_to_all_single(recv, send, cout.tolist(), counts)
+        sec.mark("dispatch")
         ids = recv[:, h:h + topk].long()
         y = eager_moe.experts(recv[:, :h].contiguous(), ids, recv[:, h + topk:], lw["wgu"], lw["wd"])
         back = torch.empty(send.shape[0], h, dtype=DTYPE)
+        sec.mark("experts")
         dist.all_to_all_single(back, y, counts, cout.tolist())
+        sec.mark("combine")
         moe_out = eager_moe.unpermute(T, back, tok_index)
         x = x + moe_out
+        sec.mark("experts")
     last = x.view(b, s, h)[:, -1]
-    return F.layer_norm(last, (h,), W.moe[0]["ln1"]) @ W.lm
+    out = F.layer_norm(last, (h,), W.moe[0]["ln1"]) @ W.lm
+    sec.mark("embed_lm_head")
+    return out
 
 
-def forward_foe(W: Weights, cfg, tokens, b, s, phase, kv, rank, world, route_counts=None):
+def forward_foe(W: Weights, cfg, tokens, b, s, phase, kv, rank, world, route_counts=None, sec=NO_SECTIONS):
     m, f = cfg["model"], cfg["foe"]
     h, d, C = m["hidden"], m["head_dim"], f["clusters"]
     hq, hk, kc = m["n_heads"] // C, m["n_kv_heads"] // C, f["top_k_per_cluster"]
     x = W.emb.index_select(0, tokens)
+    sec.mark("embed_lm_head")
     for li, lw in enumerate(W.foe):
         o = _attention(x, lw, lw["ln1"], b, s, hq, hk, d, phase, kv[li] if kv else None)
+        sec.mark("attention")
         dist.all_reduce(o)
+        sec.mark("all_reduce")
         x = x + o
+        sec.mark("attention")
         xn = F.layer_norm(x, (h,), lw["ln2"])
         logits = xn @ lw["wr"]
         gi, gates = eager_moe.route(logits, kc)
         if route_counts is not None:
             route_counts[li, rank] += torch.bincount(gi.flatten(), minlength=f["experts_per_cluster"])
         x = x + eager_moe.experts(x, gi, gates, lw["wgu"], lw["wd"])
+        sec.mark("experts")
     last = x.view(b, s, h)[:, -1]
-    return F.layer_norm(last, (h,), W.foe[0]["ln1"]) @ W.lm_shard
+    out = F.layer_norm(last, (h,), W.foe[0]["ln1"]) @ W.lm_shard
+    sec.mark("embed_lm_head")
+    return out
+
+
+BREAKDOWN_CATEGORIES = ("embed_lm_head", "attention", "all_reduce", "dispatch", "experts", "combine")
+
+
+def _breakdown(passes: list) -> dict:
+    """Median over breakdown passes of each category's CPU and wall seconds on this rank, then the
+    largest over ranks (collective: every rank calls it): ``breakdown_cpu_s`` / ``breakdown_wall_s``."""
+    out = {}
+    for i, key in enumerate(("breakdown_cpu_s", "breakdown_wall_s")):
+        med = [statistics.median(p[i].get(c, 0.0) for p in passes) for c in BREAKDOWN_CATEGORIES]
+        t = torch.tensor(med, dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        out[key] = {c: v for c, v in zip(BREAKDOWN_CATEGORIES, t.tolist()) if v > 0}
+    return out
 
 
 def _local_batch(arch: str, batch: int, rank: int, world: int) -> int:
@@ -197,6 +255,7 @@ def _worker(rank: int, world: int, port: int, cfg: dict, out_path: str) -> None:
     routed: dict = {}
     probe = cfg.get("probe")
     probe_s: dict = {}
+    sections: dict = {}
     if probe:
         pa = torch.randn(probe["m"], probe["k"], generator=gen)
         pbs = [torch.randn(probe["k"], probe["n"], generator=gen) for _ in range(probe.get("buffers", 16))]
@@ -238,6 +297,15 @@ def _worker(rank: int, world: int, port: int, cfg: dict, out_path: str) -> None:
                 c0 = time.process_time()
                 pa @ pbs[i % len(pbs)]
                 probe_s.setdefault((phase, batch, seq), []).append(time.process_time() - c0)
+        # breakdown passes (untimed for the headline): per-category CPU and wall time of each rank
+        for arch in archs:
+            fwd, tokens, b, s, kv = inputs[arch]
+            for _ in range(cfg.get("breakdown", 0)):
+                dist.barrier()
+                sec = Sections()
+                with torch.inference_mode():
+                    fwd(W, cfg, tokens, b, s, phase, kv, rank, world, sec=sec)
+                sections.setdefault((arch, phase, batch, seq), []).append((sec.cpu, sec.wall))
         del inputs
     for arch, phase, batch, seq in cfg["cases"]:
         t = torch.tensor(samples[(arch, phase, batch, seq)], dtype=torch.float64).T.contiguous()
@@ -252,6 +320,8 @@ def _worker(rank: int, world: int, port: int, cfg: dict, out_path: str) -> None:
             pt = torch.tensor(probe_s[(phase, batch, seq)], dtype=torch.float64)
             dist.all_reduce(pt, op=dist.ReduceOp.MAX)
             row["probe_cpu_median_s"] = statistics.median(pt.tolist())
+        if sections.get((arch, phase, batch, seq)):
+            row.update(_breakdown(sections[(arch, phase, batch, seq)]))
         results.append(row)
     if rank == 0:
         with open(out_path, "w") as fh:
@@ -262,10 +332,11 @@ def _worker(rank: int, world: int, port: int, cfg: dict, out_path: str) -> None:
 
 def run(cfg: dict) -> dict:
     """Run every case of ``cfg`` (keys: model, foe, cases [[arch, phase, batch, seq_len], ...],
-    world_size, repeats, warmup, seed, optional probe {m, n, k, buffers}) and return
-    ``{"cases", "barrier_s", "env"}``."""
+    world_size, repeats, warmup, seed, optional probe {m, n, k, buffers}, optional breakdown: passes per
+    case timed section by section after the timed repeats, 0 = none) and return ``{"cases",
+    "barrier_s", "env"}``."""
     world = int(cfg.get("world_size", 2))
-    cfg = {"warmup": 2, "repeats": 7, "seed": 0, **cfg}
+    cfg = {"warmup": 2, "repeats": 7, "seed": 0, "breakdown": 0, **cfg}
     m, f = cfg["model"], cfg["foe"]
     if m["n_experts"] % world or f["clusters"] != world or m["n_kv_heads"] % f["clusters"] or m["vocab"] % world:
         raise SystemExit(f"error: world_size={world}: needs n_experts, vocab divisible by it, foe.clusters equal to it "
@@ -282,7 +353,7 @@ def run(cfg: dict) -> dict:
                   "dtype": "fp32", "cpus": os.cpu_count(), "loadavg_start": list(load0),
                   "loadavg_end": list(os.getloadavg()), "wall_s": round(time.time() - t0, 2),
                   "warmup": cfg["warmup"], "repeats": cfg["repeats"], "interleaved": True,
-                  "probe": cfg.get("probe")}
+                  "probe": cfg.get("probe"), "breakdown_passes": cfg["breakdown"]}
     return res
 
 

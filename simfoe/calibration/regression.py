@@ -114,7 +114,9 @@ def testbed_source(path: Path) -> tuple[list[dict], dict] | None:
     measured = {"cases": [{"arch": c["arch"], "phase": c["phase"], "batch": c["batch"], "seq_len": c["seq_len"],
                            "cpu_median_s": c["measured_s"], "wall_median_s": c["measured_wall_s"],
                            "wall_min_s": c["measured_wall_min_s"],
-                           **{k: c[k] for k in ("expert_counts", "probe_cpu_median_s") if k in c}}
+                           **{k: c[k] for k in ("expert_counts", "probe_cpu_median_s") if k in c},
+                           **({"breakdown_cpu_s": c["breakdown"]["measured_cpu_s"],
+                               "breakdown_wall_s": c["breakdown"]["measured_wall_s"]} if "breakdown" in c else {})}
                           for c in stored["cases"]], "env": stored.get("env", {})}
     cmp = testbed.run(testbed.DEFAULT_MODEL, stored.get("hardware", testbed.DEFAULT_HARDWARE), measured=measured)
     src = f"testbed:{cmp['hardware']}"

@@ -48,7 +48,7 @@ def generate(out: Path = OUT, rerun_testbed: bool = False) -> Path:
 
     out.mkdir(parents=True, exist_ok=True)
     if rerun_testbed:
-        tb = testbed.run()
+        tb = testbed.run(breakdown=3)
         regression.testbed_result_path(tb["hardware"], out).write_text(json.dumps(tb, indent=1))
     r = regression.validate()
     rows = r.pop("rows")
@@ -92,6 +92,21 @@ def generate(out: Path = OUT, rerun_testbed: bool = False) -> Path:
                   + (f" Host speed {tb['host_speed']:.2f} (probe GEMM: profile prediction / measured)." if tb.get("host_speed") else "")
                   + (" Predicted with the testbed's per-layer expert choice counts as routing." if all(
                       c.get("expert_counts") for c in tb["cases"]) else " Predicted with uniform routing (stored run without routing counts).")]
+        with_bd = [c for c in tb["cases"] if c.get("breakdown")]
+        if with_bd:
+            cats = [k for k in ("attention", "experts", "dispatch", "combine", "all_reduce", "embed_lm_head")
+                    if any(k in c["breakdown"]["measured_cpu_s"] for c in with_bd)]
+            lines += ["", "Where the time goes (`simfoe testbed --breakdown N`): process CPU time per category in "
+                      "section-timed passes after the timed ones (median over passes, largest over ranks) vs the "
+                      "prediction's critical path, ms measured / predicted (error %).", "",
+                      "| arch | phase | batch | " + " | ".join(cats) + " |", "|---|---|---|" + "---|" * len(cats)]
+            for c in with_bd:
+                bd = c["breakdown"]
+                cells = []
+                for k in cats:
+                    m, p = bd["measured_cpu_s"].get(k), bd["predicted_s"].get(k, 0.0)
+                    cells.append("-" if not m else f"{m * 1e3:.1f} / {p * 1e3:.1f} ({100 * (p / m - 1):+.0f})")
+                lines.append(f"| {c['arch']} | {c['phase']} | {c['batch']} | " + " | ".join(cells) + " |")
     lines += ["", "## Parity plots", ""]
     for s in sorted(df.source.unique()):
         fn = "parity_" + s.replace(":", "_").replace("/", "_") + ".png"

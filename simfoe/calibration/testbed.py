@@ -54,8 +54,9 @@ def _resolve(path: str) -> str:
     return str(p)
 
 
-def build_config(model, hw, shapes, repeats: int, warmup: int, seed: int = 0) -> dict:
-    """Testbed config (validation/testbed.py ``run``) for ``model`` on ``hw``'s node."""
+def build_config(model, hw, shapes, repeats: int, warmup: int, seed: int = 0, breakdown: int = 0) -> dict:
+    """Testbed config (validation/testbed.py ``run``) for ``model`` on ``hw``'s node; ``breakdown``:
+    extra passes per case timed section by section (0: none)."""
     from simfoe.specs.io import build_placement
     from simfoe.specs.placement import resolve_foe
 
@@ -76,6 +77,7 @@ def build_config(model, hw, shapes, repeats: int, warmup: int, seed: int = 0) ->
                 "top_k_per_cluster": L.top_k_per_cluster, "expert_ffn": L.expert_ffn},
         "cases": [[arch, ph, b, s] for ph, b, s in shapes for arch in ("moe", "foe")],
         "world_size": world, "repeats": repeats, "warmup": warmup, "seed": seed, "probe": dict(PROBE),
+        "breakdown": breakdown,
     }
 
 
@@ -94,7 +96,12 @@ def run_testbed(config: dict, timeout_s: float = 900) -> dict:
 
 
 def predict_cases(model, hw, cases, seed: int = 0, expert_counts: list | None = None) -> list[float]:
-    """simfoe ForwardModel latency (s) for each [arch, phase, batch, seq_len].
+    """simfoe ForwardModel latency (s) for each [arch, phase, batch, seq_len] (see predict_results)."""
+    return [r.latency_s for r in predict_results(model, hw, cases, seed, expert_counts)]
+
+
+def predict_results(model, hw, cases, seed: int = 0, expert_counts: list | None = None) -> list:
+    """simfoe ForwardResult (latency and its breakdown by category) for each [arch, phase, batch, seq_len].
 
     ``expert_counts`` (one entry per case, or None): the testbed's per-layer expert choice counts; a
     case with counts is simulated layer by layer with them as its routing trace (the workload's routing
@@ -113,7 +120,7 @@ def predict_cases(model, hw, cases, seed: int = 0, expert_counts: list | None = 
                 path.write_text("\n".join(",".join(str(int(v)) for v in row) for row in counts) + "\n")
                 routing = RoutingSpec(kind="trace", path=str(path))
             fm = ForwardModel(model, hw, build_placement(a, 1, PLACEMENT[a]), routing=routing, seed=seed)
-            out.append(fm.run(ph, int(b), int(s), per_layer=counts is not None).latency_s)
+            out.append(fm.run(ph, int(b), int(s), per_layer=counts is not None))
     return out
 
 
@@ -124,19 +131,26 @@ def probe_seconds(hw) -> float:
     return gemm(hw, PROBE["m"], PROBE["n"], PROBE["k"], "fp32").latency_s
 
 
-def compare(measured: dict, predicted: list[float], probe_predicted_s: float | None = None) -> dict:
+def compare(measured: dict, predicted: list[float], probe_predicted_s: float | None = None,
+            predicted_breakdowns: list[dict] | None = None) -> dict:
     """Cases with measured/predicted seconds, MAPE (%) and the MoE/FoE speedup error (fraction).
 
     With ``probe_predicted_s`` and probe times in ``measured``, each case also gets ``host_speed`` and
-    the result ``host_speed`` (median over cases)."""
+    the result ``host_speed`` (median over cases). With ``predicted_breakdowns`` (seconds by category,
+    one dict per case) and breakdown passes in ``measured``, each case gets ``breakdown``:
+    ``{"measured_cpu_s", "measured_wall_s", "predicted_s"}``, seconds per category (simfoe's categories;
+    measured: median over the breakdown passes, largest over ranks; predicted: the critical path's)."""
     cases, by = [], {}
-    for c, p in zip(measured["cases"], predicted):
+    for i, (c, p) in enumerate(zip(measured["cases"], predicted)):
         m = c["cpu_median_s"]
         row = {"arch": c["arch"], "phase": c["phase"], "batch": c["batch"], "seq_len": c["seq_len"],
                "measured_s": m, "predicted_s": p, "ape_pct": abs(p / m - 1) * 100,
                "measured_wall_s": c["wall_median_s"], "measured_wall_min_s": c["wall_min_s"]}
         if c.get("expert_counts"):
             row["expert_counts"] = c["expert_counts"]
+        if predicted_breakdowns and c.get("breakdown_cpu_s"):
+            row["breakdown"] = {"measured_cpu_s": c["breakdown_cpu_s"], "measured_wall_s": c["breakdown_wall_s"],
+                                "predicted_s": {k: v for k, v in predicted_breakdowns[i].items() if v > 0}}
         if c.get("probe_cpu_median_s"):
             row["probe_cpu_median_s"] = c["probe_cpu_median_s"]
             if probe_predicted_s:
@@ -173,12 +187,13 @@ def resolve_hardware(hardware: str) -> tuple[str, bool]:
 
 
 def run(model: str = DEFAULT_MODEL, hardware: str = "auto", quick: bool = False, repeats: int | None = None,
-        warmup: int = 2, seed: int = 0, measured: dict | None = None) -> dict:
+        warmup: int = 2, seed: int = 0, measured: dict | None = None, breakdown: int = 0) -> dict:
     """Measure (unless ``measured`` is given) and predict; returns the comparison plus env/config.
 
     ``hardware``: a profile name or YAML, or ``auto`` (the profile calibrated on this CPU kind; without
     one, DEFAULT_HARDWARE, and the result says ``hardware_matched: false``: per-case errors then mix
-    two machines, the speedup error stays meaningful)."""
+    two machines, the speedup error stays meaningful). ``breakdown``: extra passes per case timed section
+    by section, for per-category measured vs predicted times (``compare``)."""
     from simfoe.specs.io import load_hardware, load_model
 
     hardware, matched = resolve_hardware(hardware)
@@ -186,12 +201,12 @@ def run(model: str = DEFAULT_MODEL, hardware: str = "auto", quick: bool = False,
     m = load_model(_resolve(model))
     hw = load_hardware(hardware if not hardware.endswith(".yaml") else _resolve(hardware))
     shapes = QUICK_SHAPES if quick else DEFAULT_SHAPES
-    cfg = build_config(m, hw, shapes, repeats or 9, warmup, seed)
+    cfg = build_config(m, hw, shapes, repeats or 9, warmup, seed, breakdown)
     if measured is None:
         measured = run_testbed(cfg)
-    pred = predict_cases(m, hw, [[c["arch"], c["phase"], c["batch"], c["seq_len"]] for c in measured["cases"]], seed,
-                         [c.get("expert_counts") for c in measured["cases"]])
-    out = compare(measured, pred, probe_seconds(hw))
+    res = predict_results(m, hw, [[c["arch"], c["phase"], c["batch"], c["seq_len"]] for c in measured["cases"]], seed,
+                          [c.get("expert_counts") for c in measured["cases"]])
+    out = compare(measured, [r.latency_s for r in res], probe_seconds(hw), [r.breakdown_s for r in res])
     out.update({"model": m.name, "hardware": hw.name, "hardware_matched": matched, "measure": "max over ranks of process CPU time per forward, "
                 "median over repeats", "env": measured.get("env", {}), "barrier_s": measured.get("barrier_s")})
     return out

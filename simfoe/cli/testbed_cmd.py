@@ -1,10 +1,11 @@
 """`simfoe testbed`: real MoE and FoE forward passes on this machine (torch, gloo) vs simfoe's prediction.
 
   simfoe testbed [--model validation/models/testbed-moe.yaml] [--hardware auto|PROFILE] [--quick]
-                 [--repeats N] [--out FILE.json] [--json]
+                 [--repeats N] [--breakdown N] [--out FILE.json] [--json]
 
 -> {"cases": [{"arch", "phase", "batch", "measured_s", "predicted_s", "expert_counts", "host_speed", ...}],
     "mape", "speedup_error", "host_speed", ...}   (all keys: docs/calibration.md, Testbed)
+    with --breakdown, each case also has "breakdown": {"measured_cpu_s", "measured_wall_s", "predicted_s"}
 """
 from __future__ import annotations
 
@@ -24,6 +25,10 @@ def register(subparsers) -> None:
                         "taken on this CPU kind (vendor, family, model), else cpu-amd-epyc-zen4 with a warning")
     p.add_argument("--quick", action="store_true", help="two shapes only (prefill B=2, decode B=16): a fast smoke run; CI judges all four")
     p.add_argument("--repeats", type=int, default=None, help="timed forward passes per case, MoE and FoE interleaved (default 9)")
+    p.add_argument("--breakdown", type=int, default=0, metavar="N",
+                   help="after each case's timed passes, N more passes timed section by section (attention, "
+                        "experts, dispatch, combine, all_reduce, embed_lm_head): where the time goes, measured "
+                        "vs predicted (default 0: none; 3 is enough)")
     p.add_argument("--out", default=None, help="also write the result JSON here")
     add_json_flag(p)
     p.set_defaults(func=run, render=render)
@@ -37,11 +42,13 @@ def run(args) -> dict:
 
     if args.repeats is not None and args.repeats < 1:
         raise SpecError("--repeats", args.repeats, "an integer >= 1")
+    if args.breakdown < 0:
+        raise SpecError("--breakdown", args.breakdown, "an integer >= 0")
     try:
         import torch  # noqa: F401
     except ImportError:
         raise SpecError("torch", None, "PyTorch installed (pip install -e .[validation])") from None
-    res = testbed.run(args.model, args.hardware, quick=args.quick, repeats=args.repeats)
+    res = testbed.run(args.model, args.hardware, quick=args.quick, repeats=args.repeats, breakdown=args.breakdown)
     if not res["hardware_matched"]:
         import sys
 
@@ -61,6 +68,14 @@ def render(r: dict) -> str:
                      f"{fmt_time(c['measured_wall_s']):>11} {fmt_time(c['predicted_s']):>11} {c['ape_pct']:6.1f}%")
     lines.append(f"MAPE {r['mape']:.1f}%  max {r['max_ape']:.1f}%  speedup error {100 * r['speedup_error']:.1f}% "
                  f"(max {100 * r['speedup_error_max']:.1f}%)")
+    with_bd = [c for c in r["cases"] if c.get("breakdown")]
+    if with_bd:
+        lines.append("breakdown, measured/predicted (CPU time per category, largest over ranks; predicted: critical path)")
+    for c in with_bd:
+        bd = c["breakdown"]
+        cats = sorted(bd["predicted_s"].keys() | bd["measured_cpu_s"].keys())
+        lines.append(f"  {c['arch']:5} {c['phase']:8} {c['batch']:>5}  " + "  ".join(
+            f"{k} {fmt_time(bd['measured_cpu_s'].get(k, 0.0))}/{fmt_time(bd['predicted_s'].get(k, 0.0))}" for k in cats))
     if r.get("host_speed") is not None:
         lines.append(f"host speed {r['host_speed']:.2f} (probe GEMM, profile prediction / measured; 1.00 = as at calibration)")
     return "\n".join(lines)
