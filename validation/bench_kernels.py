@@ -75,6 +75,7 @@ class ShapeSet:
     decode: tuple[tuple[int, int, int, int, int], ...]   # (batch, heads, kv_heads, head_dim, context_len)
     copy_bytes: tuple[int, ...]
     glue: tuple[tuple[int, int, int], ...] = ()        # (local experts, destination ranks (0 = local), tokens)
+    gemm_cold_nk: frozenset = frozenset()               # (n, k) whose GEMMs also get the cold variant
 
 
 def _grid(ms: Sequence[int], nks: Sequence[tuple[int, int]]) -> tuple[tuple[int, int, int], ...]:
@@ -83,9 +84,15 @@ def _grid(ms: Sequence[int], nks: Sequence[tuple[int, int]]) -> tuple[tuple[int,
 
 _KIB, _MIB = 1024, 1024 * 1024
 
+#: CPU GEMM slices: n at k = 1024 and k at n = 1024, in half-octave steps. MKL fp32 below m = 192 runs
+#: n = 768 or 1536 near peak and n = 1024, 2048 or 4096 at half of it (rows that are a multiple of 4 KiB
+#: alias in the caches), so the table needs the points between the powers of two as well.
+CPU_GEMM_N = (512, 768, 1024, 1536, 2048, 3072, 4096)
+CPU_GEMM_K = (512, 1024, 2048, 4096)
+
 CPU_FULL = ShapeSet(
     gemm_mnk=_grid((1, 2, 4, 8, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256, 384, 512, 1024),
-                   ((1024, 1024), (4096, 1024), (1024, 4096)))
+                   tuple((n, 1024) for n in CPU_GEMM_N) + tuple((1024, k) for k in CPU_GEMM_K if k != 1024))
     + tuple((s, s, s) for s in (256, 512, 1536)),
     ffn=tuple((e, 1024, 512, t) for e in (8, 32) for t in (8, 64, 512, 2048)),
     routings=("uniform", "zipf1.2"),
@@ -94,6 +101,8 @@ CPU_FULL = ShapeSet(
                  for b in (1, 8) for c in (512, 4096)),
     copy_bytes=tuple(x * _KIB for x in (16, 256)) + tuple(x * _MIB for x in (1, 4, 16, 64, 256)),
     glue=tuple((e, r, t) for e in (1, 2, 4, 8, 16) for r in (0, 1, 2, 4) for t in (4, 256)),
+    # the cold GEMM rows are a bound, not fitted (docs/calibration.md, Cold variants): three slices suffice
+    gemm_cold_nk=frozenset({(1024, 1024), (4096, 1024), (1024, 4096), (256, 256), (512, 512), (1536, 1536)}),
 )
 
 CPU_QUICK = ShapeSet(
@@ -203,7 +212,7 @@ def bench_gemm(ctx: KernelContext, shapes: ShapeSet, dtypes: Sequence[str]) -> I
                 return torch.mm(a, b, out=c)
 
             yield _row(ctx, "gemm", "mm", dt, _threads_cell(ctx), fn, nb, 2 * m * n * k, ws, m=m, n=n, k=k)
-            if ctx.flush_bytes > 0:
+            if ctx.flush_bytes > 0 and (not shapes.gemm_cold_nk or (n, k) in shapes.gemm_cold_nk):
                 yield _row(ctx, "gemm", "mm_cold", dt, _threads_cell(ctx), fn, nb, 2 * m * n * k, ws,
                            flush=_sink(ctx), flush_bytes=ctx.flush_bytes, m=m, n=n, k=k)
             del bufs
