@@ -59,6 +59,16 @@ def test_compare_attaches_breakdown_only_when_measured():
     assert "breakdown" not in testbed.compare(meas, [1.0, 1.0])["cases"][0]
 
 
+def test_testbed_times_simfoe_categories():
+    """validation/testbed.py may not import simfoe, so it names the categories itself: they must stay
+    simfoe's (every one but dense_ffn, which the MoE-only testbed model never runs)."""
+    pytest.importorskip("torch")
+    from simfoe.forward.simulate import CATEGORIES
+    from validation.testbed import BREAKDOWN_CATEGORIES
+
+    assert set(BREAKDOWN_CATEGORIES) == set(CATEGORIES) - {"dense_ffn"}
+
+
 def test_predicted_breakdown_adds_up_to_the_latency():
     """The per-category seconds the testbed comparison shows are a partition of the predicted pass."""
     m, hw = _model()

@@ -45,6 +45,7 @@ def generate(out: Path = OUT, rerun_testbed: bool = False) -> Path:
 
     from simfoe.calibration import regression, testbed
     from simfoe.calibration.fit_profile import fit_profile
+    from simfoe.forward.simulate import CATEGORIES
 
     out.mkdir(parents=True, exist_ok=True)
     if rerun_testbed:
@@ -94,8 +95,7 @@ def generate(out: Path = OUT, rerun_testbed: bool = False) -> Path:
                       c.get("expert_counts") for c in tb["cases"]) else " Predicted with uniform routing (stored run without routing counts).")]
         with_bd = [c for c in tb["cases"] if c.get("breakdown")]
         if with_bd:
-            cats = [k for k in ("attention", "experts", "dispatch", "combine", "all_reduce", "embed_lm_head")
-                    if any(k in c["breakdown"]["measured_cpu_s"] for c in with_bd)]
+            cats = [k for k in CATEGORIES if any(k in c["breakdown"]["measured_cpu_s"] for c in with_bd)]
             lines += ["", "Where the time goes (`simfoe testbed --breakdown N`): process CPU time per category in "
                       "section-timed passes after the timed ones (median over passes, largest over ranks) vs the "
                       "prediction's critical path, ms measured / predicted (error %).", "",

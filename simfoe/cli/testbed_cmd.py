@@ -68,12 +68,14 @@ def render(r: dict) -> str:
                      f"{fmt_time(c['measured_wall_s']):>11} {fmt_time(c['predicted_s']):>11} {c['ape_pct']:6.1f}%")
     lines.append(f"MAPE {r['mape']:.1f}%  max {r['max_ape']:.1f}%  speedup error {100 * r['speedup_error']:.1f}% "
                  f"(max {100 * r['speedup_error_max']:.1f}%)")
+    from simfoe.forward.simulate import CATEGORIES
+
     with_bd = [c for c in r["cases"] if c.get("breakdown")]
     if with_bd:
         lines.append("breakdown, measured/predicted (CPU time per category, largest over ranks; predicted: critical path)")
     for c in with_bd:
         bd = c["breakdown"]
-        cats = sorted(bd["predicted_s"].keys() | bd["measured_cpu_s"].keys())
+        cats = [k for k in CATEGORIES if k in bd["predicted_s"] or k in bd["measured_cpu_s"]]
         lines.append(f"  {c['arch']:5} {c['phase']:8} {c['batch']:>5}  " + "  ".join(
             f"{k} {fmt_time(bd['measured_cpu_s'].get(k, 0.0))}/{fmt_time(bd['predicted_s'].get(k, 0.0))}" for k in cats))
     if r.get("host_speed") is not None:
