@@ -4,7 +4,8 @@ Each benchmark yields one dict per measured point with the columns of ``KERNEL_C
 byte counts follow validation/README.md ("Definitions"): FLOPs of the mathematical op (multiply-add
 = 2 FLOP), bytes = minimal DRAM/HBM traffic (every input read once, every output written once,
 intermediates not counted). Inputs are rotated over several buffer sets so that the last-level
-cache does not hold them between calls. On CPU, GEMM, grouped FFN and routing glue are also timed
+cache does not hold them between calls: the sets are disjoint slices of one random pool per dtype
+(:class:`InputPool`), so a rotation of hundreds of small sets costs no allocation. On CPU, GEMM, grouped FFN and routing glue are also timed
 cold (variants ``*_cold``): one call per sample after a streaming read of ``flush_bytes``, which also
 evicts code, allocator metadata and page-table entries, as the rest of a forward pass does between
 two calls of the same layer's op.
@@ -36,7 +37,7 @@ KERNEL_COLUMNS: tuple[str, ...] = (
     "experts", "ranks", "routing", "tokens_total", "tokens_max", "experts_active", "tokens_per_expert",
     "size_bytes", "flops", "bytes",
     "median_s", "p10_s", "p90_s", "min_s", "max_s", "cpu_median_s", "cpu_p10_s", "cpu_p90_s",
-    "repeats", "inner", "warmup", "buffers", "flush_bytes",
+    "repeats", "inner", "warmup", "buffers", "flush_bytes", "draws", "draw_spread",
 )
 """Columns of kernels.csv, in order. Cells that do not apply to an op are empty."""
 
@@ -46,14 +47,23 @@ class KernelContext:
     """Where and how kernels run: device, timing policy, last-level cache size (bytes) for rotation,
     a cap (bytes) on the memory spent on rotated copies, and the bytes read before each sample of the
     cold (in-pass) variants of GEMM, grouped FFN and routing glue (``flush_bytes``; 0 skips them, as on
-    CUDA: the flush models the host caches and TLBs an eager CPU forward pass leaves cold)."""
+    CUDA: the flush models the host caches and TLBs an eager CPU forward pass leaves cold).
+
+    ``max_buffers`` only bounds the bookkeeping: the rotation is sized by the cache and the memory cap
+    (a cap of 16 copies let the 16 x 4 MiB of a small GEMV's weights sit in the Intel VM's cache, which
+    ran them 1.5-2.6x faster than from DRAM; docs/calibration.md, "Rotation")."""
 
     device: torch.device
     policy: TimingPolicy
     cache_bytes: int
     rotate_mem_cap_bytes: int
-    max_buffers: int = 16
+    max_buffers: int = 4096
     flush_bytes: int = 0
+    inputs: "InputPool | None" = None
+
+    def __post_init__(self) -> None:
+        if self.inputs is None:
+            object.__setattr__(self, "inputs", InputPool(self.device, self.rotate_mem_cap_bytes))
 
     @property
     def timer(self) -> DeviceTimer:
@@ -157,6 +167,53 @@ def _rand(shape: Sequence[int], dtype: torch.dtype, device: torch.device, gen: t
     return torch.randn(*shape, generator=gen, dtype=dtype, device=device)
 
 
+class InputPool:
+    """Random input tensors for rotated buffer sets: page-aligned, consecutive slices of one random
+    tensor per dtype of ``cap_bytes`` + 25% (filled once, on first use), taken round the ring.
+
+    A rotation totals at most ``cap_bytes`` of inputs (``rotation_count``), so the slices of one
+    rotation never overlap, and each new rotation starts on the slices used longest ago. An input
+    larger than the pool gets a fresh tensor. Contents: standard normal values (ones for
+    integer dtypes), shared between shapes (the timed ops do not depend on them)."""
+
+    ALIGN = 4096  # bytes
+
+    def __init__(self, device: torch.device, cap_bytes: int, seed: int = 7) -> None:
+        self.device = device
+        self.size = int(cap_bytes * 1.25) // self.ALIGN * self.ALIGN
+        self.seed = seed
+        self._base: dict[torch.dtype, torch.Tensor] = {}
+        self._pos: dict[torch.dtype, int] = {}
+
+    def take(self, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+        """The next slice of the ``dtype`` pool, viewed as ``shape`` (contiguous)."""
+        esize = torch.empty((), dtype=dtype).element_size()
+        numel = math.prod(shape)
+        nbytes = numel * esize
+        if nbytes > self.size:
+            if not dtype.is_floating_point:
+                return torch.ones(*shape, dtype=dtype, device=self.device)
+            return _rand(shape, dtype, self.device, _gen(self.device, self.seed))
+        base = self._base.get(dtype)
+        if base is None:
+            base = self._base[dtype] = (
+                _rand((self.size // esize,), dtype, self.device, _gen(self.device, self.seed)) if dtype.is_floating_point
+                else torch.ones(self.size // esize, dtype=dtype, device=self.device))
+            self._pos[dtype] = 0
+        pos = self._pos[dtype]
+        if pos + nbytes > self.size:
+            pos = 0
+        self._pos[dtype] = -(-(pos + nbytes) // self.ALIGN) * self.ALIGN
+        return base[pos // esize: pos // esize + numel].view(*shape)
+
+
+def _output(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An output buffer of a rotated set, written once here: a fresh ``torch.empty`` has no pages yet,
+    and with hundreds of sets the first calls' page faults (4096 per 16 MiB) filled whole samples
+    (a 16 MiB copy timed 59 ms instead of 3)."""
+    return torch.zeros(*shape, dtype=dtype, device=device)
+
+
 def _buffers(ctx: KernelContext, working_set: int, make: Callable[[], tuple]) -> list[tuple]:
     n = rotation_count(working_set, ctx.cache_bytes, ctx.max_buffers, ctx.rotate_mem_cap_bytes)
     return [make() for _ in range(n)]
@@ -198,13 +255,12 @@ def _threads_cell(ctx: KernelContext) -> int | None:
 
 def bench_gemm(ctx: KernelContext, shapes: ShapeSet, dtypes: Sequence[str]) -> Iterator[dict]:
     """C[m,n] = A[m,k] @ B[k,n]. FLOPs 2*m*n*k; bytes (m*k + k*n + m*n) * element size."""
-    gen = _gen(ctx.device, 0)
     for dt in dtypes:
         tdt, eb = DTYPES[dt], dtype_bytes(dt)
         for (m, n, k) in shapes.gemm_mnk:
             ws = (m * k + k * n + m * n) * eb
-            bufs = _buffers(ctx, ws, lambda: (_rand((m, k), tdt, ctx.device, gen), _rand((k, n), tdt, ctx.device, gen),
-                                              torch.empty(m, n, dtype=tdt, device=ctx.device)))
+            bufs = _buffers(ctx, ws, lambda: (ctx.inputs.take((m, k), tdt), ctx.inputs.take((k, n), tdt),
+                                              _output((m, n), tdt, ctx.device)))
             nb = len(bufs)
 
             def fn(i: int, bufs: list = bufs, nb: int = nb) -> object:
@@ -254,7 +310,6 @@ def bench_grouped_ffn(ctx: KernelContext, shapes: ShapeSet, dtypes: Sequence[str
     (3*k*n*experts_active + 2*k*sum(t_e)) * element size (active experts' weights read once,
     X read once, Y written once).
     """
-    gen = _gen(ctx.device, 1)
     for dt in dtypes:
         tdt, eb = DTYPES[dt], dtype_bytes(dt)
         for (experts, k, n, total) in shapes.ffn:
@@ -264,10 +319,10 @@ def bench_grouped_ffn(ctx: KernelContext, shapes: ShapeSet, dtypes: Sequence[str
                 ws = (3 * k * n * len(active) + 2 * k * total) * eb
 
                 def make() -> tuple:
-                    wgu = [_rand((k, 2 * n), tdt, ctx.device, gen) for _ in active]
-                    wd = [_rand((n, k), tdt, ctx.device, gen) for _ in active]
-                    x = _rand((total, k), tdt, ctx.device, gen)
-                    y = torch.empty(total, k, dtype=tdt, device=ctx.device)
+                    wgu = [ctx.inputs.take((k, 2 * n), tdt) for _ in active]
+                    wd = [ctx.inputs.take((n, k), tdt) for _ in active]
+                    x = ctx.inputs.take((total, k), tdt)
+                    y = _output((total, k), tdt, ctx.device)
                     return wgu, wd, x, y
 
                 bufs = _buffers(ctx, ws, make)
@@ -325,7 +380,6 @@ def attention_bytes(batch: int, heads: int, kv_heads: int, seq_len: int, context
 def bench_attention(ctx: KernelContext, shapes: ShapeSet, dtypes: Sequence[str]) -> Iterator[dict]:
     """torch SDPA, layout [batch, heads, seq, head_dim]; GQA through ``enable_gqa`` when available,
     otherwise K/V are expanded per query head inside the timed call (variant says which)."""
-    gen = _gen(ctx.device, 2)
     gqa_native = _sdpa_supports_gqa(ctx.device)
     points = [("prefill", p) for p in shapes.prefill] + [("decode", p) for p in shapes.decode]
     for dt in dtypes:
@@ -334,9 +388,9 @@ def bench_attention(ctx: KernelContext, shapes: ShapeSet, dtypes: Sequence[str])
             sq, skv = (length, length) if phase == "prefill" else (1, length)
             causal = phase == "prefill"
             ws = attention_bytes(b, h, kv, sq, skv, d, eb)
-            bufs = _buffers(ctx, ws, lambda: (_rand((b, h, sq, d), tdt, ctx.device, gen),
-                                              _rand((b, kv, skv, d), tdt, ctx.device, gen),
-                                              _rand((b, kv, skv, d), tdt, ctx.device, gen)))
+            bufs = _buffers(ctx, ws, lambda: (ctx.inputs.take((b, h, sq, d), tdt),
+                                              ctx.inputs.take((b, kv, skv, d), tdt),
+                                              ctx.inputs.take((b, kv, skv, d), tdt)))
             nb = len(bufs)
             grouped = kv != h
             if grouped and gqa_native:
@@ -378,8 +432,8 @@ def bench_memcopy(ctx: KernelContext, shapes: ShapeSet, dtypes: Sequence[str]) -
     for variant in variants:
         for size in shapes.copy_bytes:
             if variant == "copy":
-                bufs = _buffers(ctx, 2 * size, lambda: (torch.ones(size, dtype=torch.uint8, device=ctx.device),
-                                                        torch.empty(size, dtype=torch.uint8, device=ctx.device)))
+                bufs = _buffers(ctx, 2 * size, lambda: (ctx.inputs.take((size,), torch.uint8),
+                                                        _output((size,), torch.uint8, ctx.device)))
             elif variant == "h2d":
                 bufs = [(torch.ones(size, dtype=torch.uint8).pin_memory(), torch.empty(size, dtype=torch.uint8, device=ctx.device))]
             else:
