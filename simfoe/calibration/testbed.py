@@ -41,7 +41,8 @@ DEFAULT_HARDWARE = "cpu-amd-epyc-zen4"
 DEFAULT_SHAPES = (("prefill", 2, 128), ("prefill", 4, 128), ("decode", 4, 512), ("decode", 16, 512))
 QUICK_SHAPES = (("prefill", 2, 128), ("decode", 16, 512))
 #: host-speed probe: fp32 [256, 1024] @ [1024, 4096], one of the GEMM grid points every CPU measurement
-#: set has (validation/bench_kernels.py), over 16 rotating weight buffers as the harness times it
+#: set has (validation/bench_kernels.py), over 16 rotating weight buffers (16 x 16 MiB of weights, past the
+#: VM's share of the cache as the harness's rotation is; compute-bound either way)
 PROBE = {"m": 256, "n": 4096, "k": 1024, "buffers": 16}
 #: the testbed's MoE exchanges split sizes before every dispatch (all_to_all_single with splits)
 PLACEMENT = {"moe": ["placement.moe.attention=dp", "placement.moe.split_exchange=true"], "foe": []}
