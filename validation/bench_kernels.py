@@ -171,9 +171,11 @@ class InputPool:
     """Random input tensors for rotated buffer sets: page-aligned, consecutive slices of one random
     tensor per dtype of ``cap_bytes`` + 25% (filled once, on first use), taken round the ring.
 
-    A rotation totals at most ``cap_bytes`` of inputs (``rotation_count``), so the slices of one
-    rotation never overlap, and each new rotation starts on the slices used longest ago. An input
-    larger than the pool gets a fresh tensor. Contents: standard normal values (ones for
+    A rotation of several sets totals at most ``cap_bytes`` of inputs (``rotation_count``), so its
+    slices never overlap, and each new rotation starts on the slices used longest ago. A single set
+    larger than the pool (``buffers`` = 1, e.g. a CUDA expert grid of 2.8 GB) wraps onto its own first
+    slices one pool length later, far past any cache. An input larger than the pool gets a fresh
+    tensor. Contents: standard normal values (ones for
     integer dtypes), shared between shapes (the timed ops do not depend on them)."""
 
     ALIGN = 4096  # bytes
