@@ -5,8 +5,8 @@ byte counts follow validation/README.md ("Definitions"): FLOPs of the mathematic
 = 2 FLOP), bytes = minimal DRAM/HBM traffic (every input read once, every output written once,
 intermediates not counted). Inputs are rotated over several buffer sets so that the last-level
 cache does not hold them between calls: the sets are disjoint slices of one random pool per dtype
-(:class:`InputPool`), so a rotation of hundreds of small sets costs no allocation. On CPU, GEMM, grouped FFN and routing glue are also timed
-cold (variants ``*_cold``): one call per sample after a streaming read of ``flush_bytes``, which also
+(:class:`InputPool`), so a rotation of hundreds of small sets costs no allocation. On CPU, GEMM,
+grouped FFN and routing glue are also timed cold (variants ``*_cold``): one call per sample after a streaming read of ``flush_bytes``, which also
 evicts code, allocator metadata and page-table entries, as the rest of a forward pass does between
 two calls of the same layer's op.
 """
@@ -51,7 +51,7 @@ class KernelContext:
 
     ``max_buffers`` only bounds the bookkeeping: the rotation is sized by the cache and the memory cap
     (a cap of 16 copies let the 16 x 4 MiB of a small GEMV's weights sit in the Intel VM's cache, which
-    ran them 1.5-2.6x faster than from DRAM; docs/calibration.md, "Rotation")."""
+    ran them 1.5-2.2x faster than from DRAM; docs/calibration.md, "Rotation")."""
 
     device: torch.device
     policy: TimingPolicy
@@ -175,8 +175,8 @@ class InputPool:
     slices never overlap, and each new rotation starts on the slices used longest ago. A single set
     larger than the pool (``buffers`` = 1, e.g. a CUDA expert grid of 2.8 GB) wraps onto its own first
     slices one pool length later, far past any cache. An input larger than the pool gets a fresh
-    tensor. Contents: standard normal values (ones for
-    integer dtypes), shared between shapes (the timed ops do not depend on them)."""
+    tensor. Contents: standard normal values (ones for integer dtypes), shared between shapes (the
+    timed ops do not depend on them)."""
 
     ALIGN = 4096  # bytes
 
@@ -193,20 +193,21 @@ class InputPool:
         numel = math.prod(shape)
         nbytes = numel * esize
         if nbytes > self.size:
-            if not dtype.is_floating_point:
-                return torch.ones(*shape, dtype=dtype, device=self.device)
-            return _rand(shape, dtype, self.device, _gen(self.device, self.seed))
+            return self._fill(shape, dtype)
         base = self._base.get(dtype)
         if base is None:
-            base = self._base[dtype] = (
-                _rand((self.size // esize,), dtype, self.device, _gen(self.device, self.seed)) if dtype.is_floating_point
-                else torch.ones(self.size // esize, dtype=dtype, device=self.device))
+            base = self._base[dtype] = self._fill((self.size // esize,), dtype)
             self._pos[dtype] = 0
         pos = self._pos[dtype]
         if pos + nbytes > self.size:
             pos = 0
         self._pos[dtype] = -(-(pos + nbytes) // self.ALIGN) * self.ALIGN
         return base[pos // esize: pos // esize + numel].view(*shape)
+
+    def _fill(self, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+        if dtype.is_floating_point:
+            return _rand(shape, dtype, self.device, _gen(self.device, self.seed))
+        return torch.ones(*shape, dtype=dtype, device=self.device)
 
 
 def _output(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:

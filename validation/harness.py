@@ -63,8 +63,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "process; collectives are unaffected (default 1)")
     p.add_argument("--gemm-draws", type=int, default=None,
                    help="CPU: measure the gemm grid in N fresh sets of processes and keep each point's median "
-                        "draw: below m = 192 MKL's time for n = 2048 or 4096 moves 10-60%% with where a process's "
-                        "pages land, fixed for the process's life (default 3, --quick 1)")
+                        "draw: below m = 192 MKL's time for n = 2048 or 4096 can move 10-60%% between process "
+                        "sets and between hours; draws guard against one unlucky set (default 3, --quick 1)")
     p.add_argument("--flush-mb", type=int, default=None,
                    help="CPU: MiB read before each sample of the cold (in-pass) variants of gemm, grouped_ffn and "
                         "routing_glue, the weights a forward pass streams between two calls of a layer's op "
