@@ -59,6 +59,7 @@ def test_quick_kernels_format(tmp_path: Path) -> None:
         assert 0 < p10 <= med <= p90
         assert int(r["repeats"]) >= 3 and int(r["bytes"]) > 0
         assert r["threads"] == "1" and float(r["cpu_median_s"]) > 0
+        assert r["timing"] == "host_clock"
         if r["op"] == "gemm":
             m, n, k = int(r["m"]), int(r["n"]), int(r["k"])
             assert int(r["flops"]) == 2 * m * n * k
@@ -69,6 +70,7 @@ def test_quick_kernels_format(tmp_path: Path) -> None:
     env = json.loads((tmp_path / "env.json").read_text())
     for key in ("torch", "device", "device_name", "torch_threads", "cpu", "date_utc", "hostname", "timing_policy"):
         assert key in env
+    assert env["cuda_graphs"] is False  # a CPU run has no graphs to replay
     _, coll = _rows(tmp_path / "collectives.csv")
     assert coll == []
 
@@ -180,3 +182,23 @@ def test_input_pool_slices_disjoint_aligned() -> None:
     assert pool.take((4,), torch.uint8).tolist() == [1, 1, 1, 1]
     big = pool.take((cap,), torch.float32)  # 4 x cap bytes: larger than the pool, a fresh tensor
     assert big.numel() == cap
+
+
+def test_set_larger_than_pool_does_not_alias() -> None:
+    """Two inputs that together exceed the pool (K and V of a large decode) must not share addresses:
+    wrapped onto one slice, the second read came from cache."""
+    import torch
+
+    from validation.bench_common import QUICK_POLICY
+    from validation.bench_kernels import KernelContext, _buffers
+
+    cap = 4 * 1024 ** 2
+    ctx = KernelContext(device=torch.device("cpu"), policy=QUICK_POLICY, cache_bytes=1024, rotate_mem_cap_bytes=cap)
+    half = ctx.inputs.size * 3 // 4 // 4  # fp32 elements: each input 3/4 of the pool, the pair 1.5x it
+    (k, v), = _buffers(ctx, 2 * half * 4, lambda: (ctx.inputs.take((half,), torch.float32),
+                                                  ctx.inputs.take((half,), torch.float32)))
+    ks, vs = k.data_ptr(), v.data_ptr()
+    assert ks + half * 4 <= vs or vs + half * 4 <= ks
+    small = _buffers(ctx, 8 * 1024, lambda: (ctx.inputs.take((1024,), torch.float32),))
+    base = ctx.inputs._base[torch.float32]  # sets that fit come from the pool again
+    assert all(base.data_ptr() <= t.data_ptr() < base.data_ptr() + ctx.inputs.size for (t,) in small)

@@ -132,13 +132,17 @@ class Measurement:
     warmup: int
 
 
-def _warm_up(fn: Callable[[int], object], policy: TimingPolicy) -> int:
+def _warm_up(fn: Callable[[int], object], policy: TimingPolicy, timer: DeviceTimer) -> int:
     """Untimed calls ``fn(0), fn(1), ...`` for ``policy.warmup_s`` seconds (at least ``min_warmup``);
-    returns how many ran (the next index)."""
+    returns how many ran (the next index). On CUDA each call is synchronised: launches are asynchronous,
+    so an unsynchronised loop would queue up to the launch-queue depth (~1000 calls, seconds of work
+    for a large GEMM) within the host's warm-up time."""
     warm = 0
     t_start = time.perf_counter()
     while warm < policy.min_warmup or time.perf_counter() - t_start < policy.warmup_s:
         fn(warm)
+        if timer.cuda:
+            timer.sync()
         warm += 1
     return warm
 
@@ -149,7 +153,7 @@ def measure(fn: Callable[[int], object], timer: DeviceTimer, policy: TimingPolic
     ``fn(i)`` runs the op once; ``i`` increases by one per call so that callers can rotate over
     several input buffers (cold caches).
     """
-    i = warm = _warm_up(fn, policy)
+    i = warm = _warm_up(fn, policy, timer)
     timer.sync()
     one = max(timer.time_loop(fn, i, 1)[0], 1e-9)
     i += 1
@@ -176,7 +180,7 @@ def measure_after_flush(fn: Callable[[int], object], flush: Callable[[], object]
     Warm-up as ``measure``; repeats from the policy's budget counting the flush time, clamped to
     [``min_repeats``, ``max_repeats``]; ``inner`` is 1.
     """
-    i = warm = _warm_up(fn, policy)
+    i = warm = _warm_up(fn, policy, timer)
     t0 = time.perf_counter()
     flush()
     timer.sync()
@@ -194,6 +198,57 @@ def measure_after_flush(fn: Callable[[int], object], flush: Callable[[], object]
             cpus.append(cpu)
         i += 1
     return Measurement(stats=Stats.of(walls), cpu_stats=Stats.of(cpus) if cpus else None, inner=1, warmup=warm + 1)
+
+
+def measure_graph(fn: Callable[[int], object], timer: DeviceTimer, policy: TimingPolicy, buffers: int) -> Measurement:
+    """CUDA only: time ``fn`` as device work, without the host's launch cost.
+
+    After an eager warm-up (and three calls on a side stream, as capture requires), ``calls``
+    consecutive calls ``fn(0) .. fn(calls-1)`` are captured into one CUDA graph, ``calls`` at least
+    ``buffers`` (so each replay walks every rotated input set) and enough for ``min_sample_s`` at the
+    eager rate, capped at 4096. A sample replays the graph ``r`` times between two CUDA events, ``r``
+    chosen so a sample lasts at least ``policy.min_sample_s``; the recorded time is per call. Graph
+    replay launches the captured kernels back to back (about a microsecond apart), so small kernels
+    show their device time where an eager loop on a slow host shows the host's dispatch rate.
+    ``inner`` in the result is ``calls * r``; ``warmup`` counts the eager and side-stream calls.
+    Raises what capture raises (an op that cannot be captured): the caller falls back to ``measure``.
+    """
+    if not timer.cuda:
+        raise ValueError("measure_graph needs a CUDA device")
+    i = warm = _warm_up(fn, policy, timer)
+    timer.sync()
+    one = max(timer.time_loop(fn, i, 1)[0], 1e-9)
+    calls = int(min(4096, max(buffers, math.ceil(policy.min_sample_s / one), 1)))
+    side = torch.cuda.Stream(timer.device)
+    side.wait_stream(torch.cuda.current_stream(timer.device))
+    with torch.cuda.stream(side):
+        for j in range(3):
+            fn(j)
+    torch.cuda.current_stream(timer.device).wait_stream(side)
+    timer.sync()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for j in range(calls):
+            fn(j)
+    graph.replay()
+    timer.sync()
+
+    def replay_loop(reps: int) -> float:
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        timer.sync()
+        begin.record()
+        for _ in range(reps):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        return begin.elapsed_time(end) * 1e-3
+
+    t_rep = max(replay_loop(1), 1e-9)
+    reps = max(1, math.ceil(policy.min_sample_s / t_rep))
+    repeats = max(policy.min_repeats, min(policy.max_repeats, int(policy.budget_s / (t_rep * reps))))
+    walls = [replay_loop(reps) / (reps * calls) for _ in range(repeats)]
+    del graph
+    return Measurement(stats=Stats.of(walls), cpu_stats=None, inner=calls * reps, warmup=warm + 4)
 
 
 def rotation_count(working_set_bytes: int, cache_bytes: int, max_buffers: int, mem_cap_bytes: int) -> int:

@@ -8,10 +8,13 @@ cache does not hold them between calls: the sets are disjoint slices of one rand
 (:class:`InputPool`), so a rotation of hundreds of small sets costs no allocation. On CPU, GEMM,
 grouped FFN and routing glue are also timed cold (variants ``*_cold``): one call per sample after a streaming read of ``flush_bytes``, which also
 evicts code, allocator metadata and page-table entries, as the rest of a forward pass does between
-two calls of the same layer's op.
+two calls of the same layer's op. On CUDA each point is timed twice: replayed from a CUDA graph (the
+device time, column ``timing`` = ``cuda_graph``) and as an eager loop (variant suffix ``_eager``,
+``timing`` = ``cuda_events``), whose time per call is the host's dispatch rate where that is slower.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -27,6 +30,7 @@ from validation.bench_common import (
     log,
     measure,
     measure_after_flush,
+    measure_graph,
     rotation_count,
 )
 
@@ -37,7 +41,7 @@ KERNEL_COLUMNS: tuple[str, ...] = (
     "experts", "ranks", "routing", "tokens_total", "tokens_max", "experts_active", "tokens_per_expert",
     "size_bytes", "flops", "bytes",
     "median_s", "p10_s", "p90_s", "min_s", "max_s", "cpu_median_s", "cpu_p10_s", "cpu_p90_s",
-    "repeats", "inner", "warmup", "buffers", "flush_bytes", "draws", "draw_spread",
+    "repeats", "inner", "warmup", "buffers", "flush_bytes", "draws", "draw_spread", "timing",
 )
 """Columns of kernels.csv, in order. Cells that do not apply to an op are empty."""
 
@@ -60,6 +64,7 @@ class KernelContext:
     max_buffers: int = 4096
     flush_bytes: int = 0
     inputs: "InputPool | None" = None
+    cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
         if self.inputs is None:
@@ -126,7 +131,7 @@ CPU_QUICK = ShapeSet(
 )
 
 CUDA_FULL = ShapeSet(
-    gemm_mnk=_grid((1, 16, 64, 256, 1024, 4096, 16384), ((4096, 4096), (14336, 4096), (4096, 14336), (2048, 7168), (7168, 2048)))
+    gemm_mnk=_grid((1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384), ((4096, 4096), (14336, 4096), (4096, 14336), (2048, 7168), (7168, 2048)))
     + tuple((s, s, s) for s in (1024, 2048, 8192)),
     ffn=tuple((e, 4096, 1408, t) for e in (8, 64) for t in (64, 512, 4096, 16384))
     + tuple((32, 7168, 2048, t) for t in (128, 1024, 8192)),
@@ -173,10 +178,11 @@ class InputPool:
 
     A rotation of several sets totals at most ``cap_bytes`` of inputs (``rotation_count``), so its
     slices never overlap, and each new rotation starts on the slices used longest ago. A single set
-    larger than the pool (``buffers`` = 1, e.g. a CUDA expert grid of 2.8 GB) wraps onto its own first
-    slices one pool length later, far past any cache. An input larger than the pool gets a fresh
-    tensor. Contents: standard normal values (ones for integer dtypes), shared between shapes (the
-    timed ops do not depend on them)."""
+    larger than the pool would wrap onto its own slices: the K and V of a 4 GB decode set landed on the
+    same addresses, and the kernel, reading both block by block, got V from L2 (an apparent 6 TB/s on
+    an H100). So :func:`_buffers` takes such a set under :meth:`fresh` (every input a fresh tensor),
+    as it does an input larger than the pool. Contents: standard normal values (ones for integer
+    dtypes), shared between shapes (the timed ops do not depend on them)."""
 
     ALIGN = 4096  # bytes
 
@@ -186,13 +192,23 @@ class InputPool:
         self.seed = seed
         self._base: dict[torch.dtype, torch.Tensor] = {}
         self._pos: dict[torch.dtype, int] = {}
+        self._fresh = False
+
+    @contextlib.contextmanager
+    def fresh(self) -> Iterator[None]:
+        """Within this block every :meth:`take` returns a fresh tensor (for a set larger than the pool)."""
+        self._fresh, before = True, self._fresh
+        try:
+            yield
+        finally:
+            self._fresh = before
 
     def take(self, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
         """The next slice of the ``dtype`` pool, viewed as ``shape`` (contiguous)."""
         esize = torch.empty((), dtype=dtype).element_size()
         numel = math.prod(shape)
         nbytes = numel * esize
-        if nbytes > self.size:
+        if nbytes > self.size or self._fresh:
             return self._fill(shape, dtype)
         base = self._base.get(dtype)
         if base is None:
@@ -218,15 +234,37 @@ def _output(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> t
 
 
 def _buffers(ctx: KernelContext, working_set: int, make: Callable[[], tuple]) -> list[tuple]:
+    """``make()`` once per rotated set (``rotation_count``); a set larger than the input pool is made of
+    fresh tensors, so its inputs cannot alias one another (:class:`InputPool`)."""
     n = rotation_count(working_set, ctx.cache_bytes, ctx.max_buffers, ctx.rotate_mem_cap_bytes)
+    if working_set > ctx.inputs.size:
+        with ctx.inputs.fresh():
+            return [make() for _ in range(n)]
     return [make() for _ in range(n)]
 
 
+EAGER = "_eager"
+"""Variant suffix of CUDA rows timed as an eager loop of launches (the graph-replayed row is the plain variant)."""
+
+
 def _row(ctx: KernelContext, op: str, variant: str, dtype: str, threads: int | None, fn: Callable[[int], object],
-         n_buffers: int, flops: int, nbytes: int, flush: Callable[[], object] | None = None, **cols: object) -> dict:
+         n_buffers: int, flops: int, nbytes: int, flush: Callable[[], object] | None = None, graph: bool = False,
+         **cols: object) -> dict:
+    timing = "host_clock" if ctx.device.type == "cpu" else "cuda_events"
     with torch.inference_mode():
-        m = measure(fn, ctx.timer, ctx.policy) if flush is None else measure_after_flush(fn, flush, ctx.timer, ctx.policy)
-    row: dict = dict(op=op, variant=variant, device=ctx.device.type, dtype=dtype, threads=threads,
+        if graph:
+            try:
+                m = measure_graph(fn, ctx.timer, ctx.policy, n_buffers)
+                timing = "cuda_graph"
+            except RuntimeError as exc:  # an op capture refuses: keep the eager time, say so in the row
+                log(f"  {op} {variant}: CUDA graph capture failed ({str(exc).splitlines()[0][:120]}); timed eagerly")
+                torch.cuda.synchronize(ctx.device)
+                m = measure(fn, ctx.timer, ctx.policy)
+        elif flush is None:
+            m = measure(fn, ctx.timer, ctx.policy)
+        else:
+            m = measure_after_flush(fn, flush, ctx.timer, ctx.policy)
+    row: dict = dict(op=op, variant=variant, device=ctx.device.type, dtype=dtype, threads=threads, timing=timing,
                      flops=int(flops), bytes=int(nbytes), buffers=n_buffers, inner=m.inner, warmup=m.warmup,
                      median_s=m.stats.median_s, p10_s=m.stats.p10_s, p90_s=m.stats.p90_s,
                      min_s=m.stats.min_s, max_s=m.stats.max_s, repeats=m.stats.repeats)
@@ -237,6 +275,16 @@ def _row(ctx: KernelContext, op: str, variant: str, dtype: str, threads: int | N
 
 
 _SINKS: dict[int, torch.Tensor] = {}
+
+
+def _timed_rows(ctx: KernelContext, op: str, variant: str, *args: object, **cols: object) -> Iterator[dict]:
+    """The row(s) of one point: on CUDA with ``ctx.cuda_graphs``, the graph-replayed row (``variant``) and
+    the eager row (``variant`` + ``_eager``); otherwise one row timed as the device allows."""
+    if ctx.device.type == "cuda" and ctx.cuda_graphs:
+        yield _row(ctx, op, variant, *args, graph=True, **cols)
+        yield _row(ctx, op, variant + EAGER, *args, **cols)
+    else:
+        yield _row(ctx, op, variant, *args, **cols)
 
 
 def _sink(ctx: KernelContext) -> Callable[[], object]:
@@ -270,7 +318,7 @@ def bench_gemm(ctx: KernelContext, shapes: ShapeSet, dtypes: Sequence[str]) -> I
                 a, b, c = bufs[i % nb]
                 return torch.mm(a, b, out=c)
 
-            yield _row(ctx, "gemm", "mm", dt, _threads_cell(ctx), fn, nb, 2 * m * n * k, ws, m=m, n=n, k=k)
+            yield from _timed_rows(ctx, "gemm", "mm", dt, _threads_cell(ctx), fn, nb, 2 * m * n * k, ws, m=m, n=n, k=k)
             if ctx.flush_bytes > 0 and (not shapes.gemm_cold_nk or (n, k) in shapes.gemm_cold_nk):
                 yield _row(ctx, "gemm", "mm_cold", dt, _threads_cell(ctx), fn, nb, 2 * m * n * k, ws,
                            flush=_sink(ctx), flush_bytes=ctx.flush_bytes, m=m, n=n, k=k)
@@ -305,6 +353,40 @@ def route_tokens(total: int, experts: int, routing: str) -> list[int]:
     return counts
 
 
+class _GroupedMM:
+    """``torch._grouped_mm`` (one kernel for all experts' GEMMs, bf16 on sm_90+; a private torch API, torch
+    >= 2.8) and the weight layout it accepts here: [E, k, n] row-major, or the transposed view of [E, n, k]."""
+
+    def __init__(self, transposed: bool) -> None:
+        self.transposed = transposed
+
+    @classmethod
+    def probe(cls, device: torch.device) -> "_GroupedMM | None":
+        """The layout that works on ``device``, or None (CPU, no API, or both layouts refused)."""
+        if device.type != "cuda" or not hasattr(torch, "_grouped_mm"):
+            return None
+        x = torch.randn(48, 64, dtype=torch.bfloat16, device=device)
+        offs = torch.tensor([16, 16, 48], dtype=torch.int32, device=device)
+        for transposed in (False, True):
+            w = torch.randn(3, 128, 64, dtype=torch.bfloat16, device=device).transpose(-2, -1) if transposed \
+                else torch.randn(3, 64, 128, dtype=torch.bfloat16, device=device)
+            try:
+                y = torch._grouped_mm(x, w, offs=offs)
+                ref = torch.cat([x[:16] @ w[0], x[16:48] @ w[2]])
+                torch.cuda.synchronize(device)
+                if torch.allclose(torch.cat([y[:16], y[16:48]]).float(), ref.float(), rtol=2e-2, atol=2e-1):
+                    return cls(transposed)
+            except (RuntimeError, TypeError):
+                continue
+        log("  grouped_ffn: torch._grouped_mm unavailable or wrong here; grouped_mm_swiglu rows skipped")
+        return None
+
+    def weights(self, ctx: KernelContext, experts: int, k: int, n: int, dtype: torch.dtype) -> torch.Tensor:
+        if self.transposed:
+            return ctx.inputs.take((experts, n, k), dtype).transpose(-2, -1)
+        return ctx.inputs.take((experts, k, n), dtype)
+
+
 def bench_grouped_ffn(ctx: KernelContext, shapes: ShapeSet, dtypes: Sequence[str]) -> Iterator[dict]:
     """SwiGLU expert FFN applied per expert to its tokens (loop over experts, as a reference MoE layer).
 
@@ -312,7 +394,12 @@ def bench_grouped_ffn(ctx: KernelContext, shapes: ShapeSet, dtypes: Sequence[str
     Y_e = A[t_e,n] @ Wd_e[n,k]. FLOPs 6*k*n*sum(t_e) (elementwise ignored); bytes
     (3*k*n*experts_active + 2*k*sum(t_e)) * element size (active experts' weights read once,
     X read once, Y written once).
+
+    On CUDA (bf16) also variant ``grouped_mm_swiglu``: the same FFN as two ``torch._grouped_mm`` calls over
+    the active experts' stacked weights, the one-kernel grouped GEMM a serving engine runs (where torch
+    has it).
     """
+    grouped_mm = _GroupedMM.probe(ctx.device)
     for dt in dtypes:
         tdt, eb = DTYPES[dt], dtype_bytes(dt)
         for (experts, k, n, total) in shapes.ffn:
@@ -346,11 +433,26 @@ def bench_grouped_ffn(ctx: KernelContext, shapes: ShapeSet, dtypes: Sequence[str
 
                 cols = dict(n=n, k=k, experts=experts, routing=routing, tokens_total=total, tokens_max=max(counts),
                             experts_active=len(active), tokens_per_expert=";".join(str(c) for c in counts))
-                yield _row(ctx, "grouped_ffn", "loop_swiglu", dt, _threads_cell(ctx), fn, nb, 6 * k * n * total, ws, **cols)
+                yield from _timed_rows(ctx, "grouped_ffn", "loop_swiglu", dt, _threads_cell(ctx), fn, nb,
+                                       6 * k * n * total, ws, **cols)
                 if ctx.flush_bytes > 0:
                     yield _row(ctx, "grouped_ffn", "loop_swiglu_cold", dt, _threads_cell(ctx), fn, nb,
                                6 * k * n * total, ws, flush=_sink(ctx), flush_bytes=ctx.flush_bytes, **cols)
                 del bufs
+                if grouped_mm is not None and dt == "bf16":
+                    gbufs = _buffers(ctx, ws, lambda: (grouped_mm.weights(ctx, len(active), k, 2 * n, tdt),
+                                                       grouped_mm.weights(ctx, len(active), n, k, tdt),
+                                                       ctx.inputs.take((total, k), tdt)))
+                    offs = torch.tensor([hi for (_, hi) in offsets], dtype=torch.int32, device=ctx.device)
+
+                    def gfn(i: int, bufs: list = gbufs, nb: int = len(gbufs), offs=offs, n: int = n) -> object:
+                        wgu, wd, x = bufs[i % nb]
+                        h = torch._grouped_mm(x, wgu, offs=offs)
+                        return torch._grouped_mm(F.silu(h[:, :n]) * h[:, n:], wd, offs=offs)
+
+                    yield from _timed_rows(ctx, "grouped_ffn", "grouped_mm_swiglu", dt, _threads_cell(ctx), gfn,
+                                           len(gbufs), 6 * k * n * total, ws, **cols)
+                    del gbufs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -417,9 +519,9 @@ def bench_attention(ctx: KernelContext, shapes: ShapeSet, dtypes: Sequence[str])
                     q, kk, vv = bufs[i % nb]
                     return F.scaled_dot_product_attention(q, kk, vv, is_causal=causal)
 
-            yield _row(ctx, "attention", f"{phase}:{variant}", dt, _threads_cell(ctx), fn, nb,
-                       attention_flops(b, h, sq, skv, d, causal), ws,
-                       batch=b, heads=h, kv_heads=kv, head_dim=d, seq_len=sq, context_len=skv, causal=causal)
+            yield from _timed_rows(ctx, "attention", f"{phase}:{variant}", dt, _threads_cell(ctx), fn, nb,
+                                   attention_flops(b, h, sq, skv, d, causal), ws,
+                                   batch=b, heads=h, kv_heads=kv, head_dim=d, seq_len=sq, context_len=skv, causal=causal)
             del bufs
 
 
@@ -448,7 +550,11 @@ def bench_memcopy(ctx: KernelContext, shapes: ShapeSet, dtypes: Sequence[str]) -
                 src, dst = bufs[i % nb]
                 return dst.copy_(src, non_blocking=nonblocking)
 
-            yield _row(ctx, "memcopy", variant, "u8", _threads_cell(ctx), fn, nb, 0, 2 * size, size_bytes=size)
+            if variant == "copy":
+                yield from _timed_rows(ctx, "memcopy", variant, "u8", _threads_cell(ctx), fn, nb, 0, 2 * size,
+                                       size_bytes=size)
+            else:  # host<->device copies: bandwidth-bound, timed eagerly
+                yield _row(ctx, "memcopy", variant, "u8", _threads_cell(ctx), fn, nb, 0, 2 * size, size_bytes=size)
             del bufs
 
 

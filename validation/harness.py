@@ -65,6 +65,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="CPU: measure the gemm grid in N fresh sets of processes and keep each point's median "
                         "draw: below m = 192 MKL's time for n = 2048 or 4096 can move 10-60%% between process "
                         "sets and between hours; draws guard against one unlucky set (default 3, --quick 1)")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
+                   help="CUDA: time each kernel point replayed from a CUDA graph (device time, timing=cuda_graph) "
+                        "and again as an eager loop (variant suffix _eager, timing=cuda_events: the host's launch "
+                        "rate where that is slower); --no-cuda-graphs keeps the eager rows only (default on)")
     p.add_argument("--flush-mb", type=int, default=None,
                    help="CPU: MiB read before each sample of the cold (in-pass) variants of gemm, grouped_ffn and "
                         "routing_glue, the weights a forward pass streams between two calls of a layer's op "
@@ -133,11 +137,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "concurrent_processes": args.concurrent,
         "flush_bytes": args.flush_bytes,
         "gemm_draws": args.gemm_draws,
+        "cuda_graphs": bool(args.cuda_graphs and args.device == "cuda"),
     })
 
     cap = 2 * 1024 ** 3 if args.device == "cuda" else 512 * 1024 ** 2
     ctx = KernelContext(device=device, policy=policy, cache_bytes=env["last_level_cache_bytes"], rotate_mem_cap_bytes=cap,
-                        flush_bytes=args.flush_bytes)
+                        flush_bytes=args.flush_bytes, cuda_graphs=args.cuda_graphs)
     shapes = shape_set(args.device, args.quick)
     kernel_rows: list[dict] = []
     coll_rows: list[dict] = []
