@@ -85,10 +85,19 @@ before every call, +0.1-0.4 ms per call) overshoot it: the tables stay on the wa
 GEMM and grouped-FFN rows are kept in the set as the bound."""
 
 
+EAGER = "_eager"
+"""Variant suffix of CUDA rows timed as an eager loop of launches (validation.bench_kernels): the plain
+variant beside it is the same point replayed from a CUDA graph, the device time simfoe's GPU kernel
+costs model (a serving engine replays its decode steps from graphs)."""
+
+
 def in_pass_rows(k):
-    """The rows in the cache state a forward pass runs its ops in: for the ``COLD_OPS`` the set also timed
+    """The rows in the state a forward pass runs its ops in: for the ``COLD_OPS`` the set also timed
     cold (variant ``*_cold``) only the cold rows; for every other op its warm rows (cold rows dropped);
-    sets measured before the cold variants as measured."""
+    sets measured before the cold variants as measured. CUDA eager rows (``*_eager``) are dropped: their
+    graph-replayed twins carry the device time."""
+    v = k.variant.astype(str)
+    k = k[~v.str.endswith(EAGER)]
     cold = k.variant.astype(str).str.endswith(COLD)
     cold_ops = set(k.op[cold]) & set(COLD_OPS)
     return k[(k.op.isin(cold_ops) & cold) | (~k.op.isin(cold_ops) & ~cold)]
@@ -358,6 +367,30 @@ def _fit_collectives(hw, c) -> tuple[dict, dict]:
             {"all": _errs(ape), **per})
 
 
+def fit_copy_attention(hw, kern: dict, k, copy_start: tuple[float, float], attn_start: tuple[float, float],
+                       launch_max: float):
+    """Fit ``kern['elementwise']`` on the copy rows of ``k`` and ``kern['attention_prefill' / 'attention_decode']``
+    on its GQA SDPA rows (in place); returns the (copy, prefill, decode) rows. Starts are (mem_eff, launch_s)
+    for the copies and for attention; launches are bounded by [10 ns, ``launch_max``]."""
+    cp = k[(k.op == "memcopy") & (k.variant == "copy")]
+    kern["elementwise"] = _fit_family(hw, kern, "elementwise", {
+        "mem_eff": (copy_start[0], 0.01, 1.0, False), "launch_s": (copy_start[1], 1e-8, launch_max, True)},
+        cp, cp.t_s.to_numpy(float))
+    att = k[(k.op == "attention") & k.variant.astype(str).str.endswith(":" + ATTENTION_VARIANT)]
+    pre, dec = att[att.variant.str.startswith("prefill")], att[att.variant.str.startswith("decode")]
+    mem0, launch0 = attn_start
+    if not pre.empty:
+        kern["attention_prefill"] = _fit_family(hw, kern, "attention_prefill", {
+            "eff_max": (0.5, 0.01, 1.0, False), "mem_eff": (mem0, 0.01, 1.0, False),
+            "launch_s": (launch0, 1e-8, launch_max, True), "smooth_p": (4.0, 1.0, 50.0, False)}, pre, pre.t_s.to_numpy(float))
+    if not dec.empty:
+        kern["attention_decode"] = {"eff_max": kern.get("attention_prefill", {}).get("eff_max", 1.0)}
+        kern["attention_decode"].update(_fit_family(hw, kern, "attention_decode", {
+            "mem_eff": (mem0, 0.01, 1.0, False), "mem_floor_bytes": (1e4, 1.0, 1e9, True),
+            "launch_s": (launch0, 1e-8, launch_max, True)}, dec, dec.t_s.to_numpy(float)))
+    return cp, pre, dec
+
+
 def fit_profile(set_dir: str | Path, name: str | None = None) -> tuple[dict, dict, dict]:
     """(profile dict, provenance, report) fitted from the measurement set in ``set_dir``.
 
@@ -406,20 +439,7 @@ def fit_profile(set_dir: str | Path, name: str | None = None) -> tuple[dict, dic
         "eff_max": (0.9, 0.05, 1.0, False), "m_pad": (8.0, 1e-3, 1e5, True), "n_pad": (8.0, 1e-3, 1e5, True),
         "k_pad": (8.0, 1e-3, 1e5, True), "mem_eff": (0.8, 0.05, 1.0, False), "mem_floor_bytes": (1e4, 1.0, 1e9, True),
         "launch_s": (2e-5, 1e-8, 1e-2, True), "smooth_p": (4.0, 1.0, 50.0, False)}, fp32, fp32.t_s.to_numpy(float))
-    cp = k[(k.op == "memcopy") & (k.variant == "copy")]
-    kern["elementwise"] = _fit_family(hw, kern, "elementwise", {
-        "mem_eff": (0.8, 0.01, 1.0, False), "launch_s": (5e-6, 1e-8, 1e-2, True)}, cp, cp.t_s.to_numpy(float))
-    att = k[(k.op == "attention") & k.variant.str.endswith(":" + ATTENTION_VARIANT)]
-    pre, dec = att[att.variant.str.startswith("prefill")], att[att.variant.str.startswith("decode")]
-    if not pre.empty:
-        kern["attention_prefill"] = _fit_family(hw, kern, "attention_prefill", {
-            "eff_max": (0.5, 0.01, 1.0, False), "mem_eff": (0.5, 0.01, 1.0, False),
-            "launch_s": (2e-5, 1e-8, 1e-2, True), "smooth_p": (4.0, 1.0, 50.0, False)}, pre, pre.t_s.to_numpy(float))
-    if not dec.empty:
-        kern["attention_decode"] = {"eff_max": kern.get("attention_prefill", {}).get("eff_max", 1.0)}
-        kern["attention_decode"].update(_fit_family(hw, kern, "attention_decode", {
-            "mem_eff": (0.5, 0.01, 1.0, False), "mem_floor_bytes": (1e4, 1.0, 1e9, True),
-            "launch_s": (2e-5, 1e-8, 1e-2, True)}, dec, dec.t_s.to_numpy(float)))
+    cp, pre, dec = fit_copy_attention(hw, kern, k, copy_start=(0.8, 5e-6), attn_start=(0.5, 2e-5), launch_max=1e-2)
     glue = glue_rows(k)
     if not glue.empty:
         kern["routing_glue"] = _fit_glue(glue)
@@ -494,9 +514,12 @@ def fit_profile(set_dir: str | Path, name: str | None = None) -> tuple[dict, dic
 
 HEADER = ("# CPU profile fitted from a stored measurement set: one torch process (1 thread) = one 'GPU'.\n"
           "# Regenerate: simfoe calibrate --from {src} --out {out}\n")
+GPU_HEADER = ("# GPU profile: the published {base} profile with its kernel families fitted from a stored single-GPU\n"
+              "# measurement set. Regenerate: simfoe calibrate --from {src} --out {out}\n")
 
 
-def write_profile(profile: dict, provenance: dict, out: str | Path, set_dir: str | Path) -> Path:
+def write_profile(profile: dict, provenance: dict, out: str | Path, set_dir: str | Path, header: str = HEADER,
+                  base: str | None = None) -> Path:
     """Write ``profile`` to ``out``: new files are created whole (validated, atomic); an existing
     profile gets each section replaced through simfoe.specs.profile_io.update_profile."""
     import os
@@ -510,7 +533,8 @@ def write_profile(profile: dict, provenance: dict, out: str | Path, set_dir: str
 
     path = profile_path(out)
     if path.exists():
-        keys = ("description", "gpu", "node", "network", "collectives", "kernels", "gemm_tables")
+        keys = [key for key in ("description", "gpu", "node", "network", "collectives", "kernels", "gemm_tables")
+                if key in profile]
         for i, key in enumerate(keys):
             update_profile(path, key, profile[key], provenance=provenance if i == len(keys) - 1 else None)
         return path
@@ -519,16 +543,33 @@ def write_profile(profile: dict, provenance: dict, out: str | Path, set_dir: str
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
-        f.write(HEADER.format(src=_rel(Path(set_dir)), out=_rel(path)))
+        f.write(header.format(src=_rel(Path(set_dir)), out=_rel(path), base=base))
         f.write(yaml.safe_dump(data, sort_keys=False, width=200))
     os.replace(tmp, path)
     return path
 
 
-def run_fit(set_dir: str | Path, out: str | Path | None = None, name: str | None = None) -> dict:
-    """Fit ``set_dir``; write the profile to ``out`` when given. Returns the report (+ ``written``)."""
+def run_fit(set_dir: str | Path, out: str | Path | None = None, name: str | None = None, base: str | None = None) -> dict:
+    """Fit ``set_dir`` (a CPU set: the whole profile; a CUDA set: the kernel families on top of the
+    published ``base`` profile, simfoe.calibration.fit_gpu); write the profile to ``out`` when given.
+    Returns the report (+ ``written``)."""
     if out is not None and name is None:
         name = Path(str(out)).name.removesuffix(".yaml").removesuffix(".yml")
-    profile, prov, report = fit_profile(set_dir, name)
-    report["written"] = str(write_profile(profile, prov, out, set_dir)) if out is not None else None
+    profile, prov, report = fit_set(set_dir, name, base)
+    header = GPU_HEADER if "base" in report else HEADER
+    report["written"] = (str(write_profile(profile, prov, out, set_dir, header, report.get("base")))
+                         if out is not None else None)
     return report
+
+
+def fit_set(set_dir: str | Path, name: str | None = None, base: str | None = None) -> tuple[dict, dict, dict]:
+    """:func:`fit_profile` for a CPU set; simfoe.calibration.fit_gpu.fit_gpu_profile on top of the
+    published ``base`` for a CUDA set (its report has ``base`` and ``base_on_set``)."""
+    _, _, env = load_set(set_dir)
+    if env.get("device") == "cuda":
+        from simfoe.calibration.fit_gpu import fit_gpu_profile
+
+        return fit_gpu_profile(set_dir, name, base)
+    if base is not None:
+        raise SpecError("--base", base, "only with a CUDA measurement set (a CPU set is fitted whole)")
+    return fit_profile(set_dir, name)

@@ -31,11 +31,13 @@ def host_cpu(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
 
 
 def set_cpu(set_dir: Path) -> dict:
-    """The CPU recorded in a measurement set's env.json ({} when absent)."""
+    """The CPU recorded in a CPU measurement set's env.json ({} when absent, and for a GPU set, whose
+    env.json records the GPU machine's host CPU: its profile describes the GPU, not that CPU)."""
     try:
-        return json.loads((Path(set_dir) / "env.json").read_text()).get("cpu") or {}
+        env = json.loads((Path(set_dir) / "env.json").read_text())
     except (OSError, ValueError):
         return {}
+    return (env.get("cpu") or {}) if env.get("device", "cpu") == "cpu" else {}
 
 
 def matching_profiles(cpu: dict | None = None) -> list[str]:

@@ -47,6 +47,7 @@ def _rows(source: str, op: str, pred, meas) -> list[dict]:
 
 def set_rows(set_dir: Path, hw) -> list[dict]:
     """Predicted vs measured rows of one measurement set (1-thread kernels, world-size-2 collectives)."""
+    from simfoe.calibration.fit_gpu import GROUPED_VARIANT
     from simfoe.calibration.fit_profile import ATTENTION_VARIANT, load_set, predict_collective_row, predict_kernel_row
 
     k, c, _ = load_set(set_dir)
@@ -56,10 +57,15 @@ def set_rows(set_dir: Path, hw) -> list[dict]:
     # attention: the GQA SDPA variant simfoe's attention families model (fit_profile.ATTENTION_VARIANT);
     # MHA-through-SDPA and expand-KV variants are different kernels with no family of their own
     k = k[(k.op != "attention") | k.variant.astype(str).str.endswith(":" + ATTENTION_VARIANT)]
+    # grouped FFN: where the set timed the one-kernel grouped GEMM (CUDA), that is what simfoe's expert cost
+    # models; the per-expert loop beside it (a launch per expert) is judged as its own source
+    grouped = (k.op == "grouped_ffn") & (k.variant.astype(str) == GROUPED_VARIANT)
     for r in k.itertuples(index=False):
         p = predict_kernel_row(hw, r)
         if p is not None:
             op = r.op if r.op != "attention" else "attention_" + str(r.variant).split(":")[0]
+            if r.op == "grouped_ffn" and grouped.any() and str(r.variant) != GROUPED_VARIANT:
+                op = "grouped_ffn_loop"
             out += _rows(f"{name}:{op}", f"{r.op}:{r.variant}:{r.dtype}", [p], [r.t_s])
     if not c.empty:
         cc = c[(c.world_size == 2) & (c.oversubscribed == 0)]

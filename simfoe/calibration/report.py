@@ -44,7 +44,7 @@ def generate(out: Path = OUT, rerun_testbed: bool = False) -> Path:
     import pandas as pd
 
     from simfoe.calibration import regression, testbed
-    from simfoe.calibration.fit_profile import fit_profile
+    from simfoe.calibration.fit_profile import fit_set
     from simfoe.forward.simulate import CATEGORIES
 
     out.mkdir(parents=True, exist_ok=True)
@@ -64,15 +64,28 @@ def generate(out: Path = OUT, rerun_testbed: bool = False) -> Path:
     df["ape"] = (df.predicted_s / df.measured_s - 1).abs() * 100
     for (s, op), g in df.groupby(["source", "op"]):
         lines.append(f"| {s} | {op} | {len(g)} | {g.ape.mean():.2f} | {g.ape.max():.2f} |")
-    lines += ["", "## CPU profile fit residuals (rows each part was fitted to; held-out = never fitted)", "",
+    lines += ["", "## Profile fit residuals (rows each part was fitted to; held-out = never fitted)", "",
               "| part | rows | MAPE % | max APE % |", "|---|---|---|---|"]
+    gpu_reports = []
     for set_name, spec in sorted((regression.load_tolerances().get("measurement_sets") or {}).items()):
-        _, _, rep = fit_profile(regression.DATA_DIR / set_name, spec["hardware"])
+        _, _, rep = fit_set(regression.DATA_DIR / set_name, spec["hardware"])
         for part in ("kernels", "held_out"):
             for k, v in rep[part].items():
                 lines.append(f"| {set_name} {part}: {k} | {v['rows']} | {v['mape_pct']} | {v['max_ape_pct']} |")
-        for k, v in rep["collectives"]["residuals"].items():
+        for k, v in (rep.get("collectives") or {}).get("residuals", {}).items():
             lines.append(f"| {set_name} collectives: {k} | {v['rows']} | {v['mape_pct']} | {v['max_ape_pct']} |")
+        if "base" in rep:
+            gpu_reports.append((set_name, spec["hardware"], rep))
+    for set_name, prof, rep in gpu_reports:
+        lines += ["", f"## {rep['device_name']}: published {rep['base']} vs measured ({set_name})", "",
+                  f"The same rows predicted by the published profile ({rep['base']}: kernels fitted to the Vidur data) and "
+                  f"by {prof} (its kernel families refitted to this set; simfoe calibrate --from).", "",
+                  f"| part | rows | {rep['base']} MAPE % | max % | {prof} MAPE % | max % |", "|---|---|---|---|---|---|"]
+        for part in ("kernels", "held_out"):
+            for k, v in rep[part].items():
+                b = rep["base_on_set"][k]
+                lines.append(f"| {part}: {k} | {v['rows']} | {b['mape_pct']} | {b['max_ape_pct']} | {v['mape_pct']} | "
+                             f"{v['max_ape_pct']} |")
     for tbp in regression.testbed_results(out):
         # stored measurements, predictions of today's model and profile
         stored = json.loads(tbp.read_text())

@@ -2,19 +2,28 @@
 
   simfoe calibrate --device cpu --out validation/data/NAME/ [--quick]        # runs python -m validation.harness
   simfoe calibrate --from validation/data/NAME/ --out hwprofiles/NAME.yaml   # fit (and write) a profile
+
+A CPU set is fitted whole (kernels, GEMM tables, gloo collectives). A CUDA set (one GPU: kernels only)
+refits the kernel families of the published profile of that GPU (--base, default from the set's device
+name: H100 -> h100-sxm, A100 -> a100-sxm, H200 -> h200-sxm) and keeps everything else of it.
 """
 from __future__ import annotations
+
+import argparse
 
 from simfoe.cli.common import add_json_flag
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("calibrate", help="run the microbenchmark harness, or fit a profile from a measurement set",
-                              description=__doc__.split("\n\n")[0])
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="measure this device (runs the harness)")
     p.add_argument("--from", dest="src", default=None, help="measurement set folder to fit")
     p.add_argument("--out", default=None, help="measurement folder (with --device) or profile YAML (with --from)")
     p.add_argument("--quick", action="store_true", help="harness quick mode (~30 s on a CPU)")
+    p.add_argument("--base", default=None,
+                   help="with --from a CUDA set: the published profile whose kernel families are refitted "
+                        "(default: by the set's GPU name)")
     add_json_flag(p)
     p.set_defaults(func=run, render=render)
 
@@ -49,12 +58,21 @@ def run(args):
         raise SpecError("--out", args.out, "a profile path ending in .yaml")
     from simfoe.calibration.fit_profile import run_fit
 
-    return run_fit(src, args.out)
+    return run_fit(src, args.out, base=args.base)
 
 
 def render(r: dict) -> str:
     if "measured" in r or "error" in r:
         return str(r.get("measured") or r)
+    if "base" in r:  # a CUDA set: kernel families refitted on a published profile
+        lines = [f"fit {r['set']} ({r['device_name']}) on {r['base']} -> {r.get('written') or '(not written; pass --out)'}",
+                 f"  {'':9} {'':36} {'rows':>8}  {'fitted':>14}  {r['base'] + ' as published':>24}"]
+        for part in ("kernels", "held_out"):
+            for k, v in r[part].items():
+                b = r["base_on_set"][k]
+                lines.append(f"  {part:9} {k:36} rows {v['rows']:>3}  MAPE {v['mape_pct']:6.2f}%  "
+                             f"{'MAPE':>13} {b['mape_pct']:6.2f}% (max {b['max_ape_pct']:.1f}%)")
+        return "\n".join(lines)
     lines = [f"fit {r['set']} -> {r.get('written') or '(not written; pass --out)'}",
              f"peak FLOP/s {r['gpu']['peak_flops']}, DRAM {r['gpu']['hbm_bandwidth']:.4g} B/s; "
              f"gloo alpha {r['collectives']['fit']['alpha_s']:.3g} s, hop {r['collectives']['fit']['hop_s']:.3g} s/step, bandwidth {r['collectives']['fit']['bandwidth']:.4g} B/s"]

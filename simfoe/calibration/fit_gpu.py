@@ -1,0 +1,139 @@
+"""Fit the kernel families of a GPU profile from a single-GPU measurement set (``python -m validation.harness
+--device cuda``), on top of the published profile of the same GPU.
+
+A single-GPU set measures kernels only (GEMM, grouped FFN, SDPA attention, copies; one GPU has no NCCL
+peers), so everything else (peak FLOP/s, HBM, NVLink, network, collectives) comes from the base profile
+(``hwprofiles/<base>.yaml``, datasheet and Vidur fits) and keeps its provenance. Fitted here, each from
+the set's graph-replayed rows (device time, :func:`simfoe.calibration.fit_profile.in_pass_rows`):
+
+* ``kernels.gemm``: the padded-dimension form on the bf16 GEMM rows;
+* ``kernels.elementwise``: streaming efficiency and launch from the device-to-device copies (the norm /
+  activation / add sub-kinds keep the base's Vidur fits: the harness does not time them);
+* ``kernels.attention_prefill`` / ``attention_decode``: the GQA SDPA rows (the kernels torch picks).
+
+Held out (never fitted): the grouped FFN rows, priced as simfoe.forward.plan prices experts.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+
+import numpy as np
+
+from simfoe.calibration.fit_profile import (
+    ATTENTION_VARIANT,
+    _errs,
+    _fit_family,
+    _rel,
+    fit_copy_attention,
+    _ape,
+    load_set,
+    predict_kernel_row,
+)
+from simfoe.errors import SpecError
+
+BASE_BY_NAME: tuple[tuple[str, str], ...] = (("H200", "h200-sxm"), ("H100", "h100-sxm"), ("A100", "a100-sxm"))
+"""env.json device_name substring -> published profile a set is fitted on top of (first match wins)."""
+
+GROUPED_VARIANT = "grouped_mm_swiglu"
+"""The grouped FFN rows that match simfoe's expert cost (one grouped GEMM launch per projection); the
+per-expert loop rows (``loop_swiglu``) are a reference eager MoE layer and are reported beside them."""
+
+
+def base_profile_for(env: dict) -> str:
+    """The published profile for the GPU named in a set's env.json."""
+    name = str(env.get("device_name") or "")
+    for key, prof in BASE_BY_NAME:
+        if key in name.upper():
+            return prof
+    raise SpecError("--base", None, f"a published profile for {name!r} (known: "
+                    + ", ".join(f"{k} -> {p}" for k, p in BASE_BY_NAME) + "); pass --base NAME")
+
+
+def fit_gpu_profile(set_dir: str | Path, name: str | None = None, base: str | None = None) -> tuple[dict, dict, dict]:
+    """(profile dict, provenance, report) of a CUDA measurement set fitted on top of ``base``."""
+    from simfoe.specs.hardware import HardwareSpec
+    from simfoe.specs.io import load_hardware
+    from simfoe.specs.profile_io import profile_path
+
+    import yaml
+
+    set_dir = Path(set_dir)
+    k, _, env = load_set(set_dir)
+    if env.get("device") != "cuda":
+        raise SpecError("measurement set", str(set_dir), "a CUDA set (device cuda)")
+    base = base or base_profile_for(env)
+    raw = yaml.safe_load(profile_path(base).read_text())
+    prov_base = dict(raw.pop("provenance", {}) or {})
+    hw0 = load_hardware(base)
+    src = _rel(set_dir)
+    name = name or f"{base}-{set_dir.name}"
+    k = k[(k.dtype.astype(str) == "bf16") | (k.op == "memcopy")]  # the dtype a GPU set measures (copies: u8)
+    gm = k[k.op == "gemm"]
+    cp = k[(k.op == "memcopy") & (k.variant == "copy")]
+    att = k[(k.op == "attention") & k.variant.astype(str).str.endswith(":" + ATTENTION_VARIANT)]
+    pre, dec = att[att.variant.str.startswith("prefill")], att[att.variant.str.startswith("decode")]
+    if gm.empty or cp.empty:
+        raise SpecError("measurement set", str(set_dir), "GEMM and copy rows (python -m validation.harness --device cuda)")
+    base_k = {fam: dict(v) for fam, v in (raw.get("kernels") or {}).items()}
+    kern: dict[str, dict] = dict(base_k)
+    hw = hw0
+    # starts: the base's Vidur fit; bounds keep efficiencies in (0, 1] and launches between 10 ns and 1 ms
+    g0 = base_k.get("gemm", {})
+    kern["gemm"] = _fit_family(hw, kern, "gemm", {
+        "eff_max": (g0.get("eff_max", 0.8), 0.05, 1.0, False), "m_pad": (max(g0.get("m_pad", 64.0), 1e-2), 1e-3, 1e5, True),
+        "n_pad": (max(g0.get("n_pad", 64.0), 1e-2), 1e-3, 1e5, True), "k_pad": (max(g0.get("k_pad", 1.0), 1e-2), 1e-3, 1e5, True),
+        "mem_eff": (g0.get("mem_eff", 0.9), 0.05, 1.0, False), "mem_floor_bytes": (max(g0.get("mem_floor_bytes", 1e4), 2.0), 1.0, 1e9, True),
+        "launch_s": (max(g0.get("launch_s", 5e-6), 1e-7), 1e-8, 1e-3, True), "smooth_p": (g0.get("smooth_p", 4.0), 1.0, 50.0, False)},
+        gm, gm.t_s.to_numpy(float))
+    # copies and attention: starts near HBM streaming and a few-microsecond launch
+    fit_copy_attention(hw, kern, k, copy_start=(0.8, 3e-6), attn_start=(0.8, 5e-6), launch_max=1e-3)
+    profile = {key: v for key, v in raw.items() if key not in ("kernels",)}
+    profile["name"] = name
+    profile["description"] = f"{raw.get('description', base)}; kernels fitted from {src}"
+    profile["kernels"] = kern
+    hw = HardwareSpec.model_validate(profile)
+
+    def errs(rows, h) -> dict:
+        pred = np.array([predict_kernel_row(h, r) for r in rows.itertuples(index=False)], float)
+        return _errs(_ape(pred, rows.t_s.to_numpy(float)))
+
+    report: dict = {"set": src, "profile": name, "base": base, "device_name": env.get("device_name"),
+                    "kernels": {}, "held_out": {}, "base_on_set": {}}
+    parts = {"gemm (bf16)": gm, "elementwise (copy)": cp}
+    if not pre.empty:
+        parts[f"attention_prefill ({ATTENTION_VARIANT})"] = pre
+    if not dec.empty:
+        parts[f"attention_decode ({ATTENTION_VARIANT})"] = dec
+    g = k[k.op == "grouped_ffn"]
+    held = {f"grouped_ffn ({v})": g[g.variant == v] for v in sorted(set(g.variant))}
+    for label, rows in parts.items():
+        report["kernels"][label] = errs(rows, hw)
+        report["base_on_set"][label] = errs(rows, hw0)
+    for label, rows in held.items():
+        report["held_out"][label] = errs(rows, hw)
+        report["base_on_set"][label] = errs(rows, hw0)
+    report["kernels_fit"] = {f: kern[f] for f in ("gemm", "elementwise", "attention_prefill", "attention_decode") if f in kern}
+
+    today = _dt.date.today().isoformat()
+    fitted = f"fit to {src} by simfoe.calibration.fit_gpu on {today} (CUDA-graph replay, bf16)"
+    prov = {key: v for key, v in prov_base.items() if not key.startswith("kernels")}
+    prov.update({
+        "name": "profile name",
+        "description": f"{base} with kernels fitted from {src}",
+        "kernels": f"{fitted}; functional forms of simfoe/costs/kernels.py (docs/calibration.md); "
+                   f"families not listed below are the base's ({base}: Vidur fits)",
+        "kernels.gemm": f"{fitted}: {len(gm)} GEMM rows (m 1..16384 on 5 (n, k) pairs and 3 squares)",
+        "kernels.elementwise": f"{fitted}: {len(cp)} device-to-device copies, 64 KiB..1 GiB (bytes = 2 x size); "
+                               "norm/act/add sub-kinds keep the base's Vidur fits",
+    })
+    if not pre.empty:
+        prov["kernels.attention_prefill"] = f"{fitted}: {len(pre)} prefill:{ATTENTION_VARIANT} rows (causal torch SDPA)"
+    if not dec.empty:
+        prov["kernels.attention_decode"] = (f"{fitted}: {len(dec)} decode:{ATTENTION_VARIANT} rows; eff_max from "
+                                            "attention_prefill")
+    for fam in base_k:
+        if fam not in ("gemm", "elementwise", "attention_prefill", "attention_decode"):
+            if f"kernels.{fam}" in prov_base:
+                prov[f"kernels.{fam}"] = prov_base[f"kernels.{fam}"]
+    return profile, prov, report

@@ -1,0 +1,83 @@
+"""GPU profile fit from the committed single-GPU H100 set: the refit reproduces the committed profile, the
+residuals are reported against both the fitted and the published profile, and the parts it does not
+measure come from the published profile unchanged."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from simfoe.paths import REPO_ROOT
+from simfoe.specs.io import load_hardware
+
+SET = REPO_ROOT / "validation" / "data" / "h100-sxm-2026-11-24"
+PROFILE = "h100-sxm-measured"
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    from simfoe.calibration.fit_gpu import fit_gpu_profile
+
+    return fit_gpu_profile(SET, PROFILE)
+
+
+def test_refit_reproduces_committed_profile(fitted):
+    profile, _, report = fitted
+    hw = load_hardware(PROFILE)
+    for fam in ("gemm", "elementwise", "attention_prefill", "attention_decode"):
+        for k, v in profile["kernels"][fam].items():
+            assert math.isclose(hw.kernels[fam][k], v, rel_tol=1e-3), (fam, k)
+    assert report["base"] == "h100-sxm" and report["device_name"] == "NVIDIA H100 80GB HBM3"
+    # fitted parts reproduce their rows; the grouped FFN is held out (13.9% today)
+    assert report["kernels"]["gemm (bf16)"]["mape_pct"] < 7
+    assert report["kernels"]["attention_prefill (sdpa_gqa)"]["mape_pct"] < 5
+    assert report["held_out"]["grouped_ffn (grouped_mm_swiglu)"]["mape_pct"] < 17
+    # the published profile is worse where its sources differ from this GPU's torch (FA2 figure, Vidur
+    # elementwise kernels), which is why the fit exists
+    assert report["base_on_set"]["attention_prefill (sdpa_gqa)"]["mape_pct"] > 30
+
+
+def test_unmeasured_parts_come_from_base(fitted):
+    profile, prov, _ = fitted
+    base = load_hardware("h100-sxm")
+    hw = load_hardware(PROFILE)
+    assert hw.gpu == base.gpu and hw.node == base.node and hw.network == base.network
+    assert hw.collectives == base.collectives
+    for fam in ("elementwise_norm", "elementwise_act", "elementwise_add"):
+        assert hw.kernels[fam] == base.kernels[fam]
+    assert "h100-sxm-2026-11-24" in prov["kernels.gemm"] and "Vidur" in prov["kernels"]
+
+
+def test_eager_rows_are_not_fitted():
+    from simfoe.calibration.fit_profile import load_set
+
+    k, _, _ = load_set(SET)
+    assert not k.variant.str.endswith("_eager").any()
+    assert (k[k.op != "memcopy"].timing == "cuda_graph").all()
+
+
+def test_cli_fits_gpu_set_and_rejects_base_for_cpu(tmp_path):
+    exe = shutil.which("simfoe") or sys.executable
+    pre = [] if exe.endswith("simfoe") else ["-m", "simfoe"]
+    out = tmp_path / "h100-fit.yaml"
+    p = subprocess.run([exe, *pre, "calibrate", "--from", str(SET), "--out", str(out), "--json"],
+                       capture_output=True, text=True, cwd=REPO_ROOT)
+    assert p.returncode == 0, p.stderr
+    rep = json.loads(p.stdout)
+    assert rep["written"] == str(out) and out.read_text().startswith("# GPU profile")
+    assert load_hardware(str(out)).kernels["gemm"]["eff_max"] == pytest.approx(load_hardware(PROFILE).kernels["gemm"]["eff_max"], rel=1e-3)
+    bad = subprocess.run([exe, *pre, "calibrate", "--from", str(REPO_ROOT / "validation/data/cpu-intel-xeon-amx-2026-11-23"),
+                          "--base", "h100-sxm"], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert bad.returncode == 2 and "--base" in bad.stderr
+
+
+def test_gpu_set_never_matches_a_cpu_host():
+    from simfoe.calibration import host
+
+    assert host.set_cpu(SET) == {}
+    gpu_host = json.loads((SET / "env.json").read_text())["cpu"]
+    assert host.matching_profiles({k: gpu_host[k] for k in host.CPU_KEYS}) == []
