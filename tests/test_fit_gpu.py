@@ -25,6 +25,19 @@ def fitted():
     return fit_gpu_profile(SET, PROFILE)
 
 
+@pytest.mark.parametrize("set_name,profile", [("h200-sxm-2026-11-24", "h200-sxm-measured")])
+def test_other_gpu_refit_reproduces_committed_profile(set_name, profile):
+    from simfoe.calibration.fit_gpu import fit_gpu_profile
+
+    prof, _, report = fit_gpu_profile(SET.parent / set_name, profile)
+    hw = load_hardware(profile)
+    for fam in ("gemm", "elementwise", "attention_prefill", "attention_decode"):
+        for k, v in prof["kernels"][fam].items():
+            assert math.isclose(hw.kernels[fam][k], v, rel_tol=1e-3), (fam, k)
+    assert report["base"] == profile.removesuffix("-measured")
+    assert report["kernels"]["gemm (bf16)"]["mape_pct"] < 7
+
+
 def test_refit_reproduces_committed_profile(fitted):
     profile, _, report = fitted
     hw = load_hardware(PROFILE)
