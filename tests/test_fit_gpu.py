@@ -86,6 +86,9 @@ def test_cli_fits_gpu_set_and_rejects_base_for_cpu(tmp_path):
     bad = subprocess.run([exe, *pre, "calibrate", "--from", str(REPO_ROOT / "validation/data/cpu-intel-xeon-amx-2026-11-23"),
                           "--base", "h100-sxm"], capture_output=True, text=True, cwd=REPO_ROOT)
     assert bad.returncode == 2 and "--base" in bad.stderr
+    unknown = subprocess.run([exe, *pre, "calibrate", "--from", str(SET), "--base", "b300-nvl"],
+                             capture_output=True, text=True, cwd=REPO_ROOT)
+    assert unknown.returncode == 2 and "h100-sxm" in unknown.stderr and not unknown.stdout
 
 
 def test_gpu_set_never_matches_a_cpu_host():

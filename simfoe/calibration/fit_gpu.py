@@ -63,6 +63,10 @@ def fit_gpu_profile(set_dir: str | Path, name: str | None = None, base: str | No
     if env.get("device") != "cuda":
         raise SpecError("measurement set", str(set_dir), "a CUDA set (device cuda)")
     base = base or base_profile_for(env)
+    if not profile_path(base).is_file():
+        from simfoe.specs.io import list_presets
+
+        raise SpecError("--base", base, "a published profile: " + ", ".join(list_presets("hardware")))
     raw = yaml.safe_load(profile_path(base).read_text())
     prov_base = dict(raw.pop("provenance", {}) or {})
     hw0 = load_hardware(base)
