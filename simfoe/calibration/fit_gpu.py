@@ -18,18 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 from pathlib import Path
 
-import numpy as np
-
-from simfoe.calibration.fit_profile import (
-    ATTENTION_VARIANT,
-    _errs,
-    _fit_family,
-    _rel,
-    fit_copy_attention,
-    _ape,
-    load_set,
-    predict_kernel_row,
-)
+from simfoe.calibration.fit_profile import ATTENTION_VARIANT, _fit_family, _rel, fit_copy_attention, load_set, row_errors
 from simfoe.errors import SpecError
 
 BASE_BY_NAME: tuple[tuple[str, str], ...] = (("H200", "h200-sxm"), ("H100", "h100-sxm"), ("A100", "a100-sxm"))
@@ -74,33 +63,25 @@ def fit_gpu_profile(set_dir: str | Path, name: str | None = None, base: str | No
     name = name or f"{base}-{set_dir.name}"
     k = k[(k.dtype.astype(str) == "bf16") | (k.op == "memcopy")]  # the dtype a GPU set measures (copies: u8)
     gm = k[k.op == "gemm"]
-    cp = k[(k.op == "memcopy") & (k.variant == "copy")]
-    att = k[(k.op == "attention") & k.variant.astype(str).str.endswith(":" + ATTENTION_VARIANT)]
-    pre, dec = att[att.variant.str.startswith("prefill")], att[att.variant.str.startswith("decode")]
-    if gm.empty or cp.empty:
+    if gm.empty or not ((k.op == "memcopy") & (k.variant == "copy")).any():
         raise SpecError("measurement set", str(set_dir), "GEMM and copy rows (python -m validation.harness --device cuda)")
     base_k = {fam: dict(v) for fam, v in (raw.get("kernels") or {}).items()}
     kern: dict[str, dict] = dict(base_k)
-    hw = hw0
     # starts: the base's Vidur fit; bounds keep efficiencies in (0, 1] and launches between 10 ns and 1 ms
     g0 = base_k.get("gemm", {})
-    kern["gemm"] = _fit_family(hw, kern, "gemm", {
+    kern["gemm"] = _fit_family(hw0, kern, "gemm", {
         "eff_max": (g0.get("eff_max", 0.8), 0.05, 1.0, False), "m_pad": (max(g0.get("m_pad", 64.0), 1e-2), 1e-3, 1e5, True),
         "n_pad": (max(g0.get("n_pad", 64.0), 1e-2), 1e-3, 1e5, True), "k_pad": (max(g0.get("k_pad", 1.0), 1e-2), 1e-3, 1e5, True),
         "mem_eff": (g0.get("mem_eff", 0.9), 0.05, 1.0, False), "mem_floor_bytes": (max(g0.get("mem_floor_bytes", 1e4), 2.0), 1.0, 1e9, True),
         "launch_s": (max(g0.get("launch_s", 5e-6), 1e-7), 1e-8, 1e-3, True), "smooth_p": (g0.get("smooth_p", 4.0), 1.0, 50.0, False)},
         gm, gm.t_s.to_numpy(float))
     # copies and attention: starts near HBM streaming and a few-microsecond launch
-    fit_copy_attention(hw, kern, k, copy_start=(0.8, 3e-6), attn_start=(0.8, 5e-6), launch_max=1e-3)
+    cp, pre, dec = fit_copy_attention(hw0, kern, k, copy_start=(0.8, 3e-6), attn_start=(0.8, 5e-6), launch_max=1e-3)
     profile = {key: v for key, v in raw.items() if key not in ("kernels",)}
     profile["name"] = name
     profile["description"] = f"{raw.get('description', base)}; kernels fitted from {src}"
     profile["kernels"] = kern
     hw = HardwareSpec.model_validate(profile)
-
-    def errs(rows, h) -> dict:
-        pred = np.array([predict_kernel_row(h, r) for r in rows.itertuples(index=False)], float)
-        return _errs(_ape(pred, rows.t_s.to_numpy(float)))
 
     report: dict = {"set": src, "profile": name, "base": base, "device_name": env.get("device_name"),
                     "kernels": {}, "held_out": {}, "base_on_set": {}}
@@ -112,16 +93,16 @@ def fit_gpu_profile(set_dir: str | Path, name: str | None = None, base: str | No
     g = k[k.op == "grouped_ffn"]
     held = {f"grouped_ffn ({v})": g[g.variant == v] for v in sorted(set(g.variant))}
     for label, rows in parts.items():
-        report["kernels"][label] = errs(rows, hw)
-        report["base_on_set"][label] = errs(rows, hw0)
+        report["kernels"][label] = row_errors(hw, rows)
+        report["base_on_set"][label] = row_errors(hw0, rows)
     for label, rows in held.items():
-        report["held_out"][label] = errs(rows, hw)
-        report["base_on_set"][label] = errs(rows, hw0)
+        report["held_out"][label] = row_errors(hw, rows)
+        report["base_on_set"][label] = row_errors(hw0, rows)
     report["kernels_fit"] = {f: kern[f] for f in ("gemm", "elementwise", "attention_prefill", "attention_decode") if f in kern}
 
     today = _dt.date.today().isoformat()
     fitted = f"fit to {src} by simfoe.calibration.fit_gpu on {today} (CUDA-graph replay, bf16)"
-    prov = {key: v for key, v in prov_base.items() if not key.startswith("kernels")}
+    prov = dict(prov_base)  # what is not refitted keeps the base's source; the refitted families are replaced below
     prov.update({
         "name": "profile name",
         "description": f"{base} with kernels fitted from {src}",
@@ -136,8 +117,4 @@ def fit_gpu_profile(set_dir: str | Path, name: str | None = None, base: str | No
     if not dec.empty:
         prov["kernels.attention_decode"] = (f"{fitted}: {len(dec)} decode:{ATTENTION_VARIANT} rows; eff_max from "
                                             "attention_prefill")
-    for fam in base_k:
-        if fam not in ("gemm", "elementwise", "attention_prefill", "attention_decode"):
-            if f"kernels.{fam}" in prov_base:
-                prov[f"kernels.{fam}"] = prov_base[f"kernels.{fam}"]
     return profile, prov, report

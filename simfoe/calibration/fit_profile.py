@@ -215,6 +215,12 @@ def _errs(ape: np.ndarray) -> dict:
     return {"rows": int(ape.size), "mape_pct": round(float(ape.mean()), 2), "max_ape_pct": round(float(ape.max()), 2)}
 
 
+def row_errors(hw, rows) -> dict:
+    """{"rows", "mape_pct", "max_ape_pct"} of ``hw``'s predictions for kernels.csv ``rows`` (against ``t_s``)."""
+    pred = np.array([predict_kernel_row(hw, r) for r in rows.itertuples(index=False)], float)
+    return _errs(_ape(pred, rows.t_s.to_numpy(float)))
+
+
 PLATEAU_MIN_BYTES = 16 * 2**20
 PLATEAU_SPREAD = 0.10
 
@@ -451,8 +457,7 @@ def fit_profile(set_dir: str | Path, name: str | None = None) -> tuple[dict, dic
     hw = HardwareSpec.model_validate(base)
 
     def resid_of(rows, h=None):
-        pred = np.array([predict_kernel_row(h or hw, r) for r in rows.itertuples(index=False)])
-        return _errs(_ape(pred, rows.t_s.to_numpy(float)))
+        return row_errors(h or hw, rows)
 
     report["kernels"] = {"gemm (fp32, 1 thread), parametric kernels.gemm": resid_of(fp32, hw_param),
                          "elementwise (copy)": resid_of(cp)}

@@ -59,12 +59,12 @@ def set_rows(set_dir: Path, hw) -> list[dict]:
     k = k[(k.op != "attention") | k.variant.astype(str).str.endswith(":" + ATTENTION_VARIANT)]
     # grouped FFN: where the set timed the one-kernel grouped GEMM (CUDA), that is what simfoe's expert cost
     # models; the per-expert loop beside it (a launch per expert) is judged as its own source
-    grouped = (k.op == "grouped_ffn") & (k.variant.astype(str) == GROUPED_VARIANT)
+    has_grouped = ((k.op == "grouped_ffn") & (k.variant.astype(str) == GROUPED_VARIANT)).any()
     for r in k.itertuples(index=False):
         p = predict_kernel_row(hw, r)
         if p is not None:
             op = r.op if r.op != "attention" else "attention_" + str(r.variant).split(":")[0]
-            if r.op == "grouped_ffn" and grouped.any() and str(r.variant) != GROUPED_VARIANT:
+            if r.op == "grouped_ffn" and has_grouped and str(r.variant) != GROUPED_VARIANT:
                 op = "grouped_ffn_loop"
             out += _rows(f"{name}:{op}", f"{r.op}:{r.variant}:{r.dtype}", [p], [r.t_s])
     if not c.empty:
