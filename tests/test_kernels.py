@@ -15,6 +15,7 @@ from simfoe.specs.io import load_hardware
 H100 = load_hardware("h100-sxm")
 A100 = load_hardware("a100-sxm")
 H200 = load_hardware("h200-sxm")
+H100M = load_hardware("h100-sxm-measured")  # kernels fitted from our H100 set, with a grouped_gemm family
 RAW = H100.model_copy(update={"kernels": {}})  # uncalibrated: pure roofline + launch
 PEAK, BW, LAUNCH = 989e12, 3.35e12, 3e-6
 
@@ -58,6 +59,27 @@ def test_grouped_gemm_by_hand_and_idle_experts_free():
     # one expert == a plain GEMM
     assert K.grouped_gemm(H100, [77], n, k).latency_s == pytest.approx(K.gemm(H100, 77, n, k).latency_s)
     assert K.grouped_gemm(H100, [0, 0], n, k).latency_s == 0.0
+
+
+def test_grouped_gemm_row_tiles_by_hand():
+    """A grouped_gemm family with m_tile pads each active expert's rows to whole tiles; the small tile
+    applies when the mean rows over all experts are at most small_rows (torch._grouped_mm's rule)."""
+    fam = {"m_tile": 256, "m_tile_small": 128, "small_rows": 128, "eff_max": 1.0, "n_pad": 0.0, "k_pad": 0.0,
+           "mem_eff": 1.0, "mem_floor_bytes": 0.0, "launch_s": 0.0, "smooth_p": math.inf}
+    hw = RAW.model_copy(update={"kernels": {"grouped_gemm": fam}})
+    n = k = 8192  # compute-bound once an active expert has more than ~300 rows (PEAK / BW / 2 bytes)
+    big = K.grouped_gemm(hw, [700, 300], n, k)  # mean 500 rows: 256-row tiles, 3 + 2 of them
+    assert big.bound == "compute" and big.flops == 2 * 1000 * n * k
+    assert big.latency_s == pytest.approx(2 * 1280 * n * k / PEAK)
+    # six idle experts are still groups: the mean drops to 125 rows, so 128-row tiles, 6 + 3 of them
+    small = K.grouped_gemm(hw, [700, 300, 0, 0, 0, 0, 0, 0], n, k)
+    assert small.bound == "compute" and small.latency_s == pytest.approx(2 * 1152 * n * k / PEAK)
+    # skew costs partial tiles: same tokens, same active experts
+    assert K.grouped_gemm(hw, [1000, 24], n, k).latency_s > K.grouped_gemm(hw, [512, 512], n, k).latency_s
+    # keys the family lacks come from kernels.gemm; without m_tile it is the dense form
+    only = RAW.model_copy(update={"kernels": {"gemm": H100.kernels["gemm"], "grouped_gemm": {"launch_s": 1e-3}}})
+    assert K.grouped_gemm(only, [5, 7], 1024, 1024).latency_s == pytest.approx(
+        K.grouped_gemm(H100, [5, 7], 1024, 1024).latency_s - H100.kernels["gemm"]["launch_s"] + 1e-3)
 
 
 def test_grouped_gemm_is_one_launch():
@@ -168,12 +190,13 @@ def test_elementwise_monotone_in_bytes(b, db, which, kind):
 @given(loads=st.lists(st.integers(0, 2000), min_size=1, max_size=64), extra=st.integers(0, 500),
        idx=st.integers(0, 63), n=st.integers(64, 8192), k=st.integers(64, 8192))
 def test_grouped_gemm_monotone_and_bounded(loads, extra, idx, n, k):
-    c = K.grouped_gemm(H100, loads, n, k)
-    more = list(loads)
-    more[idx % len(more)] += extra
-    assert K.grouped_gemm(H100, more, n, k).latency_s >= c.latency_s
-    assert c.latency_s >= c.flops / H100.peak("bf16") * (1 - 1e-12)
-    assert c.latency_s >= c.bytes / H100.gpu.hbm_bandwidth * (1 - 1e-12)
+    for hw in (H100, H100M):  # dense padding; measured row tiles (a tile switch only adds rows)
+        c = K.grouped_gemm(hw, loads, n, k)
+        more = list(loads)
+        more[idx % len(more)] += extra
+        assert K.grouped_gemm(hw, more, n, k).latency_s >= c.latency_s
+        assert c.latency_s >= c.flops / hw.peak("bf16") * (1 - 1e-12)
+        assert c.latency_s >= c.bytes / hw.gpu.hbm_bandwidth * (1 - 1e-12)
 
 
 @settings(max_examples=100, deadline=None)

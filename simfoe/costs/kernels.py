@@ -14,11 +14,17 @@ below ``max(a, b)``, so latency >= flops/peak and >= bytes/hbm_bandwidth always 
 
 Fitted parameters live in ``hw.kernels`` (see docs/calibration-kernels.md), one mapping per family:
 
-``gemm``  (also used by ``grouped_gemm``)
+``gemm``  (also used by ``grouped_gemm`` when a profile has no ``grouped_gemm`` family)
     ``eff_max`` (peak fraction reached by large GEMMs), ``m_pad``, ``n_pad``, ``k_pad`` (elements):
     eff_c = eff_max * m/(m+m_pad) * n/(n+n_pad) * k/(k+k_pad), i.e. the kernel behaves as if each
     dimension were padded by a fixed amount (tile and wave under-fill); ``mem_eff`` and
     ``mem_floor_bytes``: eff_m = mem_eff * B/(B+mem_floor_bytes); ``launch_s``; ``smooth_p``.
+``grouped_gemm`` (optional; profiles fitted from measured grouped kernels)
+    the ``gemm`` keys for the grouped launch (a key it lacks takes ``gemm``'s value) plus the row tile:
+    ``m_tile`` (rows): each active expert's rows are padded up to a multiple of it (a grouped kernel
+    tiles every expert's rows separately, so skewed loads leave more partial tiles than uniform ones);
+    optional ``m_tile_small`` used instead when the mean rows per expert are at most ``small_rows``
+    (kernels that pick a smaller tile for small groups). Without ``m_tile``: ``m_pad`` as for ``gemm``.
 ``elementwise`` (and optional ``elementwise_norm``, ``elementwise_act``, ``elementwise_add``)
     ``mem_eff``, ``mem_floor_bytes``, ``launch_s``.
 ``attention_prefill``
@@ -206,14 +212,34 @@ def gemm(hw, m: int, n: int, k: int, dtype: str = "bf16") -> KernelCost:
     return _cost(t_c, t_m, p, launch, flops, nbytes)
 
 
+def grouped_params(hw) -> dict[str, float]:
+    """The grouped launch's parameters: ``kernels.grouped_gemm`` over ``kernels.gemm`` (see module doc)."""
+    keys = ("eff_max", "m_pad", "n_pad", "k_pad", "mem_eff", "mem_floor_bytes", "launch_s", "smooth_p")
+    out = dict(zip(keys, gemm_params(hw)))
+    out.update({key: float(v) for key, v in _family(hw, "grouped_gemm").items()})
+    return out
+
+
+def _tiled_rows(t, g: dict[str, float]) -> float:
+    """Rows the grouped kernel computes for the active experts' loads ``t`` (all > 0)."""
+    import numpy as np
+
+    tile = g.get("m_tile", 0.0)
+    if tile <= 0.0:
+        return float(t.sum() + g["m_pad"] * t.size)
+    return float((np.ceil(t / tile) * tile).sum())
+
+
 def grouped_gemm(hw, tokens_per_expert, n: int, k: int, dtype: str = "bf16") -> KernelCost:
     """One grouped launch: for each expert e, (t_e x k) @ (k x n).
 
     Experts with t_e = 0 cost nothing (their weights are not read); each active expert's weights
-    (k x n) are read once. Compute time sums the per-expert padded GEMM times (a grouped kernel
-    pads every expert's rows to tiles), which reduces in closed form to
-    2 (sum t_e + m_pad * active) (n + n_pad)(k + k_pad) / (peak * eff_max). One launch. With a
-    measured table for ``dtype`` (CPU profiles), the sum of the active experts' single GEMMs.
+    (k x n) are read once. Compute time prices the rows the kernel computes: with a ``grouped_gemm``
+    family that has ``m_tile``, each active expert's t_e rounded up to whole tiles (the tile chosen by
+    the mean rows over all ``len(tokens_per_expert)`` experts, see module doc); otherwise
+    sum t_e + m_pad * active (the dense fit's padding). Then 2 rows (n + n_pad)(k + k_pad) /
+    (peak * eff_max), one launch. With a measured table for ``dtype`` (CPU profiles), the sum of the
+    active experts' single GEMMs.
     """
     import numpy as np
 
@@ -235,10 +261,13 @@ def grouped_gemm(hw, tokens_per_expert, n: int, k: int, dtype: str = "bf16") -> 
         costs = [gemm(hw, float(te), n, k, dtype) for te in sizes]
         lat = float(sum(r * c.latency_s for r, c in zip(reps, costs)))
         return KernelCost(lat, flops, nbytes, costs[-1].bound)
-    eff_max, m_pad, n_pad, k_pad, mem_eff, floor_b, launch, p = gemm_params(hw)
-    t_c = 2.0 * (total + m_pad * active) * (n + n_pad) * (k + k_pad) / (hw.peak(dtype) * eff_max)
-    t_m = (nbytes + floor_b) / (hw.gpu.hbm_bandwidth * mem_eff)
-    return _cost(t_c, t_m, p, launch, flops, nbytes)
+    g = grouped_params(hw)
+    if "m_tile_small" in g and total / t.size <= g.get("small_rows", 0.0):
+        g["m_tile"] = g["m_tile_small"]
+    rows = _tiled_rows(t[t > 0], g)
+    t_c = 2.0 * rows * (n + g["n_pad"]) * (k + g["k_pad"]) / (hw.peak(dtype) * g["eff_max"])
+    t_m = (nbytes + g["mem_floor_bytes"]) / (hw.gpu.hbm_bandwidth * g["mem_eff"])
+    return _cost(t_c, t_m, g["smooth_p"], g["launch_s"], flops, nbytes)
 
 
 def _check_heads(n_heads, n_kv_heads, head_dim) -> tuple[float, float, float]:
