@@ -6,9 +6,23 @@ The public reference data (``../shared/data`` beside a checkout) is read in plac
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def hwprofiles_dir():
+    """hwprofiles/ of a checkout (editable install), else the copy installed as simfoe.hwprofiles."""
+    local = REPO_ROOT / "hwprofiles"
+    if local.is_dir():
+        return local
+    return resources.files("simfoe.hwprofiles")
+
+
+def hardware_presets() -> list[str]:
+    """Short names of the bundled hardware profiles (no spec parsing: cheap enough for --help)."""
+    return sorted(p.name[:-5] for p in hwprofiles_dir().iterdir() if p.name.endswith(".yaml"))
 
 
 def shared_data_dir() -> Path | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from simfoe.cli.common import add_json_flag, add_set_flag, fmt_bytes, fmt_time, table
+from simfoe.paths import hardware_presets
 
 HELP = """Simulate one forward pass (prefill: BATCH prompts of SEQ_LEN tokens; decode: BATCH sequences
 generating one token each with SEQ_LEN tokens of context) of one model instance spread over NODES
@@ -15,7 +16,7 @@ activation rate. Example:
 def register(sub) -> None:
     p = sub.add_parser("forward", help="simulate one forward pass (MoE or FoE)", description=HELP)
     p.add_argument("--model", required=True, help="model preset (mixtral-8x7b, deepseek-v3, ...) or YAML path")
-    p.add_argument("--hardware", required=True, help="hardware profile (h100-sxm, a100-sxm, h200-sxm) or YAML path")
+    p.add_argument("--hardware", required=True, help="hardware profile: " + ", ".join(hardware_presets()) + ", or a YAML path")
     p.add_argument("--nodes", type=int, default=1, help="nodes for ONE model instance (default 1)")
     p.add_argument("--arch", choices=["moe", "foe"], default="moe", help="moe: expert parallelism; foe: Federation of Experts")
     p.add_argument("--phase", choices=["prefill", "decode"], default="prefill")

@@ -13,6 +13,7 @@ Fields per op (flags, or CSV columns of the same name without dashes and with _ 
 from __future__ import annotations
 
 from simfoe.cli.common import add_json_flag, add_set_flag, fmt_bytes, fmt_time, table
+from simfoe.paths import hardware_presets
 
 OPS = ("gemm", "grouped_gemm", "attention_prefill", "attention_decode", "elementwise")
 REQUIRED = {
@@ -34,7 +35,7 @@ def register(subparsers) -> None:
         description="Kernel cost from the hardware profile's roofline and fitted efficiencies. "
         "Latency in seconds, work in FLOP, traffic in bytes.",
     )
-    p.add_argument("--hardware", required=True, help="hardware preset (h100-sxm, a100-sxm, h200-sxm) or YAML path")
+    p.add_argument("--hardware", required=True, help="hardware profile: " + ", ".join(hardware_presets()) + ", or a YAML path")
     p.add_argument("--op", default=None, help=" | ".join(OPS))
     p.add_argument("--shapes", default=None, help="CSV with columns op,m,n,k[,dtype] (other fields as extra columns)")
     p.add_argument("--m", type=str, default=None, help="GEMM rows (tokens)")

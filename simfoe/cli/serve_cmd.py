@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 from simfoe.cli.common import add_json_flag, add_set_flag, fmt_time, table
+from simfoe.paths import hardware_presets
 
 
 def register(subparsers) -> None:
@@ -15,7 +16,7 @@ def register(subparsers) -> None:
         "Iteration times come from the forward model. Times in seconds.",
     )
     p.add_argument("--model", required=True, help="model preset or YAML path")
-    p.add_argument("--hardware", required=True, help="hardware preset (e.g. h100-sxm) or YAML path")
+    p.add_argument("--hardware", required=True, help="hardware profile: " + ", ".join(hardware_presets()) + ", or a YAML path")
     p.add_argument("--nodes", type=int, default=1, help="nodes per model instance (default 1)")
     p.add_argument("--arch", required=True, choices=["moe", "foe"], help="MoE (expert parallel) or FoE layout")
     p.add_argument("--trace", required=True,

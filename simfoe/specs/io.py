@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from simfoe.errors import SpecError
-from simfoe.paths import REPO_ROOT
+from simfoe.paths import hwprofiles_dir
 from simfoe.specs.base import Spec, validate_spec
 from simfoe.specs.hardware import HardwareSpec
 from simfoe.specs.model import ModelSpec
@@ -27,14 +27,6 @@ def _preset_dir(kind: str):
     if kind == "hardware":
         return hwprofiles_dir()
     return resources.files("simfoe.specs") / "models"
-
-
-def hwprofiles_dir():
-    """hwprofiles/ of a checkout (editable install), else the copy installed as simfoe.hwprofiles."""
-    local = REPO_ROOT / "hwprofiles"
-    if local.is_dir():
-        return local
-    return resources.files("simfoe.hwprofiles")
 
 
 def list_presets(kind: str) -> list[str]:
