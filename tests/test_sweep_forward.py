@@ -16,6 +16,7 @@ pytest.importorskip("simfoe.api")
 from simfoe.sweep.runner import run_sweep  # noqa: E402
 from simfoe.sweep.spec import load_sweep_spec  # noqa: E402
 from simfoe.sweep.store import VOLATILE, ResultStore  # noqa: E402
+from simfoe.paths import REPO_ROOT as REPO  # noqa: E402
 
 # Fast corner of the forward model: one node, decode, small batches (tens of ms per scenario).
 SPEC = """\
@@ -109,3 +110,25 @@ def test_plots_and_summary_from_stored_results(spec_file, reference, tmp_path):
     assert len(list((tmp_path / "plots").glob("*.svg"))) == len(pngs)
     text = (tmp_path / "summary.md").read_text()
     assert "MoE vs FoE" in text and "12 ok" in text
+
+
+def test_summary_names_every_varying_input(tmp_path):
+    """With hardware varying too, the headline win names it and the phase tables say what they pool."""
+    from simfoe.sweep.summary import write_summary
+
+    rows = [{"kind": "forward", "status": "ok", "phase": "decode", "nodes": 1, "batch": 8, "seq_len": 2048,
+             "hardware": hw, "arch": arch, "latency_s": lat}
+            for hw, moe, foe in (("h100-sxm", 2.0, 1.0), ("h100-sxm-measured", 1.2, 1.0))
+            for arch, lat in (("moe", moe), ("foe", foe))]
+    text = write_summary(pd.DataFrame(rows), tmp_path).read_text()
+    assert "Largest FoE win: 2.00x at phase=decode, nodes=1, batch=8, seq_len=2048, hardware=h100-sxm " in text
+    assert "Largest FoE loss: 1.20x at" in text and "hardware=h100-sxm-measured" in text
+    assert "median over hardware;" in text and "| 1 | 1.60x |" in text
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_specs_load_and_expand(path):
+    """Every example the docs point at parses, names known presets and expands to scenarios."""
+    spec = load_sweep_spec(path)
+    scen = spec.scenarios()
+    assert scen and len({s.run_id for s in scen}) == len(scen)

@@ -9,10 +9,14 @@ import pandas as pd
 from simfoe.cli.common import fmt_time
 
 
+def _inputs(ok: pd.DataFrame) -> list[str]:
+    return [c for c in ok.columns if c in ("model", "hardware", "nodes", "phase", "batch", "seq_len", "routing",
+                                           "seed") or c.startswith(("hardware.", "model.", "placement."))]
+
+
 def _speedups(ok: pd.DataFrame) -> pd.DataFrame:
     """MoE latency / FoE latency for every input combination that has both archs."""
-    inputs = [c for c in ok.columns if c in ("model", "hardware", "nodes", "phase", "batch", "seq_len", "routing",
-                                              "seed") or c.startswith(("hardware.", "model.", "placement."))]
+    inputs = _inputs(ok)
     piv = ok.pivot_table(index=inputs, columns="arch", values="latency_s", aggfunc="first")
     if not {"moe", "foe"} <= set(piv.columns):
         return pd.DataFrame()
@@ -32,7 +36,11 @@ def _forward_section(ok: pd.DataFrame) -> list[str]:
              f"FoE is faster in **{wins} of {len(sp)}** matched scenarios "
              f"(speed-up = MoE latency / FoE latency; median {sp['speedup'].median():.2f}x, "
              f"range {sp['speedup'].min():.2f}x to {sp['speedup'].max():.2f}x).", ""]
-    show = [c for c in ("phase", "nodes", "batch", "seq_len") if c in sp]
+    # name every input that varies in the sweep (a win at "batch=8" alone is ambiguous when hardware varies)
+    varying = [c for c in _inputs(sp) if sp[c].nunique(dropna=False) > 1]
+    show = [c for c in ("phase", "nodes", "batch", "seq_len") if c in sp] + \
+        [c for c in varying if c not in ("phase", "nodes", "batch", "seq_len")]
+    others = [c for c in varying if c not in ("phase", "nodes", "batch")]
     for label, row in (("Largest FoE win", sp.loc[sp["speedup"].idxmax()]),
                        ("Largest FoE loss", sp.loc[sp["speedup"].idxmin()])):
         where = ", ".join(f"{c}={row[c]}" for c in show)
@@ -42,7 +50,8 @@ def _forward_section(ok: pd.DataFrame) -> list[str]:
     if {"phase", "nodes", "batch"} <= set(sp.columns):
         for ph, g in sp.groupby("phase"):
             t = g.pivot_table(index="nodes", columns="batch", values="speedup", aggfunc="median")
-            lines += [f"Speed-up, {ph} (rows: nodes, columns: batch; >1 means FoE is faster):", "",
+            over = f"; median over {', '.join(others)}" if others else ""
+            lines += [f"Speed-up, {ph} (rows: nodes, columns: batch{over}; >1 means FoE is faster):", "",
                       "| nodes | " + " | ".join(str(b) for b in t.columns) + " |",
                       "|---" * (len(t.columns) + 1) + "|"]
             for n, r in t.iterrows():
