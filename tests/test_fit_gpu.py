@@ -104,3 +104,39 @@ def test_gpu_set_never_matches_a_cpu_host():
     assert host.set_cpu(SET) == {}
     gpu_host = json.loads((SET / "env.json").read_text())["cpu"]
     assert host.matching_profiles({k: gpu_host[k] for k in host.CPU_KEYS}) == []
+
+
+def test_fp8_rows_fit_their_own_family(tmp_path):
+    """A CUDA set with fp8 GEMM rows gets kernels.gemm_fp8: rows made from a known fp8 family (on the
+    committed set's shapes) are recovered by the fit, judged as their own source, and left out of the bf16
+    fit. No GPU has measured fp8 for us yet; this checks the fit and the regression on synthetic rows."""
+    import pandas as pd
+
+    from simfoe.calibration import regression
+    from simfoe.calibration.fit_gpu import fit_gpu_profile
+    from simfoe.costs import kernels as K
+
+    k = pd.read_csv(SET / "kernels.csv")
+    g = k[(k.op == "gemm") & (k.variant == "mm")].copy()
+    hw = load_hardware(PROFILE)
+    true = {"eff_max": 0.55, "mem_eff": 0.8, "launch_s": 4e-6}
+    hw8 = hw.model_copy(update={"kernels": {**hw.kernels, "gemm_fp8": true}})
+    g["dtype"], g["variant"] = "fp8", "scaled_mm"
+    g["median_s"] = [K.gemm(hw8, int(r.m), int(r.n), int(r.k), "fp8").latency_s for r in g.itertuples()]
+    g["bytes"] = g.m * g.k + g.k * g.n + 2 * g.m * g.n
+    d = tmp_path / "h100-fp8"
+    d.mkdir()
+    pd.concat([k, g]).to_csv(d / "kernels.csv", index=False)
+    shutil.copy(SET / "env.json", d / "env.json")
+    prof, prov, report = fit_gpu_profile(d, "h100-fp8")
+    assert report["kernels"]["gemm (fp8)"]["rows"] == len(g) and report["kernels"]["gemm (fp8)"]["mape_pct"] < 1.5
+    assert report["kernels"]["gemm (bf16)"]["rows"] == 78 and "torch._scaled_mm" in prov["kernels.gemm_fp8"]
+    for key, v in prof["kernels"]["gemm"].items():  # the bf16 fit does not see the fp8 rows
+        assert math.isclose(hw.kernels["gemm"][key], v, rel_tol=1e-3), key
+    # without the family an fp8 GEMM is the bf16 fit at the fp8 peak: far from these rows
+    assert report["base_on_set"]["gemm (fp8)"]["mape_pct"] > 10
+    fitted = load_hardware(PROFILE).model_copy(update={"kernels": prof["kernels"]})
+    sources = {r["source"] for r in regression.set_rows(d, fitted)}
+    assert {"h100-fp8:gemm_fp8", "h100-fp8:gemm"} <= sources  # fp8 rows judged apart from the bf16 ones
+    fp8_ops = {r["op"] for r in regression.set_rows(d, fitted) if r["source"] == "h100-fp8:gemm_fp8"}
+    assert fp8_ops == {"gemm:scaled_mm:fp8"}

@@ -82,6 +82,16 @@ def test_grouped_gemm_row_tiles_by_hand():
         K.grouped_gemm(H100, [5, 7], 1024, 1024).latency_s - H100.kernels["gemm"]["launch_s"] + 1e-3)
 
 
+def test_gemm_fp8_family_prices_fp8_only():
+    """kernels.gemm_fp8 overrides kernels.gemm for fp8 GEMMs only; without it fp8 takes the bf16 fit."""
+    hw8 = H100.model_copy(update={"kernels": {**H100.kernels, "gemm_fp8": {"eff_max": 0.3}}})
+    m, n, k = 8192, 8192, 8192  # compute-bound: latency ~ flops / (fp8 peak * eff_max)
+    assert K.gemm(hw8, m, n, k, "bf16") == K.gemm(H100, m, n, k, "bf16")
+    slow, base = K.gemm(hw8, m, n, k, "fp8").latency_s, K.gemm(H100, m, n, k, "fp8").latency_s
+    assert slow > 1.5 * base
+    assert slow >= 2 * m * n * k / (H100.peak("fp8") * 0.3)
+
+
 def test_grouped_gemm_is_one_launch():
     one = K.grouped_gemm(H100, [4] * 8, 1024, 1024).latency_s
     eight = sum(K.gemm(H100, 4, 1024, 1024).latency_s for _ in range(8))

@@ -58,3 +58,7 @@ def test_quick_cuda_run(tmp_path: Path) -> None:
     assert {r["variant"] for r in rows if r["op"] == "memcopy"} >= {"copy", "copy_eager", "h2d", "d2h"}
     if hasattr(torch, "_grouped_mm") and torch.cuda.get_device_capability()[0] >= 9:
         assert any(r["variant"] == "grouped_mm_swiglu" for r in rows)
+    if torch.cuda.get_device_capability() >= (8, 9):  # fp8 tensor cores: fp8 GEMMs by default
+        f8 = [r for r in rows if r["dtype"] == "fp8"]
+        assert f8 and {(r["op"], r["variant"].removesuffix("_eager")) for r in f8} == {("gemm", "scaled_mm")}
+        assert any(r["timing"] == "cuda_graph" for r in f8)

@@ -120,6 +120,26 @@ def test_gemm_draws_keep_median_row(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "env.json").read_text())["gemm_draws"] == 2
 
 
+def test_fp8_gemm_rows_and_gemm_only(tmp_path: Path) -> None:
+    """fp8 is timed for GEMMs only (torch._scaled_mm; emulated on a CPU, so only the plumbing is checked
+    here): its rows sit beside the other dtype's, the other ops take that dtype, and fp8 alone is refused
+    unless only GEMMs are asked for."""
+    _harness(tmp_path, "--ops", "gemm,memcopy", "--dtypes", "fp32,fp8", "--budget-s", "0.005", "--flush-mb", "0",
+             "--gemm-draws", "1")
+    _, rows = _rows(tmp_path / "kernels.csv")
+    f8 = [r for r in rows if r["dtype"] == "fp8"]
+    assert f8 and all(r["op"] == "gemm" and r["variant"] == "scaled_mm" for r in f8)
+    assert len(f8) == len([r for r in rows if r["op"] == "gemm" and r["dtype"] == "fp32"])
+    for r in f8:  # bytes: fp8 inputs, bf16 output
+        m, n, k = int(r["m"]), int(r["n"]), int(r["k"])
+        assert int(r["bytes"]) == m * k + k * n + 2 * m * n and float(r["median_s"]) > 0
+    assert {r["dtype"] for r in rows if r["op"] == "memcopy"} == {"u8"}
+    out = tmp_path / "only8"
+    proc = subprocess.run([sys.executable, "-m", "validation.harness", "--out", str(out), "--dtypes", "fp8"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --dtypes") and not out.exists()
+
+
 def test_median_draw() -> None:
     from validation.harness import median_draw
 

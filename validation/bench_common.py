@@ -18,8 +18,18 @@ DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
+    "fp8": torch.float8_e4m3fn,
 }
 """Dtype names used in the CSV files -> torch dtypes."""
+
+GEMM_ONLY_DTYPES = ("fp8",)
+"""Dtypes timed for GEMM only (``torch._scaled_mm``: e4m3 inputs, per-tensor scales, bf16 output); the
+other kernel ops take the first dtype not listed here."""
+
+
+def other_op_dtypes(dtypes: Sequence[str]) -> tuple[str, ...]:
+    """The one dtype the non-GEMM kernel ops are timed in: the first of ``dtypes`` they support."""
+    return tuple(d for d in dtypes if d not in GEMM_ONLY_DTYPES)[:1]
 
 
 def dtype_bytes(name: str) -> int:

@@ -169,6 +169,8 @@ def _gen(device: torch.device, seed: int) -> torch.Generator:
 
 
 def _rand(shape: Sequence[int], dtype: torch.dtype, device: torch.device, gen: torch.Generator) -> torch.Tensor:
+    if dtype.itemsize == 1:  # float8: torch draws no normal values in it; draw bf16 and convert
+        return torch.randn(*shape, generator=gen, dtype=torch.bfloat16, device=device).to(dtype)
     return torch.randn(*shape, generator=gen, dtype=dtype, device=device)
 
 
@@ -304,9 +306,44 @@ def _threads_cell(ctx: KernelContext) -> int | None:
 # GEMM
 
 
+def _scaled_mm_fn(ctx: KernelContext, m: int, n: int, k: int) -> tuple[Callable[[int], object], int, int] | None:
+    """(fn, buffer sets, bytes) timing one fp8 GEMM, or None (logged) where torch cannot run the shape.
+
+    ``torch._scaled_mm``: A[m,k] row-major and B[k,n] column-major in e4m3, one float32 scale each, C in
+    bf16 (how serving stacks run fp8 linear layers with per-tensor scales). Bytes m*k + k*n + 2*m*n."""
+    f8 = DTYPES["fp8"]
+    ws = m * k + k * n + 2 * m * n
+    scale = torch.ones((), dtype=torch.float32, device=ctx.device)
+    bufs = _buffers(ctx, ws, lambda: (ctx.inputs.take((m, k), f8), ctx.inputs.take((n, k), f8).t(),
+                                      _output((m, n), torch.bfloat16, ctx.device)))
+    nb = len(bufs)
+
+    def fn(i: int) -> object:
+        a, b, c = bufs[i % nb]
+        return torch._scaled_mm(a, b, scale_a=scale, scale_b=scale, out_dtype=torch.bfloat16, out=c)
+
+    try:
+        with torch.inference_mode():
+            fn(0)
+    except (RuntimeError, TypeError) as exc:
+        log(f"  gemm fp8 m={m} n={n} k={k}: torch._scaled_mm refused ({str(exc).splitlines()[0][:120]}); skipped")
+        return None
+    return fn, nb, ws
+
+
 def bench_gemm(ctx: KernelContext, shapes: ShapeSet, dtypes: Sequence[str]) -> Iterator[dict]:
-    """C[m,n] = A[m,k] @ B[k,n]. FLOPs 2*m*n*k; bytes (m*k + k*n + m*n) * element size."""
+    """C[m,n] = A[m,k] @ B[k,n]. FLOPs 2*m*n*k; bytes (m*k + k*n + m*n) * element size.
+
+    dtype ``fp8``: variant ``scaled_mm`` (:func:`_scaled_mm_fn`) on the same shapes, warm rows only."""
     for dt in dtypes:
+        if dt == "fp8":
+            for (m, n, k) in shapes.gemm_mnk:
+                timed = _scaled_mm_fn(ctx, m, n, k)
+                if timed is not None:
+                    fn8, nb8, ws8 = timed
+                    yield from _timed_rows(ctx, "gemm", "scaled_mm", dt, _threads_cell(ctx), fn8, nb8,
+                                           2 * m * n * k, ws8, m=m, n=n, k=k)
+            continue
         tdt, eb = DTYPES[dt], dtype_bytes(dt)
         for (m, n, k) in shapes.gemm_mnk:
             ws = (m * k + k * n + m * n) * eb

@@ -17,13 +17,22 @@ import torch
 
 from validation import FORMAT_VERSION
 from validation.bench_collectives import COLLECTIVE_COLUMNS, COLLECTIVES, FULL_SIZES, QUICK_SIZES, run_collectives
-from validation.bench_common import FULL_POLICY, QUICK_POLICY, TimingPolicy, available_cpus, log, write_csv
+from validation.bench_common import (DTYPES, FULL_POLICY, GEMM_ONLY_DTYPES, QUICK_POLICY, TimingPolicy, available_cpus,
+                                     log, other_op_dtypes, write_csv)
 from validation.bench_env import collect_env, last_level_cache_bytes
 from validation.bench_kernels import KERNEL_BENCHES, KERNEL_COLUMNS, KernelContext, run_kernels, shape_set
 
 ALL_OPS = tuple(KERNEL_BENCHES) + ("collectives",)
 DEFAULT_DTYPES = {"cpu": ("fp32", "bf16"), "cuda": ("bf16",)}
-"""GEMM dtypes by device; the other kernel ops use the first dtype only (override with --dtypes)."""
+"""GEMM dtypes by device; the other kernel ops use the first dtype only (override with --dtypes). A GPU
+with fp8 tensor cores (compute capability 8.9 and up) adds fp8 GEMMs (:func:`default_dtypes`)."""
+
+
+def default_dtypes(device: str) -> tuple[str, ...]:
+    """:data:`DEFAULT_DTYPES` for ``device``, plus ``fp8`` on a CUDA GPU of compute capability >= 8.9."""
+    if device == "cuda" and torch.cuda.is_available() and torch.cuda.get_device_capability(0) >= (8, 9):
+        return DEFAULT_DTYPES["cuda"] + ("fp8",)
+    return DEFAULT_DTYPES[device]
 
 
 def _csv_list(text: str) -> list[str]:
@@ -50,7 +59,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads for kernels on CPU (default 1)")
     p.add_argument("--gemm-threads", default=None,
                    help="comma list of thread counts for GEMM on CPU (default: --threads); e.g. 1,2")
-    p.add_argument("--dtypes", default=None, help="comma list of fp32,bf16,fp16 (default by device)")
+    p.add_argument("--dtypes", default=None,
+                   help="comma list of fp32,bf16,fp16,fp8 (default cpu: fp32,bf16; cuda: bf16, plus fp8 GEMMs on "
+                        "compute capability >= 8.9); fp8 times GEMMs only (torch._scaled_mm), the other ops take "
+                        "the first other dtype")
     p.add_argument("--world-sizes", default=None,
                    help="comma list of process counts for collectives (default cpu: 2,4; cuda: 2,4,8 up to GPUs)")
     p.add_argument("--backend", choices=("gloo", "nccl"), default=None,
@@ -89,11 +101,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads < 1:
         print(f"error: --threads={args.threads}: must be >= 1", file=sys.stderr)
         return 2
-    dtypes = tuple(_csv_list(args.dtypes)) if args.dtypes else DEFAULT_DTYPES[args.device]
-    bad = [d for d in dtypes if d not in ("fp32", "bf16", "fp16")]
-    if bad:
-        print(f"error: --dtypes={args.dtypes!r}: allowed fp32,bf16,fp16", file=sys.stderr)
+    dtypes = tuple(_csv_list(args.dtypes)) if args.dtypes else default_dtypes(args.device)
+    bad = [d for d in dtypes if d not in DTYPES]
+    if bad or not dtypes:
+        print(f"error: --dtypes={args.dtypes!r}: allowed {','.join(DTYPES)}", file=sys.stderr)
         return 2
+    if not other_op_dtypes(dtypes) and any(op not in ("gemm", "collectives") for op in ops):
+        print(f"error: --dtypes={args.dtypes!r}: {','.join(GEMM_ONLY_DTYPES)} times GEMMs only; add fp32, bf16 "
+              "or fp16 for the other ops, or pass --ops gemm", file=sys.stderr)
+        return 2
+    if args.device == "cpu" and "fp8" in dtypes:
+        log("note: fp8 on a CPU runs torch's emulated _scaled_mm (about 0.1 GFLOP/s here): it checks the "
+            "plumbing, it does not measure fp8 hardware")
     gemm_threads = _int_list(args.gemm_threads, "--gemm-threads") if args.gemm_threads else [args.threads]
     if args.flush_mb is not None and args.flush_mb < 0:
         print(f"error: --flush-mb={args.flush_mb}: must be >= 0 (0 skips the cold rows)", file=sys.stderr)
@@ -168,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         else:
             log(f"[{op}]")
-            kernel_rows += run_kernels(ctx, op, shapes, dtypes[:1])
+            kernel_rows += run_kernels(ctx, op, shapes, other_op_dtypes(dtypes))
         env["op_wall_s"][op] = round(time.perf_counter() - t0, 2)
         env["loadavg_after_op"][op] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
         # write after every op so that an interrupted run keeps what it measured
@@ -207,7 +226,8 @@ def _kernel_worker(rank: int, op: str, args: argparse.Namespace, dtypes: tuple, 
             rows += run_kernels(ctx, op, shapes, dtypes) if rank == 0 else _quiet(ctx, op, shapes, dtypes)
     else:
         torch.set_num_threads(args.threads)
-        rows += run_kernels(ctx, op, shapes, dtypes[:1]) if rank == 0 else _quiet(ctx, op, shapes, dtypes[:1])
+        one = other_op_dtypes(dtypes)
+        rows += run_kernels(ctx, op, shapes, one) if rank == 0 else _quiet(ctx, op, shapes, one)
     queue.put((rank, rows))
 
 

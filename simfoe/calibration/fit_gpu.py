@@ -6,7 +6,8 @@ peers), so everything else (peak FLOP/s, HBM, NVLink, network, collectives) come
 (``hwprofiles/<base>.yaml``, datasheet and Vidur fits) and keeps its provenance. Fitted here, each from
 the set's graph-replayed rows (device time, :func:`simfoe.calibration.fit_profile.in_pass_rows`):
 
-* ``kernels.gemm``: the padded-dimension form on the bf16 GEMM rows;
+* ``kernels.gemm``: the padded-dimension form on the bf16 GEMM rows; ``kernels.gemm_fp8`` the same form
+  on the fp8 rows (``torch._scaled_mm``) where the set has them;
 * ``kernels.elementwise``: streaming efficiency and launch from the device-to-device copies (the norm /
   activation / add sub-kinds keep the base's Vidur fits: the harness does not time them);
 * ``kernels.attention_prefill`` / ``attention_decode``: the GQA SDPA rows (the kernels torch picks).
@@ -51,6 +52,17 @@ def base_profile_for(env: dict) -> str:
                     + ", ".join(f"{k} -> {p}" for k, p in BASE_BY_NAME) + "); pass --base NAME")
 
 
+def _gemm_spec(g0: dict) -> dict:
+    """Fit spec of the GEMM form started from ``g0`` (the base's Vidur fit, or the bf16 refit for fp8):
+    efficiencies in (0, 1], paddings and size floor on a log scale, launch between 10 ns and 1 ms."""
+    return {
+        "eff_max": (g0.get("eff_max", 0.8), 0.05, 1.0, False), "m_pad": (max(g0.get("m_pad", 64.0), 1e-2), 1e-3, 1e5, True),
+        "n_pad": (max(g0.get("n_pad", 64.0), 1e-2), 1e-3, 1e5, True), "k_pad": (max(g0.get("k_pad", 1.0), 1e-2), 1e-3, 1e5, True),
+        "mem_eff": (g0.get("mem_eff", 0.9), 0.05, 1.0, False),
+        "mem_floor_bytes": (max(g0.get("mem_floor_bytes", 1e4), 2.0), 1.0, 1e9, True),
+        "launch_s": (max(g0.get("launch_s", 5e-6), 1e-7), 1e-8, 1e-3, True), "smooth_p": (g0.get("smooth_p", 4.0), 1.0, 50.0, False)}
+
+
 def _fit_grouped(hw0, kern: dict, rows) -> dict:
     """``kernels.grouped_gemm`` fitted to grouped FFN ``rows``: the tiles fixed (:data:`GROUPED_TILES`),
     efficiencies, padding, size floor and launch fitted from the refitted GEMM's values."""
@@ -87,6 +99,7 @@ def fit_gpu_profile(set_dir: str | Path, name: str | None = None, base: str | No
     hw0 = load_hardware(base)
     src = _rel(set_dir)
     name = name or f"{base}-{set_dir.name}"
+    g8 = k[(k.op == "gemm") & (k.dtype.astype(str) == "fp8")]  # torch._scaled_mm rows (harness on sm_89+)
     k = k[(k.dtype.astype(str) == "bf16") | (k.op == "memcopy")]  # the dtype a GPU set measures (copies: u8)
     gm = k[k.op == "gemm"]
     if gm.empty or not ((k.op == "memcopy") & (k.variant == "copy")).any():
@@ -94,13 +107,9 @@ def fit_gpu_profile(set_dir: str | Path, name: str | None = None, base: str | No
     base_k = {fam: dict(v) for fam, v in (raw.get("kernels") or {}).items()}
     kern: dict[str, dict] = dict(base_k)
     # starts: the base's Vidur fit; bounds keep efficiencies in (0, 1] and launches between 10 ns and 1 ms
-    g0 = base_k.get("gemm", {})
-    kern["gemm"] = _fit_family(hw0, kern, "gemm", {
-        "eff_max": (g0.get("eff_max", 0.8), 0.05, 1.0, False), "m_pad": (max(g0.get("m_pad", 64.0), 1e-2), 1e-3, 1e5, True),
-        "n_pad": (max(g0.get("n_pad", 64.0), 1e-2), 1e-3, 1e5, True), "k_pad": (max(g0.get("k_pad", 1.0), 1e-2), 1e-3, 1e5, True),
-        "mem_eff": (g0.get("mem_eff", 0.9), 0.05, 1.0, False), "mem_floor_bytes": (max(g0.get("mem_floor_bytes", 1e4), 2.0), 1.0, 1e9, True),
-        "launch_s": (max(g0.get("launch_s", 5e-6), 1e-7), 1e-8, 1e-3, True), "smooth_p": (g0.get("smooth_p", 4.0), 1.0, 50.0, False)},
-        gm, gm.t_s.to_numpy(float))
+    kern["gemm"] = _fit_family(hw0, kern, "gemm", _gemm_spec(base_k.get("gemm", {})), gm, gm.t_s.to_numpy(float))
+    if not g8.empty:  # fp8 GEMMs: the same form against the fp8 peak, started from the bf16 fit
+        kern["gemm_fp8"] = _fit_family(hw0, kern, "gemm_fp8", _gemm_spec(kern["gemm"]), g8, g8.t_s.to_numpy(float))
     grouped = k[(k.op == "grouped_ffn") & (k.variant == GROUPED_VARIANT)]
     cross: dict[str, dict] = {}
     if not grouped.empty:
@@ -124,6 +133,8 @@ def fit_gpu_profile(set_dir: str | Path, name: str | None = None, base: str | No
     report: dict = {"set": src, "profile": name, "base": base, "device_name": env.get("device_name"),
                     "kernels": {}, "held_out": {}, "base_on_set": {}}
     parts = {"gemm (bf16)": gm, "elementwise (copy)": cp}
+    if not g8.empty:
+        parts["gemm (fp8)"] = g8
     if not pre.empty:
         parts[f"attention_prefill ({ATTENTION_VARIANT})"] = pre
     if not dec.empty:
@@ -139,8 +150,8 @@ def fit_gpu_profile(set_dir: str | Path, name: str | None = None, base: str | No
         report["held_out"][label] = row_errors(hw, rows)
         report["base_on_set"][label] = row_errors(hw0, rows)
     report["held_out"].update(cross)
-    report["kernels_fit"] = {f: kern[f] for f in ("gemm", "grouped_gemm", "elementwise", "attention_prefill",
-                                                  "attention_decode") if f in kern}
+    report["kernels_fit"] = {f: kern[f] for f in ("gemm", "gemm_fp8", "grouped_gemm", "elementwise",
+                                                  "attention_prefill", "attention_decode") if f in kern}
 
     today = _dt.date.today().isoformat()
     fitted = f"fit to {src} by simfoe.calibration.fit_gpu on {today} (CUDA-graph replay, bf16)"
@@ -154,6 +165,9 @@ def fit_gpu_profile(set_dir: str | Path, name: str | None = None, base: str | No
         "kernels.elementwise": f"{fitted}: {len(cp)} device-to-device copies, 64 KiB..1 GiB (bytes = 2 x size); "
                                "norm/act/add sub-kinds keep the base's Vidur fits",
     })
+    if not g8.empty:
+        prov["kernels.gemm_fp8"] = (f"{fitted}: {len(g8)} fp8 GEMM rows (torch._scaled_mm, e4m3 inputs, per-tensor "
+                                    "scales, bf16 output) against the fp8 peak")
     if not grouped.empty:
         prov["kernels.grouped_gemm"] = (
             f"{fitted}: {len(grouped)} {GROUPED_VARIANT} rows (torch._grouped_mm SwiGLU experts, uniform and "

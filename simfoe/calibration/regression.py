@@ -66,6 +66,8 @@ def set_rows(set_dir: Path, hw) -> list[dict]:
             op = r.op if r.op != "attention" else "attention_" + str(r.variant).split(":")[0]
             if r.op == "grouped_ffn" and has_grouped and str(r.variant) != GROUPED_VARIANT:
                 op = "grouped_ffn_loop"
+            if r.op == "gemm" and str(r.dtype) == "fp8":  # its own family and tolerance (kernels.gemm_fp8)
+                op = "gemm_fp8"
             out += _rows(f"{name}:{op}", f"{r.op}:{r.variant}:{r.dtype}", [p], [r.t_s])
     if not c.empty:
         cc = c[(c.world_size == 2) & (c.oversubscribed == 0)]

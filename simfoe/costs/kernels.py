@@ -19,6 +19,9 @@ Fitted parameters live in ``hw.kernels`` (see docs/calibration-kernels.md), one 
     eff_c = eff_max * m/(m+m_pad) * n/(n+n_pad) * k/(k+k_pad), i.e. the kernel behaves as if each
     dimension were padded by a fixed amount (tile and wave under-fill); ``mem_eff`` and
     ``mem_floor_bytes``: eff_m = mem_eff * B/(B+mem_floor_bytes); ``launch_s``; ``smooth_p``.
+``gemm_fp8`` (optional; profiles fitted from measured fp8 GEMMs)
+    the ``gemm`` keys for fp8 GEMMs (a key it lacks takes ``gemm``'s value), priced against the fp8
+    peak. Without it fp8 GEMMs use ``gemm``'s bf16-fitted efficiencies with the fp8 peak.
 ``grouped_gemm`` (optional; profiles fitted from measured grouped kernels)
     the ``gemm`` keys for the grouped launch (a key it lacks takes ``gemm``'s value) plus the row tile:
     ``m_tile`` (rows): each active expert's rows are padded up to a multiple of it (a grouped kernel
@@ -120,9 +123,15 @@ def _cost(t_c: float, t_m: float, p: float, launch: float, flops: float, nbytes:
     return KernelCost(body + launch, float(flops), float(nbytes), bound)
 
 
-def gemm_params(hw) -> tuple[float, float, float, float, float, float, float, float]:
-    """(eff_max, m_pad, n_pad, k_pad, mem_eff, mem_floor_bytes, launch_s, smooth_p) of ``hw``."""
+GEMM_KEYS = ("eff_max", "m_pad", "n_pad", "k_pad", "mem_eff", "mem_floor_bytes", "launch_s", "smooth_p")
+
+
+def gemm_params(hw, dtype: str = "bf16") -> tuple[float, float, float, float, float, float, float, float]:
+    """(eff_max, m_pad, n_pad, k_pad, mem_eff, mem_floor_bytes, launch_s, smooth_p) of ``hw`` for
+    ``dtype`` (fp8: ``kernels.gemm_fp8`` over ``kernels.gemm``, see module doc)."""
     g = _family(hw, "gemm")
+    if dtype == "fp8" and _family(hw, "gemm_fp8"):
+        g = {**g, **_family(hw, "gemm_fp8")}
     return (
         float(g.get("eff_max", 1.0)), float(g.get("m_pad", 0.0)), float(g.get("n_pad", 0.0)),
         float(g.get("k_pad", 0.0)), float(g.get("mem_eff", 1.0)), float(g.get("mem_floor_bytes", 0.0)),
@@ -204,7 +213,7 @@ def gemm(hw, m: int, n: int, k: int, dtype: str = "bf16") -> KernelCost:
         peak = hw.peak(dtype)
         bound = "compute" if flops / peak >= nbytes / hw.gpu.hbm_bandwidth else "memory"
         return KernelCost(flops / (peak * table_efficiency(tab, m, n, k)), flops, nbytes, bound)
-    eff_max, m_pad, n_pad, k_pad, mem_eff, floor_b, launch, p = gemm_params(hw)
+    eff_max, m_pad, n_pad, k_pad, mem_eff, floor_b, launch, p = gemm_params(hw, dtype)
     if m == 1:
         m_pad = 0.0  # matrix-vector kernel (see docstring)
     t_c = 2.0 * (m + m_pad) * (n + n_pad) * (k + k_pad) / (hw.peak(dtype) * eff_max)
@@ -214,8 +223,7 @@ def gemm(hw, m: int, n: int, k: int, dtype: str = "bf16") -> KernelCost:
 
 def grouped_params(hw) -> dict[str, float]:
     """The grouped launch's parameters: ``kernels.grouped_gemm`` over ``kernels.gemm`` (see module doc)."""
-    keys = ("eff_max", "m_pad", "n_pad", "k_pad", "mem_eff", "mem_floor_bytes", "launch_s", "smooth_p")
-    out = dict(zip(keys, gemm_params(hw)))
+    out = dict(zip(GEMM_KEYS, gemm_params(hw)))
     out.update({key: float(v) for key, v in _family(hw, "grouped_gemm").items()})
     return out
 
