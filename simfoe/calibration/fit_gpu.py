@@ -52,12 +52,15 @@ def base_profile_for(env: dict) -> str:
                     + ", ".join(f"{k} -> {p}" for k, p in BASE_BY_NAME) + "); pass --base NAME")
 
 
-def _gemm_spec(g0: dict) -> dict:
-    """Fit spec of the GEMM form started from ``g0`` (the base's Vidur fit, or the bf16 refit for fp8):
-    efficiencies in (0, 1], paddings and size floor on a log scale, launch between 10 ns and 1 ms."""
+def _gemm_spec(g0: dict, pad_start: float = 1e-2) -> dict:
+    """Fit spec of the GEMM form started from ``g0`` (the base's Vidur fit, or the bf16 refit for fp8 and
+    grouped experts), paddings starting at least at ``pad_start``: efficiencies in (0, 1], paddings and
+    size floor on a log scale, launch between 10 ns and 1 ms."""
     return {
-        "eff_max": (g0.get("eff_max", 0.8), 0.05, 1.0, False), "m_pad": (max(g0.get("m_pad", 64.0), 1e-2), 1e-3, 1e5, True),
-        "n_pad": (max(g0.get("n_pad", 64.0), 1e-2), 1e-3, 1e5, True), "k_pad": (max(g0.get("k_pad", 1.0), 1e-2), 1e-3, 1e5, True),
+        "eff_max": (g0.get("eff_max", 0.8), 0.05, 1.0, False),
+        "m_pad": (max(g0.get("m_pad", 64.0), pad_start), 1e-3, 1e5, True),
+        "n_pad": (max(g0.get("n_pad", 64.0), pad_start), 1e-3, 1e5, True),
+        "k_pad": (max(g0.get("k_pad", 1.0), pad_start), 1e-3, 1e5, True),
         "mem_eff": (g0.get("mem_eff", 0.9), 0.05, 1.0, False),
         "mem_floor_bytes": (max(g0.get("mem_floor_bytes", 1e4), 2.0), 1.0, 1e9, True),
         "launch_s": (max(g0.get("launch_s", 5e-6), 1e-7), 1e-8, 1e-3, True), "smooth_p": (g0.get("smooth_p", 4.0), 1.0, 50.0, False)}
@@ -65,15 +68,10 @@ def _gemm_spec(g0: dict) -> dict:
 
 def _fit_grouped(hw0, kern: dict, rows) -> dict:
     """``kernels.grouped_gemm`` fitted to grouped FFN ``rows``: the tiles fixed (:data:`GROUPED_TILES`),
-    efficiencies, padding, size floor and launch fitted from the refitted GEMM's values."""
-    g0 = kern["gemm"]
+    the GEMM form's other keys (no m padding: the tiles replace it) started from the refitted GEMM."""
     fam = {**GROUPED_TILES}
-    fitted = _fit_family(hw0, {**kern, "grouped_gemm": fam}, "grouped_gemm", {
-        "eff_max": (g0["eff_max"], 0.05, 1.0, False), "n_pad": (max(g0["n_pad"], 1.0), 1e-3, 1e5, True),
-        "k_pad": (max(g0["k_pad"], 1.0), 1e-3, 1e5, True), "mem_eff": (g0["mem_eff"], 0.05, 1.0, False),
-        "mem_floor_bytes": (max(g0["mem_floor_bytes"], 2.0), 1.0, 1e9, True),
-        "launch_s": (max(g0["launch_s"], 1e-7), 1e-8, 1e-3, True), "smooth_p": (g0["smooth_p"], 1.0, 50.0, False)},
-        rows, rows.t_s.to_numpy(float))
+    spec = {key: v for key, v in _gemm_spec(kern["gemm"], pad_start=1.0).items() if key != "m_pad"}
+    fitted = _fit_family(hw0, {**kern, "grouped_gemm": fam}, "grouped_gemm", spec, rows, rows.t_s.to_numpy(float))
     return {**fam, **fitted}
 
 

@@ -130,7 +130,7 @@ def gemm_params(hw, dtype: str = "bf16") -> tuple[float, float, float, float, fl
     """(eff_max, m_pad, n_pad, k_pad, mem_eff, mem_floor_bytes, launch_s, smooth_p) of ``hw`` for
     ``dtype`` (fp8: ``kernels.gemm_fp8`` over ``kernels.gemm``, see module doc)."""
     g = _family(hw, "gemm")
-    if dtype == "fp8" and _family(hw, "gemm_fp8"):
+    if dtype == "fp8":
         g = {**g, **_family(hw, "gemm_fp8")}
     return (
         float(g.get("eff_max", 1.0)), float(g.get("m_pad", 0.0)), float(g.get("n_pad", 0.0)),

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from simfoe.errors import SpecError
-from simfoe.paths import hwprofiles_dir
+from simfoe.paths import hardware_presets, hwprofiles_dir
 from simfoe.specs.base import Spec, validate_spec
 from simfoe.specs.hardware import HardwareSpec
 from simfoe.specs.model import ModelSpec
@@ -31,6 +31,8 @@ def _preset_dir(kind: str):
 
 def list_presets(kind: str) -> list[str]:
     """Short names of the bundled presets of ``kind`` ('hardware' or 'model')."""
+    if kind == "hardware":
+        return hardware_presets()
     return sorted(p.name[:-5] for p in _preset_dir(kind).iterdir() if p.name.endswith(".yaml"))
 
 
