@@ -103,6 +103,28 @@ def test_deepseek_foe_with_explicit_clusters_runs():
     assert r["comm_bytes"]["all_to_all"]["inter_node"] == 0 and r["latency_s"] > 0
 
 
+@pytest.mark.parametrize("clusters, nodes", [(8, 4), (64, 1)])
+def test_foe_keeps_the_shared_expert_iso_parameter(clusters, nodes):
+    """DeepSeek-V3's shared expert is sliced over the clusters (n_s*f_s/C each; g = 4 and cpg = 8 layouts):
+    all shared parameters, counted once per cluster, equal the MoE's, and removing it makes FoE faster."""
+    over = [f"placement.foe.clusters={clusters}"]
+    fm = forward_model("deepseek-v3", "h100-sxm", nodes=nodes, arch="foe", overrides=over)
+    m, L = fm.model, fm.layout
+    assert L.shared_ffn * L.clusters == m.moe.n_shared_experts * m.moe.shared_ffn
+    none = forward_model("deepseek-v3", "h100-sxm", nodes=nodes, arch="foe",
+                         overrides=over + ["model.moe.n_shared_experts=0"])
+    slice_bytes = m.n_moe_layers * L.clusters_per_gpu * L.shared_ffn * m.ffn_mats * m.hidden * m.dtype_bytes
+    assert fm.weight_bytes_per_gpu() - none.weight_bytes_per_gpu() == pytest.approx(slice_bytes)
+    with_s, without = (f.run("decode", 64, 1024).breakdown_s["experts"] for f in (fm, none))
+    assert with_s > without
+
+
+def test_foe_shared_slice_that_does_not_divide_names_the_field():
+    with pytest.raises(SpecError, match="placement.foe.shared_ffn"):
+        forward("deepseek-v3", "h100-sxm", nodes=4, arch="foe", phase="decode", batch=8, seq_len=128,
+                overrides=["placement.foe.clusters=8", "model.moe.shared_ffn=2050"])
+
+
 def test_dense_model_runs_without_experts():
     r = forward("llama-3-70b", "h100-sxm", nodes=1, arch="moe", phase="decode", batch=8, seq_len=1024)
     assert r["local_activation_rate"] is None

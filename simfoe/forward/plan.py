@@ -246,7 +246,7 @@ def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work, probs: np.n
     moe = model.moe
     if t > 1:
         steps.append(Collective("all_reduce", tp_groups, _rs_groups([n * h * b for n in tok_group])))
-    # router + shared experts on the local shard
+    # router on the local shard (shared experts run beside the routed ones, below)
     router = np.array([c.gemm(n, moe.n_experts, h) + c.ew(2 * n * h * b, "norm") for n in tok_gpu])
     steps.append(Compute("experts", router))
     ep_groups = _groups(G, L.ep)
@@ -331,6 +331,8 @@ def foe_layer(c: _Costs, model: ModelSpec, L: FoELayout, work: Work, probs: np.n
                 local += s.activations
                 acts += s.activations
             expert_time[gpu] += _experts_seconds(c, model, np.concatenate(loads), fw)
+        # the clusters' slices of the shared expert(s) on this GPU, one fused FFN over all its tokens
+        expert_time += _ffn_seconds(c, model, T, L.shared_ffn * cpg)
         steps.append(Compute("experts", np.full(G, router) + expert_time + c.ew(3 * T * h * b, "add")))
         return LayerPlan(steps, local, acts)
     clusters = _groups(G, g)
@@ -345,7 +347,8 @@ def foe_layer(c: _Costs, model: ModelSpec, L: FoELayout, work: Work, probs: np.n
         acts += s.activations
         for j, gpu in enumerate(grp):
             loads = s.expert_load[j * epg:(j + 1) * epg]
-            expert_time[gpu] = _experts_seconds(c, model, loads, fw) + _glue_seconds(c, loads, g, shard[j])
+            expert_time[gpu] = (_experts_seconds(c, model, loads, fw) + _glue_seconds(c, loads, g, shard[j])
+                                + _ffn_seconds(c, model, shard[j], L.shared_ffn))
     steps.append(Collective("dispatch", clusters, _a2a(traffic, "direct")))
     steps.append(Compute("experts", expert_time))
     steps.append(Collective("combine", clusters, _a2a([m.T.copy() for m in traffic], "direct")))

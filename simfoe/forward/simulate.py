@@ -164,7 +164,7 @@ class ForwardModel:
         emb = 2 * m.vocab * m.hidden
         if self.placement.arch == "foe":
             attn = m.attn_params() * L.clusters_per_gpu / (L.clusters / 1.0) / L.gpus_per_cluster
-            experts = L.experts_per_gpu * m.ffn_mats * m.hidden * L.expert_ffn
+            experts = (L.experts_per_gpu * L.expert_ffn + L.clusters_per_gpu * L.shared_ffn) * m.ffn_mats * m.hidden
             router = m.hidden * L.experts_per_cluster * L.clusters_per_gpu
             dense = m.dense_ffn_params() / L.gpus
             per_layer_moe = attn + experts + router

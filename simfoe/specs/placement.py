@@ -35,6 +35,8 @@ class FoEPlacement(Spec):
     experts_per_cluster: PositiveInt | None = None
     top_k_per_cluster: PositiveInt | None = None
     expert_ffn: PositiveInt | None = Field(None, description="width of one FoE expert")
+    shared_ffn: PositiveInt | None = Field(None, description="width of one cluster's slice of the shared expert(s) "
+                                           "(default: n_shared_experts x shared width / clusters)")
     all_reduce: Literal["auto", "ring", "tree", "nvls", "hierarchical"] = "auto"
 
 
@@ -77,6 +79,7 @@ class FoELayout:
     expert_ffn: int
     kv_heads_per_cluster: float  # may be < 1 never; MLA: n_heads / clusters query heads
     all_reduce: str
+    shared_ffn: int = 0  # width of one cluster's slice of the shared expert(s); 0: none
 
     @property
     def experts_per_gpu(self) -> int:
@@ -137,6 +140,21 @@ def derive_foe_experts(model: ModelSpec, clusters: int, f: FoEPlacement) -> tupl
     return ec, kc, fw
 
 
+def derive_foe_shared(model: ModelSpec, clusters: int, f: FoEPlacement) -> int:
+    """Width of one cluster's slice of the MoE's shared expert(s): n_s*f_s/C, so that (every token visiting
+    every cluster) total and active shared parameters equal the MoE's; 0 without shared experts."""
+    moe = model.moe
+    if not moe.n_shared_experts:
+        return 0
+    if f.shared_ffn is not None:
+        return f.shared_ffn
+    sw = (moe.shared_ffn or moe.expert_ffn) * moe.n_shared_experts
+    if sw % clusters:
+        raise SpecError("placement.foe.shared_ffn", None,
+                        f"iso-parameter shared slice n_s*f_s/C = {sw}/{clusters} is not an integer; set placement.foe.shared_ffn")
+    return sw // clusters
+
+
 def resolve_foe(model: ModelSpec, gpus_per_node: int, p: PlacementSpec) -> FoELayout:
     G = p.nodes * gpus_per_node
     a = model.attention
@@ -173,4 +191,4 @@ def resolve_foe(model: ModelSpec, gpus_per_node: int, p: PlacementSpec) -> FoELa
     if ec % g:
         raise SpecError("placement.foe.gpus_per_cluster", g, f"must divide experts per cluster ({ec})")
     kvpc = (a.n_kv_heads / C) if a.kind != "mla" else a.n_heads / C
-    return FoELayout(G, gpus_per_node, C, g, cpg, ec, kc, fw, kvpc, f.all_reduce)
+    return FoELayout(G, gpus_per_node, C, g, cpg, ec, kc, fw, kvpc, f.all_reduce, derive_foe_shared(model, C, f))
