@@ -87,6 +87,29 @@ def test_calibrate_cli_errors(capsys):
     assert err.count("error:") == 2
 
 
+def test_calibrate_device_cpu_measures_with_two_processes(tmp_path, capsys, monkeypatch):
+    """`calibrate --device cpu` runs the harness as the committed CPU sets were measured (--concurrent 2)."""
+    import json
+    import subprocess
+
+    from simfoe.cli import main
+
+    seen = []
+
+    def fake_run(cmd, **kw):
+        seen.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, stdout='{"rows": 1}\n')
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    assert main(["calibrate", "--device", "cpu", "--out", str(tmp_path), "--quick", "--json"]) == 0
+    assert seen[0][seen[0].index("--concurrent") + 1] == "2" and "--quick" in seen[0]
+    assert main(["calibrate", "--device", "cpu", "--out", str(tmp_path), "--concurrent", "1", "--json"]) == 0
+    assert seen[1][seen[1].index("--concurrent") + 1] == "1"
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["measured"] == {"rows": 1}
+    assert main(["calibrate", "--device", "cuda", "--out", str(tmp_path), "--concurrent", "2"]) == 2
+    assert "--concurrent" in capsys.readouterr().err and len(seen) == 2
+
+
 def test_collective_fit_recovers_alpha_hop_and_bandwidth():
     """Rows generated from known alpha, per-step hop and bandwidth are fitted back to them: the step
     count (all_reduce 2 at 2 ranks, all_gather / all_to_all 1) is what separates alpha from hop."""

@@ -1,6 +1,7 @@
 """`simfoe calibrate`: measure this machine, or fit a hardware profile from a stored measurement set.
 
   simfoe calibrate --device cpu --out validation/data/NAME/ [--quick]        # runs python -m validation.harness
+                                                                            #   --concurrent 2 on a CPU
   simfoe calibrate --from validation/data/NAME/ --out hwprofiles/NAME.yaml   # fit (and write) a profile
 
 A CPU set is fitted whole (kernels, GEMM tables, gloo collectives). A CUDA set (one GPU: kernels only)
@@ -21,6 +22,9 @@ def register(subparsers) -> None:
     p.add_argument("--from", dest="src", default=None, help="measurement set folder to fit")
     p.add_argument("--out", default=None, help="measurement folder (with --device) or profile YAML (with --from)")
     p.add_argument("--quick", action="store_true", help="harness quick mode (~30 s on a CPU)")
+    p.add_argument("--concurrent", type=int, default=None,
+                   help="CPU: time each kernel in this many processes at once, as the 2-process testbed runs "
+                        "(default 2 on a CPU, as the committed CPU sets were measured; 1 on CUDA)")
     p.add_argument("--base", default=None,
                    help="with --from a CUDA set: the published profile whose kernel families are refitted "
                         "(default: by the set's GPU name)")
@@ -43,7 +47,11 @@ def run(args):
     if args.device:
         if not args.out:
             raise SpecError("--out", None, "a folder for the measurement set, e.g. validation/data/NAME/")
-        cmd = [sys.executable, "-m", "validation.harness", "--device", args.device, "--out", str(Path(args.out).resolve())]
+        conc = args.concurrent if args.concurrent is not None else (2 if args.device == "cpu" else 1)
+        if conc < 1 or (conc > 1 and args.device != "cpu"):
+            raise SpecError("--concurrent", conc, "an integer >= 1, and > 1 only with --device cpu")
+        cmd = [sys.executable, "-m", "validation.harness", "--device", args.device, "--out", str(Path(args.out).resolve()),
+               "--concurrent", str(conc)]
         if args.quick:
             cmd.append("--quick")
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
