@@ -129,7 +129,12 @@ def _fit_two_stage(hw, path, sets, fixed_eff=None):
     """
     small = [(c, df[df["bytes"] <= SMALL_MAX_BYTES]) for c, df in sets]
     large = [(c, df[df["bytes"] >= MIN_BYTES]) for c, df in sets]
-    alpha, eff = _fit_path(hw, path, large, fixed_eff=fixed_eff, x0=(1e-5, getattr(hw.collectives, path).efficiency))
+    # the Simple fit sees no LL protocol: otherwise the LL alpha the profile held before (which wins some
+    # 1 MB points) would steer it, and a refit would not reproduce the profile it wrote
+    cur = getattr(hw.collectives, path)
+    simple = hw.model_copy(update={"collectives": hw.collectives.model_copy(
+        update={path: cur.model_copy(update={"ll_alpha_s": None})})})
+    alpha, eff = _fit_path(simple, path, large, fixed_eff=fixed_eff, x0=(1e-5, cur.efficiency))
     hw = _with(hw, path, alpha, eff)
     if path not in LL_HOP_S:
         return alpha, eff, None
