@@ -77,7 +77,7 @@ def set_rows(set_dir: Path, hw) -> list[dict]:
 
 
 def vidur_rows(vidur: Path, hardware: str) -> list[dict]:
-    """Vidur GEMM rows (all shapes) and all-reduce rows (>= 1 MB) predicted with ``hardware``."""
+    """Vidur GEMM rows (all shapes) and one-node all-reduce rows (>= 1 MB) predicted with ``hardware``."""
     from simfoe.costs import fit_collectives as fc
     from simfoe.costs import fit_kernels as fk
     from simfoe.costs.collectives import predict
@@ -92,7 +92,9 @@ def vidur_rows(vidur: Path, hardware: str) -> list[dict]:
     net = vidur / "network" if (vidur / "network").is_dir() else vidur
     if (net / dataset / "all_reduce.csv").is_file():
         ar = fc.load_vidur(net, dataset, "all_reduce")
-        ar = ar[ar.bytes >= fc.MIN_BYTES]
+        # one node only: h100_dgx has no multi-node all_reduce, and a100_dgx's 2-node rows (5.8 GB/s per GPU)
+        # are not the DGX A100 network the profile describes (simfoe.costs.fit_collectives)
+        ar = ar[(ar.bytes >= fc.MIN_BYTES) & (ar.nodes == 1)]
         cache: dict = {}
         pred = []
         for r in ar.itertuples(index=False):
