@@ -125,6 +125,17 @@ def test_foe_shared_slice_that_does_not_divide_names_the_field():
                 overrides=["placement.foe.clusters=8", "model.moe.shared_ffn=2050"])
 
 
+@pytest.mark.parametrize("arch", ["moe", "foe"])
+def test_fp8_model_dispatches_fp8_but_combines_and_reduces_bf16(arch):
+    """fp8 weights halve the dispatch only: combine, residual all-reduces and norms stay in bf16."""
+    kw = dict(nodes=2, arch=arch, phase="prefill", batch=2, seq_len=1024)
+    bf16 = forward("mixtral-8x7b", "h100-sxm", **kw, overrides=["model.dtype=bf16"])["comm_bytes"]
+    fp8 = forward("mixtral-8x7b", "h100-sxm", **kw, overrides=["model.dtype=fp8"])["comm_bytes"]
+    for loc in ("intra_node", "inter_node"):
+        assert fp8["all_reduce"][loc] == pytest.approx(bf16["all_reduce"][loc])
+        assert fp8["all_to_all"][loc] == pytest.approx(0.75 * bf16["all_to_all"][loc], rel=0.02)
+
+
 def test_dense_model_runs_without_experts():
     r = forward("llama-3-70b", "h100-sxm", nodes=1, arch="moe", phase="decode", batch=8, seq_len=1024)
     assert r["local_activation_rate"] is None

@@ -133,7 +133,7 @@ def _attention_dims(model: ModelSpec, heads_per_gpu: float, kv_per_gpu: float):
 
 def _attention_seconds(c: _Costs, model: ModelSpec, w: Work, heads_per_gpu: float, kv_per_gpu: float) -> float:
     """Norm, QKV projection, attention kernel, output projection and residual add on one GPU."""
-    a, h, b = model.attention, model.hidden, model.dtype_bytes
+    a, h, b = model.attention, model.hidden, model.act_bytes
     T = w.tokens
     if T <= 0:
         return 0.0
@@ -170,7 +170,7 @@ def _ffn_seconds(c: _Costs, model: ModelSpec, tokens: int, width: float) -> floa
     """Dense (or shared-expert) gated FFN of intermediate ``width`` on ``tokens`` tokens."""
     if tokens <= 0 or width <= 0:
         return 0.0
-    h, b = model.hidden, model.dtype_bytes
+    h, b = model.hidden, model.act_bytes
     up = (2 if model.gated else 1) * width
     return (c.gemm(tokens, int(up), h) + c.ew(3 * tokens * width * b, "act") + c.gemm(tokens, h, int(width))
             + c.ew(2 * tokens * h * b, "norm"))
@@ -180,7 +180,7 @@ def _experts_seconds(c: _Costs, model: ModelSpec, loads: np.ndarray, width: int)
     """Grouped expert FFN on one GPU; ``loads`` = tokens per local expert."""
     if loads.sum() <= 0:
         return 0.0
-    h, b = model.hidden, model.dtype_bytes
+    h, b = model.hidden, model.act_bytes
     up = (2 if model.gated else 1) * width
     return (c.grouped(loads, up, h) + c.ew(3 * loads.sum() * width * b, "act") + c.grouped(loads, h, width))
 
@@ -220,7 +220,7 @@ def _groups(G: int, size: int) -> list[np.ndarray]:
 def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work, probs: np.ndarray | None,
               rng: np.random.Generator, dense: bool) -> LayerPlan:
     """Program of one MoE (or, with ``dense``, dense-FFN) layer under the expert-parallel baseline."""
-    G, t, h, b = L.gpus, L.attention_tp, model.hidden, model.dtype_bytes
+    G, t, h, b = L.gpus, L.attention_tp, model.hidden, model.act_bytes
     a = model.attention
     n_groups = G // t
     per_group = work.split(n_groups)
@@ -256,7 +256,7 @@ def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work, probs: np.n
     for gi, grp in enumerate(ep_groups):
         # each EP group holds all experts; a token is routed inside its own group
         s = route_group(probs, tok_gpu[grp], moe.top_k, epg, L.dedup, rng)
-        traffic.append(s.traffic_tokens * h * b)
+        traffic.append(s.traffic_tokens * h)  # elements
         local += s.local
         acts += s.activations
         for j, gpu in enumerate(grp):
@@ -267,12 +267,13 @@ def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work, probs: np.n
         # one int64 row count per peer, before the variable-size dispatch
         counts = np.full((L.ep, L.ep), 8.0) - 8.0 * np.eye(L.ep)
         steps.append(Collective("dispatch", ep_groups, _a2a([counts] * len(ep_groups), L.all_to_all)))
-    steps.append(Collective("dispatch", ep_groups, _a2a(traffic, L.all_to_all)))
+    db = model.dtype_bytes  # dispatch in the model dtype (fp8 models: fp8), combine in the activation dtype
+    steps.append(Collective("dispatch", ep_groups, _a2a([m * db for m in traffic], L.all_to_all)))
     if moe.n_shared_experts:
         sw = (moe.shared_ffn or moe.expert_ffn) * moe.n_shared_experts
         expert_time = expert_time + np.array([_ffn_seconds(c, model, n, sw) for n in tok_gpu])
     steps.append(Compute("experts", expert_time))
-    steps.append(Collective("combine", ep_groups, _a2a([m.T.copy() for m in traffic], L.all_to_all)))
+    steps.append(Collective("combine", ep_groups, _a2a([m.T * b for m in traffic], L.all_to_all)))
     steps.append(Compute("experts", np.array([c.ew(3 * n * h * b, "add") for n in tok_gpu])))
     if t > 1:
         steps.append(Collective("all_reduce", tp_groups, _ag_groups([n * h * b / t for n in tok_group])))
@@ -301,7 +302,7 @@ def _ag_groups(nbytes_per_rank: list[float]):
 def foe_layer(c: _Costs, model: ModelSpec, L: FoELayout, work: Work, probs: np.ndarray | None,
               rng: np.random.Generator, dense: bool) -> LayerPlan:
     """Program of one FoE layer (or a dense layer of an FoE model, FFN tensor-parallel over all GPUs)."""
-    G, g, h, b = L.gpus, L.gpus_per_cluster, model.hidden, model.dtype_bytes
+    G, g, h, b = L.gpus, L.gpus_per_cluster, model.hidden, model.act_bytes
     a = model.attention
     C, cpg = L.clusters, L.clusters_per_gpu
     T = work.tokens
@@ -342,16 +343,16 @@ def foe_layer(c: _Costs, model: ModelSpec, L: FoELayout, work: Work, probs: np.n
     traffic = []
     for ci, grp in enumerate(clusters):
         s = route_group(probs[ci], shard, kc, epg, True, rng)
-        traffic.append(s.traffic_tokens * h * b)
+        traffic.append(s.traffic_tokens * h)  # elements
         local += s.local
         acts += s.activations
         for j, gpu in enumerate(grp):
             loads = s.expert_load[j * epg:(j + 1) * epg]
             expert_time[gpu] = (_experts_seconds(c, model, loads, fw) + _glue_seconds(c, loads, g, shard[j])
                                 + _ffn_seconds(c, model, shard[j], L.shared_ffn))
-    steps.append(Collective("dispatch", clusters, _a2a(traffic, "direct")))
+    steps.append(Collective("dispatch", clusters, _a2a([m * model.dtype_bytes for m in traffic], "direct")))
     steps.append(Compute("experts", expert_time))
-    steps.append(Collective("combine", clusters, _a2a([m.T.copy() for m in traffic], "direct")))
+    steps.append(Collective("combine", clusters, _a2a([m.T * b for m in traffic], "direct")))
     steps.append(Compute("experts", np.tile([c.ew(3 * n * h * b, "add") for n in shard], C)))
     steps.append(Collective("all_reduce", clusters, _ag(float(shard.max()) * h * b)))
     return LayerPlan(steps, local, acts)
@@ -359,7 +360,7 @@ def foe_layer(c: _Costs, model: ModelSpec, L: FoELayout, work: Work, probs: np.n
 
 def head_seconds(c: _Costs, model: ModelSpec, work: Work, vocab_split: int, dp_groups: int) -> float:
     """Embedding lookup + final norm + LM head on the busiest GPU (logits for one token per sequence)."""
-    h, b = model.hidden, model.dtype_bytes
+    h, b = model.hidden, model.act_bytes
     per = work.split(dp_groups)[0]
     emb = c.ew(2 * per.tokens * h * b, "add")
     seqs = per.seqs

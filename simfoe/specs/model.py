@@ -80,7 +80,14 @@ class ModelSpec(Spec):
     # ---- derived sizes -------------------------------------------------------------------
     @property
     def dtype_bytes(self) -> int:
+        """Bytes of one weight element (and of one dispatched activation: fp8 models dispatch in fp8)."""
         return DTYPE_BYTES[self.dtype]
+
+    @property
+    def act_bytes(self) -> int:
+        """Bytes of one activation element in norms, residual adds, all-reduces and the MoE combine: the model
+        dtype, at least 2 (fp8 models keep bf16 activations; DeepSeek-V3/DeepEP: fp8 dispatch, bf16 combine)."""
+        return max(DTYPE_BYTES[self.dtype], 2)
 
     @property
     def n_moe_layers(self) -> int:
