@@ -21,7 +21,7 @@ from simfoe.specs.model import ModelSpec
 class MoEPlacement(Spec):
     attention: Literal["tp", "dp"] = Field("tp", description="tp: TP inside a node, DP across nodes (vLLM EP); dp: DP everywhere (DeepSeek/SGLang)")
     attention_tp: PositiveInt | None = Field(None, description="TP degree for attention='tp' (default: GPUs per node)")
-    ep: PositiveInt | None = Field(None, description="expert-parallel group size (default: all GPUs, at most n_experts)")
+    ep: PositiveInt | None = Field(None, description="expert-parallel group size (default: the largest divisor of the GPU count that divides n_experts)")
     dedup_dispatch: bool = Field(True, description="send a token once per destination GPU (DeepEP-style), not once per expert choice")
     all_to_all: Literal["direct", "hierarchical"] = "direct"
     split_exchange: bool = Field(False, description="exchange the per-destination row counts in a small all-to-all "
