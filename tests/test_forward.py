@@ -136,6 +136,15 @@ def test_fp8_model_dispatches_fp8_but_combines_and_reduces_bf16(arch):
         assert fp8["all_to_all"][loc] == pytest.approx(0.75 * bf16["all_to_all"][loc], rel=0.02)
 
 
+def test_memory_reports_weights_and_kv_per_gpu_and_whether_they_fit():
+    # Mixtral FoE on 8 GPUs: one KV head per GPU, 2 (K, V) x 128 x 2 B x 32 layers = 16 KiB per token
+    r = forward("mixtral-8x7b", "h100-sxm", nodes=1, arch="foe", phase="decode", batch=64, seq_len=4096)
+    assert r["memory"]["kv_cache_bytes_per_gpu"] == 64 * 4096 * 16384 and r["memory"]["fits"]
+    # DeepSeek-V3 (671 B params, bf16) cannot fit on one 8 x 80 GB node
+    big = forward("deepseek-v3", "h100-sxm", nodes=1, arch="moe", phase="decode", batch=8, seq_len=1024)["memory"]
+    assert big["weights_bytes_per_gpu"] > 1.3e12 / 8 and not big["fits"]
+
+
 def test_dense_model_runs_without_experts():
     r = forward("llama-3-70b", "h100-sxm", nodes=1, arch="moe", phase="decode", batch=8, seq_len=1024)
     assert r["local_activation_rate"] is None

@@ -132,3 +132,17 @@ def test_example_specs_load_and_expand(path):
     spec = load_sweep_spec(path)
     scen = spec.scenarios()
     assert scen and len({s.run_id for s in scen}) == len(scen)
+
+
+def test_summary_leaves_scenarios_that_do_not_fit_out_of_the_comparison(tmp_path):
+    import pandas as pd
+
+    from simfoe.sweep.summary import write_summary
+
+    rows = [{"status": "ok", "kind": "forward", "model": "m", "phase": "decode", "nodes": 1, "batch": b,
+             "arch": a, "latency_s": lat, "memory.fits": fits}
+            for b, a, lat, fits in [(8, "moe", 2.0, True), (8, "foe", 1.0, True),
+                                    (64, "moe", 3.0, True), (64, "foe", 0.5, False)]]
+    text = write_summary(pd.DataFrame(rows), tmp_path).read_text()
+    assert "1 of 4 scenarios need more HBM" in text
+    assert "FoE is faster in **1 of 1** matched scenarios" in text and "6.00x" not in text

@@ -44,15 +44,19 @@ class ForwardResult:
     comm_bytes: dict[str, dict[str, float]]
     local_activation_rate: float | None
     extra: dict = field(default_factory=dict)
+    memory: dict | None = None  # ForwardModel.memory of the pass (run() sets it)
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "latency_s": self.latency_s,
             "gpus": self.gpus,
             "breakdown_s": dict(self.breakdown_s),
             "comm_bytes": {k: dict(v) for k, v in self.comm_bytes.items()},
             "local_activation_rate": self.local_activation_rate,
         }
+        if self.memory is not None:
+            out["memory"] = dict(self.memory)
+        return out
 
 
 @dataclass(frozen=True)
@@ -205,6 +209,16 @@ class ForwardModel:
     def fits(self) -> bool:
         return self.weight_bytes_per_gpu() < self.hw.gpu.hbm_bytes * (1 - HBM_RESERVE_FRACTION)
 
+    def memory(self, work: Work) -> dict:
+        """HBM per GPU that ``work`` needs (bytes): weights, the KV cache of its tokens (prompt tokens of a
+        prefill, context of a decode) on the busiest GPU, the usable HBM (less the reserve), and whether it fits."""
+        per = work if self.placement.arch == "foe" else work.split(self.gpus // self.layout.attention_tp)[0]
+        weights = self.weight_bytes_per_gpu()
+        kv = (per.prefill_tokens + per.decode_kv_tokens) * self.kv_bytes_per_token_per_gpu()
+        usable = self.hw.gpu.hbm_bytes * (1 - HBM_RESERVE_FRACTION)
+        return {"weights_bytes_per_gpu": weights, "kv_cache_bytes_per_gpu": float(kv),
+                "usable_hbm_bytes_per_gpu": float(usable), "fits": bool(weights + kv <= usable)}
+
     # ---- simulation --------------------------------------------------------------------------
     def _plan(self, work: Work, layer: int, dense: bool, rng) -> LayerPlan:
         probs = None if (dense or self._probs is None) else self._probs[layer]
@@ -255,7 +269,10 @@ class ForwardModel:
         return ForwardResult(float(total), self.gpus, breakdown, comm, None if lar is None else float(lar))
 
     def run(self, phase: str, batch: int, seq_len: int, per_layer: bool = False, timeline: list | None = None) -> ForwardResult:
-        return self.simulate(Work.from_phase(phase, batch, seq_len), per_layer, timeline)
+        work = Work.from_phase(phase, batch, seq_len)
+        r = self.simulate(work, per_layer, timeline)
+        r.memory = self.memory(work)
+        return r
 
     def iteration(self, prefill_tokens: int, prefill_attn_pairs: float, decode_seqs: int, decode_kv_tokens: int,
                   prefill_seqs: int | None = None) -> IterationCost:

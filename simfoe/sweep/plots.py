@@ -76,7 +76,7 @@ def _ms(x):
 
 # ---- forward ------------------------------------------------------------------------------------
 
-FWD_METRICS = ("latency_s", "gpus", "breakdown_s", "comm_bytes", "local_activation_rate")
+FWD_METRICS = ("latency_s", "gpus", "breakdown_s", "comm_bytes", "local_activation_rate", "memory")
 
 
 def _phases(df):

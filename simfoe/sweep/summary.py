@@ -28,12 +28,19 @@ def _speedups(ok: pd.DataFrame) -> pd.DataFrame:
 def _forward_section(ok: pd.DataFrame) -> list[str]:
     if not {"arch", "latency_s"} <= set(ok.columns):
         return []
+    lines = ["## MoE vs FoE", ""]
+    if "memory.fits" in ok:
+        over = ok[ok["memory.fits"] == False]  # noqa: E712 (a column of booleans)
+        if len(over):
+            lines += [f"{len(over)} of {len(ok)} scenarios need more HBM than a GPU has (`memory.fits` false: "
+                      "weights plus the batch's KV cache over the usable HBM); their latencies are what the pass "
+                      "would take if it fitted, and the comparison below leaves them out.", ""]
+            ok = ok[ok["memory.fits"] != False]  # noqa: E712
     sp = _speedups(ok)
     if sp.empty:
-        return []
+        return lines if len(lines) > 2 else []
     wins = int((sp["speedup"] > 1).sum())
-    lines = ["## MoE vs FoE", "",
-             f"FoE is faster in **{wins} of {len(sp)}** matched scenarios "
+    lines += [f"FoE is faster in **{wins} of {len(sp)}** matched scenarios "
              f"(speed-up = MoE latency / FoE latency; median {sp['speedup'].median():.2f}x, "
              f"range {sp['speedup'].min():.2f}x to {sp['speedup'].max():.2f}x).", ""]
     # name every input that varies in the sweep (a win at "batch=8" alone is ambiguous when hardware varies)
