@@ -139,6 +139,29 @@ def test_more_bytes_never_faster(hw, fl, k):
     assert t1 >= t0 * (1 - 1e-9)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(flows, st.floats(0.0, 2e-4)), min_size=1, max_size=4), st.booleans())
+def test_incremental_refill_gives_the_rates_of_a_full_refill(hw, batches, oversubscribed):
+    """After a completion only the flows at or above the removed flows' lowest rate are re-filled; every
+    batch (started at staggered times, so flows also arrive mid-transfer) must finish exactly when it does
+    with every recompute from scratch (exact completions: rel_tol 0)."""
+    cluster = build_cluster(_hw(hw, oversubscription=3.0) if oversubscribed else hw, 2)
+    specs = [(*(np.array(x) for x in zip(*fl)), delay) for fl, delay in batches]
+
+    def finish_times(incremental):
+        env = simpy.Environment()
+        net = FlowNetwork(env, cluster, rel_tol=0.0)
+        net.INCREMENTAL = incremental
+        done = {}
+        for i, (s, d, b, delay) in enumerate(specs):
+            ev = net.transfer_many(s, d, b, f"t{i}", alpha_s=delay)
+            ev.callbacks.append(lambda _e, i=i: done.__setitem__(i, env.now))
+        env.run()
+        return [done[i] for i in range(len(specs))]
+
+    assert finish_times(True) == pytest.approx(finish_times(False), rel=1e-9, abs=1e-15)
+
+
 def test_completion_tolerance_keeps_skewed_all_to_all_within_one_percent():
     """The default 1% completion tolerance must not move a skewed 32-GPU all-to-all by more than 1%."""
     import simpy

@@ -12,7 +12,11 @@ Implementation (vectorized with numpy, no per-flow Python loop on the hot path):
   latest recompute is stale and ignored); at a completion, every flow whose remaining time is within
   ``rel_tol`` (default 1%) of the time it has already been streaming finishes too. N symmetric flows
   cost one event, and the ~N distinct completions of a skewed all-to-all collapse into a few dozen;
-  a flow then ends at most ``rel_tol`` of its duration early (``rel_tol=0`` is exact).
+  a flow then ends at most ``rel_tol`` of its duration early (``rel_tol=0`` is exact);
+- after completions only part of the flows is re-filled: removing flows whose lowest rate is L leaves
+  every flow frozen below L where it was (no link that saturated below L carried a removed flow, and the
+  filling up to L runs as before), so those keep their rates and the rest are re-filled on the residual
+  capacity (exact; a large all-to-all re-fills a third or less of its flows per completion).
 """
 from __future__ import annotations
 
@@ -85,6 +89,8 @@ class FlowNetwork:
 
     #: default completion tolerance (fraction of a flow's elapsed streaming time); see module docstring
     REL_TOL = 0.01
+    #: re-fill only the flows a completion can affect (False: every recompute from scratch; same rates)
+    INCREMENTAL = True
 
     def __init__(self, env: simpy.Environment, cluster: Cluster, recorder: Recorder | None = None,
                  rel_tol: float | None = None):
@@ -175,14 +181,29 @@ class FlowNetwork:
             self._rem = self._rem - self._rate * dt
         self._t_last = now
 
-    def _recompute(self) -> None:
-        """Max-min fair rates by progressive filling, then schedule the next completion."""
+    def _recompute(self, removed_min_rate: float | None = None) -> None:
+        """Max-min fair rates by progressive filling, then schedule the next completion.
+
+        ``removed_min_rate``: after completions, the lowest rate among the flows just removed (``_rate`` is
+        then the surviving flows' old rates): flows below it keep their rates, the others are re-filled."""
         n = self._rem.size
         self._gen += 1
         if n == 0:
             self._rate = np.zeros(0)
             return
-        self._rate = rate = _water_fill(self._path, self._cap, self._nl, self._pad)
+        if removed_min_rate is None or not self.INCREMENTAL:
+            self._rate = rate = _water_fill(self._path, self._cap, self._nl, self._pad)
+        else:
+            rate = self._rate
+            redo = rate >= removed_min_rate * (1 - _REL_TOL)
+            if redo.any():
+                fixed = ~redo
+                used = np.bincount(self._path[fixed].ravel(), minlength=self._nl,
+                                   weights=np.repeat(rate[fixed], self._path.shape[1]))
+                cap = np.maximum(self._cap - used, 0.0)
+                rate = rate.copy()
+                rate[redo] = _water_fill(self._path[redo], cap, self._nl, self._pad)
+                self._rate = rate
         rem = np.maximum(self._rem, 0.0)
         ttf = rem / rate
         t_min = float(ttf.min())
@@ -203,12 +224,14 @@ class FlowNetwork:
             done = ttf <= ttf.min()
         keep = ~done
         finished_bids = self._bid[done]
+        removed_min_rate = float(self._rate[done].min())
         self._rem = self._rem[keep]
         self._path = self._path[keep]
         self._bid = self._bid[keep]
         self._t0 = self._t0[keep]
+        self._rate = self._rate[keep]
         self.flows_completed += int(done.sum())
-        self._recompute()
+        self._recompute(removed_min_rate)
         bids, counts = np.unique(finished_bids, return_counts=True)
         for b, c in zip(bids.tolist(), counts.tolist()):
             batch = self._batches[b]
