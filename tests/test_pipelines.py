@@ -242,8 +242,8 @@ def test_hardware_profile_sets_network_and_cross_node_transfers_cost_time():
     assert s.network.inter_node_bandwidth == pytest.approx(hw.network.nic_bandwidth * hw.collectives.network.efficiency)
     same = summarize(simulate(parse_spec(spec(0)), "stream", rate=0.5, duration=200, seed=1))
     cross = summarize(simulate(s, "stream", rate=0.5, duration=200, seed=1))
-    # 50 MB over the NIC: the extra latency per request is the transfer time
-    extra = 50e6 / s.network.inter_node_bandwidth
+    # 50 MB over the NIC instead of NVLink: the extra latency per request is the difference of the transfer times
+    extra = 50e6 / s.network.inter_node_bandwidth - 50e6 / s.network.intra_node_bandwidth
     assert cross["latency_s"]["mean"] - same["latency_s"]["mean"] == pytest.approx(extra, rel=0.05)
     with pytest.raises(SpecError, match="placement"):
         parse_spec({**spec(2)})
