@@ -6,21 +6,22 @@ fields (``name``, ``ph``, ``pid``, ``tid``, ``ts`` and ``dur`` in microseconds, 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 #: Events kept by recorders on long runs; beyond it a run's timeline is truncated (and says so).
 MAX_EVENTS = 500_000
 
 
-def write_timeline(path: str | Path, events: list, processes: dict[int, str] | None = None) -> None:
-    """Write ``events`` as a trace-event JSON file atomically; ``processes`` names the pids."""
+def write_timeline(path: str | Path, events: list, processes: dict[int, str] | None = None,
+                   field: str = "--timeline") -> None:
+    """Write ``events`` as a trace-event JSON file atomically; ``processes`` names the pids.
+
+    The file is written under a temporary name in its folder and renamed; on failure nothing is
+    left behind and a SpecError names ``field`` and ``path``."""
+    from simfoe.outputs import AtomicFiles
+
     meta = [{"name": "process_name", "ph": "M", "pid": pid, "args": {"name": name}}
             for pid, name in (processes or {}).items()]
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"traceEvents": meta + list(events), "displayTimeUnit": "ms"}, f)
-    os.replace(tmp, p)
+    with AtomicFiles(field) as w:
+        with open(w.path(path), "w") as f:
+            json.dump({"traceEvents": meta + list(events), "displayTimeUnit": "ms"}, f)

@@ -12,3 +12,29 @@ def shared_data():
     if d is None:
         pytest.skip("../shared/data is absent (public reference data is read in place, not shipped)")
     return d
+
+
+class _FakeForward:
+    """Stands in for ForwardModel in fast serve CLI tests (analytic iteration time, 8 GPUs, 400k KV tokens)."""
+
+    gpus = 8
+
+    def __init__(self):
+        from simfoe.serving import LinearStep
+
+        self._lin = LinearStep(base_s=8e-3, per_prefill_token_s=2e-5, per_attn_pair_s=1e-9, per_decode_seq_s=1e-4,
+                               per_kv_token_s=1e-7)
+
+    def kv_capacity_tokens(self):
+        return 400_000
+
+    def iteration(self, *a):
+        return self._lin.iteration(*a)
+
+
+@pytest.fixture
+def fake_forward(monkeypatch):
+    """serve runs on _FakeForward instead of the forward simulator."""
+    from simfoe.serving import api
+
+    monkeypatch.setattr(api, "build_forward", lambda *a, **k: (_FakeForward(), None, None))

@@ -11,26 +11,6 @@ import simfoe.serving.api as api
 from simfoe.cli import main
 from simfoe.serving import InterpCost, LinearStep
 
-LIN = LinearStep(base_s=8e-3, per_prefill_token_s=2e-5, per_attn_pair_s=1e-9, per_decode_seq_s=1e-4,
-                 per_kv_token_s=1e-7)
-
-
-class FakeForward:
-    """Stands in for ForwardModel in fast CLI tests (analytic iteration time)."""
-
-    gpus = 8
-
-    def kv_capacity_tokens(self):
-        return 400_000
-
-    def iteration(self, *a):
-        return LIN.iteration(*a)
-
-
-@pytest.fixture
-def fake_forward(monkeypatch):
-    monkeypatch.setattr(api, "build_forward", lambda *a, **k: (FakeForward(), None, None))
-
 
 def run_cli(capsys, *argv):
     code = main(list(argv))
@@ -68,8 +48,8 @@ def test_serve_text_render(fake_forward, capsys):
     (["--rate", "-1"], "rate"),
     (["--rate", "1", "--router", "random-ish"], "router"),
     (["--rate", "1", "--scheduler", "lifo"], "scheduler"),
-    (["--rate", "1", "--slo-ttft", "0"], "slo_ttft"),
-    (["--rate", "1", "--max-batch", "64", "--token-budget", "32"], "token_budget"),
+    (["--rate", "1", "--slo-ttft", "0"], "--slo-ttft"),
+    (["--rate", "1", "--max-batch", "64", "--token-budget", "32"], "--token-budget"),
     (["--rate", "1", "--replicas", "0"], "replicas"),
     ([], "rate"),  # longbench has no timestamps
 ])
@@ -83,7 +63,7 @@ def test_serve_bad_input_one_line_error(fake_forward, capsys, argv, field):
 def test_missing_trace_file_is_a_spec_error(capsys):
     code, out, err = run_cli(capsys, "serve", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--arch", "moe",
                              "--trace", "/nonexistent/trace.csv", "--json")
-    assert code == 2 and err.startswith("error: trace")
+    assert code == 2 and err.startswith("error: --trace")
 
 
 def test_interp_cost_close_to_direct():

@@ -39,6 +39,10 @@ def build_parser() -> Parser:
     return p
 
 
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split("\n")).strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -48,7 +52,16 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         result = args.func(args)
     except (UsageError, SpecError) as e:
-        sys.stderr.write(f"error: {e}\n")
+        sys.stderr.write(f"error: {_one_line(e)}\n")
+        return 2
+    except UnicodeDecodeError as e:  # an input file that is not text, caught where no check named it
+        sys.stderr.write(f"error: input: a file is not allowed; a UTF-8 text file ({e.reason} at byte {e.start})\n")
+        return 2
+    except OSError as e:  # a file that cannot be read or written, caught where no check named it
+        if getattr(e, "filename", None) is None:
+            raise
+        sys.stderr.write(f"error: path: {str(e.filename)!r} is not allowed; a path that can be "
+                         f"read or written ({e.strerror or type(e).__name__})\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")

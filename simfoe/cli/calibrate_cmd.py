@@ -21,15 +21,52 @@ def register(subparsers) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="measure this device (runs the harness)")
     p.add_argument("--from", dest="src", default=None, help="measurement set folder to fit")
     p.add_argument("--out", default=None, help="measurement folder (with --device) or profile YAML (with --from)")
-    p.add_argument("--quick", action="store_true", help="harness quick mode (~30 s on a CPU)")
+    p.add_argument("--quick", action="store_true", help="with --device: harness quick mode (~30 s on a CPU)")
     p.add_argument("--concurrent", type=int, default=None,
-                   help="CPU: time each kernel in this many processes at once, as the 2-process testbed runs "
+                   help="with --device cpu: time each kernel in this many processes at once, as the 2-process testbed runs "
                         "(default 2 on a CPU, as the committed CPU sets were measured; 1 on CUDA)")
     p.add_argument("--base", default=None,
                    help="with --from a CUDA set: the published profile whose kernel families are refitted "
                         "(default: by the set's GPU name)")
     add_json_flag(p)
     p.set_defaults(func=run, render=render)
+
+
+#: Columns every kernels.csv of a measurement set has (validation.harness writes them).
+KERNEL_COLUMNS = ("op", "variant", "device", "dtype", "threads", "median_s", "cpu_median_s")
+
+
+def _check_set(src) -> None:
+    """A measurement set folder's files are UTF-8 text, kernels.csv has the harness's header and
+    env.json is a JSON object; else SpecError naming --from (before any fitting)."""
+    import csv
+    import json
+
+    from simfoe.cli.common import check_text_file
+    from simfoe.errors import SpecError
+
+    what = "a measurement set folder written by python -m validation.harness (kernels.csv, env.json[, collectives.csv])"
+    for name in ("kernels.csv", "env.json"):
+        if not (src / name).is_file():
+            raise SpecError("--from", str(src), f"{what}; {name} is missing")
+    for name in ("kernels.csv", "collectives.csv", "env.json"):
+        if (src / name).is_file():
+            try:
+                check_text_file("--from", str(src), src / name)
+            except SpecError:
+                raise SpecError("--from", str(src), f"{what}; {name} is not a UTF-8 text file") from None
+    with open(src / "kernels.csv", newline="", encoding="utf-8") as f:
+        header = [c.strip() for c in next(csv.reader(f), [])]
+    missing = [c for c in KERNEL_COLUMNS if c not in header]
+    if missing:
+        raise SpecError("--from", str(src), f"{what}; kernels.csv lacks the column(s) {', '.join(missing)} "
+                        f"(header: {','.join(header)[:80] or 'empty'})")
+    try:
+        env = json.loads((src / "env.json").read_text(encoding="utf-8"))
+    except ValueError:
+        raise SpecError("--from", str(src), f"{what}; env.json is not valid JSON") from None
+    if not isinstance(env, dict):
+        raise SpecError("--from", str(src), f"{what}; env.json is not a JSON object")
 
 
 def run(args):
@@ -40,13 +77,18 @@ def run(args):
     from pathlib import Path
 
     from simfoe.errors import SpecError
+    from simfoe.outputs import check_dir, check_file, file_mode
     from simfoe.paths import REPO_ROOT
 
     if (args.device is None) == (args.src is None):
-        raise SpecError("calibrate", None, "exactly one of --device (measure) or --from (fit)")
+        raise SpecError("--device/--from", "neither given" if args.device is None else "both given",
+                        "exactly one of --device (measure) or --from (fit)")
     if args.device:
         if not args.out:
             raise SpecError("--out", None, "a folder for the measurement set, e.g. validation/data/NAME/")
+        if args.base is not None:
+            raise SpecError("--base", args.base, "only with --from (a CUDA measurement set)")
+        check_dir("--out", args.out)
         conc = args.concurrent if args.concurrent is not None else (2 if args.device == "cpu" else 1)
         if conc < 1 or (conc > 1 and args.device != "cpu"):
             raise SpecError("--concurrent", conc, "an integer >= 1, and > 1 only with --device cpu")
@@ -59,14 +101,24 @@ def run(args):
         if p.returncode:
             return {"error": f"harness exited {p.returncode}", "command": cmd}, p.returncode
         return {"measured": json.loads(p.stdout.strip().splitlines()[-1]), "command": cmd}
+    for flag, given in (("--quick", args.quick or None), ("--concurrent", args.concurrent)):
+        if given is not None:
+            raise SpecError(flag, given, "only with --device (measuring); --from fits a stored set")
     src = Path(args.src)
     if not src.is_dir():
         raise SpecError("--from", args.src, "an existing measurement set folder (kernels.csv, collectives.csv, env.json)")
-    if args.out and not str(args.out).endswith((".yaml", ".yml")):
-        raise SpecError("--out", args.out, "a profile path ending in .yaml")
+    if args.out:
+        check_file("--out", args.out, suffixes=(".yaml", ".yml"), what="a profile path whose folder is writable or can be created")
+    _check_set(src)
     from simfoe.calibration.fit_profile import run_fit
 
-    return run_fit(src, args.out, base=args.base)
+    r = run_fit(src, args.out, base=args.base)
+    if r.get("written"):
+        try:  # the profile writer makes files 0600 (mkstemp); a profile is an ordinary readable file
+            os.chmod(r["written"], file_mode())
+        except OSError:
+            pass
+    return r
 
 
 def render(r: dict) -> str:

@@ -17,25 +17,158 @@ class UsageError(Exception):
     """Raised by the argument parser instead of printing usage and exiting."""
 
 
+class _DefaultsMixin:
+    """Help formatter part: appends "(default: X)" to an option's help unless the help already states
+    a default or the default is empty (None, False, [])."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        d = action.default
+        if (not action.option_strings or action.nargs == 0 or d is None or d == [] or d is argparse.SUPPRESS
+                or "default" in h.lower() or h is argparse.SUPPRESS):
+            return h
+        return (h + " " if h else "") + "(default: %(default)s)"
+
+
+_FORMATTERS: dict = {}
+
+
+def _with_defaults(fc):
+    if issubclass(fc, _DefaultsMixin):
+        return fc
+    if fc not in _FORMATTERS:
+        _FORMATTERS[fc] = type("Defaults" + fc.__name__, (_DefaultsMixin, fc), {})
+    return _FORMATTERS[fc]
+
+
 class Parser(argparse.ArgumentParser):
-    """ArgumentParser whose errors become a single `error: ...` line with exit code 2."""
+    """ArgumentParser whose errors become a single `error: ...` line with exit code 2, and whose
+    --help shows every option's default."""
+
+    def __init__(self, *args, formatter_class=argparse.HelpFormatter, **kwargs):
+        super().__init__(*args, formatter_class=_with_defaults(formatter_class), **kwargs)
 
     def error(self, message: str):  # noqa: D401 - argparse API
         raise UsageError(message)
+
+
+# ---- input checks shared by the commands (all raise SpecError -> exit 2, one line) ----
+
+#: Largest token count (batch x sequence length) a forward pass or kernel accepts: beyond it the
+#: per-layer byte and FLOP counts overflow 64-bit integers.
+MAX_TOKENS = 2 ** 40
+
+
+def check_seed(seed, flag: str = "--seed") -> None:
+    from simfoe.errors import SpecError
+
+    if seed is not None and seed < 0:
+        raise SpecError(flag, seed, "an integer >= 0")
+
+
+def check_finite(flag: str, value, allowed: str) -> None:
+    """``value`` must be a finite number > 0 (``allowed`` says so in the user's terms)."""
+    from simfoe.errors import SpecError
+
+    if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise SpecError(flag, value, allowed)
+
+
+def check_text_file(flag: str, value, path=None) -> None:
+    """An existing input file named by ``flag`` must be UTF-8 text (binary files get one line, exit 2).
+    Files that do not exist are left to the loader's own message."""
+    from pathlib import Path
+
+    from simfoe.errors import SpecError
+
+    p = Path(str(path if path is not None else value))
+    if p.is_dir() and ("/" in str(p) or p.suffix):  # a bare name is a preset, even if a folder has it
+        raise SpecError(flag, str(value), "a file or a preset name (this is a folder)")
+    if not p.is_file() or p.suffix.lower() in (".npy", ".gz", ".parquet", ".zip", ".bz2", ".xz", ".zst"):
+        return
+    import codecs
+
+    dec = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with open(p, "rb") as f:
+            while True:
+                chunk = f.read(1 << 20)
+                dec.decode(chunk, final=not chunk)
+                if not chunk:
+                    break
+                if b"\x00" in chunk:
+                    raise UnicodeDecodeError("utf-8", chunk, 0, 1, "NUL byte")
+    except UnicodeDecodeError:
+        raise SpecError(flag, str(value), "a UTF-8 text file (this file is binary or in another encoding)") from None
+    except OSError as e:
+        raise SpecError(flag, str(value), f"a readable file ({e.strerror or e})") from None
+
+
+def check_overrides_finite(overrides) -> None:
+    """--set values that parse as numbers must be finite (inf gets past the specs' checks)."""
+    from simfoe.errors import SpecError
+    from simfoe.specs.io import split_override
+
+    for item in overrides or []:
+        _, _, value = split_override(item)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SpecError("--set", item, "a finite number as the value")
+
+
+def placement_conflicts(args, overrides, names=("nodes", "arch")) -> dict:
+    """An option given explicitly (not None on ``args``) and a --set placement.<name> that disagrees
+    -> SpecError; with no explicit option the --set value is used. Returns {name: --set value}."""
+    from simfoe.errors import SpecError
+    from simfoe.specs.io import split_override
+
+    found = {}
+    for item in overrides or []:
+        root, path, value = split_override(item)
+        if root != "placement" or path not in names:
+            continue
+        given = getattr(args, path, None)
+        if given is not None and value != given:
+            raise SpecError("--set", item, f"the same value as --{path} {given}, or leave one of the two out")
+        found[path] = value
+    return found
+
+
+class renamed_fields:
+    """Context manager: a SpecError raised inside whose field is an internal name gets the user's
+    flag instead (``{"horizon_s": "--horizon"}``); ``values`` maps a field to the value to show."""
+
+    def __init__(self, mapping: dict, values: dict | None = None):
+        self.mapping = mapping
+        self.values = values or {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        from simfoe.errors import SpecError
+
+        if isinstance(exc, SpecError) and exc.field in self.mapping:
+            flag = self.mapping[exc.field]
+            new = SpecError(flag, self.values.get(exc.field, exc.value), exc.allowed)
+            msg = str(exc)
+            if exc.field not in self.values and msg.startswith(exc.field + ":"):
+                new.args = (flag + msg[len(exc.field):],)  # keep the original detail (e.g. a trace row)
+            raise new from None
+        return False
 
 
 def add_json_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
 
 
-def add_set_flag(p: argparse.ArgumentParser) -> None:
+def add_set_flag(p: argparse.ArgumentParser, help: str | None = None) -> None:
     p.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="PATH=VALUE",
-        help="override a spec field by dotted path, e.g. hardware.network.nic_bandwidth=100e9 "
+        help=help or "override a spec field by dotted path, e.g. hardware.network.nic_bandwidth=100e9 "
         "(repeatable; roots: hardware, model, placement)",
     )
 
@@ -96,3 +229,9 @@ def table(rows: list[list[Any]], header: list[str] | None = None) -> str:
         if header and j == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
+
+
+def routing_path(routing) -> str | None:
+    """The file of a ``trace:PATH`` routing spec, else None."""
+    s = str(routing or "")
+    return s[len("trace:"):] if s.startswith("trace:") else None

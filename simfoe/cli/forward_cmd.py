@@ -1,7 +1,7 @@
 """`simfoe forward`: one forward pass of a model placed on a cluster."""
 from __future__ import annotations
 
-from simfoe.cli.common import add_json_flag, add_set_flag, fmt_bytes, fmt_time, table
+from simfoe.cli.common import add_json_flag, add_set_flag, check_text_file, fmt_bytes, fmt_time, table
 from simfoe.paths import hardware_presets
 
 HELP = """Simulate one forward pass (prefill: BATCH prompts of SEQ_LEN tokens; decode: BATCH sequences
@@ -17,13 +17,16 @@ def register(sub) -> None:
     p = sub.add_parser("forward", help="simulate one forward pass (MoE or FoE)", description=HELP)
     p.add_argument("--model", required=True, help="model preset (mixtral-8x7b, deepseek-v3, ...) or YAML path")
     p.add_argument("--hardware", required=True, help="hardware profile: " + ", ".join(hardware_presets()) + ", or a YAML path")
-    p.add_argument("--nodes", type=int, default=1, help="nodes for ONE model instance (default 1)")
-    p.add_argument("--arch", choices=["moe", "foe"], default="moe", help="moe: expert parallelism; foe: Federation of Experts")
-    p.add_argument("--phase", choices=["prefill", "decode"], default="prefill")
-    p.add_argument("--batch", type=int, default=1, help="sequences in the batch (default 1)")
+    p.add_argument("--nodes", type=int, default=None,
+                   help="nodes for ONE model instance (default 1, or --set placement.nodes)")
+    p.add_argument("--arch", choices=["moe", "foe"], default=None,
+                   help="moe: expert parallelism; foe: Federation of Experts (default moe, or --set placement.arch)")
+    p.add_argument("--phase", choices=["prefill", "decode"], default="prefill",
+                   help="prefill: BATCH prompts of SEQ_LEN tokens; decode: BATCH sequences, one new token each")
+    p.add_argument("--batch", type=int, default=1, help="sequences in the batch")
     p.add_argument("--seq-len", type=int, default=2048, help="prompt length (prefill) or context length (decode), tokens")
     p.add_argument("--routing", default="uniform", help="uniform | zipf:S | dirichlet:ALPHA | hotset:FRACTION:SHARE | trace:PATH")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="routing sample seed, an integer >= 0")
     p.add_argument("--per-layer", action="store_true", help="simulate every MoE layer with its own routing sample (slower)")
     p.add_argument("--timeline", metavar="FILE.json", help="write a Chrome/Perfetto trace of the simulated events")
     add_set_flag(p)
@@ -32,14 +35,58 @@ def register(sub) -> None:
 
 
 def run(args) -> dict:
+    import math
+    import warnings
+
     from simfoe.api import forward
+    from simfoe.cli.common import (MAX_TOKENS, check_overrides_finite, check_seed, placement_conflicts,
+                                   routing_path)
     from simfoe.errors import SpecError
+    from simfoe.outputs import AtomicFiles, check_file
+    from simfoe.specs.io import check_override_roots
 
     for name in ("nodes", "batch", "seq_len"):
-        if getattr(args, name) < 1:
-            raise SpecError(name.replace("_", "-"), getattr(args, name), "an integer >= 1")
-    return forward(args.model, args.hardware, args.nodes, args.arch, args.phase, args.batch, args.seq_len,
-                   args.routing, args.overrides, args.seed, args.per_layer, args.timeline)
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise SpecError("--" + name.replace("_", "-"), v, "an integer >= 1")
+    if args.batch * args.seq_len > MAX_TOKENS:
+        raise SpecError("--batch", args.batch, f"--batch x --seq-len <= {MAX_TOKENS} tokens "
+                        f"(got {args.batch} x {args.seq_len})")
+    check_seed(args.seed)
+    check_override_roots(args.overrides)
+    check_overrides_finite(args.overrides)
+    placement_conflicts(args, args.overrides)
+    for flag, value in (("--model", args.model), ("--hardware", args.hardware)):
+        check_text_file(flag, value)
+    trace = routing_path(args.routing)
+    if trace is not None:
+        check_text_file("--routing", args.routing, trace)
+    # without an explicit --nodes/--arch, a --set placement.* value applies as given
+    nodes = args.nodes if args.nodes is not None else 1
+    arch = args.arch if args.arch is not None else "moe"
+    if args.timeline is not None:
+        check_file("--timeline", args.timeline)
+    with AtomicFiles("--timeline") as w:  # the timeline is kept only when the run succeeds
+        tl = str(w.path(args.timeline)) if args.timeline is not None else None
+        with warnings.catch_warnings(record=True) as caught:  # held back until the result is known valid
+            r = forward(args.model, args.hardware, nodes, arch, args.phase, args.batch, args.seq_len,
+                        args.routing, args.overrides, args.seed, args.per_layer, tl)
+        lat = r.get("latency_s")
+        if not (isinstance(lat, (int, float)) and math.isfinite(lat)):
+            raise SpecError("--set" if args.overrides else "--model", " ".join(args.overrides) or args.model,
+                            "inputs whose simulated latency is a finite number (it overflowed; check "
+                            "--set values such as peak_flops or bandwidths)")
+    for m in caught:  # a valid result: pass on any warnings as usual
+        warnings.showwarning(m.message, m.category, m.filename, m.lineno)
+    mem = r.get("memory")
+    if mem and not mem["fits"]:
+        import sys
+
+        print(f"warning: this pass needs {(mem['weights_bytes_per_gpu'] + mem['kv_cache_bytes_per_gpu']) / 1e9:.1f} GB "
+              f"per GPU (weights {mem['weights_bytes_per_gpu'] / 1e9:.1f} GB + KV cache "
+              f"{mem['kv_cache_bytes_per_gpu'] / 1e9:.1f} GB) but {mem['usable_hbm_bytes_per_gpu'] / 1e9:.1f} GB are "
+              "usable: it does not fit (latency reported as if it did; try more --nodes or a smaller --batch)", file=sys.stderr)
+    return r
 
 
 def render(r: dict) -> str:

@@ -53,8 +53,11 @@ def register(subparsers) -> None:
     p.add_argument("--bytes", type=str, default=None, help="elementwise: bytes moved")
     p.add_argument("--flops", type=str, default=None, help="elementwise: FLOP (counted only with an fp32 peak)")
     p.add_argument("--kind", default=None, help="elementwise: norm | act | add (picks the fitted curve)")
-    p.add_argument("--dtype", default=None, help="bf16 (default) | fp16 | fp8 | fp32")
-    add_set_flag(p)
+    p.add_argument("--dtype", default=None,
+                   help="element type of gemm, grouped_gemm and attention: bf16 (default), fp16 (costed as bf16), "
+                   "or another dtype the profile lists a peak for in gpu.peak_flops (e.g. fp8; fp32 on CPU profiles)")
+    add_set_flag(p, help="override a hardware profile field by dotted path, e.g. hardware.gpu.peak_flops.bf16=900e12 "
+                 "(repeatable; only hardware.* paths)")
     add_json_flag(p)
     p.set_defaults(func=run, render=render)
 
@@ -98,7 +101,7 @@ def evaluate(hw, fields: dict, prefix: str = "--") -> dict:
         raise SpecError(name("op"), fields.get("op"), "allowed: " + ", ".join(OPS))
     for f in REQUIRED[op]:
         if fields.get(f) in (None, ""):
-            raise SpecError(name(f), None, f"required for op {op}")
+            raise SpecError(name(f), fields.get(f), f"required for op {op}")
     v: dict = {}
     for f in INT_FIELDS:
         if fields.get(f) not in (None, ""):
@@ -107,8 +110,10 @@ def evaluate(hw, fields: dict, prefix: str = "--") -> dict:
         if fields.get(f) not in (None, ""):
             v[f] = _float(name(f), fields[f])
     dtype = (fields.get("dtype") or "bf16").strip()
-    if dtype not in K.DTYPE_BYTES:
-        raise SpecError(name("dtype"), dtype, "allowed: " + ", ".join(K.DTYPE_BYTES))
+    allowed = hw_dtypes(hw) if op != "elementwise" else list(K.DTYPE_BYTES)
+    if dtype not in allowed:
+        raise SpecError(name("dtype"), dtype, "allowed on " + str(getattr(hw, "name", "this hardware")) + ": "
+                        + ", ".join(allowed))
     try:
         if op == "gemm":
             c = K.gemm(hw, v["m"], v["n"], v["k"], dtype)
@@ -132,8 +137,22 @@ def evaluate(hw, fields: dict, prefix: str = "--") -> dict:
     except SpecError as e:
         if e.field.startswith(prefix):
             raise
-        raise SpecError(name(e.field), e.value, e.allowed) from None
+        raise SpecError(name(COST_FIELDS.get(e.field, e.field)), e.value,
+                        e.allowed.replace("n_heads=", "heads=")) from None
     return c.as_dict()
+
+
+#: argument names of simfoe.costs.kernels -> the kernel command's fields (flags / CSV columns)
+COST_FIELDS = {"n_heads": "heads", "n_kv_heads": "kv_heads", "tokens_per_expert": "tokens"}
+
+
+def hw_dtypes(hw) -> list[str]:
+    """The dtypes a GEMM or attention kernel accepts on ``hw``: those with a peak in gpu.peak_flops,
+    plus fp16 (costed as bf16) where bf16 has one."""
+    from simfoe.costs import kernels as K
+
+    peaks = hw.gpu.peak_flops
+    return [d for d in K.DTYPE_BYTES if d in peaks or (d == "fp16" and "bf16" in peaks)]
 
 
 def _read_shapes(path: str) -> list[tuple[int, dict]]:
@@ -166,7 +185,16 @@ def run(args) -> dict:
     from simfoe.errors import SpecError
     from simfoe.specs.io import check_override_roots, load_hardware
 
+    from simfoe.cli.common import check_overrides_finite, check_text_file
+
     check_override_roots(args.overrides)
+    bad = [o for o in args.overrides if not o.strip().startswith("hardware.")]
+    if bad:
+        raise SpecError("--set", bad[0], "hardware.* paths only (a kernel has no model or placement)")
+    check_overrides_finite(args.overrides)
+    check_text_file("--hardware", args.hardware)
+    if args.shapes is not None:
+        check_text_file("--shapes", args.shapes)
     hw = load_hardware(args.hardware, args.overrides)
     flag_fields = {f: getattr(args, f, None) for f in FIELDS}
     if args.shapes is not None:

@@ -21,13 +21,14 @@ def register(subparsers) -> None:
     p.add_argument("--routing", default=None, help=f"{' | '.join(ROUTINGS)} (default: the spec's routing)")
     p.add_argument("--rate", type=float, default=10.0, help="offered load, requests/s (default 10)")
     p.add_argument("--duration", type=float, default=720.0, help="arrival interval, s (default 720, as ALTO)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed, an integer >= 0")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                    help="override a spec key, e.g. stages.bm25.service_s.mean=0.003 (repeatable)")
     p.add_argument("--compare", default=None,
                    help="comma list of modes and/or routing policies to sweep, e.g. stream,batch or "
                         "hash-all,aggregation-aware,prompt-aware")
-    p.add_argument("--rates", default=None, help="rates for --compare: START:STOP:STEP or a comma list")
+    p.add_argument("--rates", default=None,
+                   help="rates for --compare: START:STOP:STEP or a comma list (default: --rate)")
     p.add_argument("--target", type=float, default=4.0, help="median latency target for --compare, s (default 4)")
     p.add_argument("--out", default=None, help="folder for --compare results (points.json, curves.png)")
     p.add_argument("--jobs", type=int, default=None, help="worker processes for --compare (default 2)")
@@ -36,21 +37,31 @@ def register(subparsers) -> None:
 
 
 def run(args) -> dict:
+    import math
+
+    from simfoe.cli.common import check_seed, check_text_file, renamed_fields
     from simfoe.errors import SpecError
+    from simfoe.outputs import AtomicFiles, check_dir
     from simfoe.pipelines.engine import MODES, simulate
     from simfoe.pipelines.metrics import max_load_meeting, parse_rates, summarize
     from simfoe.pipelines.spec import load_pipeline
 
-    spec = load_pipeline(args.spec, args.overrides)
+    check_seed(args.seed)
+    check_text_file("--spec", args.spec)
+    with renamed_fields({"spec": "--spec"}):
+        spec = load_pipeline(args.spec, args.overrides)
     if args.mode not in MODES:
         raise SpecError("--mode", args.mode, "stream or batch")
     if args.routing is not None and args.routing not in ROUTINGS:
         raise SpecError("--routing", args.routing, f"one of {', '.join(ROUTINGS)}")
-    if not args.duration > 0:
-        raise SpecError("--duration", args.duration, "a duration > 0 s")
+    if not (math.isfinite(args.duration) and args.duration > 0):
+        raise SpecError("--duration", args.duration, "a finite duration > 0 s")
+    if not (math.isfinite(args.rate) and args.rate > 0):
+        raise SpecError("--rate", args.rate, "a finite rate > 0 requests/s")
     if args.compare is None:
-        if not args.rate > 0:
-            raise SpecError("--rate", args.rate, "a rate > 0 requests/s")
+        for flag, given in (("--rates", args.rates), ("--out", args.out), ("--jobs", args.jobs)):
+            if given is not None:
+                raise SpecError(flag, given, "only with --compare" + (" (a single run takes --rate)" if flag == "--rates" else ""))
         return summarize(simulate(spec, args.mode, args.rate, args.duration, args.seed, args.routing))
 
     from pathlib import Path
@@ -68,7 +79,13 @@ def run(args) -> dict:
             raise SpecError("--compare", x, f"modes ({', '.join(MODES)}) or routings ({', '.join(ROUTINGS)})")
     if len(variants) < 1:
         raise SpecError("--compare", args.compare, "at least one mode or routing")
-    rates = parse_rates(args.rates) if args.rates else [args.rate]
+    if not (math.isfinite(args.target) and args.target > 0):
+        raise SpecError("--target", args.target, "a finite median latency target > 0 s")
+    if args.jobs is not None and args.jobs < 1:
+        raise SpecError("--jobs", args.jobs, "an integer >= 1 (worker processes)")
+    rates = parse_rates(args.rates) if args.rates is not None else [args.rate]
+    if args.out:
+        check_dir("--out", args.out, files=("points.json", "curves.png"))
     points = sweep(spec, variants, rates, args.duration, args.seed, args.jobs)
     summary = {}
     for v in dict.fromkeys(p["variant"] for p in points):
@@ -84,12 +101,14 @@ def run(args) -> dict:
     if args.out:
         import json
 
+        from simfoe.cli.common import _clean
+
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "points.json").write_text(json.dumps(result, indent=1))
-        png = plot_curves(points, out / "curves.png", title=f"{spec.name}: latency vs achieved load",
-                          target_s=args.target)
-        result["files"] = [str(out / "points.json"), str(png)]
+        with AtomicFiles("--out") as w:  # both files or neither
+            w.path(out / "points.json").write_text(json.dumps(_clean(result), indent=1))
+            plot_curves(points, w.path(out / "curves.png"), title=f"{spec.name}: latency vs achieved load",
+                        target_s=args.target)
+        result["files"] = [str(out / "points.json"), str(out / "curves.png")]
     return result
 
 

@@ -28,16 +28,31 @@ def run(args) -> dict:
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise SpecError("--format", args.format, "a comma list of " + ", ".join(FORMATS))
+    from simfoe.outputs import check_dir
+
     store = ResultStore(args.out)
     if not store.has_results():
         raise SpecError("out", args.out, "a sweep folder holding results.parquet (run simfoe sweep --out DIR)")
-    df = store.read()
+    check_dir("out", args.out, files=("summary.md", "plots/plot.png"))
+    try:
+        df = store.read()
+    except Exception as e:  # pyarrow raises its own types (ArrowInvalid, ...) for a corrupt file
+        why = " ".join(str(e).split())[:120] or type(e).__name__
+        raise SpecError("out", args.out, f"a sweep folder whose results.parquet and parts/ are readable "
+                        f"parquet files ({why})") from None
+    for col in ("status", "kind"):
+        if col not in df.columns:
+            raise SpecError("out", args.out, f"a sweep folder whose results table has a {col!r} column "
+                            "(written by simfoe sweep)")
     name = Path(args.out).resolve().name
     meta = Path(args.out) / "sweep.json"
     if meta.is_file():
         import json
 
-        name = json.loads(meta.read_text()).get("name", name)
+        try:
+            name = json.loads(meta.read_text(encoding="utf-8")).get("name", name)
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            pass  # a damaged sweep.json only loses the title
     plots = [str(p) for p in make_plots(df, Path(args.out) / "plots", formats)]
     summary = write_summary(df, args.out, spec_name=name)
     return {"out": args.out, "rows": int(len(df)), "plots": plots, "summary": str(summary)}

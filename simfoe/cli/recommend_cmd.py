@@ -20,15 +20,17 @@ def register(subparsers) -> None:
     p.add_argument("--hardware", required=True, help="hardware preset(s), comma-separated (e.g. h100-sxm,a100-sxm)")
     p.add_argument("--max-nodes", type=int, default=1, help="largest deployment, nodes (default 1)")
     p.add_argument("--trace", default="longbench", help="workload: built-in name or trace file (default longbench)")
-    p.add_argument("--slo-ttft-p90", type=float, default=None, help="p90 time-to-first-token SLO, seconds")
-    p.add_argument("--slo-tbt-p99", type=float, default=None, help="p99 time-between-tokens SLO, seconds")
+    p.add_argument("--slo-ttft-p90", type=float, default=None,
+                   help="p90 time-to-first-token SLO, seconds (at least one of the two SLO flags is required)")
+    p.add_argument("--slo-tbt-p99", type=float, default=None,
+                   help="p99 time-between-tokens SLO, seconds (at least one of the two SLO flags is required)")
     p.add_argument("--price", action="append", default=[], metavar="HW=USD",
                    help="price per GPU-hour, e.g. h100-sxm=2.5 (repeatable or comma-separated); "
                    "with a price for every GPU type, layouts are ranked per dollar")
     p.add_argument("--routing", default="uniform", help="expert routing distribution (uniform, zipf:S, ...)")
     p.add_argument("--requests", type=int, default=240, help="requests per rate probe (default 240)")
     p.add_argument("--bisect-steps", type=int, default=4, help="rate bisection steps after bracketing (default 4)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed, an integer >= 0")
     p.add_argument("--no-sensitivity", action="store_true", help="skip the 2x load / skew / half-bandwidth runs")
     p.add_argument("--out", default=None, help="HTML report path (the JSON summary is written beside it)")
     add_set_flag(p)
@@ -55,8 +57,30 @@ def _prices(items: list[str]) -> dict:
 
 
 def run(args) -> dict:
+    from simfoe.cli.common import check_overrides_finite, check_seed, check_text_file, routing_path
+    from simfoe.errors import SpecError
+    from simfoe.outputs import check_file
     from simfoe.planner import recommend
 
+    check_seed(args.seed)
+    check_overrides_finite(args.overrides)
+    check_text_file("--model", args.model)
+    for hw in str(args.hardware).split(","):
+        if hw.strip():
+            check_text_file("--hardware", hw.strip())
+    check_text_file("--trace", args.trace)
+    trace = routing_path(args.routing)
+    if trace is not None:
+        check_text_file("--routing", args.routing, trace)
+    if args.out:
+        out = check_file("--out", args.out)
+        jp = out.with_suffix(".json")
+        if jp == out:
+            raise SpecError("--out", args.out, "an HTML report path, e.g. reports/NAME.html (the JSON summary "
+                            "is written beside it as NAME.json)")
+        if jp.is_dir():
+            raise SpecError("--out", args.out, f"a report path whose JSON summary can be written beside it "
+                            f"({jp} is a folder)")
     progress = None
     if sys.stderr.isatty() and not args.json:
         def progress(line):

@@ -17,13 +17,14 @@ def register(subparsers) -> None:
     )
     p.add_argument("--model", required=True, help="model preset or YAML path")
     p.add_argument("--hardware", required=True, help="hardware profile: " + ", ".join(hardware_presets()) + ", or a YAML path")
-    p.add_argument("--nodes", type=int, default=1, help="nodes per model instance (default 1)")
+    p.add_argument("--nodes", type=int, default=None, help="nodes per model instance (default 1)")
     p.add_argument("--arch", required=True, choices=["moe", "foe"], help="MoE (expert parallel) or FoE layout")
     p.add_argument("--trace", required=True,
                    help="trace file (Azure/Mooncake/ShareGPT/simfoe csv) or built-in name: longbench, "
                    "azure-conv, azure-code, sharegpt, mooncake-conv, ...")
     p.add_argument("--rate", type=float, default=None, help="arrival rate, requests/s (default: trace timestamps)")
-    p.add_argument("--duration", type=float, default=None, help="keep arrivals in [0, S) seconds")
+    p.add_argument("--duration", type=float, default=None,
+                   help="keep arrivals in [0, S) seconds (default: the whole trace)")
     p.add_argument("--arrival", default=None, help="trace | poisson | gamma:CV (default poisson when --rate)")
     p.add_argument("--replicas", type=int, default=1, help="data-parallel copies of the instance (default 1)")
     p.add_argument("--router", default="round-robin", help="replica router: round-robin | least-outstanding")
@@ -32,38 +33,94 @@ def register(subparsers) -> None:
     p.add_argument("--max-batch", type=int, default=256, help="max sequences per iteration (default 256)")
     p.add_argument("--token-budget", type=int, default=8192, help="max tokens per iteration (default 8192)")
     p.add_argument("--block-size", type=int, default=16, help="KV-cache block size, tokens (default 16)")
-    p.add_argument("--slo-ttft", type=float, default=None, help="TTFT SLO for goodput, seconds")
-    p.add_argument("--slo-tbt", type=float, default=None, help="per-request mean TBT SLO for goodput, seconds")
+    p.add_argument("--slo-ttft", type=float, default=None, help="TTFT SLO for goodput, seconds (default: none)")
+    p.add_argument("--slo-tbt", type=float, default=None,
+                   help="per-request mean TBT SLO for goodput, seconds (default: none)")
     p.add_argument("--horizon", type=float, default=None,
-                   help="stop at this simulated time; unfinished requests are reported dropped")
-    p.add_argument("--seed", type=int, default=0)
+                   help="stop at this simulated time, seconds; unfinished requests are reported dropped "
+                   "(default: run until every request is done)")
+    p.add_argument("--seed", type=int, default=0, help="random seed, an integer >= 0")
     p.add_argument("--skip-bad-rows", action="store_true", help="drop malformed trace rows instead of failing")
-    p.add_argument("--out", default=None, help="directory for requests.parquet and summary.json")
+    p.add_argument("--out", default=None, help="folder for requests.parquet and summary.json (written together, "
+                   "after the run; the folder is checked before it)")
     p.add_argument("--timeline", metavar="FILE.json", default=None,
                    help="write a Chrome/Perfetto trace: one event per engine iteration and replica")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--progress", dest="progress", action="store_true", default=None,
                    help="show a progress bar (default: when stderr is a terminal and not --json)")
-    g.add_argument("--no-progress", dest="progress", action="store_false")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_set_flag(p)
     add_json_flag(p)
     p.set_defaults(func=run, render=render)
 
 
-def run(args) -> dict:
-    from simfoe.serving import run_serve
+#: internal field names of serving errors -> the serve flags
+FLAGS = {"rate": "--rate", "duration": "--duration", "trace": "--trace", "arrival": "--arrival", "cv": "--arrival",
+         "horizon_s": "--horizon", "max_batch": "--max-batch", "token_budget": "--token-budget",
+         "block_size": "--block-size", "slo_ttft": "--slo-ttft", "slo_tbt": "--slo-tbt", "replicas": "--replicas",
+         "nodes": "--nodes", "router": "--router", "scheduler": "--scheduler", "routing": "--routing",
+         "seed": "--seed"}
 
+
+def run(args) -> dict:
+    import math
+    import warnings
+
+    from simfoe.cli.common import (check_overrides_finite, check_seed, check_text_file, placement_conflicts,
+                                   renamed_fields, routing_path)
+    from simfoe.specs.io import check_override_roots
+    from simfoe.errors import SpecError
+    from simfoe.outputs import AtomicFiles, check_dir, check_file
+    from simfoe.serving import api
+
+    check_seed(args.seed)
+    check_override_roots(args.overrides)
+    check_overrides_finite(args.overrides)
+    via_set = placement_conflicts(args, args.overrides)
+    nodes = args.nodes if args.nodes is not None else 1
+    if args.nodes is None and isinstance(via_set.get("nodes"), int) and via_set["nodes"] >= 1:
+        nodes = via_set["nodes"]  # reported as given; the --set value applies either way
+    for flag in ("model", "hardware", "trace"):
+        check_text_file("--" + flag, getattr(args, flag))
+    trace = routing_path(args.routing)
+    if trace is not None:
+        check_text_file("--routing", args.routing, trace)
+    if args.out is not None:
+        check_dir("--out", args.out, files=("requests.parquet", "summary.json"))
+    if args.timeline is not None:
+        check_file("--timeline", args.timeline)
     progress = args.progress
     if progress is None:
         progress = sys.stderr.isatty() and not args.json
-    return run_serve(
-        args.model, args.hardware, args.nodes, args.arch, args.trace, rate=args.rate, duration=args.duration,
-        replicas=args.replicas, routing=args.routing, overrides=args.overrides, seed=args.seed,
-        slo_ttft=args.slo_ttft, slo_tbt=args.slo_tbt, max_batch=args.max_batch, token_budget=args.token_budget,
-        progress=progress, out=args.out, router=args.router, scheduler=args.scheduler, arrival=args.arrival,
-        block_size=args.block_size, horizon_s=args.horizon, skip_bad_rows=args.skip_bad_rows,
-        timeline=args.timeline,
-    )
+    with renamed_fields(FLAGS, {"cv": args.arrival}), warnings.catch_warnings(record=True) as caught:
+        try:
+            res = api.simulate_serving(
+                args.model, args.hardware, nodes, args.arch, args.trace, rate=args.rate, duration=args.duration,
+                replicas=args.replicas, routing=args.routing, overrides=args.overrides, seed=args.seed,
+                slo_ttft=args.slo_ttft, slo_tbt=args.slo_tbt, max_batch=args.max_batch,
+                token_budget=args.token_budget, progress=progress, router=args.router, scheduler=args.scheduler,
+                arrival=args.arrival, block_size=args.block_size, horizon_s=args.horizon,
+                skip_bad_rows=args.skip_bad_rows, record_timeline=args.timeline is not None)
+        except SpecError as e:
+            cap = e.value
+            if e.field == "kv_capacity_tokens" and isinstance(cap, int) and cap >= 1 and args.block_size > cap:
+                raise SpecError("--block-size", args.block_size,
+                                f"at most the KV cache of one replica, {cap} tokens") from None
+            raise
+    sim_s = (res.summary.get("sim") or {}).get("simulated_s")
+    if not (isinstance(sim_s, (int, float)) and math.isfinite(sim_s)):
+        raise SpecError("--set" if args.overrides else "--model", " ".join(args.overrides) or args.model,
+                        "inputs whose simulated iteration times are finite numbers (they overflowed; check "
+                        "--set values such as peak_flops or bandwidths)")
+    for m in caught:  # a valid result: pass on any warnings as usual
+        warnings.showwarning(m.message, m.category, m.filename, m.lineno)
+    # every output is written under a temporary name first and renamed only when all are written
+    with AtomicFiles("--out") as w:
+        if args.timeline is not None:
+            api.write_serving_timeline(res, w.path(args.timeline, "--timeline"))
+        if args.out is not None:
+            res.summary["files"] = res.write(args.out, w)
+    return res.summary
 
 
 def _num(x, fmt="{:.2f}"):

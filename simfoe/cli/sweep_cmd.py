@@ -15,7 +15,9 @@ def register(subparsers) -> None:
         "sweep", help="run many scenarios from a sweep YAML (local pool or Ray), store results, plot",
         description="Run a sweep spec (kind, base, grid/zip/samples, metrics; see docs/sweep.md). Without a "
         "spec, runs the embedded MoE-vs-FoE demo. Rows go to OUT/results.parquet as scenarios finish; "
-        "plots to OUT/plots/, a summary to OUT/summary.md.")
+        "plots to OUT/plots/, a summary to OUT/summary.md. Exit status: 0 when at least one scenario "
+        "ran ok (failed scenarios are stored with their error), 1 when every scenario that ran failed, "
+        "2 on bad input (checked before anything runs).")
     p.add_argument("spec", nargs="?", default=None, help="sweep YAML (default: the embedded MoE vs FoE demo)")
     p.add_argument("--out", default="simfoe-out", help="output folder (default: ./simfoe-out)")
     p.add_argument("--executor", default="local", help="local (process pool) | ray")
@@ -31,19 +33,88 @@ def register(subparsers) -> None:
     p.add_argument("--chunk-size", type=int, default=None, help="scenarios per task (default: automatic)")
     p.add_argument("--max-retries", type=int, default=3, help="Ray: retries of a task whose worker died")
     p.add_argument("--no-plots", action="store_true", help="skip plots and summary")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--progress", dest="progress", action="store_true", default=None,
+                   help="show a progress bar on stderr (default: when stderr is a terminal and not --json)")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_json_flag(p)
     p.set_defaults(func=run, render=render)
 
 
-def run(args) -> dict:
-    from simfoe.sweep.runner import run_sweep
+def _distinct(spec, key: str) -> list:
+    """Every value option ``key`` takes in the sweep (base, grid, zip, samples), without expanding it."""
+    vals = []
+    if key in spec.base:
+        vals.append(spec.base[key])
+    for where in (spec.grid, spec.zip):
+        vals += list(where.get(key, []))
+    vals += [row[key] for row in spec.samples if key in row]
+    out = []
+    for v in vals:
+        if v is not None and v not in out:
+            out.append(v)
+    return out
 
-    return run_sweep(args.spec, args.out, executor=args.executor, workers=args.workers, address=args.address,
-                     resume=args.resume, overwrite=args.overwrite, retry_failed=args.retry_failed,
-                     chunk_size=args.chunk_size, max_retries=args.max_retries, dry_run=args.dry_run,
-                     probes=args.probes, progress=not args.no_progress and not args.json,
-                     plots=not args.no_plots)
+
+def check_scenario_files(spec) -> None:
+    """Input and output files named in a sweep's scenarios are checked before anything runs: a missing
+    or malformed serve trace, or an unwritable per-scenario output, is bad input (exit 2), not a
+    failure of every scenario."""
+    from simfoe.cli.common import check_text_file, routing_path
+    from simfoe.errors import SpecError
+    from simfoe.outputs import check_dir, check_file
+
+    for r in _distinct(spec, "routing"):
+        path = routing_path(r)
+        if path is not None:
+            check_text_file("routing", r, path)
+    for seed in _distinct(spec, "seed"):
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise SpecError("seed", seed, "an integer >= 0")
+    for t in _distinct(spec, "timeline"):
+        check_file("timeline", t)
+    if spec.kind != "serve":
+        return
+    for o in _distinct(spec, "out"):
+        check_dir("out", o, files=("requests.parquet", "summary.json"))
+    import numpy as np
+
+    from simfoe.workloads.workload import resolve_trace
+
+    skip = any(bool(v) for v in _distinct(spec, "skip_bad_rows"))
+    for t in _distinct(spec, "trace"):
+        check_text_file("trace", t)
+        table = resolve_trace(str(t), np.random.default_rng(0), skip_bad_rows=skip)
+        if len(table) == 0:
+            raise SpecError("trace", str(t), "a trace with at least one valid request")
+
+
+def run(args) -> dict:
+    import sys
+
+    from simfoe.cli.common import check_text_file
+    from simfoe.outputs import check_dir
+    from simfoe.sweep.runner import run_sweep
+    from simfoe.sweep.spec import load_sweep_spec
+
+    if args.spec is not None:
+        check_text_file("spec", args.spec)
+    spec = load_sweep_spec(args.spec)
+    files = ("results.parquet", "sweep.json", "sweep.yaml", "parts/part.parquet")
+    if not args.no_plots:
+        files += ("summary.md", "plots/plot.png")
+    check_dir("--out", args.out, files=files)
+    check_scenario_files(spec)
+    progress = args.progress
+    if progress is None:
+        progress = sys.stderr.isatty() and not args.json
+    r = run_sweep(spec, args.out, executor=args.executor, workers=args.workers, address=args.address,
+                  resume=args.resume, overwrite=args.overwrite, retry_failed=args.retry_failed,
+                  chunk_size=args.chunk_size, max_retries=args.max_retries, dry_run=args.dry_run,
+                  probes=args.probes, progress=progress, plots=not args.no_plots)
+    if not args.dry_run and r.get("ran") and not r.get("ok"):
+        return r, 1  # every scenario that ran failed (the errors are in the results table)
+    return r
 
 
 def render(r: dict) -> str:

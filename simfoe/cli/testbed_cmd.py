@@ -44,6 +44,13 @@ def run(args) -> dict:
         raise SpecError("--repeats", args.repeats, "an integer >= 1")
     if args.breakdown < 0:
         raise SpecError("--breakdown", args.breakdown, "an integer >= 0")
+    from simfoe.cli.common import check_text_file
+    from simfoe.outputs import check_file, write_text
+
+    check_text_file("--model", args.model)
+    check_text_file("--hardware", args.hardware)
+    if args.out:
+        check_file("--out", args.out)  # before the (long) measurement
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -55,8 +62,9 @@ def run(args) -> dict:
         print(f"warning: no calibrated profile matches this CPU; predicting with {res['hardware']} "
               "(calibrate this machine: simfoe calibrate --device cpu --out validation/data/NAME/)", file=sys.stderr)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=1)
+        from simfoe.cli.common import _clean
+
+        write_text(args.out, json.dumps(_clean(res), indent=1), field="--out")  # atomic; NaN -> null
     return res
 
 

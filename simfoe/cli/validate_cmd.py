@@ -3,7 +3,8 @@
   simfoe validate [--json] [--vidur PATH] [--hardware h100-sxm ...] [--set hardware.X=V ...] [--cases-out FILE.csv]
 
 -> {"cases": [{"source", "n", "mape", "max_ape", "ok"}], "mape", "max_ape", "by_source": {...}, "failed", "skipped"};
-exit 1 when a source exceeds its tolerance (validation/tolerances.yaml), 2 on bad input.
+exit 1 when a source exceeds its tolerance (validation/tolerances.yaml), 2 on bad input (checked before
+anything is predicted, including --cases-out and --tolerances).
 """
 from __future__ import annotations
 
@@ -19,30 +20,72 @@ def register(subparsers) -> None:
     p.add_argument("--tolerances", default=None, help="tolerance file (default validation/tolerances.yaml)")
     p.add_argument("--cases-out", default=None, help="write every predicted/measured row to this CSV")
     p.add_argument("--no-testbed", action="store_true", help="skip the stored testbed source")
-    add_set_flag(p)
+    add_set_flag(p, help="override a hardware profile field by dotted path, applied to every profile validated, "
+                 "e.g. hardware.network.nic_bandwidth=100e9 (repeatable; only hardware.* paths)")
     add_json_flag(p)
     p.set_defaults(func=run, render=render)
 
 
+TOLERANCE_KEYS = ("measurement_sets", "sources")
+
+
+def _check_tolerances(path) -> None:
+    """The tolerance file is a UTF-8 YAML mapping of measurement_sets and/or sources (a typo must not
+    turn every source into a silent pass)."""
+    from pathlib import Path
+
+    import yaml
+
+    from simfoe.cli.common import check_text_file
+    from simfoe.errors import SpecError
+
+    what = "a tolerance YAML file with measurement_sets and sources, like validation/tolerances.yaml"
+    p = Path(str(path))
+    if not p.is_file():
+        raise SpecError("--tolerances", str(path), f"{what} (no such file)")
+    check_text_file("--tolerances", str(path))
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise SpecError("--tolerances", str(path), f"{what} (invalid YAML" + (f" at line {mark.line + 1})" if mark else ")")) from None
+    if not isinstance(data, dict) or not data:
+        raise SpecError("--tolerances", str(path), f"{what} (the file is empty or not a mapping)")
+    unknown = [k for k in data if k not in TOLERANCE_KEYS]
+    if unknown:
+        raise SpecError("--tolerances", str(path), f"{what} (unknown key {unknown[0]!r})")
+    for k in TOLERANCE_KEYS:
+        if data.get(k) is not None and not isinstance(data[k], dict):
+            raise SpecError("--tolerances", str(path), f"{what} ({k} must be a mapping)")
+
+
 def run(args):
     from simfoe.calibration import regression
+    from simfoe.errors import SpecError
+    from simfoe.outputs import AtomicFiles, check_file
     from simfoe.specs.io import check_override_roots
 
     check_override_roots(args.overrides)
     bad = [o for o in args.overrides if not o.startswith("hardware.")]
     if bad:
-        from simfoe.errors import SpecError
-
         raise SpecError("--set", bad[0], "hardware.* paths only (applied to every profile validated)")
+    from simfoe.cli.common import check_overrides_finite
+
+    check_overrides_finite(args.overrides)
+    tolerances = args.tolerances or regression.TOLERANCES
+    _check_tolerances(tolerances)
+    if args.cases_out:
+        check_file("--cases-out", args.cases_out)
     only_vidur = args.vidur is not None
     r = regression.validate(vidur=args.vidur, hardware=args.hardware, include_sets=not only_vidur,
                             include_testbed=not (only_vidur or args.no_testbed),
-                            tolerances=args.tolerances or regression.TOLERANCES, hw_overrides=args.overrides or None)
+                            tolerances=tolerances, hw_overrides=args.overrides or None)
     rows = r.pop("rows")
     if args.cases_out:
         import pandas as pd
 
-        pd.DataFrame(rows).to_csv(args.cases_out, index=False)
+        with AtomicFiles("--cases-out") as w:
+            pd.DataFrame(rows).to_csv(w.path(args.cases_out), index=False)
     return r, (1 if r["failed"] else 0)
 
 

@@ -51,15 +51,60 @@ def expert_probs(spec: RoutingSpec, n_experts: int, n_layers: int, rng: np.rando
 
 
 def _load_trace_probs(path: str | None, E: int, n_layers: int) -> np.ndarray:
+    """Per-layer expert probabilities from a .npy or .csv of per-expert counts (one row per layer;
+    fewer rows than layers are cycled). Malformed files raise SpecError naming the file."""
+    value = f"trace:{path}"
     p = Path(path or "")
     if not p.is_file():
-        raise SpecError("routing", f"trace:{path}", "a path to a .npy or .csv of per-expert counts (one row per layer)")
-    arr = np.load(p) if p.suffix == ".npy" else np.loadtxt(p, delimiter=",", ndmin=2)
-    arr = np.atleast_2d(np.asarray(arr, dtype=float))
-    if arr.shape[1] != E or (arr < 0).any() or (arr.sum(axis=1) <= 0).any():
-        raise SpecError("routing", f"trace:{path}", f"rows of {E} non-negative counts with a positive sum")
+        raise SpecError("routing", value, "a path to a .npy or .csv of per-expert counts (one row per layer)")
+    want = f"rows of {E} finite non-negative counts with a positive sum (one row per layer)"
+    if p.suffix == ".npy":
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise SpecError("routing", value, "a numeric .npy array of per-expert counts (the file is not one: "
+                            f"{_why(e)})") from None
+        if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+            raise SpecError("routing", value, f"a numeric .npy array of per-expert counts (dtype {getattr(arr, 'dtype', type(arr).__name__)})")
+        arr = arr.astype(float)
+    else:
+        try:
+            text = p.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise SpecError("routing", value, "a UTF-8 text CSV of per-expert counts (this is not a UTF-8 text file)") from None
+        except OSError as e:
+            raise SpecError("routing", value, f"a readable file ({_why(e)})") from None
+        rows = []
+        for i, line in enumerate(text.splitlines(), 1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            try:
+                rows.append([float(x) for x in line.split(",")])
+            except ValueError:
+                raise SpecError("routing", value, f"{want}; line {i} is not comma-separated numbers") from None
+            if len(rows[-1]) != len(rows[0]):
+                raise SpecError("routing", value, f"{want}; line {i} has {len(rows[-1])} values, the first row {len(rows[0])}")
+        if not rows:
+            raise SpecError("routing", value, f"{want}; the file has no rows")
+        arr = np.asarray(rows, dtype=float)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[0] == 0:
+        raise SpecError("routing", value, f"{want}; got an array of shape {tuple(arr.shape)}")
+    if arr.shape[1] != E:
+        raise SpecError("routing", value, f"{want}; rows have {arr.shape[1]} values")
+    if not np.isfinite(arr).all():
+        raise SpecError("routing", value, f"{want}; the file holds nan or inf")
+    if (arr < 0).any() or (arr.sum(axis=1) <= 0).any() or not np.isfinite(arr.sum(axis=1)).all():
+        raise SpecError("routing", value, want)
     arr = arr / arr.sum(axis=1, keepdims=True)
     return arr[np.arange(n_layers) % arr.shape[0]]
+
+
+def _why(e: Exception) -> str:
+    text = (getattr(e, "strerror", None) or str(e) or type(e).__name__).splitlines()[0]
+    return text.split(". ")[0][:80]
 
 
 def sample_topk(probs: np.ndarray, n_tokens: int, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -133,13 +178,12 @@ def route_group(probs: np.ndarray, tokens_per_gpu: np.ndarray, k: int, experts_p
     dst_gpu = choices // experts_per_gpu
     load = np.bincount(choices.ravel(), minlength=E).astype(float) * scale
     local = float((dst_gpu == src[:, None]).sum()) * scale
+    pair = src[:, None] * g + dst_gpu  # (n, k) source x destination GPU of every choice
     if dedup:
-        hit = np.zeros((n, g), dtype=np.int32)
-        hit[np.arange(n)[:, None], dst_gpu] = 1
-        # tokens are grouped by source GPU: row sums per source as cumulative-sum differences
-        cs = np.vstack([np.zeros((1, g), dtype=np.int64), np.cumsum(hit, axis=0, dtype=np.int64)])
-        ends = np.cumsum(counts)
-        per_src = (cs[ends] - cs[ends - counts]).astype(float)
-    else:
-        per_src = np.bincount((src[:, None] * g + dst_gpu).ravel(), minlength=g * g).reshape(g, g).astype(float)
+        # one copy per (token, destination GPU): sort each token's k destinations and keep the first of a run
+        pair = np.sort(pair, axis=1)
+        first = np.ones(pair.shape, dtype=bool)
+        first[:, 1:] = pair[:, 1:] != pair[:, :-1]
+        pair = pair[first]
+    per_src = np.bincount(pair.ravel(), minlength=g * g).reshape(g, g).astype(float)
     return RoutingSample(load, per_src * scale, local, float(total * k))

@@ -69,22 +69,34 @@ def max_load_meeting(points: list[dict], target_s: float, stat: str = "p50") -> 
     return max(ok) if ok else None
 
 
+#: Most rate points one --compare run accepts (each is a full simulation per variant).
+MAX_RATES = 10_000
+
+
 def parse_rates(text: str) -> list[float]:
     """``1:30:1`` (start:stop:step, inclusive) or ``1,5,10`` -> list of rates."""
+    import math
+
     from simfoe.errors import SpecError
 
     try:
         if ":" in text:
             a, b, *c = (float(x) for x in text.split(":"))
             step = c[0] if c else 1.0
-            if step <= 0 or b < a:
+            if len(c) > 1 or not all(math.isfinite(x) for x in (a, b, step)) or step <= 0 or b < a:
                 raise ValueError
             n = int(np.floor((b - a) / step + 1e-9)) + 1
-            rates = [round(a + k * step, 10) for k in range(n)]
         else:
             rates = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise SpecError("--rates", text, "START:STOP:STEP with STEP > 0 and STOP >= START, or a comma list") from None
-    if not rates or any(r <= 0 for r in rates):
-        raise SpecError("--rates", text, "rates > 0 requests/s")
+        raise SpecError("--rates", text, "START:STOP:STEP with finite numbers, STEP > 0 and STOP >= START, "
+                        "or a comma list") from None
+    if ":" in text:
+        if n > MAX_RATES:
+            raise SpecError("--rates", text, f"at most {MAX_RATES} rates (this gives {n})")
+        rates = [round(a + k * step, 10) for k in range(n)]
+    if not rates or any(not (math.isfinite(r) and r > 0) for r in rates):
+        raise SpecError("--rates", text, "finite rates > 0 requests/s")
+    if len(rates) > MAX_RATES:
+        raise SpecError("--rates", text, f"at most {MAX_RATES} rates (this gives {len(rates)})")
     return rates

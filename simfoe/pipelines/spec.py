@@ -328,9 +328,14 @@ def load_pipeline(spec: str | Path | dict, overrides: list[str] | None = None) -
             presets = sorted(x.stem for x in PRESET_DIR.glob("*.yaml"))
             raise SpecError("spec", str(spec), f"a preset ({', '.join(presets)}) or an existing YAML file")
         try:
-            d = yaml.safe_load(p.read_text())
+            d = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise SpecError("spec", str(spec), "a UTF-8 text YAML file (this file is binary or in another encoding)") from None
         except yaml.YAMLError as e:
             raise SpecError("spec", str(spec), f"valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(d, dict):
+            what = "empty" if d is None else f"a YAML {type(d).__name__}"
+            raise SpecError("spec", str(spec), f"a YAML mapping with name and stages (the file is {what})")
     import copy
 
     d = copy.deepcopy(d)

@@ -297,13 +297,17 @@ def render_html(result: dict) -> str:
     return "\n".join(parts)
 
 
-def write_report(result: dict, out: str | Path) -> dict:
-    """Write ``out`` (.html) and the JSON summary beside it (same stem, .json); returns both paths."""
+def write_report(result: dict, out: str | Path, field: str = "--out") -> dict:
+    """Write ``out`` (.html) and the JSON summary beside it (same stem, .json) atomically, both or
+    neither; returns both paths. A write error is a SpecError naming ``field``."""
+    from simfoe.outputs import AtomicFiles
+
     p = Path(out)
-    p.parent.mkdir(parents=True, exist_ok=True)
     jp = p.with_suffix(".json")
     result.setdefault("caveats", caveats(result))
-    result["files"] = {"html": str(p), "json": str(jp)}
-    p.write_text(render_html(result), encoding="utf-8")
-    jp.write_text(json.dumps(_clean(result), indent=1) + "\n", encoding="utf-8")
-    return result["files"]
+    files = {"html": str(p), "json": str(jp)}
+    with AtomicFiles(field) as w:  # both files or neither; no temporary file left on failure
+        w.path(p).write_text(render_html({**result, "files": files}), encoding="utf-8")
+        w.path(jp).write_text(json.dumps(_clean({**result, "files": files}), indent=1) + "\n", encoding="utf-8")
+    result["files"] = files
+    return files

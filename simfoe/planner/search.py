@@ -21,7 +21,8 @@ For every candidate (``simfoe.planner.layouts``), cheapest checks first:
 
 Simulated candidates get a rate search with the serving simulator (fixed seed, ~``requests``
 requests per probe and at least ``probe_slo_multiple`` x the TTFT SLO of arrivals, so that a small
-overload has time to build a queue that breaks the SLO): probe the bound, halve until the SLOs hold, then bisect geometrically.
+overload has time to build a queue that breaks the SLO): probe half the bound, then the bound (if half
+passed) or halves until the SLOs hold, then bisect geometrically.
 A probe passes when every request completes, p90 TTFT <= ``slo_ttft_p90`` and p99 TBT <=
 ``slo_tbt_p99``. Iteration times are shared across a layout's probes (one interpolated cost
 table per ForwardModel). The token budget per iteration (chunked-prefill size) is chosen per
@@ -76,16 +77,25 @@ class PlanConfig:
     progress: object = None  # callable(str) for one line per layout, or None
 
     def check(self):
+        from simfoe.specs.routing import parse_routing
+
         for name in ("slo_ttft_p90", "slo_tbt_p99"):
             v = getattr(self, name)
             if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise SpecError(name.replace("_", "-"), v, "seconds > 0")
+                raise SpecError("--" + name.replace("_", "-"), v, "seconds > 0")
         if self.slo_ttft_p90 is None and self.slo_tbt_p99 is None:
-            raise SpecError("slo", None, "at least one of --slo-ttft-p90, --slo-tbt-p99 (seconds)")
+            raise SpecError("--slo-ttft-p90/--slo-tbt-p99", "neither given",
+                            "at least one of --slo-ttft-p90, --slo-tbt-p99 (seconds)")
         if not (isinstance(self.requests, int) and self.requests >= 20):
-            raise SpecError("requests", self.requests, "an integer >= 20 requests per probe")
+            raise SpecError("--requests", self.requests, "an integer >= 20 requests per probe")
         if not (isinstance(self.bisect_steps, int) and 0 <= self.bisect_steps <= 10):
-            raise SpecError("bisect_steps", self.bisect_steps, "an integer in 0..10")
+            raise SpecError("--bisect-steps", self.bisect_steps, "an integer in 0..10")
+        if not (isinstance(self.seed, int) and self.seed >= 0):
+            raise SpecError("--seed", self.seed, "an integer >= 0")
+        try:
+            parse_routing(self.routing)  # a bad --routing is an input error, not a rejected layout
+        except SpecError as e:
+            raise SpecError("--routing", self.routing, e.allowed) from None
 
 
 @dataclass
@@ -174,9 +184,9 @@ class Planner:
 
         cfg.check()
         if not (isinstance(max_nodes, int) and max_nodes >= 1):
-            raise SpecError("max-nodes", max_nodes, "an integer >= 1")
+            raise SpecError("--max-nodes", max_nodes, "an integer >= 1")
         if not hardware:
-            raise SpecError("hardware", hardware, "one or more hardware presets or YAML paths")
+            raise SpecError("--hardware", hardware, "one or more hardware presets or YAML paths")
         check_override_roots(list(cfg.overrides))
         self.model_name, self.max_nodes, self.cfg = str(model), max_nodes, cfg
         self.model = load_model(model, list(cfg.overrides))
@@ -184,14 +194,30 @@ class Planner:
         prices = dict(cfg.prices or {})
         for k, v in prices.items():
             if k not in self.hw:
-                raise SpecError("price", k, "a hardware name given in --hardware: " + ", ".join(self.hw))
-            if not (isinstance(v, (int, float)) and v > 0):
-                raise SpecError("price", v, "$ per GPU-hour > 0")
+                raise SpecError("--price", k, "a hardware name given in --hardware: " + ", ".join(self.hw))
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise SpecError("--price", v, "$ per GPU-hour > 0")
         self.prices = prices
+        self._check_routing_trace()
         self.rank_by = "dollar" if prices and all(h in prices for h in self.hw) else "gpu"
         self.stats = WorkloadStats.of(cfg.trace, cfg.seed)
         self.probes = 0
         self.forward_evals = 0
+
+    def _check_routing_trace(self) -> None:
+        """A ``trace:PATH`` routing is read once up front: a bad file is an input error (exit 2),
+        not a reason to reject every layout."""
+        from simfoe.specs.routing import parse_routing
+
+        spec = parse_routing(self.cfg.routing)
+        if spec.kind != "trace" or self.model.moe is None:
+            return
+        from simfoe.forward.routing import expert_probs
+
+        try:
+            expert_probs(spec, self.model.moe.n_experts, max(1, self.model.n_moe_layers), np.random.default_rng(0))
+        except SpecError as e:
+            raise SpecError("--routing", self.cfg.routing, e.allowed) from None
 
     # ---- per-candidate pieces ------------------------------------------------------------------
     def _forward(self, cand: Candidate, routing: str | None = None, extra: tuple[str, ...] = ()):

@@ -46,16 +46,22 @@ class ServingResult:
         """Output-token times (s) of request ``row``; needs ``token_times=True``."""
         return self.engine.store.token_times(row)
 
-    def write(self, out: str | Path) -> dict[str, str]:
-        """Write ``requests.parquet`` and ``summary.json`` into directory ``out``; returns the paths."""
-        d = Path(out)
-        d.mkdir(parents=True, exist_ok=True)
-        rec = d / "requests.parquet"
-        self.records.to_parquet(rec, index=False)
-        summ = d / "summary.json"
-        from simfoe.cli.common import _clean
+    def write(self, out: str | Path, files=None) -> dict[str, str]:
+        """Write ``requests.parquet`` and ``summary.json`` into directory ``out``; returns the paths.
 
-        summ.write_text(json.dumps(_clean(self.summary), indent=1) + "\n")
+        Both are written under temporary names and renamed together (no half-written folder); with
+        ``files`` (a :class:`simfoe.outputs.AtomicFiles` group) they are renamed when that group is."""
+        from simfoe.cli.common import _clean
+        from simfoe.outputs import AtomicFiles
+
+        if files is None:
+            with AtomicFiles("out") as group:
+                return self.write(out, group)
+        d = Path(out)
+        rec = d / "requests.parquet"
+        summ = d / "summary.json"
+        self.records.to_parquet(files.path(rec), index=False)
+        files.path(summ).write_text(json.dumps(_clean(self.summary), indent=1) + "\n")
         return {"records": str(rec), "summary": str(summ)}
 
 
@@ -193,7 +199,8 @@ def simulate_serving(model, hardware, nodes: int, arch: str, trace, rate: float 
                      scheduler: str = "chunked", arrival: str | None = None, block_size: int = 16,
                      cost: str = "auto", bucket_bits: int | None = None, horizon_s: float | None = None,
                      token_times: bool = False, progress: bool = False, skip_bad_rows: bool = False, step_model=None,
-                     kv_capacity_tokens: int | None = None, timeline: str | None = None) -> ServingResult:
+                     kv_capacity_tokens: int | None = None, timeline: str | None = None,
+                     record_timeline: bool = False) -> ServingResult:
     """Simulate serving ``trace`` (path or built-in name) on ``replicas`` instances of ``model`` on
     ``nodes`` nodes of ``hardware`` each, laid out as ``arch`` (moe | foe).
 
@@ -201,7 +208,8 @@ def simulate_serving(model, hardware, nodes: int, arch: str, trace, rate: float 
     ``routing`` is the expert-routing distribution, ``router`` the replica router. ``step_model``
     and ``kv_capacity_tokens`` replace the forward model (both or neither). ``cost``: how iteration
     times are cached (memo | interp | auto, see simfoe.serving.step_models.make_cost). ``timeline``: path of a
-    Chrome/Perfetto trace of every iteration (batch composition, KV use) to write."""
+    Chrome/Perfetto trace of every iteration (batch composition, KV use) to write; ``record_timeline``:
+    record those events without writing them (write later with :func:`write_serving_timeline`)."""
     from simfoe.workloads import make_workload
 
     _check_slo("slo_ttft", slo_ttft)
@@ -218,12 +226,10 @@ def simulate_serving(model, hardware, nodes: int, arch: str, trace, rate: float 
     res = simulate(reqs, step_model, kv_capacity_tokens, replicas=replicas, router=router, scheduler=scheduler,
                    max_batch=max_batch, token_budget=token_budget, block_size=block_size,
                    cost=cost, bucket_bits=bucket_bits, horizon_s=horizon_s, token_times=token_times,
-                   slo_ttft=slo_ttft, slo_tbt=slo_tbt, progress=progress, timeline=timeline is not None)
+                   slo_ttft=slo_ttft, slo_tbt=slo_tbt, progress=progress,
+                   timeline=timeline is not None or record_timeline)
     if timeline is not None:
-        from simfoe.timeline import write_timeline
-
-        write_timeline(timeline, res.engine.timeline,
-                       {0: f"serving iterations (one row per replica){' - truncated' if res.engine.timeline_truncated else ''}"})
+        write_serving_timeline(res, timeline)
     head = {
         "model": str(getattr(model, "name", model)),
         "hardware": str(getattr(hardware, "name", hardware)),
@@ -242,15 +248,30 @@ def simulate_serving(model, hardware, nodes: int, arch: str, trace, rate: float 
     return res
 
 
+def write_serving_timeline(res: ServingResult, path: str | Path) -> None:
+    """Write the iteration events ``res`` recorded (``timeline``/``record_timeline``) as a Chrome trace."""
+    from simfoe.timeline import write_timeline
+
+    write_timeline(path, res.engine.timeline,
+                   {0: f"serving iterations (one row per replica){' - truncated' if res.engine.timeline_truncated else ''}"})
+
+
 def run_serve(model, hardware, nodes: int, arch: str, trace, rate: float | None = None,
               duration: float | None = None, replicas: int = 1, routing: str = "uniform", overrides=(),
               seed: int = 0, slo_ttft: float | None = None, slo_tbt: float | None = None,
               max_batch: int = 256, token_budget: int = 8192, progress: bool = False, out=None, **kw) -> dict:
     """The JSON summary of ``simfoe serve`` (keys in DESIGN.md plus more); writes ``requests.parquet``
     and ``summary.json`` under ``out`` when given."""
+    from simfoe.outputs import AtomicFiles
+
+    timeline = kw.pop("timeline", None)
     res = simulate_serving(model, hardware, nodes, arch, trace, rate=rate, duration=duration, replicas=replicas,
                            routing=routing, overrides=overrides, seed=seed, slo_ttft=slo_ttft, slo_tbt=slo_tbt,
-                           max_batch=max_batch, token_budget=token_budget, progress=progress, **kw)
-    if out is not None:
-        res.summary["files"] = res.write(out)
+                           max_batch=max_batch, token_budget=token_budget, progress=progress,
+                           record_timeline=timeline is not None, **kw)
+    with AtomicFiles("out") as w:  # all files or none
+        if timeline is not None:
+            write_serving_timeline(res, w.path(timeline, "timeline"))
+        if out is not None:
+            res.summary["files"] = res.write(out, w)
     return res.summary

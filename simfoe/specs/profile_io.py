@@ -48,9 +48,16 @@ def update_profile(name_or_path: str | Path, section: str, values: Any, provenan
             validate_spec(HardwareSpec, data, "hardware")
             body = yaml.safe_dump(data, sort_keys=False, width=200)
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
-                f.write(header + body)
-            os.replace(tmp, path)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(header + body)
+                mask = os.umask(0o022)
+                os.umask(mask)
+                os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; a profile is an ordinary file
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
         finally:
             fcntl.flock(lf, fcntl.LOCK_UN)
     try:

@@ -31,13 +31,17 @@ def _plt():
 
 
 def _save(fig, d: Path, name: str, formats: Iterable[str]) -> list[Path]:
-    d.mkdir(parents=True, exist_ok=True)
+    from simfoe.outputs import AtomicFiles
+
     out = []
-    for fmt in formats:
-        p = d / f"{name}.{fmt}"
-        fig.savefig(p, dpi=130, bbox_inches="tight")
-        out.append(p)
-    _plt().close(fig)
+    try:
+        with AtomicFiles("--out") as w:  # every format of the figure, or none; no temporary file left
+            for fmt in formats:
+                p = d / f"{name}.{fmt}"
+                fig.savefig(w.path(p), dpi=130, bbox_inches="tight", format=fmt)
+                out.append(p)
+    finally:
+        _plt().close(fig)
     return out
 
 

@@ -95,5 +95,7 @@ def write_summary(df: pd.DataFrame, out: str | Path, spec_name: str = "sweep", r
         lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
     path = out / "summary.md"
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
+    from simfoe.outputs import write_text
+
+    write_text(path, "\n".join(lines), field="--out")
     return path

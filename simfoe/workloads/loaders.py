@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from simfoe.errors import SpecError
+from simfoe.errors import SpecError, plain
 from simfoe.workloads.requests import RequestTable
 
 FORMATS = ("simfoe", "azure", "mooncake", "burstgpt", "lengths")
@@ -200,7 +200,7 @@ def _load_csv(path: Path, fmt: str, skip_bad_rows: bool) -> RequestTable:
             col = next(c for c, (_, b) in checks.items() if b[i])
             line = int(lines[i]) if lines[i] > 0 else None
             hint = " (BurstGPT logs failed requests with 0 response tokens)" if col == "Response tokens" else ""
-            raise TraceRowError(path, line, f"column {col!r} has {df[col].iloc[i]!r}, expected {_EXPECT[col]}{hint}")
+            raise TraceRowError(path, line, f"column {col!r} has {plain(df[col].iloc[i])!r}, expected {_EXPECT[col]}{hint}")
         skipped = sorted(skipped + [int(x) for x in lines[bad]])
     keep = ~bad
     request_id = checks["request_id"][0] if "request_id" in checks else np.arange(len(df), dtype=np.int64)

@@ -98,6 +98,8 @@ def make_workload(
 
     if kind == "trace":
         if not src.has_arrivals:
+            if arrival is not None:  # asked to replay timestamps the trace does not have
+                raise SpecError("arrival", arrival, f"poisson or gamma:CV: trace {str(trace)!r} has no timestamps to replay")
             raise SpecError("rate", rate, f"a rate in requests/s: trace {str(trace)!r} has no timestamps")
         t = src
         if lengths == "lognormal":
