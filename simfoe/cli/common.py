@@ -235,3 +235,17 @@ def routing_path(routing) -> str | None:
     """The file of a ``trace:PATH`` routing spec, else None."""
     s = str(routing or "")
     return s[len("trace:"):] if s.startswith("trace:") else None
+
+
+def check_finite_result(value, args, what: str, caught: list) -> None:
+    """Raise a one-line SpecError (blaming --set, else --model) unless ``value`` (a simulated time) is a
+    finite number; otherwise pass on the ``caught`` warnings that were held back until it was known valid."""
+    import warnings
+
+    from simfoe.errors import SpecError
+
+    if not (isinstance(value, (int, float)) and math.isfinite(value)):
+        raise SpecError("--set" if args.overrides else "--model", " ".join(args.overrides) or args.model,
+                        f"inputs whose {what} (it overflowed; check --set values such as peak_flops or bandwidths)")
+    for m in caught:
+        warnings.showwarning(m.message, m.category, m.filename, m.lineno)

@@ -35,12 +35,11 @@ def register(sub) -> None:
 
 
 def run(args) -> dict:
-    import math
     import warnings
 
     from simfoe.api import forward
-    from simfoe.cli.common import (MAX_TOKENS, check_overrides_finite, check_seed, placement_conflicts,
-                                   routing_path)
+    from simfoe.cli.common import (MAX_TOKENS, check_finite_result, check_overrides_finite, check_seed,
+                                   placement_conflicts, routing_path)
     from simfoe.errors import SpecError
     from simfoe.outputs import AtomicFiles, check_file
     from simfoe.specs.io import check_override_roots
@@ -71,13 +70,7 @@ def run(args) -> dict:
         with warnings.catch_warnings(record=True) as caught:  # held back until the result is known valid
             r = forward(args.model, args.hardware, nodes, arch, args.phase, args.batch, args.seq_len,
                         args.routing, args.overrides, args.seed, args.per_layer, tl)
-        lat = r.get("latency_s")
-        if not (isinstance(lat, (int, float)) and math.isfinite(lat)):
-            raise SpecError("--set" if args.overrides else "--model", " ".join(args.overrides) or args.model,
-                            "inputs whose simulated latency is a finite number (it overflowed; check "
-                            "--set values such as peak_flops or bandwidths)")
-    for m in caught:  # a valid result: pass on any warnings as usual
-        warnings.showwarning(m.message, m.category, m.filename, m.lineno)
+        check_finite_result(r.get("latency_s"), args, "simulated latency is a finite number", caught)
     mem = r.get("memory")
     if mem and not mem["fits"]:
         import sys

@@ -63,11 +63,10 @@ FLAGS = {"rate": "--rate", "duration": "--duration", "trace": "--trace", "arriva
 
 
 def run(args) -> dict:
-    import math
     import warnings
 
-    from simfoe.cli.common import (check_overrides_finite, check_seed, check_text_file, placement_conflicts,
-                                   renamed_fields, routing_path)
+    from simfoe.cli.common import (check_finite_result, check_overrides_finite, check_seed, check_text_file,
+                                   placement_conflicts, renamed_fields, routing_path)
     from simfoe.specs.io import check_override_roots
     from simfoe.errors import SpecError
     from simfoe.outputs import AtomicFiles, check_dir, check_file
@@ -108,12 +107,7 @@ def run(args) -> dict:
                                 f"at most the KV cache of one replica, {cap} tokens") from None
             raise
     sim_s = (res.summary.get("sim") or {}).get("simulated_s")
-    if not (isinstance(sim_s, (int, float)) and math.isfinite(sim_s)):
-        raise SpecError("--set" if args.overrides else "--model", " ".join(args.overrides) or args.model,
-                        "inputs whose simulated iteration times are finite numbers (they overflowed; check "
-                        "--set values such as peak_flops or bandwidths)")
-    for m in caught:  # a valid result: pass on any warnings as usual
-        warnings.showwarning(m.message, m.category, m.filename, m.lineno)
+    check_finite_result(sim_s, args, "simulated iteration times are finite numbers", caught)
     # every output is written under a temporary name first and renamed only when all are written
     with AtomicFiles("--out") as w:
         if args.timeline is not None:
