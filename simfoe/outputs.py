@@ -13,6 +13,7 @@ Files get the mode an ordinary ``open(path, "w")`` would give: ``0o666 & ~umask`
 from __future__ import annotations
 
 import errno
+import math
 import os
 import secrets
 import tempfile
@@ -22,6 +23,21 @@ from simfoe.errors import SpecError
 
 FILE_ALLOWED = "a file path whose folder is writable or can be created"
 DIR_ALLOWED = "a writable folder, or one that can be created"
+
+
+def json_safe(obj):
+    """A result made JSON-safe: numpy scalars to Python numbers, NaN/inf to None, keys to strings."""
+    import numpy as np  # here, not at import: `simfoe --help` stays light
+
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def _umask() -> int:

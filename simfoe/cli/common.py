@@ -173,21 +173,7 @@ def add_set_flag(p: argparse.ArgumentParser, help: str | None = None) -> None:
     )
 
 
-def _clean(obj: Any) -> Any:
-    """Make a result JSON-safe: numpy scalars to Python, NaN/inf to None."""
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover
-        np = None
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if np is not None and isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
+from simfoe.outputs import json_safe as _clean  # noqa: E402 (one JSON-safe conversion for every writer)
 
 
 def print_json(result: dict) -> None:

@@ -14,7 +14,8 @@ import json
 import re
 from pathlib import Path
 
-from simfoe.cli.common import _clean, fmt_bytes, fmt_time
+from simfoe.cli.common import fmt_bytes, fmt_time
+from simfoe.outputs import json_safe
 
 _ERR = re.compile(r"(MAPE|error|err\b|within|deviat)", re.I)
 _PCT = re.compile(r"\d+(\.\d+)?\s*%")
@@ -308,6 +309,6 @@ def write_report(result: dict, out: str | Path, field: str = "--out") -> dict:
     files = {"html": str(p), "json": str(jp)}
     with AtomicFiles(field) as w:  # both files or neither; no temporary file left on failure
         w.path(p).write_text(render_html({**result, "files": files}), encoding="utf-8")
-        w.path(jp).write_text(json.dumps(_clean({**result, "files": files}), indent=1) + "\n", encoding="utf-8")
+        w.path(jp).write_text(json.dumps(json_safe({**result, "files": files}), indent=1) + "\n", encoding="utf-8")
     result["files"] = files
     return files

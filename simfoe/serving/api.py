@@ -51,8 +51,7 @@ class ServingResult:
 
         Both are written under temporary names and renamed together (no half-written folder); with
         ``files`` (a :class:`simfoe.outputs.AtomicFiles` group) they are renamed when that group is."""
-        from simfoe.cli.common import _clean
-        from simfoe.outputs import AtomicFiles
+        from simfoe.outputs import AtomicFiles, json_safe
 
         if files is None:
             with AtomicFiles("out") as group:
@@ -61,7 +60,7 @@ class ServingResult:
         rec = d / "requests.parquet"
         summ = d / "summary.json"
         self.records.to_parquet(files.path(rec), index=False)
-        files.path(summ).write_text(json.dumps(_clean(self.summary), indent=1) + "\n")
+        files.path(summ).write_text(json.dumps(json_safe(self.summary), indent=1) + "\n")
         return {"records": str(rec), "summary": str(summ)}
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from simfoe.outputs import file_mode
 from simfoe.specs.base import validate_spec
 from simfoe.specs.hardware import HardwareSpec
 
@@ -51,9 +52,7 @@ def update_profile(name_or_path: str | Path, section: str, values: Any, provenan
             try:
                 with os.fdopen(fd, "w") as f:
                     f.write(header + body)
-                mask = os.umask(0o022)
-                os.umask(mask)
-                os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; a profile is an ordinary file
+                os.chmod(tmp, file_mode())  # mkstemp makes 0600; a profile is an ordinary file
                 os.replace(tmp, path)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)

@@ -94,8 +94,7 @@ def write_summary(df: pd.DataFrame, out: str | Path, spec_name: str = "sweep", r
     if plots:
         lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
     path = out / "summary.md"
-    out.mkdir(parents=True, exist_ok=True)
-    from simfoe.outputs import write_text
+    from simfoe.outputs import write_text  # makes the folder when missing
 
     write_text(path, "\n".join(lines), field="--out")
     return path
