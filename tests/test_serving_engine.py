@@ -173,6 +173,27 @@ def test_gap_histogram_quantiles():
     assert h.stats()["mean"] == pytest.approx(x.mean(), rel=1e-12)
 
 
+@settings(max_examples=40, deadline=None)
+@given(sizes=hs.lists(hs.integers(0, 700), min_size=1, max_size=30), seed=hs.integers(0, 2**16))
+def test_gap_histogram_buffering_is_exact(sizes, seed):
+    """Buffered binning (small buffer, chunks crossing it and larger than it) == binning all at once."""
+    rng = np.random.default_rng(seed)
+    chunks = [rng.lognormal(np.log(0.01), 2.0, n) for n in sizes]
+    h = GapHistogram()
+    h.BUFFER = 256
+    h._buf = np.empty(h.BUFFER)
+    for c in chunks:
+        h.add(c)
+    ref = GapHistogram()
+    ref._bin(np.concatenate(chunks))
+    assert np.array_equal(h.counts, ref.counts)
+    assert h.n == ref.n == sum(sizes)
+    if h.n:
+        assert h.stats()["max"] == ref.stats()["max"] and h.quantile(0) == ref.quantile(0)  # exact min
+        assert h.stats()["mean"] == pytest.approx(ref.stats()["mean"], rel=1e-12)
+        assert h.quantile(0.9) == pytest.approx(ref.quantile(0.9), rel=1e-12)
+
+
 @given(x=hs.floats(0, 1e12), bits=hs.integers(2, 12))
 def test_bucket_up(x, bits):
     b = bucket_up(x, bits)

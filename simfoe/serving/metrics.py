@@ -24,59 +24,87 @@ class GapHistogram:
 
     Percentiles interpolate geometrically inside a bin (relative error < 10**(1/per_decade) - 1,
     about 1.2% at 200 per decade) and are clamped to the exact min and max; the mean is exact.
+    Gaps are buffered and binned ``BUFFER`` at a time: one numpy pass per batch of iterations
+    instead of one per iteration (the counts are the same; read them through the methods).
     """
 
     LO, HI = 1e-6, 1e4
+    BUFFER = 1 << 16
 
     def __init__(self, per_decade: int = 200):
         self.per_decade = per_decade
         self.nbins = int(round(np.log10(self.HI / self.LO) * per_decade))
-        self.counts = np.zeros(self.nbins + 2, dtype=np.int64)  # [under, bins..., over]
+        self._counts = np.zeros(self.nbins + 2, dtype=np.int64)  # [under, bins..., over]
         self._scale = per_decade / np.log(10.0)
-        self.n = 0
-        self.total = 0.0
-        self.min = np.inf
-        self.max = -np.inf
+        self._buf = np.empty(self.BUFFER)
+        self._fill = 0
+        self._n = 0
+        self._total = 0.0
+        self._min = np.inf
+        self._max = -np.inf
 
     def add(self, gaps: np.ndarray) -> None:
+        k = len(gaps)
+        f = self._fill
+        if f + k > self.BUFFER:
+            self._flush()
+            f = 0
+            if k > self.BUFFER:
+                self._bin(np.asarray(gaps, dtype=np.float64))
+                return
+        self._buf[f:f + k] = gaps
+        self._fill = f + k
+
+    def _flush(self) -> None:
+        if self._fill:
+            self._bin(self._buf[:self._fill])
+            self._fill = 0
+
+    def _bin(self, gaps: np.ndarray) -> None:
         if not len(gaps):
             return
         idx = np.floor(np.log(np.maximum(gaps, 1e-300) / self.LO) * self._scale).astype(np.int64) + 1
         np.clip(idx, 0, self.nbins + 1, out=idx)
-        if len(idx) == 1 or idx[0] == idx[-1] and (idx == idx[0]).all():
-            self.counts[idx[0]] += len(idx)
-        else:
-            np.add.at(self.counts, idx, 1)
-        self.n += len(gaps)
-        self.total += float(gaps.sum())
-        lo, hi = float(gaps.min()), float(gaps.max())
-        if lo < self.min:
-            self.min = lo
-        if hi > self.max:
-            self.max = hi
+        self._counts += np.bincount(idx, minlength=self.nbins + 2)
+        self._n += len(gaps)
+        self._total += float(gaps.sum())
+        self._min = min(self._min, float(gaps.min()))
+        self._max = max(self._max, float(gaps.max()))
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Gaps per bin: [below LO, bins..., above HI]."""
+        self._flush()
+        return self._counts
+
+    @property
+    def n(self) -> int:
+        self._flush()
+        return self._n
 
     def quantile(self, q: float) -> float:
         if self.n == 0:
             return float("nan")
-        target = q * self.n
-        cum = np.cumsum(self.counts)
+        counts = self._counts
+        target = q * self._n
+        cum = np.cumsum(counts)
         i = int(np.searchsorted(cum, target, side="left"))
         i = min(i, len(cum) - 1)
         before = cum[i - 1] if i > 0 else 0
-        frac = (target - before) / max(self.counts[i], 1)
+        frac = (target - before) / max(counts[i], 1)
         if i == 0:
             v = self.LO
         elif i == self.nbins + 1:
             v = self.HI
         else:
             v = self.LO * 10 ** ((i - 1 + min(max(frac, 0.0), 1.0)) / self.per_decade)
-        return float(min(max(v, self.min), self.max))
+        return float(min(max(v, self._min), self._max))
 
     def stats(self) -> dict:
         if self.n == 0:
             return {"mean": None, "p50": None, "p90": None, "p99": None, "count": 0}
-        return {"mean": self.total / self.n, "p50": self.quantile(0.5), "p90": self.quantile(0.9),
-                "p99": self.quantile(0.99), "count": self.n, "max": self.max}
+        return {"mean": self._total / self._n, "p50": self.quantile(0.5), "p90": self.quantile(0.9),
+                "p99": self.quantile(0.99), "count": self._n, "max": self._max}
 
 
 class RequestStore:

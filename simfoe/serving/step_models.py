@@ -158,6 +158,7 @@ class InterpCost:
         self.model = model
         self.bits = int(bits)
         self.table: dict[tuple, float] = {}
+        self._cells: dict[tuple, tuple] = {}
         self.misses = 0
         self.calls = 0
 
@@ -173,22 +174,28 @@ class InterpCost:
             self.misses += 1
         return t
 
+    def _cell(self, x0: int, x1: int, y0: int, y1: int, prefill: bool) -> tuple:
+        """Corner values (f00, f01, f10, f11) of one grid cell, evaluated once per cell."""
+        key = (prefill, x0, x1, y0, y1)
+        c = self._cells.get(key)
+        if c is None:
+            f = (lambda xx, yy: self._node(xx, yy, 0, 0)) if prefill else (lambda xx, yy: self._node(0, 0, xx, yy))
+            f00 = f(x0, y0)
+            f01 = f(x0, y1) if y1 != y0 else f00
+            f10 = f(x1, y0) if x1 != x0 else f00
+            f11 = f(x1, y1) if (x1 != x0 and y1 != y0) else (f01 if x1 == x0 else f10)
+            c = self._cells[key] = (f00, f01, f10, f11)
+        return c
+
     def _bilinear(self, x: float, y: float, prefill: bool) -> float:
         b = self.bits
         x0, x1 = bucket_down(x, b), bucket_up(x, b)
         y0, y1 = bucket_down(y, b), bucket_up(y, b)
-        if prefill:
-            f = lambda xx, yy: self._node(xx, yy, 0, 0)  # noqa: E731
-        else:
-            f = lambda xx, yy: self._node(0, 0, xx, yy)  # noqa: E731
-        f00 = f(x0, y0)
+        f00, f01, f10, f11 = self._cell(x0, x1, y0, y1, prefill)
         if x1 == x0 and y1 == y0:
             return f00
         wx = (x - x0) / (x1 - x0) if x1 != x0 else 0.0
         wy = (y - y0) / (y1 - y0) if y1 != y0 else 0.0
-        f01 = f(x0, y1) if y1 != y0 else f00
-        f10 = f(x1, y0) if x1 != x0 else f00
-        f11 = f(x1, y1) if (x1 != x0 and y1 != y0) else (f01 if x1 == x0 else f10)
         return (f00 * (1 - wx) + f10 * wx) * (1 - wy) + (f01 * (1 - wx) + f11 * wx) * wy
 
     def __call__(self, prefill_tokens: int, attn_pairs: float, decode_seqs: int, kv_tokens: int) -> float:
