@@ -7,6 +7,7 @@
   removed and nothing is left half-written. A write error (``OSError``) becomes a ``SpecError``
   naming the flag and the path.
 * :func:`write_text` - one text file, atomically.
+* :func:`fmt_time` / :func:`fmt_bytes` - human-readable seconds and bytes for reports and tables.
 
 Files get the mode an ordinary ``open(path, "w")`` would give: ``0o666 & ~umask``.
 """
@@ -216,3 +217,26 @@ def write_text(path, text: str, field: str = "output", encoding: str = "utf-8") 
     with AtomicFiles(field) as w:
         w.path(path).write_text(text, encoding=encoding)
     return Path(path)
+
+
+def fmt_time(seconds: float | None) -> str:
+    """Human-readable duration."""
+    if seconds is None or (isinstance(seconds, float) and not math.isfinite(seconds)):
+        return "-"
+    s = float(seconds)
+    if s >= 1:
+        return f"{s:.3f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.3f} ms"
+    return f"{s * 1e6:.1f} us"
+
+
+def fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n:.0f} B"
+        n /= 1000
+    return f"{n:.1f} TB"

@@ -180,29 +180,6 @@ def print_json(result: dict) -> None:
     sys.stdout.write(json.dumps(_clean(result), indent=None, sort_keys=False) + "\n")
 
 
-def fmt_time(seconds: float | None) -> str:
-    """Human-readable duration."""
-    if seconds is None or (isinstance(seconds, float) and not math.isfinite(seconds)):
-        return "-"
-    s = float(seconds)
-    if s >= 1:
-        return f"{s:.3f} s"
-    if s >= 1e-3:
-        return f"{s * 1e3:.3f} ms"
-    return f"{s * 1e6:.1f} us"
-
-
-def fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    n = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n:.0f} B"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
 def table(rows: list[list[Any]], header: list[str] | None = None) -> str:
     """Plain aligned text table."""
     cells = [[str(c) for c in r] for r in ([header] if header else []) + rows]

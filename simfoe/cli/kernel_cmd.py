@@ -12,7 +12,8 @@ Fields per op (flags, or CSV columns of the same name without dashes and with _ 
 """
 from __future__ import annotations
 
-from simfoe.cli.common import add_json_flag, add_set_flag, fmt_bytes, fmt_time, table
+from simfoe.cli.common import add_json_flag, add_set_flag, table
+from simfoe.outputs import fmt_bytes, fmt_time
 from simfoe.paths import hardware_presets
 
 OPS = ("gemm", "grouped_gemm", "attention_prefill", "attention_decode", "elementwise")

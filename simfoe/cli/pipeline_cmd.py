@@ -5,7 +5,8 @@ Curves:    simfoe pipeline --spec factool --compare stream,batch --rates 1:30:1 
 """
 from __future__ import annotations
 
-from simfoe.cli.common import add_json_flag, fmt_time, table
+from simfoe.cli.common import add_json_flag, table
+from simfoe.outputs import fmt_time
 
 ROUTINGS = ("round-robin", "hash-all", "aggregation-aware", "least-loaded", "prompt-aware")
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import sys
 
-from simfoe.cli.common import add_json_flag, add_set_flag, fmt_time, table
+from simfoe.cli.common import add_json_flag, add_set_flag, table
+from simfoe.outputs import fmt_time
 
 
 def register(subparsers) -> None:

@@ -7,7 +7,8 @@
 """
 from __future__ import annotations
 
-from simfoe.cli.common import add_json_flag, fmt_time
+from simfoe.cli.common import add_json_flag
+from simfoe.outputs import fmt_time
 
 
 def register(subparsers) -> None:

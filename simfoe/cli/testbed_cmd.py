@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-from simfoe.cli.common import add_json_flag, fmt_time
+from simfoe.cli.common import add_json_flag
+from simfoe.outputs import fmt_time
 
 
 def register(subparsers) -> None:

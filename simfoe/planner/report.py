@@ -14,7 +14,7 @@ import json
 import re
 from pathlib import Path
 
-from simfoe.cli.common import fmt_bytes, fmt_time
+from simfoe.outputs import fmt_bytes, fmt_time
 from simfoe.outputs import json_safe
 
 _ERR = re.compile(r"(MAPE|error|err\b|within|deviat)", re.I)

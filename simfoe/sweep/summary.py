@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from simfoe.cli.common import fmt_time
+from simfoe.outputs import fmt_time
 
 
 def _inputs(ok: pd.DataFrame) -> list[str]:
