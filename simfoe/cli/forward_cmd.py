@@ -1,14 +1,16 @@
 """`simfoe forward`: one forward pass of a model placed on a cluster."""
 from __future__ import annotations
 
-from simfoe.cli.common import add_json_flag, add_set_flag, check_text_file, fmt_bytes, fmt_time, table
+from simfoe.cli.common import add_json_flag, add_set_flag, check_text_file, table
+from simfoe.outputs import fmt_bytes, fmt_time
 from simfoe.paths import hardware_presets
 
 HELP = """Simulate one forward pass (prefill: BATCH prompts of SEQ_LEN tokens; decode: BATCH sequences
 generating one token each with SEQ_LEN tokens of context) of one model instance spread over NODES
 nodes, as MoE expert parallelism or the Federation-of-Experts layout. Reports the critical-path
 time per phase, bytes moved over NVLink (intra_node) and the network (inter_node), and the local
-activation rate. Example:
+activation rate. --set placement.overlap=two-batch splits the pass into two micro-batches whose
+communication overlaps the other's compute (DeepSeek/SGLang two-batch overlap). Example:
   simfoe forward --model mixtral-8x7b --hardware h100-sxm --nodes 2 --arch foe --phase prefill --batch 8 --seq-len 4096
 """
 
@@ -85,7 +87,9 @@ def run(args) -> dict:
 def render(r: dict) -> str:
     total = r["latency_s"]
     rows = [[k, fmt_time(v), f"{100 * v / total:.1f}%" if total else "-"] for k, v in r["breakdown_s"].items() if v > 0]
-    out = [f"latency: {fmt_time(total)} on {r['gpus']} GPUs", "", table(rows, ["phase", "time", "share"]), ""]
+    mb = ("; two micro-batches overlapped (communication rows: the exposed part)"
+          if r.get("micro_batches", 1) > 1 else "")
+    out = [f"latency: {fmt_time(total)} on {r['gpus']} GPUs{mb}", "", table(rows, ["phase", "time", "share"]), ""]
     crow = [[k, fmt_bytes(v["intra_node"]), fmt_bytes(v["inter_node"])] for k, v in r["comm_bytes"].items()]
     out.append(table(crow, ["bytes moved", "NVLink (intra-node)", "network (inter-node)"]))
     lar = r.get("local_activation_rate")

@@ -217,13 +217,16 @@ def _groups(G: int, size: int) -> list[np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------------- MoE
-def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work, probs: np.ndarray | None,
+def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work | list[Work], probs: np.ndarray | None,
               rng: np.random.Generator, dense: bool) -> LayerPlan:
-    """Program of one MoE (or, with ``dense``, dense-FFN) layer under the expert-parallel baseline."""
+    """Program of one MoE (or, with ``dense``, dense-FFN) layer under the expert-parallel baseline.
+    ``work``: the pass, split here over the data-parallel groups, or already one Work per group."""
     G, t, h, b = L.gpus, L.attention_tp, model.hidden, model.act_bytes
     a = model.attention
     n_groups = G // t
-    per_group = work.split(n_groups)
+    per_group = list(work) if isinstance(work, list) else work.split(n_groups)
+    if len(per_group) != n_groups:
+        raise ValueError(f"moe_layer: {len(per_group)} group shares for {n_groups} data-parallel groups")
     steps: list = []
     if L.attention == "tp":
         heads, kvh = a.n_heads / t, (a.n_kv_heads or 1) / t

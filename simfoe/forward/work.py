@@ -58,6 +58,29 @@ class Work:
         return out
 
 
+    def halves(self) -> tuple["Work", "Work"]:
+        """Two micro-batches for two-batch overlap: sequences split evenly; a lone prefill chunk is
+        split by tokens (first half, then the second half attending to the first), its causal pairs
+        recomputed for each half. Either half may be empty (no tokens) when there is too little work."""
+        ds = _even(self.decode_seqs, 2)
+        fd = ds / self.decode_seqs if self.decode_seqs else np.zeros(2)
+        dec = [(int(ds[i]), int(round(self.decode_kv_tokens * fd[i]))) for i in range(2)]
+        n = self.prefill_tokens
+        if self.prefill_seqs >= 2:
+            ps = _even(self.prefill_seqs, 2)
+            fp = ps / self.prefill_seqs
+            tok = [int(round(n * fp[0])), n - int(round(n * fp[0]))]
+            pre = [(tok[i], float(self.prefill_pairs * fp[i]), int(ps[i])) for i in range(2)]
+        elif n:
+            # one chunk of n new tokens after `past` cached ones: pairs = n (past + (n + 1) / 2)
+            past = max(self.prefill_pairs / n - (n + 1) / 2.0, 0.0)
+            a, b = n // 2, n - n // 2
+            pre = [(a, a * (past + (a + 1) / 2.0), 1 if a else 0), (b, b * (past + a + (b + 1) / 2.0), 1)]
+        else:
+            pre = [(0, 0.0, 0), (0, 0.0, 0)]
+        return tuple(Work(pre[i][0], pre[i][1], pre[i][2], dec[i][0], dec[i][1]) for i in range(2))
+
+
 def _even(n: int, parts: int) -> np.ndarray:
     base = np.full(parts, n // parts, dtype=np.int64)
     base[: n % parts] += 1

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, field_validator
 
 from simfoe.errors import SpecError
 from simfoe.specs.base import Spec
@@ -43,6 +43,14 @@ class FoEPlacement(Spec):
 class PlacementSpec(Spec):
     arch: Literal["moe", "foe"] = "moe"
     nodes: PositiveInt = 1
+    overlap: Literal["none", "two-batch"] = Field(
+        "none", description="two-batch: split each pass into two micro-batches whose communication overlaps "
+        "the other's compute (DeepSeek/SGLang two-batch overlap); none: one batch, communication exposed")
+
+    @field_validator("overlap", mode="before")
+    @classmethod
+    def _none_is_a_name(cls, v):
+        return "none" if v is None else v  # YAML and --set read a bare `none` as null
     moe: MoEPlacement = Field(default_factory=MoEPlacement)
     foe: FoEPlacement = Field(default_factory=FoEPlacement)
 

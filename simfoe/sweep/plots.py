@@ -15,6 +15,8 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from simfoe.sweep.scenarios import FORWARD_METRICS as FWD_METRICS  # result keys, not inputs
+
 MAX_FIGS = 12  # per plot type; further combinations are skipped
 COMM_PAT = re.compile(r"all_to_all|alltoall|all_reduce|allreduce|a2a|dispatch|combine|comm|all_gather|"
                       r"reduce_scatter|send|recv|network|nvlink|collective", re.I)
@@ -79,9 +81,6 @@ def _ms(x):
 
 
 # ---- forward ------------------------------------------------------------------------------------
-
-FWD_METRICS = ("latency_s", "gpus", "breakdown_s", "comm_bytes", "local_activation_rate", "memory")
-
 
 def _phases(df):
     return sorted(df["phase"].dropna().unique()) if "phase" in df else [None]

@@ -209,9 +209,11 @@ def run_pipeline(spec: str, mode: str = "stream", rate: float = 1.0, duration: f
 
 
 # Built-in kinds. Known metric names follow the public contract in DESIGN.md.
+FORWARD_METRICS = ("latency_s", "gpus", "breakdown_s", "comm_bytes", "local_activation_rate", "memory",
+                   "micro_batches")
 register(ScenarioKind(
     "forward", "simfoe.api:forward",
-    metrics=("latency_s", "gpus", "breakdown_s", "comm_bytes", "local_activation_rate", "memory"),
+    metrics=FORWARD_METRICS,
     override_roots=("hardware", "model", "placement"), check=check_model_options, builtin=True))
 register(ScenarioKind(
     "serve", "simfoe.serving.api:run_serve",

@@ -1,0 +1,140 @@
+"""Two-batch overlap (placement.overlap=two-batch): micro-batch split, hand-timed programs, forward passes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
+
+from simfoe.api import forward
+from simfoe.forward.plan import Collective, Compute
+from simfoe.forward.simulate import run_programs
+from simfoe.forward.work import Work
+from simfoe.specs.io import build_placement, load_hardware
+
+HW = load_hardware("h100-sxm")
+G = HW.node.gpus_per_node
+
+
+def _wait(seconds):
+    def fn(net, gi, group):
+        yield net.env.timeout(seconds)
+    return fn
+
+
+def _program(comm_s: float, a_s: float = 1.0, b_s: float = 1.0):
+    everyone = [np.arange(G)]
+    return [Compute("attention", np.full(G, a_s)), Collective("dispatch", everyone, _wait(comm_s)),
+            Compute("experts", np.full(G, b_s))]
+
+
+def test_one_program_runs_in_order():
+    lat, bd, _ = run_programs(HW, 1, [_program(0.5)])
+    assert lat == pytest.approx(2.5)
+    assert bd["attention"] == pytest.approx(1.0) and bd["dispatch"] == pytest.approx(0.5)
+    assert bd["experts"] == pytest.approx(1.0)
+
+
+def test_two_programs_hide_a_short_collective():
+    # mb0 A 0-1, mb1 A 1-2 (mb0's collective 1-1.5 hidden), mb0 B 2-3, mb1 B 3-4 (its collective 2-2.5)
+    lat, bd, _ = run_programs(HW, 1, [_program(0.5), _program(0.5)])
+    assert lat == pytest.approx(4.0)
+    assert bd["attention"] == pytest.approx(2.0) and bd["experts"] == pytest.approx(2.0)
+    assert bd["dispatch"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_two_programs_expose_a_long_collective():
+    # mb0 A 0-1, collective 1-2.5; mb1 A 1-2, collective 2-3.5; mb0 B 2.5-3.5; mb1 B 3.5-4.5
+    lat, bd, _ = run_programs(HW, 1, [_program(1.5), _program(1.5)])
+    assert lat == pytest.approx(4.5)
+    assert bd["dispatch"] == pytest.approx(0.5)  # the exposed part
+    assert sum(bd.values()) == pytest.approx(lat)
+    # back to back the same two micro-batches take 2 x 3.5 s
+    assert lat < 2 * run_programs(HW, 1, [_program(1.5)])[0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(pf=hs.integers(0, 64), plen=hs.integers(1, 4096), past=hs.integers(0, 4096),
+       ds=hs.integers(0, 300), ctx=hs.integers(1, 8192))
+def test_halves_conserve_the_work(pf, plen, past, ds, ctx):
+    n = pf * plen
+    pairs = pf * plen * (past + (plen + 1) / 2.0)
+    w = Work(n, pairs, pf, ds, ds * ctx)
+    a, b = w.halves()
+    assert a.prefill_tokens + b.prefill_tokens == n
+    assert a.prefill_pairs + b.prefill_pairs == pytest.approx(pairs, rel=1e-9, abs=1e-6)
+    assert a.decode_seqs + b.decode_seqs == ds and abs(a.decode_seqs - b.decode_seqs) <= 1
+    assert a.decode_kv_tokens + b.decode_kv_tokens == ds * ctx
+    assert abs(a.prefill_tokens - b.prefill_tokens) <= max(plen, 1)
+    if pf == 1 and plen > 1:  # one prompt split by tokens: the second half attends to the first
+        assert b.prefill_pairs > a.prefill_pairs
+
+
+def test_lone_prompt_halves_match_chunked_prefill():
+    a, b = Work.from_phase("prefill", 1, 1000).halves()
+    assert a.prefill_pairs == pytest.approx(500 * 501 / 2)
+    assert b.prefill_pairs == pytest.approx(500 * (500 + 501 / 2))
+
+
+def _fwd(overlap, **kw):
+    args = dict(model="mixtral-8x7b", hardware="h100-sxm", nodes=2, arch="foe", phase="prefill", batch=4, seq_len=4096)
+    args.update(kw)
+    return forward(overrides=[f"placement.overlap={overlap}"], **args)
+
+
+def test_prefill_overlap_hides_the_all_reduce():
+    one, two = _fwd("none"), _fwd("two-batch")
+    assert one["micro_batches"] == 1 and two["micro_batches"] == 2
+    assert two["latency_s"] < one["latency_s"]
+    assert two["breakdown_s"]["all_reduce"] < one["breakdown_s"]["all_reduce"]
+    assert sum(two["breakdown_s"].values()) == pytest.approx(two["latency_s"], rel=1e-9)
+    # FoE's residual all-reduce moves the same bytes however the tokens are split
+    for where in ("intra_node", "inter_node"):
+        assert two["comm_bytes"]["all_reduce"][where] == pytest.approx(one["comm_bytes"]["all_reduce"][where], rel=1e-9)
+    # compute is not hidden: the pass takes at least the compute of both micro-batches
+    compute = sum(two["breakdown_s"][k] for k in ("attention", "experts", "dense_ffn", "embed_lm_head"))
+    assert two["latency_s"] >= compute
+
+
+def test_moe_micro_batches_split_each_data_parallel_group():
+    # 4 prompts over 4 DP groups (attention TP inside each node): each group splits its own prompt by
+    # tokens; a global split (2 + 2 prompts) would leave half the groups idle in each micro-batch
+    kw = dict(model="deepseek-v3", nodes=4, arch="moe", batch=4)
+    one, two = _fwd("none", **kw), _fwd("two-batch", **kw)
+    assert two["micro_batches"] == 2
+    assert two["breakdown_s"]["attention"] < 1.2 * one["breakdown_s"]["attention"]
+    assert two["latency_s"] < one["latency_s"]
+
+
+def test_too_little_work_runs_as_one_batch():
+    kw = dict(phase="decode", batch=1)
+    one, two = _fwd("none", **kw), _fwd("two-batch", **kw)
+    assert two["micro_batches"] == 1
+    assert two["latency_s"] == one["latency_s"]
+
+
+def test_decode_overlap_reads_weights_twice():
+    # small-batch decode is weight-read bound: each micro-batch streams the expert weights again
+    kw = dict(phase="decode", batch=64, seq_len=2048, nodes=1, arch="moe")
+    one, two = _fwd("none", **kw), _fwd("two-batch", **kw)
+    assert two["breakdown_s"]["experts"] > 1.5 * one["breakdown_s"]["experts"]
+
+
+def test_per_layer_chain_matches_the_steady_state_extrapolation():
+    kw = dict(model="qwen3-30b-a3b", nodes=2, arch="moe", routing="uniform")
+    chained = forward(overrides=["placement.overlap=two-batch"], per_layer=True, phase="prefill", batch=4,
+                      seq_len=2048, hardware="h100-sxm", **kw)
+    scaled = forward(overrides=["placement.overlap=two-batch"], phase="prefill", batch=4, seq_len=2048,
+                     hardware="h100-sxm", **kw)
+    # a chain of OVERLAP_CHAIN layers (own routing samples) extrapolated at its steady rate vs all 48 chained
+    assert chained["latency_s"] == pytest.approx(scaled["latency_s"], rel=0.01)
+    assert chained["micro_batches"] == scaled["micro_batches"] == 2
+
+
+def test_overlap_setting_parses_none_and_rejects_others():
+    assert build_placement("moe", 1, ["placement.overlap=none"]).overlap == "none"
+    assert build_placement("moe", 1, ["placement.overlap=two-batch"]).overlap == "two-batch"
+    from simfoe.errors import SpecError
+
+    with pytest.raises(SpecError, match="placement.overlap"):
+        build_placement("moe", 1, ["placement.overlap=three"])
