@@ -284,11 +284,9 @@ class ForwardModel:
 
     # ---- simulation --------------------------------------------------------------------------
     def _micro_batches(self, work: Work) -> list:
-        """What each micro-batch computes: ``[work]`` without overlap; with two-batch overlap the two
-        halves (FoE: of the pass, every GPU sees every token; MoE: of each data-parallel group's
-        share, as one list per micro-batch). ``[work]`` too when one half would have no tokens."""
-        if self.placement.overlap != "two-batch":
-            return [work]
+        """What each of two overlapped micro-batches computes (FoE: halves of the pass, every GPU sees
+        every token; MoE: halves of each data-parallel group's share, one list per micro-batch), or
+        ``[work]`` when one half would have no tokens."""
         if self.placement.arch == "foe":
             halves = list(work.halves())
             return halves if all(h.tokens for h in halves) else [work]
@@ -303,10 +301,27 @@ class ForwardModel:
         return moe_layer(self._costs, self.model, self.layout, work, None if probs is None else probs[0], rng, dense)
 
     def simulate(self, work: Work, per_layer: bool = False, timeline: list | None = None) -> ForwardResult:
-        """Simulate ``work``; ``timeline`` (a list) receives Chrome-trace events when given."""
+        """Simulate ``work``; ``timeline`` (a list) receives Chrome-trace events when given.
+
+        ``placement.overlap``: ``none`` one batch; ``two-batch`` two overlapped micro-batches (one batch
+        when a half would be empty); ``auto`` whichever of the two is faster for this pass."""
+        mode = self.placement.overlap
+        if mode == "none":
+            return self._simulate(work, [work], per_layer, timeline)
+        parts = self._micro_batches(work)
+        if mode == "two-batch" or len(parts) == 1:
+            return self._simulate(work, parts, per_layer, timeline)
+        tl_one, tl_two = ([], []) if timeline is not None else (None, None)
+        one = self._simulate(work, [work], per_layer, tl_one)
+        two = self._simulate(work, parts, per_layer, tl_two)
+        best, tl = (two, tl_two) if two.latency_s < one.latency_s else (one, tl_one)
+        if timeline is not None:
+            timeline.extend(tl)
+        return best
+
+    def _simulate(self, work: Work, parts: list, per_layer: bool, timeline: list | None) -> ForwardResult:
         m = self.model
         rng = np.random.default_rng(self.seed + 1)
-        parts = self._micro_batches(work)
         total = 0.0
         breakdown = dict.fromkeys(CATEGORIES, 0.0)
         comm = {k: {"intra_node": 0.0, "inter_node": 0.0} for k in COMM_KINDS}

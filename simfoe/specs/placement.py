@@ -43,9 +43,10 @@ class FoEPlacement(Spec):
 class PlacementSpec(Spec):
     arch: Literal["moe", "foe"] = "moe"
     nodes: PositiveInt = 1
-    overlap: Literal["none", "two-batch"] = Field(
+    overlap: Literal["none", "two-batch", "auto"] = Field(
         "none", description="two-batch: split each pass into two micro-batches whose communication overlaps "
-        "the other's compute (DeepSeek/SGLang two-batch overlap); none: one batch, communication exposed")
+        "the other's compute (DeepSeek/SGLang two-batch overlap); none: one batch, communication exposed; "
+        "auto: whichever is faster, pass by pass (an engine that always picks right)")
 
     @field_validator("overlap", mode="before")
     @classmethod
