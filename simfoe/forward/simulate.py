@@ -100,9 +100,14 @@ def run_programs(hw: HardwareSpec, nodes: int, programs: list[list], recorder: _
     """Simulate step lists that run at once on the same GPUs; returns (latency_s, breakdown, bytes by tag).
 
     One program: every GPU walks it in order, and a category's time is the time its steps add to the
-    pass. Several (the micro-batches of two-batch overlap): each GPU runs one process per program;
-    compute steps queue for the GPU's one compute stream (first come, first served), collectives need
-    only the fabric, so one micro-batch's communication overlaps another's compute. The time the
+    pass. Several (the micro-batches of two-batch overlap): each GPU runs one process per program and
+    one compute stream that runs their compute steps in a fixed alternating order (step 0 of each
+    micro-batch, then step 1 of each, ...), as the kernels of an engine that launches the micro-
+    batches' stages in turn (SGLang's two-batch overlap, DeepSeek's inference) run on one stream: a
+    step waits for its turn and for its own inputs. Collectives need only the fabric, so one micro-
+    batch's communication overlaps another's compute. (Serving compute first come, first served
+    instead made the pipeline settle into different steady states from one routing sample to the
+    next, up to 10% apart.) The time the
     communication kernels take from compute (SMs, HBM) is not modeled: an optimistic bound. Breakdown
     then: each compute category's busy seconds on the GPU that finishes last, and the rest of the
     pass (exposed communication and waiting) split over the collectives' categories in proportion
@@ -112,7 +117,16 @@ def run_programs(hw: HardwareSpec, nodes: int, programs: list[list], recorder: _
     net = FlowNetwork(env, build_cluster(hw, nodes), recorder)
     G = next(len(s.seconds) for steps in programs for s in steps if isinstance(s, Compute))
     multi = len(programs) > 1
-    streams = [simpy.Resource(env, 1) for _ in range(G)] if multi else None
+    # the compute stream's order: the k-th compute step of every program in turn, k = 0, 1, ...
+    ordinals = [[si for si, s in enumerate(steps) if isinstance(s, Compute)] for steps in programs]
+    turn_of, pos = {}, 0
+    for k in range(max(map(len, ordinals))):
+        for pi, o in enumerate(ordinals):
+            if k < len(o):
+                turn_of[(pi, o[k])] = pos
+                pos += 1
+    turn = np.zeros(G, dtype=np.int64)  # per GPU: the turn the stream is at
+    waiting: dict[tuple[int, int], simpy.Event] = {}
     busy = {c: np.zeros(G) for c in CATEGORIES}  # compute seconds per GPU (several programs)
     comm_s = dict.fromkeys(CATEGORIES, 0.0)  # collective seconds, longest group (several programs)
     done_at = [np.zeros((len(steps), G)) for steps in programs]
@@ -133,18 +147,22 @@ def run_programs(hw: HardwareSpec, nodes: int, programs: list[list], recorder: _
         for si, s in enumerate(programs[pi]):
             if isinstance(s, Compute):
                 d = float(s.seconds[gpu])
+                if multi:
+                    mine = turn_of[(pi, si)]
+                    if turn[gpu] != mine:
+                        ev = waiting[(gpu, mine)] = env.event()
+                        yield ev
                 if d > 0:
-                    if multi:
-                        with streams[gpu].request() as req:
-                            yield req
-                            t0 = env.now
-                            yield env.timeout(d)
-                        busy[s.category][gpu] += d
-                    else:
-                        t0 = env.now
-                        yield env.timeout(d)
+                    t0 = env.now
+                    yield env.timeout(d)
+                    busy[s.category][gpu] += d
                     if recorder:
                         recorder.compute(gpu, s.category + label, t0, env.now)
+                if multi:
+                    turn[gpu] += 1
+                    nxt = waiting.pop((gpu, int(turn[gpu])), None)
+                    if nxt is not None:
+                        nxt.succeed()
             else:
                 member, arrived, events, longest = coll_state[pi][si]
                 gi = member[gpu]
@@ -196,9 +214,9 @@ class ForwardModel:
 
     #: Layers simulated back to back under two-batch overlap (each MoE layer with its own routing
     #: sample); more layers are extrapolated from the chain's second half. Against simulating every
-    #: layer: within 1% on qwen3-30b-a3b, qwen3-235b-a22b, deepseek-v3, mixtral-8x7b (H100, prefill
-    #: and decode; tests/test_overlap.py), while two identical layers were up to 6% pessimistic
-    #: (the same straggler GPU every layer).
+    #: layer: within 0.7% on olmoe-1b-7b, qwen3-30b-a3b, qwen3-235b-a22b, deepseek-v3, mixtral-8x7b
+    #: (H100, prefill and decode, three routing seeds; tests/test_overlap.py checks one), while two
+    #: identical layers were up to 6% pessimistic (the same straggler GPU every layer).
     OVERLAP_CHAIN = 4
 
     def __init__(self, model: ModelSpec, hw: HardwareSpec, placement: PlacementSpec,
