@@ -149,3 +149,28 @@ def test_auto_picks_the_faster_pass(phase, batch):
     assert auto["latency_s"] == min(one["latency_s"], two["latency_s"])
     assert auto["micro_batches"] == (2 if two["latency_s"] < one["latency_s"] else 1)
     assert auto["breakdown_s"] == (two if auto["micro_batches"] == 2 else one)["breakdown_s"]
+
+
+def test_communication_kernels_slow_the_compute_beside_them():
+    # share 0.5: mb0 A 0-1, its collective 1-2.5; mb1 A from 1 at half speed while it is in flight
+    # (0.75 done by 2.5), then full speed: ends 2.75; mb1's collective 2.75-4.25; mb0 B from 2.75 at
+    # half speed until 4.25 (0.75 done), ends 4.5; mb1 B 4.5-5.5
+    lat, bd, _ = run_programs(HW, 1, [_program(1.5), _program(1.5)], comm_sm_share=0.5)
+    assert lat == pytest.approx(5.5)
+    # the stream is never idle: compute slowed by communication counts as compute (1 + 1.75 + 1.75 + 1)
+    assert bd["attention"] == pytest.approx(2.75) and bd["experts"] == pytest.approx(2.75)
+    assert bd["dispatch"] == pytest.approx(0.0, abs=1e-12)
+    # one batch: nothing runs beside a collective, the share changes nothing
+    assert run_programs(HW, 1, [_program(1.5)], comm_sm_share=0.5)[0] == pytest.approx(3.5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(share=hs.floats(0.0, 0.9), comm=hs.floats(0.0, 3.0))
+def test_sm_share_is_monotone_and_bounded(share, comm):
+    """More SMs held by communication never speeds a pass up, and never beyond no overlap at full share."""
+    progs = [_program(comm), _program(comm)]
+    free = run_programs(HW, 1, progs)[0]
+    held = run_programs(HW, 1, progs, comm_sm_share=share)[0]
+    assert held >= free - 1e-9
+    # every compute second runs at >= (1 - share) speed
+    assert held <= free + (4.0 / (1 - share) - 4.0) + 1e-9

@@ -192,8 +192,8 @@ def differences(rat: list[dict], fwd: list[dict]) -> list[str]:
         f"{gain('foe+tbo', 'prefill') * 100:.0f}%. Overlap can hide at most the smaller of a pass's communication and "
         f"its compute; in the prefill sweep without overlap that bound is a median {c_moe * 100:.0f}% of the latency "
         f"for the DP-attention MoE (little communication beside much compute, or, for OLMoE on 2 nodes, the "
-        f"reverse) and {c_foe * 100:.0f}% for FoE. {decode_note} The time that communication kernels take from "
-        "compute is not modeled, so these overlap gains are upper bounds.",
+        f"reverse) and {c_foe * 100:.0f}% for FoE. {decode_note} The communication kernels hold no SMs here "
+        "(`placement.comm_sm_share` = 0), so these overlap gains are upper bounds.",
         "- **Mixtral on 2 nodes.** With 8 experts the MoE baselines keep EP inside each node and send nothing over "
         "the network, so FoE's inter-node all-reduce costs it (prefill ratios < 1). The paper's multi-node models "
         "must have had EP spanning nodes; OLMoE (64 experts, EP over 16 GPUs) shows that case.",

@@ -96,7 +96,8 @@ def run_program(hw: HardwareSpec, nodes: int, plan: LayerPlan, recorder: _Record
     return run_programs(hw, nodes, [plan.steps], recorder)
 
 
-def run_programs(hw: HardwareSpec, nodes: int, programs: list[list], recorder: _Recorder | None = None):
+def run_programs(hw: HardwareSpec, nodes: int, programs: list[list], recorder: _Recorder | None = None,
+                 comm_sm_share: float = 0.0):
     """Simulate step lists that run at once on the same GPUs; returns (latency_s, breakdown, bytes by tag).
 
     One program: every GPU walks it in order, and a category's time is the time its steps add to the
@@ -105,13 +106,14 @@ def run_programs(hw: HardwareSpec, nodes: int, programs: list[list], recorder: _
     micro-batch, then step 1 of each, ...), as the kernels of an engine that launches the micro-
     batches' stages in turn (SGLang's two-batch overlap, DeepSeek's inference) run on one stream: a
     step waits for its turn and for its own inputs. Collectives need only the fabric, so one micro-
-    batch's communication overlaps another's compute. (Serving compute first come, first served
-    instead made the pipeline settle into different steady states from one routing sample to the
-    next, up to 10% apart.) The time the
-    communication kernels take from compute (SMs, HBM) is not modeled: an optimistic bound. Breakdown
-    then: each compute category's busy seconds on the GPU that finishes last, and the rest of the
-    pass (exposed communication and waiting) split over the collectives' categories in proportion
-    to their durations. Either way the breakdown sums to the latency.
+    batch's communication overlaps another's compute. (Running compute steps first come, first
+    served instead made the pipeline settle into different steady states from one routing sample to
+    the next, up to 10% apart.) While a collective a GPU belongs to is in flight, that GPU's compute
+    runs at ``1 - comm_sm_share`` of its speed (the SMs the communication kernels hold; 0: they take
+    none, an optimistic bound). Breakdown then: each compute category's busy seconds on the GPU that
+    finishes last, and the rest of the pass (exposed communication and waiting) split over the
+    collectives' categories in proportion to their durations. Either way the breakdown sums to the
+    latency.
     """
     env = simpy.Environment()
     net = FlowNetwork(env, build_cluster(hw, nodes), recorder)
@@ -127,6 +129,31 @@ def run_programs(hw: HardwareSpec, nodes: int, programs: list[list], recorder: _
                 pos += 1
     turn = np.zeros(G, dtype=np.int64)  # per GPU: the turn the stream is at
     waiting: dict[tuple[int, int], simpy.Event] = {}
+    share = float(comm_sm_share) if multi else 0.0
+    if not 0.0 <= share < 1.0:
+        raise SpecError("placement.comm_sm_share", comm_sm_share, "a share of the GPU in [0, 1)")
+    inflight = np.zeros(G, dtype=np.int64)  # collectives in flight that each GPU belongs to
+    changed = [env.event() for _ in range(G)] if share else []  # fires when a GPU's inflight count changes
+
+    def _notify(group):
+        for g in group:
+            ev, changed[g] = changed[g], env.event()
+            ev.succeed()
+
+    def _compute(gpu: int, d: float):
+        """``d`` seconds of compute on ``gpu``, slowed while its collectives are in flight."""
+        left = d
+        while True:
+            rate = 1.0 - share if inflight[gpu] else 1.0
+            t0, ch = env.now, changed[gpu]
+            done = env.timeout(left / rate)
+            yield done | ch
+            if done.processed:  # ran to the end at this rate
+                return
+            left -= (env.now - t0) * rate
+            if left <= 1e-12 * d:
+                return
+
     busy = {c: np.zeros(G) for c in CATEGORIES}  # compute seconds per GPU (several programs)
     comm_s = dict.fromkeys(CATEGORIES, 0.0)  # collective seconds, longest group (several programs)
     done_at = [np.zeros((len(steps), G)) for steps in programs]
@@ -154,8 +181,11 @@ def run_programs(hw: HardwareSpec, nodes: int, programs: list[list], recorder: _
                         yield ev
                 if d > 0:
                     t0 = env.now
-                    yield env.timeout(d)
-                    busy[s.category][gpu] += d
+                    if share:
+                        yield from _compute(gpu, d)
+                    else:
+                        yield env.timeout(d)
+                    busy[s.category][gpu] += env.now - t0
                     if recorder:
                         recorder.compute(gpu, s.category + label, t0, env.now)
                 if multi:
@@ -175,7 +205,14 @@ def run_programs(hw: HardwareSpec, nodes: int, programs: list[list], recorder: _
 
     def _run_coll(s: Collective, gi: int, ev, longest: list):
         t0 = env.now
-        yield from s.fn(net, gi, s.groups[gi])
+        group = s.groups[gi]
+        if share:
+            inflight[group] += 1
+            _notify(group)
+        yield from s.fn(net, gi, group)
+        if share:
+            inflight[group] -= 1
+            _notify(group)
         longest[0] = max(longest[0], env.now - t0)
         ev.succeed()
 
@@ -407,12 +444,13 @@ class ForwardModel:
             plans = [[self._plan(w, layer, False, rng) for layer in range(k)] for w in parts]
         label = f"{'dense' if dense else 'moe'} layers 0-{k - 1}, two micro-batches"
         rec = recorder(label)
-        lat, bd, tags = run_programs(hw, nodes, [[s for p in ps for s in p.steps] for ps in plans], rec)
+        share = self.placement.comm_sm_share
+        lat, bd, tags = run_programs(hw, nodes, [[s for p in ps for s in p.steps] for ps in plans], rec, share)
         if rec:
             rec.span_s = lat
         if k < n:  # steady state from the chain's last layers: n layers take T_k + (n - k)(T_k - T_j)/(k - j)
             j = k // 2
-            lat_j = run_programs(hw, nodes, [[s for p in ps[:j] for s in p.steps] for ps in plans])[0]
+            lat_j = run_programs(hw, nodes, [[s for p in ps[:j] for s in p.steps] for ps in plans], None, share)[0]
             total = lat + (n - k) * max(lat - lat_j, 0.0) / (k - j)
             bd = {c: v * total / lat for c, v in bd.items()}
             lat = total

@@ -47,6 +47,10 @@ class PlacementSpec(Spec):
         "none", description="two-batch: split each pass into two micro-batches whose communication overlaps "
         "the other's compute (DeepSeek/SGLang two-batch overlap); none: one batch, communication exposed; "
         "auto: whichever is faster, pass by pass (an engine that always picks right)")
+    comm_sm_share: float = Field(
+        0.0, ge=0.0, lt=1.0, description="with overlap: share of a GPU's compute that its in-flight "
+        "communication kernels hold (DeepEP normal kernels: Buffer.num_sms = 20 of an H100's 132 SMs = 0.15; "
+        "DeepEP low-latency hook mode: 0); 0 (default) is the optimistic bound")
 
     @field_validator("overlap", mode="before")
     @classmethod
