@@ -218,9 +218,10 @@ def _groups(G: int, size: int) -> list[np.ndarray]:
 
 # ------------------------------------------------------------------------------------------- MoE
 def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work | list[Work], probs: np.ndarray | None,
-              rng: np.random.Generator, dense: bool) -> LayerPlan:
+              rng: np.random.Generator, dense: bool, slot_map=None) -> LayerPlan:
     """Program of one MoE (or, with ``dense``, dense-FFN) layer under the expert-parallel baseline.
-    ``work``: the pass, split here over the data-parallel groups, or already one Work per group."""
+    ``work``: the pass, split here over the data-parallel groups, or already one Work per group.
+    ``slot_map``: where redundant expert replicas live (simfoe.forward.eplb), None without them."""
     G, t, h, b = L.gpus, L.attention_tp, model.hidden, model.act_bytes
     a = model.attention
     n_groups = G // t
@@ -258,7 +259,7 @@ def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work | list[Work]
     local = acts = 0.0
     for gi, grp in enumerate(ep_groups):
         # each EP group holds all experts; a token is routed inside its own group
-        s = route_group(probs, tok_gpu[grp], moe.top_k, epg, L.dedup, rng)
+        s = route_group(probs, tok_gpu[grp], moe.top_k, epg, L.dedup, rng, slot_map)
         traffic.append(s.traffic_tokens * h)  # elements
         local += s.local
         acts += s.activations

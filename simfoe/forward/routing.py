@@ -155,15 +155,17 @@ class RoutingSample:
 
 
 def route_group(probs: np.ndarray, tokens_per_gpu: np.ndarray, k: int, experts_per_gpu: int,
-                dedup: bool, rng: np.random.Generator) -> RoutingSample:
-    """Route the tokens held by each GPU of a group of g GPUs; expert e lives on GPU e // experts_per_gpu.
+                dedup: bool, rng: np.random.Generator, slot_map=None) -> RoutingSample:
+    """Route the tokens held by each GPU of a group of g GPUs; expert e lives on GPU e // experts_per_gpu,
+    or, with a ``slot_map`` (:class:`simfoe.forward.eplb.SlotMap`, redundant experts), each choice goes
+    to one of its expert's replicas and ``expert_load`` is per slot (slot s on GPU s // slot_map.per_gpu).
 
     tokens_per_gpu: (g,) token counts on each source GPU. Counts beyond MAX_SAMPLED_TOKENS in total
     are sampled on a proportional subset and scaled back.
     """
     g = tokens_per_gpu.shape[0]
     total = int(tokens_per_gpu.sum())
-    E = probs.shape[0]
+    E = probs.shape[0] if slot_map is None else slot_map.n_slots
     if total == 0:
         return RoutingSample(np.zeros(E), np.zeros((g, g)), 0.0, 0.0)
     scale = 1.0
@@ -174,6 +176,9 @@ def route_group(probs: np.ndarray, tokens_per_gpu: np.ndarray, k: int, experts_p
         scale = total / counts.sum()
     n = int(counts.sum())
     choices = sample_topk(probs, n, k, rng)
+    if slot_map is not None:
+        choices = slot_map.assign(choices, rng)
+        experts_per_gpu = slot_map.per_gpu
     src = np.repeat(np.arange(g), counts)
     dst_gpu = choices // experts_per_gpu
     load = np.bincount(choices.ravel(), minlength=E).astype(float) * scale

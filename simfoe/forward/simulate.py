@@ -18,6 +18,7 @@ import simpy
 from simfoe.errors import SpecError
 from simfoe.fabric.flows import FlowNetwork
 from simfoe.fabric.topology import build_cluster
+from simfoe.forward.eplb import balance
 from simfoe.forward.plan import Collective, Compute, LayerPlan, _Costs, foe_layer, head_seconds, moe_layer
 from simfoe.forward.routing import expert_probs
 from simfoe.forward.work import Work
@@ -278,6 +279,9 @@ class ForwardModel:
         else:
             self._probs = None
         self._costs = _Costs(hw, model.dtype)
+        # redundant experts: one EPLB placement per MoE layer, from that layer's expected loads
+        R = getattr(self.layout, "redundant", 0)
+        self._slots = [balance(p[0], R, self.layout.ep) for p in self._probs] if (R and self._probs is not None) else None
 
     # ---- memory ------------------------------------------------------------------------------
     def weight_bytes_per_gpu(self) -> float:
@@ -353,7 +357,9 @@ class ForwardModel:
         probs = None if (dense or self._probs is None) else self._probs[layer]
         if self.placement.arch == "foe":
             return foe_layer(self._costs, self.model, self.layout, work, probs, rng, dense)
-        return moe_layer(self._costs, self.model, self.layout, work, None if probs is None else probs[0], rng, dense)
+        slots = None if (dense or self._slots is None) else self._slots[layer]
+        return moe_layer(self._costs, self.model, self.layout, work, None if probs is None else probs[0], rng, dense,
+                         slots)
 
     def simulate(self, work: Work, per_layer: bool = False, timeline: list | None = None) -> ForwardResult:
         """Simulate ``work``; ``timeline`` (a list) receives Chrome-trace events when given.

@@ -90,6 +90,10 @@ def enumerate_layouts(model, hardware: dict, max_nodes: int, user_overrides=(), 
     user_pl = [o for o in user_overrides if o.strip().startswith("placement.")]
     out = Enumeration()
     seen = set()
+    try:
+        redundant = build_placement("moe", 1, user_pl).moe.redundant_experts
+    except SpecError:
+        redundant = 0  # the resolvers report the bad override for every candidate
     foe_reasons: dict[str, str] = {}
 
     def add(hw_name, gpn, nodes, arch, settings):
@@ -120,7 +124,8 @@ def enumerate_layouts(model, hardware: dict, max_nodes: int, user_overrides=(), 
                 if model.moe is None:
                     eps = [None]
                 else:
-                    valid = [d for d in _divisors(G) if model.moe.n_experts % d == 0]
+                    slots = model.moe.n_experts + redundant  # expert slots per EP group (replicas included)
+                    valid = [d for d in _divisors(G) if slots % d == 0]
                     eps = sorted({max(valid), *([gpn] if gpn in valid else [])}, reverse=True)
                 for att in ("tp", "dp"):
                     for ep in eps:

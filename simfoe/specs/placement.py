@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, NonNegativeInt, PositiveInt, field_validator
 
 from simfoe.errors import SpecError
 from simfoe.specs.base import Spec
@@ -24,6 +24,9 @@ class MoEPlacement(Spec):
     ep: PositiveInt | None = Field(None, description="expert-parallel group size (default: the largest divisor of the GPU count that divides n_experts)")
     dedup_dispatch: bool = Field(True, description="send a token once per destination GPU (DeepEP-style), not once per expert choice")
     all_to_all: Literal["direct", "hierarchical"] = "direct"
+    redundant_experts: NonNegativeInt = Field(0, description="extra expert replicas per EP group, placed by an "
+                                              "EPLB-style balancer on the routing's expected loads (DeepSeek-V3 "
+                                              "prefill: 32 over 256 experts); n_experts + this must split over the EP group")
     split_exchange: bool = Field(False, description="exchange the per-destination row counts in a small all-to-all "
                                  "before each variable-size dispatch (torch all_to_all_single with splits, DeepEP "
                                  "normal mode's notify step); false: fixed-capacity buffers, no exchange (DeepEP low-latency)")
@@ -74,10 +77,12 @@ class MoELayout:
     dedup: bool
     all_to_all: str
     split_exchange: bool = False
+    redundant: int = 0  # extra expert replicas per EP group (simfoe.forward.eplb)
 
     @property
     def experts_per_gpu(self) -> int:
-        return self.n_experts // self.ep
+        """Expert slots per GPU (replicas included)."""
+        return (self.n_experts + self.redundant) // self.ep
 
 
 @dataclass(frozen=True)
@@ -113,14 +118,21 @@ def resolve_moe(model: ModelSpec, gpus_per_node: int, p: PlacementSpec) -> MoELa
     if moe is None:
         return MoELayout(G, gpus_per_node, p.moe.attention, tp, G, 1, 1, model.ffn, True, p.moe.all_to_all,
                          p.moe.split_exchange)
+    R = p.moe.redundant_experts
+    slots = moe.n_experts + R
     if p.moe.ep is not None:
         ep = p.moe.ep
-        if G % ep or moe.n_experts % ep:
-            raise SpecError("placement.moe.ep", ep, f"must divide both the GPU count ({G}) and n_experts ({moe.n_experts})")
+        if G % ep or slots % ep:
+            what = f"n_experts ({moe.n_experts})" if not R else f"n_experts + redundant_experts ({slots})"
+            raise SpecError("placement.moe.ep", ep, f"must divide both the GPU count ({G}) and {what}")
     else:
-        ep = max(d for d in range(1, G + 1) if G % d == 0 and moe.n_experts % d == 0)
+        ep = max(d for d in range(1, G + 1) if G % d == 0 and slots % d == 0)
+    if R and ep == 1:
+        raise SpecError("placement.moe.redundant_experts", R,
+                        f"0 here: n_experts + redundant_experts ({slots}) must split over an EP group of more "
+                        f"than one of the {G} GPUs")
     return MoELayout(G, gpus_per_node, p.moe.attention, tp, ep, moe.n_experts, moe.top_k, moe.expert_ffn,
-                     p.moe.dedup_dispatch, p.moe.all_to_all, p.moe.split_exchange)
+                     p.moe.dedup_dispatch, p.moe.all_to_all, p.moe.split_exchange, R)
 
 
 def derive_foe_experts(model: ModelSpec, clusters: int, f: FoEPlacement) -> tuple[int, int, int]:

@@ -1,0 +1,65 @@
+"""Redundant experts placed by an expert-parallel load balancer (EPLB), as DeepSeek-V3 serves.
+
+An EP group of ``ep`` GPUs holds ``n_experts + redundant`` expert *slots*, ``(n_experts + redundant) /
+ep`` per GPU. The balancer (after DeepSeek's EPLB) works from the expected load of every expert, the
+routing distribution's probabilities (EPLB uses recent load statistics; this is the oracle version):
+
+1. replicas: each of the ``redundant`` extra slots goes, one at a time, to the expert whose load
+   per replica is highest;
+2. packing: replicas, heaviest first, go to the GPU with the least load that still has a free slot.
+
+A token's choice of expert e goes to one of e's replicas at random (each carries 1/c_e of e's load).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SlotMap:
+    """Where each expert's replicas live. Slots are numbered GPU by GPU: slot s is on GPU s // per_gpu."""
+
+    per_gpu: int
+    start: np.ndarray  # (E,) first index into ``slots`` of expert e's replicas
+    count: np.ndarray  # (E,) replicas of expert e
+    slots: np.ndarray  # (E + redundant,) slot ids, grouped by expert
+
+    def assign(self, choices: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Slot of every expert choice (same shape as ``choices``): one of its expert's replicas at random."""
+        c = self.count[choices]
+        pick = (rng.random(choices.shape) * c).astype(np.int64)
+        return self.slots[self.start[choices] + np.minimum(pick, c - 1)]
+
+    @property
+    def n_slots(self) -> int:
+        return len(self.slots)
+
+
+def balance(probs: np.ndarray, redundant: int, ep: int) -> SlotMap:
+    """Replicate and pack the experts of one layer (``probs``: (E,) expected shares) over ``ep`` GPUs."""
+    E = probs.shape[0]
+    n = E + int(redundant)
+    if n % ep:
+        raise ValueError(f"{E} experts + {redundant} redundant slots do not split over {ep} GPUs")
+    per_gpu = n // ep
+    count = np.ones(E, dtype=np.int64)
+    for _ in range(int(redundant)):
+        count[int(np.argmax(probs / count))] += 1
+    # replicas, heaviest first (ties: lower expert id first, so a uniform layer keeps experts in order)
+    owner = np.repeat(np.arange(E), count)
+    load = probs[owner] / count[owner]
+    order = np.lexsort((owner, -load))
+    gpu_load = np.zeros(ep)
+    free = np.full(ep, per_gpu)
+    slot_of = np.empty(n, dtype=np.int64)  # replica -> slot
+    for r in order:
+        open_ = np.flatnonzero(free)
+        g = int(open_[np.argmin(gpu_load[open_])])
+        slot_of[r] = g * per_gpu + (per_gpu - free[g])
+        free[g] -= 1
+        gpu_load[g] += load[r]
+    start = np.zeros(E, dtype=np.int64)
+    start[1:] = np.cumsum(count)[:-1]
+    return SlotMap(per_gpu, start, count, slot_of)
