@@ -206,3 +206,14 @@ def test_cli_dry_run_counts_and_estimates(tmp_path, capsys):
 def test_cli_plot_needs_results(tmp_path, capsys):
     assert main(["plot", str(tmp_path)]) == 2
     assert "results.parquet" in capsys.readouterr().err
+
+
+EXAMPLES = sorted((__import__("pathlib").Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("spec", EXAMPLES, ids=lambda p: p.name)
+def test_example_specs_validate(spec, tmp_path, capsys):
+    """Every shipped example passes the sweep's validation (keys, values, --set paths, presets)."""
+    assert main(["sweep", str(spec), "--dry-run", "--probes", "0", "--json", "--out", str(tmp_path / "o")]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["scenarios"] > 0
