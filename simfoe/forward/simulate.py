@@ -97,68 +97,88 @@ def run_program(hw: HardwareSpec, nodes: int, plan: LayerPlan, recorder: _Record
     return run_programs(hw, nodes, [plan.steps], recorder)
 
 
+class _Streams:
+    """The GPUs' compute streams when several programs (micro-batches) share them.
+
+    Each stream runs compute steps in a fixed turn order, the k-th compute step of every program in
+    turn (k = 0, 1, ...); a step waits for its turn. While a collective a GPU belongs to is in flight,
+    its compute runs at ``1 - share`` of its speed (the SMs the communication kernels hold).
+    """
+
+    def __init__(self, env: simpy.Environment, G: int, programs: list[list], share: float):
+        if not 0.0 <= share < 1.0:
+            raise SpecError("placement.comm_sm_share", share, "a share of the GPU in [0, 1)")
+        self.env, self.share = env, share
+        ordinals = [[si for si, s in enumerate(steps) if isinstance(s, Compute)] for steps in programs]
+        self.turn_of, pos = {}, 0
+        for k in range(max(map(len, ordinals))):
+            for pi, o in enumerate(ordinals):
+                if k < len(o):
+                    self.turn_of[(pi, o[k])] = pos
+                    pos += 1
+        self.turn = np.zeros(G, dtype=np.int64)  # the turn each stream is at
+        self.waiting: dict[tuple[int, int], simpy.Event] = {}
+        self.inflight = np.zeros(G, dtype=np.int64)  # collectives in flight that each GPU belongs to
+        self.changed = [env.event() for _ in range(G)] if share else []  # fires when inflight[g] changes
+
+    def run(self, pi: int, si: int, gpu: int, d: float):
+        """Step ``si`` of program ``pi`` on ``gpu``: ``d`` seconds of compute, in its turn; returns its start (s)."""
+        env, mine = self.env, self.turn_of[(pi, si)]
+        if self.turn[gpu] != mine:
+            ev = self.waiting[(gpu, mine)] = env.event()
+            yield ev
+        start, left = env.now, d
+        while left > 1e-12 * d:
+            rate = 1.0 - self.share if (self.share and self.inflight[gpu]) else 1.0
+            t0 = env.now
+            done = env.timeout(left / rate)
+            if not self.share:
+                yield done
+                break
+            yield done | self.changed[gpu]
+            if done.processed:
+                break
+            left -= (env.now - t0) * rate
+        self.turn[gpu] += 1
+        nxt = self.waiting.pop((gpu, int(self.turn[gpu])), None)
+        if nxt is not None:
+            nxt.succeed()
+        return start
+
+    def communicating(self, group, delta: int) -> None:
+        """A collective of ``group`` started (+1) or ended (-1)."""
+        if self.share:
+            self.inflight[group] += delta
+            for g in group:
+                ev, self.changed[g] = self.changed[g], self.env.event()
+                ev.succeed()
+
+
 def run_programs(hw: HardwareSpec, nodes: int, programs: list[list], recorder: _Recorder | None = None,
                  comm_sm_share: float = 0.0):
     """Simulate step lists that run at once on the same GPUs; returns (latency_s, breakdown, bytes by tag).
 
     One program: every GPU walks it in order, and a category's time is the time its steps add to the
     pass. Several (the micro-batches of two-batch overlap): each GPU runs one process per program and
-    one compute stream that runs their compute steps in a fixed alternating order (step 0 of each
-    micro-batch, then step 1 of each, ...), as the kernels of an engine that launches the micro-
-    batches' stages in turn (SGLang's two-batch overlap, DeepSeek's inference) run on one stream: a
-    step waits for its turn and for its own inputs. Collectives need only the fabric, so one micro-
+    one compute stream (:class:`_Streams`) that runs their compute steps in a fixed alternating order,
+    as the kernels of an engine that launches the micro-batches' stages in turn (SGLang's two-batch
+    overlap, DeepSeek's inference) run on one stream. Collectives need only the fabric, so one micro-
     batch's communication overlaps another's compute. (Running compute steps first come, first
     served instead made the pipeline settle into different steady states from one routing sample to
-    the next, up to 10% apart.) While a collective a GPU belongs to is in flight, that GPU's compute
-    runs at ``1 - comm_sm_share`` of its speed (the SMs the communication kernels hold; 0: they take
-    none, an optimistic bound). Breakdown then: each compute category's busy seconds on the GPU that
-    finishes last, and the rest of the pass (exposed communication and waiting) split over the
-    collectives' categories in proportion to their durations. Either way the breakdown sums to the
-    latency.
+    the next, up to 10% apart.) ``comm_sm_share``: the share of a GPU's compute that its in-flight
+    collectives hold (0: none, an optimistic bound). Breakdown then: each compute category's busy
+    seconds on the GPU that finishes last, and the rest of the pass (exposed communication and
+    waiting) split over the collectives' categories in proportion to their durations. Either way
+    the breakdown sums to the latency.
     """
     env = simpy.Environment()
     net = FlowNetwork(env, build_cluster(hw, nodes), recorder)
     G = next(len(s.seconds) for steps in programs for s in steps if isinstance(s, Compute))
     multi = len(programs) > 1
-    # the compute stream's order: the k-th compute step of every program in turn, k = 0, 1, ...
-    ordinals = [[si for si, s in enumerate(steps) if isinstance(s, Compute)] for steps in programs]
-    turn_of, pos = {}, 0
-    for k in range(max(map(len, ordinals))):
-        for pi, o in enumerate(ordinals):
-            if k < len(o):
-                turn_of[(pi, o[k])] = pos
-                pos += 1
-    turn = np.zeros(G, dtype=np.int64)  # per GPU: the turn the stream is at
-    waiting: dict[tuple[int, int], simpy.Event] = {}
-    share = float(comm_sm_share) if multi else 0.0
-    if not 0.0 <= share < 1.0:
-        raise SpecError("placement.comm_sm_share", comm_sm_share, "a share of the GPU in [0, 1)")
-    inflight = np.zeros(G, dtype=np.int64)  # collectives in flight that each GPU belongs to
-    changed = [env.event() for _ in range(G)] if share else []  # fires when a GPU's inflight count changes
-
-    def _notify(group):
-        for g in group:
-            ev, changed[g] = changed[g], env.event()
-            ev.succeed()
-
-    def _compute(gpu: int, d: float):
-        """``d`` seconds of compute on ``gpu``, slowed while its collectives are in flight."""
-        left = d
-        while True:
-            rate = 1.0 - share if inflight[gpu] else 1.0
-            t0, ch = env.now, changed[gpu]
-            done = env.timeout(left / rate)
-            yield done | ch
-            if done.processed:  # ran to the end at this rate
-                return
-            left -= (env.now - t0) * rate
-            if left <= 1e-12 * d:
-                return
-
+    streams = _Streams(env, G, programs, float(comm_sm_share)) if multi else None
     busy = {c: np.zeros(G) for c in CATEGORIES}  # compute seconds per GPU (several programs)
-    comm_s = dict.fromkeys(CATEGORIES, 0.0)  # collective seconds, longest group (several programs)
     done_at = [np.zeros((len(steps), G)) for steps in programs]
-    # per collective step: group index of each GPU, arrival counters, completion events
+    # per collective step: group index of each GPU, arrival counters, completion events, longest group (s)
     coll_state = []
     for steps in programs:
         st = {}
@@ -175,25 +195,15 @@ def run_programs(hw: HardwareSpec, nodes: int, programs: list[list], recorder: _
         for si, s in enumerate(programs[pi]):
             if isinstance(s, Compute):
                 d = float(s.seconds[gpu])
+                t0 = env.now
                 if multi:
-                    mine = turn_of[(pi, si)]
-                    if turn[gpu] != mine:
-                        ev = waiting[(gpu, mine)] = env.event()
-                        yield ev
+                    t0 = yield from streams.run(pi, si, gpu, d)
+                elif d > 0:
+                    yield env.timeout(d)
                 if d > 0:
-                    t0 = env.now
-                    if share:
-                        yield from _compute(gpu, d)
-                    else:
-                        yield env.timeout(d)
                     busy[s.category][gpu] += env.now - t0
                     if recorder:
                         recorder.compute(gpu, s.category + label, t0, env.now)
-                if multi:
-                    turn[gpu] += 1
-                    nxt = waiting.pop((gpu, int(turn[gpu])), None)
-                    if nxt is not None:
-                        nxt.succeed()
             else:
                 member, arrived, events, longest = coll_state[pi][si]
                 gi = member[gpu]
@@ -205,15 +215,12 @@ def run_programs(hw: HardwareSpec, nodes: int, programs: list[list], recorder: _
             done_at[pi][si, gpu] = env.now
 
     def _run_coll(s: Collective, gi: int, ev, longest: list):
-        t0 = env.now
-        group = s.groups[gi]
-        if share:
-            inflight[group] += 1
-            _notify(group)
+        t0, group = env.now, s.groups[gi]
+        if multi:
+            streams.communicating(group, +1)
         yield from s.fn(net, gi, group)
-        if share:
-            inflight[group] -= 1
-            _notify(group)
+        if multi:
+            streams.communicating(group, -1)
         longest[0] = max(longest[0], env.now - t0)
         ev.succeed()
 
@@ -221,8 +228,8 @@ def run_programs(hw: HardwareSpec, nodes: int, programs: list[list], recorder: _
         for gpu in range(G):
             env.process(gpu_proc(pi, gpu))
     env.run()
-    breakdown = dict.fromkeys(CATEGORIES, 0.0)
     if not multi:
+        breakdown = dict.fromkeys(CATEGORIES, 0.0)
         ends = done_at[0].max(axis=1)
         prev = 0.0
         for si, s in enumerate(programs[0]):
@@ -231,12 +238,18 @@ def run_programs(hw: HardwareSpec, nodes: int, programs: list[list], recorder: _
         return float(ends[-1]), breakdown, net.bytes_by_tag
     finish = np.max([d[-1] for d in done_at], axis=0)  # per GPU
     last = int(np.argmax(finish))
-    latency = float(finish[last])
-    for c in CATEGORIES:
-        breakdown[c] = float(busy[c][last])
+    comm_s = dict.fromkeys(CATEGORIES, 0.0)
     for pi, steps in enumerate(programs):
         for si, (_, _, _, longest) in coll_state[pi].items():
             comm_s[steps[si].category] += longest[0]
+    return float(finish[last]), _overlap_breakdown(float(finish[last]), {c: float(b[last]) for c, b in busy.items()},
+                                                   comm_s), net.bytes_by_tag
+
+
+def _overlap_breakdown(latency: float, busy: dict[str, float], comm_s: dict[str, float]) -> dict[str, float]:
+    """Compute categories: busy seconds on the last GPU; the rest of ``latency`` (exposed communication
+    and waiting) over the communication categories in proportion to their durations ``comm_s``."""
+    breakdown = dict(busy)
     rest = max(latency - sum(breakdown.values()), 0.0)
     total_comm = sum(comm_s.values())
     if total_comm > 0:
@@ -244,7 +257,7 @@ def run_programs(hw: HardwareSpec, nodes: int, programs: list[list], recorder: _
             breakdown[c] += rest * v / total_comm
     else:
         breakdown[max(breakdown, key=breakdown.get)] += rest
-    return latency, breakdown, net.bytes_by_tag
+    return breakdown
 
 
 class ForwardModel:
