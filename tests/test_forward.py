@@ -217,3 +217,16 @@ def test_kv_capacity_positive_and_weights_fit():
     assert fm.fits() and fm.kv_capacity_tokens() > 100_000
     big = forward_model("deepseek-v3", "h100-sxm", 1, "moe")
     assert not big.fits() and big.kv_capacity_tokens() == 0
+
+
+def test_prefill_groups_are_the_dp_attention_groups():
+    from simfoe.api import forward_model
+
+    assert forward_model("olmoe-1b-7b", "h100-sxm", 2, "moe").prefill_groups == 2  # TP8 inside each node
+    assert forward_model("olmoe-1b-7b", "h100-sxm", 2, "moe", overrides=["placement.moe.attention=dp"]).prefill_groups == 16
+    assert forward_model("olmoe-1b-7b", "h100-sxm", 2, "foe").prefill_groups == 1
+    fm = forward_model("olmoe-1b-7b", "h100-sxm", 2, "moe", overrides=["placement.moe.attention=dp"])
+    # four equal chunks on four groups run faster than the same tokens as one chunk on one group
+    one = fm.iteration(4096, 4096 * 2048.5, 0, 0).latency_s
+    four = fm.iteration(4096, 4 * 1024 * 512.5, 0, 0, prefill_seqs=4).latency_s
+    assert four < 0.5 * one

@@ -226,3 +226,36 @@ def test_goodput_slo():
     ok = rec["completed"] & (rec["ttft_s"] <= 0.05) & tpot_ok
     assert r.summary["goodput"]["fraction_of_requests"] == pytest.approx(ok.mean())
     assert r.summary["goodput"]["requests_per_s"] <= r.summary["throughput"]["requests_per_s"]
+
+
+class _GroupedPrefill:
+    """A step model with 8 data-parallel attention groups: prefill time divides by the groups its
+    chunks occupy; records the ``prefill_seqs`` it is asked about."""
+
+    prefill_groups = 8
+
+    def __init__(self):
+        self.seen = []
+
+    def iteration(self, prefill_tokens, prefill_attn_pairs, decode_seqs, decode_kv_tokens, prefill_seqs=1):
+        self.seen.append(prefill_seqs)
+        return 1e-3 + 1e-6 * prefill_tokens / prefill_seqs + 1e-5 * decode_seqs
+
+
+@pytest.mark.parametrize("cost", ["interp", "memo"])
+def test_prefill_chunks_spread_over_dp_groups(cost):
+    # four 1000-token prompts at t = 0 fit one iteration: four equal chunks occupy four groups
+    m = _GroupedPrefill()
+    t = RequestTable.from_arrays(np.zeros(4), np.full(4, 1000), np.full(4, 2))
+    simulate(t, m, 1_000_000, cost=cost)
+    assert 4 in m.seen and max(m.seen) == 4
+    # one 3000-token prompt beside a 100-token one: the big chunk alone bounds its group
+    m2 = _GroupedPrefill()
+    t2 = RequestTable.from_arrays(np.zeros(2), np.array([3000, 100]), np.full(2, 2))
+    simulate(t2, m2, 1_000_000, cost=cost)
+    assert max(m2.seen) == 1  # not 2: spread evenly, 1550 tokens per group would be optimistic
+
+
+def test_models_without_dp_groups_ignore_prefill_seqs():
+    mc = MemoCost(LIN)
+    assert mc(1000, 5e5, 4, 400, 4) == mc(1000, 5e5, 4, 400, 1) == mc(1000, 5e5, 4, 400)

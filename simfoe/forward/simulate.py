@@ -482,9 +482,16 @@ class ForwardModel:
         r.memory = self.memory(work)
         return r
 
+    @property
+    def prefill_groups(self) -> int:
+        """Data-parallel attention groups that prefill chunks are spread over (MoE: GPUs / attention TP;
+        FoE: 1, every GPU sees every token). Serving passes ``prefill_seqs`` up to this many."""
+        return 1 if self.placement.arch == "foe" else self.gpus // self.layout.attention_tp
+
     def iteration(self, prefill_tokens: int, prefill_attn_pairs: float, decode_seqs: int, decode_kv_tokens: int,
                   prefill_seqs: int | None = None) -> IterationCost:
-        """One continuous-batching iteration (prefill chunks + decodes); see ``Work``."""
+        """One continuous-batching iteration (prefill chunks + decodes); see ``Work``. ``prefill_seqs``:
+        how many equal chunks the prefill tokens stand for (default 1), spread over the DP groups."""
         if prefill_tokens < 0 or decode_seqs < 0:
             raise SpecError("iteration", (prefill_tokens, decode_seqs), "non-negative token counts")
         if prefill_tokens == 0 and decode_seqs == 0:

@@ -64,12 +64,16 @@ class Replica:
             dec, chunks = batch
             pf_tok = 0
             pairs = 0.0
+            biggest = 0
             for i, c in chunks:
                 pf_tok += c
                 pairs += c * (int(st.ctx[i]) + (c + 1) / 2)
+                biggest = max(biggest, c)
             nd = len(dec)
             kv_tok = int(st.ctx[dec].sum()) + nd if nd else 0
-            lat = cost(pf_tok, pairs, nd, kv_tok)
+            # the chunks as equal chunks that load the busiest data-parallel group alike (8000 + 192
+            # tokens: one; 4096 + 4096: two), so an MoE layout spreads them over its DP attention groups
+            lat = cost(pf_tok, pairs, nd, kv_tok, pf_tok // biggest if biggest else 0)
             used = self.kv.used_fraction
             self.kv_time += used * lat
             if used > self.kv_max:

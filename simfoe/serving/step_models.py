@@ -98,13 +98,16 @@ class MemoCost:
         self.counts: dict[tuple, int] = {}
         self.misses = 0
 
-    def __call__(self, prefill_tokens: int, attn_pairs: float, decode_seqs: int, kv_tokens: int) -> float:
+    def __call__(self, prefill_tokens: int, attn_pairs: float, decode_seqs: int, kv_tokens: int,
+                 prefill_seqs: int = 1) -> float:
         b = self.bits
+        s = occupied_groups(self.model, prefill_tokens, prefill_seqs)
         key = (bucket_up(prefill_tokens, b), bucket_up(attn_pairs, b), bucket_up(decode_seqs, b),
-               bucket_up(kv_tokens, b))
+               bucket_up(kv_tokens, b), s)
         t = self.table.get(key)
         if t is None:
-            r = self.model.iteration(key[0], float(key[1]), key[2], key[3])
+            extra = {"prefill_seqs": s} if s else {}
+            r = self.model.iteration(key[0], float(key[1]), key[2], key[3], **extra)
             t = float(getattr(r, "latency_s", r))
             if not t > 0:
                 raise SpecError("step model", t, "iteration latency > 0 seconds")
@@ -132,6 +135,17 @@ class MemoCost:
         return out
 
 
+def occupied_groups(model, prefill_tokens: int, prefill_seqs: int) -> int:
+    """How many data-parallel groups an iteration's prefill chunks occupy: ``min(prefill_seqs, groups)``
+    for a model with ``prefill_groups`` > 1 (the forward model of an MoE layout with DP attention
+    groups), rounded down to 3 significant bits above 8 (fewer groups: a little pessimistic); 0 when
+    the model has no such groups or the iteration no prefill (then the model is not asked)."""
+    groups = getattr(model, "prefill_groups", 1)
+    if groups <= 1 or prefill_tokens <= 0:
+        return 0
+    return bucket_down(max(1, min(int(prefill_seqs), groups)), 3)
+
+
 def bucket_down(x: float, bits: int) -> int:
     """Largest value <= ``x`` with ``bits`` significant binary digits (exact below 2**bits)."""
     n = int(x)
@@ -149,6 +163,8 @@ class InterpCost:
     ``P(T, pairs + decode_seqs) + D(decode_seqs, kv_tokens) - D(decode_seqs, decode_seqs)`` with
     ``T = prefill_tokens + decode_seqs``: every token goes through the dense/expert/communication
     path of a prefill of T tokens, and the decodes add only their KV-length-dependent attention.
+    P is evaluated with the iteration's prefill chunks spread over as many data-parallel attention
+    groups as they fill (:func:`occupied_groups`; one grid per group count).
     Same interface as :class:`MemoCost`; ``misses`` counts step-model evaluations.
     """
 
@@ -162,11 +178,12 @@ class InterpCost:
         self.misses = 0
         self.calls = 0
 
-    def _node(self, pf: int, pairs: int, ds: int, kv: int) -> float:
-        key = (pf, pairs, ds, kv)
+    def _node(self, pf: int, pairs: int, ds: int, kv: int, seqs: int = 0) -> float:
+        key = (pf, pairs, ds, kv, seqs)
         t = self.table.get(key)
         if t is None:
-            r = self.model.iteration(pf, float(pairs), ds, kv)
+            extra = {"prefill_seqs": seqs} if seqs else {}
+            r = self.model.iteration(pf, float(pairs), ds, kv, **extra)
             t = float(getattr(r, "latency_s", r))
             if not t > 0:
                 raise SpecError("step model", t, "iteration latency > 0 seconds")
@@ -174,12 +191,17 @@ class InterpCost:
             self.misses += 1
         return t
 
-    def _cell(self, x0: int, x1: int, y0: int, y1: int, prefill: bool) -> tuple:
+    def _cell(self, x0: int, x1: int, y0: int, y1: int, prefill: bool, seqs: int = 0) -> tuple:
         """Corner values (f00, f01, f10, f11) of one grid cell, evaluated once per cell."""
-        key = (prefill, x0, x1, y0, y1)
+        key = (prefill, x0, x1, y0, y1, seqs)
         c = self._cells.get(key)
         if c is None:
-            f = (lambda xx, yy: self._node(xx, yy, 0, 0)) if prefill else (lambda xx, yy: self._node(0, 0, xx, yy))
+            if prefill:
+                def f(xx, yy):
+                    return self._node(xx, yy, 0, 0, seqs)
+            else:
+                def f(xx, yy):
+                    return self._node(0, 0, xx, yy)
             f00 = f(x0, y0)
             f01 = f(x0, y1) if y1 != y0 else f00
             f10 = f(x1, y0) if x1 != x0 else f00
@@ -187,22 +209,24 @@ class InterpCost:
             c = self._cells[key] = (f00, f01, f10, f11)
         return c
 
-    def _bilinear(self, x: float, y: float, prefill: bool) -> float:
+    def _bilinear(self, x: float, y: float, prefill: bool, seqs: int = 0) -> float:
         b = self.bits
         x0, x1 = bucket_down(x, b), bucket_up(x, b)
         y0, y1 = bucket_down(y, b), bucket_up(y, b)
-        f00, f01, f10, f11 = self._cell(x0, x1, y0, y1, prefill)
+        f00, f01, f10, f11 = self._cell(x0, x1, y0, y1, prefill, seqs)
         if x1 == x0 and y1 == y0:
             return f00
         wx = (x - x0) / (x1 - x0) if x1 != x0 else 0.0
         wy = (y - y0) / (y1 - y0) if y1 != y0 else 0.0
         return (f00 * (1 - wx) + f10 * wx) * (1 - wy) + (f01 * (1 - wx) + f11 * wx) * wy
 
-    def __call__(self, prefill_tokens: int, attn_pairs: float, decode_seqs: int, kv_tokens: int) -> float:
+    def __call__(self, prefill_tokens: int, attn_pairs: float, decode_seqs: int, kv_tokens: int,
+                 prefill_seqs: int = 1) -> float:
         self.calls += 1
         if prefill_tokens == 0:
             return self._bilinear(decode_seqs, kv_tokens, False)
-        t = self._bilinear(prefill_tokens + decode_seqs, attn_pairs + decode_seqs, True)
+        seqs = occupied_groups(self.model, prefill_tokens, prefill_seqs)
+        t = self._bilinear(prefill_tokens + decode_seqs, attn_pairs + decode_seqs, True, seqs)
         if decode_seqs:
             t += max(0.0, self._bilinear(decode_seqs, kv_tokens, False) - self._bilinear(decode_seqs, decode_seqs, False))
         return t
