@@ -387,11 +387,39 @@ class ForwardModel:
             return self._simulate(work, parts, per_layer, timeline)
         tl_one, tl_two = ([], []) if timeline is not None else (None, None)
         one = self._simulate(work, [work], per_layer, tl_one)
+        if self._compute_floor(work, parts) >= one.latency_s * (1 + self.AUTO_MARGIN):
+            # two micro-batches' compute alone already takes longer (weight-bound decode reads the
+            # weights twice): no need to simulate them
+            if timeline is not None:
+                timeline.extend(tl_one)
+            return one
         two = self._simulate(work, parts, per_layer, tl_two)
         best, tl = (two, tl_two) if two.latency_s < one.latency_s else (one, tl_one)
         if timeline is not None:
             timeline.extend(tl)
         return best
+
+    #: ``auto`` skips simulating two micro-batches when their compute alone exceeds the one-batch pass
+    #: by this share (the floor uses layer 0's routing for every layer; the margin covers the spread)
+    AUTO_MARGIN = 0.05
+
+    def _compute_floor(self, work: Work, parts: list) -> float:
+        """A floor on the two-batch pass (s): the busiest GPU's compute for both micro-batches, all layers,
+        plus the embedding/LM head; communication and waiting can only add to it."""
+        m, rng = self.model, np.random.default_rng(self.seed + 1)
+        total = 0.0
+        for dense, n in ((True, m.n_dense_layers), (False, m.n_moe_layers)):
+            if n:
+                busy = sum(s.seconds for w in parts for s in self._plan(w, 0, dense, rng).steps
+                           if isinstance(s, Compute))
+                total += n * float(np.max(busy))
+        return total + self._head(work)
+
+    def _head(self, work: Work) -> float:
+        if self.placement.arch == "foe":
+            return head_seconds(self._costs, self.model, work, self.gpus, 1)
+        t = self.layout.attention_tp
+        return head_seconds(self._costs, self.model, work, t, self.gpus // t)
 
     def _simulate(self, work: Work, parts: list, per_layer: bool, timeline: list | None) -> ForwardResult:
         m = self.model
@@ -421,11 +449,7 @@ class ForwardModel:
                         comm[kind][where] += weight * v
                 local += weight * loc
                 acts += weight * act
-        if self.placement.arch == "foe":
-            head = head_seconds(self._costs, m, work, self.gpus, 1)
-        else:
-            t = self.layout.attention_tp
-            head = head_seconds(self._costs, m, work, t, self.gpus // t)
+        head = self._head(work)
         breakdown["embed_lm_head"] += head
         total += head
         lar = (local / acts) if acts > 0 else None
