@@ -174,3 +174,21 @@ def test_sm_share_is_monotone_and_bounded(share, comm):
     assert held >= free - 1e-9
     # every compute second runs at >= (1 - share) speed
     assert held <= free + (4.0 / (1 - share) - 4.0) + 1e-9
+
+
+@pytest.mark.parametrize("model,nodes,arch,phase,batch", [
+    ("olmoe-1b-7b", 2, "moe", "decode", 64), ("olmoe-1b-7b", 2, "foe", "prefill", 4),
+    ("qwen3-30b-a3b", 2, "moe", "prefill", 2), ("mixtral-8x7b", 1, "moe", "decode", 256),
+    ("deepseek-v3", 4, "moe", "decode", 256)])
+def test_compute_floor_is_below_the_simulated_two_batch_pass(model, nodes, arch, phase, batch):
+    """auto skips the two-batch simulation on this floor: it must not exceed what that simulation gives."""
+    from simfoe.api import forward_model
+
+    fm = forward_model(model, "h100-sxm", nodes, arch, overrides=["placement.overlap=two-batch"])
+    w = Work.from_phase(phase, batch, 2048)
+    parts = fm._micro_batches(w)
+    assert len(parts) == 2
+    floor = fm._compute_floor(w, parts)
+    two = fm.simulate(w).latency_s
+    assert floor <= two * (1 + fm.AUTO_MARGIN)
+    assert floor > 0.5 * two  # and it is a useful floor, not a trivial one
