@@ -24,7 +24,8 @@ from __future__ import annotations
 import datetime as _dt
 from pathlib import Path
 
-from simfoe.calibration.fit_profile import ATTENTION_VARIANT, _fit_family, _rel, fit_copy_attention, load_set, row_errors
+from simfoe.calibration.fit_profile import (ATTENTION_VARIANT, _fit_family, _gemm_spec, _rel, fit_copy_attention,
+                                           load_set, row_errors)
 from simfoe.errors import SpecError
 
 BASE_BY_NAME: tuple[tuple[str, str], ...] = (("H200", "h200-sxm"), ("H100", "h100-sxm"), ("A100", "a100-sxm"))
@@ -50,20 +51,6 @@ def base_profile_for(env: dict) -> str:
             return prof
     raise SpecError("--base", None, f"a published profile for {name!r} (known: "
                     + ", ".join(f"{k} -> {p}" for k, p in BASE_BY_NAME) + "); pass --base NAME")
-
-
-def _gemm_spec(g0: dict, pad_start: float = 1e-2) -> dict:
-    """Fit spec of the GEMM form started from ``g0`` (the base's Vidur fit, or the bf16 refit for fp8 and
-    grouped experts), paddings starting at least at ``pad_start``: efficiencies in (0, 1], paddings and
-    size floor on a log scale, launch between 10 ns and 1 ms."""
-    return {
-        "eff_max": (g0.get("eff_max", 0.8), 0.05, 1.0, False),
-        "m_pad": (max(g0.get("m_pad", 64.0), pad_start), 1e-3, 1e5, True),
-        "n_pad": (max(g0.get("n_pad", 64.0), pad_start), 1e-3, 1e5, True),
-        "k_pad": (max(g0.get("k_pad", 1.0), pad_start), 1e-3, 1e5, True),
-        "mem_eff": (g0.get("mem_eff", 0.9), 0.05, 1.0, False),
-        "mem_floor_bytes": (max(g0.get("mem_floor_bytes", 1e4), 2.0), 1.0, 1e9, True),
-        "launch_s": (max(g0.get("launch_s", 5e-6), 1e-7), 1e-8, 1e-3, True), "smooth_p": (g0.get("smooth_p", 4.0), 1.0, 50.0, False)}
 
 
 def _fit_grouped(hw0, kern: dict, rows) -> dict:

@@ -62,14 +62,20 @@ def load_set(set_dir: str | Path):
     import pandas as pd
 
     d = Path(set_dir)
-    if not (d / "kernels.csv").is_file() or not (d / "env.json").is_file():
-        raise SpecError("measurement set", str(set_dir), "a folder with kernels.csv and env.json (python -m validation.harness)")
+    env = load_env(d)
     k = in_pass_rows(pd.read_csv(d / "kernels.csv"))
     use_cpu = (k.device == "cpu") & (k.threads == 1) & k.cpu_median_s.notna() & (k.cpu_median_s > 0)
     k["t_s"] = np.where(use_cpu, k.cpu_median_s, k.median_s)
     c = pd.read_csv(d / "collectives.csv") if (d / "collectives.csv").is_file() else pd.DataFrame()
-    env = json.loads((d / "env.json").read_text())
     return k, c, env
+
+
+def load_env(set_dir: str | Path) -> dict:
+    """The env.json of a measurement set (checked to be a set: kernels.csv and env.json present)."""
+    d = Path(set_dir)
+    if not (d / "kernels.csv").is_file() or not (d / "env.json").is_file():
+        raise SpecError("measurement set", str(set_dir), "a folder with kernels.csv and env.json (python -m validation.harness)")
+    return json.loads((d / "env.json").read_text())
 
 
 COLD = "_cold"
@@ -373,6 +379,21 @@ def _fit_collectives(hw, c) -> tuple[dict, dict]:
             {"all": _errs(ape), **per})
 
 
+def _gemm_spec(g0: dict, pad_start: float = 1e-2, launch_max: float = 1e-3) -> dict:
+    """Fit spec of the GEMM form started from ``g0`` (a CPU set: generic starts; a GPU set: the base's
+    Vidur fit, or the bf16 refit for fp8 and grouped experts), paddings starting at least at
+    ``pad_start``: efficiencies in (0, 1], paddings and size floor on a log scale, launch between 10 ns
+    and ``launch_max``."""
+    return {
+        "eff_max": (g0.get("eff_max", 0.8), 0.05, 1.0, False),
+        "m_pad": (max(g0.get("m_pad", 64.0), pad_start), 1e-3, 1e5, True),
+        "n_pad": (max(g0.get("n_pad", 64.0), pad_start), 1e-3, 1e5, True),
+        "k_pad": (max(g0.get("k_pad", 1.0), pad_start), 1e-3, 1e5, True),
+        "mem_eff": (g0.get("mem_eff", 0.9), 0.05, 1.0, False),
+        "mem_floor_bytes": (max(g0.get("mem_floor_bytes", 1e4), 2.0), 1.0, 1e9, True),
+        "launch_s": (max(g0.get("launch_s", 5e-6), 1e-7), 1e-8, launch_max, True), "smooth_p": (g0.get("smooth_p", 4.0), 1.0, 50.0, False)}
+
+
 def fit_copy_attention(hw, kern: dict, k, copy_start: tuple[float, float], attn_start: tuple[float, float],
                        launch_max: float):
     """Fit ``kern['elementwise']`` on the copy rows of ``k`` and ``kern['attention_prefill' / 'attention_decode']``
@@ -441,10 +462,9 @@ def fit_profile(set_dir: str | Path, name: str | None = None) -> tuple[dict, dic
     fp32 = one[one.dtype == "fp32"]
     # starts: large GEMMs near the measured peak, DRAM streaming near the copy rate, launch ~ tens of us
     # (a CPU op dispatch in eager torch); bounds keep efficiencies in (0, 1]
-    kern["gemm"] = _fit_family(hw, kern, "gemm", {
-        "eff_max": (0.9, 0.05, 1.0, False), "m_pad": (8.0, 1e-3, 1e5, True), "n_pad": (8.0, 1e-3, 1e5, True),
-        "k_pad": (8.0, 1e-3, 1e5, True), "mem_eff": (0.8, 0.05, 1.0, False), "mem_floor_bytes": (1e4, 1.0, 1e9, True),
-        "launch_s": (2e-5, 1e-8, 1e-2, True), "smooth_p": (4.0, 1.0, 50.0, False)}, fp32, fp32.t_s.to_numpy(float))
+    kern["gemm"] = _fit_family(hw, kern, "gemm", _gemm_spec(
+        {"eff_max": 0.9, "m_pad": 8.0, "n_pad": 8.0, "k_pad": 8.0, "mem_eff": 0.8, "mem_floor_bytes": 1e4, "launch_s": 2e-5},
+        launch_max=1e-2), fp32, fp32.t_s.to_numpy(float))
     cp, pre, dec = fit_copy_attention(hw, kern, k, copy_start=(0.8, 5e-6), attn_start=(0.5, 2e-5), launch_max=1e-2)
     glue = glue_rows(k)
     if not glue.empty:
@@ -527,11 +547,9 @@ def write_profile(profile: dict, provenance: dict, out: str | Path, set_dir: str
                   base: str | None = None) -> Path:
     """Write ``profile`` to ``out``: new files are created whole (validated, atomic); an existing
     profile gets each section replaced through simfoe.specs.profile_io.update_profile."""
-    import os
-    import tempfile
-
     import yaml
 
+    from simfoe.outputs import write_text
     from simfoe.specs.base import validate_spec
     from simfoe.specs.hardware import HardwareSpec
     from simfoe.specs.profile_io import profile_path, update_profile
@@ -545,13 +563,8 @@ def write_profile(profile: dict, provenance: dict, out: str | Path, set_dir: str
         return path
     data = {**profile, "provenance": dict(provenance)}
     validate_spec(HardwareSpec, data, "hardware")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(header.format(src=_rel(Path(set_dir)), out=_rel(path), base=base))
-        f.write(yaml.safe_dump(data, sort_keys=False, width=200))
-    os.replace(tmp, path)
-    return path
+    return write_text(path, header.format(src=_rel(Path(set_dir)), out=_rel(path), base=base)
+                      + yaml.safe_dump(data, sort_keys=False, width=200), "hardware profile")
 
 
 def run_fit(set_dir: str | Path, out: str | Path | None = None, name: str | None = None, base: str | None = None) -> dict:
@@ -570,7 +583,7 @@ def run_fit(set_dir: str | Path, out: str | Path | None = None, name: str | None
 def fit_set(set_dir: str | Path, name: str | None = None, base: str | None = None) -> tuple[dict, dict, dict]:
     """:func:`fit_profile` for a CPU set; simfoe.calibration.fit_gpu.fit_gpu_profile on top of the
     published ``base`` for a CUDA set (its report has ``base`` and ``base_on_set``)."""
-    _, _, env = load_set(set_dir)
+    env = load_env(set_dir)
     if env.get("device") == "cuda":
         from simfoe.calibration.fit_gpu import fit_gpu_profile
 

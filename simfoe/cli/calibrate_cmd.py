@@ -77,7 +77,7 @@ def run(args):
     from pathlib import Path
 
     from simfoe.errors import SpecError
-    from simfoe.outputs import check_dir, check_file, file_mode
+    from simfoe.outputs import check_dir, check_file
     from simfoe.paths import REPO_ROOT
 
     if (args.device is None) == (args.src is None):
@@ -112,13 +112,7 @@ def run(args):
     _check_set(src)
     from simfoe.calibration.fit_profile import run_fit
 
-    r = run_fit(src, args.out, base=args.base)
-    if r.get("written"):
-        try:  # the profile writer makes files 0600 (mkstemp); a profile is an ordinary readable file
-            os.chmod(r["written"], file_mode())
-        except OSError:
-            pass
-    return r
+    return run_fit(src, args.out, base=args.base)
 
 
 def render(r: dict) -> str:

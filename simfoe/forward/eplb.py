@@ -12,6 +12,7 @@ A token's choice of expert e goes to one of e's replicas at random (each carries
 """
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,15 +52,15 @@ def balance(probs: np.ndarray, redundant: int, ep: int) -> SlotMap:
     owner = np.repeat(np.arange(E), count)
     load = probs[owner] / count[owner]
     order = np.lexsort((owner, -load))
-    gpu_load = np.zeros(ep)
-    free = np.full(ep, per_gpu)
+    heap = [(0.0, g) for g in range(ep)]  # (load, gpu) of GPUs with a free slot; ties: lowest GPU
+    used = [0] * ep
     slot_of = np.empty(n, dtype=np.int64)  # replica -> slot
-    for r in order:
-        open_ = np.flatnonzero(free)
-        g = int(open_[np.argmin(gpu_load[open_])])
-        slot_of[r] = g * per_gpu + (per_gpu - free[g])
-        free[g] -= 1
-        gpu_load[g] += load[r]
+    for r in order.tolist():
+        g_load, g = heapq.heappop(heap)
+        slot_of[r] = g * per_gpu + used[g]
+        used[g] += 1
+        if used[g] < per_gpu:
+            heapq.heappush(heap, (g_load + float(load[r]), g))
     start = np.zeros(E, dtype=np.int64)
     start[1:] = np.cumsum(count)[:-1]
     return SlotMap(per_gpu, start, count, slot_of)

@@ -274,7 +274,7 @@ def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work | list[Work]
     db = model.dtype_bytes  # dispatch in the model dtype (fp8 models: fp8), combine in the activation dtype
     steps.append(Collective("dispatch", ep_groups, _a2a([m * db for m in traffic], L.all_to_all)))
     if moe.n_shared_experts:
-        sw = (moe.shared_ffn or moe.expert_ffn) * moe.n_shared_experts
+        sw = moe.shared_width
         expert_time = expert_time + np.array([_ffn_seconds(c, model, n, sw) for n in tok_gpu])
     steps.append(Compute("experts", expert_time))
     steps.append(Collective("combine", ep_groups, _a2a([m.T * b for m in traffic], L.all_to_all)))

@@ -294,7 +294,18 @@ class ForwardModel:
         self._costs = _Costs(hw, model.dtype)
         # redundant experts: one EPLB placement per MoE layer, from that layer's expected loads
         R = getattr(self.layout, "redundant", 0)
-        self._slots = [balance(p[0], R, self.layout.ep) for p in self._probs] if (R and self._probs is not None) else None
+        self._slots = None
+        if R and self._probs is not None:
+            placed: dict[bytes, object] = {}  # layers with the same loads (uniform routing: all) share one
+            self._slots = []
+            for p in self._probs:
+                key = p[0].tobytes()
+                if key not in placed:
+                    placed[key] = balance(p[0], R, self.layout.ep)
+                self._slots.append(placed[key])
+        #: data-parallel attention groups that prefill chunks are spread over (MoE: GPUs / attention TP;
+        #: FoE: 1, every GPU sees every token); serving passes ``prefill_seqs`` up to this many
+        self.prefill_groups = 1 if placement.arch == "foe" else self.gpus // self.layout.attention_tp
 
     # ---- memory ------------------------------------------------------------------------------
     def weight_bytes_per_gpu(self) -> float:
@@ -332,25 +343,27 @@ class ForwardModel:
 
     def kv_capacity_tokens(self) -> int:
         """KV-cache tokens one instance can hold: HBM minus weights minus the reserve, per GPU layout."""
-        free = self.hw.gpu.hbm_bytes * (1 - HBM_RESERVE_FRACTION) - self.weight_bytes_per_gpu()
+        free = self.usable_hbm_bytes() - self.weight_bytes_per_gpu()
         if free <= 0:
             return 0
         per_gpu = int(free // self.kv_bytes_per_token_per_gpu())
         # sequences are split over data-parallel groups; each group stores its own sequences
-        if self.placement.arch == "foe":
-            return per_gpu
-        return per_gpu * (self.gpus // self.layout.attention_tp)
+        return per_gpu * self.prefill_groups
+
+    def usable_hbm_bytes(self) -> float:
+        """HBM per GPU less the reserve (bytes)."""
+        return self.hw.gpu.hbm_bytes * (1 - HBM_RESERVE_FRACTION)
 
     def fits(self) -> bool:
-        return self.weight_bytes_per_gpu() < self.hw.gpu.hbm_bytes * (1 - HBM_RESERVE_FRACTION)
+        return self.weight_bytes_per_gpu() < self.usable_hbm_bytes()
 
     def memory(self, work: Work) -> dict:
         """HBM per GPU that ``work`` needs (bytes): weights, the KV cache of its tokens (prompt tokens of a
         prefill, context of a decode) on the busiest GPU, the usable HBM (less the reserve), and whether it fits."""
-        per = work if self.placement.arch == "foe" else work.split(self.gpus // self.layout.attention_tp)[0]
+        per = work.split(self.prefill_groups)[0]
         weights = self.weight_bytes_per_gpu()
         kv = (per.prefill_tokens + per.decode_kv_tokens) * self.kv_bytes_per_token_per_gpu()
-        usable = self.hw.gpu.hbm_bytes * (1 - HBM_RESERVE_FRACTION)
+        usable = self.usable_hbm_bytes()
         return {"weights_bytes_per_gpu": weights, "kv_cache_bytes_per_gpu": float(kv),
                 "usable_hbm_bytes_per_gpu": float(usable), "fits": bool(weights + kv <= usable)}
 
@@ -362,7 +375,7 @@ class ForwardModel:
         if self.placement.arch == "foe":
             halves = list(work.halves())
             return halves if all(h.tokens for h in halves) else [work]
-        shares = [g.halves() for g in work.split(self.gpus // self.layout.attention_tp)]
+        shares = [g.halves() for g in work.split(self.prefill_groups)]
         mbs = [[s[i] for s in shares] for i in range(2)]
         return mbs if all(sum(w.tokens for w in mb) for mb in mbs) else [work]
 
@@ -505,12 +518,6 @@ class ForwardModel:
         r = self.simulate(work, per_layer, timeline)
         r.memory = self.memory(work)
         return r
-
-    @property
-    def prefill_groups(self) -> int:
-        """Data-parallel attention groups that prefill chunks are spread over (MoE: GPUs / attention TP;
-        FoE: 1, every GPU sees every token). Serving passes ``prefill_seqs`` up to this many."""
-        return 1 if self.placement.arch == "foe" else self.gpus // self.layout.attention_tp
 
     def iteration(self, prefill_tokens: int, prefill_attn_pairs: float, decode_seqs: int, decode_kv_tokens: int,
                   prefill_seqs: int | None = None) -> IterationCost:

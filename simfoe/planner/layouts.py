@@ -84,7 +84,7 @@ def enumerate_layouts(model, hardware: dict, max_nodes: int, user_overrides=(), 
     ``user_overrides``: the user's ``--set`` strings; a ``placement.*`` path set there pins that
     dimension (it is not searched). Placement validity is checked with the resolvers."""
     from simfoe.specs.io import build_placement
-    from simfoe.specs.placement import resolve_foe, resolve_moe
+    from simfoe.specs.placement import ep_sizes, resolve_foe, resolve_moe
 
     pinned = {o.split("=", 1)[0].strip() for o in user_overrides if o.strip().startswith("placement.")}
     user_pl = [o for o in user_overrides if o.strip().startswith("placement.")]
@@ -124,8 +124,7 @@ def enumerate_layouts(model, hardware: dict, max_nodes: int, user_overrides=(), 
                 if model.moe is None:
                     eps = [None]
                 else:
-                    slots = model.moe.n_experts + redundant  # expert slots per EP group (replicas included)
-                    valid = [d for d in _divisors(G) if slots % d == 0]
+                    valid = ep_sizes(G, model.moe.n_experts + redundant)  # slots: replicas included
                     eps = sorted({max(valid), *([gpn] if gpn in valid else [])}, reverse=True)
                 for att in ("tp", "dp"):
                     for ep in eps:

@@ -92,6 +92,7 @@ class MemoCost:
         if not 2 <= int(bits) <= 20:
             raise SpecError("bucket_bits", bits, "an integer in 2..20")
         self.model = model
+        self._groups = getattr(model, "prefill_groups", 1)
         self.bits = int(bits)
         self.table: dict[tuple, float] = {}
         self.breakdown: dict[tuple, dict] = {}
@@ -101,7 +102,7 @@ class MemoCost:
     def __call__(self, prefill_tokens: int, attn_pairs: float, decode_seqs: int, kv_tokens: int,
                  prefill_seqs: int = 1) -> float:
         b = self.bits
-        s = occupied_groups(self.model, prefill_tokens, prefill_seqs)
+        s = occupied_groups(self._groups, prefill_tokens, prefill_seqs)
         key = (bucket_up(prefill_tokens, b), bucket_up(attn_pairs, b), bucket_up(decode_seqs, b),
                bucket_up(kv_tokens, b), s)
         t = self.table.get(key)
@@ -135,12 +136,11 @@ class MemoCost:
         return out
 
 
-def occupied_groups(model, prefill_tokens: int, prefill_seqs: int) -> int:
-    """How many data-parallel groups an iteration's prefill chunks occupy: ``min(prefill_seqs, groups)``
-    for a model with ``prefill_groups`` > 1 (the forward model of an MoE layout with DP attention
-    groups), rounded down to 3 significant bits above 8 (fewer groups: a little pessimistic); 0 when
-    the model has no such groups or the iteration no prefill (then the model is not asked)."""
-    groups = getattr(model, "prefill_groups", 1)
+def occupied_groups(groups: int, prefill_tokens: int, prefill_seqs: int) -> int:
+    """How many of a model's ``groups`` data-parallel attention groups (its ``prefill_groups``: the
+    forward model of an MoE layout) an iteration's prefill chunks occupy: ``min(prefill_seqs, groups)``,
+    rounded down to 3 significant bits above 8 (fewer groups: a little pessimistic); 0 when the model
+    has one group or the iteration no prefill (then the model is not asked)."""
     if groups <= 1 or prefill_tokens <= 0:
         return 0
     return bucket_down(max(1, min(int(prefill_seqs), groups)), 3)
@@ -172,6 +172,7 @@ class InterpCost:
         if not 2 <= int(bits) <= 12:
             raise SpecError("bucket_bits", bits, "an integer in 2..12")
         self.model = model
+        self._groups = getattr(model, "prefill_groups", 1)
         self.bits = int(bits)
         self.table: dict[tuple, float] = {}
         self._cells: dict[tuple, tuple] = {}
@@ -225,7 +226,7 @@ class InterpCost:
         self.calls += 1
         if prefill_tokens == 0:
             return self._bilinear(decode_seqs, kv_tokens, False)
-        seqs = occupied_groups(self.model, prefill_tokens, prefill_seqs)
+        seqs = occupied_groups(self._groups, prefill_tokens, prefill_seqs)
         t = self._bilinear(prefill_tokens + decode_seqs, attn_pairs + decode_seqs, True, seqs)
         if decode_seqs:
             t += max(0.0, self._bilinear(decode_seqs, kv_tokens, False) - self._bilinear(decode_seqs, decode_seqs, False))

@@ -48,6 +48,11 @@ class MoESpec(Spec):
     shared_ffn: int = Field(0, ge=0, description="intermediate width of one shared expert (0 = expert_ffn)")
     first_dense_layers: int = Field(0, ge=0, description="leading layers with a dense FFN instead of MoE")
 
+    @property
+    def shared_width(self) -> int:
+        """Summed intermediate width of the shared experts (n_shared x their width); 0 without them."""
+        return self.n_shared_experts * (self.shared_ffn or self.expert_ffn)
+
     @model_validator(mode="after")
     def _check(self):
         if self.top_k > self.n_experts:
@@ -116,10 +121,7 @@ class ModelSpec(Spec):
         return self.ffn_mats * self.hidden * self.moe.expert_ffn if self.moe else 0
 
     def shared_params(self) -> int:
-        if not self.moe or not self.moe.n_shared_experts:
-            return 0
-        w = self.moe.shared_ffn or self.moe.expert_ffn
-        return self.moe.n_shared_experts * self.ffn_mats * self.hidden * w
+        return self.ffn_mats * self.hidden * self.moe.shared_width if self.moe else 0
 
     def dense_ffn_params(self) -> int:
         return self.ffn_mats * self.hidden * self.ffn

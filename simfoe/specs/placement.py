@@ -104,6 +104,12 @@ class FoELayout:
         return self.experts_per_cluster * self.clusters_per_gpu // self.gpus_per_cluster
 
 
+def ep_sizes(gpus: int, slots: int) -> list[int]:
+    """Valid expert-parallel group sizes: divisors of the GPU count that split the expert slots
+    (n_experts + redundant_experts) evenly."""
+    return [d for d in range(1, gpus + 1) if gpus % d == 0 and slots % d == 0]
+
+
 def resolve_moe(model: ModelSpec, gpus_per_node: int, p: PlacementSpec) -> MoELayout:
     G = p.nodes * gpus_per_node
     moe = model.moe
@@ -126,7 +132,7 @@ def resolve_moe(model: ModelSpec, gpus_per_node: int, p: PlacementSpec) -> MoELa
             what = f"n_experts ({moe.n_experts})" if not R else f"n_experts + redundant_experts ({slots})"
             raise SpecError("placement.moe.ep", ep, f"must divide both the GPU count ({G}) and {what}")
     else:
-        ep = max(d for d in range(1, G + 1) if G % d == 0 and slots % d == 0)
+        ep = max(ep_sizes(G, slots))
     if R and ep == 1:
         raise SpecError("placement.moe.redundant_experts", R,
                         f"0 here: n_experts + redundant_experts ({slots}) must split over an EP group of more "
@@ -173,7 +179,7 @@ def derive_foe_shared(model: ModelSpec, clusters: int, f: FoEPlacement) -> int:
         return 0
     if f.shared_ffn is not None:
         return f.shared_ffn
-    sw = (moe.shared_ffn or moe.expert_ffn) * moe.n_shared_experts
+    sw = moe.shared_width
     if sw % clusters:
         raise SpecError("placement.foe.shared_ffn", None,
                         f"iso-parameter shared slice n_s*f_s/C = {sw}/{clusters} is not an integer; set placement.foe.shared_ffn")

@@ -7,21 +7,18 @@ entries, keeps the leading comment block, validates the result and writes atomic
 from __future__ import annotations
 
 import fcntl
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from simfoe.outputs import file_mode
+from simfoe.outputs import write_text
 from simfoe.specs.base import validate_spec
+from simfoe.paths import hwprofiles_dir
 from simfoe.specs.hardware import HardwareSpec
 
 
 def profile_path(name_or_path: str | Path) -> Path:
-    from simfoe.specs.io import hwprofiles_dir
-
     s = str(name_or_path)
     if s.endswith((".yaml", ".yml")) or "/" in s:
         return Path(s)
@@ -47,16 +44,7 @@ def update_profile(name_or_path: str | Path, section: str, values: Any, provenan
             if provenance:
                 data.setdefault("provenance", {}).update(provenance)
             validate_spec(HardwareSpec, data, "hardware")
-            body = yaml.safe_dump(data, sort_keys=False, width=200)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w") as f:
-                    f.write(header + body)
-                os.chmod(tmp, file_mode())  # mkstemp makes 0600; a profile is an ordinary file
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_text(path, header + yaml.safe_dump(data, sort_keys=False, width=200), "hardware profile")
         finally:
             fcntl.flock(lf, fcntl.LOCK_UN)
     try:
