@@ -66,14 +66,6 @@ def check_seed(seed, flag: str = "--seed") -> None:
         raise SpecError(flag, seed, "an integer >= 0")
 
 
-def check_finite(flag: str, value, allowed: str) -> None:
-    """``value`` must be a finite number > 0 (``allowed`` says so in the user's terms)."""
-    from simfoe.errors import SpecError
-
-    if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise SpecError(flag, value, allowed)
-
-
 def check_text_file(flag: str, value, path=None) -> None:
     """An existing input file named by ``flag`` must be UTF-8 text (binary files get one line, exit 2).
     Files that do not exist are left to the loader's own message."""
@@ -115,7 +107,7 @@ def check_overrides_finite(overrides) -> None:
             raise SpecError("--set", item, "a finite number as the value")
 
 
-def placement_conflicts(args, overrides, names=("nodes", "arch")) -> dict:
+def placement_conflicts(args, overrides) -> dict:
     """An option given explicitly (not None on ``args``) and a --set placement.<name> that disagrees
     -> SpecError; with no explicit option the --set value is used. Returns {name: --set value}."""
     from simfoe.errors import SpecError
@@ -124,7 +116,7 @@ def placement_conflicts(args, overrides, names=("nodes", "arch")) -> dict:
     found = {}
     for item in overrides or []:
         root, path, value = split_override(item)
-        if root != "placement" or path not in names:
+        if root != "placement" or path not in ("nodes", "arch"):
             continue
         given = getattr(args, path, None)
         if given is not None and value != given:
@@ -198,6 +190,26 @@ def routing_path(routing) -> str | None:
     """The file of a ``trace:PATH`` routing spec, else None."""
     s = str(routing or "")
     return s[len("trace:"):] if s.startswith("trace:") else None
+
+
+def check_routing_file(routing, flag: str = "--routing") -> None:
+    """A ``trace:PATH`` routing must name a UTF-8 text file (see :func:`check_text_file`)."""
+    trace = routing_path(routing)
+    if trace is not None:
+        check_text_file(flag, routing, trace)
+
+
+def add_progress_flag(p: argparse.ArgumentParser, what: str = "a progress bar") -> None:
+    """--progress / --no-progress; unset (None) means: when stderr is a terminal (see :func:`want_progress`)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--progress", dest="progress", action="store_true", default=None,
+                   help=f"show {what} (default: when stderr is a terminal and not --json)")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def want_progress(args) -> bool:
+    """--progress / --no-progress as given, else: stderr is a terminal and the output is not --json."""
+    return sys.stderr.isatty() and not args.json if args.progress is None else bool(args.progress)
 
 
 def check_finite_result(value, args, what: str, caught: list) -> None:

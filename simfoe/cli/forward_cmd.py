@@ -40,8 +40,8 @@ def run(args) -> dict:
     import warnings
 
     from simfoe.api import forward
-    from simfoe.cli.common import (MAX_TOKENS, check_finite_result, check_overrides_finite, check_seed,
-                                   placement_conflicts, routing_path)
+    from simfoe.cli.common import (MAX_TOKENS, check_finite_result, check_overrides_finite, check_routing_file,
+                                   check_seed, placement_conflicts)
     from simfoe.errors import SpecError
     from simfoe.outputs import AtomicFiles, check_file
     from simfoe.specs.io import check_override_roots
@@ -59,9 +59,7 @@ def run(args) -> dict:
     placement_conflicts(args, args.overrides)
     for flag, value in (("--model", args.model), ("--hardware", args.hardware)):
         check_text_file(flag, value)
-    trace = routing_path(args.routing)
-    if trace is not None:
-        check_text_file("--routing", args.routing, trace)
+    check_routing_file(args.routing)
     # without an explicit --nodes/--arch, a --set placement.* value applies as given
     nodes = args.nodes if args.nodes is not None else 1
     arch = args.arch if args.arch is not None else "moe"

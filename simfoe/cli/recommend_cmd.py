@@ -58,7 +58,7 @@ def _prices(items: list[str]) -> dict:
 
 
 def run(args) -> dict:
-    from simfoe.cli.common import check_overrides_finite, check_seed, check_text_file, routing_path
+    from simfoe.cli.common import check_overrides_finite, check_routing_file, check_seed, check_text_file
     from simfoe.errors import SpecError
     from simfoe.outputs import check_file
     from simfoe.planner import recommend
@@ -70,9 +70,7 @@ def run(args) -> dict:
         if hw.strip():
             check_text_file("--hardware", hw.strip())
     check_text_file("--trace", args.trace)
-    trace = routing_path(args.routing)
-    if trace is not None:
-        check_text_file("--routing", args.routing, trace)
+    check_routing_file(args.routing)
     if args.out:
         out = check_file("--out", args.out)
         jp = out.with_suffix(".json")

@@ -1,9 +1,8 @@
 """`simfoe serve`: request-level serving simulation (continuous batching on MoE or FoE replicas)."""
 from __future__ import annotations
 
-import sys
 
-from simfoe.cli.common import add_json_flag, add_set_flag, table
+from simfoe.cli.common import add_json_flag, add_progress_flag, add_set_flag, table, want_progress
 from simfoe.outputs import fmt_time
 from simfoe.paths import hardware_presets
 
@@ -46,10 +45,7 @@ def register(subparsers) -> None:
                    "after the run; the folder is checked before it)")
     p.add_argument("--timeline", metavar="FILE.json", default=None,
                    help="write a Chrome/Perfetto trace: one event per engine iteration and replica")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--progress", dest="progress", action="store_true", default=None,
-                   help="show a progress bar (default: when stderr is a terminal and not --json)")
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_progress_flag(p)
     add_set_flag(p)
     add_json_flag(p)
     p.set_defaults(func=run, render=render)
@@ -66,8 +62,8 @@ FLAGS = {"rate": "--rate", "duration": "--duration", "trace": "--trace", "arriva
 def run(args) -> dict:
     import warnings
 
-    from simfoe.cli.common import (check_finite_result, check_overrides_finite, check_seed, check_text_file,
-                                   placement_conflicts, renamed_fields, routing_path)
+    from simfoe.cli.common import (check_finite_result, check_overrides_finite, check_routing_file, check_seed,
+                                   check_text_file, placement_conflicts, renamed_fields)
     from simfoe.specs.io import check_override_roots
     from simfoe.errors import SpecError
     from simfoe.outputs import AtomicFiles, check_dir, check_file
@@ -82,16 +78,12 @@ def run(args) -> dict:
         nodes = via_set["nodes"]  # reported as given; the --set value applies either way
     for flag in ("model", "hardware", "trace"):
         check_text_file("--" + flag, getattr(args, flag))
-    trace = routing_path(args.routing)
-    if trace is not None:
-        check_text_file("--routing", args.routing, trace)
+    check_routing_file(args.routing)
     if args.out is not None:
         check_dir("--out", args.out, files=("requests.parquet", "summary.json"))
     if args.timeline is not None:
         check_file("--timeline", args.timeline)
-    progress = args.progress
-    if progress is None:
-        progress = sys.stderr.isatty() and not args.json
+    progress = want_progress(args)
     with renamed_fields(FLAGS, {"cv": args.arrival}), warnings.catch_warnings(record=True) as caught:
         try:
             res = api.simulate_serving(

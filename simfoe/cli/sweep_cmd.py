@@ -7,7 +7,7 @@
 """
 from __future__ import annotations
 
-from simfoe.cli.common import add_json_flag
+from simfoe.cli.common import add_json_flag, add_progress_flag, want_progress
 from simfoe.outputs import fmt_time
 
 
@@ -34,10 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("--chunk-size", type=int, default=None, help="scenarios per task (default: automatic)")
     p.add_argument("--max-retries", type=int, default=3, help="Ray: retries of a task whose worker died")
     p.add_argument("--no-plots", action="store_true", help="skip plots and summary")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--progress", dest="progress", action="store_true", default=None,
-                   help="show a progress bar on stderr (default: when stderr is a terminal and not --json)")
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_progress_flag(p, "a progress bar on stderr")
     add_json_flag(p)
     p.set_defaults(func=run, render=render)
 
@@ -91,7 +88,6 @@ def check_scenario_files(spec) -> None:
 
 
 def run(args) -> dict:
-    import sys
 
     from simfoe.cli.common import check_text_file
     from simfoe.outputs import check_dir
@@ -106,9 +102,7 @@ def run(args) -> dict:
         files += ("summary.md", "plots/plot.png")
     check_dir("--out", args.out, files=files)
     check_scenario_files(spec)
-    progress = args.progress
-    if progress is None:
-        progress = sys.stderr.isatty() and not args.json
+    progress = want_progress(args)
     r = run_sweep(spec, args.out, executor=args.executor, workers=args.workers, address=args.address,
                   resume=args.resume, overwrite=args.overwrite, retry_failed=args.retry_failed,
                   chunk_size=args.chunk_size, max_retries=args.max_retries, dry_run=args.dry_run,
