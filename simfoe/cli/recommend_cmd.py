@@ -117,7 +117,8 @@ def render(r: dict) -> str:
         head = ["layout", "status", "rate/replica", "per GPU"] + (["req per $"] if per_dollar else []) + ["p90 TTFT", "p99 TBT"]
         lines += ["", table(rows, head)]
     lines.append("")
-    lines.append(f"{s['candidates']} layouts: {s['simulated']} simulated ({s['probes']} probes), {s['pruned']} pruned "
+    lines.append(f"{s['candidates']} layouts: {s['simulated']} simulated ({s['probes']} probes"
+                 f"{', %d missed the SLOs at every rate' % s['infeasible_after_simulation'] if s.get('infeasible_after_simulation') else ''}), {s['pruned']} pruned "
                  f"{s['pruned_by_reason']}, {s['skipped_placements']} invalid placements; search {s['wall_s']:.1f} s")
     if r.get("why"):
         lines.append(r["why"])

@@ -30,8 +30,15 @@ def register(subparsers) -> None:
     p.add_argument("--router", default="round-robin", help="replica router: round-robin | least-outstanding")
     p.add_argument("--scheduler", default="chunked", help="batching policy: chunked | whole-prompt")
     p.add_argument("--routing", default="uniform", help="expert routing distribution (uniform, zipf:S, ...)")
-    p.add_argument("--max-batch", type=int, default=256, help="max sequences per iteration (default 256)")
-    p.add_argument("--token-budget", type=int, default=8192, help="max tokens per iteration (default 8192)")
+    p.add_argument("--max-batch", type=int, default=256,
+                   help="max running sequences per DP attention rank (see --budget-scope; default 256)")
+    p.add_argument("--token-budget", type=int, default=8192,
+                   help="max tokens per iteration and DP attention rank (see --budget-scope; default 8192)")
+    p.add_argument("--budget-scope", choices=["rank", "instance"], default="rank",
+                   help="rank (default): every data-parallel attention rank of an instance (an MoE layout "
+                   "with DP attention: one per GPU; with TP attention: one per node; FoE: one) has its own "
+                   "--max-batch, --token-budget and share of the KV cache, as in vLLM and SGLang; "
+                   "instance: one budget and one KV pool for the whole instance")
     p.add_argument("--block-size", type=int, default=16, help="KV-cache block size, tokens (default 16)")
     p.add_argument("--slo-ttft", type=float, default=None, help="TTFT SLO for goodput, seconds (default: none)")
     p.add_argument("--slo-tbt", type=float, default=None,
@@ -65,7 +72,6 @@ def run(args) -> dict:
     from simfoe.cli.common import (check_finite_result, check_overrides_finite, check_routing_file, check_seed,
                                    check_text_file, placement_conflicts, renamed_fields)
     from simfoe.specs.io import check_override_roots
-    from simfoe.errors import SpecError
     from simfoe.outputs import AtomicFiles, check_dir, check_file
     from simfoe.serving import api
 
@@ -85,20 +91,13 @@ def run(args) -> dict:
         check_file("--timeline", args.timeline)
     progress = want_progress(args)
     with renamed_fields(FLAGS, {"cv": args.arrival}), warnings.catch_warnings(record=True) as caught:
-        try:
-            res = api.simulate_serving(
-                args.model, args.hardware, nodes, args.arch, args.trace, rate=args.rate, duration=args.duration,
-                replicas=args.replicas, routing=args.routing, overrides=args.overrides, seed=args.seed,
-                slo_ttft=args.slo_ttft, slo_tbt=args.slo_tbt, max_batch=args.max_batch,
-                token_budget=args.token_budget, progress=progress, router=args.router, scheduler=args.scheduler,
-                arrival=args.arrival, block_size=args.block_size, horizon_s=args.horizon,
-                skip_bad_rows=args.skip_bad_rows, record_timeline=args.timeline is not None)
-        except SpecError as e:
-            cap = e.value
-            if e.field == "kv_capacity_tokens" and isinstance(cap, int) and cap >= 1 and args.block_size > cap:
-                raise SpecError("--block-size", args.block_size,
-                                f"at most the KV cache of one replica, {cap} tokens") from None
-            raise
+        res = api.simulate_serving(
+            args.model, args.hardware, nodes, args.arch, args.trace, rate=args.rate, duration=args.duration,
+            replicas=args.replicas, routing=args.routing, overrides=args.overrides, seed=args.seed,
+            slo_ttft=args.slo_ttft, slo_tbt=args.slo_tbt, max_batch=args.max_batch,
+            token_budget=args.token_budget, progress=progress, router=args.router, scheduler=args.scheduler,
+            arrival=args.arrival, block_size=args.block_size, budget_scope=args.budget_scope, horizon_s=args.horizon,
+            skip_bad_rows=args.skip_bad_rows, record_timeline=args.timeline is not None)
     sim_s = (res.summary.get("sim") or {}).get("simulated_s")
     check_finite_result(sim_s, args, "simulated iteration times are finite numbers", caught)
     # every output is written under a temporary name first and renamed only when all are written
@@ -137,7 +136,10 @@ def render(r: dict) -> str:
         f"{_num(th['output_tokens_per_s'], '{:.0f}')} output tokens/s",
         f"goodput: {_num(gp['requests_per_s'])} req/s ({_num((gp['fraction_of_requests'] or 0) * 100, '{:.1f}')}% "
         f"of requests; SLO TTFT {fmt_time(gp['slo_ttft_s'])}, TBT {fmt_time(gp['slo_tbt_s'])})",
-        f"KV cache: {kv['capacity_tokens']:,} tokens/replica, mean use {kv['mean_used_fraction'] * 100:.1f}%, "
+        f"KV cache: {kv['capacity_tokens']:,} tokens/replica"
+        + (f" ({r['ranks_per_replica']} DP attention ranks of {kv['capacity_tokens_per_rank']:,}, each with its own "
+           f"budget of {r['token_budget']:,} tokens and {r['max_batch']} sequences)" if r.get("ranks_per_replica", 1) > 1 else "")
+        + f", mean use {kv['mean_used_fraction'] * 100:.1f}%, "
         f"max {kv['max_used_fraction'] * 100:.1f}%, {kv['preemptions']} preemptions",
         f"GPU utilization (busy share): {_num((r['gpu_utilization'] or 0) * 100, '{:.1f}')}%",
         f"simulated {r['sim']['simulated_s']:.1f} s in {r['sim']['wall_s']:.2f} s wall "

@@ -198,7 +198,9 @@ def _layout_desc(x: dict) -> str:
     return (f"<b>{_e(x['label'])}</b>: {_e(x['replicas'])} replica(s) x {_e(x['gpus_per_replica'])} GPUs; "
             f"goodput {_n(x['goodput_rps'])} req/s ({_n(x['goodput_rps_per_gpu'])} per GPU"
             + (f", {_n(x['requests_per_dollar'], '{:.0f}')} requests per $" if x.get("requests_per_dollar") else "")
-            + f"); token budget {_e(x['token_budget'])}; KV cache {_e(format(x['kv_capacity_tokens'] or 0, ','))} tokens"
+            + f"); token budget {_e(x['token_budget'])}"
+            + (f" per DP attention rank ({_e(x['dp_ranks'])} ranks)" if (x.get("dp_ranks") or 1) > 1 else "")
+            + f"; KV cache {_e(format(x['kv_capacity_tokens'] or 0, ','))} tokens"
             + f"; weights {_e(fmt_bytes(x['weight_bytes_per_gpu']))} per GPU.")
 
 
@@ -235,7 +237,9 @@ def render_html(result: dict) -> str:
     else:
         parts.append("<p><b>No layout meets the SLOs.</b> See the rejected layouts below.</p>")
     parts.append(f"<p class=\"muted\">Search: {s['candidates']} candidate layouts, {s['simulated']} simulated "
-                 f"({s['probes']} serving probes), {s['pruned']} pruned before or during the search, "
+                 f"({s['probes']} serving probes"
+                 f"{', %d of them missed the SLOs at every rate' % s['infeasible_after_simulation'] if s.get('infeasible_after_simulation') else ''}), "
+                 f"{s['pruned']} rejected without a rate search, "
                  f"{s['skipped_placements']} placements invalid; {s['wall_s']:.1f} s search, "
                  f"{s.get('total_wall_s', s['wall_s']):.1f} s with the analysis.</p>")
     if s["pruned_by_reason"]:
@@ -280,7 +284,7 @@ def render_html(result: dict) -> str:
                      _e(_n(x["bound_rps_per_replica"])),
                      _e(fmt_time((x.get("at_max_rate") or {}).get("ttft_p90_s"))),
                      _e(fmt_time((x.get("at_max_rate") or {}).get("tbt_p99_s")))])
-    parts.append(_table(["layout", "replicas", "GPUs", "token budget", "rate/replica", "goodput", "per GPU",
+    parts.append(_table(["layout", "replicas", "GPUs", "token budget per rank", "rate/replica", "goodput", "per GPU",
                          "req per $", "bound/replica", "p90 TTFT", "p99 TBT"], rows))
     parts.append("<p class=\"muted\">&ge;: the rate search stopped early once its bracket fell below the "
                  "runner-up; the value is a lower bound.</p>")

@@ -26,7 +26,9 @@ passed) or halves until the SLOs hold, then bisect geometrically.
 A probe passes when every request completes, p90 TTFT <= ``slo_ttft_p90`` and p99 TBT <=
 ``slo_tbt_p99``. Iteration times are shared across a layout's probes (one interpolated cost
 table per ForwardModel). The token budget per iteration (chunked-prefill size) is chosen per
-layout: the largest of ``TOKEN_BUDGETS`` whose chunk iteration takes <= 80% of the TBT SLO.
+layout: the largest of ``TOKEN_BUDGETS`` whose chunk iteration takes <= 80% of the TBT SLO. Budget
+and ``max_batch`` are per data-parallel attention rank (``ForwardModel.prefill_groups``), as in
+the serving engine: the chunk iteration runs one such chunk on every rank.
 
 Replicas: a layout of n nodes runs ``floor(max_nodes / n)`` data-parallel copies; one replica is
 simulated and the deployment's goodput is ``replicas x`` its rate (round-robin splitting of
@@ -106,7 +108,8 @@ class Evaluation:
     status: str = "pending"  # pruned | infeasible | feasible | partial
     reason: str = ""
     reason_kind: str = ""
-    token_budget: int | None = None
+    token_budget: int | None = None  # per DP attention rank
+    dp_ranks: int | None = None  # data-parallel attention ranks per replica (ForwardModel.prefill_groups)
     kv_capacity_tokens: int | None = None
     weight_bytes_per_gpu: float | None = None
     bound_rps: float | None = None  # per replica
@@ -147,7 +150,7 @@ class Evaluation:
             "settings": {k: v for k, v in c.settings}, "overrides": list(c.overrides),
             "replicas": c.replicas, "gpus_per_replica": c.gpus, "total_gpus": c.total_gpus,
             "status": self.status, "reason": self.reason,
-            "token_budget": self.token_budget, "kv_capacity_tokens": self.kv_capacity_tokens,
+            "token_budget": self.token_budget, "dp_ranks": self.dp_ranks, "kv_capacity_tokens": self.kv_capacity_tokens,
             "weight_bytes_per_gpu": self.weight_bytes_per_gpu,
             "bound_rps_per_replica": self.bound_rps, "max_rate_rps_per_replica": self.rate_rps,
             "goodput_rps": self.goodput_rps, "goodput_rps_per_gpu": self.per_gpu,
@@ -231,9 +234,9 @@ class Planner:
 
         return InterpCost(fm, self.cfg.interp_bits)
 
-    def _it(self, fm, pf: int, pairs: float, ds: int, kv: int) -> float:
+    def _it(self, fm, pf: int, pairs: float, ds: int, kv: int, prefill_seqs: int | None = None) -> float:
         self.forward_evals += 1
-        return float(fm.iteration(int(pf), float(pairs), int(ds), int(kv)).latency_s)
+        return float(fm.iteration(int(pf), float(pairs), int(ds), int(kv), prefill_seqs).latency_s)
 
     def screen(self, ev: Evaluation) -> None:
         """Memory fit, latency bounds, token budget and throughput bound (a few forward passes)."""
@@ -253,9 +256,11 @@ class Planner:
                          f"{hbm / 1e9:.0f} GB HBM")
             return
         ev.kv_capacity_tokens = kv = fm.kv_capacity_tokens()
-        if kv < st.max_tokens:
+        ev.dp_ranks = ranks = fm.prefill_groups
+        if kv // ranks < st.max_tokens:  # a request's KV lives on one DP attention rank
             ev.status, ev.reason_kind = "pruned", "memory: KV cache too small"
-            ev.reason = f"KV cache holds {kv:,} tokens, less than the longest request ({st.max_tokens:,})"
+            per = f" per DP attention rank ({ranks} ranks)" if ranks > 1 else ""
+            ev.reason = f"KV cache holds {kv // ranks:,} tokens{per}, less than the longest request ({st.max_tokens:,})"
             return
         P, O = st.mean_prompt, st.mean_output
         if cfg.slo_ttft_p90 is not None:
@@ -273,16 +278,17 @@ class Planner:
             ev.status, ev.reason_kind = "infeasible", "latency bound: TBT"
             ev.reason = f"one decode step of one sequence takes {t1 * 1e3:.1f} ms, above the p99 TBT SLO"
             return
-        # token budget: largest chunk whose iteration leaves room for the decodes in the TBT SLO
+        # token budget per rank: largest chunk whose iteration (one chunk on every DP attention rank)
+        # leaves room for the decodes in the TBT SLO
         budget, t_chunk = None, None
         for c in TOKEN_BUDGETS:
-            t = self._it(fm, c, c * st.pairs_per_token, 0, 0)
+            t = self._it(fm, c * ranks, c * ranks * st.pairs_per_token, 0, 0, ranks)
             budget, t_chunk = c, t
             if cfg.slo_tbt_p99 is None or t <= CHUNK_SHARE_OF_TBT * cfg.slo_tbt_p99:
                 break
         ev.token_budget = budget
-        c_pf = t_chunk / budget
-        n = int(max(1, min(cfg.max_batch, kv // max(1, int(P + O)))))
+        c_pf = t_chunk / (budget * ranks)
+        n = int(max(1, min(cfg.max_batch * ranks, kv // max(1, int(P + O)))))
         c_dec = self._it(fm, 0, 0, n, n * (P + O / 2)) / n
         ev.bound_rps = 1.0 / (P * c_pf + O * min(c_pf, c_dec))
         ev.status = "screened"
@@ -435,13 +441,14 @@ class Planner:
             "rejected": [e.to_dict() for e in evs if e.status in ("pruned", "infeasible")],
             "skipped": enum.skipped,
         }
-        by_reason: dict[str, int] = {}
+        by_reason: dict[str, int] = {}  # rejected without a rate search
         for e in evs:
-            if e.status in ("pruned", "infeasible"):
+            if e.status in ("pruned", "infeasible") and not e.probes:
                 by_reason[e.reason_kind] = by_reason.get(e.reason_kind, 0) + 1
         simulated = sum(1 for e in evs if e.probes)
         result["search"] = {
             "candidates": len(evs), "simulated": simulated,
+            "infeasible_after_simulation": sum(1 for e in evs if e.probes and e.status == "infeasible"),
             "pruned": sum(by_reason.values()), "pruned_by_reason": by_reason,
             "skipped_placements": len(enum.skipped), "probes": self.probes,
             "forward_evaluations": self.forward_evals + sum(e.cost.misses for e in evs if e.cost is not None),
@@ -469,11 +476,12 @@ class Planner:
         """Busy GPU seconds per request by category (compute, all-to-all, all-reduce) at the operating
         point, plus the mean queueing delay (s): prefill chunks x P/budget + decode steps x O / batch."""
         st, fm, at = self.stats, ev.fm, ev.at_rate or {}
-        c = ev.token_budget
-        pf = fm.iteration(c, c * st.pairs_per_token, 0, 0).breakdown_s
+        ranks = fm.prefill_groups
+        c = ev.token_budget * ranks  # one chunk of the per-rank budget on every DP attention rank
+        pf = fm.iteration(c, c * st.pairs_per_token, 0, 0, ranks).breakdown_s
         # Little's law: sequences decoding at once = rate x (mean time from first token to last)
         dec_time = max((at.get("e2e_mean_s") or 0) - (at.get("ttft_mean_s") or 0), 0.0)
-        n = int(min(self.cfg.max_batch, max(1, round((ev.rate_rps or 0) * dec_time))))
+        n = int(min(self.cfg.max_batch * ranks, max(1, round((ev.rate_rps or 0) * dec_time))))
         dc = fm.iteration(0, 0, n, int(n * (st.mean_prompt + st.mean_output / 2))).breakdown_s
         self.forward_evals += 2
 
@@ -491,7 +499,8 @@ class Planner:
         out["prefill_busy_s"] = a
         out["decode_busy_s"] = b
         out["decode_batch"] = n
-        out["token_budget"] = c
+        out["token_budget"] = ev.token_budget
+        out["dp_ranks"] = ranks
         return out
 
     def sensitivity(self, ev: Evaluation) -> dict:

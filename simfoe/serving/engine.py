@@ -31,10 +31,10 @@ from simfoe.timeline import MAX_EVENTS
 class Replica:
     """One model instance: waiting queue, running list, KV blocks and busy-time counters (s)."""
 
-    def __init__(self, engine: Engine, index: int, kv_capacity_tokens: int, block_size: int):
+    def __init__(self, engine: Engine, index: int, kv_capacity_tokens: int, block_size: int, ranks: int = 1):
         self.engine = engine
         self.index = index
-        self.kv = KVBlocks(kv_capacity_tokens, block_size)
+        self.kv = KVBlocks(kv_capacity_tokens, block_size, ranks)
         self.waiting: deque[int] = deque()
         self.running: list[int] = []
         self.idle: simpy.Event | None = None
@@ -123,6 +123,9 @@ class Replica:
                 eng.tick(now)
 
 
+BUDGET_SCOPES = ("rank", "instance")
+
+
 @dataclass
 class EngineConfig:
     """Knobs of the serving engine (tokens, sequences, seconds)."""
@@ -130,8 +133,12 @@ class EngineConfig:
     replicas: int = 1
     router: str = "round-robin"
     scheduler: str = "chunked"
-    max_batch: int = 256
-    token_budget: int = 8192
+    max_batch: int = 256  # per rank (budget_scope "rank") or per instance
+    token_budget: int = 8192  # per rank (budget_scope "rank") or per instance
+    # "rank": every data-parallel attention rank of an instance (the step model's prefill_groups)
+    # has its own max_batch, token_budget and KV share, as in vLLM and SGLang; "instance": one
+    # budget and one KV pool for the whole instance
+    budget_scope: str = "rank"
     block_size: int = 16
     cost: str = "auto"  # memo | interp | auto (see step_models.make_cost)
     bucket_bits: int | None = None
@@ -156,10 +163,15 @@ class Engine:
         self.cfg = cfg
         self.env = simpy.Environment()
         self.store = RequestStore(arr, prompt_tokens, output_tokens, request_id, token_times=cfg.token_times)
+        if cfg.budget_scope not in BUDGET_SCOPES:
+            raise SpecError("budget_scope", cfg.budget_scope, "allowed: " + ", ".join(BUDGET_SCOPES))
         self.cost = make_cost(step_model, cfg.cost, cfg.bucket_bits)
-        self.scheduler = make_scheduler(cfg.scheduler, cfg.max_batch, cfg.token_budget)
+        #: data-parallel attention ranks per instance, each with its own budget (1: one for all)
+        self.ranks = int(getattr(self.cost.model, "prefill_groups", 1)) if cfg.budget_scope == "rank" else 1
+        self.scheduler = make_scheduler(cfg.scheduler, cfg.max_batch, cfg.token_budget, self.ranks)
         self.router = make_router(cfg.router, int(cfg.replicas))
-        self.replicas = [Replica(self, k, kv_capacity_tokens, cfg.block_size) for k in range(int(cfg.replicas))]
+        self.replicas = [Replica(self, k, kv_capacity_tokens, cfg.block_size, self.ranks)
+                         for k in range(int(cfg.replicas))]
         self.completed = 0
         self.arrived = 0
         self.pbar = None

@@ -1,7 +1,9 @@
 """Paged KV cache of one model instance: fixed-size blocks of tokens, counted (not addressed).
 
 Capacity in tokens comes from the forward model (HBM minus weights minus reserve, for the
-instance's per-GPU layout); the engine only needs how many blocks are free.
+instance's per-GPU layout); the engine only needs how many blocks are free. With ``ranks``
+data-parallel attention ranks, each request's KV lives on one rank: the blocks are pooled (ranks
+kept balanced), but one request can use at most one rank's share, ``rank_total``.
 """
 from __future__ import annotations
 
@@ -11,19 +13,23 @@ from simfoe.errors import SpecError
 class KVBlocks:
     """``total`` blocks of ``block_size`` tokens; ``free`` is updated by the scheduler."""
 
-    __slots__ = ("block_size", "total", "free")
+    __slots__ = ("block_size", "total", "rank_total", "free")
 
-    def __init__(self, capacity_tokens: int, block_size: int = 16):
+    def __init__(self, capacity_tokens: int, block_size: int = 16, ranks: int = 1):
         if not (isinstance(block_size, int) and block_size >= 1):
             raise SpecError("block_size", block_size, "an integer >= 1 (tokens per KV block)")
-        total = int(capacity_tokens) // block_size
-        if total < 1:
+        cap = int(capacity_tokens)
+        rank_cap = cap // max(1, int(ranks))
+        if rank_cap >= 1 and block_size > rank_cap:
+            raise SpecError("block_size", block_size, f"at most the KV cache of one rank, {rank_cap} tokens")
+        if rank_cap < 1:
             raise SpecError("kv_capacity_tokens", capacity_tokens,
-                            f">= one block of {block_size} tokens: weights leave no HBM for the KV cache; "
+                            f">= one block of {block_size} tokens per rank: weights leave no HBM for the KV cache; "
                             "use more GPUs per instance (--nodes) or a larger GPU")
         self.block_size = block_size
-        self.total = total
-        self.free = total
+        self.total = cap // block_size
+        self.rank_total = rank_cap // block_size
+        self.free = self.total
 
     def blocks_for(self, tokens: int) -> int:
         """Blocks needed to hold ``tokens`` tokens."""

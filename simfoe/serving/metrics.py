@@ -12,7 +12,7 @@ import numpy as np
 
 #: Drop reasons (code -> text); code 0 = not dropped.
 DROP_REASONS = {
-    1: "kv_capacity: prompt + output tokens exceed the KV cache of one instance",
+    1: "kv_capacity: prompt + output tokens exceed the KV cache of one instance (of one DP attention rank)",
     2: "unfinished: still queued or running at the simulation horizon",
 }
 

@@ -12,6 +12,11 @@ Policies:
   while the token budget, ``max_batch`` and free KV blocks allow; prompts are split into chunks.
 * ``whole-prompt``: as ``chunked``, but a prompt's prefill is scheduled only whole (one prompt may
   exceed the budget when it is alone in the prefill part of the batch).
+
+``ranks``: data-parallel attention ranks of the instance, each with its own ``token_budget`` and
+``max_batch`` as in vLLM and SGLang (one scheduler per DP rank). They are modeled as one balanced
+queue: the instance admits ``ranks x`` the budget and sequences, and no chunk exceeds one rank's
+budget (a chunk runs on one rank).
 """
 from __future__ import annotations
 
@@ -33,14 +38,18 @@ class ChunkedFCFS:
 
     chunked = True
 
-    def __init__(self, max_batch: int = 256, token_budget: int = 8192):
+    def __init__(self, max_batch: int = 256, token_budget: int = 8192, ranks: int = 1):
         if not (isinstance(max_batch, (int, np.integer)) and max_batch >= 1):
-            raise SpecError("max_batch", max_batch, "an integer >= 1 (sequences per iteration)")
+            raise SpecError("max_batch", max_batch, "an integer >= 1 (sequences per iteration and rank)")
         if not (isinstance(token_budget, (int, np.integer)) and token_budget >= max_batch):
             raise SpecError("token_budget", token_budget,
-                            f"an integer >= max_batch ({max_batch}): tokens per iteration")
-        self.max_batch = int(max_batch)
-        self.token_budget = int(token_budget)
+                            f"an integer >= max_batch ({max_batch}): tokens per iteration and rank")
+        if not (isinstance(ranks, (int, np.integer)) and ranks >= 1):
+            raise SpecError("ranks", ranks, "an integer >= 1 (data-parallel attention ranks per instance)")
+        self.ranks = int(ranks)
+        self.rank_budget = int(token_budget)
+        self.max_batch = int(max_batch) * self.ranks
+        self.token_budget = int(token_budget) * self.ranks
 
     # ---------------------------------------------------------------- helpers
     @staticmethod
@@ -59,6 +68,7 @@ class ChunkedFCFS:
     def _chunk(self, i: int, budget: int, alone: bool, st, kv) -> int:
         """Prefill tokens of request ``i`` to run now (0: none); allocates their KV blocks."""
         left = int(st.pf_left[i])
+        budget = min(budget, self.rank_budget)
         if self.chunked:
             c = min(left, budget)
         else:
@@ -113,7 +123,7 @@ class ChunkedFCFS:
             waiting = rep.waiting
             while waiting and budget > 0 and len(run) < self.max_batch:
                 i = waiting[0]
-                if kv.blocks_for(st.prompt[i] + st.target[i] - 1) > kv.total:
+                if kv.blocks_for(st.prompt[i] + st.target[i] - 1) > kv.rank_total:
                     waiting.popleft()
                     st.status[i] = STATUS_DROPPED
                     st.dropped[i] = 1
@@ -143,8 +153,8 @@ class WholePrompt(ChunkedFCFS):
     chunked = False
 
 
-def make_scheduler(name: str, max_batch: int, token_budget: int):
+def make_scheduler(name: str, max_batch: int, token_budget: int, ranks: int = 1):
     cls = SCHEDULERS.get(name)
     if cls is None:
         raise SpecError("scheduler", name, "allowed: " + ", ".join(SCHEDULERS))
-    return cls(max_batch=max_batch, token_budget=token_budget)
+    return cls(max_batch=max_batch, token_budget=token_budget, ranks=ranks)
