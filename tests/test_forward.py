@@ -230,3 +230,11 @@ def test_prefill_groups_are_the_dp_attention_groups():
     one = fm.iteration(4096, 4096 * 2048.5, 0, 0).latency_s
     four = fm.iteration(4096, 4 * 1024 * 512.5, 0, 0, prefill_seqs=4).latency_s
     assert four < 0.5 * one
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_api_rejects_non_finite_override_values(value):
+    """The Python API (and through it the sweep and the planner) gets the CLI's --set check: an
+    infinite bandwidth would otherwise pass the specs' positivity checks."""
+    with pytest.raises(SpecError, match="finite"):
+        forward_model("olmoe-1b-7b", "h100-sxm", 1, "moe", overrides=(f"hardware.network.nic_bandwidth={value}",))

@@ -74,6 +74,8 @@ def test_samples_are_seeded():
     ({"kind": "toy", "samples": {"n": 0, "space": {"a": [1]}}}, "samples.n", "positive"),
     ({"kind": "toy", "samples": {"n": 2, "space": {"b": {"uniform": [2, 1]}}}}, "samples.space.b", "lo < hi"),
     ({"kind": "toy", "grid": {"b": [1]}}, "base", "a"),  # required option missing
+    ({"kind": "toy", "grid": {"a": [1.0, float("inf")]}}, "grid.a", "finite"),
+    ({"kind": "toy", "base": {"b": float("nan")}, "grid": {"a": [1]}}, "base.b", "finite"),
 ])
 def test_bad_specs_name_the_key(bad, field, word):
     with pytest.raises(SpecError) as e:

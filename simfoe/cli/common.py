@@ -96,17 +96,6 @@ def check_text_file(flag: str, value, path=None) -> None:
         raise SpecError(flag, str(value), f"a readable file ({e.strerror or e})") from None
 
 
-def check_overrides_finite(overrides) -> None:
-    """--set values that parse as numbers must be finite (inf gets past the specs' checks)."""
-    from simfoe.errors import SpecError
-    from simfoe.specs.io import split_override
-
-    for item in overrides or []:
-        _, _, value = split_override(item)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise SpecError("--set", item, "a finite number as the value")
-
-
 def placement_conflicts(args, overrides) -> dict:
     """An option given explicitly (not None on ``args``) and a --set placement.<name> that disagrees
     -> SpecError; with no explicit option the --set value is used. Returns {name: --set value}."""

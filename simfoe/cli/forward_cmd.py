@@ -40,7 +40,7 @@ def run(args) -> dict:
     import warnings
 
     from simfoe.api import forward
-    from simfoe.cli.common import (MAX_TOKENS, check_finite_result, check_overrides_finite, check_routing_file,
+    from simfoe.cli.common import (MAX_TOKENS, check_finite_result, check_routing_file,
                                    check_seed, placement_conflicts)
     from simfoe.errors import SpecError
     from simfoe.outputs import AtomicFiles, check_file
@@ -55,7 +55,6 @@ def run(args) -> dict:
                         f"(got {args.batch} x {args.seq_len})")
     check_seed(args.seed)
     check_override_roots(args.overrides)
-    check_overrides_finite(args.overrides)
     placement_conflicts(args, args.overrides)
     for flag, value in (("--model", args.model), ("--hardware", args.hardware)):
         check_text_file(flag, value)

@@ -186,13 +186,12 @@ def run(args) -> dict:
     from simfoe.errors import SpecError
     from simfoe.specs.io import check_override_roots, load_hardware
 
-    from simfoe.cli.common import check_overrides_finite, check_text_file
+    from simfoe.cli.common import check_text_file
 
     check_override_roots(args.overrides)
     bad = [o for o in args.overrides if not o.strip().startswith("hardware.")]
     if bad:
         raise SpecError("--set", bad[0], "hardware.* paths only (a kernel has no model or placement)")
-    check_overrides_finite(args.overrides)
     check_text_file("--hardware", args.hardware)
     if args.shapes is not None:
         check_text_file("--shapes", args.shapes)

@@ -58,13 +58,14 @@ def _prices(items: list[str]) -> dict:
 
 
 def run(args) -> dict:
-    from simfoe.cli.common import check_overrides_finite, check_routing_file, check_seed, check_text_file
+    from simfoe.cli.common import check_routing_file, check_seed, check_text_file
     from simfoe.errors import SpecError
     from simfoe.outputs import check_file
     from simfoe.planner import recommend
+    from simfoe.specs.io import check_override_roots
 
     check_seed(args.seed)
-    check_overrides_finite(args.overrides)
+    check_override_roots(args.overrides)
     check_text_file("--model", args.model)
     for hw in str(args.hardware).split(","):
         if hw.strip():

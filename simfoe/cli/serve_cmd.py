@@ -69,7 +69,7 @@ FLAGS = {"rate": "--rate", "duration": "--duration", "trace": "--trace", "arriva
 def run(args) -> dict:
     import warnings
 
-    from simfoe.cli.common import (check_finite_result, check_overrides_finite, check_routing_file, check_seed,
+    from simfoe.cli.common import (check_finite_result, check_routing_file, check_seed,
                                    check_text_file, placement_conflicts, renamed_fields)
     from simfoe.specs.io import check_override_roots
     from simfoe.outputs import AtomicFiles, check_dir, check_file
@@ -77,7 +77,6 @@ def run(args) -> dict:
 
     check_seed(args.seed)
     check_override_roots(args.overrides)
-    check_overrides_finite(args.overrides)
     via_set = placement_conflicts(args, args.overrides)
     nodes = args.nodes if args.nodes is not None else 1
     if args.nodes is None and isinstance(via_set.get("nodes"), int) and via_set["nodes"] >= 1:

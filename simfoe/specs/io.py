@@ -6,6 +6,8 @@ must name an existing field; the value is parsed as int, float, bool, null, list
 """
 from __future__ import annotations
 
+import math
+
 import copy
 from importlib import resources
 from pathlib import Path
@@ -161,8 +163,12 @@ def build_placement(arch: str, nodes: int, overrides: list[str] | None = None, *
 
 
 def check_override_roots(overrides: list[str] | None) -> None:
+    """Every override is ``root.path=value`` with a known root, and a number value is finite
+    (inf gets past the specs' own checks)."""
     for item in overrides or []:
-        split_override(item)
+        _, _, value = split_override(item)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SpecError("--set", item, "a finite number as the value")
 
 
 def dump_yaml(spec: Spec) -> str:

@@ -159,6 +159,13 @@ def _plain(v: Any) -> Any:
     return v
 
 
+def _finite(where: str, v: Any) -> Any:
+    """``v`` (plain) unless it is an infinite or NaN number: those get past the specs' own checks."""
+    if isinstance(v, float) and not math.isfinite(v):
+        raise SpecError(where, v, "a finite number")
+    return v
+
+
 def _canon(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
@@ -252,7 +259,7 @@ def _parse_lists(d: Any, where: str, kind: ScenarioKind, params: dict) -> dict:
             raise SpecError(f"{where}.{key}", v, "a list of values (use base: for a single value)")
         if not v:
             raise SpecError(f"{where}.{key}", v, "a non-empty list")
-        out[key] = [_plain(x) for x in v]
+        out[key] = [_finite(f"{where}.{key}", _plain(x)) for x in v]
     return out
 
 
@@ -332,11 +339,11 @@ def parse_sweep_spec(data: Any, source: str = "<dict>") -> SweepSpec:
         if k == "set":
             for p, x in _parse_set(v).items():
                 _check_key(p, "base.set", kind, params)
-                base_over[p] = _plain(x)
+                base_over[p] = _finite(f"base.set.{p}", _plain(x))
             continue
         key = _norm_key(k, "base")
         _check_key(key, "base", kind, params)
-        (base_over if "." in key else base)[key] = _plain(v)
+        (base_over if "." in key else base)[key] = _finite(f"base.{key}", _plain(v))
     grid = _parse_lists(data.get("grid"), "grid", kind, params)
     zp = _parse_lists(data.get("zip"), "zip", kind, params)
     if zp and len({len(v) for v in zp.values()}) != 1:
