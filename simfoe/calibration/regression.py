@@ -34,11 +34,32 @@ def testbed_result_path(hardware: str, folder: Path = TESTBED_DIR) -> Path:
     return folder / f"testbed-{hardware}.json"
 
 
-def load_tolerances(path: str | Path = TOLERANCES) -> dict:
-    p = Path(path)
+TOLERANCE_KEYS = ("measurement_sets", "sources")
+
+
+def load_tolerances(path: str | Path = TOLERANCES, field: str = "tolerances") -> dict:
+    """The tolerance file, parsed and checked: a UTF-8 YAML mapping of ``measurement_sets`` and/or
+    ``sources`` mappings (a typo must not turn every source into a silent pass). Errors name ``field``."""
+    what = "a tolerance YAML file with measurement_sets and sources, like validation/tolerances.yaml"
+    p = Path(str(path))
     if not p.is_file():
-        raise SpecError("tolerances", str(p), "validation/tolerances.yaml")
-    return yaml.safe_load(p.read_text()) or {}
+        raise SpecError(field, str(path), f"{what} ({'not a file' if p.exists() else 'no such file'})")
+    try:
+        data = yaml.safe_load(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise SpecError(field, str(path), "a UTF-8 text file (this file is binary or in another encoding)") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise SpecError(field, str(path), f"{what} (invalid YAML" + (f" at line {mark.line + 1})" if mark else ")")) from None
+    if not isinstance(data, dict) or not data:
+        raise SpecError(field, str(path), f"{what} (the file is empty or not a mapping)")
+    unknown = [k for k in data if k not in TOLERANCE_KEYS]
+    if unknown:
+        raise SpecError(field, str(path), f"{what} (unknown key {unknown[0]!r})")
+    for k in TOLERANCE_KEYS:
+        if data.get(k) is not None and not isinstance(data[k], dict):
+            raise SpecError(field, str(path), f"{what} ({k} must be a mapping)")
+    return data
 
 
 def _rows(source: str, op: str, pred, meas) -> list[dict]:
@@ -144,16 +165,18 @@ def _summ(rows: list[dict]) -> dict:
 
 
 def validate(vidur: str | Path | None = None, hardware: list[str] | None = None, include_sets: bool = True,
-             include_testbed: bool = True, tolerances: str | Path = TOLERANCES, hw_overrides: list[str] | None = None) -> dict:
+             include_testbed: bool = True, tolerances: str | Path | dict = TOLERANCES,
+             hw_overrides: list[str] | None = None) -> dict:
     """Run every source; returns {"cases", "mape", "max_ape", "by_source", "failed", "rows"}.
 
     ``vidur``: Vidur data folder (default <shared>/vidur when present); ``hardware``: Vidur profiles
-    to check (default h100-sxm, a100-sxm); ``hw_overrides``: --set items applied to every profile.
+    to check (default h100-sxm, a100-sxm); ``hw_overrides``: --set items applied to every profile;
+    ``tolerances``: the tolerance file, or its already loaded contents (:func:`load_tolerances`).
     """
     from simfoe.paths import shared_data_dir
     from simfoe.specs.io import load_hardware
 
-    tol = load_tolerances(tolerances)
+    tol = tolerances if isinstance(tolerances, dict) else load_tolerances(tolerances)
     rows: list[dict] = []
     extra: dict[str, dict] = {}
     skipped: dict[str, str] = {}

@@ -26,39 +26,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run, render=render)
 
 
-TOLERANCE_KEYS = ("measurement_sets", "sources")
-
-
-def _check_tolerances(path) -> None:
-    """The tolerance file is a UTF-8 YAML mapping of measurement_sets and/or sources (a typo must not
-    turn every source into a silent pass)."""
-    from pathlib import Path
-
-    import yaml
-
-    from simfoe.cli.common import check_text_file
-    from simfoe.errors import SpecError
-
-    what = "a tolerance YAML file with measurement_sets and sources, like validation/tolerances.yaml"
-    p = Path(str(path))
-    if not p.is_file():
-        raise SpecError("--tolerances", str(path), f"{what} (no such file)")
-    check_text_file("--tolerances", str(path))
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise SpecError("--tolerances", str(path), f"{what} (invalid YAML" + (f" at line {mark.line + 1})" if mark else ")")) from None
-    if not isinstance(data, dict) or not data:
-        raise SpecError("--tolerances", str(path), f"{what} (the file is empty or not a mapping)")
-    unknown = [k for k in data if k not in TOLERANCE_KEYS]
-    if unknown:
-        raise SpecError("--tolerances", str(path), f"{what} (unknown key {unknown[0]!r})")
-    for k in TOLERANCE_KEYS:
-        if data.get(k) is not None and not isinstance(data[k], dict):
-            raise SpecError("--tolerances", str(path), f"{what} ({k} must be a mapping)")
-
-
 def run(args):
     from simfoe.calibration import regression
     from simfoe.errors import SpecError
@@ -70,8 +37,7 @@ def run(args):
     if bad:
         raise SpecError("--set", bad[0], "hardware.* paths only (applied to every profile validated)")
 
-    tolerances = args.tolerances or regression.TOLERANCES
-    _check_tolerances(tolerances)
+    tolerances = regression.load_tolerances(args.tolerances or regression.TOLERANCES, "--tolerances")
     if args.cases_out:
         check_file("--cases-out", args.cases_out)
     only_vidur = args.vidur is not None
