@@ -70,12 +70,47 @@ def load_set(set_dir: str | Path):
     return k, c, env
 
 
+#: Columns every kernels.csv of a measurement set has (validation.harness writes these and more).
+SET_KERNEL_COLUMNS = ("op", "variant", "device", "dtype", "threads", "median_s", "cpu_median_s")
+
+
 def load_env(set_dir: str | Path) -> dict:
-    """The env.json of a measurement set (checked to be a set: kernels.csv and env.json present)."""
+    """The env.json of a measurement set, after checking that the folder is one: kernels.csv (with
+    the harness's columns) and env.json present, every file UTF-8 text, env.json a JSON object.
+    SpecError field: ``measurement set`` (the CLI shows --from)."""
+    import csv
+
     d = Path(set_dir)
-    if not (d / "kernels.csv").is_file() or not (d / "env.json").is_file():
-        raise SpecError("measurement set", str(set_dir), "a folder with kernels.csv and env.json (python -m validation.harness)")
-    return json.loads((d / "env.json").read_text())
+    what = "a measurement set folder written by python -m validation.harness (kernels.csv, env.json[, collectives.csv])"
+
+    def bad(why):
+        return SpecError("measurement set", str(set_dir), f"{what}; {why}")
+
+    if not d.is_dir():
+        raise bad("no such folder")
+    for name in ("kernels.csv", "env.json"):
+        if not (d / name).is_file():
+            raise bad(f"{name} is missing")
+    texts = {}
+    for name in ("kernels.csv", "collectives.csv", "env.json"):
+        if (d / name).is_file():
+            try:
+                texts[name] = (d / name).read_bytes().decode("utf-8")
+            except UnicodeDecodeError:
+                raise bad(f"{name} is not a UTF-8 text file") from None
+            if "\x00" in texts[name]:
+                raise bad(f"{name} is not a UTF-8 text file")
+    header = [c.strip() for c in next(csv.reader(texts["kernels.csv"].splitlines()[:1]), [])]
+    missing = [c for c in SET_KERNEL_COLUMNS if c not in header]
+    if missing:
+        raise bad(f"kernels.csv lacks the column(s) {', '.join(missing)} (header: {','.join(header)[:80] or 'empty'})")
+    try:
+        env = json.loads(texts["env.json"])
+    except ValueError:
+        raise bad("env.json is not valid JSON") from None
+    if not isinstance(env, dict):
+        raise bad("env.json is not a JSON object")
+    return env
 
 
 COLD = "_cold"

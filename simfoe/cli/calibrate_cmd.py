@@ -32,43 +32,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run, render=render)
 
 
-#: Columns every kernels.csv of a measurement set has (validation.harness writes them).
-KERNEL_COLUMNS = ("op", "variant", "device", "dtype", "threads", "median_s", "cpu_median_s")
-
-
-def _check_set(src) -> None:
-    """A measurement set folder's files are UTF-8 text, kernels.csv has the harness's header and
-    env.json is a JSON object; else SpecError naming --from (before any fitting)."""
-    import csv
-    import json
-
-    from simfoe.cli.common import check_text_file
-    from simfoe.errors import SpecError
-
-    what = "a measurement set folder written by python -m validation.harness (kernels.csv, env.json[, collectives.csv])"
-    for name in ("kernels.csv", "env.json"):
-        if not (src / name).is_file():
-            raise SpecError("--from", str(src), f"{what}; {name} is missing")
-    for name in ("kernels.csv", "collectives.csv", "env.json"):
-        if (src / name).is_file():
-            try:
-                check_text_file("--from", str(src), src / name)
-            except SpecError:
-                raise SpecError("--from", str(src), f"{what}; {name} is not a UTF-8 text file") from None
-    with open(src / "kernels.csv", newline="", encoding="utf-8") as f:
-        header = [c.strip() for c in next(csv.reader(f), [])]
-    missing = [c for c in KERNEL_COLUMNS if c not in header]
-    if missing:
-        raise SpecError("--from", str(src), f"{what}; kernels.csv lacks the column(s) {', '.join(missing)} "
-                        f"(header: {','.join(header)[:80] or 'empty'})")
-    try:
-        env = json.loads((src / "env.json").read_text(encoding="utf-8"))
-    except ValueError:
-        raise SpecError("--from", str(src), f"{what}; env.json is not valid JSON") from None
-    if not isinstance(env, dict):
-        raise SpecError("--from", str(src), f"{what}; env.json is not a JSON object")
-
-
 def run(args):
     import json
     import os
@@ -109,10 +72,11 @@ def run(args):
         raise SpecError("--from", args.src, "an existing measurement set folder (kernels.csv, collectives.csv, env.json)")
     if args.out:
         check_file("--out", args.out, suffixes=(".yaml", ".yml"), what="a profile path whose folder is writable or can be created")
-    _check_set(src)
     from simfoe.calibration.fit_profile import run_fit
+    from simfoe.cli.common import renamed_fields
 
-    return run_fit(src, args.out, base=args.base)
+    with renamed_fields({"measurement set": "--from"}):  # the set is checked before any fitting
+        return run_fit(src, args.out, base=args.base)
 
 
 def render(r: dict) -> str:
