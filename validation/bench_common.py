@@ -243,21 +243,14 @@ def measure_graph(fn: Callable[[int], object], timer: DeviceTimer, policy: Timin
     graph.replay()
     timer.sync()
 
-    def replay_loop(reps: int) -> float:
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        timer.sync()
-        begin.record()
-        for _ in range(reps):
-            graph.replay()
-        end.record()
-        end.synchronize()
-        return begin.elapsed_time(end) * 1e-3
+    def replay(_, g=graph):
+        g.replay()
 
-    t_rep = max(replay_loop(1), 1e-9)
+    t_rep = max(timer.time_loop(replay, 0, 1)[0], 1e-9)  # seconds per replay (events around the loop)
     reps = max(1, math.ceil(policy.min_sample_s / t_rep))
     repeats = max(policy.min_repeats, min(policy.max_repeats, int(policy.budget_s / (t_rep * reps))))
-    walls = [replay_loop(reps) / (reps * calls) for _ in range(repeats)]
-    del graph
+    walls = [timer.time_loop(replay, 0, reps)[0] / calls for _ in range(repeats)]
+    del replay, graph
     return Measurement(stats=Stats.of(walls), cpu_stats=None, inner=calls * reps, warmup=warm + 4)
 
 
