@@ -70,6 +70,23 @@ def test_halves_conserve_the_work(pf, plen, past, ds, ctx):
         assert b.prefill_pairs > a.prefill_pairs
 
 
+@settings(max_examples=60, deadline=None)
+@given(pf=hs.integers(0, 64), tok=hs.integers(0, 10**6), ds=hs.integers(0, 300), kv=hs.integers(0, 10**7),
+       parts=hs.integers(1, 64))
+def test_split_over_groups_conserves_tokens_exactly(pf, tok, ds, kv, parts):
+    """Uneven token counts (not whole prompts) still sum exactly: no group gains or loses a token
+    to rounding, and whole sequences differ by at most one between groups."""
+    w = Work(tok if pf or tok else 0, 3.0 * tok, pf, ds, kv if ds else 0)
+    g = w.split(parts)
+    assert len(g) == parts
+    assert sum(x.prefill_tokens for x in g) == w.prefill_tokens
+    assert sum(x.decode_kv_tokens for x in g) == w.decode_kv_tokens
+    assert sum(x.prefill_seqs for x in g) == pf and sum(x.decode_seqs for x in g) == ds
+    assert sum(x.prefill_pairs for x in g) == pytest.approx(w.prefill_pairs, rel=1e-9, abs=1e-6)
+    assert max(x.decode_seqs for x in g) - min(x.decode_seqs for x in g) <= 1
+    assert all(x.prefill_tokens >= 0 and x.decode_kv_tokens >= 0 for x in g)
+
+
 def test_lone_prompt_halves_match_chunked_prefill():
     a, b = Work.from_phase("prefill", 1, 1000).halves()
     assert a.prefill_pairs == pytest.approx(500 * 501 / 2)

@@ -46,39 +46,38 @@ class Work:
         raise SpecError("phase", phase, "allowed: prefill, decode")
 
     def split(self, parts: int) -> list["Work"]:
-        """Split sequences over ``parts`` data-parallel groups (as evenly as whole sequences allow)."""
-        out = []
+        """Split sequences over ``parts`` data-parallel groups (as evenly as whole sequences allow).
+        Tokens follow the sequences and are conserved exactly (cumulative rounding); with prefill
+        tokens but no sequence count, the tokens are split evenly."""
         ps = _even(self.prefill_seqs, parts)
         ds = _even(self.decode_seqs, parts)
-        for i in range(parts):
-            fp = ps[i] / self.prefill_seqs if self.prefill_seqs else (1.0 / parts if self.prefill_tokens else 0.0)
-            fd = ds[i] / self.decode_seqs if self.decode_seqs else 0.0
-            out.append(Work(int(round(self.prefill_tokens * fp)), self.prefill_pairs * fp, int(ps[i]),
-                            int(ds[i]), int(round(self.decode_kv_tokens * fd))))
-        return out
-
+        fp = ps / self.prefill_seqs if self.prefill_seqs else np.full(parts, 1.0 / parts)
+        fd = ds / self.decode_seqs if self.decode_seqs else np.zeros(parts)
+        tok = _shares(self.prefill_tokens, fp)
+        kv = _shares(self.decode_kv_tokens, fd)
+        return [Work(int(tok[i]), self.prefill_pairs * float(fp[i]) if self.prefill_tokens else 0.0, int(ps[i]),
+                     int(ds[i]), int(kv[i])) for i in range(parts)]
 
     def halves(self) -> tuple["Work", "Work"]:
-        """Two micro-batches for two-batch overlap: sequences split evenly; a lone prefill chunk is
-        split by tokens (first half, then the second half attending to the first), its causal pairs
-        recomputed for each half. Either half may be empty (no tokens) when there is too little work."""
-        ds = _even(self.decode_seqs, 2)
-        fd = ds / self.decode_seqs if self.decode_seqs else np.zeros(2)
-        dec = [(int(ds[i]), int(round(self.decode_kv_tokens * fd[i]))) for i in range(2)]
+        """Two micro-batches for two-batch overlap: :meth:`split` in two, except that a lone prefill
+        chunk is split by tokens (first half, then the second half attending to the first), its causal
+        pairs recomputed for each half. Either half may be empty (no tokens) when there is too little work."""
+        a, b = self.split(2)
         n = self.prefill_tokens
-        if self.prefill_seqs >= 2:
-            ps = _even(self.prefill_seqs, 2)
-            fp = ps / self.prefill_seqs
-            tok = [int(round(n * fp[0])), n - int(round(n * fp[0]))]
-            pre = [(tok[i], float(self.prefill_pairs * fp[i]), int(ps[i])) for i in range(2)]
-        elif n:
+        if n and self.prefill_seqs < 2:
             # one chunk of n new tokens after `past` cached ones: pairs = n (past + (n + 1) / 2)
             past = max(self.prefill_pairs / n - (n + 1) / 2.0, 0.0)
-            a, b = n // 2, n - n // 2
-            pre = [(a, a * (past + (a + 1) / 2.0), 1 if a else 0), (b, b * (past + a + (b + 1) / 2.0), 1)]
-        else:
-            pre = [(0, 0.0, 0), (0, 0.0, 0)]
-        return tuple(Work(pre[i][0], pre[i][1], pre[i][2], dec[i][0], dec[i][1]) for i in range(2))
+            h1, h2 = n // 2, n - n // 2
+            a = Work(h1, h1 * (past + (h1 + 1) / 2.0), 1 if h1 else 0, a.decode_seqs, a.decode_kv_tokens)
+            b = Work(h2, h2 * (past + h1 + (h2 + 1) / 2.0), 1, b.decode_seqs, b.decode_kv_tokens)
+        return a, b
+
+
+def _shares(total: int, fractions: np.ndarray) -> np.ndarray:
+    """Integer shares of ``total`` in proportion to ``fractions`` (summing to 1 or 0), summing to
+    ``total`` exactly: differences of the rounded cumulative sums."""
+    cum = np.rint(total * np.cumsum(fractions)).astype(np.int64)
+    return np.diff(cum, prepend=0)
 
 
 def _even(n: int, parts: int) -> np.ndarray:
