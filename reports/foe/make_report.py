@@ -275,8 +275,9 @@ def main(argv=None):
         "decode: batch sequences with that context), uniform expert routing, seed 0.",
         f"- Load sweep: `simfoe serve --trace longbench` (simfoe's synthetic LongBench length mix), Poisson arrivals at "
         f"{', '.join(f'{x:g}' for x in rates)} req/s for {duration:g} s, seed 0; vLLM-like chunked prefill, "
-        "token budget 8192, max batch 256, paged KV (16-token blocks) sized by the forward model; requests run to "
-        "completion. TBT = pooled inter-token gaps.",
+        "token budget 8192 and max batch 256 per data-parallel attention rank as in vLLM and SGLang (moe-dp: one "
+        "rank per GPU; moe-tp: one per node; FoE: one), paged KV (16-token blocks) sized by the forward model; "
+        "requests run to completion. TBT = pooled inter-token gaps.",
         "- Ratios are MoE/FoE of the same statistic at the same batch (forward) or offered load (serving); the paper's "
         "'up to' numbers are maxima over its own (unknown) sweep, so compare with the max column.",
         "- Everything is simulated; nothing here was measured on GPUs.",
