@@ -127,3 +127,21 @@ def test_forward_timeline(tmp_path):
     cats = {e.get("cat") for e in ev if e["ph"] == "X"}
     assert "compute" in cats and "comm" in cats
     assert {e["tid"] for e in ev if e.get("cat") == "compute"} == set(range(16))
+
+
+def test_serve_budget_scope_flag_reports_ranks(capsys):
+    """An MoE layout with DP attention on one node has 8 DP attention ranks, each with its own budget
+    by default; --budget-scope instance gives the instance one."""
+    base = ("serve", "--model", "olmoe-1b-7b", "--hardware", "h100-sxm", "--arch", "moe", "--set",
+            "placement.moe.attention=dp", "--trace", "longbench", "--rate", "2", "--duration", "3", "--json")
+    got = {}
+    for scope in ("rank", "instance"):
+        code, out, err = run_cli(capsys, *base, "--budget-scope", scope)
+        assert code == 0, err
+        got[scope] = json.loads(out)
+    assert got["rank"]["budget_scope"] == "rank" and got["rank"]["ranks_per_replica"] == 8
+    assert got["instance"]["ranks_per_replica"] == 1
+    kv = got["rank"]["kv_cache"]
+    assert kv["capacity_tokens_per_rank"] * 8 <= kv["capacity_tokens"] < (kv["capacity_tokens_per_rank"] + 16) * 8
+    code, out, err = run_cli(capsys, *base, "--budget-scope", "node")
+    assert code == 2 and "--budget-scope" in err

@@ -264,7 +264,8 @@ def write_serving_timeline(res: ServingResult, path: str | Path) -> None:
 def run_serve(model, hardware, nodes: int, arch: str, trace, rate: float | None = None,
               duration: float | None = None, replicas: int = 1, routing: str = "uniform", overrides=(),
               seed: int = 0, slo_ttft: float | None = None, slo_tbt: float | None = None,
-              max_batch: int = 256, token_budget: int = 8192, progress: bool = False, out=None, **kw) -> dict:
+              max_batch: int = 256, token_budget: int = 8192, budget_scope: str = "rank", progress: bool = False,
+              out=None, **kw) -> dict:
     """The JSON summary of ``simfoe serve`` (keys in DESIGN.md plus more); writes ``requests.parquet``
     and ``summary.json`` under ``out`` when given."""
     from simfoe.outputs import AtomicFiles
@@ -272,8 +273,8 @@ def run_serve(model, hardware, nodes: int, arch: str, trace, rate: float | None 
     timeline = kw.pop("timeline", None)
     res = simulate_serving(model, hardware, nodes, arch, trace, rate=rate, duration=duration, replicas=replicas,
                            routing=routing, overrides=overrides, seed=seed, slo_ttft=slo_ttft, slo_tbt=slo_tbt,
-                           max_batch=max_batch, token_budget=token_budget, progress=progress,
-                           record_timeline=timeline is not None, **kw)
+                           max_batch=max_batch, token_budget=token_budget, budget_scope=budget_scope,
+                           progress=progress, record_timeline=timeline is not None, **kw)
     with AtomicFiles("out") as w:  # all files or none
         if timeline is not None:
             write_serving_timeline(res, w.path(timeline, "timeline"))
