@@ -41,6 +41,14 @@ def json_safe(obj):
     return obj
 
 
+def json_text(obj, indent: int | None = 1) -> str:
+    """``obj`` as JSON text for every file and stdout writer: :func:`json_safe` first (NaN/inf -> null),
+    other objects (paths) as strings, one trailing newline."""
+    import json
+
+    return json.dumps(json_safe(obj), indent=indent, default=str) + "\n"
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)

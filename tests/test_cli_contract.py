@@ -15,7 +15,7 @@ import pytest
 import simfoe.serving.api as serving_api
 from simfoe.cli import main
 from simfoe.errors import SpecError
-from simfoe.outputs import AtomicFiles, check_dir, check_file, file_mode, write_text
+from simfoe.outputs import AtomicFiles, check_dir, check_file, file_mode, json_text, write_text
 
 FWD = ["forward", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--batch", "2", "--seq-len", "64",
        "--phase", "decode"]
@@ -59,6 +59,18 @@ def binfile(tmp_path):
 
 
 # ---------------------------------------------------------------- simfoe.outputs
+
+def test_json_text_is_strict_json_with_one_newline(tmp_path):
+    """Every JSON file and --json line goes through json_text: NaN/inf become null (strict JSON that
+    jq and browsers read), numpy scalars plain numbers, paths strings, one trailing newline."""
+    import numpy as np
+
+    t = json_text({"a": float("nan"), "b": np.float32(1.5), "c": [np.int64(3), float("inf")], 4: tmp_path})
+    assert t.endswith("}\n") and not t.endswith("\n\n")
+    assert json.loads(t, parse_constant=lambda c: pytest.fail(f"non-strict constant {c}")) == {
+        "a": None, "b": 1.5, "c": [3, None], "4": str(tmp_path)}
+    assert "\n" not in json_text([1, 2], indent=None)[:-1]
+
 
 def test_atomic_files_all_or_nothing(tmp_path):
     (tmp_path / "b.json").mkdir()  # a folder where the second file goes

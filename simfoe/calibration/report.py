@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from simfoe.outputs import json_text
 from simfoe.paths import REPO_ROOT
 
 OUT = REPO_ROOT / "reports" / "calibration"
@@ -50,7 +51,7 @@ def generate(out: Path = OUT, rerun_testbed: bool = False) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     if rerun_testbed:
         tb = testbed.run(breakdown=3)
-        regression.testbed_result_path(tb["hardware"], out).write_text(json.dumps(tb, indent=1))
+        regression.testbed_result_path(tb["hardware"], out).write_text(json_text(tb), encoding="utf-8")
     r = regression.validate()
     rows = r.pop("rows")
     lines = ["# Calibration report", "", "Regenerate: `python -m simfoe.calibration.report` (add `--testbed` to re-measure "

@@ -7,7 +7,6 @@ that object; otherwise the command's ``render(result)`` (or a generic table) is 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from typing import Any
@@ -154,11 +153,10 @@ def add_set_flag(p: argparse.ArgumentParser, help: str | None = None) -> None:
     )
 
 
-from simfoe.outputs import json_safe as _clean  # noqa: E402 (one JSON-safe conversion for every writer)
-
-
 def print_json(result: dict) -> None:
-    sys.stdout.write(json.dumps(_clean(result), indent=None, sort_keys=False) + "\n")
+    from simfoe.outputs import json_text
+
+    sys.stdout.write(json_text(result, indent=None))
 
 
 def table(rows: list[list[Any]], header: list[str] | None = None) -> str:

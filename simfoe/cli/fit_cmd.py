@@ -79,10 +79,10 @@ def render(result: dict) -> str:
     if "mape_pct" not in result:  # another fitter's report: print it as indented YAML
         import yaml
 
-        from simfoe.cli.common import _clean
+        from simfoe.outputs import json_safe
 
         body = {k: v for k, v in result.items() if k not in ("target", "hardware")}
-        return lines[0].replace(" from -", "") + "\n" + yaml.safe_dump(_clean(body), sort_keys=False, width=120).rstrip()
+        return lines[0].replace(" from -", "") + "\n" + yaml.safe_dump(json_safe(body), sort_keys=False, width=120).rstrip()
     mape = result.get("mape_pct")
     if isinstance(mape, dict) and all(isinstance(v, dict) for v in mape.values()):
         rows = [[op, _p(v.get("train")), _p(v.get("held_out")), _p(v.get("held_out_p90")), v.get("rows", "-")]

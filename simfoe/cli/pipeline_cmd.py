@@ -100,13 +100,11 @@ def run(args) -> dict:
     result = {"spec": spec.name, "target_s": args.target, "duration_s": args.duration, "seed": args.seed,
               "summary": summary, "points": points}
     if args.out:
-        import json
-
-        from simfoe.cli.common import _clean
+        from simfoe.outputs import json_text
 
         out = Path(args.out)
         with AtomicFiles("--out") as w:  # both files or neither
-            w.path(out / "points.json").write_text(json.dumps(_clean(result), indent=1))
+            w.path(out / "points.json").write_text(json_text(result), encoding="utf-8")
             plot_curves(points, w.path(out / "curves.png"), title=f"{spec.name}: latency vs achieved load",
                         target_s=args.target)
         result["files"] = [str(out / "points.json"), str(out / "curves.png")]

@@ -36,8 +36,6 @@ def register(subparsers) -> None:
 
 
 def run(args) -> dict:
-    import json
-
     from simfoe.calibration import testbed
     from simfoe.errors import SpecError
 
@@ -63,9 +61,9 @@ def run(args) -> dict:
         print(f"warning: no calibrated profile matches this CPU; predicting with {res['hardware']} "
               "(calibrate this machine: simfoe calibrate --device cpu --out validation/data/NAME/)", file=sys.stderr)
     if args.out:
-        from simfoe.cli.common import _clean
+        from simfoe.outputs import json_text
 
-        write_text(args.out, json.dumps(_clean(res), indent=1), field="--out")  # atomic; NaN -> null
+        write_text(args.out, json_text(res), field="--out")  # atomic; NaN -> null
     return res
 
 

@@ -15,6 +15,8 @@ import json
 import time
 from pathlib import Path
 
+from simfoe.outputs import json_text
+
 PAPER_LOAD_RATIO = 3.0  # ALTO abstract/section 2: "up to 3x higher throughput for a 4 s / request target"
 PAPER_P99_RATIO = 1.8  # ALTO abstract/section 2: "1.8x lower P99 latency at low load"
 TARGET_S = 4.0  # ALTO section 2: latency target of 4 s per request
@@ -56,7 +58,7 @@ def build(out: Path, duration: float, rates: list[float], policy_rates: list[flo
     plot_curves(modes, out / "stream_vs_batch.png", "FacTool preset, hash-all routing: stream vs batch", TARGET_S)
     plot_curves(pol, out / "routing_policies.png", "FacTool preset, stream, prefix cache on: routing policies",
                 TARGET_S)
-    (out / "points.json").write_text(json.dumps({"modes": modes, "policies": pol}, indent=1))
+    (out / "points.json").write_text(json_text({"modes": modes, "policies": pol}), encoding="utf-8")
 
     lines = [
         "# ALTO reproduction: FacTool pipeline, stream vs batch, routing policies",

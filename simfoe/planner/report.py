@@ -10,12 +10,10 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import re
 from pathlib import Path
 
-from simfoe.outputs import fmt_bytes, fmt_time
-from simfoe.outputs import json_safe
+from simfoe.outputs import fmt_bytes, fmt_time, json_text
 
 _ERR = re.compile(r"(MAPE|error|err\b|within|deviat)", re.I)
 _PCT = re.compile(r"\d+(\.\d+)?\s*%")
@@ -313,6 +311,6 @@ def write_report(result: dict, out: str | Path, field: str = "--out") -> dict:
     files = {"html": str(p), "json": str(jp)}
     with AtomicFiles(field) as w:  # both files or neither; no temporary file left on failure
         w.path(p).write_text(render_html({**result, "files": files}), encoding="utf-8")
-        w.path(jp).write_text(json.dumps(json_safe({**result, "files": files}), indent=1) + "\n", encoding="utf-8")
+        w.path(jp).write_text(json_text({**result, "files": files}), encoding="utf-8")
     result["files"] = files
     return files

@@ -15,7 +15,6 @@ second of the same span; GPU utilization = share of that span a replica spends i
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +50,7 @@ class ServingResult:
 
         Both are written under temporary names and renamed together (no half-written folder); with
         ``files`` (a :class:`simfoe.outputs.AtomicFiles` group) they are renamed when that group is."""
-        from simfoe.outputs import AtomicFiles, json_safe
+        from simfoe.outputs import AtomicFiles, json_text
 
         if files is None:
             with AtomicFiles("out") as group:
@@ -60,7 +59,7 @@ class ServingResult:
         rec = d / "requests.parquet"
         summ = d / "summary.json"
         self.records.to_parquet(files.path(rec), index=False)
-        files.path(summ).write_text(json.dumps(json_safe(self.summary), indent=1) + "\n")
+        files.path(summ).write_text(json_text(self.summary), encoding="utf-8")
         return {"records": str(rec), "summary": str(summ)}
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from simfoe.errors import SpecError
+from simfoe.outputs import json_text
 from simfoe.sweep.spec import Scenario, SweepSpec, load_sweep_spec
 from simfoe.sweep.store import ResultStore
 
@@ -167,7 +168,7 @@ def _write_manifest(spec: SweepSpec, out: Path, base: dict, version: str) -> Non
 
     (out / "sweep.yaml").write_text(yaml.safe_dump(spec.raw, sort_keys=False))
     meta = {**base, "simfoe_version": version, "started_at": time.time()}
-    (out / "sweep.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
+    (out / "sweep.json").write_text(json_text(meta), encoding="utf-8")
 
 
 def _progress(total: int, enabled: bool):
