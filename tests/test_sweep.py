@@ -219,3 +219,20 @@ def test_example_specs_validate(spec, tmp_path, capsys):
     assert main(["sweep", str(spec), "--dry-run", "--probes", "0", "--json", "--out", str(tmp_path / "o")]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["scenarios"] > 0
+
+
+@pytest.mark.parametrize("base, field", [
+    ({"trace": "no/such/trace.csv"}, "trace"),
+    ({"trace": "longbench", "seed": -1}, "seed"),
+    ({"trace": "longbench", "routing": "trace:no/such/routing.csv"}, "routing"),
+])
+def test_api_sweep_checks_scenario_files_before_running(tmp_path, base, field):
+    """run_sweep (not only the CLI) rejects a missing serve trace, a negative seed or a bad routing
+    trace before any scenario runs, and writes nothing."""
+    spec = parse_sweep_spec({"kind": "serve", "base": {"model": "olmoe-1b-7b", "hardware": "h100-sxm",
+                                                       "arch": "moe", "rate": 1.0, "duration": 2.0, **base},
+                             "grid": {"nodes": [1]}})
+    with pytest.raises(SpecError) as e:
+        run_sweep(spec, tmp_path / "out", progress=False)
+    assert e.value.field == field
+    assert not (tmp_path / "out").exists()

@@ -30,6 +30,7 @@ from typing import Callable
 import numpy as np
 
 from simfoe.errors import SpecError
+from simfoe.inputs import check_text_file
 
 SIG = 5
 #: GQA decode/prefill rows are fitted (all simfoe attention models are GQA; the testbed too).
@@ -91,21 +92,18 @@ def load_env(set_dir: str | Path) -> dict:
     for name in ("kernels.csv", "env.json"):
         if not (d / name).is_file():
             raise bad(f"{name} is missing")
-    texts = {}
     for name in ("kernels.csv", "collectives.csv", "env.json"):
-        if (d / name).is_file():
-            try:
-                texts[name] = (d / name).read_bytes().decode("utf-8")
-            except UnicodeDecodeError:
-                raise bad(f"{name} is not a UTF-8 text file") from None
-            if "\x00" in texts[name]:
-                raise bad(f"{name} is not a UTF-8 text file")
-    header = [c.strip() for c in next(csv.reader(texts["kernels.csv"].splitlines()[:1]), [])]
+        try:
+            check_text_file("measurement set", set_dir, d / name)
+        except SpecError:
+            raise bad(f"{name} is not a UTF-8 text file") from None
+    with open(d / "kernels.csv", newline="", encoding="utf-8") as f:
+        header = [c.strip() for c in next(csv.reader(f), [])]
     missing = [c for c in SET_KERNEL_COLUMNS if c not in header]
     if missing:
         raise bad(f"kernels.csv lacks the column(s) {', '.join(missing)} (header: {','.join(header)[:80] or 'empty'})")
     try:
-        env = json.loads(texts["env.json"])
+        env = json.loads((d / "env.json").read_text(encoding="utf-8"))
     except ValueError:
         raise bad("env.json is not valid JSON") from None
     if not isinstance(env, dict):

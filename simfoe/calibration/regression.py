@@ -21,6 +21,7 @@ import numpy as np
 import yaml
 
 from simfoe.errors import SpecError
+from simfoe.inputs import check_text_file
 from simfoe.paths import REPO_ROOT
 
 TOLERANCES = REPO_ROOT / "validation" / "tolerances.yaml"
@@ -44,10 +45,9 @@ def load_tolerances(path: str | Path = TOLERANCES, field: str = "tolerances") ->
     p = Path(str(path))
     if not p.is_file():
         raise SpecError(field, str(path), f"{what} ({'not a file' if p.exists() else 'no such file'})")
+    check_text_file(field, path)
     try:
-        data = yaml.safe_load(p.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError:
-        raise SpecError(field, str(path), "a UTF-8 text file (this file is binary or in another encoding)") from None
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise SpecError(field, str(path), f"{what} (invalid YAML" + (f" at line {mark.line + 1})" if mark else ")")) from None

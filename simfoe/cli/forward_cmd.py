@@ -1,7 +1,8 @@
 """`simfoe forward`: one forward pass of a model placed on a cluster."""
 from __future__ import annotations
 
-from simfoe.cli.common import add_json_flag, add_set_flag, check_text_file, table
+from simfoe.cli.common import add_json_flag, add_set_flag, table
+from simfoe.inputs import check_text_file
 from simfoe.outputs import fmt_bytes, fmt_time
 from simfoe.paths import hardware_presets
 
@@ -40,8 +41,8 @@ def run(args) -> dict:
     import warnings
 
     from simfoe.api import forward
-    from simfoe.cli.common import (MAX_TOKENS, check_finite_result, check_routing_file,
-                                   check_seed, placement_conflicts)
+    from simfoe.cli.common import MAX_TOKENS, check_finite_result, check_seed, placement_conflicts
+    from simfoe.inputs import check_routing_file
     from simfoe.errors import SpecError
     from simfoe.outputs import AtomicFiles, check_file
     from simfoe.specs.io import check_override_roots

@@ -186,7 +186,7 @@ def run(args) -> dict:
     from simfoe.errors import SpecError
     from simfoe.specs.io import check_override_roots, load_hardware
 
-    from simfoe.cli.common import check_text_file
+    from simfoe.inputs import check_text_file
 
     check_override_roots(args.overrides)
     bad = [o for o in args.overrides if not o.strip().startswith("hardware.")]

@@ -40,7 +40,8 @@ def register(subparsers) -> None:
 def run(args) -> dict:
     import math
 
-    from simfoe.cli.common import check_seed, check_text_file, renamed_fields
+    from simfoe.cli.common import check_seed, renamed_fields
+    from simfoe.inputs import check_text_file
     from simfoe.errors import SpecError
     from simfoe.outputs import AtomicFiles, check_dir
     from simfoe.pipelines.engine import MODES, simulate

@@ -58,7 +58,8 @@ def _prices(items: list[str]) -> dict:
 
 
 def run(args) -> dict:
-    from simfoe.cli.common import check_routing_file, check_seed, check_text_file
+    from simfoe.cli.common import check_seed
+    from simfoe.inputs import check_routing_file, check_text_file
     from simfoe.errors import SpecError
     from simfoe.outputs import check_file
     from simfoe.planner import recommend

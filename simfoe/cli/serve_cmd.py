@@ -69,8 +69,8 @@ FLAGS = {"rate": "--rate", "duration": "--duration", "trace": "--trace", "arriva
 def run(args) -> dict:
     import warnings
 
-    from simfoe.cli.common import (check_finite_result, check_routing_file, check_seed,
-                                   check_text_file, placement_conflicts, renamed_fields)
+    from simfoe.cli.common import check_finite_result, check_seed, placement_conflicts, renamed_fields
+    from simfoe.inputs import check_routing_file, check_text_file
     from simfoe.specs.io import check_override_roots
     from simfoe.outputs import AtomicFiles, check_dir, check_file
     from simfoe.serving import api

@@ -39,57 +39,9 @@ def register(subparsers) -> None:
     p.set_defaults(func=run, render=render)
 
 
-def _distinct(spec, key: str) -> list:
-    """Every value option ``key`` takes in the sweep (base, grid, zip, samples), without expanding it."""
-    vals = []
-    if key in spec.base:
-        vals.append(spec.base[key])
-    for where in (spec.grid, spec.zip):
-        vals += list(where.get(key, []))
-    vals += [row[key] for row in spec.samples if key in row]
-    out = []
-    for v in vals:
-        if v is not None and v not in out:
-            out.append(v)
-    return out
-
-
-def check_scenario_files(spec) -> None:
-    """Input and output files named in a sweep's scenarios are checked before anything runs: a missing
-    or malformed serve trace, or an unwritable per-scenario output, is bad input (exit 2), not a
-    failure of every scenario."""
-    from simfoe.cli.common import check_text_file, routing_path
-    from simfoe.errors import SpecError
-    from simfoe.outputs import check_dir, check_file
-
-    for r in _distinct(spec, "routing"):
-        path = routing_path(r)
-        if path is not None:
-            check_text_file("routing", r, path)
-    for seed in _distinct(spec, "seed"):
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise SpecError("seed", seed, "an integer >= 0")
-    for t in _distinct(spec, "timeline"):
-        check_file("timeline", t)
-    if spec.kind != "serve":
-        return
-    for o in _distinct(spec, "out"):
-        check_dir("out", o, files=("requests.parquet", "summary.json"))
-    import numpy as np
-
-    from simfoe.workloads.workload import resolve_trace
-
-    skip = any(bool(v) for v in _distinct(spec, "skip_bad_rows"))
-    for t in _distinct(spec, "trace"):
-        check_text_file("trace", t)
-        table = resolve_trace(str(t), np.random.default_rng(0), skip_bad_rows=skip)
-        if len(table) == 0:
-            raise SpecError("trace", str(t), "a trace with at least one valid request")
-
-
 def run(args) -> dict:
 
-    from simfoe.cli.common import check_text_file
+    from simfoe.inputs import check_text_file
     from simfoe.outputs import check_dir
     from simfoe.sweep.runner import run_sweep
     from simfoe.sweep.spec import load_sweep_spec
@@ -101,7 +53,6 @@ def run(args) -> dict:
     if not args.no_plots:
         files += ("summary.md", "plots/plot.png")
     check_dir("--out", args.out, files=files)
-    check_scenario_files(spec)
     progress = want_progress(args)
     r = run_sweep(spec, args.out, executor=args.executor, workers=args.workers, address=args.address,
                   resume=args.resume, overwrite=args.overwrite, retry_failed=args.retry_failed,

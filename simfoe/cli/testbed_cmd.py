@@ -43,7 +43,7 @@ def run(args) -> dict:
         raise SpecError("--repeats", args.repeats, "an integer >= 1")
     if args.breakdown < 0:
         raise SpecError("--breakdown", args.breakdown, "an integer >= 0")
-    from simfoe.cli.common import check_text_file
+    from simfoe.inputs import check_text_file
     from simfoe.outputs import check_file, write_text
 
     check_text_file("--model", args.model)

@@ -12,6 +12,7 @@ from typing import Any
 
 from simfoe.errors import SpecError
 from simfoe.outputs import json_text
+from simfoe.sweep.preflight import check_scenario_files
 from simfoe.sweep.spec import Scenario, SweepSpec, load_sweep_spec
 from simfoe.sweep.store import ResultStore
 
@@ -89,6 +90,7 @@ def run_sweep(spec: SweepSpec | str | Path | None = None, out: str | Path = "sim
     if resume and overwrite:
         raise SpecError("--overwrite", True, "not together with --resume")
     scenarios = spec.scenarios()  # validates every distinct value before anything runs
+    check_scenario_files(spec)
     out = Path(out)
     store = ResultStore(out)
     done: dict[str, str] = {}
