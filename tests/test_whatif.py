@@ -67,3 +67,10 @@ def test_serve_and_pipeline_scenarios():
     p = wi.scenario("pipeline", spec="factool", rate=2.0, duration=20)
     dp = wi.whatif(p, batch={"mode": "batch"})
     assert "latency_s.p99" in dp.columns and dp.loc["batch", "changes"] == "mode=batch"
+
+
+def test_serve_budget_scope_is_a_scenario_field():
+    base = wi.scenario("serve", model="olmoe-1b-7b", trace="longbench", rate=2, duration=3,
+                       overrides=("placement.moe.attention=dp",))
+    df = wi.whatif(base, inst={"budget_scope": "instance"})
+    assert list(df["ranks_per_replica"]) == [8, 1]
