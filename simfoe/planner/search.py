@@ -402,15 +402,15 @@ class Planner:
         for ev in order:
             second = top[1] if len(top) >= 2 else None
             b = ev.score(self.rank_by, bound=True)
+            k = min(1.0, self.cfg.calibration_margin * eff)
             if id(ev) in baselines:
-                pass
+                pass  # simulated whatever its bound, so that the report can compare the architectures
             elif second is not None and b <= second:
                 ev.status, ev.reason_kind = "pruned", "throughput bound below the runner-up"
                 ev.reason = (f"its throughput bound ({self._unit(b)}) is not above the runner-up found so far "
                              f"({self._unit(second)})")
                 continue
-            k = min(1.0, self.cfg.calibration_margin * eff)
-            if second is not None and eff > 0 and b * k <= second:
+            elif second is not None and eff > 0 and b * k <= second:
                 ev.status, ev.reason_kind = "pruned", "calibrated bound below the runner-up"
                 ev.reason = (f"its throughput bound ({self._unit(b)}) x {k:.2f} (the best rate/bound ratio "
                              f"simulated so far x {self.cfg.calibration_margin:g}) is not above the runner-up found "
