@@ -69,8 +69,12 @@ def caveats(result: dict) -> list[str]:
                "the recommended layout is re-checked with all replicas when it has more than one.")
     out.append(f"Expert routing: {result.get('routing')}; iteration times are interpolated from forward-model "
                "evaluations on a grid (simfoe.serving.step_models.InterpCost).")
-    out.append("Token budget per iteration (chunked prefill) is chosen per layout so that one chunk takes at most "
-               "80% of the TBT SLO.")
+    out.append("Token budget per iteration (chunked prefill) is chosen per layout and applies to each data-parallel "
+               "attention rank, as in vLLM and SGLang: one chunk on every rank takes at most 80% of the TBT SLO.")
+    if any((x.get("dp_ranks") or 1) > 1 for x in result.get("layouts", [])):
+        out.append("Layouts with several DP attention ranks (MoE with DP attention: one per GPU; with TP attention "
+                   "across nodes: one per node) are served as one balanced queue: requests are not pinned to a rank, "
+                   "so imbalance between ranks is not modeled and their rates are optimistic.")
     notes = calibration_notes(result.get("hardware", []))
     if notes:
         out.append("Calibration of the hardware profiles used (from their provenance and docs/calibration-*.md):")

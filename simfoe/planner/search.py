@@ -46,12 +46,20 @@ import numpy as np
 
 from simfoe.errors import SpecError
 from simfoe.planner.layouts import Candidate, enumerate_layouts
+from simfoe.serving.kv_cache import KVBlocks
+from simfoe.serving.step_models import occupied_groups
 
 #: Chunked-prefill token budgets tried per layout, largest first (vLLM max_num_batched_tokens).
 TOKEN_BUDGETS = (8192, 4096, 2048, 1024, 512, 256)
 #: Share of the TBT SLO one prefill chunk may take (the rest is left to the decodes in its batch).
 CHUNK_SHARE_OF_TBT = 0.8
 COMPUTE_CATS = ("attention", "experts", "dense_ffn", "embed_lm_head")
+
+
+def _chunk_groups(ranks: int) -> int | None:
+    """Groups a full chunk on every DP attention rank occupies, as the serving cost model counts them
+    (:func:`simfoe.serving.step_models.occupied_groups`); None (one chunk) for one rank."""
+    return occupied_groups(ranks, ranks, ranks) or None
 
 
 @dataclass
@@ -257,10 +265,15 @@ class Planner:
             return
         ev.kv_capacity_tokens = kv = fm.kv_capacity_tokens()
         ev.dp_ranks = ranks = fm.prefill_groups
-        if kv // ranks < st.max_tokens:  # a request's KV lives on one DP attention rank
+        try:  # the serving engine's own check (a request's KV lives on one DP attention rank; 16-token blocks)
+            kvb = KVBlocks(kv, ranks=ranks)
+            fits, per_rank = kvb.fits_one_rank(st.max_tokens - 1), kvb.rank_total * kvb.block_size
+        except SpecError:
+            fits, per_rank = False, 0
+        if not fits:
             ev.status, ev.reason_kind = "pruned", "memory: KV cache too small"
             per = f" per DP attention rank ({ranks} ranks)" if ranks > 1 else ""
-            ev.reason = f"KV cache holds {kv // ranks:,} tokens{per}, less than the longest request ({st.max_tokens:,})"
+            ev.reason = f"KV cache holds {per_rank:,} tokens{per}, less than the longest request ({st.max_tokens:,})"
             return
         P, O = st.mean_prompt, st.mean_output
         if cfg.slo_ttft_p90 is not None:
@@ -282,7 +295,7 @@ class Planner:
         # leaves room for the decodes in the TBT SLO
         budget, t_chunk = None, None
         for c in TOKEN_BUDGETS:
-            t = self._it(fm, c * ranks, c * ranks * st.pairs_per_token, 0, 0, ranks)
+            t = self._it(fm, c * ranks, c * ranks * st.pairs_per_token, 0, 0, _chunk_groups(ranks))
             budget, t_chunk = c, t
             if cfg.slo_tbt_p99 is None or t <= CHUNK_SHARE_OF_TBT * cfg.slo_tbt_p99:
                 break
@@ -474,11 +487,12 @@ class Planner:
     # ---- explanation ----------------------------------------------------------------------------
     def breakdown(self, ev: Evaluation) -> dict:
         """Busy GPU seconds per request by category (compute, all-to-all, all-reduce) at the operating
-        point, plus the mean queueing delay (s): prefill chunks x P/budget + decode steps x O / batch."""
+        point, plus the mean queueing delay (s): prefill iterations x P / (budget x DP attention ranks) +
+        decode steps x O / batch."""
         st, fm, at = self.stats, ev.fm, ev.at_rate or {}
         ranks = fm.prefill_groups
         c = ev.token_budget * ranks  # one chunk of the per-rank budget on every DP attention rank
-        pf = fm.iteration(c, c * st.pairs_per_token, 0, 0, ranks).breakdown_s
+        pf = fm.iteration(c, c * st.pairs_per_token, 0, 0, _chunk_groups(ranks)).breakdown_s
         # Little's law: sequences decoding at once = rate x (mean time from first token to last)
         dec_time = max((at.get("e2e_mean_s") or 0) - (at.get("ttft_mean_s") or 0), 0.0)
         n = int(min(self.cfg.max_batch * ranks, max(1, round((ev.rate_rps or 0) * dec_time))))

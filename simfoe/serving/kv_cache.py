@@ -21,7 +21,8 @@ class KVBlocks:
         cap = int(capacity_tokens)
         rank_cap = cap // max(1, int(ranks))
         if rank_cap >= 1 and block_size > rank_cap:
-            raise SpecError("block_size", block_size, f"at most the KV cache of one rank, {rank_cap} tokens")
+            of = "one DP attention rank" if ranks > 1 else "one instance"
+            raise SpecError("block_size", block_size, f"at most the KV cache of {of}, {rank_cap} tokens")
         if rank_cap < 1:
             raise SpecError("kv_capacity_tokens", capacity_tokens,
                             f">= one block of {block_size} tokens per rank: weights leave no HBM for the KV cache; "
@@ -30,6 +31,10 @@ class KVBlocks:
         self.total = cap // block_size
         self.rank_total = rank_cap // block_size
         self.free = self.total
+
+    def fits_one_rank(self, tokens: int) -> bool:
+        """Whether a request whose KV holds ``tokens`` tokens fits one rank's share of the cache."""
+        return self.blocks_for(tokens) <= self.rank_total
 
     def blocks_for(self, tokens: int) -> int:
         """Blocks needed to hold ``tokens`` tokens."""

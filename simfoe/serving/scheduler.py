@@ -11,7 +11,8 @@ Policies:
   (decodes take one token of the budget, partial prefills the rest), then waiting requests FCFS
   while the token budget, ``max_batch`` and free KV blocks allow; prompts are split into chunks.
 * ``whole-prompt``: as ``chunked``, but a prompt's prefill is scheduled only whole (one prompt may
-  exceed the budget when it is alone in the prefill part of the batch).
+  exceed a rank's budget when it is the first prefill of the batch; with several ranks, other
+  prompts may still fill the rest of the instance's budget, as the other ranks would).
 
 ``ranks``: data-parallel attention ranks of the instance, each with its own ``token_budget`` and
 ``max_batch`` as in vLLM and SGLang (one scheduler per DP rank). They are modeled as one balanced
@@ -123,7 +124,7 @@ class ChunkedFCFS:
             waiting = rep.waiting
             while waiting and budget > 0 and len(run) < self.max_batch:
                 i = waiting[0]
-                if kv.blocks_for(st.prompt[i] + st.target[i] - 1) > kv.rank_total:
+                if not kv.fits_one_rank(st.prompt[i] + st.target[i] - 1):
                     waiting.popleft()
                     st.status[i] = STATUS_DROPPED
                     st.dropped[i] = 1
