@@ -76,6 +76,8 @@ def test_samples_are_seeded():
     ({"kind": "toy", "grid": {"b": [1]}}, "base", "a"),  # required option missing
     ({"kind": "toy", "grid": {"a": [1.0, float("inf")]}}, "grid.a", "finite"),
     ({"kind": "toy", "base": {"b": float("nan")}, "grid": {"a": [1]}}, "base.b", "finite"),
+    ({"kind": "toy", "samples": {"n": 2, "space": {"a": {"choice": [1.0, float("inf")]}}}}, "samples.space.a", "finite"),
+    ({"kind": "toy", "samples": {"n": 2, "space": {"b": {"uniform": [1.0, float("inf")]}}}}, "samples.space.b", "finite"),
 ])
 def test_bad_specs_name_the_key(bad, field, word):
     with pytest.raises(SpecError) as e:

@@ -93,6 +93,8 @@ def load_env(set_dir: str | Path) -> dict:
         if not (d / name).is_file():
             raise bad(f"{name} is missing")
     for name in ("kernels.csv", "collectives.csv", "env.json"):
+        if not (d / name).is_file():
+            continue  # collectives.csv is optional (a GPU set has none)
         try:
             check_text_file("measurement set", set_dir, d / name)
         except SpecError:

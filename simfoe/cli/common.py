@@ -12,7 +12,6 @@ import sys
 from typing import Any
 
 
-
 class UsageError(Exception):
     """Raised by the argument parser instead of printing usage and exiting."""
 

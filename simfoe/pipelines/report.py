@@ -11,7 +11,7 @@ Writes report.md, points.json and two PNGs. About two minutes on two cores with 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
 from pathlib import Path
 
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     rates = sorted({r for part in a.rates.split(",") for r in parse_rates(part)})
     res = build(Path(a.out), a.duration, rates, parse_rates(a.policy_rates), a.seed, a.jobs)
-    print(json.dumps(res, indent=1))
+    sys.stdout.write(json_text(res))
     return 0
 
 

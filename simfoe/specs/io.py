@@ -6,9 +6,8 @@ must name an existing field; the value is parsed as int, float, bool, null, list
 """
 from __future__ import annotations
 
-import math
-
 import copy
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any

@@ -279,11 +279,13 @@ def _draw(dist: Any, key: str, rng) -> Any:
     if name == "choice":
         if not isinstance(args, list) or not args:
             raise SpecError(where, args, "choice: a non-empty list")
-        return lambda: _plain(args[int(rng.integers(len(args)))])
+        args = [_finite(where, _plain(a)) for a in args]
+        return lambda: args[int(rng.integers(len(args)))]
     if (not isinstance(args, list) or len(args) != 2
-            or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
+            or not all(isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) for a in args)
             or not args[0] < args[1] or (name == "loguniform" and args[0] <= 0)):
-        raise SpecError(where, args, f"{name}: [lo, hi] with lo < hi" + (" and lo > 0" if name == "loguniform" else ""))
+        raise SpecError(where, args, f"{name}: [lo, hi], finite numbers with lo < hi"
+                        + (" and lo > 0" if name == "loguniform" else ""))
     lo, hi = float(args[0]), float(args[1])
 
     def draw():

@@ -6,10 +6,10 @@ Regenerates traces/example_small.csv with:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from simfoe.errors import SpecError
+from simfoe.outputs import json_text
 from simfoe.workloads.workload import make_workload
 
 
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         t.to_csv(a.out)
     if t.skipped_rows:
         sys.stderr.write(f"skipped {t.skipped_rows} malformed rows (first lines: {list(t.skipped_lines)})\n")
-    sys.stdout.write(json.dumps(t.summary(), default=float) + "\n")
+    sys.stdout.write(json_text(t.summary(), indent=None))
     return 0
 
 
