@@ -70,3 +70,25 @@ def test_trace_routing(tmp_path):
     f.write_text("10,0,0,0\n0,5,5,0\n")
     p = expert_probs(parse_routing(f"trace:{f}"), 4, 3, np.random.default_rng(0))
     assert p[0].tolist() == [1, 0, 0, 0] and p[1].tolist() == [0, 0.5, 0.5, 0] and p[2].tolist() == [1, 0, 0, 0]
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), g=st.sampled_from([1, 2, 4, 8, 16]), n=st.integers(0, 3000), dedup=st.booleans(),
+       repeats=st.integers(1, 4))
+def test_routing_memo_is_exact(seed, g, n, dedup, repeats):
+    """A memoized route_group returns what sampling returns and leaves the generator where sampling
+    leaves it, for any sequence of calls (repeated token counts hit the memo)."""
+    probs = expert_probs(parse_routing("zipf:1.2"), 16, 2, np.random.default_rng(seed))
+    rng_a, rng_b, memo = np.random.default_rng(seed), np.random.default_rng(seed), {}
+    counts = np.random.default_rng(seed + 1).multinomial(n, np.ones(g) / g) if n else np.zeros(g, np.int64)
+    for _ in range(repeats):
+        for layer in (0, 1, 0):
+            rng_a = np.random.default_rng(seed)  # a fresh pass: same state, so the memo hits
+            rng_b = np.random.default_rng(seed)
+            a = route_group(probs[layer], counts, 2, 16 // g, dedup, rng_a)
+            b = route_group(probs[layer], counts, 2, 16 // g, dedup, rng_b, memo=memo)
+            assert np.array_equal(a.expert_load, b.expert_load)
+            assert np.array_equal(a.traffic_tokens, b.traffic_tokens)
+            assert (a.local, a.activations) == (b.local, b.activations)
+            assert rng_a.random() == rng_b.random()  # same generator state afterwards
+    assert len(memo) <= 2  # one entry per layer's probabilities

@@ -218,10 +218,11 @@ def _groups(G: int, size: int) -> list[np.ndarray]:
 
 # ------------------------------------------------------------------------------------------- MoE
 def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work | list[Work], probs: np.ndarray | None,
-              rng: np.random.Generator, dense: bool, slot_map=None) -> LayerPlan:
+              rng: np.random.Generator, dense: bool, slot_map=None, memo: dict | None = None) -> LayerPlan:
     """Program of one MoE (or, with ``dense``, dense-FFN) layer under the expert-parallel baseline.
     ``work``: the pass, split here over the data-parallel groups, or already one Work per group.
-    ``slot_map``: where redundant expert replicas live (simfoe.forward.eplb), None without them."""
+    ``slot_map``: where redundant expert replicas live (simfoe.forward.eplb), None without them.
+    ``memo``: routing memo (:func:`simfoe.forward.routing.route_group`)."""
     G, t, h, b = L.gpus, L.attention_tp, model.hidden, model.act_bytes
     a = model.attention
     n_groups = G // t
@@ -259,7 +260,7 @@ def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work | list[Work]
     local = acts = 0.0
     for gi, grp in enumerate(ep_groups):
         # each EP group holds all experts; a token is routed inside its own group
-        s = route_group(probs, tok_gpu[grp], moe.top_k, epg, L.dedup, rng, slot_map)
+        s = route_group(probs, tok_gpu[grp], moe.top_k, epg, L.dedup, rng, slot_map, memo)
         traffic.append(s.traffic_tokens * h)  # elements
         local += s.local
         acts += s.activations
@@ -304,8 +305,9 @@ def _ag_groups(nbytes_per_rank: list[float]):
 
 # ------------------------------------------------------------------------------------------- FoE
 def foe_layer(c: _Costs, model: ModelSpec, L: FoELayout, work: Work, probs: np.ndarray | None,
-              rng: np.random.Generator, dense: bool) -> LayerPlan:
-    """Program of one FoE layer (or a dense layer of an FoE model, FFN tensor-parallel over all GPUs)."""
+              rng: np.random.Generator, dense: bool, memo: dict | None = None) -> LayerPlan:
+    """Program of one FoE layer (or a dense layer of an FoE model, FFN tensor-parallel over all GPUs).
+    ``memo``: routing memo (:func:`simfoe.forward.routing.route_group`)."""
     G, g, h, b = L.gpus, L.gpus_per_cluster, model.hidden, model.act_bytes
     a = model.attention
     C, cpg = L.clusters, L.clusters_per_gpu
@@ -330,7 +332,7 @@ def foe_layer(c: _Costs, model: ModelSpec, L: FoELayout, work: Work, probs: np.n
         for gpu in range(G):
             loads = []
             for cl in range(gpu * cpg, (gpu + 1) * cpg):
-                s = route_group(probs[cl], np.array([T]), kc, Ec, True, rng)
+                s = route_group(probs[cl], np.array([T]), kc, Ec, True, rng, memo=memo)
                 loads.append(s.expert_load)
                 expert_time[gpu] += _glue_seconds(c, s.expert_load, 0, T)
                 local += s.activations
@@ -346,7 +348,7 @@ def foe_layer(c: _Costs, model: ModelSpec, L: FoELayout, work: Work, probs: np.n
     steps.append(Compute("experts", router))
     traffic = []
     for ci, grp in enumerate(clusters):
-        s = route_group(probs[ci], shard, kc, epg, True, rng)
+        s = route_group(probs[ci], shard, kc, epg, True, rng, memo=memo)
         traffic.append(s.traffic_tokens * h)  # elements
         local += s.local
         acts += s.activations

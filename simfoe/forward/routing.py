@@ -154,15 +154,42 @@ class RoutingSample:
     activations: float
 
 
+#: Entries a routing memo holds before it is emptied (each holds arrays of n_experts and g x g floats).
+ROUTE_MEMO_ENTRIES = 20_000
+
+
 def route_group(probs: np.ndarray, tokens_per_gpu: np.ndarray, k: int, experts_per_gpu: int,
-                dedup: bool, rng: np.random.Generator, slot_map=None) -> RoutingSample:
+                dedup: bool, rng: np.random.Generator, slot_map=None, memo: dict | None = None) -> RoutingSample:
     """Route the tokens held by each GPU of a group of g GPUs; expert e lives on GPU e // experts_per_gpu,
     or, with a ``slot_map`` (:class:`simfoe.forward.eplb.SlotMap`, redundant experts), each choice goes
     to one of its expert's replicas and ``expert_load`` is per slot (slot s on GPU s // slot_map.per_gpu).
 
     tokens_per_gpu: (g,) token counts on each source GPU. Counts beyond MAX_SAMPLED_TOKENS in total
     are sampled on a proportional subset and scaled back.
+
+    ``memo``: a dict owned by the caller, for which ``probs`` (or the array it is a view of) and
+    ``slot_map`` stay alive and unchanged. A call with
+    the same inputs and the same generator state returns the stored sample (read-only arrays) and
+    leaves ``rng`` in the state the sampling would have left it: exact, not an approximation. The
+    forward model's iteration grids ask for the same token counts at many context lengths.
     """
+    if memo is not None:
+        st = rng.bit_generator.state
+        # probs by address, shape and strides: callers pass views (probs[layer]) of arrays they keep alive
+        key = (probs.ctypes.data, probs.shape, probs.strides, id(slot_map), tokens_per_gpu.dtype.str,
+               tokens_per_gpu.tobytes(), k, experts_per_gpu, dedup,
+               st["state"]["state"], st["state"]["inc"], st["has_uint32"], st["uinteger"])
+        hit = memo.get(key)
+        if hit is not None:
+            rng.bit_generator.state = hit[1]
+            return hit[0]
+        s = route_group(probs, tokens_per_gpu, k, experts_per_gpu, dedup, rng, slot_map)
+        for a in (s.expert_load, s.traffic_tokens):
+            a.setflags(write=False)
+        if len(memo) >= ROUTE_MEMO_ENTRIES:
+            memo.clear()
+        memo[key] = (s, rng.bit_generator.state)
+        return s
     g = tokens_per_gpu.shape[0]
     total = int(tokens_per_gpu.sum())
     E = probs.shape[0] if slot_map is None else slot_map.n_slots

@@ -294,6 +294,7 @@ class ForwardModel:
         self._costs = _Costs(hw, model.dtype)
         # redundant experts: one EPLB placement per MoE layer, from that layer's expected loads
         R = getattr(self.layout, "redundant", 0)
+        self._route_memo: dict = {}  # routing samples by inputs and generator state (exact; route_group)
         self._slots = None
         if R and self._probs is not None:
             placed: dict[bytes, object] = {}  # layers with the same loads (uniform routing: all) share one
@@ -382,10 +383,10 @@ class ForwardModel:
     def _plan(self, work, layer: int, dense: bool, rng) -> LayerPlan:
         probs = None if (dense or self._probs is None) else self._probs[layer]
         if self.placement.arch == "foe":
-            return foe_layer(self._costs, self.model, self.layout, work, probs, rng, dense)
+            return foe_layer(self._costs, self.model, self.layout, work, probs, rng, dense, self._route_memo)
         slots = None if (dense or self._slots is None) else self._slots[layer]
         return moe_layer(self._costs, self.model, self.layout, work, None if probs is None else probs[0], rng, dense,
-                         slots)
+                         slots, self._route_memo)
 
     def simulate(self, work: Work, per_layer: bool = False, timeline: list | None = None) -> ForwardResult:
         """Simulate ``work``; ``timeline`` (a list) receives Chrome-trace events when given.
