@@ -72,7 +72,7 @@ def run(args) -> dict:
     from simfoe.cli.common import check_finite_result, check_seed, placement_conflicts, renamed_fields
     from simfoe.inputs import check_routing_file, check_text_file
     from simfoe.specs.io import check_override_roots
-    from simfoe.outputs import AtomicFiles, check_dir, check_file
+    from simfoe.outputs import check_dir, check_file
     from simfoe.serving import api
 
     check_seed(args.seed)
@@ -100,11 +100,7 @@ def run(args) -> dict:
     sim_s = (res.summary.get("sim") or {}).get("simulated_s")
     check_finite_result(sim_s, args, "simulated iteration times are finite numbers", caught)
     # every output is written under a temporary name first and renamed only when all are written
-    with AtomicFiles("--out") as w:
-        if args.timeline is not None:
-            api.write_serving_timeline(res, w.path(args.timeline, "--timeline"))
-        if args.out is not None:
-            res.summary["files"] = res.write(args.out, w)
+    api.write_serving_outputs(res, args.out, args.timeline, "--out", "--timeline")
     return res.summary
 
 

@@ -314,7 +314,8 @@ def write_report(result: dict, out: str | Path, field: str = "--out") -> dict:
     result.setdefault("caveats", caveats(result))
     files = {"html": str(p), "json": str(jp)}
     with AtomicFiles(field) as w:  # both files or neither; no temporary file left on failure
-        w.path(p).write_text(render_html({**result, "files": files}), encoding="utf-8")
-        w.path(jp).write_text(json_text({**result, "files": files}), encoding="utf-8")
+        full = {**result, "files": files}
+        w.path(p).write_text(render_html(full), encoding="utf-8")
+        w.path(jp).write_text(json_text(full), encoding="utf-8")
     result["files"] = files
     return files

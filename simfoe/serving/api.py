@@ -252,12 +252,27 @@ def simulate_serving(model, hardware, nodes: int, arch: str, trace, rate: float 
     return res
 
 
-def write_serving_timeline(res: ServingResult, path: str | Path) -> None:
-    """Write the iteration events ``res`` recorded (``timeline``/``record_timeline``) as a Chrome trace."""
+def write_serving_timeline(res: ServingResult, path: str | Path, files=None, field: str = "--timeline") -> None:
+    """Write the iteration events ``res`` recorded (``timeline``/``record_timeline``) as a Chrome trace
+    (into the :class:`simfoe.outputs.AtomicFiles` group ``files`` when given)."""
     from simfoe.timeline import write_timeline
 
     write_timeline(path, res.engine.timeline,
-                   {0: f"serving iterations (one row per replica){' - truncated' if res.engine.timeline_truncated else ''}"})
+                   {0: f"serving iterations (one row per replica){' - truncated' if res.engine.timeline_truncated else ''}"},
+                   field, files)
+
+
+def write_serving_outputs(res: ServingResult, out=None, timeline=None, out_field: str = "out",
+                          timeline_field: str = "timeline") -> None:
+    """Write the timeline and/or ``out`` (records + summary) of ``res``, all files or none; the
+    summary gains ``files`` when ``out`` is given. Errors name ``out_field`` / ``timeline_field``."""
+    from simfoe.outputs import AtomicFiles
+
+    with AtomicFiles(out_field) as w:
+        if timeline is not None:
+            write_serving_timeline(res, timeline, w, timeline_field)
+        if out is not None:
+            res.summary["files"] = res.write(out, w)
 
 
 def run_serve(model, hardware, nodes: int, arch: str, trace, rate: float | None = None,
@@ -267,16 +282,10 @@ def run_serve(model, hardware, nodes: int, arch: str, trace, rate: float | None 
               out=None, **kw) -> dict:
     """The JSON summary of ``simfoe serve`` (keys in DESIGN.md plus more); writes ``requests.parquet``
     and ``summary.json`` under ``out`` when given."""
-    from simfoe.outputs import AtomicFiles
-
     timeline = kw.pop("timeline", None)
     res = simulate_serving(model, hardware, nodes, arch, trace, rate=rate, duration=duration, replicas=replicas,
                            routing=routing, overrides=overrides, seed=seed, slo_ttft=slo_ttft, slo_tbt=slo_tbt,
                            max_batch=max_batch, token_budget=token_budget, budget_scope=budget_scope,
                            progress=progress, record_timeline=timeline is not None, **kw)
-    with AtomicFiles("out") as w:  # all files or none
-        if timeline is not None:
-            write_serving_timeline(res, w.path(timeline, "timeline"))
-        if out is not None:
-            res.summary["files"] = res.write(out, w)
+    write_serving_outputs(res, out, timeline)
     return res.summary
