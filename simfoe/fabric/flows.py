@@ -201,9 +201,7 @@ class FlowNetwork:
                 used = np.bincount(self._path[fixed].ravel(), minlength=self._nl,
                                    weights=np.repeat(rate[fixed], self._path.shape[1]))
                 cap = np.maximum(self._cap - used, 0.0)
-                rate = rate.copy()
                 rate[redo] = _water_fill(self._path[redo], cap, self._nl, self._pad)
-                self._rate = rate
         rem = np.maximum(self._rem, 0.0)
         ttf = rem / rate
         t_min = float(ttf.min())

@@ -354,8 +354,8 @@ def foe_layer(c: _Costs, model: ModelSpec, L: FoELayout, work: Work, probs: np.n
         acts += s.activations
         for j, gpu in enumerate(grp):
             loads = s.expert_load[j * epg:(j + 1) * epg]
-            expert_time[gpu] = (_experts_seconds(c, model, loads, fw) + _glue_seconds(c, loads, g, shard[j])
-                                + _ffn_seconds(c, model, shard[j], L.shared_ffn))
+            expert_time[gpu] = _experts_seconds(c, model, loads, fw) + _glue_seconds(c, loads, g, shard[j])
+    expert_time += np.tile([_ffn_seconds(c, model, n, L.shared_ffn) for n in shard], C)
     steps.append(Collective("dispatch", clusters, _a2a([m * model.dtype_bytes for m in traffic], "direct")))
     steps.append(Compute("experts", expert_time))
     steps.append(Collective("combine", clusters, _a2a([m.T * b for m in traffic], "direct")))

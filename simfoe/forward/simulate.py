@@ -201,7 +201,8 @@ def run_programs(hw: HardwareSpec, nodes: int, programs: list[list], recorder: _
                 elif d > 0:
                     yield env.timeout(d)
                 if d > 0:
-                    busy[s.category][gpu] += env.now - t0
+                    if multi:
+                        busy[s.category][gpu] += env.now - t0
                     if recorder:
                         recorder.compute(gpu, s.category + label, t0, env.now)
             else:
@@ -221,7 +222,7 @@ def run_programs(hw: HardwareSpec, nodes: int, programs: list[list], recorder: _
         yield from s.fn(net, gi, group)
         if multi:
             streams.communicating(group, -1)
-        longest[0] = max(longest[0], env.now - t0)
+            longest[0] = max(longest[0], env.now - t0)
         ev.succeed()
 
     for pi in range(len(programs)):
@@ -430,10 +431,8 @@ class ForwardModel:
         return total + self._head(work)
 
     def _head(self, work: Work) -> float:
-        if self.placement.arch == "foe":
-            return head_seconds(self._costs, self.model, work, self.gpus, 1)
-        t = self.layout.attention_tp
-        return head_seconds(self._costs, self.model, work, t, self.gpus // t)
+        vocab_split = self.gpus if self.placement.arch == "foe" else self.layout.attention_tp
+        return head_seconds(self._costs, self.model, work, vocab_split, self.prefill_groups)
 
     def _simulate(self, work: Work, parts: list, per_layer: bool, timeline: list | None) -> ForwardResult:
         m = self.model
