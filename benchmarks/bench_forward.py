@@ -19,15 +19,17 @@ from simfoe.api import forward  # noqa: E402
 def main() -> dict:
     forward("deepseek-v3", "h100-sxm", nodes=4, arch="moe", phase="decode", batch=256, seq_len=8192)  # warm caches
     reps = 3
-    t0 = time.perf_counter()
-    for s in range(reps):
-        forward("deepseek-v3", "h100-sxm", nodes=4, arch="moe", phase="decode", batch=256, seq_len=8192, seed=s)
-    ds = (time.perf_counter() - t0) / reps
-    t0 = time.perf_counter()  # two-batch overlap: two micro-batches, a 4-layer chain plus its 2-layer head
-    for s in range(reps):
-        forward("deepseek-v3", "h100-sxm", nodes=4, arch="moe", phase="decode", batch=256, seq_len=8192, seed=s,
-                overrides=["placement.overlap=two-batch"])
-    ds_tbo = (time.perf_counter() - t0) / reps
+
+    def wall(**kw) -> float:
+        """Mean wall seconds of one DeepSeek-V3 decode pass (batch 256, 4 nodes) over ``reps`` seeds."""
+        t0 = time.perf_counter()
+        for s in range(reps):
+            forward("deepseek-v3", "h100-sxm", nodes=4, arch="moe", phase="decode", batch=256, seq_len=8192, seed=s,
+                    **kw)
+        return (time.perf_counter() - t0) / reps
+
+    ds = wall()
+    ds_tbo = wall(overrides=["placement.overlap=two-batch"])  # two micro-batches, a 4-layer chain plus its head
 
     grid = list(itertools.product([1, 2, 4], ["moe", "foe"], ["prefill", "decode"], [1, 2, 4, 8, 16, 32, 64, 128, 256], [512, 2048, 8192]))
     t0 = time.perf_counter()

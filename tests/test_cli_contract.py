@@ -63,8 +63,6 @@ def binfile(tmp_path):
 def test_json_text_is_strict_json_with_one_newline(tmp_path):
     """Every JSON file and --json line goes through json_text: NaN/inf become null (strict JSON that
     jq and browsers read), numpy scalars plain numbers, paths strings, one trailing newline."""
-    import numpy as np
-
     t = json_text({"a": float("nan"), "b": np.float32(1.5), "c": [np.int64(3), float("inf")], 4: tmp_path})
     assert t.endswith("}\n") and not t.endswith("\n\n")
     assert json.loads(t, parse_constant=lambda c: pytest.fail(f"non-strict constant {c}")) == {
@@ -474,8 +472,6 @@ def test_help_shows_defaults(capsys):
 
 
 def test_forward_warns_on_stderr_when_the_pass_does_not_fit(capsys):
-    from simfoe.cli import main
-
     assert main(["forward", "--model", "deepseek-v3", "--hardware", "h100-sxm", "--nodes", "1", "--phase", "decode",
                  "--batch", "8", "--seq-len", "128", "--json"]) == 0
     out, err = capsys.readouterr()

@@ -220,8 +220,6 @@ def test_kv_capacity_positive_and_weights_fit():
 
 
 def test_prefill_groups_are_the_dp_attention_groups():
-    from simfoe.api import forward_model
-
     assert forward_model("olmoe-1b-7b", "h100-sxm", 2, "moe").prefill_groups == 2  # TP8 inside each node
     assert forward_model("olmoe-1b-7b", "h100-sxm", 2, "moe", overrides=["placement.moe.attention=dp"]).prefill_groups == 16
     assert forward_model("olmoe-1b-7b", "h100-sxm", 2, "foe").prefill_groups == 1

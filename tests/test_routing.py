@@ -79,7 +79,7 @@ def test_routing_memo_is_exact(seed, g, n, dedup, repeats):
     """A memoized route_group returns what sampling returns and leaves the generator where sampling
     leaves it, for any sequence of calls (repeated token counts hit the memo)."""
     probs = expert_probs(parse_routing("zipf:1.2"), 16, 2, np.random.default_rng(seed))
-    rng_a, rng_b, memo = np.random.default_rng(seed), np.random.default_rng(seed), {}
+    memo = {}
     counts = np.random.default_rng(seed + 1).multinomial(n, np.ones(g) / g) if n else np.zeros(g, np.int64)
     for _ in range(repeats):
         for layer in (0, 1, 0):

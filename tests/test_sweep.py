@@ -11,6 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from simfoe.cli import main
 from simfoe.errors import SpecError
+from simfoe.paths import REPO_ROOT
 from simfoe.sweep.runner import run_sweep
 from simfoe.sweep.scenarios import ScenarioKind, register
 from simfoe.sweep.spec import format_override, parse_sweep_spec, run_id
@@ -212,7 +213,7 @@ def test_cli_plot_needs_results(tmp_path, capsys):
     assert "results.parquet" in capsys.readouterr().err
 
 
-EXAMPLES = sorted((__import__("pathlib").Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+EXAMPLES = sorted((REPO_ROOT / "examples").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("spec", EXAMPLES, ids=lambda p: p.name)

@@ -62,8 +62,10 @@ def _fit_grouped(hw0, kern: dict, rows) -> dict:
     return {**fam, **fitted}
 
 
-def fit_gpu_profile(set_dir: str | Path, name: str | None = None, base: str | None = None) -> tuple[dict, dict, dict]:
-    """(profile dict, provenance, report) of a CUDA measurement set fitted on top of ``base``."""
+def fit_gpu_profile(set_dir: str | Path, name: str | None = None, base: str | None = None,
+                    env: dict | None = None) -> tuple[dict, dict, dict]:
+    """(profile dict, provenance, report) of a CUDA measurement set fitted on top of ``base``
+    (``env``: the set's env.json when the caller has loaded it)."""
     from simfoe.specs.hardware import HardwareSpec
     from simfoe.specs.io import load_hardware
     from simfoe.specs.profile_io import profile_path
@@ -71,7 +73,7 @@ def fit_gpu_profile(set_dir: str | Path, name: str | None = None, base: str | No
     import yaml
 
     set_dir = Path(set_dir)
-    k, _, env = load_set(set_dir)
+    k, _, env = load_set(set_dir, env)
     if env.get("device") != "cuda":
         raise SpecError("measurement set", str(set_dir), "a CUDA set (device cuda)")
     base = base or base_profile_for(env)

@@ -56,14 +56,15 @@ def _rel(p: Path) -> str:
 
 
 # --------------------------------------------------------------------------------------- loading
-def load_set(set_dir: str | Path):
+def load_set(set_dir: str | Path, env: dict | None = None):
     """(kernels DataFrame, collectives DataFrame, env dict) of a measurement set; ``t_s`` column added
     to kernels (cpu_median_s for 1-thread CPU rows, else median_s). Kernels are the in-pass rows
-    (:func:`in_pass_rows`): where an op was also timed cold, its cold rows only."""
+    (:func:`in_pass_rows`): where an op was also timed cold, its cold rows only. ``env``: the set's
+    env.json already loaded (and the set checked) by :func:`load_env`."""
     import pandas as pd
 
     d = Path(set_dir)
-    env = load_env(d)
+    env = load_env(d) if env is None else env
     k = in_pass_rows(pd.read_csv(d / "kernels.csv"))
     use_cpu = (k.device == "cpu") & (k.threads == 1) & k.cpu_median_s.notna() & (k.cpu_median_s > 0)
     k["t_s"] = np.where(use_cpu, k.cpu_median_s, k.median_s)
@@ -453,7 +454,7 @@ def fit_copy_attention(hw, kern: dict, k, copy_start: tuple[float, float], attn_
     return cp, pre, dec
 
 
-def fit_profile(set_dir: str | Path, name: str | None = None) -> tuple[dict, dict, dict]:
+def fit_profile(set_dir: str | Path, name: str | None = None, env: dict | None = None) -> tuple[dict, dict, dict]:
     """(profile dict, provenance, report) fitted from the measurement set in ``set_dir``.
 
     The report holds the fitted values and residuals (APE %, per family / collective) on the rows
@@ -462,7 +463,7 @@ def fit_profile(set_dir: str | Path, name: str | None = None) -> tuple[dict, dic
     from simfoe.specs.hardware import HardwareSpec
 
     set_dir = Path(set_dir)
-    k, c, env = load_set(set_dir)
+    k, c, env = load_set(set_dir, env)
     if env.get("device") != "cpu":
         raise SpecError("measurement set", str(set_dir), "a CPU set (device cpu); GPU sets are validated, not fitted here")
     src = _rel(set_dir)
@@ -622,7 +623,7 @@ def fit_set(set_dir: str | Path, name: str | None = None, base: str | None = Non
     if env.get("device") == "cuda":
         from simfoe.calibration.fit_gpu import fit_gpu_profile
 
-        return fit_gpu_profile(set_dir, name, base)
+        return fit_gpu_profile(set_dir, name, base, env)
     if base is not None:
         raise SpecError("--base", base, "only with a CUDA measurement set (a CPU set is fitted whole)")
-    return fit_profile(set_dir, name)
+    return fit_profile(set_dir, name, env)

@@ -42,7 +42,7 @@ def load_tolerances(path: str | Path = TOLERANCES, field: str = "tolerances") ->
     """The tolerance file, parsed and checked: a UTF-8 YAML mapping of ``measurement_sets`` and/or
     ``sources`` mappings (a typo must not turn every source into a silent pass). Errors name ``field``."""
     what = "a tolerance YAML file with measurement_sets and sources, like validation/tolerances.yaml"
-    p = Path(str(path))
+    p = Path(path)
     if not p.is_file():
         raise SpecError(field, str(path), f"{what} ({'not a file' if p.exists() else 'no such file'})")
     check_text_file(field, path)

@@ -218,18 +218,16 @@ def run_fit(hardware: str, vidur_dir: Path, write: bool) -> dict:
         sr_in, sr_out = sr_all[sr_all["nodes"] == 1], sr_all[sr_all["nodes"] > 1]
         a, e, _ = _fit_two_stage(hw, "nvls", [("all_reduce", one_all[one_all["num_workers"] > 2])])
         hw = _with(hw, "nvls", a, e)
-        prov["collectives.nvls.alpha_s"] = (
-            f"fit to {src}/all_reduce.csv, 4 and 8 GPUs in one node (auto = NVLS), sizes >= 1 MB (`simfoe fit collectives`)")
-        prov["collectives.nvls.efficiency"] = (
-            f"fit to {src}/all_reduce.csv, 4 and 8 GPUs in one node (auto = NVLS), sizes >= 1 MB (`simfoe fit collectives`)")
+        for key in ("alpha_s", "efficiency"):
+            prov[f"collectives.nvls.{key}"] = (
+                f"fit to {src}/all_reduce.csv, 4 and 8 GPUs in one node (auto = NVLS), sizes >= 1 MB "
+                "(`simfoe fit collectives`)")
         a, e, ll = _fit_two_stage(hw, "nvlink", [("all_reduce", one_all), ("send_recv", sr_in)])
         hw = _with(hw, "nvlink", a, e, ll)
-        prov["collectives.nvlink.alpha_s"] = (
-            f"fit to {src}/all_reduce.csv (2 GPUs, ring) and send_recv.csv (2 GPUs), one node, sizes >= 1 MB "
-            "(`simfoe fit collectives`)")
-        prov["collectives.nvlink.efficiency"] = (
-            f"fit to {src}/all_reduce.csv (2 GPUs, ring) and send_recv.csv (2 GPUs), one node, sizes >= 1 MB "
-            "(`simfoe fit collectives`)")
+        for key in ("alpha_s", "efficiency"):
+            prov[f"collectives.nvlink.{key}"] = (
+                f"fit to {src}/all_reduce.csv (2 GPUs, ring) and send_recv.csv (2 GPUs), one node, sizes >= 1 MB "
+                "(`simfoe fit collectives`)")
         e_net = hw.collectives.network.efficiency
         a, e, ll = _fit_two_stage(hw, "network", [("send_recv", sr_out)], fixed_eff=e_net)
         hw = _with(hw, "network", a, e, ll)
