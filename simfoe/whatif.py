@@ -53,6 +53,7 @@ class Scenario:
     slo_tbt: float | None = None
     token_budget: int = 8192  # per DP attention rank (budget_scope "rank") or per instance
     budget_scope: str = "rank"
+    rank_router: str = "vllm-lb"  # which DP attention rank a request is pinned to
     spec: str = "factool"
     mode: str = "stream"
     pipeline_routing: str | None = None
@@ -163,9 +164,9 @@ def run(s: Scenario) -> dict:
         r = run_serve(s.model, s.hardware, s.nodes, s.arch, s.trace, rate=s.rate, duration=s.duration,
                       replicas=s.replicas, routing=s.routing, overrides=s.overrides, seed=s.seed,
                       slo_ttft=s.slo_ttft, slo_tbt=s.slo_tbt, token_budget=s.token_budget,
-                      budget_scope=s.budget_scope)
+                      budget_scope=s.budget_scope, rank_router=s.rank_router)
         keep = ("requests", "ttft_s", "tbt_s", "tpot_s", "e2e_s", "queue_s", "throughput", "goodput",
-                "gpu_utilization", "gpus_per_replica", "ranks_per_replica")
+                "gpu_utilization", "gpus_per_replica", "ranks_per_replica", "rank_imbalance_fraction")
         return _flat({k: r[k] for k in keep if k in r})
     if s.kind == "pipeline":
         from simfoe.pipelines.engine import simulate

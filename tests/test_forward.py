@@ -219,6 +219,23 @@ def test_kv_capacity_positive_and_weights_fit():
     assert not big.fits() and big.kv_capacity_tokens() == 0
 
 
+@pytest.mark.parametrize("model,nodes,attn", [("olmoe-1b-7b", 2, "dp"), ("olmoe-1b-7b", 2, "tp"),
+                                             ("deepseek-v3", 2, "dp")])
+def test_rank_compute_lies_between_the_attention_and_the_whole_pass(model, nodes, attn):
+    """One DP attention rank's own compute for its even share of a decode batch covers at least the
+    attention the forward simulation puts on the critical path, and at most the whole iteration; it
+    grows with the rank's KV tokens. FoE has one rank and no rank compute."""
+    fm = forward_model(model, "h100-sxm", nodes, "moe", overrides=[f"placement.moe.attention={attn}"])
+    D = fm.prefill_groups
+    n, ctx = 32 * D, 1500
+    it = fm.iteration(0, 0, n, n * ctx)
+    own = fm.rank_compute_s(0, 0, n // D, n // D * ctx)
+    assert it.breakdown_s["attention"] <= own < it.latency_s
+    assert fm.rank_compute_s(0, 0, n // D, 2 * n // D * ctx) > own
+    with pytest.raises(SpecError, match="arch"):
+        forward_model(model, "h100-sxm", nodes, "foe", overrides=["placement.foe.clusters=8"]).rank_compute_s(0, 0, 1, 10)
+
+
 def test_prefill_groups_are_the_dp_attention_groups():
     assert forward_model("olmoe-1b-7b", "h100-sxm", 2, "moe").prefill_groups == 2  # TP8 inside each node
     assert forward_model("olmoe-1b-7b", "h100-sxm", 2, "moe", overrides=["placement.moe.attention=dp"]).prefill_groups == 16

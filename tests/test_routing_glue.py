@@ -2,7 +2,6 @@
 profile fitted it, and the split-size exchange adds one small all-to-all per MoE layer."""
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given, settings

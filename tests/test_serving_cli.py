@@ -140,8 +140,11 @@ def test_serve_budget_scope_flag_reports_ranks(capsys):
         assert code == 0, err
         got[scope] = json.loads(out)
     assert got["rank"]["budget_scope"] == "rank" and got["rank"]["ranks_per_replica"] == 8
-    assert got["instance"]["ranks_per_replica"] == 1
+    assert got["rank"]["rank_router"] == "vllm-lb" and got["rank"]["rank_imbalance_fraction"] >= 0
+    assert got["instance"]["ranks_per_replica"] == 1 and got["instance"]["rank_imbalance_fraction"] is None
     kv = got["rank"]["kv_cache"]
     assert kv["capacity_tokens_per_rank"] * 8 <= kv["capacity_tokens"] < (kv["capacity_tokens_per_rank"] + 16) * 8
     code, out, err = run_cli(capsys, *base, "--budget-scope", "node")
     assert code == 2 and "--budget-scope" in err
+    code, out, err = run_cli(capsys, *base, "--rank-router", "random")
+    assert code == 2 and "--rank-router" in err and "least-outstanding" in err and not out

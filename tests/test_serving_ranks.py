@@ -1,5 +1,6 @@
-"""Per-rank scheduling: each data-parallel attention rank of an instance has its own token budget,
-sequence limit and KV share (as in vLLM and SGLang), modeled as one balanced queue."""
+"""Per-rank scheduling: each data-parallel attention rank of an instance has its own queue, token
+budget, sequence limit and KV share (as in vLLM and SGLang); a request is pinned to one rank, and an
+iteration waits for the rank with the most own compute."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,6 +13,7 @@ from simfoe.serving import simulate
 from simfoe.serving.engine import Engine, EngineConfig
 from simfoe.serving.metrics import STATUS_DONE, STATUS_DROPPED
 from simfoe.serving.kv_cache import KVBlocks
+from simfoe.serving.step_models import RankExcess
 from simfoe.workloads import RequestTable
 
 
@@ -24,6 +26,13 @@ class RankedStep:
 
     def iteration(self, prefill_tokens, prefill_attn_pairs, decode_seqs, decode_kv_tokens, prefill_seqs=None):
         return self.step_s
+
+
+class RankedLinear(RankedStep):
+    """``RankedStep`` whose ranks' own compute is 1 us per token plus 0.1 us per decode KV token."""
+
+    def rank_compute_s(self, prefill_tokens, prefill_attn_pairs, decode_seqs, decode_kv_tokens):
+        return 1e-6 * (prefill_tokens + decode_seqs) + 1e-7 * decode_kv_tokens
 
 
 def burst(n, prompt, output):
@@ -78,9 +87,9 @@ def test_bad_scope_and_block_size_name_the_field():
        kv_per_rank=hs.integers(200, 5000))
 def test_iterations_respect_per_rank_limits_and_conserve_requests(seed, ranks, max_batch, extra, n, sched,
                                                                    kv_per_rank):
-    """Every iteration: pooled tokens <= ranks x budget, running sequences <= ranks x max_batch, and
-    (chunked) no chunk above one rank's budget; every request completes or is dropped with a reason,
-    also when a small KV cache forces preemptions."""
+    """Every rank's batch: tokens <= its budget (whole-prompt: but for one whole prompt that starts the
+    batch's prefill), running sequences <= max_batch, (chunked) no chunk above the budget; every
+    request completes or is dropped with a reason, also when a small KV cache forces preemptions."""
     rng = np.random.default_rng(seed)
     arr = np.sort(rng.uniform(0, 0.5, n))
     prompt, output = rng.integers(1, 600, n), rng.integers(1, 30, n)
@@ -90,11 +99,11 @@ def test_iterations_respect_per_rank_limits_and_conserve_requests(seed, ranks, m
     inner = eng.scheduler.schedule
     seen = []
 
-    def spy(rep, st, now):
-        b = inner(rep, st, now)
+    def spy(q, st, now):
+        b = inner(q, st, now)
         if b is not None:
             dec, chunks = b
-            seen.append((len(dec), [c for _, c in chunks], len(rep.running)))
+            seen.append((len(dec), [c for _, c in chunks], len(q.running)))
         return b
 
     eng.scheduler.schedule = spy
@@ -104,7 +113,73 @@ def test_iterations_respect_per_rank_limits_and_conserve_requests(seed, ranks, m
     assert not (st.dropped == 2).any()  # nothing left unfinished without a horizon
     assert seen or (st.dropped == 1).all()  # nothing ran only when every request exceeds a rank's KV share
     for nd, chunks, running in seen:
-        assert nd + sum(chunks) <= ranks * budget or (sched == "whole-prompt" and chunks and chunks[0] > budget)
-        assert running <= ranks * max_batch
+        assert nd + sum(chunks) <= budget or (sched == "whole-prompt" and nd + chunks[0] > budget)
+        assert running <= max_batch
         if sched == "chunked":
             assert max(chunks, default=0) <= budget
+
+
+def test_requests_are_pinned_by_the_rank_router():
+    """2 ranks. Six requests at t=0 alternate ranks 0, 1, 0, ...; rank 1's are short and done long
+    before G and H arrive together at t=1, when rank 0 still runs its three. G goes to the empty rank
+    1 (round-robin: rank 0, the 7th arrival). H: least-outstanding counts rank 1's waiting G like a
+    running request (1 < 3: rank 1); vllm-lb, the default, weighs it 4x (4 > 3: rank 0)."""
+    t = RequestTable.from_arrays(np.array([0.0] * 6 + [1.0] * 2), np.full(8, 10),
+                                 np.array([500, 2, 500, 2, 500, 2, 2, 2]))
+    got = {name: simulate(t, RankedStep(2), 10**6, cost="memo", **({"rank_router": name} if name else {}))
+           for name in ("least-outstanding", None, "round-robin")}
+    assert got["least-outstanding"].records["rank"].tolist() == [0, 1, 0, 1, 0, 1, 1, 1]
+    assert got[None].records["rank"].tolist() == [0, 1, 0, 1, 0, 1, 1, 0]
+    assert got["round-robin"].records["rank"].tolist() == [0, 1, 0, 1, 0, 1, 0, 1]
+    assert got[None].summary["rank_router"] == "vllm-lb"
+    with pytest.raises(SpecError, match="rank_router.*least-outstanding"):
+        simulate(t, RankedStep(1), 10**6, cost="memo", rank_router="random")
+
+
+def test_the_busiest_rank_sets_the_pace():
+    """Hand-computed: 2 ranks, 10 ms iterations for the summed batch, ranks' own compute 1 us per
+    token + 0.1 us per KV token. A (prompt 1000) on rank 0, B (prompt 10) on rank 1, 3 tokens each.
+    Prefill: the even share is one chunk of 1010 tokens, more than either rank's own: no excess.
+    First decode: rank 0 attends 1001 KV tokens, the even share (1001 + 11) / 2 = 506, so the step
+    takes 10 ms + 0.1 us x (1001 - 506) = 10.0495 ms; the second the same (1002 - 507)."""
+    t = RequestTable.from_arrays(np.zeros(2), np.array([1000, 10]), np.array([3, 3]))
+    r = simulate(t, RankedLinear(2), 10**6, cost="memo", token_times=True)
+    assert r.records["rank"].tolist() == [0, 1]
+    step = 0.01 + 1e-7 * 495
+    for row in range(2):
+        assert np.diff(r.token_times(row)) == pytest.approx([step, step], rel=1e-12)
+    assert r.records["ttft_s"].tolist() == pytest.approx([0.01, 0.01])
+    assert r.summary["rank_imbalance_fraction"] == pytest.approx(2 * 1e-7 * 495 / (0.01 + 2 * step))
+    inst = simulate(t, RankedLinear(2), 10**6, cost="memo", token_times=True, budget_scope="instance")
+    assert np.diff(inst.token_times(0)) == pytest.approx([0.01, 0.01])
+    assert inst.summary["rank_imbalance_fraction"] is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(ranks=hs.integers(2, 8), nd=hs.integers(0, 64), kv_per_seq=hs.integers(1, 4000), chunk=hs.integers(0, 3000),
+       past=hs.integers(0, 3000), bump=hs.integers(1, 5000), who=hs.integers(0, 7))
+def test_rank_excess_is_zero_for_equal_ranks_and_grows_with_one_ranks_load(ranks, nd, kv_per_seq, chunk, past,
+                                                                          bump, who):
+    """Equal loads on every rank cost exactly the even share (excess 0); adding KV tokens to one
+    rank never lowers the excess, and the excess is never negative."""
+    if nd == 0 and chunk == 0:
+        chunk = 1
+    exc = RankExcess(RankedLinear(ranks), ranks)
+    pairs = chunk * (past + (chunk + 1) / 2) if chunk else 0.0
+    one = (chunk, pairs, chunk, nd, nd * kv_per_seq)
+    loads = [one] * ranks
+
+    def totals(ls):
+        pf = sum(x[0] for x in ls)
+        top = max(x[0] for x in ls)
+        return (pf, sum(x[1] for x in ls), sum(x[3] for x in ls), sum(x[4] for x in ls), pf // top if top else 0)
+
+    assert exc(loads, *totals(loads)) == 0.0
+    if nd:
+        k = who % ranks
+        more = list(loads)
+        more[k] = one[:4] + (one[4] + bump,)
+        e1 = exc(more, *totals(more))
+        assert e1 >= 0.0
+        more[k] = one[:4] + (one[4] + 2 * bump,)
+        assert exc(more, *totals(more)) >= e1 - 1e-15  # (floating-point noise only)

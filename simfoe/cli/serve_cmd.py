@@ -27,7 +27,8 @@ def register(subparsers) -> None:
                    help="keep arrivals in [0, S) seconds (default: the whole trace)")
     p.add_argument("--arrival", default=None, help="trace | poisson | gamma:CV (default poisson when --rate)")
     p.add_argument("--replicas", type=int, default=1, help="data-parallel copies of the instance (default 1)")
-    p.add_argument("--router", default="round-robin", help="replica router: round-robin | least-outstanding")
+    p.add_argument("--router", default="round-robin", help="replica router: round-robin | least-outstanding (fewest waiting + running "
+                   "requests) | vllm-lb (fewest 4 x waiting + running)")
     p.add_argument("--scheduler", default="chunked", help="batching policy: chunked | whole-prompt")
     p.add_argument("--routing", default="uniform", help="expert routing distribution (uniform, zipf:S, ...)")
     p.add_argument("--max-batch", type=int, default=256,
@@ -37,8 +38,13 @@ def register(subparsers) -> None:
     p.add_argument("--budget-scope", choices=["rank", "instance"], default="rank",
                    help="rank (default): every data-parallel attention rank of an instance (an MoE layout "
                    "with DP attention: one per GPU; with TP attention: one per node; FoE: one) has its own "
-                   "--max-batch, --token-budget and share of the KV cache, as in vLLM and SGLang; "
-                   "instance: one budget and one KV pool for the whole instance")
+                   "queue, --max-batch, --token-budget and share of the KV cache, as in vLLM and SGLang, and "
+                   "an iteration waits for its busiest rank; instance: one queue, one budget and one KV pool "
+                   "for the whole instance")
+    p.add_argument("--rank-router", default="vllm-lb",
+                   help="which DP attention rank an arriving request is pinned to (--budget-scope rank): "
+                   "vllm-lb (default: fewest 4 x waiting + running requests, vLLM v1's DP load balancer score) | "
+                   "least-outstanding (fewest waiting + running) | round-robin (SGLang's default)")
     p.add_argument("--block-size", type=int, default=16, help="KV-cache block size, tokens (default 16)")
     p.add_argument("--slo-ttft", type=float, default=None, help="TTFT SLO for goodput, seconds (default: none)")
     p.add_argument("--slo-tbt", type=float, default=None,
@@ -63,7 +69,7 @@ FLAGS = {"rate": "--rate", "duration": "--duration", "trace": "--trace", "arriva
          "horizon_s": "--horizon", "max_batch": "--max-batch", "token_budget": "--token-budget",
          "block_size": "--block-size", "slo_ttft": "--slo-ttft", "slo_tbt": "--slo-tbt", "replicas": "--replicas",
          "nodes": "--nodes", "router": "--router", "scheduler": "--scheduler", "routing": "--routing",
-         "seed": "--seed"}
+         "rank_router": "--rank-router", "seed": "--seed"}
 
 
 def run(args) -> dict:
@@ -95,7 +101,8 @@ def run(args) -> dict:
             replicas=args.replicas, routing=args.routing, overrides=args.overrides, seed=args.seed,
             slo_ttft=args.slo_ttft, slo_tbt=args.slo_tbt, max_batch=args.max_batch,
             token_budget=args.token_budget, progress=progress, router=args.router, scheduler=args.scheduler,
-            arrival=args.arrival, block_size=args.block_size, budget_scope=args.budget_scope, horizon_s=args.horizon,
+            arrival=args.arrival, block_size=args.block_size, budget_scope=args.budget_scope,
+            rank_router=args.rank_router, horizon_s=args.horizon,
             skip_bad_rows=args.skip_bad_rows, record_timeline=args.timeline is not None)
     sim_s = (res.summary.get("sim") or {}).get("simulated_s")
     check_finite_result(sim_s, args, "simulated iteration times are finite numbers", caught)

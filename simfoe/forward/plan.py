@@ -224,16 +224,12 @@ def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work | list[Work]
     ``slot_map``: where redundant expert replicas live (simfoe.forward.eplb), None without them.
     ``memo``: routing memo (:func:`simfoe.forward.routing.route_group`)."""
     G, t, h, b = L.gpus, L.attention_tp, model.hidden, model.act_bytes
-    a = model.attention
     n_groups = G // t
     per_group = list(work) if isinstance(work, list) else work.split(n_groups)
     if len(per_group) != n_groups:
         raise ValueError(f"moe_layer: {len(per_group)} group shares for {n_groups} data-parallel groups")
     steps: list = []
-    if L.attention == "tp":
-        heads, kvh = a.n_heads / t, (a.n_kv_heads or 1) / t
-    else:
-        heads, kvh = a.n_heads, (a.n_kv_heads or 1)
+    heads, kvh = _moe_heads(model, L)
     attn = np.repeat([_attention_seconds(c, model, w, heads, kvh) for w in per_group], t)
     steps.append(Compute("attention", attn))
     tp_groups = _groups(G, t)
@@ -283,6 +279,35 @@ def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work | list[Work]
     if t > 1:
         steps.append(Collective("all_reduce", tp_groups, _ag_groups([n * h * b / t for n in tok_group])))
     return LayerPlan(steps, local, acts)
+
+
+def _moe_heads(model: ModelSpec, L: MoELayout) -> tuple[float, float]:
+    """Query and KV heads per GPU of the expert-parallel layout's attention (TP splits them)."""
+    a, t = model.attention, L.attention_tp
+    if L.attention == "tp":
+        return a.n_heads / t, (a.n_kv_heads or 1) / t
+    return a.n_heads, (a.n_kv_heads or 1)
+
+
+def rank_compute_seconds(c: _Costs, model: ModelSpec, L: MoELayout, w: Work) -> float:
+    """Seconds of one pass's compute that follow one data-parallel attention group's own sequences
+    ``w`` under the expert-parallel layout, on the busiest GPU of its TP group, all layers: attention,
+    dense FFN (dense layers), router, shared experts and residual add (MoE layers), and the LM head,
+    as :func:`moe_layer` and :func:`head_seconds` price them."""
+    t, h, b = L.attention_tp, model.hidden, model.act_bytes
+    heads, kvh = _moe_heads(model, L)
+    n = w.tokens
+    total = model.n_layers * _attention_seconds(c, model, w, heads, kvh)
+    if model.n_dense_layers:
+        total += model.n_dense_layers * _ffn_seconds(c, model, n, model.ffn / t)
+    moe = model.moe
+    if model.n_moe_layers and moe:
+        g = -(-n // t)  # tokens of the busiest GPU's sequence-parallel shard
+        per = c.gemm(g, moe.n_experts, h) + c.ew(2 * g * h * b, "norm") + c.ew(3 * g * h * b, "add")
+        if moe.n_shared_experts:
+            per += _ffn_seconds(c, model, g, moe.shared_width)
+        total += model.n_moe_layers * per
+    return total + head_seconds(c, model, w, t, 1)
 
 
 def _ar_groups(nbytes: list[float]):

@@ -19,7 +19,9 @@ from simfoe.errors import SpecError
 from simfoe.fabric.flows import FlowNetwork
 from simfoe.fabric.topology import build_cluster
 from simfoe.forward.eplb import balance
-from simfoe.forward.plan import Collective, Compute, LayerPlan, _Costs, foe_layer, head_seconds, moe_layer
+from simfoe.forward.plan import (
+    Collective, Compute, LayerPlan, _Costs, foe_layer, head_seconds, moe_layer, rank_compute_seconds,
+)
 from simfoe.forward.routing import expert_probs
 from simfoe.forward.work import Work
 from simfoe.specs.hardware import HardwareSpec
@@ -518,6 +520,17 @@ class ForwardModel:
         r = self.simulate(work, per_layer, timeline)
         r.memory = self.memory(work)
         return r
+
+    def rank_compute_s(self, prefill_tokens: int, prefill_attn_pairs: float, decode_seqs: int,
+                       decode_kv_tokens: int) -> float:
+        """Compute (s) that one data-parallel attention rank's own sequences cost in one pass (see
+        :func:`simfoe.forward.plan.rank_compute_seconds`); the serving engine prices the busiest
+        rank's excess over an even share with it. Only MoE layouts have ranks (FoE: 1)."""
+        if self.placement.arch == "foe":
+            raise SpecError("arch", "foe", "an MoE layout: FoE has one data-parallel attention rank")
+        w = Work(int(prefill_tokens), float(prefill_attn_pairs), 1 if prefill_tokens else 0, int(decode_seqs),
+                 int(decode_kv_tokens))
+        return rank_compute_seconds(self._costs, self.model, self.layout, w)
 
     def iteration(self, prefill_tokens: int, prefill_attn_pairs: float, decode_seqs: int, decode_kv_tokens: int,
                   prefill_seqs: int | None = None) -> IterationCost:

@@ -266,8 +266,8 @@ class Planner:
         ev.kv_capacity_tokens = kv = fm.kv_capacity_tokens()
         ev.dp_ranks = ranks = fm.prefill_groups
         try:  # the serving engine's own check (a request's KV lives on one DP attention rank; 16-token blocks)
-            kvb = KVBlocks(kv, ranks=ranks)
-            fits, per_rank = kvb.fits_one_rank(st.max_tokens - 1), kvb.rank_total * kvb.block_size
+            kvb = KVBlocks(kv, ranks=ranks)  # one rank's pool
+            fits, per_rank = kvb.fits(st.max_tokens - 1), kvb.capacity_tokens
         except SpecError:
             fits, per_rank = False, 0
         if not fits:

@@ -101,6 +101,10 @@ def summarize(eng: Engine, wall_s: float, slo_ttft: float | None = None, slo_tbt
     sim_s = float(eng.env.now) - t0
     summary = {
         "ranks_per_replica": eng.ranks,
+        "rank_router": eng.cfg.rank_router if eng.ranks > 1 else None,
+        # share of busy time the busiest DP attention rank added over an evenly spread batch
+        "rank_imbalance_fraction": (sum(r.excess_s for r in reps) / busy if busy > 0 else 0.0)
+        if eng.excess is not None else None,
         "requests": {"total": n, "completed": ncomp, "dropped": n - ncomp, "dropped_by_reason": reasons},
         "ttft_s": dist(ttft[done]),
         "tbt_s": st.gaps.stats(),
@@ -119,9 +123,9 @@ def summarize(eng: Engine, wall_s: float, slo_ttft: float | None = None, slo_tbt
             "fraction_of_requests": float(ok.sum()) / n if n else None,
         },
         "kv_cache": {
-            "capacity_tokens": reps[0].kv.total * reps[0].kv.block_size,
-            "capacity_tokens_per_rank": reps[0].kv.rank_total * reps[0].kv.block_size,
-            "block_size": reps[0].kv.block_size,
+            "capacity_tokens": reps[0].kv_total * reps[0].ranks[0].kv.block_size,
+            "capacity_tokens_per_rank": reps[0].ranks[0].kv.capacity_tokens,
+            "block_size": reps[0].ranks[0].kv.block_size,
             "mean_used_fraction": (sum(r.kv_time for r in reps) / busy) if busy > 0 else 0.0,
             "max_used_fraction": max(r.kv_max for r in reps),
             "preemptions": int(sum(r.preemptions for r in reps)),
@@ -146,15 +150,17 @@ def summarize(eng: Engine, wall_s: float, slo_ttft: float | None = None, slo_tbt
 
 def simulate(requests, step_model, kv_capacity_tokens: int, *, replicas: int = 1, router: str = "round-robin",
              scheduler: str = "chunked", max_batch: int = 256, token_budget: int = 8192, block_size: int = 16,
-             budget_scope: str = "rank", cost: str = "auto", bucket_bits: int | None = None, horizon_s: float | None = None,
-             token_times: bool = False, slo_ttft: float | None = None, slo_tbt: float | None = None, progress: bool = False,
+             budget_scope: str = "rank", rank_router: str = "vllm-lb", cost: str = "auto",
+             bucket_bits: int | None = None, horizon_s: float | None = None, token_times: bool = False,
+             slo_ttft: float | None = None, slo_tbt: float | None = None, progress: bool = False,
              timeline: bool = False) -> ServingResult:
     """Serve ``requests`` (a RequestTable, or anything with ``arrival_s, prompt_tokens,
     output_tokens``) on ``replicas`` copies of an instance whose iteration time is ``step_model``
     and whose KV cache holds ``kv_capacity_tokens`` tokens. See module docstring for metrics.
     ``max_batch`` (sequences) and ``token_budget`` (tokens per iteration) apply to each
     data-parallel attention rank of an instance (``budget_scope="rank"``, the step model's
-    ``prefill_groups``, as vLLM and SGLang do) or to the whole instance (``"instance"``).
+    ``prefill_groups``, as vLLM and SGLang do: each rank has its own queue and KV share, and
+    ``rank_router`` pins an arriving request to one) or to the whole instance (``"instance"``).
     ``timeline``: record one Chrome-trace event per engine iteration (replica = thread)."""
     _check_slo("slo_ttft", slo_ttft)
     _check_slo("slo_tbt", slo_tbt)
@@ -165,8 +171,9 @@ def simulate(requests, step_model, kv_capacity_tokens: int, *, replicas: int = 1
     if rid is None:
         rid = np.arange(len(arr))
     cfg = EngineConfig(replicas=replicas, router=router, scheduler=scheduler, max_batch=max_batch,
-                       token_budget=token_budget, block_size=block_size, budget_scope=budget_scope, cost=cost,
-                       bucket_bits=bucket_bits, horizon_s=horizon_s, token_times=token_times, timeline=timeline)
+                       token_budget=token_budget, block_size=block_size, budget_scope=budget_scope,
+                       rank_router=rank_router, cost=cost, bucket_bits=bucket_bits, horizon_s=horizon_s,
+                       token_times=token_times, timeline=timeline)
     eng = Engine(arr, requests.prompt_tokens, requests.output_tokens, rid, step_model, kv_capacity_tokens, cfg,
                  progress=progress)
     t = time.perf_counter()
@@ -200,7 +207,8 @@ def simulate_serving(model, hardware, nodes: int, arch: str, trace, rate: float 
                      seed: int = 0, slo_ttft: float | None = None, slo_tbt: float | None = None,
                      max_batch: int = 256, token_budget: int = 8192, *, router: str = "round-robin",
                      scheduler: str = "chunked", arrival: str | None = None, block_size: int = 16,
-                     budget_scope: str = "rank", cost: str = "auto", bucket_bits: int | None = None, horizon_s: float | None = None,
+                     budget_scope: str = "rank", rank_router: str = "vllm-lb", cost: str = "auto",
+                     bucket_bits: int | None = None, horizon_s: float | None = None,
                      token_times: bool = False, progress: bool = False, skip_bad_rows: bool = False, step_model=None,
                      kv_capacity_tokens: int | None = None, timeline: str | None = None,
                      record_timeline: bool = False) -> ServingResult:
@@ -228,7 +236,8 @@ def simulate_serving(model, hardware, nodes: int, arch: str, trace, rate: float 
         raise SpecError("kv_capacity_tokens", None, "an integer number of tokens when step_model is given")
     res = simulate(reqs, step_model, kv_capacity_tokens, replicas=replicas, router=router, scheduler=scheduler,
                    max_batch=max_batch, token_budget=token_budget, block_size=block_size,
-                   budget_scope=budget_scope, cost=cost, bucket_bits=bucket_bits, horizon_s=horizon_s, token_times=token_times,
+                   budget_scope=budget_scope, rank_router=rank_router, cost=cost, bucket_bits=bucket_bits,
+                   horizon_s=horizon_s, token_times=token_times,
                    slo_ttft=slo_ttft, slo_tbt=slo_tbt, progress=progress,
                    timeline=timeline is not None or record_timeline)
     if timeline is not None:
@@ -278,14 +287,14 @@ def write_serving_outputs(res: ServingResult, out=None, timeline=None, out_field
 def run_serve(model, hardware, nodes: int, arch: str, trace, rate: float | None = None,
               duration: float | None = None, replicas: int = 1, routing: str = "uniform", overrides=(),
               seed: int = 0, slo_ttft: float | None = None, slo_tbt: float | None = None,
-              max_batch: int = 256, token_budget: int = 8192, budget_scope: str = "rank", progress: bool = False,
-              out=None, **kw) -> dict:
+              max_batch: int = 256, token_budget: int = 8192, budget_scope: str = "rank",
+              rank_router: str = "vllm-lb", progress: bool = False, out=None, **kw) -> dict:
     """The JSON summary of ``simfoe serve`` (keys in DESIGN.md plus more); writes ``requests.parquet``
     and ``summary.json`` under ``out`` when given."""
     timeline = kw.pop("timeline", None)
     res = simulate_serving(model, hardware, nodes, arch, trace, rate=rate, duration=duration, replicas=replicas,
                            routing=routing, overrides=overrides, seed=seed, slo_ttft=slo_ttft, slo_tbt=slo_tbt,
                            max_batch=max_batch, token_budget=token_budget, budget_scope=budget_scope,
-                           progress=progress, record_timeline=timeline is not None, **kw)
+                           rank_router=rank_router, progress=progress, record_timeline=timeline is not None, **kw)
     write_serving_outputs(res, out, timeline)
     return res.summary

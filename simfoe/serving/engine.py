@@ -24,57 +24,148 @@ from simfoe.serving.metrics import (
 )
 from simfoe.serving.router import make_router
 from simfoe.serving.scheduler import make_scheduler
-from simfoe.serving.step_models import make_cost
+from simfoe.serving.step_models import RankExcess, make_cost
 from simfoe.timeline import MAX_EVENTS
 
 
-class Replica:
-    """One model instance: waiting queue, running list, KV blocks and busy-time counters (s)."""
+class Rank:
+    """One scheduling unit: a whole instance, or one data-parallel attention rank of it, with its own
+    waiting queue, running list, KV pool and budgets (one vLLM / SGLang scheduler)."""
 
-    def __init__(self, engine: Engine, index: int, kv_capacity_tokens: int, block_size: int, ranks: int = 1):
-        self.engine = engine
-        self.index = index
-        self.kv = KVBlocks(kv_capacity_tokens, block_size, ranks)
+    __slots__ = ("kv", "waiting", "running", "preemptions")
+
+    def __init__(self, kv: KVBlocks):
+        self.kv = kv
         self.waiting: deque[int] = deque()
         self.running: list[int] = []
+        self.preemptions = 0
+
+    def outstanding(self, waiting_weight: int = 1) -> int:
+        """Running requests plus ``waiting_weight`` x waiting ones."""
+        return waiting_weight * len(self.waiting) + len(self.running)
+
+
+def _chunks(chunks, st) -> tuple:
+    """(prefill tokens, causal query-key pairs, largest chunk) of one batch's prefill chunks."""
+    pf_tok = 0
+    pairs = 0.0
+    biggest = 0
+    for i, c in chunks:
+        pf_tok += c
+        pairs += c * (int(st.ctx[i]) + (c + 1) / 2)
+        if c > biggest:
+            biggest = c
+    return pf_tok, pairs, biggest
+
+
+class Replica:
+    """One model instance: its ranks (:class:`Rank`; one unless the budgets are per DP attention
+    rank), busy-time counters (s) and the SimPy loop that runs its iterations.
+
+    With several ranks an arriving request is pinned to one rank (``rank_router``). Every iteration
+    each rank schedules its own batch, and the ranks step together (the MoE layers exchange their
+    tokens): the step model prices the summed batch as if spread evenly, plus the busiest rank's
+    excess own compute (:class:`simfoe.serving.step_models.RankExcess`) when the model provides it.
+    """
+
+    def __init__(self, engine: Engine, index: int, kv_capacity_tokens: int, block_size: int, ranks: int = 1,
+                 rank_router: str = "vllm-lb"):
+        self.engine = engine
+        self.index = index
+        self.ranks = [Rank(KVBlocks(kv_capacity_tokens, block_size, ranks)) for _ in range(ranks)]
+        self.kv_total = sum(q.kv.total for q in self.ranks)  # blocks
+        self.rank_router = make_router(rank_router, ranks, "rank_router") if ranks > 1 else None
         self.idle: simpy.Event | None = None
         self.busy_s = 0.0
+        self.excess_s = 0.0  # busy time the busiest rank added over a balanced instance, s
         self.kv_time = 0.0  # integral of used KV fraction over busy time, s
         self.kv_max = 0.0
         self.iterations = 0
-        self.preemptions = 0
+
+    @property
+    def preemptions(self) -> int:
+        return sum(q.preemptions for q in self.ranks)
+
+    def outstanding(self, waiting_weight: int = 1) -> int:
+        return sum(q.outstanding(waiting_weight) for q in self.ranks)
 
     def submit(self, i: int) -> None:
-        self.waiting.append(i)
+        rr = self.rank_router
+        if rr is None:
+            self.ranks[0].waiting.append(i)
+        else:
+            k = rr.pick(self.ranks, i)
+            self.engine.store.rank[i] = k
+            self.ranks[k].waiting.append(i)
         ev = self.idle
         if ev is not None:
             self.idle = None
             ev.succeed()
 
-    def loop(self):
+    def _schedule(self, now: float):
+        """This iteration's batch: (decodes, chunks, cost arguments, busiest-rank excess s), or None."""
         eng = self.engine
-        env, st, sched, cost = eng.env, eng.store, eng.scheduler, eng.cost
-        emit = st.emit
-        while True:
-            batch = sched.schedule(self, st, env.now)
-            if batch is None:
-                self.idle = env.event()
-                yield self.idle
-                continue
-            dec, chunks = batch
-            pf_tok = 0
-            pairs = 0.0
-            biggest = 0
-            for i, c in chunks:
-                pf_tok += c
-                pairs += c * (int(st.ctx[i]) + (c + 1) / 2)
-                biggest = max(biggest, c)
+        st, sched = eng.store, eng.scheduler
+        ranks = self.ranks
+        if len(ranks) == 1:
+            b = sched.schedule(ranks[0], st, now)
+            if b is None:
+                return None
+            dec, chunks = b
+            pf_tok, pairs, biggest = _chunks(chunks, st)
             nd = len(dec)
             kv_tok = int(st.ctx[dec].sum()) + nd if nd else 0
             # the chunks as equal chunks that load the busiest data-parallel group alike (8000 + 192
             # tokens: one; 4096 + 4096: two), so an MoE layout spreads them over its DP attention groups
-            lat = cost(pf_tok, pairs, nd, kv_tok, pf_tok // biggest if biggest else 0)
-            used = self.kv.used_fraction
+            return dec, chunks, (pf_tok, pairs, nd, kv_tok, pf_tok // biggest if biggest else 0), 0.0
+        decs, chunks, loads = [], [], []
+        for q in ranks:
+            if not (q.running or q.waiting):
+                continue
+            b = sched.schedule(q, st, now)
+            if b is None:
+                continue
+            d, ch = b
+            decs.append(d)
+            if ch:
+                chunks += ch
+                loads.append(_chunks(ch, st) + (len(d),))
+            else:
+                loads.append((0, 0.0, 0, len(d)))
+        if not loads:
+            return None
+        dec = decs[0] if len(decs) == 1 else np.concatenate(decs)
+        nd = len(dec)
+        # decode KV tokens per rank (context + the new token): one prefix sum over all ranks' decodes
+        lens = np.fromiter((x[3] for x in loads), np.int64, len(loads))
+        ends = np.cumsum(lens)
+        cs = np.concatenate(([0], np.cumsum(st.ctx[dec])))
+        kv = (cs[ends] - cs[ends - lens] + lens).tolist()
+        loads = [x + (k,) for x, k in zip(loads, kv)]
+        kv_tok = int(cs[-1]) + nd
+        pf_tok = sum(x[0] for x in loads)
+        # equal chunks that load the busiest rank's prefill alike
+        top = max(x[0] for x in loads)
+        args = (pf_tok, sum(x[1] for x in loads), nd, kv_tok, pf_tok // top if top else 0)
+        excess = eng.excess(loads, *args) if eng.excess is not None else 0.0
+        return dec, chunks, args, excess
+
+    def loop(self):
+        eng = self.engine
+        env, st, cost = eng.env, eng.store, eng.cost
+        emit = st.emit
+        ranks = self.ranks
+        while True:
+            batch = self._schedule(env.now)
+            if batch is None:
+                self.idle = env.event()
+                yield self.idle
+                continue
+            dec, chunks, args, excess = batch
+            pf_tok, _, nd, kv_tok, _ = args
+            lat = cost(*args) + excess
+            self.excess_s += excess
+            used = 1.0 - sum(q.kv.free for q in ranks) / self.kv_total
             self.kv_time += used * lat
             if used > self.kv_max:
                 self.kv_max = used
@@ -86,7 +177,9 @@ class Replica:
                     tl.append({"name": "prefill+decode" if (pf_tok and nd) else ("prefill" if pf_tok else "decode"),
                                "ph": "X", "pid": 0, "tid": self.index, "ts": env.now * 1e6, "dur": lat * 1e6,
                                "args": {"prefill_tokens": pf_tok, "decode_seqs": nd, "kv_tokens": kv_tok,
-                                        "kv_used_fraction": round(used, 4), "waiting": len(self.waiting)}})
+                                        "kv_used_fraction": round(used, 4),
+                                        "waiting": sum(len(q.waiting) for q in ranks),
+                                        "rank_excess_s": excess}})
                 else:
                     eng.timeline_truncated = True
             yield env.timeout(lat)
@@ -114,13 +207,26 @@ class Replica:
                     if len(f2):
                         fin = np.concatenate([fin, f2])
             if len(fin):
-                self.kv.free += int(st.blocks[fin].sum())
-                st.blocks[fin] = 0
-                st.status[fin] = STATUS_DONE
-                self.running = [j for j in self.running if st.status[j] == STATUS_RUNNING]
-                eng.completed += len(fin)
+                self._finish(fin)
             if eng.pbar is not None:
                 eng.tick(now)
+
+    def _finish(self, fin: np.ndarray) -> None:
+        """Free the KV blocks of finished requests ``fin`` on their ranks and mark them done."""
+        eng = self.engine
+        st = eng.store
+        if len(self.ranks) == 1:
+            touched = ((self.ranks[0], int(st.blocks[fin].sum())),)
+        else:
+            rk = st.rank[fin]
+            freed = np.bincount(rk, weights=st.blocks[fin], minlength=len(self.ranks))
+            touched = [(self.ranks[k], int(freed[k])) for k in np.unique(rk).tolist()]
+        st.blocks[fin] = 0
+        st.status[fin] = STATUS_DONE
+        for q, blocks in touched:
+            q.kv.free += blocks
+            q.running = [j for j in q.running if st.status[j] == STATUS_RUNNING]
+        eng.completed += len(fin)
 
 
 BUDGET_SCOPES = ("rank", "instance")
@@ -136,9 +242,10 @@ class EngineConfig:
     max_batch: int = 256  # per rank (budget_scope "rank") or per instance
     token_budget: int = 8192  # per rank (budget_scope "rank") or per instance
     # "rank": every data-parallel attention rank of an instance (the step model's prefill_groups)
-    # has its own max_batch, token_budget and KV share, as in vLLM and SGLang; "instance": one
-    # budget and one KV pool for the whole instance
+    # has its own queue, max_batch, token_budget and KV share, as in vLLM and SGLang; "instance":
+    # one queue, one budget and one KV pool for the whole instance
     budget_scope: str = "rank"
+    rank_router: str = "vllm-lb"  # which rank an arriving request is pinned to (see router.py)
     block_size: int = 16
     cost: str = "auto"  # memo | interp | auto (see step_models.make_cost)
     bucket_bits: int | None = None
@@ -166,11 +273,15 @@ class Engine:
         if cfg.budget_scope not in BUDGET_SCOPES:
             raise SpecError("budget_scope", cfg.budget_scope, "allowed: " + ", ".join(BUDGET_SCOPES))
         self.cost = make_cost(step_model, cfg.cost, cfg.bucket_bits)
-        #: data-parallel attention ranks per instance, each with its own budget (1: one for all)
+        #: data-parallel attention ranks per instance, each with its own queue and budget (1: one for all)
         self.ranks = int(getattr(self.cost.model, "prefill_groups", 1)) if cfg.budget_scope == "rank" else 1
-        self.scheduler = make_scheduler(cfg.scheduler, cfg.max_batch, cfg.token_budget, self.ranks)
+        self.scheduler = make_scheduler(cfg.scheduler, cfg.max_batch, cfg.token_budget)
         self.router = make_router(cfg.router, int(cfg.replicas))
-        self.replicas = [Replica(self, k, kv_capacity_tokens, cfg.block_size, self.ranks)
+        make_router(cfg.rank_router, 1, "rank_router")  # a bad name fails also where no instance has ranks
+        #: the busiest rank's excess compute over a balanced instance (None: one rank, or the model has no rank costs)
+        self.excess = RankExcess(self.cost.model, self.ranks) if self.ranks > 1 and RankExcess.supports(
+            self.cost.model) else None
+        self.replicas = [Replica(self, k, kv_capacity_tokens, cfg.block_size, self.ranks, cfg.rank_router)
                          for k in range(int(cfg.replicas))]
         self.completed = 0
         self.arrived = 0

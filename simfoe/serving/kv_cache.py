@@ -1,9 +1,9 @@
 """Paged KV cache of one model instance: fixed-size blocks of tokens, counted (not addressed).
 
 Capacity in tokens comes from the forward model (HBM minus weights minus reserve, for the
-instance's per-GPU layout); the engine only needs how many blocks are free. With ``ranks``
-data-parallel attention ranks, each request's KV lives on one rank: the blocks are pooled (ranks
-kept balanced), but one request can use at most one rank's share, ``rank_total``.
+instance's per-GPU layout); the engine only needs how many blocks are free. An instance with
+``ranks`` data-parallel attention ranks has one pool per rank, each an equal share of the
+instance's capacity: a request's KV lives on the rank that serves it.
 """
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from simfoe.errors import SpecError
 
 
 class KVBlocks:
-    """``total`` blocks of ``block_size`` tokens; ``free`` is updated by the scheduler."""
+    """One rank's pool: ``total`` blocks of ``block_size`` tokens, a ``1/ranks`` share of an
+    instance holding ``capacity_tokens``; ``free`` is updated by the scheduler."""
 
-    __slots__ = ("block_size", "total", "rank_total", "free")
+    __slots__ = ("block_size", "total", "free")
 
     def __init__(self, capacity_tokens: int, block_size: int = 16, ranks: int = 1):
         if not (isinstance(block_size, int) and block_size >= 1):
@@ -28,13 +29,17 @@ class KVBlocks:
                             f">= one block of {block_size} tokens per rank: weights leave no HBM for the KV cache; "
                             "use more GPUs per instance (--nodes) or a larger GPU")
         self.block_size = block_size
-        self.total = cap // block_size
-        self.rank_total = rank_cap // block_size
+        self.total = rank_cap // block_size
         self.free = self.total
 
-    def fits_one_rank(self, tokens: int) -> bool:
-        """Whether a request whose KV holds ``tokens`` tokens fits one rank's share of the cache."""
-        return self.blocks_for(tokens) <= self.rank_total
+    @property
+    def capacity_tokens(self) -> int:
+        """Tokens this pool holds (whole blocks)."""
+        return self.total * self.block_size
+
+    def fits(self, tokens: int) -> bool:
+        """Whether a request whose KV holds ``tokens`` tokens fits this pool when it is empty."""
+        return self.blocks_for(tokens) <= self.total
 
     def blocks_for(self, tokens: int) -> int:
         """Blocks needed to hold ``tokens`` tokens."""

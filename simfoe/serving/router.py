@@ -1,4 +1,6 @@
-"""Routers: which data-parallel replica receives an arriving request (registry by name)."""
+"""Routers: which data-parallel replica, or which DP attention rank of an instance, receives an
+arriving request (registry by name). A router picks among objects with ``outstanding(w)``: the
+requests they hold running plus ``w`` x those waiting."""
 from __future__ import annotations
 
 from simfoe.errors import SpecError
@@ -12,7 +14,7 @@ register_router = registrar(ROUTERS)
 
 @register_router("round-robin")
 class RoundRobin:
-    """Replica ``k mod R`` for the k-th arrival."""
+    """Target ``k mod R`` for the k-th arrival (SGLang's default DP attention balancing)."""
 
     def __init__(self, n: int):
         self.n = n
@@ -25,22 +27,34 @@ class RoundRobin:
 
 @register_router("least-outstanding")
 class LeastOutstanding:
-    """Replica with the fewest requests waiting or running (lowest index on ties)."""
+    """Target with the fewest requests waiting or running (lowest index on ties)."""
+
+    waiting_weight = 1
 
     def __init__(self, n: int):
         self.n = n
 
-    def pick(self, replicas, i: int) -> int:
+    def pick(self, targets, i: int) -> int:
         best, load = 0, None
-        for k, r in enumerate(replicas):
-            o = len(r.waiting) + len(r.running)
+        w = self.waiting_weight
+        for k, r in enumerate(targets):
+            o = r.outstanding(w)
             if load is None or o < load:
                 best, load = k, o
         return best
 
 
-def make_router(name: str, n: int):
+@register_router("vllm-lb")
+class VllmLoadBalance(LeastOutstanding):
+    """Target with the lowest ``4 x waiting + running`` (lowest index on ties): the score of vLLM v1's
+    data-parallel load balancer (DPLBAsyncMPClient), on live counts (vLLM's are refreshed every 100 ms)."""
+
+    waiting_weight = 4
+
+
+def make_router(name: str, n: int, field: str = "router"):
+    """Router ``name`` over ``n`` targets; an unknown name is a SpecError naming ``field``."""
     cls = ROUTERS.get(name)
     if cls is None:
-        raise SpecError("router", name, "allowed: " + ", ".join(ROUTERS))
+        raise SpecError(field, name, "allowed: " + ", ".join(ROUTERS))
     return cls(n)

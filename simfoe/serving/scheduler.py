@@ -1,8 +1,11 @@
 """Batch formation for one iteration (vLLM-like continuous batching), as a registry of policies.
 
-A policy's ``schedule(replica, store, now)`` returns ``(decode_idx, chunks)``: the int array of
+A policy's ``schedule(queue, store, now)`` returns ``(decode_idx, chunks)``: the int array of
 decoding requests (one token each) and a list of ``(request, prefill_tokens)``; or ``None`` when
-there is nothing to run. It allocates KV blocks for what it schedules and preempts when the cache
+there is nothing to run. ``queue`` is one scheduling unit (:class:`simfoe.serving.engine.Rank`: a
+``waiting`` deque, a ``running`` list, a ``kv`` pool and a ``preemptions`` count): a whole instance,
+or one of its data-parallel attention ranks, each scheduled on its own as in vLLM and SGLang (one
+scheduler per DP rank). It allocates KV blocks for what it schedules and preempts when the cache
 is full (recompute: the victim frees its blocks and later re-prefills prompt + generated tokens).
 
 Policies:
@@ -11,13 +14,7 @@ Policies:
   (decodes take one token of the budget, partial prefills the rest), then waiting requests FCFS
   while the token budget, ``max_batch`` and free KV blocks allow; prompts are split into chunks.
 * ``whole-prompt``: as ``chunked``, but a prompt's prefill is scheduled only whole (one prompt may
-  exceed a rank's budget when it is the first prefill of the batch; with several ranks, other
-  prompts may still fill the rest of the instance's budget, as the other ranks would).
-
-``ranks``: data-parallel attention ranks of the instance, each with its own ``token_budget`` and
-``max_batch`` as in vLLM and SGLang (one scheduler per DP rank). They are modeled as one balanced
-queue: the instance admits ``ranks x`` the budget and sequences, and no chunk exceeds one rank's
-budget (a chunk runs on one rank).
+  exceed the budget when it is the first prefill of the batch).
 """
 from __future__ import annotations
 
@@ -39,37 +36,32 @@ class ChunkedFCFS:
 
     chunked = True
 
-    def __init__(self, max_batch: int = 256, token_budget: int = 8192, ranks: int = 1):
+    def __init__(self, max_batch: int = 256, token_budget: int = 8192):
         if not (isinstance(max_batch, (int, np.integer)) and max_batch >= 1):
             raise SpecError("max_batch", max_batch, "an integer >= 1 (sequences per iteration and rank)")
         if not (isinstance(token_budget, (int, np.integer)) and token_budget >= max_batch):
             raise SpecError("token_budget", token_budget,
                             f"an integer >= max_batch ({max_batch}): tokens per iteration and rank")
-        if not (isinstance(ranks, (int, np.integer)) and ranks >= 1):
-            raise SpecError("ranks", ranks, "an integer >= 1 (data-parallel attention ranks per instance)")
-        self.ranks = int(ranks)
-        self.rank_budget = int(token_budget)
-        self.max_batch = int(max_batch) * self.ranks
-        self.token_budget = int(token_budget) * self.ranks
+        self.max_batch = int(max_batch)
+        self.token_budget = int(token_budget)
 
     # ---------------------------------------------------------------- helpers
     @staticmethod
-    def preempt_last(rep, st) -> None:
+    def preempt_last(q, st) -> None:
         """Preempt the most recently admitted running request (recompute)."""
-        i = rep.running.pop()
-        rep.kv.free += int(st.blocks[i])
+        i = q.running.pop()
+        q.kv.free += int(st.blocks[i])
         st.blocks[i] = 0
         st.ctx[i] = 0
         st.pf_left[i] = st.prompt[i] + st.gen[i]
         st.status[i] = STATUS_WAITING
         st.preempted[i] += 1
-        rep.preemptions += 1
-        rep.waiting.appendleft(i)
+        q.preemptions += 1
+        q.waiting.appendleft(i)
 
     def _chunk(self, i: int, budget: int, alone: bool, st, kv) -> int:
         """Prefill tokens of request ``i`` to run now (0: none); allocates their KV blocks."""
         left = int(st.pf_left[i])
-        budget = min(budget, self.rank_budget)
         if self.chunked:
             c = min(left, budget)
         else:
@@ -89,11 +81,11 @@ class ChunkedFCFS:
         return c
 
     # ---------------------------------------------------------------- one iteration
-    def schedule(self, rep, st, now: float):
-        kv = rep.kv
+    def schedule(self, q, st, now: float):
+        kv = q.kv
         bs = kv.block_size
         while True:
-            run = rep.running
+            run = q.running
             if run:
                 r = np.fromiter(run, np.int64, len(run))
                 dmask = st.pf_left[r] == 0
@@ -101,7 +93,7 @@ class ChunkedFCFS:
                 grow = (st.ctx[dec] % bs) == 0
                 need = int(np.count_nonzero(grow))
                 if need > kv.free:
-                    self.preempt_last(rep, st)
+                    self.preempt_last(q, st)
                     continue
             else:
                 r = dec = np.empty(0, np.int64)
@@ -121,10 +113,10 @@ class ChunkedFCFS:
                     if c:
                         chunks.append((i, c))
                         budget -= c
-            waiting = rep.waiting
+            waiting = q.waiting
             while waiting and budget > 0 and len(run) < self.max_batch:
                 i = waiting[0]
-                if not kv.fits_one_rank(st.prompt[i] + st.target[i] - 1):
+                if not kv.fits(st.prompt[i] + st.target[i] - 1):
                     waiting.popleft()
                     st.status[i] = STATUS_DROPPED
                     st.dropped[i] = 1
@@ -142,7 +134,7 @@ class ChunkedFCFS:
             if len(dec) or chunks:
                 return dec, chunks
             if run:  # only stalled prefills holding the cache: free some and retry
-                self.preempt_last(rep, st)
+                self.preempt_last(q, st)
                 continue
             return None
 
@@ -154,8 +146,8 @@ class WholePrompt(ChunkedFCFS):
     chunked = False
 
 
-def make_scheduler(name: str, max_batch: int, token_budget: int, ranks: int = 1):
+def make_scheduler(name: str, max_batch: int, token_budget: int):
     cls = SCHEDULERS.get(name)
     if cls is None:
         raise SpecError("scheduler", name, "allowed: " + ", ".join(SCHEDULERS))
-    return cls(max_batch=max_batch, token_budget=token_budget, ranks=ranks)
+    return cls(max_batch=max_batch, token_budget=token_budget)

@@ -240,6 +240,55 @@ class InterpCost:
         return {}
 
 
+class _RankCompute:
+    """A step model of the compute one DP attention rank's own sequences cost (``rank_compute_s``)."""
+
+    def __init__(self, model):
+        self.f = model.rank_compute_s
+
+    def iteration(self, prefill_tokens, prefill_attn_pairs, decode_seqs, decode_kv_tokens) -> float:
+        return self.f(prefill_tokens, prefill_attn_pairs, decode_seqs, decode_kv_tokens)
+
+
+class RankExcess:
+    """How much longer an iteration takes because its DP attention ranks carry unequal work (s).
+
+    The step model prices an iteration's summed batch spread evenly over its ``groups`` ranks (one of
+    ``prefill_seqs`` equal prefill chunks and ``ceil(decode_seqs / groups)`` decodes on the busiest
+    group). The ranks step together, so the iteration waits for the rank whose own compute (the
+    model's ``rank_compute_s``: attention, dense and shared-expert FFN, LM head) is largest; the
+    excess is that compute less the even share's, never below 0. The busiest rank is looked for
+    among those with the most tokens, the most decode KV tokens and the most prefill pairs (the
+    compute grows with each), so that an iteration costs at most four lookups whatever the ranks. Expert and all-to-all time follow
+    the summed tokens and keep the even spread. Rank compute is interpolated like
+    :class:`InterpCost` (3 significant bits), so equal loads give an excess of exactly 0.
+    """
+
+    def __init__(self, model, groups: int):
+        self.groups = int(groups)
+        self.cost = InterpCost(_RankCompute(model), 3)
+
+    @staticmethod
+    def supports(model) -> bool:
+        return callable(getattr(model, "rank_compute_s", None))
+
+    def __call__(self, loads, prefill_tokens: int, attn_pairs: float, decode_seqs: int, kv_tokens: int,
+                 prefill_seqs: int) -> float:
+        """``loads``: per busy rank ``(prefill tokens, pairs, largest chunk, decodes, decode KV tokens)``;
+        the rest: the iteration's totals as given to the step model."""
+        f = self.cost
+        if len(loads) > 3:  # the busiest by tokens, by KV tokens and by prefill pairs (f grows with each)
+            loads = {max(loads, key=lambda x: x[0] + x[3]), max(loads, key=lambda x: x[4]),
+                     max(loads, key=lambda x: x[1])}
+        busiest = max(f(p, a, d, k) for p, a, _, d, k in loads)
+        D = self.groups
+        s = occupied_groups(D, prefill_tokens, prefill_seqs) or 1
+        d0 = -(-decode_seqs // D)
+        even = f(round(prefill_tokens / s), attn_pairs / s, d0,
+                 round(kv_tokens * d0 / decode_seqs) if decode_seqs else 0)
+        return max(0.0, busiest - even)
+
+
 COST_MODES = ("auto", "memo", "interp")
 
 
