@@ -34,7 +34,7 @@ def random_table(seed, n):
 @given(seed=hs.integers(0, 10_000), n=hs.integers(1, 60), kv=hs.integers(64, 3000),
        max_batch=hs.integers(1, 16), extra=hs.integers(0, 512),
        sched=hs.sampled_from(["chunked", "whole-prompt"]), reps=hs.integers(1, 3),
-       router=hs.sampled_from(["round-robin", "least-outstanding"]))
+       router=hs.sampled_from(["round-robin", "least-outstanding", "vllm-lb"]))
 def test_every_request_completed_or_dropped_with_reason(seed, n, kv, max_batch, extra, sched, reps, router):
     t = random_table(seed, n)
     r = simulate(t, LIN, kv, max_batch=max_batch, token_budget=max_batch + extra, scheduler=sched,

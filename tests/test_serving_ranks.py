@@ -88,21 +88,25 @@ def test_bad_scope_and_block_size_name_the_field():
 def test_iterations_respect_per_rank_limits_and_conserve_requests(seed, ranks, max_batch, extra, n, sched,
                                                                    kv_per_rank):
     """Every rank's batch: tokens <= its budget (whole-prompt: but for one whole prompt that starts the
-    batch's prefill), running sequences <= max_batch, (chunked) no chunk above the budget; every
-    request completes or is dropped with a reason, also when a small KV cache forces preemptions."""
+    batch's prefill), running sequences <= max_batch, (chunked) no chunk above the budget, and only
+    requests pinned to that rank; every request completes or is dropped with a reason, also when a
+    small KV cache forces preemptions, and every rank gets all its KV blocks back."""
     rng = np.random.default_rng(seed)
     arr = np.sort(rng.uniform(0, 0.5, n))
     prompt, output = rng.integers(1, 600, n), rng.integers(1, 30, n)
     budget = max_batch + extra
     cfg = EngineConfig(max_batch=max_batch, token_budget=budget, scheduler=sched, cost="memo")
-    eng = Engine(arr, prompt, output, np.arange(n), RankedStep(ranks, 0.005), kv_per_rank * ranks, cfg)
+    eng = Engine(arr, prompt, output, np.arange(n), RankedLinear(ranks, 0.005), kv_per_rank * ranks, cfg)
     inner = eng.scheduler.schedule
+    qs = eng.replicas[0].ranks
     seen = []
 
     def spy(q, st, now):
         b = inner(q, st, now)
         if b is not None:
             dec, chunks = b
+            mine = np.concatenate([dec, np.array([i for i, _ in chunks], np.int64)])
+            assert (st.rank[mine] == qs.index(q)).all()
             seen.append((len(dec), [c for _, c in chunks], len(q.running)))
         return b
 
@@ -112,6 +116,7 @@ def test_iterations_respect_per_rank_limits_and_conserve_requests(seed, ranks, m
     assert ((st.status == STATUS_DONE) | (st.status == STATUS_DROPPED)).all()
     assert not (st.dropped == 2).any()  # nothing left unfinished without a horizon
     assert seen or (st.dropped == 1).all()  # nothing ran only when every request exceeds a rank's KV share
+    assert all(q.kv.free == q.kv.total and not q.running and not q.waiting for q in qs)
     for nd, chunks, running in seen:
         assert nd + sum(chunks) <= budget or (sched == "whole-prompt" and nd + chunks[0] > budget)
         assert running <= max_batch
@@ -157,14 +162,15 @@ def test_the_busiest_rank_sets_the_pace():
 
 @settings(max_examples=60, deadline=None)
 @given(ranks=hs.integers(2, 8), nd=hs.integers(0, 64), kv_per_seq=hs.integers(1, 4000), chunk=hs.integers(0, 3000),
-       past=hs.integers(0, 3000), bump=hs.integers(1, 5000), who=hs.integers(0, 7))
+       past=hs.integers(0, 3000), bump=hs.integers(2, 5000), who=hs.integers(0, 7), folded=hs.booleans())
 def test_rank_excess_is_zero_for_equal_ranks_and_grows_with_one_ranks_load(ranks, nd, kv_per_seq, chunk, past,
-                                                                          bump, who):
-    """Equal loads on every rank cost exactly the even share (excess 0); adding KV tokens to one
-    rank never lowers the excess, and the excess is never negative."""
+                                                                          bump, who, folded):
+    """Equal loads on every rank cost exactly the even share (excess 0), however the cost prices it;
+    two or more extra KV tokens on one rank give an excess > 0 (one may round into the even share)
+    that never shrinks as they grow."""
     if nd == 0 and chunk == 0:
         chunk = 1
-    exc = RankExcess(RankedLinear(ranks), ranks)
+    exc = RankExcess(RankedLinear(ranks), ranks, folded)
     pairs = chunk * (past + (chunk + 1) / 2) if chunk else 0.0
     one = (chunk, pairs, chunk, nd, nd * kv_per_seq)
     loads = [one] * ranks
@@ -180,6 +186,30 @@ def test_rank_excess_is_zero_for_equal_ranks_and_grows_with_one_ranks_load(ranks
         more = list(loads)
         more[k] = one[:4] + (one[4] + bump,)
         e1 = exc(more, *totals(more))
-        assert e1 >= 0.0
+        assert e1 > 0.0
         more[k] = one[:4] + (one[4] + 2 * bump,)
         assert exc(more, *totals(more)) >= e1 - 1e-15  # (floating-point noise only)
+
+
+def test_the_excess_sees_each_ranks_own_decode_kv_tokens():
+    """4 ranks, eight requests pinned 0, 1, 2, 3, 0, 1, 2, 3; rank 1's finish at their prefill, so
+    decode iterations have an idle rank between busy ones. Every decode-only iteration hands the
+    excess each busy rank's decodes and KV tokens (its contexts + one new token each), in rank order."""
+    prompt = np.array([100, 50, 700, 30, 900, 60, 20, 400])
+    output = np.array([6, 1, 5, 4, 3, 1, 6, 2])
+    eng = Engine(np.zeros(8), prompt, output, np.arange(8), RankedLinear(4), 10**6, EngineConfig(cost="memo"))
+    inner, qs, st = eng.excess, eng.replicas[0].ranks, eng.store
+    calls = []
+
+    def spy(loads, *args):
+        if not args[0]:  # decode only: every running request decodes
+            want = [(len(q.running), int(st.ctx[q.running].sum()) + len(q.running)) for q in qs if q.running]
+            assert [(x[3], x[4]) for x in loads] == want
+            calls.append(len(loads))
+        return inner(loads, *args)
+
+    eng.excess = spy
+    eng.run()
+    assert st.rank.tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
+    assert (st.status == STATUS_DONE).all()
+    assert calls[0] == 3 and len(calls) == 5  # ranks 0, 2, 3 at first; decodes up to the 6th token

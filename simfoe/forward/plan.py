@@ -293,7 +293,8 @@ def rank_compute_seconds(c: _Costs, model: ModelSpec, L: MoELayout, w: Work) -> 
     """Seconds of one pass's compute that follow one data-parallel attention group's own sequences
     ``w`` under the expert-parallel layout, on the busiest GPU of its TP group, all layers: attention,
     dense FFN (dense layers), router, shared experts and residual add (MoE layers), and the LM head,
-    as :func:`moe_layer` and :func:`head_seconds` price them."""
+    as :func:`moe_layer` and :func:`head_seconds` price them. Not included: the eager routing glue
+    (fitted on CPU profiles only) and the group's TP collectives."""
     t, h, b = L.attention_tp, model.hidden, model.act_bytes
     heads, kvh = _moe_heads(model, L)
     n = w.tokens

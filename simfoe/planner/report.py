@@ -75,7 +75,8 @@ def caveats(result: dict) -> list[str]:
         out.append("Layouts with several DP attention ranks (MoE with DP attention: one per GPU; with TP attention "
                    "across nodes: one per node) pin each request to the least loaded rank, and an iteration waits "
                    "for the rank with the most attention and other per-rank compute; the imbalance of the "
-                   "all-to-all (the busiest rank sends more tokens) is not modeled, so their rates lean optimistic.")
+                   "all-to-all and of the TP collectives (the busiest rank sends more tokens) is not modeled, so "
+                   "their rates lean optimistic.")
     notes = calibration_notes(result.get("hardware", []))
     if notes:
         out.append("Calibration of the hardware profiles used (from their provenance and docs/calibration-*.md):")

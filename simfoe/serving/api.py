@@ -287,8 +287,8 @@ def write_serving_outputs(res: ServingResult, out=None, timeline=None, out_field
 def run_serve(model, hardware, nodes: int, arch: str, trace, rate: float | None = None,
               duration: float | None = None, replicas: int = 1, routing: str = "uniform", overrides=(),
               seed: int = 0, slo_ttft: float | None = None, slo_tbt: float | None = None,
-              max_batch: int = 256, token_budget: int = 8192, budget_scope: str = "rank",
-              rank_router: str = "vllm-lb", progress: bool = False, out=None, **kw) -> dict:
+              max_batch: int = 256, token_budget: int = 8192, budget_scope: str = "rank", progress: bool = False,
+              out=None, rank_router: str = "vllm-lb", **kw) -> dict:
     """The JSON summary of ``simfoe serve`` (keys in DESIGN.md plus more); writes ``requests.parquet``
     and ``summary.json`` under ``out`` when given."""
     timeline = kw.pop("timeline", None)

@@ -24,7 +24,7 @@ from simfoe.serving.metrics import (
 )
 from simfoe.serving.router import make_router
 from simfoe.serving.scheduler import make_scheduler
-from simfoe.serving.step_models import RankExcess, make_cost
+from simfoe.serving.step_models import make_cost
 from simfoe.timeline import MAX_EVENTS
 
 
@@ -91,12 +91,9 @@ class Replica:
 
     def submit(self, i: int) -> None:
         rr = self.rank_router
-        if rr is None:
-            self.ranks[0].waiting.append(i)
-        else:
-            k = rr.pick(self.ranks, i)
-            self.engine.store.rank[i] = k
-            self.ranks[k].waiting.append(i)
+        k = rr.pick(self.ranks, i) if rr is not None else 0
+        self.engine.store.rank[i] = k
+        self.ranks[k].waiting.append(i)
         ev = self.idle
         if ev is not None:
             self.idle = None
@@ -136,19 +133,19 @@ class Replica:
             return None
         dec = decs[0] if len(decs) == 1 else np.concatenate(decs)
         nd = len(dec)
+        pf_tok = sum(x[0] for x in loads)
+        top = max(x[0] for x in loads)  # equal chunks that load the busiest rank's prefill alike
+        if eng.excess is None:
+            kv_tok = int(st.ctx[dec].sum()) + nd if nd else 0
+            return dec, chunks, (pf_tok, sum(x[1] for x in loads), nd, kv_tok, pf_tok // top if top else 0), 0.0
         # decode KV tokens per rank (context + the new token): one prefix sum over all ranks' decodes
         lens = np.fromiter((x[3] for x in loads), np.int64, len(loads))
         ends = np.cumsum(lens)
         cs = np.concatenate(([0], np.cumsum(st.ctx[dec])))
         kv = (cs[ends] - cs[ends - lens] + lens).tolist()
         loads = [x + (k,) for x, k in zip(loads, kv)]
-        kv_tok = int(cs[-1]) + nd
-        pf_tok = sum(x[0] for x in loads)
-        # equal chunks that load the busiest rank's prefill alike
-        top = max(x[0] for x in loads)
-        args = (pf_tok, sum(x[1] for x in loads), nd, kv_tok, pf_tok // top if top else 0)
-        excess = eng.excess(loads, *args) if eng.excess is not None else 0.0
-        return dec, chunks, args, excess
+        args = (pf_tok, sum(x[1] for x in loads), nd, int(cs[-1]) + nd, pf_tok // top if top else 0)
+        return dec, chunks, args, eng.excess(loads, *args)
 
     def loop(self):
         eng = self.engine
@@ -279,8 +276,7 @@ class Engine:
         self.router = make_router(cfg.router, int(cfg.replicas))
         make_router(cfg.rank_router, 1, "rank_router")  # a bad name fails also where no instance has ranks
         #: the busiest rank's excess compute over a balanced instance (None: one rank, or the model has no rank costs)
-        self.excess = RankExcess(self.cost.model, self.ranks) if self.ranks > 1 and RankExcess.supports(
-            self.cost.model) else None
+        self.excess = self.cost.rank_excess(self.ranks) if self.ranks > 1 else None
         self.replicas = [Replica(self, k, kv_capacity_tokens, cfg.block_size, self.ranks, cfg.rank_router)
                          for k in range(int(cfg.replicas))]
         self.completed = 0

@@ -1,4 +1,5 @@
-"""Paged KV cache of one model instance: fixed-size blocks of tokens, counted (not addressed).
+"""Paged KV cache of one model instance, or of one of its DP attention ranks: fixed-size blocks of
+tokens, counted (not addressed).
 
 Capacity in tokens comes from the forward model (HBM minus weights minus reserve, for the
 instance's per-GPU layout); the engine only needs how many blocks are free. An instance with

@@ -124,7 +124,7 @@ class RequestStore:
         self.blocks = np.zeros(n, np.int64)  # KV blocks held
         self.status = np.zeros(n, np.int8)
         self.replica = np.full(n, -1, np.int32)
-        self.rank = np.zeros(n, np.int32)  # DP attention rank of its replica the request is pinned to
+        self.rank = np.full(n, -1, np.int32)  # DP attention rank of its replica the request is pinned to
         # aggregates (seconds)
         self.scheduled = np.full(n, np.nan)
         self.first = np.full(n, np.nan)

@@ -80,7 +80,85 @@ def bucket_up(x: float, bits: int) -> int:
     return q << shift
 
 
-class MemoCost:
+class _RankCompute:
+    """A step model of the compute one DP attention rank's own sequences cost (``rank_compute_s``)."""
+
+    def __init__(self, model):
+        self.f = model.rank_compute_s
+
+    def iteration(self, prefill_tokens, prefill_attn_pairs, decode_seqs, decode_kv_tokens) -> float:
+        return self.f(prefill_tokens, prefill_attn_pairs, decode_seqs, decode_kv_tokens)
+
+
+class RankExcess:
+    """How much longer an iteration takes because its DP attention ranks carry unequal work (s).
+
+    The step model prices an iteration's summed batch spread evenly over its ``groups`` ranks. The
+    ranks step together, so the iteration waits for the rank whose own compute (the model's
+    ``rank_compute_s``: attention, dense and shared-expert FFN, router, LM head) is largest; the
+    excess is that compute less the even share's, never below 0. The even share is the busiest
+    group's as the cost prices it: exact model evaluations (``folded=False``) put one of
+    ``prefill_seqs`` equal prefill chunks and ``ceil(decode_seqs / groups)`` decodes on it;
+    :class:`InterpCost` (``folded=True``) puts ``(prefill + decode tokens) / prefill_seqs`` tokens
+    on it in an iteration with prefill, plus an even share of the decodes' KV attention.
+    Expert, all-to-all and TP-collective time follow the summed tokens and keep the even spread.
+    Rank compute is interpolated like :class:`InterpCost` (3 significant bits), so equal loads give
+    an excess of exactly 0. The busiest rank is looked for among those with the most tokens, the
+    most decode KV tokens and the most prefill pairs (the compute grows with each), so that an
+    iteration costs at most six lookups whatever the ranks.
+    """
+
+    def __init__(self, model, groups: int, folded: bool = False):
+        self.groups = int(groups)
+        self.folded = bool(folded)
+        self.cost = InterpCost(_RankCompute(model), 3)
+
+    @staticmethod
+    def supports(model) -> bool:
+        return callable(getattr(model, "rank_compute_s", None))
+
+    def __call__(self, loads, prefill_tokens: int, attn_pairs: float, decode_seqs: int, kv_tokens: int,
+                 prefill_seqs: int) -> float:
+        """``loads``: per busy rank ``(prefill tokens, pairs, largest chunk, decodes, decode KV tokens)``;
+        the rest: the iteration's totals as given to the step model."""
+        f = self.cost
+        if len(loads) > 3:  # the busiest by tokens, by KV tokens and by prefill pairs (f grows with each)
+            loads = {max(loads, key=lambda x: x[0] + x[3]), max(loads, key=lambda x: x[4]),
+                     max(loads, key=lambda x: x[1])}
+        busiest = max(f(p, a, d, k) for p, a, _, d, k in loads)
+        D = self.groups
+        s = occupied_groups(D, prefill_tokens, prefill_seqs) or 1
+        d0 = -(-decode_seqs // D)
+        kv0 = round(kv_tokens * d0 / decode_seqs) if decode_seqs else 0
+        if self.folded and prefill_tokens:
+            even = f(round((prefill_tokens + decode_seqs) / s), (attn_pairs + decode_seqs) / s, 0, 0)
+            if decode_seqs:
+                even += max(0.0, f(0, 0, d0, kv0) - f(0, 0, d0, d0))
+        else:
+            even = f(round(prefill_tokens / s), attn_pairs / s, d0, kv0)
+        return max(0.0, busiest - even)
+
+
+class _CostWrapper:
+    """What the engine's cost wrappers share: the rank excess of their model, built once per wrapper
+    (so serving runs that share a wrapper, such as the planner's probes, share its table)."""
+
+    #: whether the wrapper prices an iteration with prefill as if its decodes were prefill tokens
+    folded = False
+    _excess: RankExcess | None = None
+
+    def rank_excess(self, groups: int) -> RankExcess | None:
+        """The :class:`RankExcess` of this wrapper's model over ``groups`` ranks (None if the model has
+        no ``rank_compute_s``)."""
+        ex = self._excess
+        if ex is None or ex.groups != groups:
+            if not RankExcess.supports(self.model):
+                return None
+            ex = self._excess = RankExcess(self.model, groups, self.folded)
+        return ex
+
+
+class MemoCost(_CostWrapper):
     """Memoized iteration cost keyed by a bucketed batch signature.
 
     ``bits`` significant bits per coordinate (5: <= 6.25% relative rounding, always upwards).
@@ -155,7 +233,7 @@ def bucket_down(x: float, bits: int) -> int:
     return (n >> shift) << shift
 
 
-class InterpCost:
+class InterpCost(_CostWrapper):
     """Iteration cost from a few hundred step-model evaluations, for expensive models (the forward model).
 
     Decode-only iterations: ``D(decode_seqs, kv_tokens)``, bilinear between grid nodes (integers
@@ -167,6 +245,8 @@ class InterpCost:
     groups as they fill (:func:`occupied_groups`; one grid per group count).
     Same interface as :class:`MemoCost`; ``misses`` counts step-model evaluations.
     """
+
+    folded = True
 
     def __init__(self, model, bits: int = 3):
         if not 2 <= int(bits) <= 12:
@@ -238,55 +318,6 @@ class InterpCost:
 
     def total_breakdown(self) -> dict[str, float]:
         return {}
-
-
-class _RankCompute:
-    """A step model of the compute one DP attention rank's own sequences cost (``rank_compute_s``)."""
-
-    def __init__(self, model):
-        self.f = model.rank_compute_s
-
-    def iteration(self, prefill_tokens, prefill_attn_pairs, decode_seqs, decode_kv_tokens) -> float:
-        return self.f(prefill_tokens, prefill_attn_pairs, decode_seqs, decode_kv_tokens)
-
-
-class RankExcess:
-    """How much longer an iteration takes because its DP attention ranks carry unequal work (s).
-
-    The step model prices an iteration's summed batch spread evenly over its ``groups`` ranks (one of
-    ``prefill_seqs`` equal prefill chunks and ``ceil(decode_seqs / groups)`` decodes on the busiest
-    group). The ranks step together, so the iteration waits for the rank whose own compute (the
-    model's ``rank_compute_s``: attention, dense and shared-expert FFN, LM head) is largest; the
-    excess is that compute less the even share's, never below 0. The busiest rank is looked for
-    among those with the most tokens, the most decode KV tokens and the most prefill pairs (the
-    compute grows with each), so that an iteration costs at most four lookups whatever the ranks. Expert and all-to-all time follow
-    the summed tokens and keep the even spread. Rank compute is interpolated like
-    :class:`InterpCost` (3 significant bits), so equal loads give an excess of exactly 0.
-    """
-
-    def __init__(self, model, groups: int):
-        self.groups = int(groups)
-        self.cost = InterpCost(_RankCompute(model), 3)
-
-    @staticmethod
-    def supports(model) -> bool:
-        return callable(getattr(model, "rank_compute_s", None))
-
-    def __call__(self, loads, prefill_tokens: int, attn_pairs: float, decode_seqs: int, kv_tokens: int,
-                 prefill_seqs: int) -> float:
-        """``loads``: per busy rank ``(prefill tokens, pairs, largest chunk, decodes, decode KV tokens)``;
-        the rest: the iteration's totals as given to the step model."""
-        f = self.cost
-        if len(loads) > 3:  # the busiest by tokens, by KV tokens and by prefill pairs (f grows with each)
-            loads = {max(loads, key=lambda x: x[0] + x[3]), max(loads, key=lambda x: x[4]),
-                     max(loads, key=lambda x: x[1])}
-        busiest = max(f(p, a, d, k) for p, a, _, d, k in loads)
-        D = self.groups
-        s = occupied_groups(D, prefill_tokens, prefill_seqs) or 1
-        d0 = -(-decode_seqs // D)
-        even = f(round(prefill_tokens / s), attn_pairs / s, d0,
-                 round(kv_tokens * d0 / decode_seqs) if decode_seqs else 0)
-        return max(0.0, busiest - even)
 
 
 COST_MODES = ("auto", "memo", "interp")
