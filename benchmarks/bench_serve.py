@@ -1,7 +1,9 @@
 """Benchmark: simulate the one-hour Azure conversation trace (19,366 requests) on one 8x H100 node.
 
 Reports simulated seconds per wall second, iterations per second and forward-model evaluations.
-Run: ``python benchmarks/bench_serve.py [--model M] [--arch moe|foe] [--trace PATH] [--cost interp|memo]``.
+Run: ``python benchmarks/bench_serve.py [--model M] [--arch moe|foe] [--nodes N] [--trace PATH] [--cost interp|memo]
+[--set PATH=VALUE ...]``; e.g. ``--model olmoe-1b-7b --nodes 2 --set placement.moe.attention=dp`` times an
+instance of 16 DP attention ranks (one queue each, the busiest rank's excess every iteration).
 Needs ../shared/data (or a trace path). Not a test: numbers depend on the machine.
 """
 from __future__ import annotations
@@ -19,6 +21,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--nodes", type=int, default=1)
     ap.add_argument("--trace", default="azure-conv")
     ap.add_argument("--cost", default="auto", help="iteration-cost cache: auto | interp | memo")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                    help="spec override, as in simfoe serve (repeatable)")
     ap.add_argument("--progress", action="store_true")
     a = ap.parse_args(argv)
 
@@ -26,12 +30,14 @@ def main(argv=None) -> dict:
 
     t = time.perf_counter()
     c = time.process_time()
-    res = simulate_serving(a.model, a.hardware, a.nodes, a.arch, a.trace, cost=a.cost, progress=a.progress)
+    res = simulate_serving(a.model, a.hardware, a.nodes, a.arch, a.trace, overrides=a.overrides, cost=a.cost,
+                           progress=a.progress)
     wall = time.perf_counter() - t
     cpu = time.process_time() - c
     s = res.summary
     out = {
-        "scenario": f"{a.trace} on {a.nodes} node(s) of {a.hardware}, {a.model} {a.arch}",
+        "scenario": f"{a.trace} on {a.nodes} node(s) of {a.hardware}, {a.model} {a.arch} {' '.join(a.overrides)}".strip(),
+        "dp_attention_ranks": s["ranks_per_replica"],
         "requests": s["requests"]["total"],
         "completed": s["requests"]["completed"],
         "simulated_s": s["sim"]["simulated_s"],

@@ -4,6 +4,7 @@ iteration waits for the rank with the most own compute."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
@@ -213,3 +214,24 @@ def test_the_excess_sees_each_ranks_own_decode_kv_tokens():
     assert st.rank.tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
     assert (st.status == STATUS_DONE).all()
     assert calls[0] == 3 and len(calls) == 5  # ranks 0, 2, 3 at first; decodes up to the 6th token
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=hs.integers(0, 10_000), ranks=hs.integers(2, 6), kv_per_rank=hs.integers(200, 3000),
+       router=hs.sampled_from(["vllm-lb", "least-outstanding", "round-robin"]))
+def test_the_all_decode_fast_path_forms_the_same_batches(seed, ranks, kv_per_rank, router):
+    """ChunkedFCFS.decode_all (every rank just decodes: one pass for the instance) gives exactly the
+    records of scheduling rank by rank, also when small KV shares force preemptions."""
+    rng = np.random.default_rng(seed)
+    n = 40
+    arr = np.sort(rng.uniform(0, 1.0, n))
+    prompt, output = rng.integers(1, 500, n), rng.integers(1, 60, n)
+    runs = []
+    for fast in (True, False):
+        cfg = EngineConfig(max_batch=8, token_budget=256, cost="memo", rank_router=router)
+        eng = Engine(arr, prompt, output, np.arange(n), RankedLinear(ranks, 0.002), kv_per_rank * ranks, cfg)
+        if not fast:
+            eng.decode_all = None
+        eng.run()
+        runs.append(eng.store.frame())
+    pd.testing.assert_frame_equal(runs[0], runs[1])

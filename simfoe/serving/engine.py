@@ -12,6 +12,7 @@ import gc
 
 import math
 from collections import deque
+from operator import attrgetter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +27,9 @@ from simfoe.serving.router import make_router
 from simfoe.serving.scheduler import make_scheduler
 from simfoe.serving.step_models import make_cost
 from simfoe.timeline import MAX_EVENTS
+
+
+_free = attrgetter("free")
 
 
 class Rank:
@@ -115,6 +119,10 @@ class Replica:
             # the chunks as equal chunks that load the busiest data-parallel group alike (8000 + 192
             # tokens: one; 4096 + 4096: two), so an MoE layout spreads them over its DP attention groups
             return dec, chunks, (pf_tok, pairs, nd, kv_tok, pf_tok // biggest if biggest else 0), 0.0
+        fast = eng.decode_all(ranks, st) if eng.decode_all is not None else None
+        if fast is not None:  # every rank just decodes
+            dec, counts = fast
+            return self._rank_batch(dec, [], [(0, 0.0, 0, n) for n in counts if n])
         decs, chunks, loads = [], [], []
         for q in ranks:
             if not (q.running or q.waiting):
@@ -131,7 +139,13 @@ class Replica:
                 loads.append((0, 0.0, 0, len(d)))
         if not loads:
             return None
-        dec = decs[0] if len(decs) == 1 else np.concatenate(decs)
+        return self._rank_batch(decs[0] if len(decs) == 1 else np.concatenate(decs), chunks, loads)
+
+    def _rank_batch(self, dec, chunks, loads):
+        """The batch of an instance with several ranks: ``dec`` (all ranks' decodes in rank order),
+        ``chunks`` and per busy rank ``(prefill tokens, pairs, largest chunk, decodes)``."""
+        eng = self.engine
+        st = eng.store
         nd = len(dec)
         pf_tok = sum(x[0] for x in loads)
         top = max(x[0] for x in loads)  # equal chunks that load the busiest rank's prefill alike
@@ -152,6 +166,7 @@ class Replica:
         env, st, cost = eng.env, eng.store, eng.cost
         emit = st.emit
         ranks = self.ranks
+        kvs = [q.kv for q in ranks]
         while True:
             batch = self._schedule(env.now)
             if batch is None:
@@ -162,7 +177,7 @@ class Replica:
             pf_tok, _, nd, kv_tok, _ = args
             lat = cost(*args) + excess
             self.excess_s += excess
-            used = 1.0 - sum(q.kv.free for q in ranks) / self.kv_total
+            used = 1.0 - (sum(map(_free, kvs)) if len(kvs) > 1 else kvs[0].free) / self.kv_total
             self.kv_time += used * lat
             if used > self.kv_max:
                 self.kv_max = used
@@ -273,6 +288,8 @@ class Engine:
         #: data-parallel attention ranks per instance, each with its own queue and budget (1: one for all)
         self.ranks = int(getattr(self.cost.model, "prefill_groups", 1)) if cfg.budget_scope == "rank" else 1
         self.scheduler = make_scheduler(cfg.scheduler, cfg.max_batch, cfg.token_budget)
+        #: the policy's fast path for ranks that all just decode (None: schedule rank by rank)
+        self.decode_all = getattr(self.scheduler, "decode_all", None)
         self.router = make_router(cfg.router, int(cfg.replicas))
         make_router(cfg.rank_router, 1, "rank_router")  # a bad name fails also where no instance has ranks
         #: the busiest rank's excess compute over a balanced instance (None: one rank, or the model has no rank costs)

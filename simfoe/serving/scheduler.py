@@ -81,6 +81,33 @@ class ChunkedFCFS:
         return c
 
     # ---------------------------------------------------------------- one iteration
+    @staticmethod
+    def decode_all(queues, st):
+        """Fast path for an instance of several ranks (``queues``) that all just decode: when no queue
+        has a waiting request or a partial prefill and every queue has the KV blocks its decodes need,
+        allocate those blocks and return ``(decoding requests in queue order, decodes per queue)``;
+        otherwise ``None`` with nothing changed. The same batches :meth:`schedule` forms queue by
+        queue, with a few array operations for the whole instance."""
+        run = []
+        for q in queues:
+            if q.waiting:
+                return None
+            run += q.running
+        if not run:
+            return None
+        r = np.fromiter(run, np.int64, len(run))
+        if st.pf_left[r].any():
+            return None
+        grow = r[(st.ctx[r] % queues[0].kv.block_size) == 0]
+        if len(grow):
+            need = np.bincount(st.rank[grow], minlength=len(queues)).tolist()
+            if any(n > q.kv.free for n, q in zip(need, queues)):
+                return None
+            st.blocks[grow] += 1
+            for n, q in zip(need, queues):
+                q.kv.free -= n
+        return r, [len(q.running) for q in queues]
+
     def schedule(self, q, st, now: float):
         kv = q.kv
         bs = kv.block_size

@@ -16,6 +16,7 @@ queueing-theory checks.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Protocol
 
 from simfoe.errors import SpecError
@@ -90,6 +91,14 @@ class _RankCompute:
         return self.f(prefill_tokens, prefill_attn_pairs, decode_seqs, decode_kv_tokens)
 
 
+def _tokens(load) -> int:
+    return load[0] + load[3]
+
+
+_pairs = itemgetter(1)
+_kv_tokens = itemgetter(4)
+
+
 class RankExcess:
     """How much longer an iteration takes because its DP attention ranks carry unequal work (s).
 
@@ -122,9 +131,11 @@ class RankExcess:
         """``loads``: per busy rank ``(prefill tokens, pairs, largest chunk, decodes, decode KV tokens)``;
         the rest: the iteration's totals as given to the step model."""
         f = self.cost
-        if len(loads) > 3:  # the busiest by tokens, by KV tokens and by prefill pairs (f grows with each)
-            loads = {max(loads, key=lambda x: x[0] + x[3]), max(loads, key=lambda x: x[4]),
-                     max(loads, key=lambda x: x[1])}
+        if len(loads) > 1:  # the busiest by tokens, by KV tokens and by prefill pairs (f grows with each)
+            cand = {max(loads, key=_tokens), max(loads, key=_kv_tokens)}
+            if prefill_tokens:
+                cand.add(max(loads, key=_pairs))
+            loads = cand
         busiest = max(f(p, a, d, k) for p, a, _, d, k in loads)
         D = self.groups
         s = occupied_groups(D, prefill_tokens, prefill_seqs) or 1
