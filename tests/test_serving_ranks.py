@@ -14,6 +14,7 @@ from simfoe.serving import simulate
 from simfoe.serving.engine import Engine, EngineConfig
 from simfoe.serving.metrics import STATUS_DONE, STATUS_DROPPED
 from simfoe.serving.kv_cache import KVBlocks
+from simfoe.serving.scheduler import ChunkedFCFS, WholePrompt, fast_decode
 from simfoe.serving.step_models import RankExcess
 from simfoe.workloads import RequestTable
 
@@ -218,8 +219,9 @@ def test_the_excess_sees_each_ranks_own_decode_kv_tokens():
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=hs.integers(0, 10_000), ranks=hs.integers(2, 6), kv_per_rank=hs.integers(200, 3000),
-       router=hs.sampled_from(["vllm-lb", "least-outstanding", "round-robin"]))
-def test_the_all_decode_fast_path_forms_the_same_batches(seed, ranks, kv_per_rank, router):
+       router=hs.sampled_from(["vllm-lb", "least-outstanding", "round-robin"]),
+       sched=hs.sampled_from(["chunked", "whole-prompt"]), replicas=hs.integers(1, 2))
+def test_the_all_decode_fast_path_forms_the_same_batches(seed, ranks, kv_per_rank, router, sched, replicas):
     """ChunkedFCFS.decode_all (every rank just decodes: one pass for the instance) gives exactly the
     records of scheduling rank by rank, also when small KV shares force preemptions."""
     rng = np.random.default_rng(seed)
@@ -228,10 +230,52 @@ def test_the_all_decode_fast_path_forms_the_same_batches(seed, ranks, kv_per_ran
     prompt, output = rng.integers(1, 500, n), rng.integers(1, 60, n)
     runs = []
     for fast in (True, False):
-        cfg = EngineConfig(max_batch=8, token_budget=256, cost="memo", rank_router=router)
+        cfg = EngineConfig(max_batch=8, token_budget=512, cost="memo", rank_router=router, scheduler=sched,
+                           replicas=replicas)
         eng = Engine(arr, prompt, output, np.arange(n), RankedLinear(ranks, 0.002), kv_per_rank * ranks, cfg)
         if not fast:
             eng.decode_all = None
         eng.run()
         runs.append(eng.store.frame())
     pd.testing.assert_frame_equal(runs[0], runs[1])
+
+
+@settings(max_examples=60, deadline=None)
+@given(ranks=hs.integers(5, 16), seed=hs.integers(0, 10_000), folded=hs.booleans())
+def test_the_excess_finds_the_busiest_of_many_decoding_ranks(ranks, seed, folded):
+    """Decode only, more ranks than are evaluated one by one: the excess is the exhaustive one (the
+    busiest rank evaluated alone) to within RankExcess.EXACT_WITHIN of the busiest rank's compute,
+    and never above it."""
+    rng = np.random.default_rng(seed)
+    nd = rng.integers(1, 40, ranks)
+    kv = nd * rng.integers(1, 25, ranks)  # short contexts: decodes and KV tokens weigh alike
+    loads = [(0, 0.0, 0, int(d), int(k)) for d, k in zip(nd, kv)]
+    exc = RankExcess(RankedLinear(ranks), ranks, folded)
+    t = (0, 0.0, int(nd.sum()), int(kv.sum()), 0)
+    exact = max(exc([x], *t) for x in loads)
+    top = max(exc.cost(0, 0, d, k) for _, _, _, d, k in loads)
+    assert exact - RankExcess.EXACT_WITHIN * top <= exc(loads, *t) <= exact
+
+
+def test_a_decode_only_rank_busier_than_the_prefill_ranks_is_found():
+    """Seven ranks with a 16-token chunk and 99 decodes, one with 114 decodes and no prefill: under
+    the interpolated rank compute the decode-only rank is the busiest though it has neither the most
+    tokens nor the most KV tokens; it has the most decodes, which makes it a candidate."""
+    exc = RankExcess(RankedLinear(8), 8)
+    a, b = (16, 16 * 8.5, 16, 99, 5000), (0, 0.0, 0, 114, 5000)
+    loads = [a] * 7 + [b]
+    t = (7 * 16, 7 * 16 * 8.5, 7 * 99 + 114, 8 * 5000, 7)
+    assert exc.cost(0, 0, 114, 5000) > exc.cost(16, 16 * 8.5, 99, 5000)
+    assert exc(loads, *t) == max(exc([x], *t) for x in loads) > 0
+
+
+def test_the_fast_path_is_used_only_where_it_matches_the_policy():
+    class OwnSchedule(ChunkedFCFS):
+        def schedule(self, q, st, now):
+            return super().schedule(q, st, now)
+
+    class OwnBoth(OwnSchedule):
+        decode_all = ChunkedFCFS.decode_all
+
+    assert fast_decode(ChunkedFCFS()) is not None and fast_decode(WholePrompt()) is not None
+    assert fast_decode(OwnSchedule()) is None and fast_decode(OwnBoth()) is not None

@@ -73,10 +73,11 @@ def caveats(result: dict) -> list[str]:
                "attention rank, as in vLLM and SGLang: one chunk on every rank takes at most 80% of the TBT SLO.")
     if any((x.get("dp_ranks") or 1) > 1 for x in result.get("layouts", [])):
         out.append("Layouts with several DP attention ranks (MoE with DP attention: one per GPU; with TP attention "
-                   "across nodes: one per node) pin each request to the least loaded rank, and an iteration waits "
-                   "for the rank with the most attention and other per-rank compute; the imbalance of the "
-                   "all-to-all and of the TP collectives (the busiest rank sends more tokens) is not modeled, so "
-                   "their rates lean optimistic.")
+                   "across nodes: one per node) pin each request to a rank by vLLM's load-balancing score (4 x waiting "
+                   "+ running), and an iteration waits for the rank with the most attention and other per-rank "
+                   "compute; the imbalance of the all-to-all and of the TP collectives (the busiest rank sends "
+                   "more tokens) is not modeled, so their rates lean optimistic. Throughput bounds and busy-time "
+                   "breakdowns assume a full chunk on every rank (an upper bound).")
     notes = calibration_notes(result.get("hardware", []))
     if notes:
         out.append("Calibration of the hardware profiles used (from their provenance and docs/calibration-*.md):")

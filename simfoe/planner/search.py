@@ -28,7 +28,9 @@ A probe passes when every request completes, p90 TTFT <= ``slo_ttft_p90`` and p9
 table per ForwardModel). The token budget per iteration (chunked-prefill size) is chosen per
 layout: the largest of ``TOKEN_BUDGETS`` whose chunk iteration takes <= 80% of the TBT SLO. Budget
 and ``max_batch`` are per data-parallel attention rank (``ForwardModel.prefill_groups``), as in
-the serving engine: the chunk iteration runs one such chunk on every rank.
+the serving engine: the chunk iteration runs one such chunk on every rank. That is an upper bound
+(and so are the busy-time breakdowns): the simulated serving pins requests to ranks and waits for the
+busiest.
 
 Replicas: a layout of n nodes runs ``floor(max_nodes / n)`` data-parallel copies; one replica is
 simulated and the deployment's goodput is ``replicas x`` its rate (round-robin splitting of

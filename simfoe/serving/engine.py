@@ -24,7 +24,7 @@ from simfoe.serving.metrics import (
     STATUS_DONE, STATUS_DROPPED, STATUS_RUNNING, STATUS_WAITING, RequestStore,
 )
 from simfoe.serving.router import make_router
-from simfoe.serving.scheduler import make_scheduler
+from simfoe.serving.scheduler import fast_decode, make_scheduler
 from simfoe.serving.step_models import make_cost
 from simfoe.timeline import MAX_EVENTS
 
@@ -289,7 +289,7 @@ class Engine:
         self.ranks = int(getattr(self.cost.model, "prefill_groups", 1)) if cfg.budget_scope == "rank" else 1
         self.scheduler = make_scheduler(cfg.scheduler, cfg.max_batch, cfg.token_budget)
         #: the policy's fast path for ranks that all just decode (None: schedule rank by rank)
-        self.decode_all = getattr(self.scheduler, "decode_all", None)
+        self.decode_all = fast_decode(self.scheduler)
         self.router = make_router(cfg.router, int(cfg.replicas))
         make_router(cfg.rank_router, 1, "rank_router")  # a bad name fails also where no instance has ranks
         #: the busiest rank's excess compute over a balanced instance (None: one rank, or the model has no rank costs)

@@ -173,6 +173,19 @@ class WholePrompt(ChunkedFCFS):
     chunked = False
 
 
+def fast_decode(policy):
+    """``policy.decode_all`` when it forms the same batches as the policy's ``schedule``, i.e. it is
+    defined where ``schedule`` is or below (a subclass overriding only ``schedule`` gets None: its
+    queues are scheduled one by one)."""
+    mro = type(policy).__mro__
+
+    def owner(name):
+        return next((c for c in mro if name in c.__dict__), None)
+
+    d, sch = owner("decode_all"), owner("schedule")
+    return policy.decode_all if d is not None and sch is not None and issubclass(d, sch) else None
+
+
 def make_scheduler(name: str, max_batch: int, token_budget: int):
     cls = SCHEDULERS.get(name)
     if cls is None:

@@ -96,6 +96,7 @@ def _tokens(load) -> int:
 
 
 _pairs = itemgetter(1)
+_decodes = itemgetter(3)
 _kv_tokens = itemgetter(4)
 
 
@@ -112,10 +113,18 @@ class RankExcess:
     on it in an iteration with prefill, plus an even share of the decodes' KV attention.
     Expert, all-to-all and TP-collective time follow the summed tokens and keep the even spread.
     Rank compute is interpolated like :class:`InterpCost` (3 significant bits), so equal loads give
-    an excess of exactly 0. The busiest rank is looked for among those with the most tokens, the
-    most decode KV tokens and the most prefill pairs (the compute grows with each), so that an
-    iteration costs at most six lookups whatever the ranks.
+    an excess of exactly 0. With up to ``EXHAUSTIVE`` busy ranks each is evaluated; with more, the
+    ranks with the most tokens, decodes, KV tokens and (with prefill) prefill pairs, and in a
+    decode-only iteration every rank when the compute of the most decodes with the most KV tokens
+    (a bound: decode compute grows with both) exceeds the best of those by more than
+    ``EXACT_WITHIN``. With prefill, where the interpolation is not monotone in the decodes, the
+    candidates are a heuristic.
     """
+
+    #: ranks up to which every busy rank is evaluated
+    EXHAUSTIVE = 4
+    #: decode-only iterations: relative accuracy to which the busiest rank's compute is found
+    EXACT_WITHIN = 0.02
 
     def __init__(self, model, groups: int, folded: bool = False):
         self.groups = int(groups)
@@ -131,12 +140,18 @@ class RankExcess:
         """``loads``: per busy rank ``(prefill tokens, pairs, largest chunk, decodes, decode KV tokens)``;
         the rest: the iteration's totals as given to the step model."""
         f = self.cost
-        if len(loads) > 1:  # the busiest by tokens, by KV tokens and by prefill pairs (f grows with each)
-            cand = {max(loads, key=_tokens), max(loads, key=_kv_tokens)}
+        if len(loads) <= self.EXHAUSTIVE:
+            busiest = max(f(p, a, d, k) for p, a, _, d, k in loads)
+        else:  # the busiest by tokens, decodes, KV tokens and prefill pairs
+            cand = {max(loads, key=_tokens), max(loads, key=_decodes), max(loads, key=_kv_tokens)}
             if prefill_tokens:
                 cand.add(max(loads, key=_pairs))
-            loads = cand
-        busiest = max(f(p, a, d, k) for p, a, _, d, k in loads)
+            busiest = max(f(p, a, d, k) for p, a, _, d, k in cand)
+            if not prefill_tokens and f(0, 0, max(map(_decodes, loads)), max(map(_kv_tokens, loads))) > (
+                    1 + self.EXACT_WITHIN) * busiest:
+                # decode only: no rank exceeds the most decodes with the most KV tokens; when that bound
+                # is not close, look at every rank
+                busiest = max(f(0, 0, d, k) for _, _, _, d, k in loads)
         D = self.groups
         s = occupied_groups(D, prefill_tokens, prefill_seqs) or 1
         d0 = -(-decode_seqs // D)
