@@ -20,7 +20,7 @@ def main() -> dict:
     forward("deepseek-v3", "h100-sxm", nodes=4, arch="moe", phase="decode", batch=256, seq_len=8192)  # warm caches
     reps = 3
 
-    def wall(**kw) -> float:
+    def ds_pass(**kw) -> float:
         """Mean wall seconds of one DeepSeek-V3 decode pass (batch 256, 4 nodes) over ``reps`` seeds."""
         t0 = time.perf_counter()
         for s in range(reps):
@@ -28,8 +28,8 @@ def main() -> dict:
                     **kw)
         return (time.perf_counter() - t0) / reps
 
-    ds = wall()
-    ds_tbo = wall(overrides=["placement.overlap=two-batch"])  # two micro-batches, a 4-layer chain plus its head
+    ds = ds_pass()
+    ds_tbo = ds_pass(overrides=["placement.overlap=two-batch"])  # two micro-batches, a 4-layer chain plus its head
 
     grid = list(itertools.product([1, 2, 4], ["moe", "foe"], ["prefill", "decode"], [1, 2, 4, 8, 16, 32, 64, 128, 256], [512, 2048, 8192]))
     t0 = time.perf_counter()

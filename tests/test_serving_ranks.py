@@ -174,22 +174,22 @@ def test_rank_excess_is_zero_for_equal_ranks_and_grows_with_one_ranks_load(ranks
         chunk = 1
     exc = RankExcess(RankedLinear(ranks), ranks, folded)
     pairs = chunk * (past + (chunk + 1) / 2) if chunk else 0.0
-    one = (chunk, pairs, chunk, nd, nd * kv_per_seq)
+    one = (chunk, pairs, nd, nd * kv_per_seq)
     loads = [one] * ranks
 
     def totals(ls):
         pf = sum(x[0] for x in ls)
         top = max(x[0] for x in ls)
-        return (pf, sum(x[1] for x in ls), sum(x[3] for x in ls), sum(x[4] for x in ls), pf // top if top else 0)
+        return (pf, sum(x[1] for x in ls), sum(x[2] for x in ls), sum(x[3] for x in ls), pf // top if top else 0)
 
     assert exc(loads, *totals(loads)) == 0.0
     if nd:
         k = who % ranks
         more = list(loads)
-        more[k] = one[:4] + (one[4] + bump,)
+        more[k] = one[:3] + (one[3] + bump,)
         e1 = exc(more, *totals(more))
         assert e1 > 0.0
-        more[k] = one[:4] + (one[4] + 2 * bump,)
+        more[k] = one[:3] + (one[3] + 2 * bump,)
         assert exc(more, *totals(more)) >= e1 - 1e-15  # (floating-point noise only)
 
 
@@ -206,7 +206,7 @@ def test_the_excess_sees_each_ranks_own_decode_kv_tokens():
     def spy(loads, *args):
         if not args[0]:  # decode only: every running request decodes
             want = [(len(q.running), int(st.ctx[q.running].sum()) + len(q.running)) for q in qs if q.running]
-            assert [(x[3], x[4]) for x in loads] == want
+            assert [(x[2], x[3]) for x in loads] == want
             calls.append(len(loads))
         return inner(loads, *args)
 
@@ -249,11 +249,11 @@ def test_the_excess_finds_the_busiest_of_many_decoding_ranks(ranks, seed, folded
     rng = np.random.default_rng(seed)
     nd = rng.integers(1, 40, ranks)
     kv = nd * rng.integers(1, 25, ranks)  # short contexts: decodes and KV tokens weigh alike
-    loads = [(0, 0.0, 0, int(d), int(k)) for d, k in zip(nd, kv)]
+    loads = [(0, 0.0, int(d), int(k)) for d, k in zip(nd, kv)]
     exc = RankExcess(RankedLinear(ranks), ranks, folded)
     t = (0, 0.0, int(nd.sum()), int(kv.sum()), 0)
     exact = max(exc([x], *t) for x in loads)
-    top = max(exc.cost(0, 0, d, k) for _, _, _, d, k in loads)
+    top = max(exc.cost(0, 0, d, k) for _, _, d, k in loads)
     assert exact - RankExcess.EXACT_WITHIN * top <= exc(loads, *t) <= exact
 
 
@@ -262,7 +262,7 @@ def test_a_decode_only_rank_busier_than_the_prefill_ranks_is_found():
     the interpolated rank compute the decode-only rank is the busiest though it has neither the most
     tokens nor the most KV tokens; it has the most decodes, which makes it a candidate."""
     exc = RankExcess(RankedLinear(8), 8)
-    a, b = (16, 16 * 8.5, 16, 99, 5000), (0, 0.0, 0, 114, 5000)
+    a, b = (16, 16 * 8.5, 99, 5000), (0, 0.0, 114, 5000)
     loads = [a] * 7 + [b]
     t = (7 * 16, 7 * 16 * 8.5, 7 * 99 + 114, 8 * 5000, 7)
     assert exc.cost(0, 0, 114, 5000) > exc.cost(16, 16 * 8.5, 99, 5000)

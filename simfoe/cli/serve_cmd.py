@@ -1,7 +1,6 @@
 """`simfoe serve`: request-level serving simulation (continuous batching on MoE or FoE replicas)."""
 from __future__ import annotations
 
-
 from simfoe.cli.common import add_json_flag, add_progress_flag, add_set_flag, table, want_progress
 from simfoe.outputs import fmt_time
 from simfoe.paths import hardware_presets

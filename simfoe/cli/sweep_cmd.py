@@ -40,7 +40,6 @@ def register(subparsers) -> None:
 
 
 def run(args) -> dict:
-
     from simfoe.inputs import check_text_file
     from simfoe.outputs import check_dir
     from simfoe.sweep.runner import run_sweep

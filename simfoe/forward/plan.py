@@ -248,7 +248,7 @@ def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work | list[Work]
     if t > 1:
         steps.append(Collective("all_reduce", tp_groups, _rs_groups([n * h * b for n in tok_group])))
     # router on the local shard (shared experts run beside the routed ones, below)
-    router = np.array([c.gemm(n, moe.n_experts, h) + c.ew(2 * n * h * b, "norm") for n in tok_gpu])
+    router = np.array([_router_seconds(c, model, n, moe.n_experts) for n in tok_gpu])
     steps.append(Compute("experts", router))
     ep_groups = _groups(G, L.ep)
     epg = L.experts_per_gpu
@@ -275,10 +275,21 @@ def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work | list[Work]
         expert_time = expert_time + np.array([_ffn_seconds(c, model, n, sw) for n in tok_gpu])
     steps.append(Compute("experts", expert_time))
     steps.append(Collective("combine", ep_groups, _a2a([m.T * b for m in traffic], L.all_to_all)))
-    steps.append(Compute("experts", np.array([c.ew(3 * n * h * b, "add") for n in tok_gpu])))
+    steps.append(Compute("experts", np.array([_add_seconds(c, model, n) for n in tok_gpu])))
     if t > 1:
         steps.append(Collective("all_reduce", tp_groups, _ag_groups([n * h * b / t for n in tok_group])))
     return LayerPlan(steps, local, acts)
+
+
+def _router_seconds(c: _Costs, model: ModelSpec, tokens: int, n_experts: int) -> float:
+    """Pre-router norm and router GEMM over ``tokens`` tokens and ``n_experts`` experts on one GPU."""
+    h = model.hidden
+    return c.gemm(tokens, n_experts, h) + c.ew(2 * tokens * h * model.act_bytes, "norm")
+
+
+def _add_seconds(c: _Costs, model: ModelSpec, tokens: int) -> float:
+    """Residual add of the combined expert outputs over ``tokens`` tokens on one GPU."""
+    return c.ew(3 * tokens * model.hidden * model.act_bytes, "add")
 
 
 def _moe_heads(model: ModelSpec, L: MoELayout) -> tuple[float, float]:
@@ -295,7 +306,7 @@ def rank_compute_seconds(c: _Costs, model: ModelSpec, L: MoELayout, w: Work) -> 
     dense FFN (dense layers), router, shared experts and residual add (MoE layers), and the LM head,
     as :func:`moe_layer` and :func:`head_seconds` price them. Not included: the eager routing glue
     (fitted on CPU profiles only) and the group's TP collectives."""
-    t, h, b = L.attention_tp, model.hidden, model.act_bytes
+    t = L.attention_tp
     heads, kvh = _moe_heads(model, L)
     n = w.tokens
     total = model.n_layers * _attention_seconds(c, model, w, heads, kvh)
@@ -304,7 +315,7 @@ def rank_compute_seconds(c: _Costs, model: ModelSpec, L: MoELayout, w: Work) -> 
     moe = model.moe
     if model.n_moe_layers and moe:
         g = -(-n // t)  # tokens of the busiest GPU's sequence-parallel shard
-        per = c.gemm(g, moe.n_experts, h) + c.ew(2 * g * h * b, "norm") + c.ew(3 * g * h * b, "add")
+        per = _router_seconds(c, model, g, moe.n_experts) + _add_seconds(c, model, g)
         if moe.n_shared_experts:
             per += _ffn_seconds(c, model, g, moe.shared_width)
         total += model.n_moe_layers * per
@@ -354,7 +365,7 @@ def foe_layer(c: _Costs, model: ModelSpec, L: FoELayout, work: Work, probs: np.n
     expert_time = np.zeros(G)
     local = acts = 0.0
     if g == 1:
-        router = c.gemm(T, Ec * cpg, h) + c.ew(2 * T * h * b, "norm")
+        router = _router_seconds(c, model, T, Ec * cpg)
         for gpu in range(G):
             loads = []
             for cl in range(gpu * cpg, (gpu + 1) * cpg):
@@ -366,11 +377,11 @@ def foe_layer(c: _Costs, model: ModelSpec, L: FoELayout, work: Work, probs: np.n
             expert_time[gpu] += _experts_seconds(c, model, np.concatenate(loads), fw)
         # the clusters' slices of the shared expert(s) on this GPU, one fused FFN over all its tokens
         expert_time += _ffn_seconds(c, model, T, L.shared_ffn * cpg)
-        steps.append(Compute("experts", np.full(G, router) + expert_time + c.ew(3 * T * h * b, "add")))
+        steps.append(Compute("experts", np.full(G, router) + expert_time + _add_seconds(c, model, T)))
         return LayerPlan(steps, local, acts)
     clusters = _groups(G, g)
     shard = even_split(T, g)
-    router = np.tile([c.gemm(n, Ec, h) + c.ew(2 * n * h * b, "norm") for n in shard], C)
+    router = np.tile([_router_seconds(c, model, n, Ec) for n in shard], C)
     steps.append(Compute("experts", router))
     traffic = []
     for ci, grp in enumerate(clusters):

@@ -62,6 +62,12 @@ def _chunks(chunks, st) -> tuple:
     return pf_tok, pairs, biggest
 
 
+def _decode_kv(dec, st) -> int:
+    """Decode KV tokens of a batch: the decoding sequences' contexts plus one new token each."""
+    nd = len(dec)
+    return int(st.ctx[dec].sum()) + nd if nd else 0
+
+
 class Replica:
     """One model instance: its ranks (:class:`Rank`; one unless the budgets are per DP attention
     rank), busy-time counters (s) and the SimPy loop that runs its iterations.
@@ -72,8 +78,8 @@ class Replica:
     excess own compute (:class:`simfoe.serving.step_models.RankExcess`) when the model provides it.
     """
 
-    def __init__(self, engine: Engine, index: int, kv_capacity_tokens: int, block_size: int, ranks: int = 1,
-                 rank_router: str = "vllm-lb"):
+    def __init__(self, engine: Engine, index: int, kv_capacity_tokens: int, block_size: int, ranks: int,
+                 rank_router: str):
         self.engine = engine
         self.index = index
         self.ranks = [Rank(KVBlocks(kv_capacity_tokens, block_size, ranks)) for _ in range(ranks)]
@@ -114,15 +120,13 @@ class Replica:
                 return None
             dec, chunks = b
             pf_tok, pairs, biggest = _chunks(chunks, st)
-            nd = len(dec)
-            kv_tok = int(st.ctx[dec].sum()) + nd if nd else 0
             # the chunks as equal chunks that load the busiest data-parallel group alike (8000 + 192
             # tokens: one; 4096 + 4096: two), so an MoE layout spreads them over its DP attention groups
-            return dec, chunks, (pf_tok, pairs, nd, kv_tok, pf_tok // biggest if biggest else 0), 0.0
+            return dec, chunks, (pf_tok, pairs, len(dec), _decode_kv(dec, st), pf_tok // biggest if biggest else 0), 0.0
         fast = eng.decode_all(ranks, st) if eng.decode_all is not None else None
         if fast is not None:  # every rank just decodes
             dec, counts = fast
-            return self._rank_batch(dec, [], [(0, 0.0, 0, n) for n in counts if n])
+            return self._rank_batch(dec, [], [(0, 0.0, n) for n in counts if n])
         decs, chunks, loads = [], [], []
         for q in ranks:
             if not (q.running or q.waiting):
@@ -134,26 +138,27 @@ class Replica:
             decs.append(d)
             if ch:
                 chunks += ch
-                loads.append(_chunks(ch, st) + (len(d),))
+                pf, pairs, _ = _chunks(ch, st)
+                loads.append((pf, pairs, len(d)))
             else:
-                loads.append((0, 0.0, 0, len(d)))
+                loads.append((0, 0.0, len(d)))
         if not loads:
             return None
         return self._rank_batch(decs[0] if len(decs) == 1 else np.concatenate(decs), chunks, loads)
 
     def _rank_batch(self, dec, chunks, loads):
         """The batch of an instance with several ranks: ``dec`` (all ranks' decodes in rank order),
-        ``chunks`` and per busy rank ``(prefill tokens, pairs, largest chunk, decodes)``."""
+        ``chunks`` and per busy rank ``(prefill tokens, pairs, decodes)``."""
         eng = self.engine
         st = eng.store
         nd = len(dec)
         pf_tok = sum(x[0] for x in loads)
         top = max(x[0] for x in loads)  # equal chunks that load the busiest rank's prefill alike
         if eng.excess is None:
-            kv_tok = int(st.ctx[dec].sum()) + nd if nd else 0
-            return dec, chunks, (pf_tok, sum(x[1] for x in loads), nd, kv_tok, pf_tok // top if top else 0), 0.0
+            return dec, chunks, (pf_tok, sum(x[1] for x in loads), nd, _decode_kv(dec, st),
+                                 pf_tok // top if top else 0), 0.0
         # decode KV tokens per rank (context + the new token): one prefix sum over all ranks' decodes
-        lens = np.fromiter((x[3] for x in loads), np.int64, len(loads))
+        lens = np.fromiter((x[2] for x in loads), np.int64, len(loads))
         ends = np.cumsum(lens)
         cs = np.concatenate(([0], np.cumsum(st.ctx[dec])))
         kv = (cs[ends] - cs[ends - lens] + lens).tolist()
@@ -286,7 +291,7 @@ class Engine:
             raise SpecError("budget_scope", cfg.budget_scope, "allowed: " + ", ".join(BUDGET_SCOPES))
         self.cost = make_cost(step_model, cfg.cost, cfg.bucket_bits)
         #: data-parallel attention ranks per instance, each with its own queue and budget (1: one for all)
-        self.ranks = int(getattr(self.cost.model, "prefill_groups", 1)) if cfg.budget_scope == "rank" else 1
+        self.ranks = int(self.cost.groups) if cfg.budget_scope == "rank" else 1
         self.scheduler = make_scheduler(cfg.scheduler, cfg.max_batch, cfg.token_budget)
         #: the policy's fast path for ranks that all just decode (None: schedule rank by rank)
         self.decode_all = fast_decode(self.scheduler)

@@ -92,12 +92,12 @@ class _RankCompute:
 
 
 def _tokens(load) -> int:
-    return load[0] + load[3]
+    return load[0] + load[2]
 
 
 _pairs = itemgetter(1)
-_decodes = itemgetter(3)
-_kv_tokens = itemgetter(4)
+_decodes = itemgetter(2)
+_kv_tokens = itemgetter(3)
 
 
 class RankExcess:
@@ -137,21 +137,21 @@ class RankExcess:
 
     def __call__(self, loads, prefill_tokens: int, attn_pairs: float, decode_seqs: int, kv_tokens: int,
                  prefill_seqs: int) -> float:
-        """``loads``: per busy rank ``(prefill tokens, pairs, largest chunk, decodes, decode KV tokens)``;
-        the rest: the iteration's totals as given to the step model."""
+        """``loads``: per busy rank ``(prefill tokens, pairs, decodes, decode KV tokens)``; the rest:
+        the iteration's totals as given to the step model."""
         f = self.cost
         if len(loads) <= self.EXHAUSTIVE:
-            busiest = max(f(p, a, d, k) for p, a, _, d, k in loads)
+            busiest = max(f(*x) for x in loads)
         else:  # the busiest by tokens, decodes, KV tokens and prefill pairs
-            cand = {max(loads, key=_tokens), max(loads, key=_decodes), max(loads, key=_kv_tokens)}
+            most_d, most_k = max(loads, key=_decodes), max(loads, key=_kv_tokens)
+            cand = {max(loads, key=_tokens), most_d, most_k}
             if prefill_tokens:
                 cand.add(max(loads, key=_pairs))
-            busiest = max(f(p, a, d, k) for p, a, _, d, k in cand)
-            if not prefill_tokens and f(0, 0, max(map(_decodes, loads)), max(map(_kv_tokens, loads))) > (
-                    1 + self.EXACT_WITHIN) * busiest:
+            busiest = max(f(*x) for x in cand)
+            if not prefill_tokens and f(0, 0, most_d[2], most_k[3]) > (1 + self.EXACT_WITHIN) * busiest:
                 # decode only: no rank exceeds the most decodes with the most KV tokens; when that bound
                 # is not close, look at every rank
-                busiest = max(f(0, 0, d, k) for _, _, _, d, k in loads)
+                busiest = max(f(*x) for x in loads)
         D = self.groups
         s = occupied_groups(D, prefill_tokens, prefill_seqs) or 1
         d0 = -(-decode_seqs // D)
@@ -172,6 +172,11 @@ class _CostWrapper:
     #: whether the wrapper prices an iteration with prefill as if its decodes were prefill tokens
     folded = False
     _excess: RankExcess | None = None
+
+    def __init__(self, model):
+        self.model = model
+        #: the model's data-parallel attention groups (its ``prefill_groups``; 1 if it has none)
+        self.groups = getattr(model, "prefill_groups", 1)
 
     def rank_excess(self, groups: int) -> RankExcess | None:
         """The :class:`RankExcess` of this wrapper's model over ``groups`` ranks (None if the model has
@@ -195,8 +200,7 @@ class MemoCost(_CostWrapper):
     def __init__(self, model, bits: int = 5):
         if not 2 <= int(bits) <= 20:
             raise SpecError("bucket_bits", bits, "an integer in 2..20")
-        self.model = model
-        self._groups = getattr(model, "prefill_groups", 1)
+        super().__init__(model)
         self.bits = int(bits)
         self.table: dict[tuple, float] = {}
         self.breakdown: dict[tuple, dict] = {}
@@ -206,7 +210,7 @@ class MemoCost(_CostWrapper):
     def __call__(self, prefill_tokens: int, attn_pairs: float, decode_seqs: int, kv_tokens: int,
                  prefill_seqs: int = 1) -> float:
         b = self.bits
-        s = occupied_groups(self._groups, prefill_tokens, prefill_seqs)
+        s = occupied_groups(self.groups, prefill_tokens, prefill_seqs)
         key = (bucket_up(prefill_tokens, b), bucket_up(attn_pairs, b), bucket_up(decode_seqs, b),
                bucket_up(kv_tokens, b), s)
         t = self.table.get(key)
@@ -277,8 +281,7 @@ class InterpCost(_CostWrapper):
     def __init__(self, model, bits: int = 3):
         if not 2 <= int(bits) <= 12:
             raise SpecError("bucket_bits", bits, "an integer in 2..12")
-        self.model = model
-        self._groups = getattr(model, "prefill_groups", 1)
+        super().__init__(model)
         self.bits = int(bits)
         self.table: dict[tuple, float] = {}
         self._cells: dict[tuple, tuple] = {}
@@ -332,7 +335,7 @@ class InterpCost(_CostWrapper):
         self.calls += 1
         if prefill_tokens == 0:
             return self._bilinear(decode_seqs, kv_tokens, False)
-        seqs = occupied_groups(self._groups, prefill_tokens, prefill_seqs)
+        seqs = occupied_groups(self.groups, prefill_tokens, prefill_seqs)
         t = self._bilinear(prefill_tokens + decode_seqs, attn_pairs + decode_seqs, True, seqs)
         if decode_seqs:
             t += max(0.0, self._bilinear(decode_seqs, kv_tokens, False) - self._bilinear(decode_seqs, decode_seqs, False))

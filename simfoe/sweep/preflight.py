@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from simfoe.errors import SpecError
-from simfoe.inputs import check_text_file, routing_path
+from simfoe.inputs import check_routing_file, check_text_file, routing_path
 from simfoe.outputs import check_dir, check_file
 from simfoe.sweep.spec import SweepSpec
 
@@ -35,7 +35,7 @@ def check_scenario_files(spec: SweepSpec) -> None:
         if path is not None:
             if not Path(path).is_file():
                 raise SpecError("routing", r, "trace:PATH naming an existing routing trace file")
-            check_text_file("routing", r, path)
+            check_routing_file(r, "routing")
     for seed in _distinct(spec, "seed"):
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise SpecError("seed", seed, "an integer >= 0")
