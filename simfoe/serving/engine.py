@@ -310,7 +310,13 @@ class Engine:
         self._last_tick = 0.0
 
     def tick(self, now: float) -> None:
+        """Advance the progress bar to simulated time ``now`` (s), at most once per simulated second."""
         if now - self._last_tick >= 1.0:
+            if now > self.pbar.total:
+                # draining past the last arrival: the bar's end follows the clock (tqdm drops a total
+                # that n overtakes, and the bar format cannot print a missing total)
+                self.pbar.total = math.ceil(now)
+                self.pbar.set_description("serve (draining)", refresh=False)
             self.pbar.update(now - self._last_tick)
             self._last_tick = now
             self.pbar.set_postfix_str(f"done {self.completed}/{self.store.n}", refresh=False)
