@@ -11,10 +11,12 @@ Specs are presets (short names) or YAML paths; ``overrides`` are ``--set`` strin
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from simfoe.errors import SpecError
 from simfoe.forward import ForwardModel
+from simfoe.provenance import RunRecord, layout_info
+from simfoe.provenance import run_record as _run_record
 from simfoe.specs.io import build_placement, check_override_roots, load_hardware, load_model
 
 
@@ -39,7 +41,8 @@ def forward_model(model: str, hardware: str, nodes: int = 1, arch: str = "moe", 
 def forward(model: str, hardware: str, nodes: int = 1, arch: str = "moe", phase: str = "prefill",
             batch: int = 1, seq_len: int = 2048, routing: str = "uniform", overrides: Iterable[str] = (),
             seed: int = 0, per_layer: bool = False, timeline: str | None = None) -> dict:
-    """One forward pass; returns {"latency_s", "gpus", "breakdown_s", "comm_bytes", "local_activation_rate"}.
+    """One forward pass; returns {"latency_s", "gpus", "breakdown_s", "comm_bytes", "local_activation_rate",
+    "nodes_per_token", "micro_batches", "memory", "layout"} (``layout``: :meth:`simfoe.provenance.LayoutInfo.to_dict`).
 
     ``timeline``: path of a Chrome/Perfetto trace JSON to write (per-GPU compute, per-batch transfers).
     """
@@ -48,7 +51,15 @@ def forward(model: str, hardware: str, nodes: int = 1, arch: str = "moe", phase:
     r = fm.run(phase, int(batch), int(seq_len), per_layer=per_layer, timeline=events)
     if timeline:
         write_timeline(timeline, events)
-    return r.to_dict()
+    return {**r.to_dict(), "layout": layout_info(fm.layout, fm.placement.nodes).to_dict()}
+
+
+def run_record(model: str, hardware: str, nodes: int = 1, arch: str = "moe", overrides: Iterable[str] = (), *,
+               seed: int | None = None, routing: str | None = None, options: dict | None = None,
+               argv: Sequence[str] | None = None) -> RunRecord:
+    """The provenance record (:class:`simfoe.provenance.RunRecord`) of a run on these specs."""
+    m, hw, p = _specs(str(model), str(hardware), int(nodes), arch, tuple(overrides))
+    return _run_record(m, hw, p, overrides=tuple(overrides), seed=seed, routing=routing, options=options, argv=argv)
 
 
 def write_timeline(path: str, events: list) -> None:

@@ -20,6 +20,14 @@ class _FakeForward:
     gpus = 8
 
     def __init__(self):
+        from types import SimpleNamespace
+
+        from simfoe.specs.placement import MoELayout
+
+        # the layout serve reports (mixtral-8x7b's default on one 8-GPU node)
+        self.layout = MoELayout(gpus=8, gpus_per_node=8, attention="tp", attention_tp=8, ep=8, n_experts=8,
+                                top_k=2, expert_ffn=14336, dedup=True, all_to_all="direct")
+        self.placement = SimpleNamespace(nodes=1)
         from simfoe.serving import LinearStep
 
         self._lin = LinearStep(base_s=8e-3, per_prefill_token_s=2e-5, per_attn_pair_s=1e-9, per_decode_seq_s=1e-4,

@@ -41,9 +41,9 @@ def test_moe_ep_over_two_nodes_crosses_the_network():
 def test_json_keys_are_the_contract():
     r = forward("olmoe-1b-7b", "h100-sxm", nodes=1, arch="moe", phase="decode", batch=8, seq_len=512)
     # the DESIGN.md contract's keys, plus memory (weights and KV per GPU, whether they fit) and
-    # micro_batches (2 under placement.overlap=two-batch)
+    # micro_batches (2 under placement.overlap=two-batch) and layout (the resolved layout; test_provenance.py)
     assert set(r) == {"latency_s", "gpus", "breakdown_s", "comm_bytes", "local_activation_rate", "memory",
-                      "micro_batches"}
+                      "micro_batches", "layout"}
     assert r["micro_batches"] == 1
     assert set(r["memory"]) == {"weights_bytes_per_gpu", "kv_cache_bytes_per_gpu", "usable_hbm_bytes_per_gpu", "fits"}
     assert set(r["comm_bytes"]) == {"all_to_all", "all_reduce"}

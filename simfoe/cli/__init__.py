@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        args.argv = ["simfoe", *(sys.argv[1:] if argv is None else argv)]  # the run record's command line
         if not getattr(args, "func", None):
             parser.print_help()
             return 0

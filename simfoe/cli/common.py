@@ -168,3 +168,28 @@ def check_finite_result(value, args, what: str, caught: list) -> None:
                         f"inputs whose {what} (it overflowed; check --set values such as peak_flops or bandwidths)")
     for m in caught:
         warnings.showwarning(m.message, m.category, m.filename, m.lineno)
+
+
+#: argparse entries that are plumbing, not options of a run (left out of the run record's options)
+_NOT_OPTIONS = ("func", "render", "json", "progress", "overrides", "argv", "command")
+
+
+def run_record(args, nodes: int, arch: str, seed: int | None = None, routing: str | None = None) -> dict:
+    """The ``run`` provenance record of a forward or serve command (:func:`simfoe.api.run_record`):
+    version, command line, specs as resolved, ``--set`` list and the command's options."""
+    from simfoe.api import run_record as record
+
+    options = {k: v for k, v in vars(args).items() if k not in _NOT_OPTIONS}  # as given; resolved: specs
+    return record(args.model, args.hardware, nodes, arch, args.overrides, seed=seed, routing=routing,
+                  options=options, argv=getattr(args, "argv", None)).to_dict()
+
+
+def run_lines(r: dict) -> list[str]:
+    """Text lines naming what a forward or serve result simulated: its ``layout`` and ``run`` record."""
+    lines = [f"layout: {r['layout']['label']}"] if r.get("layout") else []
+    run = r.get("run")
+    if run:
+        sets = f"; --set {' '.join(run['overrides'])}" if run["overrides"] else ""
+        lines.append(f"run: {run['model']} on {run['hardware']}, routing {run['routing']}, seed {run['seed']}"
+                     f"{sets}; simfoe {run['simfoe_version']}")
+    return lines

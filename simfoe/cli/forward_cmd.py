@@ -1,7 +1,7 @@
 """`simfoe forward`: one forward pass of a model placed on a cluster."""
 from __future__ import annotations
 
-from simfoe.cli.common import add_json_flag, add_set_flag, table
+from simfoe.cli.common import add_json_flag, add_set_flag, run_lines, table
 from simfoe.inputs import check_text_file
 from simfoe.outputs import fmt_bytes, fmt_time
 from simfoe.paths import hardware_presets
@@ -41,7 +41,7 @@ def run(args) -> dict:
     import warnings
 
     from simfoe.api import forward
-    from simfoe.cli.common import MAX_TOKENS, check_finite_result, check_seed, placement_conflicts
+    from simfoe.cli.common import MAX_TOKENS, check_finite_result, check_seed, placement_conflicts, run_record
     from simfoe.inputs import check_routing_file
     from simfoe.errors import SpecError
     from simfoe.outputs import AtomicFiles, check_file
@@ -71,6 +71,7 @@ def run(args) -> dict:
             r = forward(args.model, args.hardware, nodes, arch, args.phase, args.batch, args.seq_len,
                         args.routing, args.overrides, args.seed, args.per_layer, tl)
         check_finite_result(r.get("latency_s"), args, "simulated latency is a finite number", caught)
+    r["run"] = run_record(args, nodes, arch, args.seed, args.routing)
     mem = r.get("memory")
     if mem and not mem["fits"]:
         import sys
@@ -87,7 +88,8 @@ def render(r: dict) -> str:
     rows = [[k, fmt_time(v), f"{100 * v / total:.1f}%" if total else "-"] for k, v in r["breakdown_s"].items() if v > 0]
     mb = ("; two micro-batches overlapped (communication rows: the exposed part)"
           if r.get("micro_batches", 1) > 1 else "")
-    out = [f"latency: {fmt_time(total)} on {r['gpus']} GPUs{mb}", "", table(rows, ["phase", "time", "share"]), ""]
+    out = [f"latency: {fmt_time(total)} on {r['gpus']} GPUs{mb}", *run_lines(r), "",
+           table(rows, ["phase", "time", "share"]), ""]
     crow = [[k, fmt_bytes(v["intra_node"]), fmt_bytes(v["inter_node"])] for k, v in r["comm_bytes"].items()]
     out.append(table(crow, ["bytes moved", "NVLink (intra-node)", "network (inter-node)"]))
     lar = r.get("local_activation_rate")

@@ -1,7 +1,7 @@
 """`simfoe serve`: request-level serving simulation (continuous batching on MoE or FoE replicas)."""
 from __future__ import annotations
 
-from simfoe.cli.common import add_json_flag, add_progress_flag, add_set_flag, table, want_progress
+from simfoe.cli.common import add_json_flag, add_progress_flag, add_set_flag, run_lines, table, want_progress
 from simfoe.outputs import fmt_time
 from simfoe.paths import hardware_presets
 
@@ -74,7 +74,7 @@ FLAGS = {"rate": "--rate", "duration": "--duration", "trace": "--trace", "arriva
 def run(args) -> dict:
     import warnings
 
-    from simfoe.cli.common import check_finite_result, check_seed, placement_conflicts, renamed_fields
+    from simfoe.cli.common import check_finite_result, check_seed, placement_conflicts, renamed_fields, run_record
     from simfoe.inputs import check_routing_file, check_text_file
     from simfoe.specs.io import check_override_roots
     from simfoe.outputs import check_dir, check_file
@@ -105,6 +105,7 @@ def run(args) -> dict:
             skip_bad_rows=args.skip_bad_rows, record_timeline=args.timeline is not None)
     sim_s = (res.summary.get("sim") or {}).get("simulated_s")
     check_finite_result(sim_s, args, "simulated iteration times are finite numbers", caught)
+    res.summary["run"] = run_record(args, nodes, args.arch, args.seed, args.routing)
     # every output is written under a temporary name first and renamed only when all are written
     api.write_serving_outputs(res, args.out, args.timeline, "--out", "--timeline")
     return res.summary
@@ -119,6 +120,7 @@ def render(r: dict) -> str:
     lines = [
         f"{r['model']} on {r['replicas']} x {r['nodes']} node(s) of {r['hardware']} ({r['arch']}), "
         f"{r.get('gpus_per_replica') or '?'} GPUs per replica",
+        *run_lines(r),
         f"workload: {r['workload']['source']}",
         f"requests: {req['completed']}/{req['total']} completed"
         + (f", {req['dropped']} dropped {req['dropped_by_reason']}" if req["dropped"] else ""),

@@ -309,7 +309,7 @@ class ForwardModel:
                 self._slots.append(placed[key])
         #: data-parallel attention groups that prefill chunks are spread over (MoE: GPUs / attention TP;
         #: FoE: 1, every GPU sees every token); serving passes ``prefill_seqs`` up to this many
-        self.prefill_groups = 1 if placement.arch == "foe" else self.gpus // self.layout.attention_tp
+        self.prefill_groups = self.layout.attention_dp
 
     # ---- memory ------------------------------------------------------------------------------
     def weight_bytes_per_gpu(self) -> float:

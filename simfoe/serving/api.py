@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from simfoe.errors import SpecError
+from simfoe.provenance import layout_info
 from simfoe.serving.engine import Engine, EngineConfig
 from simfoe.serving.metrics import DROP_REASONS, STATUS_DONE, dist
 
@@ -226,12 +227,13 @@ def simulate_serving(model, hardware, nodes: int, arch: str, trace, rate: float 
     _check_slo("slo_ttft", slo_ttft)
     _check_slo("slo_tbt", slo_tbt)
     reqs = make_workload(trace, rate=rate, duration=duration, arrival=arrival, seed=seed, skip_bad_rows=skip_bad_rows)
-    gpus = None
+    gpus = layout = None
     if step_model is None:
         fm, m, hw = build_forward(model, hardware, nodes, arch, routing, overrides, seed)
         step_model = fm
         kv_capacity_tokens = fm.kv_capacity_tokens()
         gpus = fm.gpus
+        layout = layout_info(fm.layout, fm.placement.nodes).to_dict()
     elif kv_capacity_tokens is None:
         raise SpecError("kv_capacity_tokens", None, "an integer number of tokens when step_model is given")
     res = simulate(reqs, step_model, kv_capacity_tokens, replicas=replicas, router=router, scheduler=scheduler,
@@ -249,6 +251,7 @@ def simulate_serving(model, hardware, nodes: int, arch: str, trace, rate: float 
         "arch": arch,
         "replicas": replicas,
         "gpus_per_replica": gpus,
+        "layout": layout,  # simfoe.provenance.LayoutInfo of one replica (None with a custom step_model)
         "router": router,
         "scheduler": scheduler,
         "max_batch": max_batch,

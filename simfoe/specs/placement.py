@@ -84,6 +84,11 @@ class MoELayout:
         """Expert slots per GPU (replicas included)."""
         return (self.n_experts + self.redundant) // self.ep
 
+    @property
+    def attention_dp(self) -> int:
+        """Data-parallel attention ranks: GPUs / attention TP (each holds its own sequences)."""
+        return self.gpus // self.attention_tp
+
 
 @dataclass(frozen=True)
 class FoELayout:
@@ -102,6 +107,11 @@ class FoELayout:
     @property
     def experts_per_gpu(self) -> int:
         return self.experts_per_cluster * self.clusters_per_gpu // self.gpus_per_cluster
+
+    @property
+    def attention_dp(self) -> int:
+        """Data-parallel attention ranks: 1 (every GPU computes its clusters' heads for every token)."""
+        return 1
 
 
 def ep_sizes(gpus: int, slots: int) -> list[int]:

@@ -1,0 +1,109 @@
+"""What a run simulated, so that two runs can be compared and one reproduced.
+
+* :class:`LayoutInfo` - the resolved layout of one model instance (MoE: EP size, attention TP and
+  DP ranks; FoE: clusters x GPUs per cluster; nodes and GPUs), built by :func:`layout_info` from the
+  layout that :mod:`simfoe.specs.placement` resolves (``ForwardModel.layout``). ``forward`` and
+  ``serve`` results carry it as ``layout``.
+* :class:`RunRecord` - the provenance record: simfoe version, the command line, model and hardware
+  names, ``--set`` overrides, seed, routing, the command's options and the resolved specs. The CLI
+  adds it to ``forward`` and ``serve`` output as ``run``; :func:`run_record` builds it.
+
+This module sits beside the specs: it imports nothing above them.
+"""
+from __future__ import annotations
+
+import shlex
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+from simfoe.specs.hardware import HardwareSpec
+from simfoe.specs.model import ModelSpec
+from simfoe.specs.placement import FoELayout, MoELayout, PlacementSpec
+
+#: Keys of a hardware spec left out of a run record: the per-number source map (it stays in the
+#: profile file, named by the hardware name) and the free-text description. Neither changes a result.
+HARDWARE_OMITTED = ("provenance", "description")
+
+
+@dataclass(frozen=True)
+class LayoutInfo:
+    """Resolved layout of one model instance. Counts are GPUs or ranks; None: not this arch's concept."""
+
+    arch: str  # "moe" | "foe"
+    nodes: int
+    gpus: int
+    gpus_per_node: int
+    ep: int | None = None  # MoE: expert-parallel group size (None for a dense model)
+    attention: str | None = None  # MoE: "tp" (TP inside a node, DP across) | "dp" (DP everywhere)
+    attention_tp: int | None = None  # MoE: attention tensor-parallel degree
+    attention_dp: int | None = None  # MoE: data-parallel attention ranks = GPUs / attention TP
+    redundant_experts: int | None = None  # MoE: extra expert replicas per EP group
+    clusters: int | None = None  # FoE: expert clusters
+    gpus_per_cluster: int | None = None  # FoE: GPUs per cluster, inside one node
+    clusters_per_gpu: int | None = None  # FoE: clusters sharing one GPU (1 unless clusters > GPUs)
+
+    def label(self) -> str:
+        """One line, e.g. ``MoE: EP 16, attention TP 8 x DP 2; 2 nodes x 8 GPUs``."""
+        where = f"{self.nodes} node{'s' if self.nodes != 1 else ''} x {self.gpus_per_node} GPUs"
+        if self.arch == "foe":
+            per = (f"{self.clusters_per_gpu} per GPU" if (self.clusters_per_gpu or 1) > 1
+                   else f"{self.gpus_per_cluster} GPU{'s' if self.gpus_per_cluster != 1 else ''} per cluster")
+            return f"FoE: {self.clusters} clusters x {per}; {where}"
+        head = f"MoE: EP {self.ep}," if self.ep is not None else "dense:"
+        extra = f", +{self.redundant_experts} redundant experts" if self.redundant_experts else ""
+        return f"{head} attention TP {self.attention_tp} x DP {self.attention_dp}{extra}; {where}"
+
+    def to_dict(self) -> dict:
+        """The set fields plus ``label``."""
+        return {**{k: v for k, v in asdict(self).items() if v is not None}, "label": self.label()}
+
+
+def layout_info(layout: MoELayout | FoELayout, nodes: int) -> LayoutInfo:
+    """:class:`LayoutInfo` of a resolved layout of an instance on ``nodes`` nodes."""
+    base = dict(nodes=int(nodes), gpus=layout.gpus, gpus_per_node=layout.gpus_per_node)
+    if isinstance(layout, FoELayout):
+        return LayoutInfo("foe", **base, clusters=layout.clusters, gpus_per_cluster=layout.gpus_per_cluster,
+                          clusters_per_gpu=layout.clusters_per_gpu)
+    dense = layout.n_experts <= 1
+    return LayoutInfo("moe", **base, ep=None if dense else layout.ep, attention=layout.attention,
+                      attention_tp=layout.attention_tp, attention_dp=layout.attention_dp,
+                      redundant_experts=None if dense else layout.redundant)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """Provenance of one run: enough to reproduce it and to tell two runs apart."""
+
+    simfoe_version: str
+    command: str | None  # the command line as typed (shell-quoted); None from the Python API
+    model: str  # model spec name
+    hardware: str  # hardware spec name
+    overrides: tuple[str, ...]  # the --set list, in order
+    seed: int | None
+    routing: str | None
+    options: dict = field(default_factory=dict)  # the command's options (flags) as given
+    specs: dict = field(default_factory=dict)  # {"model", "hardware", "placement"}: resolved spec dumps
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["overrides"] = list(self.overrides)
+        return d
+
+
+def command_line(argv: Sequence[str] | None) -> str | None:
+    """``["simfoe", "forward", ...]`` as one shell-quoted line (None stays None)."""
+    return None if argv is None else shlex.join(str(a) for a in argv)
+
+
+def run_record(model: ModelSpec, hw: HardwareSpec, placement: PlacementSpec, *, overrides: Sequence[str] = (),
+               seed: int | None = None, routing: str | None = None, options: dict | None = None,
+               argv: Sequence[str] | None = None) -> RunRecord:
+    """The :class:`RunRecord` of a run of ``model`` on ``hw`` laid out as ``placement`` (resolved specs,
+    overrides already applied); ``argv`` is the command line that started it, when there was one."""
+    from simfoe import __version__
+
+    hw_dump = {k: v for k, v in hw.model_dump(mode="json").items() if k not in HARDWARE_OMITTED}
+    specs = {"model": model.model_dump(mode="json"), "hardware": hw_dump,
+             "placement": placement.model_dump(mode="json")}
+    return RunRecord(__version__, command_line(argv), model.name, hw.name, tuple(str(o) for o in overrides),
+                     seed, routing, dict(options or {}), specs)

@@ -1,0 +1,122 @@
+"""Outputs say what was simulated: the resolved layout (``layout``) and the provenance record (``run``:
+version, command line, specs, overrides, seed, routing) of forward and serve, by hand-computed cases
+and properties of the layout arithmetic."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import simfoe
+from simfoe.cli import main
+from simfoe.errors import SpecError
+from simfoe.provenance import layout_info
+from simfoe.specs.io import build_placement, load_model
+from simfoe.specs.placement import resolve_foe, resolve_moe
+
+FWD = ["forward", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--phase", "decode", "--batch", "2",
+       "--seq-len", "64"]
+
+
+def cli_json(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr().out
+    assert code == 0 and out.count("\n") == 1
+    return json.loads(out)
+
+
+def layout(model: str, arch: str, nodes: int, *overrides: str, gpn: int = 8):
+    m = load_model(model, list(overrides))
+    p = build_placement(arch, nodes, list(overrides))
+    return layout_info((resolve_foe if arch == "foe" else resolve_moe)(m, gpn, p), nodes)
+
+
+def test_hand_computed_layouts():
+    # mixtral-8x7b has 8 KV heads -> 8 FoE clusters; 16 GPUs -> 2 GPUs per cluster
+    foe = layout("mixtral-8x7b", "foe", 2)
+    assert (foe.clusters, foe.gpus_per_cluster, foe.gpus) == (8, 2, 16)
+    assert foe.label() == "FoE: 8 clusters x 2 GPUs per cluster; 2 nodes x 8 GPUs"
+    # deepseek-v3: 256 experts over 16 GPUs; attention TP inside the node (8), DP across the 2 nodes
+    moe = layout("deepseek-v3", "moe", 2)
+    assert (moe.ep, moe.attention_tp, moe.attention_dp) == (16, 8, 2)
+    assert moe.label() == "MoE: EP 16, attention TP 8 x DP 2; 2 nodes x 8 GPUs"
+    dp = layout("deepseek-v3", "moe", 4, "placement.moe.attention=dp", "placement.moe.redundant_experts=32")
+    assert (dp.ep, dp.attention_tp, dp.attention_dp, dp.redundant_experts) == (32, 1, 32, 32)
+    assert "+32 redundant experts" in dp.label()
+    dense = layout("llama-3-70b", "moe", 1)
+    assert dense.ep is None and dense.label().startswith("dense: attention TP 8 x DP 1")
+    assert "ep" not in dense.to_dict()
+
+
+@settings(max_examples=40, deadline=None)
+@given(model=st.sampled_from(["mixtral-8x7b", "qwen3-30b-a3b", "deepseek-v3", "olmoe-1b-7b", "gpt-oss-120b"]),
+       arch=st.sampled_from(["moe", "foe"]), nodes=st.integers(1, 4), attention=st.sampled_from(["tp", "dp"]),
+       gpn=st.sampled_from([4, 8]))
+def test_layout_counts_add_up(model, arch, nodes, attention, gpn):
+    try:
+        info = layout(model, arch, nodes, f"placement.moe.attention={attention}", gpn=gpn)
+    except SpecError:
+        return  # a layout the placement refuses is not reported
+    assert info.gpus == nodes * gpn == info.gpus_per_node * info.nodes
+    if arch == "moe":
+        assert info.attention_tp * info.attention_dp == info.gpus
+        assert info.gpus % info.ep == 0
+    else:
+        assert info.clusters * info.gpus_per_cluster == info.gpus * info.clusters_per_gpu
+        assert info.gpus_per_cluster <= gpn  # a cluster never straddles nodes
+
+
+def test_forward_json_carries_layout_and_run(capsys):
+    argv = [*FWD, "--nodes", "2", "--arch", "foe", "--set", "hardware.network.nic_bandwidth=100e9", "--seed", "3",
+            "--json"]
+    r = cli_json(capsys, *argv)
+    # the contract's keys are still there; layout and run are added
+    assert {"latency_s", "gpus", "breakdown_s", "comm_bytes", "local_activation_rate"} <= set(r)
+    assert r["layout"]["label"] == "FoE: 8 clusters x 2 GPUs per cluster; 2 nodes x 8 GPUs"
+    run = r["run"]
+    assert run["simfoe_version"] == simfoe.__version__
+    assert run["command"] == "simfoe " + " ".join(argv)
+    assert (run["model"], run["hardware"], run["seed"], run["routing"]) == ("mixtral-8x7b", "h100-sxm", 3, "uniform")
+    assert run["overrides"] == ["hardware.network.nic_bandwidth=100e9"]
+    assert run["options"]["batch"] == 2 and run["options"]["phase"] == "decode"
+    # the specs as resolved: the override applied, the placement as it ran
+    assert run["specs"]["hardware"]["network"]["nic_bandwidth"] == 100e9
+    assert run["specs"]["placement"]["arch"] == "foe" and run["specs"]["placement"]["nodes"] == 2
+    assert "provenance" not in run["specs"]["hardware"]
+
+
+def test_forward_layout_follows_set_placement(capsys):
+    r = cli_json(capsys, *FWD, "--set", "placement.nodes=2", "--set", "placement.moe.attention=dp", "--json")
+    assert (r["layout"]["nodes"], r["layout"]["attention_dp"], r["gpus"]) == (2, 16, 16)
+    assert r["run"]["options"]["nodes"] is None  # as given; the resolved value is in specs and layout
+    assert r["run"]["specs"]["placement"]["nodes"] == 2
+
+
+def test_forward_text_names_layout_and_run(capsys):
+    assert main([*FWD, "--set", "model.dtype=fp8"]) == 0
+    out = capsys.readouterr().out
+    assert "\nlayout: MoE: EP 8, attention TP 8 x DP 1; 1 node x 8 GPUs\n" in out
+    assert f"run: mixtral-8x7b on h100-sxm, routing uniform, seed 0; --set model.dtype=fp8; simfoe {simfoe.__version__}" in out
+
+
+def test_serve_summary_and_files_carry_layout_and_run(fake_forward, capsys, tmp_path):
+    argv = ["serve", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--arch", "moe", "--trace", "longbench",
+            "--rate", "2", "--duration", "10", "--out", tmp_path / "o", "--json"]
+    r = cli_json(capsys, *argv)
+    assert r["layout"]["label"] == "MoE: EP 8, attention TP 8 x DP 1; 1 node x 8 GPUs"
+    assert r["run"]["command"].startswith("simfoe serve --model mixtral-8x7b") and r["run"]["seed"] == 0
+    assert r["run"]["options"]["rate"] == 2
+    stored = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert stored["run"] == r["run"] and stored["layout"] == r["layout"]
+    main(argv[:-3])  # the text summary
+    assert "\nlayout: MoE: EP 8" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("arch", ["moe", "foe"])
+def test_api_forward_layout_matches_gpus(arch):
+    from simfoe.api import forward
+
+    r = forward("olmoe-1b-7b", "h100-sxm", nodes=1, arch=arch, phase="decode", batch=4, seq_len=64)
+    assert r["layout"]["gpus"] == r["gpus"] and r["layout"]["arch"] == arch
