@@ -1,7 +1,9 @@
 """Errors that users see.
 
 ``SpecError`` is raised for bad input anywhere in simfoe. The CLI turns it into one line
-``error: <field>: <value!r> is not allowed; <allowed>`` on stderr and exit code 2.
+``error: <field>: <value!r> is not allowed; <allowed>`` on stderr and exit code 2; where a value
+cannot be shown (a missing option, a flag that takes none), ``problem`` words the middle part:
+``error: <field>: <problem>; <allowed>``.
 """
 from __future__ import annotations
 
@@ -23,9 +25,10 @@ def plain(value: object) -> object:
 class SpecError(ValueError):
     """Bad user input: names the field, the value given and what is allowed."""
 
-    def __init__(self, field: str, value: object, allowed: str):
+    def __init__(self, field: str, value: object, allowed: str, *, problem: str | None = None):
         value = plain(value)
         self.field = field
         self.value = value
         self.allowed = allowed
-        super().__init__(f"{field}: {value!r} is not allowed; {allowed}")
+        self.problem = problem
+        super().__init__(f"{field}: {problem or f'{value!r} is not allowed'}; {allowed}")

@@ -410,7 +410,7 @@ def test_kernel_errors_name_the_flag_and_list_accepted_dtypes(capsys):
         assert code == 0, e
     assert "fp16" in allowed and "fp32" not in allowed
     one_line_error(*cli(capsys, *base, "--op", "grouped_gemm", "--tokens", "", "--n", "1", "--k", "1", "--json"),
-                   "--tokens: ''")
+                   "--tokens: empty; --tokens is required for --op grouped_gemm")
 
 
 # ---------------------------------------------------------------- A9: conflicting inputs
@@ -443,7 +443,7 @@ def test_calibrate_quick_with_from_is_an_error(capsys):
     one_line_error(*cli(capsys, "calibrate", "--from", "validation/data/h100-sxm-2026-11-24", "--quick", "--json"),
                    "--quick", "--device")
     one_line_error(*cli(capsys, "calibrate", "--device", "cpu", "--from", "x", "--json"), "--device/--from",
-                   "both given")
+                   "both are given")
 
 
 # ---------------------------------------------------------------- B4: --help

@@ -44,8 +44,8 @@ def run(args):
     from simfoe.paths import REPO_ROOT
 
     if (args.device is None) == (args.src is None):
-        raise SpecError("--device/--from", "neither given" if args.device is None else "both given",
-                        "exactly one of --device (measure) or --from (fit)")
+        raise SpecError("--device/--from", None, "give exactly one: --device (measure) or --from (fit)",
+                        problem="neither is given" if args.device is None else "both are given")
     if args.device:
         if not args.out:
             raise SpecError("--out", None, "a folder for the measurement set, e.g. validation/data/NAME/")

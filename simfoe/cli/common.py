@@ -99,7 +99,7 @@ class renamed_fields:
 
         if isinstance(exc, SpecError) and exc.field in self.mapping:
             flag = self.mapping[exc.field]
-            new = SpecError(flag, self.values.get(exc.field, exc.value), exc.allowed)
+            new = SpecError(flag, self.values.get(exc.field, exc.value), exc.allowed, problem=getattr(exc, "problem", None))
             msg = str(exc)
             if exc.field not in self.values and msg.startswith(exc.field + ":"):
                 new.args = (flag + msg[len(exc.field):],)  # keep the original detail (e.g. a trace row)

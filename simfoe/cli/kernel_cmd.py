@@ -102,7 +102,10 @@ def evaluate(hw, fields: dict, prefix: str = "--") -> dict:
         raise SpecError(name("op"), fields.get("op"), "allowed: " + ", ".join(OPS))
     for f in REQUIRED[op]:
         if fields.get(f) in (None, ""):
-            raise SpecError(name(f), fields.get(f), f"required for op {op}")
+            kind = ("an integer >= 0" if f in INT_FIELDS else "a number >= 0" if f in FLOAT_FIELDS
+                    else "per-expert token counts, e.g. 12,0,7")
+            raise SpecError(name(f), None, f"{name(f).strip()} is required for {'--op' if prefix == '--' else 'op'} "
+                            f"{op} ({kind})", problem="empty" if fields.get(f) == "" else "not given")
     v: dict = {}
     for f in INT_FIELDS:
         if fields.get(f) not in (None, ""):

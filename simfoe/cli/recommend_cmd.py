@@ -98,6 +98,8 @@ def run(args) -> dict:
 
 
 def render(r: dict) -> str:
+    from simfoe.planner.report import pruned_words
+
     s = r["search"]
     lines = [f"{r['model']} on {', '.join(r['hardware'])}, up to {r['max_nodes']} node(s); workload {r['trace']}"]
     rec = r.get("recommended")
@@ -120,8 +122,8 @@ def render(r: dict) -> str:
         lines += ["", table(rows, head)]
     lines.append("")
     lines.append(f"{s['candidates']} layouts: {s['simulated']} simulated ({s['probes']} probes"
-                 f"{', %d missed the SLOs at every rate' % s['infeasible_after_simulation'] if s.get('infeasible_after_simulation') else ''}), {s['pruned']} pruned "
-                 f"{s['pruned_by_reason']}, {s['skipped_placements']} invalid placements; search {s['wall_s']:.1f} s")
+                 f"{', %d missed the SLOs at every rate' % s['infeasible_after_simulation'] if s.get('infeasible_after_simulation') else ''}), "
+                 f"{pruned_words(s)}, {s['skipped_placements']} invalid placements; search {s['wall_s']:.1f} s")
     if r.get("why"):
         lines.append(r["why"])
     if "files" in r:

@@ -54,7 +54,9 @@ class Candidate:
             dd = "dedup" if s.get("placement.moe.dedup_dispatch", True) else "per-choice"
             body = f"MoE {att_s}, EP{ep}, {dd} dispatch"
         else:
-            body = f"FoE C={s.get('placement.foe.clusters')} x {s.get('placement.foe.gpus_per_cluster')} GPU"
+            C, g = s.get("placement.foe.clusters"), s.get("placement.foe.gpus_per_cluster")
+            per_gpu = C // self.gpus if isinstance(C, int) and C > self.gpus else 0
+            body = f"FoE C={C}, {per_gpu} per GPU" if per_gpu else f"FoE C={C} x {g} GPU"
         return f"{body} | {self.nodes} node(s) {self.hardware} x{self.replicas}"
 
     def key(self) -> tuple:

@@ -89,33 +89,63 @@ def caveats(result: dict) -> list[str]:
 
 
 def explain(result: dict) -> str:
-    """One sentence on why the winner wins, from the per-request time breakdowns of the analysis."""
+    """One sentence on why the winner wins, from the per-request time breakdowns of the analysis; every
+    comparison it words (wins/tied, less/more busy time) agrees with the figures it quotes."""
     an, rec = result.get("analysis") or {}, result.get("recommended")
     if not rec or rec["label"] not in an or len(an) < 2:
         return ""
-    names = {"compute_s": "compute", "all_to_all_s": "all-to-all", "all_reduce_s": "all-reduce", "queueing_s": "queueing"}
+    key, unit = _rank_metric(result)
+    rank = {x["label"]: x.get(key) for x in result.get("layouts", [])}
     w = an[rec["label"]]["breakdown"]
-    out = []
-    for label, a in an.items():
-        if label == rec["label"]:
-            continue
-        b = a["breakdown"]
-        diff = {k: b.get(k, 0.0) - w.get(k, 0.0) for k in ("compute_s", "all_to_all_s", "all_reduce_s")}
-        k = max(diff, key=lambda x: abs(diff[x]))
-        busy_w = sum(w[x] for x in diff)
-        busy_b = sum(b[x] for x in diff)
-        out.append(f"against {label}: {busy_w:.3g} s vs {busy_b:.3g} s of busy GPU time per request, the largest "
-                   f"difference in {names[k]} ({diff[k]:+.3g} s for the other layout)")
-    msg = f"{rec['label']} wins; " + "; ".join(out) + "."
-    ru = result.get("runner_up")
+    out = [_against(label, w, a["breakdown"], (rank.get(rec["label"]), rank.get(label)), unit)
+           for label, a in an.items() if label != rec["label"]]
+    return _verdict(result) + "; ".join(out) + "."
+
+
+def _rank_metric(result: dict) -> tuple[str, str]:
+    """(layout key, unit) of what the layouts are ranked by: goodput per GPU or requests per dollar."""
+    if result.get("rank_by") == "goodput per dollar":
+        return "requests_per_dollar", "requests per $"
+    return "goodput_rps_per_gpu", "req/s per GPU"
+
+
+def _verdict(result: dict) -> str:
+    """'X wins: ...; ' or, when the margin over the runner-up is within the rate search's resolution,
+    'X and Y are tied: ...; '."""
+    rec, ru = result["recommended"], result.get("runner_up")
     steps = result.get("workload", {}).get("bisect_steps")
-    if ru and ru.get("goodput_rps_per_gpu") and rec.get("goodput_rps_per_gpu") and steps is not None:
-        margin = rec["goodput_rps_per_gpu"] / ru["goodput_rps_per_gpu"] - 1
+    key, unit = _rank_metric(result)
+    if ru and ru.get(key) and rec.get(key) and steps is not None:
+        margin = rec[key] / ru[key] - 1
         res = 2 ** (1 / 2 ** steps) - 1
         if margin <= res:
-            msg += (f" The margin over the runner-up ({margin:.1%}) is within the rate search's resolution "
-                    f"({res:.1%}): treat the two as tied.")
-    return msg
+            return (f"{rec['label']} and the runner-up {ru['label']} are tied: {rec[key]:.3g} vs {ru[key]:.3g} "
+                    f"{unit}, {margin:.1%} apart, within the rate search's resolution ({res:.1%}); ")
+    return f"{rec['label']} wins; "
+
+
+def _against(label: str, w: dict, b: dict, ranks: tuple, unit: str) -> str:
+    """The winner's busy GPU time per request (breakdown ``w``) against layout ``label``'s (``b``), seconds.
+    Less: the category where the other spends the most extra. Not less: the edge is the ranked rate
+    (``ranks``: the two layouts' values, in ``unit``)."""
+    names = {"compute_s": "compute", "all_to_all_s": "all-to-all", "all_reduce_s": "all-reduce"}
+    diff = {k: b.get(k, 0.0) - w.get(k, 0.0) for k in names}
+    busy_w, busy_b = (float(f"{sum(x.get(k, 0.0) for k in names):.3g}") for x in (w, b))
+    head = f"against {label}: {busy_w:.3g} s vs {busy_b:.3g} s of busy GPU time per request"
+    if busy_w < busy_b:
+        k = max(diff, key=diff.get)
+        return f"{head}; the other layout's largest excess is {names[k]} ({diff[k]:+.3g} s)"
+    rates = f" ({ranks[0]:.3g} vs {ranks[1]:.3g} {unit})" if all(ranks) else ""
+    return (f"{head}: the other layout is not slower per request; the winner's edge is its rate under the "
+            f"SLOs{rates}")
+
+
+def pruned_words(search: dict) -> str:
+    """'N pruned (count reason, ...)' or 'none pruned': layouts rejected without a rate search."""
+    by = search.get("pruned_by_reason") or {}
+    if not search.get("pruned"):
+        return "none pruned"
+    return f"{search['pruned']} pruned ({', '.join(f'{v} {k}' for k, v in by.items())})"
 
 
 # ---- plots -------------------------------------------------------------------------------------
@@ -267,6 +297,7 @@ def render_html(result: dict) -> str:
                              "decode batch"], rows))
         if "breakdown" in figs:
             parts.append(f"<img alt=\"time breakdown\" src=\"{figs['breakdown']}\">")
+    if any(a.get("sensitivity") for a in an.values()):  # absent under --no-sensitivity
         parts.append("<h2>Sensitivity</h2><p>SLO metrics at each layout's maximum rate when conditions change "
                      "(one probe each):</p>")
         rows = []

@@ -96,8 +96,8 @@ class PlanConfig:
             if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise SpecError("--" + name.replace("_", "-"), v, "seconds > 0")
         if self.slo_ttft_p90 is None and self.slo_tbt_p99 is None:
-            raise SpecError("--slo-ttft-p90/--slo-tbt-p99", "neither given",
-                            "at least one of --slo-ttft-p90, --slo-tbt-p99 (seconds)")
+            raise SpecError("--slo-ttft-p90/--slo-tbt-p99", None,
+                            "give at least one of --slo-ttft-p90, --slo-tbt-p99 (seconds)", problem="neither is given")
         if not (isinstance(self.requests, int) and self.requests >= 20):
             raise SpecError("--requests", self.requests, "an integer >= 20 requests per probe")
         if not (isinstance(self.bisect_steps, int) and 0 <= self.bisect_steps <= 10):

@@ -212,12 +212,22 @@ def resolve_foe(model: ModelSpec, gpus_per_node: int, p: PlacementSpec) -> FoELa
     if a.n_heads % C:
         raise SpecError("placement.foe.clusters", C, f"must divide n_heads ({a.n_heads})")
     ec, kc, fw = derive_foe_experts(model, C, f)
-    if f.gpus_per_cluster is not None:
-        g = f.gpus_per_cluster
-        if g * C != G and not (g == 1 and C % G == 0):
-            raise SpecError("placement.foe.gpus_per_cluster", g, f"clusters x gpus_per_cluster must equal the {G} GPUs")
-    else:
-        g = max(1, G // C)
+    try:
+        g, cpg = _foe_shape(G, C, gpus_per_node, ec, f.gpus_per_cluster)
+    except SpecError as e:
+        if f.gpus_per_cluster is not None:
+            raise  # the user's own gpus_per_cluster: the message names it
+        raise _foe_misfit(model, p, gpus_per_node, C, e) from None
+    kvpc = (a.n_kv_heads / C) if a.kind != "mla" else a.n_heads / C
+    return FoELayout(G, gpus_per_node, C, g, cpg, ec, kc, fw, kvpc, f.all_reduce, derive_foe_shared(model, C, f))
+
+
+def _foe_shape(G: int, C: int, gpn: int, ec: int, g_set: int | None = None) -> tuple[int, int]:
+    """(GPUs per cluster, clusters per GPU) of C clusters with ec experts each on G GPUs, gpn per node;
+    ``g_set``: the user's placement.foe.gpus_per_cluster (None: derived). SpecError when none exists."""
+    if g_set is not None and g_set * C != G and not (g_set == 1 and C % G == 0):
+        raise SpecError("placement.foe.gpus_per_cluster", g_set, f"clusters x gpus_per_cluster must equal the {G} GPUs")
+    g = g_set if g_set is not None else max(1, G // C)
     if G >= C:
         if G % C:
             raise SpecError("placement.foe.clusters", C, f"must divide the GPU count ({G}) or be a multiple of it")
@@ -226,10 +236,45 @@ def resolve_foe(model: ModelSpec, gpus_per_node: int, p: PlacementSpec) -> FoELa
         if C % G:
             raise SpecError("placement.foe.clusters", C, f"must be a multiple of the GPU count ({G}) when larger")
         cpg, g = C // G, 1
-    if g > gpus_per_node or gpus_per_node % g:
+    if g > gpn or gpn % g:
         raise SpecError("placement.foe.gpus_per_cluster", g,
-                        f"a cluster lives inside one node: must divide GPUs per node ({gpus_per_node})")
+                        f"a cluster lives inside one node: must divide GPUs per node ({gpn})")
     if ec % g:
         raise SpecError("placement.foe.gpus_per_cluster", g, f"must divide experts per cluster ({ec})")
-    kvpc = (a.n_kv_heads / C) if a.kind != "mla" else a.n_heads / C
-    return FoELayout(G, gpus_per_node, C, g, cpg, ec, kc, fw, kvpc, f.all_reduce, derive_foe_shared(model, C, f))
+    return g, cpg
+
+
+def _foe_fits(model: ModelSpec, G: int, C: int, gpn: int, f: FoEPlacement) -> bool:
+    """Whether C clusters (experts derived as :func:`resolve_foe` does) have a shape on G GPUs."""
+    try:
+        ec = derive_foe_experts(model, C, f)[0]
+        derive_foe_shared(model, C, f)
+        _foe_shape(G, C, gpn, ec)
+    except SpecError:
+        return False
+    return True
+
+
+def _foe_misfit(model: ModelSpec, p: PlacementSpec, gpn: int, C: int, e: SpecError) -> SpecError:
+    """The error for a derived FoE shape that does not exist: it names the user's inputs (nodes, arch,
+    clusters) and the node counts and cluster counts that would work."""
+    a, G = model.attention, p.nodes * gpn
+    heads = a.n_heads if a.kind == "mla" else a.n_kv_heads
+    unit = "query heads" if a.kind == "mla" else "KV heads"
+    src = "placement.foe.clusters" if p.foe.clusters is not None else f"the default, one per {unit[:-1]}"
+    if e.field == "placement.foe.clusters":
+        why = f"the {G} GPUs do not split evenly into them"
+    elif "GPUs per node" in e.allowed:
+        why = f"that is {e.value} GPUs per cluster, and a cluster must fit evenly inside one {gpn}-GPU node"
+    else:
+        why = (f"that is {e.value} GPUs per cluster, which do not split a cluster's "
+               f"{derive_foe_experts(model, C, p.foe)[0]} experts evenly")
+    nodes_ok = [str(n) for n in range(1, 65) if _foe_fits(model, n * gpn, C, gpn, p.foe)][:6]
+    cs = [c for c in range(1, heads + 1) if heads % c == 0 and a.n_heads % c == 0]
+    cs_ok = [str(c) for c in cs if _foe_fits(model, G, c, gpn, p.foe)]
+    on_these = (f"placement.foe.clusters={' or '.join(cs_ok)} on {p.nodes} node(s)" if cs_ok else
+                f"no cluster count that divides the {heads} {unit} fits {p.nodes} node(s)")
+    return SpecError("nodes", p.nodes,
+                     f"allowed: nodes {', '.join(nodes_ok) or 'none up to 64'} for {C} clusters; {on_these}; or arch moe",
+                     problem=f"{p.nodes} is not allowed with arch foe: {C} clusters ({src}) on {p.nodes} node(s) "
+                     f"of {gpn} GPUs; {why}")

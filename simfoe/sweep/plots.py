@@ -52,8 +52,15 @@ def _slug(items: dict) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "", s)[:80]
 
 
+def _value(key: str, v) -> str:
+    """A swept value as a title shows it: bandwidths (bytes/s in specs) in GB/s, others as given."""
+    if "bandwidth" in key.rsplit(".", 1)[-1] and isinstance(v, (int, float, np.number)) and not isinstance(v, bool):
+        return f"{float(v) / 1e9:g} GB/s"
+    return str(v)
+
+
 def _label(items: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in items.items())
+    return ", ".join(f"{k}={_value(k, v)}" for k, v in items.items())
 
 
 def _facets(df: pd.DataFrame, cols: list[str]):
@@ -139,8 +146,10 @@ def plot_forward(df: pd.DataFrame, d: Path, formats) -> list[Path]:
 
         # 2. speed-up heatmap (MoE latency / FoE latency)
         if {"moe", "foe"} <= set(sub["arch"].unique()):
-            fig, axes = plt.subplots(1, len(phases), figsize=(5.4 * len(phases), 0.5 * len(nodes) + 2.6),
-                                     squeeze=False)
+            # constrained layout keeps the (possibly two-line) suptitle clear of the subplot titles and
+            # the shared colorbar, which tight_layout cannot place
+            fig, axes = plt.subplots(1, len(phases), figsize=(5.4 * len(phases), 0.5 * len(nodes) + 2.6 + 0.3 * bool(note)),
+                                     squeeze=False, layout="constrained")
             from matplotlib.colors import TwoSlopeNorm
 
             im = None

@@ -88,7 +88,8 @@ def run_sweep(spec: SweepSpec | str | Path | None = None, out: str | Path = "sim
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise SpecError("--chunk-size", chunk_size, "a positive integer")
     if resume and overwrite:
-        raise SpecError("--overwrite", True, "not together with --resume")
+        raise SpecError("--overwrite", True, "use --resume to continue the results in OUT, or --overwrite to "
+                        "delete them and start over", problem="cannot be combined with --resume")
     scenarios = spec.scenarios()  # validates every distinct value before anything runs
     check_scenario_files(spec)
     out = Path(out)
