@@ -165,9 +165,9 @@ def run(s: Scenario) -> dict:
                       replicas=s.replicas, routing=s.routing, overrides=s.overrides, seed=s.seed,
                       slo_ttft=s.slo_ttft, slo_tbt=s.slo_tbt, token_budget=s.token_budget,
                       budget_scope=s.budget_scope, rank_router=s.rank_router)
-        keep = ("requests", "ttft_s", "tbt_s", "tpot_s", "e2e_s", "queue_s", "throughput", "goodput",
-                "gpu_utilization", "gpus_per_replica", "ranks_per_replica", "rank_imbalance_fraction")
-        return _flat({k: r[k] for k in keep if k in r})
+        from simfoe.serving.api import SUMMARY_METRICS
+
+        return _flat({k: r[k] for k in SUMMARY_METRICS if k in r})
     if s.kind == "pipeline":
         from simfoe.pipelines.engine import simulate
         from simfoe.pipelines.metrics import summarize

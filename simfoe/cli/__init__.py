@@ -14,7 +14,7 @@ from simfoe.errors import SpecError
 # Order = order in --help.
 COMMANDS = [
     "forward", "kernel", "serve", "pipeline", "sweep", "plot", "recommend",
-    "calibrate", "validate", "testbed", "fit",
+    "calibrate", "validate", "testbed", "fit", "presets", "compare",
 ]
 
 
