@@ -32,3 +32,23 @@ class SpecError(ValueError):
         self.allowed = allowed
         self.problem = problem
         super().__init__(f"{field}: {problem or f'{value!r} is not allowed'}; {allowed}")
+
+
+class MissingExtra(SpecError):
+    """An option needs an optional dependency (a pip extra of simfoe) that is not installed."""
+
+    def __init__(self, field: str, value: object, extra: str, module: str):
+        shown = "" if value is None else f"{plain(value)!r} "
+        super().__init__(field, value, f"pip install -e .[{extra}] ({module} is not installed)",
+                         problem=f"{shown}needs the {extra} extra")
+
+
+def require_extra(module: str, extra: str, field: str, value: object = None):
+    """Import and return ``module``; raise :class:`MissingExtra` (one line, exit 2 in the CLI) naming
+    ``field`` (``value``) and the pip extra when it cannot be imported."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtra(field, value, extra, module) from None

@@ -6,6 +6,24 @@ import pytest
 from simfoe.paths import shared_data_dir
 
 
+@pytest.fixture
+def refused(capsys):
+    """``refused(argv, *words)``: run the CLI and check the contract for bad input (exit 2, nothing on
+    stdout, one ``error:`` line on stderr, no traceback) and that the line has every word; returns it."""
+    from simfoe.cli import main
+
+    def check(argv, *words) -> str:
+        code = main([str(a) for a in argv])
+        cap = capsys.readouterr()
+        assert code == 2, cap.err
+        assert cap.out == ""
+        assert cap.err.startswith("error: ") and cap.err.count("\n") == 1 and "Traceback" not in cap.err, cap.err
+        for w in words:
+            assert w in cap.err, (w, cap.err)
+        return cap.err
+    return check
+
+
 @pytest.fixture(scope="session")
 def shared_data():
     d = shared_data_dir()

@@ -55,6 +55,7 @@ def run(args):
         conc = args.concurrent if args.concurrent is not None else (2 if args.device == "cpu" else 1)
         if conc < 1 or (conc > 1 and args.device != "cpu"):
             raise SpecError("--concurrent", conc, "an integer >= 1, and > 1 only with --device cpu")
+        _check_torch(args.device)
         cmd = [sys.executable, "-m", "validation.harness", "--device", args.device, "--out", str(Path(args.out).resolve()),
                "--concurrent", str(conc)]
         if args.quick:
@@ -79,9 +80,21 @@ def run(args):
         return run_fit(src, args.out, base=args.base)
 
 
+def _check_torch(device: str) -> None:
+    """Measuring needs torch (the validation extra), and --device cuda a GPU torch can see: else exit 2."""
+    from simfoe.errors import SpecError, require_extra
+
+    torch = require_extra("torch", "validation", "--device", device)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SpecError("--device", device, "cpu on this machine (torch.cuda.is_available() is False)",
+                        problem="'cuda' but torch sees no CUDA GPU here")
+
+
 def render(r: dict) -> str:
-    if "measured" in r or "error" in r:
-        return str(r.get("measured") or r)
+    if "error" in r:  # the harness failed: its own message went to stderr
+        return f"{r['error']}: {' '.join(r['command'])}"
+    if "measured" in r:
+        return str(r["measured"])
     if "base" in r:  # a CUDA set: kernel families refitted on a published profile
         lines = [f"fit {r['set']} ({r['device_name']}) on {r['base']} -> {r.get('written') or '(not written; pass --out)'}",
                  f"  {'':9} {'':48} {'rows':>8}  {'fitted':>14}  {r['base'] + ' as published':>24}"]

@@ -37,7 +37,7 @@ def register(subparsers) -> None:
 
 def run(args) -> dict:
     from simfoe.calibration import testbed
-    from simfoe.errors import SpecError
+    from simfoe.errors import SpecError, require_extra
 
     if args.repeats is not None and args.repeats < 1:
         raise SpecError("--repeats", args.repeats, "an integer >= 1")
@@ -50,10 +50,7 @@ def run(args) -> dict:
     check_text_file("--hardware", args.hardware)
     if args.out:
         check_file("--out", args.out)  # before the (long) measurement
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise SpecError("torch", None, "PyTorch installed (pip install -e .[validation])") from None
+    require_extra("torch", "validation", "testbed")  # the real model runs in torch
     res = testbed.run(args.model, args.hardware, quick=args.quick, repeats=args.repeats, breakdown=args.breakdown)
     if not res["hardware_matched"]:
         import sys
