@@ -54,9 +54,10 @@ def test_json_keys_are_the_contract():
 
 @pytest.mark.parametrize("nodes,batch", [(1, 64), (2, 128)])
 def test_dispatch_volume_matches_hand_computation(nodes, batch):
-    """DP attention, no dedup, uniform routing: bytes = T x k(G-1)/G x hidden x 2 B x 2 x layers."""
+    """DP attention, no dedup, direct (per-GPU copies, no relay), uniform routing:
+    bytes = T x k(G-1)/G x hidden x 2 B x 2 x layers."""
     m = load_model("olmoe-1b-7b")
-    ov = ["placement.moe.attention=dp", "placement.moe.dedup_dispatch=false"]
+    ov = ["placement.moe.attention=dp", "placement.moe.dedup_dispatch=false", "placement.moe.all_to_all=direct"]
     r = forward("olmoe-1b-7b", "h100-sxm", nodes=nodes, arch="moe", phase="prefill", batch=batch, seq_len=64,
                 overrides=ov, seed=3)
     G = 8 * nodes

@@ -30,6 +30,7 @@ from typing import Callable
 import numpy as np
 
 from simfoe.costs import collectives as coll
+from simfoe.costs import dispatch as D
 from simfoe.costs import kernels as K
 from simfoe.forward.routing import route_group
 from simfoe.forward.work import Work, even_split
@@ -200,6 +201,21 @@ def _a2a(traffic_bytes: np.ndarray, algorithm: str, tag: str = "all_to_all"):
     return fn
 
 
+def _traffic(s, tokens: np.ndarray, grp: np.ndarray, k: int, L: MoELayout) -> D.DispatchTraffic:
+    """Dispatch traffic of one EP group's routing sample ``s`` (tokens per source GPU ``tokens``): its
+    per-destination-GPU copies (per choice without dedup), and per-choice copies from the sampled loads."""
+    load = s.expert_load.reshape(len(grp), -1).sum(axis=1)
+    choice = np.outer(tokens, k * load / max(load.sum(), 1e-300))
+    return D.traffic_from_gpu_copies(s.traffic_tokens, choice, tokens, grp, L.gpus_per_node,
+                                     getattr(s, "node_visits", 0.0))
+
+
+def _exchange(traffic: list, token_bytes: float, algorithm: str, op: str):
+    def fn(net, gi, group):
+        yield from D.exchange(net, group, traffic[gi], token_bytes, algorithm, op)
+    return fn
+
+
 def _ar(nbytes: float, algorithm: str = "auto"):
     def fn(net, gi, group):
         yield from coll.all_reduce(net, group, nbytes, algorithm, "all_reduce")
@@ -257,24 +273,27 @@ def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work | list[Work]
     for gi, grp in enumerate(ep_groups):
         # each EP group holds all experts; a token is routed inside its own group
         s = route_group(probs, tok_gpu[grp], moe.top_k, epg, L.dedup, rng, slot_map, memo)
-        traffic.append(s.traffic_tokens * h)  # elements
+        traffic.append(_traffic(s, tok_gpu[grp], grp, moe.top_k, L))
         local += s.local
         acts += s.activations
         for j, gpu in enumerate(grp):
             loads = s.expert_load[j * epg:(j + 1) * epg]
             expert_time[gpu] = (_experts_seconds(c, model, loads, moe.expert_ffn)
                                 + _glue_seconds(c, loads, L.ep if L.ep > 1 else 0, tok_gpu[gpu]))
-    if L.split_exchange and L.ep > 1:
+    algo = D.resolve(L.all_to_all, any(w.prefill_tokens for w in per_group))
+    if L.split_exchange and L.ep > 1 and algo != "nccl":  # nccl runs its split exchange itself
         # one int64 row count per peer, before the variable-size dispatch
         counts = np.full((L.ep, L.ep), 8.0) - 8.0 * np.eye(L.ep)
-        steps.append(Collective("dispatch", ep_groups, _a2a([counts] * len(ep_groups), L.all_to_all)))
-    db = model.dtype_bytes  # dispatch in the model dtype (fp8 models: fp8), combine in the activation dtype
-    steps.append(Collective("dispatch", ep_groups, _a2a([m * db for m in traffic], L.all_to_all)))
+        steps.append(Collective("dispatch", ep_groups, _a2a([counts] * len(ep_groups), "direct")))
+    # dispatch in the model dtype (fp8 models: fp8 with per-128 scales), combine in the activation dtype
+    steps.append(Collective("dispatch", ep_groups, _exchange(traffic, D.copy_bytes(h, model.dtype_bytes, algo, "dispatch"),
+                                                             algo, "dispatch")))
     if moe.n_shared_experts:
         sw = moe.shared_width
         expert_time = expert_time + np.array([_ffn_seconds(c, model, n, sw) for n in tok_gpu])
     steps.append(Compute("experts", expert_time))
-    steps.append(Collective("combine", ep_groups, _a2a([m.T * b for m in traffic], L.all_to_all)))
+    steps.append(Collective("combine", ep_groups, _exchange(traffic, D.copy_bytes(h, b, algo, "combine"), algo,
+                                                            "combine")))
     steps.append(Compute("experts", np.array([_add_seconds(c, model, n) for n in tok_gpu])))
     if t > 1:
         steps.append(Collective("all_reduce", tp_groups, _ag_groups([n * h * b / t for n in tok_group])))

@@ -60,12 +60,36 @@ class PathCalibration(Spec):
     ll_bandwidth_fraction: float = Field(0.5, gt=0, le=1.0, description="LL protocol: share of the Simple rate")
 
 
+class DispatchKernel(Spec):
+    """Fitted terms of one MoE dispatch or combine kernel (simfoe.costs.dispatch prices it)."""
+
+    alpha_s: float = Field(ge=0, description="latency of the kernel inside one node, s")
+    alpha_internode_s: float = Field(ge=0, description="latency of the kernel across nodes, s")
+    nvlink_efficiency: float = Field(gt=0, le=1.0, description="achieved NVLink rate / line rate")
+    rdma_efficiency: float = Field(gt=0, le=1.0, description="achieved RDMA rate per NIC / line rate")
+    nvlink_sm_rate: float = Field(0.0, ge=0, description="NVLink forwarding bytes/s one SM sustains "
+                                  "(deepep-normal across nodes; 0: no SM bound)")
+    message_s: float = Field(0.0, ge=0, description="cost per message (token copy) a GPU sends, s")
+
+
+class DeepEPCalibration(Spec):
+    """DeepEP's normal (high-throughput) and low-latency kernels, fitted to measured tables."""
+
+    sms: PositiveInt = Field(20, description="SMs the normal kernels run on (DeepEP Buffer.num_sms default)")
+    normal_dispatch: DispatchKernel
+    normal_combine: DispatchKernel
+    ll_dispatch: DispatchKernel
+    ll_combine: DispatchKernel
+
+
 class CollectiveCalibration(Spec):
     """Fitted per-path parameters used by the collective algorithms."""
 
     nvlink: PathCalibration
     network: PathCalibration
     nvls: PathCalibration | None = None
+    deepep: DeepEPCalibration | None = Field(None, description="DeepEP dispatch/combine kernels "
+                                             "(None: they use the nvlink/network calibration)")
 
 
 class GemmTable(Spec):

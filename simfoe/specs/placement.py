@@ -23,7 +23,11 @@ class MoEPlacement(Spec):
     attention_tp: PositiveInt | None = Field(None, description="TP degree for attention='tp' (default: GPUs per node)")
     ep: PositiveInt | None = Field(None, description="expert-parallel group size (default: the largest divisor of the GPU count that divides n_experts)")
     dedup_dispatch: bool = Field(True, description="send a token once per destination GPU (DeepEP-style), not once per expert choice")
-    all_to_all: Literal["direct", "hierarchical"] = "direct"
+    all_to_all: Literal["auto", "deepep-normal", "deepep-ll", "nccl", "direct", "hierarchical"] = Field(
+        "auto", description="dispatch/combine algorithm (simfoe.costs.dispatch): auto = as SGLang --deepep-mode auto "
+        "and vLLM deploy DeepEP: deepep-normal for passes with prefill tokens, deepep-ll for decode; nccl: torch "
+        "all_to_all_single with the split exchange; direct: per-GPU copies, no split exchange (the old default); "
+        "hierarchical: per-GPU copies relayed on the same rail, pipelined")
     redundant_experts: NonNegativeInt = Field(0, description="extra expert replicas per EP group, placed by an "
                                               "EPLB-style balancer on the routing's expected loads (DeepSeek-V3 "
                                               "prefill: 32 over 256 experts); n_experts + this must split over the EP group")
