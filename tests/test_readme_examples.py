@@ -119,7 +119,7 @@ def table_examples(path: Path) -> list[Example]:
     text = path.read_text()
     lines = text.splitlines()
     out = []
-    for m in re.finditer(r"<!--(\s*example:.*?)-->", text, re.S):
+    for m in re.finditer(r"^<!--(\s*example:.*?)-->", text, re.S | re.M):  # at a line start: not in prose
         base, rows, cols = _annotation(m.group(1))
         i = text.count("\n", 0, m.end()) + 1
         while not lines[i].startswith("|"):
@@ -219,7 +219,7 @@ def test_annotation_and_arrow_parsing(tmp_path):
     doc.write_text("```\nsimfoe forward --model m \\\n    --batch 2   # -> 1.50 ms\nsimfoe forward ... # 3 ms\n```\n"
                    "<!-- example: simfoe forward --model m\n rows: --arch moe | --arch foe\n"
                    " columns: --batch 1 | --batch 2 -->\n\n| x | b1 | b2 |\n|---|---|---|\n"
-                   "| moe | 1.0 ms | 2.0 ms |\n| foe | - | 4.0 s |\n\nafter\n")
+                   "| moe | 1.0 ms | 2.0 ms |\n| foe | - | 4.0 s |\n\nafter, in prose: `<!-- example: ... -->`\n")
     code = code_examples(doc)
     assert [(e.line, e.quoted, e.unit, e.argv) for e in code] == [(2, "1.50", "ms", ("forward", "--model", "m", "--batch", "2"))]
     tab = table_examples(doc)
