@@ -43,7 +43,7 @@ def test_json_keys_are_the_contract():
     # the DESIGN.md contract's keys, plus memory (weights and KV per GPU, whether they fit) and
     # micro_batches (2 under placement.overlap=two-batch) and layout (the resolved layout; test_provenance.py)
     assert set(r) == {"latency_s", "gpus", "breakdown_s", "comm_bytes", "local_activation_rate", "memory",
-                      "micro_batches", "layout"}
+                      "micro_batches", "layout", "nodes_per_token"}
     assert r["micro_batches"] == 1
     assert set(r["memory"]) == {"weights_bytes_per_gpu", "kv_cache_bytes_per_gpu", "usable_hbm_bytes_per_gpu", "fits"}
     assert set(r["comm_bytes"]) == {"all_to_all", "all_reduce"}

@@ -95,4 +95,7 @@ def render(r: dict) -> str:
     lar = r.get("local_activation_rate")
     out.append("")
     out.append(f"local activation rate: {lar:.3f}" if lar is not None else "local activation rate: - (dense model)")
+    npt = r.get("nodes_per_token")
+    if npt is not None:
+        out.append(f"nodes per token: {npt:.2f} (distinct nodes serving a token's routed experts, per MoE layer)")
     return "\n".join(out)

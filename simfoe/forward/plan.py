@@ -32,7 +32,7 @@ import numpy as np
 from simfoe.costs import collectives as coll
 from simfoe.costs import dispatch as D
 from simfoe.costs import kernels as K
-from simfoe.forward.routing import route_group
+from simfoe.forward.routing import GroupLimit, route_group
 from simfoe.forward.work import Work, even_split
 from simfoe.specs.hardware import HardwareSpec
 from simfoe.specs.model import ModelSpec
@@ -57,6 +57,7 @@ class LayerPlan:
     steps: list
     local_activations: float = 0.0
     activations: float = 0.0
+    node_visits: float = 0.0  # (token, node) pairs its expert choices reach (routing.RoutingSample.node_visits)
 
 
 class _Costs:
@@ -269,10 +270,13 @@ def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work | list[Work]
     ep_groups = _groups(G, L.ep)
     epg = L.experts_per_gpu
     traffic, expert_time = [], np.zeros(G)
-    local = acts = 0.0
+    local = acts = visits = 0.0
+    limit = GroupLimit.of(moe)
     for gi, grp in enumerate(ep_groups):
         # each EP group holds all experts; a token is routed inside its own group
-        s = route_group(probs, tok_gpu[grp], moe.top_k, epg, L.dedup, rng, slot_map, memo)
+        s = route_group(probs, tok_gpu[grp], moe.top_k, epg, L.dedup, rng, slot_map, memo, limit,
+                        grp // L.gpus_per_node)
+        visits += s.node_visits
         traffic.append(_traffic(s, tok_gpu[grp], grp, moe.top_k, L))
         local += s.local
         acts += s.activations
@@ -297,7 +301,7 @@ def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work | list[Work]
     steps.append(Compute("experts", np.array([_add_seconds(c, model, n) for n in tok_gpu])))
     if t > 1:
         steps.append(Collective("all_reduce", tp_groups, _ag_groups([n * h * b / t for n in tok_group])))
-    return LayerPlan(steps, local, acts)
+    return LayerPlan(steps, local, acts, visits)
 
 
 def _router_seconds(c: _Costs, model: ModelSpec, tokens: int, n_experts: int) -> float:

@@ -49,6 +49,7 @@ class ForwardResult:
     extra: dict = field(default_factory=dict)
     memory: dict | None = None  # ForwardModel.memory of the pass (run() sets it)
     micro_batches: int = 1  # 2: two-batch overlap ran (placement.overlap); 1: one batch
+    nodes_per_token: float | None = None  # mean distinct nodes serving a token's routed experts, per MoE layer
 
     def to_dict(self) -> dict:
         out = {
@@ -57,6 +58,7 @@ class ForwardResult:
             "breakdown_s": dict(self.breakdown_s),
             "comm_bytes": {k: dict(v) for k, v in self.comm_bytes.items()},
             "local_activation_rate": self.local_activation_rate,
+            "nodes_per_token": self.nodes_per_token,
             "micro_batches": self.micro_batches,
         }
         if self.memory is not None:
@@ -305,7 +307,7 @@ class ForwardModel:
             for p in self._probs:
                 key = p[0].tobytes()
                 if key not in placed:
-                    placed[key] = balance(p[0], R, self.layout.ep)
+                    placed[key] = balance(p[0], R, self.layout.ep, gpn, model.moe.n_group)
                 self._slots.append(placed[key])
         #: data-parallel attention groups that prefill chunks are spread over (MoE: GPUs / attention TP;
         #: FoE: 1, every GPU sees every token); serving passes ``prefill_seqs`` up to this many
@@ -442,7 +444,7 @@ class ForwardModel:
         total = 0.0
         breakdown = dict.fromkeys(CATEGORIES, 0.0)
         comm = {k: {"intra_node": 0.0, "inter_node": 0.0} for k in COMM_KINDS}
-        local = acts = 0.0
+        local = acts = visits = 0.0
         kinds = []
         if m.n_dense_layers:
             kinds.append((True, m.n_dense_layers))
@@ -450,8 +452,8 @@ class ForwardModel:
             kinds.append((False, m.n_moe_layers))
         offset = 0.0
         for dense, n in kinds:
-            for lat, bd, tags, loc, act, rec, weight in self._layer_runs(parts, dense, n, per_layer, rng,
-                                                                         timeline is not None):
+            for lat, bd, tags, loc, act, vis, rec, weight in self._layer_runs(parts, dense, n, per_layer, rng,
+                                                                              timeline is not None):
                 if rec:
                     timeline.extend(rec.shifted(offset))
                     offset += rec.span_s
@@ -464,16 +466,27 @@ class ForwardModel:
                         comm[kind][where] += weight * v
                 local += weight * loc
                 acts += weight * act
+                visits += weight * vis
         head = self._head(work)
         breakdown["embed_lm_head"] += head
         total += head
         lar = (local / acts) if acts > 0 else None
         return ForwardResult(float(total), self.gpus, breakdown, comm, None if lar is None else float(lar),
-                             micro_batches=len(parts))
+                             micro_batches=len(parts), nodes_per_token=self._nodes_per_token(visits, acts))
+
+    def _nodes_per_token(self, visits: float, acts: float) -> float | None:
+        """Mean distinct nodes whose experts serve one token in one MoE layer (None: no routed tokens).
+        MoE: nodes its dispatch reaches; FoE: every node, since every cluster routes every token (the
+        token gets there by the all-reduce, not a dispatch)."""
+        if acts <= 0:
+            return None
+        if self.placement.arch == "foe":
+            return float(-(-self.gpus // self.hw.node.gpus_per_node))
+        return float(visits * self.model.moe.top_k / acts)
 
     def _layer_runs(self, parts: list, dense: bool, n: int, per_layer: bool, rng, record: bool):
         """Simulations standing for the ``n`` layers of one kind; yields (latency_s, breakdown, bytes by
-        tag, local activations, activations, recorder or None, bytes weight), times already scaled to
+        tag, local activations, activations, node visits, recorder or None, bytes weight), times already scaled to
         the layers they stand for. One batch: each simulated layer stands for n / simulated layers.
         Two micro-batches: layers overlap each other too, so a chain of ``OVERLAP_CHAIN`` layers runs
         back to back (all n with ``per_layer``) and the rest is extrapolated at the chain's steady rate."""
@@ -492,7 +505,7 @@ class ForwardModel:
                 if rec:
                     rec.span_s = lat
                 yield (weight * lat, {k: weight * v for k, v in bd.items()}, tags,
-                       plan.local_activations, plan.activations, rec, weight)
+                       plan.local_activations, plan.activations, plan.node_visits, rec, weight)
             return
         # micro-batches overlap across layers too: simulate a chain of layers back to back
         k = n if (per_layer or n <= self.OVERLAP_CHAIN) else self.OVERLAP_CHAIN
@@ -513,7 +526,8 @@ class ForwardModel:
             bd = {c: v * total / lat for c, v in bd.items()}
             lat = total
         yield (lat, bd, tags, sum(p.local_activations for ps in plans for p in ps),
-               sum(p.activations for ps in plans for p in ps), rec, n / k)
+               sum(p.activations for ps in plans for p in ps), sum(p.node_visits for ps in plans for p in ps),
+               rec, n / k)
 
     def run(self, phase: str, batch: int, seq_len: int, per_layer: bool = False, timeline: list | None = None) -> ForwardResult:
         work = Work.from_phase(phase, batch, seq_len)

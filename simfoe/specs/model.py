@@ -47,16 +47,31 @@ class MoESpec(Spec):
     n_shared_experts: int = Field(0, ge=0)
     shared_ffn: int = Field(0, ge=0, description="intermediate width of one shared expert (0 = expert_ffn)")
     first_dense_layers: int = Field(0, ge=0, description="leading layers with a dense FFN instead of MoE")
+    n_group: PositiveInt = Field(1, description="expert groups for group-limited routing: group g holds experts "
+                                 "g*E/n_group .. (g+1)*E/n_group - 1 (config.json `n_group`; DeepSeek-V3/R1: 8); "
+                                 "1: ungrouped")
+    topk_group: PositiveInt = Field(1, description="groups a token's experts may come from (config.json "
+                                    "`topk_group`; DeepSeek-V3/R1: 4); values >= n_group mean no limit")
 
     @property
     def shared_width(self) -> int:
         """Summed intermediate width of the shared experts (n_shared x their width); 0 without them."""
         return self.n_shared_experts * (self.shared_ffn or self.expert_ffn)
 
+    @property
+    def groups_per_token(self) -> int:
+        """Groups a token's experts may come from: topk_group capped at n_group (n_group when ungrouped)."""
+        return min(self.topk_group, self.n_group)
+
     @model_validator(mode="after")
     def _check(self):
         if self.top_k > self.n_experts:
             raise ValueError("top_k must be <= n_experts")
+        if self.n_experts % self.n_group:
+            raise ValueError(f"n_group ({self.n_group}) must divide n_experts ({self.n_experts})")
+        if self.groups_per_token * (self.n_experts // self.n_group) < self.top_k:
+            raise ValueError(f"topk_group ({self.topk_group}) groups of {self.n_experts // self.n_group} experts "
+                             f"must hold top_k ({self.top_k}) experts")
         return self
 
 

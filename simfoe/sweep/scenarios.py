@@ -209,8 +209,8 @@ def run_pipeline(spec: str, mode: str = "stream", rate: float = 1.0, duration: f
 
 
 # Built-in kinds. Known metric names follow the public contract in DESIGN.md.
-FORWARD_METRICS = ("latency_s", "gpus", "breakdown_s", "comm_bytes", "local_activation_rate", "memory",
-                   "micro_batches")
+FORWARD_METRICS = ("latency_s", "gpus", "breakdown_s", "comm_bytes", "local_activation_rate", "nodes_per_token",
+                   "memory", "micro_batches")
 register(ScenarioKind(
     "forward", "simfoe.api:forward",
     metrics=FORWARD_METRICS,
