@@ -7,6 +7,9 @@ Sources (each judged against its tolerance in validation/tolerances.yaml):
   predicted with the profile the tolerances file assigns to the set;
 * ``vidur:<gpu>:gemm`` and ``vidur:<dataset>:all_reduce`` (sizes >= 1 MB): Vidur's H100/A100 operator
   and NCCL data, read in place from ``<shared>/vidur`` when present (simfoe.paths.shared_data_dir);
+* ``deepep:h100_sxm:<normal|ll>:<op>:<n>n`` (and ``:shapes``): DeepEP dispatch/combine on 1-8 H100 nodes
+  (AIConfigurator's SGLang tables, read in place from ``<shared>/aiconfigurator``), predicted with h100-sxm
+  (:func:`deepep_rows`);
 * ``testbed:<profile>``: the stored testbed measurements (reports/calibration/testbed-<profile>.json, one per
   machine kind, each naming its profile; tolerance ``testbed:<profile>``) against the current
   forward-model predictions, judged by the MoE/FoE speedup error.
@@ -127,6 +130,25 @@ def vidur_rows(vidur: Path, hardware: str) -> list[dict]:
     return out
 
 
+DEEPEP_PROFILE = "h100-sxm"
+
+
+def deepep_rows(shared: Path, hw) -> list[dict]:
+    """DeepEP dispatch/combine on H100 (AIConfigurator's SGLang tables, simfoe.costs.fit_dispatch) predicted
+    with ``hw``: ``deepep:h100_sxm:<normal|ll>:<op>:<n>n`` per node count (0.5.6.post2; normal at DeepEP's
+    default 20 SMs), ``...:<op>:shapes`` for the one-node table of other shapes (0.5.12)."""
+    from simfoe.costs import fit_dispatch as fd
+
+    df = fd.load_rows(shared)
+    df = df[(df["mode"] == "ll") | (df.sms == fd.DEFAULT_SMS)].reset_index(drop=True)
+    pred = fd.predict_rows(hw, df)
+    out = []
+    where = np.where(df.table.str.startswith("0.5.12"), "shapes", df.nodes.astype(str) + "n")
+    for (mode, op, w), idx in df.groupby([df["mode"], df.op, where]).groups.items():
+        out += _rows(f"deepep:h100_sxm:{mode}:{op}:{w}", f"deepep-{mode}:{op}", pred[idx], df.loc[idx, "measured_s"])
+    return out
+
+
 def testbed_results(folder: Path = TESTBED_DIR) -> list[Path]:
     """Stored testbed runs: reports/calibration/testbed-<profile>.json, one per machine kind."""
     return sorted(folder.glob("testbed-*.json")) if folder.is_dir() else []
@@ -206,6 +228,13 @@ def validate(vidur: str | Path | None = None, hardware: list[str] | None = None,
                 rows += vidur_rows(vdir, h)
     else:
         skipped["vidur"] = "../shared/data/vidur absent"
+    if hardware is None or DEEPEP_PROFILE in hardware:
+        from simfoe.costs.fit_dispatch import TABLE_DIR
+
+        if shared_data_dir() is not None and (shared_data_dir() / TABLE_DIR).is_dir():
+            rows += deepep_rows(shared_data_dir(), load_hardware(DEEPEP_PROFILE, hw_overrides))
+        else:
+            skipped["deepep"] = f"../shared/data/{TABLE_DIR} absent"
     if include_testbed:
         stored = testbed_results()
         if not stored:
