@@ -184,6 +184,7 @@ def test_cli_recommend_json_and_report(tmp_path, capsys):
     r = json.loads(lines[0])
     assert r["rank_by"] == "goodput per dollar" and r["recommended"]["requests_per_dollar"] > 0
     assert out.is_file() and (tmp_path / "r.json").is_file()
+    assert "Sensitivity" not in out.read_text()  # --no-sensitivity: no empty section
     audit = _Audit()
     audit.feed(out.read_text())
     assert audit.imgs and all(s.startswith("data:") for s in audit.imgs) and not audit.external
