@@ -2,8 +2,9 @@
 
 ``SpecError`` is raised for bad input anywhere in simfoe. The CLI turns it into one line
 ``error: <field>: <value!r> is not allowed; <allowed>`` on stderr and exit code 2; where a value
-cannot be shown (a missing option, a flag that takes none), ``problem`` words the middle part:
-``error: <field>: <problem>; <allowed>``.
+cannot be shown (a flag that takes none, two options that clash), ``problem`` words the middle part:
+``error: <field>: <problem>; <allowed>``. A value of None means the field was not given:
+``error: <field>: not given; <allowed>`` unless ``problem`` says otherwise.
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ class SpecError(ValueError):
         self.value = value
         self.allowed = allowed
         self.problem = problem
-        super().__init__(f"{field}: {problem or f'{value!r} is not allowed'}; {allowed}")
+        what = problem or ("not given" if value is None else f"{value!r} is not allowed")
+        super().__init__(f"{field}: {what}; {allowed}")
 
 
 class MissingExtra(SpecError):

@@ -48,6 +48,16 @@ def test_neither_of_two_options(capsys):
     assert "--slo-ttft-p90/--slo-tbt-p99: neither is given; give at least one of" in err
 
 
+def test_a_field_not_given_says_so(capsys):
+    assert str(SpecError("--x", None, "an integer >= 1")) == "--x: not given; an integer >= 1"
+    assert str(SpecError("--x", None, "b", problem="c")) == "--x: c; b"
+    err = _error_line(capsys, "kernel", "--hardware", "h100-sxm", "--json")
+    assert err.startswith("error: --op: not given; one of gemm"), err
+    err = _error_line(capsys, "forward", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--set", "model.name.x=1",
+                      "--phase", "decode", "--batch", "1", "--seq-len", "8", "--json")
+    assert err == "error: model.name: holds 'mixtral-8x7b', not a mapping of fields; set model.name=VALUE itself"
+
+
 def test_foe_on_nodes_it_cannot_split_blames_nodes(capsys):
     err = _error_line(capsys, "forward", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--nodes", "3",
                       "--arch", "foe", "--phase", "decode", "--batch", "8", "--seq-len", "128", "--json")

@@ -245,7 +245,8 @@ def validate(vidur: str | Path | None = None, hardware: list[str] | None = None,
             extra[tb[0][0]["source"]] = {"speedup_error": tb[1]["speedup_error"],
                                          "speedup_error_max": tb[1]["speedup_error_max"]}
     if not rows:
-        raise SpecError("validate", None, "at least one source (validation/data sets or Vidur data)")
+        raise SpecError("validate", None, "at least one source (validation/data sets or Vidur data)",
+                        problem="found no data to check")
     by: dict[str, dict] = {}
     for src in sorted({r["source"] for r in rows}):
         s = _summ([r for r in rows if r["source"] == src])

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from simfoe.errors import SpecError
+from simfoe.errors import SpecError, plain
 from simfoe.paths import hardware_presets, hwprofiles_dir
 from simfoe.specs.base import Spec, validate_spec
 from simfoe.specs.hardware import HardwareSpec
@@ -131,11 +131,12 @@ def set_path(data: dict, path: str, value: Any, root: str, cls: type[Spec]) -> N
         nxt = node.get(k) if isinstance(node, dict) else None
         if nxt is None:
             if model_cls is None and not isinstance(node, dict):
-                raise SpecError(here, None, "cannot set inside a non-mapping field")
+                raise SpecError(here, None, "set the field itself, not a key inside it",
+                                problem="is inside a field that is not a mapping")
             nxt = {}
             node[k] = nxt
         if not isinstance(nxt, dict):
-            raise SpecError(here, nxt, "is not a mapping; set the field itself")
+            raise SpecError(here, nxt, f"set {here}=VALUE itself", problem=f"holds {plain(nxt)!r}, not a mapping of fields")
         node = nxt
 
 

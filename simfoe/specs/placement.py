@@ -163,7 +163,8 @@ def derive_foe_experts(model: ModelSpec, clusters: int, f: FoEPlacement) -> tupl
     """
     moe = model.moe
     if moe is None:
-        raise SpecError("model.moe", None, "FoE needs an MoE model (a dense model has no experts to federate)")
+        raise SpecError("model.moe", None, "FoE needs an MoE model (a dense model has no experts to federate); "
+                        "use arch moe", problem="absent: the model is dense")
     E, k, w = moe.n_experts, moe.top_k, moe.expert_ffn
     kc = f.top_k_per_cluster or math.ceil(k / clusters)
     if f.experts_per_cluster is None:
