@@ -97,3 +97,57 @@ def test_fit_kernels_cli_json(shared_data, capsys):
     d = json.loads(out)
     assert d["target"] == "kernels" and d["written"] is None
     assert d["gemm_held_out_mape_pct"] <= 10.0
+
+
+# ---- communication ops (issue 22): one dispatch/combine or collective without a model -----------------
+_DISPATCH = ["--nodes", "2", "--tokens-per-gpu", "1024", "--hidden", "7168", "--topk", "8", "--experts", "256"]
+
+
+@pytest.mark.parametrize("op,a2a", [("dispatch", "normal"), ("combine", "normal"), ("dispatch", "ll"), ("combine", "ll")])
+def test_dispatch_combine_json(capsys, op, a2a):
+    code, out, err = _run(capsys, ["kernel", "--hardware", "h100-sxm", "--op", op, "--a2a", a2a, *_DISPATCH, "--json"])
+    assert code == 0 and err == ""
+    d = json.loads(out)
+    assert set(d) == {"latency_s", "algorithm", "comm_bytes"} and d["latency_s"] > 0
+    assert d["algorithm"] == "deepep-" + a2a and d["comm_bytes"]["inter_node"] > 0
+
+
+def test_normal_dispatch_puts_fewer_bytes_on_nics_than_nccl(capsys):
+    got = {}
+    for a2a in ("normal", "nccl"):
+        _, out, _ = _run(capsys, ["kernel", "--hardware", "h100-sxm", "--op", "dispatch", "--a2a", a2a, *_DISPATCH,
+                                  "--dtype", "fp8", "--json"])
+        got[a2a] = json.loads(out)["comm_bytes"]["inter_node"]
+    assert got["normal"] < got["nccl"]
+
+
+@pytest.mark.parametrize("op,per_gpu", [("all_reduce", 1.0), ("reduce_scatter", 1.0), ("all_gather", 1 / 8),
+                                        ("all_to_all", 1 / 8)])
+def test_collective_takes_nccl_tests_size(capsys, op, per_gpu):
+    from simfoe.costs.collectives import predict
+    from simfoe.specs.io import load_hardware
+
+    code, out, _ = _run(capsys, ["kernel", "--hardware", "h100-sxm", "--op", op, "--gpus", "8", "--bytes", "64e6",
+                                 "--json"])
+    assert code == 0
+    d = json.loads(out)
+    assert d["latency_s"] == pytest.approx(predict(load_hardware("h100-sxm"), op, 8, 64e6 * per_gpu, "auto"))
+    assert d["algbw_bytes_per_s"] == pytest.approx(64e6 / d["latency_s"])
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--op", "dispatch", "--a2a", "fast", *_DISPATCH], "--a2a"),
+    (["--op", "dispatch", "--a2a", "ll", "--nodes", "2", "--hidden", "7168", "--topk", "8", "--experts", "256"],
+     "--tokens-per-gpu"),
+    (["--op", "combine", "--a2a", "ll", *_DISPATCH, "--dtype", "fp8"], "--dtype"),
+    (["--op", "dispatch", "--a2a", "ll", *_DISPATCH, "--gpus", "8"], "--gpus"),
+    (["--op", "dispatch", "--a2a", "normal", *_DISPATCH, "--node-groups", "3"], "--node-groups"),
+    (["--op", "all_reduce", "--gpus", "8", "--bytes", "1e6", "--topk", "2"], "--topk"),
+    (["--op", "all_reduce", "--gpus", "8", "--bytes", "1e6", "--algorithm", "foo"], "--algorithm"),
+    (["--op", "all_reduce", "--gpus", "12", "--nodes", "5", "--bytes", "1e6"], "--nodes"),
+    (["--op", "all_gather", "--gpus", "8"], "--bytes"),
+])
+def test_bad_comm_combination_exits_2_with_one_line(capsys, argv, flag):
+    code, out, err = _run(capsys, ["kernel", "--hardware", "h100-sxm", *argv, "--json"])
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith(f"error: {flag}")

@@ -9,6 +9,12 @@ Fields per op (flags, or CSV columns of the same name without dashes and with _ 
   attention_prefill  batch, q_len, kv_len, heads, kv_heads, head_dim [, causal]
   attention_decode   batch, kv_len, heads, kv_heads, head_dim
   elementwise        bytes [, flops, kind = norm|act|add]
+
+Communication (one op, not in a CSV):
+  dispatch|combine   --a2a normal|ll --nodes N --tokens-per-gpu T --hidden H --topk K --experts E
+                     [--node-groups G] [--dtype fp8|bf16]  (DeepEP test routing; simfoe.costs.dispatch)
+  all_reduce|all_gather|reduce_scatter|all_to_all  --gpus N [--nodes M] --bytes B [--algorithm NAME]
+                     (B as nccl-tests counts its size; simfoe.costs.collectives.predict)
 """
 from __future__ import annotations
 
@@ -57,6 +63,15 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", default=None,
                    help="element type of gemm, grouped_gemm and attention: bf16 (default), fp16 (costed as bf16), "
                    "or another dtype the profile lists a peak for in gpu.peak_flops (e.g. fp8; fp32 on CPU profiles)")
+    p.add_argument("--a2a", default=None, help="dispatch/combine: normal | ll (DeepEP modes) or nccl | direct | hierarchical")
+    for flag, what in (("--nodes", "dispatch/combine and collectives: nodes (collectives: default the fewest that hold --gpus)"),
+                       ("--tokens-per-gpu", "dispatch/combine: tokens each GPU holds"),
+                       ("--hidden", "dispatch/combine: hidden size"), ("--topk", "dispatch/combine: experts per token"),
+                       ("--experts", "dispatch/combine: routed experts"),
+                       ("--node-groups", "dispatch/combine: nodes a token may reach (DeepEP test routing; default all)"),
+                       ("--gpus", "collectives: GPUs in the group")):
+        p.add_argument(flag, dest=flag[2:].replace("-", "_"), type=str, default=None, help=what)
+    p.add_argument("--algorithm", default=None, help="collectives: algorithm (default auto)")
     add_set_flag(p, help="override a hardware profile field by dotted path, e.g. hardware.gpu.peak_flops.bf16=900e12 "
                  "(repeatable; only hardware.* paths)")
     add_json_flag(p)
@@ -212,11 +227,77 @@ def run(args) -> dict:
             results.append({"op": row["op"], **r})
         return {"hardware": hw.name, "results": results}
     if args.op is None:
-        raise SpecError("--op", None, "one of " + ", ".join(OPS) + " (or --shapes CSV)")
+        raise SpecError("--op", None, "one of " + ", ".join(OPS + COMM_OPS) + " (or --shapes CSV)")
+    if args.op in COMM_OPS:
+        args.render = render_comm
+        return evaluate_comm(hw, args)
     out = evaluate(hw, {"op": args.op, **flag_fields})
     op = args.op
     args.render = lambda result: render(result, op)  # the single-op JSON stays exactly the 4 keys
     return out
+
+
+COMM_OPS = ("dispatch", "combine", "all_reduce", "all_gather", "reduce_scatter", "all_to_all")
+COMM_FLAGS = ("a2a", "nodes", "tokens_per_gpu", "hidden", "topk", "experts", "node_groups", "gpus", "algorithm")
+#: nccl-tests' size (bytes) -> the per-GPU bytes simfoe.costs.collectives.predict takes, for n GPUs
+NCCL_TESTS_SIZE = {"all_reduce": lambda b, n: b, "reduce_scatter": lambda b, n: b, "all_gather": lambda b, n: b / n,
+                   "all_to_all": lambda b, n: b / n}
+
+
+def evaluate_comm(hw, args) -> dict:
+    """One dispatch/combine (simfoe.costs.dispatch.exchange_cost) or collective (simfoe.costs.collectives.predict)."""
+    from simfoe.costs import collectives as coll
+    from simfoe.costs import dispatch as D
+    from simfoe.errors import SpecError
+
+    def need(f, kind=_int):
+        v = getattr(args, f, None)
+        if v in (None, ""):
+            raise SpecError("--" + f.replace("_", "-"), None, f"--{f.replace('_', '-')} is required for --op {args.op}",
+                            problem="not given")
+        return kind("--" + f.replace("_", "-"), v)
+
+    dispatch = args.op in D.OPS
+    allowed = ("a2a", "nodes", "tokens_per_gpu", "hidden", "topk", "experts", "node_groups") if dispatch \
+        else ("gpus", "nodes", "algorithm")
+    for f in COMM_FLAGS + ("bytes",) + INT_FIELDS + ("tokens", "kind", "flops", "causal"):
+        if getattr(args, f, None) is not None and f not in allowed and not (f == "bytes" and not dispatch):
+            raise SpecError("--" + f.replace("_", "-"), getattr(args, f), f"not used by --op {args.op}; it takes "
+                            + ", ".join("--" + a.replace("_", "-") for a in allowed + (() if dispatch else ("bytes",))))
+    if dispatch:
+        groups = None if args.node_groups is None else need("node_groups")
+        return D.exchange_cost(hw, args.op, args.a2a or "", _pos("--nodes", need("nodes")), need("tokens_per_gpu"),
+                               _pos("--hidden", need("hidden")), _pos("--topk", need("topk")),
+                               _pos("--experts", need("experts")), groups, (args.dtype or "bf16").strip())
+    if args.dtype is not None:
+        raise SpecError("--dtype", args.dtype, f"not used by --op {args.op} (--bytes counts bytes)")
+    n = _pos("--gpus", need("gpus"))
+    nodes = None if args.nodes is None else _pos("--nodes", need("nodes"))
+    algo = (args.algorithm or "auto").strip()
+    nbytes = NCCL_TESTS_SIZE[args.op](need("bytes", _float), n)
+    try:
+        t = coll.predict(hw, args.op, n, nbytes, algo, nodes)
+    except SpecError as e:  # name the command's flags, not the function's arguments
+        flag = {"algorithm": "--algorithm", "n_gpus": "--gpus", "nodes": "--nodes", "nbytes": "--bytes"}
+        raise SpecError(flag.get(e.field, e.field), e.value, e.allowed) from None
+    return {"latency_s": t, "algorithm": algo, "algbw_bytes_per_s": (need("bytes", _float) / t) if t else None}
+
+
+def _pos(field: str, v: int) -> int:
+    from simfoe.errors import SpecError
+
+    if v < 1:
+        raise SpecError(field, v, "an integer >= 1")
+    return v
+
+
+def render_comm(result: dict) -> str:
+    row = [fmt_time(result["latency_s"]), result["algorithm"]]
+    if "comm_bytes" in result:
+        row += [fmt_bytes(result["comm_bytes"]["intra_node"]), fmt_bytes(result["comm_bytes"]["inter_node"])]
+        return table([row], ["latency", "algorithm", "NVLink bytes", "network bytes"])
+    bw = result["algbw_bytes_per_s"]
+    return table([row + ["-" if bw is None else f"{bw / 1e9:.1f}"]], ["latency", "algorithm", "algbw GB/s"])
 
 
 def render(result: dict, op: str = "-") -> str:

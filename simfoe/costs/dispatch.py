@@ -324,14 +324,43 @@ def alone_seconds(hw: HardwareSpec, traffic: DispatchTraffic, token_bytes: float
     return t
 
 
-def predict(hw: HardwareSpec, traffic: DispatchTraffic, token_bytes: float, algorithm: str, op: str,
-            nodes: int) -> float:
-    """Seconds of one dispatch or combine alone on a fresh cluster of ``nodes`` nodes; the traffic's GPUs
-    sit at node ``nodes_of``, local index ``local_of`` (simulated with :func:`exchange`)."""
+def run_alone(hw: HardwareSpec, traffic: DispatchTraffic, token_bytes: float, algorithm: str, op: str,
+              nodes: int) -> tuple[float, dict]:
+    """One dispatch or combine alone on a fresh cluster of ``nodes`` nodes (simulated with :func:`exchange`;
+    the traffic's GPUs sit at node ``nodes_of``, local index ``local_of``): (seconds, bytes that left a GPU
+    for another, {"intra_node", "inter_node"}, summed over GPUs)."""
     env = simpy.Environment()
     cl = build_cluster(hw, nodes)
     net = FlowNetwork(env, cl)
     g = traffic.nodes_of * cl.gpus_per_node + traffic.local_of
-    proc = env.process(exchange(net, g, traffic, token_bytes, algorithm, op))
+    proc = env.process(exchange(net, g, traffic, token_bytes, algorithm, op, "x"))
     env.run(proc)
-    return float(env.now)
+    return float(env.now), dict(net.bytes_by_tag.get("x", {"intra_node": 0.0, "inter_node": 0.0}))
+
+
+def predict(hw: HardwareSpec, traffic: DispatchTraffic, token_bytes: float, algorithm: str, op: str,
+            nodes: int) -> float:
+    """Seconds of one dispatch or combine alone on a fresh cluster of ``nodes`` nodes (:func:`run_alone`)."""
+    return run_alone(hw, traffic, token_bytes, algorithm, op, nodes)[0]
+
+
+#: ``simfoe kernel --a2a`` names: DeepEP's modes, or any algorithm of :data:`ALGORITHMS` but auto
+A2A_NAMES = {"normal": "deepep-normal", "ll": "deepep-ll", **{a: a for a in ALGORITHMS if a != "auto"}}
+
+
+def exchange_cost(hw: HardwareSpec, op: str, a2a: str, nodes: int, tokens_per_gpu: int, hidden: int, topk: int,
+                  experts: int, node_groups: int | None = None, dtype: str = "bf16") -> dict:
+    """One dispatch or combine on ``nodes`` nodes of ``hw``, every GPU holding ``tokens_per_gpu`` tokens of
+    ``hidden`` values routed by DeepEP's test routing (top-``topk`` of ``experts``, over at most
+    ``node_groups`` nodes): {"latency_s", "algorithm", "comm_bytes": {"intra_node", "inter_node"}}."""
+    if op not in OPS:
+        raise SpecError("--op", op, "dispatch or combine")
+    if a2a not in A2A_NAMES:
+        raise SpecError("--a2a", a2a, "one of " + ", ".join(A2A_NAMES))
+    if dtype not in ("bf16", "fp8") or (op == "combine" and dtype == "fp8"):
+        raise SpecError("--dtype", dtype, "bf16 or fp8 for a dispatch; bf16 for a combine (expert outputs "
+                        "return in bf16)")
+    algorithm = A2A_NAMES[a2a]
+    tr = deepep_test_traffic(nodes, hw.node.gpus_per_node, tokens_per_gpu, experts, topk, node_groups)
+    t, nbytes = run_alone(hw, tr, copy_bytes(hidden, 1 if dtype == "fp8" else 2, algorithm, op), algorithm, op, nodes)
+    return {"latency_s": t, "algorithm": algorithm, "comm_bytes": nbytes}
