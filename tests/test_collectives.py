@@ -5,7 +5,11 @@ import numpy as np
 import pytest
 import simpy
 
-from simfoe.costs.collectives import all_gather, all_reduce, all_to_all, predict, reduce_scatter, send_recv
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from simfoe.costs.collectives import (all_gather, all_reduce, all_reduce_algorithms, all_to_all, predict, reduce_scatter,
+                                      send_recv)
 from simfoe.errors import SpecError
 from simfoe.fabric import FlowNetwork, build_cluster
 from simfoe.specs.io import load_hardware
@@ -30,18 +34,60 @@ def _run(env, gen):
 @pytest.mark.parametrize("n", [2, 4, 8])
 @pytest.mark.parametrize("S", [1e5, 1e7, 1e9])
 def test_ring_all_reduce_matches_alpha_beta(hw, n, S):
-    """NCCL latency model by hand: the faster of Simple and LL, base + 2(n-1) hops + bytes / rate."""
+    """NCCL latency model: the fastest of Simple, LL and LL128, base + 2(n-1) hops + bytes / rate."""
     c = hw.collectives.nvlink
     B = hw.node.nvlink_bandwidth * c.efficiency
     per_gpu = 2 * (n - 1) / n * S
     simple = c.alpha_s + 2 * (n - 1) * c.hop_s + per_gpu / B
     ll = c.ll_alpha_s + 2 * (n - 1) * c.ll_hop_s + per_gpu / (B * c.ll_bandwidth_fraction)
-    expected = min(simple, ll) + hw.node.nvlink_latency_s
+    ll128 = c.ll128_alpha_s + 2 * (n - 1) * c.ll128_hop_s + per_gpu / (B * c.ll128_bandwidth_fraction)
+    expected = min(simple, ll, ll128) + hw.node.nvlink_latency_s
     assert predict(hw, "all_reduce", n, S, "ring") == pytest.approx(expected, rel=1e-9)
     if S >= 1e9:
-        assert simple < ll  # large messages: Simple protocol
+        assert simple < min(ll, ll128)  # large messages: Simple protocol
     if S <= 1e5 and n == 8:
-        assert ll < simple  # small messages: LL protocol
+        assert ll < min(simple, ll128)  # small messages: LL protocol
+
+
+def test_one_ring_all_reduce_by_hand(hw):
+    """4 GPUs, one node, 90 MB, Simple only: 10 us base + 6 steps x 3.4 us + 3.1 us path latency
+    (GPU -> NVSwitch -> GPU) + 2 x 3/4 x 90 MB at 0.8 x 450 GB/s (375 us) = 408.5 us."""
+    nv = {"alpha_s": 10e-6, "efficiency": 0.8, "hop_s": 3.4e-6}
+    coll = hw.collectives.model_copy(update={"nvlink": type(hw.collectives.nvlink)(**nv)})
+    h = hw.model_copy(update={"collectives": coll, "node": hw.node.model_copy(update={"nvlink_latency_s": 3.1e-6})})
+    assert predict(h, "all_reduce", 4, 90e6, "ring") == pytest.approx(408.5e-6, rel=1e-9)
+
+
+@settings(max_examples=25, deadline=None)
+@given(per_node=st.integers(1, 8), nodes=st.integers(1, 3), log_bytes=st.floats(2.0, 9.5))
+def test_auto_never_slower_than_a_modelled_algorithm(per_node, nodes, log_bytes):
+    """``auto`` (NCCL's tuner) is at most every all-reduce algorithm simfoe models for the group."""
+    hw = load_hardware("h100-sxm")
+    n, S = per_node * nodes, 10 ** log_bytes
+    env, net = _net(hw, nodes)
+    gpus = (np.arange(nodes)[:, None] * 8 + np.arange(per_node)[None, :]).ravel()
+    auto = predict(hw, "all_reduce", n, S, "auto", nodes)
+    for a in all_reduce_algorithms(net, gpus):
+        assert auto <= predict(hw, "all_reduce", n, S, a, nodes) * (1 + 1e-9), a
+
+
+def test_auto_beats_sequential_choices_across_nodes(hw):
+    """2 nodes x 8 GPUs, 256 MiB: auto is no slower than the ring (it once took a sequential hierarchical
+    all-reduce, 2.16 vs 1.48 ms) and NVLS-tree and the pipelined hierarchical all-reduce exist."""
+    S = 256 * 2**20
+    t = {a: predict(hw, "all_reduce", 16, S, a, 2) for a in ("auto", "ring", "tree", "hierarchical", "nvls_tree")}
+    assert t["auto"] == min(t.values())
+    assert t["auto"] <= t["ring"]
+
+
+def test_all_to_all_runs_at_its_own_nvlink_rate(hw):
+    """8 GPUs, one node, 64 MiB to each peer: 7 x 64 MiB leave each GPU at all_to_all_nvlink_efficiency x
+    450 GB/s (Simple), plus one base latency, one step and the path latency."""
+    c = hw.collectives
+    S = 64 * 2**20
+    rate = hw.node.nvlink_bandwidth * c.all_to_all_nvlink_efficiency
+    expected = c.nvlink.alpha_s + c.nvlink.hop_s + hw.node.nvlink_latency_s + 7 * S / rate
+    assert predict(hw, "all_to_all", 8, S) == pytest.approx(expected, rel=1e-6)
 
 
 def test_ring_across_nodes_uses_all_nics(hw):

@@ -10,6 +10,8 @@ Sources (each judged against its tolerance in validation/tolerances.yaml):
 * ``deepep:h100_sxm:<normal|ll>:<op>:<n>n`` (and ``:shapes``): DeepEP dispatch/combine on 1-8 H100 nodes
   (AIConfigurator's SGLang tables, read in place from ``<shared>/aiconfigurator``), predicted with h100-sxm
   (:func:`deepep_rows`);
+* ``nccl:h100_sxm:<op>[:<n>gpu|:small]``: nccl-tests on one H100 node (AIConfigurator's table, read in place
+  from ``<shared>/aiconfigurator``), predicted with h100-sxm (:func:`nccl_rows`);
 * ``testbed:<profile>``: the stored testbed measurements (reports/calibration/testbed-<profile>.json, one per
   machine kind, each naming its profile; tolerance ``testbed:<profile>``) against the current
   forward-model predictions, judged by the MoE/FoE speedup error.
@@ -149,6 +151,26 @@ def deepep_rows(shared: Path, hw) -> list[dict]:
     return out
 
 
+NCCL_PROFILE = "h100-sxm"
+
+
+def nccl_rows(table: Path, hw) -> list[dict]:
+    """nccl-tests rows of one H100 node (simfoe.costs.fit_nccl_tests) predicted with ``hw``. Sources:
+    ``nccl:h100_sxm:<op>`` = 8 GPUs, >= 1 MiB; ``...:<op>:<n>gpu`` = 2 or 4 GPUs, >= 1 MiB;
+    ``...:<op>:small`` = 8 GPUs, < 1 MiB (the latency regime)."""
+    from simfoe.costs import fit_nccl_tests as fn
+
+    df = fn.load_nccl_tests(table)
+    pred = fn.predict_rows(hw, df)
+    out = []
+    for (op, n, big), idx in df.groupby(["op", "n_gpus", df["bytes"] >= fn.MIN_BYTES]).groups.items():
+        if n != fn.FIT_GPUS and not big:
+            continue
+        src = f"nccl:h100_sxm:{op}" + ("" if n == fn.FIT_GPUS and big else f":{n}gpu" if big else ":small")
+        out += _rows(src, op, pred[idx], df.loc[idx, "time_s"])
+    return out
+
+
 def testbed_results(folder: Path = TESTBED_DIR) -> list[Path]:
     """Stored testbed runs: reports/calibration/testbed-<profile>.json, one per machine kind."""
     return sorted(folder.glob("testbed-*.json")) if folder.is_dir() else []
@@ -235,6 +257,14 @@ def validate(vidur: str | Path | None = None, hardware: list[str] | None = None,
             rows += deepep_rows(shared_data_dir(), load_hardware(DEEPEP_PROFILE, hw_overrides))
         else:
             skipped["deepep"] = f"../shared/data/{TABLE_DIR} absent"
+    if hardware is None or NCCL_PROFILE in hardware:
+        from simfoe.costs.fit_nccl_tests import TABLE
+
+        table = (shared_data_dir() or Path("../shared/data")) / TABLE
+        if table.is_file():
+            rows += nccl_rows(table, load_hardware(NCCL_PROFILE, hw_overrides))
+        else:
+            skipped["nccl"] = f"{table} absent"
     if include_testbed:
         stored = testbed_results()
         if not stored:

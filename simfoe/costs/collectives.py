@@ -2,12 +2,15 @@
 
 Use as ``yield env.process(all_reduce(net, gpus, nbytes))``; ``gpus`` are global ranks. Every algorithm
 becomes one or more batches of point-to-point flows that share links max-min fairly with whatever else
-is on the fabric. Latency follows NCCL's own tuning model: a base latency per collective plus a per-step
-hardware latency for each algorithm step (NVLink steps inside nodes, network steps between them), for
-one of two protocols: Simple (``alpha_s``, ``hop_s``, full calibrated bandwidth) and LL (``ll_alpha_s``,
-``ll_hop_s``, ``ll_bandwidth_fraction`` of it). Each collective takes the protocol whose estimated time
-alone is smaller, as NCCL's tuner does. The base latency is the ``network`` path's when the group spans
-nodes, else ``nvlink``'s; ``nvls`` for in-switch reduction (Simple only, as in NCCL).
+is on the fabric. Latency follows NCCL's own tuning model (src/graph/tuning.cc): a base latency per
+collective plus a per-step hardware latency for each algorithm step (NVLink steps inside nodes, network
+steps between them), for one of three protocols: Simple (``alpha_s``, ``hop_s``, full calibrated
+bandwidth), LL and LL128 (their own base and per-step latencies, ``*_bandwidth_fraction`` of the rate).
+Each collective takes the protocol whose estimated time alone is smallest, as NCCL's tuner does. The base
+latency is the ``network`` path's when the group spans nodes, else ``nvlink``'s; ``nvls`` for in-switch
+reduction (Simple only, as in NCCL). Effective rates are derived once from the spec (:func:`rates`): the
+links run at the ring's calibrated efficiency; NVLS, tree and all-to-all flows put ``link rate / own rate``
+x their bytes on the wire.
 
 Algorithms (S = bytes per GPU, n = group size, k = GPUs of the group per node, m = nodes spanned):
 
@@ -15,29 +18,33 @@ Algorithms (S = bytes per GPU, n = group size, k = GPUs of the group per node, m
   When the group spans nodes the data is split over ``c = min(k, nics_per_node)`` channels (rings), ring c
   starting at local GPU c of each node, so that every node-to-node hop of some channel leaves through a
   different NIC (as NCCL's multiple rings do).
-- tree all-reduce: NCCL's double binary tree, pipelined: two complementary binary trees (heap order over
-  the group, and over the group reversed) each carry S/2 up (reduce) and down (broadcast) concurrently;
-  2*(local chain + ceil(log2 nodes)) steps.
+- tree all-reduce: NCCL's tree: a chain inside each node and a double binary tree over the nodes (two
+  complementary trees, chains and node order reversed, S/2 each, reduce up and broadcast down at once;
+  across nodes split over channels like the ring); 0.92 x the ring's bus rate (NCCL); 2*(k-1 + ceil(log2 m))
+  steps, 2*ceil(log2 m) of them network steps.
 - nvls all-reduce: in-switch reduction (NVSwitch gen3, ``hw.node.nvswitch_reduction``), one node only.
-  Each GPU sends S into the switch and receives S; modeled as S from each GPU to its neighbour through the
-  NVSwitch, on wire at ``nvlink.efficiency / nvls.efficiency`` x the bytes (so the achieved rate is
-  ``nvls.efficiency`` x NVLink line rate); latency ``nvls.alpha_s``.
-- hierarchical all-reduce (multi-node): intra-node ring reduce-scatter (k-1 NVLink steps), inter-node
-  ring all-reduce of the S/k shard among same-local-index GPUs (rails; 2(m-1) network steps), intra-node
-  ring all-gather (k-1 NVLink steps); one base latency for the whole. Phases run one after the other. Needs the same local indices on
-  every node spanned.
-- auto all-reduce (NCCL-like): one node -> the faster (estimated alone) of nvls, when the node has
-  in-switch reduction and n > 2, and the ring (for 2 GPUs a ring moves the same S per GPU as NVLS;
-  Vidur's 2-GPU H100 all_reduce follows the ring, see docs/calibration-collectives.md);
-  several nodes -> hierarchical when the group is the same shape on every node, else ring.
+  Each GPU sends S into the switch and receives S; modelled as S from each GPU to its neighbour at
+  ``nvls.efficiency`` x NVLink line rate; latency ``nvls.alpha_s``.
+- nvls_tree all-reduce (several nodes, same local GPUs on each): NVLS inside every node while, per rail j,
+  a double binary tree over the nodes carries the S/k shard; latency ``nvls.alpha_s`` + 2 ceil(log2 m) x
+  20.9 us (NCCL's NVLS-tree network latency); everything at once (pipelined).
+- hierarchical all-reduce (several nodes, same local GPUs on each), pipelined: intra-node ring
+  reduce-scatter and all-gather (2(k-1)/k*S per GPU on NVLink) at the same time as a ring all-reduce of
+  each S/k shard over the rails (2(m-1)/m*S/k per GPU); one base latency plus 2(k-1) NVLink and 2(m-1)
+  network steps.
+- auto all-reduce (NCCL's tuner): every algorithm above that applies to the group
+  (:func:`all_reduce_algorithms`) is timed alone on a fresh copy of the cluster (memoized) and the fastest
+  is run, so ``auto`` is never slower alone than an algorithm simfoe models.
 - all-gather / reduce-scatter: ring (multi-channel across nodes as above); (n-1) steps.
-- all-to-all direct: all pairs at once, one step. Hierarchical (PXN-like, rail-aligned): phase 1, every
-  GPU (a, i) sends over NVLink all data for GPU (b, j) to its own node's GPU (a, j) (data for its own node
-  goes straight to the destination); phase 2, GPU (a, j) sends the aggregate for (b, j) over rail j to
-  (b, j). The data then already sits on its destination, so the third (intra-node distribution) phase of a
-  generic hierarchical scheme is empty. Relayed bytes are counted again in phase 2 (they leave a GPU twice).
+- all-to-all direct: all pairs at once, one step; NVLink flows at ``all_to_all_nvlink_efficiency``.
+  Hierarchical (PXN-like, rail-aligned): phase 1, every GPU (a, i) sends over NVLink all data for GPU
+  (b, j) to its own node's GPU (a, j) (data for its own node goes straight to the destination); phase 2,
+  GPU (a, j) sends the aggregate for (b, j) over rail j to (b, j). The data then already sits on its
+  destination, so the third (intra-node distribution) phase of a generic hierarchical scheme is empty.
+  Relayed bytes are counted again in phase 2 (they leave a GPU twice).
 
-``predict(hw, collective, n_gpus, nbytes)`` runs one collective alone on a fresh cluster (validation).
+``predict(hw, collective, n_gpus, nbytes, algorithm, nodes)`` runs one collective alone on a fresh cluster
+(validation); :func:`algorithms` lists the names it accepts per collective.
 """
 from __future__ import annotations
 
@@ -52,7 +59,7 @@ from simfoe.fabric.flows import FlowNetwork
 from simfoe.fabric.topology import build_cluster
 from simfoe.specs.hardware import HardwareSpec
 
-ALL_REDUCE_ALGORITHMS = ("auto", "ring", "tree", "nvls", "hierarchical")
+ALL_REDUCE_ALGORITHMS = ("auto", "ring", "tree", "nvls", "nvls_tree", "hierarchical")
 ALL_TO_ALL_ALGORITHMS = ("direct", "hierarchical")
 RING_ALGORITHMS = ("auto", "ring")
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv")
@@ -94,6 +101,45 @@ def _n_nodes(net: FlowNetwork, g: np.ndarray) -> int:
     return int(np.unique(g // net.cluster.gpus_per_node).size)
 
 
+#: NCCL tuning-model constants (NVIDIA/nccl src/graph/tuning.cc, NCCL 2.29, read 2026-12-07): tree
+#: all-reduce bus bandwidth = 0.92 x the ring's (``busBw * .92``); NVLS-tree latency per inter-node tree level
+#: ``hwLat[NET][NVLS_TREE][Simple]`` = 20.9 us. The tree's per-step latencies are the profile's ring ones
+#: (NCCL's differ by at most 0.65 us: NVLink Simple 4.0 vs 3.4, LL128 1.25 vs 1.9) so that profiles not
+#: fitted to NCCL (gloo on CPUs) keep their own.
+TREE_BW_FRACTION = 0.92
+NVLS_TREE_NET_HOP_S = 20.9e-6
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Effective per-GPU rates (bytes/s per direction) of one hardware spec, derived once here.
+
+    ``nvlink`` and ``network`` are the fabric's link capacities (line rate x the path's calibrated bus
+    efficiency, the ring's); the other algorithms run their flows at their own rate on those links by
+    putting ``link rate / own rate`` x their bytes on the wire (:meth:`wire`).
+    """
+
+    nvlink: float
+    network: float
+    nvls: float | None
+    all_to_all_nvlink: float
+    tree_nvlink: float
+
+    def wire(self, own: float | None) -> float:
+        """Wire factor of NVLink flows that achieve ``own`` bytes/s on links of rate ``nvlink``."""
+        return self.nvlink / own if own else 1.0
+
+
+def rates(hw: HardwareSpec) -> Rates:
+    """The effective rates of ``hw`` (see :class:`Rates`)."""
+    c = hw.collectives
+    nv = hw.node.nvlink_bandwidth
+    a2a = c.all_to_all_nvlink_efficiency or c.nvlink.efficiency
+    return Rates(nvlink=nv * c.nvlink.efficiency, network=hw.network.nic_bandwidth * c.network.efficiency,
+                 nvls=nv * c.nvls.efficiency if c.nvls is not None else None,
+                 all_to_all_nvlink=nv * a2a, tree_nvlink=nv * c.nvlink.efficiency * TREE_BW_FRACTION)
+
+
 @dataclass(frozen=True)
 class Proto:
     """One NCCL protocol's latency terms and bandwidth share (see PathCalibration)."""
@@ -109,14 +155,24 @@ class Proto:
         return 1.0 / self.bw_fraction
 
 
-def protocols(net: FlowNetwork, g: np.ndarray) -> list[Proto]:
-    """Simple, plus LL where the group's path has an LL calibration."""
-    c = net.cluster.hw.collectives
-    p = _path(net, g)
-    out = [Proto("simple", p.alpha_s, c.nvlink.hop_s, c.network.hop_s, 1.0)]
+def _path_protos(p, hop_nvlink: dict, hop_network: dict) -> list[Proto]:
+    """Simple, LL and LL128 of path calibration ``p`` (those it calibrates), with the given per-step hops."""
+    out = [Proto("simple", p.alpha_s, hop_nvlink["simple"], hop_network["simple"], 1.0)]
     if p.ll_alpha_s is not None:
-        out.append(Proto("ll", p.ll_alpha_s, c.nvlink.ll_hop_s, c.network.ll_hop_s, p.ll_bandwidth_fraction))
+        out.append(Proto("ll", p.ll_alpha_s, hop_nvlink["ll"], hop_network["ll"], p.ll_bandwidth_fraction))
+    if p.ll128_alpha_s is not None:
+        out.append(Proto("ll128", p.ll128_alpha_s, hop_nvlink["ll128"], hop_network["ll128"], p.ll128_bandwidth_fraction))
     return out
+
+
+def _hops(cal) -> dict:
+    return {"simple": cal.hop_s, "ll": cal.ll_hop_s, "ll128": cal.ll128_hop_s}
+
+
+def protocols(net: FlowNetwork, g: np.ndarray) -> list[Proto]:
+    """Simple, plus LL and LL128 where the group's path calibrates them (ring per-step latencies)."""
+    c = net.cluster.hw.collectives
+    return _path_protos(_path(net, g), _hops(c.nvlink), _hops(c.network))
 
 
 def _steps_latency(p: Proto, steps: int, inter_steps: int) -> float:
@@ -124,20 +180,23 @@ def _steps_latency(p: Proto, steps: int, inter_steps: int) -> float:
     return p.alpha_s + (steps - inter_steps) * p.hop_nvlink_s + inter_steps * p.hop_network_s
 
 
-def _gpu_rate(net: FlowNetwork, g: np.ndarray) -> float:
-    """Achievable per-GPU rate of the group's slowest path class (bytes/s), for choosing a protocol."""
-    hw = net.cluster.hw
-    nv = hw.node.nvlink_bandwidth * hw.collectives.nvlink.efficiency
-    if not _spans_nodes(net, g):
-        return nv
-    return min(nv, hw.network.nic_bandwidth * hw.collectives.network.efficiency)
+def _gpu_rate(net: FlowNetwork, g: np.ndarray, nvlink: float | None = None) -> float:
+    """Achievable per-GPU rate of the group's slowest path class (bytes/s), for choosing a protocol;
+    ``nvlink`` overrides the NVLink rate (an algorithm with its own efficiency)."""
+    r = rates(net.cluster.hw)
+    nv = r.nvlink if nvlink is None else nvlink
+    return min(nv, r.network) if _spans_nodes(net, g) else nv
 
 
-def _choose(net: FlowNetwork, g: np.ndarray, steps: int, inter_steps: int, per_gpu_bytes: float) -> tuple[Proto, float]:
-    """The protocol with the smallest estimated time for the collective alone, and its latency."""
-    rate = _gpu_rate(net, g)
+def _choose(net: FlowNetwork, g: np.ndarray, steps: int, inter_steps: int, per_gpu_bytes: float,
+            rate: float | None = None, protos: list[Proto] | None = None) -> tuple[Proto, float]:
+    """The protocol with the smallest estimated time for the collective alone, and its latency.
+
+    ``rate``: per-GPU bytes/s (default: the group's ring rate); ``protos``: candidates (default: ring's).
+    """
+    rate = _gpu_rate(net, g) if rate is None else rate
     best = None
-    for p in protocols(net, g):
+    for p in protocols(net, g) if protos is None else protos:
         lat = _steps_latency(p, steps, inter_steps)
         t = lat + per_gpu_bytes / (rate * p.bw_fraction)
         if best is None or t < best[2]:
@@ -146,14 +205,10 @@ def _choose(net: FlowNetwork, g: np.ndarray, steps: int, inter_steps: int, per_g
 
 
 def _one_step(cal, hop_simple: float, hop_ll: float, rate: float, nbytes: float) -> tuple[float, float]:
-    """(latency, wire factor) of a one-step transfer on path calibration ``cal``, faster protocol."""
-    best = (cal.alpha_s + hop_simple, 1.0)
-    t_best = best[0] + nbytes / rate
-    if cal.ll_alpha_s is not None:
-        lat = cal.ll_alpha_s + hop_ll
-        if lat + nbytes / (rate * cal.ll_bandwidth_fraction) < t_best:
-            best = (lat, 1.0 / cal.ll_bandwidth_fraction)
-    return best
+    """(latency, wire factor) of a one-step transfer on path calibration ``cal``, fastest protocol."""
+    hops = {"simple": hop_simple, "ll": hop_ll, "ll128": cal.ll128_hop_s}
+    best = min(_path_protos(cal, hops, hops), key=lambda p: p.alpha_s + p.hop_nvlink_s + nbytes / (rate * p.bw_fraction))
+    return best.alpha_s + best.hop_nvlink_s, best.wire_factor
 
 
 def _check_algo(name: str, value: str, allowed) -> None:
@@ -183,13 +238,182 @@ def _ring_orders(net: FlowNetwork, g: np.ndarray) -> list[np.ndarray]:
     return [np.concatenate([np.roll(p, -c) for p in per_node]) for c in range(channels)]
 
 
-def _ring_stream(net, g, per_gpu_bytes, tag, alpha_total, wire_factor=1.0):
+@dataclass(frozen=True, eq=False)
+class Flows:
+    """One batch of point-to-point flows started together: global ranks, bytes (per flow or one for
+    all), the batch's latency (s) and the wire factor of its bytes."""
+
+    src: np.ndarray
+    dst: np.ndarray
+    nbytes: np.ndarray | float
+    alpha_s: float
+    wire_factor: float = 1.0
+
+
+@dataclass(frozen=True, eq=False)
+class Phase:
+    """Batches that run concurrently; a collective's phases run one after the other."""
+
+    batches: tuple[Flows, ...]
+
+
+def _run_plan(net: FlowNetwork, plan: tuple[Phase, ...], tag: str):
+    """SimPy process body: the plan's phases in order, each phase's batches together."""
+    for phase in plan:
+        evs = [net.transfer_many(b.src, b.dst, b.nbytes, tag, b.alpha_s, b.wire_factor) for b in phase.batches]
+        yield evs[0] if len(evs) == 1 else simpy.AllOf(net.env, evs)
+
+
+_ALONE: dict = {}
+_ALONE_MAX = 50_000
+
+
+def _alone_s(net: FlowNetwork, key: tuple, plan: tuple[Phase, ...]) -> float:
+    """Seconds the plan takes alone on a fresh copy of ``net``'s cluster (memoized on ``key``)."""
+    k = (id(net.cluster),) + key
+    hit = _ALONE.get(k)
+    if hit is None or hit[0] is not net.cluster:
+        env = simpy.Environment()
+        p = env.process(_run_plan(FlowNetwork(env, net.cluster), plan, "alone"))
+        env.run(p)
+        if len(_ALONE) >= _ALONE_MAX:
+            _ALONE.clear()
+        hit = _ALONE[k] = (net.cluster, float(env.now))
+    return hit[1]
+
+
+def _ring_flows(net, g, per_gpu_bytes, alpha_total, wire_factor=1.0) -> Flows:
     """Every GPU streams ``per_gpu_bytes`` to its ring successor(s), split over the channels."""
     orders = _ring_orders(net, g)
     src = np.concatenate(orders)
     dst = np.concatenate([np.roll(o, -1) for o in orders])
-    nb = per_gpu_bytes / len(orders)
-    return net.transfer_many(src, dst, nb, tag, alpha_total, wire_factor)
+    return Flows(src, dst, per_gpu_bytes / len(orders), alpha_total, wire_factor)
+
+
+def _rows_ring(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(src, dst) of independent rings, one per row of ``rows``."""
+    return rows.ravel(), np.roll(rows, -1, axis=1).ravel()
+
+
+# ---------------------------------------------------------------------------------------- all-reduce plans
+def _ar_ring(net: FlowNetwork, g: np.ndarray, S: float) -> tuple[Phase, ...]:
+    n, m = g.size, _n_nodes(net, g)
+    p, lat = _choose(net, g, 2 * (n - 1), 2 * (m - 1), 2 * (n - 1) / n * S)
+    return (Phase((_ring_flows(net, g, 2 * (n - 1) / n * S, lat, p.wire_factor),)),)
+
+
+def _binary_tree(order: np.ndarray) -> tuple[list, list]:
+    """Up (child -> parent) and down flows of a binary tree in heap order over ``order``."""
+    child = np.arange(1, order.size)
+    parent = (child - 1) // 2
+    return [order[child], order[parent]], [order[parent], order[child]]
+
+
+def _ar_tree(net: FlowNetwork, g: np.ndarray, S: float) -> tuple[Phase, ...]:
+    """NCCL's tree: a chain inside each node, a double binary tree over the nodes' chain heads; two
+    complementary trees (chains reversed, nodes reversed) carry half each, up and down at once. Across
+    nodes the data is split over ``min(k, nics_per_node)`` channels whose chains start at successive
+    local GPUs, so that the heads leave through different NICs (as NCCL's channels do)."""
+    gpn = net.cluster.gpus_per_node
+    members = [np.sort(g[g // gpn == nd]) for nd in np.unique(g // gpn)]
+    m, k = len(members), max(len(x) for x in members)
+    channels = max(1, min(min(len(x) for x in members), net.cluster.hw.network.nics_per_node)) if m > 1 else 1
+    src, dst = [], []
+    for c in range(channels):
+        for rev in (False, True):
+            chains = [np.roll(x, -c)[::-1] if rev else np.roll(x, -c) for x in members]
+            for ch in chains:
+                src += [ch[1:], ch[:-1]]
+                dst += [ch[:-1], ch[1:]]
+            heads = np.array([ch[0] for ch in chains])
+            s, d = _binary_tree(heads[::-1] if rev else heads)
+            src += s
+            dst += d
+    levels = math.ceil(math.log2(m)) if m > 1 else 0
+    r = rates(net.cluster.hw)
+    p, lat = _choose(net, g, 2 * (k - 1 + levels), 2 * levels, 2 * S, _gpu_rate(net, g, r.tree_nvlink))
+    return (Phase((Flows(np.concatenate(src), np.concatenate(dst), S / 2 / channels, lat,
+                         p.wire_factor * r.wire(r.tree_nvlink)),)),)
+
+
+def _ar_nvls(net: FlowNetwork, g: np.ndarray, S: float) -> tuple[Phase, ...]:
+    """In-switch reduction inside one node: each GPU sends S into the NVSwitch and receives S (Simple)."""
+    c, r = net.cluster.hw.collectives, rates(net.cluster.hw)
+    return (Phase((Flows(g, np.roll(g, -1), S, c.nvls.alpha_s, r.wire(r.nvls)),)),)
+
+
+def _ar_nvls_tree(net: FlowNetwork, shape: np.ndarray, S: float) -> tuple[Phase, ...]:
+    """NVLS inside each node while, per rail j, a double binary tree over the nodes moves shard S/k."""
+    m, k = shape.shape
+    c, r = net.cluster.hw.collectives, rates(net.cluster.hw)
+    lat = c.nvls.alpha_s + 2 * math.ceil(math.log2(m)) * NVLS_TREE_NET_HOP_S
+    src, dst = [], []
+    for j in range(k):
+        for order in (shape[:, j], shape[::-1, j]):
+            s, d = _binary_tree(order)
+            src += s
+            dst += d
+    batches = [Flows(np.concatenate(src), np.concatenate(dst), S / k / 2, lat)]
+    if k > 1:
+        s, d = _rows_ring(shape)
+        batches.append(Flows(s, d, S, lat, r.wire(r.nvls)))
+    return (Phase(tuple(batches)),)
+
+
+def _ar_hierarchical(net: FlowNetwork, g: np.ndarray, shape: np.ndarray, S: float) -> tuple[Phase, ...]:
+    """Pipelined: intra-node ring reduce-scatter and all-gather (2(k-1)/k S per GPU on NVLink) while the
+    rails run a ring all-reduce of each S/k shard across nodes; one base latency, all hops."""
+    m, k = shape.shape
+    r = rates(net.cluster.hw)
+    best = None
+    for p in protocols(net, g):
+        lat = p.alpha_s + 2 * (k - 1) * p.hop_nvlink_s + 2 * (m - 1) * p.hop_network_s
+        t = lat + max(2 * (k - 1) / k * S / r.nvlink, 2 * (m - 1) / m * S / k / r.network) / p.bw_fraction
+        if best is None or t < best[2]:
+            best = (p, lat, t)
+    p, lat, _ = best
+    s1, d1 = _rows_ring(shape.T)
+    parts = [(s1, d1, np.full(s1.size, 2 * (m - 1) / m * S / k))]
+    if k > 1:
+        s2, d2 = _rows_ring(shape)
+        parts.append((s2, d2, np.full(s2.size, 2 * (k - 1) / k * S)))
+    src, dst, nb = (np.concatenate(x) for x in zip(*parts))
+    return (Phase((Flows(src, dst, nb, lat, p.wire_factor),)),)
+
+
+def all_reduce_algorithms(net: FlowNetwork, gpus) -> list[str]:
+    """The all-reduce algorithms simfoe models for this group (``auto`` picks the fastest of them)."""
+    g = _group(net, gpus)
+    hw = net.cluster.hw
+    nvls = hw.node.nvswitch_reduction and hw.collectives.nvls is not None
+    if not _spans_nodes(net, g):
+        return ["ring", "tree"] + (["nvls"] if nvls and g.size > 1 else [])
+    uniform = _uniform_shape(net, g) is not None
+    return ["ring", "tree"] + (["hierarchical"] if uniform else []) + (["nvls_tree"] if uniform and nvls else [])
+
+
+def _ar_plan(net: FlowNetwork, g: np.ndarray, S: float, algorithm: str) -> tuple[Phase, ...]:
+    """The flows of one all-reduce; ``auto``: the algorithm fastest alone (NCCL's tuner, exact here)."""
+    avail = all_reduce_algorithms(net, g)
+    if algorithm == "auto":
+        plans = {a: _ar_plan(net, g, S, a) for a in avail}
+        return plans[min(avail, key=lambda a: _alone_s(net, ("all_reduce", a, g.tobytes(), S), plans[a]))]
+    if algorithm == "hierarchical" and not _spans_nodes(net, g):
+        return _ar_plan(net, g, S, "auto")
+    if algorithm not in avail:
+        if algorithm == "nvls":
+            raise SpecError("algorithm", "nvls", "only inside one node whose NVSwitch reduces (node.nvswitch_reduction "
+                            "and collectives.nvls set); use " + ", ".join(avail))
+        raise SpecError("algorithm", algorithm, f"for this group one of auto, {', '.join(avail)} (hierarchical and "
+                        "nvls_tree need the same local GPUs on every node, nvls_tree an NVSwitch that reduces)")
+    if algorithm == "ring":
+        return _ar_ring(net, g, S)
+    if algorithm == "tree":
+        return _ar_tree(net, g, S)
+    if algorithm == "nvls":
+        return _ar_nvls(net, g, S)
+    shape = _uniform_shape(net, g)
+    return _ar_nvls_tree(net, shape, S) if algorithm == "nvls_tree" else _ar_hierarchical(net, g, shape, S)
 
 
 # ---------------------------------------------------------------------------------------- collectives
@@ -198,91 +422,9 @@ def all_reduce(net: FlowNetwork, gpus, nbytes: float, algorithm: str = "auto", t
     _check_algo("algorithm", algorithm, ALL_REDUCE_ALGORITHMS)
     g = _group(net, gpus)
     S = _nbytes("nbytes", nbytes)
-    n = g.size
-    if n == 1 or S == 0:
+    if g.size == 1 or S == 0:
         return
-    hw = net.cluster.hw
-    spans = _spans_nodes(net, g)
-    m = _n_nodes(net, g)
-    ring_p, ring_lat = _choose(net, g, 2 * (n - 1), 2 * (m - 1), 2 * (n - 1) / n * S)
-    if algorithm == "auto":
-        if not spans:
-            algorithm = "ring"
-            c = hw.collectives
-            if hw.node.nvswitch_reduction and c.nvls is not None and n > 2:
-                # NCCL's tuner: the faster of NVLS (Simple only) and the ring's best protocol
-                t_nvls = c.nvls.alpha_s + S / (hw.node.nvlink_bandwidth * c.nvls.efficiency)
-                t_ring = ring_lat + 2 * (n - 1) / n * S / (_gpu_rate(net, g) * ring_p.bw_fraction)
-                algorithm = "nvls" if t_nvls <= t_ring else "ring"
-        else:
-            algorithm = "hierarchical" if _uniform_shape(net, g) is not None else "ring"
-    if algorithm == "ring":
-        yield _ring_stream(net, g, 2 * (n - 1) / n * S, tag, ring_lat, ring_p.wire_factor)
-    elif algorithm == "tree":
-        src, dst = [], []
-        for order in (g, g[::-1]):
-            child = np.arange(1, n)
-            parent = (child - 1) // 2
-            src += [order[child], order[parent]]
-            dst += [order[parent], order[child]]
-        p, lat = _tree_latency(net, g, S)
-        yield net.transfer_many(np.concatenate(src), np.concatenate(dst), S / 2, tag, lat, p.wire_factor)
-    elif algorithm == "nvls":
-        if spans or not hw.node.nvswitch_reduction or hw.collectives.nvls is None:
-            raise SpecError("algorithm", "nvls", "only inside one node whose NVSwitch reduces (node.nvswitch_reduction "
-                            "and collectives.nvls set); use ring, tree or hierarchical")
-        c = hw.collectives
-        yield net.transfer_many(g, np.roll(g, -1), S, tag, c.nvls.alpha_s, c.nvlink.efficiency / c.nvls.efficiency)
-    else:  # hierarchical
-        shape = _uniform_shape(net, g)
-        if shape is None:
-            raise SpecError("gpus", g.tolist(), "for hierarchical all-reduce, the same local GPUs on every node")
-        m, k = shape.shape
-        if m == 1:
-            yield from all_reduce(net, g, S, "auto", tag)
-            return
-        p = _choose_hierarchical(net, g, m, k, S)
-        # one base latency for the whole collective, then per-step hops on each path (NCCL model)
-        if k > 1:
-            yield _rows_ring(net, shape, (k - 1) / k * S, tag, p.alpha_s + (k - 1) * p.hop_nvlink_s, p.wire_factor)
-        shard = S / k
-        yield _rows_ring(net, shape.T, 2 * (m - 1) / m * shard, tag,
-                         (0.0 if k > 1 else p.alpha_s) + 2 * (m - 1) * p.hop_network_s, p.wire_factor)
-        if k > 1:
-            yield _rows_ring(net, shape, (k - 1) / k * S, tag, (k - 1) * p.hop_nvlink_s, p.wire_factor)
-
-
-def _choose_hierarchical(net: FlowNetwork, g: np.ndarray, m: int, k: int, S: float) -> Proto:
-    """Protocol of a hierarchical all-reduce: the faster estimate over its intra and inter phases."""
-    hw = net.cluster.hw
-    nv = hw.node.nvlink_bandwidth * hw.collectives.nvlink.efficiency
-    nw = hw.network.nic_bandwidth * hw.collectives.network.efficiency
-    best = None
-    for p in protocols(net, g):
-        lat = p.alpha_s + 2 * (k - 1) * p.hop_nvlink_s + 2 * (m - 1) * p.hop_network_s
-        t = lat + (2 * (k - 1) / k * S / nv + 2 * (m - 1) / m * S / k / nw) / p.bw_fraction
-        if best is None or t < best[1]:
-            best = (p, t)
-    return best[0]
-
-
-def _tree_latency(net: FlowNetwork, g: np.ndarray, S: float) -> tuple[Proto, float]:
-    """Double binary tree: up and down; NVLink hops for the local chain, log2(nodes) network levels."""
-    n = g.size
-    m = _n_nodes(net, g)
-    local = max(n // max(m, 1) - 1, 0)
-    levels = math.ceil(math.log2(m)) if m > 1 else 0
-    if m == 1:
-        levels, local = 0, math.ceil(math.log2(n))
-    steps, inter = 2 * (local + levels), 2 * levels
-    return _choose(net, g, steps, inter, S)
-
-
-def _rows_ring(net, rows: np.ndarray, per_gpu_bytes, tag, alpha_total, wire_factor=1.0):
-    """Independent rings, one per row of ``rows``, all at once (one batch)."""
-    src = rows.ravel()
-    dst = np.roll(rows, -1, axis=1).ravel()
-    return net.transfer_many(src, dst, per_gpu_bytes, tag, alpha_total, wire_factor)
+    yield from _run_plan(net, _ar_plan(net, g, S, algorithm), tag)
 
 
 def all_gather(net: FlowNetwork, gpus, nbytes_per_rank: float, algorithm: str = "auto", tag: str = "all_gather"):
@@ -293,9 +435,8 @@ def all_gather(net: FlowNetwork, gpus, nbytes_per_rank: float, algorithm: str = 
     n = g.size
     if n == 1 or s == 0:
         return
-    m = _n_nodes(net, g)
-    p, lat = _choose(net, g, n - 1, m - 1, (n - 1) * s)
-    yield _ring_stream(net, g, (n - 1) * s, tag, lat, p.wire_factor)
+    p, lat = _choose(net, g, n - 1, _n_nodes(net, g) - 1, (n - 1) * s)
+    yield from _run_plan(net, (Phase((_ring_flows(net, g, (n - 1) * s, lat, p.wire_factor),)),), tag)
 
 
 def reduce_scatter(net: FlowNetwork, gpus, nbytes: float, algorithm: str = "auto", tag: str = "reduce_scatter"):
@@ -306,9 +447,8 @@ def reduce_scatter(net: FlowNetwork, gpus, nbytes: float, algorithm: str = "auto
     n = g.size
     if n == 1 or S == 0:
         return
-    m = _n_nodes(net, g)
-    p, lat = _choose(net, g, n - 1, m - 1, (n - 1) / n * S)
-    yield _ring_stream(net, g, (n - 1) / n * S, tag, lat, p.wire_factor)
+    p, lat = _choose(net, g, n - 1, _n_nodes(net, g) - 1, (n - 1) / n * S)
+    yield from _run_plan(net, (Phase((_ring_flows(net, g, (n - 1) / n * S, lat, p.wire_factor),)),), tag)
 
 
 def send_recv(net: FlowNetwork, src: int, dst: int, nbytes: float, tag: str = "send_recv"):
@@ -337,9 +477,14 @@ def all_to_all(net: FlowNetwork, gpus, traffic, algorithm: str = "direct", tag: 
     if algorithm == "direct" or not _spans_nodes(net, g):
         i, j = np.nonzero(T)
         if i.size:
-            # one step; the busiest sender's bytes decide the protocol
-            p, lat = _choose(net, g, 1, 1 if _spans_nodes(net, g) else 0, float(T.sum(axis=1).max()))
-            yield net.transfer_many(g[i], g[j], T[i, j], tag, lat, p.wire_factor)
+            # one step; the busiest sender's bytes decide the protocol; NVLink flows at the all-to-all rate
+            r = rates(net.cluster.hw)
+            p, lat = _choose(net, g, 1, 1 if _spans_nodes(net, g) else 0, float(T.sum(axis=1).max()),
+                             _gpu_rate(net, g, r.all_to_all_nvlink))
+            intra = (g[i] // gpn) == (g[j] // gpn)
+            yield from _run_plan(net, (Phase(tuple(
+                Flows(g[i[s]], g[j[s]], T[i[s], j[s]], lat, p.wire_factor * w)
+                for s, w in ((intra, r.wire(r.all_to_all_nvlink)), (~intra, 1.0)) if s.any())),), tag)
         return
     shape = _uniform_shape(net, g)
     if shape is None:
@@ -355,10 +500,9 @@ def all_to_all(net: FlowNetwork, gpus, traffic, algorithm: str = "direct", tag: 
     np.add.at(P1, (np.repeat(np.arange(n), n), relay.ravel()), T.ravel())
     i, j = np.nonzero(P1)
     if i.size:
-        c = hw.collectives
-        lat, wf = _one_step(c.nvlink, c.nvlink.hop_s, c.nvlink.ll_hop_s,
-                            hw.node.nvlink_bandwidth * c.nvlink.efficiency, float(P1.sum(axis=1).max()))
-        yield net.transfer_many(g[i], g[j], P1[i, j], tag, lat, wf)
+        c, r = hw.collectives, rates(hw)
+        lat, wf = _one_step(c.nvlink, c.nvlink.hop_s, c.nvlink.ll_hop_s, r.all_to_all_nvlink, float(P1.sum(axis=1).max()))
+        yield net.transfer_many(g[i], g[j], P1[i, j], tag, lat, wf * r.wire(r.all_to_all_nvlink))
     # phase 2: relay -> destination across nodes (same rail); only off-node data
     off = node[:, None] != node[None, :]
     P2 = np.zeros((n, n))
@@ -366,20 +510,28 @@ def all_to_all(net: FlowNetwork, gpus, traffic, algorithm: str = "direct", tag: 
     i, j = np.nonzero(P2)
     if i.size:
         c = hw.collectives
-        lat, wf = _one_step(c.network, c.network.hop_s, c.network.ll_hop_s,
-                            hw.network.nic_bandwidth * c.network.efficiency, float(P2.sum(axis=1).max()))
+        lat, wf = _one_step(c.network, c.network.hop_s, c.network.ll_hop_s, rates(hw).network, float(P2.sum(axis=1).max()))
         yield net.transfer_many(g[i], g[j], P2[i, j], tag, lat, wf)
 
 
 # ---------------------------------------------------------------------------------------- prediction
+def algorithms(collective: str) -> tuple[str, ...]:
+    """Algorithm names ``predict`` accepts for ``collective`` (``auto``: NCCL-like choice)."""
+    _check_algo("collective", collective, COLLECTIVES)
+    return {"all_reduce": ALL_REDUCE_ALGORITHMS, "all_gather": RING_ALGORITHMS, "reduce_scatter": RING_ALGORITHMS,
+            "all_to_all": ("auto",) + ALL_TO_ALL_ALGORITHMS, "send_recv": ("auto",)}[collective]
+
+
 def predict(hw: HardwareSpec, collective: str, n_gpus: int, nbytes: float, algorithm: str = "auto", nodes: int | None = None) -> float:
     """Seconds for one ``collective`` of ``nbytes`` over ``n_gpus`` GPUs alone on a fresh cluster.
 
     GPUs are packed ``n_gpus / nodes`` per node (ranks 0.. of each node); ``nodes`` defaults to the fewest
     nodes that hold ``n_gpus``. nbytes: all_reduce / reduce_scatter = bytes per GPU; all_gather = bytes per
     rank; all_to_all = bytes each GPU sends to each other GPU; send_recv = bytes (n_gpus must be 2).
+    ``algorithm``: one of :func:`algorithms` (``collective``).
     """
     _check_algo("collective", collective, COLLECTIVES)
+    _check_algo("algorithm", algorithm, algorithms(collective))
     if isinstance(n_gpus, bool) or int(n_gpus) != n_gpus or n_gpus < 1:
         raise SpecError("n_gpus", n_gpus, "a positive integer")
     n_gpus = int(n_gpus)

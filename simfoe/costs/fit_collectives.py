@@ -14,8 +14,8 @@ plus a per-step hardware latency). ``hop_s`` is NCCL's own LL-protocol per-step 
 on sizes >= 1 MB with alpha held, each by minimizing the mean relative error of the simulator's own
 prediction (:func:`simfoe.costs.collectives.predict`, Nelder-Mead), two rounds. Paths:
 
-- h100-sxm ``nvls``: all_reduce inside one node with 4 and 8 GPUs (``auto`` picks NVLS there);
-  ``nvlink``: all_reduce of 2 GPUs (ring) plus send_recv between 2 GPUs of one node; ``network``: alpha from send_recv between 2 nodes with
+- h100-sxm ``nvls`` and ``nvlink``: NOT fitted here but to nccl-tests on 2/4/8 H100 of one node
+  (:mod:`simfoe.costs.fit_nccl_tests`; the Vidur rows are still reported); ``network``: alpha from send_recv between 2 nodes with
   the efficiency kept at the measured per-NIC figure (46-49 of 50 GB/s, hardware.md) because NCCL spreads
   one inter-node send over several NICs (measured 64 GB/s > one NDR NIC), which a one-flow-one-NIC path
   cannot reproduce.
@@ -52,6 +52,7 @@ LL_HOP_S = {"nvlink": 0.6e-6, "network": 2.7e-6}
 #: bandwidth (tuning.cc: ``busBw * .5`` for RING/LL, NCCL 2.2x).
 LL_BW_FRACTION = 0.5
 HOP_SOURCE = "NCCL src/graph/tuning.cc hwLat[{path}][RING][{proto}] = {us} us per step (NCCL 2.2x tuning model)"
+PATHS = ("nvlink", "network", "nvls")
 _DATASET = {"h100-sxm": "h100_dgx", "a100-sxm": "a100_dgx", "h200-sxm": "h100_dgx"}
 #: achieved per HDR NIC ~24 GB/s of 25 ([M] NVIDIA/nccl#1048, ../shared/reference/hardware.md)
 A100_NIC_EFFICIENCY = 24.0 / 25.0
@@ -80,7 +81,7 @@ def _with(hw: HardwareSpec, path: str, alpha: float, eff: float, ll_alpha: float
     """``hw`` with path's Simple (alpha, efficiency) set, NCCL hop latencies, and LL alpha when given."""
     c = hw.collectives.model_dump()
     old = c.get(path) or {}
-    c[path] = {"alpha_s": float(alpha), "efficiency": float(eff), "hop_s": HOP_S[path]}
+    c[path] = {**old, "alpha_s": float(alpha), "efficiency": float(eff), "hop_s": HOP_S[path]}
     ll = ll_alpha if ll_alpha is not None else old.get("ll_alpha_s")
     if ll is not None and path in LL_HOP_S:
         c[path].update({"ll_alpha_s": float(ll), "ll_hop_s": LL_HOP_S[path], "ll_bandwidth_fraction": LL_BW_FRACTION})
@@ -142,7 +143,7 @@ def _fit_two_stage(hw, path, sets, fixed_eff=None):
     # 1 MB points) would steer it, and a refit would not reproduce the profile it wrote
     cur = getattr(hw.collectives, path)
     simple = hw.model_copy(update={"collectives": hw.collectives.model_copy(
-        update={path: cur.model_copy(update={"ll_alpha_s": None})})})
+        update={path: cur.model_copy(update={"ll_alpha_s": None, "ll128_alpha_s": None})})})
     alpha, eff = _fit_path(simple, path, large, fixed_eff=fixed_eff, x0=(1e-5, cur.efficiency))
     hw = _with(hw, path, alpha, eff)
     if path not in LL_HOP_S:
@@ -214,20 +215,9 @@ def run_fit(hardware: str, vidur_dir: Path, write: bool) -> dict:
     prov: dict[str, str] = {}
     if dataset == "h100_dgx":
         one = ar[ar["nodes"] == 1]
-        one_all = ar_all[ar_all["nodes"] == 1]
-        sr_in, sr_out = sr_all[sr_all["nodes"] == 1], sr_all[sr_all["nodes"] > 1]
-        a, e, _ = _fit_two_stage(hw, "nvls", [("all_reduce", one_all[one_all["num_workers"] > 2])])
-        hw = _with(hw, "nvls", a, e)
-        for key in ("alpha_s", "efficiency"):
-            prov[f"collectives.nvls.{key}"] = (
-                f"fit to {src}/all_reduce.csv, 4 and 8 GPUs in one node (auto = NVLS), sizes >= 1 MB "
-                "(`simfoe fit collectives`)")
-        a, e, ll = _fit_two_stage(hw, "nvlink", [("all_reduce", one_all), ("send_recv", sr_in)])
-        hw = _with(hw, "nvlink", a, e, ll)
-        for key in ("alpha_s", "efficiency"):
-            prov[f"collectives.nvlink.{key}"] = (
-                f"fit to {src}/all_reduce.csv (2 GPUs, ring) and send_recv.csv (2 GPUs), one node, sizes >= 1 MB "
-                "(`simfoe fit collectives`)")
+        sr_out = sr_all[sr_all["nodes"] > 1]
+        # NVLink and NVLS come from nccl-tests on 2/4/8 H100 (simfoe.costs.fit_nccl_tests), held here
+        prov["collectives.nvlink.ll_alpha_s"] = hw.provenance.get("collectives.nvlink.ll_alpha_s", "")
         e_net = hw.collectives.network.efficiency
         a, e, ll = _fit_two_stage(hw, "network", [("send_recv", sr_out)], fixed_eff=e_net)
         hw = _with(hw, "network", a, e, ll)
@@ -269,7 +259,8 @@ def run_fit(hardware: str, vidur_dir: Path, write: bool) -> dict:
     pts = sum(v["points"] for v in headline.values())
     overall = sum(v["mean_rel_err"] * v["points"] for v in headline.values()) / pts
     coll = hw.collectives.model_dump(exclude_none=True)
-    coll = {k: {kk: float(f"{vv:.4g}") for kk, vv in v.items()} for k, v in coll.items()}
+    # the path calibrations only: other fits own the rest of `collectives` (fit_nccl_tests, DeepEP)
+    coll = {k: {kk: float(f"{vv:.4g}") for kk, vv in v.items()} for k, v in coll.items() if k in PATHS}
     result = {
         "hardware": hardware,
         "dataset": dataset,
@@ -289,5 +280,7 @@ def run_fit(hardware: str, vidur_dir: Path, write: bool) -> dict:
             if t != hardware:
                 p = {k: f"copied from the {hardware} fit (same NVLink4/NVSwitch gen3/NDR NICs; no H200 data): {v}"
                      for k, v in prov.items()}
-            result["written"].append(str(update_profile(t, "collectives", coll, provenance=p)))
+            for path, values in coll.items():
+                out = update_profile(t, f"collectives.{path}", values, provenance=p)
+            result["written"].append(str(out))
     return result

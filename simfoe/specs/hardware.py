@@ -48,8 +48,9 @@ class PathCalibration(Spec):
     Simple protocol (large messages): a collective costs ``alpha_s + steps * hop_s`` of latency plus
     its bytes at ``efficiency`` x line rate, shared max-min fairly with other flows. LL protocol (small
     messages, when ``ll_alpha_s`` is set): ``ll_alpha_s + steps * ll_hop_s``, at
-    ``ll_bandwidth_fraction`` of that rate. Each collective uses the protocol that is faster for its
-    size, as NCCL's tuner does.
+    ``ll_bandwidth_fraction`` of that rate; LL128 (mid-size messages, when ``ll128_alpha_s`` is set)
+    likewise with its own terms. Each collective uses the protocol that is faster for its size, as
+    NCCL's tuner does.
     """
 
     alpha_s: float = Field(ge=0, description="Simple protocol: base latency of one collective on this path, s")
@@ -58,6 +59,9 @@ class PathCalibration(Spec):
     ll_alpha_s: float | None = Field(None, ge=0, description="LL protocol: base latency, s (None: no LL)")
     ll_hop_s: float = Field(0.0, ge=0, description="LL protocol: latency per algorithm step, s")
     ll_bandwidth_fraction: float = Field(0.5, gt=0, le=1.0, description="LL protocol: share of the Simple rate")
+    ll128_alpha_s: float | None = Field(None, ge=0, description="LL128 protocol: base latency, s (None: no LL128)")
+    ll128_hop_s: float = Field(0.0, ge=0, description="LL128 protocol: latency per algorithm step, s")
+    ll128_bandwidth_fraction: float = Field(0.92, gt=0, le=1.0, description="LL128 protocol: share of the Simple rate")
 
 
 class DispatchKernel(Spec):
@@ -88,6 +92,9 @@ class CollectiveCalibration(Spec):
     nvlink: PathCalibration
     network: PathCalibration
     nvls: PathCalibration | None = None
+    all_to_all_nvlink_efficiency: float | None = Field(
+        None, gt=0, le=1.0, description="achieved NVLink rate of an all-to-all's flows / line rate "
+        "(None: nvlink.efficiency, the ring's)")
     deepep: DeepEPCalibration | None = Field(None, description="DeepEP dispatch/combine kernels "
                                              "(None: they use the nvlink/network calibration)")
 

@@ -44,7 +44,7 @@ class FoEPlacement(Spec):
     expert_ffn: PositiveInt | None = Field(None, description="width of one FoE expert")
     shared_ffn: PositiveInt | None = Field(None, description="width of one cluster's slice of the shared expert(s) "
                                            "(default: n_shared_experts x shared width / clusters)")
-    all_reduce: Literal["auto", "ring", "tree", "nvls", "hierarchical"] = "auto"
+    all_reduce: Literal["auto", "ring", "tree", "nvls", "nvls_tree", "hierarchical"] = "auto"
 
 
 class PlacementSpec(Spec):

@@ -1,0 +1,171 @@
+"""Fit the NVLink side of ``hw.collectives`` to nccl-tests on one H100 node, holding part of the table out.
+
+Data: ``<shared>/aiconfigurator/h100_sxm/comm/nccl/2.29.2/nccl_perf.parquet`` (NVIDIA AIConfigurator,
+Apache-2.0): nccl-tests all_gather, all_reduce, alltoall and reduce_scatter on 2, 4 and 8 H100 of one node,
+NCCL 2.29.2. ``message_size`` counts ELEMENTS (half: 2 bytes, int8: 1), ``latency`` is MILLISECONDS
+(../shared/data/aiconfigurator/README.md). Only the ``half`` rows are used (bf16/fp16 is what simfoe moves).
+nccl-tests' size is the whole buffer: all_reduce = bytes per GPU; all_gather = the gathered output (n x per
+rank); reduce_scatter = each GPU's input; alltoall = each GPU's whole send (n x per peer). Physics agrees:
+read per rank, the 8-GPU 512 MiB all_gather would receive 2.7 TB/s per GPU over 450 GB/s NVLink.
+
+Parameters fitted (each a real one): ``nvlink.efficiency`` (ring bus efficiency, the NVLink link rate),
+``nvlink.alpha_s`` / ``ll_alpha_s`` / ``ll128_alpha_s`` (base latencies of Simple / LL / LL128),
+``nvls.efficiency`` and ``nvls.alpha_s`` (in-switch all-reduce), ``all_to_all_nvlink_efficiency``. Per-step
+latencies and protocol bandwidth shares are NCCL's constants (fit_collectives.HOP_S, LL128_* below).
+
+Split, decided here: 8-GPU rows at even positions of the size ladder (512 B, 2 KiB, ... 512 MiB) are fitted;
+8-GPU rows at odd positions and every 2- and 4-GPU row are held out. The fit minimizes the mean relative
+error of :func:`simfoe.costs.collectives.predict` (Nelder-Mead from the profile's values, two rounds).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize
+
+from simfoe.costs.collectives import predict
+from simfoe.errors import SpecError
+from simfoe.specs.hardware import HardwareSpec
+
+TABLE = Path("aiconfigurator/h100_sxm/comm/nccl/2.29.2/nccl_perf.parquet")
+TABLE_NAME = "../shared/data/" + TABLE.as_posix()
+BYTES_PER_ELEMENT = {"half": 2, "int8": 1}  # README: message_size = nccl-tests bytes / element size
+#: nccl-tests op -> (simfoe collective, divide nccl-tests' size by n for predict's nbytes)
+OPS = {"all_reduce": ("all_reduce", False), "all_gather": ("all_gather", True),
+       "reduce_scatter": ("reduce_scatter", False), "alltoall": ("all_to_all", True)}
+MIN_BYTES = 1 << 20  # headline regime: nccl-tests size >= 1 MiB
+FIT_GPUS = 8
+#: NCCL src/graph/tuning.cc (NCCL 2.29): ring LL128 per-step NVLink latency 1.9 us, bus bandwidth 0.92 x Simple
+LL128_HOP_S = 1.9e-6
+LL128_BW_FRACTION = 0.92
+LL128_SOURCE = "NCCL src/graph/tuning.cc hwLat[NVLINK][RING][LL128] = 1.9 us per step; ring LL128 busBw x 0.92 (NCCL 2.29)"
+PARAMS = ("nvlink.efficiency", "nvlink.alpha_s", "nvlink.ll_alpha_s", "nvlink.ll128_alpha_s",
+          "nvls.efficiency", "nvls.alpha_s", "all_to_all_nvlink_efficiency")
+TARGETS = ("h100-sxm", "h100-sxm-measured", "h200-sxm", "h200-sxm-measured")
+
+
+def load_nccl_tests(path: str | Path) -> pd.DataFrame:
+    """Rows: op (nccl-tests name), collective, n_gpus, bytes (nccl-tests size), nbytes (predict's), time_s,
+    size_rank (position on the size ladder), held_out (bool)."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError("nccl_table", str(path), f"the nccl-tests parquet ({TABLE_NAME})")
+    df = pd.read_parquet(p)
+    df = df[df["nccl_dtype"] == "half"]
+    out = pd.DataFrame({"op": df["op_name"].astype(str), "n_gpus": df["num_gpus"].astype(int),
+                        "bytes": df["message_size"].astype(float) * BYTES_PER_ELEMENT["half"],
+                        "time_s": df["latency"].astype(float) * 1e-3})
+    out["collective"] = out["op"].map(lambda o: OPS[o][0])
+    out["nbytes"] = [b / n if OPS[o][1] else b for o, b, n in zip(out["op"], out["bytes"], out["n_gpus"])]
+    out["size_rank"] = out.groupby(["op", "n_gpus"])["bytes"].rank(method="dense").astype(int) - 1
+    out["held_out"] = (out["n_gpus"] != FIT_GPUS) | (out["size_rank"] % 2 == 1)
+    return out.sort_values(["op", "n_gpus", "bytes"]).reset_index(drop=True)
+
+
+def with_params(hw: HardwareSpec, x) -> HardwareSpec:
+    """``hw`` with the PARAMS set to ``x`` (NCCL's LL128 hop and bandwidth share on the NVLink path)."""
+    c = hw.collectives.model_dump()
+    v = dict(zip(PARAMS, (float(a) for a in x)))
+    c["nvlink"].update({"efficiency": v["nvlink.efficiency"], "alpha_s": v["nvlink.alpha_s"],
+                        "ll_alpha_s": v["nvlink.ll_alpha_s"], "ll128_alpha_s": v["nvlink.ll128_alpha_s"],
+                        "ll128_hop_s": LL128_HOP_S, "ll128_bandwidth_fraction": LL128_BW_FRACTION})
+    c["nvls"].update({"efficiency": v["nvls.efficiency"], "alpha_s": v["nvls.alpha_s"]})
+    c["all_to_all_nvlink_efficiency"] = v["all_to_all_nvlink_efficiency"]
+    return hw.model_copy(update={"collectives": type(hw.collectives).model_validate(c)})
+
+
+def current_params(hw: HardwareSpec) -> list[float]:
+    c = hw.collectives
+    return [c.nvlink.efficiency, c.nvlink.alpha_s, c.nvlink.ll_alpha_s or 1e-5, c.nvlink.ll128_alpha_s or 1e-5,
+            c.nvls.efficiency, c.nvls.alpha_s, c.all_to_all_nvlink_efficiency or c.nvlink.efficiency]
+
+
+def predict_rows(hw: HardwareSpec, rows: pd.DataFrame) -> np.ndarray:
+    """Predicted seconds of each row (one node, ``auto``)."""
+    return np.array([predict(hw, r.collective, int(r.n_gpus), float(r.nbytes), "auto", 1)
+                     for r in rows.itertuples(index=False)])
+
+
+def _fit(hw: HardwareSpec, rows: pd.DataFrame) -> tuple[list[float], float]:
+    """Nelder-Mead on log latencies and efficiencies; returns (params, mean relative error on ``rows``)."""
+    meas = rows["time_s"].to_numpy()
+    is_eff = np.array(["efficiency" in p for p in PARAMS])
+
+    def unpack(z):
+        return np.where(is_eff, np.clip(z, 0.05, 1.0), np.exp(np.minimum(z, 0.0)))
+
+    def loss(z):
+        return float(np.mean(np.abs(predict_rows(with_params(hw, unpack(z)), rows) / meas - 1)))
+
+    x0 = np.array(current_params(hw))
+    z = np.where(is_eff, x0, np.log(x0))
+    for _ in range(2):
+        res = minimize(loss, z, method="Nelder-Mead", options={"xatol": 1e-3, "fatol": 1e-5, "maxiter": 900})
+        z = res.x
+    return [float(f"{v:.4g}") for v in unpack(z)], float(res.fun)
+
+
+def errors(hw: HardwareSpec, df: pd.DataFrame) -> dict:
+    """MAPE (%) per op and GPU count, by regime (>= / < 1 MiB) and split (fitted / held out)."""
+    pred = predict_rows(hw, df)
+    ape = np.abs(pred / df["time_s"].to_numpy() - 1) * 100
+    d = df.assign(ape=ape, regime=np.where(df["bytes"] >= MIN_BYTES, ">=1MiB", "<1MiB"),
+                  split=np.where(df["held_out"], "held_out", "fitted"))
+    out: dict = {}
+    for (op, n, reg), g in d.groupby(["op", "n_gpus", "regime"]):
+        key = f"{op} {n} GPUs {reg}"
+        out[key] = {"points": int(len(g)), "mape": round(float(g["ape"].mean()), 2),
+                    "max_ape": round(float(g["ape"].max()), 1),
+                    **{f"mape_{s}": round(float(gs["ape"].mean()), 2) for s, gs in g.groupby("split")}}
+    return out
+
+
+def write_profiles(params) -> list[str]:
+    """Write the fitted PARAMS (with NCCL's LL128 terms) into every profile of TARGETS, with provenance;
+    only the sections this fit owns (other fits write the rest of ``collectives``)."""
+    from simfoe.specs.io import load_hardware
+    from simfoe.specs.profile_io import update_profile
+
+    prov = {f"collectives.{p}": f"fit to {TABLE_NAME} (nccl-tests, half, 8 GPUs, even size positions; odd "
+            f"positions and 2/4 GPUs held out), simfoe.costs.fit_nccl_tests" for p in PARAMS}
+    prov["collectives.nvlink.ll128_hop_s"] = prov["collectives.nvlink.ll128_bandwidth_fraction"] = LL128_SOURCE
+    written = []
+    for t in TARGETS:
+        c = with_params(load_hardware(t), params).collectives
+        pt = prov if t.startswith("h100") else {
+            k: f"copied from the h100-sxm fit (same NVLink4/NVSwitch gen3; no H200 table): {v}" for k, v in prov.items()}
+        for section, values in (("nvlink", c.nvlink.model_dump(exclude_none=True)),
+                                ("nvls", c.nvls.model_dump(exclude_none=True)),
+                                ("all_to_all_nvlink_efficiency", c.all_to_all_nvlink_efficiency)):
+            path = update_profile(t, f"collectives.{section}", values, provenance=pt)
+        written.append(str(path))
+    return written
+
+
+def run_fit(shared: Path, write: bool, base: str = "h100-sxm") -> dict:
+    """Fit PARAMS of ``base`` on the fitted rows; report errors on every row; optionally write TARGETS.
+
+    Returns {"params", "fit_mape" (fitted rows, all sizes), "errors" (see :func:`errors`), "written"}.
+    """
+    from simfoe.specs.io import load_hardware
+
+    df = load_nccl_tests(Path(shared) / TABLE)
+    hw = load_hardware(base)
+    params, fit_mape = _fit(hw, df[~df["held_out"]])
+    hw = with_params(hw, params)
+    result = {"params": dict(zip(PARAMS, params)), "fit_mape": round(100 * fit_mape, 2), "errors": errors(hw, df),
+              "written": []}
+    if write:
+        result["written"] = write_profiles(params)
+    return result
+
+
+if __name__ == "__main__":  # python -m simfoe.costs.fit_nccl_tests [--write]
+    import json
+    import sys
+
+    from simfoe.paths import shared_data_dir
+
+    print(json.dumps(run_fit(shared_data_dir(), "--write" in sys.argv), indent=1))
