@@ -87,10 +87,8 @@ def _read_json(path: Path, flag: str) -> dict:
     return r
 
 
-def _sweep_inputs(df, kind: str, stored: list | None) -> list[str]:
-    """Input columns of a sweep table: as sweep.json lists them, else the kind's options and --set paths."""
-    if stored:
-        return [c for c in stored if c in df.columns]
+def _sweep_inputs(df, kind: str) -> list[str]:
+    """Input columns of a sweep table: the kind's options and its --set paths."""
     from simfoe.sweep.scenarios import get_kind
 
     try:
@@ -125,7 +123,7 @@ def _sweep(path: Path, flag: str) -> Output:
     df = load_results(path)
     kind = meta.get("kind") or (df["kind"].iloc[0] if len(df) and "kind" in df else "?")
     ok = df[df["status"] == "ok"] if "status" in df else df
-    inputs = _sweep_inputs(ok, kind, meta.get("inputs"))
+    inputs = _sweep_inputs(ok, kind)
     specs = {**_flat({"spec": raw if isinstance(raw, dict) else {}}), "kind": kind}
     return Output(str(path), "sweep", {"simfoe_version": meta.get("simfoe_version"), "command": meta.get("command")},
                   specs, table=ok.reset_index(drop=True), inputs=tuple(inputs),

@@ -1,10 +1,12 @@
 """Outputs say what was simulated: the resolved layout (``layout``) and the provenance record (``run``:
 version, command line, specs, overrides, seed, routing) of forward and serve, by hand-computed cases
-and properties of the layout arithmetic."""
+and properties of the layout arithmetic; a sweep's sweep.json and summary.md name version, command,
+models, hardware and layouts; results.csv beside results.parquet; running the same sweep again."""
 from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,6 +17,10 @@ from simfoe.errors import SpecError
 from simfoe.provenance import layout_info
 from simfoe.specs.io import build_placement, load_model
 from simfoe.specs.placement import resolve_foe, resolve_moe
+from simfoe.sweep.runner import run_sweep
+from simfoe.sweep.scenarios import ScenarioKind, register
+from simfoe.sweep.spec import parse_sweep_spec
+from simfoe.sweep.store import ResultStore, load_results
 
 FWD = ["forward", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--phase", "decode", "--batch", "2",
        "--seq-len", "64"]
@@ -120,3 +126,85 @@ def test_api_forward_layout_matches_gpus(arch):
 
     r = forward("olmoe-1b-7b", "h100-sxm", nodes=1, arch=arch, phase="decode", batch=4, seq_len=64)
     assert r["layout"]["gpus"] == r["gpus"] and r["layout"]["arch"] == arch
+
+
+# ---- sweeps: what ran, CSV, running the same sweep again ----------------------------------------
+
+def _triple(a: int, seed: int = 0, overrides=()):
+    """Tiny sweep kind for these tests: y = 3a."""
+    return {"y": 3 * a}
+
+
+register(ScenarioKind("prov_triple", _triple))
+TRIPLE = {"kind": "prov_triple", "grid": {"a": [0, 1, 2, 3]}}
+
+
+def _run(spec: dict, out, **kw):
+    return run_sweep(parse_sweep_spec(spec), out, workers=1, progress=False, plots=False, **kw)
+
+
+def test_forward_sweep_records_version_command_and_layouts(tmp_path):
+    spec = {"kind": "forward", "name": "tiny", "metrics": ["latency_s"],
+            "base": {"model": "olmoe-1b-7b", "hardware": "h100-sxm", "phase": "decode", "batch": 2, "seq_len": 64},
+            "grid": {"arch": ["moe", "foe"]}}
+    r = run_sweep(parse_sweep_spec(spec), tmp_path, workers=1, progress=False, argv=["simfoe", "sweep", "s.yaml"])
+    meta = json.loads((tmp_path / "sweep.json").read_text())
+    assert (meta["simfoe_version"], meta["command"]) == (simfoe.__version__, "simfoe sweep s.yaml")
+    assert r["command"] == "simfoe sweep s.yaml"
+    df = load_results(tmp_path)
+    # layout columns are kept whatever the metrics filter says: they describe the scenario
+    assert set(df["layout.label"]) == {"MoE: EP 8, attention TP 8 x DP 1; 1 node x 8 GPUs",
+                                       "FoE: 16 clusters x 2 per GPU; 1 node x 8 GPUs"}
+    md = (tmp_path / "summary.md").read_text()
+    what = md[md.index("## What ran"):]
+    for text in ("- model: `olmoe-1b-7b`", "- hardware: `h100-sxm`", "`FoE: 16 clusters x 2 per GPU; 1 node x 8 GPUs` (1 scenarios)",
+                 f"- simfoe {simfoe.__version__}", "- command: `simfoe sweep s.yaml`"):
+        assert text in what, text
+
+
+def test_same_sweep_again_is_up_to_date_and_writes_nothing(tmp_path, capsys):
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text("kind: prov_triple\ngrid: {a: [0, 1, 2, 3]}\n")
+    out = tmp_path / "o"
+    argv = ["sweep", str(spec_file), "--out", str(out), "--workers", "1", "--no-progress", "--no-plots"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    assert main(argv) == 0
+    assert "up to date: 4 of 4 scenarios already stored" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    assert main([*argv, "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert (r["up_to_date"], r["ran"], r["rows"], r["already_done"]) == (True, 0, 4, 4)
+
+
+def test_same_sweep_again_continues_a_partial_folder(tmp_path):
+    _run(TRIPLE, tmp_path)
+    store = ResultStore(tmp_path)
+    kept = store.read().iloc[:2]
+    store.clear()
+    store.append(kept.to_dict("records"))  # as if the first run had been killed after two scenarios
+    r = _run(TRIPLE, tmp_path)
+    assert (r["ran"], r["already_done"], r["rows"], r["up_to_date"]) == (2, 2, 4, False)
+    assert sorted(load_results(tmp_path)["y"]) == [0, 3, 6, 9]
+
+
+def test_another_spec_into_the_same_folder_is_refused(tmp_path):
+    _run(TRIPLE, tmp_path)
+    with pytest.raises(SpecError) as e:
+        _run({"kind": "prov_triple", "grid": {"a": [0, 1, 2, 3, 4]}}, tmp_path)
+    assert e.value.field == "--out" and "--resume" in str(e.value)
+
+
+def test_csv_beside_parquet_kept_in_step(tmp_path, capsys):
+    r = _run(TRIPLE, tmp_path, csv=True)
+    csv = tmp_path / "results.csv"
+    assert r["csv"] == str(csv)
+    pd.testing.assert_frame_equal(pd.read_csv(csv)[["run_id", "a", "y"]],
+                                  pd.read_parquet(tmp_path / "results.parquet")[["run_id", "a", "y"]])
+    # a later run into the folder (no --csv) rewrites it with the table
+    r = _run({"kind": "prov_triple", "grid": {"a": [0, 1, 2, 3, 4, 5]}}, tmp_path, resume=True)
+    assert r["ran"] == 2 and len(pd.read_csv(csv)) == 6
+    # --overwrite without --csv starts over without it
+    _run(TRIPLE, tmp_path, overwrite=True)
+    assert not csv.exists()

@@ -149,11 +149,14 @@ def test_run_records_failures_and_resume_skips(tmp_path):
     assert (ok["y"] == ok["a"] * 2.0).all() and (ok["nested.deep.name"] == ok["name"]).all()
     assert (ok["n_over"] == 1).all() and (df["model.z"] == 3).all()
     assert df["simfoe_version"].notna().all() and df["wall_s"].notna().all()
-    # resume: nothing to run, no duplicates; without --resume the folder is refused
+    # resume: nothing to run, no duplicates; without --resume the same spec is up to date (the failures
+    # stay stored) and another spec's folder is refused
     r2 = run_sweep(s, tmp_path / "o", workers=1, resume=True, progress=False)
     assert r2["ran"] == 0 and r2["rows"] == 8
+    again = run_sweep(s, tmp_path / "o", workers=1, progress=False)
+    assert again["up_to_date"] and (again["ran"], again["rows"], again["stored_failed"]) == (0, 8, 2)
     with pytest.raises(SpecError) as e:
-        run_sweep(s, tmp_path / "o", workers=1, progress=False)
+        run_sweep(spec(grid={"a": [5]}), tmp_path / "o", workers=1, progress=False)
     assert e.value.field == "--out"
     # retry failed: reruns only the two failures, still one row per scenario
     r3 = run_sweep(s, tmp_path / "o", workers=1, resume=True, retry_failed=True, progress=False)

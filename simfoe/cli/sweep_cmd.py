@@ -34,6 +34,8 @@ def register(subparsers) -> None:
     p.add_argument("--chunk-size", type=int, default=None, help="scenarios per task (default: automatic)")
     p.add_argument("--max-retries", type=int, default=3, help="Ray: retries of a task whose worker died")
     p.add_argument("--no-plots", action="store_true", help="skip plots and summary")
+    p.add_argument("--csv", action="store_true", help="also write OUT/results.csv (the results table as CSV; "
+                   "rewritten with results.parquet at the end of every later run into OUT)")
     add_progress_flag(p, "a progress bar on stderr")
     add_json_flag(p)
     p.set_defaults(func=run, render=render)
@@ -48,7 +50,7 @@ def run(args) -> dict:
     if args.spec is not None:
         check_text_file("spec", args.spec)
     spec = load_sweep_spec(args.spec)
-    files = ("results.parquet", "sweep.json", "sweep.yaml", "parts/part.parquet")
+    files = ("results.parquet", "sweep.json", "sweep.yaml", "parts/part.parquet") + (("results.csv",) if args.csv else ())
     if not args.no_plots:
         files += ("summary.md", "plots/plot.png")
     check_dir("--out", args.out, files=files)
@@ -56,7 +58,8 @@ def run(args) -> dict:
     r = run_sweep(spec, args.out, executor=args.executor, workers=args.workers, address=args.address,
                   resume=args.resume, overwrite=args.overwrite, retry_failed=args.retry_failed,
                   chunk_size=args.chunk_size, max_retries=args.max_retries, dry_run=args.dry_run,
-                  probes=args.probes, progress=progress, plots=not args.no_plots)
+                  probes=args.probes, progress=progress, plots=not args.no_plots, csv=args.csv,
+                  argv=getattr(args, "argv", None))
     if not args.dry_run and r.get("ran") and not r.get("ok"):
         return r, 1  # every scenario that ran failed (the errors are in the results table)
     return r
@@ -72,6 +75,11 @@ def render(r: dict) -> str:
                          f"({fmt_time(r['per_scenario_s'])} per scenario from {r['probes']} probes, "
                          f"{fmt_time(r['startup_s'])} start-up)")
         return "\n".join(lines)
+    if r.get("up_to_date"):
+        return (f"{r['name']} ({r['kind']}, {src}): up to date: {r['already_done']} of {r['scenarios']} scenarios "
+                f"already stored in {r['out']} ({r['rows']} rows), nothing to run"
+                + (f" ({r['stored_failed']} failed: --resume --retry-failed reruns them)" if r["stored_failed"] else "")
+                + f"; --overwrite starts over, simfoe plot {r['out']} redraws plots and summary")
     rate = f", {r['scenarios_per_s']:.1f} scenarios/s" if r.get("scenarios_per_s") else ""
     lines = [f"{r['name']} ({r['kind']}, {src}): ran {r['ran']} of {r['scenarios']} scenarios "
              f"({r['ok']} ok, {r['failed']} failed; {r['already_done']} already stored) "
@@ -81,4 +89,6 @@ def render(r: dict) -> str:
         lines.append(f"plots:   {len(r['plots'])} files in {r['out']}/plots/")
     if r.get("summary"):
         lines.append(f"summary: {r['summary']}")
+    if r.get("csv"):
+        lines.append(f"csv:     {r['csv']}")
     return "\n".join(lines)

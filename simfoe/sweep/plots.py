@@ -80,7 +80,7 @@ def _input_cols(df: pd.DataFrame, exclude: Iterable[str], metric_roots: Iterable
     roots = tuple(metric_roots)
     ex = set(exclude) | META
     return [c for c in df.columns if c not in ex and c.split(".", 1)[0] not in roots
-            and not c.startswith("metric.")]
+            and not c.startswith(("metric.", "layout."))]  # layout.*: derived from the inputs, not one
 
 
 def _ms(x):

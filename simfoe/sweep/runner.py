@@ -12,6 +12,7 @@ from typing import Any
 
 from simfoe.errors import SpecError
 from simfoe.outputs import json_text
+from simfoe.provenance import command_line
 from simfoe.sweep.preflight import check_scenario_files
 from simfoe.sweep.spec import Scenario, SweepSpec, load_sweep_spec
 from simfoe.sweep.store import ResultStore
@@ -70,11 +71,15 @@ def run_sweep(spec: SweepSpec | str | Path | None = None, out: str | Path = "sim
               executor: str = "local", workers: int | None = None, address: str | None = None,
               resume: bool = False, overwrite: bool = False, retry_failed: bool = False,
               chunk_size: int | None = None, max_retries: int = 3, dry_run: bool = False,
-              probes: int = 4, progress: bool = True, plots: bool = True) -> dict:
+              probes: int = 4, progress: bool = True, plots: bool = True, csv: bool = False,
+              argv: list[str] | None = None) -> dict:
     """Run (or with ``dry_run`` only count and time-estimate) a sweep into ``out``.
 
     Returns a JSON-able dict: counts, wall time (s), scenarios per second, paths written.
     Raises SpecError for bad specs or options before any scenario runs.
+    An ``out`` that holds this same spec's results is continued (as with ``resume``); with nothing left
+    to run the result says ``up_to_date`` and nothing is written. ``csv``: write ``results.csv`` too.
+    ``argv``: the command line, recorded in sweep.json and summary.md.
     """
     from simfoe import __version__
 
@@ -95,18 +100,21 @@ def run_sweep(spec: SweepSpec | str | Path | None = None, out: str | Path = "sim
     out = Path(out)
     store = ResultStore(out)
     done: dict[str, str] = {}
-    if store.has_results():
-        if resume:
-            done = store.finished()
-        elif not overwrite and not dry_run:
-            raise SpecError("--out", str(out), "already holds sweep results; pass --resume to skip finished "
-                            "scenarios or --overwrite to start over")
+    if store.has_results() and not overwrite:
+        done = store.finished()
+        if not resume and not _continues(out, spec, scenarios, done):
+            if not dry_run:
+                raise SpecError("--out", str(out), "already holds sweep results; pass --resume to skip finished "
+                                "scenarios or --overwrite to start over")
+            done = {}
     todo = [s for s in scenarios if s.run_id not in done or (retry_failed and done[s.run_id] != "ok")]
     base = {"spec": spec.source, "name": spec.name, "kind": spec.kind, "out": str(out),
             "scenarios": len(scenarios), "already_done": len(scenarios) - len(todo), "to_run": len(todo),
-            "executor": executor, "workers": workers}
+            "executor": executor, "workers": workers, "simfoe_version": __version__, "command": command_line(argv)}
     if dry_run:
         return {**base, "dry_run": True, **probe(spec, todo, workers, probes)}
+    if not todo and not store.part_files() and store.results.is_file():
+        return _up_to_date(base, store, csv, done)
 
     if overwrite:
         store.clear()
@@ -156,13 +164,41 @@ def run_sweep(spec: SweepSpec | str | Path | None = None, out: str | Path = "sim
     df = store.compact()
     result = {**base, "ran": ok + failed, "ok": ok, "failed": failed, "wall_s": wall,
               "scenarios_per_s": (ok + failed) / wall if wall > 0 and ok + failed else None,
-              "chunk_size": chunk, "results": str(store.results), "rows": int(len(df))}
+              "chunk_size": chunk, "results": str(store.results), "rows": int(len(df)), "up_to_date": False}
+    if csv or store.csv.is_file():  # once written, kept in step with results.parquet
+        result["csv"] = str(store.write_csv(df))
     if plots:
         from simfoe.sweep.plots import make_plots
         from simfoe.sweep.summary import write_summary
 
         result["plots"] = [str(p) for p in make_plots(df, out / "plots")]
         result["summary"] = str(write_summary(df, out, spec_name=spec.name, run=result))
+    return result
+
+
+def _continues(out: Path, spec: SweepSpec, scenarios: list[Scenario], done: dict[str, str]) -> bool:
+    """Whether the results in ``out`` are this very spec's (its stored sweep.yaml equals ``spec`` and every
+    stored run_id is one of its scenarios): running it again then continues them instead of refusing."""
+    import yaml
+
+    try:
+        stored = yaml.safe_load((out / "sweep.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    same = stored == yaml.safe_load(yaml.safe_dump(spec.raw, sort_keys=False))
+    return same and set(done) <= {s.run_id for s in scenarios}
+
+
+def _up_to_date(base: dict, store: ResultStore, csv: bool, done: dict[str, str]) -> dict:
+    """The result of a run with every scenario already stored: nothing runs and nothing is rewritten
+    (``csv`` asked for and absent: results.csv is written)."""
+    summary = store.out / "summary.md"
+    result = {**base, "ran": 0, "ok": 0, "failed": 0, "wall_s": 0.0, "scenarios_per_s": None,
+              "results": str(store.results), "rows": len(done), "up_to_date": True,
+              "stored_failed": sum(st != "ok" for st in done.values()),
+              "summary": str(summary) if summary.is_file() else None}
+    if csv or store.csv.is_file():
+        result["csv"] = str(store.csv if store.csv.is_file() else store.write_csv(store.read()))
     return result
 
 

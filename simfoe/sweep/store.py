@@ -3,6 +3,8 @@
 Layout of ``OUT/``::
 
     results.parquet          compacted table (one row per run_id)
+    results.csv              the same table as CSV: written at the end of a run asked for it (``simfoe sweep
+                             --csv``), then rewritten at the end of every later run into OUT
     parts/part-*.parquet     rows committed since the last compaction (one file per finished chunk)
     sweep.yaml, sweep.json   the spec that was run and run metadata
 
@@ -88,6 +90,7 @@ class ResultStore:
         self.out = Path(out)
         self.parts = self.out / "parts"
         self.results = self.out / "results.parquet"
+        self.csv = self.out / "results.csv"
         self._seq = 0
 
     def part_files(self) -> list[Path]:
@@ -146,6 +149,15 @@ class ResultStore:
         for p in self.part_files():
             p.unlink()
         self.results.unlink(missing_ok=True)
+        self.csv.unlink(missing_ok=True)
+
+    def write_csv(self, df: pd.DataFrame) -> Path:
+        """Write ``df`` (the compacted table) as results.csv, atomically; returns its path."""
+        from simfoe.outputs import AtomicFiles
+
+        with AtomicFiles("--out") as w:
+            df.to_csv(w.path(self.csv), index=False)
+        return self.csv
 
 
 def load_results(out: str | Path) -> pd.DataFrame:

@@ -67,6 +67,37 @@ def _forward_section(ok: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _values(df: pd.DataFrame, col: str) -> str:
+    """The distinct values of ``col``; several: one sub-bullet each, with how many rows have it."""
+    counts = df[col].astype(str).value_counts(sort=False)
+    if len(counts) == 1:
+        return f"`{counts.index[0]}`"
+    return "".join(f"\n  - `{v}` ({n} scenarios)" for v, n in counts.items())
+
+
+def _what_ran(df: pd.DataFrame, kind: str, run: dict | None, out: Path) -> list[str]:
+    """What the stored rows simulated: models, hardware, layouts, --set values; version and command."""
+    import json
+
+    if run is None and (out / "sweep.json").is_file():  # `simfoe plot`: the run that wrote the folder
+        try:
+            run = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            run = None
+    lines = ["## What ran", ""]
+    names = {"model": "model", "hardware": "hardware", "spec": "pipeline", "layout.label": "layout"}
+    lines += [f"- {label}: {_values(df, c)}" for c, label in names.items() if c in df and df[c].notna().any()]
+    if kind in ("forward", "serve"):
+        sets = [c for c in df.columns if c.startswith(("hardware.", "model.", "placement."))]
+        lines += [f"- `--set {c}`: {_values(df, c)}" for c in sets]
+    versions = sorted(df["simfoe_version"].dropna().astype(str).unique()) if "simfoe_version" in df else []
+    if versions:
+        lines.append(f"- simfoe {', '.join(versions)}")
+    if run and run.get("command"):
+        lines.append(f"- command: `{run['command']}`")
+    return lines + [""]
+
+
 def write_summary(df: pd.DataFrame, out: str | Path, spec_name: str = "sweep", run: dict | None = None) -> Path:
     """Write ``out/summary.md`` and return its path."""
     out = Path(out)
@@ -82,7 +113,10 @@ def write_summary(df: pd.DataFrame, out: str | Path, spec_name: str = "sweep", r
                          + (f", {run['scenarios_per_s']:.1f} scenarios/s" if run.get("scenarios_per_s") else ""))
         if run.get("already_done"):
             lines.append(f"- resumed: {run['already_done']} scenarios were already stored")
-    lines += ["- results: `results.parquet` (one row per scenario; inputs and `a.b.c` metric columns)", ""]
+    lines += ["- results: `results.parquet` (one row per scenario; inputs and `a.b.c` metric columns)"
+              + (" and `results.csv`" if (out / "results.csv").is_file() else ""), ""]
+    if len(ok):
+        lines += _what_ran(ok, kind, run, out)
     if kind == "forward" and len(ok):
         lines += _forward_section(ok)
     if len(bad):

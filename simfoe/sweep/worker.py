@@ -55,10 +55,15 @@ def flatten(obj: Any, prefix: str = "", out: dict | None = None) -> dict:
     return out
 
 
+#: result keys kept whatever a sweep's ``metrics:`` list: they describe the scenario (its resolved layout)
+ALWAYS_KEPT = ("layout",)
+
+
 def keep(flat: dict, metrics: list[str] | None) -> dict:
     if not metrics:
         return flat
-    return {k: v for k, v in flat.items() if any(k == m or k.startswith(m + ".") for m in metrics)}
+    wanted = [*metrics, *ALWAYS_KEPT]
+    return {k: v for k, v in flat.items() if any(k == m or k.startswith(m + ".") for m in wanted)}
 
 
 def run_chunk(kind: str, tasks: list[tuple], metrics: list[str] | None = None,
