@@ -151,3 +151,8 @@ def test_bad_comm_combination_exits_2_with_one_line(capsys, argv, flag):
     code, out, err = _run(capsys, ["kernel", "--hardware", "h100-sxm", *argv, "--json"])
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith(f"error: {flag}")
+
+
+def test_fit_dispatch_refuses_a_profile_without_measured_tables(capsys):
+    code, out, err = _run(capsys, ["fit", "dispatch", "--hardware", "a100-sxm", "--json"])
+    assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith("error: --hardware")

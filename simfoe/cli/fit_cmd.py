@@ -2,6 +2,7 @@
 
   simfoe fit kernels --hardware h100-sxm --vidur ../shared/data/vidur [--write] [--json]
   simfoe fit collectives --hardware h100-sxm --vidur ../shared/data/vidur [--write] [--json]
+  simfoe fit dispatch --hardware h100-sxm [--write] [--json]   (DeepEP kernels, AIConfigurator H100 tables)
 
 Without --write nothing is changed; with it the fitted section (and its provenance) is written into
 hwprofiles/<hardware>.yaml through simfoe.specs.profile_io.update_profile.
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from simfoe.cli.common import add_json_flag, table
 
-TARGETS = ("kernels", "collectives")
+TARGETS = ("kernels", "collectives", "dispatch")
 
 
 def register(subparsers) -> None:
@@ -53,6 +54,15 @@ def run(args) -> dict:
 
     if args.target not in TARGETS:
         raise SpecError("fit", args.target, "allowed: " + ", ".join(TARGETS))
+    if args.target == "dispatch":
+        from simfoe.costs.fit_dispatch import TABLE_DIR, fit_report
+        from simfoe.paths import shared_data_dir
+
+        shared = shared_data_dir()
+        if shared is None or not (shared / TABLE_DIR).is_dir():
+            raise SpecError("fit dispatch", None, f"the measured DeepEP tables in ../shared/data/{TABLE_DIR}",
+                            problem="not found")
+        return {"target": "dispatch", **fit_report(args.hardware, shared, args.write)}
     vidur = _vidur_dir(args.vidur)
     if args.target == "kernels":
         from simfoe.costs.fit_kernels import run_fit

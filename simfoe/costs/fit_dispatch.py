@@ -151,3 +151,32 @@ def run_fit(hw: HardwareSpec, shared: Path) -> tuple[HardwareSpec, pd.DataFrame]
                             ll_combine=k[("ll", "combine")])
     fitted = hw.model_copy(update={"collectives": hw.collectives.model_copy(update={"deepep": cal})})
     return fitted, errors(fitted, rows)
+
+
+#: profiles that share the H100 tables' hardware (NVLink4/NVSwitch gen3, NDR NICs): --write updates both
+PROFILES = {"h100-sxm": ("h100-sxm", "h100-sxm-measured")}
+PROVENANCE = ("fit to ../shared/data/aiconfigurator/h100_sxm/comm/sglang/0.5.6.post2/wideep_deepep_{normal,ll}_perf.parquet "
+              "(NVIDIA AIConfigurator, Apache-2.0; DeepEP on 1-8 nodes of 8 H100, hidden 7168, top-8 of 256) by "
+              "simfoe.costs.fit_dispatch (`simfoe fit dispatch`); held out every other token count and the 8-node "
+              "normal rows; errors per node count in docs/calibration-collectives.md")
+
+
+def fit_report(hardware: str, shared: Path, write: bool) -> dict:
+    """`simfoe fit dispatch`: fit, report MAPE (%) per kernel and node count (fitted / held out), optionally write."""
+    from simfoe.specs.io import load_hardware
+    from simfoe.specs.profile_io import update_profile
+
+    if hardware not in PROFILES:
+        raise SpecError("--hardware", hardware, "one of " + ", ".join(PROFILES) + " (the measured DeepEP tables are H100)")
+    fitted, err = run_fit(load_hardware(hardware), shared)
+    cal = fitted.collectives.deepep.model_dump()
+    errs: dict = {}
+    for (mode, op, nodes), row in err.iterrows():
+        errs.setdefault(f"{mode}:{op}", {})[str(nodes)] = {
+            k: (None if pd.isna(v) else float(v)) for k, v in row.items()}
+    written = []
+    if write:
+        for name in PROFILES[hardware]:
+            written.append(str(update_profile(name, "collectives.deepep", cal, {"collectives.deepep": PROVENANCE})))
+    return {"hardware": hardware, "data": str(Path(shared) / TABLE_DIR), "params": cal, "mape_by_nodes": errs,
+            "written": written or None}
