@@ -6,7 +6,8 @@
   ``serve`` results carry it as ``layout``.
 * :class:`RunRecord` - the provenance record: simfoe version, the command line, model and hardware
   names, ``--set`` overrides, seed, routing, the command's options and the resolved specs. The CLI
-  adds it to ``forward`` and ``serve`` output as ``run``; :func:`run_record` builds it.
+  adds it to ``forward``, ``serve`` and ``pipeline`` output as ``run``; :func:`run_record` and
+  :func:`pipeline_record` build it.
 
 This module sits beside the specs: it imports nothing above them.
 """
@@ -76,13 +77,14 @@ class RunRecord:
 
     simfoe_version: str
     command: str | None  # the command line as typed (shell-quoted); None from the Python API
-    model: str  # model spec name
-    hardware: str  # hardware spec name
+    model: str | None  # model spec name (None for a pipeline)
+    hardware: str | None  # hardware spec name (None for a pipeline)
     overrides: tuple[str, ...]  # the --set list, in order
     seed: int | None
     routing: str | None
     options: dict = field(default_factory=dict)  # the command's options (flags) as given
-    specs: dict = field(default_factory=dict)  # {"model", "hardware", "placement"}: resolved spec dumps
+    specs: dict = field(default_factory=dict)  # {"model", "hardware", "placement"} or {"pipeline"}: resolved specs
+    pipeline: str | None = None  # pipeline spec name (pipeline runs)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -107,3 +109,13 @@ def run_record(model: ModelSpec, hw: HardwareSpec, placement: PlacementSpec, *, 
              "placement": placement.model_dump(mode="json")}
     return RunRecord(__version__, command_line(argv), model.name, hw.name, tuple(str(o) for o in overrides),
                      seed, routing, dict(options or {}), specs)
+
+
+def pipeline_record(spec, *, overrides: Sequence[str] = (), seed: int | None = None, routing: str | None = None,
+                    options: dict | None = None, argv: Sequence[str] | None = None) -> RunRecord:
+    """The :class:`RunRecord` of a pipeline run: ``spec`` is the resolved pipeline spec (a dataclass,
+    overrides applied), recorded whole under ``specs["pipeline"]``."""
+    from simfoe import __version__
+
+    return RunRecord(__version__, command_line(argv), None, None, tuple(str(o) for o in overrides), seed, routing,
+                     dict(options or {}), {"pipeline": asdict(spec)}, spec.name)

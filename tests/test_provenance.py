@@ -208,3 +208,15 @@ def test_csv_beside_parquet_kept_in_step(tmp_path, capsys):
     # --overwrite without --csv starts over without it
     _run(TRIPLE, tmp_path, overwrite=True)
     assert not csv.exists()
+
+
+def test_pipeline_json_carries_run(capsys):
+    argv = ["pipeline", "--spec", "factool", "--mode", "stream", "--rate", "5", "--duration", "5",
+            "--set", "stages.bm25.instances=2", "--json"]
+    r = cli_json(capsys, *argv)
+    run = r["run"]
+    assert run["command"] == "simfoe " + " ".join(argv) and run["simfoe_version"] == simfoe.__version__
+    assert (run["pipeline"], run["model"], run["overrides"]) == ("factool", None, ["stages.bm25.instances=2"])
+    assert run["routing"] == "hash-all"  # the preset's routing, as it ran (--routing not given)
+    bm25 = next(s for s in run["specs"]["pipeline"]["stages"] if s["name"] == "bm25")
+    assert bm25["instances"] == 2  # the override applied

@@ -179,9 +179,13 @@ def run_record(args, nodes: int, arch: str, seed: int | None = None, routing: st
     version, command line, specs as resolved, ``--set`` list and the command's options."""
     from simfoe.api import run_record as record
 
-    options = {k: v for k, v in vars(args).items() if k not in _NOT_OPTIONS}  # as given; resolved: specs
     return record(args.model, args.hardware, nodes, arch, args.overrides, seed=seed, routing=routing,
-                  options=options, argv=getattr(args, "argv", None)).to_dict()
+                  options=run_options(args), argv=getattr(args, "argv", None)).to_dict()
+
+
+def run_options(args) -> dict:
+    """A command's options as given (argparse plumbing left out); the resolved values are in the specs."""
+    return {k: v for k, v in vars(args).items() if k not in _NOT_OPTIONS}
 
 
 def run_lines(r: dict) -> list[str]:
