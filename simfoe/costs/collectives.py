@@ -265,7 +265,7 @@ def _run_plan(net: FlowNetwork, plan: tuple[Phase, ...], tag: str):
 
 
 _ALONE: dict = {}
-_ALONE_MAX = 50_000
+_ALONE_MAX = 8192  # entries; each pins its cluster, so keep it bounded
 
 
 def _alone_s(net: FlowNetwork, key: tuple, plan: tuple[Phase, ...]) -> float:
@@ -398,8 +398,9 @@ def _ar_plan(net: FlowNetwork, g: np.ndarray, S: float, algorithm: str) -> tuple
     if algorithm == "auto":
         plans = {a: _ar_plan(net, g, S, a) for a in avail}
         return plans[min(avail, key=lambda a: _alone_s(net, ("all_reduce", a, g.tobytes(), S), plans[a]))]
-    if algorithm == "hierarchical" and not _spans_nodes(net, g):
-        return _ar_plan(net, g, S, "auto")
+    if algorithm in ("hierarchical", "nvls_tree") and not _spans_nodes(net, g):
+        # one node: the hierarchy is empty; NVLS-tree is NVLS (auto where the switch cannot reduce)
+        return _ar_plan(net, g, S, "nvls" if algorithm == "nvls_tree" and "nvls" in avail else "auto")
     if algorithm not in avail:
         if algorithm == "nvls":
             raise SpecError("algorithm", "nvls", "only inside one node whose NVSwitch reduces (node.nvswitch_reduction "
