@@ -36,6 +36,8 @@ def run(args) -> dict:
     check_dir("out", args.out, files=("summary.md", "plots/plot.png"))
     try:
         df = store.read()
+    except SpecError as e:  # a damaged file, named with what to do about it
+        raise SpecError("out", e.value, e.allowed) from None
     except Exception as e:  # pyarrow raises its own types (ArrowInvalid, ...) for a corrupt file
         why = " ".join(str(e).split())[:120] or type(e).__name__
         raise SpecError("out", args.out, f"a sweep folder whose results.parquet and parts/ are readable "

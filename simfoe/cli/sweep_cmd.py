@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="delete results already in OUT and start over")
     p.add_argument("--dry-run", action="store_true",
                    help="validate, count scenarios and estimate the time (times a few probe scenarios)")
-    p.add_argument("--probes", type=int, default=4, help="scenarios timed by --dry-run (default 4)")
+    p.add_argument("--probes", type=int, default=None, help="with --dry-run: scenarios timed (default 4)")
     p.add_argument("--chunk-size", type=int, default=None, help="scenarios per task (default: automatic)")
     p.add_argument("--max-retries", type=int, default=3, help="Ray: retries of a task whose worker died")
     p.add_argument("--no-plots", action="store_true", help="skip plots and summary")

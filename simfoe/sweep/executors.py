@@ -1,18 +1,20 @@
 """Executors: run chunks of scenarios and yield each chunk's records as it finishes.
 
-``local``: a process pool (spawned workers, each imports the simulator once; workers=1 runs
-in-process). ``ray``: the same :func:`simfoe.sweep.worker.run_chunk` as Ray tasks on a local
-instance or an existing cluster (``address``), retried when a worker dies. Each scenario's result
+``local``: a process pool (spawned workers, each imports the simulator once and exits when the
+sweep process dies; workers=1 runs in-process). ``ray``: the same
+:func:`simfoe.sweep.worker.run_chunk` as Ray tasks on a local instance or an existing cluster
+(``address``), retried when a worker dies. Each scenario's result
 depends only on its inputs (seeded), so both give identical tables.
 """
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterator
 
-from simfoe.errors import SpecError
+from simfoe.errors import SpecError, require_extra
 from simfoe.sweep.worker import init_worker, run_chunk
 
 Chunk = list[tuple]  # [(index, run_id, options, override_list), ...]
@@ -35,7 +37,7 @@ def iter_local(kind: str, chunks: list[Chunk], metrics, fn: Callable | None, wor
     attempts = [0] * len(chunks)
     while todo:
         pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
-                                   initializer=init_worker, initargs=(kind, fn))
+                                   initializer=init_worker, initargs=(kind, fn, os.getpid()))
         futs = {pool.submit(run_chunk, kind, chunks[i], metrics, fn): i for i in todo}
         todo = []
         try:
@@ -61,17 +63,18 @@ def iter_local(kind: str, chunks: list[Chunk], metrics, fn: Callable | None, wor
 def iter_ray(kind: str, chunks: list[Chunk], metrics, fn: Callable | None, workers: int,
              address: str | None = None, max_retries: int = 3) -> Iterator[list[dict]]:
     """Yield record lists as chunks finish as Ray tasks (retried up to ``max_retries`` on worker death)."""
-    try:
-        import ray
-    except ImportError:
-        raise SpecError("--executor", "ray", "needs ray installed: pip install 'simfoe[ray]'") from None
+    ray = require_extra("ray", "ray", "--executor", "ray")
     started = False
     if not ray.is_initialized():
         kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
-        if address:
-            ray.init(address=address, **kw)
-        else:
-            ray.init(num_cpus=workers, **kw)
+        try:
+            if address:
+                ray.init(address=address, **kw)
+            else:
+                ray.init(num_cpus=workers, **kw)
+        except ConnectionError as e:
+            raise SpecError("--address", address, "the address of a running Ray cluster (auto: one started with "
+                            f"`ray start --head`), or no --address to start a local instance ({e})") from None
         started = True
     try:
         remote = ray.remote(num_cpus=1, max_retries=max_retries)(run_chunk)

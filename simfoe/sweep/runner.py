@@ -71,12 +71,13 @@ def run_sweep(spec: SweepSpec | str | Path | None = None, out: str | Path = "sim
               executor: str = "local", workers: int | None = None, address: str | None = None,
               resume: bool = False, overwrite: bool = False, retry_failed: bool = False,
               chunk_size: int | None = None, max_retries: int = 3, dry_run: bool = False,
-              probes: int = 4, progress: bool = True, plots: bool = True, csv: bool = False,
+              probes: int | None = None, progress: bool = True, plots: bool = True, csv: bool = False,
               argv: list[str] | None = None) -> dict:
     """Run (or with ``dry_run`` only count and time-estimate) a sweep into ``out``.
 
     Returns a JSON-able dict: counts, wall time (s), scenarios per second, paths written.
-    Raises SpecError for bad specs or options before any scenario runs.
+    Raises SpecError for bad specs or options before any scenario runs (an option that would be
+    ignored, such as ``probes`` without ``dry_run``, is one). ``probes`` defaults to 4 with ``dry_run``.
     An ``out`` that holds this same spec's results is continued (as with ``resume``); with nothing left
     to run the result says ``up_to_date`` and nothing is written. ``csv``: write ``results.csv`` too.
     ``argv``: the command line, recorded in sweep.json and summary.md.
@@ -95,6 +96,7 @@ def run_sweep(spec: SweepSpec | str | Path | None = None, out: str | Path = "sim
     if resume and overwrite:
         raise SpecError("--overwrite", True, "use --resume to continue the results in OUT, or --overwrite to "
                         "delete them and start over", problem="cannot be combined with --resume")
+    _check_unused_options(executor, address, resume, retry_failed, dry_run, probes)
     scenarios = spec.scenarios()  # validates every distinct value before anything runs
     check_scenario_files(spec)
     out = Path(out)
@@ -102,24 +104,20 @@ def run_sweep(spec: SweepSpec | str | Path | None = None, out: str | Path = "sim
     done: dict[str, str] = {}
     if store.has_results() and not overwrite:
         done = store.finished()
-        if not resume and not _continues(out, spec, scenarios, done):
-            if not dry_run:
-                raise SpecError("--out", str(out), "already holds sweep results; pass --resume to skip finished "
-                                "scenarios or --overwrite to start over")
-            done = {}
+        if not resume and not _continues(out, spec, scenarios, done):  # a dry run too: it checks what the run would
+            raise SpecError("--out", str(out), "already holds sweep results; pass --resume to skip finished "
+                            "scenarios or --overwrite to start over")
     todo = [s for s in scenarios if s.run_id not in done or (retry_failed and done[s.run_id] != "ok")]
     base = {"spec": spec.source, "name": spec.name, "kind": spec.kind, "out": str(out),
             "scenarios": len(scenarios), "already_done": len(scenarios) - len(todo), "to_run": len(todo),
             "executor": executor, "workers": workers, "simfoe_version": __version__, "command": command_line(argv)}
     if dry_run:
-        return {**base, "dry_run": True, **probe(spec, todo, workers, probes)}
+        return {**base, "dry_run": True, **probe(spec, todo, workers, 4 if probes is None else probes)}
     if not todo and not store.part_files() and store.results.is_file():
         return _up_to_date(base, store, csv, done)
 
     if overwrite:
         store.clear()
-    out.mkdir(parents=True, exist_ok=True)
-    _write_manifest(spec, out, base, __version__)
     chunk = chunk_size or auto_chunk(len(todo), workers)
     # Dispatch in run_id order (a stable shuffle): costly corners of the grid spread over tasks.
     order = sorted(todo, key=lambda s: s.run_id)
@@ -136,8 +134,10 @@ def run_sweep(spec: SweepSpec | str | Path | None = None, out: str | Path = "sim
     bar = _progress(len(todo), progress)
     ok = failed = 0
     t0 = time.perf_counter()
+    wrote = False  # the manifest goes with the first rows: an executor that cannot start leaves nothing
     try:
         for recs in it:
+            wrote = wrote or _write_manifest(spec, out, base, __version__)
             rows = [make_row(spec, by_index[r["index"]], r, __version__) for r in recs]
             store.append(rows)
             n_ok = sum(r["status"] == "ok" for r in recs)
@@ -150,7 +150,8 @@ def run_sweep(spec: SweepSpec | str | Path | None = None, out: str | Path = "sim
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
-        store.compact()
+        if store.has_results():
+            store.compact()
         sys.stderr.write(f"stored {ok + failed} of {len(todo)} scenarios in {out}; "
                          "rerun with --resume to finish\n")
         raise
@@ -160,6 +161,8 @@ def run_sweep(spec: SweepSpec | str | Path | None = None, out: str | Path = "sim
             close()
     if bar is not None:
         bar.close()
+    if not wrote:
+        _write_manifest(spec, out, base, __version__)
     wall = time.perf_counter() - t0
     df = store.compact()
     result = {**base, "ran": ok + failed, "ok": ok, "failed": failed, "wall_s": wall,
@@ -174,6 +177,27 @@ def run_sweep(spec: SweepSpec | str | Path | None = None, out: str | Path = "sim
         result["plots"] = [str(p) for p in make_plots(df, out / "plots")]
         result["summary"] = str(write_summary(df, out, spec_name=spec.name, run=result))
     return result
+
+
+def _check_unused_options(executor: str, address: str | None, resume: bool, retry_failed: bool,
+                          dry_run: bool, probes: int | None) -> None:
+    """An option the run would silently ignore is refused (SpecError) before anything runs; so is
+    --executor ray without ray installed."""
+    if address is not None and executor != "ray":
+        raise SpecError("--address", address, "only with --executor ray (the local pool runs on this machine)")
+    if retry_failed and not resume:
+        raise SpecError("--retry-failed", True, "add --resume: it reruns the failed scenarios stored in --out",
+                        problem="only with --resume")
+    if probes is not None:
+        if not dry_run:
+            raise SpecError("--probes", probes, "add --dry-run, which times that many scenarios, or leave --probes out",
+                            problem=f"{probes!r} given without --dry-run")
+        if isinstance(probes, bool) or not isinstance(probes, int) or probes < 0:
+            raise SpecError("--probes", probes, "an integer >= 0")
+    if executor == "ray":
+        from simfoe.errors import require_extra
+
+        require_extra("ray", "ray", "--executor", "ray")
 
 
 def _continues(out: Path, spec: SweepSpec, scenarios: list[Scenario], done: dict[str, str]) -> bool:
@@ -202,12 +226,15 @@ def _up_to_date(base: dict, store: ResultStore, csv: bool, done: dict[str, str])
     return result
 
 
-def _write_manifest(spec: SweepSpec, out: Path, base: dict, version: str) -> None:
+def _write_manifest(spec: SweepSpec, out: Path, base: dict, version: str) -> bool:
+    """Write OUT/sweep.yaml (the spec) and OUT/sweep.json (run metadata); returns True."""
     import yaml
 
+    out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.yaml").write_text(yaml.safe_dump(spec.raw, sort_keys=False))
     meta = {**base, "simfoe_version": version, "started_at": time.time()}
     (out / "sweep.json").write_text(json_text(meta), encoding="utf-8")
+    return True
 
 
 def _progress(total: int, enabled: bool):

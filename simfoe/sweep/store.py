@@ -13,6 +13,8 @@ absent: a kill loses at most the chunks in flight. Compaction merges results and
 row per run_id (an ``ok`` row beats an ``error`` row, then the latest), writes results.parquet
 atomically and only then removes the merged parts. Readers always merge both, so a kill during
 compaction loses nothing and duplicates nothing.
+A file damaged anyway (a disk that lied about a write, a copy cut short) is named in a SpecError
+by every reader, with what to do: delete it and resume, which runs its scenarios again.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ import uuid
 from pathlib import Path
 
 import pandas as pd
+
+from simfoe.errors import SpecError
 
 VOLATILE = ("wall_s", "worker", "finished_at")  # columns that differ between identical runs
 FIRST = ("run_id", "index", "kind", "status", "error")
@@ -63,11 +67,31 @@ def _write_atomic(df: pd.DataFrame, path: Path) -> None:
 
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     table = pa.Table.from_pandas(normalize(df), preserve_index=False)
-    pq.write_table(table, tmp)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        pq.write_table(table, tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or a kill: no half-written temporary file stays behind
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
+
+
+def _read_file(path: Path) -> pd.DataFrame:
+    """One stored parquet file; a damaged one (truncated by a full disk, say) -> SpecError naming it and
+    how to run its scenarios again."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pandas()
+    except (pa.ArrowException, OSError) as e:
+        why = " ".join(str(e).split()).split(f"{path}'")[-1].lstrip(": ").split(". ")[0][:160] or type(e).__name__
+        fix = ("delete it (every scenario it held runs again with --resume) or restore it from a backup"
+               if path.name == "results.parquet" else "delete it and rerun with --resume: its scenarios run again")
+        raise SpecError("--out", str(path), f"readable parquet files in the sweep folder; this one is damaged "
+                        f"({why}); {fix}") from None
 
 
 def _dedup(df: pd.DataFrame) -> pd.DataFrame:
@@ -100,17 +124,10 @@ class ResultStore:
         return self.results.is_file() or bool(self.part_files())
 
     def finished(self) -> dict[str, str]:
-        """run_id -> status ("ok" beats "error") of every stored row."""
-        import pyarrow.parquet as pq
-
-        out: dict[str, str] = {}
-        files = ([self.results] if self.results.is_file() else []) + self.part_files()
-        for f in files:
-            t = pq.read_table(f, columns=["run_id", "status"]).to_pydict()
-            for rid, st in zip(t["run_id"], t["status"]):
-                if out.get(rid) != "ok":
-                    out[rid] = st
-        return out
+        """run_id -> status ("ok" beats "error") of every stored row. Reads every file whole, so a damaged
+        one is named (SpecError) before a resumed sweep runs anything, not at the final compaction."""
+        df = self.read()
+        return dict(zip(df["run_id"], df["status"]))
 
     def append(self, rows: list[dict]) -> Path | None:
         """Commit rows as one new part file (atomic). Returns its path."""
@@ -124,10 +141,8 @@ class ResultStore:
 
     def read(self) -> pd.DataFrame:
         """Results and parts merged, one row per run_id, sorted by scenario index. No writes."""
-        frames = []
-        if self.results.is_file():
-            frames.append(pd.read_parquet(self.results))
-        frames += [pd.read_parquet(f) for f in self.part_files()]
+        files = ([self.results] if self.results.is_file() else []) + self.part_files()
+        frames = [_read_file(f) for f in files]
         frames = [f for f in frames if not f.empty]
         if not frames:
             return pd.DataFrame(columns=list(FIRST))

@@ -28,8 +28,27 @@ def resolve(kind: str, fn: Callable | None = None) -> Callable:
     return f
 
 
-def init_worker(kind: str, fn: Callable | None = None) -> None:
-    """Process-pool initializer: import the simulator once, before the first task."""
+#: How often a pool worker checks that the sweep that started it is alive (s): the delay before an
+#: orphaned worker exits.
+PARENT_POLL_S = 0.5
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Daemon thread body: end this process as soon as ``parent`` (a pid) is no longer its parent. A
+    sweep killed outright (SIGKILL, OOM killer) cannot shut its pool down, and its workers would
+    otherwise run their chunks to the end and then wait for work forever."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)
+
+
+def init_worker(kind: str, fn: Callable | None = None, parent: int | None = None) -> None:
+    """Process-pool initializer: watch ``parent`` (the sweep's pid; exit when it dies), then import
+    the simulator once, before the first task."""
+    if parent is not None:
+        import threading
+
+        threading.Thread(target=_exit_with_parent, args=(parent,), name="simfoe-parent-watch", daemon=True).start()
     resolve(kind, fn)
 
 
