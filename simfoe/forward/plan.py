@@ -207,8 +207,7 @@ def _traffic(s, tokens: np.ndarray, grp: np.ndarray, k: int, L: MoELayout) -> D.
     per-destination-GPU copies (per choice without dedup), and per-choice copies from the sampled loads."""
     load = s.expert_load.reshape(len(grp), -1).sum(axis=1)
     choice = np.outer(tokens, k * load / max(load.sum(), 1e-300))
-    return D.traffic_from_gpu_copies(s.traffic_tokens, choice, tokens, grp, L.gpus_per_node,
-                                     getattr(s, "node_visits", 0.0))
+    return D.traffic_from_gpu_copies(s.traffic_tokens, choice, tokens, grp, L.gpus_per_node, s.node_visits)
 
 
 def _exchange(traffic: list, token_bytes: float, algorithm: str, op: str):
