@@ -59,3 +59,22 @@ def test_nvls_reaches_measured_bus_bandwidth(table):
     pred = predict(load_hardware("h100-sxm"), "all_reduce", 8, S, "auto", 1)
     assert pred == pytest.approx(meas, rel=0.05)
     assert 2 * 7 / 8 * S / pred / 1e9 > 420
+
+
+def test_fit_nccl_cli_refuses_other_hardware(capsys):
+    from simfoe.cli import main
+
+    assert main(["fit", "nccl", "--hardware", "a100-sxm", "--json"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: --hardware: 'a100-sxm'") and "h100-sxm" in err
+
+
+@pytest.mark.slow
+def test_refit_reproduces_the_committed_profile(shared_data, table):
+    """`simfoe fit nccl` from the committed profile gives its values back (Nelder-Mead tolerance) and
+    reports the same 8-GPU >= 1 MiB errors the committed profile scores."""
+    got = fn.run_fit(shared_data, write=False)
+    hw = load_hardware("h100-sxm")
+    for p, v in zip(fn.PARAMS, fn.current_params(hw)):
+        assert got["params"][p] == pytest.approx(v, rel=0.02), p
+    assert got["errors"]["all_reduce 8 GPUs >=1MiB"]["mape"] <= 10

@@ -3,6 +3,8 @@
   simfoe fit kernels --hardware h100-sxm --vidur ../shared/data/vidur [--write] [--json]
   simfoe fit collectives --hardware h100-sxm --vidur ../shared/data/vidur [--write] [--json]
   simfoe fit dispatch --hardware h100-sxm [--write] [--json]   (DeepEP kernels, AIConfigurator H100 tables)
+  simfoe fit nccl --hardware h100-sxm [--write] [--json]       (NVLink/NVLS/all-to-all terms, nccl-tests table;
+                                                                writes h100-sxm, h200-sxm and their -measured)
 
 Without --write nothing is changed; with it the fitted section (and its provenance) is written into
 hwprofiles/<hardware>.yaml through simfoe.specs.profile_io.update_profile.
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 from simfoe.cli.common import add_json_flag, table
 
-TARGETS = ("kernels", "collectives", "dispatch")
+TARGETS = ("kernels", "collectives", "dispatch", "nccl")
 
 
 def register(subparsers) -> None:
@@ -63,6 +65,8 @@ def run(args) -> dict:
             raise SpecError("fit dispatch", None, f"the measured DeepEP tables in ../shared/data/{TABLE_DIR}",
                             problem="not found")
         return {"target": "dispatch", **fit_report(args.hardware, shared, args.write)}
+    if args.target == "nccl":
+        return _fit_nccl(args)
     vidur = _vidur_dir(args.vidur)
     if args.target == "kernels":
         from simfoe.costs.fit_kernels import run_fit
@@ -82,6 +86,21 @@ def run(args) -> dict:
             vidur = vidur / "network"
     report = run_fit(args.hardware, vidur, args.write)
     return {"target": args.target, **report}
+
+
+def _fit_nccl(args) -> dict:
+    """NVLink side of h100-sxm fitted to nccl-tests on one node (simfoe.costs.fit_nccl_tests)."""
+    from simfoe.costs.fit_nccl_tests import TABLE, TABLE_NAME, TARGETS as WRITES, run_fit
+    from simfoe.errors import SpecError
+    from simfoe.paths import shared_data_dir
+
+    if args.hardware != "h100-sxm":
+        raise SpecError("--hardware", args.hardware, "h100-sxm (the nccl-tests table is H100; --write also "
+                        "updates " + ", ".join(WRITES[1:]) + ")")
+    shared = shared_data_dir()
+    if shared is None or not (shared / TABLE).is_file():
+        raise SpecError("fit nccl", None, f"the nccl-tests table {TABLE_NAME}", problem="not found")
+    return {"target": "nccl", "hardware": args.hardware, "data": TABLE_NAME, **run_fit(shared, args.write)}
 
 
 def render(result: dict) -> str:
