@@ -25,12 +25,20 @@ def hardware_presets() -> list[str]:
     return sorted(p.name[:-5] for p in hwprofiles_dir().iterdir() if p.name.endswith(".yaml"))
 
 
+def _shared_candidates() -> list[Path]:
+    env = os.environ.get("SIMFOE_SHARED_DATA")
+    return ([Path(env)] if env else []) + [REPO_ROOT.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"]
+
+
 def shared_data_dir() -> Path | None:
     """The shared reference-data folder, or None when it is absent."""
-    env = os.environ.get("SIMFOE_SHARED_DATA")
-    candidates = [Path(env)] if env else []
-    candidates += [REPO_ROOT.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"]
-    for c in candidates:
+    for c in _shared_candidates():
         if c.is_dir():
             return c
     return None
+
+
+def shared_data_expected() -> Path:
+    """The shared reference-data folder if present, else the first place looked for it
+    (``SIMFOE_SHARED_DATA``, else ``../shared/data`` beside the checkout): the path to name when absent."""
+    return shared_data_dir() or _shared_candidates()[0]

@@ -102,8 +102,9 @@ def set_rows(set_dir: Path, hw) -> list[dict]:
     return out
 
 
-def vidur_rows(vidur: Path, hardware: str) -> list[dict]:
-    """Vidur GEMM rows (all shapes) and one-node all-reduce rows (>= 1 MB) predicted with ``hardware``."""
+def vidur_rows(vidur: Path, hardware: str, missing: dict | None = None) -> list[dict]:
+    """Vidur GEMM rows (all shapes) and one-node all-reduce rows (>= 1 MB) predicted with ``hardware``;
+    an absent all-reduce file is noted in ``missing`` (source -> path looked for)."""
     from simfoe.costs import fit_collectives as fc
     from simfoe.costs import fit_kernels as fk
     from simfoe.costs.collectives import predict
@@ -129,6 +130,8 @@ def vidur_rows(vidur: Path, hardware: str) -> list[dict]:
                 cache[key] = predict(hw, "all_reduce", key[0], key[1], "auto", key[2])
             pred.append(cache[key])
         out += _rows(f"vidur:{dataset}:all_reduce", "all_reduce", pred, ar.time_s)
+    elif missing is not None:
+        missing[f"vidur:{dataset}:all_reduce"] = str(net / dataset / "all_reduce.csv")
     return out
 
 
@@ -211,19 +214,21 @@ def _summ(rows: list[dict]) -> dict:
 def validate(vidur: str | Path | None = None, hardware: list[str] | None = None, include_sets: bool = True,
              include_testbed: bool = True, tolerances: str | Path | dict = TOLERANCES,
              hw_overrides: list[str] | None = None) -> dict:
-    """Run every source; returns {"cases", "mape", "max_ape", "by_source", "failed", "rows"}.
+    """Run every source; returns {"cases", "mape", "max_ape", "by_source", "failed", "skipped", "missing",
+    "rows"}; ``missing`` maps each source not found to the path looked for (its rows are not judged).
 
     ``vidur``: Vidur data folder (default <shared>/vidur when present); ``hardware``: Vidur profiles
     to check (default h100-sxm, a100-sxm); ``hw_overrides``: --set items applied to every profile;
     ``tolerances``: the tolerance file, or its already loaded contents (:func:`load_tolerances`).
     """
-    from simfoe.paths import shared_data_dir
+    from simfoe.paths import shared_data_dir, shared_data_expected
     from simfoe.specs.io import load_hardware
 
     tol = tolerances if isinstance(tolerances, dict) else load_tolerances(tolerances)
     rows: list[dict] = []
     extra: dict[str, dict] = {}
     skipped: dict[str, str] = {}
+    missing: dict[str, str] = {}  # source (or group) -> the path looked for and not found
     if include_sets:
         for d in sorted(DATA_DIR.iterdir()) if DATA_DIR.is_dir() else []:
             if not (d / "kernels.csv").is_file():
@@ -245,30 +250,34 @@ def validate(vidur: str | Path | None = None, hardware: list[str] | None = None,
 
                 hwo = load_hardware(h, hw_overrides)
                 with mock.patch("simfoe.specs.io.load_hardware", lambda *a, **k: hwo):
-                    rows += vidur_rows(vdir, h)
+                    rows += vidur_rows(vdir, h, missing)
             else:
-                rows += vidur_rows(vdir, h)
+                rows += vidur_rows(vdir, h, missing)
     else:
-        skipped["vidur"] = "../shared/data/vidur absent"
+        missing["vidur"] = str(shared_data_expected() / "vidur")
+        skipped["vidur"] = f"{missing['vidur']} absent"
     if hardware is None or DEEPEP_PROFILE in hardware:
         from simfoe.costs.fit_dispatch import TABLE_DIR
 
-        if shared_data_dir() is not None and (shared_data_dir() / TABLE_DIR).is_dir():
-            rows += deepep_rows(shared_data_dir(), load_hardware(DEEPEP_PROFILE, hw_overrides))
+        if (shared_data_expected() / TABLE_DIR).is_dir():
+            rows += deepep_rows(shared_data_expected(), load_hardware(DEEPEP_PROFILE, hw_overrides))
         else:
-            skipped["deepep"] = f"../shared/data/{TABLE_DIR} absent"
+            missing["deepep"] = str(shared_data_expected() / TABLE_DIR)
+            skipped["deepep"] = f"{missing['deepep']} absent"
     if hardware is None or NCCL_PROFILE in hardware:
         from simfoe.costs.fit_nccl_tests import TABLE
 
-        table = (shared_data_dir() or Path("../shared/data")) / TABLE
+        table = shared_data_expected() / TABLE
         if table.is_file():
             rows += nccl_rows(table, load_hardware(NCCL_PROFILE, hw_overrides))
         else:
+            missing["nccl"] = str(table)
             skipped["nccl"] = f"{table} absent"
     if include_testbed:
         stored = testbed_results()
         if not stored:
-            skipped["testbed"] = f"no {TESTBED_DIR}/testbed-*.json"
+            missing["testbed"] = str(TESTBED_DIR / "testbed-*.json")
+            skipped["testbed"] = f"no {missing['testbed']}"
         for path in stored:
             tb = testbed_source(path)
             rows += tb[0]
@@ -291,4 +300,4 @@ def validate(vidur: str | Path | None = None, hardware: list[str] | None = None,
     allsum = _summ(rows)
     cases = [{"source": src, **{k: v for k, v in s.items() if k in ("n", "mape", "max_ape", "ok")}} for src, s in by.items()]
     return {"cases": cases, "mape": allsum["mape"], "max_ape": allsum["max_ape"], "by_source": by,
-            "failed": [s for s, v in by.items() if not v["ok"]], "skipped": skipped, "rows": rows}
+            "failed": [s for s, v in by.items() if not v["ok"]], "skipped": skipped, "missing": missing, "rows": rows}

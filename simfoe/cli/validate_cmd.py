@@ -2,7 +2,8 @@
 
   simfoe validate [--json] [--vidur PATH] [--hardware h100-sxm ...] [--set hardware.X=V ...] [--cases-out FILE.csv]
 
--> {"cases": [{"source", "n", "mape", "max_ape", "ok"}], "mape", "max_ape", "by_source": {...}, "failed", "skipped"};
+-> {"cases": [{"source", "n", "mape", "max_ape", "ok"}], "mape", "max_ape", "by_source": {...}, "failed", "skipped",
+    "missing": {source: path looked for}} (with --json, missing sources are also named in one warning line on stderr);
 exit 1 when a source exceeds its tolerance (validation/tolerances.yaml), 2 on bad input (checked before
 anything is predicted, including --cases-out and --tolerances).
 """
@@ -45,6 +46,10 @@ def run(args):
                             include_testbed=not (only_vidur or args.no_testbed),
                             tolerances=tolerances, hw_overrides=args.overrides or None)
     rows = r.pop("rows")
+    if r["missing"] and args.json:  # the text output lists them itself
+        import sys
+
+        sys.stderr.write(f"warning: validate: not found, so not checked: {_missing(r)}\n")
     if args.cases_out:
         import pandas as pd
 
@@ -60,5 +65,12 @@ def render(r: dict) -> str:
         lines.append(f"{s:48} {v['n']:>6} {v['mape']:7.2f} {v['max_ape']:8.2f} {tol:>26}  {'yes' if v['ok'] else 'NO'}")
     lines.append(f"all: MAPE {r['mape']:.2f}%  max {r['max_ape']:.2f}%  failed: {', '.join(r['failed']) or 'none'}")
     for k, why in r.get("skipped", {}).items():
-        lines.append(f"skipped {k}: {why}")
+        if k not in r["missing"]:
+            lines.append(f"skipped {k}: {why}")
+    if r["missing"]:
+        lines.append(f"not found, so not checked: {_missing(r)}")
     return "\n".join(lines)
+
+
+def _missing(r: dict) -> str:
+    return "; ".join(f"{k} ({path})" for k, path in r["missing"].items())
