@@ -133,6 +133,13 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def cmdline(pid: int) -> bytes:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes()
+    except OSError:  # it ended meanwhile
+        return b""
+
+
 def alive(pid: int) -> bool:
     try:
         return (Path("/proc") / str(pid) / "stat").read_text().split(")")[-1].split()[0] != "Z"
@@ -154,7 +161,7 @@ def test_workers_exit_when_the_sweep_is_killed(tmp_path):
         workers: list[int] = []
         while len(workers) < 2 and time.monotonic() < deadline and p.poll() is None:
             time.sleep(0.2)
-            workers = [c for c in children(p.pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+            workers = [c for c in children(p.pid) if b"spawn_main" in cmdline(c)]
         assert len(workers) == 2, "the sweep did not start its two pool workers"
         time.sleep(2.0)  # the workers are now in their scenarios
         others = children(p.pid)  # workers and multiprocessing's resource tracker
