@@ -23,10 +23,17 @@ def plain(value: object) -> object:
     return value
 
 
+_MESSAGE = object()
+
+
 class SpecError(ValueError):
     """Bad user input: names the field, the value given and what is allowed."""
 
-    def __init__(self, field: str, value: object, allowed: str, *, problem: str | None = None):
+    def __init__(self, field: str, value: object = _MESSAGE, allowed: str = "", *, problem: str | None = None):
+        if value is _MESSAGE:  # rebuilt from its message: SimPy re-raises a process's error as type(e)(*e.args)
+            self.field, self.value, self.allowed, self.problem = field.split(":", 1)[0], None, allowed, None
+            super().__init__(field)
+            return
         value = plain(value)
         self.field = field
         self.value = value

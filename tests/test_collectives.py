@@ -178,3 +178,16 @@ def test_concurrent_collectives_share_links(hw):
     c = hw.collectives.nvlink  # 1 GB: Simple protocol; latency paid once, the two overlap
     lat = c.alpha_s + 14 * c.hop_s + hw.node.nvlink_latency_s
     assert env.now == pytest.approx(2 * (one - lat) + lat, rel=1e-9)
+
+
+def test_algorithm_the_group_cannot_run_is_one_error_line(capsys):
+    """NVLS across nodes inside a forward pass (raised in a SimPy process): exit 2, one line naming the
+    algorithm and what the group can run, no traceback."""
+    from simfoe.cli import main
+
+    code = main(["forward", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--nodes", "2", "--arch", "foe",
+                 "--phase", "decode", "--batch", "8", "--seq-len", "512", "--set", "placement.foe.all_reduce=nvls",
+                 "--json"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error: algorithm: 'nvls' is not allowed") and "nvls_tree" in err
