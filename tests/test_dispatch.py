@@ -108,3 +108,21 @@ def test_stored_fit_meets_bounds_on_measured_deepep_tables(shared_data):
     ape = (F.predict_rows(load_hardware("h100-sxm"), rows) / rows.measured_s.to_numpy() - 1) * 100
     by = rows.assign(ape=np.abs(ape)).groupby(["mode", "op", "nodes"]).ape.mean()
     assert (by <= 15).all(), by.to_dict()
+
+
+def test_sm_share_held_by_each_algorithm():
+    hw = load_hardware("h100-sxm")
+    assert D.sm_share(hw, "deepep-normal") == pytest.approx(20 / 132)
+    assert D.sm_share(hw, "deepep-ll") == 0.0 and D.sm_share(hw, "direct") == 0.0
+
+
+def test_comm_sm_share_auto_slows_overlapped_compute_only_under_normal_kernels():
+    """auto: the normal kernels (prefill) hold 20/132 SMs, the low-latency ones (decode) none."""
+    def lat(phase, share):
+        return forward("olmoe-1b-7b", "h100-sxm", nodes=2, phase=phase, batch=8, seq_len=512,
+                       overrides=["placement.moe.attention=dp", "placement.overlap=two-batch",
+                                  f"placement.comm_sm_share={share}"])["latency_s"]
+
+    free, auto, fixed = lat("prefill", 0), lat("prefill", "auto"), lat("prefill", 20 / 132)
+    assert free < auto <= fixed * (1 + 1e-9)
+    assert lat("decode", "auto") == lat("decode", 0)

@@ -88,6 +88,14 @@ def copy_bytes(hidden: int, dtype_bytes: float, algorithm: str, op: str) -> floa
     return float(b)
 
 
+def sm_share(hw: HardwareSpec, algorithm: str) -> float:
+    """Share of a GPU's SMs the algorithm's kernels hold while in flight: deepep-normal runs on
+    ``deepep.sms`` of ``gpu.sms`` (DeepEP Buffer.num_sms = 20 of an H100's 132); deepep-ll in hook mode
+    holds none while waiting; NCCL kernels are not modelled (0)."""
+    d, n = hw.collectives.deepep, hw.gpu.sms
+    return d.sms / n if (algorithm == "deepep-normal" and d is not None and n) else 0.0
+
+
 def traffic_from_gpu_copies(gpu: np.ndarray, choice: np.ndarray, tokens: np.ndarray, gpus: np.ndarray,
                             gpus_per_node: int, node_visits: float = 0.0) -> DispatchTraffic:
     """Traffic of a routing sample: ``gpu`` per-destination-GPU copies, ``choice`` per-choice copies,

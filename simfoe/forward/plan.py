@@ -50,6 +50,7 @@ class Collective:
     category: str
     groups: list[np.ndarray]
     fn: Callable  # fn(net, group_index, group) -> generator
+    sm_share: float = 0.0  # share of each member GPU's SMs its kernels hold (placement.comm_sm_share=auto)
 
 
 @dataclass
@@ -289,14 +290,15 @@ def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work | list[Work]
         counts = np.full((L.ep, L.ep), 8.0) - 8.0 * np.eye(L.ep)
         steps.append(Collective("dispatch", ep_groups, _a2a([counts] * len(ep_groups), "direct")))
     # dispatch in the model dtype (fp8 models: fp8 with per-128 scales), combine in the activation dtype
+    held = D.sm_share(c.hw, algo)
     steps.append(Collective("dispatch", ep_groups, _exchange(traffic, D.copy_bytes(h, model.dtype_bytes, algo, "dispatch"),
-                                                             algo, "dispatch")))
+                                                             algo, "dispatch"), held))
     if moe.n_shared_experts:
         sw = moe.shared_width
         expert_time = expert_time + np.array([_ffn_seconds(c, model, n, sw) for n in tok_gpu])
     steps.append(Compute("experts", expert_time))
     steps.append(Collective("combine", ep_groups, _exchange(traffic, D.copy_bytes(h, b, algo, "combine"), algo,
-                                                            "combine")))
+                                                            "combine"), held))
     steps.append(Compute("experts", np.array([_add_seconds(c, model, n) for n in tok_gpu])))
     if t > 1:
         steps.append(Collective("all_reduce", tp_groups, _ag_groups([n * h * b / t for n in tok_group])))

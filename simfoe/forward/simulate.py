@@ -106,13 +106,16 @@ class _Streams:
 
     Each stream runs compute steps in a fixed turn order, the k-th compute step of every program in
     turn (k = 0, 1, ...); a step waits for its turn. While a collective a GPU belongs to is in flight,
-    its compute runs at ``1 - share`` of its speed (the SMs the communication kernels hold).
+    its compute runs at ``1 - share`` of its speed (the SMs the communication kernels hold); ``share``
+    "auto": each collective's own ``sm_share`` (the largest of those in flight on the GPU).
     """
 
-    def __init__(self, env: simpy.Environment, G: int, programs: list[list], share: float):
-        if not 0.0 <= share < 1.0:
-            raise SpecError("placement.comm_sm_share", share, "a share of the GPU in [0, 1)")
-        self.env, self.share = env, share
+    def __init__(self, env: simpy.Environment, G: int, programs: list[list], share):
+        auto = share == "auto"
+        if not auto and not 0.0 <= share < 1.0:
+            raise SpecError("placement.comm_sm_share", share, "a share of the GPU in [0, 1), or auto")
+        self.env, self.share = env, (1.0 if auto else share)  # truthy when compute can slow down
+        self.held: list[list[float]] | None = [[] for _ in range(G)] if auto else None  # in-flight shares
         ordinals = [[si for si, s in enumerate(steps) if isinstance(s, Compute)] for steps in programs]
         self.turn_of, pos = {}, 0
         for k in range(max(map(len, ordinals))):
@@ -133,7 +136,7 @@ class _Streams:
             yield ev
         start, left = env.now, d
         while left > 1e-12 * d:
-            rate = 1.0 - self.share if (self.share and self.inflight[gpu]) else 1.0
+            rate = 1.0 - self._held(gpu) if (self.share and self.inflight[gpu]) else 1.0
             t0 = env.now
             done = env.timeout(left / rate)
             if not self.share:
@@ -149,17 +152,26 @@ class _Streams:
             nxt.succeed()
         return start
 
-    def communicating(self, group, delta: int) -> None:
-        """A collective of ``group`` started (+1) or ended (-1)."""
+    def _held(self, gpu: int) -> float:
+        """Share of ``gpu``'s compute its in-flight collectives hold."""
+        if self.held is None:
+            return self.share
+        return max(self.held[gpu], default=0.0)
+
+    def communicating(self, group, delta: int, sm_share: float = 0.0) -> None:
+        """A collective of ``group`` (holding ``sm_share`` of each member's SMs) started (+1) or ended (-1)."""
         if self.share:
             self.inflight[group] += delta
+            if self.held is not None:
+                for g in group:
+                    (self.held[g].append if delta > 0 else self.held[g].remove)(sm_share)
             for g in group:
                 ev, self.changed[g] = self.changed[g], self.env.event()
                 ev.succeed()
 
 
 def run_programs(hw: HardwareSpec, nodes: int, programs: list[list], recorder: _Recorder | None = None,
-                 comm_sm_share: float = 0.0):
+                 comm_sm_share: float | str = 0.0):
     """Simulate step lists that run at once on the same GPUs; returns (latency_s, breakdown, bytes by tag).
 
     One program: every GPU walks it in order, and a category's time is the time its steps add to the
@@ -170,7 +182,7 @@ def run_programs(hw: HardwareSpec, nodes: int, programs: list[list], recorder: _
     batch's communication overlaps another's compute. (Running compute steps first come, first
     served instead made the pipeline settle into different steady states from one routing sample to
     the next, up to 10% apart.) ``comm_sm_share``: the share of a GPU's compute that its in-flight
-    collectives hold (0: none, an optimistic bound). Breakdown then: each compute category's busy
+    collectives hold (0: none, an optimistic bound; "auto": each collective's own ``sm_share``). Breakdown then: each compute category's busy
     seconds on the GPU that finishes last, and the rest of the pass (exposed communication and
     waiting) split over the collectives' categories in proportion to their durations. Either way
     the breakdown sums to the latency.
@@ -179,7 +191,8 @@ def run_programs(hw: HardwareSpec, nodes: int, programs: list[list], recorder: _
     net = FlowNetwork(env, build_cluster(hw, nodes), recorder)
     G = next(len(s.seconds) for steps in programs for s in steps if isinstance(s, Compute))
     multi = len(programs) > 1
-    streams = _Streams(env, G, programs, float(comm_sm_share)) if multi else None
+    share = comm_sm_share if comm_sm_share == "auto" else float(comm_sm_share)
+    streams = _Streams(env, G, programs, share) if multi else None
     busy = {c: np.zeros(G) for c in CATEGORIES}  # compute seconds per GPU (several programs)
     done_at = [np.zeros((len(steps), G)) for steps in programs]
     # per collective step: group index of each GPU, arrival counters, completion events, longest group (s)
@@ -222,10 +235,10 @@ def run_programs(hw: HardwareSpec, nodes: int, programs: list[list], recorder: _
     def _run_coll(s: Collective, gi: int, ev, longest: list):
         t0, group = env.now, s.groups[gi]
         if multi:
-            streams.communicating(group, +1)
+            streams.communicating(group, +1, s.sm_share)
         yield from s.fn(net, gi, group)
         if multi:
-            streams.communicating(group, -1)
+            streams.communicating(group, -1, s.sm_share)
             longest[0] = max(longest[0], env.now - t0)
         ev.succeed()
 

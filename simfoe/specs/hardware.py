@@ -21,6 +21,7 @@ class GPUSpec(Spec):
     hbm_bandwidth: PositiveFloat = Field(description="peak memory bandwidth, bytes/s")
     l2_bytes: float = Field(0.0, ge=0)
     launch_overhead_s: float = Field(0.0, ge=0, description="fixed cost per kernel, s")
+    sms: PositiveInt | None = Field(None, description="streaming multiprocessors (None: not given)")
 
 
 class NodeSpec(Spec):

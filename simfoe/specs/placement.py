@@ -54,10 +54,24 @@ class PlacementSpec(Spec):
         "none", description="two-batch: split each pass into two micro-batches whose communication overlaps "
         "the other's compute (DeepSeek/SGLang two-batch overlap); none: one batch, communication exposed; "
         "auto: whichever is faster, pass by pass (an engine that always picks right)")
-    comm_sm_share: float = Field(
-        0.0, ge=0.0, lt=1.0, description="with overlap: share of a GPU's compute that its in-flight "
+    comm_sm_share: float | Literal["auto"] = Field(
+        0.0, description="with overlap: share of a GPU's compute that its in-flight "
         "communication kernels hold (DeepEP normal kernels: Buffer.num_sms = 20 of an H100's 132 SMs = 0.15; "
-        "DeepEP low-latency hook mode: 0); 0 (default) is the optimistic bound")
+        "DeepEP low-latency hook mode: 0); 0 (default) is the optimistic bound; auto: what each collective's "
+        "kernels hold (simfoe.costs.dispatch.sm_share: deepep-normal deepep.sms / gpu.sms, others 0)")
+
+    @field_validator("comm_sm_share", mode="before")
+    @classmethod
+    def _share(cls, v):
+        if v == "auto":
+            return v
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            x = math.nan
+        if not 0.0 <= x < 1.0:
+            raise ValueError("a share of the GPU in [0, 1), or auto")
+        return x
 
     @field_validator("overlap", mode="before")
     @classmethod
