@@ -15,6 +15,7 @@ from typing import Iterable, Sequence
 
 from simfoe.errors import SpecError
 from simfoe.forward import ForwardModel
+from simfoe.limits import check_instance_gpus
 from simfoe.provenance import RunRecord, layout_info
 from simfoe.provenance import run_record as _run_record
 from simfoe.specs.io import build_placement, check_override_roots, load_hardware, load_model
@@ -28,25 +29,28 @@ def _specs(model: str, hardware: str, nodes: int, arch: str, overrides: tuple[st
 
 
 def forward_model(model: str, hardware: str, nodes: int = 1, arch: str = "moe", routing: str = "uniform",
-                  overrides: Iterable[str] = (), seed: int = 0) -> ForwardModel:
-    """A ``ForwardModel`` for presets/paths plus overrides (cached spec loading)."""
+                  overrides: Iterable[str] = (), seed: int = 0, max_gpus: int | None = None) -> ForwardModel:
+    """A ``ForwardModel`` for presets/paths plus overrides (cached spec loading). An instance of more
+    than ``max_gpus`` GPUs (default :data:`simfoe.limits.INSTANCE_GPUS`) is refused before it is built."""
     if arch not in ("moe", "foe"):
         raise SpecError("arch", arch, "allowed: moe, foe")
     if int(nodes) < 1:
         raise SpecError("nodes", nodes, "an integer >= 1")
     m, hw, p = _specs(str(model), str(hardware), int(nodes), arch, tuple(overrides))
+    check_instance_gpus(p.nodes, hw.node.gpus_per_node, max_gpus)
     return ForwardModel(m, hw, p, routing, seed)
 
 
 def forward(model: str, hardware: str, nodes: int = 1, arch: str = "moe", phase: str = "prefill",
             batch: int = 1, seq_len: int = 2048, routing: str = "uniform", overrides: Iterable[str] = (),
-            seed: int = 0, per_layer: bool = False, timeline: str | None = None) -> dict:
+            seed: int = 0, per_layer: bool = False, timeline: str | None = None, max_gpus: int | None = None) -> dict:
     """One forward pass; returns {"latency_s", "gpus", "breakdown_s", "comm_bytes", "local_activation_rate",
     "nodes_per_token", "micro_batches", "memory", "layout"} (``layout``: :meth:`simfoe.provenance.LayoutInfo.to_dict`).
 
     ``timeline``: path of a Chrome/Perfetto trace JSON to write (per-GPU compute, per-batch transfers).
+    ``max_gpus``: the largest instance simulated (see :func:`forward_model`).
     """
-    fm = forward_model(model, hardware, nodes, arch, routing, overrides, seed)
+    fm = forward_model(model, hardware, nodes, arch, routing, overrides, seed, max_gpus)
     events: list | None = [] if timeline else None
     r = fm.run(phase, int(batch), int(seq_len), per_layer=per_layer, timeline=events)
     if timeline:

@@ -143,6 +143,14 @@ def table(rows: list[list[Any]], header: list[str] | None = None) -> str:
     return "\n".join(out)
 
 
+def add_limit_flag(p: argparse.ArgumentParser, limit, what: str) -> None:
+    """``limit.flag N`` (a :class:`simfoe.limits.Limit`): raise the bound on ``what`` (e.g. "requests
+    simulated"), which is checked before the run starts."""
+    p.add_argument(limit.flag, type=int, default=None, metavar="N",
+                   help=f"refuse a run of more than N {what}, estimated before it starts "
+                   f"(default {limit.default:,}; measured cost: {limit.unit_cost()})")
+
+
 def add_progress_flag(p: argparse.ArgumentParser, what: str = "a progress bar") -> None:
     """--progress / --no-progress; unset (None) means: when stderr is a terminal (see :func:`want_progress`)."""
     g = p.add_mutually_exclusive_group()

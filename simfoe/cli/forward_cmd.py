@@ -1,8 +1,9 @@
 """`simfoe forward`: one forward pass of a model placed on a cluster."""
 from __future__ import annotations
 
-from simfoe.cli.common import add_json_flag, add_set_flag, run_lines, table
+from simfoe.cli.common import add_json_flag, add_limit_flag, add_set_flag, run_lines, table
 from simfoe.inputs import check_text_file
+from simfoe.limits import INSTANCE_GPUS
 from simfoe.outputs import fmt_bytes, fmt_time
 from simfoe.paths import hardware_presets
 
@@ -32,6 +33,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="routing sample seed, an integer >= 0")
     p.add_argument("--per-layer", action="store_true", help="simulate every MoE layer with its own routing sample (slower)")
     p.add_argument("--timeline", metavar="FILE.json", help="write a Chrome/Perfetto trace of the simulated events")
+    add_limit_flag(p, INSTANCE_GPUS, "GPUs in the instance (--nodes x GPUs per node)")
     add_set_flag(p)
     add_json_flag(p)
     p.set_defaults(func=run, render=render)
@@ -41,7 +43,8 @@ def run(args) -> dict:
     import warnings
 
     from simfoe.api import forward
-    from simfoe.cli.common import MAX_TOKENS, check_finite_result, check_seed, placement_conflicts, run_record
+    from simfoe.cli.common import (MAX_TOKENS, check_finite_result, check_seed, placement_conflicts, renamed_fields,
+                                   run_record)
     from simfoe.inputs import check_routing_file
     from simfoe.errors import SpecError
     from simfoe.outputs import AtomicFiles, check_file
@@ -67,9 +70,10 @@ def run(args) -> dict:
         check_file("--timeline", args.timeline)
     with AtomicFiles("--timeline") as w:  # the timeline is kept only when the run succeeds
         tl = str(w.path(args.timeline)) if args.timeline is not None else None
-        with warnings.catch_warnings(record=True) as caught:  # held back until the result is known valid
+        with warnings.catch_warnings(record=True) as caught, \
+                renamed_fields({"nodes": "--nodes", "max_gpus": "--max-gpus"}):  # warnings held until valid
             r = forward(args.model, args.hardware, nodes, arch, args.phase, args.batch, args.seq_len,
-                        args.routing, args.overrides, args.seed, args.per_layer, tl)
+                        args.routing, args.overrides, args.seed, args.per_layer, tl, args.max_gpus)
         check_finite_result(r.get("latency_s"), args, "simulated latency is a finite number", caught)
     r["run"] = run_record(args, nodes, arch, args.seed, args.routing)
     mem = r.get("memory")

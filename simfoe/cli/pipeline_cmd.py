@@ -5,7 +5,8 @@ Curves:    simfoe pipeline --spec factool --compare stream,batch --rates 1:30:1 
 """
 from __future__ import annotations
 
-from simfoe.cli.common import add_json_flag, table
+from simfoe.cli.common import add_json_flag, add_limit_flag, table
+from simfoe.limits import PIPELINE_REQUESTS
 from simfoe.outputs import fmt_time
 
 ROUTINGS = ("round-robin", "hash-all", "aggregation-aware", "least-loaded", "prompt-aware")
@@ -33,8 +34,13 @@ def register(subparsers) -> None:
     p.add_argument("--target", type=float, default=4.0, help="median latency target for --compare, s (default 4)")
     p.add_argument("--out", default=None, help="folder for --compare results (points.json, curves.png)")
     p.add_argument("--jobs", type=int, default=None, help="worker processes for --compare (default 2)")
+    add_limit_flag(p, PIPELINE_REQUESTS, "requests (--rate x --duration; with --compare, summed over all runs)")
     add_json_flag(p)
     p.set_defaults(func=run, render=render)
+
+
+#: fields of the API's size checks -> the flags that set them
+LIMIT_FLAGS = {"rate": "--rate", "rates": "--rates", "max_requests": "--max-requests"}
 
 
 def run(args) -> dict:
@@ -64,8 +70,10 @@ def run(args) -> dict:
         for flag, given in (("--rates", args.rates), ("--out", args.out), ("--jobs", args.jobs)):
             if given is not None:
                 raise SpecError(flag, given, "only with --compare" + (" (a single run takes --rate)" if flag == "--rates" else ""))
-        return {**summarize(simulate(spec, args.mode, args.rate, args.duration, args.seed, args.routing)),
-                "run": _run(args, spec)}
+        with renamed_fields(LIMIT_FLAGS):
+            res = simulate(spec, args.mode, args.rate, args.duration, args.seed, args.routing,
+                           max_requests=args.max_requests)
+        return {**summarize(res), "run": _run(args, spec)}
 
     from pathlib import Path
 
@@ -89,7 +97,9 @@ def run(args) -> dict:
     rates = parse_rates(args.rates) if args.rates is not None else [args.rate]
     if args.out:
         check_dir("--out", args.out, files=("points.json", "curves.png"))
-    points = sweep(spec, variants, rates, args.duration, args.seed, args.jobs)
+    given = ("--rates", args.rates) if args.rates is not None else ("--rate", args.rate)
+    with renamed_fields({**LIMIT_FLAGS, "rates": given[0]}, {"rates": given[1]}):
+        points = sweep(spec, variants, rates, args.duration, args.seed, args.jobs, args.max_requests)
     summary = {}
     for v in dict.fromkeys(p["variant"] for p in points):
         pts = [p for p in points if p["variant"] == v]

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import sys
 
-from simfoe.cli.common import add_json_flag, add_set_flag, table
+from simfoe.cli.common import add_json_flag, add_limit_flag, add_set_flag, table
+from simfoe.limits import PLANNER_LAYOUTS, SERVING_REQUESTS
 from simfoe.outputs import fmt_time
 
 
@@ -33,6 +34,9 @@ def register(subparsers) -> None:
     p.add_argument("--bisect-steps", type=int, default=4, help="rate bisection steps after bracketing (default 4)")
     p.add_argument("--seed", type=int, default=0, help="random seed, an integer >= 0")
     p.add_argument("--no-sensitivity", action="store_true", help="skip the 2x load / skew / half-bandwidth runs")
+    add_limit_flag(p, PLANNER_LAYOUTS, "candidate layouts (an upper bound: --hardware types x --max-nodes x "
+                   "layouts per node count)")
+    add_limit_flag(p, SERVING_REQUESTS, "requests in one rate probe (--requests x up to --max-nodes replicas)")
     p.add_argument("--out", default=None, help="HTML report path (the JSON summary is written beside it)")
     add_set_flag(p)
     add_json_flag(p)
@@ -58,7 +62,7 @@ def _prices(items: list[str]) -> dict:
 
 
 def run(args) -> dict:
-    from simfoe.cli.common import check_seed
+    from simfoe.cli.common import check_seed, renamed_fields
     from simfoe.inputs import check_routing_file, check_text_file
     from simfoe.errors import SpecError
     from simfoe.outputs import check_file
@@ -86,10 +90,12 @@ def run(args) -> dict:
     if sys.stderr.isatty() and not args.json:
         def progress(line):
             sys.stderr.write(line + "\n")
-    r = recommend(args.model, args.hardware, max_nodes=args.max_nodes, trace=args.trace,
-                  slo_ttft_p90=args.slo_ttft_p90, slo_tbt_p99=args.slo_tbt_p99, prices=_prices(args.price) or None,
-                  routing=args.routing, requests=args.requests, bisect_steps=args.bisect_steps, seed=args.seed,
-                  overrides=tuple(args.overrides), sensitivity=not args.no_sensitivity, progress=progress)
+    with renamed_fields({"max_layouts": "--max-layouts", "max_requests": "--max-requests"}):
+        r = recommend(args.model, args.hardware, max_nodes=args.max_nodes, trace=args.trace,
+                      slo_ttft_p90=args.slo_ttft_p90, slo_tbt_p99=args.slo_tbt_p99, prices=_prices(args.price) or None,
+                      routing=args.routing, requests=args.requests, bisect_steps=args.bisect_steps, seed=args.seed,
+                      overrides=tuple(args.overrides), sensitivity=not args.no_sensitivity, progress=progress,
+                      max_layouts=args.max_layouts, max_requests=args.max_requests)
     if args.out:
         from simfoe.planner.report import write_report
 

@@ -1,7 +1,9 @@
 """`simfoe serve`: request-level serving simulation (continuous batching on MoE or FoE replicas)."""
 from __future__ import annotations
 
-from simfoe.cli.common import add_json_flag, add_progress_flag, add_set_flag, run_lines, table, want_progress
+from simfoe.cli.common import (add_json_flag, add_limit_flag, add_progress_flag, add_set_flag, run_lines, table,
+                               want_progress)
+from simfoe.limits import INSTANCE_GPUS, SERVING_REQUESTS
 from simfoe.outputs import fmt_time
 from simfoe.paths import hardware_presets
 
@@ -57,6 +59,8 @@ def register(subparsers) -> None:
                    "after the run; the folder is checked before it)")
     p.add_argument("--timeline", metavar="FILE.json", default=None,
                    help="write a Chrome/Perfetto trace: one event per engine iteration and replica")
+    add_limit_flag(p, SERVING_REQUESTS, "requests (--rate x --duration, or the trace's rows)")
+    add_limit_flag(p, INSTANCE_GPUS, "GPUs in one instance (--nodes x GPUs per node)")
     add_progress_flag(p)
     add_set_flag(p)
     add_json_flag(p)
@@ -68,7 +72,7 @@ FLAGS = {"rate": "--rate", "duration": "--duration", "trace": "--trace", "arriva
          "horizon_s": "--horizon", "max_batch": "--max-batch", "token_budget": "--token-budget",
          "block_size": "--block-size", "slo_ttft": "--slo-ttft", "slo_tbt": "--slo-tbt", "replicas": "--replicas",
          "nodes": "--nodes", "router": "--router", "scheduler": "--scheduler", "routing": "--routing",
-         "rank_router": "--rank-router", "seed": "--seed"}
+         "rank_router": "--rank-router", "seed": "--seed", "max_requests": "--max-requests", "max_gpus": "--max-gpus"}
 
 
 def run(args) -> dict:
@@ -102,7 +106,8 @@ def run(args) -> dict:
             token_budget=args.token_budget, progress=progress, router=args.router, scheduler=args.scheduler,
             arrival=args.arrival, block_size=args.block_size, budget_scope=args.budget_scope,
             rank_router=args.rank_router, horizon_s=args.horizon,
-            skip_bad_rows=args.skip_bad_rows, record_timeline=args.timeline is not None)
+            skip_bad_rows=args.skip_bad_rows, record_timeline=args.timeline is not None,
+            max_requests=args.max_requests, max_gpus=args.max_gpus)
     sim_s = (res.summary.get("sim") or {}).get("simulated_s")
     check_finite_result(sim_s, args, "simulated iteration times are finite numbers", caught)
     res.summary["run"] = run_record(args, nodes, args.arch, args.seed, args.routing)

@@ -5,6 +5,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from simfoe.limits import PIPELINE_REQUESTS
 from simfoe.pipelines.spec import PipelineSpec
 
 
@@ -12,19 +13,23 @@ def _one(args) -> dict:
     from simfoe.pipelines.engine import simulate
     from simfoe.pipelines.metrics import summarize
 
-    spec, mode, routing, rate, duration, seed = args
-    pt = summarize(simulate(spec, mode, rate, duration, seed, routing), per_instance=False)
+    spec, mode, routing, rate, duration, seed, max_requests = args
+    pt = summarize(simulate(spec, mode, rate, duration, seed, routing, max_requests=max_requests), per_instance=False)
     pt["variant"] = f"{mode}/{pt['routing']}"
     return pt
 
 
 def sweep(spec: PipelineSpec, variants: list[tuple[str, str | None]], rates: list[float], duration: float,
-          seed: int = 0, jobs: int | None = None) -> list[dict]:
+          seed: int = 0, jobs: int | None = None, max_requests: int | None = None) -> list[dict]:
     """One run per (variant, rate); same seed for every point (common random numbers).
 
-    ``jobs`` worker processes (default: min(2, CPUs)); results in (variant, rate) order.
+    ``jobs`` worker processes (default: min(2, CPUs)); results in (variant, rate) order. More than
+    ``max_requests`` expected requests in all runs together (default
+    :data:`simfoe.limits.PIPELINE_REQUESTS`) is refused before the first starts.
     """
-    tasks = [(spec, m, r, rate, duration, seed) for m, r in variants for rate in rates]
+    total = len(variants) * sum(rates) * duration
+    PIPELINE_REQUESTS.check("rates", rates, total, max_requests, "sum of rates x duration x variants")
+    tasks = [(spec, m, r, rate, duration, seed, max_requests) for m, r in variants for rate in rates]
     jobs = jobs or min(2, os.cpu_count() or 1)
     if jobs <= 1:
         return [_one(t) for t in tasks]

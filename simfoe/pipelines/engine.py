@@ -32,6 +32,7 @@ from simpy.core import NORMAL as _NORMAL
 _new_event = object.__new__
 
 from simfoe.errors import SpecError
+from simfoe.limits import PIPELINE_REQUESTS
 from simfoe.pipelines.graph import StageGraph, build_graph
 from simfoe.pipelines.routing import make_policy, mix
 from simfoe.pipelines.spec import PipelineSpec, StageSpec
@@ -419,19 +420,24 @@ class Simulation:
             self._start(inst, q.popleft())
 
     # ----------------------------------------------------------------------------- run
-    def run(self, rate: float, duration: float, arrivals: np.ndarray | None = None) -> RunResult:
+    def run(self, rate: float, duration: float, arrivals: np.ndarray | None = None,
+            max_requests: int | None = None) -> RunResult:
         """Poisson arrivals at ``rate`` req/s during ``duration`` s (or given ``arrivals`` times);
-        runs until every request has completed."""
+        runs until every request has completed. More than ``max_requests`` expected requests
+        (default :data:`simfoe.limits.PIPELINE_REQUESTS`) is refused before any is drawn."""
         if arrivals is None:
             if not rate > 0:
                 raise SpecError("rate", rate, "a rate > 0 requests/s")
             if not duration > 0:
                 raise SpecError("duration", duration, "a duration > 0 s")
+            PIPELINE_REQUESTS.check("rate", rate, rate * duration, max_requests, "rate x duration")
             n_guess = int(rate * duration + 10 * np.sqrt(rate * duration) + 20)
             t = np.cumsum(self.rng_arr.exponential(1.0 / rate, n_guess))
             while t[-1] < duration:
                 t = np.concatenate([t, t[-1] + np.cumsum(self.rng_arr.exponential(1.0 / rate, n_guess))])
             arrivals = t[t < duration]
+        else:
+            PIPELINE_REQUESTS.check("arrivals", len(arrivals), len(arrivals), max_requests, "arrival times given")
         w = np.asarray(self.spec.prompt_weights, dtype=float)
         ptypes = self.rng_pt.choice(len(w), size=len(arrivals), p=w / w.sum())
         self.env.process(self._arrivals(np.asarray(arrivals, dtype=float), ptypes))
@@ -466,6 +472,8 @@ class Simulation:
 
 
 def simulate(spec: PipelineSpec, mode: str = "stream", rate: float = 1.0, duration: float = 60.0, seed: int = 0,
-             routing: str | None = None, arrivals: np.ndarray | None = None) -> RunResult:
-    """Run one scenario; see :func:`simfoe.pipelines.metrics.summarize` for the JSON view."""
-    return Simulation(spec, mode, routing, seed).run(rate, duration, arrivals)
+             routing: str | None = None, arrivals: np.ndarray | None = None,
+             max_requests: int | None = None) -> RunResult:
+    """Run one scenario; see :func:`simfoe.pipelines.metrics.summarize` for the JSON view.
+    ``max_requests``: raise the bound on its requests (:data:`simfoe.limits.PIPELINE_REQUESTS`)."""
+    return Simulation(spec, mode, routing, seed).run(rate, duration, arrivals, max_requests)

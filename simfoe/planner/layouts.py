@@ -79,6 +79,40 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
+#: MoE attention layouts searched, and at most this many EP sizes and dispatch variants per node count
+ATTENTIONS = ("tp", "dp")
+MAX_EP_SIZES = 2
+DISPATCH_VARIANTS = (True, False)
+
+
+def _foe_clusters(model, user_overrides) -> list:
+    """FoE cluster counts to try: the user's ``placement.foe.clusters``, else every divisor of the
+    KV-head count ([None] for MLA, which resolve_foe refuses with its own message)."""
+    user_c = next((o.split("=", 1)[1] for o in user_overrides
+                   if o.split("=", 1)[0].strip() == "placement.foe.clusters"), None)
+    if user_c is not None:
+        try:
+            return [int(user_c)]
+        except ValueError:
+            raise SpecError("--set", f"placement.foe.clusters={user_c}", "an integer number of clusters") from None
+    if model.attention.kind == "mla":
+        return [None]
+    return _divisors(model.attention.n_kv_heads)
+
+
+def layout_bound(model, n_hardware: int, max_nodes: int, user_overrides=(), archs=("moe", "foe"),
+                 dispatch_variants: bool = True) -> int:
+    """Upper bound on the candidates :func:`enumerate_layouts` returns (valid or not), counted
+    without resolving any placement: hardware x node counts x variants per node count."""
+    per_nodes = 0
+    if "moe" in archs:
+        dd = len(DISPATCH_VARIANTS) if (dispatch_variants and model.moe) else 1
+        per_nodes += len(ATTENTIONS) * (MAX_EP_SIZES if model.moe else 1) * dd
+    if "foe" in archs and model.moe is not None:
+        per_nodes += len(_foe_clusters(model, user_overrides))
+    return n_hardware * max_nodes * per_nodes
+
+
 def enumerate_layouts(model, hardware: dict, max_nodes: int, user_overrides=(), archs=("moe", "foe"),
                       dispatch_variants: bool = True) -> Enumeration:
     """All candidates for ``model`` (a ModelSpec) on ``hardware`` ({name: HardwareSpec}).
@@ -128,9 +162,9 @@ def enumerate_layouts(model, hardware: dict, max_nodes: int, user_overrides=(), 
                 else:
                     valid = ep_sizes(G, model.moe.n_experts + redundant)  # slots: replicas included
                     eps = sorted({max(valid), *([gpn] if gpn in valid else [])}, reverse=True)
-                for att in ("tp", "dp"):
+                for att in ATTENTIONS:
                     for ep in eps:
-                        for dd in ((True, False) if (dispatch_variants and model.moe) else (True,)):
+                        for dd in (DISPATCH_VARIANTS if (dispatch_variants and model.moe) else (True,)):
                             s = [("placement.moe.attention", att), ("placement.moe.dedup_dispatch", dd)]
                             if ep is not None:
                                 s.append(("placement.moe.ep", ep))
@@ -142,16 +176,7 @@ def enumerate_layouts(model, hardware: dict, max_nodes: int, user_overrides=(), 
                 if model.moe is None:
                     foe_reasons["dense"] = "FoE needs an MoE model (a dense model has no experts to federate)"
                     continue
-                a = model.attention
-                user_c = next((o.split("=", 1)[1] for o in user_overrides
-                               if o.split("=", 1)[0].strip() == "placement.foe.clusters"), None)
-                if user_c is not None:
-                    cs = [int(user_c)]
-                elif a.kind == "mla":
-                    cs = [None]  # resolve_foe refuses: report its message
-                else:
-                    cs = _divisors(a.n_kv_heads)
-                for C in cs:
+                for C in _foe_clusters(model, user_overrides):
                     s = [] if C is None else [("placement.foe.clusters", C)]
                     if C is not None and C <= G:
                         if G % C == 0:

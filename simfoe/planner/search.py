@@ -47,7 +47,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from simfoe.errors import SpecError
-from simfoe.planner.layouts import Candidate, enumerate_layouts
+from simfoe.limits import PLANNER_LAYOUTS, SERVING_REQUESTS
+from simfoe.planner.layouts import Candidate, enumerate_layouts, layout_bound
 from simfoe.serving.kv_cache import KVBlocks
 from simfoe.serving.step_models import occupied_groups
 
@@ -86,7 +87,9 @@ class PlanConfig:
     skew_routing: str = "zipf:1.2"
     probe_slo_multiple: float = 20.0  # a probe lasts at least this many TTFT SLOs (s)
     calibration_margin: float = 1.25  # prune when bound x margin x (best rate/bound seen) < runner-up; inf = off
-    progress: object = None  # callable(str) for one line per layout, or None
+    progress: object = None  # callable(str) for one line per layout screened and simulated, or None
+    max_layouts: int | None = None  # refuse a search of more candidate layouts (None: simfoe.limits.PLANNER_LAYOUTS)
+    max_requests: int | None = None  # refuse probes of more requests (None: simfoe.limits.SERVING_REQUESTS)
 
     def check(self):
         from simfoe.specs.routing import parse_routing
@@ -178,10 +181,10 @@ class WorkloadStats:
     pairs_per_token: float  # causal attention pairs per prompt token, token-weighted: E[P(P+1)/2] / E[P]
 
     @classmethod
-    def of(cls, trace: str, seed: int) -> WorkloadStats:
+    def of(cls, trace: str, seed: int, max_requests: int | None = None) -> WorkloadStats:
         from simfoe.workloads import make_workload
 
-        t = make_workload(trace, rate=1.0, seed=seed)
+        t = make_workload(trace, rate=1.0, seed=seed, max_requests=max_requests)
         p = np.asarray(t.prompt_tokens)
         o = np.asarray(t.output_tokens)
         pf = p.astype(np.float64)
@@ -204,6 +207,7 @@ class Planner:
         self.model_name, self.max_nodes, self.cfg = str(model), max_nodes, cfg
         self.model = load_model(model, list(cfg.overrides))
         self.hw = {str(h): load_hardware(h, list(cfg.overrides)) for h in hardware}
+        self._check_size()
         prices = dict(cfg.prices or {})
         for k, v in prices.items():
             if k not in self.hw:
@@ -213,9 +217,18 @@ class Planner:
         self.prices = prices
         self._check_routing_trace()
         self.rank_by = "dollar" if prices and all(h in prices for h in self.hw) else "gpu"
-        self.stats = WorkloadStats.of(cfg.trace, cfg.seed)
+        self.stats = WorkloadStats.of(cfg.trace, cfg.seed, cfg.max_requests)
         self.probes = 0
         self.forward_evals = 0
+
+    def _check_size(self) -> None:
+        """Refuse, before enumerating, a search whose candidate layouts or probes are too many (:mod:`simfoe.limits`)."""
+        n, hw = self.max_nodes, len(self.hw)
+        bound = layout_bound(self.model, hw, n, self.cfg.overrides)
+        PLANNER_LAYOUTS.check("--max-nodes", n, bound, self.cfg.max_layouts,
+                              f"at most {bound // (hw * n)} per node count and hardware, {hw} hardware x {n} node counts")
+        SERVING_REQUESTS.check("--requests", self.cfg.requests, self.cfg.requests * n, self.cfg.max_requests,
+                               f"per probe, x up to {n} replicas")
 
     def _check_routing_trace(self) -> None:
         """A ``trace:PATH`` routing is read once up front: a bad file is an input error (exit 2),
@@ -318,7 +331,7 @@ class Planner:
         if cfg.slo_ttft_p90 is not None:
             # a probe much shorter than the TTFT SLO cannot see a small overload build up a queue
             dur = max(dur, cfg.probe_slo_multiple * cfg.slo_ttft_p90)
-        reqs = make_workload(cfg.trace, rate=rate, duration=dur, seed=cfg.seed)
+        reqs = make_workload(cfg.trace, rate=rate, duration=dur, seed=cfg.seed, max_requests=cfg.max_requests)
         horizon = None
         if cfg.slo_ttft_p90 is not None and cfg.slo_tbt_p99 is not None:
             # past this, requests are so late that the probe fails anyway: stop the backlog early
@@ -406,8 +419,11 @@ class Planner:
         t0 = time.perf_counter()
         enum = enumerate_layouts(self.model, self.hw, self.max_nodes, self.cfg.overrides)
         evs = [Evaluation(c) for c in enum.candidates]
-        for ev in evs:
+        for i, ev in enumerate(evs):
             self.screen(ev)
+            if self.cfg.progress:
+                self.cfg.progress(f"screened {i + 1}/{len(evs)} {ev.cand.label}: {ev.status} "
+                                  f"({time.perf_counter() - t0:.0f} s)")
         order = sorted((e for e in evs if e.status == "screened"), key=lambda e: -e.score(self.rank_by, bound=True))
         top: list[float] = []  # best two achieved scores
         eff = 0.0  # highest (max rate / throughput bound) seen among simulated layouts

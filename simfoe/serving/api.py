@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from simfoe.errors import SpecError
+from simfoe.limits import check_instance_gpus
 from simfoe.provenance import layout_info
 from simfoe.serving.engine import Engine, EngineConfig
 from simfoe.serving.metrics import DROP_REASONS, STATUS_DONE, dist
@@ -189,8 +190,10 @@ def simulate(requests, step_model, kv_capacity_tokens: int, *, replicas: int = 1
     return ServingResult(summarize(eng, wall, slo_ttft, slo_tbt), eng)
 
 
-def build_forward(model, hardware, nodes: int, arch: str, routing: str = "uniform", overrides=(), seed: int = 0):
-    """(ForwardModel, model spec, hardware spec) for one instance from preset names or specs."""
+def build_forward(model, hardware, nodes: int, arch: str, routing: str = "uniform", overrides=(), seed: int = 0,
+                  max_gpus: int | None = None):
+    """(ForwardModel, model spec, hardware spec) for one instance from preset names or specs; an
+    instance of more than ``max_gpus`` GPUs (default :data:`simfoe.limits.INSTANCE_GPUS`) is refused."""
     from simfoe.specs.io import build_placement, check_override_roots, load_hardware, load_model
     from simfoe.specs.routing import parse_routing
 
@@ -205,6 +208,7 @@ def build_forward(model, hardware, nodes: int, arch: str, routing: str = "unifor
     if not (isinstance(nodes, (int, np.integer)) and nodes >= 1):
         raise SpecError("nodes", nodes, "an integer >= 1 (nodes per model instance)")
     pl = build_placement(arch, int(nodes), ov)
+    check_instance_gpus(pl.nodes, hw.node.gpus_per_node, max_gpus)
     fm = ForwardModel(m, hw, pl, parse_routing(routing), seed=seed)
     return fm, m, hw
 
@@ -218,7 +222,8 @@ def simulate_serving(model, hardware, nodes: int, arch: str, trace, rate: float 
                      bucket_bits: int | None = None, horizon_s: float | None = None,
                      token_times: bool = False, progress: bool = False, skip_bad_rows: bool = False, step_model=None,
                      kv_capacity_tokens: int | None = None, timeline: str | None = None,
-                     record_timeline: bool = False) -> ServingResult:
+                     record_timeline: bool = False, max_requests: int | None = None,
+                     max_gpus: int | None = None) -> ServingResult:
     """Simulate serving ``trace`` (path or built-in name) on ``replicas`` instances of ``model`` on
     ``nodes`` nodes of ``hardware`` each, laid out as ``arch`` (moe | foe).
 
@@ -227,15 +232,17 @@ def simulate_serving(model, hardware, nodes: int, arch: str, trace, rate: float 
     and ``kv_capacity_tokens`` replace the forward model (both or neither). ``cost``: how iteration
     times are cached (memo | interp | auto, see simfoe.serving.step_models.make_cost). ``timeline``: path of a
     Chrome/Perfetto trace of every iteration (batch composition, KV use) to write; ``record_timeline``:
-    record those events without writing them (write later with :func:`write_serving_timeline`)."""
+    record those events without writing them (write later with :func:`write_serving_timeline`).
+    ``max_requests``, ``max_gpus``: raise the bounds checked before the run (:mod:`simfoe.limits`)."""
     from simfoe.workloads import make_workload
 
     _check_slo("slo_ttft", slo_ttft)
     _check_slo("slo_tbt", slo_tbt)
-    reqs = make_workload(trace, rate=rate, duration=duration, arrival=arrival, seed=seed, skip_bad_rows=skip_bad_rows)
+    reqs = make_workload(trace, rate=rate, duration=duration, arrival=arrival, seed=seed, skip_bad_rows=skip_bad_rows,
+                         max_requests=max_requests)
     gpus = layout = None
     if step_model is None:
-        fm, m, hw = build_forward(model, hardware, nodes, arch, routing, overrides, seed)
+        fm, m, hw = build_forward(model, hardware, nodes, arch, routing, overrides, seed, max_gpus)
         step_model = fm
         kv_capacity_tokens = fm.kv_capacity_tokens()
         gpus = fm.gpus

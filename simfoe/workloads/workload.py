@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from simfoe.errors import SpecError
+from simfoe.limits import SERVING_REQUESTS
 from simfoe.paths import shared_data_dir
 from simfoe.workloads.arrivals import parse_arrival, renewal_arrivals, renewal_arrivals_until, rescale_to_rate
 from simfoe.workloads.lengths import LENGTH_MODES, LognormalLengths, sample_lengths
@@ -76,15 +77,19 @@ def make_workload(
     *,
     cv: float | None = None,
     lengths: str = "empirical",
+    max_requests: int | None = None,
 ) -> RequestTable:
     """Timed requests (arrival seconds from 0, sorted) for the serving simulator; see module rules.
 
     ``trace``: path or built-in name; ``rate``: requests/s; ``duration``: seconds; ``arrival``:
     ``trace`` | ``poisson`` | ``gamma:CV`` (or ``gamma`` with ``cv``); ``seed`` seeds one numpy
-    Generator for every draw; ``lengths``: ``empirical`` | ``lognormal``.
+    Generator for every draw; ``lengths``: ``empirical`` | ``lognormal``. More than ``max_requests``
+    requests (default :data:`simfoe.limits.SERVING_REQUESTS`; expected ``rate x duration`` for a
+    process, checked before drawing; else the trace's rows) is a SpecError naming ``rate`` (``trace``).
     The result's ``skipped_rows`` reports malformed trace rows dropped under ``skip_bad_rows``."""
     _check_positive("rate", rate, "requests/s")
     _check_positive("duration", duration, "seconds")
+    SERVING_REQUESTS.resolve(max_requests)
     if lengths not in LENGTH_MODES:
         raise SpecError("lengths", lengths, "one of " + ", ".join(LENGTH_MODES))
     kind, cv_ = parse_arrival(arrival, cv)
@@ -109,6 +114,8 @@ def make_workload(
             t = t.with_arrivals(rescale_to_rate(t.arrival_s, rate))
         if duration is not None:
             t = t.truncated(duration)
+        # the trace's rows are in memory already: bound what the simulation would hold and run
+        SERVING_REQUESTS.check("trace", str(trace), len(t), max_requests, "rows of the trace kept")
         desc = "trace timestamps" + (f" rescaled to {rate:g} req/s" if rate is not None else "")
     else:
         if rate is None:
@@ -116,9 +123,11 @@ def make_workload(
             if not math.isfinite(rate):
                 raise SpecError("rate", None, f"a rate in requests/s: trace {str(trace)!r} has no timestamps to take it from")
         if duration is not None:
+            SERVING_REQUESTS.check("rate", rate, rate * duration, max_requests, "rate x duration")
             arr = renewal_arrivals_until(duration, rate, rng, cv_)
             reqs = sample_lengths(src, len(arr), rng, lengths)
         else:
+            SERVING_REQUESTS.check("trace", str(trace), len(src), max_requests, "rows of the trace")
             arr = renewal_arrivals(len(src), rate, rng, cv_)
             reqs = src if lengths == "empirical" else sample_lengths(src, len(src), rng, lengths)
         t = reqs.with_arrivals(arr)
