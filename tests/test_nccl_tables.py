@@ -71,10 +71,12 @@ def test_fit_nccl_cli_refuses_other_hardware(capsys):
 
 @pytest.mark.slow
 def test_refit_reproduces_the_committed_profile(shared_data, table):
-    """`simfoe fit nccl` from the committed profile gives its values back (Nelder-Mead tolerance) and
-    reports the same 8-GPU >= 1 MiB errors the committed profile scores."""
+    """`simfoe fit nccl` from the committed profile gives its values back and the same fitted-rows error.
+    The loss is flat near the optimum (a refit moves the LL128 base latency and the all-to-all efficiency
+    by ~2% for < 0.01 points of MAPE), hence 3%."""
     got = fn.run_fit(shared_data, write=False)
     hw = load_hardware("h100-sxm")
     for p, v in zip(fn.PARAMS, fn.current_params(hw)):
-        assert got["params"][p] == pytest.approx(v, rel=0.02), p
+        assert got["params"][p] == pytest.approx(v, rel=0.03), p
+    assert got["fit_mape"] <= 8.4
     assert got["errors"]["all_reduce 8 GPUs >=1MiB"]["mape"] <= 10
