@@ -126,3 +126,25 @@ def test_comm_sm_share_auto_slows_overlapped_compute_only_under_normal_kernels()
     free, auto, fixed = lat("prefill", 0), lat("prefill", "auto"), lat("prefill", 20 / 132)
     assert free < auto <= fixed * (1 + 1e-9)
     assert lat("decode", "auto") == lat("decode", 0)
+
+
+def test_notify_step_only_for_normal_kernels_across_nodes():
+    """DeepEP's normal kernels exchange per-rank counts first across nodes: notify_s + per node + per token."""
+    hw = load_hardware("h100-sxm")
+    k = hw.collectives.deepep.normal_dispatch
+    assert D.notify_seconds(hw, "deepep-normal", "dispatch", 4, 512) == pytest.approx(
+        k.notify_s + 4 * k.notify_per_node_s + 512 * k.notify_per_token_s)
+    assert D.notify_seconds(hw, "deepep-normal", "dispatch", 1, 512) == 0.0
+    assert D.notify_seconds(hw, "deepep-ll", "dispatch", 4, 512) == 0.0
+    tr = D.deepep_test_traffic(2, 8, 512, 256, 8, 2, samples=512)
+    without = D.seconds(hw, k, D._sm_rate(hw, "deepep-normal", k), D.shape(hw, tr, 7392.0, "deepep-normal", "dispatch", 2))
+    assert D.predict(hw, tr, 7392.0, "deepep-normal", "dispatch", 2) == pytest.approx(
+        without + D.notify_seconds(hw, "deepep-normal", "dispatch", 2, 512), rel=0.02)
+
+
+def test_stored_notify_fit_on_measured_tables(shared_data):
+    """Median error of the fitted notify step on its fitted node counts (2, 4) within 25%."""
+    from simfoe.costs import fit_dispatch as F
+
+    err = F.notify_errors(load_hardware("h100-sxm"), F.load_notify(shared_data))
+    assert (err.loc[(slice(None), [2, 4]), "median"] <= 25).all(), err.to_dict()

@@ -59,7 +59,8 @@ class DispatchTraffic:
     gpu[i, j]: copies from GPU i to GPU j, one per destination GPU (diagonal: stays local);
     node[i, b]: copies from GPU i to node b, one per destination node (column of i's own node: the
     tokens some expert on its own node needs); choice[i, j]: one copy per expert choice.
-    nodes_of: (n,) node index (0..m-1) of each GPU; local_of: (n,) local index of each GPU in its node.
+    nodes_of: (n,) node index (0..m-1) of each GPU; local_of: (n,) local index of each GPU in its node;
+    tokens: (n,) tokens each GPU holds.
     """
 
     gpu: np.ndarray
@@ -67,6 +68,7 @@ class DispatchTraffic:
     choice: np.ndarray
     nodes_of: np.ndarray
     local_of: np.ndarray
+    tokens: np.ndarray
 
 
 def resolve(algorithm: str, prefill: bool) -> str:
@@ -118,7 +120,7 @@ def traffic_from_gpu_copies(gpu: np.ndarray, choice: np.ndarray, tokens: np.ndar
     node = np.minimum((1.0 - np.exp(per_node.T)) * t, tok[:, None])
     if node_visits > 0 and node.sum() > 0:
         node = np.minimum(node * (node_visits / node.sum()), tok[:, None])
-    return DispatchTraffic(np.asarray(gpu, float), node, np.asarray(choice, float), nid, g % gpus_per_node)
+    return DispatchTraffic(np.asarray(gpu, float), node, np.asarray(choice, float), nid, g % gpus_per_node, tok)
 
 
 def deepep_test_traffic(nodes: int, gpus_per_node: int, tokens_per_gpu: float, experts: int, topk: int,
@@ -158,7 +160,7 @@ def deepep_test_traffic(nodes: int, gpus_per_node: int, tokens_per_gpu: float, e
     node = np.tile(p_node * T, (G, 1))
     choice = np.tile(p_choice * T, (G, 1))
     ranks = np.arange(G)
-    return DispatchTraffic(gpu, node, choice, ranks // gpus_per_node, ranks % gpus_per_node)
+    return DispatchTraffic(gpu, node, choice, ranks // gpus_per_node, ranks % gpus_per_node, np.full(G, T))
 
 
 # ------------------------------------------------------------------------------------------- flows
@@ -261,6 +263,15 @@ def shape(hw: HardwareSpec, traffic: DispatchTraffic, token_bytes: float, algori
     return Shape(*by[False], *by[True], float(msgs.max()), bool(np.unique(traffic.nodes_of).size > 1))
 
 
+def notify_seconds(hw: HardwareSpec, algorithm: str, op: str, nodes: int, tokens_per_gpu: float) -> float:
+    """The notify step DeepEP's normal kernels run first across nodes (notify_dispatch / cached_notify:
+    per-rank token counts), s; 0 for other algorithms and inside one node."""
+    if algorithm != "deepep-normal" or nodes < 2:
+        return 0.0
+    k = kernel(hw, algorithm, op)
+    return k.notify_s + k.notify_per_node_s * nodes + k.notify_per_token_s * tokens_per_gpu
+
+
 def _latency(k: DispatchKernel, s: Shape) -> float:
     """Kernel latency (s): its base latency inside or across nodes plus the per-message cost."""
     return (k.alpha_internode_s if s.spans else k.alpha_s) + k.message_s * s.messages
@@ -306,6 +317,10 @@ def exchange(net: FlowNetwork, gpus, traffic: DispatchTraffic, token_bytes: floa
     if algorithm == "nccl":  # the split exchange of per-peer row counts first
         counts = np.full((g.size, g.size), SPLIT_COUNT_BYTES) * (1 - np.eye(g.size))
         yield from coll.all_to_all(net, g, counts, "direct", tag)
+    notify = notify_seconds(net.cluster.hw, algorithm, op, int(np.unique(traffic.nodes_of).size),
+                            float(traffic.tokens.max()))
+    if notify:
+        yield net.env.timeout(notify)
     sets = flows(traffic, token_bytes, algorithm, op)
     if not sets:
         return
@@ -331,7 +346,7 @@ def alone_seconds(hw: HardwareSpec, traffic: DispatchTraffic, token_bytes: float
     t = seconds(hw, k, _sm_rate(hw, algorithm, k), shape(hw, traffic, token_bytes, algorithm, op, nodes))
     if algorithm == "nccl":  # the split exchange runs first
         t += coll.predict(hw, "all_to_all", traffic.nodes_of.size, SPLIT_COUNT_BYTES, "direct", nodes)
-    return t
+    return t + notify_seconds(hw, algorithm, op, int(np.unique(traffic.nodes_of).size), float(traffic.tokens.max()))
 
 
 def run_alone(hw: HardwareSpec, traffic: DispatchTraffic, token_bytes: float, algorithm: str, op: str,

@@ -141,11 +141,46 @@ def errors(hw: HardwareSpec, rows: pd.DataFrame) -> pd.DataFrame:
     return table.round(2)
 
 
+#: node counts the notify step is fitted on (2 parameters per op); the 8-node rows are held out
+NOTIFY_FIT_NODES = (2, 4)
+
+
+def load_notify(shared: Path) -> pd.DataFrame:
+    """The normal kernels' notify times across nodes (0.5.6.post2): op, nodes, sms, tokens, measured_s."""
+    df = pd.read_parquet(Path(shared) / TABLE_DIR / TABLES["normal"][0])
+    df = df[df.node_num > 1]
+    return pd.concat([pd.DataFrame({"op": op, "nodes": df.node_num, "sms": df[f"{op}_sms"], "tokens": df.num_token,
+                                    "measured_s": df[f"{op}_notify_us"] * 1e-6}) for op in D.OPS], ignore_index=True)
+
+
+def fit_notify(rows: pd.DataFrame, op: str) -> tuple[float, float, float]:
+    """(notify_s, notify_per_node_s, notify_per_token_s) of one op: robust least squares (soft L1: the notify
+    columns carry 10x outliers) on log(predicted / measured) over the :data:`NOTIFY_FIT_NODES` rows."""
+    sub = rows[(rows.op == op) & rows.nodes.isin(NOTIFY_FIT_NODES)]
+    n, t, m = sub.nodes.to_numpy(float), sub.tokens.to_numpy(float), sub.measured_s.to_numpy()
+    sol = least_squares(lambda x: np.log((x[0] + x[1] * n + x[2] * t * 1e-3) * 1e-6 / m), [20.0, 10.0, 1.0],
+                        bounds=([0, 0, 0], [500, 500, 1000]), loss="soft_l1", f_scale=0.1)
+    return float(sol.x[0]) * 1e-6, float(sol.x[1]) * 1e-6, float(sol.x[2]) * 1e-9
+
+
+def notify_errors(hw: HardwareSpec, rows: pd.DataFrame) -> pd.DataFrame:
+    """Median and mean APE (%) of the notify step by op and node count (fitted: 2, 4 nodes; held out: 8)."""
+    pred = np.array([D.notify_seconds(hw, "deepep-normal", r.op, int(r.nodes), r.tokens) for r in rows.itertuples()])
+    r = rows.assign(ape=np.abs(pred / rows.measured_s.to_numpy() - 1) * 100)
+    return r.groupby(["op", "nodes"]).ape.agg(["median", "mean"]).round(2)
+
+
 def run_fit(hw: HardwareSpec, shared: Path) -> tuple[HardwareSpec, pd.DataFrame]:
-    """Fit all four kernels on the non-held-out rows; returns the profile with them and the error table."""
+    """Fit all four kernels on the non-held-out rows, and the normal kernels' notify step; returns the
+    profile with them and the error table."""
     rows = load_rows(shared)
     fit_rows = rows[~held_out(rows)]
     k = {(m, op): fit_kernel(hw, fit_rows, m, op) for m in PARAMS for op in D.OPS}
+    notify = load_notify(shared)
+    for op in D.OPS:
+        a, b, c = fit_notify(notify, op)
+        k[("normal", op)] = k[("normal", op)].model_copy(update={"notify_s": a, "notify_per_node_s": b,
+                                                                 "notify_per_token_s": c})
     cal = DeepEPCalibration(sms=DEFAULT_SMS, normal_dispatch=k[("normal", "dispatch")],
                             normal_combine=k[("normal", "combine")], ll_dispatch=k[("ll", "dispatch")],
                             ll_combine=k[("ll", "combine")])
@@ -178,5 +213,8 @@ def fit_report(hardware: str, shared: Path, write: bool) -> dict:
     if write:
         for name in PROFILES[hardware]:
             written.append(str(update_profile(name, "collectives.deepep", cal, {"collectives.deepep": PROVENANCE})))
+    nerr = notify_errors(fitted, load_notify(shared))
+    notify = {op: {str(nd): {"median_ape": float(v["median"]), "mape": float(v["mean"])} for nd, v in g.droplevel(0).iterrows()}
+              for op, g in nerr.groupby(level=0)}
     return {"hardware": hardware, "data": str(Path(shared) / TABLE_DIR), "params": cal, "mape_by_nodes": errs,
-            "written": written or None}
+            "notify_ape_by_nodes": notify, "written": written or None}

@@ -285,7 +285,8 @@ def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work | list[Work]
             expert_time[gpu] = (_experts_seconds(c, model, loads, moe.expert_ffn)
                                 + _glue_seconds(c, loads, L.ep if L.ep > 1 else 0, tok_gpu[gpu]))
     algo = D.resolve(L.all_to_all, any(w.prefill_tokens for w in per_group))
-    if L.split_exchange and L.ep > 1 and algo != "nccl":  # nccl runs its split exchange itself
+    # nccl runs its split exchange itself, deepep-normal its notify step; deepep-ll needs none (fixed buffers)
+    if L.split_exchange and L.ep > 1 and algo in ("direct", "hierarchical"):
         # one int64 row count per peer, before the variable-size dispatch
         counts = np.full((L.ep, L.ep), 8.0) - 8.0 * np.eye(L.ep)
         steps.append(Collective("dispatch", ep_groups, _a2a([counts] * len(ep_groups), "direct")))

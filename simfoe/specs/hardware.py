@@ -75,6 +75,11 @@ class DispatchKernel(Spec):
     nvlink_sm_rate: float = Field(0.0, ge=0, description="NVLink forwarding bytes/s one SM sustains "
                                   "(deepep-normal across nodes; 0: no SM bound)")
     message_s: float = Field(0.0, ge=0, description="cost per message (token copy) a GPU sends, s")
+    notify_s: float = Field(0.0, ge=0, description="deepep-normal across nodes: the notify step before the "
+                            "kernel (exchange of per-rank counts) takes notify_s + notify_per_node_s x nodes + "
+                            "notify_per_token_s x tokens per GPU, s")
+    notify_per_node_s: float = Field(0.0, ge=0, description="see notify_s, s per node")
+    notify_per_token_s: float = Field(0.0, ge=0, description="notify time per token a GPU holds, s")
 
 
 class DeepEPCalibration(Spec):

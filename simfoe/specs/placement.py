@@ -33,7 +33,9 @@ class MoEPlacement(Spec):
                                               "prefill: 32 over 256 experts); n_experts + this must split over the EP group")
     split_exchange: bool = Field(False, description="exchange the per-destination row counts in a small all-to-all "
                                  "before each variable-size dispatch (torch all_to_all_single with splits, DeepEP "
-                                 "normal mode's notify step); false: fixed-capacity buffers, no exchange (DeepEP low-latency)")
+                                 "normal mode's notify step) with all_to_all direct or hierarchical; false: fixed-capacity "
+                                 "buffers, no exchange. nccl always runs it, deepep-normal its fitted notify step, "
+                                 "deepep-ll none")
 
 
 class FoEPlacement(Spec):
