@@ -94,8 +94,9 @@ def test_plan_charges_glue_only_where_fitted(arch, overrides):
 
 def test_split_exchange_adds_one_small_all_to_all_per_layer():
     hw = load_hardware("cpu-intel-xeon-amx")
-    base = _latency(hw, "moe", ["placement.moe.attention=dp"])
-    ex = _latency(hw, "moe", ["placement.moe.attention=dp", "placement.moe.split_exchange=true"])
+    base = _latency(hw, "moe", ["placement.moe.attention=dp", "placement.moe.all_to_all=direct"])
+    ex = _latency(hw, "moe", ["placement.moe.attention=dp", "placement.moe.all_to_all=direct",
+                              "placement.moe.split_exchange=true"])
     # one all-to-all at 2 ranks is one algorithm step: alpha + hop
     lat = hw.collectives.nvlink.alpha_s + hw.collectives.nvlink.hop_s
     # 4 layers x one latency-bound all-to-all of 8-byte messages (plus a few ns of bytes)

@@ -44,8 +44,9 @@ QUICK_SHAPES = (("prefill", 2, 128), ("decode", 16, 512))
 #: set has (validation/bench_kernels.py), over 16 rotating weight buffers (16 x 16 MiB of weights, past the
 #: VM's share of the cache as the harness's rotation is; compute-bound either way)
 PROBE = {"m": 256, "n": 4096, "k": 1024, "buffers": 16}
-#: the testbed's MoE exchanges split sizes before every dispatch (all_to_all_single with splits)
-PLACEMENT = {"moe": ["placement.moe.attention=dp", "placement.moe.split_exchange=true"], "foe": []}
+#: the testbed's MoE exchanges split sizes before every dispatch (all_to_all_single with splits: the nccl
+#: dispatch algorithm, simfoe.costs.dispatch)
+PLACEMENT = {"moe": ["placement.moe.attention=dp", "placement.moe.all_to_all=nccl"], "foe": []}
 
 
 def _resolve(path: str) -> str:

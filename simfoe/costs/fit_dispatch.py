@@ -4,7 +4,7 @@ Data (NVIDIA AIConfigurator, Apache-2.0, read in place): ``<shared>/aiconfigurat
 ``0.5.6.post2/wideep_deepep_{normal,ll}_perf.parquet`` (1, 2, 4, 8 nodes of 8 H100, hidden 7168, top-8 of 256
 experts; normal rows one per SM count) and ``0.5.12/`` (one node, more shapes). Times in microseconds.
 Normal kernels: ``*_transmit_us`` is the kernel (DeepEP's tuning loop times it on a cached layout; the
-notify step is timed apart in ``*_notify_us`` and priced by ``placement.moe.split_exchange``). Dispatch moves
+notify step is timed apart in ``*_notify_us``, fitted by :func:`fit_notify`). Dispatch moves
 fp8 tokens with per-128 scales (hidden + hidden/128 x 4 bytes; low-latency + 16 bytes of metadata), combine bf16.
 
 Routing of the tables: DeepEP's test routing (scores |N(0,1)| + 1; the multi-node normal test limits a
