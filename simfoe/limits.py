@@ -106,3 +106,7 @@ def check_instance_gpus(nodes: int, gpus_per_node: int, max_gpus: int | None = N
     """Refuse (SpecError naming ``nodes``) an instance of more than ``max_gpus`` GPUs
     (default :data:`INSTANCE_GPUS`) before its fabric and programs are built."""
     INSTANCE_GPUS.check("nodes", nodes, nodes * gpus_per_node, max_gpus, f"nodes x {gpus_per_node} GPUs per node")
+
+
+#: API arguments that raise a limit: they bound a run and never change its result
+LIMIT_OPTIONS = frozenset(lim.option for lim in (SERVING_REQUESTS, PIPELINE_REQUESTS, INSTANCE_GPUS, PLANNER_LAYOUTS))

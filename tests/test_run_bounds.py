@@ -207,3 +207,12 @@ def test_recommend_refuses_many_nodes(refused, no_building, tmp_path):
     refused(base + ["--max-nodes", "2", "--requests", "600000"], "--requests: 600000", "--max-requests N")
     refused(base + ["--max-layouts", "0"], "--max-layouts", "an integer >= 1")
     assert not html.exists() and not html.with_suffix(".json").exists()
+
+
+def test_a_limit_is_not_part_of_a_sweep_scenarios_identity():
+    from simfoe.sweep.spec import run_id
+
+    opts = {"model": "mixtral-8x7b", "hardware": "h100-sxm", "nodes": 2}
+    same = {run_id("forward", {**opts, "max_gpus": g}, {}) for g in (None, 64, 100_000)}
+    assert same == {run_id("forward", opts, {})}  # a stored sweep stays up to date
+    assert run_id("forward", {**opts, "nodes": 4}, {}) not in same

@@ -39,6 +39,7 @@ from typing import Any
 import yaml
 
 from simfoe.errors import SpecError
+from simfoe.limits import LIMIT_OPTIONS
 from simfoe.sweep.scenarios import REQUIRED, ScenarioKind, get_kind
 
 TOP_KEYS = ("kind", "name", "description", "base", "grid", "zip", "samples", "metrics")
@@ -182,8 +183,11 @@ def _file_digest(value: Any, cache: dict) -> str | None:
 
 
 def run_id(kind: str, options: dict, overrides: dict, digests: dict | None = None) -> str:
-    """Stable 16-hex-digit id of a scenario: hash of the canonical JSON of its inputs."""
+    """Stable 16-hex-digit id of a scenario: hash of the canonical JSON of its inputs. Size limits
+    (``max_gpus``, ...: :data:`simfoe.limits.LIMIT_OPTIONS`) bound a run without changing its result
+    and are left out."""
     digests = {} if digests is None else digests
+    options = {k: v for k, v in options.items() if k not in LIMIT_OPTIONS}
     files = {k: d for k, v in options.items() if (d := _file_digest(v, digests))}
     payload = {"kind": kind, "options": options, "overrides": overrides}
     if files:
