@@ -43,7 +43,7 @@ def register(subparsers) -> None:
         "Latency in seconds, work in FLOP, traffic in bytes.",
     )
     p.add_argument("--hardware", required=True, help="hardware profile: " + ", ".join(hardware_presets()) + ", or a YAML path")
-    p.add_argument("--op", default=None, help=" | ".join(OPS))
+    p.add_argument("--op", default=None, help=" | ".join(OPS) + " | communication: " + " | ".join(COMM_OPS))
     p.add_argument("--shapes", default=None, help="CSV with columns op,m,n,k[,dtype] (other fields as extra columns)")
     p.add_argument("--m", type=str, default=None, help="GEMM rows (tokens)")
     p.add_argument("--n", type=str, default=None, help="GEMM output columns")
