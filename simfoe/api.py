@@ -43,16 +43,18 @@ def forward_model(model: str, hardware: str, nodes: int = 1, arch: str = "moe", 
 
 def forward(model: str, hardware: str, nodes: int = 1, arch: str = "moe", phase: str = "prefill",
             batch: int = 1, seq_len: int = 2048, routing: str = "uniform", overrides: Iterable[str] = (),
-            seed: int = 0, per_layer: bool = False, timeline: str | None = None, max_gpus: int | None = None) -> dict:
+            seed: int = 0, per_layer: bool = False, timeline: str | None = None, max_gpus: int | None = None,
+            progress=None) -> dict:
     """One forward pass; returns {"latency_s", "gpus", "breakdown_s", "comm_bytes", "local_activation_rate",
     "nodes_per_token", "micro_batches", "memory", "layout"} (``layout``: :meth:`simfoe.provenance.LayoutInfo.to_dict`).
 
     ``timeline``: path of a Chrome/Perfetto trace JSON to write (per-GPU compute, per-batch transfers).
-    ``max_gpus``: the largest instance simulated (see :func:`forward_model`).
+    ``max_gpus``: the largest instance simulated (see :func:`forward_model`). ``progress``: a callable
+    called with 1 after each simulated layer program (with ``per_layer``, one per MoE layer), or None.
     """
     fm = forward_model(model, hardware, nodes, arch, routing, overrides, seed, max_gpus)
     events: list | None = [] if timeline else None
-    r = fm.run(phase, int(batch), int(seq_len), per_layer=per_layer, timeline=events)
+    r = fm.run(phase, int(batch), int(seq_len), per_layer=per_layer, timeline=events, progress=progress)
     if timeline:
         write_timeline(timeline, events)
     return {**r.to_dict(), "layout": layout_info(fm.layout, fm.placement.nodes).to_dict()}

@@ -216,3 +216,25 @@ def test_a_limit_is_not_part_of_a_sweep_scenarios_identity():
     same = {run_id("forward", {**opts, "max_gpus": g}, {}) for g in (None, 64, 100_000)}
     assert same == {run_id("forward", opts, {})}  # a stored sweep stays up to date
     assert run_id("forward", {**opts, "nodes": 4}, {}) not in same
+
+
+@pytest.mark.parametrize("model, nodes, per_layer, calls", [
+    ("mixtral-8x7b", 1, False, 1),  # 32 identical MoE layers: one program, scaled
+    ("mixtral-8x7b", 1, True, 32),  # one per MoE layer
+    ("deepseek-v3", 4, False, 2),  # 3 dense + 58 MoE layers: one program of each kind
+    ("deepseek-v3", 4, True, 59),  # the dense program + one per MoE layer
+])
+def test_forward_progress_counts_simulated_layer_programs(model, nodes, per_layer, calls):
+    import simfoe.api
+
+    seen = []
+    simfoe.api.forward(model, "h100-sxm", nodes=nodes, phase="decode", batch=8, seq_len=128, per_layer=per_layer,
+                       progress=seen.append)
+    assert seen == [1] * calls
+
+
+def test_progress_is_not_a_sweep_option():
+    from simfoe.sweep.scenarios import get_kind
+
+    params = get_kind("forward").parameters()
+    assert "progress" not in params and "per_layer" in params

@@ -54,3 +54,13 @@ def test_serve_progress_bar_through_drain():
     assert "serve:" in out  # the bar was drawn: a terminal turns it on
     simulated = float(out.split("simulated ")[1].split(" s")[0])
     assert simulated > 30.0  # the run really went on past the last arrival
+
+
+def test_forward_per_layer_counts_layers_on_a_terminal():
+    argv = [sys.executable, "-m", "simfoe", "forward", "--model", "mixtral-8x7b", "--hardware", "h100-sxm",
+            "--phase", "decode", "--batch", "8", "--seq-len", "128", "--per-layer"]
+    rc, out = run_in_tty(argv)
+    assert rc == 0 and "Traceback" not in out, out
+    assert "forward:" in out and "layers" in out  # the counter was drawn on the terminal
+    rc, out = run_in_tty(argv + ["--json"])
+    assert rc == 0 and "forward:" not in out  # --json: exactly one JSON object, no counter

@@ -1,7 +1,7 @@
 """`simfoe forward`: one forward pass of a model placed on a cluster."""
 from __future__ import annotations
 
-from simfoe.cli.common import add_json_flag, add_limit_flag, add_set_flag, run_lines, table
+from simfoe.cli.common import add_json_flag, add_limit_flag, add_progress_flag, add_set_flag, run_lines, table
 from simfoe.inputs import check_text_file
 from simfoe.limits import INSTANCE_GPUS
 from simfoe.outputs import fmt_bytes, fmt_time
@@ -34,6 +34,7 @@ def register(sub) -> None:
     p.add_argument("--per-layer", action="store_true", help="simulate every MoE layer with its own routing sample (slower)")
     p.add_argument("--timeline", metavar="FILE.json", help="write a Chrome/Perfetto trace of the simulated events")
     add_limit_flag(p, INSTANCE_GPUS, "GPUs in the instance (--nodes x GPUs per node)")
+    add_progress_flag(p, "a count of simulated layers of a --per-layer run on stderr")
     add_set_flag(p)
     add_json_flag(p)
     p.set_defaults(func=run, render=render)
@@ -70,10 +71,11 @@ def run(args) -> dict:
         check_file("--timeline", args.timeline)
     with AtomicFiles("--timeline") as w:  # the timeline is kept only when the run succeeds
         tl = str(w.path(args.timeline)) if args.timeline is not None else None
-        with warnings.catch_warnings(record=True) as caught, \
+        with warnings.catch_warnings(record=True) as caught, _layer_bar(args) as bar, \
                 renamed_fields({"nodes": "--nodes", "max_gpus": "--max-gpus"}):  # warnings held until valid
             r = forward(args.model, args.hardware, nodes, arch, args.phase, args.batch, args.seq_len,
-                        args.routing, args.overrides, args.seed, args.per_layer, tl, args.max_gpus)
+                        args.routing, args.overrides, args.seed, args.per_layer, tl, args.max_gpus,
+                        progress=bar.update if bar is not None else None)
         check_finite_result(r.get("latency_s"), args, "simulated latency is a finite number", caught)
     r["run"] = run_record(args, nodes, arch, args.seed, args.routing)
     mem = r.get("memory")
@@ -85,6 +87,21 @@ def run(args) -> dict:
               f"{mem['kv_cache_bytes_per_gpu'] / 1e9:.1f} GB) but {mem['usable_hbm_bytes_per_gpu'] / 1e9:.1f} GB are "
               "usable: it does not fit (latency reported as if it did; try more --nodes or a smaller --batch)", file=sys.stderr)
     return r
+
+
+def _layer_bar(args):
+    """A context giving a tqdm counter of simulated layers on stderr for a --per-layer run when progress
+    is wanted (--progress, or a terminal without --json), else None."""
+    import contextlib
+    import sys
+
+    from simfoe.cli.common import want_progress
+
+    if not (args.per_layer and want_progress(args)):
+        return contextlib.nullcontext()
+    from tqdm import tqdm
+
+    return tqdm(unit=" layers", desc="forward", leave=False, file=sys.stderr)
 
 
 def render(r: dict) -> str:

@@ -406,26 +406,28 @@ class ForwardModel:
         return moe_layer(self._costs, self.model, self.layout, work, None if probs is None else probs[0], rng, dense,
                          slots, self._route_memo)
 
-    def simulate(self, work: Work, per_layer: bool = False, timeline: list | None = None) -> ForwardResult:
-        """Simulate ``work``; ``timeline`` (a list) receives Chrome-trace events when given.
+    def simulate(self, work: Work, per_layer: bool = False, timeline: list | None = None,
+                 progress=None) -> ForwardResult:
+        """Simulate ``work``; ``timeline`` (a list) receives Chrome-trace events when given;
+        ``progress`` (a callable, or None) is called with 1 after each simulated layer program.
 
         ``placement.overlap``: ``none`` one batch; ``two-batch`` two overlapped micro-batches (one batch
         when a half would be empty); ``auto`` whichever of the two is faster for this pass."""
         mode = self.placement.overlap
         if mode == "none":
-            return self._simulate(work, [work], per_layer, timeline)
+            return self._simulate(work, [work], per_layer, timeline, progress)
         parts = self._micro_batches(work)
         if mode == "two-batch" or len(parts) == 1:
-            return self._simulate(work, parts, per_layer, timeline)
+            return self._simulate(work, parts, per_layer, timeline, progress)
         tl_one, tl_two = ([], []) if timeline is not None else (None, None)
-        one = self._simulate(work, [work], per_layer, tl_one)
+        one = self._simulate(work, [work], per_layer, tl_one, progress)
         if self._compute_floor(work, parts) >= one.latency_s * (1 + self.AUTO_MARGIN):
             # two micro-batches' compute alone already takes longer (weight-bound decode reads the
             # weights twice): no need to simulate them
             if timeline is not None:
                 timeline.extend(tl_one)
             return one
-        two = self._simulate(work, parts, per_layer, tl_two)
+        two = self._simulate(work, parts, per_layer, tl_two, progress)
         best, tl = (two, tl_two) if two.latency_s < one.latency_s else (one, tl_one)
         if timeline is not None:
             timeline.extend(tl)
@@ -451,7 +453,8 @@ class ForwardModel:
         vocab_split = self.gpus if self.placement.arch == "foe" else self.layout.attention_tp
         return head_seconds(self._costs, self.model, work, vocab_split, self.prefill_groups)
 
-    def _simulate(self, work: Work, parts: list, per_layer: bool, timeline: list | None) -> ForwardResult:
+    def _simulate(self, work: Work, parts: list, per_layer: bool, timeline: list | None,
+                  progress=None) -> ForwardResult:
         m = self.model
         rng = np.random.default_rng(self.seed + 1)
         total = 0.0
@@ -467,6 +470,8 @@ class ForwardModel:
         for dense, n in kinds:
             for lat, bd, tags, loc, act, vis, rec, weight in self._layer_runs(parts, dense, n, per_layer, rng,
                                                                               timeline is not None):
+                if progress is not None:
+                    progress(1)
                 if rec:
                     timeline.extend(rec.shifted(offset))
                     offset += rec.span_s
@@ -542,9 +547,10 @@ class ForwardModel:
                sum(p.activations for ps in plans for p in ps), sum(p.node_visits for ps in plans for p in ps),
                rec, n / k)
 
-    def run(self, phase: str, batch: int, seq_len: int, per_layer: bool = False, timeline: list | None = None) -> ForwardResult:
+    def run(self, phase: str, batch: int, seq_len: int, per_layer: bool = False, timeline: list | None = None,
+            progress=None) -> ForwardResult:
         work = Work.from_phase(phase, batch, seq_len)
-        r = self.simulate(work, per_layer, timeline)
+        r = self.simulate(work, per_layer, timeline, progress)
         r.memory = self.memory(work)
         return r
 

@@ -52,11 +52,12 @@ class ScenarioKind:
         return self._fn
 
     def parameters(self) -> dict[str, Any]:
-        """Keyword parameters of the function -> default (``REQUIRED`` if none); no ``overrides``."""
+        """Keyword parameters of the function -> default (``REQUIRED`` if none); no ``overrides`` and
+        no ``progress`` (a callback for terminals, not a scenario input)."""
         sig = inspect.signature(self.function())
         out = {}
         for name, p in sig.parameters.items():
-            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or name == "overrides":
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or name in ("overrides", "progress"):
                 continue
             out[name] = REQUIRED if p.default is p.empty else p.default
         return out
