@@ -16,15 +16,9 @@ HW = load_hardware("h100-sxm")
 G = HW.node.gpus_per_node
 
 
-def _wait(seconds):
-    def fn(net, gi, group):
-        yield net.env.timeout(seconds)
-    return fn
-
-
 def _program(comm_s: float, a_s: float = 1.0, b_s: float = 1.0):
-    everyone = [np.arange(G)]
-    return [Compute("attention", np.full(G, a_s)), Collective("dispatch", everyone, _wait(comm_s)),
+    """Attention ``a_s``, a dispatch of known duration ``comm_s``, experts ``b_s`` (s) on every GPU of one node."""
+    return [Compute("attention", np.full(G, a_s)), Collective("delay", "dispatch", (np.arange(G),), (comm_s,)),
             Compute("experts", np.full(G, b_s))]
 
 

@@ -3,8 +3,9 @@
 A program is a list of steps executed in order by every GPU:
 
 * ``Compute(category, seconds)``: GPU-local work, ``seconds`` is an array over GPUs;
-* ``Collective(category, groups, fn)``: each group (array of global GPU ranks) runs ``fn(net, group)``
-  (a SimPy generator from ``simfoe.costs.collectives``) once all its members have arrived.
+* ``Collective(kind, category, groups, sizes, algorithm, ...)``: each group (array of global GPU ranks)
+  runs it once all its members have arrived; plain data, priced by one dispatcher,
+  :func:`simfoe.costs.program.run_step` (see :mod:`simfoe.costs.program`).
 
 Layouts (see DESIGN.md "MoE placement" / "FoE placement"):
 
@@ -25,32 +26,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
-from simfoe.costs import collectives as coll
 from simfoe.costs import dispatch as D
 from simfoe.costs import kernels as K
+from simfoe.costs.program import Collective, Compute
 from simfoe.forward.routing import GroupLimit, route_group
 from simfoe.forward.work import Work, even_split
 from simfoe.specs.hardware import HardwareSpec
 from simfoe.specs.model import ModelSpec
 from simfoe.specs.placement import FoELayout, MoELayout
-
-
-@dataclass
-class Compute:
-    category: str
-    seconds: np.ndarray  # (G,)
-
-
-@dataclass
-class Collective:
-    category: str
-    groups: list[np.ndarray]
-    fn: Callable  # fn(net, group_index, group) -> generator
-    sm_share: float = 0.0  # share of each member GPU's SMs its kernels hold (placement.comm_sm_share=auto)
 
 
 @dataclass
@@ -197,12 +183,6 @@ def _glue_seconds(c: _Costs, loads: np.ndarray, ranks: int, tokens: float) -> fl
     return K.routing_glue(c.hw, active, len(loads) - active, ranks, float(loads.sum()), float(tokens))
 
 
-def _a2a(traffic_bytes: np.ndarray, algorithm: str, tag: str = "all_to_all"):
-    def fn(net, gi, group):
-        yield from coll.all_to_all(net, group, traffic_bytes[gi], algorithm, tag)
-    return fn
-
-
 def _traffic(s, tokens: np.ndarray, grp: np.ndarray, k: int, L: MoELayout) -> D.DispatchTraffic:
     """Dispatch traffic of one EP group's routing sample ``s`` (tokens per source GPU ``tokens``): its
     per-destination-GPU copies (per choice without dedup), and per-choice copies from the sampled loads."""
@@ -211,26 +191,8 @@ def _traffic(s, tokens: np.ndarray, grp: np.ndarray, k: int, L: MoELayout) -> D.
     return D.traffic_from_gpu_copies(s.traffic_tokens, choice, tokens, grp, L.gpus_per_node, s.node_visits)
 
 
-def _exchange(traffic: list, token_bytes: float, algorithm: str, op: str):
-    def fn(net, gi, group):
-        yield from D.exchange(net, group, traffic[gi], token_bytes, algorithm, op)
-    return fn
-
-
-def _ar(nbytes: float, algorithm: str = "auto"):
-    def fn(net, gi, group):
-        yield from coll.all_reduce(net, group, nbytes, algorithm, "all_reduce")
-    return fn
-
-
-def _ag(nbytes_per_rank: float):
-    def fn(net, gi, group):
-        yield from coll.all_gather(net, group, nbytes_per_rank, "auto", "all_reduce")
-    return fn
-
-
-def _groups(G: int, size: int) -> list[np.ndarray]:
-    return [np.arange(i, i + size) for i in range(0, G, size)]
+def _groups(G: int, size: int) -> tuple[np.ndarray, ...]:
+    return tuple(np.arange(i, i + size) for i in range(0, G, size))
 
 
 # ------------------------------------------------------------------------------------------- MoE
@@ -255,15 +217,15 @@ def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work | list[Work]
     tok_gpu = np.concatenate([even_split(n, t) for n in tok_group])
     if dense:
         if t > 1:
-            steps.append(Collective("all_reduce", tp_groups, _ar_groups([n * h * b for n in tok_group])))
+            steps.append(Collective("all_reduce", "all_reduce", tp_groups, tuple(n * h * b for n in tok_group)))
         ffn = np.repeat([_ffn_seconds(c, model, n, model.ffn / t) for n in tok_group], t)
         steps.append(Compute("dense_ffn", ffn))
         if t > 1:
-            steps.append(Collective("all_reduce", tp_groups, _ar_groups([n * h * b for n in tok_group])))
+            steps.append(Collective("all_reduce", "all_reduce", tp_groups, tuple(n * h * b for n in tok_group)))
         return LayerPlan(steps)
     moe = model.moe
     if t > 1:
-        steps.append(Collective("all_reduce", tp_groups, _rs_groups([n * h * b for n in tok_group])))
+        steps.append(Collective("reduce_scatter", "all_reduce", tp_groups, tuple(n * h * b for n in tok_group)))
     # router on the local shard (shared experts run beside the routed ones, below)
     router = np.array([_router_seconds(c, model, n, moe.n_experts) for n in tok_gpu])
     steps.append(Compute("experts", router))
@@ -289,20 +251,20 @@ def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work | list[Work]
     if L.split_exchange and L.ep > 1 and algo in ("direct", "hierarchical"):
         # one int64 row count per peer, before the variable-size dispatch
         counts = np.full((L.ep, L.ep), 8.0) - 8.0 * np.eye(L.ep)
-        steps.append(Collective("dispatch", ep_groups, _a2a([counts] * len(ep_groups), "direct")))
+        steps.append(Collective("all_to_all", "dispatch", ep_groups, (counts,) * len(ep_groups), "direct"))
     # dispatch in the model dtype (fp8 models: fp8 with per-128 scales), combine in the activation dtype
     held = D.sm_share(c.hw, algo)
-    steps.append(Collective("dispatch", ep_groups, _exchange(traffic, D.copy_bytes(h, model.dtype_bytes, algo, "dispatch"),
-                                                             algo, "dispatch"), held))
+    steps.append(Collective("dispatch", "dispatch", ep_groups, tuple(traffic), algo,
+                            D.copy_bytes(h, model.dtype_bytes, algo, "dispatch"), held))
     if moe.n_shared_experts:
         sw = moe.shared_width
         expert_time = expert_time + np.array([_ffn_seconds(c, model, n, sw) for n in tok_gpu])
     steps.append(Compute("experts", expert_time))
-    steps.append(Collective("combine", ep_groups, _exchange(traffic, D.copy_bytes(h, b, algo, "combine"), algo,
-                                                            "combine"), held))
+    steps.append(Collective("combine", "combine", ep_groups, tuple(traffic), algo, D.copy_bytes(h, b, algo, "combine"),
+                            held))
     steps.append(Compute("experts", np.array([_add_seconds(c, model, n) for n in tok_gpu])))
     if t > 1:
-        steps.append(Collective("all_reduce", tp_groups, _ag_groups([n * h * b / t for n in tok_group])))
+        steps.append(Collective("all_gather", "all_reduce", tp_groups, tuple(n * h * b / t for n in tok_group)))
     return LayerPlan(steps, local, acts, visits)
 
 
@@ -347,24 +309,6 @@ def rank_compute_seconds(c: _Costs, model: ModelSpec, L: MoELayout, w: Work) -> 
     return total + head_seconds(c, model, w, t, 1)
 
 
-def _ar_groups(nbytes: list[float]):
-    def fn(net, gi, group):
-        yield from coll.all_reduce(net, group, nbytes[gi], "auto", "all_reduce")
-    return fn
-
-
-def _rs_groups(nbytes: list[float]):
-    def fn(net, gi, group):
-        yield from coll.reduce_scatter(net, group, nbytes[gi], "auto", "all_reduce")
-    return fn
-
-
-def _ag_groups(nbytes_per_rank: list[float]):
-    def fn(net, gi, group):
-        yield from coll.all_gather(net, group, nbytes_per_rank[gi], "auto", "all_reduce")
-    return fn
-
-
 # ------------------------------------------------------------------------------------------- FoE
 def foe_layer(c: _Costs, model: ModelSpec, L: FoELayout, work: Work, probs: np.ndarray | None,
               rng: np.random.Generator, dense: bool, memo: dict | None = None) -> LayerPlan:
@@ -377,13 +321,13 @@ def foe_layer(c: _Costs, model: ModelSpec, L: FoELayout, work: Work, probs: np.n
     heads = a.n_heads / C * cpg / g
     kvh = (a.n_kv_heads or 1) / C * cpg / g
     steps: list = [Compute("attention", np.full(G, _attention_seconds(c, model, work, heads, kvh)))]
-    everyone = [np.arange(G)]
+    everyone = (np.arange(G),)
     if G > 1:
-        steps.append(Collective("all_reduce", everyone, _ar(T * h * b, L.all_reduce)))
+        steps.append(Collective("all_reduce", "all_reduce", everyone, (T * h * b,), L.all_reduce))
     if dense:
         steps.append(Compute("dense_ffn", np.full(G, _ffn_seconds(c, model, T, model.ffn / G))))
         if G > 1:
-            steps.append(Collective("all_reduce", everyone, _ar(T * h * b, L.all_reduce)))
+            steps.append(Collective("all_reduce", "all_reduce", everyone, (T * h * b,), L.all_reduce))
         return LayerPlan(steps)
     Ec, kc, fw = L.experts_per_cluster, L.top_k_per_cluster, L.expert_ffn
     epg = Ec // g  # experts of one cluster on one GPU
@@ -418,11 +362,11 @@ def foe_layer(c: _Costs, model: ModelSpec, L: FoELayout, work: Work, probs: np.n
             loads = s.expert_load[j * epg:(j + 1) * epg]
             expert_time[gpu] = _experts_seconds(c, model, loads, fw) + _glue_seconds(c, loads, g, shard[j])
     expert_time += np.tile([_ffn_seconds(c, model, n, L.shared_ffn) for n in shard], C)
-    steps.append(Collective("dispatch", clusters, _a2a([m * model.dtype_bytes for m in traffic], "direct")))
+    steps.append(Collective("all_to_all", "dispatch", clusters, tuple(m * model.dtype_bytes for m in traffic), "direct"))
     steps.append(Compute("experts", expert_time))
-    steps.append(Collective("combine", clusters, _a2a([m.T * b for m in traffic], "direct")))
+    steps.append(Collective("all_to_all", "combine", clusters, tuple(m.T * b for m in traffic), "direct"))
     steps.append(Compute("experts", np.tile([c.ew(3 * n * h * b, "add") for n in shard], C)))
-    steps.append(Collective("all_reduce", clusters, _ag(float(shard.max()) * h * b)))
+    steps.append(Collective("all_gather", "all_reduce", clusters, (float(shard.max()) * h * b,) * len(clusters)))
     return LayerPlan(steps, local, acts)
 
 

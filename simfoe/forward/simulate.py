@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import simpy
 
+from simfoe.costs.program import run_step
 from simfoe.errors import SpecError
 from simfoe.fabric.flows import FlowNetwork
 from simfoe.fabric.topology import build_cluster
@@ -236,7 +237,7 @@ def run_programs(hw: HardwareSpec, nodes: int, programs: list[list], recorder: _
         t0, group = env.now, s.groups[gi]
         if multi:
             streams.communicating(group, +1, s.sm_share)
-        yield from s.fn(net, gi, group)
+        yield from run_step(net, s, gi)
         if multi:
             streams.communicating(group, -1, s.sm_share)
             longest[0] = max(longest[0], env.now - t0)
