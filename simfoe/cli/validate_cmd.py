@@ -1,6 +1,7 @@
 """`simfoe validate`: stored measurement sets and Vidur data vs current predictions (CI regression).
 
   simfoe validate [--json] [--vidur PATH] [--hardware h100-sxm ...] [--set hardware.X=V ...] [--cases-out FILE.csv]
+  simfoe validate --silicon [PATH] [--cases-out FILE.csv] [--json]   (real serving benchmarks; docs/calibration.md)
 
 -> {"cases": [{"source", "n", "mape", "max_ape", "ok"}], "mape", "max_ape", "by_source": {...}, "failed", "skipped",
     "missing": {source: path looked for}} (with --json, missing sources are also named in one warning line on stderr);
@@ -21,6 +22,10 @@ def register(subparsers) -> None:
     p.add_argument("--tolerances", default=None, help="tolerance file (default validation/tolerances.yaml)")
     p.add_argument("--cases-out", default=None, help="write every predicted/measured row to this CSV")
     p.add_argument("--no-testbed", action="store_true", help="skip the stored testbed source")
+    p.add_argument("--silicon", nargs="?", const="", default=None, metavar="PATH",
+                   help="replay real serving benchmarks (an AIConfigurator silicon CSV; default: "
+                   "../shared/data/aiconfigurator/silicon/h100_sxm.csv) through simfoe serve; with it only "
+                   "they are checked: {\"silicon\": {rows, covered, coverage, ttft_mape, ...}} (docs/calibration.md)")
     add_set_flag(p, help="override a hardware profile field by dotted path, applied to every profile validated, "
                  "e.g. hardware.network.nic_bandwidth=100e9 (repeatable; only hardware.* paths)")
     add_json_flag(p)
@@ -38,9 +43,17 @@ def run(args):
     if bad:
         raise SpecError("--set", bad[0], "hardware.* paths only (applied to every profile validated)")
 
-    tolerances = regression.load_tolerances(args.tolerances or regression.TOLERANCES, "--tolerances")
     if args.cases_out:
         check_file("--cases-out", args.cases_out)
+    if args.silicon is not None:
+        given = [(f, v) for f, v in (("--vidur", args.vidur), ("--hardware", args.hardware),
+                                     ("--set", args.overrides), ("--tolerances", args.tolerances)) if v]
+        if given:
+            f, v = given[0]
+            raise SpecError(f, " ".join(v) if isinstance(v, list) else v,
+                            "omitted with --silicon (it replays the benchmark rows with the committed profiles)")
+        return _silicon(args)
+    tolerances = regression.load_tolerances(args.tolerances or regression.TOLERANCES, "--tolerances")
     only_vidur = args.vidur is not None
     r = regression.validate(vidur=args.vidur, hardware=args.hardware, include_sets=not only_vidur,
                             include_testbed=not (only_vidur or args.no_testbed),
@@ -58,7 +71,39 @@ def run(args):
     return r, (1 if r["failed"] else 0)
 
 
+def _silicon(args):
+    """``--silicon``: the real serving benchmarks replayed (simfoe.calibration.silicon); exit 0."""
+    import sys
+
+    from simfoe.calibration import silicon
+    from simfoe.errors import SpecError
+    from simfoe.outputs import AtomicFiles
+
+    path = args.silicon or silicon.default_path()
+    if path is None:
+        from simfoe.paths import shared_data_expected
+
+        raise SpecError("--silicon", "", f"a silicon CSV path ({shared_data_expected()} is absent)")
+    rows = silicon.load_rows(path)  # bad file: one line, before anything runs
+    tty = sys.stderr.isatty()
+
+    def progress(i, n, row):
+        sys.stderr.write(f"\rsilicon: {i + 1}/{n} {row.id[:60]:60}" + ("\n" if i + 1 == n else ""))
+        sys.stderr.flush()
+
+    preds = silicon.replay(rows.rows, progress if tty else None)
+    if args.cases_out:
+        import pandas as pd
+
+        with AtomicFiles("--cases-out") as w:
+            pd.DataFrame(silicon.cases(preds), columns=list(silicon.CASE_COLUMNS)).to_csv(
+                w.path(args.cases_out), index=False)
+    return {"silicon": silicon.report(preds, rows.dropped)}, 0
+
+
 def render(r: dict) -> str:
+    if "silicon" in r:
+        return _render_silicon(r["silicon"])
     lines = [f"{'source':48} {'n':>6} {'MAPE%':>7} {'max%':>8} {'tolerance':>26}  ok"]
     for s, v in r["by_source"].items():
         tol = ", ".join(f"{k}<={x}" for k, x in (v.get("tolerance") or {}).items()) or "-"
@@ -74,3 +119,19 @@ def render(r: dict) -> str:
 
 def _missing(r: dict) -> str:
     return "; ".join(f"{k} ({path})" for k, path in r["missing"].items())
+
+
+def _render_silicon(r: dict) -> str:
+    def pct(x):
+        return "-" if x is None else f"{x:.1f}"
+
+    lines = [f"{'group':60} {'rows':>5} {'cov':>4} {'TTFT MAPE%':>10} {'MdAPE%':>7} {'TPOT MAPE%':>10} {'MdAPE%':>7}"]
+    for g, v in list(r["by_group"].items()) + [("all", r)]:
+        lines.append(f"{g[:60]:60} {v['rows']:>5} {v['covered']:>4} {pct(v['ttft_mape']):>10} {pct(v['ttft_mdape']):>7} "
+                     f"{pct(v['tpot_mape']):>10} {pct(v['tpot_mdape']):>7}")
+    share = r["ttft_within_25pct"], r["tpot_within_25pct"]
+    if share[0] is not None:
+        lines.append(f"within 25%: TTFT {share[0]:.0%}, TPOT {share[1]:.0%} of {r['covered']} covered rows")
+    for why, n in list(r["not_covered"].items()) + [(f"dropped, {k}", n) for k, n in r["duplicates"].items()]:
+        lines.append(f"not covered ({n}): {why}")
+    return "\n".join(lines)

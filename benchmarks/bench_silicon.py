@@ -1,0 +1,63 @@
+"""Replay speed of the real serving benchmarks (``simfoe validate --silicon``): wall time of the
+whole H100 file, per row and split into deployment set-up (forward model and iteration-cost table,
+once per deployment) and serving runs, with the engine iterations simulated. Not a test; prints one
+JSON object.
+
+Run: ``python benchmarks/bench_silicon.py [--path CSV] [--limit N] [--profile]``
+Issue 23's target: the whole H100 file in <= 2 minutes on a 2-core machine. Each row runs the
+benchmark's own workload (10 x concurrency prompts after 2 x concurrency warm-ups), so a row
+costs about 12 x OSL engine iterations. ``--profile`` adds the 15 functions with the most
+cumulative time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from simfoe.calibration import silicon
+
+
+def _profiled(fn):
+    import cProfile
+    import io
+    import pstats
+
+    pr = cProfile.Profile()
+    out = pr.runcall(fn)
+    buf = io.StringIO()
+    pstats.Stats(pr, stream=buf).sort_stats("cumulative").print_stats(15)
+    return out, buf.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--path", default=None, help="silicon CSV (default: ../shared/data/" + silicon.H100_FILE + ")")
+    p.add_argument("--limit", type=int, default=None, help="replay only the first N rows")
+    p.add_argument("--profile", action="store_true", help="add a cProfile summary")
+    a = p.parse_args(argv)
+    path = a.path or silicon.default_path()
+    if path is None:
+        sys.stderr.write("error: --path: ../shared/data is absent; pass --path CSV\n")
+        return 2
+    t0 = time.perf_counter()
+    s = silicon.load_rows(path)
+    rows = s.rows[: a.limit] if a.limit else s.rows
+    load_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    preds, prof = _profiled(lambda: silicon.replay(rows)) if a.profile else (silicon.replay(rows), None)
+    replay_s = time.perf_counter() - t1
+    covered = [x for x in preds if x.reason is None]
+    out = {"path": str(path), "rows": len(rows), "covered": len(covered), "load_s": load_s, "replay_s": replay_s,
+           "s_per_covered_row": replay_s / len(covered) if covered else None,
+           "engine_iterations_estimate": sum(12 * x.row.osl for x in covered),
+           "target_s": 120.0, "over_target_s": max(0.0, load_s + replay_s - 120.0)}
+    if prof:
+        out["profile"] = prof
+    sys.stdout.write(json.dumps(out) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,420 @@
+"""Real serving benchmarks (AIConfigurator's ``silicon/<system>.csv``) replayed through ``simfoe serve``.
+
+Data: ai-dynamo/aiconfigurator (Apache-2.0), copied to ``../shared/data/aiconfigurator/silicon/``; its
+README ("What a silicon row means", "Known problems") defines the columns read here.
+
+* :func:`load_rows` reads the CSV into :class:`SiliconRow` s and drops the same measurement listed
+  twice (:data:`DEDUP_RULES`).
+* :func:`scenario` maps one row to a :class:`Scenario` (hardware profile, model preset, ``--set``
+  overrides for the layout and quantization, engine knobs, closed-loop workload) or a
+  :class:`NotCovered` reason.
+* :func:`replay` runs the scenarios (one forward model and iteration-cost table per deployment, shared
+  by its rows); :func:`report` summarises predicted vs measured TTFT and TPOT (APE in %).
+
+Units: milliseconds for TTFT and TPOT (as the CSV), tokens, requests. Nothing here is fitted to
+these rows: the prediction is the raw model (profiles and presets as committed).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from simfoe.errors import SpecError
+
+#: The H100 file, relative to the shared data folder.
+H100_FILE = "aiconfigurator/silicon/h100_sxm.csv"
+
+#: AIConfigurator ``system`` -> simfoe hardware profile (b200_sxm, gb200: no profile yet).
+SYSTEM_PROFILES = {"h100_sxm": "h100-sxm", "h200_sxm": "h200-sxm"}
+
+#: Hugging Face ``model_path`` -> simfoe model preset (DeepSeek-R1 has DeepSeek-V3's architecture:
+#: deepseek-ai/DeepSeek-R1 config.json is DeepseekV3ForCausalLM with the same dimensions).
+MODEL_PRESETS = {
+    "Qwen/Qwen3-32B": "qwen3-32b",
+    "meta-llama/Llama-3.1-8B-Instruct": "llama-3.1-8b",
+    "meta-llama/Llama-3.1-8B": "llama-3.1-8b",
+    "meta-llama/Llama-3.1-70B": "llama-3.1-70b",
+    "meta-llama/Llama-3.1-70B-Instruct": "llama-3.1-70b",
+    "Qwen/Qwen3-235B-A22B": "qwen3-235b-a22b",
+    "Qwen/Qwen3-235B-A22B-FP8": "qwen3-235b-a22b",
+    "openai/gpt-oss-120b": "gpt-oss-120b",
+    "MiniMaxAI/MiniMax-M2.5": "minimax-m2.5",
+    "deepseek-ai/DeepSeek-V3": "deepseek-v3",
+    "deepseek-ai/DeepSeek-R1": "deepseek-v3",
+}
+
+#: gemm/moe quant mode -> simfoe model dtype (fp8_block: 128x128-block scaled fp8, priced as fp8).
+QUANT_DTYPES = {"": "bf16", "fp8": "fp8", "fp8_block": "fp8"}
+
+#: Engine knobs of every replayed deployment: tokens per iteration 8192, the engines' defaults
+#: (vLLM V1 max_num_batched_tokens for the OpenAI server on H100-class GPUs, vllm/engine/arg_utils.py;
+#: TensorRT-LLM max_num_tokens, tensorrt_llm/llmapi BuildConfig; SGLang chunked_prefill_size on 80 GB
+#: GPUs, sglang/srt/server_args.py). max_batch is the row's own concurrency per rank (the benchmark
+#: never has more in flight), so it never binds.
+TOKEN_BUDGET = 8192
+
+#: The InferenceX-style runs' ``--random-range-ratio`` (data README); other rows' tool is unrecorded
+#: and they are replayed with fixed lengths.
+INFERENCEX_RANGE_RATIO = 0.8
+
+DEDUP_RULES = {
+    "exact duplicate": "every column but id and silicon_data_source equals an earlier row's (data README: "
+                       "exact duplicates)",
+    "same measurement under another name": "same architecture (DeepSeek-R1 = DeepSeek-V3), backend, ISL/OSL "
+                                           "and identical TTFT and TPOT as a row with more fields filled (data "
+                                           "README: listed under both DeepSeek-R1 and DeepSeek-V3)",
+}
+
+_INT_COLS = ("isl", "osl", "batch_size", "tp_size", "pp_size", "attention_dp_size", "moe_tp_size", "moe_ep_size",
+             "decode_batch_size", "decode_attention_dp_size", "decode_num_workers")
+
+
+@dataclass(frozen=True)
+class SiliconRow:
+    """One benchmark result. Parallelism per the data README; ``None`` where the CSV is empty
+    (attention_dp_size and pp_size empty read as 1). TTFT and TPOT in ms."""
+
+    id: str
+    system: str
+    model_path: str
+    backend: str
+    backend_version: str
+    mode: str
+    isl: int
+    osl: int
+    gemm_quant: str
+    moe_quant: str
+    batch_size: int | None
+    tp: int | None
+    pp: int
+    adp: int
+    moe_tp: int | None
+    moe_ep: int | None
+    ttft_ms: float
+    tpot_ms: float
+    source: str = ""
+    disagg_concurrency: int | None = None
+
+    @property
+    def concurrency(self) -> int | None:
+        """Client concurrency: batch_size x pp x attention_dp (agg); decode batch x adp x workers (disagg)."""
+        if self.mode == "disagg":
+            return self.disagg_concurrency
+        return None if self.batch_size is None else self.batch_size * self.pp * self.adp
+
+    @property
+    def group(self) -> str:
+        """``<system>/<model>/<backend>/<mode>``, the key of a report's ``by_group``."""
+        return f"{self.system}/{self.model_path}/{self.backend}/{self.mode}"
+
+    @property
+    def inferencex(self) -> bool:
+        """A run whose source names an image and a workflow run (benchmark_serving.py, range ratio 0.8)."""
+        return "image=" in self.source or "nvcr.io" in self.source or "workflow_run_id" in self.source
+
+
+@dataclass(frozen=True)
+class SiliconSet:
+    """Rows kept and the rows dropped as duplicates: ``dropped`` maps row id -> DEDUP_RULES key."""
+
+    path: str
+    rows: tuple[SiliconRow, ...]
+    dropped: dict = field(default_factory=dict)
+
+
+def _int(v) -> int | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else int(v)
+
+
+def _str(v) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+
+
+def _row(r: dict) -> SiliconRow:
+    g = {c: _int(r.get(c)) for c in _INT_COLS}
+    dc = None
+    if all(g[c] for c in ("decode_batch_size", "decode_attention_dp_size", "decode_num_workers")):
+        dc = g["decode_batch_size"] * g["decode_attention_dp_size"] * g["decode_num_workers"]
+    return SiliconRow(
+        id=_str(r["id"]), system=_str(r["system"]), model_path=_str(r["model_path"]), backend=_str(r["backend"]),
+        backend_version=_str(r.get("backend_version")), mode=_str(r["mode"]), isl=g["isl"], osl=g["osl"],
+        gemm_quant=_str(r.get("gemm_quant_mode")), moe_quant=_str(r.get("moe_quant_mode")),
+        batch_size=g["batch_size"], tp=g["tp_size"], pp=g["pp_size"] or 1, adp=g["attention_dp_size"] or 1,
+        moe_tp=g["moe_tp_size"], moe_ep=g["moe_ep_size"], ttft_ms=float(r["silicon_ttft_ms"]),
+        tpot_ms=float(r["silicon_tpot_ms"]), source=_str(r.get("silicon_data_source")), disagg_concurrency=dc)
+
+
+def _filled(r: dict) -> int:
+    return sum(1 for v in r.values() if not (v is None or (isinstance(v, float) and math.isnan(v))))
+
+
+def load_rows(path: str | Path, field_name: str = "--silicon") -> SiliconSet:
+    """Read a silicon CSV; drop duplicates by :data:`DEDUP_RULES` (first / most complete row kept)."""
+    import pandas as pd
+
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(field_name, str(path), "an AIConfigurator silicon CSV (e.g. ../shared/data/" + H100_FILE + ")")
+    try:
+        df = pd.read_csv(p)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SpecError(field_name, str(path), f"a CSV file ({type(e).__name__})") from None
+    need = {"id", "system", "model_path", "backend", "mode", "isl", "osl", "silicon_ttft_ms", "silicon_tpot_ms"}
+    if not need <= set(df.columns):
+        raise SpecError(field_name, str(path), "a silicon CSV with columns " + ", ".join(sorted(need)))
+    recs = df.to_dict("records")
+    kept, dropped, seen, same = [], {}, set(), {}
+    for i in sorted(range(len(recs)), key=lambda i: (-_filled(recs[i]), i)):  # most complete first
+        r = recs[i]
+        exact = tuple(_str(v) for k, v in r.items() if k not in ("id", "silicon_data_source"))
+        meas = (MODEL_PRESETS.get(r["model_path"], r["model_path"]), _str(r["backend"]), _str(r["mode"]),
+                r["isl"], r["osl"], r["silicon_ttft_ms"], r["silicon_tpot_ms"])
+        if exact in seen:
+            dropped[_str(r["id"])] = "exact duplicate"
+        elif meas in same and same[meas] != r["model_path"]:
+            dropped[_str(r["id"])] = "same measurement under another name"
+        else:
+            same.setdefault(meas, r["model_path"])
+            kept.append(i)
+        seen.add(exact)
+    return SiliconSet(str(p), tuple(_row(recs[i]) for i in sorted(kept)), dropped)
+
+
+# ---- row -> serving scenario -------------------------------------------------------------------
+@dataclass(frozen=True)
+class NotCovered:
+    """Why a row is not predicted (a key of a report's ``not_covered``)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One row as a ``simfoe serve`` run: presets, ``--set`` overrides (layout, quantization), the
+    engine's ``max_batch`` (sequences per rank) and ``token_budget`` (tokens per iteration), and
+    the closed-loop workload's numbers. Rows of one deployment share ``deployment``."""
+
+    hardware: str
+    model: str
+    overrides: tuple[str, ...]
+    max_batch: int
+    token_budget: int
+    concurrency: int
+    isl: int
+    osl: int
+    range_ratio: float
+
+    @property
+    def deployment(self) -> tuple:
+        return (self.hardware, self.model, self.overrides)
+
+    def workload(self):
+        """The benchmark's closed loop: 10 x concurrency prompts after 2 x concurrency warm-ups."""
+        from simfoe.workloads.closed_loop import ClosedLoop
+
+        return ClosedLoop(concurrency=self.concurrency, isl=self.isl, osl=self.osl,
+                          random_range_ratio=self.range_ratio, num_prompts=10 * self.concurrency,
+                          warmup=2 * self.concurrency)
+
+
+def _id_parallelism(row: SiliconRow) -> str | None:
+    """The data README's known encoding problem: the id names ``tp{T}_ep{E}`` but the columns give a
+    different expert-parallel size (a 4-GPU tp4/ep4 run written as tp4 x adp4 with moe_ep 16)."""
+    import re
+
+    m = re.search(r"_tp(\d+)_ep(\d+)_", row.id)
+    if m and row.moe_ep and int(m.group(2)) != row.moe_ep:
+        return (f"suspect encoding: id names tp{m.group(1)}_ep{m.group(2)} but columns say attention_dp "
+                f"{row.adp}, moe_ep {row.moe_ep} (data README, known problems)")
+    return None
+
+
+def _dtype(row: SiliconRow, is_moe: bool) -> str | NotCovered:
+    quants = {row.gemm_quant} | ({row.moe_quant} if is_moe else set())
+    bad = sorted(q for q in quants if q not in QUANT_DTYPES)
+    if bad:
+        return NotCovered(f"quant {bad[0]}: not modelled (simfoe weights: bf16, fp8)")
+    return "fp8" if "fp8" in {QUANT_DTYPES[q] for q in quants} else "bf16"
+
+
+def _layout(row: SiliconRow, is_moe: bool, gpus_per_node: int) -> tuple[str, ...] | NotCovered:
+    if row.pp > 1:
+        return NotCovered("pp_size > 1: pipeline parallelism not modelled")
+    if not row.tp or not row.batch_size:
+        return NotCovered("tp_size or batch_size missing")
+    gpus = row.tp * row.adp
+    if gpus > gpus_per_node:
+        return NotCovered("instance larger than one node: not mapped yet")
+    ov = [f"hardware.node.gpus_per_node={gpus}", "placement.moe.attention=tp", f"placement.moe.attention_tp={row.tp}"]
+    if is_moe:
+        if (row.moe_tp or 1) > 1:
+            return NotCovered("moe_tp > 1 (experts tensor-parallel) not modelled yet")
+        ep = row.moe_ep or 1
+        if ep * (row.moe_tp or 1) != gpus:
+            return NotCovered("moe_tp x moe_ep != tp x attention_dp: inconsistent parallelism")
+        ov.append(f"placement.moe.ep={ep}")
+    return tuple(ov)
+
+
+@lru_cache(maxsize=None)
+def _preset_facts(hardware: str, model: str) -> tuple[int, bool] | NotCovered:
+    """(GPUs per node of ``hardware``, whether ``model`` has experts), or why a preset is missing."""
+    from simfoe.specs.io import list_presets, load_hardware, load_model
+
+    if hardware not in list_presets("hardware"):
+        return NotCovered(f"hardware profile {hardware} missing")
+    if model not in list_presets("model"):
+        return NotCovered("model preset missing")
+    return load_hardware(hardware).node.gpus_per_node, load_model(model).moe is not None
+
+
+def scenario(row: SiliconRow) -> Scenario | NotCovered:
+    """The serving scenario of ``row``, or why it has none (never an error)."""
+    if row.mode != "agg":
+        return NotCovered("disagg: issue 24" if row.mode == "disagg" else f"mode {row.mode}: unknown")
+    hw = SYSTEM_PROFILES.get(row.system)
+    if hw is None:
+        return NotCovered(f"system {row.system}: no hardware profile")
+    preset = MODEL_PRESETS.get(row.model_path)
+    if preset is None:
+        return NotCovered("model preset missing")
+    facts = _preset_facts(hw, preset)
+    if isinstance(facts, NotCovered):
+        return facts
+    suspect = _id_parallelism(row)
+    if suspect:
+        return NotCovered(suspect)
+    gpus_per_node, is_moe = facts
+    dtype = _dtype(row, is_moe)
+    if isinstance(dtype, NotCovered):
+        return dtype
+    layout = _layout(row, is_moe, gpus_per_node)
+    if isinstance(layout, NotCovered):
+        return layout
+    return Scenario(hw, preset, layout + (f"model.dtype={dtype}",), max_batch=row.batch_size,
+                    token_budget=TOKEN_BUDGET, concurrency=row.concurrency, isl=row.isl, osl=row.osl,
+                    range_ratio=INFERENCEX_RANGE_RATIO if row.inferencex else 0.0)
+
+
+# ---- replay and report -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Prediction:
+    """Predicted mean TTFT and TPOT (ms) of a row, or the reason it has none."""
+
+    row: SiliconRow
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    reason: str | None = None
+
+
+class _Deployments:
+    """One forward model's iteration-cost table and KV capacity per deployment, built on first use."""
+
+    def __init__(self):
+        self.built: dict[tuple, tuple] = {}
+
+    def get(self, sc: Scenario):
+        if sc.deployment not in self.built:
+            from simfoe.serving.api import build_forward
+            from simfoe.serving.step_models import make_cost
+
+            fm = build_forward(sc.model, sc.hardware, 1, "moe", overrides=sc.overrides)[0]
+            self.built[sc.deployment] = (make_cost(fm, "interp"), fm.kv_capacity_tokens())
+        return self.built[sc.deployment]
+
+
+def predict_row(row: SiliconRow, deployments: _Deployments | None = None, seed: int = 0) -> Prediction:
+    """Replay one row (a not-covered reason when it maps to no scenario or the simulator refuses it)."""
+    from simfoe.serving.api import simulate_serving
+
+    sc = scenario(row)
+    if isinstance(sc, NotCovered):
+        return Prediction(row, reason=sc.reason)
+    deployments = deployments or _Deployments()
+    try:
+        cost, kv = deployments.get(sc)
+        res = simulate_serving(sc.model, sc.hardware, 1, "moe", sc.workload(), step_model=cost, kv_capacity_tokens=kv,
+                               max_batch=sc.max_batch, token_budget=sc.token_budget, seed=seed)
+    except SpecError as e:
+        return Prediction(row, reason=f"simulator refused: {e.field}")
+    s = res.summary
+    if s["ttft_s"]["mean"] is None or s["tpot_s"]["mean"] is None:
+        return Prediction(row, reason="no request completed")
+    return Prediction(row, s["ttft_s"]["mean"] * 1e3, s["tpot_s"]["mean"] * 1e3)
+
+
+def replay(rows, progress=None, seed: int = 0) -> list[Prediction]:
+    """Predict every row, in order; ``progress(i, n, row)`` is called before each."""
+    deployments = _Deployments()
+    out = []
+    for i, row in enumerate(rows):
+        if progress is not None:
+            progress(i, len(rows), row)
+        out.append(predict_row(row, deployments, seed))
+    return out
+
+
+def _errors(pred: list[Prediction], what: str) -> dict:
+    """MAPE, median APE and share within 25% (APE = |predicted - measured| / measured, in %)."""
+    p = np.array([getattr(x, f"{what}_ms") for x in pred], dtype=float)
+    m = np.array([getattr(x.row, f"{what}_ms") for x in pred], dtype=float)
+    if not len(p):
+        return {f"{what}_mape": None, f"{what}_mdape": None, f"{what}_within_25pct": None}
+    ape = np.abs(p - m) / m * 100.0
+    return {f"{what}_mape": float(ape.mean()), f"{what}_mdape": float(np.median(ape)),
+            f"{what}_within_25pct": float((ape <= 25.0).mean())}
+
+
+def _summary(preds: list[Prediction]) -> dict:
+    ok = [p for p in preds if p.reason is None]
+    return {"rows": len(preds), "covered": len(ok), "coverage": len(ok) / len(preds) if preds else None,
+            **_errors(ok, "ttft"), **_errors(ok, "tpot")}
+
+
+def report(preds: list[Prediction], dropped: dict | None = None) -> dict:
+    """``{"rows", "covered", "coverage", "ttft_mape", "tpot_mape", "ttft_mdape", "tpot_mdape",
+    "ttft_within_25pct", "tpot_within_25pct", "by_group": {group: same}, "not_covered": {reason: n},
+    "duplicates": {rule: n}}`` (APE in %, shares in [0, 1]; rows after dropping duplicates)."""
+    groups: dict[str, list] = {}
+    for p in preds:
+        groups.setdefault(p.row.group, []).append(p)
+    nc: dict[str, int] = {}
+    for p in preds:
+        if p.reason is not None:
+            nc[p.reason] = nc.get(p.reason, 0) + 1
+    dup: dict[str, int] = {}
+    for why in (dropped or {}).values():
+        dup[why] = dup.get(why, 0) + 1
+    return {**_summary(preds), "by_group": {g: _summary(v) for g, v in sorted(groups.items())},
+            "not_covered": dict(sorted(nc.items(), key=lambda kv: -kv[1])), "duplicates": dup}
+
+
+CASE_COLUMNS = ("id", "group", "concurrency", "isl", "osl", "predicted_ttft_ms", "predicted_tpot_ms",
+                "silicon_ttft_ms", "silicon_tpot_ms", "not_covered")
+
+
+def cases(preds: list[Prediction]) -> list[dict]:
+    """One dict per row (:data:`CASE_COLUMNS`; predictions None for rows not covered)."""
+    return [{"id": p.row.id, "group": p.row.group, "concurrency": p.row.concurrency, "isl": p.row.isl,
+             "osl": p.row.osl, "predicted_ttft_ms": p.ttft_ms, "predicted_tpot_ms": p.tpot_ms,
+             "silicon_ttft_ms": p.row.ttft_ms, "silicon_tpot_ms": p.row.tpot_ms, "not_covered": p.reason or ""}
+            for p in preds]
+
+
+def default_path() -> Path | None:
+    """The H100 file in the shared data folder, or None when that folder is absent."""
+    from simfoe.paths import shared_data_dir
+
+    d = shared_data_dir()
+    return None if d is None else d / H100_FILE
+
+
+def validate_silicon(path: str | Path, progress=None) -> tuple[dict, list[dict]]:
+    """(report, cases) of the silicon file at ``path``."""
+    s = load_rows(path)
+    preds = replay(s.rows, progress)
+    return report(preds, s.dropped), cases(preds)
