@@ -62,7 +62,7 @@ def test_foe_on_nodes_it_cannot_split_blames_nodes(capsys):
     err = _error_line(capsys, "forward", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--nodes", "3",
                       "--arch", "foe", "--phase", "decode", "--batch", "8", "--seq-len", "128", "--json")
     # mixtral: 8 KV heads -> 8 clusters; 24 GPUs -> 3 per cluster, which does not divide a node's 8
-    assert err.startswith("error: nodes: 3 is not allowed with arch foe: 8 clusters"), err
+    assert err.startswith("error: --nodes: 3 is not allowed with arch foe: 8 clusters"), err
     assert "3 GPUs per cluster" in err and "allowed: nodes 1, 2, 4 for 8 clusters" in err and "arch moe" in err
     assert "gpus_per_cluster" not in err  # the user never set it
 
