@@ -36,6 +36,8 @@ class _FakeForward:
     """Stands in for ForwardModel in fast serve CLI tests (analytic iteration time, 8 GPUs, 400k KV tokens)."""
 
     gpus = 8
+    dp_ranks = 1  # TP attention on one node: one data-parallel attention rank
+    rank_compute_s = None
 
     def __init__(self):
         from types import SimpleNamespace

@@ -227,7 +227,7 @@ def test_rank_compute_lies_between_the_attention_and_the_whole_pass(model, nodes
     attention the forward simulation puts on the critical path, and at most the whole iteration; it
     grows with the rank's KV tokens. FoE has one rank and no rank compute."""
     fm = forward_model(model, "h100-sxm", nodes, "moe", overrides=[f"placement.moe.attention={attn}"])
-    D = fm.prefill_groups
+    D = fm.dp_ranks
     n, ctx = 32 * D, 1500
     it = fm.iteration(0, 0, n, n * ctx)
     own = fm.rank_compute_s(0, 0, n // D, n // D * ctx)
@@ -237,10 +237,10 @@ def test_rank_compute_lies_between_the_attention_and_the_whole_pass(model, nodes
         forward_model(model, "h100-sxm", nodes, "foe", overrides=["placement.foe.clusters=8"]).rank_compute_s(0, 0, 1, 10)
 
 
-def test_prefill_groups_are_the_dp_attention_groups():
-    assert forward_model("olmoe-1b-7b", "h100-sxm", 2, "moe").prefill_groups == 2  # TP8 inside each node
-    assert forward_model("olmoe-1b-7b", "h100-sxm", 2, "moe", overrides=["placement.moe.attention=dp"]).prefill_groups == 16
-    assert forward_model("olmoe-1b-7b", "h100-sxm", 2, "foe").prefill_groups == 1
+def test_dp_ranks_are_the_dp_attention_ranks():
+    assert forward_model("olmoe-1b-7b", "h100-sxm", 2, "moe").dp_ranks == 2  # TP8 inside each node
+    assert forward_model("olmoe-1b-7b", "h100-sxm", 2, "moe", overrides=["placement.moe.attention=dp"]).dp_ranks == 16
+    assert forward_model("olmoe-1b-7b", "h100-sxm", 2, "foe").dp_ranks == 1
     fm = forward_model("olmoe-1b-7b", "h100-sxm", 2, "moe", overrides=["placement.moe.attention=dp"])
     # four equal chunks on four groups run faster than the same tokens as one chunk on one group
     one = fm.iteration(4096, 4096 * 2048.5, 0, 0).latency_s

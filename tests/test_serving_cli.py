@@ -9,6 +9,7 @@ import pytest
 
 import simfoe.serving.api as api
 from simfoe.cli import main
+from simfoe.forward.work import Work
 from simfoe.serving import InterpCost, LinearStep
 
 
@@ -79,7 +80,7 @@ def test_interp_cost_close_to_direct():
         kv = int(ds * rng.integers(1, 4000))
         pairs = pf * (rng.integers(0, 4000) + (pf + 1) / 2) if pf else 0.0
         exact = lin.iteration(pf, pairs, ds, kv)
-        assert ic(pf, pairs, ds, kv) == pytest.approx(exact, rel=1e-9)  # affine: interpolation is exact
+        assert ic(Work(pf, pairs, 1 if pf else 0, ds, kv)) == pytest.approx(exact, rel=1e-9)  # affine: interpolation is exact
     assert ic.misses < 2000
 
 

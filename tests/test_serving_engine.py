@@ -7,6 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
 from simfoe.errors import SpecError
+from simfoe.forward.work import Work
 from simfoe.serving import ConstantStep, LinearStep, MemoCost, bucket_up, simulate
 from simfoe.serving.metrics import GapHistogram
 from simfoe.workloads import RequestTable
@@ -204,8 +205,8 @@ def test_bucket_up(x, bits):
 
 def test_memo_counts_and_bad_inputs():
     m = MemoCost(LIN, bits=4)
-    a = m(100, 5000.0, 3, 900)
-    b = m(100, 5000.0, 3, 900)
+    a = m(Work(100, 5000.0, 1, 3, 900))
+    b = m(Work(100, 5000.0, 1, 3, 900))
     assert a == b and m.misses == 1 and m.lookups == 2
     t = random_table(1, 5)
     with pytest.raises(SpecError):
@@ -232,7 +233,8 @@ class _GroupedPrefill:
     """A step model with 8 data-parallel attention groups: prefill time divides by the groups its
     chunks occupy; records the ``prefill_seqs`` it is asked about."""
 
-    prefill_groups = 8
+    dp_ranks = 8
+    rank_compute_s = None
 
     def __init__(self):
         self.seen = []
@@ -258,4 +260,4 @@ def test_prefill_chunks_spread_over_dp_groups(cost):
 
 def test_models_without_dp_groups_ignore_prefill_seqs():
     mc = MemoCost(LIN)
-    assert mc(1000, 5e5, 4, 400, 4) == mc(1000, 5e5, 4, 400, 1) == mc(1000, 5e5, 4, 400)
+    assert mc(Work(1000, 5e5, 4, 4, 400)) == mc(Work(1000, 5e5, 1, 4, 400))

@@ -15,15 +15,18 @@ from simfoe.serving.engine import Engine, EngineConfig
 from simfoe.serving.metrics import STATUS_DONE, STATUS_DROPPED
 from simfoe.serving.kv_cache import KVBlocks
 from simfoe.serving.scheduler import ChunkedFCFS, WholePrompt, fast_decode
-from simfoe.serving.step_models import RankExcess
+from simfoe.forward.work import Work
+from simfoe.serving.step_models import RankExcess, RankLoads
 from simfoe.workloads import RequestTable
 
 
 class RankedStep:
-    """Constant 10 ms iterations on an instance with ``prefill_groups`` DP attention ranks."""
+    """Constant 10 ms iterations on an instance with ``dp_ranks`` DP attention ranks."""
 
-    def __init__(self, groups: int, step_s: float = 0.01):
-        self.prefill_groups = groups
+    rank_compute_s = None
+
+    def __init__(self, ranks: int, step_s: float = 0.01):
+        self.dp_ranks = ranks
         self.step_s = step_s
 
     def iteration(self, prefill_tokens, prefill_attn_pairs, decode_seqs, decode_kv_tokens, prefill_seqs=None):
@@ -35,6 +38,16 @@ class RankedLinear(RankedStep):
 
     def rank_compute_s(self, prefill_tokens, prefill_attn_pairs, decode_seqs, decode_kv_tokens):
         return 1e-6 * (prefill_tokens + decode_seqs) + 1e-7 * decode_kv_tokens
+
+
+def rl(loads) -> RankLoads:
+    """RankLoads from per-rank ``(prefill tokens, pairs, decodes, KV tokens)``."""
+    return RankLoads(*(list(c) for c in zip(*loads)))
+
+
+def it(pf, pairs, nd, kv, seqs) -> Work:
+    """An iteration's totals, in the order the tests write them."""
+    return Work(pf, pairs, seqs, nd, kv)
 
 
 def burst(n, prompt, output):
@@ -182,15 +195,15 @@ def test_rank_excess_is_zero_for_equal_ranks_and_grows_with_one_ranks_load(ranks
         top = max(x[0] for x in ls)
         return (pf, sum(x[1] for x in ls), sum(x[2] for x in ls), sum(x[3] for x in ls), pf // top if top else 0)
 
-    assert exc(loads, *totals(loads)) == 0.0
+    assert exc(rl(loads), it(*totals(loads))) == 0.0
     if nd:
         k = who % ranks
         more = list(loads)
         more[k] = one[:3] + (one[3] + bump,)
-        e1 = exc(more, *totals(more))
+        e1 = exc(rl(more), it(*totals(more)))
         assert e1 > 0.0
         more[k] = one[:3] + (one[3] + 2 * bump,)
-        assert exc(more, *totals(more)) >= e1 - 1e-15  # (floating-point noise only)
+        assert exc(rl(more), it(*totals(more))) >= e1 - 1e-15  # (floating-point noise only)
 
 
 def test_the_excess_sees_each_ranks_own_decode_kv_tokens():
@@ -203,12 +216,12 @@ def test_the_excess_sees_each_ranks_own_decode_kv_tokens():
     inner, qs, st = eng.excess, eng.replicas[0].ranks, eng.store
     calls = []
 
-    def spy(loads, *args):
-        if not args[0]:  # decode only: every running request decodes
+    def spy(loads, work):
+        if not work.prefill_tokens:  # decode only: every running request decodes
             want = [(len(q.running), int(st.ctx[q.running].sum()) + len(q.running)) for q in qs if q.running]
-            assert [(x[2], x[3]) for x in loads] == want
-            calls.append(len(loads))
-        return inner(loads, *args)
+            assert list(zip(loads.decode_seqs, loads.decode_kv_tokens)) == want
+            calls.append(len(loads.decode_seqs))
+        return inner(loads, work)
 
     eng.excess = spy
     eng.run()
@@ -251,10 +264,10 @@ def test_the_excess_finds_the_busiest_of_many_decoding_ranks(ranks, seed, folded
     kv = nd * rng.integers(1, 25, ranks)  # short contexts: decodes and KV tokens weigh alike
     loads = [(0, 0.0, int(d), int(k)) for d, k in zip(nd, kv)]
     exc = RankExcess(RankedLinear(ranks), ranks, folded)
-    t = (0, 0.0, int(nd.sum()), int(kv.sum()), 0)
-    exact = max(exc([x], *t) for x in loads)
-    top = max(exc.cost(0, 0, d, k) for _, _, d, k in loads)
-    assert exact - RankExcess.EXACT_WITHIN * top <= exc(loads, *t) <= exact
+    t = it(0, 0.0, int(nd.sum()), int(kv.sum()), 0)
+    exact = max(exc(rl([x]), t) for x in loads)
+    top = max(exc.cost.price(0, 0, d, k) for _, _, d, k in loads)
+    assert exact - RankExcess.EXACT_WITHIN * top <= exc(rl(loads), t) <= exact
 
 
 def test_a_decode_only_rank_busier_than_the_prefill_ranks_is_found():
@@ -264,9 +277,9 @@ def test_a_decode_only_rank_busier_than_the_prefill_ranks_is_found():
     exc = RankExcess(RankedLinear(8), 8)
     a, b = (16, 16 * 8.5, 99, 5000), (0, 0.0, 114, 5000)
     loads = [a] * 7 + [b]
-    t = (7 * 16, 7 * 16 * 8.5, 7 * 99 + 114, 8 * 5000, 7)
-    assert exc.cost(0, 0, 114, 5000) > exc.cost(16, 16 * 8.5, 99, 5000)
-    assert exc(loads, *t) == max(exc([x], *t) for x in loads) > 0
+    t = it(7 * 16, 7 * 16 * 8.5, 7 * 99 + 114, 8 * 5000, 7)
+    assert exc.cost.price(0, 0, 114, 5000) > exc.cost.price(16, 16 * 8.5, 99, 5000)
+    assert exc(rl(loads), t) == max(exc(rl([x]), t) for x in loads) > 0
 
 
 def test_the_fast_path_is_used_only_where_it_matches_the_policy():

@@ -1,6 +1,7 @@
 """`simfoe serve`: request-level serving simulation (continuous batching on MoE or FoE replicas)."""
 from __future__ import annotations
 
+from simfoe.cli.closed_loop import CLOSED_LOOP_FLAGS, add_closed_loop_flags, workload_of
 from simfoe.cli.common import (add_json_flag, add_limit_flag, add_progress_flag, add_set_flag, run_lines, table,
                                want_progress)
 from simfoe.limits import INSTANCE_GPUS, SERVING_REQUESTS
@@ -20,13 +21,14 @@ def register(subparsers) -> None:
     p.add_argument("--hardware", required=True, help="hardware profile: " + ", ".join(hardware_presets()) + ", or a YAML path")
     p.add_argument("--nodes", type=int, default=None, help="nodes per model instance (default 1)")
     p.add_argument("--arch", required=True, choices=["moe", "foe"], help="MoE (expert parallel) or FoE layout")
-    p.add_argument("--trace", required=True,
+    p.add_argument("--trace", default=None,
                    help="trace file (Azure/Mooncake/ShareGPT/simfoe csv) or built-in name: longbench, "
-                   "azure-conv, azure-code, sharegpt, mooncake-conv, ...")
+                   "azure-conv, azure-code, sharegpt, mooncake-conv, ... (or a closed loop: --concurrency)")
     p.add_argument("--rate", type=float, default=None, help="arrival rate, requests/s (default: trace timestamps)")
     p.add_argument("--duration", type=float, default=None,
                    help="keep arrivals in [0, S) seconds (default: the whole trace)")
     p.add_argument("--arrival", default=None, help="trace | poisson | gamma:CV (default poisson when --rate)")
+    add_closed_loop_flags(p)
     p.add_argument("--replicas", type=int, default=1, help="data-parallel copies of the instance (default 1)")
     p.add_argument("--router", default="round-robin", help="replica router: round-robin | least-outstanding (fewest waiting + running "
                    "requests) | vllm-lb (fewest 4 x waiting + running)")
@@ -72,7 +74,8 @@ FLAGS = {"rate": "--rate", "duration": "--duration", "trace": "--trace", "arriva
          "horizon_s": "--horizon", "max_batch": "--max-batch", "token_budget": "--token-budget",
          "block_size": "--block-size", "slo_ttft": "--slo-ttft", "slo_tbt": "--slo-tbt", "replicas": "--replicas",
          "nodes": "--nodes", "router": "--router", "scheduler": "--scheduler", "routing": "--routing",
-         "rank_router": "--rank-router", "seed": "--seed", "max_requests": "--max-requests", "max_gpus": "--max-gpus"}
+         "rank_router": "--rank-router", "seed": "--seed", "max_requests": "--max-requests", "max_gpus": "--max-gpus",
+         **CLOSED_LOOP_FLAGS}
 
 
 def run(args) -> dict:
@@ -91,7 +94,8 @@ def run(args) -> dict:
     if args.nodes is None and isinstance(via_set.get("nodes"), int) and via_set["nodes"] >= 1:
         nodes = via_set["nodes"]  # reported as given; the --set value applies either way
     for flag in ("model", "hardware", "trace"):
-        check_text_file("--" + flag, getattr(args, flag))
+        if getattr(args, flag) is not None:
+            check_text_file("--" + flag, getattr(args, flag))
     check_routing_file(args.routing)
     if args.out is not None:
         check_dir("--out", args.out, files=("requests.parquet", "summary.json"))
@@ -100,7 +104,7 @@ def run(args) -> dict:
     progress = want_progress(args)
     with renamed_fields(FLAGS, {"cv": args.arrival}), warnings.catch_warnings(record=True) as caught:
         res = api.simulate_serving(
-            args.model, args.hardware, nodes, args.arch, args.trace, rate=args.rate, duration=args.duration,
+            args.model, args.hardware, nodes, args.arch, workload_of(args), rate=args.rate, duration=args.duration,
             replicas=args.replicas, routing=args.routing, overrides=args.overrides, seed=args.seed,
             slo_ttft=args.slo_ttft, slo_tbt=args.slo_tbt, max_batch=args.max_batch,
             token_budget=args.token_budget, progress=progress, router=args.router, scheduler=args.scheduler,

@@ -323,9 +323,9 @@ class ForwardModel:
                 if key not in placed:
                     placed[key] = balance(p[0], R, self.layout.ep, gpn, model.moe.n_group)
                 self._slots.append(placed[key])
-        #: data-parallel attention groups that prefill chunks are spread over (MoE: GPUs / attention TP;
+        #: data-parallel attention ranks that prefill chunks are spread over (MoE: GPUs / attention TP;
         #: FoE: 1, every GPU sees every token); serving passes ``prefill_seqs`` up to this many
-        self.prefill_groups = self.layout.attention_dp
+        self.dp_ranks = self.layout.attention_dp
 
     # ---- memory ------------------------------------------------------------------------------
     def weight_bytes_per_gpu(self) -> float:
@@ -368,7 +368,7 @@ class ForwardModel:
             return 0
         per_gpu = int(free // self.kv_bytes_per_token_per_gpu())
         # sequences are split over data-parallel groups; each group stores its own sequences
-        return per_gpu * self.prefill_groups
+        return per_gpu * self.dp_ranks
 
     def usable_hbm_bytes(self) -> float:
         """HBM per GPU less the reserve (bytes)."""
@@ -380,7 +380,7 @@ class ForwardModel:
     def memory(self, work: Work) -> dict:
         """HBM per GPU that ``work`` needs (bytes): weights, the KV cache of its tokens (prompt tokens of a
         prefill, context of a decode) on the busiest GPU, the usable HBM (less the reserve), and whether it fits."""
-        per = work.split(self.prefill_groups)[0]
+        per = work.split(self.dp_ranks)[0]
         weights = self.weight_bytes_per_gpu()
         kv = (per.prefill_tokens + per.decode_kv_tokens) * self.kv_bytes_per_token_per_gpu()
         usable = self.usable_hbm_bytes()
@@ -395,7 +395,7 @@ class ForwardModel:
         if self.placement.arch == "foe":
             halves = list(work.halves())
             return halves if all(h.tokens for h in halves) else [work]
-        shares = [g.halves() for g in work.split(self.prefill_groups)]
+        shares = [g.halves() for g in work.split(self.dp_ranks)]
         mbs = [[s[i] for s in shares] for i in range(2)]
         return mbs if all(sum(w.tokens for w in mb) for mb in mbs) else [work]
 
@@ -452,7 +452,7 @@ class ForwardModel:
 
     def _head(self, work: Work) -> float:
         vocab_split = self.gpus if self.placement.arch == "foe" else self.layout.attention_tp
-        return head_seconds(self._costs, self.model, work, vocab_split, self.prefill_groups)
+        return head_seconds(self._costs, self.model, work, vocab_split, self.dp_ranks)
 
     def _simulate(self, work: Work, parts: list, per_layer: bool, timeline: list | None,
                   progress=None) -> ForwardResult:

@@ -8,7 +8,7 @@ import numpy as np
 from simfoe.errors import SpecError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Work:
     """Tokens of one iteration.
 

@@ -27,7 +27,7 @@ A probe passes when every request completes, p90 TTFT <= ``slo_ttft_p90`` and p9
 ``slo_tbt_p99``. Iteration times are shared across a layout's probes (one interpolated cost
 table per ForwardModel). The token budget per iteration (chunked-prefill size) is chosen per
 layout: the largest of ``TOKEN_BUDGETS`` whose chunk iteration takes <= 80% of the TBT SLO. Budget
-and ``max_batch`` are per data-parallel attention rank (``ForwardModel.prefill_groups``), as in
+and ``max_batch`` are per data-parallel attention rank (``ForwardModel.dp_ranks``), as in
 the serving engine: the chunk iteration runs one such chunk on every rank. That is an upper bound
 (and so are the busy-time breakdowns): the simulated serving pins requests to ranks and waits for the
 busiest.
@@ -50,7 +50,7 @@ from simfoe.errors import SpecError
 from simfoe.limits import PLANNER_LAYOUTS, SERVING_REQUESTS
 from simfoe.planner.layouts import Candidate, enumerate_layouts, layout_bound
 from simfoe.serving.kv_cache import KVBlocks
-from simfoe.serving.step_models import occupied_groups
+from simfoe.serving.step_models import occupied_ranks
 
 #: Chunked-prefill token budgets tried per layout, largest first (vLLM max_num_batched_tokens).
 TOKEN_BUDGETS = (8192, 4096, 2048, 1024, 512, 256)
@@ -59,10 +59,10 @@ CHUNK_SHARE_OF_TBT = 0.8
 COMPUTE_CATS = ("attention", "experts", "dense_ffn", "embed_lm_head")
 
 
-def _chunk_groups(ranks: int) -> int | None:
-    """Groups a full chunk on every DP attention rank occupies, as the serving cost model counts them
-    (:func:`simfoe.serving.step_models.occupied_groups`); None (one chunk) for one rank."""
-    return occupied_groups(ranks, ranks, ranks) or None
+def _chunk_ranks(ranks: int) -> int | None:
+    """Ranks a full chunk on every DP attention rank occupies, as the serving cost model counts them
+    (:func:`simfoe.serving.step_models.occupied_ranks`); None (one chunk) for one rank."""
+    return occupied_ranks(ranks, ranks, ranks) or None
 
 
 @dataclass
@@ -122,7 +122,7 @@ class Evaluation:
     reason: str = ""
     reason_kind: str = ""
     token_budget: int | None = None  # per DP attention rank
-    dp_ranks: int | None = None  # data-parallel attention ranks per replica (ForwardModel.prefill_groups)
+    dp_ranks: int | None = None  # data-parallel attention ranks per replica (ForwardModel.dp_ranks)
     kv_capacity_tokens: int | None = None
     weight_bytes_per_gpu: float | None = None
     bound_rps: float | None = None  # per replica
@@ -279,7 +279,7 @@ class Planner:
                          f"{hbm / 1e9:.0f} GB HBM")
             return
         ev.kv_capacity_tokens = kv = fm.kv_capacity_tokens()
-        ev.dp_ranks = ranks = fm.prefill_groups
+        ev.dp_ranks = ranks = fm.dp_ranks
         try:  # the serving engine's own check (a request's KV lives on one DP attention rank; 16-token blocks)
             kvb = KVBlocks(kv, ranks=ranks)  # one rank's pool
             fits, per_rank = kvb.fits(st.max_tokens - 1), kvb.capacity_tokens
@@ -310,7 +310,7 @@ class Planner:
         # leaves room for the decodes in the TBT SLO
         budget, t_chunk = None, None
         for c in TOKEN_BUDGETS:
-            t = self._it(fm, c * ranks, c * ranks * st.pairs_per_token, 0, 0, _chunk_groups(ranks))
+            t = self._it(fm, c * ranks, c * ranks * st.pairs_per_token, 0, 0, _chunk_ranks(ranks))
             budget, t_chunk = c, t
             if cfg.slo_tbt_p99 is None or t <= CHUNK_SHARE_OF_TBT * cfg.slo_tbt_p99:
                 break
@@ -508,9 +508,9 @@ class Planner:
         point, plus the mean queueing delay (s): prefill iterations x P / (budget x DP attention ranks) +
         decode steps x O / batch."""
         st, fm, at = self.stats, ev.fm, ev.at_rate or {}
-        ranks = fm.prefill_groups
+        ranks = fm.dp_ranks
         c = ev.token_budget * ranks  # one chunk of the per-rank budget on every DP attention rank
-        pf = fm.iteration(c, c * st.pairs_per_token, 0, 0, _chunk_groups(ranks)).breakdown_s
+        pf = fm.iteration(c, c * st.pairs_per_token, 0, 0, _chunk_ranks(ranks)).breakdown_s
         # Little's law: sequences decoding at once = rate x (mean time from first token to last)
         dec_time = max((at.get("e2e_mean_s") or 0) - (at.get("ttft_mean_s") or 0), 0.0)
         n = int(min(self.cfg.max_batch * ranks, max(1, round((ev.rate_rps or 0) * dec_time))))

@@ -16,16 +16,17 @@ second of the same span; GPU utilization = share of that span a replica spends i
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from simfoe.errors import SpecError
-from simfoe.limits import check_instance_gpus
+from simfoe.limits import SERVING_REQUESTS, check_instance_gpus
 from simfoe.provenance import layout_info
-from simfoe.serving.engine import Engine, EngineConfig
+from simfoe.serving.engine import Engine, EngineConfig, engine_config
 from simfoe.serving.metrics import DROP_REASONS, STATUS_DONE, dist
+from simfoe.workloads.closed_loop import ClosedLoop
 
 
 #: Top-level keys of a serving summary that are results (what-if columns, `simfoe compare` metrics);
@@ -46,12 +47,14 @@ class ServingResult:
     def records(self):
         """pandas DataFrame, one row per request (see RequestStore.frame for columns)."""
         if self._records is None:
-            self._records = self.engine.store.frame()
+            w = self.engine.measure_from  # closed loop: warm-ups are not records
+            rec = self.engine.store.frame()
+            self._records = rec.iloc[w:].reset_index(drop=True) if w else rec
         return self._records
 
     def token_times(self, row: int) -> np.ndarray:
-        """Output-token times (s) of request ``row``; needs ``token_times=True``."""
-        return self.engine.store.token_times(row)
+        """Output-token times (s) of request ``row`` of :attr:`records`; needs ``token_times=True``."""
+        return self.engine.store.token_times(row + self.engine.measure_from)
 
     def write(self, out: str | Path, files=None) -> dict[str, str]:
         """Write ``requests.parquet`` and ``summary.json`` into directory ``out``; returns the paths.
@@ -79,18 +82,23 @@ def _check_slo(name: str, v) -> None:
 def summarize(eng: Engine, wall_s: float, slo_ttft: float | None = None, slo_tbt: float | None = None) -> dict:
     """Summary dict of a finished engine (see module docstring for definitions)."""
     st = eng.store
-    done = st.status == STATUS_DONE
-    n = st.n
-    ttft = st.first - st.arrival
-    e2e = np.where(done, st.last - st.arrival, np.nan)
-    queue = st.scheduled - st.arrival
+    # the measured rows (closed loop: after the warm-ups; their counters restarted when those ended)
+    status, arrival, first, last, scheduled, gen, sum_gap, dropped = (
+        a[eng.measure_from:] for a in (st.status, st.arrival, st.first, st.last, st.scheduled, st.gen, st.sum_gap,
+                                       st.dropped))
+    done = status == STATUS_DONE
+    n = len(status)
+    ttft = first - arrival
+    e2e = np.where(done, last - arrival, np.nan)
+    queue = scheduled - arrival
     with np.errstate(invalid="ignore", divide="ignore"):
-        tpot = np.where(done & (st.gen > 1), st.sum_gap / np.maximum(st.gen - 1, 1), np.nan)
-    t0 = float(st.arrival.min()) if n else 0.0
-    t_end = float(np.nanmax(st.last[done])) if done.any() else t0
+        tpot = np.where(done & (gen > 1), sum_gap / np.maximum(gen - 1, 1), np.nan)
+    issued = arrival[~np.isnan(arrival)]  # closed loop: rows not sent before the horizon have no arrival
+    t0 = float(issued.min()) if len(issued) else 0.0
+    t_end = float(np.nanmax(last[done])) if done.any() else t0
     span = t_end - t0
     ncomp = int(done.sum())
-    out_tok = int(st.gen[done].sum())
+    out_tok = int(gen[done].sum())
 
     def per_s(x):
         return x / span if span > 0 else None
@@ -100,16 +108,16 @@ def summarize(eng: Engine, wall_s: float, slo_ttft: float | None = None, slo_tbt
         ok &= ttft <= slo_ttft
     if slo_tbt is not None:
         ok &= ~(tpot > slo_tbt)  # one-token requests have no TBT and pass
-    reasons = {DROP_REASONS[k].split(":")[0]: int((st.dropped == k).sum()) for k in DROP_REASONS}
+    reasons = {DROP_REASONS[k].split(":")[0]: int((dropped == k).sum()) for k in DROP_REASONS}
     reps = eng.replicas
     cost = eng.cost
     iters = sum(r.iterations for r in reps)
     busy = sum(r.busy_s for r in reps)
-    offered_span = float(st.arrival.max() - t0) if n > 1 else 0.0
-    sim_s = float(eng.env.now) - t0
+    offered_span = float(issued.max() - t0) if len(issued) > 1 else 0.0
+    sim_s = float(eng.env.now) - (float(np.nanmin(st.arrival)) if len(issued) else 0.0)
     summary = {
-        "ranks_per_replica": eng.ranks,
-        "rank_router": eng.cfg.rank_router if eng.ranks > 1 else None,
+        "ranks_per_replica": eng.ranks_per_replica,
+        "rank_router": eng.cfg.rank_router if eng.ranks_per_replica > 1 else None,
         # share of busy time the busiest DP attention rank added over an evenly spread batch
         "rank_imbalance_fraction": (sum(r.excess_s for r in reps) / busy if busy > 0 else 0.0)
         if eng.excess is not None else None,
@@ -122,7 +130,7 @@ def summarize(eng: Engine, wall_s: float, slo_ttft: float | None = None, slo_tbt
         "throughput": {
             "requests_per_s": per_s(ncomp),
             "output_tokens_per_s": per_s(out_tok),
-            "offered_requests_per_s": (n - 1) / offered_span if offered_span > 0 else None,
+            "offered_requests_per_s": (len(issued) - 1) / offered_span if offered_span > 0 else None,
         },
         "goodput": {
             "slo_ttft_s": slo_ttft,
@@ -156,38 +164,44 @@ def summarize(eng: Engine, wall_s: float, slo_ttft: float | None = None, slo_tbt
     return summary
 
 
-def simulate(requests, step_model, kv_capacity_tokens: int, *, replicas: int = 1, router: str = "round-robin",
-             scheduler: str = "chunked", max_batch: int = 256, token_budget: int = 8192, block_size: int = 16,
-             budget_scope: str = "rank", rank_router: str = "vllm-lb", cost: str = "auto",
-             bucket_bits: int | None = None, horizon_s: float | None = None, token_times: bool = False,
-             slo_ttft: float | None = None, slo_tbt: float | None = None, progress: bool = False,
-             timeline: bool = False) -> ServingResult:
+def simulate(requests, step_model, kv_capacity_tokens: int, engine: EngineConfig | None = None, *,
+             slo_ttft: float | None = None, slo_tbt: float | None = None, progress: bool = False, seed: int = 0,
+             **knobs) -> ServingResult:
     """Serve ``requests`` (a RequestTable, or anything with ``arrival_s, prompt_tokens,
-    output_tokens``) on ``replicas`` copies of an instance whose iteration time is ``step_model``
-    and whose KV cache holds ``kv_capacity_tokens`` tokens. See module docstring for metrics.
-    ``max_batch`` (sequences) and ``token_budget`` (tokens per iteration) apply to each
-    data-parallel attention rank of an instance (``budget_scope="rank"``, the step model's
-    ``prefill_groups``, as vLLM and SGLang do: each rank has its own queue and KV share, and
-    ``rank_router`` pins an arriving request to one) or to the whole instance (``"instance"``).
-    ``timeline``: record one Chrome-trace event per engine iteration (replica = thread)."""
+    output_tokens``; or a :class:`simfoe.workloads.closed_loop.ClosedLoop`, whose lengths are drawn
+    with ``seed`` and whose clients send the requests) on replicas of an instance whose iteration time is ``step_model`` (a
+    :class:`simfoe.serving.step_models.StepModel`) and whose KV cache holds ``kv_capacity_tokens``
+    tokens. ``engine``: the engine's knobs (:class:`EngineConfig`; ``knobs``, its fields as keywords,
+    override them: ``simulate(t, m, kv, replicas=2)``). ``max_batch`` (sequences) and ``token_budget``
+    (tokens per iteration) apply to each data-parallel attention rank of an instance
+    (``budget_scope="rank"``, the step model's ``dp_ranks``, as vLLM and SGLang do: each rank has its
+    own queue and KV share, and ``rank_router`` pins an arriving request to one) or to the whole
+    instance (``"instance"``). See module docstring for metrics."""
+    cfg = engine_config(engine, **knobs)
     _check_slo("slo_ttft", slo_ttft)
     _check_slo("slo_tbt", slo_tbt)
+    closed = requests if isinstance(requests, ClosedLoop) else None
+    if closed is not None:
+        requests = closed.table(seed)
     arr = np.asarray(requests.arrival_s, dtype=np.float64)
-    if len(arr) and np.isnan(arr).any():
+    if closed is None and len(arr) and np.isnan(arr).any():
         raise SpecError("rate", None, "a rate in requests/s: the trace has no timestamps")
     rid = getattr(requests, "request_id", None)
     if rid is None:
         rid = np.arange(len(arr))
-    cfg = EngineConfig(replicas=replicas, router=router, scheduler=scheduler, max_batch=max_batch,
-                       token_budget=token_budget, block_size=block_size, budget_scope=budget_scope,
-                       rank_router=rank_router, cost=cost, bucket_bits=bucket_bits, horizon_s=horizon_s,
-                       token_times=token_times, timeline=timeline)
     eng = Engine(arr, requests.prompt_tokens, requests.output_tokens, rid, step_model, kv_capacity_tokens, cfg,
-                 progress=progress)
+                 progress=progress, closed=closed)
     t = time.perf_counter()
     eng.run()
     wall = time.perf_counter() - t
     return ServingResult(summarize(eng, wall, slo_ttft, slo_tbt), eng)
+
+
+def _open_loop_only(**given) -> None:
+    """SpecError naming the first of ``given`` (open-loop workload options) that is set."""
+    for k, v in given.items():
+        if v is not None:
+            raise SpecError(k, v, "omitted with a closed-loop workload (its clients send the requests)")
 
 
 def build_forward(model, hardware, nodes: int, arch: str, routing: str = "uniform", overrides=(), seed: int = 0,
@@ -214,32 +228,39 @@ def build_forward(model, hardware, nodes: int, arch: str, routing: str = "unifor
 
 
 def simulate_serving(model, hardware, nodes: int, arch: str, trace, rate: float | None = None,
-                     duration: float | None = None, replicas: int = 1, routing: str = "uniform", overrides=(),
-                     seed: int = 0, slo_ttft: float | None = None, slo_tbt: float | None = None,
-                     max_batch: int = 256, token_budget: int = 8192, *, router: str = "round-robin",
-                     scheduler: str = "chunked", arrival: str | None = None, block_size: int = 16,
-                     budget_scope: str = "rank", rank_router: str = "vllm-lb", cost: str = "auto",
-                     bucket_bits: int | None = None, horizon_s: float | None = None,
-                     token_times: bool = False, progress: bool = False, skip_bad_rows: bool = False, step_model=None,
+                     duration: float | None = None, *, engine: EngineConfig | None = None, routing: str = "uniform",
+                     overrides=(), seed: int = 0, slo_ttft: float | None = None, slo_tbt: float | None = None,
+                     arrival: str | None = None, skip_bad_rows: bool = False, step_model=None,
                      kv_capacity_tokens: int | None = None, timeline: str | None = None,
-                     record_timeline: bool = False, max_requests: int | None = None,
-                     max_gpus: int | None = None) -> ServingResult:
-    """Simulate serving ``trace`` (path or built-in name) on ``replicas`` instances of ``model`` on
-    ``nodes`` nodes of ``hardware`` each, laid out as ``arch`` (moe | foe).
+                     record_timeline: bool = False, progress: bool = False, max_requests: int | None = None,
+                     max_gpus: int | None = None, **knobs) -> ServingResult:
+    """Simulate serving ``trace`` (path or built-in name, or a closed-loop workload,
+    :class:`simfoe.workloads.closed_loop.ClosedLoop`) on replicas of ``model`` on ``nodes`` nodes
+    of ``hardware`` each, laid out as ``arch`` (moe | foe).
 
-    ``rate`` req/s and ``duration`` s shape the workload (simfoe.workloads.make_workload);
-    ``routing`` is the expert-routing distribution, ``router`` the replica router. ``step_model``
-    and ``kv_capacity_tokens`` replace the forward model (both or neither). ``cost``: how iteration
-    times are cached (memo | interp | auto, see simfoe.serving.step_models.make_cost). ``timeline``: path of a
+    ``rate`` req/s and ``duration`` s shape a trace's workload (simfoe.workloads.make_workload);
+    ``routing`` is the expert-routing distribution. ``engine`` (or its fields as keywords, e.g.
+    ``replicas=2, router="vllm-lb"``): the engine's knobs, :class:`EngineConfig`. ``step_model``
+    and ``kv_capacity_tokens`` replace the forward model (both or neither). ``timeline``: path of a
     Chrome/Perfetto trace of every iteration (batch composition, KV use) to write; ``record_timeline``:
     record those events without writing them (write later with :func:`write_serving_timeline`).
     ``max_requests``, ``max_gpus``: raise the bounds checked before the run (:mod:`simfoe.limits`)."""
     from simfoe.workloads import make_workload
 
+    cfg = engine_config(engine, **knobs)
+    cfg = replace(cfg, timeline=cfg.timeline or timeline is not None or record_timeline)
     _check_slo("slo_ttft", slo_ttft)
     _check_slo("slo_tbt", slo_tbt)
-    reqs = make_workload(trace, rate=rate, duration=duration, arrival=arrival, seed=seed, skip_bad_rows=skip_bad_rows,
-                         max_requests=max_requests)
+    if isinstance(trace, ClosedLoop):
+        _open_loop_only(rate=rate, duration=duration, arrival=arrival)
+        SERVING_REQUESTS.check("num_prompts", trace.num_prompts, trace.num_prompts + trace.warmup, max_requests,
+                               "num_prompts + warmup")
+        reqs = trace
+        workload = {**trace.to_dict(), "source": trace.describe(), "requests": trace.num_prompts, "skipped_rows": 0}
+    else:
+        reqs = make_workload(trace, rate=rate, duration=duration, arrival=arrival, seed=seed, skip_bad_rows=skip_bad_rows,
+                             max_requests=max_requests)
+        workload = {"kind": "open-loop", "source": reqs.source, "requests": len(reqs), "skipped_rows": reqs.skipped_rows}
     gpus = layout = None
     if step_model is None:
         fm, m, hw = build_forward(model, hardware, nodes, arch, routing, overrides, seed, max_gpus)
@@ -249,12 +270,8 @@ def simulate_serving(model, hardware, nodes: int, arch: str, trace, rate: float 
         layout = layout_info(fm.layout, fm.placement.nodes).to_dict()
     elif kv_capacity_tokens is None:
         raise SpecError("kv_capacity_tokens", None, "an integer number of tokens when step_model is given")
-    res = simulate(reqs, step_model, kv_capacity_tokens, replicas=replicas, router=router, scheduler=scheduler,
-                   max_batch=max_batch, token_budget=token_budget, block_size=block_size,
-                   budget_scope=budget_scope, rank_router=rank_router, cost=cost, bucket_bits=bucket_bits,
-                   horizon_s=horizon_s, token_times=token_times,
-                   slo_ttft=slo_ttft, slo_tbt=slo_tbt, progress=progress,
-                   timeline=timeline is not None or record_timeline)
+    res = simulate(reqs, step_model, kv_capacity_tokens, cfg, slo_ttft=slo_ttft, slo_tbt=slo_tbt, progress=progress,
+                   seed=seed)
     if timeline is not None:
         write_serving_timeline(res, timeline)
     head = {
@@ -262,16 +279,16 @@ def simulate_serving(model, hardware, nodes: int, arch: str, trace, rate: float 
         "hardware": str(getattr(hardware, "name", hardware)),
         "nodes": nodes,
         "arch": arch,
-        "replicas": replicas,
+        "replicas": cfg.replicas,
         "gpus_per_replica": gpus,
         "layout": layout,  # simfoe.provenance.LayoutInfo of one replica (None with a custom step_model)
-        "router": router,
-        "scheduler": scheduler,
-        "max_batch": max_batch,
-        "token_budget": token_budget,
-        "budget_scope": budget_scope,
+        "router": cfg.router,
+        "scheduler": cfg.scheduler,
+        "max_batch": cfg.max_batch,
+        "token_budget": cfg.token_budget,
+        "budget_scope": cfg.budget_scope,
         "seed": seed,
-        "workload": {"source": reqs.source, "requests": len(reqs), "skipped_rows": reqs.skipped_rows},
+        "workload": workload,
     }
     res.summary = {**head, **res.summary}
     return res
@@ -300,17 +317,10 @@ def write_serving_outputs(res: ServingResult, out=None, timeline=None, out_field
             res.summary["files"] = res.write(out, w)
 
 
-def run_serve(model, hardware, nodes: int, arch: str, trace, rate: float | None = None,
-              duration: float | None = None, replicas: int = 1, routing: str = "uniform", overrides=(),
-              seed: int = 0, slo_ttft: float | None = None, slo_tbt: float | None = None,
-              max_batch: int = 256, token_budget: int = 8192, budget_scope: str = "rank", progress: bool = False,
-              out=None, rank_router: str = "vllm-lb", **kw) -> dict:
+def run_serve(model, hardware, nodes: int, arch: str, trace, *, out=None, timeline: str | None = None, **kw) -> dict:
     """The JSON summary of ``simfoe serve`` (keys in DESIGN.md plus more); writes ``requests.parquet``
-    and ``summary.json`` under ``out`` when given."""
-    timeline = kw.pop("timeline", None)
-    res = simulate_serving(model, hardware, nodes, arch, trace, rate=rate, duration=duration, replicas=replicas,
-                           routing=routing, overrides=overrides, seed=seed, slo_ttft=slo_ttft, slo_tbt=slo_tbt,
-                           max_batch=max_batch, token_budget=token_budget, budget_scope=budget_scope,
-                           rank_router=rank_router, progress=progress, record_timeline=timeline is not None, **kw)
+    and ``summary.json`` under ``out`` and the iteration trace to ``timeline`` when given; ``kw`` as
+    for :func:`simulate_serving`."""
+    res = simulate_serving(model, hardware, nodes, arch, trace, record_timeline=timeline is not None, **kw)
     write_serving_outputs(res, out, timeline)
     return res.summary

@@ -13,20 +13,23 @@ import gc
 import math
 from collections import deque
 from operator import attrgetter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import numpy as np
 import simpy
 
 from simfoe.errors import SpecError
+from simfoe.forward.work import Work
 from simfoe.serving.kv_cache import KVBlocks
+from simfoe.serving.clients import Clients
 from simfoe.serving.metrics import (
-    STATUS_DONE, STATUS_DROPPED, STATUS_RUNNING, STATUS_WAITING, RequestStore,
+    STATUS_DONE, STATUS_DROPPED, STATUS_RUNNING, STATUS_WAITING, GapHistogram, RequestStore,
 )
 from simfoe.serving.router import make_router
 from simfoe.serving.scheduler import fast_decode, make_scheduler
-from simfoe.serving.step_models import make_cost
+from simfoe.serving.step_models import RankLoads, make_cost
 from simfoe.timeline import MAX_EVENTS
+from simfoe.workloads.closed_loop import ClosedLoop
 
 
 _free = attrgetter("free")
@@ -62,10 +65,15 @@ def _chunks(chunks, st) -> tuple:
     return pf_tok, pairs, biggest
 
 
-def _decode_kv(dec, st) -> int:
-    """Decode KV tokens of a batch: the decoding sequences' contexts plus one new token each."""
-    nd = len(dec)
-    return int(st.ctx[dec].sum()) + nd if nd else 0
+@dataclass(frozen=True, slots=True)
+class Batch(Work):
+    """One iteration: its :class:`Work` (what the step model prices) plus the requests it advances,
+    ``decodes`` (int array, one token each) and ``chunks`` (``(request, prefill tokens)`` pairs), and
+    ``loads``, each busy DP attention rank's share (None when the engine prices ranks as even)."""
+
+    decodes: np.ndarray = None
+    chunks: list = None
+    loads: RankLoads | None = None
 
 
 class Replica:
@@ -109,26 +117,28 @@ class Replica:
             self.idle = None
             ev.succeed()
 
-    def _schedule(self, now: float):
-        """This iteration's batch: (decodes, chunks, cost arguments, busiest-rank excess s), or None."""
+    def _schedule(self, now: float) -> Batch | None:
+        """This iteration's batch, or None when no rank has work: every rank schedules its own (the
+        policy's shortcut for ranks that all just decode does it for all at once)."""
         eng = self.engine
-        st, sched = eng.store, eng.scheduler
-        ranks = self.ranks
-        if len(ranks) == 1:
-            b = sched.schedule(ranks[0], st, now)
-            if b is None:
-                return None
-            dec, chunks = b
-            pf_tok, pairs, biggest = _chunks(chunks, st)
-            # the chunks as equal chunks that load the busiest data-parallel group alike (8000 + 192
-            # tokens: one; 4096 + 4096: two), so an MoE layout spreads them over its DP attention groups
-            return dec, chunks, (pf_tok, pairs, len(dec), _decode_kv(dec, st), pf_tok // biggest if biggest else 0), 0.0
-        fast = eng.decode_all(ranks, st) if eng.decode_all is not None else None
-        if fast is not None:  # every rank just decodes
+        st = eng.store
+        keep = eng.excess is not None  # per-rank shares, for the busiest rank's excess
+        fast = eng.decode_all(self.ranks, st) if eng.decode_all is not None else None
+        if fast is not None:
             dec, counts = fast
-            return self._rank_batch(dec, [], [(0, 0.0, n) for n in counts if n])
-        decs, chunks, loads = [], [], []
-        for q in ranks:
+            if not keep:
+                return self._batch(dec, [], 0, 0, 0.0, None, None, None)
+            nds = [n for n in counts if n]
+            return self._batch(dec, [], 0, 0, 0.0, [0] * len(nds), [0.0] * len(nds), nds)
+        sched = eng.scheduler
+        # one queue for the whole instance: its chunks spread over the DP groups, so the biggest chunk
+        # bounds the busiest group; one queue per rank: that rank's prefill tokens do
+        spread = len(self.ranks) == 1
+        decs, chunks = [], []
+        pfs, prs, nds = ([], [], []) if keep else (None, None, None)
+        top = pf_tok = 0
+        pairs = 0.0
+        for q in self.ranks:
             if not (q.running or q.waiting):
                 continue
             b = sched.schedule(q, st, now)
@@ -136,35 +146,39 @@ class Replica:
                 continue
             d, ch = b
             decs.append(d)
+            pf, pr, biggest = _chunks(ch, st) if ch else (0, 0.0, 0)
             if ch:
                 chunks += ch
-                pf, pairs, _ = _chunks(ch, st)
-                loads.append((pf, pairs, len(d)))
-            else:
-                loads.append((0, 0.0, len(d)))
-        if not loads:
+                pf_tok += pf
+                pairs += pr
+                top = max(top, biggest if spread else pf)
+            if keep:
+                pfs.append(pf)
+                prs.append(pr)
+                nds.append(len(d))
+        if not decs:
             return None
-        return self._rank_batch(decs[0] if len(decs) == 1 else np.concatenate(decs), chunks, loads)
+        return self._batch(decs[0] if len(decs) == 1 else np.concatenate(decs), chunks, top, pf_tok, pairs, pfs, prs,
+                           nds)
 
-    def _rank_batch(self, dec, chunks, loads):
-        """The batch of an instance with several ranks: ``dec`` (all ranks' decodes in rank order),
-        ``chunks`` and per busy rank ``(prefill tokens, pairs, decodes)``."""
-        eng = self.engine
-        st = eng.store
+    def _batch(self, dec: np.ndarray, chunks: list, top: int, pf_tok: int, pairs: float, pfs: list | None,
+               prs: list | None, nds: list | None) -> Batch:
+        """The :class:`Batch` of decodes ``dec`` (in rank order) and ``chunks`` (``pf_tok`` prefill tokens,
+        ``pairs`` causal pairs), whose busiest DP group prefills ``top`` tokens; when the engine prices
+        ranks, each busy rank's prefill tokens ``pfs``, their pairs ``prs`` and its decodes ``nds`` (else None)."""
+        st = self.engine.store
         nd = len(dec)
-        pf_tok = sum(x[0] for x in loads)
-        top = max(x[0] for x in loads)  # equal chunks that load the busiest rank's prefill alike
-        if eng.excess is None:
-            return dec, chunks, (pf_tok, sum(x[1] for x in loads), nd, _decode_kv(dec, st),
-                                 pf_tok // top if top else 0), 0.0
+        # the chunks as equal chunks that load the busiest data-parallel group alike (8000 + 192
+        # tokens: one; 4096 + 4096: two), so an MoE layout spreads them over its DP attention groups
+        seqs = pf_tok // top if top else 0
+        if nds is None:
+            return Batch(pf_tok, pairs, seqs, nd, int(st.ctx[dec].sum()) + nd if nd else 0, dec, chunks)
         # decode KV tokens per rank (context + the new token): one prefix sum over all ranks' decodes
-        lens = np.fromiter((x[2] for x in loads), np.int64, len(loads))
+        lens = np.fromiter(nds, np.int64, len(nds))
         ends = np.cumsum(lens)
         cs = np.concatenate(([0], np.cumsum(st.ctx[dec])))
-        kv = (cs[ends] - cs[ends - lens] + lens).tolist()
-        loads = [x + (k,) for x, k in zip(loads, kv)]
-        args = (pf_tok, sum(x[1] for x in loads), nd, int(cs[-1]) + nd, pf_tok // top if top else 0)
-        return dec, chunks, args, eng.excess(loads, *args)
+        loads = RankLoads(pfs, prs, nds, (cs[ends] - cs[ends - lens] + lens).tolist())
+        return Batch(pf_tok, pairs, seqs, nd, int(cs[-1]) + nd, dec, chunks, loads)
 
     def loop(self):
         eng = self.engine
@@ -178,9 +192,10 @@ class Replica:
                 self.idle = env.event()
                 yield self.idle
                 continue
-            dec, chunks, args, excess = batch
-            pf_tok, _, nd, kv_tok, _ = args
-            lat = cost(*args) + excess
+            dec, chunks = batch.decodes, batch.chunks
+            pf_tok, nd, kv_tok = batch.prefill_tokens, batch.decode_seqs, batch.decode_kv_tokens
+            excess = eng.excess(batch.loads, batch) if batch.loads is not None else 0.0
+            lat = cost(batch) + excess
             self.excess_s += excess
             used = 1.0 - (sum(map(_free, kvs)) if len(kvs) > 1 else kvs[0].free) / self.kv_total
             self.kv_time += used * lat
@@ -244,21 +259,29 @@ class Replica:
             q.kv.free += blocks
             q.running = [j for j in q.running if st.status[j] == STATUS_RUNNING]
         eng.completed += len(fin)
+        if eng.clients is not None:
+            eng.clients.finished(len(fin), eng.env.now)
+
+    def reset_counters(self) -> None:
+        """Restart the busy-time, KV-use and preemption counters (not ``iterations``: a simulation count)."""
+        self.busy_s = self.excess_s = self.kv_time = self.kv_max = 0.0
+        for q in self.ranks:
+            q.preemptions = 0
 
 
 BUDGET_SCOPES = ("rank", "instance")
 
 
-@dataclass
+@dataclass(frozen=True)
 class EngineConfig:
-    """Knobs of the serving engine (tokens, sequences, seconds)."""
+    """Knobs of the serving engine (tokens, sequences, seconds); one object from the API to the engine."""
 
     replicas: int = 1
     router: str = "round-robin"
     scheduler: str = "chunked"
     max_batch: int = 256  # per rank (budget_scope "rank") or per instance
     token_budget: int = 8192  # per rank (budget_scope "rank") or per instance
-    # "rank": every data-parallel attention rank of an instance (the step model's prefill_groups)
+    # "rank": every data-parallel attention rank of an instance (the step model's dp_ranks)
     # has its own queue, max_batch, token_budget and KV share, as in vLLM and SGLang; "instance":
     # one queue, one budget and one KV pool for the whole instance
     budget_scope: str = "rank"
@@ -269,20 +292,32 @@ class EngineConfig:
     horizon_s: float | None = None  # stop here; unfinished requests are reported dropped
     token_times: bool = False
     timeline: bool = False  # record one trace event per iteration (bounded by simfoe.timeline.MAX_EVENTS)
-    extra: dict = field(default_factory=dict)
+
+
+def engine_config(base: EngineConfig | None = None, **knobs) -> EngineConfig:
+    """``base`` (default: the defaults) with the fields in ``knobs`` replaced; an unknown field is a SpecError."""
+    fields = EngineConfig.__dataclass_fields__
+    for k in knobs:
+        if k not in fields:
+            raise SpecError(k, knobs[k], "an engine setting: one of " + ", ".join(fields))
+    return replace(base or EngineConfig(), **knobs) if knobs else (base or EngineConfig())
 
 
 class Engine:
     """Wires a request table, a step model and replicas into one SimPy environment."""
 
     def __init__(self, arrival_s, prompt_tokens, output_tokens, request_id, step_model,
-                 kv_capacity_tokens: int, cfg: EngineConfig, progress: bool = False):
+                 kv_capacity_tokens: int, cfg: EngineConfig, progress: bool = False, closed: ClosedLoop | None = None):
+        """``closed``: closed-loop clients issue the rows (arrival times are then ignored and set as
+        they are sent; the first ``closed.warmup`` rows are warm-ups); None: rows arrive at ``arrival_s``."""
         if not (isinstance(cfg.replicas, (int, np.integer)) and cfg.replicas >= 1):
             raise SpecError("replicas", cfg.replicas, "an integer >= 1")
         if cfg.horizon_s is not None and not (cfg.horizon_s > 0 and math.isfinite(cfg.horizon_s)):
             raise SpecError("horizon_s", cfg.horizon_s, "seconds > 0, or None to run until drained")
         arr = np.asarray(arrival_s, dtype=np.float64)
-        if len(arr) and not (np.isfinite(arr).all() and (np.diff(arr) >= 0).all()):
+        if closed is not None:
+            arr = np.full(len(prompt_tokens), np.nan)
+        elif len(arr) and not (np.isfinite(arr).all() and (np.diff(arr) >= 0).all()):
             raise SpecError("arrival_s", "unsorted or missing", "finite, sorted arrival times (s)")
         self.cfg = cfg
         self.env = simpy.Environment()
@@ -290,19 +325,23 @@ class Engine:
         if cfg.budget_scope not in BUDGET_SCOPES:
             raise SpecError("budget_scope", cfg.budget_scope, "allowed: " + ", ".join(BUDGET_SCOPES))
         self.cost = make_cost(step_model, cfg.cost, cfg.bucket_bits)
-        #: data-parallel attention ranks per instance, each with its own queue and budget (1: one for all)
-        self.ranks = int(self.cost.groups) if cfg.budget_scope == "rank" else 1
+        #: scheduling ranks per replica: the model's DP attention ranks, each with its own queue and
+        #: budget (budget_scope "rank"), or 1 (one for the whole instance)
+        self.ranks_per_replica = n = self.cost.dp_ranks if cfg.budget_scope == "rank" else 1
         self.scheduler = make_scheduler(cfg.scheduler, cfg.max_batch, cfg.token_budget)
-        #: the policy's fast path for ranks that all just decode (None: schedule rank by rank)
-        self.decode_all = fast_decode(self.scheduler)
+        #: the policy's shortcut for several ranks that all just decode (None: schedule rank by rank)
+        self.decode_all = fast_decode(self.scheduler) if n > 1 else None
         self.router = make_router(cfg.router, int(cfg.replicas))
         make_router(cfg.rank_router, 1, "rank_router")  # a bad name fails also where no instance has ranks
         #: the busiest rank's excess compute over a balanced instance (None: one rank, or the model has no rank costs)
-        self.excess = self.cost.rank_excess(self.ranks) if self.ranks > 1 else None
-        self.replicas = [Replica(self, k, kv_capacity_tokens, cfg.block_size, self.ranks, cfg.rank_router)
+        self.excess = self.cost.rank_excess(n) if n > 1 else None
+        self.replicas = [Replica(self, k, kv_capacity_tokens, cfg.block_size, n, cfg.rank_router)
                          for k in range(int(cfg.replicas))]
         self.completed = 0
         self.arrived = 0
+        #: closed-loop clients (None: open loop); rows before ``measure_from`` are warm-ups, left out of metrics
+        self.clients = Clients(self, closed.concurrency, closed.warmup) if closed is not None else None
+        self.measure_from = closed.warmup if closed is not None else 0
         self.pbar = None
         self.timeline: list | None = [] if cfg.timeline else None
         self.timeline_truncated = False
@@ -321,31 +360,46 @@ class Engine:
             self._last_tick = now
             self.pbar.set_postfix_str(f"done {self.completed}/{self.store.n}", refresh=False)
 
+    def admit(self, i: int) -> None:
+        """Request row ``i`` arrives now: route it to a replica's queue."""
+        st = self.store
+        k = self.router.pick(self.replicas, i)
+        st.replica[i] = k
+        st.status[i] = STATUS_WAITING
+        self.arrived += 1
+        self.replicas[k].submit(i)
+
     def arrivals(self):
-        env, st, reps, router = self.env, self.store, self.replicas, self.router
-        arr = st.arrival
-        for i in range(st.n):
+        """Open loop: every row arrives at its arrival time."""
+        env, arr = self.env, self.store.arrival
+        for i in range(self.store.n):
             dt = arr[i] - env.now
             if dt > 0:
                 yield env.timeout(dt)
                 # now + (arr - now) can round one ulp below arr: the request arrives when the
                 # simulation gets to it, so later times (scheduled, first token) never precede it
                 arr[i] = env.now
-            k = router.pick(reps, i)
-            st.replica[i] = k
-            st.status[i] = STATUS_WAITING
-            self.arrived += 1
-            reps[k].submit(i)
+            self.admit(i)
+
+    def begin_measurement(self) -> None:
+        """Closed loop, every warm-up done: restart the counters the summary reads (busy time, KV use,
+        preemptions, the TBT histogram), so that the metrics cover the measured rows alone."""
+        self.store.gaps = GapHistogram()
+        for r in self.replicas:
+            r.reset_counters()
 
     def run(self) -> Engine:
         """Simulate until every request is done (or the horizon); returns self."""
         if self._progress:
             from tqdm import tqdm
 
-            total = float(self.store.arrival[-1]) if self.store.n else 0.0
+            total = float(self.store.arrival[-1]) if self.store.n and self.clients is None else 0.0
             self.pbar = tqdm(total=round(total, 1), unit="sim s", desc="serve", leave=False,
                              bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} sim s [{elapsed}<{remaining}] {postfix}")
-        self.env.process(self.arrivals())
+        if self.clients is not None:
+            self.clients.start()
+        else:
+            self.env.process(self.arrivals())
         for r in self.replicas:
             self.env.process(r.loop())
         # Allocation-heavy loop whose garbage is freed by reference counting: pause the cyclic

@@ -1,34 +1,76 @@
 """Iteration-time models for the serving engine, and the memo that makes hours of traffic cheap.
 
-The engine describes one iteration (one forward pass of a continuous batch) by four numbers:
+The engine describes one iteration (one forward pass of a continuous batch) by a
+:class:`simfoe.forward.work.Work`, the forward model's own description of a pass:
 
 * ``prefill_tokens``: new prompt tokens computed this step (sum of chunk sizes);
-* ``prefill_attn_pairs``: causal query-key pairs of those chunks,
+* ``prefill_pairs``: causal query-key pairs of those chunks,
   sum of ``chunk * (past_context + (chunk + 1) / 2)``;
+* ``prefill_seqs``: how many equal chunks the prefill tokens stand for (spread over DP attention ranks);
 * ``decode_seqs``: sequences decoding one token each;
 * ``decode_kv_tokens``: sum of their context lengths (tokens attended, incl. the new one).
 
-Any object with ``iteration(prefill_tokens, prefill_attn_pairs, decode_seqs, decode_kv_tokens)``
-returning seconds or an object with ``latency_s`` (and optionally ``breakdown_s``) is a step model;
-:class:`simfoe.forward.ForwardModel` is the real one. The analytic ones here serve tests and
-queueing-theory checks.
+A step model implements :class:`StepModel`; :class:`simfoe.forward.ForwardModel` is the real one.
+The analytic ones here serve tests and queueing-theory checks.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from operator import itemgetter
-from typing import Protocol
+from numbers import Real
+from typing import Callable, ClassVar, Protocol
 
 from simfoe.errors import SpecError
+from simfoe.forward.work import Work
 
 
 class StepModel(Protocol):
+    """What the serving engine asks of an iteration-time model (times in seconds).
+
+    ``dp_ranks``: data-parallel attention ranks of one instance (1: none); each has its own queue
+    and budgets under ``budget_scope="rank"``, and an iteration's prefill chunks spread over them.
+    ``iteration(...)``: one pass, as seconds or an object with ``latency_s`` and ``breakdown_s``
+    (a dict of seconds per category); ``prefill_seqs`` is passed only when ``dp_ranks > 1``.
+    ``rank_compute_s(...)``: the compute one rank's own sequences cost, or None when the model
+    has no per-rank costs (then ranks are priced as evenly loaded).
+    """
+
+    dp_ranks: int
+    rank_compute_s: Callable[[int, float, int, int], float] | None
+
     def iteration(self, prefill_tokens: int, prefill_attn_pairs: float, decode_seqs: int,
-                  decode_kv_tokens: int): ...
+                  decode_kv_tokens: int, prefill_seqs: int | None = None): ...
+
+
+class StepModelBase:
+    """Defaults of :class:`StepModel` for a model without DP attention ranks or per-rank costs."""
+
+    dp_ranks: ClassVar[int] = 1
+    rank_compute_s: ClassVar[None] = None
+
+
+PROTOCOL = ("iteration", "dp_ranks", "rank_compute_s")
+
+
+def check_step_model(model) -> None:
+    """SpecError unless ``model`` has every member of :class:`StepModel`."""
+    missing = [m for m in PROTOCOL if not hasattr(model, m)]
+    if missing:
+        raise SpecError("step_model", type(model).__name__,
+                        "an object with iteration(), dp_ranks and rank_compute_s (simfoe.serving.step_models."
+                        "StepModel; subclass StepModelBase for the defaults); missing: " + ", ".join(missing))
+
+
+def evaluate(model: StepModel, pf: int, pairs: float, ds: int, kv: int, seqs: int = 0) -> tuple[float, dict | None]:
+    """(seconds, breakdown or None) of one ``model.iteration``; ``seqs`` > 0 is passed as ``prefill_seqs``."""
+    r = model.iteration(pf, float(pairs), ds, kv, prefill_seqs=seqs) if seqs else model.iteration(pf, float(pairs), ds, kv)
+    t, bd = (float(r), None) if isinstance(r, Real) else (float(r.latency_s), r.breakdown_s)
+    if not t > 0:
+        raise SpecError("step model", t, "iteration latency > 0 seconds")
+    return t, bd
 
 
 @dataclass(frozen=True)
-class ConstantStep:
+class ConstantStep(StepModelBase):
     """Every iteration takes ``step_s`` seconds whatever the batch (queueing-theory checks)."""
 
     step_s: float
@@ -42,7 +84,7 @@ class ConstantStep:
 
 
 @dataclass(frozen=True)
-class LinearStep:
+class LinearStep(StepModelBase):
     """Affine iteration time (seconds): a fixed cost plus per-token, per-pair and per-sequence terms.
 
     Monotone in every input, so a batch never runs faster than any part of it alone.
@@ -81,34 +123,38 @@ def bucket_up(x: float, bits: int) -> int:
     return q << shift
 
 
-class _RankCompute:
+class _RankCompute(StepModelBase):
     """A step model of the compute one DP attention rank's own sequences cost (``rank_compute_s``)."""
 
-    def __init__(self, model):
-        self.f = model.rank_compute_s
-
-    def iteration(self, prefill_tokens, prefill_attn_pairs, decode_seqs, decode_kv_tokens) -> float:
-        return self.f(prefill_tokens, prefill_attn_pairs, decode_seqs, decode_kv_tokens)
+    def __init__(self, model: StepModel):
+        self.iteration = model.rank_compute_s
 
 
-def _tokens(load) -> int:
-    return load[0] + load[2]
+@dataclass(frozen=True, slots=True)
+class RankLoads:
+    """The work of each busy DP attention rank in one iteration (one entry per rank, rank order):
+    prefill tokens, their causal query-key pairs, decoding sequences and their KV tokens (context +
+    the new token)."""
 
+    prefill_tokens: list[int]
+    prefill_pairs: list[float]
+    decode_seqs: list[int]
+    decode_kv_tokens: list[int]
 
-_pairs = itemgetter(1)
-_decodes = itemgetter(2)
-_kv_tokens = itemgetter(3)
+    def busiest(self, col: list) -> int:
+        """Index of the first rank with the largest value in column ``col``."""
+        return max(range(len(col)), key=col.__getitem__)
 
 
 class RankExcess:
     """How much longer an iteration takes because its DP attention ranks carry unequal work (s).
 
-    The step model prices an iteration's summed batch spread evenly over its ``groups`` ranks. The
+    The step model prices an iteration's summed batch spread evenly over its ``dp_ranks`` ranks. The
     ranks step together, so the iteration waits for the rank whose own compute (the model's
     ``rank_compute_s``: attention, dense and shared-expert FFN, router, LM head) is largest; the
     excess is that compute less the even share's, never below 0. The even share is the busiest
-    group's as the cost prices it: exact model evaluations (``folded=False``) put one of
-    ``prefill_seqs`` equal prefill chunks and ``ceil(decode_seqs / groups)`` decodes on it;
+    rank's as the cost prices it: exact model evaluations (``folded=False``) put one of
+    ``prefill_seqs`` equal prefill chunks and ``ceil(decode_seqs / dp_ranks)`` decodes on it;
     :class:`InterpCost` (``folded=True``) puts ``(prefill + decode tokens) / prefill_seqs`` tokens
     on it in an iteration with prefill, plus an even share of the decodes' KV attention.
     Expert, all-to-all and TP-collective time follow the summed tokens and keep the even spread.
@@ -126,43 +172,43 @@ class RankExcess:
     #: decode-only iterations: relative accuracy to which the busiest rank's compute is found
     EXACT_WITHIN = 0.02
 
-    def __init__(self, model, groups: int, folded: bool = False):
-        self.groups = int(groups)
+    def __init__(self, model: StepModel, dp_ranks: int, folded: bool = False):
+        self.dp_ranks = int(dp_ranks)
         self.folded = bool(folded)
         self.cost = InterpCost(_RankCompute(model), 3)
 
-    @staticmethod
-    def supports(model) -> bool:
-        return callable(getattr(model, "rank_compute_s", None))
-
-    def __call__(self, loads, prefill_tokens: int, attn_pairs: float, decode_seqs: int, kv_tokens: int,
-                 prefill_seqs: int) -> float:
-        """``loads``: per busy rank ``(prefill tokens, pairs, decodes, decode KV tokens)``; the rest:
-        the iteration's totals as given to the step model."""
-        f = self.cost
-        if len(loads) <= self.EXHAUSTIVE:
-            busiest = max(f(*x) for x in loads)
+    def __call__(self, loads: RankLoads, it: Work) -> float:
+        """Excess seconds of iteration ``it`` (its totals, as given to the step model) over ``loads``."""
+        f = self.cost.price
+        pt, pp, ds, kv = loads.prefill_tokens, loads.prefill_pairs, loads.decode_seqs, loads.decode_kv_tokens
+        prefill_tokens = it.prefill_tokens
+        if len(pt) <= self.EXHAUSTIVE:
+            busiest = max(f(pt[i], pp[i], ds[i], kv[i]) for i in range(len(pt)))
         else:  # the busiest by tokens, decodes, KV tokens and prefill pairs
-            most_d, most_k = max(loads, key=_decodes), max(loads, key=_kv_tokens)
-            cand = {max(loads, key=_tokens), most_d, most_k}
+            most_d, most_k = loads.busiest(ds), loads.busiest(kv)
+            cand = {loads.busiest([p + d for p, d in zip(pt, ds)]), most_d, most_k}
             if prefill_tokens:
-                cand.add(max(loads, key=_pairs))
-            busiest = max(f(*x) for x in cand)
-            if not prefill_tokens and f(0, 0, most_d[2], most_k[3]) > (1 + self.EXACT_WITHIN) * busiest:
+                cand.add(loads.busiest(pp))
+            busiest = max(f(pt[i], pp[i], ds[i], kv[i]) for i in cand)
+            if not prefill_tokens and f(0, 0, ds[most_d], kv[most_k]) > (1 + self.EXACT_WITHIN) * busiest:
                 # decode only: no rank exceeds the most decodes with the most KV tokens; when that bound
                 # is not close, look at every rank
-                busiest = max(f(*x) for x in loads)
-        D = self.groups
-        s = occupied_groups(D, prefill_tokens, prefill_seqs) or 1
-        d0 = -(-decode_seqs // D)
-        kv0 = round(kv_tokens * d0 / decode_seqs) if decode_seqs else 0
-        if self.folded and prefill_tokens:
-            even = f(round((prefill_tokens + decode_seqs) / s), (attn_pairs + decode_seqs) / s, 0, 0)
-            if decode_seqs:
+                busiest = max(f(pt[i], pp[i], ds[i], kv[i]) for i in range(len(pt)))
+        return max(0.0, busiest - self._even(it))
+
+    def _even(self, it: Work) -> float:
+        """Compute (s) of the busiest rank's share of ``it`` spread evenly, as the cost prices it."""
+        f = self.cost.price
+        D, pf, ds, kv, pairs = self.dp_ranks, it.prefill_tokens, it.decode_seqs, it.decode_kv_tokens, it.prefill_pairs
+        s = occupied_ranks(D, pf, it.prefill_seqs) or 1
+        d0 = -(-ds // D)
+        kv0 = round(kv * d0 / ds) if ds else 0
+        if self.folded and pf:
+            even = f(round((pf + ds) / s), (pairs + ds) / s, 0, 0)
+            if ds:
                 even += max(0.0, f(0, 0, d0, kv0) - f(0, 0, d0, d0))
-        else:
-            even = f(round(prefill_tokens / s), attn_pairs / s, d0, kv0)
-        return max(0.0, busiest - even)
+            return even
+        return f(round(pf / s), pairs / s, d0, kv0)
 
 
 class _CostWrapper:
@@ -173,19 +219,20 @@ class _CostWrapper:
     folded = False
     _excess: RankExcess | None = None
 
-    def __init__(self, model):
+    def __init__(self, model: StepModel):
+        check_step_model(model)
         self.model = model
-        #: the model's data-parallel attention groups (its ``prefill_groups``; 1 if it has none)
-        self.groups = getattr(model, "prefill_groups", 1)
+        #: the model's data-parallel attention ranks
+        self.dp_ranks = int(model.dp_ranks)
 
-    def rank_excess(self, groups: int) -> RankExcess | None:
-        """The :class:`RankExcess` of this wrapper's model over ``groups`` ranks (None if the model has
+    def rank_excess(self, dp_ranks: int) -> RankExcess | None:
+        """The :class:`RankExcess` of this wrapper's model over ``dp_ranks`` ranks (None if the model has
         no ``rank_compute_s``)."""
         ex = self._excess
-        if ex is None or ex.groups != groups:
-            if not RankExcess.supports(self.model):
+        if ex is None or ex.dp_ranks != dp_ranks:
+            if self.model.rank_compute_s is None:
                 return None
-            ex = self._excess = RankExcess(self.model, groups, self.folded)
+            ex = self._excess = RankExcess(self.model, dp_ranks, self.folded)
         return ex
 
 
@@ -207,21 +254,16 @@ class MemoCost(_CostWrapper):
         self.counts: dict[tuple, int] = {}
         self.misses = 0
 
-    def __call__(self, prefill_tokens: int, attn_pairs: float, decode_seqs: int, kv_tokens: int,
-                 prefill_seqs: int = 1) -> float:
+    def __call__(self, it: Work) -> float:
+        """Seconds of iteration ``it``."""
         b = self.bits
-        s = occupied_groups(self.groups, prefill_tokens, prefill_seqs)
-        key = (bucket_up(prefill_tokens, b), bucket_up(attn_pairs, b), bucket_up(decode_seqs, b),
-               bucket_up(kv_tokens, b), s)
+        s = occupied_ranks(self.dp_ranks, it.prefill_tokens, it.prefill_seqs) if self.dp_ranks > 1 else 0
+        key = (bucket_up(it.prefill_tokens, b), bucket_up(it.prefill_pairs, b), bucket_up(it.decode_seqs, b),
+               bucket_up(it.decode_kv_tokens, b), s)
         t = self.table.get(key)
         if t is None:
-            extra = {"prefill_seqs": s} if s else {}
-            r = self.model.iteration(key[0], float(key[1]), key[2], key[3], **extra)
-            t = float(getattr(r, "latency_s", r))
-            if not t > 0:
-                raise SpecError("step model", t, "iteration latency > 0 seconds")
+            t, bd = evaluate(self.model, key[0], key[1], key[2], key[3], s)
             self.table[key] = t
-            bd = getattr(r, "breakdown_s", None)
             if bd:
                 self.breakdown[key] = dict(bd)
             self.counts[key] = 1
@@ -244,14 +286,30 @@ class MemoCost(_CostWrapper):
         return out
 
 
-def occupied_groups(groups: int, prefill_tokens: int, prefill_seqs: int) -> int:
-    """How many of a model's ``groups`` data-parallel attention groups (its ``prefill_groups``: the
-    forward model of an MoE layout) an iteration's prefill chunks occupy: ``min(prefill_seqs, groups)``,
-    rounded down to 3 significant bits above 8 (fewer groups: a little pessimistic); 0 when the model
-    has one group or the iteration no prefill (then the model is not asked)."""
-    if groups <= 1 or prefill_tokens <= 0:
+def occupied_ranks(dp_ranks: int, prefill_tokens: int, prefill_seqs: int) -> int:
+    """How many of a model's ``dp_ranks`` data-parallel attention ranks (the forward model of an MoE
+    layout has several) an iteration's prefill chunks occupy: ``min(prefill_seqs, dp_ranks)``,
+    rounded down to 3 significant bits above 8 (fewer ranks: a little pessimistic); 0 when the model
+    has one rank or the iteration no prefill (then the model is not asked)."""
+    if dp_ranks <= 1 or prefill_tokens <= 0:
         return 0
-    return bucket_down(max(1, min(int(prefill_seqs), groups)), 3)
+    return bucket_down(max(1, min(int(prefill_seqs), dp_ranks)), 3)
+
+
+def bracket(x: float, bits: int) -> tuple[int, int]:
+    """``(bucket_down(x, bits), bucket_up(x, bits))`` in one pass (the interpolation's hot path)."""
+    n = int(x)
+    c = n + 1 if n < x else n
+    lim = 1 << bits
+    if c < lim:
+        return n, c
+    if n < lim:
+        lo = n
+    else:
+        sh = n.bit_length() - bits
+        lo = (n >> sh) << sh
+    sh = c.bit_length() - bits
+    return lo, (((c - 1) >> sh) + 1) << sh
 
 
 def bucket_down(x: float, bits: int) -> int:
@@ -272,7 +330,7 @@ class InterpCost(_CostWrapper):
     ``T = prefill_tokens + decode_seqs``: every token goes through the dense/expert/communication
     path of a prefill of T tokens, and the decodes add only their KV-length-dependent attention.
     P is evaluated with the iteration's prefill chunks spread over as many data-parallel attention
-    groups as they fill (:func:`occupied_groups`; one grid per group count).
+    ranks as they fill (:func:`occupied_ranks`; one grid per rank count).
     Same interface as :class:`MemoCost`; ``misses`` counts step-model evaluations.
     """
 
@@ -292,12 +350,7 @@ class InterpCost(_CostWrapper):
         key = (pf, pairs, ds, kv, seqs)
         t = self.table.get(key)
         if t is None:
-            extra = {"prefill_seqs": seqs} if seqs else {}
-            r = self.model.iteration(pf, float(pairs), ds, kv, **extra)
-            t = float(getattr(r, "latency_s", r))
-            if not t > 0:
-                raise SpecError("step model", t, "iteration latency > 0 seconds")
-            self.table[key] = t
+            t = self.table[key] = evaluate(self.model, pf, pairs, ds, kv, seqs)[0]
             self.misses += 1
         return t
 
@@ -321,8 +374,8 @@ class InterpCost(_CostWrapper):
 
     def _bilinear(self, x: float, y: float, prefill: bool, seqs: int = 0) -> float:
         b = self.bits
-        x0, x1 = bucket_down(x, b), bucket_up(x, b)
-        y0, y1 = bucket_down(y, b), bucket_up(y, b)
+        x0, x1 = bracket(x, b)
+        y0, y1 = bracket(y, b)
         f00, f01, f10, f11 = self._cell(x0, x1, y0, y1, prefill, seqs)
         if x1 == x0 and y1 == y0:
             return f00
@@ -330,12 +383,17 @@ class InterpCost(_CostWrapper):
         wy = (y - y0) / (y1 - y0) if y1 != y0 else 0.0
         return (f00 * (1 - wx) + f10 * wx) * (1 - wy) + (f01 * (1 - wx) + f11 * wx) * wy
 
-    def __call__(self, prefill_tokens: int, attn_pairs: float, decode_seqs: int, kv_tokens: int,
-                 prefill_seqs: int = 1) -> float:
+    def __call__(self, it: Work) -> float:
+        """Seconds of iteration ``it``."""
         self.calls += 1
+        pf = it.prefill_tokens
+        return self.price(pf, it.prefill_pairs, it.decode_seqs, it.decode_kv_tokens,
+                          occupied_ranks(self.dp_ranks, pf, it.prefill_seqs) if pf and self.dp_ranks > 1 else 0)
+
+    def price(self, prefill_tokens: int, attn_pairs: float, decode_seqs: int, kv_tokens: int, seqs: int = 0) -> float:
+        """Seconds of an iteration given by its numbers, its prefill over ``seqs`` occupied ranks (0: one)."""
         if prefill_tokens == 0:
             return self._bilinear(decode_seqs, kv_tokens, False)
-        seqs = occupied_groups(self.groups, prefill_tokens, prefill_seqs)
         t = self._bilinear(prefill_tokens + decode_seqs, attn_pairs + decode_seqs, True, seqs)
         if decode_seqs:
             t += max(0.0, self._bilinear(decode_seqs, kv_tokens, False) - self._bilinear(decode_seqs, decode_seqs, False))

@@ -1,0 +1,93 @@
+"""Closed-loop workloads: a fixed number of clients, each sending its next request when its last one
+finishes, as serving benchmarks run them.
+
+This is vLLM's ``benchmark_serving.py`` (``vllm bench serve``) with ``--dataset-name random
+--random-input-len ISL --random-output-len OSL --random-range-ratio R --num-prompts P
+--max-concurrency N --request-rate inf --ignore-eos --num-warmups W``:
+
+* lengths: ``random_range_ratio`` r in [0, 1) draws every prompt length uniformly from the integers
+  [floor(ISL (1 - r)), ceil(ISL (1 + r))] and every output length from [max(1, floor(OSL (1 - r))),
+  ceil(OSL (1 + r))] (vLLM ``vllm/benchmarks/datasets.py``, ``RandomDataset``; earlier versions of
+  ``benchmark_serving.py`` drew from [ISL r, ISL] instead). vLLM also takes the tokenizer's special
+  tokens off ISL; here ISL is the prompt length as given.
+* ``--ignore-eos``: every request generates exactly its output length (the simulator always does).
+* ``--request-rate inf --max-concurrency N``: all P requests are issued at once behind a semaphore of
+  N, so request k+N starts the instant a running one finishes, in list order.
+* ``--num-warmups W``: before the measured run, W copies of the first request (its prompt and output
+  length) are sent at the same concurrency and awaited to the last; then the measured run starts on
+  an idle server. Warm-ups are excluded from every metric (vLLM ``vllm/benchmarks/serve.py``,
+  ``benchmark()``). The simulator does not model prefix caching, so repeated warm-up prompts cost as
+  much as new ones.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from simfoe.errors import SpecError
+from simfoe.workloads.requests import RequestTable
+
+
+def _check_int(field: str, v, low: int, what: str) -> None:
+    if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= low):
+        raise SpecError(field, v, f"an integer >= {low} ({what})")
+
+
+@dataclass(frozen=True)
+class ClosedLoop:
+    """``concurrency`` clients, ``num_prompts`` measured requests (default 10 x concurrency) after
+    ``warmup`` excluded ones; prompt and output lengths ``isl`` and ``osl`` tokens, each drawn
+    within ``random_range_ratio`` of them (0: fixed). See the module docstring."""
+
+    concurrency: int
+    isl: int
+    osl: int
+    random_range_ratio: float = 0.0
+    num_prompts: int | None = None
+    warmup: int = 0
+
+    def __post_init__(self):
+        _check_int("concurrency", self.concurrency, 1, "clients, each with one request in flight")
+        _check_int("isl", self.isl, 1, "prompt tokens")
+        _check_int("osl", self.osl, 1, "output tokens")
+        r = self.random_range_ratio
+        if not (isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and 0 <= r < 1):
+            raise SpecError("random_range_ratio", r, "a number in [0, 1) (0: fixed lengths)")
+        if self.num_prompts is not None:
+            _check_int("num_prompts", self.num_prompts, 1, "measured requests")
+        _check_int("warmup", self.warmup, 0, "warm-up requests")
+        if self.num_prompts is None:
+            object.__setattr__(self, "num_prompts", 10 * int(self.concurrency))
+
+    def bounds(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """((lowest, highest) prompt tokens, (lowest, highest) output tokens), both inclusive."""
+        r = self.random_range_ratio
+        lo_i, hi_i = math.floor(self.isl * (1 - r)), math.ceil(self.isl * (1 + r))
+        lo_o, hi_o = max(1, math.floor(self.osl * (1 - r))), math.ceil(self.osl * (1 + r))
+        return (max(1, lo_i), hi_i), (lo_o, hi_o)
+
+    def table(self, seed: int = 0) -> RequestTable:
+        """``warmup`` copies of the first measured request, then the ``num_prompts`` measured ones
+        (lengths drawn with numpy's generator seeded by ``seed``); no arrival times (the clients set them)."""
+        (lo_i, hi_i), (lo_o, hi_o) = self.bounds()
+        rng = np.random.default_rng(seed)
+        p = rng.integers(lo_i, hi_i + 1, size=self.num_prompts)
+        o = rng.integers(lo_o, hi_o + 1, size=self.num_prompts)
+        w = self.warmup
+        p = np.concatenate([np.full(w, p[0]), p])
+        o = np.concatenate([np.full(w, o[0]), o])
+        return RequestTable.from_arrays(None, p, o, source=self.describe())
+
+    def describe(self) -> str:
+        """One line: the workload as the benchmark would be run."""
+        rr = f" x (1 +- {self.random_range_ratio:g})" if self.random_range_ratio else ""
+        return (f"closed loop: {self.concurrency} clients, {self.num_prompts} prompts of {self.isl}{rr} -> "
+                f"{self.osl}{rr} tokens (ignore_eos), {self.warmup} warm-up")
+
+    def to_dict(self) -> dict:
+        """The summary's ``workload`` fields of this workload."""
+        return {"kind": "closed-loop", "concurrency": self.concurrency, "isl": self.isl, "osl": self.osl,
+                "random_range_ratio": self.random_range_ratio, "num_prompts": self.num_prompts,
+                "warmup": self.warmup, "ignore_eos": True}
