@@ -167,10 +167,11 @@ def predict_kernel_row(hw, r) -> float | None:
         return K.gemm(hw, int(r.m), int(r.n), int(r.k), dt).latency_s
     if r.op == "attention":
         h, hkv, d = _kv(r)
-        b, ctx = int(r.batch), int(r.context_len)
+        b, ctx, mla = int(r.batch), int(r.context_len), str(r.variant).endswith(":mla")  # mla: kernel-table rows
         if str(r.variant).startswith("prefill"):
-            return K.attention_prefill(hw, b, int(r.seq_len), ctx, h, hkv, d, dt, causal=bool(int(r.causal))).latency_s
-        return K.attention_decode(hw, b, ctx, h, hkv, d, dt).latency_s
+            return K.attention_prefill(hw, b, int(r.seq_len), ctx, h, hkv, d, dt, causal=bool(int(r.causal)),
+                                       mla=mla).latency_s
+        return K.attention_decode(hw, b, ctx, h, hkv, d, dt, mla=mla).latency_s
     if r.op == "memcopy" and r.variant == "copy":
         return K.elementwise(hw, 2.0 * float(r.size_bytes)).latency_s
     if r.op == "grouped_ffn":

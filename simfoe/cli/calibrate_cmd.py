@@ -3,6 +3,8 @@
   simfoe calibrate --device cpu --out validation/data/NAME/ [--quick]        # runs python -m validation.harness
                                                                             #   --concurrent 2 on a CPU
   simfoe calibrate --from validation/data/NAME/ --out hwprofiles/NAME.yaml   # fit (and write) a profile
+  simfoe calibrate --from-tables ../shared/data/aiconfigurator/h100_sxm --base h100-sxm --out hwprofiles/NAME.yaml
+                                                                            # fit kernel families from per-op tables
 
 A CPU set is fitted whole (kernels, GEMM tables, gloo collectives). A CUDA set (one GPU: kernels only)
 refits the kernel families of the published profile of that GPU (--base, default from the set's device
@@ -20,6 +22,10 @@ def register(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="measure this device (runs the harness)")
     p.add_argument("--from", dest="src", default=None, help="measurement set folder to fit")
+    p.add_argument("--from-tables", dest="tables", default=None,
+                   help="folder of per-op kernel tables in AIConfigurator's layout (gemm/, moe/, attention/, mla/) to fit")
+    p.add_argument("--framework", choices=("sglang", "vllm", "trtllm"), default=None,
+                   help="with --from-tables: whose tables to fit (default sglang)")
     p.add_argument("--out", default=None, help="measurement folder (with --device) or profile YAML (with --from)")
     p.add_argument("--quick", action="store_true", help="with --device: harness quick mode (~30 s on a CPU)")
     p.add_argument("--concurrent", type=int, default=None,
@@ -43,6 +49,10 @@ def run(args):
     from simfoe.outputs import check_dir, check_file
     from simfoe.paths import REPO_ROOT
 
+    if args.tables is not None:
+        return _run_tables(args)
+    if args.framework is not None:
+        raise SpecError("--framework", args.framework, "only with --from-tables")
     if (args.device is None) == (args.src is None):
         raise SpecError("--device/--from", None, "give exactly one: --device (measure) or --from (fit)",
                         problem="neither is given" if args.device is None else "both are given")
@@ -80,6 +90,28 @@ def run(args):
         return run_fit(src, args.out, base=args.base)
 
 
+def _run_tables(args):
+    """--from-tables: fit kernel families from per-op tables on top of --base (simfoe.calibration.fit_tables)."""
+    from pathlib import Path
+
+    from simfoe.errors import SpecError
+    from simfoe.outputs import check_file
+
+    for flag, given in (("--device", args.device), ("--from", args.src), ("--quick", args.quick or None),
+                        ("--concurrent", args.concurrent)):
+        if given is not None:
+            raise SpecError(flag, given, "not with --from-tables (it fits stored tables)")
+    if not Path(args.tables).is_dir():
+        raise SpecError("--from-tables", args.tables, "an existing folder of per-op tables (gemm/, moe/, attention/, mla/)")
+    if not args.base:
+        raise SpecError("--base", None, "the published profile the tables refit, e.g. h100-sxm")
+    if args.out:
+        check_file("--out", args.out, suffixes=(".yaml", ".yml"), what="a profile path whose folder is writable or can be created")
+    from simfoe.calibration.fit_tables import run_fit_tables
+
+    return run_fit_tables(args.tables, args.base, args.out, args.framework or "sglang")
+
+
 def _check_torch(device: str) -> None:
     """Measuring needs torch (the validation extra), and --device cuda a GPU torch can see: else exit 2."""
     from simfoe.errors import SpecError, require_extra
@@ -95,6 +127,14 @@ def render(r: dict) -> str:
         return f"{r['error']}: {' '.join(r['command'])}"
     if "measured" in r:
         return str(r["measured"])
+    if "parts" in r:  # kernel tables
+        lines = [f"fit {r['tables']} ({r['framework']}) on {r['base']} -> {r.get('written') or '(not written; pass --out)'}",
+                 f"  {'part':44} {'family':22} {'rows':>6} {'fitted MAPE':>12} {'held-out rows':>14} {'MAPE':>7} {'median':>7}"]
+        for k, v in r["parts"].items():
+            f, h = v["fitted"], v["held_out"]
+            lines.append(f"  {k:44} {v['family']:22} {f['rows']:>6} {f['mape_pct']:>11.2f}% {h['rows']:>14} "
+                         f"{h['mape_pct']:>6.2f}% {h['median_ape_pct']:>6.2f}%")
+        return "\n".join(lines)
     if "base" in r:  # a CUDA set: kernel families refitted on a published profile
         lines = [f"fit {r['set']} ({r['device_name']}) on {r['base']} -> {r.get('written') or '(not written; pass --out)'}",
                  f"  {'':9} {'':48} {'rows':>8}  {'fitted':>14}  {r['base'] + ' as published':>24}"]

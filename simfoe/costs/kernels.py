@@ -34,6 +34,9 @@ Fitted parameters live in ``hw.kernels`` (see docs/calibration-kernels.md), one 
     ``eff_max`` (achieved FlashAttention FLOP/s / peak), ``mem_eff``, ``launch_s``, ``smooth_p``.
 ``attention_decode``
     ``mem_eff``, ``mem_floor_bytes``, ``launch_s``, ``eff_max`` (for the small FLOP term).
+``attention_prefill_mla`` / ``attention_decode_mla`` / ``grouped_gemm_fp8`` (optional; profiles fitted
+    from kernel tables, simfoe.calibration.fit_tables) the same keys for MLA attention (``mla=True``)
+    and for fp8 grouped experts; absent, the plain family prices them.
 
 ``routing_glue`` (CPU profiles; absent elsewhere, then 0)
     the small framework ops of an eager MoE layer beside its GEMMs (validation/eager_moe.py):
@@ -221,10 +224,13 @@ def gemm(hw, m: int, n: int, k: int, dtype: str = "bf16") -> KernelCost:
     return _cost(t_c, t_m, p, launch, flops, nbytes)
 
 
-def grouped_params(hw) -> dict[str, float]:
-    """The grouped launch's parameters: ``kernels.grouped_gemm`` over ``kernels.gemm`` (see module doc)."""
-    out = dict(zip(GEMM_KEYS, gemm_params(hw)))
+def grouped_params(hw, dtype: str = "bf16") -> dict[str, float]:
+    """The grouped launch's parameters: ``kernels.grouped_gemm`` over ``kernels.gemm`` (see module doc);
+    for fp8, ``kernels.grouped_gemm_fp8`` over ``grouped_gemm`` over ``gemm_fp8`` over ``gemm``."""
+    out = dict(zip(GEMM_KEYS, gemm_params(hw, dtype)))
     out.update({key: float(v) for key, v in _family(hw, "grouped_gemm").items()})
+    if dtype == "fp8":
+        out.update({key: float(v) for key, v in _family(hw, "grouped_gemm_fp8").items()})
     return out
 
 
@@ -269,7 +275,7 @@ def grouped_gemm(hw, tokens_per_expert, n: int, k: int, dtype: str = "bf16") -> 
         costs = [gemm(hw, float(te), n, k, dtype) for te in sizes]
         lat = float(sum(r * c.latency_s for r, c in zip(reps, costs)))
         return KernelCost(lat, flops, nbytes, costs[-1].bound)
-    g = grouped_params(hw)
+    g = grouped_params(hw, dtype)
     if "m_tile_small" in g and total / t.size <= g.get("small_rows", 0.0):
         g["m_tile"] = g["m_tile_small"]
     rows = _tiled_rows(t[t > 0], g)
@@ -288,13 +294,14 @@ def _check_heads(n_heads, n_kv_heads, head_dim) -> tuple[float, float, float]:
 
 
 def attention_prefill(hw, batch: int, q_len: int, kv_len: int, n_heads: int, n_kv_heads: int,
-                      head_dim: int, dtype: str = "bf16", causal: bool = True) -> KernelCost:
+                      head_dim: int, dtype: str = "bf16", causal: bool = True, mla: bool = False) -> KernelCost:
     """FlashAttention-like prefill: Q (q_len new tokens) against kv_len keys per sequence.
 
     FLOP = 4 * batch * n_heads * head_dim * pairs, pairs = q_len*kv_len, or with ``causal``
     q_len*kv_len - q_len^2/2 (exactly half when q_len == kv_len; the new tokens are the last
     q_len of kv_len). Bytes: Q, K, V, O each once. Efficiency ``hw.kernels['attention_prefill']``
-    (published FlashAttention figures). Uncalibrated: roofline + launch.
+    (published FlashAttention figures); with ``mla`` (DeepSeek multi-head latent attention, priced with
+    the caller's per-head dims) ``hw.kernels['attention_prefill_mla']`` where fitted. Uncalibrated: roofline + launch.
     """
     b = _pos("batch", batch, allow_zero=True)
     q = _pos("q_len", q_len, allow_zero=True)
@@ -308,20 +315,21 @@ def attention_prefill(hw, batch: int, q_len: int, kv_len: int, n_heads: int, n_k
     pairs = q * kv - (q * q / 2.0 if causal else 0.0)
     flops = 4.0 * b * h * d * pairs
     nbytes = eb * b * d * (2.0 * q * h + 2.0 * kv * hkv)
-    f = _family(hw, "attention_prefill")
+    f = (_family(hw, "attention_prefill_mla") if mla else None) or _family(hw, "attention_prefill")
     t_c = flops / (hw.peak(dtype) * float(f.get("eff_max", 1.0)))
     t_m = nbytes / (hw.gpu.hbm_bandwidth * float(f.get("mem_eff", 1.0)))
     return _cost(t_c, t_m, float(f.get("smooth_p", math.inf)), _launch(hw, f), flops, nbytes)
 
 
 def attention_decode(hw, batch: int, kv_len, n_heads: int, n_kv_heads: int, head_dim: int,
-                     dtype: str = "bf16") -> KernelCost:
+                     dtype: str = "bf16", mla: bool = False) -> KernelCost:
     """Decode attention: one new query token per sequence reads its whole KV cache.
 
     ``kv_len``: context length per sequence (int, same for all ``batch`` sequences) or an
     array-like of per-sequence lengths (its sum is the total KV tokens read; its length must be
     ``batch``). FLOP = 4 * n_heads * head_dim * total_kv; bytes = K and V of total_kv tokens plus
-    Q and O. Memory-bound: uses the fitted HBM streaming efficiency ``hw.kernels['attention_decode']``.
+    Q and O. Memory-bound: uses the fitted HBM streaming efficiency ``hw.kernels['attention_decode']``
+    (with ``mla``, the weight-absorbed latent read, ``hw.kernels['attention_decode_mla']`` where fitted).
     """
     b = _pos("batch", batch, allow_zero=True)
     h, hkv, d = _check_heads(n_heads, n_kv_heads, head_dim)
@@ -339,7 +347,7 @@ def attention_decode(hw, batch: int, kv_len, n_heads: int, n_kv_heads: int, head
     eb = dtype_bytes(dtype)
     flops = 4.0 * h * d * total
     nbytes = eb * d * (2.0 * hkv * total + 2.0 * b * h)
-    f = _family(hw, "attention_decode")
+    f = (_family(hw, "attention_decode_mla") if mla else None) or _family(hw, "attention_decode")
     t_c = flops / (hw.peak(dtype) * float(f.get("eff_max", 1.0)))
     t_m = (nbytes + float(f.get("mem_floor_bytes", 0.0))) / (hw.gpu.hbm_bandwidth * float(f.get("mem_eff", 1.0)))
     return _cost(t_c, t_m, math.inf, _launch(hw, f), flops, nbytes)

@@ -1,0 +1,381 @@
+"""Fit a GPU profile's kernel families from per-op measurement tables in AIConfigurator's layout
+(``DIR/<op>/<framework>/<version>/*.parquet`` with ``collection_meta.yaml``; ../shared/data/aiconfigurator/
+README.md), on top of a published profile (datasheet peaks, HBM, fabric: kept with their provenance).
+
+Each table row becomes the measurement record the torch harness writes (simfoe.calibration.fit_profile:
+``op``, ``variant``, ``dtype``, shape columns, ``t_s`` in seconds; table latencies are milliseconds) and
+the same families are fitted through the same functions (simfoe/costs/kernels.py, soft-L1 on log ratio):
+
+* ``gemm`` on the bf16 GEMMs, ``gemm_fp8`` on the per-tensor fp8 GEMMs (the fp8 simfoe prices); the
+  block-scaled fp8 GEMMs (DeepGEMM) are judged against ``gemm_fp8``, never fitted;
+* ``grouped_gemm`` / ``grouped_gemm_fp8`` on the fused MoE kernel (bf16 / fp8 block-scaled, balanced
+  routing: every local expert gets T x top-k / E rows), priced as simfoe.forward.plan prices experts;
+* ``attention_prefill`` / ``attention_decode`` on the full-attention (no window) bf16 rows of the
+  engine's Hopper kernel (FlashAttention-3), ``attention_prefill_mla`` / ``attention_decode_mla`` on the
+  MLA rows with DeepSeek-V3's dimensions, as simfoe.forward.plan prices MLA.
+
+Hold-out by shape, decided in code (:func:`held_out`): a row is held out when the CRC-32 of its shape key
+(GEMM: n, k; MoE: hidden, inter, experts, top-k, TP, EP; attention: heads, KV heads, head dim; MLA: heads,
+batch) is divisible by :data:`HOLD_OUT_EVERY`. Fits see only the other rows (at most :data:`FIT_ROWS`
+of them, every j-th, so the fit runs in seconds); errors are reported on all train and held-out rows.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from simfoe.errors import SpecError
+
+FRAMEWORKS = ("sglang", "vllm", "trtllm")
+HOLD_OUT_EVERY = 4
+"""A shape is held out when crc32(shape key) % HOLD_OUT_EVERY == 0 (about a quarter of the shapes)."""
+FIT_ROWS = 300
+"""Most training rows one family's fit evaluates (every j-th of its training rows, in table order)."""
+MS = 1e-3
+"""Table latencies are milliseconds (AIConfigurator's collectors; README.md of the data)."""
+MLA_DIMS = {"qk_nope": 128, "qk_rope": 64, "kv_lora_rank": 512}
+"""DeepSeek-V3's MLA dimensions (its config.json), the model the MLA tables were collected for."""
+GEMM_DTYPES = {"bfloat16": "bf16", "fp8": "fp8", "fp8_block": "fp8"}
+MOE_DTYPES = {"bfloat16": "bf16", "fp8_block": "fp8"}
+KERNEL_SOURCES = {"sglang": {"moe": "sglang_fused_moe_triton", "attention": "fa3"}}
+"""Per framework, the kernel each family is fitted on where a table holds several (others are dropped)."""
+
+
+@dataclass(frozen=True)
+class TableSet:
+    """One system's tables for one framework: root folder, framework, its version per op (folder name)."""
+
+    root: Path
+    framework: str
+    versions: dict
+
+    def path(self, op: str) -> Path:
+        return self.root / op / self.framework / self.versions[op]
+
+    def source(self, op: str, table: str) -> str:
+        return _source_dir(self.path(op) / table)
+
+
+def find_tables(root: str | Path, framework: str) -> TableSet:
+    """The tables under ``root`` for ``framework`` (latest version folder per op); exit-2 errors name the flag."""
+    root = Path(root)
+    if framework not in FRAMEWORKS:
+        raise SpecError("--framework", framework, "one of " + ", ".join(FRAMEWORKS))
+    if not root.is_dir():
+        raise SpecError("--from-tables", str(root), "an existing folder of per-op tables (gemm/, moe/, attention/, mla/)")
+    versions = {}
+    for op in ("gemm", "moe", "attention", "mla"):
+        d = root / op / framework
+        vs = sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
+        if vs:
+            versions[op] = vs[-1]
+    if "gemm" not in versions:
+        raise SpecError("--from-tables", str(root), f"a folder with gemm/{framework}/<version>/gemm_perf.parquet "
+                        "(AIConfigurator's layout, e.g. ../shared/data/aiconfigurator/h100_sxm)")
+    return TableSet(root, framework, versions)
+
+
+def shape_key_hash(*parts) -> int:
+    """CRC-32 of a shape key (stable across runs and machines, unlike Python's hash)."""
+    return zlib.crc32(":".join(str(int(p)) for p in parts).encode())
+
+
+def held_out(keys) -> np.ndarray:
+    """Boolean mask: rows whose shape-key hash is divisible by HOLD_OUT_EVERY."""
+    return np.array([h % HOLD_OUT_EVERY == 0 for h in keys], dtype=bool)
+
+
+def _read(ts: TableSet, op: str, table: str):
+    import pandas as pd
+
+    p = ts.path(op) / table
+    return pd.read_parquet(p) if p.is_file() else None
+
+
+def _records(rows: dict, n: int, t_ms, keys, table: str):
+    """A harness-style record frame: shape columns ``rows`` (scalars broadcast), ``t_s``, ``table``, ``held``."""
+    import pandas as pd
+
+    df = pd.DataFrame({k: (v if np.ndim(v) else [v] * n) for k, v in rows.items()})
+    df["t_s"] = np.asarray(t_ms, float) * MS
+    df["table"] = table
+    df["held"] = held_out(keys)
+    return df
+
+
+def gemm_records(ts: TableSet):
+    """GEMM rows: op gemm, dtype bf16 / fp8 (variant ``per_tensor`` or ``block``)."""
+    g = _read(ts, "gemm", "gemm_perf.parquet")
+    g = g[g.gemm_dtype.isin(list(GEMM_DTYPES))]
+    keys = [shape_key_hash(n, k) for n, k in zip(g.n, g.k)]
+    var = np.where(g.gemm_dtype == "fp8_block", "block", np.where(g.gemm_dtype == "fp8", "per_tensor", "dense"))
+    return _records({"op": "gemm", "variant": var, "dtype": g.gemm_dtype.map(GEMM_DTYPES).to_numpy(),
+                     "m": g.m.to_numpy(), "n": g.n.to_numpy(), "k": g.k.to_numpy()}, len(g), g.latency, keys,
+                    ts.source("gemm", "gemm_perf.parquet"))
+
+
+def balanced_loads(tokens: int, topk: int, experts: int, ep: int) -> str:
+    """Per-local-expert rows of a balanced routing (``;``-joined, as the harness's ``tokens_per_expert``):
+    T x top-k rows spread evenly over all experts; this GPU holds experts / EP of them and gets its share of
+    the rows (rounded, at least one), as whole rows: the first (rows mod local experts) take one more."""
+    local = experts // ep
+    rows = max(1, round(tokens * topk * local / experts))
+    base, extra = divmod(rows, local)
+    return ";".join(str(base + (i < extra)) for i in range(local))
+
+
+def moe_records(ts: TableSet):
+    """Fused MoE rows (balanced routing, the framework's fused kernel): op grouped_ffn, n = inter / TP, k = hidden."""
+    d = _read(ts, "moe", "moe_perf.parquet")
+    if d is None:
+        return None
+    src = KERNEL_SOURCES.get(ts.framework, {}).get("moe")
+    d = d[(d.distribution == "balanced") & d.moe_dtype.isin(list(MOE_DTYPES)) & ((d.kernel_source == src) if src else True)]
+    d = d[(d.num_experts % d.moe_ep_size == 0) & (d.inter_size % d.moe_tp_size == 0)]
+    cols = (d.num_tokens, d.topk, d.num_experts, d.moe_ep_size)
+    keys = [shape_key_hash(*t) for t in zip(d.hidden_size, d.inter_size, d.num_experts, d.topk, d.moe_tp_size,
+                                             d.moe_ep_size)]
+    return _records({"op": "grouped_ffn", "variant": "fused_moe", "dtype": d.moe_dtype.map(MOE_DTYPES).to_numpy(),
+                     "n": (d.inter_size // d.moe_tp_size).to_numpy(), "k": d.hidden_size.to_numpy(),
+                     "tokens_per_expert": [balanced_loads(*t) for t in zip(*cols)]}, len(d), d.latency, keys,
+                    ts.source("moe", "moe_perf.parquet"))
+
+
+def attention_records(ts: TableSet):
+    """Full-attention bf16 rows of the engine's kernel: context (causal, q = kv = isl) and generation
+    (one token per sequence reading isl + step cached tokens)."""
+    import pandas as pd
+
+    out = []
+    src = KERNEL_SOURCES.get(ts.framework, {}).get("attention")
+    for table, phase in (("context_attention_perf.parquet", "prefill"), ("generation_attention_perf.parquet", "decode")):
+        d = _read(ts, "attention", table)
+        if d is None:
+            continue
+        d = d[(d.window_size == 0) & (d.kv_cache_dtype == "bfloat16") & (d.attn_dtype == "bfloat16")
+              & ((d.kernel_source == src) if src else True)]
+        ctx = d.isl if phase == "prefill" else d.isl + d.step
+        keys = [shape_key_hash(*t) for t in zip(d.num_heads, d.num_key_value_heads, d.head_dim)]
+        out.append(_records({"op": "attention", "variant": f"{phase}:{src or 'table'}", "dtype": "bf16",
+                             "batch": d.batch_size.to_numpy(), "seq_len": (d.isl if phase == "prefill" else 1 + 0 * d.isl).to_numpy(),
+                             "context_len": ctx.to_numpy(), "heads": d.num_heads.to_numpy(),
+                             "kv_heads": d.num_key_value_heads.to_numpy(), "head_dim": d.head_dim.to_numpy(),
+                             "causal": 1}, len(d), d.latency, keys, ts.source("attention", table)))
+    return pd.concat(out, ignore_index=True) if out else None
+
+
+def mla_records(ts: TableSet):
+    """MLA rows (bf16 KV cache) with DeepSeek-V3's dimensions, as simfoe.forward.plan prices MLA: context as
+    causal attention with per-head dim nope + rope and as many KV heads as query heads; generation as the
+    weight-absorbed latent read (one KV head, dim (kv_lora_rank + rope) / 2 for the K and V halves)."""
+    import pandas as pd
+
+    out = []
+    d_pre = MLA_DIMS["qk_nope"] + MLA_DIMS["qk_rope"]
+    d_dec = (MLA_DIMS["kv_lora_rank"] + MLA_DIMS["qk_rope"]) // 2
+    for table, phase in (("context_mla_perf.parquet", "prefill"), ("generation_mla_perf.parquet", "decode")):
+        d = _read(ts, "mla", table)
+        if d is None:
+            continue
+        d = d[(d.kv_cache_dtype == "bfloat16") & (d.mla_dtype == "bfloat16")]
+        pre = phase == "prefill"
+        keys = [shape_key_hash(*t) for t in zip(d.num_heads, d.batch_size)]
+        out.append(_records({"op": "attention", "variant": f"{phase}:mla", "dtype": "bf16",
+                             "batch": d.batch_size.to_numpy(), "seq_len": (d.isl if pre else 1 + 0 * d.isl).to_numpy(),
+                             "context_len": (d.isl if pre else d.isl + d.step).to_numpy(),
+                             "heads": d.num_heads.to_numpy(), "kv_heads": d.num_heads.to_numpy() if pre else 1,
+                             "head_dim": d_pre if pre else d_dec, "causal": 1}, len(d), d.latency, keys,
+                            ts.source("mla", table)))
+    return pd.concat(out, ignore_index=True) if out else None
+
+
+def _attn_spec(prefill: bool) -> dict:
+    """Fit spec of an attention family (start, low, high, log scale), as fit_profile.fit_copy_attention."""
+    if prefill:
+        return {"eff_max": (0.5, 0.01, 1.0, False), "mem_eff": (0.8, 0.01, 1.0, False),
+                "launch_s": (5e-6, 1e-8, 1e-3, True), "smooth_p": (4.0, 1.0, 50.0, False)}
+    return {"mem_eff": (0.8, 0.01, 1.0, False), "mem_floor_bytes": (1e4, 1.0, 1e9, True),
+            "launch_s": (5e-6, 1e-8, 1e-3, True)}
+
+
+@dataclass(frozen=True)
+class Part:
+    """One fitted family and the records it is fitted on (``fit``) or only judged on (``fit=False``)."""
+
+    label: str
+    family: str
+    rows: object
+    fit: bool = True
+
+
+def _train(rows):
+    """The training rows one fit evaluates: at most FIT_ROWS, every j-th of the rows not held out."""
+    tr = rows[~rows.held.to_numpy()]
+    step = max(1, -(-len(tr) // FIT_ROWS))
+    return tr.iloc[::step]
+
+
+def _spec_for(family: str, kern: dict) -> dict:
+    from simfoe.calibration.fit_profile import _gemm_spec
+
+    if family in ("gemm", "gemm_fp8"):
+        return _gemm_spec(kern.get("gemm", {}))
+    if family.startswith("grouped_gemm"):
+        return _gemm_spec(kern.get("grouped_gemm") or kern.get("gemm", {}), pad_start=1.0)
+    return _attn_spec(family.startswith("attention_prefill"))
+
+
+def fit_parts(hw0, kern: dict, parts: list[Part]) -> dict:
+    """Fit each fitted part's family in order (in place in ``kern``); decode families take their prefill's eff_max."""
+    from simfoe.calibration.fit_profile import _fit_family
+
+    for p in parts:
+        if not p.fit or p.rows is None or p.rows.empty:
+            continue
+        tr = _train(p.rows)
+        fam = {}
+        if p.family.startswith("attention_decode"):
+            fam["eff_max"] = kern.get(p.family.replace("decode", "prefill"), {}).get("eff_max", 1.0)
+        kern[p.family] = {**fam, **_fit_family(hw0, kern, p.family, _spec_for(p.family, kern), tr, tr.t_s.to_numpy(float))}
+    return kern
+
+
+def _errs(hw, rows) -> dict:
+    """{"rows", "mape_pct", "median_ape_pct", "p90_ape_pct", "max_ape_pct", "median_ratio"} (ratio = predicted / measured)."""
+    from simfoe.calibration.fit_profile import predict_kernel_row
+
+    if rows.empty:
+        return {"rows": 0}
+    pred = np.array([predict_kernel_row(hw, r) for r in rows.itertuples(index=False)], float)
+    ratio = pred / rows.t_s.to_numpy(float)
+    ape = np.abs(ratio - 1.0) * 100.0
+    return {"rows": int(ape.size), "mape_pct": round(float(ape.mean()), 2),
+            "median_ape_pct": round(float(np.median(ape)), 2), "p90_ape_pct": round(float(np.percentile(ape, 90)), 2),
+            "max_ape_pct": round(float(ape.max()), 2), "median_ratio": round(float(np.median(ratio)), 3)}
+
+
+def part_errors(hw, parts: list[Part]) -> dict:
+    """Per part: errors on its training rows (``fitted``) and on its held-out shapes (``held_out``)."""
+    out = {}
+    for p in parts:
+        if p.rows is None or p.rows.empty:
+            continue
+        held = p.rows.held.to_numpy()
+        out[p.label] = {"family": p.family, "fitted_here": p.fit, "table": str(p.rows.table.iloc[0]),
+                        "fitted": _errs(hw, p.rows[~held]), "held_out": _errs(hw, p.rows[held])}
+    return out
+
+
+def table_parts(ts: TableSet) -> list[Part]:
+    """The parts of a table set, in fit order (each family's start may come from the one before)."""
+    g, m, a, mla = gemm_records(ts), moe_records(ts), attention_records(ts), mla_records(ts)
+
+    def sel(df, **eq):
+        if df is None:
+            return None
+        mask = np.ones(len(df), bool)
+        for col, v in eq.items():
+            mask &= df[col].astype(str).to_numpy() == v
+        return df[mask]
+
+    return [Part("gemm bf16", "gemm", sel(g, variant="dense")),
+            Part("gemm fp8 (per-tensor)", "gemm_fp8", sel(g, variant="per_tensor")),
+            Part("gemm fp8 block-scaled (judged on gemm_fp8)", "gemm_fp8", sel(g, variant="block"), fit=False),
+            Part("fused moe bf16", "grouped_gemm", sel(m, dtype="bf16")),
+            Part("fused moe fp8 block-scaled", "grouped_gemm_fp8", sel(m, dtype="fp8")),
+            Part("attention context bf16", "attention_prefill", sel(a, op="attention") if a is None else a[a.variant.str.startswith("prefill")]),
+            Part("attention generation bf16", "attention_decode", None if a is None else a[a.variant.str.startswith("decode")]),
+            Part("mla context bf16", "attention_prefill_mla", None if mla is None else mla[mla.variant.str.startswith("prefill")]),
+            Part("mla generation bf16", "attention_decode_mla", None if mla is None else mla[mla.variant.str.startswith("decode")])]
+
+
+def _meta(ts: TableSet, op: str) -> dict:
+    """(framework, version) from an op's collection_meta.yaml (its folder names where the file lacks them)."""
+    import yaml
+
+    p = ts.path(op) / "collection_meta.yaml"
+    rt = (yaml.safe_load(p.read_text()) or {}).get("runtime", {}) if p.is_file() else {}
+    return {"framework": str(rt.get("framework", ts.framework)), "version": str(rt.get("version", ts.versions[op]))}
+
+
+def _provenance(ts: TableSet, base: str, prov_base: dict, report: dict) -> dict:
+    """Provenance of the refitted families: table, framework, version, hold-out rule, errors; the rest the base's."""
+    today = _dt.date.today().isoformat()
+    prov = dict(prov_base)
+    prov["kernels"] = (f"families listed below fitted to kernel tables under {report['tables']} by "
+                       f"simfoe.calibration.fit_tables on {today} (functional forms of simfoe/costs/kernels.py, "
+                       f"docs/calibration-kernels.md); the others are the base's ({base})")
+    for label, e in report["parts"].items():
+        if not e["fitted_here"]:
+            continue
+        op = Path(e["table"]).parent.parent.parent.name
+        meta = _meta(ts, op)
+        prov[f"kernels.{e['family']}"] = (
+            f"fit to {e['table']} ({meta['framework']} {meta['version']}, AIConfigurator-layout table; {label}) by "
+            f"simfoe.calibration.fit_tables on {today}: {e['fitted']['rows']} rows, shapes with crc32 % "
+            f"{HOLD_OUT_EVERY} == 0 held out ({e['held_out']['rows']} rows); MAPE fitted {e['fitted']['mape_pct']}%, "
+            f"held out {e['held_out']['mape_pct']}% (median {e['held_out']['median_ape_pct']}%)")
+    return prov
+
+
+def fit_tables_profile(root: str | Path, base: str, framework: str = "sglang",
+                       name: str | None = None) -> tuple[dict, dict, dict]:
+    """(profile dict, provenance, report) of the kernel tables under ``root`` fitted on top of ``base``."""
+    import yaml
+
+    from simfoe.specs.hardware import HardwareSpec
+    from simfoe.specs.io import list_presets, load_hardware
+    from simfoe.specs.profile_io import profile_path
+
+    ts = find_tables(root, framework)
+    if not base or not profile_path(base).is_file():
+        raise SpecError("--base", base, "a published profile: " + ", ".join(list_presets("hardware")))
+    raw = yaml.safe_load(profile_path(base).read_text())
+    prov_base = dict(raw.pop("provenance", {}) or {})
+    hw0 = load_hardware(base)
+    parts = table_parts(ts)
+    kern = fit_parts(hw0, {f: dict(v) for f, v in (raw.get("kernels") or {}).items()}, parts)
+    profile = {key: v for key, v in raw.items() if key != "kernels"}
+    profile["name"] = name or f"{base}-tables"
+    profile["description"] = f"{raw.get('description', base)}; kernels fitted from {framework} kernel tables"
+    profile["kernels"] = kern
+    hw = HardwareSpec.model_validate(profile)
+    report = {"tables": _source_dir(ts.root), "framework": framework, "versions": dict(ts.versions), "base": base,
+              "profile": profile["name"], "hold_out": f"shapes with crc32(shape key) % {HOLD_OUT_EVERY} == 0",
+              "parts": part_errors(hw, parts),
+              "kernels_fit": {p.family: kern[p.family] for p in parts if p.fit and p.family in kern}}
+    prov = _provenance(ts, base, prov_base, report)
+    prov.update({"name": "profile name", "description": f"{base} with kernels fitted from {report['tables']} ({framework})"})
+    return profile, prov, report
+
+
+def _source_dir(p: Path) -> str:
+    """``p`` relative to the repository (``../shared/...`` for the shared data), else absolute."""
+    from simfoe.paths import REPO_ROOT
+
+    p = Path(p).resolve()
+    for root, prefix in ((REPO_ROOT, ""), (REPO_ROOT.parent, "../")):
+        try:
+            return prefix + str(p.relative_to(root))
+        except ValueError:
+            continue
+    return str(p)
+
+
+TABLES_HEADER = ("# GPU profile: the published {base} profile with its kernel families fitted from per-op kernel\n"
+                 "# tables (AIConfigurator layout). Regenerate: simfoe calibrate --from-tables {src} --base {base} --out {out}\n")
+
+
+def run_fit_tables(root: str | Path, base: str, out: str | Path | None = None, framework: str = "sglang") -> dict:
+    """Fit the tables under ``root`` on ``base``; write the profile to ``out`` when given. Returns the report."""
+    from simfoe.calibration.fit_profile import write_profile
+
+    name = Path(str(out)).name.removesuffix(".yaml").removesuffix(".yml") if out is not None else None
+    profile, prov, report = fit_tables_profile(root, base, framework, name)
+    header = TABLES_HEADER.replace("{src}", _source_dir(Path(root)))  # ../shared/... rather than an absolute path
+    report["written"] = (str(write_profile(profile, prov, out, root, header, base)) if out is not None else None)
+    return report

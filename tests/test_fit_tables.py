@@ -1,0 +1,79 @@
+"""Kernel tables as a calibration source (simfoe.calibration.fit_tables, `simfoe calibrate --from-tables`)."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, strategies as st
+
+from simfoe.calibration import fit_tables as FT
+from simfoe.costs import kernels as K
+from simfoe.specs.io import load_hardware
+
+
+def test_balanced_loads_hand_computed():
+    # 32 tokens x top-8 over 256 experts on one GPU: one row each
+    assert FT.balanced_loads(32, 8, 256, 1) == ";".join(["1"] * 256)
+    # 10 tokens x top-2 over 8 experts, EP 2: 4 local experts share 10 rows -> 3, 3, 2, 2
+    assert FT.balanced_loads(10, 2, 8, 2) == "3;3;2;2"
+    # 1 token x top-8 over 256 experts, EP 8: 32 local experts, share 1 row
+    loads = [int(x) for x in FT.balanced_loads(1, 8, 256, 8).split(";")]
+    assert len(loads) == 32 and sum(loads) == 1
+
+
+@given(st.lists(st.tuples(st.integers(1, 65536), st.integers(1, 65536)), min_size=1, max_size=50))
+def test_hold_out_is_a_function_of_the_shape(shapes):
+    keys = [FT.shape_key_hash(n, k) for n, k in shapes]
+    held = FT.held_out(keys)
+    again = FT.held_out([FT.shape_key_hash(n, k) for n, k in shapes])
+    assert (held == again).all()
+    by_shape = {}
+    for s, h in zip(shapes, held):
+        assert by_shape.setdefault(s, h) == h
+
+
+def test_mla_flag_prices_with_the_mla_family_when_fitted():
+    hw = load_hardware("h100-sxm")
+    base = K.attention_prefill(hw, 4, 8192, 8192, 16, 16, 192, mla=True).latency_s
+    assert base == K.attention_prefill(hw, 4, 8192, 8192, 16, 16, 192).latency_s  # no MLA family: the plain one
+    fam = {**hw.kernels["attention_prefill"], "eff_max": hw.kernels["attention_prefill"]["eff_max"] / 2}
+    hw2 = hw.model_copy(update={"kernels": {**hw.kernels, "attention_prefill_mla": fam}})
+    slow = K.attention_prefill(hw2, 4, 8192, 8192, 16, 16, 192, mla=True).latency_s
+    assert slow > 1.8 * base  # compute-bound: half the efficiency, about twice the time
+    assert K.attention_prefill(hw2, 4, 8192, 8192, 16, 16, 192).latency_s == base
+
+
+@pytest.fixture(scope="module")
+def h100_tables(shared_data):
+    root = shared_data / "aiconfigurator" / "h100_sxm"
+    if not (root / "gemm").is_dir():
+        pytest.skip(f"{root} has no kernel tables")
+    return FT.find_tables(root, "sglang")
+
+
+def test_mla_context_fit_holds_out_within_bound(h100_tables):
+    """Issue 25's bound for MLA (held-out MAPE <= 10%), on shapes the fit never saw."""
+    parts = [p for p in FT.table_parts(h100_tables) if p.family == "attention_prefill_mla"]
+    hw0 = load_hardware("h100-sxm")
+    kern = FT.fit_parts(hw0, dict(hw0.kernels), parts)
+    errs = FT.part_errors(hw0.model_copy(update={"kernels": kern}), parts)["mla context bf16"]
+    assert errs["held_out"]["rows"] > 100 and errs["fitted"]["rows"] > 3 * errs["held_out"]["rows"] / 2
+    assert errs["held_out"]["mape_pct"] <= 10.0
+    assert 0.9 < errs["held_out"]["median_ratio"] < 1.1
+
+
+def test_stored_h100_tables_profile_matches_its_tables(h100_tables):
+    """The committed profile's GEMM family reproduces its held-out MAPE (docs/calibration-kernels.md)."""
+    parts = [p for p in FT.table_parts(h100_tables) if p.label == "gemm bf16"]
+    errs = FT.part_errors(load_hardware("h100-sxm-tables"), parts)["gemm bf16"]
+    assert errs["held_out"]["mape_pct"] <= 13.0  # documented 11.9%; the smooth form's limit on this table
+    assert 0.95 < errs["held_out"]["median_ratio"] < 1.05
+
+
+def test_cli_from_tables_bad_input(refused, tmp_path, shared_data):
+    refused(["calibrate", "--from-tables", tmp_path / "nope", "--base", "h100-sxm"], "--from-tables", "nope", "existing folder")
+    refused(["calibrate", "--from-tables", tmp_path, "--base", "h100-sxm"], "--from-tables", "gemm/sglang")
+    refused(["calibrate", "--from-tables", tmp_path], "--base", "published profile")
+    refused(["calibrate", "--from-tables", tmp_path, "--base", "h100-sxm", "--device", "cpu"], "--device", "not with --from-tables")
+    refused(["calibrate", "--from", tmp_path, "--framework", "vllm"], "--framework", "only with --from-tables")
+    root = shared_data / "aiconfigurator" / "h100_sxm"
+    if root.is_dir():
+        refused(["calibrate", "--from-tables", root, "--base", "b300-nvl", "--json"], "--base", "b300-nvl", "h100-sxm")
