@@ -12,6 +12,7 @@ from simfoe.forward.eplb import balance
 from simfoe.forward.routing import route_group
 from simfoe.specs.io import build_placement, load_model
 from simfoe.specs.placement import resolve_moe
+from simfoe.specs.precision import FORMATS
 
 
 def _gpu_loads(m, probs):
@@ -77,7 +78,7 @@ def test_redundant_experts_cut_skewed_latency_and_cost_memory():
     # 32 replicas over 32 GPUs: one more expert's weights on every GPU
     m = load_model("deepseek-v3")
     extra = eplb["memory"]["weights_bytes_per_gpu"] - base["memory"]["weights_bytes_per_gpu"]
-    assert extra == pytest.approx(m.expert_params() * m.dtype_bytes * m.n_moe_layers)
+    assert extra == pytest.approx(m.expert_params() * FORMATS[m.formats.expert_weights].bytes_per_param * m.n_moe_layers)
 
 
 def test_redundant_experts_must_split_over_the_ep_group():

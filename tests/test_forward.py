@@ -9,6 +9,7 @@ from simfoe.api import forward, forward_model
 from simfoe.errors import SpecError
 from simfoe.fabric.flows import FlowNetwork
 from simfoe.specs.io import load_hardware, load_model
+from simfoe.specs.precision import FORMATS
 
 FAST = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 #: Flows finish up to FlowNetwork.REL_TOL of their duration early (simfoe/fabric/flows.py), so
@@ -119,7 +120,8 @@ def test_foe_keeps_the_shared_expert_iso_parameter(clusters, nodes):
     assert L.shared_ffn * L.clusters == m.moe.n_shared_experts * m.moe.shared_ffn
     none = forward_model("deepseek-v3", "h100-sxm", nodes=nodes, arch="foe",
                          overrides=over + ["model.moe.n_shared_experts=0"])
-    slice_bytes = m.n_moe_layers * L.clusters_per_gpu * L.shared_ffn * m.ffn_mats * m.hidden * m.dtype_bytes
+    per_param = FORMATS[m.formats.gemm_weights].bytes_per_param  # the shared expert is a dense GEMM's weights
+    slice_bytes = m.n_moe_layers * L.clusters_per_gpu * L.shared_ffn * m.ffn_mats * m.hidden * per_param
     assert fm.weight_bytes_per_gpu() - none.weight_bytes_per_gpu() == pytest.approx(slice_bytes)
     with_s, without = (f.run("decode", 64, 1024).breakdown_s["experts"] for f in (fm, none))
     assert with_s > without
@@ -147,7 +149,8 @@ def test_memory_reports_weights_and_kv_per_gpu_and_whether_they_fit():
     r = forward("mixtral-8x7b", "h100-sxm", nodes=1, arch="foe", phase="decode", batch=64, seq_len=4096)
     assert r["memory"]["kv_cache_bytes_per_gpu"] == 64 * 4096 * 16384 and r["memory"]["fits"]
     # DeepSeek-V3 (671 B params, bf16) cannot fit on one 8 x 80 GB node
-    big = forward("deepseek-v3", "h100-sxm", nodes=1, arch="moe", phase="decode", batch=8, seq_len=1024)["memory"]
+    big = forward("deepseek-v3", "h100-sxm", nodes=1, arch="moe", phase="decode", batch=8, seq_len=1024,
+                  overrides=["model.dtype=bf16"])["memory"]
     assert big["weights_bytes_per_gpu"] > 1.3e12 / 8 and not big["fits"]
 
 

@@ -210,12 +210,14 @@ def test_deepseek_v3_is_recommended_at_the_smallest_node_count_that_fits():
     from simfoe.api import forward_model
     from simfoe.planner.layouts import enumerate_layouts as enum
 
-    m = load_model("deepseek-v3")
+    bf16 = ("model.dtype=bf16",)  # the preset is the released fp8 checkpoint
+    m = load_model("deepseek-v3").model_copy(update={"dtype": "bf16"})
     cands = enum(m, _hw(), 4).candidates
-    fits = {c.nodes for c in cands if forward_model("deepseek-v3", c.hardware, c.nodes, c.arch, overrides=c.overrides).fits()}
+    fits = {c.nodes for c in cands
+            if forward_model("deepseek-v3", c.hardware, c.nodes, c.arch, overrides=c.overrides + bf16).fits()}
     assert min(fits) == 4
     r = recommend("deepseek-v3", "h100-sxm", max_nodes=4, slo_ttft_p90=2.0, slo_tbt_p99=0.1,
-                  **{**FAST, "requests": 40, "bisect_steps": 1})
+                  **{**FAST, "requests": 40, "bisect_steps": 1, "overrides": bf16})
     assert r["recommended"]["nodes"] == min(fits)
     assert all(x["status"] == "pruned" for x in r["rejected"] if x["nodes"] < 4)
     assert any(s.get("foe_not_federable") for s in r["skipped"])

@@ -19,6 +19,13 @@ Fitted parameters live in ``hw.kernels`` (see docs/calibration-kernels.md), one 
     eff_c = eff_max * m/(m+m_pad) * n/(n+n_pad) * k/(k+k_pad), i.e. the kernel behaves as if each
     dimension were padded by a fixed amount (tile and wave under-fill); ``mem_eff`` and
     ``mem_floor_bytes``: eff_m = mem_eff * B/(B+mem_floor_bytes); ``launch_s``; ``smooth_p``.
+Precision (simfoe.specs.precision): a GEMM's ``dtype`` is its activations' format and ``weights`` its weights'
+(default: the same); bytes count each operand in its format with its scales, the output in the activations'
+output format (bf16 for fp8-block/mxfp4/nvfp4). The math runs at the peak of the wider operand class
+(:func:`math_dtype`): fp4 weights with bf16 activations are weight-only quantization, dequantized and
+computed at the bf16 peak (H100 has no fp4 tensor cores); fp4 x fp4 needs an ``fp4`` entry in
+``gpu.peak_flops`` (Blackwell). Attention reads Q and O in its ``dtype`` and K, V in ``kv_dtype``.
+
 ``gemm_fp8`` (optional; profiles fitted from measured fp8 GEMMs)
     the ``gemm`` keys for fp8 GEMMs (a key it lacks takes ``gemm``'s value), priced against the fp8
     peak. Without it fp8 GEMMs use ``gemm``'s bf16-fitted efficiencies with the fp8 peak.
@@ -61,6 +68,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from simfoe.errors import SpecError
+from simfoe.specs.precision import NumberFormat, number_format
 
 DTYPE_BYTES: dict[str, int] = {"bf16": 2, "fp16": 2, "fp8": 1, "fp32": 4}
 BOUNDS = ("compute", "memory", "launch")
@@ -88,6 +96,24 @@ def dtype_bytes(dtype: str) -> int:
         return DTYPE_BYTES[dtype]
     except KeyError:
         raise SpecError("dtype", dtype, "allowed: " + ", ".join(DTYPE_BYTES)) from None
+
+
+#: narrow to wide tensor-core classes; a GEMM computes in the wider of its operands' classes
+MATH_RANK = {"fp4": 0, "fp8": 1, "bf16": 2, "fp16": 2, "fp32": 3}
+
+
+def operands(dtype: str, weights: str | None = None) -> tuple[NumberFormat, NumberFormat, str]:
+    """(activation format, weight format, math dtype) of a GEMM with ``dtype`` activations and ``weights``
+    (None: ``dtype``) weights; see :func:`math_dtype`."""
+    a = number_format(dtype)
+    w = a if weights is None else number_format(weights, "weights")
+    return a, w, math_dtype(a, w)
+
+
+def math_dtype(a: NumberFormat, w: NumberFormat) -> str:
+    """The peak a GEMM of activations ``a`` and weights ``w`` runs at: the wider operand's class. Narrower
+    weights are dequantized in the kernel (weight-only quantization: fewer bytes, same math)."""
+    return a.math if MATH_RANK[a.math] >= MATH_RANK[w.math] else w.math
 
 
 def smooth_max(a: float, b: float, p: float) -> float:
@@ -194,8 +220,9 @@ def _table(hw, dtype: str):
 
 # ----------------------------------------------------------------------------- kernels
 
-def gemm(hw, m: int, n: int, k: int, dtype: str = "bf16") -> KernelCost:
-    """(m x k) @ (k x n) in ``dtype``: 2mnk FLOP; reads A and B, writes C once (bytes).
+def gemm(hw, m: int, n: int, k: int, dtype: str = "bf16", weights: str | None = None) -> KernelCost:
+    """(m x k) @ (k x n), A in ``dtype``, B in ``weights`` (default ``dtype``): 2mnk FLOP; reads A and B with
+    their scales, writes C once (bytes; formats and math peak: module doc).
 
     Compute time uses the padded-dimension efficiency of ``hw.kernels['gemm']``; memory time the
     fitted streaming efficiency with a size floor. A dtype with a measured table
@@ -208,18 +235,18 @@ def gemm(hw, m: int, n: int, k: int, dtype: str = "bf16") -> KernelCost:
     k = _pos("k", k)
     if m == 0:
         return KernelCost(0.0, 0.0, 0.0, "launch")
-    eb = dtype_bytes(dtype)
+    a, w, mdt = operands(dtype, weights)
     flops = 2.0 * m * n * k
-    nbytes = eb * (m * k + k * n + m * n)
-    tab = _table(hw, dtype)
+    nbytes = a.act_bytes(m, k) + w.weight_bytes(k, n) + a.output_bytes * m * n
+    tab = _table(hw, mdt)
     if tab is not None:
-        peak = hw.peak(dtype)
+        peak = hw.peak(mdt)
         bound = "compute" if flops / peak >= nbytes / hw.gpu.hbm_bandwidth else "memory"
         return KernelCost(flops / (peak * table_efficiency(tab, m, n, k)), flops, nbytes, bound)
-    eff_max, m_pad, n_pad, k_pad, mem_eff, floor_b, launch, p = gemm_params(hw, dtype)
+    eff_max, m_pad, n_pad, k_pad, mem_eff, floor_b, launch, p = gemm_params(hw, mdt)
     if m == 1:
         m_pad = 0.0  # matrix-vector kernel (see docstring)
-    t_c = 2.0 * (m + m_pad) * (n + n_pad) * (k + k_pad) / (hw.peak(dtype) * eff_max)
+    t_c = 2.0 * (m + m_pad) * (n + n_pad) * (k + k_pad) / (hw.peak(mdt) * eff_max)
     t_m = (nbytes + floor_b) / (hw.gpu.hbm_bandwidth * mem_eff)
     return _cost(t_c, t_m, p, launch, flops, nbytes)
 
@@ -244,8 +271,10 @@ def _tiled_rows(t, g: dict[str, float]) -> float:
     return float((np.ceil(t / tile) * tile).sum())
 
 
-def grouped_gemm(hw, tokens_per_expert, n: int, k: int, dtype: str = "bf16") -> KernelCost:
-    """One grouped launch: for each expert e, (t_e x k) @ (k x n).
+def grouped_gemm(hw, tokens_per_expert, n: int, k: int, dtype: str = "bf16",
+                 weights: str | None = None) -> KernelCost:
+    """One grouped launch: for each expert e, (t_e x k) @ (k x n); activations in ``dtype``, expert weights in
+    ``weights`` (default ``dtype``; formats and math peak: module doc).
 
     Experts with t_e = 0 cost nothing (their weights are not read); each active expert's weights
     (k x n) are read once. Compute time prices the rows the kernel computes: with a ``grouped_gemm``
@@ -266,20 +295,20 @@ def grouped_gemm(hw, tokens_per_expert, n: int, k: int, dtype: str = "bf16") -> 
     active = float(np.count_nonzero(t))
     if active == 0:
         return KernelCost(0.0, 0.0, 0.0, "launch")
-    eb = dtype_bytes(dtype)
+    a, w, mdt = operands(dtype, weights)
     flops = 2.0 * total * n * k
-    nbytes = eb * (active * k * n + total * (k + n))
-    if _table(hw, dtype) is not None:
+    nbytes = active * w.weight_bytes(k, n) + a.act_bytes(total, k) + a.output_bytes * total * n
+    if _table(hw, mdt) is not None:
         # a loop of single GEMM calls, one per active expert
         sizes, reps = np.unique(t[t > 0], return_counts=True)
-        costs = [gemm(hw, float(te), n, k, dtype) for te in sizes]
+        costs = [gemm(hw, float(te), n, k, dtype, weights) for te in sizes]
         lat = float(sum(r * c.latency_s for r, c in zip(reps, costs)))
         return KernelCost(lat, flops, nbytes, costs[-1].bound)
-    g = grouped_params(hw, dtype)
+    g = grouped_params(hw, mdt)
     if "m_tile_small" in g and total / t.size <= g.get("small_rows", 0.0):
         g["m_tile"] = g["m_tile_small"]
     rows = _tiled_rows(t[t > 0], g)
-    t_c = 2.0 * rows * (n + g["n_pad"]) * (k + g["k_pad"]) / (hw.peak(dtype) * g["eff_max"])
+    t_c = 2.0 * rows * (n + g["n_pad"]) * (k + g["k_pad"]) / (hw.peak(mdt) * g["eff_max"])
     t_m = (nbytes + g["mem_floor_bytes"]) / (hw.gpu.hbm_bandwidth * g["mem_eff"])
     return _cost(t_c, t_m, g["smooth_p"], g["launch_s"], flops, nbytes)
 
@@ -294,12 +323,12 @@ def _check_heads(n_heads, n_kv_heads, head_dim) -> tuple[float, float, float]:
 
 
 def attention_prefill(hw, batch: int, q_len: int, kv_len: int, n_heads: int, n_kv_heads: int,
-                      head_dim: int, dtype: str = "bf16", causal: bool = True, mla: bool = False) -> KernelCost:
+                      head_dim: int, dtype: str = "bf16", causal: bool = True, kv_dtype: str | None = None, mla: bool = False) -> KernelCost:
     """FlashAttention-like prefill: Q (q_len new tokens) against kv_len keys per sequence.
 
     FLOP = 4 * batch * n_heads * head_dim * pairs, pairs = q_len*kv_len, or with ``causal``
     q_len*kv_len - q_len^2/2 (exactly half when q_len == kv_len; the new tokens are the last
-    q_len of kv_len). Bytes: Q, K, V, O each once. Efficiency ``hw.kernels['attention_prefill']``
+    q_len of kv_len). Bytes: Q, O in ``dtype`` and K, V in ``kv_dtype`` (default ``dtype``), each once. Efficiency ``hw.kernels['attention_prefill']``
     (published FlashAttention figures); with ``mla`` (DeepSeek multi-head latent attention, priced with
     the caller's per-head dims) ``hw.kernels['attention_prefill_mla']`` where fitted. Uncalibrated: roofline + launch.
     """
@@ -311,10 +340,10 @@ def attention_prefill(hw, batch: int, q_len: int, kv_len: int, n_heads: int, n_k
         raise SpecError("q_len", q_len, f"<= kv_len={kv_len} (new tokens attend to the context and themselves)")
     if b == 0 or q == 0:
         return KernelCost(0.0, 0.0, 0.0, "launch")
-    eb = dtype_bytes(dtype)
+    eb, kvb = dtype_bytes(dtype), dtype_bytes(kv_dtype or dtype)
     pairs = q * kv - (q * q / 2.0 if causal else 0.0)
     flops = 4.0 * b * h * d * pairs
-    nbytes = eb * b * d * (2.0 * q * h + 2.0 * kv * hkv)
+    nbytes = b * d * (eb * 2.0 * q * h + kvb * 2.0 * kv * hkv)
     f = (_family(hw, "attention_prefill_mla") if mla else None) or _family(hw, "attention_prefill")
     t_c = flops / (hw.peak(dtype) * float(f.get("eff_max", 1.0)))
     t_m = nbytes / (hw.gpu.hbm_bandwidth * float(f.get("mem_eff", 1.0)))
@@ -322,8 +351,9 @@ def attention_prefill(hw, batch: int, q_len: int, kv_len: int, n_heads: int, n_k
 
 
 def attention_decode(hw, batch: int, kv_len, n_heads: int, n_kv_heads: int, head_dim: int,
-                     dtype: str = "bf16", mla: bool = False) -> KernelCost:
-    """Decode attention: one new query token per sequence reads its whole KV cache.
+                     dtype: str = "bf16", kv_dtype: str | None = None, mla: bool = False) -> KernelCost:
+    """Decode attention: one new query token per sequence reads its whole KV cache (K, V in ``kv_dtype``,
+    default ``dtype``; Q, O and the math in ``dtype``).
 
     ``kv_len``: context length per sequence (int, same for all ``batch`` sequences) or an
     array-like of per-sequence lengths (its sum is the total KV tokens read; its length must be
@@ -344,9 +374,9 @@ def attention_decode(hw, batch: int, kv_len, n_heads: int, n_kv_heads: int, head
         total = float(arr.sum())
     if b == 0:
         return KernelCost(0.0, 0.0, 0.0, "launch")
-    eb = dtype_bytes(dtype)
+    eb, kvb = dtype_bytes(dtype), dtype_bytes(kv_dtype or dtype)
     flops = 4.0 * h * d * total
-    nbytes = eb * d * (2.0 * hkv * total + 2.0 * b * h)
+    nbytes = d * (kvb * 2.0 * hkv * total + eb * 2.0 * b * h)
     f = (_family(hw, "attention_decode_mla") if mla else None) or _family(hw, "attention_decode")
     t_c = flops / (hw.peak(dtype) * float(f.get("eff_max", 1.0)))
     t_m = (nbytes + float(f.get("mem_floor_bytes", 0.0))) / (hw.gpu.hbm_bandwidth * float(f.get("mem_eff", 1.0)))

@@ -32,11 +32,13 @@ import numpy as np
 from simfoe.costs import dispatch as D
 from simfoe.costs import kernels as K
 from simfoe.costs.program import Collective, Compute
+from simfoe.errors import SpecError
 from simfoe.forward.routing import GroupLimit, route_group
 from simfoe.forward.work import Work, even_split
 from simfoe.specs.hardware import HardwareSpec
 from simfoe.specs.model import ModelSpec
 from simfoe.specs.placement import FoELayout, MoELayout
+from simfoe.specs.precision import Precision
 
 
 @dataclass
@@ -47,20 +49,39 @@ class LayerPlan:
     node_visits: float = 0.0  # (token, node) pairs its expert choices reach (routing.RoutingSample.node_visits)
 
 
-class _Costs:
-    """Memoized kernel costs for one pass (the same shapes recur across GPUs)."""
+def check_peaks(hw: HardwareSpec, f: Precision) -> None:
+    """Every math dtype the formats compute in has a peak on ``hw``; else a SpecError naming the component
+    (e.g. nvfp4 activations on an H100: no fp4 tensor cores)."""
+    for field, act, w in (("gemm_activations", f.gemm_activations, f.gemm_weights),
+                          ("gemm_activations", f.gemm_activations, f.expert_weights),
+                          ("attention", f.attention, f.attention)):
+        mdt = K.operands(act, w)[2]
+        if {"fp16": "bf16"}.get(mdt, mdt) not in hw.gpu.peak_flops:
+            have = ", ".join(sorted(hw.gpu.peak_flops))
+            raise SpecError(f"model.precision.{field}", act, f"a format whose math {hw.gpu.name} has a peak for "
+                            f"({have}); {act} computes in {mdt} (formats not given follow model.dtype={f.shorthand})")
 
-    def __init__(self, hw: HardwareSpec, dtype: str):
-        self.hw, self.dtype = hw, dtype
+
+class _Costs:
+    """Memoized kernel costs for one pass (the same shapes recur across GPUs), each component in its
+    format (``formats``: the model's resolved precision, checked against the hardware's peaks)."""
+
+    def __init__(self, hw: HardwareSpec, formats: Precision):
+        check_peaks(hw, formats)
+        self.hw, self.formats = hw, formats
         self._c: dict = {}
 
-    def gemm(self, m, n, k) -> float:
+    def gemm(self, m, n, k, head: bool = False) -> float:
+        """A dense GEMM: gemm_activations x gemm_weights; ``head``: router and LM head, both operands in the
+        residual format (DeepSeek-V3 and gpt-oss ship them unquantized)."""
         if m <= 0 or n <= 0 or k <= 0:
             return 0.0
-        key = ("g", int(m), int(n), int(k))
+        key = ("g", int(m), int(n), int(k), head)
         v = self._c.get(key)
         if v is None:
-            v = self._c[key] = K.gemm(self.hw, int(m), int(n), int(k), self.dtype).latency_s
+            f = self.formats
+            a, w = (f.residual, f.residual) if head else (f.gemm_activations, f.gemm_weights)
+            v = self._c[key] = K.gemm(self.hw, int(m), int(n), int(k), a, w).latency_s
         return v
 
     def ew(self, nbytes, kind) -> float:
@@ -75,7 +96,8 @@ class _Costs:
     def grouped(self, loads: np.ndarray, n, k) -> float:
         if loads.sum() <= 0:
             return 0.0
-        return K.grouped_gemm(self.hw, np.rint(loads), int(n), int(k), self.dtype).latency_s
+        f = self.formats
+        return K.grouped_gemm(self.hw, np.rint(loads), int(n), int(k), f.gemm_activations, f.expert_weights).latency_s
 
     def attn_prefill(self, tokens, pairs, h, hkv, d) -> float:
         """Prefill chunks as one non-causal block of ``tokens`` queries x pairs/tokens keys
@@ -88,7 +110,8 @@ class _Costs:
             q = int(tokens)
             kv_true = pairs / q
             kv = max(q, int(math.ceil(kv_true)))
-            v = K.attention_prefill(self.hw, 1, q, kv, h, hkv, d, self.dtype, causal=False).latency_s
+            v = K.attention_prefill(self.hw, 1, q, kv, h, hkv, d, self.formats.attention, causal=False,
+                                    kv_dtype=self.formats.kv_cache).latency_s
             v = self._c[key] = v * (kv_true / kv if kv > kv_true else 1.0)
         return v
 
@@ -99,7 +122,8 @@ class _Costs:
         v = self._c.get(key)
         if v is None:
             per = max(1, int(round(kv_tokens / seqs)))
-            v = self._c[key] = K.attention_decode(self.hw, int(seqs), per, h, hkv, d, self.dtype).latency_s
+            v = self._c[key] = K.attention_decode(self.hw, int(seqs), per, h, hkv, d, self.formats.attention,
+                                                  kv_dtype=self.formats.kv_cache).latency_s
         return v
 
 
@@ -252,16 +276,16 @@ def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work | list[Work]
         # one int64 row count per peer, before the variable-size dispatch
         counts = np.full((L.ep, L.ep), 8.0) - 8.0 * np.eye(L.ep)
         steps.append(Collective("all_to_all", "dispatch", ep_groups, (counts,) * len(ep_groups), "direct"))
-    # dispatch in the model dtype (fp8 models: fp8 with per-128 scales), combine in the activation dtype
+    # dispatch and combine in their formats (fp8 dispatch: + per-128 scales, simfoe.costs.dispatch.copy_bytes)
     held = D.sm_share(c.hw, algo)
     steps.append(Collective("dispatch", "dispatch", ep_groups, tuple(traffic), algo,
-                            D.copy_bytes(h, model.dtype_bytes, algo, "dispatch"), held))
+                            D.copy_bytes(h, c.formats.bytes_of("dispatch"), algo, "dispatch"), held))
     if moe.n_shared_experts:
         sw = moe.shared_width
         expert_time = expert_time + np.array([_ffn_seconds(c, model, n, sw) for n in tok_gpu])
     steps.append(Compute("experts", expert_time))
-    steps.append(Collective("combine", "combine", ep_groups, tuple(traffic), algo, D.copy_bytes(h, b, algo, "combine"),
-                            held))
+    steps.append(Collective("combine", "combine", ep_groups, tuple(traffic), algo,
+                            D.copy_bytes(h, c.formats.bytes_of("combine"), algo, "combine"), held))
     steps.append(Compute("experts", np.array([_add_seconds(c, model, n) for n in tok_gpu])))
     if t > 1:
         steps.append(Collective("all_gather", "all_reduce", tp_groups, tuple(n * h * b / t for n in tok_group)))
@@ -271,7 +295,7 @@ def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work | list[Work]
 def _router_seconds(c: _Costs, model: ModelSpec, tokens: int, n_experts: int) -> float:
     """Pre-router norm and router GEMM over ``tokens`` tokens and ``n_experts`` experts on one GPU."""
     h = model.hidden
-    return c.gemm(tokens, n_experts, h) + c.ew(2 * tokens * h * model.act_bytes, "norm")
+    return c.gemm(tokens, n_experts, h, head=True) + c.ew(2 * tokens * h * model.act_bytes, "norm")
 
 
 def _add_seconds(c: _Costs, model: ModelSpec, tokens: int) -> float:
@@ -362,9 +386,12 @@ def foe_layer(c: _Costs, model: ModelSpec, L: FoELayout, work: Work, probs: np.n
             loads = s.expert_load[j * epg:(j + 1) * epg]
             expert_time[gpu] = _experts_seconds(c, model, loads, fw) + _glue_seconds(c, loads, g, shard[j])
     expert_time += np.tile([_ffn_seconds(c, model, n, L.shared_ffn) for n in shard], C)
-    steps.append(Collective("all_to_all", "dispatch", clusters, tuple(m * model.dtype_bytes for m in traffic), "direct"))
+    per_elem = {op: D.copy_bytes(h, c.formats.bytes_of(op), "direct", op) / h for op in ("dispatch", "combine")}
+    steps.append(Collective("all_to_all", "dispatch", clusters, tuple(m * per_elem["dispatch"] for m in traffic),
+                            "direct"))
     steps.append(Compute("experts", expert_time))
-    steps.append(Collective("all_to_all", "combine", clusters, tuple(m.T * b for m in traffic), "direct"))
+    steps.append(Collective("all_to_all", "combine", clusters, tuple(m.T * per_elem["combine"] for m in traffic),
+                            "direct"))
     steps.append(Compute("experts", np.tile([c.ew(3 * n * h * b, "add") for n in shard], C)))
     steps.append(Collective("all_gather", "all_reduce", clusters, (float(shard.max()) * h * b,) * len(clusters)))
     return LayerPlan(steps, local, acts)
@@ -376,4 +403,4 @@ def head_seconds(c: _Costs, model: ModelSpec, work: Work, vocab_split: int, dp_g
     per = work.split(dp_groups)[0]
     emb = c.ew(2 * per.tokens * h * b, "add")
     seqs = per.seqs
-    return emb + c.ew(2 * seqs * h * b, "norm") + c.gemm(seqs, int(math.ceil(model.vocab / vocab_split)), h)
+    return emb + c.ew(2 * seqs * h * b, "norm") + c.gemm(seqs, int(math.ceil(model.vocab / vocab_split)), h, head=True)

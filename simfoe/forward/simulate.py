@@ -28,6 +28,7 @@ from simfoe.forward.work import Work
 from simfoe.specs.hardware import HardwareSpec
 from simfoe.specs.model import ModelSpec
 from simfoe.specs.placement import PlacementSpec, resolve_foe, resolve_moe
+from simfoe.specs.precision import FORMATS
 from simfoe.specs.routing import RoutingSpec, parse_routing
 
 CATEGORIES = ("embed_lm_head", "attention", "all_reduce", "dispatch", "experts", "combine", "dense_ffn")
@@ -310,7 +311,7 @@ class ForwardModel:
             self._probs = p.reshape(n_moe, n_dist, n_exp)
         else:
             self._probs = None
-        self._costs = _Costs(hw, model.dtype)
+        self._costs = _Costs(hw, model.formats)
         # redundant experts: one EPLB placement per MoE layer, from that layer's expected loads
         R = getattr(self.layout, "redundant", 0)
         self._route_memo: dict = {}  # routing samples by inputs and generator state (exact; route_group)
@@ -329,26 +330,31 @@ class ForwardModel:
 
     # ---- memory ------------------------------------------------------------------------------
     def weight_bytes_per_gpu(self) -> float:
-        """Weight bytes on the most loaded GPU."""
-        m, L, b = self.model, self.layout, self.model.dtype_bytes
+        """Weight bytes on the most loaded GPU, each part in its format (``model.precision``): routed experts in
+        expert_weights; attention, dense FFN and shared experts in gemm_weights; router, embedding and LM head
+        in the residual format. Block scales amortized (NumberFormat.bytes_per_param)."""
+        m, L, f = self.model, self.layout, self.model.formats
         emb = 2 * m.vocab * m.hidden
         if self.placement.arch == "foe":
             attn = m.attn_params() * L.clusters_per_gpu / (L.clusters / 1.0) / L.gpus_per_cluster
-            experts = (L.experts_per_gpu * L.expert_ffn + L.clusters_per_gpu * L.shared_ffn) * m.ffn_mats * m.hidden
+            experts = L.experts_per_gpu * L.expert_ffn * m.ffn_mats * m.hidden
+            shared = L.clusters_per_gpu * L.shared_ffn * m.ffn_mats * m.hidden
             router = m.hidden * L.experts_per_cluster * L.clusters_per_gpu
             dense = m.dense_ffn_params() / L.gpus
-            per_layer_moe = attn + experts + router
-            total = m.n_moe_layers * per_layer_moe + m.n_dense_layers * (attn + dense) + emb / L.gpus
+            emb /= L.gpus
         else:
             t = L.attention_tp
             attn = m.attn_params() / t
-            if m.moe:
-                experts = L.experts_per_gpu * m.expert_params() + m.shared_params() + m.hidden * m.moe.n_experts
-            else:
-                experts = 0.0
+            experts = L.experts_per_gpu * m.expert_params() if m.moe else 0.0
+            shared = m.shared_params()
+            router = m.hidden * m.moe.n_experts if m.moe else 0.0
             dense = m.dense_ffn_params() / t
-            total = m.n_layers * attn + m.n_moe_layers * experts + m.n_dense_layers * dense + emb / t
-        return float(total * b)
+            emb /= t
+        gemm = m.n_layers * attn + m.n_moe_layers * shared + m.n_dense_layers * dense
+        residual = m.n_moe_layers * router + emb
+        per = {k: FORMATS[getattr(f, k)].bytes_per_param for k in ("gemm_weights", "expert_weights", "residual")}
+        return float(gemm * per["gemm_weights"] + m.n_moe_layers * experts * per["expert_weights"]
+                     + residual * per["residual"])
 
     def kv_bytes_per_token_per_gpu(self) -> float:
         """KV-cache bytes one token of a sequence occupies on each GPU that holds its KV."""
@@ -359,7 +365,7 @@ class ForwardModel:
             kv = max(1.0, math.ceil(a.n_kv_heads / L.clusters * L.clusters_per_gpu / L.gpus_per_cluster))
         else:
             kv = max(1.0, math.ceil(a.n_kv_heads / L.attention_tp))
-        return float(2 * kv * a.head_dim * m.dtype_bytes * m.n_layers)
+        return float(2 * kv * a.head_dim * m.formats.bytes_of("kv_cache") * m.n_layers)
 
     def kv_capacity_tokens(self) -> int:
         """KV-cache tokens one instance can hold: HBM minus weights minus the reserve, per GPU layout."""

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, PositiveInt, model_validator
 
 from simfoe.specs.base import Spec
+from simfoe.specs.precision import Precision, PrecisionSpec
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 
@@ -80,7 +81,11 @@ class ModelSpec(Spec):
     n_layers: PositiveInt
     hidden: PositiveInt
     vocab: PositiveInt
-    dtype: Literal["bf16", "fp16", "fp8", "fp32"] = "bf16"
+    dtype: Literal["bf16", "fp16", "fp8", "fp32"] = Field(
+        "bf16", description="shorthand for the precision of every component (fp8: fp8 block-scaled GEMMs and fp8 "
+        "dispatch, bf16 attention, KV cache, combine and residual stream); model.precision overrides per component")
+    precision: PrecisionSpec = Field(default_factory=PrecisionSpec,
+                                     description="format per component (simfoe.specs.precision)")
     ffn: int = Field(0, ge=0, description="dense FFN width (dense models and MoE first_dense_layers)")
     gated: bool = Field(True, description="SwiGLU-style FFN: three matrices instead of two")
     attention: AttentionSpec
@@ -100,14 +105,18 @@ class ModelSpec(Spec):
     # ---- derived sizes -------------------------------------------------------------------
     @property
     def dtype_bytes(self) -> int:
-        """Bytes of one weight element (and of one dispatched activation: fp8 models dispatch in fp8)."""
+        """Bytes of one element of the ``dtype`` shorthand (the costs read :attr:`formats` instead)."""
         return DTYPE_BYTES[self.dtype]
 
     @property
-    def act_bytes(self) -> int:
-        """Bytes of one activation element in norms, residual adds, all-reduces and the MoE combine: the model
-        dtype, at least 2 (fp8 models keep bf16 activations; DeepSeek-V3/DeepEP: fp8 dispatch, bf16 combine)."""
-        return max(DTYPE_BYTES[self.dtype], 2)
+    def formats(self) -> Precision:
+        """Format of every component: ``precision`` fields given, the rest from the ``dtype`` shorthand."""
+        return self.precision.resolve(self.dtype)
+
+    @property
+    def act_bytes(self) -> float:
+        """Bytes of one residual-stream element (norms, residual adds, all-reduces): bf16 under fp8."""
+        return self.formats.bytes_of("residual")
 
     @property
     def n_moe_layers(self) -> int:
@@ -164,10 +173,11 @@ class ModelSpec(Spec):
         return self._params(self.moe.top_k if self.moe else None)
 
     def kv_bytes_per_token(self) -> float:
-        """KV-cache bytes per token summed over layers (MLA: compressed latent + rope key)."""
-        a = self.attention
+        """KV-cache bytes per token summed over layers (MLA: compressed latent + rope key), in the
+        ``kv_cache`` format."""
+        a, b = self.attention, self.formats.bytes_of("kv_cache")
         if a.kind == "mla":
-            per_layer = (a.kv_lora_rank + a.qk_rope_head_dim) * self.dtype_bytes
+            per_layer = (a.kv_lora_rank + a.qk_rope_head_dim) * b
         else:
-            per_layer = 2 * a.n_kv_heads * a.head_dim * self.dtype_bytes
+            per_layer = 2 * a.n_kv_heads * a.head_dim * b
         return per_layer * self.n_layers
