@@ -8,7 +8,7 @@
 The module itself is callable: ``simfoe.whatif(base, **changes)`` is :func:`whatif`.
 
 * A :class:`Scenario` is one run: ``kind`` ``forward`` (one pass: model, hardware, nodes, arch, phase,
-  batch, seq_len, routing), ``serve`` (a trace at a rate: TTFT/TBT/throughput/goodput) or
+  batch, seq_len, routing), ``serve`` (a trace at a rate, or a closed loop with ``concurrency``: TTFT/TBT/throughput/goodput) or
   ``pipeline`` (an ALTO stage graph: spec, mode, rate, duration, pipeline_routing).
 * A change is a mapping: keys are Scenario fields (``arch``, ``nodes``, ``routing``, ``batch`` ...) or
   dotted ``--set`` paths (``hardware.network.nic_bandwidth``, ``model.dtype``,
@@ -54,6 +54,13 @@ class Scenario:
     token_budget: int = 8192  # per DP attention rank (budget_scope "rank") or per instance
     budget_scope: str = "rank"
     rank_router: str = "vllm-lb"  # which DP attention rank a request is pinned to
+    # a closed loop instead of trace/rate/duration (simfoe.workloads.closed_loop.ClosedLoop)
+    concurrency: int | None = None
+    isl: int | None = None
+    osl: int | None = None
+    random_range_ratio: float | None = None
+    num_prompts: int | None = None
+    warmup: int | None = None
     spec: str = "factool"
     mode: str = "stream"
     pipeline_routing: str | None = None
@@ -161,10 +168,14 @@ def run(s: Scenario) -> dict:
     if s.kind == "serve":
         from simfoe.serving import run_serve
 
-        r = run_serve(s.model, s.hardware, s.nodes, s.arch, s.trace, rate=s.rate, duration=s.duration,
+        closed = s.concurrency is not None  # a closed loop replaces the trace and its arrival rate
+        r = run_serve(s.model, s.hardware, s.nodes, s.arch, None if closed else s.trace,
+                      rate=None if closed else s.rate, duration=None if closed else s.duration,
                       replicas=s.replicas, routing=s.routing, overrides=s.overrides, seed=s.seed,
                       slo_ttft=s.slo_ttft, slo_tbt=s.slo_tbt, token_budget=s.token_budget,
-                      budget_scope=s.budget_scope, rank_router=s.rank_router)
+                      budget_scope=s.budget_scope, rank_router=s.rank_router, concurrency=s.concurrency,
+                      isl=s.isl, osl=s.osl, random_range_ratio=s.random_range_ratio, num_prompts=s.num_prompts,
+                      warmup=s.warmup)
         from simfoe.serving.api import SUMMARY_METRICS
 
         return _flat({k: r[k] for k in SUMMARY_METRICS if k in r})

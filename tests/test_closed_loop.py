@@ -118,3 +118,60 @@ def test_closed_loop_with_open_loop_options_is_refused():
     with pytest.raises(SpecError) as e:
         simulate_serving("m", "h", 1, "moe", ClosedLoop(2, 10, 10), rate=3.0, step_model=LIN, kv_capacity_tokens=10**5)
     assert e.value.field == "rate"
+
+
+SERVE = ["serve", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--arch", "moe"]
+
+
+def test_serve_closed_loop_json_has_the_workload_block(fake_forward, capsys):
+    import json
+
+    from simfoe.cli import main
+
+    assert main(SERVE + ["--concurrency", "4", "--isl", "256", "--osl", "16", "--random-range-ratio", "0.5",
+                         "--num-prompts", "20", "--warmup", "8", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    w = out["workload"]
+    assert w["kind"] == "closed-loop" and w["ignore_eos"] is True
+    assert (w["concurrency"], w["isl"], w["osl"], w["random_range_ratio"], w["num_prompts"], w["warmup"]) == (
+        4, 256, 16, 0.5, 20, 8)
+    assert out["requests"]["total"] == out["requests"]["completed"] == 20
+
+
+@pytest.mark.parametrize("extra,words", [
+    (["--concurrency", "4", "--isl", "8", "--osl", "8", "--trace", "longbench"], ["--trace", "concurrency"]),
+    (["--concurrency", "4", "--isl", "8", "--osl", "8", "--rate", "2"], ["--rate", "closed-loop"]),
+    (["--isl", "8"], ["--isl", "only with concurrency"]),
+    (["--concurrency", "4", "--isl", "8"], ["--osl", "not given"]),
+    (["--concurrency", "0", "--isl", "8", "--osl", "8"], ["--concurrency", "0"]),
+    (["--concurrency", "4", "--isl", "8", "--osl", "8", "--random-range-ratio", "1"], ["--random-range-ratio", "[0, 1)"]),
+    (["--concurrency", "4", "--isl", "8", "--osl", "8", "--warmup", "-2"], ["--warmup", "-2"]),
+    ([], ["--trace", "not given"]),
+])
+def test_serve_bad_workload_flags_exit_2_with_one_line(fake_forward, refused, extra, words):
+    refused(SERVE + extra + ["--json"], *words)
+
+
+def test_whatif_and_run_serve_take_a_closed_loop(fake_forward):
+    from simfoe.serving import run_serve
+    from simfoe.whatif import run, scenario
+
+    s = run_serve("mixtral-8x7b", "h100-sxm", 1, "moe", concurrency=2, isl=64, osl=8, num_prompts=6)
+    assert s["workload"]["kind"] == "closed-loop" and s["requests"]["completed"] == 6
+    r = run(scenario("serve", concurrency=2, isl=64, osl=8, num_prompts=6))  # its trace/rate defaults make way
+    assert r["requests.completed"] == 6
+    with pytest.raises(SpecError) as e:
+        run_serve("mixtral-8x7b", "h100-sxm", 1, "moe", "longbench", concurrency=2, isl=64, osl=8)
+    assert e.value.field == "trace"
+
+
+def test_sweep_validates_a_closed_loop_before_running():
+    from simfoe.sweep.scenarios import check_model_options
+
+    check_model_options({"concurrency": 8, "isl": 128, "osl": 16, "trace": None}, {})
+    with pytest.raises(SpecError) as e:
+        check_model_options({"concurrency": 8, "isl": 128, "osl": 16, "rate": 2.0}, {})
+    assert e.value.field == "rate"
+    with pytest.raises(SpecError) as e:
+        check_model_options({"concurrency": 8, "isl": 128}, {})
+    assert e.value.field == "osl"

@@ -5,8 +5,6 @@ from __future__ import annotations
 #: ClosedLoop fields -> the flags that set them
 CLOSED_LOOP_FLAGS = {"concurrency": "--concurrency", "isl": "--isl", "osl": "--osl",
                      "random_range_ratio": "--random-range-ratio", "num_prompts": "--num-prompts", "warmup": "--warmup"}
-#: open-loop flags a closed loop has no use for
-OPEN_LOOP_FLAGS = {"trace": "--trace", "rate": "--rate", "duration": "--duration", "arrival": "--arrival"}
 
 
 def add_closed_loop_flags(p) -> None:
@@ -25,26 +23,8 @@ def add_closed_loop_flags(p) -> None:
 
 
 def workload_of(args):
-    """``args.trace``, or the :class:`ClosedLoop` the closed-loop flags describe; a SpecError naming the
-    flag when the two kinds are mixed or --concurrency lacks --isl/--osl."""
-    from simfoe.errors import SpecError
-    from simfoe.workloads.closed_loop import ClosedLoop
+    """``args.trace``, or the :class:`ClosedLoop` the closed-loop flags describe (errors name the flags
+    through the command's :data:`CLOSED_LOOP_FLAGS` mapping)."""
+    from simfoe.workloads.closed_loop import select_workload
 
-    given = {f: getattr(args, f, None) for f in CLOSED_LOOP_FLAGS}
-    if given["concurrency"] is None:
-        extra = next((CLOSED_LOOP_FLAGS[f] for f, v in given.items() if v is not None), None)
-        if extra is not None:
-            raise SpecError(extra, given[extra.lstrip("-").replace("-", "_")], "only with --concurrency (a closed loop)")
-        if args.trace is None:
-            raise SpecError("--trace", None, "a trace file or built-in name, or a closed loop: --concurrency N "
-                            "--isl L --osl L")
-        return args.trace
-    for f, flag in OPEN_LOOP_FLAGS.items():
-        if getattr(args, f, None) is not None:
-            raise SpecError(flag, getattr(args, f), "omitted with --concurrency (a closed loop: its clients send "
-                            "the requests)")
-    for f in ("isl", "osl"):
-        if given[f] is None:
-            raise SpecError(CLOSED_LOOP_FLAGS[f], None, f"an integer >= 1 with --concurrency ({f} tokens)")
-    kw = {f: v for f, v in given.items() if v is not None}
-    return ClosedLoop(**kw)
+    return select_workload(args.trace, **{f: getattr(args, f, None) for f in CLOSED_LOOP_FLAGS})

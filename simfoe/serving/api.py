@@ -317,10 +317,25 @@ def write_serving_outputs(res: ServingResult, out=None, timeline=None, out_field
             res.summary["files"] = res.write(out, w)
 
 
-def run_serve(model, hardware, nodes: int, arch: str, trace, *, out=None, timeline: str | None = None, **kw) -> dict:
+def run_serve(model, hardware, nodes: int, arch: str, trace=None, rate: float | None = None,
+              duration: float | None = None, replicas: int = 1, routing: str = "uniform", overrides=(),
+              seed: int = 0, slo_ttft: float | None = None, slo_tbt: float | None = None,
+              max_batch: int = 256, token_budget: int = 8192, budget_scope: str = "rank", progress: bool = False,
+              out=None, rank_router: str = "vllm-lb", concurrency: int | None = None, isl: int | None = None,
+              osl: int | None = None, random_range_ratio: float | None = None, num_prompts: int | None = None,
+              warmup: int | None = None, timeline: str | None = None, **kw) -> dict:
     """The JSON summary of ``simfoe serve`` (keys in DESIGN.md plus more); writes ``requests.parquet``
-    and ``summary.json`` under ``out`` and the iteration trace to ``timeline`` when given; ``kw`` as
-    for :func:`simulate_serving`."""
-    res = simulate_serving(model, hardware, nodes, arch, trace, record_timeline=timeline is not None, **kw)
+    and ``summary.json`` under ``out`` and the iteration trace to ``timeline`` when given. A sweep's or
+    what-if's serve scenario: ``trace`` (with ``rate``, ``duration``), or a closed loop of
+    ``concurrency`` clients (``isl``, ``osl``, ``random_range_ratio``, ``num_prompts``, ``warmup``; see
+    :class:`simfoe.workloads.closed_loop.ClosedLoop`); ``kw`` as for :func:`simulate_serving`."""
+    from simfoe.workloads.closed_loop import select_workload
+
+    work = select_workload(trace, concurrency, isl=isl, osl=osl, random_range_ratio=random_range_ratio,
+                           num_prompts=num_prompts, warmup=warmup)
+    res = simulate_serving(model, hardware, nodes, arch, work, rate=rate, duration=duration, replicas=replicas,
+                           routing=routing, overrides=overrides, seed=seed, slo_ttft=slo_ttft, slo_tbt=slo_tbt,
+                           max_batch=max_batch, token_budget=token_budget, budget_scope=budget_scope,
+                           rank_router=rank_router, progress=progress, record_timeline=timeline is not None, **kw)
     write_serving_outputs(res, out, timeline)
     return res.summary

@@ -158,6 +158,19 @@ def check_model_options(options: dict, overrides: dict) -> None:
         _check_hardware(str(options["hardware"]), _by_root(overrides, "hardware"))
     if "arch" in options and "nodes" in options:
         _check_placement(options["arch"], options["nodes"], _by_root(overrides, "placement"))
+    if options.get("concurrency") is not None:
+        _check_closed_loop(options)
+
+
+def _check_closed_loop(options: dict) -> None:
+    """A serve scenario's closed loop (``concurrency``, ``isl``, ``osl``, ...) is valid and has no
+    open-loop ``trace``, ``rate`` or ``duration``."""
+    from simfoe.workloads.closed_loop import ClosedLoop, select_workload
+
+    for k in ("rate", "duration"):
+        if options.get(k) is not None:
+            raise SpecError(k, options[k], "omitted (null) with concurrency: a closed loop's clients send the requests")
+    select_workload(options.get("trace"), **{k: options.get(k) for k in ClosedLoop.__dataclass_fields__})
 
 
 @functools.lru_cache(maxsize=256)

@@ -91,3 +91,27 @@ class ClosedLoop:
         return {"kind": "closed-loop", "concurrency": self.concurrency, "isl": self.isl, "osl": self.osl,
                 "random_range_ratio": self.random_range_ratio, "num_prompts": self.num_prompts,
                 "warmup": self.warmup, "ignore_eos": True}
+
+
+def select_workload(trace=None, concurrency: int | None = None, **closed):
+    """``trace`` (a path or built-in name), or the :class:`ClosedLoop` of ``concurrency`` and ``closed``
+    (``isl``, ``osl``, ``random_range_ratio``, ``num_prompts``, ``warmup``; None: not given). A
+    SpecError names the argument when the two kinds are mixed, or neither is given."""
+    given = {k: v for k, v in closed.items() if v is not None}
+    unknown = set(closed) - set(ClosedLoop.__dataclass_fields__)
+    if unknown:
+        k = sorted(unknown)[0]
+        raise SpecError(k, closed[k], "a closed-loop setting: one of " + ", ".join(ClosedLoop.__dataclass_fields__))
+    if concurrency is None:
+        if given:
+            k = next(iter(given))
+            raise SpecError(k, given[k], "only with concurrency (a closed loop)")
+        if trace is None:
+            raise SpecError("trace", None, "a trace file or built-in name, or a closed loop: concurrency, isl, osl")
+        return trace
+    if trace is not None:
+        raise SpecError("trace", trace, "omitted with concurrency (a closed loop: its clients send the requests)")
+    for k in ("isl", "osl"):
+        if k not in given:
+            raise SpecError(k, None, f"an integer >= 1 with concurrency ({k} tokens)")
+    return ClosedLoop(concurrency, **given)
