@@ -207,6 +207,7 @@ class Part:
     """One fitted family and the records it is fitted on (``fit``) or only judged on (``fit=False``)."""
 
     label: str
+    key: str
     family: str
     rows: object
     fit: bool = True
@@ -244,14 +245,24 @@ def fit_parts(hw0, kern: dict, parts: list[Part]) -> dict:
     return kern
 
 
-def _errs(hw, rows) -> dict:
-    """{"rows", "mape_pct", "median_ape_pct", "p90_ape_pct", "max_ape_pct", "median_ratio"} (ratio = predicted / measured)."""
+def predict_rows(hw, rows) -> np.ndarray:
+    """``hw``'s predictions (s) for table records, through simfoe.calibration.fit_profile.predict_kernel_row."""
     from simfoe.calibration.fit_profile import predict_kernel_row
 
+    return np.array([predict_kernel_row(hw, r) for r in rows.itertuples(index=False)], float)
+
+
+def split_rows(part: Part):
+    """(("fitted", training rows), ("held_out", held-out rows)) of a part."""
+    held = part.rows.held.to_numpy()
+    return (("fitted", part.rows[~held]), ("held_out", part.rows[held]))
+
+
+def _errs(hw, rows) -> dict:
+    """{"rows", "mape_pct", "median_ape_pct", "p90_ape_pct", "max_ape_pct", "median_ratio"} (ratio = predicted / measured)."""
     if rows.empty:
         return {"rows": 0}
-    pred = np.array([predict_kernel_row(hw, r) for r in rows.itertuples(index=False)], float)
-    ratio = pred / rows.t_s.to_numpy(float)
+    ratio = predict_rows(hw, rows) / rows.t_s.to_numpy(float)
     ape = np.abs(ratio - 1.0) * 100.0
     return {"rows": int(ape.size), "mape_pct": round(float(ape.mean()), 2),
             "median_ape_pct": round(float(np.median(ape)), 2), "p90_ape_pct": round(float(np.percentile(ape, 90)), 2),
@@ -264,9 +275,8 @@ def part_errors(hw, parts: list[Part]) -> dict:
     for p in parts:
         if p.rows is None or p.rows.empty:
             continue
-        held = p.rows.held.to_numpy()
-        out[p.label] = {"family": p.family, "fitted_here": p.fit, "table": str(p.rows.table.iloc[0]),
-                        "fitted": _errs(hw, p.rows[~held]), "held_out": _errs(hw, p.rows[held])}
+        out[p.label] = {"key": p.key, "family": p.family, "fitted_here": p.fit, "table": str(p.rows.table.iloc[0]),
+                        **{split: _errs(hw, rows) for split, rows in split_rows(p)}}
     return out
 
 
@@ -282,15 +292,19 @@ def table_parts(ts: TableSet) -> list[Part]:
             mask &= df[col].astype(str).to_numpy() == v
         return df[mask]
 
-    return [Part("gemm bf16", "gemm", sel(g, variant="dense")),
-            Part("gemm fp8 (per-tensor)", "gemm_fp8", sel(g, variant="per_tensor")),
-            Part("gemm fp8 block-scaled (judged on gemm_fp8)", "gemm_fp8", sel(g, variant="block"), fit=False),
-            Part("fused moe bf16", "grouped_gemm", sel(m, dtype="bf16")),
-            Part("fused moe fp8 block-scaled", "grouped_gemm_fp8", sel(m, dtype="fp8")),
-            Part("attention context bf16", "attention_prefill", sel(a, op="attention") if a is None else a[a.variant.str.startswith("prefill")]),
-            Part("attention generation bf16", "attention_decode", None if a is None else a[a.variant.str.startswith("decode")]),
-            Part("mla context bf16", "attention_prefill_mla", None if mla is None else mla[mla.variant.str.startswith("prefill")]),
-            Part("mla generation bf16", "attention_decode_mla", None if mla is None else mla[mla.variant.str.startswith("decode")])]
+    def phase(df, ph):
+        return None if df is None else df[df.variant.str.startswith(ph)]
+
+    return [Part("gemm bf16", "gemm:bf16", "gemm", sel(g, variant="dense")),
+            Part("gemm fp8 (per-tensor)", "gemm:fp8", "gemm_fp8", sel(g, variant="per_tensor")),
+            Part("gemm fp8 block-scaled (judged on gemm_fp8)", "gemm:fp8_block", "gemm_fp8", sel(g, variant="block"),
+                 fit=False),
+            Part("fused moe bf16", "moe:bf16", "grouped_gemm", sel(m, dtype="bf16")),
+            Part("fused moe fp8 block-scaled", "moe:fp8_block", "grouped_gemm_fp8", sel(m, dtype="fp8")),
+            Part("attention context bf16", "attention:context", "attention_prefill", phase(a, "prefill")),
+            Part("attention generation bf16", "attention:generation", "attention_decode", phase(a, "decode")),
+            Part("mla context bf16", "mla:context", "attention_prefill_mla", phase(mla, "prefill")),
+            Part("mla generation bf16", "mla:generation", "attention_decode_mla", phase(mla, "decode"))]
 
 
 def _meta(ts: TableSet, op: str) -> dict:

@@ -12,6 +12,9 @@ Sources (each judged against its tolerance in validation/tolerances.yaml):
   (:func:`deepep_rows`);
 * ``nccl:h100_sxm:<op>[:<n>gpu|:small]``: nccl-tests on one H100 node (AIConfigurator's table, read in place
   from ``<shared>/aiconfigurator``), predicted with h100-sxm (:func:`nccl_rows`);
+* ``kernels:h100_sxm:<op>:<kind>:<fitted|held_out>``: H100 kernel tables (AIConfigurator's SGLang GEMM, fused
+  MoE, attention, MLA; read in place from ``<shared>/aiconfigurator``) predicted with the stored
+  h100-sxm-tables profile, split as its fit held shapes out (:func:`kernel_table_rows`);
 * ``testbed:<profile>``: the stored testbed measurements (reports/calibration/testbed-<profile>.json, one per
   machine kind, each naming its profile; tolerance ``testbed:<profile>``) against the current
   forward-model predictions, judged by the MoE/FoE speedup error.
@@ -174,6 +177,25 @@ def nccl_rows(table: Path, hw) -> list[dict]:
     return out
 
 
+KERNEL_TABLES = "aiconfigurator/h100_sxm"
+KERNEL_TABLES_PROFILE = "h100-sxm-tables"
+
+
+def kernel_table_rows(root: Path, hw) -> list[dict]:
+    """H100 kernel tables (AIConfigurator's SGLang GEMM, fused MoE, attention and MLA tables; records and
+    hold-out of simfoe.calibration.fit_tables) predicted with ``hw``: ``kernels:h100_sxm:<op>:<kind>:<split>``,
+    split ``fitted`` (shapes the stored profile was fitted on) or ``held_out``."""
+    from simfoe.calibration import fit_tables as ft
+
+    out = []
+    for part in ft.table_parts(ft.find_tables(root, "sglang")):
+        if part.rows is None or part.rows.empty:
+            continue
+        for split, rows in ft.split_rows(part):
+            out += _rows(f"kernels:h100_sxm:{part.key}:{split}", part.family, ft.predict_rows(hw, rows), rows.t_s)
+    return out
+
+
 def testbed_results(folder: Path = TESTBED_DIR) -> list[Path]:
     """Stored testbed runs: reports/calibration/testbed-<profile>.json, one per machine kind."""
     return sorted(folder.glob("testbed-*.json")) if folder.is_dir() else []
@@ -273,6 +295,13 @@ def validate(vidur: str | Path | None = None, hardware: list[str] | None = None,
         else:
             missing["nccl"] = str(table)
             skipped["nccl"] = f"{table} absent"
+    if hardware is None or NCCL_PROFILE in hardware:  # the H100 tables, judged with the profile fitted from them
+        root = shared_data_expected() / KERNEL_TABLES
+        if (root / "gemm").is_dir():
+            rows += kernel_table_rows(root, load_hardware(KERNEL_TABLES_PROFILE, hw_overrides))
+        else:
+            missing["kernels"] = str(root)
+            skipped["kernels"] = f"{root} absent"
     if include_testbed:
         stored = testbed_results()
         if not stored:
