@@ -336,8 +336,12 @@ def predict_row(row: SiliconRow, deployments: _Deployments | None = None, seed: 
         return Prediction(row, reason=sc.reason)
     deployments = deployments or _Deployments()
     try:
+        workload = sc.workload()
+    except ImportError:  # a checkout without the closed-loop serving workloads
+        return Prediction(row, reason="closed-loop workloads not available in this checkout")
+    try:
         cost, kv = deployments.get(sc)
-        res = simulate_serving(sc.model, sc.hardware, 1, "moe", sc.workload(), step_model=cost, kv_capacity_tokens=kv,
+        res = simulate_serving(sc.model, sc.hardware, 1, "moe", workload, step_model=cost, kv_capacity_tokens=kv,
                                max_batch=sc.max_batch, token_budget=sc.token_budget, seed=seed)
     except SpecError as e:
         return Prediction(row, reason=f"simulator refused: {e.field}")
