@@ -355,7 +355,8 @@ class Engine:
                 # draining past the last arrival: the bar's end follows the clock (tqdm drops a total
                 # that n overtakes, and the bar format cannot print a missing total)
                 self.pbar.total = math.ceil(now)
-                self.pbar.set_description("serve (draining)", refresh=False)
+                if self.clients is None:  # a closed loop has no last arrival to drain after
+                    self.pbar.set_description("serve (draining)", refresh=False)
             self.pbar.update(now - self._last_tick)
             self._last_tick = now
             self.pbar.set_postfix_str(f"done {self.completed}/{self.store.n}", refresh=False)
