@@ -153,7 +153,7 @@ def test_overlap_setting_parses_none_and_rejects_others():
 
 @pytest.mark.parametrize("phase,batch", [("prefill", 4), ("decode", 64)])
 def test_auto_picks_the_faster_pass(phase, batch):
-    # olmoe on 2 nodes: two-batch is 26% faster in this prefill and 7% slower in this decode
+    # olmoe on 2 nodes: two-batch is 24% faster in this prefill and 19% slower in this decode
     kw = dict(model="olmoe-1b-7b", phase=phase, batch=batch, seq_len=2048, nodes=2, arch="moe")
     one, two, auto = _fwd("none", **kw), _fwd("two-batch", **kw), _fwd("auto", **kw)
     assert auto["micro_batches"] == (2 if phase == "prefill" else 1)
@@ -203,3 +203,22 @@ def test_compute_floor_is_below_the_simulated_two_batch_pass(model, nodes, arch,
     two = fm.simulate(w).latency_s
     assert floor <= two * (1 + fm.AUTO_MARGIN)
     assert floor > 0.5 * two  # and it is a useful floor, not a trivial one
+
+
+@settings(max_examples=12, deadline=None)
+@given(model=hs.sampled_from(["olmoe-1b-7b", "qwen3-30b-a3b", "mixtral-8x7b"]), nodes=hs.integers(1, 2),
+       layout=hs.sampled_from(["tp", "dp", "foe"]), phase=hs.sampled_from(["prefill", "decode"]),
+       batch=hs.integers(1, 64), seq_len=hs.integers(64, 2048))
+def test_overlap_costs_at_most_what_the_second_micro_batch_adds_to_compute(model, nodes, layout, phase, batch, seq_len):
+    """Two micro-batches never take longer than one batch by more than the compute they add on the path
+    (weights read twice, half-size kernels): the communication they expose is never more than one batch's."""
+    from simfoe.api import forward_model
+
+    arch = "foe" if layout == "foe" else "moe"
+    extra = [] if layout == "foe" else [f"placement.moe.attention={layout}"]
+    batch = min(batch, 8) if phase == "prefill" else batch
+    one = forward_model(model, "h100-sxm", nodes, arch, overrides=extra)
+    two = forward_model(model, "h100-sxm", nodes, arch, overrides=extra + ["placement.overlap=two-batch"])
+    w = Work.from_phase(phase, batch, seq_len)
+    added = two.serial_compute_s(w, True) - one.serial_compute_s(w, False)
+    assert two.simulate(w).latency_s <= one.simulate(w).latency_s + added + 1e-12

@@ -38,10 +38,13 @@ KINDS = {
 
 @dataclass(frozen=True, eq=False)
 class Compute:
-    """GPU-local work: ``seconds[g]`` on GPU g (s), counted under breakdown ``category``."""
+    """GPU-local work: ``seconds[g]`` on GPU g (s), counted under breakdown ``category``. ``independent``:
+    it needs none of the collectives launched before it (shared experts beside the dispatch), so with two
+    micro-batches it runs while they are in flight; one batch runs every step in order."""
 
     category: str
     seconds: np.ndarray  # (G,)
+    independent: bool = False
 
 
 @dataclass(frozen=True, eq=False)

@@ -280,9 +280,9 @@ def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work | list[Work]
     held = D.sm_share(c.hw, algo)
     steps.append(Collective("dispatch", "dispatch", ep_groups, tuple(traffic), algo,
                             D.copy_bytes(h, c.formats.bytes_of("dispatch"), algo, "dispatch"), held))
-    if moe.n_shared_experts:
+    if moe.n_shared_experts:  # need no dispatched token: under two-batch overlap they run during the dispatch
         sw = moe.shared_width
-        expert_time = expert_time + np.array([_ffn_seconds(c, model, n, sw) for n in tok_gpu])
+        steps.append(Compute("experts", np.array([_ffn_seconds(c, model, n, sw) for n in tok_gpu]), independent=True))
     steps.append(Compute("experts", expert_time))
     steps.append(Collective("combine", "combine", ep_groups, tuple(traffic), algo,
                             D.copy_bytes(h, c.formats.bytes_of("combine"), algo, "combine"), held))
@@ -385,10 +385,12 @@ def foe_layer(c: _Costs, model: ModelSpec, L: FoELayout, work: Work, probs: np.n
         for j, gpu in enumerate(grp):
             loads = s.expert_load[j * epg:(j + 1) * epg]
             expert_time[gpu] = _experts_seconds(c, model, loads, fw) + _glue_seconds(c, loads, g, shard[j])
-    expert_time += np.tile([_ffn_seconds(c, model, n, L.shared_ffn) for n in shard], C)
+    shared = np.tile([_ffn_seconds(c, model, n, L.shared_ffn) for n in shard], C)
     per_elem = {op: D.copy_bytes(h, c.formats.bytes_of(op), "direct", op) / h for op in ("dispatch", "combine")}
     steps.append(Collective("all_to_all", "dispatch", clusters, tuple(m * per_elem["dispatch"] for m in traffic),
                             "direct"))
+    if L.shared_ffn:  # the clusters' shared-expert slices, during the dispatch under two-batch overlap
+        steps.append(Compute("experts", shared, independent=True))
     steps.append(Compute("experts", expert_time))
     steps.append(Collective("all_to_all", "combine", clusters, tuple(m.T * per_elem["combine"] for m in traffic),
                             "direct"))

@@ -86,11 +86,12 @@ class _Recorder:
         """The events, ``by_s`` seconds later."""
         return [{**e, "ts": e["ts"] + by_s * 1e6} for e in self.events]
 
-    def compute(self, gpu: int, name: str, start: float, end: float):
+    def compute(self, gpu: int, name: str, start: float, end: float, stage: int | None = None):
+        """A compute step on ``gpu`` from ``start`` to ``end`` (s); ``stage``: its two-batch-overlap stage."""
         if end > start:
+            args = {"layer": self.label} if stage is None else {"layer": self.label, "stage": stage}
             self.events.append({"name": name, "cat": "compute", "ph": "X", "pid": 0, "tid": int(gpu),
-                                "ts": start * 1e6, "dur": (end - start) * 1e6,
-                                "args": {"layer": self.label}})
+                                "ts": start * 1e6, "dur": (end - start) * 1e6, "args": args})
 
     def __call__(self, kind, name, resource, start, end, nbytes):
         self.events.append({"name": name, "cat": kind, "ph": "X", "pid": 1, "tid": str(resource),
@@ -103,11 +104,29 @@ def run_program(hw: HardwareSpec, nodes: int, plan: LayerPlan, recorder: _Record
     return run_programs(hw, nodes, [plan.steps], recorder)
 
 
+def stages(steps: list) -> dict[int, int]:
+    """Two-batch-overlap stage of each compute step (by step index), as SGLang's two-batch overlap cuts a
+    layer at its communication points: a stage runs until a collective is launched; compute that needs
+    none of the collectives in flight (``Compute.independent``: shared experts beside the dispatch) is a
+    stage of its own; the next stage begins by waiting for them. Attention and the router that follows it
+    are one stage (the router fused into attention)."""
+    out, stage, launched, prev_independent = {}, 0, False, False
+    for si, s in enumerate(steps):
+        if isinstance(s, Collective):
+            launched = True
+            continue
+        if launched or (prev_independent and not s.independent):
+            stage += 1
+        out[si], launched, prev_independent = stage, False, s.independent
+    return out
+
+
 class _Streams:
     """The GPUs' compute streams when several programs (micro-batches) share them.
 
-    Each stream runs compute steps in a fixed turn order, the k-th compute step of every program in
-    turn (k = 0, 1, ...); a step waits for its turn. While a collective a GPU belongs to is in flight,
+    Each stream runs compute stages (:func:`stages`) in a fixed turn order, stage k of every program in
+    turn (k = 0, 1, ...), as SGLang's two-batch overlap launches the micro-batches' stages; a step waits
+    for its turn. While a collective a GPU belongs to is in flight,
     its compute runs at ``1 - share`` of its speed (the SMs the communication kernels hold); ``share``
     "auto": each collective's own ``sm_share`` (the largest of those in flight on the GPU).
     """
@@ -118,13 +137,9 @@ class _Streams:
             raise SpecError("placement.comm_sm_share", share, "a share of the GPU in [0, 1), or auto")
         self.env, self.share = env, (1.0 if auto else share)  # truthy when compute can slow down
         self.held: list[list[float]] | None = [[] for _ in range(G)] if auto else None  # in-flight shares
-        ordinals = [[si for si, s in enumerate(steps) if isinstance(s, Compute)] for steps in programs]
-        self.turn_of, pos = {}, 0
-        for k in range(max(map(len, ordinals))):
-            for pi, o in enumerate(ordinals):
-                if k < len(o):
-                    self.turn_of[(pi, o[k])] = pos
-                    pos += 1
+        self.stage_of = [stages(steps) for steps in programs]
+        order = sorted((k, pi, si) for pi, st in enumerate(self.stage_of) for si, k in st.items())
+        self.turn_of = {(pi, si): pos for pos, (_, pi, si) in enumerate(order)}
         self.turn = np.zeros(G, dtype=np.int64)  # the turn each stream is at
         self.waiting: dict[tuple[int, int], simpy.Event] = {}
         self.inflight = np.zeros(G, dtype=np.int64)  # collectives in flight that each GPU belongs to
@@ -173,21 +188,23 @@ class _Streams:
 
 
 def run_programs(hw: HardwareSpec, nodes: int, programs: list[list], recorder: _Recorder | None = None,
-                 comm_sm_share: float | str = 0.0):
+                 comm_sm_share: float | str = 0.0, step_ends: list | None = None):
     """Simulate step lists that run at once on the same GPUs; returns (latency_s, breakdown, bytes by tag).
 
     One program: every GPU walks it in order, and a category's time is the time its steps add to the
     pass. Several (the micro-batches of two-batch overlap): each GPU runs one process per program and
-    one compute stream (:class:`_Streams`) that runs their compute steps in a fixed alternating order,
+    one compute stream (:class:`_Streams`) that runs their compute stages in a fixed alternating order,
     as the kernels of an engine that launches the micro-batches' stages in turn (SGLang's two-batch
-    overlap, DeepSeek's inference) run on one stream. Collectives need only the fabric, so one micro-
-    batch's communication overlaps another's compute. (Running compute steps first come, first
-    served instead made the pipeline settle into different steady states from one routing sample to
-    the next, up to 10% apart.) ``comm_sm_share``: the share of a GPU's compute that its in-flight
+    overlap, DeepSeek's inference) run on one stream. A collective is launched and the micro-batch
+    goes on; its next step waits for it (an independent compute step does not). Collectives need only
+    the fabric, so one micro-batch's communication overlaps the other's compute. (Running compute steps
+    first come, first served instead made the pipeline settle into different steady states from one
+    routing sample to the next, up to 10% apart.) ``comm_sm_share``: the share of a GPU's compute that its in-flight
     collectives hold (0: none, an optimistic bound; "auto": each collective's own ``sm_share``). Breakdown then: each compute category's busy
     seconds on the GPU that finishes last, and the rest of the pass (exposed communication and
     waiting) split over the collectives' categories in proportion to their durations. Either way
-    the breakdown sums to the latency.
+    the breakdown sums to the latency. ``step_ends`` (a list), when given, receives one array per program:
+    when each step ended on its last GPU (s; a collective under several programs: when it was launched).
     """
     env = simpy.Environment()
     net = FlowNetwork(env, build_cluster(hw, nodes), recorder)
@@ -211,7 +228,11 @@ def run_programs(hw: HardwareSpec, nodes: int, programs: list[list], recorder: _
 
     def gpu_proc(pi: int, gpu: int):
         label = f" mb{pi}" if multi else ""
+        inflight: list = []  # several programs: this micro-batch's collectives launched here, not yet awaited
         for si, s in enumerate(programs[pi]):
+            if inflight and not (isinstance(s, Compute) and s.independent):
+                yield inflight[0] if len(inflight) == 1 else simpy.AllOf(env, inflight)
+                inflight = []
             if isinstance(s, Compute):
                 d = float(s.seconds[gpu])
                 t0 = env.now
@@ -223,7 +244,8 @@ def run_programs(hw: HardwareSpec, nodes: int, programs: list[list], recorder: _
                     if multi:
                         busy[s.category][gpu] += env.now - t0
                     if recorder:
-                        recorder.compute(gpu, s.category + label, t0, env.now)
+                        recorder.compute(gpu, s.category + label, t0, env.now,
+                                         streams.stage_of[pi][si] if multi else None)
             else:
                 member, arrived, events, longest = coll_state[pi][si]
                 gi = member[gpu]
@@ -231,8 +253,14 @@ def run_programs(hw: HardwareSpec, nodes: int, programs: list[list], recorder: _
                     arrived[gi] += 1
                     if arrived[gi] == len(s.groups[gi]):
                         env.process(_run_coll(s, gi, events[gi], longest))
-                    yield events[gi]
+                    if multi:
+                        inflight.append(events[gi])
+                    else:
+                        yield events[gi]
             done_at[pi][si, gpu] = env.now
+        if inflight:
+            yield simpy.AllOf(env, inflight)
+            done_at[pi][-1, gpu] = env.now
 
     def _run_coll(s: Collective, gi: int, ev, longest: list):
         t0, group = env.now, s.groups[gi]
@@ -248,6 +276,8 @@ def run_programs(hw: HardwareSpec, nodes: int, programs: list[list], recorder: _
         for gpu in range(G):
             env.process(gpu_proc(pi, gpu))
     env.run()
+    if step_ends is not None:
+        step_ends.extend(d.max(axis=1) for d in done_at)
     if not multi:
         breakdown = dict.fromkeys(CATEGORIES, 0.0)
         ends = done_at[0].max(axis=1)
@@ -284,11 +314,12 @@ class ForwardModel:
     """A model placed on ``placement.nodes`` nodes of ``hw``: forward passes and serving iterations."""
 
     #: Layers simulated back to back under two-batch overlap (each MoE layer with its own routing
-    #: sample); more layers are extrapolated from the chain's second half. Against simulating every
-    #: layer: within 0.7% on olmoe-1b-7b, qwen3-30b-a3b, qwen3-235b-a22b, deepseek-v3, mixtral-8x7b
-    #: (H100, prefill and decode, three routing seeds; tests/test_overlap.py checks one), while two
-    #: identical layers were up to 6% pessimistic (the same straggler GPU every layer).
-    OVERLAP_CHAIN = 4
+    #: sample); more layers are extrapolated at the middle layer's rate, in one run. Against simulating
+    #: every layer: within 0.3% on olmoe-1b-7b, qwen3-30b-a3b, deepseek-v3, mixtral-8x7b (H100, prefill
+    #: and decode; tests/test_overlap.py checks one). Two layers, the first one's rate: up to 27% off
+    #: (qwen3-30b-a3b DP-attention decode fills its pipeline slowly); identical layers were up to 6%
+    #: pessimistic (the same straggler GPU every layer).
+    OVERLAP_CHAIN = 3
 
     def __init__(self, model: ModelSpec, hw: HardwareSpec, placement: PlacementSpec,
                  routing: RoutingSpec | str | None = None, seed: int = 0):
@@ -456,6 +487,19 @@ class ForwardModel:
                 total += n * float(np.max(busy))
         return total + self._head(work)
 
+    def serial_compute_s(self, work: Work, two_batch: bool) -> float:
+        """Compute on the pass's path were nothing overlapped (s): each compute step's busiest GPU, summed over
+        steps, layers (layer 0's routing for all) and, with ``two_batch``, both micro-batches, plus the
+        embedding/LM head. What two micro-batches add to it (weights read twice, half-size kernels) is all
+        that overlap may cost over one batch (tests/test_overlap.py)."""
+        parts = self._micro_batches(work) if two_batch else [work]
+        rng, total = np.random.default_rng(self.seed + 1), 0.0
+        for dense, n in ((True, self.model.n_dense_layers), (False, self.model.n_moe_layers)):
+            if n:
+                total += n * sum(float(np.max(s.seconds)) for w in parts for s in self._plan(w, 0, dense, rng).steps
+                                 if isinstance(s, Compute))
+        return total + self._head(work)
+
     def _head(self, work: Work) -> float:
         vocab_split = self.gpus if self.placement.arch == "foe" else self.layout.attention_tp
         return head_seconds(self._costs, self.model, work, vocab_split, self.dp_ranks)
@@ -541,13 +585,15 @@ class ForwardModel:
         label = f"{'dense' if dense else 'moe'} layers 0-{k - 1}, two micro-batches"
         rec = recorder(label)
         share = self.placement.comm_sm_share
-        lat, bd, tags = run_programs(hw, nodes, [[s for p in ps for s in p.steps] for ps in plans], rec, share)
+        ends: list = []
+        lat, bd, tags = run_programs(hw, nodes, [[s for p in ps for s in p.steps] for ps in plans], rec, share, ends)
         if rec:
             rec.span_s = lat
-        if k < n:  # steady state from the chain's last layers: n layers take T_k + (n - k)(T_k - T_j)/(k - j)
-            j = k // 2
-            lat_j = run_programs(hw, nodes, [[s for p in ps[:j] for s in p.steps] for ps in plans], None, share)[0]
-            total = lat + (n - k) * max(lat - lat_j, 0.0) / (k - j)
+        if k < n:  # steady state: every further layer adds what the chain's middle layer added to the end of
+            # the one before (the first layer also fills the pipeline, the last one drains it)
+            last = np.cumsum([len(p.steps) for p in plans[0]]) - 1  # each layer's last step
+            t = np.max([e[last] for e in ends], axis=0)
+            total = lat + (n - k) * max(float(t[-2] - t[-3]), 0.0)
             bd = {c: v * total / lat for c, v in bd.items()}
             lat = total
         yield (lat, bd, tags, sum(p.local_activations for ps in plans for p in ps),
