@@ -261,3 +261,28 @@ def test_prefill_chunks_spread_over_dp_groups(cost):
 def test_models_without_dp_groups_ignore_prefill_seqs():
     mc = MemoCost(LIN)
     assert mc(Work(1000, 5e5, 4, 4, 400)) == mc(Work(1000, 5e5, 1, 4, 400))
+
+
+def test_one_engine_config_or_its_fields_as_keywords():
+    from simfoe.serving import EngineConfig
+
+    t = random_table(3, 60)
+    a = simulate(t, LIN, 20_000, EngineConfig(replicas=2, max_batch=8, token_budget=512))
+    b = simulate(t, LIN, 20_000, replicas=2, max_batch=8, token_budget=512)
+    c = simulate(t, LIN, 20_000, EngineConfig(replicas=3, max_batch=8), replicas=2, token_budget=512)
+    for r in (b, c):
+        assert r.records.equals(a.records)
+    with pytest.raises(SpecError) as e:
+        simulate(t, LIN, 20_000, max_batchh=8)
+    assert e.value.field == "max_batchh"
+
+
+def test_a_step_model_missing_part_of_the_protocol_is_named():
+    class OnlyIteration:
+        def iteration(self, *a, **k):
+            return 0.01
+
+    t = random_table(1, 5)
+    with pytest.raises(SpecError) as e:
+        simulate(t, OnlyIteration(), 20_000)
+    assert e.value.field == "step_model" and "dp_ranks" in str(e.value) and "rank_compute_s" in str(e.value)
