@@ -38,9 +38,13 @@ def model_preset(name: str) -> Preset:
         shared = f" + {m.moe.n_shared_experts} shared" if m.moe.n_shared_experts else ""
         experts = f"{m.moe.n_experts} experts top-{m.moe.top_k}{shared}"
         facts = {"experts": m.moe.n_experts, "top_k": m.moe.top_k, "shared_experts": m.moe.n_shared_experts}
-    line = f"{total / 1e9:.1f}B params ({active / 1e9:.1f}B active), {experts}, {m.n_layers} layers, {attn}"
+    f = m.formats
+    weights = f"{f.gemm_weights} weights" + ("" if f.expert_weights == f.gemm_weights else f" ({f.expert_weights} experts)")
+    line = f"{total / 1e9:.1f}B params ({active / 1e9:.1f}B active), {experts}, {m.n_layers} layers, {attn}, {weights}"
+    precision = {k: getattr(f, k) for k in ("gemm_weights", "gemm_activations", "expert_weights", "attention",
+                                            "kv_cache", "dispatch", "combine")}
     return Preset(name, line, {"params": total, "active_params": active, **facts, "layers": m.n_layers,
-                               "kv_heads": a.n_kv_heads, "dtype": m.dtype})
+                               "kv_heads": a.n_kv_heads, "dtype": m.dtype, "precision": precision})
 
 
 def hardware_preset(name: str) -> Preset:

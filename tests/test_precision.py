@@ -203,3 +203,11 @@ def test_fp8_attention_needs_an_fp8_peak(refused, capsys):
     capsys.readouterr()
     refused([*FWD[:4], "a100-sxm", *FWD[5:], "--set", "model.precision.attention=fp8"],
             "model.precision.attention", "fp8", "bf16")
+
+
+def test_presets_list_the_weight_formats():
+    from simfoe.presets import model_preset
+
+    gpt = model_preset("gpt-oss-120b")
+    assert gpt.line.endswith("bf16 weights (mxfp4 experts)") and gpt.to_dict()["precision"]["expert_weights"] == "mxfp4"
+    assert model_preset("deepseek-v3").line.endswith("MLA, fp8-block weights")
