@@ -45,6 +45,7 @@ from simfoe.errors import SpecError
 from simfoe.fabric.flows import FlowNetwork
 from simfoe.fabric.topology import build_cluster
 from simfoe.specs.hardware import DispatchKernel, HardwareSpec
+from simfoe.specs.precision import FORMATS
 
 ALGORITHMS = ("auto", "deepep-normal", "deepep-ll", "nccl", "direct", "hierarchical")
 OPS = ("dispatch", "combine")
@@ -81,13 +82,13 @@ def resolve(algorithm: str, prefill: bool) -> str:
 
 
 def copy_bytes(hidden: int, dtype_bytes: float, algorithm: str, op: str) -> float:
-    """Bytes of one token copy: ``hidden`` x ``dtype_bytes``; an fp8 (1-byte) dispatch also carries one fp32
-    scale per 128 values (DeepEP per_token_cast_to_fp8), and deepep-ll 16 bytes of metadata per message
-    (DeepEP tests/test_low_latency.py counts hidden + hidden / 128 * 4 + 16)."""
-    b = hidden * dtype_bytes
+    """Bytes of one token copy: ``hidden`` x ``dtype_bytes``; an fp8 (1-byte) dispatch is an fp8-block
+    activation row, one fp32 scale per 128 values (DeepEP per_token_cast_to_fp8; simfoe.specs.precision), and
+    deepep-ll adds 16 bytes of metadata per message (DeepEP tests/test_low_latency.py counts
+    hidden + hidden / 128 * 4 + 16)."""
     if op == "dispatch" and dtype_bytes == 1:
-        b += hidden / 128 * 4 + (16 if algorithm == "deepep-ll" else 0)
-    return float(b)
+        return FORMATS["fp8-block"].act_bytes(1, hidden) + (16.0 if algorithm == "deepep-ll" else 0.0)
+    return float(hidden * dtype_bytes)
 
 
 def sm_share(hw: HardwareSpec, algorithm: str) -> float:
