@@ -3,7 +3,7 @@ whole H100 file, per row and split into deployment set-up (forward model and ite
 once per deployment) and serving runs, with the engine iterations simulated. Not a test; prints one
 JSON object.
 
-Run: ``python benchmarks/bench_silicon.py [--path CSV] [--limit N] [--profile]``
+Run: ``python benchmarks/bench_silicon.py [--path CSV] [--limit N] [--workers N] [--profile]``
 Issue 23's target: the whole H100 file in <= 2 minutes on a 2-core machine. Each row runs the
 benchmark's own workload (10 x concurrency prompts after 2 x concurrency warm-ups), so a row
 costs about 12 x OSL engine iterations. ``--profile`` adds the 15 functions with the most
@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--path", default=None, help="silicon CSV (default: ../shared/data/" + silicon.H100_FILE + ")")
     p.add_argument("--limit", type=int, default=None, help="replay only the first N rows")
-    p.add_argument("--profile", action="store_true", help="add a cProfile summary")
+    p.add_argument("--profile", action="store_true", help="add a cProfile summary (of one process: --workers 1)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (simfoe validate --silicon --jobs)")
     a = p.parse_args(argv)
     path = a.path or silicon.default_path()
     if path is None:
@@ -46,10 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = s.rows[: a.limit] if a.limit else s.rows
     load_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    preds, prof = _profiled(lambda: silicon.replay(rows)) if a.profile else (silicon.replay(rows), None)
+    if a.profile:
+        preds, prof = _profiled(lambda: silicon.replay(rows))
+    else:
+        preds, prof = silicon.replay(rows, workers=a.workers), None
     replay_s = time.perf_counter() - t1
     covered = [x for x in preds if x.reason is None]
-    out = {"path": str(path), "rows": len(rows), "covered": len(covered), "load_s": load_s, "replay_s": replay_s,
+    out = {"path": str(path), "rows": len(rows), "workers": 1 if a.profile else a.workers, "covered": len(covered),
+           "load_s": load_s, "replay_s": replay_s,
            "s_per_covered_row": replay_s / len(covered) if covered else None,
            "engine_iterations_estimate": sum(12 * x.row.osl for x in covered),
            "target_s": 120.0, "over_target_s": max(0.0, load_s + replay_s - 120.0)}

@@ -173,3 +173,14 @@ def test_validate_silicon_json_and_cases(tmp_path, capsys):
 def test_validate_silicon_bad_input(refused, tmp_path):
     refused(["validate", "--silicon", tmp_path / "missing.csv", "--json"], "--silicon", "silicon CSV")
     refused(["validate", "--silicon", "--set", "hardware.network.nic_bandwidth=1e9"], "--set", "omitted with --silicon")
+    refused(["validate", "--silicon", _write(tmp_path / "s.csv", [_agg("a")]), "--jobs", "0"], "--jobs", ">= 1")
+    refused(["validate", "--jobs", "2", "--json"], "--jobs", "omitted without --silicon")
+
+
+def test_workers_give_the_same_predictions_in_row_order(tmp_path):
+    rows = si.load_rows(_write(tmp_path / "s.csv", [
+        _agg("a"), _agg("b", model_path="Qwen/Qwen3-32B", tp_size=2, batch_size=1, osl=3),
+        _agg("c", mode="disagg"), _agg("d", batch_size=3, isl=32)])).rows
+    one = si.replay(rows)
+    assert [p.row.id for p in one] == ["a", "b", "c", "d"]
+    assert si.replay(rows, workers=2) == one

@@ -1,7 +1,7 @@
 """`simfoe validate`: stored measurement sets and Vidur data vs current predictions (CI regression).
 
   simfoe validate [--json] [--vidur PATH] [--hardware h100-sxm ...] [--set hardware.X=V ...] [--cases-out FILE.csv]
-  simfoe validate --silicon [PATH] [--cases-out FILE.csv] [--json]   (real serving benchmarks; docs/calibration.md)
+  simfoe validate --silicon [PATH] [--cases-out FILE.csv] [--jobs N] [--json]   (real serving benchmarks; docs/calibration.md)
 
 -> {"cases": [{"source", "n", "mape", "max_ape", "ok"}], "mape", "max_ape", "by_source": {...}, "failed", "skipped",
     "missing": {source: path looked for}} (with --json, missing sources are also named in one warning line on stderr);
@@ -26,6 +26,7 @@ def register(subparsers) -> None:
                    help="replay real serving benchmarks (an AIConfigurator silicon CSV; default: "
                    "../shared/data/aiconfigurator/silicon/h100_sxm.csv) through simfoe serve; with it only "
                    "they are checked: {\"silicon\": {rows, covered, coverage, ttft_mape, ...}} (docs/calibration.md)")
+    p.add_argument("--jobs", type=int, default=None, help="with --silicon: worker processes (default: CPU count)")
     add_set_flag(p, help="override a hardware profile field by dotted path, applied to every profile validated, "
                  "e.g. hardware.network.nic_bandwidth=100e9 (repeatable; only hardware.* paths)")
     add_json_flag(p)
@@ -53,6 +54,8 @@ def run(args):
             raise SpecError(f, " ".join(v) if isinstance(v, list) else v,
                             "omitted with --silicon (it replays the benchmark rows with the committed profiles)")
         return _silicon(args)
+    if args.jobs is not None:
+        raise SpecError("--jobs", args.jobs, "omitted without --silicon (only the silicon replay runs in workers)")
     tolerances = regression.load_tolerances(args.tolerances or regression.TOLERANCES, "--tolerances")
     only_vidur = args.vidur is not None
     r = regression.validate(vidur=args.vidur, hardware=args.hardware, include_sets=not only_vidur,
@@ -73,6 +76,7 @@ def run(args):
 
 def _silicon(args):
     """``--silicon``: the real serving benchmarks replayed (simfoe.calibration.silicon); exit 0."""
+    import os
     import sys
 
     from simfoe.calibration import silicon
@@ -84,6 +88,9 @@ def _silicon(args):
         from simfoe.paths import shared_data_expected
 
         raise SpecError("--silicon", "", f"a silicon CSV path ({shared_data_expected()} is absent)")
+    jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
+    if jobs < 1:
+        raise SpecError("--jobs", jobs, "an integer >= 1 (worker processes)")
     rows = silicon.load_rows(path)  # bad file: one line, before anything runs
     tty = sys.stderr.isatty()
 
@@ -91,7 +98,7 @@ def _silicon(args):
         sys.stderr.write(f"\rsilicon: {i + 1}/{n} {row.id[:60]:60}" + ("\n" if i + 1 == n else ""))
         sys.stderr.flush()
 
-    preds = silicon.replay(rows.rows, progress if tty else None)
+    preds = silicon.replay(rows.rows, progress if tty else None, workers=jobs)
     if args.cases_out:
         import pandas as pd
 
