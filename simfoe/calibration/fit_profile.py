@@ -593,7 +593,8 @@ def write_profile(profile: dict, provenance: dict, out: str | Path, set_dir: str
 
     path = profile_path(out)
     if path.exists():
-        keys = [key for key in ("description", "gpu", "node", "network", "collectives", "kernels", "gemm_tables")
+        keys = [key for key in ("description", "gpu", "node", "network", "collectives", "kernels", "gemm_tables",
+                                "gemm_corrections")
                 if key in profile]
         for i, key in enumerate(keys):
             update_profile(path, key, profile[key], provenance=provenance if i == len(keys) - 1 else None)

@@ -215,9 +215,14 @@ class Part:
 
 def _train(rows):
     """The training rows one fit evaluates: at most FIT_ROWS, every j-th of the rows not held out."""
-    tr = rows[~rows.held.to_numpy()]
+    tr = _train_all(rows)
     step = max(1, -(-len(tr) // FIT_ROWS))
     return tr.iloc[::step]
+
+
+def _train_all(rows):
+    """Every training row (not held out) of a part."""
+    return rows[~rows.held.to_numpy()]
 
 
 def _spec_for(family: str, kern: dict) -> dict:
@@ -256,6 +261,51 @@ def split_rows(part: Part):
     """(("fitted", training rows), ("held_out", held-out rows)) of a part."""
     held = part.rows.held.to_numpy()
     return (("fitted", part.rows[~held]), ("held_out", part.rows[held]))
+
+
+CORRECTION_AXES = {"log2_m": (0.0, 15.0, 1.0), "log2_n": (5.0, 17.0, 2.0), "log2_k": (5.0, 17.0, 2.0)}
+"""GEMM correction grid (simfoe.specs.hardware.GemmCorrection): (first, last, step) in log2 of m, n, k: every
+octave of m (the tables' m runs 1..32768), every other octave of n and k (32..65536): 16 x 7 x 7 values.
+Finer n, k steps (1.5 octaves) changed the held-out MAPE by under 0.2 points."""
+CORRECTION_DAMP = 0.05
+"""Ridge weight pulling grid values towards 0 (no correction) where few training rows constrain them."""
+
+
+def _trilinear(axes: list, pts: np.ndarray):
+    """Sparse matrix (rows x grid values) of trilinear weights of ``pts`` (rows x 3, log2) on ``axes``, clamped."""
+    from scipy.sparse import coo_matrix
+
+    shape = [len(a) for a in axes]
+    i0, fr = [], []
+    for d, a in enumerate(axes):
+        x = np.clip((pts[:, d] - a[0]) / (a[1] - a[0]), 0.0, len(a) - 1 - 1e-9)
+        i0.append(np.floor(x).astype(int))
+        fr.append(x - np.floor(x))
+    rows, cols, vals = [], [], []
+    idx = np.arange(len(pts))
+    for corner in np.ndindex(2, 2, 2):
+        w = np.prod([fr[d] if c else 1.0 - fr[d] for d, c in enumerate(corner)], axis=0)
+        flat = ((i0[0] + corner[0]) * shape[1] + (i0[1] + corner[1])) * shape[2] + (i0[2] + corner[2])
+        rows.append(idx)
+        cols.append(flat)
+        vals.append(w)
+    n = int(np.prod(shape))
+    return coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(len(pts), n)).tocsr()
+
+
+def fit_gemm_correction(hw, rows) -> dict:
+    """GemmCorrection dict: ln(measured / ``hw``'s smooth-form prediction) of the training GEMM ``rows`` fitted
+    by damped least squares under trilinear interpolation on :data:`CORRECTION_AXES`."""
+    from scipy.sparse.linalg import lsqr
+
+    from simfoe.calibration.fit_profile import _round
+
+    axes = [np.arange(lo, hi + step / 2, step) for lo, hi, step in CORRECTION_AXES.values()]
+    pts = np.log2(rows[["m", "n", "k"]].to_numpy(float))
+    y = np.log(rows.t_s.to_numpy(float) / predict_rows(hw, rows))
+    sol = lsqr(_trilinear(axes, pts), y, damp=CORRECTION_DAMP)[0]
+    return {**{key: [float(v) for v in a] for key, a in zip(CORRECTION_AXES, axes)},
+            "log_ratio": [_round(float(v)) for v in sol]}
 
 
 def _errs(hw, rows) -> dict:
@@ -353,17 +403,27 @@ def fit_tables_profile(root: str | Path, base: str, framework: str = "sglang",
     hw0 = load_hardware(base)
     parts = table_parts(ts)
     kern = fit_parts(hw0, {f: dict(v) for f, v in (raw.get("kernels") or {}).items()}, parts)
-    profile = {key: v for key, v in raw.items() if key != "kernels"}
+    profile = {key: v for key, v in raw.items() if key not in ("kernels", "gemm_corrections")}
     profile["name"] = name or f"{base}-tables"
     profile["description"] = f"{raw.get('description', base)}; kernels fitted from {framework} kernel tables"
     profile["kernels"] = kern
+    smooth = HardwareSpec.model_validate(profile)
+    profile["gemm_corrections"] = {dt: fit_gemm_correction(smooth, _train_all(p.rows))
+                                   for p, dt in ((p, p.rows.dtype.iloc[0]) for p in parts if p.fit and p.key.startswith("gemm:"))}
     hw = HardwareSpec.model_validate(profile)
     report = {"tables": _source_dir(ts.root), "framework": framework, "versions": dict(ts.versions), "base": base,
               "profile": profile["name"], "hold_out": f"shapes with crc32(shape key) % {HOLD_OUT_EVERY} == 0",
               "parts": part_errors(hw, parts),
               "kernels_fit": {p.family: kern[p.family] for p in parts if p.fit and p.family in kern}}
+    report["smooth_form_only"] = {k: {s: v[s] for s in ("fitted", "held_out")}
+                                  for k, v in part_errors(smooth, [p for p in parts if p.key.startswith("gemm:")]).items()}
     prov = _provenance(ts, base, prov_base, report)
-    prov.update({"name": "profile name", "description": f"{base} with kernels fitted from {report['tables']} ({framework})"})
+    prov.update({"name": "profile name", "description": f"{base} with kernels fitted from {report['tables']} ({framework})",
+                 "gemm_corrections": (
+                     f"fit by simfoe.calibration.fit_tables on {_dt.date.today().isoformat()}: ln(measured / smooth "
+                     "form) of every training GEMM row (bf16: the bf16 table rows, fp8: the per-tensor fp8 rows) by "
+                     f"damped least squares (damp {CORRECTION_DAMP}) under trilinear interpolation on the grid given; "
+                     "errors with and without it in the report and docs/calibration-kernels.md")})
     return profile, prov, report
 
 

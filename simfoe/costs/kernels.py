@@ -50,6 +50,11 @@ computed at the bf16 peak (H100 has no fp4 tensor cores); fp4 x fp4 needs an ``f
     ``per_active_expert_s``, ``per_idle_expert_s``, ``per_rank_s``, ``dispatch_s``, ``per_row_s``,
     ``per_token_rank_s``, ``per_call_s`` (:func:`routing_glue`; ``GLUE_PARAMS``).
 
+``hw.gemm_corrections[dtype]`` (GPU profiles fitted from kernel tables)
+    ln(measured / smooth-form) on a coarse log2 (m, n, k) grid, fitted by least squares to the training
+    shapes (simfoe.calibration.fit_tables); a GEMM's smooth-form latency is multiplied by its
+    interpolated exp (:func:`gemm_correction`): the cuBLAS/CUTLASS kernel choices no smooth form follows.
+
 ``hw.gemm_tables[dtype]`` (CPU profiles)
     measured efficiency of single GEMM calls over m and two (n, k) slices (simfoe.specs.hardware.GemmTable);
     when present for a dtype it prices that dtype's GEMMs (:func:`table_efficiency`), and a grouped
@@ -248,7 +253,39 @@ def gemm(hw, m: int, n: int, k: int, dtype: str = "bf16", weights: str | None = 
         m_pad = 0.0  # matrix-vector kernel (see docstring)
     t_c = 2.0 * (m + m_pad) * (n + n_pad) * (k + k_pad) / (hw.peak(mdt) * eff_max)
     t_m = (nbytes + floor_b) / (hw.gpu.hbm_bandwidth * mem_eff)
-    return _cost(t_c, t_m, p, launch, flops, nbytes)
+    c = _cost(t_c, t_m, p, launch, flops, nbytes)
+    f = gemm_correction(hw, mdt, m, n, k)
+    return c if f == 1.0 else KernelCost(c.latency_s * f, c.flops, c.bytes, c.bound)
+
+
+def _grid_pos(x: float, xs) -> tuple[int, float]:
+    """(left index, fraction) of ``x`` on the increasing grid ``xs``, clamped to its ends."""
+    if x <= xs[0]:
+        return 0, 0.0
+    if x >= xs[-1]:
+        return len(xs) - 2, 1.0
+    j = 1
+    while xs[j] < x:
+        j += 1
+    return j - 1, (x - xs[j - 1]) / (xs[j] - xs[j - 1])
+
+
+def gemm_correction(hw, dtype: str, m: float, n: float, k: float) -> float:
+    """Factor on a GEMM's smooth-form latency: exp of ``hw.gemm_corrections[dtype]`` interpolated
+    trilinearly in log2 m, n, k (simfoe.specs.hardware.GemmCorrection); 1 without one."""
+    g = (hw.gemm_corrections or {}).get(dtype)
+    if g is None:
+        return 1.0
+    (i, fi), (j, fj), (l, fl) = (_grid_pos(math.log2(v), xs) for v, xs in ((m, g.log2_m), (n, g.log2_n), (k, g.log2_k)))
+    nn, nk, v = len(g.log2_n), len(g.log2_k), g.log_ratio
+    acc = 0.0
+    for a, wa in ((i, 1.0 - fi), (i + 1, fi)):
+        for b, wb in ((j, 1.0 - fj), (j + 1, fj)):
+            for c, wc in ((l, 1.0 - fl), (l + 1, fl)):
+                w = wa * wb * wc
+                if w:
+                    acc += w * v[(a * nn + b) * nk + c]
+    return math.exp(acc)
 
 
 def grouped_params(hw, dtype: str = "bf16") -> dict[str, float]:

@@ -105,6 +105,14 @@ class CollectiveCalibration(Spec):
                                              "(None: they use the nvlink/network calibration)")
 
 
+def _increasing(spec, axes: tuple[str, ...]) -> None:
+    """Raise ValueError unless each named list field of ``spec`` is strictly increasing."""
+    for axis in axes:
+        v = getattr(spec, axis)
+        if any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError(f"{axis} must be strictly increasing")
+
+
 class GemmTable(Spec):
     """Measured GEMM efficiency (achieved FLOP/s / ``gpu.peak_flops[dtype]``) of single calls, for
     libraries whose efficiency is not a smooth function of the shape (MKL switches kernels with m).
@@ -125,16 +133,32 @@ class GemmTable(Spec):
 
     @model_validator(mode="after")
     def _shapes(self) -> "GemmTable":
-        for axis in ("m", "n", "k"):
-            v = getattr(self, axis)
-            if any(b <= a for a, b in zip(v, v[1:])):
-                raise ValueError(f"{axis} must be strictly increasing")
+        _increasing(self, ("m", "n", "k"))
         if self.n0 not in self.n or self.k0 not in self.k:
             raise ValueError("n must hold n0 and k must hold k0")
         for name, axis in (("eff_n", self.n), ("eff_k", self.k)):
             grid = getattr(self, name)
             if len(grid) != len(axis) or any(len(r) != len(self.m) for r in grid):
                 raise ValueError(f"{name} must be len({name[-1]}) rows of len(m) efficiencies")
+        return self
+
+
+class GemmCorrection(Spec):
+    """A fitted correction of the smooth GEMM form (GPU profiles fitted from kernel tables,
+    simfoe.calibration.fit_tables): ln(measured / predicted) on a grid of log2 m, log2 n, log2 k
+    points, interpolated trilinearly (clamped at the ends); a GEMM's latency is multiplied by
+    exp(interpolated value). ``log_ratio`` is flat, m slowest, k fastest."""
+
+    log2_m: list[float] = Field(min_length=2, description="grid points in log2 m, increasing")
+    log2_n: list[float] = Field(min_length=2, description="grid points in log2 n, increasing")
+    log2_k: list[float] = Field(min_length=2, description="grid points in log2 k, increasing")
+    log_ratio: list[float]
+
+    @model_validator(mode="after")
+    def _shape(self) -> "GemmCorrection":
+        _increasing(self, ("log2_m", "log2_n", "log2_k"))
+        if len(self.log_ratio) != len(self.log2_m) * len(self.log2_n) * len(self.log2_k):
+            raise ValueError("log_ratio must hold len(log2_m) x len(log2_n) x len(log2_k) values")
         return self
 
 
@@ -152,6 +176,10 @@ class HardwareSpec(Spec):
     gemm_tables: dict[str, GemmTable] = Field(
         default_factory=dict, description="measured GEMM efficiency tables by dtype (CPU profiles); "
         "a dtype listed here is priced from its table instead of kernels.gemm"
+    )
+    gemm_corrections: dict[str, GemmCorrection] = Field(
+        default_factory=dict, description="fitted corrections of the smooth GEMM form by math dtype (GPU "
+        "profiles fitted from kernel tables); a dtype listed here has its GEMM latency scaled by it"
     )
     collectives: CollectiveCalibration
     provenance: dict[str, str] = Field(default_factory=dict)
