@@ -314,12 +314,12 @@ class ForwardModel:
     """A model placed on ``placement.nodes`` nodes of ``hw``: forward passes and serving iterations."""
 
     #: Layers simulated back to back under two-batch overlap (each MoE layer with its own routing
-    #: sample); more layers are extrapolated at the middle layer's rate, in one run. Against simulating
-    #: every layer: within 0.3% on olmoe-1b-7b, qwen3-30b-a3b, deepseek-v3, mixtral-8x7b (H100, prefill
-    #: and decode; tests/test_overlap.py checks one). Two layers, the first one's rate: up to 27% off
-    #: (qwen3-30b-a3b DP-attention decode fills its pipeline slowly); identical layers were up to 6%
-    #: pessimistic (the same straggler GPU every layer).
-    OVERLAP_CHAIN = 3
+    #: sample); more layers are extrapolated at one turn of the stream (:meth:`_turn_s`). Against
+    #: simulating every layer: within 0.7% on 13 H100 cases x 3 routing seeds (MoE and FoE, prefill and
+    #: decode; docs/forward.md; tests/test_overlap.py checks one). The end of the first layer as the
+    #: rate was up to 27% off (qwen3-30b-a3b DP-attention decode fills its pipeline slowly); identical
+    #: layers were up to 6% pessimistic (the same straggler GPU every layer).
+    OVERLAP_CHAIN = 2
 
     def __init__(self, model: ModelSpec, hw: HardwareSpec, placement: PlacementSpec,
                  routing: RoutingSpec | str | None = None, seed: int = 0):
@@ -589,16 +589,22 @@ class ForwardModel:
         lat, bd, tags = run_programs(hw, nodes, [[s for p in ps for s in p.steps] for ps in plans], rec, share, ends)
         if rec:
             rec.span_s = lat
-        if k < n:  # steady state: every further layer adds what the chain's middle layer added to the end of
-            # the one before (the first layer also fills the pipeline, the last one drains it)
-            last = np.cumsum([len(p.steps) for p in plans[0]]) - 1  # each layer's last step
-            t = np.max([e[last] for e in ends], axis=0)
-            total = lat + (n - k) * max(float(t[-2] - t[-3]), 0.0)
+        if k < n:  # steady state: each further layer adds one turn of the stream (the first layer fills
+            # the pipeline and the last drains it, once in any chain)
+            total = lat + (n - k) * self._turn_s(plans[0], ends[0])
             bd = {c: v * total / lat for c, v in bd.items()}
             lat = total
         yield (lat, bd, tags, sum(p.local_activations for ps in plans for p in ps),
                sum(p.activations for ps in plans for p in ps), sum(p.node_visits for ps in plans for p in ps),
                rec, n / k)
+
+    @staticmethod
+    def _turn_s(plans: list, ends: np.ndarray) -> float:
+        """Seconds between micro-batch 0's first collective launches (without one: its last steps) in the first
+        two layers ``plans`` of a chain whose steps ended at ``ends``: one turn of the stream, the steady rate."""
+        steps = plans[0].steps
+        mark = next((i for i, s in enumerate(steps) if isinstance(s, Collective)), len(steps) - 1)
+        return max(float(ends[len(steps) + mark] - ends[mark]), 0.0)
 
     def run(self, phase: str, batch: int, seq_len: int, per_layer: bool = False, timeline: list | None = None,
             progress=None) -> ForwardResult:
