@@ -211,3 +211,40 @@ def test_presets_list_the_weight_formats():
     gpt = model_preset("gpt-oss-120b")
     assert gpt.line.endswith("bf16 weights (mxfp4 experts)") and gpt.to_dict()["precision"]["expert_weights"] == "mxfp4"
     assert model_preset("deepseek-v3").line.endswith("MLA, fp8-block weights")
+
+
+# ---- simfoe kernel takes the formats -------------------------------------------------------------------
+def _kernel(capsys, *argv):
+    import json
+
+    from simfoe.cli import main
+
+    assert main(["kernel", "--hardware", "h100-sxm", *map(str, argv), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_kernel_cli_prices_weight_and_kv_formats(capsys):
+    m, n, k = 4, 2048, 7168
+    r = _kernel(capsys, "--op", "gemm", "--m", m, "--n", n, "--k", k, "--dtype", "bf16", "--weights", "mxfp4")
+    assert r["bytes"] == 2 * m * k + k * n / 2 + (k / 32) * n + 2 * m * n
+    b, ctx, h, hkv, d = 8, 4096, 8, 1, 128
+    r = _kernel(capsys, "--op", "attention_decode", "--batch", b, "--kv-len", ctx, "--heads", h, "--kv-heads", hkv,
+                "--head-dim", d, "--kv-dtype", "fp8")
+    assert r["bytes"] == d * (1 * 2 * hkv * b * ctx + 2 * 2 * b * h)  # K, V in fp8; Q, O in bf16
+    fp4 = _kernel(capsys, "--op", "gemm", "--m", 8192, "--n", 8192, "--k", 8192, "--dtype", "nvfp4",
+                  "--set", "hardware.gpu.peak_flops.fp4=3.958e15")
+    fp8 = _kernel(capsys, "--op", "gemm", "--m", 8192, "--n", 8192, "--k", 8192, "--dtype", "fp8")
+    assert fp4["latency_s"] < fp8["latency_s"]
+
+
+KERNEL = ["kernel", "--hardware", "h100-sxm", "--op", "gemm", "--m", "4", "--n", "64", "--k", "64", "--json"]
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--dtype", "nvfp4"], ["--dtype", "nvfp4", "fp8-block"]),  # no fp4 peak on an H100
+    (["--weights", "int4"], ["--weights", "int4", "mxfp4"]),
+    (["--weights", "fp32"], ["--weights", "fp32", "peak"]),
+    (["--kv-dtype", "fp8"], ["--kv-dtype", "fp8", "attention"]),  # a GEMM has no KV cache
+])
+def test_kernel_cli_refuses_bad_formats(refused, extra, words):
+    refused([*KERNEL, *extra], *words)

@@ -4,10 +4,10 @@ One op:   simfoe kernel --hardware h100-sxm --op gemm --m 4096 --n 8192 --k 8192
 Batch:    simfoe kernel --hardware h100-sxm --shapes shapes.csv --json   (columns op,m,n,k[,dtype])
 
 Fields per op (flags, or CSV columns of the same name without dashes and with _ for -):
-  gemm               m, n, k
-  grouped_gemm       tokens (per-expert counts: "a,b,c" on the command line, "a;b;c" in a CSV), n, k
-  attention_prefill  batch, q_len, kv_len, heads, kv_heads, head_dim [, causal]
-  attention_decode   batch, kv_len, heads, kv_heads, head_dim
+  gemm               m, n, k [, weights]
+  grouped_gemm       tokens (per-expert counts: "a,b,c" on the command line, "a;b;c" in a CSV), n, k [, weights]
+  attention_prefill  batch, q_len, kv_len, heads, kv_heads, head_dim [, causal, kv_dtype]
+  attention_decode   batch, kv_len, heads, kv_heads, head_dim [, kv_dtype]
   elementwise        bytes [, flops, kind = norm|act|add]
 
 Communication (one op, not in a CSV):
@@ -32,7 +32,9 @@ REQUIRED = {
 }
 INT_FIELDS = ("m", "n", "k", "batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim")
 FLOAT_FIELDS = ("bytes", "flops")
-FIELDS = INT_FIELDS + FLOAT_FIELDS + ("tokens", "dtype", "causal", "kind")
+FIELDS = INT_FIELDS + FLOAT_FIELDS + ("tokens", "dtype", "causal", "kind", "weights", "kv_dtype")
+#: format fields (simfoe.specs.precision) and the ops that take them
+FORMAT_FIELDS = {"weights": ("gemm", "grouped_gemm"), "kv_dtype": ("attention_prefill", "attention_decode")}
 
 
 def register(subparsers) -> None:
@@ -62,7 +64,14 @@ def register(subparsers) -> None:
     p.add_argument("--kind", default=None, help="elementwise: norm | act | add (picks the fitted curve)")
     p.add_argument("--dtype", default=None,
                    help="element type of gemm, grouped_gemm and attention: bf16 (default), fp16 (costed as bf16), "
-                   "or another dtype the profile lists a peak for in gpu.peak_flops (e.g. fp8; fp32 on CPU profiles)")
+                   "or another dtype the profile lists a peak for in gpu.peak_flops (e.g. fp8; fp32 on CPU profiles); "
+                   "gemm and grouped_gemm also take the activation formats fp8-block, mxfp4, nvfp4 where the profile "
+                   "has their math peak (docs/forward.md, Precision per component)")
+    p.add_argument("--weights", default=None, help="gemm, grouped_gemm: weight format (default --dtype): bf16, fp16, "
+                   "fp32, fp8, fp8-block, mxfp4, nvfp4; the math runs at the wider of --dtype's and its peak "
+                   "(mxfp4 weights with bf16 activations: weight-only, bf16 peak)")
+    p.add_argument("--kv-dtype", dest="kv_dtype", default=None,
+                   help="attention: K and V element type (default --dtype), e.g. fp8 for an fp8 KV cache")
     p.add_argument("--a2a", default=None, help="dispatch/combine: normal | ll (DeepEP modes) or nccl | direct | hierarchical")
     for flag, what in (("--nodes", "dispatch/combine and collectives: nodes (collectives: default the fewest that hold --gpus)"),
                        ("--tokens-per-gpu", "dispatch/combine: tokens each GPU holds"),
@@ -128,28 +137,24 @@ def evaluate(hw, fields: dict, prefix: str = "--") -> dict:
     for f in FLOAT_FIELDS:
         if fields.get(f) not in (None, ""):
             v[f] = _float(name(f), fields[f])
-    dtype = (fields.get("dtype") or "bf16").strip()
-    allowed = hw_dtypes(hw) if op != "elementwise" else list(K.DTYPE_BYTES)
-    if dtype not in allowed:
-        raise SpecError(name("dtype"), dtype, "allowed on " + str(getattr(hw, "name", "this hardware")) + ": "
-                        + ", ".join(allowed))
+    dtype, fmt = _formats(hw, op, fields, name)
     try:
         if op == "gemm":
-            c = K.gemm(hw, v["m"], v["n"], v["k"], dtype)
+            c = K.gemm(hw, v["m"], v["n"], v["k"], dtype, **fmt)
         elif op == "grouped_gemm":
             sep = ";" if ";" in fields["tokens"] else ","
             toks = [_int(name("tokens"), t) for t in str(fields["tokens"]).split(sep) if t.strip()]
             if not toks:
                 raise SpecError(name("tokens"), fields["tokens"], "per-expert token counts")
-            c = K.grouped_gemm(hw, toks, v["n"], v["k"], dtype)
+            c = K.grouped_gemm(hw, toks, v["n"], v["k"], dtype, **fmt)
         elif op == "attention_prefill":
             causal_s = str(fields.get("causal") or "true").strip().lower()
             if causal_s not in ("true", "false", "1", "0"):
                 raise SpecError(name("causal"), fields.get("causal"), "true or false")
             c = K.attention_prefill(hw, v["batch"], v["q_len"], v["kv_len"], v["heads"], v["kv_heads"],
-                                    v["head_dim"], dtype, causal=causal_s in ("true", "1"))
+                                    v["head_dim"], dtype, causal=causal_s in ("true", "1"), **fmt)
         elif op == "attention_decode":
-            c = K.attention_decode(hw, v["batch"], v["kv_len"], v["heads"], v["kv_heads"], v["head_dim"], dtype)
+            c = K.attention_decode(hw, v["batch"], v["kv_len"], v["heads"], v["kv_heads"], v["head_dim"], dtype, **fmt)
         else:
             kind = (fields.get("kind") or "").strip() or None
             c = K.elementwise(hw, v["bytes"], v.get("flops", 0.0), kind=kind)
@@ -163,6 +168,47 @@ def evaluate(hw, fields: dict, prefix: str = "--") -> dict:
 
 #: argument names of simfoe.costs.kernels -> the kernel command's fields (flags / CSV columns)
 COST_FIELDS = {"n_heads": "heads", "n_kv_heads": "kv_heads", "tokens_per_expert": "tokens"}
+
+
+def _formats(hw, op: str, fields: dict, name) -> tuple[str, dict]:
+    """``op``'s element type and its format keywords (``weights``, ``kv_dtype``) from string ``fields``,
+    checked against what ``hw`` has a peak for; errors name ``name(field)``."""
+    from simfoe.costs import kernels as K
+    from simfoe.errors import SpecError
+    from simfoe.specs.precision import FORMATS
+
+    where = " on " + str(getattr(hw, "name", "this hardware")) + ": "
+    dtype = (fields.get("dtype") or "bf16").strip()
+    gemm = op in FORMAT_FIELDS["weights"]
+    allowed = list(K.DTYPE_BYTES) if op == "elementwise" else (hw_formats(hw) if gemm else hw_dtypes(hw))
+    if dtype not in allowed:
+        raise SpecError(name("dtype"), dtype, "allowed" + where + ", ".join(allowed))
+    fmt = {}
+    for f, ops in FORMAT_FIELDS.items():
+        v = (fields.get(f) or "").strip()
+        if not v:
+            continue
+        choices = list(FORMATS) if f == "weights" else list(K.DTYPE_BYTES)
+        if op not in ops or v not in choices:
+            raise SpecError(name(f), v, f"one of {', '.join(choices)}, for op " + " or ".join(ops))
+        fmt[f] = v
+    if "weights" in fmt and not _has_peak(hw, K.operands(dtype, fmt["weights"])[2]):
+        raise SpecError(name("weights"), fmt["weights"], f"a format that with --dtype {dtype} computes at a peak"
+                        + where + ", ".join(sorted(hw.gpu.peak_flops)))
+    return dtype, fmt
+
+
+def hw_formats(hw) -> list[str]:
+    """GEMM activation formats ``hw`` can compute (simfoe.specs.precision): those whose math class has a peak."""
+    from simfoe.specs.precision import FORMATS
+
+    return [n for n, f in FORMATS.items() if _has_peak(hw, f.math)]
+
+
+def _has_peak(hw, math_dtype: str) -> bool:
+    """Whether ``hw`` lists a peak for a math class (fp16 runs at the bf16 peak)."""
+    peaks = hw.gpu.peak_flops
+    return math_dtype in peaks or (math_dtype == "fp16" and "bf16" in peaks)
 
 
 def hw_dtypes(hw) -> list[str]:
@@ -221,8 +267,9 @@ def run(args) -> dict:
         name = Path(args.shapes).name
         results = []
         for line, row in _read_shapes(args.shapes):
-            if not row.get("dtype") and args.dtype:
-                row["dtype"] = args.dtype
+            for f in ("dtype", *FORMAT_FIELDS):
+                if not row.get(f) and getattr(args, f):
+                    row[f] = getattr(args, f)
             r = evaluate(hw, row, prefix=f"{name} line {line}: ")
             results.append({"op": row["op"], **r})
         return {"hardware": hw.name, "results": results}
@@ -260,7 +307,7 @@ def evaluate_comm(hw, args) -> dict:
     dispatch = args.op in D.OPS
     allowed = ("a2a", "nodes", "tokens_per_gpu", "hidden", "topk", "experts", "node_groups") if dispatch \
         else ("gpus", "nodes", "algorithm")
-    for f in COMM_FLAGS + ("bytes",) + INT_FIELDS + ("tokens", "kind", "flops", "causal"):
+    for f in COMM_FLAGS + ("bytes",) + INT_FIELDS + ("tokens", "kind", "flops", "causal", *FORMAT_FIELDS):
         if getattr(args, f, None) is not None and f not in allowed and not (f == "bytes" and not dispatch):
             raise SpecError("--" + f.replace("_", "-"), getattr(args, f), f"not used by --op {args.op}; it takes "
                             + ", ".join("--" + a.replace("_", "-") for a in allowed + (() if dispatch else ("bytes",))))
