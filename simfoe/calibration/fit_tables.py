@@ -41,8 +41,14 @@ MLA_DIMS = {"qk_nope": 128, "qk_rope": 64, "kv_lora_rank": 512}
 """DeepSeek-V3's MLA dimensions (its config.json), the model the MLA tables were collected for."""
 GEMM_DTYPES = {"bfloat16": "bf16", "fp8": "fp8", "fp8_block": "fp8"}
 MOE_DTYPES = {"bfloat16": "bf16", "fp8_block": "fp8"}
-KERNEL_SOURCES = {"sglang": {"moe": "sglang_fused_moe_triton", "attention": "fa3"}}
-"""Per framework, the kernel each family is fitted on where a table holds several (others are dropped)."""
+KERNEL_SOURCES = {
+    "sglang": {"moe": ("sglang_fused_moe_triton",), "attention": ("fa3",)},
+    "vllm": {"gemm": ("torch.nn.functional.linear", "CutlassFP8ScaledMMLinearKernel", "DeepGemmFp8BlockScaledMMKernel"),
+             "moe": ("vllm_unquantizedfusedmoe_triton_tritonexperts", "vllm_fp8moe_triton_tritonexperts"),
+             "attention": ("vllm_flash_attn_fa3",)},
+    "trtllm": {"moe": ("moe_torch_flow_cutlass",)}}
+"""Per framework and op, the kernels fitted where a table holds several for one dtype (the engine's default
+on Hopper: Triton fused MoE, FlashAttention-3, DeepGEMM block-scaled fp8); rows of other kernels are dropped."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,12 @@ def _read(ts: TableSet, op: str, table: str):
     return pd.read_parquet(p) if p.is_file() else None
 
 
+def _kernels(ts: TableSet, op: str, d):
+    """``d`` without the rows of kernels :data:`KERNEL_SOURCES` leaves out for this framework and op."""
+    keep = KERNEL_SOURCES.get(ts.framework, {}).get(op)
+    return d if keep is None else d[d.kernel_source.isin(list(keep))]
+
+
 def _records(rows: dict, n: int, t_ms, keys, table: str):
     """A harness-style record frame: shape columns ``rows`` (scalars broadcast), ``t_s``, ``table``, ``held``."""
     import pandas as pd
@@ -109,7 +121,7 @@ def _records(rows: dict, n: int, t_ms, keys, table: str):
 
 def gemm_records(ts: TableSet):
     """GEMM rows: op gemm, dtype bf16 / fp8 (variant ``per_tensor`` or ``block``)."""
-    g = _read(ts, "gemm", "gemm_perf.parquet")
+    g = _kernels(ts, "gemm", _read(ts, "gemm", "gemm_perf.parquet"))
     g = g[g.gemm_dtype.isin(list(GEMM_DTYPES))]
     keys = [shape_key_hash(n, k) for n, k in zip(g.n, g.k)]
     var = np.where(g.gemm_dtype == "fp8_block", "block", np.where(g.gemm_dtype == "fp8", "per_tensor", "dense"))
@@ -133,8 +145,8 @@ def moe_records(ts: TableSet):
     d = _read(ts, "moe", "moe_perf.parquet")
     if d is None:
         return None
-    src = KERNEL_SOURCES.get(ts.framework, {}).get("moe")
-    d = d[(d.distribution == "balanced") & d.moe_dtype.isin(list(MOE_DTYPES)) & ((d.kernel_source == src) if src else True)]
+    d = _kernels(ts, "moe", d)
+    d = d[(d.distribution == "balanced") & d.moe_dtype.isin(list(MOE_DTYPES))]
     d = d[(d.num_experts % d.moe_ep_size == 0) & (d.inter_size % d.moe_tp_size == 0)]
     cols = (d.num_tokens, d.topk, d.num_experts, d.moe_ep_size)
     keys = [shape_key_hash(*t) for t in zip(d.hidden_size, d.inter_size, d.num_experts, d.topk, d.moe_tp_size,
@@ -151,16 +163,16 @@ def attention_records(ts: TableSet):
     import pandas as pd
 
     out = []
-    src = KERNEL_SOURCES.get(ts.framework, {}).get("attention")
+    src = "fa3" if ts.framework != "trtllm" else "trtllm"  # the variant label; rows filtered by _kernels
     for table, phase in (("context_attention_perf.parquet", "prefill"), ("generation_attention_perf.parquet", "decode")):
         d = _read(ts, "attention", table)
         if d is None:
             continue
-        d = d[(d.window_size == 0) & (d.kv_cache_dtype == "bfloat16") & (d.attn_dtype == "bfloat16")
-              & ((d.kernel_source == src) if src else True)]
+        d = _kernels(ts, "attention", d)
+        d = d[(d.window_size == 0) & (d.kv_cache_dtype == "bfloat16") & (d.attn_dtype == "bfloat16")]
         ctx = d.isl if phase == "prefill" else d.isl + d.step
         keys = [shape_key_hash(*t) for t in zip(d.num_heads, d.num_key_value_heads, d.head_dim)]
-        out.append(_records({"op": "attention", "variant": f"{phase}:{src or 'table'}", "dtype": "bf16",
+        out.append(_records({"op": "attention", "variant": f"{phase}:{src}", "dtype": "bf16",
                              "batch": d.batch_size.to_numpy(), "seq_len": (d.isl if phase == "prefill" else 1 + 0 * d.isl).to_numpy(),
                              "context_len": ctx.to_numpy(), "heads": d.num_heads.to_numpy(),
                              "kv_heads": d.num_key_value_heads.to_numpy(), "head_dim": d.head_dim.to_numpy(),
