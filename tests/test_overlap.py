@@ -222,3 +222,21 @@ def test_overlap_costs_at_most_what_the_second_micro_batch_adds_to_compute(model
     w = Work.from_phase(phase, batch, seq_len)
     added = two.serial_compute_s(w, True) - one.serial_compute_s(w, False)
     assert two.simulate(w).latency_s <= one.simulate(w).latency_s + added + 1e-12
+
+
+def test_timeline_shows_a_dispatch_under_the_other_micro_batchs_attention():
+    """SGLang's two-batch overlap: micro-batch 0 launches its dispatch as soon as its attention and router are
+    done, so it is on the fabric while micro-batch 1 computes its attention (the old alternation of single
+    compute steps ran micro-batch 1's attention first). The timeline names each micro-batch and stage."""
+    from simfoe.api import forward_model
+
+    fm = forward_model("qwen3-30b-a3b", "h100-sxm", 2, "moe",
+                       overrides=["placement.moe.attention=dp", "placement.overlap=two-batch"])
+    events: list = []
+    fm.simulate(Work.from_phase("decode", 256, 2048), timeline=events)
+    compute = [e for e in events if e["cat"] == "compute"]
+    assert {e["name"] for e in compute} >= {"attention mb0", "attention mb1", "experts mb0", "experts mb1"}
+    assert all("stage" in e["args"] for e in compute)
+    first_a2a = min(e["ts"] for e in events if e["name"] == "all_to_all")
+    attn1 = min((e for e in compute if e["name"] == "attention mb1"), key=lambda e: e["ts"])
+    assert first_a2a < attn1["ts"] + attn1["dur"]
