@@ -98,6 +98,8 @@ def held_out(keys) -> np.ndarray:
 def _read(ts: TableSet, op: str, table: str):
     import pandas as pd
 
+    if op not in ts.versions:
+        return None
     p = ts.path(op) / table
     return pd.read_parquet(p) if p.is_file() else None
 
@@ -355,9 +357,9 @@ def table_parts(ts: TableSet) -> list[Part]:
         return df[mask]
 
     def phase(df, ph):
-        return None if df is None else df[df.variant.str.startswith(ph)]
+        return None if df is None else df[df.variant.astype(str).str.startswith(ph)]
 
-    return [Part("gemm bf16", "gemm:bf16", "gemm", sel(g, variant="dense")),
+    parts = [Part("gemm bf16", "gemm:bf16", "gemm", sel(g, variant="dense")),
             Part("gemm fp8 (per-tensor)", "gemm:fp8", "gemm_fp8", sel(g, variant="per_tensor")),
             Part("gemm fp8 block-scaled (judged on gemm_fp8)", "gemm:fp8_block", "gemm_fp8", sel(g, variant="block"),
                  fit=False),
@@ -367,6 +369,7 @@ def table_parts(ts: TableSet) -> list[Part]:
             Part("attention generation bf16", "attention:generation", "attention_decode", phase(a, "decode")),
             Part("mla context bf16", "mla:context", "attention_prefill_mla", phase(mla, "prefill")),
             Part("mla generation bf16", "mla:generation", "attention_decode_mla", phase(mla, "decode"))]
+    return [p for p in parts if p.rows is not None and not p.rows.empty]  # tables or kernels this engine lacks
 
 
 def _meta(ts: TableSet, op: str) -> dict:
