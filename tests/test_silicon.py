@@ -104,7 +104,7 @@ def test_moe_row_sets_its_expert_parallel_group_and_inferencex_lengths():
     (dict(model_path="someone/unknown-model"), "model preset missing"),
     (dict(system="b200_sxm"), "system b200_sxm: no hardware profile"),
     (dict(pp=2), "pp_size > 1: pipeline parallelism not modelled"),
-    (dict(gemm_quant="nvfp4"), "quant nvfp4: not modelled (simfoe weights: bf16, fp8)"),
+    (dict(gemm_quant="nvfp4"), "quant nvfp4: not mapped yet (mapped: fp8, fp8_block, none)"),
     (dict(model_path="openai/gpt-oss-120b", tp=4, moe_tp=4, moe_ep=1),
      "moe_tp > 1 (experts tensor-parallel) not modelled yet"),
     (dict(tp=8, adp=2), "instance larger than one node: not mapped yet"),

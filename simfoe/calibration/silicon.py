@@ -47,7 +47,8 @@ MODEL_PRESETS = {
     "deepseek-ai/DeepSeek-R1": "deepseek-v3",
 }
 
-#: gemm/moe quant mode -> simfoe model dtype (fp8_block: 128x128-block scaled fp8, priced as fp8).
+#: gemm/moe quant mode -> simfoe ``model.dtype`` shorthand (fp8: fp8-block GEMMs, bf16 attention and KV
+#: cache, simfoe.specs.precision; per-tensor fp8 is priced as fp8-block, whose scales are 4 bytes per 16384).
 QUANT_DTYPES = {"": "bf16", "fp8": "fp8", "fp8_block": "fp8"}
 
 #: Engine knobs of every replayed deployment: tokens per iteration 8192, the engines' defaults
@@ -237,7 +238,7 @@ def _dtype(row: SiliconRow, is_moe: bool) -> str | NotCovered:
     quants = {row.gemm_quant} | ({row.moe_quant} if is_moe else set())
     bad = sorted(q for q in quants if q not in QUANT_DTYPES)
     if bad:
-        return NotCovered(f"quant {bad[0]}: not modelled (simfoe weights: bf16, fp8)")
+        return NotCovered(f"quant {bad[0]}: not mapped yet (mapped: fp8, fp8_block, none)")
     return "fp8" if "fp8" in {QUANT_DTYPES[q] for q in quants} else "bf16"
 
 
