@@ -184,3 +184,8 @@ def test_workers_give_the_same_predictions_in_row_order(tmp_path):
     one = si.replay(rows)
     assert [p.row.id for p in one] == ["a", "b", "c", "d"]
     assert si.replay(rows, workers=2) == one
+
+
+def test_default_path_absent_is_refused(refused, monkeypatch):
+    monkeypatch.setattr(si, "default_path", lambda: None)
+    refused(["validate", "--silicon", "--json"], "--silicon", "is absent")
