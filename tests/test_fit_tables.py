@@ -141,3 +141,11 @@ def test_cli_fits_a_synthetic_table_end_to_end(tmp_path, capsys):
     prof = load_hardware(str(out))
     assert set(prof.gemm_corrections) == {"bf16", "fp8"}
     assert "gemm_perf.parquet" in prof.provenance["kernels.gemm"] and "9.9" in prof.provenance["kernels.gemm"]
+
+
+def test_decode_per_sequence_head_term_adds_its_seconds():
+    hw = load_hardware("h100-sxm")
+    base = K.attention_decode(hw, 4, 1024, 16, 2, 128).latency_s
+    fam = {**hw.kernels["attention_decode"], "per_seq_head_s": 1e-6}
+    hw2 = hw.model_copy(update={"kernels": {**hw.kernels, "attention_decode": fam}})
+    assert K.attention_decode(hw2, 4, 1024, 16, 2, 128).latency_s == pytest.approx(base + 4 * 2 * 1e-6)

@@ -213,7 +213,8 @@ def _attn_spec(prefill: bool) -> dict:
         return {"eff_max": (0.5, 0.01, 1.0, False), "mem_eff": (0.8, 0.01, 1.0, False),
                 "launch_s": (5e-6, 1e-8, 1e-3, True), "smooth_p": (4.0, 1.0, 50.0, False)}
     return {"mem_eff": (0.8, 0.01, 1.0, False), "mem_floor_bytes": (1e4, 1.0, 1e9, True),
-            "launch_s": (5e-6, 1e-8, 1e-3, True)}
+            "launch_s": (5e-6, 1e-8, 1e-3, True), "eff_max": (0.5, 0.01, 1.0, False),
+            "smooth_p": (4.0, 1.0, 50.0, False), "per_seq_head_s": (1e-9, 1e-13, 1e-5, True)}
 
 
 @dataclass(frozen=True)
@@ -250,17 +251,14 @@ def _spec_for(family: str, kern: dict) -> dict:
 
 
 def fit_parts(hw0, kern: dict, parts: list[Part]) -> dict:
-    """Fit each fitted part's family in order (in place in ``kern``); decode families take their prefill's eff_max."""
+    """Fit each fitted part's family in order (in place in ``kern``)."""
     from simfoe.calibration.fit_profile import _fit_family
 
     for p in parts:
         if not p.fit or p.rows is None or p.rows.empty:
             continue
         tr = _train(p.rows)
-        fam = {}
-        if p.family.startswith("attention_decode"):
-            fam["eff_max"] = kern.get(p.family.replace("decode", "prefill"), {}).get("eff_max", 1.0)
-        kern[p.family] = {**fam, **_fit_family(hw0, kern, p.family, _spec_for(p.family, kern), tr, tr.t_s.to_numpy(float))}
+        kern[p.family] = _fit_family(hw0, kern, p.family, _spec_for(p.family, kern), tr, tr.t_s.to_numpy(float))
     return kern
 
 

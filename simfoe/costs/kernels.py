@@ -40,7 +40,9 @@ computed at the bf16 peak (H100 has no fp4 tensor cores); fp4 x fp4 needs an ``f
 ``attention_prefill``
     ``eff_max`` (achieved FlashAttention FLOP/s / peak), ``mem_eff``, ``launch_s``, ``smooth_p``.
 ``attention_decode``
-    ``mem_eff``, ``mem_floor_bytes``, ``launch_s``, ``eff_max`` (for the small FLOP term).
+    ``mem_eff``, ``mem_floor_bytes``, ``launch_s``, ``eff_max`` (for the small FLOP term); optional
+    ``smooth_p`` (default plain max) and ``per_seq_head_s``: fixed seconds per (sequence x KV head), the
+    work items a FlashAttention decode kernel schedules (fitted on kernel tables; default 0).
 ``attention_prefill_mla`` / ``attention_decode_mla`` / ``grouped_gemm_fp8`` (optional; profiles fitted
     from kernel tables, simfoe.calibration.fit_tables) the same keys for MLA attention (``mla=True``)
     and for fp8 grouped experts; absent, the plain family prices them.
@@ -417,7 +419,8 @@ def attention_decode(hw, batch: int, kv_len, n_heads: int, n_kv_heads: int, head
     f = (_family(hw, "attention_decode_mla") if mla else None) or _family(hw, "attention_decode")
     t_c = flops / (hw.peak(dtype) * float(f.get("eff_max", 1.0)))
     t_m = (nbytes + float(f.get("mem_floor_bytes", 0.0))) / (hw.gpu.hbm_bandwidth * float(f.get("mem_eff", 1.0)))
-    return _cost(t_c, t_m, math.inf, _launch(hw, f), flops, nbytes)
+    launch = _launch(hw, f) + float(f.get("per_seq_head_s", 0.0)) * b * hkv
+    return _cost(t_c, t_m, float(f.get("smooth_p", math.inf)), launch, flops, nbytes)
 
 
 def elementwise(hw, nbytes: float, flops: float = 0.0, kind: str | None = None) -> KernelCost:
