@@ -131,13 +131,17 @@ def test_decode_overlap_reads_weights_twice():
     assert two["breakdown_s"]["experts"] > 1.5 * one["breakdown_s"]["experts"]
 
 
-def test_per_layer_chain_matches_the_steady_state_extrapolation():
-    kw = dict(model="qwen3-30b-a3b", nodes=2, arch="moe", routing="uniform")
-    chained = forward(overrides=["placement.overlap=two-batch"], per_layer=True, phase="prefill", batch=4,
-                      seq_len=2048, hardware="h100-sxm", **kw)
-    scaled = forward(overrides=["placement.overlap=two-batch"], phase="prefill", batch=4, seq_len=2048,
-                     hardware="h100-sxm", **kw)
-    # a chain of OVERLAP_CHAIN layers (own routing samples) extrapolated at its steady rate vs all 48 chained
+@pytest.mark.parametrize("model,nodes,arch,phase,batch", [
+    ("qwen3-30b-a3b", 2, "moe", "prefill", 4),
+    # FoE, one GPU per cluster: a layer is one stage per micro-batch, so a turn measured from layer 0 lacks
+    # the other micro-batch's experts (27% short on one node) or sees both all-reduces at once (19% long on 2)
+    ("olmoe-1b-7b", 1, "foe", "decode", 64), ("olmoe-1b-7b", 2, "foe", "prefill", 4)])
+def test_per_layer_chain_matches_the_steady_state_extrapolation(model, nodes, arch, phase, batch):
+    kw = dict(model=model, nodes=nodes, arch=arch, routing="uniform", phase=phase, batch=batch,
+              seq_len=1024 if phase == "decode" else 2048, hardware="h100-sxm")
+    chained = forward(overrides=["placement.overlap=two-batch"], per_layer=True, **kw)
+    scaled = forward(overrides=["placement.overlap=two-batch"], **kw)
+    # a chain of OVERLAP_CHAIN layers (own routing samples) extrapolated at its steady rate vs all layers chained
     assert chained["latency_s"] == pytest.approx(scaled["latency_s"], rel=0.01)
     assert chained["micro_batches"] == scaled["micro_batches"] == 2
 

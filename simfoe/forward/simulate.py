@@ -315,11 +315,11 @@ class ForwardModel:
 
     #: Layers simulated back to back under two-batch overlap (each MoE layer with its own routing
     #: sample); more layers are extrapolated at one turn of the stream (:meth:`_turn_s`). Against
-    #: simulating every layer: within 0.7% on 13 H100 cases x 3 routing seeds (MoE and FoE, prefill and
-    #: decode; docs/forward.md; tests/test_overlap.py checks one). The end of the first layer as the
-    #: rate was up to 27% off (qwen3-30b-a3b DP-attention decode fills its pipeline slowly); identical
-    #: layers were up to 6% pessimistic (the same straggler GPU every layer).
-    OVERLAP_CHAIN = 2
+    #: simulating every layer: within 0.4% on 18 H100 cases (MoE and FoE, prefill and decode;
+    #: docs/forward.md; tests/test_overlap.py checks two). Turns measured from layer 0 were up to 37% off
+    #: (the pipeline is still filling: FoE on one node); identical layers were up to 6% pessimistic (the
+    #: same straggler GPU every layer).
+    OVERLAP_CHAIN = 3
 
     def __init__(self, model: ModelSpec, hw: HardwareSpec, placement: PlacementSpec,
                  routing: RoutingSpec | str | None = None, seed: int = 0):
@@ -591,7 +591,7 @@ class ForwardModel:
             rec.span_s = lat
         if k < n:  # steady state: each further layer adds one turn of the stream (the first layer fills
             # the pipeline and the last drains it, once in any chain)
-            total = lat + (n - k) * self._turn_s(plans[0], ends[0])
+            total = lat + (n - k) * self._turn_s(plans[-1], ends[-1])
             bd = {c: v * total / lat for c, v in bd.items()}
             lat = total
         yield (lat, bd, tags, sum(p.local_activations for ps in plans for p in ps),
@@ -600,11 +600,13 @@ class ForwardModel:
 
     @staticmethod
     def _turn_s(plans: list, ends: np.ndarray) -> float:
-        """Seconds between micro-batch 0's first collective launches (without one: its last steps) in the first
-        two layers ``plans`` of a chain whose steps ended at ``ends``: one turn of the stream, the steady rate."""
-        steps = plans[0].steps
-        mark = next((i for i, s in enumerate(steps) if isinstance(s, Collective)), len(steps) - 1)
-        return max(float(ends[len(steps) + mark] - ends[mark]), 0.0)
+        """Seconds between the last micro-batch's first collective launches (without one: its last steps) in
+        layers 1 and 2 of a chain ``plans`` (its layers, >= 3) whose steps ended at ``ends``: one turn of the
+        stream, the steady rate. Layer 0 fills the pipeline; the stages between these launches are all of
+        one turn, each after its predecessor of the turn before."""
+        m = len(plans[0].steps)
+        mark = next((i for i, s in enumerate(plans[0].steps) if isinstance(s, Collective)), m - 1)
+        return max(float(ends[2 * m + mark] - ends[m + mark]), 0.0)
 
     def run(self, phase: str, batch: int, seq_len: int, per_layer: bool = False, timeline: list | None = None,
             progress=None) -> ForwardResult:
