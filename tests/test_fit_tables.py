@@ -149,3 +149,17 @@ def test_decode_per_sequence_head_term_adds_its_seconds():
     fam = {**hw.kernels["attention_decode"], "per_seq_head_s": 1e-6}
     hw2 = hw.model_copy(update={"kernels": {**hw.kernels, "attention_decode": fam}})
     assert K.attention_decode(hw2, 4, 1024, 16, 2, 128).latency_s == pytest.approx(base + 4 * 2 * 1e-6)
+
+
+def test_forward_prices_mla_models_with_the_mla_families():
+    """DeepSeek-V3 decode on h100-sxm-tables: its attention follows attention_decode_mla (a GQA model would not)."""
+    from simfoe.api import forward
+
+    kw = dict(model="deepseek-v3", hardware="h100-sxm-tables", nodes=1, arch="moe", phase="decode", batch=64,
+              seq_len=4096, routing="uniform")
+    def attention(*overrides):
+        return forward(overrides=list(overrides), **kw)["breakdown_s"]["attention"]
+
+    base = attention()
+    assert attention("hardware.kernels.attention_decode_mla.per_seq_head_s=1e-5") > base + 1e-5 * 64  # >= 1 layer
+    assert attention("hardware.kernels.attention_decode.per_seq_head_s=1e-5") == base  # the GQA family: unused

@@ -99,31 +99,31 @@ class _Costs:
         f = self.formats
         return K.grouped_gemm(self.hw, np.rint(loads), int(n), int(k), f.gemm_activations, f.expert_weights).latency_s
 
-    def attn_prefill(self, tokens, pairs, h, hkv, d) -> float:
+    def attn_prefill(self, tokens, pairs, h, hkv, d, mla: bool = False) -> float:
         """Prefill chunks as one non-causal block of ``tokens`` queries x pairs/tokens keys
-        (FLOPs = 4 h d pairs, the causal count the caller computed)."""
+        (FLOPs = 4 h d pairs, the causal count the caller computed); ``mla``: the profile's MLA family."""
         if tokens <= 0 or pairs <= 0:
             return 0.0
-        key = ("ap", int(tokens), float(pairs), h, hkv, d)
+        key = ("ap", int(tokens), float(pairs), h, hkv, d, mla)
         v = self._c.get(key)
         if v is None:
             q = int(tokens)
             kv_true = pairs / q
             kv = max(q, int(math.ceil(kv_true)))
             v = K.attention_prefill(self.hw, 1, q, kv, h, hkv, d, self.formats.attention, causal=False,
-                                    kv_dtype=self.formats.kv_cache).latency_s
+                                    kv_dtype=self.formats.kv_cache, mla=mla).latency_s
             v = self._c[key] = v * (kv_true / kv if kv > kv_true else 1.0)
         return v
 
-    def attn_decode(self, seqs, kv_tokens, h, hkv, d) -> float:
+    def attn_decode(self, seqs, kv_tokens, h, hkv, d, mla: bool = False) -> float:
         if seqs <= 0:
             return 0.0
-        key = ("ad", int(seqs), int(kv_tokens), h, hkv, d)
+        key = ("ad", int(seqs), int(kv_tokens), h, hkv, d, mla)
         v = self._c.get(key)
         if v is None:
             per = max(1, int(round(kv_tokens / seqs)))
             v = self._c[key] = K.attention_decode(self.hw, int(seqs), per, h, hkv, d, self.formats.attention,
-                                                  kv_dtype=self.formats.kv_cache).latency_s
+                                                  kv_dtype=self.formats.kv_cache, mla=mla).latency_s
         return v
 
 
@@ -172,8 +172,9 @@ def _attention_seconds(c: _Costs, model: ModelSpec, w: Work, heads_per_gpu: floa
         W = a.sliding_window
         pairs = (1 - frac) * pairs + frac * min(pairs, w.prefill_tokens * W)
         kv_tok = (1 - frac) * kv_tok + frac * min(kv_tok, w.decode_seqs * W)
-    t += c.attn_prefill(w.prefill_tokens, pairs, hq, hkv if a.kind != "mla" else hq, d)
-    t += c.attn_decode(w.decode_seqs, kv_tok, hq, kv_dec if a.kind == "mla" else hkv, d_dec)
+    mla = a.kind == "mla"  # priced with the profile's attention_*_mla families where fitted (kernel tables)
+    t += c.attn_prefill(w.prefill_tokens, pairs, hq, hkv if not mla else hq, d, mla)
+    t += c.attn_decode(w.decode_seqs, kv_tok, hq, kv_dec if mla else hkv, d_dec, mla)
     t += c.gemm(T, h, o_in)
     t += c.ew(3 * T * h * b, "add")
     return t
