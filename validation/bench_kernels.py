@@ -6,7 +6,8 @@ byte counts follow validation/README.md ("Definitions"): FLOPs of the mathematic
 intermediates not counted). Inputs are rotated over several buffer sets so that the last-level
 cache does not hold them between calls: the sets are disjoint slices of one random pool per dtype
 (:class:`InputPool`), so a rotation of hundreds of small sets costs no allocation. On CPU, GEMM,
-grouped FFN and routing glue are also timed cold (variants ``*_cold``): one call per sample after a streaming read of ``flush_bytes``, which also
+grouped FFN and routing glue are also timed cold (variants ``*_cold``): one call per sample after a streaming read of
+``flush_bytes``, which also
 evicts code, allocator metadata and page-table entries, as the rest of a forward pass does between
 two calls of the same layer's op. On CUDA each point is timed twice: replayed from a CUDA graph (the
 device time, column ``timing`` = ``cuda_graph``) and as an eager loop (variant suffix ``_eager``,
@@ -131,12 +132,14 @@ CPU_QUICK = ShapeSet(
 )
 
 CUDA_FULL = ShapeSet(
-    gemm_mnk=_grid((1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384), ((4096, 4096), (14336, 4096), (4096, 14336), (2048, 7168), (7168, 2048)))
+    gemm_mnk=_grid((1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384),
+                   ((4096, 4096), (14336, 4096), (4096, 14336), (2048, 7168), (7168, 2048)))
     + tuple((s, s, s) for s in (1024, 2048, 8192)),
     ffn=tuple((e, 4096, 1408, t) for e in (8, 64) for t in (64, 512, 4096, 16384))
     + tuple((32, 7168, 2048, t) for t in (128, 1024, 8192)),
     routings=("uniform", "zipf1.2"),
-    prefill=tuple((b, h, kv, 128, s) for (h, kv) in ((32, 8), (64, 8), (32, 32)) for (b, s) in ((8, 512), (2, 2048), (1, 8192), (1, 16384))),
+    prefill=tuple((b, h, kv, 128, s) for (h, kv) in ((32, 8), (64, 8), (32, 32))
+                  for (b, s) in ((8, 512), (2, 2048), (1, 8192), (1, 16384))),
     decode=tuple((b, h, kv, 128, c) for (h, kv) in ((32, 8), (64, 8), (32, 32))
                  for b in (1, 16, 128) for c in (1024, 8192, 32768) if b * c <= 128 * 8192),
     copy_bytes=tuple(x * _KIB for x in (64, 256)) + tuple(x * _MIB for x in (1, 4, 16, 64, 256, 1024)),

@@ -1,6 +1,7 @@
 """Testbed: a real small MoE model and its FoE counterpart, run across processes with torch.distributed.
 
-``python -m validation.testbed --config CONFIG.json [--out RESULT.json]``. Needs only the standard library and torch; never imports simfoe. Prints one
+``python -m validation.testbed --config CONFIG.json [--out RESULT.json]``. Needs only the standard library and torch;
+never imports simfoe. Prints one
 JSON object (``{"cases": [...], "env": {...}}``) on stdout. simfoe.calibration.testbed builds the
 config from a simfoe ModelSpec and compares the results with simfoe's predictions.
 

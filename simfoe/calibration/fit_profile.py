@@ -365,7 +365,8 @@ def _gemm_tables(k, peaks: dict) -> tuple[dict, dict]:
         on = sliced & rows.m.isin(t["m"]).to_numpy()
 
         def pred(tb, rr):
-            return [r.flops / (peaks[dt] * table_efficiency(tb, r.m, r.n, r.k)) for r in rr.itertuples(index=False)]
+            return [r.flops / (peaks[dt] * table_efficiency(tb, r.m, r.n, r.k))  # noqa: B023 (called in this iteration)
+                    for r in rr.itertuples(index=False)]
 
         off = rows[~on]
         if not off.empty:

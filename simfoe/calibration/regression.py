@@ -271,7 +271,7 @@ def validate(vidur: str | Path | None = None, hardware: list[str] | None = None,
                 from unittest import mock
 
                 hwo = load_hardware(h, hw_overrides)
-                with mock.patch("simfoe.specs.io.load_hardware", lambda *a, **k: hwo):
+                with mock.patch("simfoe.specs.io.load_hardware", lambda *a, **k: hwo):  # noqa: B023 (used in the with)
                     rows += vidur_rows(vdir, h, missing)
             else:
                 rows += vidur_rows(vdir, h, missing)

@@ -56,10 +56,12 @@ def generate(out: Path = OUT, rerun_testbed: bool = False) -> Path:
     rows = r.pop("rows")
     lines = ["# Calibration report", "", "Regenerate: `python -m simfoe.calibration.report` (add `--testbed` to re-measure "
              "the testbed). Method: docs/calibration.md. APE = |predicted/measured - 1|; bias = geometric-mean ratio - 1.", "",
-             "## By source (simfoe validate)", "", "| source | rows | MAPE % | max APE % | bias % | tolerance | ok |", "|---|---|---|---|---|---|---|"]
+             "## By source (simfoe validate)", "",
+             "| source | rows | MAPE % | max APE % | bias % | tolerance | ok |", "|---|---|---|---|---|---|---|"]
     for s, v in r["by_source"].items():
         tol = ", ".join(f"{k} <= {x}" for k, x in (v.get("tolerance") or {}).items()) or "-"
-        lines.append(f"| {s} | {v['n']} | {v['mape']:.2f} | {v['max_ape']:.2f} | {v['bias_pct']:+.1f} | {tol} | {'yes' if v['ok'] else 'NO'} |")
+        lines.append(f"| {s} | {v['n']} | {v['mape']:.2f} | {v['max_ape']:.2f} | {v['bias_pct']:+.1f} | {tol} "
+                     f"| {'yes' if v['ok'] else 'NO'} |")
     lines += ["", "## By source and op", "", "| source | op | rows | MAPE % | max APE % |", "|---|---|---|---|---|"]
     df = pd.DataFrame(rows)
     df["ape"] = (df.predicted_s / df.measured_s - 1).abs() * 100
@@ -95,18 +97,21 @@ def generate(out: Path = OUT, rerun_testbed: bool = False) -> Path:
         lines += ["", f"## Testbed on {tb['hardware']} (real MoE / FoE forward passes, 2 gloo processes, fp32)", "",
                   f"Model validation/models/testbed-moe.yaml on {tb['hardware']}; measured = {tb['measure']}; "
                   f"load average {env.get('loadavg_start')} -> {env.get('loadavg_end')}; {env.get('date_utc')}.", "",
-                  "| arch | phase | batch | seq_len | measured (ms) | wall median (ms) | predicted (ms) | APE % |", "|---|---|---|---|---|---|---|---|"]
+                  "| arch | phase | batch | seq_len | measured (ms) | wall median (ms) | predicted (ms) | APE % |",
+                  "|---|---|---|---|---|---|---|---|"]
         for c in tb["cases"]:
             lines.append(f"| {c['arch']} | {c['phase']} | {c['batch']} | {c['seq_len']} | {c['measured_s'] * 1e3:.1f} | "
                          f"{c['measured_wall_s'] * 1e3:.1f} | {c['predicted_s'] * 1e3:.1f} | {c['ape_pct']:.1f} |")
         lines += ["", "| phase | batch | measured MoE/FoE | predicted MoE/FoE | speedup error % |", "|---|---|---|---|---|"]
         for s in tb["speedups"]:
-            lines.append(f"| {s['phase']} | {s['batch']} | {s['measured_ratio']:.3f} | {s['predicted_ratio']:.3f} | {100 * s['error']:.1f} |")
+            lines.append(f"| {s['phase']} | {s['batch']} | {s['measured_ratio']:.3f} | {s['predicted_ratio']:.3f} "
+                         f"| {100 * s['error']:.1f} |")
         lines += ["", f"Testbed MAPE {tb['mape']:.1f}% (max {tb['max_ape']:.1f}%), speedup error {100 * tb['speedup_error']:.1f}% "
                   f"(max {100 * tb['speedup_error_max']:.1f}%)."
                   + (f" Host speed {tb['host_speed']:.2f} (probe GEMM: profile prediction / measured)." if tb.get("host_speed") else "")
                   + (" Predicted with the testbed's per-layer expert choice counts as routing." if all(
-                      c.get("expert_counts") for c in tb["cases"]) else " Predicted with uniform routing (stored run without routing counts).")]
+                      c.get("expert_counts") for c in tb["cases"])
+                     else " Predicted with uniform routing (stored run without routing counts).")]
         with_bd = [c for c in tb["cases"] if c.get("breakdown")]
         if with_bd:
             cats = [k for k in CATEGORIES if any(k in c["breakdown"]["measured_cpu_s"] for c in with_bd)]

@@ -209,6 +209,7 @@ def run(model: str = DEFAULT_MODEL, hardware: str = "auto", quick: bool = False,
     res = predict_results(m, hw, [[c["arch"], c["phase"], c["batch"], c["seq_len"]] for c in measured["cases"]], seed,
                           [c.get("expert_counts") for c in measured["cases"]])
     out = compare(measured, [r.latency_s for r in res], probe_seconds(hw), [r.breakdown_s for r in res])
-    out.update({"model": m.name, "hardware": hw.name, "hardware_matched": matched, "measure": "max over ranks of process CPU time per forward, "
-                "median over repeats", "env": measured.get("env", {}), "barrier_s": measured.get("barrier_s")})
+    out.update({"model": m.name, "hardware": hw.name, "hardware_matched": matched,
+                "measure": "max over ranks of process CPU time per forward, median over repeats",
+                "env": measured.get("env", {}), "barrier_s": measured.get("barrier_s")})
     return out

@@ -146,7 +146,7 @@ def render(r: dict) -> str:
         return "\n".join(lines)
     lines = [f"fit {r['set']} -> {r.get('written') or '(not written; pass --out)'}",
              f"peak FLOP/s {r['gpu']['peak_flops']}, DRAM {r['gpu']['hbm_bandwidth']:.4g} B/s; "
-             f"gloo alpha {r['collectives']['fit']['alpha_s']:.3g} s, hop {r['collectives']['fit']['hop_s']:.3g} s/step, bandwidth {r['collectives']['fit']['bandwidth']:.4g} B/s"]
+             "gloo alpha {alpha_s:.3g} s, hop {hop_s:.3g} s/step, bandwidth {bandwidth:.4g} B/s".format(**r["collectives"]["fit"])]
     for part in ("kernels", "held_out"):
         for k, v in r[part].items():
             lines.append(f"  {part:9} {k:36} rows {v['rows']:>3}  MAPE {v['mape_pct']:6.2f}%  max {v['max_ape_pct']:7.2f}%")

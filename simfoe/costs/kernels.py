@@ -278,12 +278,12 @@ def gemm_correction(hw, dtype: str, m: float, n: float, k: float) -> float:
     g = (hw.gemm_corrections or {}).get(dtype)
     if g is None:
         return 1.0
-    (i, fi), (j, fj), (l, fl) = (_grid_pos(math.log2(v), xs) for v, xs in ((m, g.log2_m), (n, g.log2_n), (k, g.log2_k)))
+    (i, fi), (j, fj), (q, fq) = (_grid_pos(math.log2(v), xs) for v, xs in ((m, g.log2_m), (n, g.log2_n), (k, g.log2_k)))
     nn, nk, v = len(g.log2_n), len(g.log2_k), g.log_ratio
     acc = 0.0
     for a, wa in ((i, 1.0 - fi), (i + 1, fi)):
         for b, wb in ((j, 1.0 - fj), (j + 1, fj)):
-            for c, wc in ((l, 1.0 - fl), (l + 1, fl)):
+            for c, wc in ((q, 1.0 - fq), (q + 1, fq)):
                 w = wa * wb * wc
                 if w:
                     acc += w * v[(a * nn + b) * nk + c]
@@ -362,12 +362,14 @@ def _check_heads(n_heads, n_kv_heads, head_dim) -> tuple[float, float, float]:
 
 
 def attention_prefill(hw, batch: int, q_len: int, kv_len: int, n_heads: int, n_kv_heads: int,
-                      head_dim: int, dtype: str = "bf16", causal: bool = True, kv_dtype: str | None = None, mla: bool = False) -> KernelCost:
+                      head_dim: int, dtype: str = "bf16", causal: bool = True, kv_dtype: str | None = None,
+                      mla: bool = False) -> KernelCost:
     """FlashAttention-like prefill: Q (q_len new tokens) against kv_len keys per sequence.
 
     FLOP = 4 * batch * n_heads * head_dim * pairs, pairs = q_len*kv_len, or with ``causal``
     q_len*kv_len - q_len^2/2 (exactly half when q_len == kv_len; the new tokens are the last
-    q_len of kv_len). Bytes: Q, O in ``dtype`` and K, V in ``kv_dtype`` (default ``dtype``), each once. Efficiency ``hw.kernels['attention_prefill']``
+    q_len of kv_len). Bytes: Q, O in ``dtype`` and K, V in ``kv_dtype`` (default ``dtype``), each once.
+    Efficiency ``hw.kernels['attention_prefill']``
     (published FlashAttention figures); with ``mla`` (DeepSeek multi-head latent attention, priced with
     the caller's per-head dims) ``hw.kernels['attention_prefill_mla']`` where fitted. Uncalibrated: roofline + launch.
     """

@@ -167,17 +167,17 @@ def _build(hw_json: str, nodes: int) -> Cluster:
     net: list[bool] = []
     ends: list[tuple] = []
 
-    def add(a, b, c, l, is_net):
+    def add(a, b, c, latency, is_net):
         names.append(f"{a}->{b}")
         cap.append(c)
-        lat.append(l)
+        lat.append(latency)
         net.append(is_net)
         ends.append((a, b))
 
     gname = [f"gpu{g}" for g in range(G)]
     sw = [f"nvswitch{g // gpn}" for g in range(G)]
     nicname = [f"nic{k}" for k in range(K)]
-    leafname = [f"leaf{l}" for l in range(Lf)]
+    leafname = [f"leaf{i}" for i in range(Lf)]
     for g in range(G):
         add(gname[g], sw[g], nv_cap, nv_lat, False)
     for g in range(G):
@@ -190,10 +190,10 @@ def _build(hw_json: str, nodes: int) -> Cluster:
         add(nicname[k], leafname[leaf_of_nic[k]], nic_cap, nic_lat, True)
     for k in range(K):
         add(leafname[leaf_of_nic[k]], nicname[k], nic_cap, nic_lat, True)
-    for l in range(Lf):
-        add(leafname[l], "spine", float(up_cap[l]), nic_lat, True)
-    for l in range(Lf):
-        add("spine", leafname[l], float(up_cap[l]), nic_lat, True)
+    for i in range(Lf):
+        add(leafname[i], "spine", float(up_cap[i]), nic_lat, True)
+    for i in range(Lf):
+        add("spine", leafname[i], float(up_cap[i]), nic_lat, True)
 
     graph = nx.DiGraph()
     for i, (a, b) in enumerate(ends):

@@ -66,7 +66,8 @@ def _load_trace_probs(path: str | None, E: int, n_layers: int) -> np.ndarray:
             raise SpecError("routing", value, "a numeric .npy array of per-expert counts (the file is not one: "
                             f"{_why(e)})") from None
         if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
-            raise SpecError("routing", value, f"a numeric .npy array of per-expert counts (dtype {getattr(arr, 'dtype', type(arr).__name__)})")
+            kind = getattr(arr, "dtype", type(arr).__name__)
+            raise SpecError("routing", value, f"a numeric .npy array of per-expert counts (dtype {kind})")
         arr = arr.astype(float)
     else:
         try:

@@ -20,16 +20,13 @@ Cost per item: one SimPy timeout per served unit, no process per item.
 from __future__ import annotations
 
 import gc
-from heapq import heappush
-
 from collections import deque
 from dataclasses import dataclass
+from heapq import heappush
 
 import numpy as np
 import simpy
 from simpy.core import NORMAL as _NORMAL
-
-_new_event = object.__new__
 
 from simfoe.errors import SpecError
 from simfoe.limits import PIPELINE_REQUESTS
@@ -37,6 +34,8 @@ from simfoe.pipelines.graph import StageGraph, build_graph
 from simfoe.pipelines.routing import make_policy, mix
 from simfoe.pipelines.spec import PipelineSpec, StageSpec
 from simfoe.specs.distributions import BufferedSampler
+
+_new_event = object.__new__
 
 MODES = ("stream", "batch")
 
@@ -175,7 +174,7 @@ class Simulation:
         ]
         # per stage: destinations fed each finest unit, and those fed each whole output (parts stages)
         self._edge_split = []
-        for i, s in enumerate(spec.stages):
+        for i in range(len(spec.stages)):
             finest = len(self.g.out_levels[i])
             self._edge_split.append((
                 tuple(e.dst for e in self.g.edges[i] if e.depth == finest),

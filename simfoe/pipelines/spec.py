@@ -30,7 +30,8 @@ profile, e.g. ``a100-sxm``, or a YAML path: the cluster the instances are placed
 NVLink and NIC rates and latencies become the network defaults, and ``nodes`` [largest node used + 1]
 bounds the placement), ``network``
 (``intra_node_bandwidth``, ``inter_node_bandwidth`` in bytes/s, ``intra_node_latency``,
-``inter_node_latency`` in s; explicit keys override the hardware profile's), ``prompts`` (``{weights: [...]}``, prompt-type mix of requests),
+``inter_node_latency`` in s; explicit keys override the hardware profile's), ``prompts`` (``{weights: [...]}``,
+prompt-type mix of requests),
 ``spill_queue`` [4] (prompt-aware: queue length above which a request leaves its home instance).
 """
 from __future__ import annotations

@@ -13,7 +13,8 @@ from simfoe.serving.step_models import (
 )
 
 __all__ = [
-    "ConstantStep", "EngineConfig", "InterpCost", "LinearStep", "MemoCost", "StepModel", "StepModelBase", "make_cost", "ROUTERS", "SCHEDULERS", "ServingResult", "bucket_up",
+    "ConstantStep", "EngineConfig", "InterpCost", "LinearStep", "MemoCost", "StepModel", "StepModelBase", "make_cost",
+    "ROUTERS", "SCHEDULERS", "ServingResult", "bucket_up",
     "build_forward", "register_router", "register_scheduler", "run_serve", "simulate", "simulate_serving",
     "summarize",
 ]

@@ -19,9 +19,11 @@ from simfoe.specs.model import ModelSpec
 
 
 class MoEPlacement(Spec):
-    attention: Literal["tp", "dp"] = Field("tp", description="tp: TP inside a node, DP across nodes (vLLM EP); dp: DP everywhere (DeepSeek/SGLang)")
+    attention: Literal["tp", "dp"] = Field(
+        "tp", description="tp: TP inside a node, DP across nodes (vLLM EP); dp: DP everywhere (DeepSeek/SGLang)")
     attention_tp: PositiveInt | None = Field(None, description="TP degree for attention='tp' (default: GPUs per node)")
-    ep: PositiveInt | None = Field(None, description="expert-parallel group size (default: the largest divisor of the GPU count that divides n_experts)")
+    ep: PositiveInt | None = Field(
+        None, description="expert-parallel group size (default: the largest divisor of the GPU count that divides n_experts)")
     dedup_dispatch: bool = Field(True, description="send a token once per destination GPU (DeepEP-style), not once per expert choice")
     all_to_all: Literal["auto", "deepep-normal", "deepep-ll", "nccl", "direct", "hierarchical"] = Field(
         "auto", description="dispatch/combine algorithm (simfoe.costs.dispatch): auto = as SGLang --deepep-mode auto "
@@ -40,7 +42,8 @@ class MoEPlacement(Spec):
 
 class FoEPlacement(Spec):
     clusters: PositiveInt | None = Field(None, description="number of clusters (default: n_kv_heads)")
-    gpus_per_cluster: PositiveInt | None = Field(None, description="GPUs per cluster, inside one node (default: GPUs / clusters, at least 1)")
+    gpus_per_cluster: PositiveInt | None = Field(
+        None, description="GPUs per cluster, inside one node (default: GPUs / clusters, at least 1)")
     experts_per_cluster: PositiveInt | None = None
     top_k_per_cluster: PositiveInt | None = None
     expert_ffn: PositiveInt | None = Field(None, description="width of one FoE expert")

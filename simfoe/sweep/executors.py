@@ -77,6 +77,9 @@ def iter_ray(kind: str, chunks: list[Chunk], metrics, fn: Callable | None, worke
                             f"`ray start --head`), or no --address to start a local instance ({e})") from None
         started = True
     try:
+        # a task whose worker or node died (NodeDiedError exists only in some Ray versions)
+        lost_errors = tuple(getattr(ray.exceptions, n) for n in ("WorkerCrashedError", "RayTaskError", "NodeDiedError")
+                          if hasattr(ray.exceptions, n))
         remote = ray.remote(num_cpus=1, max_retries=max_retries)(run_chunk)
         fn_ref = ray.put(fn) if fn is not None else None
         refs = {remote.remote(kind, c, metrics, fn_ref): i for i, c in enumerate(chunks)}
@@ -86,9 +89,7 @@ def iter_ray(kind: str, chunks: list[Chunk], metrics, fn: Callable | None, worke
             for r in done:
                 try:
                     yield ray.get(r)
-                except (ray.exceptions.WorkerCrashedError, ray.exceptions.RayTaskError,
-                        ray.exceptions.NodeDiedError if hasattr(ray.exceptions, "NodeDiedError")
-                        else ray.exceptions.WorkerCrashedError) as e:
+                except lost_errors as e:
                     yield _failed(chunks[refs[r]], f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
     finally:
         if started:
