@@ -85,6 +85,9 @@ def test_a_damaged_compacted_table_is_named_too(tmp_path):
     (["--dry-run", "--probes", "-1"], ["--probes: -1", ">= 0"]),
     (["--address", "auto"], ["--address: 'auto'", "only with --executor ray"]),
     (["--address", "auto", "--executor", "local", "--dry-run"], ["--address: 'auto'"]),
+    (["--max-retries", "5"], ["--max-retries: 5 given without --executor ray", "at most twice"]),
+    (["--max-retries", "3", "--executor", "local", "--dry-run"], ["--max-retries: 3 given without --executor ray"]),
+    (["--max-retries", "-1", "--executor", "ray", "--dry-run"], ["--max-retries: -1", "an integer >= 0"]),
 ])
 def test_ignored_options_are_refused(tmp_path, refused, argv, words):
     out = tmp_path / "o"

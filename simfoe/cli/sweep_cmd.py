@@ -32,7 +32,8 @@ def register(subparsers) -> None:
                    help="validate, count scenarios and estimate the time (times a few probe scenarios)")
     p.add_argument("--probes", type=int, default=None, help="with --dry-run: scenarios timed (default 4)")
     p.add_argument("--chunk-size", type=int, default=None, help="scenarios per task (default: automatic)")
-    p.add_argument("--max-retries", type=int, default=3, help="Ray: retries of a task whose worker died")
+    p.add_argument("--max-retries", type=int, default=None,
+                   help="with --executor ray: retries of a task whose worker died (default 3)")
     p.add_argument("--no-plots", action="store_true", help="skip plots and summary")
     p.add_argument("--csv", action="store_true", help="also write OUT/results.csv (the results table as CSV; "
                    "rewritten with results.parquet at the end of every later run into OUT)")

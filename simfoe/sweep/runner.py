@@ -18,6 +18,8 @@ from simfoe.sweep.spec import Scenario, SweepSpec, load_sweep_spec
 from simfoe.sweep.store import ResultStore
 
 EXECUTORS = ("local", "ray")
+#: retries of a Ray task whose worker died, when --max-retries is not given
+RAY_MAX_RETRIES = 3
 
 
 def default_workers() -> int:
@@ -70,14 +72,15 @@ def probe(spec: SweepSpec, todo: list[Scenario], workers: int, probes: int = 2) 
 def run_sweep(spec: SweepSpec | str | Path | None = None, out: str | Path = "simfoe-out", *,
               executor: str = "local", workers: int | None = None, address: str | None = None,
               resume: bool = False, overwrite: bool = False, retry_failed: bool = False,
-              chunk_size: int | None = None, max_retries: int = 3, dry_run: bool = False,
+              chunk_size: int | None = None, max_retries: int | None = None, dry_run: bool = False,
               probes: int | None = None, progress: bool = True, plots: bool = True, csv: bool = False,
               argv: list[str] | None = None) -> dict:
     """Run (or with ``dry_run`` only count and time-estimate) a sweep into ``out``.
 
     Returns a JSON-able dict: counts, wall time (s), scenarios per second, paths written.
     Raises SpecError for bad specs or options before any scenario runs (an option that would be
-    ignored, such as ``probes`` without ``dry_run``, is one). ``probes`` defaults to 4 with ``dry_run``.
+    ignored, such as ``probes`` without ``dry_run``, is one). ``probes`` defaults to 4 with ``dry_run``;
+    ``max_retries`` (Ray only) to :data:`RAY_MAX_RETRIES`.
     An ``out`` that holds this same spec's results is continued (as with ``resume``); with nothing left
     to run the result says ``up_to_date`` and nothing is written. ``csv``: write ``results.csv`` too.
     ``argv``: the command line, recorded in sweep.json and summary.md.
@@ -96,7 +99,7 @@ def run_sweep(spec: SweepSpec | str | Path | None = None, out: str | Path = "sim
     if resume and overwrite:
         raise SpecError("--overwrite", True, "use --resume to continue the results in OUT, or --overwrite to "
                         "delete them and start over", problem="cannot be combined with --resume")
-    _check_unused_options(executor, address, resume, retry_failed, dry_run, probes)
+    _check_unused_options(executor, address, resume, retry_failed, dry_run, probes, max_retries)
     scenarios = spec.scenarios()  # validates every distinct value before anything runs
     check_scenario_files(spec)
     out = Path(out)
@@ -128,7 +131,8 @@ def run_sweep(spec: SweepSpec | str | Path | None = None, out: str | Path = "sim
     from simfoe.sweep import executors
 
     if executor == "ray":
-        it = executors.iter_ray(spec.kind, chunks, spec.metrics, fn, workers, address, max_retries)
+        it = executors.iter_ray(spec.kind, chunks, spec.metrics, fn, workers, address,
+                                RAY_MAX_RETRIES if max_retries is None else max_retries)
     else:
         it = executors.iter_local(spec.kind, chunks, spec.metrics, fn, workers)
     bar = _progress(len(todo), progress)
@@ -180,11 +184,18 @@ def run_sweep(spec: SweepSpec | str | Path | None = None, out: str | Path = "sim
 
 
 def _check_unused_options(executor: str, address: str | None, resume: bool, retry_failed: bool,
-                          dry_run: bool, probes: int | None) -> None:
+                          dry_run: bool, probes: int | None, max_retries: int | None = None) -> None:
     """An option the run would silently ignore is refused (SpecError) before anything runs; so is
     --executor ray without ray installed."""
     if address is not None and executor != "ray":
         raise SpecError("--address", address, "only with --executor ray (the local pool runs on this machine)")
+    if max_retries is not None:
+        if executor != "ray":
+            raise SpecError("--max-retries", max_retries, "add --executor ray, whose tasks it retries when their "
+                            "worker dies, or leave it out (the local pool reruns such a chunk at most twice, fixed)",
+                            problem=f"{max_retries!r} given without --executor ray")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise SpecError("--max-retries", max_retries, "an integer >= 0")
     if retry_failed and not resume:
         raise SpecError("--retry-failed", True, "add --resume: it reruns the failed scenarios stored in --out",
                         problem="only with --resume")
