@@ -59,6 +59,8 @@ def register(subparsers) -> None:
     p.add_argument("--skip-bad-rows", action="store_true", help="drop malformed trace rows instead of failing")
     p.add_argument("--out", default=None, help="folder for requests.parquet and summary.json (written together, "
                    "after the run; the folder is checked before it)")
+    p.add_argument("--csv", action="store_true", help="with --out: also write requests.csv (the same table as "
+                   "requests.parquet, as CSV)")
     p.add_argument("--timeline", metavar="FILE.json", default=None,
                    help="write a Chrome/Perfetto trace: one event per engine iteration and replica")
     add_limit_flag(p, SERVING_REQUESTS, "requests (--rate x --duration, or the trace's rows)")
@@ -97,8 +99,13 @@ def run(args) -> dict:
         if getattr(args, flag) is not None:
             check_text_file("--" + flag, getattr(args, flag))
     check_routing_file(args.routing)
+    if args.csv and args.out is None:
+        from simfoe.errors import SpecError
+
+        raise SpecError("--csv", True, "add --out DIR: requests.csv is written there beside requests.parquet",
+                        problem="only with --out")
     if args.out is not None:
-        check_dir("--out", args.out, files=("requests.parquet", "summary.json"))
+        check_dir("--out", args.out, files=("requests.parquet", "summary.json") + (("requests.csv",) if args.csv else ()))
     if args.timeline is not None:
         check_file("--timeline", args.timeline)
     progress = want_progress(args)
@@ -116,7 +123,7 @@ def run(args) -> dict:
     check_finite_result(sim_s, args, "simulated iteration times are finite numbers", caught)
     res.summary["run"] = run_record(args, nodes, args.arch, args.seed, args.routing)
     # every output is written under a temporary name first and renamed only when all are written
-    api.write_serving_outputs(res, args.out, args.timeline, "--out", "--timeline")
+    api.write_serving_outputs(res, args.out, args.timeline, "--out", "--timeline", csv=args.csv)
     return res.summary
 
 
@@ -159,5 +166,5 @@ def render(r: dict) -> str:
         f"{r['sim']['cost_evaluations']} forward-model evaluations)",
     ]
     if "files" in r:
-        lines.append(f"records: {r['files']['records']}")
+        lines.append(f"records: {r['files']['records']}" + (f" and {r['files']['csv']}" if "csv" in r["files"] else ""))
     return "\n".join(lines)

@@ -56,22 +56,25 @@ class ServingResult:
         """Output-token times (s) of request ``row`` of :attr:`records`; needs ``token_times=True``."""
         return self.engine.store.token_times(row + self.engine.measure_from)
 
-    def write(self, out: str | Path, files=None) -> dict[str, str]:
-        """Write ``requests.parquet`` and ``summary.json`` into directory ``out``; returns the paths.
+    def write(self, out: str | Path, files=None, csv: bool = False) -> dict[str, str]:
+        """Write ``requests.parquet`` and ``summary.json`` into directory ``out`` (with ``csv``, also
+        ``requests.csv``: the same table as CSV); returns the paths (keys records, summary[, csv]).
 
-        Both are written under temporary names and renamed together (no half-written folder); with
+        All are written under temporary names and renamed together (no half-written folder); with
         ``files`` (a :class:`simfoe.outputs.AtomicFiles` group) they are renamed when that group is."""
         from simfoe.outputs import AtomicFiles, json_text
 
         if files is None:
             with AtomicFiles("out") as group:
-                return self.write(out, group)
+                return self.write(out, group, csv)
         d = Path(out)
-        rec = d / "requests.parquet"
-        summ = d / "summary.json"
-        self.records.to_parquet(files.path(rec), index=False)
-        files.path(summ).write_text(json_text(self.summary), encoding="utf-8")
-        return {"records": str(rec), "summary": str(summ)}
+        paths = {"records": d / "requests.parquet", "summary": d / "summary.json"}
+        self.records.to_parquet(files.path(paths["records"]), index=False)
+        if csv:
+            paths["csv"] = d / "requests.csv"
+            self.records.to_csv(files.path(paths["csv"]), index=False)
+        files.path(paths["summary"]).write_text(json_text(self.summary), encoding="utf-8")
+        return {k: str(v) for k, v in paths.items()}
 
 
 def _check_slo(name: str, v) -> None:
@@ -305,16 +308,17 @@ def write_serving_timeline(res: ServingResult, path: str | Path, files=None, fie
 
 
 def write_serving_outputs(res: ServingResult, out=None, timeline=None, out_field: str = "out",
-                          timeline_field: str = "timeline") -> None:
-    """Write the timeline and/or ``out`` (records + summary) of ``res``, all files or none; the
-    summary gains ``files`` when ``out`` is given. Errors name ``out_field`` / ``timeline_field``."""
+                          timeline_field: str = "timeline", csv: bool = False) -> None:
+    """Write the timeline and/or ``out`` (records + summary, with ``csv`` the records as CSV too) of
+    ``res``, all files or none; the summary gains ``files`` when ``out`` is given. Errors name
+    ``out_field`` / ``timeline_field``."""
     from simfoe.outputs import AtomicFiles
 
     with AtomicFiles(out_field) as w:
         if timeline is not None:
             write_serving_timeline(res, timeline, w, timeline_field)
         if out is not None:
-            res.summary["files"] = res.write(out, w)
+            res.summary["files"] = res.write(out, w, csv)
 
 
 def run_serve(model, hardware, nodes: int, arch: str, trace=None, rate: float | None = None,
