@@ -6,8 +6,8 @@
   ``serve`` results carry it as ``layout``.
 * :class:`RunRecord` - the provenance record: simfoe version, the command line, model and hardware
   names, ``--set`` overrides, seed, routing, the command's options and the resolved specs. The CLI
-  adds it to ``forward``, ``serve`` and ``pipeline`` output as ``run``; :func:`run_record` and
-  :func:`pipeline_record` build it.
+  adds it to ``forward``, ``serve``, ``pipeline``, ``recommend``, ``validate`` and ``kernel`` output as
+  ``run``; :func:`run_record`, :func:`pipeline_record` and :func:`command_record` build it.
 
 This module sits beside the specs: it imports nothing above them.
 """
@@ -83,7 +83,9 @@ class RunRecord:
     seed: int | None
     routing: str | None
     options: dict = field(default_factory=dict)  # the command's options (flags) as given
-    specs: dict = field(default_factory=dict)  # {"model", "hardware", "placement"} or {"pipeline"}: resolved specs
+    # resolved specs: {"model", "hardware", "placement"} (one run), {"pipeline"}, or from command_record
+    # {"model"?, "hardware": {name: spec}?} (recommend, kernel; empty for validate)
+    specs: dict = field(default_factory=dict)
     pipeline: str | None = None  # pipeline spec name (pipeline runs)
 
     def to_dict(self) -> dict:
@@ -104,8 +106,7 @@ def run_record(model: ModelSpec, hw: HardwareSpec, placement: PlacementSpec, *, 
     overrides already applied); ``argv`` is the command line that started it, when there was one."""
     from simfoe import __version__
 
-    hw_dump = {k: v for k, v in hw.model_dump(mode="json").items() if k not in HARDWARE_OMITTED}
-    specs = {"model": model.model_dump(mode="json"), "hardware": hw_dump,
+    specs = {"model": model.model_dump(mode="json"), "hardware": _hardware_dump(hw),
              "placement": placement.model_dump(mode="json")}
     return RunRecord(__version__, command_line(argv), model.name, hw.name, tuple(str(o) for o in overrides),
                      seed, routing, dict(options or {}), specs)
@@ -119,3 +120,26 @@ def pipeline_record(spec, *, overrides: Sequence[str] = (), seed: int | None = N
 
     return RunRecord(__version__, command_line(argv), None, None, tuple(str(o) for o in overrides), seed, routing,
                      dict(options or {}), {"pipeline": asdict(spec)}, spec.name)
+
+
+def command_record(*, model: ModelSpec | None = None, hardware: Sequence[HardwareSpec] = (),
+                   overrides: Sequence[str] = (), seed: int | None = None, routing: str | None = None,
+                   options: dict | None = None, argv: Sequence[str] | None = None) -> RunRecord:
+    """The :class:`RunRecord` of a command that runs no single placement (``recommend``, ``validate``,
+    ``kernel``): the resolved ``model``, if any, under ``specs["model"]`` and each resolved ``hardware``
+    spec under ``specs["hardware"][name]`` (overrides applied; none given: key absent)."""
+    from simfoe import __version__
+
+    specs: dict = {}
+    if model is not None:
+        specs["model"] = model.model_dump(mode="json")
+    if hardware:
+        specs["hardware"] = {hw.name: _hardware_dump(hw) for hw in hardware}
+    return RunRecord(__version__, command_line(argv), None if model is None else model.name,
+                     ",".join(hw.name for hw in hardware) or None, tuple(str(o) for o in overrides), seed, routing,
+                     dict(options or {}), specs)
+
+
+def _hardware_dump(hw: HardwareSpec) -> dict:
+    """``hw`` as recorded: its JSON dump without :data:`HARDWARE_OMITTED`."""
+    return {k: v for k, v in hw.model_dump(mode="json").items() if k not in HARDWARE_OMITTED}

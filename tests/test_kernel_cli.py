@@ -21,7 +21,7 @@ def test_gemm_json_keys(capsys):
                                    "--n", "8192", "--k", "8192", "--json"])
     assert code == 0 and err == ""
     d = json.loads(out)
-    assert set(d) == KEYS
+    assert set(d) == KEYS | {"run"}  # the run record: tests/test_provenance.py
     assert d["flops"] == 2 * 4096 * 8192 * 8192 and d["bound"] == "compute"
 
 
@@ -37,7 +37,7 @@ def test_other_ops_json(capsys, argv):
     code, out, _ = _run(capsys, ["kernel", "--hardware", "a100-sxm", *argv, "--json"])
     assert code == 0
     d = json.loads(out)
-    assert set(d) == KEYS and d["latency_s"] > 0
+    assert set(d) == KEYS | {"run"} and d["latency_s"] > 0
 
 
 def test_set_override_changes_result(capsys):
@@ -108,7 +108,7 @@ def test_dispatch_combine_json(capsys, op, a2a):
     code, out, err = _run(capsys, ["kernel", "--hardware", "h100-sxm", "--op", op, "--a2a", a2a, *_DISPATCH, "--json"])
     assert code == 0 and err == ""
     d = json.loads(out)
-    assert set(d) == {"latency_s", "algorithm", "comm_bytes"} and d["latency_s"] > 0
+    assert set(d) == {"latency_s", "algorithm", "comm_bytes", "run"} and d["latency_s"] > 0
     assert d["algorithm"] == "deepep-" + a2a and d["comm_bytes"]["inter_node"] > 0
 
 

@@ -1,7 +1,8 @@
 """Outputs say what was simulated: the resolved layout (``layout``) and the provenance record (``run``:
 version, command line, specs, overrides, seed, routing) of forward and serve, by hand-computed cases
-and properties of the layout arithmetic; a sweep's sweep.json and summary.md name version, command,
-models, hardware and layouts; results.csv beside results.parquet; running the same sweep again."""
+and properties of the layout arithmetic; the same record in pipeline, recommend (JSON and the HTML
+report's "What ran"), validate and kernel output; a sweep's sweep.json and summary.md name version,
+command, models, hardware and layouts; results.csv beside results.parquet; running the same sweep again."""
 from __future__ import annotations
 
 import json
@@ -220,3 +221,61 @@ def test_pipeline_json_carries_run(capsys):
     assert run["routing"] == "hash-all"  # the preset's routing, as it ran (--routing not given)
     bm25 = next(s for s in run["specs"]["pipeline"]["stages"] if s["name"] == "bm25")
     assert bm25["instances"] == 2  # the override applied
+
+
+# ---- recommend, validate, kernel: the same run record -------------------------------------------
+
+def test_recommend_json_summary_and_report_carry_run(capsys, tmp_path):
+    html = tmp_path / "r.html"
+    argv = ["recommend", "--model", "olmoe-1b-7b", "--hardware", "h100-sxm", "--trace", "longbench:lcc",
+            "--slo-ttft-p90", "0.5", "--requests", "40", "--bisect-steps", "1", "--no-sensitivity",
+            "--set", "hardware.network.nic_bandwidth=100e9", "--out", html, "--json"]
+    r = cli_json(capsys, *argv)
+    run = r["run"]
+    assert run["command"] == "simfoe " + " ".join(map(str, argv)) and run["simfoe_version"] == simfoe.__version__
+    assert (run["model"], run["hardware"], run["seed"], run["routing"]) == ("olmoe-1b-7b", "h100-sxm", 0, "uniform")
+    assert run["overrides"] == ["hardware.network.nic_bandwidth=100e9"] and run["options"]["requests"] == 40
+    # each searched GPU type's spec as resolved, the override applied; the model spec
+    assert run["specs"]["hardware"]["h100-sxm"]["network"]["nic_bandwidth"] == 100e9
+    assert run["specs"]["model"]["name"] == "olmoe-1b-7b"
+    assert json.loads(html.with_suffix(".json").read_text())["run"] == run
+    page = html.read_text()
+    block = page[page.index("<h2>What ran</h2>"):page.index("<h2>Caveats</h2>")]
+    assert f"simfoe {simfoe.__version__}" in block and "simfoe recommend --model olmoe-1b-7b" in block
+
+
+def test_validate_json_carries_run(monkeypatch, tmp_path, capsys):
+    import simfoe.paths
+
+    monkeypatch.setattr(simfoe.paths, "shared_data_dir", lambda: None)  # the stored sets only: quick
+    monkeypatch.setenv("SIMFOE_SHARED_DATA", str(tmp_path / "nowhere"))
+    argv = ["validate", "--no-testbed", "--set", "hardware.network.nic_bandwidth=100e9", "--json"]
+    assert main(argv) in (0, 1)
+    r = json.loads(capsys.readouterr().out)
+    assert {"cases", "mape", "by_source", "failed", "missing"} <= set(r)  # the contract's keys stay
+    run = r["run"]
+    assert run["command"] == "simfoe " + " ".join(argv) and run["simfoe_version"] == simfoe.__version__
+    assert run["overrides"] == ["hardware.network.nic_bandwidth=100e9"] and run["options"]["no_testbed"] is True
+    assert run["specs"] == {} and run["model"] is None  # the profiles judged are named per source
+
+
+@pytest.mark.parametrize("extra", [
+    ["--op", "gemm", "--m", "1", "--n", "8192", "--k", "8192"],
+    ["--op", "all_reduce", "--gpus", "8", "--bytes", "1e6"],
+])
+def test_kernel_json_carries_run(capsys, extra):
+    argv = ["kernel", "--hardware", "h100-sxm", *extra, "--set", "hardware.gpu.peak_flops.bf16=500e12", "--json"]
+    r = cli_json(capsys, *argv)
+    assert r["latency_s"] > 0
+    run = r["run"]
+    assert run["command"] == "simfoe " + " ".join(argv) and run["simfoe_version"] == simfoe.__version__
+    assert (run["hardware"], run["model"], run["options"]["op"]) == ("h100-sxm", None, extra[1])
+    assert run["specs"]["hardware"]["h100-sxm"]["gpu"]["peak_flops"]["bf16"] == 500e12  # as resolved
+
+
+def test_kernel_shapes_json_carries_run(capsys, tmp_path):
+    shapes = tmp_path / "s.csv"
+    shapes.write_text("op,m,n,k\ngemm,16,4096,4096\n")
+    r = cli_json(capsys, "kernel", "--hardware", "a100-sxm", "--shapes", shapes, "--json")
+    assert len(r["results"]) == 1 and r["run"]["options"]["shapes"] == str(shapes)
+    assert list(r["run"]["specs"]["hardware"]) == ["a100-sxm"]

@@ -191,6 +191,17 @@ def run_record(args, nodes: int, arch: str, seed: int | None = None, routing: st
                   options=run_options(args), argv=getattr(args, "argv", None)).to_dict()
 
 
+def command_run(args, model=None, hardware=()) -> dict:
+    """The ``run`` provenance record of a command without one placement (recommend, validate, kernel;
+    :func:`simfoe.provenance.command_record`): version, command line, ``--set`` list, seed and routing
+    where it has them, its options, and the resolved ``model`` and ``hardware`` specs it is given."""
+    from simfoe.provenance import command_record
+
+    return command_record(model=model, hardware=hardware, overrides=args.overrides, seed=getattr(args, "seed", None),
+                          routing=getattr(args, "routing", None), options=run_options(args),
+                          argv=getattr(args, "argv", None)).to_dict()
+
+
 def run_options(args) -> dict:
     """A command's options as given (argparse plumbing left out); the resolved values are in the specs."""
     return {k: v for k, v in vars(args).items() if k not in _NOT_OPTIONS}

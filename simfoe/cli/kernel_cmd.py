@@ -18,7 +18,7 @@ Communication (one op, not in a CSV):
 """
 from __future__ import annotations
 
-from simfoe.cli.common import add_json_flag, add_set_flag, table
+from simfoe.cli.common import add_json_flag, add_set_flag, command_run, table
 from simfoe.outputs import fmt_bytes, fmt_time
 from simfoe.paths import hardware_presets
 
@@ -272,16 +272,16 @@ def run(args) -> dict:
                     row[f] = getattr(args, f)
             r = evaluate(hw, row, prefix=f"{name} line {line}: ")
             results.append({"op": row["op"], **r})
-        return {"hardware": hw.name, "results": results}
+        return {"hardware": hw.name, "results": results, "run": command_run(args, hardware=[hw])}
     if args.op is None:
         raise SpecError("--op", None, "one of " + ", ".join(OPS + COMM_OPS) + " (or --shapes CSV)")
     if args.op in COMM_OPS:
         args.render = render_comm
-        return evaluate_comm(hw, args)
+        return {**evaluate_comm(hw, args), "run": command_run(args, hardware=[hw])}
     out = evaluate(hw, {"op": args.op, **flag_fields})
     op = args.op
-    args.render = lambda result: render(result, op)  # the single-op JSON stays exactly the 4 keys
-    return out
+    args.render = lambda result: render(result, op)  # the single-op JSON: the 4 cost keys and the run record
+    return {**out, "run": command_run(args, hardware=[hw])}
 
 
 COMM_OPS = ("dispatch", "combine", "all_reduce", "all_gather", "reduce_scatter", "all_to_all")

@@ -96,11 +96,21 @@ def run(args) -> dict:
                       routing=args.routing, requests=args.requests, bisect_steps=args.bisect_steps, seed=args.seed,
                       overrides=tuple(args.overrides), sensitivity=not args.no_sensitivity, progress=progress,
                       max_layouts=args.max_layouts, max_requests=args.max_requests)
+    r["run"] = _run(args, r["hardware"])
     if args.out:
         from simfoe.planner.report import write_report
 
         write_report(r, args.out)
     return r
+
+
+def _run(args, hardware: list[str]) -> dict:
+    """The ``run`` provenance record: the model and every searched hardware spec as resolved (--set applied)."""
+    from simfoe.cli.common import command_run
+    from simfoe.specs.io import load_hardware, load_model
+
+    overrides = list(args.overrides)
+    return command_run(args, load_model(args.model, overrides), [load_hardware(h, overrides) for h in hardware])
 
 
 def render(r: dict) -> str:

@@ -4,13 +4,14 @@
   simfoe validate --silicon [PATH] [--cases-out FILE.csv] [--jobs N] [--json]   (real serving benchmarks; docs/calibration.md)
 
 -> {"cases": [{"source", "n", "mape", "max_ape", "ok"}], "mape", "max_ape", "by_source": {...}, "failed", "skipped",
-    "missing": {source: path looked for}} (with --json, missing sources are also named in one warning line on stderr);
+    "missing": {source: path looked for}, "run": record} (with --json, missing sources are also named in one warning
+line on stderr; "run": simfoe version, command line, --set list and options, simfoe.provenance.command_record);
 exit 1 when a source exceeds its tolerance (validation/tolerances.yaml), 2 on bad input (checked before
 anything is predicted, including --cases-out and --tolerances).
 """
 from __future__ import annotations
 
-from simfoe.cli.common import add_json_flag, add_set_flag
+from simfoe.cli.common import add_json_flag, add_set_flag, command_run
 
 
 def register(subparsers) -> None:
@@ -71,6 +72,7 @@ def run(args):
 
         with AtomicFiles("--cases-out") as w:
             pd.DataFrame(rows).to_csv(w.path(args.cases_out), index=False)
+    r["run"] = command_run(args)  # no specs: the profiles judged are named per source
     return r, (1 if r["failed"] else 0)
 
 
@@ -105,7 +107,7 @@ def _silicon(args):
         with AtomicFiles("--cases-out") as w:
             pd.DataFrame(silicon.cases(preds), columns=list(silicon.CASE_COLUMNS)).to_csv(
                 w.path(args.cases_out), index=False)
-    return {"silicon": silicon.report(preds, rows.dropped)}, 0
+    return {"silicon": silicon.report(preds, rows.dropped), "run": command_run(args)}, 0
 
 
 def render(r: dict) -> str:
