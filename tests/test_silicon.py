@@ -154,7 +154,8 @@ def test_validate_silicon_json_and_cases(tmp_path, capsys):
     out = tmp_path / "cases.csv"
     assert main(["validate", "--silicon", str(path), "--cases-out", str(out), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert list(r) == ["silicon"]
+    assert list(r) == ["silicon", "run"]  # the result and its run record (tests/test_provenance.py)
+    assert r["run"]["command"].startswith("simfoe validate --silicon ") and r["run"]["options"]["silicon"] == str(path)
     s = r["silicon"]
     for k in ("rows", "covered", "coverage", "ttft_mape", "tpot_mape", "ttft_mdape", "tpot_mdape", "by_group",
               "not_covered"):
