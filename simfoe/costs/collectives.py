@@ -264,22 +264,31 @@ def _run_plan(net: FlowNetwork, plan: tuple[Phase, ...], tag: str):
         yield evs[0] if len(evs) == 1 else simpy.AllOf(net.env, evs)
 
 
-_ALONE: dict = {}
-_ALONE_MAX = 8192  # entries; each pins its cluster, so keep it bounded
+_ALONE: dict = {}  # seconds a plan takes alone (auto's choice)
+_PLANS: dict = {}  # all-reduce plans: a layer's all-reduces repeat across layers and micro-batches
+_MEMO_MAX = 8192  # entries per memo; each pins its cluster, so keep it bounded
+
+
+def _memo(store: dict, net: FlowNetwork, key: tuple, make):
+    """``make()``, memoized in ``store`` on ``net``'s cluster and ``key``."""
+    k = (id(net.cluster),) + key
+    hit = store.get(k)
+    if hit is None or hit[0] is not net.cluster:
+        value = make()
+        if len(store) >= _MEMO_MAX:
+            store.clear()
+        hit = store[k] = (net.cluster, value)
+    return hit[1]
 
 
 def _alone_s(net: FlowNetwork, key: tuple, plan: tuple[Phase, ...]) -> float:
     """Seconds the plan takes alone on a fresh copy of ``net``'s cluster (memoized on ``key``)."""
-    k = (id(net.cluster),) + key
-    hit = _ALONE.get(k)
-    if hit is None or hit[0] is not net.cluster:
+    def run() -> float:
         env = simpy.Environment()
-        p = env.process(_run_plan(FlowNetwork(env, net.cluster), plan, "alone"))
-        env.run(p)
-        if len(_ALONE) >= _ALONE_MAX:
-            _ALONE.clear()
-        hit = _ALONE[k] = (net.cluster, float(env.now))
-    return hit[1]
+        env.run(env.process(_run_plan(FlowNetwork(env, net.cluster), plan, "alone")))
+        return float(env.now)
+
+    return _memo(_ALONE, net, key, run)
 
 
 def _ring_flows(net, g, per_gpu_bytes, alpha_total, wire_factor=1.0) -> Flows:
@@ -393,6 +402,11 @@ def all_reduce_algorithms(net: FlowNetwork, gpus) -> list[str]:
 
 
 def _ar_plan(net: FlowNetwork, g: np.ndarray, S: float, algorithm: str) -> tuple[Phase, ...]:
+    """The flows of one all-reduce (memoized: plans are plain data, never changed by running them)."""
+    return _memo(_PLANS, net, (g.tobytes(), S, algorithm), lambda: _ar_plan_of(net, g, S, algorithm))
+
+
+def _ar_plan_of(net: FlowNetwork, g: np.ndarray, S: float, algorithm: str) -> tuple[Phase, ...]:
     """The flows of one all-reduce; ``auto``: the algorithm fastest alone (NCCL's tuner, exact here)."""
     avail = all_reduce_algorithms(net, g)
     if algorithm == "auto":

@@ -42,7 +42,6 @@ def _water_fill(path: np.ndarray, cap: np.ndarray, nl: int, pad: int) -> np.ndar
     """
     n = path.shape[0]
     rate = np.empty(n)
-    cap = cap.copy()
     idx = np.arange(n)
     cur = path
     while idx.size:
@@ -58,10 +57,12 @@ def _water_fill(path: np.ndarray, cap: np.ndarray, nl: int, pad: int) -> np.ndar
         settled = np.bincount(flat[later.ravel()], minlength=nl) == 0
         settled &= cnt > 0
         hit = settled[cur].any(axis=1)
+        if hit.all():  # the last round (most fills have one): nothing left to fill
+            rate[idx] = fmin
+            break
         r = fmin[hit]
         rate[idx[hit]] = r
-        cap -= np.bincount(cur[hit].ravel(), weights=np.repeat(r, cur.shape[1]), minlength=nl)
-        np.maximum(cap, 0.0, out=cap)
+        cap = np.maximum(cap - np.bincount(cur[hit].ravel(), weights=np.repeat(r, cur.shape[1]), minlength=nl), 0.0)
         keep = ~hit
         idx = idx[keep]
         cur = cur[keep]
@@ -196,7 +197,9 @@ class FlowNetwork:
         else:
             rate = self._rate
             redo = rate >= removed_min_rate * (1 - _REL_TOL)
-            if redo.any():
+            if redo.all():  # nothing keeps its rate: fill from scratch (the same rates, fewer steps)
+                self._rate = rate = _water_fill(self._path, self._cap, self._nl, self._pad)
+            elif redo.any():
                 fixed = ~redo
                 used = np.bincount(self._path[fixed].ravel(), minlength=self._nl,
                                    weights=np.repeat(rate[fixed], self._path.shape[1]))
@@ -230,8 +233,10 @@ class FlowNetwork:
         self._rate = self._rate[keep]
         self.flows_completed += int(done.sum())
         self._recompute(removed_min_rate)
-        bids, counts = np.unique(finished_bids, return_counts=True)
-        for b, c in zip(bids.tolist(), counts.tolist()):
+        lo = int(finished_bids.min())
+        counts = np.bincount(finished_bids - lo)  # flows finished per batch id (ids ascending, as np.unique)
+        for off in np.flatnonzero(counts).tolist():
+            b, c = lo + off, int(counts[off])
             batch = self._batches[b]
             batch.pending -= c
             if batch.pending == 0:

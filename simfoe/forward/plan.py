@@ -69,6 +69,8 @@ class _Costs:
     def __init__(self, hw: HardwareSpec, formats: Precision):
         check_peaks(hw, formats)
         self.hw, self.formats = hw, formats
+        #: bytes of one residual-stream element (``ModelSpec.act_bytes``, resolved once, not per kernel)
+        self.act_bytes = formats.bytes_of("residual")
         self._c: dict = {}
 
     def gemm(self, m, n, k, head: bool = False) -> float:
@@ -146,7 +148,7 @@ def _attention_dims(model: ModelSpec, heads_per_gpu: float, kv_per_gpu: float):
 
 def _attention_seconds(c: _Costs, model: ModelSpec, w: Work, heads_per_gpu: float, kv_per_gpu: float) -> float:
     """Norm, QKV projection, attention kernel, output projection and residual add on one GPU."""
-    a, h, b = model.attention, model.hidden, model.act_bytes
+    a, h, b = model.attention, model.hidden, c.act_bytes
     T = w.tokens
     if T <= 0:
         return 0.0
@@ -184,7 +186,7 @@ def _ffn_seconds(c: _Costs, model: ModelSpec, tokens: int, width: float) -> floa
     """Dense (or shared-expert) gated FFN of intermediate ``width`` on ``tokens`` tokens."""
     if tokens <= 0 or width <= 0:
         return 0.0
-    h, b = model.hidden, model.act_bytes
+    h, b = model.hidden, c.act_bytes
     up = (2 if model.gated else 1) * width
     return (c.gemm(tokens, int(up), h) + c.ew(3 * tokens * width * b, "act") + c.gemm(tokens, h, int(width))
             + c.ew(2 * tokens * h * b, "norm"))
@@ -194,7 +196,7 @@ def _experts_seconds(c: _Costs, model: ModelSpec, loads: np.ndarray, width: int)
     """Grouped expert FFN on one GPU; ``loads`` = tokens per local expert."""
     if loads.sum() <= 0:
         return 0.0
-    h, b = model.hidden, model.act_bytes
+    h, b = model.hidden, c.act_bytes
     up = (2 if model.gated else 1) * width
     return (c.grouped(loads, up, h) + c.ew(3 * loads.sum() * width * b, "act") + c.grouped(loads, h, width))
 
@@ -227,7 +229,7 @@ def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work | list[Work]
     ``work``: the pass, split here over the data-parallel groups, or already one Work per group.
     ``slot_map``: where redundant expert replicas live (simfoe.forward.eplb), None without them.
     ``memo``: routing memo (:func:`simfoe.forward.routing.route_group`)."""
-    G, t, h, b = L.gpus, L.attention_tp, model.hidden, model.act_bytes
+    G, t, h, b = L.gpus, L.attention_tp, model.hidden, c.act_bytes
     n_groups = G // t
     per_group = list(work) if isinstance(work, list) else work.split(n_groups)
     if len(per_group) != n_groups:
@@ -259,7 +261,7 @@ def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work | list[Work]
     traffic, expert_time = [], np.zeros(G)
     local = acts = visits = 0.0
     limit = GroupLimit.of(moe)
-    for gi, grp in enumerate(ep_groups):
+    for grp in ep_groups:
         # each EP group holds all experts; a token is routed inside its own group
         s = route_group(probs, tok_gpu[grp], moe.top_k, epg, L.dedup, rng, slot_map, memo, limit,
                         grp // L.gpus_per_node)
@@ -296,12 +298,12 @@ def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work | list[Work]
 def _router_seconds(c: _Costs, model: ModelSpec, tokens: int, n_experts: int) -> float:
     """Pre-router norm and router GEMM over ``tokens`` tokens and ``n_experts`` experts on one GPU."""
     h = model.hidden
-    return c.gemm(tokens, n_experts, h, head=True) + c.ew(2 * tokens * h * model.act_bytes, "norm")
+    return c.gemm(tokens, n_experts, h, head=True) + c.ew(2 * tokens * h * c.act_bytes, "norm")
 
 
 def _add_seconds(c: _Costs, model: ModelSpec, tokens: int) -> float:
     """Residual add of the combined expert outputs over ``tokens`` tokens on one GPU."""
-    return c.ew(3 * tokens * model.hidden * model.act_bytes, "add")
+    return c.ew(3 * tokens * model.hidden * c.act_bytes, "add")
 
 
 def _moe_heads(model: ModelSpec, L: MoELayout) -> tuple[float, float]:
@@ -339,7 +341,7 @@ def foe_layer(c: _Costs, model: ModelSpec, L: FoELayout, work: Work, probs: np.n
               rng: np.random.Generator, dense: bool, memo: dict | None = None) -> LayerPlan:
     """Program of one FoE layer (or a dense layer of an FoE model, FFN tensor-parallel over all GPUs).
     ``memo``: routing memo (:func:`simfoe.forward.routing.route_group`)."""
-    G, g, h, b = L.gpus, L.gpus_per_cluster, model.hidden, model.act_bytes
+    G, g, h, b = L.gpus, L.gpus_per_cluster, model.hidden, c.act_bytes
     a = model.attention
     C, cpg = L.clusters, L.clusters_per_gpu
     T = work.tokens
@@ -402,7 +404,7 @@ def foe_layer(c: _Costs, model: ModelSpec, L: FoELayout, work: Work, probs: np.n
 
 def head_seconds(c: _Costs, model: ModelSpec, work: Work, vocab_split: int, dp_groups: int) -> float:
     """Embedding lookup + final norm + LM head on the busiest GPU (logits for one token per sequence)."""
-    h, b = model.hidden, model.act_bytes
+    h, b = model.hidden, c.act_bytes
     per = work.split(dp_groups)[0]
     emb = c.ew(2 * per.tokens * h * b, "add")
     seqs = per.seqs
