@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 
+from simfoe.cli.closed_loop import CLOSED_LOOP_FLAGS, add_closed_loop_flags
 from simfoe.cli.common import add_json_flag, add_limit_flag, add_set_flag, table
 from simfoe.limits import PLANNER_LAYOUTS, SERVING_REQUESTS
 from simfoe.outputs import fmt_time
@@ -16,12 +17,16 @@ def register(subparsers) -> None:
         "(clusters x GPUs per cluster) on 1..--max-nodes nodes of each --hardware, find the highest request "
         "rate meeting the SLOs with the serving simulator (layouts that cannot fit or cannot win are pruned "
         "by cheap bounds first), rank by goodput per GPU (per dollar with --price) and write a self-contained "
-        "HTML report plus a JSON summary. Times in seconds, rates in requests/s.",
+        "HTML report plus a JSON summary. With a closed loop (--concurrency N --isl L --osl L) each layout is "
+        "simulated once at N clients split over its replicas and ranked by output tokens/s per GPU. Times in "
+        "seconds, rates in requests/s.",
     )
     p.add_argument("--model", required=True, help="model preset or YAML path")
     p.add_argument("--hardware", required=True, help="hardware preset(s), comma-separated (e.g. h100-sxm,a100-sxm)")
     p.add_argument("--max-nodes", type=int, default=1, help="largest deployment, nodes (default 1)")
-    p.add_argument("--trace", default="longbench", help="workload: built-in name or trace file (default longbench)")
+    p.add_argument("--trace", default=None, help="workload: built-in name or trace file (default longbench; "
+                   "or a closed loop: --concurrency, each layout probed once at that concurrency)")
+    add_closed_loop_flags(p)
     p.add_argument("--slo-ttft-p90", type=float, default=None,
                    help="p90 time-to-first-token SLO, seconds (at least one of the two SLO flags is required)")
     p.add_argument("--slo-tbt-p99", type=float, default=None,
@@ -30,8 +35,9 @@ def register(subparsers) -> None:
                    help="price per GPU-hour, e.g. h100-sxm=2.5 (repeatable or comma-separated); "
                    "with a price for every GPU type, layouts are ranked per dollar")
     p.add_argument("--routing", default="uniform", help="expert routing distribution (uniform, zipf:S, ...)")
-    p.add_argument("--requests", type=int, default=240, help="requests per rate probe (default 240)")
-    p.add_argument("--bisect-steps", type=int, default=4, help="rate bisection steps after bracketing (default 4)")
+    p.add_argument("--requests", type=int, default=None, help="requests per rate probe (default 240; not with --concurrency)")
+    p.add_argument("--bisect-steps", type=int, default=None,
+                   help="rate bisection steps after bracketing (default 4; not with --concurrency)")
     p.add_argument("--seed", type=int, default=0, help="random seed, an integer >= 0")
     p.add_argument("--no-sensitivity", action="store_true", help="skip the 2x load / skew / half-bandwidth runs")
     add_limit_flag(p, PLANNER_LAYOUTS, "candidate layouts (an upper bound: --hardware types x --max-nodes x "
@@ -75,8 +81,10 @@ def run(args) -> dict:
     for hw in str(args.hardware).split(","):
         if hw.strip():
             check_text_file("--hardware", hw.strip())
-    check_text_file("--trace", args.trace)
+    if args.trace is not None:
+        check_text_file("--trace", args.trace)
     check_routing_file(args.routing)
+    work, search = _workload(args), _rate_search(args)
     if args.out:
         out = check_file("--out", args.out)
         jp = out.with_suffix(".json")
@@ -91,9 +99,9 @@ def run(args) -> dict:
         def progress(line):
             sys.stderr.write(line + "\n")
     with renamed_fields({"max_layouts": "--max-layouts", "max_requests": "--max-requests"}):
-        r = recommend(args.model, args.hardware, max_nodes=args.max_nodes, trace=args.trace,
+        r = recommend(args.model, args.hardware, max_nodes=args.max_nodes, trace=work,
                       slo_ttft_p90=args.slo_ttft_p90, slo_tbt_p99=args.slo_tbt_p99, prices=_prices(args.price) or None,
-                      routing=args.routing, requests=args.requests, bisect_steps=args.bisect_steps, seed=args.seed,
+                      routing=args.routing, seed=args.seed, **search,
                       overrides=tuple(args.overrides), sensitivity=not args.no_sensitivity, progress=progress,
                       max_layouts=args.max_layouts, max_requests=args.max_requests)
     r["run"] = _run(args, r["hardware"])
@@ -102,6 +110,30 @@ def run(args) -> dict:
 
         write_report(r, args.out)
     return r
+
+
+def _workload(args):
+    """The --trace (default longbench) or the :class:`ClosedLoop` of the --concurrency flags; mixing
+    the two kinds exits 2 naming the flag."""
+    from simfoe.cli.common import renamed_fields
+    from simfoe.workloads.closed_loop import select_workload
+
+    trace = args.trace if args.trace is not None or args.concurrency is not None else "longbench"
+    with renamed_fields({**CLOSED_LOOP_FLAGS, "trace": "--trace"}):
+        return select_workload(trace, **{f: getattr(args, f) for f in CLOSED_LOOP_FLAGS})
+
+
+def _rate_search(args) -> dict:
+    """The rate-search settings given (--requests, --bisect-steps) as PlanConfig fields; refused with a
+    closed loop, which probes each layout once at its concurrency."""
+    from simfoe.errors import SpecError
+
+    search = {k: v for k, v in (("requests", args.requests), ("bisect_steps", args.bisect_steps)) if v is not None}
+    if args.concurrency is not None and search:
+        k = next(iter(search))
+        raise SpecError("--" + k.replace("_", "-"), search[k], "omitted with --concurrency (a closed loop probes "
+                        "each layout once, at its concurrency: there is no rate search)")
+    return search
 
 
 def _run(args, hardware: list[str]) -> dict:
@@ -114,22 +146,22 @@ def _run(args, hardware: list[str]) -> dict:
 
 
 def render(r: dict) -> str:
-    from simfoe.planner.report import pruned_words
+    from simfoe.planner.report import is_closed_loop, pruned_words, workload_words
 
     s = r["search"]
-    lines = [f"{r['model']} on {', '.join(r['hardware'])}, up to {r['max_nodes']} node(s); workload {r['trace']}"]
+    closed = is_closed_loop(r)
+    lines = [f"{r['model']} on {', '.join(r['hardware'])}, up to {r['max_nodes']} node(s); workload {workload_words(r)}"]
     rec = r.get("recommended")
     if rec:
-        lines.append(f"recommended: {rec['label']}  goodput {rec['goodput_rps']:.3g} req/s "
-                     f"({rec['goodput_rps_per_gpu']:.3g} per GPU)")
+        lines.append(f"recommended: {rec['label']}  {_headline(rec, closed)}")
         if r.get("runner_up"):
-            ru = r["runner_up"]
-            lines.append(f"runner-up:   {ru['label']}  goodput {ru['goodput_rps']:.3g} req/s "
-                         f"({ru['goodput_rps_per_gpu']:.3g} per GPU)")
+            lines.append(f"runner-up:   {r['runner_up']['label']}  {_headline(r['runner_up'], closed)}")
     else:
         lines.append("no layout meets the SLOs")
+    if closed:
+        lines += _closed_table(r)
     per_dollar = r["rank_by"] == "goodput per dollar"
-    rows = [[x["label"], x["status"], f"{x['max_rate_rps_per_replica']:.3g}", f"{x['goodput_rps_per_gpu']:.3g}"]
+    rows = [] if closed else [[x["label"], x["status"], f"{x['max_rate_rps_per_replica']:.3g}", f"{x['goodput_rps_per_gpu']:.3g}"]
             + ([f"{x['requests_per_dollar']:.0f}"] if per_dollar else [])
             + [fmt_time((x.get("at_max_rate") or {}).get("ttft_p90_s")), fmt_time((x.get("at_max_rate") or {}).get("tbt_p99_s"))]
             for x in r["layouts"]]
@@ -145,3 +177,24 @@ def render(r: dict) -> str:
     if "files" in r:
         lines.append(f"report: {r['files']['html']}  summary: {r['files']['json']}")
     return "\n".join(lines)
+
+
+def _headline(x: dict, closed: bool) -> str:
+    """A layout's ranked figure: goodput (open loop) or output tokens/s at the concurrency (closed loop)."""
+    if closed:
+        return (f"output {x['output_tokens_per_s']:,.0f} tokens/s ({x['output_tokens_per_s_per_gpu']:,.0f} per GPU), "
+                f"{x['goodput_rps']:.3g} req/s")
+    return f"goodput {x['goodput_rps']:.3g} req/s ({x['goodput_rps_per_gpu']:.3g} per GPU)"
+
+
+def _closed_table(r: dict) -> list[str]:
+    """The feasible layouts of a closed-loop search: output tokens/s per GPU (per $) and the SLO metrics."""
+    per_dollar = r["rank_by"] == "output tokens per dollar"
+    rows = [[x["label"], x["status"], f"{x['output_tokens_per_s_per_gpu']:.4g}"]
+            + ([f"{x['output_tokens_per_dollar']:.0f}"] if per_dollar else [])
+            + [fmt_time((x.get("at_max_rate") or {}).get("ttft_p90_s")), fmt_time((x.get("at_max_rate") or {}).get("tbt_p99_s"))]
+            for x in r["layouts"]]
+    if not rows:
+        return []
+    head = ["layout", "status", "out tok/s per GPU"] + (["out tok per $"] if per_dollar else []) + ["p90 TTFT", "p99 TBT"]
+    return ["", table(rows, head)]

@@ -61,12 +61,15 @@ def caveats(result: dict) -> list[str]:
                    "of experts; an existing MoE checkpoint cannot be served as FoE. FoE layouts assume the "
                    "iso-parameter derivation (same total and active parameters) and equal quality.")
     w = result.get("workload", {})
-    out.append(f"Workload: {result.get('trace')} (mean prompt {w.get('mean_prompt_tokens', 0):.0f} tokens, mean output "
-               f"{w.get('mean_output_tokens', 0):.0f} tokens); each rate probe simulates about "
-               f"{w.get('requests_per_probe')} requests with seed {w.get('seed')}, Poisson arrivals. Short probes "
-               "understate tail effects of long runs; rates are found to within the bisection bracket.")
-    out.append("Goodput of a deployment = replicas x the rate one replica sustains (one replica simulated); "
-               "the recommended layout is re-checked with all replicas when it has more than one.")
+    if is_closed_loop(result):
+        out.append(_closed_loop_caveat(w))
+    else:
+        out.append(f"Workload: {result.get('trace')} (mean prompt {w.get('mean_prompt_tokens', 0):.0f} tokens, mean "
+                   f"output {w.get('mean_output_tokens', 0):.0f} tokens); each rate probe simulates about "
+                   f"{w.get('requests_per_probe')} requests with seed {w.get('seed')}, Poisson arrivals. Short probes "
+                   "understate tail effects of long runs; rates are found to within the bisection bracket.")
+        out.append("Goodput of a deployment = replicas x the rate one replica sustains (one replica simulated); "
+                   "the recommended layout is re-checked with all replicas when it has more than one.")
     out.append(f"Expert routing: {result.get('routing')}; iteration times are interpolated from forward-model "
                "evaluations on a grid (simfoe.serving.step_models.InterpCost).")
     out.append("Token budget per iteration (chunked prefill) is chosen per layout and applies to each data-parallel "
@@ -88,6 +91,23 @@ def caveats(result: dict) -> list[str]:
     return out
 
 
+def is_closed_loop(result: dict) -> bool:
+    """Whether the search ran a closed-loop workload (one probe per layout) rather than a rate search."""
+    return (result.get("workload") or {}).get("kind") == "closed-loop"
+
+
+def workload_words(result: dict) -> str:
+    """The workload in words: the trace's name, or the closed loop as the benchmark would run it."""
+    return (result.get("workload") or {}).get("source") if is_closed_loop(result) else str(result.get("trace"))
+
+
+def _closed_loop_caveat(w: dict) -> str:
+    return (f"Workload: {w.get('source')}, seed {w.get('seed')}. Each layout is probed once at this concurrency "
+            "with every replica simulated: the clients are split over the replicas by the least-outstanding "
+            "router (each request to the replica with the fewest in flight). The 2x-load check runs twice the "
+            "clients, prompts and warm-ups. A probe's throughput includes the drain at its end (docs/serving.md).")
+
+
 def explain(result: dict) -> str:
     """One sentence on why the winner wins, from the per-request time breakdowns of the analysis; every
     comparison it words (wins/tied, less/more busy time) agrees with the figures it quotes."""
@@ -103,7 +123,12 @@ def explain(result: dict) -> str:
 
 
 def _rank_metric(result: dict) -> tuple[str, str]:
-    """(layout key, unit) of what the layouts are ranked by: goodput per GPU or requests per dollar."""
+    """(layout key, unit) of what the layouts are ranked by: goodput per GPU or requests per dollar
+    (closed loop: output tokens/s per GPU or output tokens per dollar)."""
+    if is_closed_loop(result):
+        if result.get("rank_by") == "output tokens per dollar":
+            return "output_tokens_per_dollar", "output tokens per $"
+        return "output_tokens_per_s_per_gpu", "output tokens/s per GPU"
     if result.get("rank_by") == "goodput per dollar":
         return "requests_per_dollar", "requests per $"
     return "goodput_rps_per_gpu", "req/s per GPU"
@@ -179,12 +204,13 @@ def plots(result: dict) -> dict[str, str]:
     lays = result.get("layouts", [])[:20]
     if lays:
         fig, ax = plt.subplots(figsize=(8, 0.35 * len(lays) + 1.2))
-        vals = [x["goodput_rps_per_gpu"] or 0 for x in lays]
+        key, unit = _rank_metric(result)
+        vals = [x.get(key) or 0 for x in lays]
         colors = ["#2b8a3e" if i == 0 else ("#74b816" if i == 1 else "#adb5bd") for i in range(len(lays))]
         ax.barh(range(len(lays)), vals, color=colors)
         ax.set_yticks(range(len(lays)), [x["label"] for x in lays], fontsize=7)
         ax.invert_yaxis()
-        ax.set_xlabel("goodput per GPU (requests/s)")
+        ax.set_xlabel(unit)
         ax.set_title("Feasible layouts (winner dark green)")
         figs["goodput"] = _png(fig)
     an = result.get("analysis", {})
@@ -205,7 +231,7 @@ def plots(result: dict) -> dict[str, str]:
         ax.set_title("Where the time goes at the maximum rate")
         figs["breakdown"] = _png(fig)
     tops = [x for x in (result.get("recommended"), result.get("runner_up")) if x]
-    if tops:
+    if tops and not is_closed_loop(result):  # a closed loop has one probe per layout, no rate search
         panels = [(k, s, lab) for k, s, lab in (("ttft_p90_s", result["slo"].get("ttft_p90_s"), "p90 TTFT (s)"),
                                                   ("tbt_p99_s", result["slo"].get("tbt_p99_s"), "p99 TBT (s)")) if s]
         fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.2), squeeze=False)
@@ -244,6 +270,8 @@ def _layout_desc(x: dict) -> str:
             f"goodput {_n(x['goodput_rps'])} req/s ({_n(x['goodput_rps_per_gpu'])} per GPU"
             + (f", {_n(x['requests_per_dollar'], '{:.0f}')} requests per $" if x.get("requests_per_dollar") else "")
             + f"); token budget {_e(x['token_budget'])}"
+            + (f"; output {_n(x['output_tokens_per_s'])} tokens/s ({_n(x['output_tokens_per_s_per_gpu'])} per GPU)"
+               if x.get("output_tokens_per_s") is not None else "")
             + (f" per DP attention rank ({_e(x['dp_ranks'])} ranks)" if (x.get("dp_ranks") or 1) > 1 else "")
             + f"; KV cache {_e(format(x['kv_capacity_tokens'] or 0, ','))} tokens"
             + f"; weights {_e(fmt_bytes(x['weight_bytes_per_gpu']))} per GPU.")
@@ -265,7 +293,7 @@ def render_html(result: dict) -> str:
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_e(title)}</title>"
              f"<style>{CSS}</style></head><body>", f"<h1>{_e(title)}</h1>",
              f"<p>Hardware: {_e(', '.join(r['hardware']))}; up to {_e(r['max_nodes'])} node(s); workload "
-             f"<code>{_e(r['trace'])}</code>; SLOs: p90 TTFT &le; {_e(_n(slo['ttft_p90_s']))} s, p99 TBT &le; "
+             f"<code>{_e(workload_words(r))}</code>; SLOs: p90 TTFT &le; {_e(_n(slo['ttft_p90_s']))} s, p99 TBT &le; "
              f"{_e(_n(slo['tbt_p99_s']))} s; ranked by {_e(r['rank_by'])}."
              + (f" Overrides: <code>{_e(' '.join(r['overrides']))}</code>." if r.get("overrides") else "") + "</p>"]
     rec, ru = r.get("recommended"), r.get("runner_up")
@@ -321,7 +349,7 @@ def render_html(result: dict) -> str:
         parts.append(_table(["layout", "condition", "p90 TTFT", "p99 TBT", "verdict"], rows))
     if "goodput" in figs:
         parts.append(f"<h2>All feasible layouts</h2><img alt=\"goodput per GPU\" src=\"{figs['goodput']}\">")
-    rows = []
+    rows, closed = [], is_closed_loop(r)
     for x in r.get("layouts", []):
         ge = "&ge; " if x["status"] == "partial" else ""
         rows.append([_e(x["label"]), _e(x["replicas"]), _e(x["total_gpus"]), _e(x["token_budget"]),
@@ -329,9 +357,11 @@ def render_html(result: dict) -> str:
                      ge + _e(_n(x["goodput_rps_per_gpu"])), _e(_n(x.get("requests_per_dollar"), "{:.0f}")),
                      _e(_n(x["bound_rps_per_replica"])),
                      _e(fmt_time((x.get("at_max_rate") or {}).get("ttft_p90_s"))),
-                     _e(fmt_time((x.get("at_max_rate") or {}).get("tbt_p99_s")))])
+                     _e(fmt_time((x.get("at_max_rate") or {}).get("tbt_p99_s")))]
+                    + ([_e(_n(x.get("output_tokens_per_s_per_gpu")))] if closed else []))
     parts.append(_table(["layout", "replicas", "GPUs", "token budget per rank", "rate/replica", "goodput", "per GPU",
-                         "req per $", "bound/replica", "p90 TTFT", "p99 TBT"], rows))
+                         "req per $", "bound/replica", "p90 TTFT", "p99 TBT"]
+                        + (["output tokens/s per GPU"] if closed else []), rows))
     parts.append("<p class=\"muted\">&ge;: the rate search stopped early once its bracket fell below the "
                  "runner-up; the value is a lower bound.</p>")
     if "probes" in figs:

@@ -36,6 +36,17 @@ Replicas: a layout of n nodes runs ``floor(max_nodes / n)`` data-parallel copies
 simulated and the deployment's goodput is ``replicas x`` its rate (round-robin splitting of
 Poisson arrivals gives each replica a smoother stream, so this is not optimistic);
 ``verify_replicas`` re-checks the winner with all replicas simulated.
+
+Closed loop (``trace`` a :class:`simfoe.workloads.closed_loop.ClosedLoop` of N clients): there is no
+rate to search. Steps 1-3 screen as above; then each layout is probed once, the whole deployment
+simulated: N clients over its ``replicas`` replicas through the ``least-outstanding`` router (each
+request goes to the replica with the fewest in flight, so every replica carries floor(N/R) or
+ceil(N/R) clients, as a load balancer in front of R servers splits N benchmark clients). A layout
+passes when every request completes and both SLOs hold; passing layouts are ranked by output
+tokens/s per GPU (per dollar with prices). Branch and bound: a layout whose throughput bound x mean
+output tokens per GPU is not above the runner-up's achieved tokens/s per GPU is pruned (no calibrated
+pruning: one probe per layout costs what the calibration would save). The 2x-load check runs 2N
+clients (and twice the prompts and warm-ups); skew and half-bandwidth checks rerun the same probe.
 Units: seconds, requests/s, bytes, tokens; prices in $ per GPU-hour.
 """
 from __future__ import annotations
@@ -51,6 +62,7 @@ from simfoe.limits import PLANNER_LAYOUTS, SERVING_REQUESTS
 from simfoe.planner.layouts import Candidate, enumerate_layouts, layout_bound
 from simfoe.serving.kv_cache import KVBlocks
 from simfoe.serving.step_models import occupied_ranks
+from simfoe.workloads.closed_loop import ClosedLoop
 
 #: Chunked-prefill token budgets tried per layout, largest first (vLLM max_num_batched_tokens).
 TOKEN_BUDGETS = (8192, 4096, 2048, 1024, 512, 256)
@@ -65,6 +77,11 @@ def _chunk_ranks(ranks: int) -> int | None:
     return occupied_ranks(ranks, ranks, ranks) or None
 
 
+def _s(x: float | None) -> str:
+    """Seconds as '0.123 s', or '-' when unknown."""
+    return "-" if x is None else f"{x:.3g} s"
+
+
 @dataclass
 class PlanConfig:
     """Search settings. SLOs in seconds; ``requests``: requests per probe; ``bisect_steps``:
@@ -72,7 +89,7 @@ class PlanConfig:
 
     slo_ttft_p90: float | None = None
     slo_tbt_p99: float | None = None
-    trace: str = "longbench"
+    trace: str | ClosedLoop = "longbench"  # a trace name/path (rate search) or a closed loop (one probe per layout)
     requests: int = 240
     bisect_steps: int = 4
     max_halvings: int = 6
@@ -129,6 +146,7 @@ class Evaluation:
     rate_rps: float | None = None  # highest passing rate found, per replica
     probes: list = field(default_factory=list)
     at_rate: dict | None = None  # metrics of the passing probe at rate_rps
+    output_tps: float | None = None  # closed loop: the deployment's output tokens/s at the workload's concurrency
     price: float | None = None
     fm: object = field(default=None, repr=False)
     cost: object = field(default=None, repr=False)
@@ -169,7 +187,14 @@ class Evaluation:
             "goodput_rps": self.goodput_rps, "goodput_rps_per_gpu": self.per_gpu,
             "price_per_gpu_hour": self.price, "requests_per_dollar": self.per_dollar,
             "at_max_rate": self.at_rate, "probes": self.probes,
+            **(self._closed_dict() if self.output_tps is not None else {}),
         }
+
+    def _closed_dict(self) -> dict:
+        """Closed-loop keys: output tokens/s of the deployment, per GPU and per dollar."""
+        c, tps = self.cand, self.output_tps
+        return {"output_tokens_per_s": tps, "output_tokens_per_s_per_gpu": tps / c.total_gpus,
+                "output_tokens_per_dollar": tps * 3600.0 / (c.total_gpus * self.price) if self.price else None}
 
 
 @dataclass
@@ -181,12 +206,17 @@ class WorkloadStats:
     pairs_per_token: float  # causal attention pairs per prompt token, token-weighted: E[P(P+1)/2] / E[P]
 
     @classmethod
-    def of(cls, trace: str, seed: int, max_requests: int | None = None) -> WorkloadStats:
+    def of(cls, trace: str | ClosedLoop, seed: int, max_requests: int | None = None) -> WorkloadStats:
+        """Token statistics of ``trace`` (a closed loop: of its measured requests, lengths drawn with ``seed``)."""
         from simfoe.workloads import make_workload
 
-        t = make_workload(trace, rate=1.0, seed=seed, max_requests=max_requests)
-        p = np.asarray(t.prompt_tokens)
-        o = np.asarray(t.output_tokens)
+        if isinstance(trace, ClosedLoop):
+            t = trace.table(seed)
+            p, o = (np.asarray(x)[trace.warmup:] for x in (t.prompt_tokens, t.output_tokens))
+        else:
+            t = make_workload(trace, rate=1.0, seed=seed, max_requests=max_requests)
+            p = np.asarray(t.prompt_tokens)
+            o = np.asarray(t.output_tokens)
         pf = p.astype(np.float64)
         return cls(float(p.mean()), float(o.mean()), int(np.quantile(p, 0.9, method="higher")), int((p + o).max()),
                    float((pf * (pf + 1) / 2).sum() / pf.sum()))
@@ -207,6 +237,8 @@ class Planner:
         self.model_name, self.max_nodes, self.cfg = str(model), max_nodes, cfg
         self.model = load_model(model, list(cfg.overrides))
         self.hw = {str(h): load_hardware(h, list(cfg.overrides)) for h in hardware}
+        #: the closed-loop workload (one probe per layout), or None (a trace: rate search)
+        self.closed = cfg.trace if isinstance(cfg.trace, ClosedLoop) else None
         self._check_size()
         prices = dict(cfg.prices or {})
         for k, v in prices.items():
@@ -227,6 +259,12 @@ class Planner:
         bound = layout_bound(self.model, hw, n, self.cfg.overrides)
         PLANNER_LAYOUTS.check("--max-nodes", n, bound, self.cfg.max_layouts,
                               f"at most {bound // (hw * n)} per node count and hardware, {hw} hardware x {n} node counts")
+        w = self.closed
+        if w is not None:
+            k = 2 if self.cfg.sensitivity else 1  # the 2x-load check doubles prompts and warm-ups
+            SERVING_REQUESTS.check("--num-prompts", w.num_prompts, k * (w.num_prompts + w.warmup),
+                                   self.cfg.max_requests, "num_prompts + warmup" + (", x 2 for the 2x-load check" * (k - 1)))
+            return
         SERVING_REQUESTS.check("--requests", self.cfg.requests, self.cfg.requests * n, self.cfg.max_requests,
                                f"per probe, x up to {n} replicas")
 
@@ -340,7 +378,30 @@ class Planner:
         res = simulate(reqs, cost if cost is not None else ev.cost, ev.kv_capacity_tokens, replicas=replicas,
                        router="round-robin", max_batch=cfg.max_batch, token_budget=ev.token_budget,
                        horizon_s=horizon)
-        s = res.summary
+        return self._judge(res.summary, t0, {"rate_rps": rate})
+
+    def _closed_probe(self, ev: Evaluation, times: int = 1, cost=None) -> dict:
+        """One closed-loop run of the whole deployment: ``times`` x the workload's clients (and prompts
+        and warm-ups) over ``ev.cand.replicas`` replicas, least-outstanding router (module docstring).
+        ``rate_rps`` in the result is the achieved request rate per replica."""
+        from simfoe.serving.api import simulate
+
+        w, reps = self.closed, ev.cand.replicas
+        if times != 1:
+            w = ClosedLoop(w.concurrency * times, w.isl, w.osl, w.random_range_ratio, w.num_prompts * times,
+                           w.warmup * times)
+        t0 = time.perf_counter()
+        res = simulate(w, cost if cost is not None else ev.cost, ev.kv_capacity_tokens, replicas=reps,
+                       router="least-outstanding", max_batch=self.cfg.max_batch, token_budget=ev.token_budget,
+                       seed=self.cfg.seed)
+        rps = res.summary["throughput"]["requests_per_s"]
+        return self._judge(res.summary, t0, {"concurrency": w.concurrency, "replicas": reps,
+                                             "rate_rps": None if rps is None else rps / reps})
+
+    def _judge(self, s: dict, t0: float, head: dict) -> dict:
+        """A probe's record from serving summary ``s``: ``head``, whether it passes (every request
+        completed, p90 TTFT and p99 TBT within the SLOs) and its metrics; ``t0``: its perf_counter start."""
+        cfg = self.cfg
         self.probes += 1
         ttft, tbt = s["ttft_s"].get("p90"), s["tbt_s"].get("p99")
         done = s["requests"]["completed"] == s["requests"]["total"] and s["requests"]["total"] > 0
@@ -349,7 +410,7 @@ class Planner:
             ok = ok and ttft is not None and ttft <= cfg.slo_ttft_p90
         if cfg.slo_tbt_p99 is not None:
             ok = ok and (tbt is None or tbt <= cfg.slo_tbt_p99)
-        return {"rate_rps": rate, "ok": bool(ok), "requests": s["requests"]["total"],
+        return {**head, "ok": bool(ok), "requests": s["requests"]["total"],
                 "completed": s["requests"]["completed"], "ttft_p90_s": ttft, "tbt_p99_s": tbt,
                 "ttft_mean_s": s["ttft_s"].get("mean"), "queue_mean_s": s["queue_s"].get("mean"),
                 "e2e_mean_s": s["e2e_s"].get("mean"), "gpu_utilization": s.get("gpu_utilization"),
@@ -405,7 +466,22 @@ class Planner:
                 hi = mid
 
     def _unit(self, score: float) -> str:
+        if self.closed is not None:
+            return f"{score:.3g} output tokens per $" if self.rank_by == "dollar" else f"{score:.3g} output tokens/s per GPU"
         return f"{score:.3g} requests per $" if self.rank_by == "dollar" else f"{score:.3g} req/s per GPU"
+
+    def _score(self, ev: Evaluation, bound: bool = False) -> float:
+        """What layouts are ranked by: req/s (open loop) or output tokens/s (closed loop; its bound: the
+        throughput bound x mean output tokens) per GPU, or per dollar; -1 when unknown."""
+        if self.closed is None:
+            return ev.score(self.rank_by, bound)
+        tps = ev.output_tps if not bound else (
+            None if ev.bound_rps is None else ev.bound_rps * self.stats.mean_output * ev.cand.replicas)
+        if tps is None:
+            return -1.0
+        if self.rank_by == "dollar":
+            return tps * 3600.0 / (ev.cand.total_gpus * ev.price) if ev.price else -1.0
+        return tps / ev.cand.total_gpus
 
     def _score_at(self, ev: Evaluation, rate: float) -> float:
         saved = ev.rate_rps
@@ -415,21 +491,31 @@ class Planner:
         return s
 
     # ---- the whole search -----------------------------------------------------------------------
-    def run(self) -> dict:
-        t0 = time.perf_counter()
-        enum = enumerate_layouts(self.model, self.hw, self.max_nodes, self.cfg.overrides)
-        evs = [Evaluation(c) for c in enum.candidates]
+    def _screen_all(self, evs: list[Evaluation], t0: float) -> list[Evaluation]:
+        """Screen every candidate; the screened ones in decreasing order of their bound score."""
         for i, ev in enumerate(evs):
             self.screen(ev)
             if self.cfg.progress:
                 self.cfg.progress(f"screened {i + 1}/{len(evs)} {ev.cand.label}: {ev.status} "
                                   f"({time.perf_counter() - t0:.0f} s)")
-        order = sorted((e for e in evs if e.status == "screened"), key=lambda e: -e.score(self.rank_by, bound=True))
+        return sorted((e for e in evs if e.status == "screened"), key=lambda e: -self._score(e, bound=True))
+
+    @staticmethod
+    def _baselines(order: list[Evaluation]) -> set[int]:
+        """ids of the best-bound layout of each architecture: always simulated, so that the report can
+        compare MoE with FoE even when one of them cannot win."""
+        return {id(next(e for e in order if e.cand.arch == a)) for a in {e.cand.arch for e in order}}
+
+    def _prune_bound(self, ev: Evaluation, b: float, second: float) -> None:
+        ev.status, ev.reason_kind = "pruned", "throughput bound below the runner-up"
+        ev.reason = (f"its throughput bound ({self._unit(b)}) is not above the runner-up found so far "
+                     f"({self._unit(second)})")
+
+    def _search_rates(self, order: list[Evaluation], t0: float) -> None:
+        """Open loop: rate search of each layout in ``order`` that its (calibrated) bound does not prune."""
         top: list[float] = []  # best two achieved scores
         eff = 0.0  # highest (max rate / throughput bound) seen among simulated layouts
-        # the best-bound layout of each architecture is always simulated, so the report can compare
-        # MoE with FoE even when one of them cannot win
-        baselines = {id(next(e for e in order if e.cand.arch == a)) for a in {e.cand.arch for e in order}}
+        baselines = self._baselines(order)
         for ev in order:
             second = top[1] if len(top) >= 2 else None
             b = ev.score(self.rank_by, bound=True)
@@ -437,9 +523,7 @@ class Planner:
             if id(ev) in baselines:
                 pass  # simulated whatever its bound, so that the report can compare the architectures
             elif second is not None and b <= second:
-                ev.status, ev.reason_kind = "pruned", "throughput bound below the runner-up"
-                ev.reason = (f"its throughput bound ({self._unit(b)}) is not above the runner-up found so far "
-                             f"({self._unit(second)})")
+                self._prune_bound(ev, b, second)
                 continue
             elif second is not None and eff > 0 and b * k <= second:
                 ev.status, ev.reason_kind = "pruned", "calibrated bound below the runner-up"
@@ -454,18 +538,89 @@ class Planner:
             if ev.rate_rps is not None and ev.status == "feasible":
                 eff = max(eff, ev.rate_rps / ev.bound_rps)
                 top = sorted(top + [ev.score(self.rank_by)], reverse=True)[:2]
+
+    def _search_closed(self, order: list[Evaluation], t0: float) -> None:
+        """Closed loop: one probe of each layout in ``order`` whose bound is above the runner-up so far."""
+        top: list[float] = []  # best two achieved scores
+        baselines = self._baselines(order)
+        for ev in order:
+            second = top[1] if len(top) >= 2 else None
+            b = self._score(ev, bound=True)
+            if id(ev) not in baselines and second is not None and b <= second:
+                self._prune_bound(ev, b, second)
+                continue
+            self.probe_closed(ev)
+            if self.cfg.progress:
+                self.cfg.progress(f"{ev.cand.label}: {ev.status} {self._unit(self._score(ev))} "
+                                  f"({time.perf_counter() - t0:.0f} s)")
+            if ev.status == "feasible":
+                top = sorted(top + [self._score(ev)], reverse=True)[:2]
+
+    def probe_closed(self, ev: Evaluation) -> None:
+        """Closed loop: one probe at the workload's concurrency; feasible when it meets the SLOs."""
+        ev.cost = self._cost(ev.fm)
+        p = self._closed_probe(ev)
+        ev.probes.append(p)
+        ev.at_rate, ev.rate_rps = p, p["rate_rps"]
+        ev.output_tps = p["output_tokens_per_s"] or 0.0
+        if p["ok"]:
+            ev.status = "feasible"
+            return
+        ev.status, ev.reason_kind = "infeasible", "SLO missed at the concurrency"
+        ev.reason = (f"at concurrency {p['concurrency']} over {ev.cand.replicas} replica(s): {p['completed']} of "
+                     f"{p['requests']} requests completed, p90 TTFT {_s(p['ttft_p90_s'])}, p99 TBT {_s(p['tbt_p99_s'])}")
+
+    def run(self) -> dict:
+        t0 = time.perf_counter()
+        enum = enumerate_layouts(self.model, self.hw, self.max_nodes, self.cfg.overrides)
+        evs = [Evaluation(c) for c in enum.candidates]
+        order = self._screen_all(evs, t0)
+        (self._search_rates if self.closed is None else self._search_closed)(order, t0)
         search_s = time.perf_counter() - t0
         ranked = sorted((e for e in evs if e.status in ("feasible", "partial")),
-                        key=lambda e: (e.status != "feasible", -e.score(self.rank_by)))
+                        key=lambda e: (e.status != "feasible", -self._score(e)))
+        result = self._summary(enum, evs, ranked, search_s)
+        self._ranked = ranked
+        if ranked:
+            t1 = time.perf_counter()
+            result["analysis"] = {e.cand.label: self.analyse(e) for e in ranked[:2]}
+            for arch in ("moe", "foe"):  # best of the other architecture: breakdown only
+                if ranked[0].cand.arch != arch:
+                    other = next((e for e in ranked if e.cand.arch == arch), None)
+                    if other is not None and other.cand.label not in result["analysis"]:
+                        result["analysis"][other.cand.label] = {"breakdown": self.breakdown(other)}
+            w = ranked[0]  # a closed-loop probe already simulates every replica
+            if self.cfg.verify_replicas and w.cand.replicas > 1 and w.status == "feasible" and self.closed is None:
+                p = self._probe(w, w.rate_rps * w.cand.replicas, replicas=w.cand.replicas)
+                result["recommended"]["replica_check"] = p
+            result["search"]["analysis_wall_s"] = time.perf_counter() - t1
+        result["search"]["total_wall_s"] = time.perf_counter() - t0
+        return result
+
+    def _workload(self) -> dict:
+        """The summary's ``workload`` block: the trace's or closed loop's settings and token statistics."""
+        st, cfg = self.stats, self.cfg
+        tokens = {"mean_prompt_tokens": st.mean_prompt, "mean_output_tokens": st.mean_output,
+                  "p90_prompt_tokens": st.p90_prompt, "max_request_tokens": st.max_tokens}
+        if self.closed is not None:
+            return {**self.closed.to_dict(), "source": self.closed.describe(), **tokens, "seed": cfg.seed,
+                    "router": "least-outstanding"}
+        return {"kind": "open-loop", **tokens, "requests_per_probe": cfg.requests, "seed": cfg.seed,
+                "bisect_steps": cfg.bisect_steps}
+
+    def _summary(self, enum, evs: list[Evaluation], ranked: list[Evaluation], search_s: float) -> dict:
+        """The result dict without the analysis (see docs/planner.md)."""
+        money = self.rank_by == "dollar"
+        if self.closed is not None:
+            rank_by = "output tokens per dollar" if money else "output tokens/s per GPU"
+        else:
+            rank_by = "goodput per dollar" if money else "goodput per GPU"
         result = {
             "model": self.model_name, "hardware": list(self.hw), "max_nodes": self.max_nodes,
-            "trace": self.cfg.trace, "routing": self.cfg.routing, "overrides": list(self.cfg.overrides),
+            "trace": None if self.closed is not None else self.cfg.trace, "routing": self.cfg.routing,
+            "overrides": list(self.cfg.overrides),
             "slo": {"ttft_p90_s": self.cfg.slo_ttft_p90, "tbt_p99_s": self.cfg.slo_tbt_p99},
-            "rank_by": "goodput per dollar" if self.rank_by == "dollar" else "goodput per GPU",
-            "workload": {"mean_prompt_tokens": self.stats.mean_prompt, "mean_output_tokens": self.stats.mean_output,
-                         "p90_prompt_tokens": self.stats.p90_prompt, "max_request_tokens": self.stats.max_tokens,
-                         "requests_per_probe": self.cfg.requests, "seed": self.cfg.seed,
-                         "bisect_steps": self.cfg.bisect_steps},
+            "rank_by": rank_by, "workload": self._workload(),
             "recommended": ranked[0].to_dict() if ranked else None,
             "runner_up": ranked[1].to_dict() if len(ranked) > 1 else None,
             "layouts": [e.to_dict() for e in ranked],
@@ -476,30 +631,14 @@ class Planner:
         for e in evs:
             if e.status in ("pruned", "infeasible") and not e.probes:
                 by_reason[e.reason_kind] = by_reason.get(e.reason_kind, 0) + 1
-        simulated = sum(1 for e in evs if e.probes)
         result["search"] = {
-            "candidates": len(evs), "simulated": simulated,
+            "candidates": len(evs), "simulated": sum(1 for e in evs if e.probes),
             "infeasible_after_simulation": sum(1 for e in evs if e.probes and e.status == "infeasible"),
             "pruned": sum(by_reason.values()), "pruned_by_reason": by_reason,
             "skipped_placements": len(enum.skipped), "probes": self.probes,
             "forward_evaluations": self.forward_evals + sum(e.cost.misses for e in evs if e.cost is not None),
             "wall_s": search_s,
         }
-        self._ranked = ranked
-        if ranked:
-            t1 = time.perf_counter()
-            result["analysis"] = {e.cand.label: self.analyse(e) for e in ranked[:2]}
-            for arch in ("moe", "foe"):  # best of the other architecture: breakdown only
-                if ranked[0].cand.arch != arch:
-                    other = next((e for e in ranked if e.cand.arch == arch), None)
-                    if other is not None and other.cand.label not in result["analysis"]:
-                        result["analysis"][other.cand.label] = {"breakdown": self.breakdown(other)}
-            if self.cfg.verify_replicas and ranked[0].cand.replicas > 1 and ranked[0].status == "feasible":
-                w = ranked[0]
-                p = self._probe(w, w.rate_rps * w.cand.replicas, replicas=w.cand.replicas)
-                result["recommended"]["replica_check"] = p
-            result["search"]["analysis_wall_s"] = time.perf_counter() - t1
-        result["search"]["total_wall_s"] = time.perf_counter() - t0
         return result
 
     # ---- explanation ----------------------------------------------------------------------------
@@ -536,15 +675,15 @@ class Planner:
         return out
 
     def sensitivity(self, ev: Evaluation) -> dict:
-        """SLO metrics at the layout's max rate under changed conditions (one probe each)."""
-        cfg, rate = self.cfg, ev.rate_rps
+        """SLO metrics at the layout's max rate (closed loop: its concurrency) under changed conditions
+        (one probe each)."""
+        cfg = self.cfg
         out = {}
-        p = self._probe(ev, 2 * rate)
-        out["2x load"] = p
+        out["2x load"] = self._at_load(ev, 2)
         try:
             fm2 = self._forward(ev.cand, routing=cfg.skew_routing)
             ev2 = Evaluation(ev.cand, token_budget=ev.token_budget, kv_capacity_tokens=ev.kv_capacity_tokens)
-            out[f"skewed routing ({cfg.skew_routing})"] = self._probe(ev2, rate, cost=self._cost(fm2))
+            out[f"skewed routing ({cfg.skew_routing})"] = self._at_load(ev, 1, ev2, self._cost(fm2))
         except SpecError as e:
             out[f"skewed routing ({cfg.skew_routing})"] = {"error": str(e)}
         key = "half network bandwidth"
@@ -554,11 +693,18 @@ class Planner:
             bw = self.hw[ev.cand.hardware].network.nic_bandwidth / 2
             fm3 = self._forward(ev.cand, extra=(f"hardware.network.nic_bandwidth={bw!r}",))
             ev3 = Evaluation(ev.cand, token_budget=ev.token_budget, kv_capacity_tokens=fm3.kv_capacity_tokens())
-            out[key] = self._probe(ev3, rate, cost=self._cost(fm3))
+            out[key] = self._at_load(ev, 1, ev3, self._cost(fm3))
         for v in out.values():
             if "ttft_p90_s" in v:
                 v["meets_slo"] = bool(v.get("ok", False))
         return out
+
+    def _at_load(self, ev: Evaluation, times: int, other: Evaluation | None = None, cost=None) -> dict:
+        """One probe of ``other`` (default ``ev``) at ``times`` ``ev``'s operating load: its max rate
+        (open loop) or the workload's concurrency (closed loop)."""
+        if self.closed is not None:
+            return self._closed_probe(other or ev, times, cost)
+        return self._probe(other or ev, times * ev.rate_rps, cost=cost)
 
     def analyse(self, ev: Evaluation) -> dict:
         out = {"breakdown": self.breakdown(ev)}
@@ -567,10 +713,12 @@ class Planner:
         return out
 
 
-def recommend(model: str, hardware: str | list[str], max_nodes: int = 1, trace: str = "longbench",
+def recommend(model: str, hardware: str | list[str], max_nodes: int = 1, trace: str | ClosedLoop = "longbench",
               slo_ttft_p90: float | None = None, slo_tbt_p99: float | None = None, **kw) -> dict:
     """Search layouts and return the JSON summary (see docs/planner.md). ``hardware``: one name,
-    a comma-separated string or a list; other keywords are :class:`PlanConfig` fields."""
+    a comma-separated string or a list; ``trace``: a trace name or path (rate search), or a
+    :class:`simfoe.workloads.closed_loop.ClosedLoop` (one probe per layout at its concurrency;
+    ``requests`` and ``bisect_steps`` then do not apply); other keywords are :class:`PlanConfig` fields."""
     hws = [h.strip() for h in hardware.split(",")] if isinstance(hardware, str) else list(hardware)
     cfg = PlanConfig(slo_ttft_p90=slo_ttft_p90, slo_tbt_p99=slo_tbt_p99, trace=trace, **kw)
     cfg.overrides = tuple(cfg.overrides)
