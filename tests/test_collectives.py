@@ -191,3 +191,23 @@ def test_algorithm_the_group_cannot_run_is_one_error_line(capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("error: algorithm: 'nvls' is not allowed") and "nvls_tree" in err
+
+
+@pytest.mark.parametrize("kind", ["all_reduce", "all_gather", "reduce_scatter"])
+def test_memoized_plans_follow_the_hardware_and_do_not_wear(hw, kind):
+    """Plans (protocol, latency) are memoized per cluster: the same group and bytes where NVLink's per-step
+    latencies are 10x take longer (a memo keyed without the cluster returns the first plan: equal times), and a
+    plan run again on the same fabric takes as long."""
+    nv = hw.collectives.nvlink
+    slow_nv = nv.model_copy(update={k: 10 * getattr(nv, k) for k in ("alpha_s", "hop_s", "ll_alpha_s", "ll_hop_s",
+                                                                      "ll128_alpha_s", "ll128_hop_s")})
+    slow = hw.model_copy(update={"collectives": hw.collectives.model_copy(update={"nvlink": slow_nv})})
+    fast_s = predict(hw, kind, 8, 4096)
+    assert predict(slow, kind, 8, 4096) > 2 * fast_s
+    assert predict(hw, kind, 8, 4096) == fast_s
+    env, net = _net(hw, 1)
+    op = {"all_reduce": all_reduce, "all_gather": all_gather, "reduce_scatter": reduce_scatter}[kind]
+    _run(env, op(net, np.arange(8), 64e6))
+    first = env.now
+    _run(env, op(net, np.arange(8), 64e6))
+    assert env.now - first == pytest.approx(first, rel=1e-12)

@@ -265,7 +265,7 @@ def _run_plan(net: FlowNetwork, plan: tuple[Phase, ...], tag: str):
 
 
 _ALONE: dict = {}  # seconds a plan takes alone (auto's choice)
-_PLANS: dict = {}  # all-reduce plans: a layer's all-reduces repeat across layers and micro-batches
+_PLANS: dict = {}  # all-reduce and ring plans: a layer's collectives repeat across layers and micro-batches
 _MEMO_MAX = 8192  # entries per memo; each pins its cluster, so keep it bounded
 
 
@@ -431,6 +431,16 @@ def _ar_plan_of(net: FlowNetwork, g: np.ndarray, S: float, algorithm: str) -> tu
     return _ar_nvls_tree(net, shape, S) if algorithm == "nvls_tree" else _ar_hierarchical(net, g, shape, S)
 
 
+def _ring_plan(net: FlowNetwork, g: np.ndarray, per_gpu_bytes: float) -> tuple[Phase, ...]:
+    """All-gather or reduce-scatter: n - 1 ring steps, each GPU streams ``per_gpu_bytes`` to its successor
+    (memoized as :func:`_ar_plan`: a layer's TP collectives repeat across layers and micro-batches)."""
+    def make() -> tuple[Phase, ...]:
+        p, lat = _choose(net, g, g.size - 1, _n_nodes(net, g) - 1, per_gpu_bytes)
+        return (Phase((_ring_flows(net, g, per_gpu_bytes, lat, p.wire_factor),)),)
+
+    return _memo(_PLANS, net, ("ring", g.tobytes(), per_gpu_bytes), make)
+
+
 # ---------------------------------------------------------------------------------------- collectives
 def all_reduce(net: FlowNetwork, gpus, nbytes: float, algorithm: str = "auto", tag: str = "all_reduce"):
     """All-reduce of ``nbytes`` bytes held by every GPU of ``gpus`` (SimPy process generator)."""
@@ -450,8 +460,7 @@ def all_gather(net: FlowNetwork, gpus, nbytes_per_rank: float, algorithm: str = 
     n = g.size
     if n == 1 or s == 0:
         return
-    p, lat = _choose(net, g, n - 1, _n_nodes(net, g) - 1, (n - 1) * s)
-    yield from _run_plan(net, (Phase((_ring_flows(net, g, (n - 1) * s, lat, p.wire_factor),)),), tag)
+    yield from _run_plan(net, _ring_plan(net, g, (n - 1) * s), tag)
 
 
 def reduce_scatter(net: FlowNetwork, gpus, nbytes: float, algorithm: str = "auto", tag: str = "reduce_scatter"):
@@ -462,8 +471,7 @@ def reduce_scatter(net: FlowNetwork, gpus, nbytes: float, algorithm: str = "auto
     n = g.size
     if n == 1 or S == 0:
         return
-    p, lat = _choose(net, g, n - 1, _n_nodes(net, g) - 1, (n - 1) / n * S)
-    yield from _run_plan(net, (Phase((_ring_flows(net, g, (n - 1) / n * S, lat, p.wire_factor),)),), tag)
+    yield from _run_plan(net, _ring_plan(net, g, (n - 1) / n * S), tag)
 
 
 def send_recv(net: FlowNetwork, src: int, dst: int, nbytes: float, tag: str = "send_recv"):
