@@ -176,8 +176,8 @@ def differences(rat: list[dict], fwd: list[dict]) -> list[str]:
         "time bounds the speed-up by 1/(1-c), so 5.2x needs communication to be >= 81% of the baseline's latency, "
         "and FoE adds an all-reduce of its own. In simfoe this baseline's communication share reaches "
         f"{tp_comm * 100:.0f}% (the paper's motivation figure is >= 68%), i.e. a bound of {1 / (1 - tp_comm):.1f}x, and it "
-        "is far lower on one node, where the calibrated H100 collectives are cheap (NCCL LL latencies of "
-        "~15-30 us, NVLink at 0.78 of 450 GB/s; docs/calibration-collectives.md). A slower dispatch than "
+        f"is far lower on one node, where the calibrated H100 collectives are cheap ({_collective_facts()}; "
+        "docs/calibration-collectives.md). A slower dispatch than "
         "simfoe models (a non-fused all-to-all, token padding to the largest expert load, fp32 activations) "
         "would raise the ratios; simfoe does not assume one.",
         f"- **Against the DP-attention baseline (moe-dp)** the ratios go well past the paper (forward prefill up to "
@@ -206,28 +206,74 @@ def differences(rat: list[dict], fwd: list[dict]) -> list[str]:
     ]
 
 
+def _collective_facts() -> str:
+    """The h100-sxm profile's fitted NCCL figures the report's argument rests on, read from the profile."""
+    from simfoe.specs.io import load_hardware
+
+    c = load_hardware("h100-sxm").collectives
+    return (f"NCCL base latencies {c.nvlink.ll_alpha_s * 1e6:.0f} us (LL) to {c.nvlink.alpha_s * 1e6:.0f} us (Simple), "
+            f"ring bus bandwidth at {c.nvlink.efficiency:.2f} of NVLink's, all-to-all at "
+            f"{c.all_to_all_nvlink_efficiency:.2f}, fitted on nccl-tests")
+
+
 def fmt(x, d=2):
     return "-" if x is None else f"{x:.{d}f}"
+
+
+#: hand-written reasons for the model changes since the previous report (read into the README when present)
+CHANGES = HERE / "changes.md"
+_MOVED_KEYS = (("forward_prefill_max", "forward prefill"), ("forward_decode_max", "forward decode"),
+               ("ttft_max", "mean TTFT"), ("tbt_max", "mean TBT"))
+
+
+def moved(prev: list[dict] | None, rat: list[dict]) -> list[str]:
+    """Markdown: how each largest baseline/FoE ratio moved against the previous results.json (before -> after)."""
+    if not prev:
+        return []
+    old = {(r["model"], r["nodes"], r["baseline"]): r for r in prev}
+    lines = ["## How the ratios moved since the previous report", "",
+             "Largest ratio per row, previous -> this run (> 1: FoE faster).", "",
+             "| model | nodes | baseline / FoE | " + " | ".join(label for _, label in _MOVED_KEYS) + " |",
+             "|---|---|---|" + "---|" * len(_MOVED_KEYS)]
+    for r in rat:
+        p = old.get((r["model"], r["nodes"], r["baseline"]), {})
+        cells = [f"{fmt(p.get(k))} -> {fmt(r.get(k))}" for k, _ in _MOVED_KEYS]
+        lines.append(f"| {MODELS[r['model']]} | {r['nodes']} | {r['baseline']} / {r['foe']} | " + " | ".join(cells) + " |")
+    if CHANGES.exists():
+        lines += ["", CHANGES.read_text(encoding="utf-8").strip()]
+    return lines + [""]
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer load points and a shorter run")
     ap.add_argument("--seq-len", type=int, default=8192, help="forward sweep prompt/context length, tokens")
+    ap.add_argument("--previous", type=Path, help="results.json of the report to compare with (default: the one "
+                    "this run replaces)")
+    ap.add_argument("--render-only", action="store_true", help="rewrite README.md and the plots from the stored "
+                    "results.json without simulating (e.g. after editing changes.md)")
     a = ap.parse_args(argv)
     rates = [0.5, 2.0] if a.quick else [0.25, 0.5, 1.0, 2.0, 4.0]
     duration = 60.0 if a.quick else 150.0
     t = time.time()
-    fwd = forward_sweep(a.seq_len)
-    load = load_sweep(rates, duration)
+    stored = HERE / "results.json"
+    prev = json.loads((a.previous or stored).read_text())["ratios"] if (a.previous or stored).exists() else None
+    if a.render_only:
+        res = json.loads(stored.read_text())
+        fwd, load = res["forward"], res["load"]
+        rates = sorted({r["rate"] for r in load})
+    else:
+        fwd = forward_sweep(a.seq_len)
+        load = load_sweep(rates, duration)
     rat = ratios(fwd, load)
     files = plots(fwd, load, rates)
-    (HERE / "results.json").write_text(json.dumps({"forward": fwd, "load": load, "ratios": rat}, indent=1) + "\n")
+    stored.write_text(json.dumps({"forward": fwd, "load": load, "ratios": rat}, indent=1) + "\n")
     lines = [
         "# FoE vs MoE: simulated reproduction of the paper's headline ratios",
         "",
         f"Regenerate: `python reports/foe/make_report.py{' --quick' if a.quick else ''}` "
-        f"(this run: {time.time() - t:.0f} s). Raw numbers: results.json.",
+        f"({'re-rendered from results.json' if a.render_only else f'this run: {time.time() - t:.0f} s'}). "
+        "Raw numbers: results.json.",
         "",
         "Paper (FoE, arXiv 2605.06206, abstract): up to **5.2x** lower forward latency, **3.62x** lower TTFT, "
         "**1.95x** lower TBT than an MoE of the same size, LongBench, Poisson arrivals.",
@@ -255,6 +301,7 @@ def main(argv=None):
     best_tbt = max((r["tbt_max"] or 0) for r in rat)
     lines += ["", f"Largest simulated FoE gains over all rows: forward {best_fwd:.2f}x (paper 5.2x), "
               f"TTFT {best_ttft:.2f}x (paper 3.62x), TBT {best_tbt:.2f}x (paper 1.95x).", ""]
+    lines += moved(prev, rat)
     lines += differences(rat, fwd)
     lines += ["", "## Plots", ""] + [f"![{f}]({f})" for f in files]
     lines += ["", "## Load sweep", "", "| model | nodes | arch | rate | TTFT mean | TTFT p99 | TBT mean | TBT p99 | done |",
