@@ -85,3 +85,24 @@ def test_open_loop_summary_says_so():
     r = {"workload": {"kind": "open-loop", "mean_prompt_tokens": 100, "mean_output_tokens": 10,
                       "requests_per_probe": 240, "seed": 0}, "trace": "longbench", "hardware": []}
     assert any("Workload: longbench" in c and "Poisson" in c for c in caveats(r))
+
+
+def test_open_loop_search_is_still_a_rate_search_ranked_by_goodput():
+    r = recommend("olmoe-1b-7b", "h100-sxm", max_nodes=1, trace="longbench:lcc", slo_ttft_p90=2.0, slo_tbt_p99=0.1,
+                  requests=40, bisect_steps=1, sensitivity=False, verify_replicas=False)
+    assert (r["trace"], r["workload"]["kind"], r["rank_by"]) == ("longbench:lcc", "open-loop", "goodput per GPU")
+    assert r["layouts"]
+    for x in r["layouts"]:  # first probe at half the throughput bound; the rate is the highest passing probe's
+        p = x["probes"]
+        assert len(p) >= 2 and p[0]["rate_rps"] == pytest.approx(x["bound_rps_per_replica"] / 2)
+        assert x["max_rate_rps_per_replica"] == max(q["rate_rps"] for q in p if q["ok"])
+        assert "concurrency" not in p[0] and "output_tokens_per_s_per_gpu" not in x
+
+
+def test_closed_loop_with_a_price_ranks_by_output_tokens_per_dollar():
+    r = recommend("olmoe-1b-7b", "h100-sxm", max_nodes=1, trace=ClosedLoop(8, 256, 32, num_prompts=32),
+                  slo_ttft_p90=2.0, prices={"h100-sxm": 2.5}, sensitivity=False)
+    assert r["rank_by"] == "output tokens per dollar"
+    for x in r["layouts"]:  # tokens/s x 3600 s/h / (GPUs x $2.5 per GPU-hour)
+        assert x["output_tokens_per_dollar"] == pytest.approx(x["output_tokens_per_s"] * 3600 / (x["total_gpus"] * 2.5))
+    assert r["recommended"]["output_tokens_per_dollar"] == max(x["output_tokens_per_dollar"] for x in r["layouts"])
