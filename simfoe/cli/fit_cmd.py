@@ -57,9 +57,10 @@ def run(args) -> dict:
     if args.target not in TARGETS:
         raise SpecError("fit", args.target, "allowed: " + ", ".join(TARGETS))
     if args.target == "dispatch":
-        from simfoe.costs.fit_dispatch import TABLE_DIR, fit_report
+        from simfoe.costs.fit_dispatch import TABLE_DIR, check_hardware, fit_report
         from simfoe.paths import shared_data_dir
 
+        check_hardware(args.hardware)  # before the data: a wrong profile is wrong with or without the tables
         shared = shared_data_dir()
         if shared is None or not (shared / TABLE_DIR).is_dir():
             raise SpecError("fit dispatch", None, f"the measured DeepEP tables in ../shared/data/{TABLE_DIR}",

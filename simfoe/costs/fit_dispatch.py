@@ -196,13 +196,18 @@ PROVENANCE = ("fit to ../shared/data/aiconfigurator/h100_sxm/comm/sglang/0.5.6.p
               "normal rows; errors per node count in docs/calibration-collectives.md")
 
 
+def check_hardware(hardware: str) -> None:
+    """Refuse a profile the DeepEP tables cannot refit (they are measured on H100)."""
+    if hardware not in PROFILES:
+        raise SpecError("--hardware", hardware, "one of " + ", ".join(PROFILES) + " (the measured DeepEP tables are H100)")
+
+
 def fit_report(hardware: str, shared: Path, write: bool) -> dict:
     """`simfoe fit dispatch`: fit, report MAPE (%) per kernel and node count (fitted / held out), optionally write."""
     from simfoe.specs.io import load_hardware
     from simfoe.specs.profile_io import update_profile
 
-    if hardware not in PROFILES:
-        raise SpecError("--hardware", hardware, "one of " + ", ".join(PROFILES) + " (the measured DeepEP tables are H100)")
+    check_hardware(hardware)
     fitted, err = run_fit(load_hardware(hardware), shared)
     cal = fitted.collectives.deepep.model_dump()
     errs: dict = {}
