@@ -38,6 +38,7 @@ def test_closed_loop_recommend_picks_the_layout_with_most_tokens_per_gpu_and_sta
     assert any("closed loop: 8 clients" in c for c in r["caveats"])
     page = render_html(r)
     assert "closed loop: 8 clients" in page and "output tokens/s per GPU" in page
+    assert "at each layout's concurrency" in page and "maximum rate" not in page
 
 
 def test_closed_loop_clients_are_split_over_replicas_and_all_of_them_are_simulated():

@@ -146,7 +146,7 @@ def _run(args, hardware: list[str]) -> dict:
 
 
 def render(r: dict) -> str:
-    from simfoe.planner.report import is_closed_loop, pruned_words, workload_words
+    from simfoe.planner.report import is_closed_loop, missed_words, pruned_words, workload_words
 
     s = r["search"]
     closed = is_closed_loop(r)
@@ -169,8 +169,7 @@ def render(r: dict) -> str:
         head = ["layout", "status", "rate/replica", "per GPU"] + (["req per $"] if per_dollar else []) + ["p90 TTFT", "p99 TBT"]
         lines += ["", table(rows, head)]
     lines.append("")
-    lines.append(f"{s['candidates']} layouts: {s['simulated']} simulated ({s['probes']} probes"
-                 f"{', %d missed the SLOs at every rate' % s['infeasible_after_simulation'] if s.get('infeasible_after_simulation') else ''}), "
+    lines.append(f"{s['candidates']} layouts: {s['simulated']} simulated ({s['probes']} probes{missed_words(s, r)}), "
                  f"{pruned_words(s)}, {s['skipped_placements']} invalid placements; search {s['wall_s']:.1f} s")
     if r.get("why"):
         lines.append(r["why"])

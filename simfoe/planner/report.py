@@ -101,6 +101,17 @@ def workload_words(result: dict) -> str:
     return (result.get("workload") or {}).get("source") if is_closed_loop(result) else str(result.get("trace"))
 
 
+def operating_point(result: dict) -> str:
+    """Where layouts were judged: 'maximum rate' (rate search) or 'concurrency' (closed loop)."""
+    return "concurrency" if is_closed_loop(result) else "maximum rate"
+
+
+def missed_words(search: dict, result: dict) -> str:
+    """', N missed the SLOs at every rate' (closed loop: 'at the concurrency'), or '' when none did."""
+    n = search.get("infeasible_after_simulation")
+    return f", {n} missed the SLOs {'at the concurrency' if is_closed_loop(result) else 'at every rate'}" if n else ""
+
+
 def _closed_loop_caveat(w: dict) -> str:
     return (f"Workload: {w.get('source')}, seed {w.get('seed')}. Each layout is probed once at this concurrency "
             "with every replica simulated: the clients are split over the replicas by the least-outstanding "
@@ -228,7 +239,7 @@ def plots(result: dict) -> dict[str, str]:
         ax.invert_yaxis()
         ax.set_xlabel("seconds per request (busy GPU time by kind, plus mean queueing delay)")
         ax.legend(fontsize=7, loc="lower right")
-        ax.set_title("Where the time goes at the maximum rate")
+        ax.set_title(f"Where the time goes at the {operating_point(result)}")
         figs["breakdown"] = _png(fig)
     tops = [x for x in (result.get("recommended"), result.get("runner_up")) if x]
     if tops and not is_closed_loop(result):  # a closed loop has one probe per layout, no rate search
@@ -310,9 +321,8 @@ def render_html(result: dict) -> str:
     else:
         parts.append("<p><b>No layout meets the SLOs.</b> See the rejected layouts below.</p>")
     parts.append(f"<p class=\"muted\">Search: {s['candidates']} candidate layouts, {s['simulated']} simulated "
-                 f"({s['probes']} serving probes"
-                 f"{', %d of them missed the SLOs at every rate' % s['infeasible_after_simulation'] if s.get('infeasible_after_simulation') else ''}), "
-                 f"{s['pruned']} rejected without a rate search, "
+                 f"({s['probes']} serving probes{missed_words(s, r)}), "
+                 f"{s['pruned']} rejected without a {'probe' if is_closed_loop(r) else 'rate search'}, "
                  f"{s['skipped_placements']} placements invalid; {s['wall_s']:.1f} s search, "
                  f"{s.get('total_wall_s', s['wall_s']):.1f} s with the analysis.</p>")
     if s["pruned_by_reason"]:
@@ -329,15 +339,15 @@ def render_html(result: dict) -> str:
                          _e(b["decode_batch"])])
         if r.get("why"):
             parts.append(f"<p>{_e(r['why'])}</p>")
-        parts.append("<p>Busy GPU time per request at each layout's maximum rate (prefill chunks plus its share of "
-                     "decode steps), and the mean queueing delay:</p>")
+        parts.append(f"<p>Busy GPU time per request at each layout's {operating_point(r)} (prefill chunks plus its "
+                     "share of decode steps), and the mean queueing delay:</p>")
         parts.append(_table(["layout", "compute", "all-to-all", "all-reduce", "busy total", "queueing",
                              "decode batch"], rows))
         if "breakdown" in figs:
             parts.append(f"<img alt=\"time breakdown\" src=\"{figs['breakdown']}\">")
     if any(a.get("sensitivity") for a in an.values()):  # absent under --no-sensitivity
-        parts.append("<h2>Sensitivity</h2><p>SLO metrics at each layout's maximum rate when conditions change "
-                     "(one probe each):</p>")
+        parts.append(f"<h2>Sensitivity</h2><p>SLO metrics at each layout's {operating_point(r)} when conditions "
+                     "change (one probe each):</p>")
         rows = []
         for name, a in an.items():
             for cond, v in a.get("sensitivity", {}).items():
