@@ -328,7 +328,7 @@ class Planner:
             per = f" per DP attention rank ({ranks} ranks)" if ranks > 1 else ""
             ev.reason = f"KV cache holds {per_rank:,} tokens{per}, less than the longest request ({st.max_tokens:,})"
             return
-        P, O = st.mean_prompt, st.mean_output
+        p_mean, o_mean = st.mean_prompt, st.mean_output
         if cfg.slo_ttft_p90 is not None:
             from simfoe.forward.work import Work
 
@@ -339,7 +339,7 @@ class Planner:
                 ev.reason = (f"a {st.p90_prompt}-token prompt (p90) alone takes {t:.3f} s to prefill, "
                              f"above the p90 TTFT SLO {cfg.slo_ttft_p90:g} s")
                 return
-        t1 = self._it(fm, 0, 0, 1, P + 1)
+        t1 = self._it(fm, 0, 0, 1, p_mean + 1)
         if cfg.slo_tbt_p99 is not None and t1 > cfg.slo_tbt_p99:
             ev.status, ev.reason_kind = "infeasible", "latency bound: TBT"
             ev.reason = f"one decode step of one sequence takes {t1 * 1e3:.1f} ms, above the p99 TBT SLO"
@@ -354,9 +354,9 @@ class Planner:
                 break
         ev.token_budget = budget
         c_pf = t_chunk / (budget * ranks)
-        n = int(max(1, min(cfg.max_batch * ranks, kv // max(1, int(P + O)))))
-        c_dec = self._it(fm, 0, 0, n, n * (P + O / 2)) / n
-        ev.bound_rps = 1.0 / (P * c_pf + O * min(c_pf, c_dec))
+        n = int(max(1, min(cfg.max_batch * ranks, kv // max(1, int(p_mean + o_mean)))))
+        c_dec = self._it(fm, 0, 0, n, n * (p_mean + o_mean / 2)) / n
+        ev.bound_rps = 1.0 / (p_mean * c_pf + o_mean * min(c_pf, c_dec))
         ev.status = "screened"
 
     def _probe(self, ev: Evaluation, rate: float, cost=None, replicas: int = 1, requests: int | None = None) -> dict:
