@@ -200,8 +200,8 @@ def run_programs(hw: HardwareSpec, nodes: int, programs: list[list], recorder: _
     the fabric, so one micro-batch's communication overlaps the other's compute. (Running compute steps
     first come, first served instead made the pipeline settle into different steady states from one
     routing sample to the next, up to 10% apart.) ``comm_sm_share``: the share of a GPU's compute that its in-flight
-    collectives hold (0: none, an optimistic bound; "auto": each collective's own ``sm_share``). Breakdown then: each compute category's busy
-    seconds on the GPU that finishes last, and the rest of the pass (exposed communication and
+    collectives hold (0: none, an optimistic bound; "auto": each collective's own ``sm_share``). Breakdown then:
+    each compute category's busy seconds on the GPU that finishes last, and the rest of the pass (exposed communication and
     waiting) split over the collectives' categories in proportion to their durations. Either way
     the breakdown sums to the latency. ``step_ends`` (a list), when given, receives one array per program:
     when each step ended on its last GPU (s; a collective under several programs: when it was launched).
