@@ -221,3 +221,31 @@ def test_deepseek_v3_is_recommended_at_the_smallest_node_count_that_fits():
     assert r["recommended"]["nodes"] == min(fits)
     assert all(x["status"] == "pruned" for x in r["rejected"] if x["nodes"] < 4)
     assert any(s.get("foe_not_federable") for s in r["skipped"])
+
+
+def test_rate_search_that_fails_below_the_runner_up_stops_and_the_prune_is_a_true_bound():
+    """A layout whose first probe (half its throughput bound) misses the SLOs at a rate scoring no more
+    than the runner-up cannot beat it (a higher rate cannot pass where a lower one failed): the search
+    stops there, pruned after one probe, instead of halving on to find a rate that cannot rank. Searched
+    in full, the same layout's rate is indeed below that runner-up; an architecture baseline (need_rate)
+    still halves to a passing rate. mixtral-8x7b FoE C=1 x 8 on one node, 80 ms p90 TTFT on LongBench code:
+    its probe at half the bound fails (checked below)."""
+    from simfoe.planner.search import Evaluation, PlanConfig, Planner
+
+    cfg = PlanConfig(slo_ttft_p90=0.08, slo_tbt_p99=0.1, trace="longbench:lcc", requests=60, bisect_steps=2,
+                     overrides=("hardware.node.nvlink_bandwidth=50e9",))
+    p = Planner("mixtral-8x7b", ["h100-sxm"], 1, cfg)
+    cand = next(c for c in enumerate_layouts(p.model, p.hw, 1, cfg.overrides).candidates
+                if c.label.startswith("FoE C=1 x 8 GPU"))
+    full, stopped, baseline = Evaluation(cand), Evaluation(cand), Evaluation(cand)
+    for ev in (full, stopped, baseline):
+        p.screen(ev)
+    p.search_rate(full)
+    assert not full.probes[0]["ok"] and full.rate_rps is not None  # half the bound fails, a lower rate passes
+    runner_up = full.probes[0]["rate_rps"] / cand.gpus  # req/s per GPU at the failing first probe
+    p.search_rate(stopped, stop_below=runner_up)
+    assert stopped.status == "pruned" and len(stopped.probes) == 1 and stopped.rate_rps is None
+    assert "below the runner-up" in stopped.reason_kind
+    assert full.rate_rps / cand.gpus < runner_up  # the prune discarded nothing that could rank
+    p.search_rate(baseline, stop_below=runner_up, need_rate=True)
+    assert baseline.rate_rps is not None and len(baseline.probes) >= 2

@@ -417,9 +417,11 @@ class Planner:
                 "output_tokens_per_s": s["throughput"]["output_tokens_per_s"],
                 "wall_s": time.perf_counter() - t0}
 
-    def search_rate(self, ev: Evaluation, stop_below: float | None = None) -> None:
+    def search_rate(self, ev: Evaluation, stop_below: float | None = None, need_rate: bool = False) -> None:
         """Bracket and bisect the highest passing rate (per replica). ``stop_below``: a score below
-        which the exact value does not matter (stop early, status 'partial')."""
+        which the exact value does not matter: stop early, status 'partial' once a rate passed, or
+        'pruned' when a failing rate already scores at most ``stop_below`` and none passed yet (unless
+        ``need_rate``: the architecture baselines the report compares keep halving to a passing rate)."""
         cfg = self.cfg
         ev.cost = self._cost(ev.fm)
         bound = ev.bound_rps
@@ -440,6 +442,9 @@ class Planner:
             lo = lo_p = None
             hi = r
             for _ in range(cfg.max_halvings - 1):
+                if not need_rate and stop_below is not None and self._score_at(ev, hi) <= stop_below:
+                    self._prune_failed(ev, hi, stop_below)
+                    return
                 r /= 2
                 p = self._probe(ev, r)
                 ev.probes.append(p)
@@ -464,6 +469,13 @@ class Planner:
                 lo, ev.rate_rps, ev.at_rate = mid, mid, p
             else:
                 hi = mid
+
+    def _prune_failed(self, ev: Evaluation, rate: float, second: float) -> None:
+        """Pruned after its probes: it missed the SLOs at ``rate`` req/s per replica, whose score is not
+        above the runner-up's ``second`` (a higher rate cannot pass where a lower one failed)."""
+        ev.status, ev.reason_kind = "pruned", "missed the SLOs below the runner-up"
+        ev.reason = (f"misses the SLOs at {rate:.3g} req/s per replica ({self._unit(self._score_at(ev, rate))}), "
+                     f"not above the runner-up found so far ({self._unit(second)})")
 
     def _unit(self, score: float) -> str:
         if self.closed is not None:
@@ -531,7 +543,7 @@ class Planner:
                              f"simulated so far x {self.cfg.calibration_margin:g}) is not above the runner-up found "
                              f"so far ({self._unit(second)})")
                 continue
-            self.search_rate(ev, stop_below=second)
+            self.search_rate(ev, stop_below=second, need_rate=id(ev) in baselines)
             if self.cfg.progress:
                 self.cfg.progress(f"{ev.cand.label}: {ev.status} {ev.rate_rps or 0:.3g} req/s/replica "
                                   f"({len(ev.probes)} probes, {time.perf_counter() - t0:.0f} s)")
