@@ -22,7 +22,9 @@ For every candidate (``simfoe.planner.layouts``), cheapest checks first:
 Simulated candidates get a rate search with the serving simulator (fixed seed, ~``requests``
 requests per probe and at least ``probe_slo_multiple`` x the TTFT SLO of arrivals, so that a small
 overload has time to build a queue that breaks the SLO): probe half the bound, then the bound (if half
-passed) or halves until the SLOs hold, then bisect geometrically.
+passed) or halves until the SLOs hold, then bisect geometrically. A search stops once its failing
+rate scores no more than the runner-up so far ('partial' if a rate passed; 'pruned' if none did, except
+for the two architecture baselines, which halve on to a passing rate).
 A probe passes when every request completes, p90 TTFT <= ``slo_ttft_p90`` and p99 TBT <=
 ``slo_tbt_p99``. Iteration times are shared across a layout's probes (one interpolated cost
 table per ForwardModel). The token budget per iteration (chunked-prefill size) is chosen per
