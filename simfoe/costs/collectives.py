@@ -135,9 +135,9 @@ def rates(hw: HardwareSpec) -> Rates:
     c = hw.collectives
     nv = hw.node.nvlink_bandwidth
     a2a = c.all_to_all_nvlink_efficiency or c.nvlink.efficiency
-    return Rates(nvlink=nv * c.nvlink.efficiency, network=hw.network.nic_bandwidth * c.network.efficiency,
+    return Rates(nvlink=hw.nvlink_rate, network=hw.nic_rate,
                  nvls=nv * c.nvls.efficiency if c.nvls is not None else None,
-                 all_to_all_nvlink=nv * a2a, tree_nvlink=nv * c.nvlink.efficiency * TREE_BW_FRACTION)
+                 all_to_all_nvlink=nv * a2a, tree_nvlink=hw.nvlink_rate * TREE_BW_FRACTION)
 
 
 @dataclass(frozen=True)

@@ -148,8 +148,8 @@ def _build(hw_json: str, nodes: int) -> Cluster:
     K = nodes * npn
     rail = hw.network.topology == "rail-optimized"
     Lf = npn if rail else nodes
-    nv_cap = hw.node.nvlink_bandwidth * hw.collectives.nvlink.efficiency
-    nic_cap = hw.network.nic_bandwidth * hw.collectives.network.efficiency
+    nv_cap = hw.nvlink_rate
+    nic_cap = hw.nic_rate
     nv_lat = hw.node.nvlink_latency_s / 2
     nic_lat = hw.network.nic_latency_s / 2
 

@@ -283,8 +283,8 @@ def _network_from_hardware(name: Any) -> dict:
     c = hw.collectives
     base = c.network.ll_alpha_s if c.network.ll_alpha_s is not None else c.network.alpha_s
     return {
-        "intra_node_bandwidth": hw.node.nvlink_bandwidth * c.nvlink.efficiency,
-        "inter_node_bandwidth": hw.network.nic_bandwidth * c.network.efficiency,
+        "intra_node_bandwidth": hw.nvlink_rate,
+        "inter_node_bandwidth": hw.nic_rate,
         "intra_node_latency": hw.node.nvlink_latency_s,
         "inter_node_latency": hw.network.nic_latency_s + base,
     }

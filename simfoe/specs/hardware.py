@@ -184,6 +184,18 @@ class HardwareSpec(Spec):
     collectives: CollectiveCalibration
     provenance: dict[str, str] = Field(default_factory=dict)
 
+    @property
+    def nvlink_rate(self) -> float:
+        """Effective NVLink rate per GPU per direction (bytes/s): line rate x the ring's fitted efficiency
+        (``collectives.nvlink.efficiency``). The one place this product is formed: the fabric's link capacities,
+        the collectives' rates and the pipelines' hand-overs all read it."""
+        return self.node.nvlink_bandwidth * self.collectives.nvlink.efficiency
+
+    @property
+    def nic_rate(self) -> float:
+        """Effective NIC rate per direction (bytes/s): line rate x ``collectives.network.efficiency``."""
+        return self.network.nic_bandwidth * self.collectives.network.efficiency
+
     def peak(self, dtype: str) -> float:
         """Dense peak FLOP/s for ``dtype`` (falls back to bf16 for fp16)."""
         from simfoe.errors import SpecError
