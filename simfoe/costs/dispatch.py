@@ -20,8 +20,9 @@ tests/test_dispatch.py checks the two agree). Algorithms (``placement.moe.all_to
 - ``direct``: as ``nccl`` without the split exchange (fixed-capacity buffers) - the old default.
 - ``hierarchical``: per-destination-GPU copies relayed through the same-rail GPU of the destination
   node (rail-aligned, one copy per GPU on the NIC), both phases pipelined; NCCL path calibration.
-- ``auto``: as SGLang's ``--deepep-mode auto`` deploys DeepEP (sglang ``DeepEPMode.resolve``: normal
-  for prefill/extend batches, low_latency for decode batches) and vLLM likewise (its DeepEP
+- ``auto``: as SGLang's ``--deepep-mode auto`` deploys DeepEP (``DeepEPMode.resolve`` in sglang
+  python/sglang/srt/layers/moe/utils.py: normal when any rank's batch has extend/prefill tokens - the flag is
+  OR-reduced over the DP ranks - else low_latency; checked against SGLang's source 2026-12-07) and vLLM likewise (its DeepEP
   "high-throughput" all2all backend for prefill, "low-latency" for decode): ``deepep-normal`` when the
   pass has prefill tokens, else ``deepep-ll``.
 
