@@ -20,8 +20,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "fit",
         help="fit kernel or collective efficiencies of a hardware profile to measured data",
-        description="Fit a hardware profile's kernel (GEMM, elementwise) or collective efficiencies to "
-        "Vidur's public measurements and report train/held-out errors (MAPE, %).",
+        description="Fit a hardware profile's efficiencies to measured data and report fitted/held-out errors "
+        "(MAPE, %): kernels and collectives to Vidur's public measurements (--vidur); dispatch to the DeepEP "
+        "normal and low-latency tables and nccl to the nccl-tests table in ../shared/data/aiconfigurator "
+        "(H100 only).",
     )
     p.add_argument("target", help=" | ".join(TARGETS))
     p.add_argument("--hardware", required=True, help="hardware preset to fit (h100-sxm, a100-sxm, h200-sxm)")
