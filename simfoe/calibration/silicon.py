@@ -255,7 +255,7 @@ def _layout(row: SiliconRow, is_moe: bool, gpus_per_node: int) -> tuple[str, ...
         if (row.moe_tp or 1) > 1:
             return NotCovered("moe_tp > 1 (experts tensor-parallel) not modelled yet")
         ep = row.moe_ep or 1
-        if ep * (row.moe_tp or 1) != gpus:
+        if ep != gpus:  # moe_tp is 1 here
             return NotCovered("moe_tp x moe_ep != tp x attention_dp: inconsistent parallelism")
         ov.append(f"placement.moe.ep={ep}")
     return tuple(ov)

@@ -18,7 +18,7 @@ Communication (one op, not in a CSV):
 """
 from __future__ import annotations
 
-from simfoe.cli.common import add_json_flag, add_set_flag, command_run, table
+from simfoe.cli.common import add_json_flag, add_set_flag, command_run, renamed_fields, table
 from simfoe.outputs import fmt_bytes, fmt_time
 from simfoe.paths import hardware_presets
 
@@ -216,8 +216,7 @@ def hw_dtypes(hw) -> list[str]:
     plus fp16 (costed as bf16) where bf16 has one."""
     from simfoe.costs import kernels as K
 
-    peaks = hw.gpu.peak_flops
-    return [d for d in K.DTYPE_BYTES if d in peaks or (d == "fp16" and "bf16" in peaks)]
+    return [d for d in K.DTYPE_BYTES if _has_peak(hw, d)]
 
 
 def _read_shapes(path: str) -> list[tuple[int, dict]]:
@@ -321,13 +320,11 @@ def evaluate_comm(hw, args) -> dict:
     n = _pos("--gpus", need("gpus"))
     nodes = None if args.nodes is None else _pos("--nodes", need("nodes"))
     algo = (args.algorithm or "auto").strip()
-    nbytes = NCCL_TESTS_SIZE[args.op](need("bytes", _float), n)
-    try:
-        t = coll.predict(hw, args.op, n, nbytes, algo, nodes)
-    except SpecError as e:  # name the command's flags, not the function's arguments
-        flag = {"algorithm": "--algorithm", "n_gpus": "--gpus", "nodes": "--nodes", "nbytes": "--bytes"}
-        raise SpecError(flag.get(e.field, e.field), e.value, e.allowed) from None
-    return {"latency_s": t, "algorithm": algo, "algbw_bytes_per_s": (need("bytes", _float) / t) if t else None}
+    size = need("bytes", _float)
+    # name the command's flags, not the function's arguments
+    with renamed_fields({"algorithm": "--algorithm", "n_gpus": "--gpus", "nodes": "--nodes", "nbytes": "--bytes"}):
+        t = coll.predict(hw, args.op, n, NCCL_TESTS_SIZE[args.op](size, n), algo, nodes)
+    return {"latency_s": t, "algorithm": algo, "algbw_bytes_per_s": (size / t) if t else None}
 
 
 def _pos(field: str, v: int) -> int:

@@ -204,9 +204,9 @@ def _choose(net: FlowNetwork, g: np.ndarray, steps: int, inter_steps: int, per_g
     return best[0], best[1]
 
 
-def _one_step(cal, hop_simple: float, hop_ll: float, rate: float, nbytes: float) -> tuple[float, float]:
+def _one_step(cal, rate: float, nbytes: float) -> tuple[float, float]:
     """(latency, wire factor) of a one-step transfer on path calibration ``cal``, fastest protocol."""
-    hops = {"simple": hop_simple, "ll": hop_ll, "ll128": cal.ll128_hop_s}
+    hops = _hops(cal)
     best = min(_path_protos(cal, hops, hops), key=lambda p: p.alpha_s + p.hop_nvlink_s + nbytes / (rate * p.bw_fraction))
     return best.alpha_s + best.hop_nvlink_s, best.wire_factor
 
@@ -524,7 +524,7 @@ def all_to_all(net: FlowNetwork, gpus, traffic, algorithm: str = "direct", tag: 
     i, j = np.nonzero(P1)
     if i.size:
         c, r = hw.collectives, rates(hw)
-        lat, wf = _one_step(c.nvlink, c.nvlink.hop_s, c.nvlink.ll_hop_s, r.all_to_all_nvlink, float(P1.sum(axis=1).max()))
+        lat, wf = _one_step(c.nvlink, r.all_to_all_nvlink, float(P1.sum(axis=1).max()))
         yield net.transfer_many(g[i], g[j], P1[i, j], tag, lat, wf * r.wire(r.all_to_all_nvlink))
     # phase 2: relay -> destination across nodes (same rail); only off-node data
     off = node[:, None] != node[None, :]
@@ -532,8 +532,7 @@ def all_to_all(net: FlowNetwork, gpus, traffic, algorithm: str = "direct", tag: 
     np.add.at(P2, (relay[off], np.nonzero(off)[1]), T[off])
     i, j = np.nonzero(P2)
     if i.size:
-        c = hw.collectives
-        lat, wf = _one_step(c.network, c.network.hop_s, c.network.ll_hop_s, rates(hw).network, float(P2.sum(axis=1).max()))
+        lat, wf = _one_step(hw.collectives.network, rates(hw).network, float(P2.sum(axis=1).max()))
         yield net.transfer_many(g[i], g[j], P2[i, j], tag, lat, wf)
 
 

@@ -86,12 +86,19 @@ def held_out(rows: pd.DataFrame) -> np.ndarray:
             | rows.table.str.startswith("0.5.12")).to_numpy()
 
 
+@lru_cache(maxsize=None)
+def _unit_traffic(mode: str, nodes: int, topk: int, experts: int) -> D.DispatchTraffic:
+    """DeepEP's test routing, one token per GPU (seeded; independent of the hardware, so sampled once per shape
+    for every profile fitted or validated)."""
+    groups = min(nodes, 4) if (mode == "normal" and nodes > 1) else None
+    return D.deepep_test_traffic(nodes, GPUS_PER_NODE, 1.0, experts, topk, groups, ROUTING_SAMPLES)
+
+
 @lru_cache(maxsize=256)
 def _unit_shape(hw_json: str, mode: str, op: str, nodes: int, hidden: int, topk: int, experts: int) -> D.Shape:
     """Shape of one token per GPU (scaled by the row's tokens): linear in tokens."""
     hw = HardwareSpec.model_validate_json(hw_json)
-    groups = min(nodes, 4) if (mode == "normal" and nodes > 1) else None
-    tr = D.deepep_test_traffic(nodes, GPUS_PER_NODE, 1.0, experts, topk, groups, ROUTING_SAMPLES)
+    tr = _unit_traffic(mode, nodes, topk, experts)
     algo = "deepep-normal" if mode == "normal" else "deepep-ll"
     return D.shape(hw, tr, token_bytes(mode, op, hidden), algo, op, nodes)
 

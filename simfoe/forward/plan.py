@@ -56,10 +56,12 @@ def check_peaks(hw: HardwareSpec, f: Precision) -> None:
                           ("gemm_activations", f.gemm_activations, f.expert_weights),
                           ("attention", f.attention, f.attention)):
         mdt = K.operands(act, w)[2]
-        if {"fp16": "bf16"}.get(mdt, mdt) not in hw.gpu.peak_flops:
+        try:
+            hw.peak(mdt)  # the one peak lookup (fp16 falls back to bf16 there)
+        except SpecError:
             have = ", ".join(sorted(hw.gpu.peak_flops))
             raise SpecError(f"model.precision.{field}", act, f"a format whose math {hw.gpu.name} has a peak for "
-                            f"({have}); {act} computes in {mdt} (formats not given follow model.dtype={f.shorthand})")
+                            f"({have}); {act} computes in {mdt} (formats not given follow model.dtype={f.shorthand})") from None
 
 
 class _Costs:

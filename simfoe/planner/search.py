@@ -53,6 +53,7 @@ Units: seconds, requests/s, bytes, tokens; prices in $ per GPU-hour.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -390,8 +391,8 @@ class Planner:
 
         w, reps = self.closed, ev.cand.replicas
         if times != 1:
-            w = ClosedLoop(w.concurrency * times, w.isl, w.osl, w.random_range_ratio, w.num_prompts * times,
-                           w.warmup * times)
+            w = dataclasses.replace(w, concurrency=w.concurrency * times, num_prompts=w.num_prompts * times,
+                                    warmup=w.warmup * times)
         t0 = time.perf_counter()
         res = simulate(w, cost if cost is not None else ev.cost, ev.kv_capacity_tokens, replicas=reps,
                        router="least-outstanding", max_batch=self.cfg.max_batch, token_budget=ev.token_budget,

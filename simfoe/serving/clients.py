@@ -6,7 +6,7 @@ run (no clients) is untouched.
 """
 from __future__ import annotations
 
-from simfoe.serving.metrics import STATUS_DROPPED
+from simfoe.serving.scheduler import drop_if_unfit
 
 
 class Clients:
@@ -41,9 +41,7 @@ class Clients:
                 i = self.next
                 self.next += 1
                 st.arrival[i] = now
-                if not kv.fits(st.prompt[i] + st.target[i] - 1):  # the scheduler's own rule
-                    st.status[i] = STATUS_DROPPED
-                    st.dropped[i] = 1
+                if drop_if_unfit(kv, st, i):  # the scheduler's own rule
                     continue
                 self.in_flight += 1
                 eng.admit(i)

@@ -30,6 +30,16 @@ SCHEDULERS: dict[str, type] = {}
 register_scheduler = registrar(SCHEDULERS)
 
 
+def drop_if_unfit(kv, st, i: int) -> bool:
+    """Drop request ``i`` (status dropped, reason 1: too long for the KV cache) when its prompt plus output
+    can never fit ``kv``; True when dropped. The one rule the scheduler and the closed-loop clients share."""
+    if kv.fits(st.prompt[i] + st.target[i] - 1):
+        return False
+    st.status[i] = STATUS_DROPPED
+    st.dropped[i] = 1
+    return True
+
+
 @register_scheduler("chunked")
 class ChunkedFCFS:
     """FCFS continuous batching with chunked prefill; see module docstring."""
@@ -143,10 +153,8 @@ class ChunkedFCFS:
             waiting = q.waiting
             while waiting and budget > 0 and len(run) < self.max_batch:
                 i = waiting[0]
-                if not kv.fits(st.prompt[i] + st.target[i] - 1):
+                if drop_if_unfit(kv, st, i):
                     waiting.popleft()
-                    st.status[i] = STATUS_DROPPED
-                    st.dropped[i] = 1
                     continue
                 c = self._chunk(i, budget, not chunks, st, kv)
                 if not c:
