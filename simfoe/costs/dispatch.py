@@ -257,12 +257,17 @@ def shape(hw: HardwareSpec, traffic: DispatchTraffic, token_bytes: float, algori
     n = traffic.nodes_of.size
     g = traffic.nodes_of * cl.gpus_per_node + traffic.local_of
     by = {False: (0.0, 0.0), True: (0.0, 0.0)}
-    msgs = np.zeros(n)
-    for s in flows(traffic, token_bytes, algorithm, op):
+    sets = flows(traffic, token_bytes, algorithm, op)
+    for s in sets:
         by[s.network] = (max(by[s.network][0], _busiest(s, n)),
                          max(by[s.network][1], float(cl.path_latency(g[s.src], g[s.dst]).max())))
-        msgs += np.bincount(s.src, s.nbytes, n) / token_bytes
-    return Shape(*by[False], *by[True], float(msgs.max()), bool(np.unique(traffic.nodes_of).size > 1))
+    return Shape(*by[False], *by[True], _messages(sets, n, token_bytes), bool(np.unique(traffic.nodes_of).size > 1))
+
+
+def _messages(sets: list[FlowSet], n: int, token_bytes: float) -> float:
+    """Token copies the busiest of ``n`` GPUs sends, over NVLink and the network together."""
+    sent = sum((np.bincount(s.src, s.nbytes, n) for s in sets), np.zeros(n))
+    return float(sent.max()) / token_bytes
 
 
 def notify_seconds(hw: HardwareSpec, algorithm: str, op: str, nodes: int, tokens_per_gpu: float) -> float:
@@ -329,7 +334,7 @@ def exchange(net: FlowNetwork, gpus, traffic: DispatchTraffic, token_bytes: floa
     hw = net.cluster.hw
     k = kernel(hw, algorithm, op)
     spans = bool(np.unique(traffic.nodes_of).size > 1)
-    msgs = max(float(np.bincount(s.src, s.nbytes, g.size).max()) for s in sets) / token_bytes if k.message_s else 0.0
+    msgs = _messages(sets, g.size, token_bytes) if k.message_s else 0.0
     lat = _latency(k, Shape(0.0, 0.0, 0.0, 0.0, msgs, spans))
     c = hw.collectives
     wire = {False: c.nvlink.efficiency / k.nvlink_efficiency, True: c.network.efficiency / k.rdma_efficiency}
