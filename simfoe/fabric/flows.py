@@ -233,10 +233,10 @@ class FlowNetwork:
         self._rate = self._rate[keep]
         self.flows_completed += int(done.sum())
         self._recompute(removed_min_rate)
-        lo = int(finished_bids.min())
-        counts = np.bincount(finished_bids - lo)  # flows finished per batch id (ids ascending, as np.unique)
-        for off in np.flatnonzero(counts).tolist():
-            b, c = lo + off, int(counts[off])
+        # flows finished per batch id, ids ascending (np.unique: its cost follows the finished flows,
+        # not the span of batch ids between the oldest and newest batch still open)
+        ids, counts = np.unique(finished_bids, return_counts=True)
+        for b, c in zip(ids.tolist(), counts.tolist()):
             batch = self._batches[b]
             batch.pending -= c
             if batch.pending == 0:
