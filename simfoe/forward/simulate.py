@@ -475,17 +475,19 @@ class ForwardModel:
     #: by this share (the floor uses layer 0's routing for every layer; the margin covers the spread)
     AUTO_MARGIN = 0.05
 
+    def _compute_steps(self, parts: list):
+        """(layers of the kind, [per-GPU seconds of each compute step of ``parts``]) per layer kind,
+        every layer priced with layer 0's routing."""
+        rng = np.random.default_rng(self.seed + 1)
+        for dense, n in ((True, self.model.n_dense_layers), (False, self.model.n_moe_layers)):
+            if n:
+                yield n, [np.asarray(s.seconds, dtype=float) for w in parts for s in self._plan(w, 0, dense, rng).steps
+                          if isinstance(s, Compute)]
+
     def _compute_floor(self, work: Work, parts: list) -> float:
         """A floor on the two-batch pass (s): the busiest GPU's compute for both micro-batches, all layers,
         plus the embedding/LM head; communication and waiting can only add to it."""
-        m, rng = self.model, np.random.default_rng(self.seed + 1)
-        total = 0.0
-        for dense, n in ((True, m.n_dense_layers), (False, m.n_moe_layers)):
-            if n:
-                busy = sum(s.seconds for w in parts for s in self._plan(w, 0, dense, rng).steps
-                           if isinstance(s, Compute))
-                total += n * float(np.max(busy))
-        return total + self._head(work)
+        return sum(n * float(np.max(sum(steps))) for n, steps in self._compute_steps(parts)) + self._head(work)
 
     def serial_compute_s(self, work: Work, two_batch: bool) -> float:
         """Compute on the pass's path were nothing overlapped (s): each compute step's busiest GPU, summed over
@@ -493,12 +495,7 @@ class ForwardModel:
         embedding/LM head. What two micro-batches add to it (weights read twice, half-size kernels) is all
         that overlap may cost over one batch (tests/test_overlap.py)."""
         parts = self._micro_batches(work) if two_batch else [work]
-        rng, total = np.random.default_rng(self.seed + 1), 0.0
-        for dense, n in ((True, self.model.n_dense_layers), (False, self.model.n_moe_layers)):
-            if n:
-                total += n * sum(float(np.max(s.seconds)) for w in parts for s in self._plan(w, 0, dense, rng).steps
-                                 if isinstance(s, Compute))
-        return total + self._head(work)
+        return sum(n * sum(float(np.max(x)) for x in steps) for n, steps in self._compute_steps(parts)) + self._head(work)
 
     def _head(self, work: Work) -> float:
         vocab_split = self.gpus if self.placement.arch == "foe" else self.layout.attention_tp
