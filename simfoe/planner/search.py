@@ -133,6 +133,14 @@ class PlanConfig:
             raise SpecError("--routing", self.routing, e.allowed) from None
 
 
+def per_gpu_or_dollar(x: float | None, gpus: int, price: float | None, dollar: bool) -> float | None:
+    """``x`` (a rate, per second) per GPU, or per dollar (x x 3600 / (GPUs x $ per GPU-hour)) when ``dollar``;
+    None when ``x`` or the needed price is unknown."""
+    if x is None or (dollar and not price):
+        return None
+    return x * 3600.0 / (gpus * price) if dollar else x / gpus
+
+
 @dataclass
 class Evaluation:
     """What the search learned about one candidate (see module docstring for statuses)."""
@@ -164,18 +172,14 @@ class Evaluation:
 
     @property
     def per_dollar(self) -> float | None:
-        """Requests per dollar (rate x 3600 / (GPUs x $/GPU-hour))."""
-        if self.rate_rps is None or not self.price:
-            return None
-        return self.rate_rps * 3600.0 / (self.cand.gpus * self.price)
+        """Requests per dollar."""
+        return per_gpu_or_dollar(self.rate_rps, self.cand.gpus, self.price, True)
 
-    def score(self, rank_by: str, bound: bool = False) -> float:
-        r = self.bound_rps if bound else self.rate_rps
-        if r is None:
-            return -1.0
-        if rank_by == "dollar":
-            return r * 3600.0 / (self.cand.gpus * self.price) if self.price else -1.0
-        return r / self.cand.gpus
+    def score(self, rank_by: str, bound: bool = False, rate: float | None = None) -> float:
+        """Requests/s per GPU or per dollar at ``rate`` (default: the bound or the found rate); -1 when unknown."""
+        r = rate if rate is not None else (self.bound_rps if bound else self.rate_rps)
+        v = per_gpu_or_dollar(r, self.cand.gpus, self.price, rank_by == "dollar")
+        return -1.0 if v is None else v
 
     def to_dict(self) -> dict:
         c = self.cand
@@ -197,7 +201,7 @@ class Evaluation:
         """Closed-loop keys: output tokens/s of the deployment, per GPU and per dollar."""
         c, tps = self.cand, self.output_tps
         return {"output_tokens_per_s": tps, "output_tokens_per_s_per_gpu": tps / c.total_gpus,
-                "output_tokens_per_dollar": tps * 3600.0 / (c.total_gpus * self.price) if self.price else None}
+                "output_tokens_per_dollar": per_gpu_or_dollar(tps, c.total_gpus, self.price, True)}
 
 
 @dataclass
@@ -492,18 +496,11 @@ class Planner:
             return ev.score(self.rank_by, bound)
         tps = ev.output_tps if not bound else (
             None if ev.bound_rps is None else ev.bound_rps * self.stats.mean_output * ev.cand.replicas)
-        if tps is None:
-            return -1.0
-        if self.rank_by == "dollar":
-            return tps * 3600.0 / (ev.cand.total_gpus * ev.price) if ev.price else -1.0
-        return tps / ev.cand.total_gpus
+        v = per_gpu_or_dollar(tps, ev.cand.total_gpus, ev.price, self.rank_by == "dollar")
+        return -1.0 if v is None else v
 
     def _score_at(self, ev: Evaluation, rate: float) -> float:
-        saved = ev.rate_rps
-        ev.rate_rps = rate
-        s = ev.score(self.rank_by)
-        ev.rate_rps = saved
-        return s
+        return ev.score(self.rank_by, rate=rate)
 
     # ---- the whole search -----------------------------------------------------------------------
     def _screen_all(self, evs: list[Evaluation], t0: float) -> list[Evaluation]:
