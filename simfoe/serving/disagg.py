@@ -1,0 +1,508 @@
+"""Prefill-decode disaggregation: a prefill pool and a decode pool of serving workers, the KV cache
+moving between them as flows on the fabric (issue 24.1).
+
+A request queues at a prefill worker (the prefill pool's router), is prefilled there in prefill-only
+iterations (the pool's step model, chunked as configured), and its KV cache moves to a decode worker
+(the decode pool's router and rank router pick it). The decode worker accepts the request only when
+the rank's free KV blocks hold its prompt and it runs fewer than ``max_batch`` requests (running plus
+those in transfer): transfers in flight are bounded by the decode side's free KV memory. The prefill
+worker holds the request's KV blocks until the transfer has ended.
+
+KV transfer modes (:data:`TRANSFERS`):
+
+* ``after``: the whole KV is sent once prefill has ended (vLLM's NIXL connector, TensorRT-LLM);
+* ``layerwise``: each layer's KV is sent as it is computed. The decode side is asked for room when
+  the request's first prefill chunk is scheduled; from then on the first ``(L-1)/L`` of the bytes
+  stream as one flow, and the last layer's share is sent when prefill ends. The transfer ends when
+  both have arrived, ``max(prefill end + last layer's share, reservation + all bytes)`` on an idle
+  link (a flow may run ahead of the layers' compute; the last layer's share cannot);
+* ``instant``: free and infinitely fast (a what-if bound and the aggregated-equivalence check).
+
+Flows run on a cluster of both pools (:func:`place_workers`: prefill workers first, the decode pool
+from a fresh node, as DeepSeek and Dynamo deploy them), so a transfer inside a node uses NVLink and
+one across nodes the NICs, sharing links max-min fairly with every other transfer in flight. A
+request's KV lives on the GPUs of its data-parallel attention rank; each source GPU sends its share
+to the destination rank's GPUs (``max(src, dst)`` flows, round-robin pairs).
+
+First token (:data:`FIRST_TOKENS`): ``prefill`` (default) - the prefill worker samples it and the
+client sees it when the KV has arrived at the decode worker, TTFT = queueing + prefill + exposed
+transfer; the decode worker produces tokens 2..OSL. This is AIConfigurator's convention for its
+disaggregated rows (aiconfigurator sdk/picking.py ``_build_disagg_summary_dict``: TTFT = the prefill
+worker's TTFT, which includes its KV transfer; request latency = TTFT + TPOT x (OSL - 1)).
+``decode``: the decode worker recomputes the last prompt token in its first iteration and samples
+token 1 there (vLLM's disaggregated prefill), TTFT adds that first decode step; only ``prompt - 1``
+tokens' KV are sent.
+
+Units: seconds, tokens, bytes. Deterministic.
+"""
+from __future__ import annotations
+
+import gc
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from simfoe.errors import SpecError
+from simfoe.serving.engine import Engine, EngineConfig, Replica
+from simfoe.serving.metrics import STATUS_DONE, STATUS_DROPPED, STATUS_RUNNING, dist
+
+TRANSFERS = ("layerwise", "after", "instant")
+FIRST_TOKENS = ("prefill", "decode")
+
+
+@dataclass(frozen=True)
+class Pool:
+    """One pool of identical workers: a step model and KV capacity (tokens) per worker, its engine
+    knobs (:class:`EngineConfig`; ``replicas`` is replaced by ``workers``), GPUs per worker, KV bytes
+    one token occupies on each GPU of its rank, and the model's layers (for ``layerwise``)."""
+
+    step_model: object
+    kv_capacity_tokens: int
+    workers: int = 1
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    gpus: int = 1
+    kv_bytes_per_token_per_gpu: float = 0.0
+    layers: int = 1
+
+
+@dataclass(frozen=True)
+class DisaggConfig:
+    """How the pools are joined: KV ``transfer`` mode, ``first_token`` convention, the fabric's
+    ``hardware`` spec (None only with ``transfer="instant"``), and a ``horizon_s`` (None: run until drained)."""
+
+    transfer: str = "layerwise"
+    first_token: str = "prefill"
+    hardware: object = None
+    horizon_s: float | None = None
+
+    def __post_init__(self):
+        if self.transfer not in TRANSFERS:
+            raise SpecError("kv_transfer", self.transfer, "allowed: " + ", ".join(TRANSFERS))
+        if self.first_token not in FIRST_TOKENS:
+            raise SpecError("first_token", self.first_token, "allowed: " + ", ".join(FIRST_TOKENS))
+        if self.transfer != "instant" and self.hardware is None:
+            raise SpecError("hardware", None, "a hardware spec for the KV transfer's fabric (or kv_transfer instant)")
+
+
+def place_workers(pools: tuple[tuple[int, int], ...], gpus_per_node: int) -> tuple[list[list[np.ndarray]], int]:
+    """GPU ranks of every worker of each pool (``(workers, gpus per worker)`` pairs) and the nodes they
+    take: each pool starts on a fresh node; a worker of a node or more takes whole nodes, a smaller
+    one is packed after the previous worker unless it would straddle a node boundary."""
+    out, g = [], 0
+    for workers, gpus in pools:
+        g = -(-g // gpus_per_node) * gpus_per_node
+        ranks = []
+        for _ in range(workers):
+            if gpus < gpus_per_node and g // gpus_per_node != (g + gpus - 1) // gpus_per_node:
+                g = -(-g // gpus_per_node) * gpus_per_node
+            ranks.append(np.arange(g, g + gpus))
+            g += -(-gpus // gpus_per_node) * gpus_per_node if gpus >= gpus_per_node else gpus
+        out.append(ranks)
+    return out, -(-g // gpus_per_node)
+
+
+class _PendingView:
+    """A decode rank as its router sees it: running and waiting requests plus those waiting for room."""
+
+    __slots__ = ("rank", "pending")
+
+    def __init__(self, rank, pending: deque):
+        self.rank = rank
+        self.pending = pending
+
+    def outstanding(self, waiting_weight: int = 1) -> int:
+        return self.rank.outstanding(waiting_weight) + waiting_weight * len(self.pending)
+
+
+class PrefillReplica(Replica):
+    """A prefill worker: its requests end at their first token; their KV blocks stay until sent."""
+
+    def _schedule(self, now: float):
+        batch = super()._schedule(now)
+        if batch is not None and batch.chunks and self.engine.disagg.cfg.transfer == "layerwise":
+            for i, _ in batch.chunks:  # a first chunk: ask the decode side for room now
+                self.engine.disagg.prefill_started(i)
+        return batch
+
+    def _finish(self, fin: np.ndarray) -> None:
+        st = self.engine.store
+        st.status[fin] = STATUS_DONE
+        for q in {self.ranks[int(k)] if len(self.ranks) > 1 else self.ranks[0] for k in st.rank[fin]}:
+            q.running = [j for j in q.running if st.status[j] == STATUS_RUNNING]
+        for i in fin.tolist():
+            self.engine.disagg.prefilled(i)
+
+
+class DecodeReplica(Replica):
+    """A decode worker: requests join its ranks' running lists when their KV has arrived; each rank keeps
+    the requests routed to it that wait for KV room (``pending``) and counts its transfers in flight."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.pending = [deque() for _ in self.ranks]
+        self.in_flight = [0] * len(self.ranks)
+        self.views = [_PendingView(q, p) for q, p in zip(self.ranks, self.pending)]
+
+    def outstanding(self, waiting_weight: int = 1) -> int:
+        return sum(v.outstanding(waiting_weight) for v in self.views)
+
+    def _finish(self, fin: np.ndarray) -> None:
+        super()._finish(fin)
+        for k in range(len(self.ranks)):
+            self.engine.disagg.pump(self, k)
+
+
+def _wake(rep: Replica) -> None:
+    ev = rep.idle
+    if ev is not None:
+        rep.idle = None
+        ev.succeed()
+
+
+def _rank_gpus(gpus: int, ranks: int) -> int:
+    """GPUs holding one request's KV in a worker of ``gpus`` GPUs and ``ranks`` DP attention ranks (all of
+    them when the ranks do not split the GPUs evenly)."""
+    return gpus // ranks if gpus % ranks == 0 else gpus
+
+
+def _split(gpus: np.ndarray, ranks: int) -> list[np.ndarray]:
+    """The GPU ranks of each DP attention rank of a worker on ``gpus`` (contiguous equal groups)."""
+    k = _rank_gpus(len(gpus), ranks)
+    return [gpus[r * k:(r + 1) * k] if k < len(gpus) else gpus for r in range(ranks)]
+
+
+def _pool_engine(pool: Pool, arr, prompt, output, rid, replica_cls, env=None) -> Engine:
+    """An :class:`Engine` of ``pool``'s workers as ``replica_cls`` replicas (in ``env`` when given)."""
+    from dataclasses import replace
+
+    cfg = replace(pool.engine, replicas=pool.workers, horizon_s=None, timeline=False, token_times=False)
+    eng = Engine(arr, prompt, output, rid, pool.step_model, pool.kv_capacity_tokens, cfg)
+    if env is not None:
+        eng.env = env
+    eng.replicas = [replica_cls(eng, k, pool.kv_capacity_tokens, cfg.block_size, eng.ranks_per_replica,
+                                cfg.rank_router) for k in range(cfg.replicas)]
+    return eng
+
+
+class DisaggEngine:
+    """Both pools in one SimPy environment: a prefill :class:`Engine` whose rows end at their first
+    token and a decode :class:`Engine` whose rows start when their KV has arrived, joined by the KV
+    transfers. The decode engine's store is the clients' view (arrival shared, first token, TPOT)."""
+
+    def __init__(self, arrival_s, prompt_tokens, output_tokens, request_id, prefill: Pool, decode: Pool,
+                 cfg: DisaggConfig, closed=None):
+        n = len(prompt_tokens)
+        arr = np.zeros(n) if closed is not None else np.asarray(arrival_s, dtype=np.float64)
+        self.cfg = cfg
+        self.pools = (prefill, decode)
+        self.pre = _pool_engine(prefill, arr, prompt_tokens, np.ones(n, np.int64), request_id, PrefillReplica)
+        self.dec = _pool_engine(decode, arr, prompt_tokens, output_tokens, request_id, DecodeReplica, self.pre.env)
+        self.env = self.pre.env
+        shared = np.full(n, np.nan) if closed is not None else self.pre.store.arrival
+        self.pre.store.arrival = self.dec.store.arrival = shared  # one arrival column
+        self.pre.disagg = self.dec.disagg = self
+        self.handed = np.zeros(n, bool)  # routed to a decode rank
+        self.reserved = np.full(n, np.nan)  # decode KV blocks reserved, transfer started (s)
+        self.arrived_kv = np.full(n, np.nan)  # KV complete at the decode worker (s)
+        self.kv_bytes = np.zeros(n)  # bytes sent
+        self._parts = np.zeros(n, np.int8)  # flows of a transfer still to arrive
+        self.net = self._rank_gpus = None
+        if cfg.transfer != "instant":
+            self._build_fabric()
+        self.clients = None
+        if closed is not None:
+            from simfoe.serving.clients import Clients
+
+            self.clients = self.dec.clients = Clients(self, closed.concurrency, closed.warmup)
+            self.dec.measure_from = closed.warmup
+        self.measure_from = self.dec.measure_from
+
+    # ---- the clients' view: the decode store, the decode pool's KV pools, admission at the prefill pool
+    @property
+    def store(self):
+        return self.dec.store
+
+    @property
+    def replicas(self):
+        return self.dec.replicas
+
+    def arrive(self, i: int) -> None:
+        """Request row ``i`` is sent now (closed loop): to the prefill pool, or refused when its prompt can
+        never fit a prefill rank (the client hears of it at once, as of a failed request)."""
+        if not self.pre.replicas[0].ranks[0].kv.fits(int(self.pre.store.prompt[i])):
+            self.dec.store.status[i] = STATUS_DROPPED
+            self.dec.store.dropped[i] = 1
+            ev = self.env.timeout(0)
+            ev.callbacks.append(lambda _e: self.clients.finished(1, self.env.now))
+            return
+        # the prefill engine's own front end where it has one (Engine.arrive), else straight to its router
+        getattr(self.pre, "arrive", self.pre.admit)(i)
+
+    admit = arrive
+
+    def begin_measurement(self) -> None:
+        self.pre.begin_measurement()
+        self.dec.begin_measurement()
+
+    # ---- fabric
+    def _build_fabric(self) -> None:
+        from simfoe.fabric.flows import FlowNetwork
+        from simfoe.fabric.topology import build_cluster
+
+        hw = self.cfg.hardware
+        gpn = hw.node.gpus_per_node
+        ranks, nodes = place_workers(tuple((p.workers, p.gpus) for p in self.pools), gpn)
+        self._rank_gpus = [[_split(g, eng.ranks_per_replica) for g in ws] for ws, eng in zip(ranks, (self.pre, self.dec))]
+        self.nodes = nodes
+        self.net = FlowNetwork(self.env, build_cluster(hw, nodes))
+
+    def _flow(self, i: int, nbytes: float) -> None:
+        """Send ``nbytes`` of request ``i``'s KV from its prefill rank's GPUs to its decode rank's; when
+        every part of the transfer has arrived, the request joins the decode rank."""
+        ps, ds = self.pre.store, self.dec.store
+        src = self._rank_gpus[0][ps.replica[i]][ps.rank[i]]
+        dst = self._rank_gpus[1][ds.replica[i]][ds.rank[i]]
+        k = max(len(src), len(dst))
+        j = np.arange(k)
+        ev = self.net.transfer_many(src[j % len(src)], dst[j % len(dst)], nbytes / k, "kv")
+        ev.callbacks.append(lambda _e: self._part_arrived(i))
+
+    def _part_arrived(self, i: int) -> None:
+        self._parts[i] -= 1
+        if self._parts[i] == 0:
+            self._arrive(i)
+
+    # ---- the hand-over: prefill rank -> decode rank
+    def prefill_started(self, i: int) -> None:
+        """Layerwise: request ``i``'s first prefill chunk is scheduled; ask the decode side for room."""
+        if not self.handed[i]:
+            self._route(i)
+
+    def prefilled(self, i: int) -> None:
+        """Request ``i``'s prefill has ended (now): route it (after, instant), or send its last layer."""
+        if not self.handed[i]:
+            self._route(i)
+        elif self.reserved[i] == self.reserved[i]:  # layerwise, room already reserved
+            self._flow(i, self.kv_bytes[i] / self.pools[1].layers)
+
+    def _route(self, i: int) -> None:
+        self.handed[i] = True
+        d, st = self.dec, self.dec.store
+        k = d.router.pick(d.replicas, i)
+        rep = d.replicas[k]
+        r = rep.rank_router.pick(rep.views, i) if rep.rank_router is not None else 0
+        st.replica[i], st.rank[i] = k, r
+        rep.pending[r].append(i)
+        self.pump(rep, r)
+
+    def _tokens_sent(self, i: int) -> int:
+        """Prompt tokens whose KV is sent: all of them, or all but the one the decode worker recomputes."""
+        p = int(self.dec.store.prompt[i])
+        return p - 1 if self.cfg.first_token == "decode" else p
+
+    def pump(self, rep: DecodeReplica, r: int) -> None:
+        """Accept rank ``r`` of decode worker ``rep``'s waiting requests, in order, while its free KV
+        blocks hold their prompts and it runs fewer than ``max_batch`` (running + in transfer)."""
+        q, pend, st = rep.ranks[r], rep.pending[r], self.dec.store
+        cap = self.dec.scheduler.max_batch
+        while pend:
+            i = pend[0]
+            if not q.kv.fits(int(st.prompt[i] + st.target[i] - 1)):  # the scheduler's rule: never fits
+                pend.popleft()
+                self._refuse(i)
+                continue
+            need = q.kv.blocks_for(int(st.prompt[i]))
+            if need > q.kv.free or len(q.running) + rep.in_flight[r] >= cap:
+                return
+            pend.popleft()
+            q.kv.free -= need
+            st.blocks[i] = need
+            rep.in_flight[r] += 1
+            self._send(i)
+
+    def _send(self, i: int) -> None:
+        """Start request ``i``'s transfer now (its decode room is reserved)."""
+        self.reserved[i] = now = self.env.now
+        dec = self.pools[1]
+        total = self.kv_bytes[i] = self._tokens_sent(i) * dec.kv_bytes_per_token_per_gpu * _rank_gpus(dec.gpus,
+                                                                                                     self.dec.ranks_per_replica)
+        if self.net is None:
+            self._arrive(i)
+            return
+        ended = self.pre.store.first[i] <= now  # prefill has ended
+        if self.cfg.transfer == "after" or (ended and self.pools[1].layers == 1):
+            self._parts[i] = 1
+            self._flow(i, total)
+            return
+        self._parts[i] = 2  # layerwise: the first L-1 layers now, the last one when prefill ends
+        last = total / self.pools[1].layers
+        self._flow(i, total - last)
+        if ended:
+            self._flow(i, last)
+
+    def _release_prefill(self, i: int) -> None:
+        """Free request ``i``'s KV blocks on its prefill rank (and wake that worker)."""
+        ps = self.pre.store
+        rep = self.pre.replicas[ps.replica[i]]
+        rep.ranks[ps.rank[i]].kv.free += int(ps.blocks[i])
+        ps.blocks[i] = 0
+        _wake(rep)
+
+    def _refuse(self, i: int) -> None:
+        """Drop request ``i`` at the decode side: prompt + output never fit a decode rank's KV cache."""
+        self._release_prefill(i)
+        st = self.dec.store
+        st.status[i] = STATUS_DROPPED
+        st.dropped[i] = 1
+        if self.clients is not None:
+            self.clients.finished(1, self.env.now)
+
+    def _arrive(self, i: int) -> None:
+        """Request ``i``'s KV is complete at its decode rank: it joins the running requests there."""
+        now = self.env.now
+        self.arrived_kv[i] = now
+        self._release_prefill(i)
+        st = self.dec.store
+        rep = self.dec.replicas[st.replica[i]]
+        r = int(st.rank[i])
+        rep.in_flight[r] -= 1
+        st.scheduled[i] = self.pre.store.scheduled[i]
+        st.status[i] = STATUS_RUNNING
+        p = int(st.prompt[i])
+        if self.cfg.first_token == "prefill":
+            st.ctx[i], st.pf_left[i] = p, 0
+            idx = np.array([i])
+            st.emit(idx, now)
+            if st.gen[i] >= st.target[i]:
+                rep._finish(idx)
+                return
+        else:
+            st.ctx[i], st.pf_left[i] = p - 1, 1
+        rep.ranks[r].running.append(i)
+        _wake(rep)
+
+    # ---- run
+    def run(self) -> DisaggEngine:
+        """Simulate until every request is done (or the horizon); returns self."""
+        env = self.env
+        if self.clients is not None:
+            self.clients.start()
+        else:
+            env.process(self.pre.arrivals())
+        for rep in self.pre.replicas + self.dec.replicas:
+            env.process(rep.loop())
+        gc_was_on = gc.isenabled()
+        gc.disable()  # as Engine.run: the loop's garbage is freed by reference counting
+        try:
+            env.run(until=self.cfg.horizon_s)
+        finally:
+            if gc_was_on:
+                gc.enable()
+        st = self.dec.store
+        left = (st.status != STATUS_DONE) & (st.status != STATUS_DROPPED)
+        st.status[left] = STATUS_DROPPED
+        st.dropped[left] = 2
+        return self
+
+
+def _pool_summary(eng: Engine, pool: Pool, span: float) -> dict:
+    """Workers, GPUs, busy share, iterations, KV use and preemptions of one pool (span: the measured s)."""
+    reps = eng.replicas
+    busy = sum(r.busy_s for r in reps)
+    return {"workers": len(reps), "gpus_per_worker": pool.gpus, "ranks_per_worker": eng.ranks_per_replica,
+            "max_batch": eng.cfg.max_batch, "token_budget": eng.cfg.token_budget,
+            "kv_capacity_tokens": reps[0].kv_total * reps[0].ranks[0].kv.block_size,
+            "utilization": busy / (len(reps) * span) if span > 0 else None,
+            "kv_mean_used_fraction": sum(r.kv_time for r in reps) / busy if busy > 0 else 0.0,
+            "kv_max_used_fraction": max(r.kv_max for r in reps),
+            "preemptions": int(sum(r.preemptions for r in reps)),
+            "iterations": sum(r.iterations for r in reps), "cost_evaluations": eng.cost.misses}
+
+
+def disagg_summary(de: DisaggEngine, wall_s: float, slo_ttft: float | None = None,
+                   slo_tbt: float | None = None) -> dict:
+    """The serving summary of the decode side (TTFT, TPOT, throughput as the clients see them; see
+    :func:`simfoe.serving.api.summarize`) with ``gpu_utilization`` over both pools and a ``disagg``
+    section: each pool, and the KV transfers (bytes by NVLink / network, exposed time after prefill,
+    the wait for decode room)."""
+    from simfoe.serving.api import summarize
+
+    s = summarize(de.dec, wall_s, slo_ttft, slo_tbt)
+    w = de.measure_from
+    ps, ds = de.pre.store, de.dec.store
+    done = ds.status[w:] == STATUS_DONE
+    arr = ds.arrival[w:]
+    span = float(np.nanmax(ds.last[w:][done]) - np.nanmin(arr)) if done.any() else 0.0  # as summarize's
+    pools = {name: _pool_summary(e, p, span) for name, e, p in (("prefill", de.pre, de.pools[0]),
+                                                                 ("decode", de.dec, de.pools[1]))}
+    gpus = {k: v["workers"] * v["gpus_per_worker"] for k, v in pools.items()}
+    if span > 0:
+        s["gpu_utilization"] = sum((pools[k]["utilization"] or 0.0) * gpus[k] for k in pools) / sum(gpus.values())
+    end = ps.first[w:]
+    moved = de.arrived_kv[w:][done]
+    s["disagg"] = {
+        "kv_transfer": de.cfg.transfer, "first_token": de.cfg.first_token, "gpus": sum(gpus.values()),
+        "nodes": getattr(de, "nodes", None), **pools,
+        "transfer": {
+            "bytes": dict(de.net.bytes_by_tag.get("kv", {"intra_node": 0.0, "inter_node": 0.0}))
+            if de.net is not None else {"intra_node": 0.0, "inter_node": 0.0},
+            "kv_bytes_per_request": dist(de.kv_bytes[w:][done]),
+            "exposed_s": dist(moved - end[done]),  # KV complete at the decode rank less prefill end
+            "wait_for_room_s": dist(de.reserved[w:][done] - np.where(de.cfg.transfer == "layerwise",
+                                                                     ps.scheduled[w:], end)[done]),
+        },
+    }
+    s["sim"]["iterations"] = pools["prefill"]["iterations"] + pools["decode"]["iterations"]
+    return s
+
+
+@dataclass
+class DisaggResult:
+    """Outcome of a disaggregated run: ``summary`` (JSON-able dict) and per-request ``records``."""
+
+    summary: dict
+    engine: DisaggEngine = field(repr=False)
+
+    @property
+    def records(self):
+        """pandas DataFrame, one row per request: the decode side's columns (RequestStore.frame; ``replica``
+        and ``rank`` are the decode worker's) plus the prefill worker, prefill start and end, when the decode
+        room was reserved and the KV arrived (s), and the KV bytes sent."""
+        de = self.engine
+        ps, w = de.pre.store, de.measure_from
+        rec = de.dec.store.frame()
+        rec.insert(2, "prefill_worker", ps.replica)
+        extra = {"prefill_start_s": ps.scheduled, "prefill_end_s": ps.first, "kv_reserved_s": de.reserved,
+                 "kv_arrived_s": de.arrived_kv, "kv_bytes": de.kv_bytes}
+        for k, v in extra.items():
+            rec[k] = v
+        return rec.iloc[w:].reset_index(drop=True) if w else rec
+
+
+def simulate_disagg(requests, prefill: Pool, decode: Pool, cfg: DisaggConfig | None = None, *,
+                    slo_ttft: float | None = None, slo_tbt: float | None = None, seed: int = 0) -> DisaggResult:
+    """Serve ``requests`` (a RequestTable or anything with ``arrival_s, prompt_tokens, output_tokens``; or a
+    :class:`simfoe.workloads.closed_loop.ClosedLoop`, lengths drawn with ``seed``) on a ``prefill`` and a
+    ``decode`` :class:`Pool` joined by ``cfg`` (:class:`DisaggConfig`). See the module docstring."""
+    import time
+
+    from simfoe.serving.api import _check_slo
+    from simfoe.workloads.closed_loop import ClosedLoop
+
+    cfg = cfg or DisaggConfig(transfer="instant")
+    _check_slo("slo_ttft", slo_ttft)
+    _check_slo("slo_tbt", slo_tbt)
+    for name, p in (("prefill", prefill), ("decode", decode)):
+        if not (isinstance(p.workers, (int, np.integer)) and p.workers >= 1):
+            raise SpecError(f"{name}.workers", p.workers, "an integer >= 1")
+    closed = requests if isinstance(requests, ClosedLoop) else None
+    if closed is not None:
+        requests = closed.table(seed)
+    rid = getattr(requests, "request_id", None)
+    n = len(requests.prompt_tokens)
+    de = DisaggEngine(requests.arrival_s, requests.prompt_tokens, requests.output_tokens,
+                      np.arange(n) if rid is None else rid, prefill, decode, cfg, closed)
+    t = time.perf_counter()
+    de.run()
+    return DisaggResult(disagg_summary(de, time.perf_counter() - t, slo_ttft, slo_tbt), de)

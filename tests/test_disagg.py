@@ -1,0 +1,121 @@
+"""Prefill-decode disaggregation (issue 24.1): KV conservation, causality, the decode side's KV bound,
+and the hand-checked equivalence with an aggregated run whose prefill and decode never share an iteration."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
+
+from simfoe.errors import SpecError
+from simfoe.serving import EngineConfig, LinearStep, simulate
+from simfoe.serving.disagg import DisaggConfig, Pool, place_workers, simulate_disagg
+from simfoe.specs.io import load_hardware
+from simfoe.workloads import RequestTable
+from simfoe.workloads.closed_loop import ClosedLoop
+
+LIN = LinearStep(base_s=0.01, per_prefill_token_s=1e-4, per_decode_seq_s=1e-3)
+HW = load_hardware("h100-sxm")
+
+
+def test_one_worker_each_free_transfer_reproduces_aggregated_hand_checked():
+    # two requests far apart: the aggregated run prefills each alone, then decodes it alone
+    # prefill 0.01 + 100 x 1e-4 = 0.02 s (TTFT); 4 decode steps of 0.01 + 1e-3 = 0.011 s: e2e 0.064 s
+    # second: 0.01 + 200 x 1e-4 = 0.03 s; 2 decode steps: e2e 0.052 s
+    t = RequestTable.from_arrays(np.array([0.0, 10.0]), np.array([100, 200]), np.array([5, 3]))
+    agg = simulate(t, LIN, 100_000).records
+    dis = simulate_disagg(t, Pool(LIN, 100_000), Pool(LIN, 100_000), DisaggConfig(transfer="instant")).records
+    assert agg["ttft_s"].tolist() == pytest.approx([0.02, 0.03])
+    assert agg["e2e_s"].tolist() == pytest.approx([0.064, 0.052])
+    for col in ("ttft_s", "e2e_s", "tbt_mean_s", "queue_s", "generated_tokens"):
+        assert dis[col].tolist() == pytest.approx(agg[col].tolist()), col
+    assert (dis["kv_arrived_s"] == dis["prefill_end_s"]).all()
+
+
+def test_layerwise_hides_all_but_the_last_layer_after_hides_nothing():
+    # one 8-GPU worker per pool on separate nodes: 1000 tokens x 1e5 B x 8 GPUs = 800 MB over 8 NICs
+    t = RequestTable.from_arrays(np.array([0.0]), np.array([1000]), np.array([2]))
+    pools = [Pool(LIN, 100_000, gpus=8, kv_bytes_per_token_per_gpu=1e5, layers=50) for _ in range(2)]
+    exp = {m: simulate_disagg(t, *pools, DisaggConfig(m, hardware=HW)).summary["disagg"]["transfer"]["exposed_s"]["mean"]
+           for m in ("after", "layerwise")}
+    nic = HW.nic_rate
+    assert exp["after"] >= 1e8 / nic  # each NIC carries 100 MB
+    # prefill takes 0.11 s, long enough to stream 49/50 of the bytes: only the last layer's share shows
+    assert 1e8 / 50 / nic <= exp["layerwise"] < 1.5 * 1e8 / 50 / nic + 1e-4
+
+
+def _table(seed, n):
+    rng = np.random.default_rng(seed)
+    return RequestTable.from_arrays(np.sort(rng.uniform(0, 2, n)), rng.integers(2, 3000, n), rng.integers(1, 40, n))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=hs.integers(0, 10_000), n=hs.integers(1, 40), xp=hs.integers(1, 3), yd=hs.integers(1, 3),
+       gpus=hs.sampled_from([(1, 1), (2, 4), (8, 8), (16, 8)]), kv=hs.integers(3000, 20_000),
+       mode=hs.sampled_from(["after", "layerwise"]), first=hs.sampled_from(["prefill", "decode"]),
+       max_batch=hs.integers(1, 8))
+def test_kv_conserved_causal_and_bounded(seed, n, xp, yd, gpus, kv, mode, first, max_batch):
+    t = _table(seed, n)
+    per = 2e4
+    pre = Pool(LIN, 50_000, workers=xp, gpus=gpus[0], kv_bytes_per_token_per_gpu=per, layers=30)
+    dec = Pool(LIN, kv, workers=yd, gpus=gpus[1], kv_bytes_per_token_per_gpu=per, layers=30,
+               engine=EngineConfig(max_batch=max_batch))
+    r = simulate_disagg(t, pre, dec, DisaggConfig(mode, first, HW))
+    rec, de = r.records, r.engine
+    done = rec["completed"].to_numpy()
+    too_big = np.ceil((t.prompt_tokens + t.output_tokens - 1) / 16) > kv // 16
+    assert (~done).tolist() == too_big.tolist()
+    moved = rec["kv_arrived_s"].notna().to_numpy()
+    assert (moved == done).all()  # every completed request's KV arrived, a dropped one's never left
+    # conservation: each KV byte of the prompt is sent once (decode: all but the recomputed last token)
+    sent = t.prompt_tokens - (first == "decode")
+    assert rec.loc[done, "kv_bytes"].to_numpy() == pytest.approx(sent[done] * per * gpus[1])
+    net = de.net.bytes_by_tag["kv"]
+    assert net["intra_node"] + net["inter_node"] == pytest.approx(rec["kv_bytes"].sum())
+    d = rec[done]
+    assert (d["first_token_s"] >= d["kv_arrived_s"]).all()  # no token before the KV is there
+    assert (d["kv_arrived_s"] >= d["prefill_end_s"]).all()
+    assert (d["prefill_end_s"] > d["prefill_start_s"]).all() and (d["prefill_start_s"] >= d["arrival_s"]).all()
+    # TTFT >= prefill + exposed transfer
+    assert (d["ttft_s"] >= (d["prefill_end_s"] - d["prefill_start_s"]) + (d["kv_arrived_s"] - d["prefill_end_s"])
+            - 1e-12).all()
+    # every KV block returned on both sides
+    for eng in (de.pre, de.dec):
+        assert all(q.kv.free == q.kv.total for rep in eng.replicas for q in rep.ranks)
+
+
+def test_decode_room_bounds_transfers_in_flight():
+    # the decode worker holds one 1000-token prompt (+ its output) at a time: transfers queue for room
+    t = RequestTable.from_arrays(np.zeros(4), np.full(4, 1000), np.full(4, 10))
+    dec = Pool(LIN, 1100, kv_bytes_per_token_per_gpu=1e3, gpus=8)
+    r = simulate_disagg(t, Pool(LIN, 100_000, workers=4, gpus=8, kv_bytes_per_token_per_gpu=1e3), dec,
+                        DisaggConfig("after", hardware=HW))
+    rec = r.records.sort_values("kv_reserved_s")
+    assert rec["completed"].all()
+    # each reservation waits for the previous request to finish decoding
+    assert (rec["kv_reserved_s"].to_numpy()[1:] >= rec["finish_s"].to_numpy()[:-1]).all()
+    assert r.summary["disagg"]["transfer"]["wait_for_room_s"]["p99"] > 0
+
+
+def test_closed_loop_completes_every_prompt():
+    r = simulate_disagg(ClosedLoop(concurrency=4, isl=500, osl=20, num_prompts=12, warmup=4),
+                        Pool(LIN, 100_000, gpus=8, kv_bytes_per_token_per_gpu=1e4),
+                        Pool(LIN, 100_000, workers=2, gpus=8, kv_bytes_per_token_per_gpu=1e4),
+                        DisaggConfig("layerwise", hardware=HW))
+    assert r.summary["requests"]["completed"] == 12 and len(r.records) == 12
+    assert r.summary["disagg"]["gpus"] == 24
+
+
+def test_place_workers_packs_inside_nodes_and_starts_each_pool_on_a_fresh_node():
+    (pre, dec), nodes = place_workers(((3, 3), (2, 16)), 8)
+    assert [g.tolist() for g in pre] == [[0, 1, 2], [3, 4, 5], [8, 9, 10]]  # the third would straddle node 0
+    assert [g[0] for g in dec] == [16, 32] and nodes == 6
+
+
+def test_bad_names_are_refused():
+    with pytest.raises(SpecError, match="kv_transfer"):
+        DisaggConfig("sideways", hardware=HW)
+    with pytest.raises(SpecError, match="first_token"):
+        DisaggConfig("instant", "middle")
+    with pytest.raises(SpecError, match="hardware"):
+        DisaggConfig("after")
