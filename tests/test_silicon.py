@@ -171,6 +171,36 @@ def test_validate_silicon_json_and_cases(tmp_path, capsys):
     assert float(got[0]["predicted_tpot_ms"]) > 0 and got[2]["predicted_ttft_ms"] == ""
 
 
+def test_tolerance_bounds_from_above_and_below_by_hand():
+    from simfoe.calibration.regression import judge
+
+    s = {"ttft_mdape": 40.0, "coverage": 0.8, "tpot_mape": None}
+    assert judge(s, None) == (None, True)
+    assert judge(s, {"ttft_mdape": 40.0, "coverage_min": 0.8, "reason": "x"}) == (
+        {"ttft_mdape": 40.0, "coverage_min": 0.8}, True)  # bounds are inclusive; the reason is no bound
+    assert not judge(s, {"ttft_mdape": 39.9})[1]
+    assert not judge(s, {"coverage_min": 0.81})[1]
+    assert not judge(s, {"tpot_mape": 100.0})[1]  # a metric without a value fails its bound
+    assert not judge(s, {"tpot_mdape": 100.0})[1]  # so does one the summary lacks
+
+
+@pytest.mark.parametrize("bounds, code", [({"ttft_mape": 1e9, "coverage_min": 0.5}, 0),
+                                          ({"ttft_mape": 1e9, "coverage_min": 0.9}, 1),
+                                          ({"tpot_mdape": 1e-6}, 1)])
+def test_validate_silicon_judges_its_tolerance(tmp_path, capsys, bounds, code):
+    import yaml
+
+    from simfoe.cli import main
+
+    path = _write(tmp_path / "mini.csv", [_agg("a"), _agg("b", batch_size=1, osl=3),
+                                          _agg("c", model_path="someone/unknown-model")])  # coverage 2/3
+    tol = tmp_path / "tol.yaml"
+    tol.write_text(yaml.safe_dump({"sources": {"silicon:mini": {**bounds, "reason": "test"}}}))
+    assert main(["validate", "--silicon", str(path), "--tolerances", str(tol), "--jobs", "1", "--json"]) == code
+    s = json.loads(capsys.readouterr().out)["silicon"]
+    assert (s["source"], s["tolerance"], s["ok"]) == ("silicon:mini", bounds, code == 0)
+
+
 def test_validate_silicon_bad_input(refused, tmp_path):
     refused(["validate", "--silicon", tmp_path / "missing.csv", "--json"], "--silicon", "silicon CSV")
     refused(["validate", "--silicon", "--set", "hardware.network.nic_bandwidth=1e9"], "--set", "omitted with --silicon")

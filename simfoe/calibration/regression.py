@@ -70,6 +70,22 @@ def load_tolerances(path: str | Path = TOLERANCES, field: str = "tolerances") ->
     return data
 
 
+def judge(summary: dict, tolerance: dict | None) -> tuple[dict | None, bool]:
+    """(the bounds of ``tolerance``, whether ``summary`` meets them). A key ``X`` bounds ``summary[X]``
+    from above, a key ``X_min`` from below (e.g. ``coverage_min``); a metric absent or None fails; no
+    tolerance (None) passes. ``reason`` is the tolerance's text, not a bound."""
+    if tolerance is None:
+        return None, True
+    bounds = {k: v for k, v in tolerance.items() if k != "reason"}
+
+    def meets(k, v):
+        low = k.endswith("_min")
+        x = summary.get(k[:-4] if low else k)
+        return x is not None and (x >= v if low else x <= v)
+
+    return bounds, all(meets(k, v) for k, v in bounds.items())
+
+
 def _rows(source: str, op: str, pred, meas) -> list[dict]:
     return [{"source": source, "op": op, "predicted_s": float(p), "measured_s": float(m)} for p, m in zip(pred, meas)]
 
@@ -319,12 +335,7 @@ def validate(vidur: str | Path | None = None, hardware: list[str] | None = None,
     for src in sorted({r["source"] for r in rows}):
         s = _summ([r for r in rows if r["source"] == src])
         s.update(extra.get(src, {}))
-        t = (tol.get("sources") or {}).get(src)
-        if t is None:
-            s["tolerance"], s["ok"] = None, True
-        else:
-            s["tolerance"] = {k: v for k, v in t.items() if k != "reason"}
-            s["ok"] = all(s.get(k) is not None and s[k] <= v for k, v in s["tolerance"].items())
+        s["tolerance"], s["ok"] = judge(s, (tol.get("sources") or {}).get(src))
         by[src] = s
     allsum = _summ(rows)
     cases = [{"source": src, **{k: v for k, v in s.items() if k in ("n", "mape", "max_ape", "ok")}} for src, s in by.items()]

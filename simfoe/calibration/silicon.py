@@ -396,9 +396,15 @@ def replay(rows, progress=None, seed: int = 0, workers: int = 1) -> list[Predict
 
 
 def _errors(pred: list[Prediction], what: str) -> dict:
-    """MAPE, median APE and share within 25% (APE = |predicted - measured| / measured, in %)."""
-    p = np.array([getattr(x, f"{what}_ms") for x in pred], dtype=float)
-    m = np.array([getattr(x.row, f"{what}_ms") for x in pred], dtype=float)
+    """:func:`ape_stats` of ``what`` (ttft or tpot) over the predictions ``pred``."""
+    return ape_stats([getattr(x, f"{what}_ms") for x in pred], [getattr(x.row, f"{what}_ms") for x in pred], what)
+
+
+def ape_stats(predicted, measured, what: str) -> dict:
+    """``{what}_mape``, ``_mdape`` (%) and ``_within_25pct`` (share) of ``predicted`` against ``measured``
+    (APE = |predicted - measured| / measured, in %; None when there is no pair)."""
+    p = np.asarray(predicted, dtype=float)
+    m = np.asarray(measured, dtype=float)
     if not len(p):
         return {f"{what}_mape": None, f"{what}_mdape": None, f"{what}_within_25pct": None}
     ape = np.abs(p - m) / m * 100.0
@@ -450,8 +456,28 @@ def default_path() -> Path | None:
     return None if d is None else d / H100_FILE
 
 
-def validate_silicon(path: str | Path, progress=None) -> tuple[dict, list[dict]]:
-    """(report, cases) of the silicon file at ``path``."""
+def tolerance_source(path: str | Path) -> str:
+    """The key of a silicon file's bounds in validation/tolerances.yaml ``sources``: ``silicon:<file stem>``."""
+    return "silicon:" + Path(path).stem
+
+
+def judge(rep: dict, path: str | Path, tolerances: dict) -> dict:
+    """``rep`` (:func:`report`) with ``source`` (:func:`tolerance_source`), ``tolerance`` (its bounds, None
+    when the file has none) and ``ok`` added; bounds as simfoe.calibration.regression.judge reads them."""
+    from simfoe.calibration.regression import judge as meets
+
+    src = tolerance_source(path)
+    bounds, ok = meets(rep, (tolerances.get("sources") or {}).get(src))
+    return {**rep, "source": src, "tolerance": bounds, "ok": ok}
+
+
+def validate_silicon(path: str | Path, progress=None, workers: int = 1,
+                     tolerances: dict | None = None) -> tuple[dict, list[dict]]:
+    """(report judged against ``tolerances`` (default: validation/tolerances.yaml), cases) of the silicon
+    file at ``path``."""
+    from simfoe.calibration.regression import load_tolerances
+
     s = load_rows(path)
-    preds = replay(s.rows, progress)
-    return report(preds, s.dropped), cases(preds)
+    preds = replay(s.rows, progress, workers=workers)
+    tol = load_tolerances() if tolerances is None else tolerances
+    return judge(report(preds, s.dropped), path, tol), cases(preds)

@@ -1,7 +1,8 @@
 """`simfoe validate`: stored measurement sets and Vidur data vs current predictions (CI regression).
 
   simfoe validate [--json] [--vidur PATH] [--hardware h100-sxm ...] [--set hardware.X=V ...] [--cases-out FILE.csv]
-  simfoe validate --silicon [PATH] [--cases-out FILE.csv] [--jobs N] [--json]   (real serving benchmarks; docs/calibration.md)
+  simfoe validate --silicon [PATH] [--cases-out FILE.csv] [--jobs N] [--tolerances FILE] [--json]
+    (real serving benchmarks, judged as source silicon:<file stem>; docs/calibration.md)
 
 -> {"cases": [{"source", "n", "mape", "max_ape", "ok"}], "mape", "max_ape", "by_source": {...}, "failed", "skipped",
     "missing": {source: path looked for}, "run": record} (with --json, missing sources are also named in one warning
@@ -26,7 +27,8 @@ def register(subparsers) -> None:
     p.add_argument("--silicon", nargs="?", const="", default=None, metavar="PATH",
                    help="replay real serving benchmarks (an AIConfigurator silicon CSV; default: "
                    "../shared/data/aiconfigurator/silicon/h100_sxm.csv) through simfoe serve; with it only "
-                   "they are checked: {\"silicon\": {rows, covered, coverage, ttft_mape, ...}} (docs/calibration.md)")
+                   "they are checked, against the tolerance silicon:<file stem>: "
+                   "{\"silicon\": {rows, covered, coverage, ttft_mape, ..., ok}} (docs/calibration.md)")
     p.add_argument("--jobs", type=int, default=None, help="with --silicon: worker processes (default: CPU count)")
     add_set_flag(p, help="override a hardware profile field by dotted path, applied to every profile validated, "
                  "e.g. hardware.network.nic_bandwidth=100e9 (repeatable; only hardware.* paths)")
@@ -47,17 +49,17 @@ def run(args):
 
     if args.cases_out:
         check_file("--cases-out", args.cases_out)
+    tolerances = regression.load_tolerances(args.tolerances or regression.TOLERANCES, "--tolerances")
     if args.silicon is not None:
         given = [(f, v) for f, v in (("--vidur", args.vidur), ("--hardware", args.hardware),
-                                     ("--set", args.overrides), ("--tolerances", args.tolerances)) if v]
+                                     ("--set", args.overrides)) if v]
         if given:
             f, v = given[0]
             raise SpecError(f, " ".join(v) if isinstance(v, list) else v,
                             "omitted with --silicon (it replays the benchmark rows with the committed profiles)")
-        return _silicon(args)
+        return _silicon(args, tolerances)
     if args.jobs is not None:
         raise SpecError("--jobs", args.jobs, "omitted without --silicon (only the silicon replay runs in workers)")
-    tolerances = regression.load_tolerances(args.tolerances or regression.TOLERANCES, "--tolerances")
     only_vidur = args.vidur is not None
     r = regression.validate(vidur=args.vidur, hardware=args.hardware, include_sets=not only_vidur,
                             include_testbed=not (only_vidur or args.no_testbed),
@@ -76,8 +78,9 @@ def run(args):
     return r, (1 if r["failed"] else 0)
 
 
-def _silicon(args):
-    """``--silicon``: the real serving benchmarks replayed (simfoe.calibration.silicon); exit 0."""
+def _silicon(args, tolerances: dict):
+    """``--silicon``: the real serving benchmarks replayed (simfoe.calibration.silicon) and judged against
+    ``tolerances`` (source ``silicon:<file stem>``); exit 1 past a bound."""
     import os
     import sys
 
@@ -107,7 +110,8 @@ def _silicon(args):
         with AtomicFiles("--cases-out") as w:
             pd.DataFrame(silicon.cases(preds), columns=list(silicon.CASE_COLUMNS)).to_csv(
                 w.path(args.cases_out), index=False)
-    return {"silicon": silicon.report(preds, rows.dropped), "run": command_run(args)}, 0
+    rep = silicon.judge(silicon.report(preds, rows.dropped), path, tolerances)
+    return {"silicon": rep, "run": command_run(args)}, (0 if rep["ok"] else 1)
 
 
 def render(r: dict) -> str:
@@ -141,6 +145,9 @@ def _render_silicon(r: dict) -> str:
     share = r["ttft_within_25pct"], r["tpot_within_25pct"]
     if share[0] is not None:
         lines.append(f"within 25%: TTFT {share[0]:.0%}, TPOT {share[1]:.0%} of {r['covered']} covered rows")
+    if "ok" in r:
+        tol = ", ".join(f"{k}{'>=' if k.endswith('_min') else '<='}{x}" for k, x in (r["tolerance"] or {}).items())
+        lines.append(f"tolerance {r['source']}: {tol or 'none'}  ok: {'yes' if r['ok'] else 'NO'}")
     for why, n in list(r["not_covered"].items()) + [(f"dropped, {k}", n) for k, n in r["duplicates"].items()]:
         lines.append(f"not covered ({n}): {why}")
     return "\n".join(lines)
