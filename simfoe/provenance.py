@@ -114,12 +114,12 @@ def run_record(model: ModelSpec, hw: HardwareSpec, placement: PlacementSpec, *, 
 
 def pipeline_record(spec, *, overrides: Sequence[str] = (), seed: int | None = None, routing: str | None = None,
                     options: dict | None = None, argv: Sequence[str] | None = None) -> RunRecord:
-    """The :class:`RunRecord` of a pipeline run: ``spec`` is the resolved pipeline spec (a dataclass,
+    """The :class:`RunRecord` of a pipeline run: ``spec`` is the resolved pipeline spec (pydantic,
     overrides applied), recorded whole under ``specs["pipeline"]``."""
     from simfoe import __version__
 
     return RunRecord(__version__, command_line(argv), None, None, tuple(str(o) for o in overrides), seed, routing,
-                     dict(options or {}), {"pipeline": asdict(spec)}, spec.name)
+                     dict(options or {}), {"pipeline": spec.model_dump(mode="json")}, spec.name)
 
 
 def command_record(*, model: ModelSpec | None = None, hardware: Sequence[HardwareSpec] = (),

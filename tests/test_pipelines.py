@@ -187,6 +187,45 @@ def test_bad_routing_and_overrides():
         load_pipeline("factool", ["stages.nosuch.instances=2"])
 
 
+@pytest.mark.parametrize("overrides,field,value", [
+    (["stages.nosuch.instances=2"], "stages", "nosuch"),
+    (["stages.bm25.instance=2"], "stages.bm25", "instance"),
+    (["stages.bm25.instances=0"], "stages.bm25.instances", 0),
+    (["stages.bm25.service_s.mean=-1"], "stages.bm25.service_s.mean", -1),
+    (["stages.question_answering.prefix_cache.reduction=2"], "stages.question_answering.prefix_cache.reduction", 2),
+    (["stages.bm25.kind=gpu"], "stages.bm25.kind", "gpu"),
+    (["stages.bm25.key=sentence"], "stages.bm25.key", "sentence"),
+    (["routing=random"], "routing", "random"),
+    (["network.inter_node_bandwidth=0"], "network.inter_node_bandwidth", 0),
+    (["prompts.weights=[0, 0]"], "prompts.weights", [0.0, 0.0]),
+    (["bogus=1"], "--set", "bogus"),
+    (["stages.bm25"], "--set", "stages.bm25"),
+])
+def test_spec_errors_name_the_field_and_value(overrides, field, value):
+    """--set goes through the specs' set_path; a bad value is one SpecError naming the field by stage name."""
+    with pytest.raises(SpecError) as e:
+        load_pipeline("factool", overrides)
+    assert (e.value.field, e.value.value) == (field, value)
+    assert "\n" not in str(e.value) and e.value.allowed
+
+
+def test_unknown_stage_key_lists_the_allowed_keys():
+    with pytest.raises(SpecError) as e:
+        _spec([{**OK, "servce_s": 0.2}])
+    assert e.value.field == "stages.a.servce_s" and "service_s" in e.value.allowed
+
+
+def test_preset_yaml_loads_as_written_and_round_trips():
+    """The preset's keys keep their meaning (derived levels, parts level, kinds), and the dumped spec
+    validates back to an equal spec."""
+    spec = load_pipeline("factool")
+    q = spec.stage("query_generation")
+    assert (q.level, q.parts_level, q.kind, q.nodes) == ("query", "token", "lm", (0, 0, 0))
+    assert [(e.stage, e.unit) for e in q.to] == [("bm25", None), ("colbert_encoder", "query")]
+    assert spec.stage("bm25").kind == "compute" and spec.prompts.weights == (0.4, 0.3, 0.2, 0.1)
+    assert load_pipeline(spec.model_dump()) == spec
+
+
 # ------------------------------------------------------------------ network, routing, metrics
 def test_cross_node_transfer_costs_latency_plus_bytes_over_bandwidth():
     net = {"inter_node_bandwidth": 1e6, "inter_node_latency": 0.01, "intra_node_latency": 0.0}

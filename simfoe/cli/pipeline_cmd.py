@@ -8,8 +8,7 @@ from __future__ import annotations
 from simfoe.cli.common import add_json_flag, add_limit_flag, table
 from simfoe.limits import PIPELINE_REQUESTS
 from simfoe.outputs import fmt_time
-
-ROUTINGS = ("round-robin", "hash-all", "aggregation-aware", "least-loaded", "prompt-aware")
+from simfoe.pipelines.routing import POLICIES as ROUTINGS
 
 
 def register(subparsers) -> None:

@@ -120,8 +120,8 @@ class StageRT:
         r_svc, r_out, r_parts = (np.random.default_rng(s) for s in ss.spawn(3))
         self.svc = BufferedSampler(spec.service_s, r_svc)
         self.outs = BufferedSampler(spec.outputs, r_out, counts=True) if spec.level else None
-        self.parts = BufferedSampler(spec.parts, r_parts, counts=True) if spec.parts else None
-        self.instances = [Instance(i, k, spec.nodes[k] if spec.nodes else 0, spec.concurrency)
+        self.parts = BufferedSampler(spec.parts.count, r_parts, counts=True) if spec.parts else None
+        self.instances = [Instance(i, k, spec.nodes[k], spec.concurrency)
                           for k in range(spec.instances)]
         self.rr = 0
         self.stateful = spec.stateful
@@ -437,7 +437,7 @@ class Simulation:
             arrivals = t[t < duration]
         else:
             PIPELINE_REQUESTS.check("arrivals", len(arrivals), len(arrivals), max_requests, "arrival times given")
-        w = np.asarray(self.spec.prompt_weights, dtype=float)
+        w = np.asarray(self.spec.prompts.weights, dtype=float)
         ptypes = self.rng_pt.choice(len(w), size=len(arrivals), p=w / w.sum())
         self.env.process(self._arrivals(np.asarray(arrivals, dtype=float), ptypes))
         # Allocation-heavy loop whose garbage is freed by reference counting (no cycles per event):

@@ -49,11 +49,11 @@ def build_graph(spec: PipelineSpec) -> StageGraph:
     g.add_nodes_from(range(len(names)))
     for i, s in enumerate(spec.stages):
         for e in s.to:
-            if e.to not in idx:
-                raise SpecError(f"stages.{s.name}.to", e.to, f"a stage name ({', '.join(names)})")
-            if g.has_edge(i, idx[e.to]):
-                raise SpecError(f"stages.{s.name}.to", e.to, "each downstream stage once")
-            g.add_edge(i, idx[e.to])
+            if e.stage not in idx:
+                raise SpecError(f"stages.{s.name}.to", e.stage, f"a stage name ({', '.join(names)})")
+            if g.has_edge(i, idx[e.stage]):
+                raise SpecError(f"stages.{s.name}.to", e.stage, "each downstream stage once")
+            g.add_edge(i, idx[e.stage])
     if not nx.is_directed_acyclic_graph(g):
         cyc = nx.find_cycle(g)
         path = " -> ".join(names[a] for a, _ in cyc) + f" -> {names[cyc[0][0]]}"
@@ -101,19 +101,19 @@ def build_graph(spec: PipelineSpec) -> StageGraph:
         out = base + own
         out_levels[i] = out
         for e in s.to:
-            j = names.index(e.to)
+            j = names.index(e.stage)
             if e.unit is None:
                 depth = len(out)
             elif e.unit in own:
                 depth = len(base) + own.index(e.unit) + 1
             else:
-                raise SpecError(f"stages.{s.name}.to.{e.to}.unit", e.unit,
+                raise SpecError(f"stages.{s.name}.to.{e.stage}.unit", e.unit,
                                 f"one of this stage's own levels ({', '.join(own) or 'none: it has no fan-out'})")
             lv_e = out[:depth]
             if in_levels[j] is None:
                 in_levels[j] = lv_e
             elif in_levels[j] != lv_e:
-                raise SpecError(f"stages.{e.to}", "/".join(lv_e),
+                raise SpecError(f"stages.{e.stage}", "/".join(lv_e),
                                 f"the same item levels on every input edge (another edge brings {'/'.join(in_levels[j])})")
             edges[i].append(EdgeInfo(i, j, depth, port_count[j]))
             port_count[j] += 1

@@ -18,6 +18,13 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from simfoe.errors import SpecError
+from simfoe.registry import registrar
+
+#: routing policies by name (the house registry: :func:`simfoe.registry.registrar`)
+POLICIES: dict[str, type] = {}
+register_policy = registrar(POLICIES)
+
 _MASK = (1 << 64) - 1
 
 
@@ -66,8 +73,8 @@ def _rr(st):
     return st.instances[i % len(st.instances)]
 
 
+@register_policy("round-robin")
 class RoundRobin(Policy):
-    name = "round-robin"
 
     def pick(self, st, req):
         return _rr(st)
@@ -76,8 +83,8 @@ class RoundRobin(Policy):
         return _rr(st)
 
 
+@register_policy("hash-all")
 class HashAll(Policy):
-    name = "hash-all"
 
     def pick(self, st, req):
         return st.instances[req.h % len(st.instances)]
@@ -86,8 +93,8 @@ class HashAll(Policy):
         return st.instances[agg.req.h % len(st.instances)]
 
 
+@register_policy("aggregation-aware")
 class AggregationAware(Policy):
-    name = "aggregation-aware"
 
     def pick(self, st, req):
         return _rr(st)
@@ -96,8 +103,8 @@ class AggregationAware(Policy):
         return st.instances[mix(hash(agg.key)) % len(st.instances)]
 
 
+@register_policy("least-loaded")
 class LeastLoaded(Policy):
-    name = "least-loaded"
 
     def pick(self, st, req):
         st.rr += 1
@@ -108,8 +115,8 @@ class LeastLoaded(Policy):
         return least_loaded(st.instances, st.rr)
 
 
+@register_policy("prompt-aware")
 class PromptAware(Policy):
-    name = "prompt-aware"
 
     def pick(self, st, req):
         if st.spec.kind == "lm":
@@ -123,14 +130,8 @@ class PromptAware(Policy):
         return st.instances[mix(hash(agg.key)) % len(st.instances)]
 
 
-POLICIES: dict[str, type[Policy]] = {
-    p.name: p for p in (RoundRobin, HashAll, AggregationAware, LeastLoaded, PromptAware)
-}
-
-
-def make_policy(name: str, spill_queue: int = 4) -> Policy:
-    from simfoe.errors import SpecError
-
+def make_policy(name: str, spill_queue: int = 4, field: str = "routing") -> Policy:
+    """Policy ``name``; an unknown name is a SpecError naming ``field``."""
     if name not in POLICIES:
-        raise SpecError("routing", name, f"one of {', '.join(POLICIES)}")
+        raise SpecError(field, name, f"one of {', '.join(POLICIES)}")
     return POLICIES[name](spill_queue)

@@ -1,4 +1,4 @@
-"""Pipeline spec: YAML -> typed, validated dataclasses (no graph logic here; see graph.py).
+"""Pipeline spec: YAML -> validated pydantic specs (no graph logic here; see graph.py).
 
 Stage keys (all but ``name`` optional; defaults in brackets):
 
@@ -33,17 +33,29 @@ bounds the placement), ``network``
 ``inter_node_latency`` in s; explicit keys override the hardware profile's), ``prompts`` (``{weights: [...]}``,
 prompt-type mix of requests),
 ``spill_queue`` [4] (prompt-aware: queue length above which a request leaves its home instance).
+
+Specs are pydantic models on :class:`simfoe.specs.base.Spec` (frozen here; unknown keys refused) and
+errors name the field by stage name (``stages.bm25.instances``). ``--set PATH=VALUE`` overrides go
+through :func:`simfoe.specs.io.set_path`, the same machinery as hardware/model/placement ``--set``,
+with paths starting at the pipeline's own keys: ``stages.NAME.KEY[.SUB]``, ``routing``, ``network.KEY``.
+Derived per stage (in one place, here): ``level`` [stage name when ``outputs``/``parts`` given],
+``parts.level`` [``NAME_part``], ``kind``, and :attr:`StageSpec.nodes` (one node per instance).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import copy
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationInfo, field_validator,
+                      model_validator)
 
 from simfoe.errors import SpecError
-from simfoe.specs.distributions import DistSpec, as_number, parse_dist
+from simfoe.pipelines.routing import POLICIES
+from simfoe.specs.base import Spec, validate_spec
+from simfoe.specs.distributions import DistSpec, parse_dist
+from simfoe.specs.io import set_path, split_assignment
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
@@ -56,61 +68,169 @@ INTER_NODE_LATENCY = 5e-6  # ~2 us RDMA round trip through one switch (weak) + ~
 # counting that cost twice).
 INTRA_NODE_LATENCY = 0.0
 
-STAGE_KEYS = {
-    "name", "instances", "concurrency", "service_s", "outputs", "level", "parts", "to", "stateful",
-    "key", "kind", "prefix_cache", "item_bytes", "placement", "note", "service_per",
-}
-PIPELINE_KEYS = {"name", "stages", "routing", "network", "prompts", "spill_queue", "note", "notes", "hardware", "nodes"}
+
+def _dist(value: Any, info: ValidationInfo) -> DistSpec:
+    """A YAML distribution (mapping or bare number) -> DistSpec; errors name the field's sub-keys."""
+    return value if isinstance(value, DistSpec) else parse_dist(value, info.field_name)
 
 
-@dataclass(frozen=True)
-class EdgeSpec:
-    to: str
+#: a distribution field: ``{dist: NAME, mean: M, std: S}`` or a bare number (constant); dumped as written
+Dist = Annotated[DistSpec, BeforeValidator(_dist), PlainSerializer(DistSpec.to_dict)]
+
+
+class PipelineModel(Spec):
+    """Pipeline spec models are frozen: a run never changes its spec."""
+
+    model_config = ConfigDict(frozen=True)
+
+
+def _given(d: dict) -> dict:
+    """A copy of a raw mapping without its null keys (YAML ``key:`` with no value means the default)."""
+    return {k: v for k, v in d.items() if v is not None}
+
+
+class EdgeSpec(PipelineModel):
+    """A downstream stage; ``unit``: the level of this stage's output forwarded on the edge (None: finest)."""
+
+    stage: str
     unit: str | None = None
 
 
-@dataclass(frozen=True)
-class PrefixCacheSpec:
-    reduction: float  # fraction of service time saved on a prefix-cache hit, 0..1
-    capacity: int  # prompt types an instance keeps cached (LRU)
+class PrefixCacheSpec(PipelineModel):
+    reduction: float = Field(0.0, ge=0.0, le=0.95)  # fraction of service time saved on a hit, 0..0.95
+    capacity: int = Field(1, ge=1)  # prompt types an instance keeps cached (LRU)
 
 
-@dataclass(frozen=True)
-class StageSpec:
-    name: str
-    service_s: DistSpec
-    instances: int = 1
-    concurrency: int = 1
-    outputs: DistSpec = field(default_factory=lambda: DistSpec.constant(1))
-    level: str | None = None  # key level this stage's fan-out creates (None: no fan-out level)
-    parts: DistSpec | None = None
-    parts_level: str | None = None
+class PartsSpec(PipelineModel):
+    count: Dist  # parts per output (rounded, >= 1)
+    level: str = Field(min_length=1)  # key level of a part [STAGE_part]
+
+
+class StagePlacementSpec(PipelineModel):
+    node: int = Field(0, ge=0)  # node of every instance
+    nodes: tuple[Annotated[int, Field(ge=0)], ...] | None = None  # one node per instance (wins over node)
+
+
+class StageSpec(PipelineModel):
+    name: str = Field(min_length=1)
+    service_s: Dist  # seconds per emitted unit
+    instances: int = Field(1, ge=1)
+    concurrency: int = Field(1, ge=1)
+    outputs: Dist = DistSpec.constant(1)
+    level: str | None = Field(None, min_length=1)  # key level this stage's fan-out creates (None: no fan-out level)
+    parts: PartsSpec | None = None
     to: tuple[EdgeSpec, ...] = ()
     stateful: bool = False
     key: str | None = None
-    service_per: str = "item"  # stateful: "item" (each arriving item) or "aggregate" (its outputs, on completion)
-    kind: str = "compute"
+    service_per: Literal["item", "aggregate"] = "item"
+    kind: Literal["lm", "compute"] = "compute"
     prefix_cache: PrefixCacheSpec | None = None
-    item_bytes: float = 0.0
-    nodes: tuple[int, ...] = ()  # node of each instance
+    item_bytes: float = Field(0.0, ge=0.0)  # bytes per emitted item
+    placement: StagePlacementSpec = StagePlacementSpec()
+    note: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive(cls, d: Any) -> Any:
+        """Defaults that depend on other keys: level, parts.level, kind; ``to`` names as edges."""
+        if not isinstance(d, dict):
+            return d  # pydantic refuses it: a stage is a mapping
+        derive_level = "level" not in d  # a dumped spec's level: null stays null
+        d = _given(d)
+        name = d.get("name")
+        fans = "outputs" in d or "parts" in d
+        if isinstance(name, str) and fans and derive_level:
+            d["level"] = name
+        if isinstance(d.get("parts"), dict) and "level" not in d["parts"]:
+            d["parts"] = {**d["parts"], "level": f"{name}_part"}
+        d.setdefault("kind", "lm" if fans and not d.get("stateful") else "compute")
+        to = d.get("to", [])
+        to = [to] if isinstance(to, str) else to
+        if isinstance(to, list):
+            d["to"] = [{"stage": e} if isinstance(e, str) else e for e in to]
+        return d
+
+    @model_validator(mode="after")
+    def _check(self) -> "StageSpec":
+        if self.key is not None and not self.stateful:
+            raise SpecError("key", self.key, "only on a stateful stage (set stateful: true)")
+        if self.level is None and (self.parts is not None or self.outputs != DistSpec.constant(1)):
+            raise SpecError("level", None, "a level name where outputs or parts are given (leave it out: the stage name)")
+        if self.service_per == "aggregate" and not self.stateful:
+            raise SpecError("service_per", self.service_per, "item or aggregate (aggregate only on a stateful stage)")
+        nodes = self.placement.nodes
+        if nodes is not None and len(nodes) != self.instances:
+            raise SpecError("placement.nodes", list(nodes), f"a list of {self.instances} node indices")
+        return self
+
+    @property
+    def nodes(self) -> tuple[int, ...]:
+        """Node index of each instance."""
+        p = self.placement
+        return p.nodes if p.nodes is not None else (p.node,) * self.instances
+
+    @property
+    def parts_level(self) -> str | None:
+        return self.parts.level if self.parts is not None else None
 
 
-@dataclass(frozen=True)
-class NetworkSpec:
-    intra_node_bandwidth: float = NVLINK3_BW
-    inter_node_bandwidth: float = HDR_NIC_BW
-    intra_node_latency: float = INTRA_NODE_LATENCY
-    inter_node_latency: float = INTER_NODE_LATENCY
+class NetworkSpec(PipelineModel):
+    """Hand-over costs between instances: bandwidth in bytes/s, one-way latency in s."""
+
+    intra_node_bandwidth: float = Field(NVLINK3_BW, gt=0.0)
+    inter_node_bandwidth: float = Field(HDR_NIC_BW, gt=0.0)
+    intra_node_latency: float = Field(INTRA_NODE_LATENCY, ge=0.0)
+    inter_node_latency: float = Field(INTER_NODE_LATENCY, ge=0.0)
 
 
-@dataclass(frozen=True)
-class PipelineSpec:
-    name: str
-    stages: tuple[StageSpec, ...]
+class PromptsSpec(PipelineModel):
+    weights: tuple[float, ...] = (1.0,)  # prompt-type mix of requests (normalized)
+
+    @field_validator("weights")
+    @classmethod
+    def _mix(cls, w: tuple[float, ...]) -> tuple[float, ...]:
+        if not w or any(x < 0 for x in w) or sum(w) <= 0:
+            raise SpecError("weights", list(w), "a non-empty list of weights >= 0 with a positive sum")
+        return w
+
+
+class PipelineSpec(PipelineModel):
+    name: str = "pipeline"
+    stages: tuple[StageSpec, ...] = Field(min_length=1)
     routing: str = "aggregation-aware"
     network: NetworkSpec = NetworkSpec()
-    prompt_weights: tuple[float, ...] = (1.0,)
-    spill_queue: int = 4
+    prompts: PromptsSpec = PromptsSpec()
+    spill_queue: int = Field(4, ge=0)  # prompt-aware: queue length above which a request leaves its home
+    hardware: str | None = None  # profile whose NVLink/NIC rates and latencies are the network defaults
+    nodes: int | None = Field(None, ge=1)  # bound on placement node indices
+    note: str | None = None
+    notes: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _network_defaults(cls, d: Any) -> Any:
+        """``hardware`` fills the network keys the spec does not give."""
+        if not isinstance(d, dict):
+            raise SpecError("spec", type(d).__name__, "a mapping with name and stages")
+        d = _given(d)
+        if "hardware" in d and isinstance(d.get("network", {}), dict):
+            d["network"] = {**_network_from_hardware(d["hardware"]), **d.get("network", {})}
+        return d
+
+    @field_validator("routing")
+    @classmethod
+    def _routing(cls, v: str) -> str:
+        if v not in POLICIES:
+            raise SpecError("routing", v, f"one of {', '.join(POLICIES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _placed(self) -> "PipelineSpec":
+        for st in self.stages if self.nodes is not None else ():
+            bad = [n for n in st.nodes if n >= self.nodes]
+            if bad:
+                raise SpecError(f"stages.{st.name}.placement", bad[0], f"a node index below nodes={self.nodes}")
+        return self
 
     def stage(self, name: str) -> StageSpec:
         for s in self.stages:
@@ -119,153 +239,14 @@ class PipelineSpec:
         raise SpecError("stage", name, f"one of {', '.join(s.name for s in self.stages)}")
 
     def with_routing(self, routing: str) -> "PipelineSpec":
-        return replace(self, routing=routing)
-
-
-def _int(field_: str, v: Any, minimum: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v:
-        raise SpecError(field_, v, "an integer")
-    if v < minimum:
-        raise SpecError(field_, v, f"an integer >= {minimum}")
-    return int(v)
-
-
-def _float(field_: str, v: Any, minimum: float = 0.0, maximum: float | None = None, strict: bool = False) -> float:
-    v = as_number(field_, v)
-    if v < minimum or (strict and v == minimum) or (maximum is not None and v > maximum):
-        rng = f"{'>' if strict else '>='} {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
-        raise SpecError(field_, v, f"a number {rng}")
-    return float(v)
-
-
-def _parse_stage(d: Any, i: int) -> StageSpec:
-    f = f"stages[{i}]"
-    if not isinstance(d, dict):
-        raise SpecError(f, d, "a mapping with at least name and service_s")
-    unknown = set(d) - STAGE_KEYS
-    if unknown:
-        k = sorted(unknown)[0]
-        raise SpecError(f"{f}.{k}", d[k], f"stage keys: {', '.join(sorted(STAGE_KEYS))}")
-    name = d.get("name")
-    if not isinstance(name, str) or not name:
-        raise SpecError(f"{f}.name", name, "a non-empty string")
-    f = f"stages.{name}"
-    if "service_s" not in d:
-        raise SpecError(f"{f}.service_s", None, "a distribution of seconds per unit (required)")
-    service = parse_dist(d["service_s"], f"{f}.service_s")
-    instances = _int(f"{f}.instances", d.get("instances", 1), 1)
-    concurrency = _int(f"{f}.concurrency", d.get("concurrency", 1), 1)
-    outputs = parse_dist(d.get("outputs", 1), f"{f}.outputs")
-    level = d.get("level")
-    if level is not None and (not isinstance(level, str) or not level):
-        raise SpecError(f"{f}.level", level, "a non-empty string")
-    if level is None and "outputs" in d:
-        level = name
-    parts = parts_level = None
-    if "parts" in d:
-        p = d["parts"]
-        if not isinstance(p, dict) or "count" not in p:
-            raise SpecError(f"{f}.parts", p, "a mapping {count: DIST, level: NAME}")
-        parts = parse_dist(p["count"], f"{f}.parts.count")
-        parts_level = p.get("level", f"{name}_part")
-        if not isinstance(parts_level, str) or not parts_level:
-            raise SpecError(f"{f}.parts.level", parts_level, "a non-empty string")
-        if level is None:
-            level = name
-    to_raw = d.get("to", []) or []
-    if isinstance(to_raw, str):
-        to_raw = [to_raw]
-    if not isinstance(to_raw, list):
-        raise SpecError(f"{f}.to", to_raw, "a list of stage names or {stage, unit} mappings")
-    edges = []
-    for e in to_raw:
-        if isinstance(e, str):
-            edges.append(EdgeSpec(e))
-        elif isinstance(e, dict) and isinstance(e.get("stage"), str) and set(e) <= {"stage", "unit"}:
-            edges.append(EdgeSpec(e["stage"], e.get("unit")))
-        else:
-            raise SpecError(f"{f}.to", e, "a stage name or {stage: NAME, unit: LEVEL}")
-    stateful = d.get("stateful", False)
-    if not isinstance(stateful, bool):
-        raise SpecError(f"{f}.stateful", stateful, "true or false")
-    key = d.get("key")
-    if key is not None and not stateful:
-        raise SpecError(f"{f}.key", key, "only on a stateful stage (set stateful: true)")
-    service_per = d.get("service_per", "item")
-    if service_per not in ("item", "aggregate") or (service_per == "aggregate" and not stateful):
-        raise SpecError(f"{f}.service_per", service_per, "item or aggregate (aggregate only on a stateful stage)")
-    kind = d.get("kind", "lm" if ("outputs" in d or "parts" in d) and not stateful else "compute")
-    if kind not in ("lm", "compute"):
-        raise SpecError(f"{f}.kind", kind, "lm or compute")
-    pc = None
-    if d.get("prefix_cache") is not None:
-        p = d["prefix_cache"]
-        if not isinstance(p, dict):
-            raise SpecError(f"{f}.prefix_cache", p, "a mapping {reduction: 0..1, capacity: K}")
-        pc = PrefixCacheSpec(
-            _float(f"{f}.prefix_cache.reduction", p.get("reduction", 0.0), 0.0, 0.95),
-            _int(f"{f}.prefix_cache.capacity", p.get("capacity", 1), 1),
-        )
-    item_bytes = _float(f"{f}.item_bytes", d.get("item_bytes", 0.0))
-    pl = d.get("placement") or {}
-    if not isinstance(pl, dict) or not set(pl) <= {"node", "nodes"}:
-        raise SpecError(f"{f}.placement", pl, "{node: N} or {nodes: [N, ...]} (one per instance)")
-    if "nodes" in pl:
-        if not isinstance(pl["nodes"], list) or len(pl["nodes"]) != instances:
-            raise SpecError(f"{f}.placement.nodes", pl["nodes"], f"a list of {instances} node indices")
-        nodes = tuple(_int(f"{f}.placement.nodes", n, 0) for n in pl["nodes"])
-    else:
-        nodes = (_int(f"{f}.placement.node", pl.get("node", 0), 0),) * instances
-    return StageSpec(
-        name=name, service_s=service, instances=instances, concurrency=concurrency, outputs=outputs,
-        level=level, parts=parts, parts_level=parts_level, to=tuple(edges), stateful=stateful, key=key,
-        service_per=service_per,
-        kind=kind, prefix_cache=pc, item_bytes=item_bytes, nodes=nodes,
-    )
+        return self.model_copy(update={"routing": routing})
 
 
 def parse_pipeline(d: Any) -> PipelineSpec:
     """Dict (from YAML) -> PipelineSpec, then graph validation (cycles, unknown stages, keys)."""
     from simfoe.pipelines.graph import build_graph
-    from simfoe.pipelines.routing import POLICIES
 
-    if not isinstance(d, dict):
-        raise SpecError("spec", type(d).__name__, "a mapping with name and stages")
-    unknown = set(d) - PIPELINE_KEYS
-    if unknown:
-        k = sorted(unknown)[0]
-        raise SpecError(k, d[k], f"pipeline keys: {', '.join(sorted(PIPELINE_KEYS))}")
-    stages_raw = d.get("stages")
-    if not isinstance(stages_raw, list) or not stages_raw:
-        raise SpecError("stages", stages_raw, "a non-empty list of stages")
-    stages = tuple(_parse_stage(s, i) for i, s in enumerate(stages_raw))
-    routing = d.get("routing", "aggregation-aware")
-    if routing not in POLICIES:
-        raise SpecError("routing", routing, f"one of {', '.join(POLICIES)}")
-    net = d.get("network") or {}
-    if not isinstance(net, dict) or not set(net) <= set(NetworkSpec.__dataclass_fields__):
-        raise SpecError("network", net, f"keys {', '.join(NetworkSpec.__dataclass_fields__)}")
-    base = _network_from_hardware(d["hardware"]) if d.get("hardware") is not None else {}
-    network = NetworkSpec(**{**base, **{
-        k: _float(f"network.{k}", v, 0.0, strict=k.endswith("bandwidth")) for k, v in net.items()
-    }})
-    if d.get("nodes") is not None:
-        n_nodes = _int("nodes", d["nodes"], 1)
-        for st in stages:
-            bad = [n for n in st.nodes if n >= n_nodes]
-            if bad:
-                raise SpecError(f"stages.{st.name}.placement", bad[0], f"a node index below nodes={n_nodes}")
-    prompts = d.get("prompts") or {}
-    weights = prompts.get("weights", [1.0]) if isinstance(prompts, dict) else None
-    if not isinstance(weights, list) or not weights or any(
-        isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 for w in weights
-    ) or sum(weights) <= 0:
-        raise SpecError("prompts.weights", weights, "a non-empty list of weights >= 0 with a positive sum")
-    spill = _int("spill_queue", d.get("spill_queue", 4), 0)
-    spec = PipelineSpec(
-        name=str(d.get("name", "pipeline")), stages=stages, routing=routing, network=network,
-        prompt_weights=tuple(float(w) for w in weights), spill_queue=spill,
-    )
+    spec = validate_spec(PipelineSpec, d, "")
     build_graph(spec)  # validates
     return spec
 
@@ -290,28 +271,6 @@ def _network_from_hardware(name: Any) -> dict:
     }
 
 
-def _set_path(d: dict, path: str, value: Any) -> None:
-    """Apply one ``--set`` override: ``stages.NAME.key[.sub]=value`` or a top-level dotted path."""
-    parts = path.split(".")
-    cur: Any = d
-    i = 0
-    while i < len(parts) - 1:
-        p = parts[i]
-        if isinstance(cur, list):
-            match = [s for s in cur if isinstance(s, dict) and s.get("name") == p]
-            if not match:
-                raise SpecError(path, value, f"a path through existing stage names ({', '.join(s.get('name', '?') for s in cur)})")
-            cur = match[0]
-        else:
-            if p not in cur or not isinstance(cur[p], (dict, list)):
-                cur[p] = {}
-            cur = cur[p]
-        i += 1
-    if not isinstance(cur, dict):
-        raise SpecError(path, value, "a dotted path ending in a mapping key")
-    cur[parts[-1]] = value
-
-
 def load_pipeline(spec: str | Path | dict, overrides: list[str] | None = None) -> PipelineSpec:
     """A preset name (``factool``), a YAML path, or a dict -> validated PipelineSpec.
 
@@ -320,6 +279,8 @@ def load_pipeline(spec: str | Path | dict, overrides: list[str] | None = None) -
     """
     if isinstance(spec, dict):
         d = spec
+    elif not isinstance(spec, (str, Path)):
+        raise SpecError("spec", type(spec).__name__, "a preset name, a YAML path or a mapping")
     else:
         p = Path(spec)
         preset = PRESET_DIR / f"{spec}.yaml"
@@ -337,14 +298,10 @@ def load_pipeline(spec: str | Path | dict, overrides: list[str] | None = None) -
         if not isinstance(d, dict):
             what = "empty" if d is None else f"a YAML {type(d).__name__}"
             raise SpecError("spec", str(spec), f"a YAML mapping with name and stages (the file is {what})")
-    import copy
-
     d = copy.deepcopy(d)
     for o in overrides or []:
-        if "=" not in o:
-            raise SpecError("--set", o, "PATH=VALUE, e.g. stages.bm25.service_s.mean=0.003")
-        k, v = o.split("=", 1)
-        _set_path(d, k.strip(), yaml.safe_load(v))
+        path, value = split_assignment(o, "stages.bm25.service_s.mean=0.003")
+        set_path(d, path, value, "", PipelineSpec)
     return parse_pipeline(d)
 
 

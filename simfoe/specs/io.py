@@ -95,30 +95,42 @@ def parse_value(text: str) -> Any:
     return t
 
 
+def split_assignment(item: str, example: str = "hardware.network.nic_bandwidth=100e9") -> tuple[str, Any]:
+    """'a.b=v' -> ('a.b', parsed v); ``example`` is shown when the ``=`` is missing."""
+    if "=" not in item:
+        raise SpecError("--set", item, f"form PATH=VALUE, e.g. {example}")
+    path, value = item.split("=", 1)
+    return path.strip(), parse_value(value)
+
+
 def split_override(item: str) -> tuple[str, str, Any]:
     """'root.a.b=v' -> (root, 'a.b', parsed v)."""
-    if "=" not in item:
-        raise SpecError("--set", item, "form PATH=VALUE, e.g. hardware.network.nic_bandwidth=100e9")
-    path, value = item.split("=", 1)
-    path = path.strip()
+    path, value = split_assignment(item)
     root, _, rest = path.partition(".")
     if root not in ROOTS or not rest:
         raise SpecError("--set", path, "a dotted path starting with " + ", ".join(ROOTS))
-    return root, rest, parse_value(value)
+    return root, rest, value
 
 
 def set_path(data: dict, path: str, value: Any, root: str, cls: type[Spec]) -> None:
-    """Set ``data[a][b]... = value`` where each step must be a field of the spec (or a dict key)."""
+    """Set ``data[a][b]... = value`` where each step must be a field of the spec (or a dict key).
+
+    A field holding a list of named mappings (a pipeline's ``stages``) is stepped into by name:
+    ``stages.bm25.instances``. ``root`` prefixes the field named in errors (may be empty).
+    """
     keys = path.split(".")
     node: Any = data
     model_cls: Any = cls
     for i, k in enumerate(keys):
-        here = f"{root}." + ".".join(keys[: i + 1])
+        here = ".".join(x for x in (root, *keys[: i + 1]) if x)
+        last = i == len(keys) - 1
+        if isinstance(node, list):
+            node = _named_item(node, k, ".".join(x for x in (root, *keys[:i]) if x), value, last)
+            continue
         fields = getattr(model_cls, "model_fields", None)
         if fields is not None and k not in fields:
-            raise SpecError(f"{root}." + ".".join(keys[:i]) if i else root, k,
+            raise SpecError(".".join(x for x in (root, *keys[:i]) if x) or "--set", k,
                             "unknown field; allowed: " + ", ".join(fields))
-        last = i == len(keys) - 1
         if last:
             node[k] = value
             return
@@ -135,9 +147,21 @@ def set_path(data: dict, path: str, value: Any, root: str, cls: type[Spec]) -> N
                                 problem="is inside a field that is not a mapping")
             nxt = {}
             node[k] = nxt
-        if not isinstance(nxt, dict):
+        if not isinstance(nxt, (dict, list)) or (isinstance(nxt, list) and model_cls is None):
             raise SpecError(here, nxt, f"set {here}=VALUE itself", problem=f"holds {plain(nxt)!r}, not a mapping of fields")
         node = nxt
+
+
+def _named_item(items: list, name: str, parent: str, value: Any, last: bool) -> dict:
+    """The mapping of ``items`` (the list at ``parent``) whose ``name`` is ``name`` (a --set step
+    into a list of named specs)."""
+    names = [x.get("name") for x in items if isinstance(x, dict)]
+    if name not in names:
+        raise SpecError(parent, name, "a name in the list: " + ", ".join(map(str, names)))
+    if last:
+        raise SpecError(f"{parent}.{name}", value, f"{parent}.{name}.FIELD=VALUE",
+                        problem="names a whole list item")
+    return items[names.index(name)]
 
 
 def _with_overrides(cls: type[Spec], raw: dict, root: str, overrides: list[str] | None) -> Any:
