@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from simfoe.outputs import fmt_bytes, fmt_time, json_text
+from simfoe.planner.search import RANK_METRICS
 
 _ERR = re.compile(r"(MAPE|error|err\b|within|deviat)", re.I)
 _PCT = re.compile(r"\d+(\.\d+)?\s*%")
@@ -134,15 +135,12 @@ def explain(result: dict) -> str:
 
 
 def _rank_metric(result: dict) -> tuple[str, str]:
-    """(layout key, unit) of what the layouts are ranked by: goodput per GPU or requests per dollar
-    (closed loop: output tokens/s per GPU or output tokens per dollar)."""
-    if is_closed_loop(result):
-        if result.get("rank_by") == "output tokens per dollar":
-            return "output_tokens_per_dollar", "output tokens per $"
-        return "output_tokens_per_s_per_gpu", "output tokens/s per GPU"
-    if result.get("rank_by") == "goodput per dollar":
-        return "requests_per_dollar", "requests per $"
-    return "goodput_rps_per_gpu", "req/s per GPU"
+    """(layout key, unit) of what the layouts are ranked by (the result's ``rank_key`` and ``rank_unit``;
+    results stored before those keys existed: looked up from their ``rank_by`` words)."""
+    if "rank_key" in result:
+        return result["rank_key"], result["rank_unit"]
+    words = {v[0]: v[1:] for v in RANK_METRICS.values()}
+    return words.get(result.get("rank_by"), RANK_METRICS[(is_closed_loop(result), False)][1:])
 
 
 def _verdict(result: dict) -> str:
