@@ -39,6 +39,9 @@ def test_closed_loop_recommend_picks_the_layout_with_most_tokens_per_gpu_and_sta
     page = render_html(r)
     assert "closed loop: 8 clients" in page and "output tokens/s per GPU" in page
     assert "at each layout's concurrency" in page and "maximum rate" not in page
+    # the layouts table names achieved rates, not the open-loop search's maximum rate and bound
+    assert "achieved req/s per replica" in page and "bound/replica" not in page and "rate/replica" not in page
+    assert r["rank_key"] == "output_tokens_per_s_per_gpu" and r["rank_unit"] == "output tokens/s per GPU"
 
 
 def test_closed_loop_clients_are_split_over_replicas_and_all_of_them_are_simulated():

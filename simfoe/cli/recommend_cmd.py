@@ -160,7 +160,7 @@ def render(r: dict) -> str:
         lines.append("no layout meets the SLOs")
     if closed:
         lines += _closed_table(r)
-    per_dollar = r["rank_by"] == "goodput per dollar"
+    per_dollar = r["rank_key"] == "requests_per_dollar"
     rows = [] if closed else [[x["label"], x["status"], f"{x['max_rate_rps_per_replica']:.3g}", f"{x['goodput_rps_per_gpu']:.3g}"]
             + ([f"{x['requests_per_dollar']:.0f}"] if per_dollar else [])
             + [fmt_time((x.get("at_max_rate") or {}).get("ttft_p90_s")), fmt_time((x.get("at_max_rate") or {}).get("tbt_p99_s"))]
@@ -188,7 +188,7 @@ def _headline(x: dict, closed: bool) -> str:
 
 def _closed_table(r: dict) -> list[str]:
     """The feasible layouts of a closed-loop search: output tokens/s per GPU (per $) and the SLO metrics."""
-    per_dollar = r["rank_by"] == "output tokens per dollar"
+    per_dollar = r["rank_key"] == "output_tokens_per_dollar"
     rows = [[x["label"], x["status"], f"{x['output_tokens_per_s_per_gpu']:.4g}"]
             + ([f"{x['output_tokens_per_dollar']:.0f}"] if per_dollar else [])
             + [fmt_time((x.get("at_max_rate") or {}).get("ttft_p90_s")), fmt_time((x.get("at_max_rate") or {}).get("tbt_p99_s"))]

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from simfoe.outputs import fmt_bytes, fmt_time, json_text
+from simfoe.planner.search import RANK_METRICS
 
 _ERR = re.compile(r"(MAPE|error|err\b|within|deviat)", re.I)
 _PCT = re.compile(r"\d+(\.\d+)?\s*%")
@@ -134,15 +135,12 @@ def explain(result: dict) -> str:
 
 
 def _rank_metric(result: dict) -> tuple[str, str]:
-    """(layout key, unit) of what the layouts are ranked by: goodput per GPU or requests per dollar
-    (closed loop: output tokens/s per GPU or output tokens per dollar)."""
-    if is_closed_loop(result):
-        if result.get("rank_by") == "output tokens per dollar":
-            return "output_tokens_per_dollar", "output tokens per $"
-        return "output_tokens_per_s_per_gpu", "output tokens/s per GPU"
-    if result.get("rank_by") == "goodput per dollar":
-        return "requests_per_dollar", "requests per $"
-    return "goodput_rps_per_gpu", "req/s per GPU"
+    """(layout key, unit) of what the layouts are ranked by (the result's ``rank_key`` and ``rank_unit``;
+    results stored before those keys existed: looked up from their ``rank_by`` words)."""
+    if "rank_key" in result:
+        return result["rank_key"], result["rank_unit"]
+    words = {v[0]: v[1:] for v in RANK_METRICS.values()}
+    return words.get(result.get("rank_by"), RANK_METRICS[(is_closed_loop(result), False)][1:])
 
 
 def _verdict(result: dict) -> str:
@@ -276,6 +274,32 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _layouts_table(r: dict) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the feasible layouts: open loop: the searched maximum rate, goodput and bound;
+    closed loop: output tokens/s per GPU (per $) and the request rate achieved at the concurrency."""
+    closed = is_closed_loop(r)
+    if closed:
+        head = ["layout", "replicas", "GPUs", "token budget per rank", "output tokens/s per GPU", "output tokens per $",
+                "achieved req/s per replica", "achieved req/s"]
+    else:
+        head = ["layout", "replicas", "GPUs", "token budget per rank", "rate/replica", "goodput", "per GPU",
+                "req per $", "bound/replica"]
+    rows = []
+    for x in r.get("layouts", []):
+        ge = "&ge; " if x["status"] == "partial" else ""
+        row = [_e(x["label"]), _e(x["replicas"]), _e(x["total_gpus"]), _e(x["token_budget"])]
+        if closed:
+            row += [_e(_n(x.get("output_tokens_per_s_per_gpu"))), _e(_n(x.get("output_tokens_per_dollar"), "{:.0f}")),
+                    _e(_n(x["max_rate_rps_per_replica"])), _e(_n(x["goodput_rps"]))]
+        else:
+            row += [ge + _e(_n(x["max_rate_rps_per_replica"])), ge + _e(_n(x["goodput_rps"])),
+                    ge + _e(_n(x["goodput_rps_per_gpu"])), _e(_n(x.get("requests_per_dollar"), "{:.0f}")),
+                    _e(_n(x["bound_rps_per_replica"]))]
+        at = x.get("at_max_rate") or {}
+        rows.append(row + [_e(fmt_time(at.get("ttft_p90_s"))), _e(fmt_time(at.get("tbt_p99_s")))])
+    return head + ["p90 TTFT", "p99 TBT"], rows
+
+
 def _layout_desc(x: dict) -> str:
     return (f"<b>{_e(x['label'])}</b>: {_e(x['replicas'])} replica(s) x {_e(x['gpus_per_replica'])} GPUs; "
             f"goodput {_n(x['goodput_rps'])} req/s ({_n(x['goodput_rps_per_gpu'])} per GPU"
@@ -359,19 +383,7 @@ def render_html(result: dict) -> str:
         parts.append(_table(["layout", "condition", "p90 TTFT", "p99 TBT", "verdict"], rows))
     if "goodput" in figs:
         parts.append(f"<h2>All feasible layouts</h2><img alt=\"goodput per GPU\" src=\"{figs['goodput']}\">")
-    rows, closed = [], is_closed_loop(r)
-    for x in r.get("layouts", []):
-        ge = "&ge; " if x["status"] == "partial" else ""
-        rows.append([_e(x["label"]), _e(x["replicas"]), _e(x["total_gpus"]), _e(x["token_budget"]),
-                     ge + _e(_n(x["max_rate_rps_per_replica"])), ge + _e(_n(x["goodput_rps"])),
-                     ge + _e(_n(x["goodput_rps_per_gpu"])), _e(_n(x.get("requests_per_dollar"), "{:.0f}")),
-                     _e(_n(x["bound_rps_per_replica"])),
-                     _e(fmt_time((x.get("at_max_rate") or {}).get("ttft_p90_s"))),
-                     _e(fmt_time((x.get("at_max_rate") or {}).get("tbt_p99_s")))]
-                    + ([_e(_n(x.get("output_tokens_per_s_per_gpu")))] if closed else []))
-    parts.append(_table(["layout", "replicas", "GPUs", "token budget per rank", "rate/replica", "goodput", "per GPU",
-                         "req per $", "bound/replica", "p90 TTFT", "p99 TBT"]
-                        + (["output tokens/s per GPU"] if closed else []), rows))
+    parts.append(_table(*_layouts_table(r)))
     parts.append("<p class=\"muted\">&ge;: the rate search stopped early once its bracket fell below the "
                  "runner-up; the value is a lower bound.</p>")
     if "probes" in figs:

@@ -133,6 +133,15 @@ class PlanConfig:
             raise SpecError("--routing", self.routing, e.allowed) from None
 
 
+#: (closed loop, per dollar) -> (``rank_by`` words, the layout key ranked by, its unit)
+RANK_METRICS = {
+    (False, False): ("goodput per GPU", "goodput_rps_per_gpu", "req/s per GPU"),
+    (False, True): ("goodput per dollar", "requests_per_dollar", "requests per $"),
+    (True, False): ("output tokens/s per GPU", "output_tokens_per_s_per_gpu", "output tokens/s per GPU"),
+    (True, True): ("output tokens per dollar", "output_tokens_per_dollar", "output tokens per $"),
+}
+
+
 def per_gpu_or_dollar(x: float | None, gpus: int, price: float | None, dollar: bool) -> float | None:
     """``x`` (a rate, per second) per GPU, or per dollar (x x 3600 / (GPUs x $ per GPU-hour)) when ``dollar``;
     None when ``x`` or the needed price is unknown."""
@@ -622,17 +631,13 @@ class Planner:
 
     def _summary(self, enum, evs: list[Evaluation], ranked: list[Evaluation], search_s: float) -> dict:
         """The result dict without the analysis (see docs/planner.md)."""
-        money = self.rank_by == "dollar"
-        if self.closed is not None:
-            rank_by = "output tokens per dollar" if money else "output tokens/s per GPU"
-        else:
-            rank_by = "goodput per dollar" if money else "goodput per GPU"
+        rank_by, rank_key, rank_unit = RANK_METRICS[(self.closed is not None, self.rank_by == "dollar")]
         result = {
             "model": self.model_name, "hardware": list(self.hw), "max_nodes": self.max_nodes,
             "trace": None if self.closed is not None else self.cfg.trace, "routing": self.cfg.routing,
             "overrides": list(self.cfg.overrides),
             "slo": {"ttft_p90_s": self.cfg.slo_ttft_p90, "tbt_p99_s": self.cfg.slo_tbt_p99},
-            "rank_by": rank_by, "workload": self._workload(),
+            "rank_by": rank_by, "rank_key": rank_key, "rank_unit": rank_unit, "workload": self._workload(),
             "recommended": ranked[0].to_dict() if ranked else None,
             "runner_up": ranked[1].to_dict() if len(ranked) > 1 else None,
             "layouts": [e.to_dict() for e in ranked],
