@@ -135,6 +135,8 @@ class RequestStore:
         self.preempted = np.zeros(n, np.int32)
         self.dropped = np.zeros(n, np.int8)
         self.gaps = GapHistogram()
+        #: called as ``on_emit(rows, now)`` after every :meth:`emit` (rows: int array); None: no call
+        self.on_emit = None
         self.token_offsets = None
         self.token_buf = None
         if token_times:
@@ -143,18 +145,13 @@ class RequestStore:
             self.token_buf = np.full(int(self.token_offsets[-1]), np.nan)
 
     # ---------------------------------------------------------------- token bookkeeping
-    def emit(self, idx: np.ndarray, now: float, count: np.ndarray | None = None) -> None:
-        """Record one new output token at time ``now`` for each request in ``idx`` (int array), or ``count``
-        tokens each (int array; multi-token prediction): tokens that arrive together make one gap."""
+    def emit(self, idx: np.ndarray, now: float) -> None:
+        """Record one new output token at time ``now`` for each request in ``idx`` (int array)."""
         if not len(idx):
             return
         if self.token_buf is not None:
-            if count is None:
-                self.token_buf[self.token_offsets[idx] + self.gen[idx]] = now
-            else:  # the k-th token of a request lands at its offset + gen + k
-                k = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
-                self.token_buf[np.repeat(self.token_offsets[idx] + self.gen[idx], count) + k] = now
-        self.gen[idx] += 1 if count is None else count
+            self.token_buf[self.token_offsets[idx] + self.gen[idx]] = now
+        self.gen[idx] += 1
         every = idx
         last = self.last[idx]
         newf = np.isnan(last)
@@ -169,6 +166,42 @@ class RequestStore:
             self.min_gap[idx] = np.minimum(self.min_gap[idx], gap)
             self.gaps.add(gap)
         self.last[every] = now
+        if self.on_emit is not None:
+            self.on_emit(every, now)
+
+    def append(self, arrival_s: float, prompt_tokens: int, output_tokens: int, request_id: int) -> int:
+        """Add one request row (arriving at ``arrival_s``, s) and return its index: requests issued while
+        the simulation runs. Columns grow by doubling, so they may hold spare rows past ``n`` until
+        :meth:`trim`; per-token times are not kept for appended rows."""
+        if self.token_buf is not None:
+            raise ValueError("rows cannot be appended when per-token times are kept")
+        i = self.n
+        if i == len(self.prompt):
+            self._grow(max(16, 2 * i))
+        self.arrival[i] = arrival_s
+        self.prompt[i] = self.pf_left[i] = prompt_tokens
+        self.target[i] = output_tokens
+        self.request_id[i] = request_id
+        self.n = i + 1
+        return i
+
+    def _columns(self) -> list[str]:
+        """Names of the per-request columns (numpy arrays of one entry per row)."""
+        k = len(self.prompt)
+        return [a for a, v in vars(self).items() if isinstance(v, np.ndarray) and v.ndim == 1 and len(v) == k]
+
+    def _grow(self, rows: int) -> None:
+        """Extend every column to ``rows`` rows, the new ones as a fresh store sets them."""
+        k = rows - len(self.prompt)
+        fresh = RequestStore(np.full(k, np.nan), np.zeros(k, np.int64), np.zeros(k, np.int64), np.zeros(k, np.int64))
+        for a in self._columns():
+            setattr(self, a, np.concatenate([getattr(self, a), getattr(fresh, a)]))
+
+    def trim(self) -> None:
+        """Drop the spare rows :meth:`append` left past ``n``."""
+        if len(self.prompt) != self.n:
+            for a in self._columns():
+                setattr(self, a, getattr(self, a)[:self.n])
 
     def token_times(self, i: int) -> np.ndarray:
         """Times (s) of request row ``i``'s output tokens; needs ``token_times=True``."""
