@@ -58,6 +58,10 @@ QUANT_DTYPES = {"": "bf16", "fp8": "fp8", "fp8_block": "fp8"}
 #: never has more in flight), so it never binds.
 TOKEN_BUDGET = 8192
 
+#: A row's ``backend`` -> the engine profile it is replayed with (simfoe/specs/engines/*.yaml: the engine's
+#: scheduling order, budgets and fitted overheads, which replace TOKEN_BUDGET); other backends: none.
+BACKEND_ENGINES = {"vllm": "vllm", "sglang": "sglang", "trtllm": "trtllm"}
+
 #: The InferenceX-style runs' ``--random-range-ratio`` (data README); other rows' tool is unrecorded
 #: and they are replayed with fixed lengths.
 INFERENCEX_RANGE_RATIO = 0.8
@@ -208,6 +212,7 @@ class Scenario:
     isl: int
     osl: int
     range_ratio: float
+    engine: str | None = None  # the engine profile (BACKEND_ENGINES); None: the engine's defaults
 
     @property
     def deployment(self) -> tuple:
@@ -298,7 +303,8 @@ def scenario(row: SiliconRow) -> Scenario | NotCovered:
         return layout
     return Scenario(hw, preset, layout + (f"model.dtype={dtype}",), max_batch=row.batch_size,
                     token_budget=TOKEN_BUDGET, concurrency=row.concurrency, isl=row.isl, osl=row.osl,
-                    range_ratio=INFERENCEX_RANGE_RATIO if row.inferencex else 0.0)
+                    range_ratio=INFERENCEX_RANGE_RATIO if row.inferencex else 0.0,
+                    engine=BACKEND_ENGINES.get(row.backend))
 
 
 # ---- replay and report -------------------------------------------------------------------------
@@ -328,34 +334,51 @@ class _Deployments:
         return self.built[sc.deployment]
 
 
-def predict_row(row: SiliconRow, deployments: _Deployments | None = None, seed: int = 0) -> Prediction:
-    """Replay one row (a not-covered reason when it maps to no scenario or the simulator refuses it)."""
+def serve_row(row: SiliconRow, deployments: _Deployments | None = None, seed: int = 0, engines: dict | None = None,
+              **kw):
+    """The :class:`simfoe.serving.api.ServingResult` of one row, or why it has none (:class:`NotCovered`).
+    ``engines``: profile name -> :class:`simfoe.serving.engine.EngineConfig` replacing that profile (default:
+    the profiles as committed); ``kw`` go to :func:`simfoe.serving.api.simulate_serving`."""
     from simfoe.serving.api import simulate_serving
+    from simfoe.serving.engine import profile_config
 
     sc = scenario(row)
     if isinstance(sc, NotCovered):
-        return Prediction(row, reason=sc.reason)
+        return sc
     deployments = deployments or _Deployments()
     try:
         workload = sc.workload()
     except ImportError:  # a checkout without the closed-loop serving workloads
-        return Prediction(row, reason="closed-loop workloads not available in this checkout")
+        return NotCovered("closed-loop workloads not available in this checkout")
+    if sc.engine is None:
+        knobs = {"token_budget": sc.token_budget}
+    else:
+        knobs = {"engine": (engines or {}).get(sc.engine) or profile_config(sc.engine)}
     try:
         cost, kv = deployments.get(sc)
-        res = simulate_serving(sc.model, sc.hardware, 1, "moe", workload, step_model=cost, kv_capacity_tokens=kv,
-                               max_batch=sc.max_batch, token_budget=sc.token_budget, seed=seed)
+        return simulate_serving(sc.model, sc.hardware, 1, "moe", workload, step_model=cost, kv_capacity_tokens=kv,
+                                max_batch=sc.max_batch, seed=seed, **knobs, **kw)
     except SpecError as e:
-        return Prediction(row, reason=f"simulator refused: {e.field}")
+        return NotCovered(f"simulator refused: {e.field}")
+
+
+def predict_row(row: SiliconRow, deployments: _Deployments | None = None, seed: int = 0,
+                engines: dict | None = None) -> Prediction:
+    """Replay one row (a not-covered reason when it maps to no scenario or the simulator refuses it);
+    ``engines`` as for :func:`serve_row`."""
+    res = serve_row(row, deployments, seed, engines)
+    if isinstance(res, NotCovered):
+        return Prediction(row, reason=res.reason)
     s = res.summary
     if s["ttft_s"]["mean"] is None or s["tpot_s"]["mean"] is None:
         return Prediction(row, reason="no request completed")
     return Prediction(row, s["ttft_s"]["mean"] * 1e3, s["tpot_s"]["mean"] * 1e3)
 
 
-def _predict_rows(rows: tuple[SiliconRow, ...], seed: int = 0) -> list[Prediction]:
+def _predict_rows(rows: tuple[SiliconRow, ...], seed: int = 0, predict=None) -> list:
     """Predictions of ``rows`` sharing one set of deployments (a worker's task)."""
     deployments = _Deployments()
-    return [predict_row(r, deployments, seed) for r in rows]
+    return [(predict or predict_row)(r, deployments, seed) for r in rows]
 
 
 def _by_deployment(rows) -> list[list[int]]:
@@ -368,10 +391,13 @@ def _by_deployment(rows) -> list[list[int]]:
     return [g for k, g in sorted(groups.items(), key=lambda kv: -sum(rows[i].osl for i in kv[1]) if kv[0] else 0)]
 
 
-def replay(rows, progress=None, seed: int = 0, workers: int = 1) -> list[Prediction]:
+def replay(rows, progress=None, seed: int = 0, workers: int = 1, predict=None) -> list[Prediction]:
     """Predict every row; results in the order of ``rows``. ``progress(i, n, row)`` is called before
     each row (``workers`` = 1) or after each finished deployment (``workers`` > 1: that many
-    processes, each taking whole deployments so that rows share a deployment's cost table)."""
+    processes, each taking whole deployments so that rows share a deployment's cost table).
+    ``predict(row, deployments, seed)``: what each row gives (default :func:`predict_row`; a
+    picklable callable with ``workers`` > 1)."""
+    predict = predict or predict_row
     rows = tuple(rows)
     if not (isinstance(workers, int) and workers >= 1):
         raise SpecError("workers", workers, "an integer >= 1 (processes)")
@@ -381,13 +407,13 @@ def replay(rows, progress=None, seed: int = 0, workers: int = 1) -> list[Predict
         for i, row in enumerate(rows):
             if progress is not None:
                 progress(i, len(rows), row)
-            out.append(predict_row(row, deployments, seed))
+            out.append(predict(row, deployments, seed))
         return out
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     got: dict[int, Prediction] = {}
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        futs = {pool.submit(_predict_rows, tuple(rows[i] for i in g), seed): g for g in _by_deployment(rows)}
+        futs = {pool.submit(_predict_rows, tuple(rows[i] for i in g), seed, predict): g for g in _by_deployment(rows)}
         for f in as_completed(futs):
             got.update(zip(futs[f], f.result()))
             if progress is not None:

@@ -32,12 +32,18 @@ def register(subparsers) -> None:
     p.add_argument("--replicas", type=int, default=1, help="data-parallel copies of the instance (default 1)")
     p.add_argument("--router", default="round-robin", help="replica router: round-robin | least-outstanding (fewest waiting + running "
                    "requests) | vllm-lb (fewest 4 x waiting + running)")
-    p.add_argument("--scheduler", default="chunked", help="batching policy: chunked | whole-prompt")
+    p.add_argument("--engine", default=None,
+                   help="engine profile: vllm | sglang | trtllm (simfoe/specs/engines/*.yaml, or a YAML path): that "
+                   "version's scheduling order, token budget, running requests and fitted per-request and "
+                   "per-iteration overheads (default: none, the knobs below and no overheads)")
+    p.add_argument("--scheduler", default=None,
+                   help="batching policy: chunked | whole-prompt | prefill-first (default chunked, or the --engine's)")
     p.add_argument("--routing", default="uniform", help="expert routing distribution (uniform, zipf:S, ...)")
-    p.add_argument("--max-batch", type=int, default=256,
-                   help="max running sequences per DP attention rank (see --budget-scope; default 256)")
-    p.add_argument("--token-budget", type=int, default=8192,
-                   help="max tokens per iteration and DP attention rank (see --budget-scope; default 8192)")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="max running sequences per DP attention rank (see --budget-scope; default 256, or the --engine's)")
+    p.add_argument("--token-budget", type=int, default=None,
+                   help="max tokens per iteration and DP attention rank (see --budget-scope; default 8192, or the "
+                   "--engine's)")
     p.add_argument("--budget-scope", choices=["rank", "instance"], default="rank",
                    help="rank (default): every data-parallel attention rank of an instance (an MoE layout "
                    "with DP attention: one per GPU; with TP attention: one per node; FoE: one) has its own "
@@ -72,7 +78,7 @@ def register(subparsers) -> None:
 
 
 #: internal field names of serving errors -> the serve flags
-FLAGS = {"rate": "--rate", "duration": "--duration", "trace": "--trace", "arrival": "--arrival", "cv": "--arrival",
+FLAGS = {"engine": "--engine", "rate": "--rate", "duration": "--duration", "trace": "--trace", "arrival": "--arrival", "cv": "--arrival",
          "horizon_s": "--horizon", "max_batch": "--max-batch", "token_budget": "--token-budget",
          "block_size": "--block-size", "slo_ttft": "--slo-ttft", "slo_tbt": "--slo-tbt", "replicas": "--replicas",
          "nodes": "--nodes", "router": "--router", "scheduler": "--scheduler", "routing": "--routing",
@@ -113,8 +119,8 @@ def run(args) -> dict:
         res = api.simulate_serving(
             args.model, args.hardware, nodes, args.arch, workload_of(args), rate=args.rate, duration=args.duration,
             replicas=args.replicas, routing=args.routing, overrides=args.overrides, seed=args.seed,
-            slo_ttft=args.slo_ttft, slo_tbt=args.slo_tbt, max_batch=args.max_batch,
-            token_budget=args.token_budget, progress=progress, router=args.router, scheduler=args.scheduler,
+            slo_ttft=args.slo_ttft, slo_tbt=args.slo_tbt, engine=args.engine, **_given(args),
+            progress=progress, router=args.router,
             arrival=args.arrival, block_size=args.block_size, budget_scope=args.budget_scope,
             rank_router=args.rank_router, horizon_s=args.horizon,
             skip_bad_rows=args.skip_bad_rows, record_timeline=args.timeline is not None,
@@ -127,6 +133,11 @@ def run(args) -> dict:
     return res.summary
 
 
+def _given(args) -> dict:
+    """The engine knobs given on the command line (the others stay the --engine profile's, or the defaults)."""
+    return {k: getattr(args, k) for k in ("max_batch", "token_budget", "scheduler") if getattr(args, k) is not None}
+
+
 def _num(x, fmt="{:.2f}"):
     return "-" if x is None else fmt.format(x)
 
@@ -137,6 +148,8 @@ def render(r: dict) -> str:
         f"{r['model']} on {r['replicas']} x {r['nodes']} node(s) of {r['hardware']} ({r['arch']}), "
         f"{r.get('gpus_per_replica') or '?'} GPUs per replica",
         *run_lines(r),
+        *([f"engine profile: {r['engine']} ({r['scheduler']}, {r['token_budget']:,} tokens and {r['max_batch']} "
+           "sequences per iteration and rank)"] if r.get("engine") else []),
         f"workload: {r['workload']['source']}",
         f"requests: {req['completed']}/{req['total']} completed"
         + (f", {req['dropped']} dropped {req['dropped_by_reason']}" if req["dropped"] else ""),

@@ -287,6 +287,7 @@ def simulate_serving(model, hardware, nodes: int, arch: str, trace, rate: float 
         "layout": layout,  # simfoe.provenance.LayoutInfo of one replica (None with a custom step_model)
         "router": cfg.router,
         "scheduler": cfg.scheduler,
+        "engine": cfg.engine,  # the engine profile (simfoe.specs.engine) the knobs came from, None: none
         "max_batch": cfg.max_batch,
         "token_budget": cfg.token_budget,
         "budget_scope": cfg.budget_scope,
@@ -324,7 +325,8 @@ def write_serving_outputs(res: ServingResult, out=None, timeline=None, out_field
 def run_serve(model, hardware, nodes: int, arch: str, trace=None, rate: float | None = None,
               duration: float | None = None, replicas: int = 1, routing: str = "uniform", overrides=(),
               seed: int = 0, slo_ttft: float | None = None, slo_tbt: float | None = None,
-              max_batch: int = 256, token_budget: int = 8192, budget_scope: str = "rank", progress: bool = False,
+              max_batch: int | None = None, token_budget: int | None = None, budget_scope: str = "rank",
+              progress: bool = False,
               out=None, rank_router: str = "vllm-lb", concurrency: int | None = None, isl: int | None = None,
               osl: int | None = None, random_range_ratio: float | None = None, num_prompts: int | None = None,
               warmup: int | None = None, timeline: str | None = None, **kw) -> dict:
@@ -332,14 +334,17 @@ def run_serve(model, hardware, nodes: int, arch: str, trace=None, rate: float | 
     and ``summary.json`` under ``out`` and the iteration trace to ``timeline`` when given. A sweep's or
     what-if's serve scenario: ``trace`` (with ``rate``, ``duration``), or a closed loop of
     ``concurrency`` clients (``isl``, ``osl``, ``random_range_ratio``, ``num_prompts``, ``warmup``; see
-    :class:`simfoe.workloads.closed_loop.ClosedLoop`); ``kw`` as for :func:`simulate_serving`."""
+    :class:`simfoe.workloads.closed_loop.ClosedLoop`); ``kw`` as for :func:`simulate_serving` (e.g.
+    ``engine="vllm"``: that engine profile's knobs). ``max_batch``, ``token_budget``: None keeps the
+    engine's (default 256 sequences, 8192 tokens)."""
     from simfoe.workloads.closed_loop import select_workload
 
     work = select_workload(trace, concurrency, isl=isl, osl=osl, random_range_ratio=random_range_ratio,
                            num_prompts=num_prompts, warmup=warmup)
     res = simulate_serving(model, hardware, nodes, arch, work, rate=rate, duration=duration, replicas=replicas,
                            routing=routing, overrides=overrides, seed=seed, slo_ttft=slo_ttft, slo_tbt=slo_tbt,
-                           max_batch=max_batch, token_budget=token_budget, budget_scope=budget_scope,
+                           **{k: v for k, v in (("max_batch", max_batch), ("token_budget", token_budget)) if v is not None},
+                           budget_scope=budget_scope,
                            rank_router=rank_router, progress=progress, record_timeline=timeline is not None, **kw)
     write_serving_outputs(res, out, timeline)
     return res.summary

@@ -44,7 +44,7 @@ class Clients:
                 if drop_if_unfit(kv, st, i):  # the scheduler's own rule
                     continue
                 self.in_flight += 1
-                eng.admit(i)
+                eng.arrive(i)
             if self.in_flight or self.end == st.n:
                 return
             # every warm-up is done: the measured run starts on an idle engine

@@ -186,6 +186,7 @@ class Replica:
         emit = st.emit
         ranks = self.ranks
         kvs = [q.kv for q in ranks]
+        step_a, step_b = eng.cfg.step_overhead_s, eng.cfg.step_overhead_per_seq_s
         while True:
             batch = self._schedule(env.now)
             if batch is None:
@@ -197,6 +198,8 @@ class Replica:
             excess = eng.excess(batch.loads, batch) if batch.loads is not None else 0.0
             lat = cost(batch) + excess
             self.excess_s += excess
+            if step_a or step_b:  # the engine's host time per iteration, and per sequence in its batch
+                lat += step_a + step_b * (nd + len(chunks))
             used = 1.0 - (sum(map(_free, kvs)) if len(kvs) > 1 else kvs[0].free) / self.kv_total
             self.kv_time += used * lat
             if used > self.kv_max:
@@ -208,7 +211,8 @@ class Replica:
                 if len(tl) < MAX_EVENTS:
                     tl.append({"name": "prefill+decode" if (pf_tok and nd) else ("prefill" if pf_tok else "decode"),
                                "ph": "X", "pid": 0, "tid": self.index, "ts": env.now * 1e6, "dur": lat * 1e6,
-                               "args": {"prefill_tokens": pf_tok, "decode_seqs": nd, "kv_tokens": kv_tok,
+                               "args": {"prefill_tokens": pf_tok, "prefill_seqs": len(chunks), "decode_seqs": nd,
+                                        "kv_tokens": kv_tok,
                                         "kv_used_fraction": round(used, 4),
                                         "waiting": sum(len(q.waiting) for q in ranks),
                                         "rank_excess_s": excess}})
@@ -292,27 +296,46 @@ class EngineConfig:
     horizon_s: float | None = None  # stop here; unfinished requests are reported dropped
     token_times: bool = False
     timeline: bool = False  # record one trace event per iteration (bounded by simfoe.timeline.MAX_EVENTS)
+    # host time the forward model does not price (an engine profile's fitted overheads, simfoe.specs.engine):
+    # per request, from being sent to being schedulable, one request at a time (one API server in front of
+    # every replica); per iteration; per iteration and sequence in its batch. Seconds.
+    request_overhead_s: float = 0.0
+    step_overhead_s: float = 0.0
+    step_overhead_per_seq_s: float = 0.0
+    engine: str | None = None  # the engine profile the knobs came from (None: no profile)
 
 
-def engine_config(base: EngineConfig | None = None, **knobs) -> EngineConfig:
-    """``base`` (default: the defaults) with the fields in ``knobs`` replaced; an unknown field is a SpecError."""
+def engine_config(base: EngineConfig | str | None = None, **knobs) -> EngineConfig:
+    """``base`` (default: the defaults; a name or YAML path: that engine profile's knobs, :func:`profile_config`)
+    with the fields in ``knobs`` replaced; an unknown field is a SpecError."""
     fields = EngineConfig.__dataclass_fields__
     for k in knobs:
         if k not in fields:
             raise SpecError(k, knobs[k], "an engine setting: one of " + ", ".join(fields))
+    if base is not None and not isinstance(base, EngineConfig):
+        base = profile_config(base)
     return replace(base or EngineConfig(), **knobs) if knobs else (base or EngineConfig())
+
+
+def profile_config(engine, base: EngineConfig | None = None) -> EngineConfig:
+    """``base`` (default: the defaults) with the batching knobs and overheads of ``engine`` (an
+    :class:`simfoe.specs.engine.EngineProfile`, or a profile name or YAML path; errors name ``engine``)."""
+    from simfoe.specs.engine import load_engine
+
+    p = engine if hasattr(engine, "overheads") else load_engine(engine)
+    o = p.overheads
+    return replace(base or EngineConfig(), scheduler=p.scheduler, token_budget=p.token_budget, max_batch=p.max_batch,
+                   request_overhead_s=o.request_s, step_overhead_s=o.step_s, step_overhead_per_seq_s=o.step_per_seq_s,
+                   engine=p.name)
 
 
 class Engine:
     """Wires a request table, a step model and replicas into one SimPy environment."""
 
     def __init__(self, arrival_s, prompt_tokens, output_tokens, request_id, step_model,
-                 kv_capacity_tokens: int, cfg: EngineConfig, progress: bool = False, closed: ClosedLoop | None = None,
-                 env: simpy.Environment | None = None):
+                 kv_capacity_tokens: int, cfg: EngineConfig, progress: bool = False, closed: ClosedLoop | None = None):
         """``closed``: closed-loop clients issue the rows (arrival times are then ignored and set as
-        they are sent; the first ``closed.warmup`` rows are warm-ups); None: rows arrive at ``arrival_s``.
-        ``env``: the SimPy environment to run in (default: a new one), e.g. a pipeline's whose stages
-        append rows (:meth:`RequestStore.append`) and :meth:`admit` them as they arrive."""
+        they are sent; the first ``closed.warmup`` rows are warm-ups); None: rows arrive at ``arrival_s``."""
         if not (isinstance(cfg.replicas, (int, np.integer)) and cfg.replicas >= 1):
             raise SpecError("replicas", cfg.replicas, "an integer >= 1")
         if cfg.horizon_s is not None and not (cfg.horizon_s > 0 and math.isfinite(cfg.horizon_s)):
@@ -323,7 +346,7 @@ class Engine:
         elif len(arr) and not (np.isfinite(arr).all() and (np.diff(arr) >= 0).all()):
             raise SpecError("arrival_s", "unsorted or missing", "finite, sorted arrival times (s)")
         self.cfg = cfg
-        self.env = env if env is not None else simpy.Environment()
+        self.env = simpy.Environment()
         self.store = RequestStore(arr, prompt_tokens, output_tokens, request_id, token_times=cfg.token_times)
         if cfg.budget_scope not in BUDGET_SCOPES:
             raise SpecError("budget_scope", cfg.budget_scope, "allowed: " + ", ".join(BUDGET_SCOPES))
@@ -340,6 +363,11 @@ class Engine:
         self.excess = self.cost.rank_excess(n) if n > 1 else None
         self.replicas = [Replica(self, k, kv_capacity_tokens, cfg.block_size, n, cfg.rank_router)
                          for k in range(int(cfg.replicas))]
+        for k in ("request_overhead_s", "step_overhead_s", "step_overhead_per_seq_s"):
+            v = getattr(cfg, k)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise SpecError(k, v, "seconds >= 0")
+        self._frontend_free = 0.0  # when the API server is next free (request_overhead_s), s
         self.completed = 0
         self.arrived = 0
         #: closed-loop clients (None: open loop); rows before ``measure_from`` are warm-ups, left out of metrics
@@ -364,14 +392,26 @@ class Engine:
             self._last_tick = now
             self.pbar.set_postfix_str(f"done {self.completed}/{self.store.n}", refresh=False)
 
-    def admit(self, i: int, replica: int | None = None) -> None:
-        """Request row ``i`` arrives now: route it to a replica's queue (``replica``: that one, not the router's pick)."""
+    def admit(self, i: int) -> None:
+        """Request row ``i`` arrives now: route it to a replica's queue."""
         st = self.store
-        k = self.router.pick(self.replicas, i) if replica is None else replica
+        k = self.router.pick(self.replicas, i)
         st.replica[i] = k
         st.status[i] = STATUS_WAITING
         self.arrived += 1
         self.replicas[k].submit(i)
+
+    def arrive(self, i: int) -> None:
+        """Request row ``i`` is sent now: :meth:`admit` it after ``cfg.request_overhead_s`` of API-server
+        time, the server taking one request at a time (at once when that overhead is 0)."""
+        ov = self.cfg.request_overhead_s
+        if not ov:
+            self.admit(i)
+            return
+        now = self.env.now
+        t = max(now, self._frontend_free) + ov
+        self._frontend_free = t
+        self.env.timeout(t - now).callbacks.append(lambda _ev: self.admit(i))
 
     def arrivals(self):
         """Open loop: every row arrives at its arrival time."""
@@ -383,7 +423,7 @@ class Engine:
                 # now + (arr - now) can round one ulp below arr: the request arrives when the
                 # simulation gets to it, so later times (scheduled, first token) never precede it
                 arr[i] = env.now
-            self.admit(i)
+            self.arrive(i)
 
     def begin_measurement(self) -> None:
         """Closed loop, every warm-up done: restart the counters the summary reads (busy time, KV use,

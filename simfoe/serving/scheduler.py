@@ -15,6 +15,8 @@ Policies:
   while the token budget, ``max_batch`` and free KV blocks allow; prompts are split into chunks.
 * ``whole-prompt``: as ``chunked``, but a prompt's prefill is scheduled only whole (one prompt may
   exceed the budget when it is the first prefill of the batch).
+* ``prefill-first`` (SGLang without mixed chunks): an iteration runs prompt chunks alone whenever
+  any can run (decodes wait), else every running request decodes.
 """
 from __future__ import annotations
 
@@ -90,6 +92,27 @@ class ChunkedFCFS:
         st.blocks[i] = nb
         return c
 
+    def _admit(self, q, st, now: float, budget: int, chunks: list) -> int:
+        """Admit waiting requests of ``q`` FCFS, their first chunks appended to ``chunks``, while ``budget``
+        tokens, ``max_batch`` and free KV blocks allow; returns the budget left."""
+        kv, run, waiting = q.kv, q.running, q.waiting
+        while waiting and budget > 0 and len(run) < self.max_batch:
+            i = waiting[0]
+            if drop_if_unfit(kv, st, i):
+                waiting.popleft()
+                continue
+            c = self._chunk(i, budget, not chunks, st, kv)
+            if not c:
+                break
+            waiting.popleft()
+            run.append(i)
+            st.status[i] = STATUS_RUNNING
+            if st.scheduled[i] != st.scheduled[i]:  # NaN: first time scheduled
+                st.scheduled[i] = now
+            chunks.append((i, c))
+            budget -= c
+        return budget
+
     # ---------------------------------------------------------------- one iteration
     @staticmethod
     def decode_all(queues, st):
@@ -150,22 +173,7 @@ class ChunkedFCFS:
                     if c:
                         chunks.append((i, c))
                         budget -= c
-            waiting = q.waiting
-            while waiting and budget > 0 and len(run) < self.max_batch:
-                i = waiting[0]
-                if drop_if_unfit(kv, st, i):
-                    waiting.popleft()
-                    continue
-                c = self._chunk(i, budget, not chunks, st, kv)
-                if not c:
-                    break
-                waiting.popleft()
-                run.append(i)
-                st.status[i] = STATUS_RUNNING
-                if st.scheduled[i] != st.scheduled[i]:  # NaN: first time scheduled
-                    st.scheduled[i] = now
-                chunks.append((i, c))
-                budget -= c
+            self._admit(q, st, now, budget, chunks)
             if len(dec) or chunks:
                 return dec, chunks
             if run:  # only stalled prefills holding the cache: free some and retry
@@ -179,6 +187,39 @@ class WholePrompt(ChunkedFCFS):
     """Continuous batching without chunking prompts; see module docstring."""
 
     chunked = False
+
+
+@register_scheduler("prefill-first")
+class PrefillFirst(ChunkedFCFS):
+    """SGLang's order (no mixed chunks): whenever prompt chunks can run, an iteration runs only them
+    (unfinished prompts first, then waiting ones FCFS, up to the token budget) and the decodes wait;
+    otherwise the running requests decode as under ``chunked``."""
+
+    #: the same batches as ``chunked`` when every rank just decodes (it returns None when any prompt waits)
+    decode_all = staticmethod(ChunkedFCFS.decode_all)
+
+    def schedule(self, q, st, now: float):
+        chunks = self._prefill(q, st, now)
+        return (np.empty(0, np.int64), chunks) if chunks else super().schedule(q, st, now)
+
+    def _prefill(self, q, st, now: float) -> list:
+        """The ``(request, tokens)`` chunks of a prefill-only batch of ``q`` (empty: none can run)."""
+        run = q.running
+        if run:
+            r = np.fromiter(run, np.int64, len(run))
+            partial = r[st.pf_left[r] > 0].tolist()
+        else:
+            partial = []
+        if not (q.waiting or partial):
+            return []
+        budget, chunks = self.token_budget, []
+        for i in partial:
+            c = self._chunk(i, budget, not chunks, st, q.kv) if budget > 0 else 0
+            if c:
+                chunks.append((i, c))
+                budget -= c
+        self._admit(q, st, now, budget, chunks)
+        return chunks
 
 
 def fast_decode(policy):
