@@ -116,6 +116,9 @@ class ResultStore:
         self.results = self.out / "results.parquet"
         self.csv = self.out / "results.csv"
         self._seq = 0
+        self._frames: dict[Path, tuple[tuple[int, int], pd.DataFrame]] = {}
+        """Files read so far: path -> ((mtime ns, size), table); parts never change once written, and
+        results.parquet is only replaced whole, so a resumed sweep reads each file once."""
 
     def part_files(self) -> list[Path]:
         return sorted(self.parts.glob("part-*.parquet")) if self.parts.is_dir() else []
@@ -142,11 +145,20 @@ class ResultStore:
     def read(self) -> pd.DataFrame:
         """Results and parts merged, one row per run_id, sorted by scenario index. No writes."""
         files = ([self.results] if self.results.is_file() else []) + self.part_files()
-        frames = [_read_file(f) for f in files]
+        frames = [self._read_once(f) for f in files]
         frames = [f for f in frames if not f.empty]
         if not frames:
             return pd.DataFrame(columns=list(FIRST))
         return _dedup(pd.concat(frames, ignore_index=True, sort=False))
+
+    def _read_once(self, path: Path) -> pd.DataFrame:
+        """``path``'s table, read again only if the file changed since this store last read it."""
+        st = path.stat()
+        key = (st.st_mtime_ns, st.st_size)
+        hit = self._frames.get(path)
+        if hit is None or hit[0] != key:
+            hit = self._frames[path] = (key, _read_file(path))
+        return hit[1]
 
     def compact(self) -> pd.DataFrame:
         """Merge parts into results.parquet (atomic), then delete the merged parts."""
@@ -157,6 +169,7 @@ class ResultStore:
             _write_atomic(df, self.results)
             for p in parts:
                 p.unlink(missing_ok=True)
+                self._frames.pop(p, None)
         return df
 
     def clear(self) -> None:
