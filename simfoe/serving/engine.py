@@ -333,9 +333,12 @@ class Engine:
     """Wires a request table, a step model and replicas into one SimPy environment."""
 
     def __init__(self, arrival_s, prompt_tokens, output_tokens, request_id, step_model,
-                 kv_capacity_tokens: int, cfg: EngineConfig, progress: bool = False, closed: ClosedLoop | None = None):
+                 kv_capacity_tokens: int, cfg: EngineConfig, progress: bool = False, closed: ClosedLoop | None = None,
+                 env: simpy.Environment | None = None):
         """``closed``: closed-loop clients issue the rows (arrival times are then ignored and set as
-        they are sent; the first ``closed.warmup`` rows are warm-ups); None: rows arrive at ``arrival_s``."""
+        they are sent; the first ``closed.warmup`` rows are warm-ups); None: rows arrive at ``arrival_s``.
+        ``env``: the SimPy environment to run in (default: a new one), e.g. a pipeline's whose stages
+        append rows (:meth:`RequestStore.append`) and :meth:`admit` them as they arrive."""
         if not (isinstance(cfg.replicas, (int, np.integer)) and cfg.replicas >= 1):
             raise SpecError("replicas", cfg.replicas, "an integer >= 1")
         if cfg.horizon_s is not None and not (cfg.horizon_s > 0 and math.isfinite(cfg.horizon_s)):
@@ -346,7 +349,7 @@ class Engine:
         elif len(arr) and not (np.isfinite(arr).all() and (np.diff(arr) >= 0).all()):
             raise SpecError("arrival_s", "unsorted or missing", "finite, sorted arrival times (s)")
         self.cfg = cfg
-        self.env = simpy.Environment()
+        self.env = env if env is not None else simpy.Environment()
         self.store = RequestStore(arr, prompt_tokens, output_tokens, request_id, token_times=cfg.token_times)
         if cfg.budget_scope not in BUDGET_SCOPES:
             raise SpecError("budget_scope", cfg.budget_scope, "allowed: " + ", ".join(BUDGET_SCOPES))
@@ -392,10 +395,10 @@ class Engine:
             self._last_tick = now
             self.pbar.set_postfix_str(f"done {self.completed}/{self.store.n}", refresh=False)
 
-    def admit(self, i: int) -> None:
-        """Request row ``i`` arrives now: route it to a replica's queue."""
+    def admit(self, i: int, replica: int | None = None) -> None:
+        """Request row ``i`` arrives now: route it to a replica's queue (``replica``: that one, not the router's pick)."""
         st = self.store
-        k = self.router.pick(self.replicas, i)
+        k = self.router.pick(self.replicas, i) if replica is None else replica
         st.replica[i] = k
         st.status[i] = STATUS_WAITING
         self.arrived += 1
