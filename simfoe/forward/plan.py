@@ -16,6 +16,9 @@ group (all-to-all), experts run, results return (all-to-all) and are all-gathere
 Reduce-scatter + all-gather move the bytes of one all-reduce and are counted as ``all_reduce``.
 MoE, attention ``dp`` (DeepSeek/SGLang): every GPU holds all attention heads and its own sequences;
 dispatch and combine all-to-all only.
+MoE, ``expert_tp`` T > 1 (vLLM without EP, TRT-LLM moe_tp): experts sliced over T GPUs; an expert group
+of ep x T GPUs sees all its attention ranks' tokens (all-reduce, or all-gather) and sums the partial
+outputs (all-reduce, or reduce-scatter); no all-to-all (:func:`_sliced_experts`).
 FoE: every GPU computes the attention heads of its cluster(s) for all tokens; one all-reduce over all
 GPUs sums the post-attention residuals; each cluster routes every token to k_c of its experts. With
 one GPU per cluster (or several clusters per GPU) the experts are local: no all-to-all. With g GPUs
@@ -253,6 +256,8 @@ def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work | list[Work]
             steps.append(Collective("all_reduce", "all_reduce", tp_groups, tuple(n * h * b for n in tok_group)))
         return LayerPlan(steps)
     moe = model.moe
+    if L.expert_tp > 1:
+        return _sliced_experts(c, model, L, steps, tok_group, probs, rng, memo)
     if t > 1:
         steps.append(Collective("reduce_scatter", "all_reduce", tp_groups, tuple(n * h * b for n in tok_group)))
     # router on the local shard (shared experts run beside the routed ones, below)
@@ -295,6 +300,62 @@ def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work | list[Work]
     if t > 1:
         steps.append(Collective("all_gather", "all_reduce", tp_groups, tuple(n * h * b / t for n in tok_group)))
     return LayerPlan(steps, local, acts, visits)
+
+
+def _sliced_experts(c: _Costs, model: ModelSpec, L: MoELayout, steps: list, tok_group: np.ndarray,
+                    probs: np.ndarray | None, rng: np.random.Generator, memo: dict | None) -> LayerPlan:
+    """The MoE half of a layer whose experts are tensor-parallel (``L.expert_tp`` = T > 1), after ``steps``
+    (attention); ``tok_group``: tokens per attention TP group. As TRT-LLM runs moe_tp_size (docs/source/advanced/
+    expert-parallelism.md: each GPU of the expert TP group receives all tokens' hidden states and computes with
+    its partial weights) and vLLM without expert parallelism (vllm/model_executor/layers/fused_moe/layer.py
+    FusedMoE: intermediate size / tp per GPU, outputs all-reduced): each expert group of ep x T GPUs gathers
+    its attention ranks' tokens, each GPU runs its E/ep experts' 1/T slices (width expert_ffn / T) on the tokens
+    routed to them, and the partial outputs are summed back; no all-to-all. When the expert group is one
+    attention TP group, gather and sum are the engines' all-reduces after attention and after the MoE; else a
+    reduce-scatter in the TP group, an all-gather in the expert group, and a reduce-scatter there after the
+    experts (TRT-LLM attention DP without all-to-all). Router and shared experts are priced on the GPU's 1/t
+    share of the tokens, as :func:`rank_compute_seconds` does (the FLOPs of vLLM's TP-sliced shared experts)."""
+    G, t, h, b, X, ep = L.gpus, L.attention_tp, model.hidden, c.act_bytes, L.expert_group, L.ep
+    moe = model.moe
+    tp_groups, x_groups = _groups(G, t), _groups(G, X)
+    tok_gpu = np.concatenate([even_split(n, t) for n in tok_group])
+    tok_x = tok_group.reshape(-1, X // t).sum(axis=1)  # tokens every GPU of an expert group computes on
+    one = X == t
+    if one:
+        steps.append(Collective("all_reduce", "all_reduce", tp_groups, tuple(n * h * b for n in tok_group)))
+    elif t > 1:
+        steps.append(Collective("reduce_scatter", "all_reduce", tp_groups, tuple(n * h * b for n in tok_group)))
+    steps.append(Compute("experts", np.array([_router_seconds(c, model, n, moe.n_experts) for n in tok_gpu])))
+    if not one:
+        steps.append(Collective("all_gather", "all_reduce", x_groups,
+                                tuple(float(tok_gpu[g].max()) * h * b for g in x_groups)))
+    if moe.n_shared_experts:
+        sw = moe.shared_width
+        steps.append(Compute("experts", np.array([_ffn_seconds(c, model, n, sw) for n in tok_gpu]),
+                             independent=not one))
+    epg, limit = L.experts_per_gpu, GroupLimit.of(moe)
+    expert_time = np.zeros(G)
+    acts = visits = 0.0
+    for grp, n in zip(x_groups, tok_x):
+        # EP rank of GPU r of the group: r % ep (TRT-LLM Mapping: moe_ep_rank = tp_rank % moe_ep_size)
+        s = route_group(probs, even_split(n, ep), moe.top_k, epg, True, rng, None, memo, limit,
+                        grp[:ep] // L.gpus_per_node)
+        acts += s.activations
+        visits += s.node_visits
+        for r, gpu in enumerate(grp):
+            loads = s.expert_load[(r % ep) * epg:(r % ep + 1) * epg]
+            expert_time[gpu] = (_experts_seconds(c, model, loads, L.expert_ffn_per_gpu)
+                                + _glue_seconds(c, loads, 0, float(n)))
+    steps.append(Compute("experts", expert_time))
+    if one:
+        steps.append(Collective("all_reduce", "all_reduce", tp_groups, tuple(n * h * b for n in tok_group)))
+    else:
+        steps.append(Collective("reduce_scatter", "all_reduce", x_groups, tuple(float(n) * h * b for n in tok_x)))
+    steps.append(Compute("experts", np.array([_add_seconds(c, model, n) for n in tok_gpu])))
+    if not one and t > 1:
+        steps.append(Collective("all_gather", "all_reduce", tp_groups, tuple(n * h * b / t for n in tok_group)))
+    # every GPU of an expert group holds every token it computes on: all activations are local
+    return LayerPlan(steps, acts, acts, visits)
 
 
 def _router_seconds(c: _Costs, model: ModelSpec, tokens: int, n_experts: int) -> float:

@@ -24,6 +24,11 @@ class MoEPlacement(Spec):
     attention_tp: PositiveInt | None = Field(None, description="TP degree for attention='tp' (default: GPUs per node)")
     ep: PositiveInt | None = Field(
         None, description="expert-parallel group size (default: the largest divisor of the GPU count that divides n_experts)")
+    expert_tp: PositiveInt = Field(
+        1, description="tensor-parallel degree of the routed experts (TRT-LLM moe_tp_size; vLLM without expert "
+        "parallelism: the TP size): each expert's intermediate dimension is sliced over expert_tp GPUs, which hold "
+        "the same experts; with more than 1, ep x expert_tp GPUs hold all experts, see every token of their "
+        "attention ranks (gathered, no all-to-all) and sum their partial outputs; 1: expert parallelism only")
     dedup_dispatch: bool = Field(True, description="send a token once per destination GPU (DeepEP-style), not once per expert choice")
     all_to_all: Literal["auto", "deepep-normal", "deepep-ll", "nccl", "direct", "hierarchical"] = Field(
         "auto", description="dispatch/combine algorithm (simfoe.costs.dispatch): auto = as SGLang --deepep-mode auto "
@@ -101,11 +106,22 @@ class MoELayout:
     all_to_all: str
     split_exchange: bool = False
     redundant: int = 0  # extra expert replicas per EP group (simfoe.forward.eplb)
+    expert_tp: int = 1  # GPUs each expert's intermediate dimension is sliced over (placement.moe.expert_tp)
 
     @property
     def experts_per_gpu(self) -> int:
-        """Expert slots per GPU (replicas included)."""
+        """Expert slots per GPU (replicas included); with expert_tp > 1, each a 1/expert_tp slice."""
         return (self.n_experts + self.redundant) // self.ep
+
+    @property
+    def expert_ffn_per_gpu(self) -> int:
+        """Intermediate width of one expert's slice on one GPU: expert_ffn / expert_tp."""
+        return self.expert_ffn // self.expert_tp
+
+    @property
+    def expert_group(self) -> int:
+        """GPUs that together hold every expert once: ep x expert_tp."""
+        return self.ep * self.expert_tp
 
     @property
     def attention_dp(self) -> int:
@@ -159,19 +175,36 @@ def resolve_moe(model: ModelSpec, gpus_per_node: int, p: PlacementSpec) -> MoELa
                          p.moe.split_exchange)
     R = p.moe.redundant_experts
     slots = moe.n_experts + R
+    T = _expert_tp(model, p, G)
     if p.moe.ep is not None:
         ep = p.moe.ep
-        if G % ep or slots % ep:
+        if (G // T) % ep or slots % ep:
             what = f"n_experts ({moe.n_experts})" if not R else f"n_experts + redundant_experts ({slots})"
-            raise SpecError("placement.moe.ep", ep, f"must divide both the GPU count ({G}) and {what}")
+            on = f"the GPU count ({G})" if T == 1 else f"GPUs / expert_tp ({G} / {T})"
+            raise SpecError("placement.moe.ep", ep, f"must divide both {on} and {what}")
     else:
-        ep = max(ep_sizes(G, slots))
+        ep = max(ep_sizes(G // T, slots))
     if R and ep == 1:
         raise SpecError("placement.moe.redundant_experts", R,
                         f"0 here: n_experts + redundant_experts ({slots}) must split over an EP group of more "
                         f"than one of the {G} GPUs")
+    if T > 1 and (ep * T) % tp:
+        raise SpecError("placement.moe.expert_tp", T, f"ep x expert_tp ({ep} x {T}) must be a multiple of "
+                        f"attention_tp ({tp}): an expert group holds whole attention TP groups")
     return MoELayout(G, gpus_per_node, p.moe.attention, tp, ep, moe.n_experts, moe.top_k, moe.expert_ffn,
-                     p.moe.dedup_dispatch, p.moe.all_to_all, p.moe.split_exchange, R)
+                     p.moe.dedup_dispatch, p.moe.all_to_all, p.moe.split_exchange, R, T)
+
+
+def _expert_tp(model: ModelSpec, p: PlacementSpec, G: int) -> int:
+    """placement.moe.expert_tp, checked: it divides the GPU count and the expert width; no redundant experts."""
+    T = p.moe.expert_tp
+    if T > 1 and (G % T or model.moe.expert_ffn % T):
+        raise SpecError("placement.moe.expert_tp", T, f"must divide the GPU count ({G}) and expert_ffn "
+                        f"({model.moe.expert_ffn})")
+    if T > 1 and p.moe.redundant_experts:
+        raise SpecError("placement.moe.expert_tp", T, "1 with redundant_experts (replicas are placed over an "
+                        "expert-parallel group, not over slices)")
+    return T
 
 
 def derive_foe_experts(model: ModelSpec, clusters: int, f: FoEPlacement) -> tuple[int, int, int]:
