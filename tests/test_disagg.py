@@ -119,3 +119,23 @@ def test_bad_names_are_refused():
         DisaggConfig("instant", "middle")
     with pytest.raises(SpecError, match="hardware"):
         DisaggConfig("after")
+
+
+def test_presets_pools_from_specs_and_xpyd():
+    from simfoe.serving.disagg_api import DisaggRun, parse_xpyd, simulate_disagg_serving
+
+    pre = {"arch": "moe", "gpus": 2, "moe": {"attention": "tp", "attention_tp": 2}, "engine": {"token_budget": 4096}}
+    dec = {"arch": "moe", "gpus": 1, "workers": 3}
+    r = simulate_disagg_serving("qwen3-32b", "h100-sxm", pre, dec, ClosedLoop(concurrency=3, isl=300, osl=4),
+                                run=DisaggRun(xpyd=parse_xpyd("2:1"), overrides=("model.dtype=fp8",)))
+    s = r.summary
+    assert s["xpyd"] == "2:1" and s["requests"]["completed"] == 30
+    assert s["disagg"]["prefill"]["gpus_per_worker"] == 2 and s["disagg"]["decode"]["workers"] == 1
+    assert s["disagg"]["gpus"] == 5 and s["disagg"]["prefill"]["token_budget"] == 4096
+    # one 2-GPU prefill worker's KV (TP 2: each GPU holds half the heads) lands on the 1-GPU decode worker
+    assert s["disagg"]["transfer"]["bytes"]["inter_node"] == pytest.approx(r.records["kv_bytes"].sum())
+    with pytest.raises(SpecError, match="xpyd"):
+        parse_xpyd("2x1")
+    with pytest.raises(SpecError, match="--set"):
+        simulate_disagg_serving("qwen3-32b", "h100-sxm", pre, dec, ClosedLoop(concurrency=1, isl=10, osl=2),
+                                run=DisaggRun(overrides=("placement.nodes=2",)))

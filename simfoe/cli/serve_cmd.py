@@ -55,6 +55,13 @@ def register(subparsers) -> None:
                    "vllm-lb (default: fewest 4 x waiting + running requests, vLLM v1's DP load balancer score) | "
                    "least-outstanding (fewest waiting + running) | round-robin (SGLang's default)")
     p.add_argument("--block-size", type=int, default=16, help="KV-cache block size, tokens (default 16)")
+    p.add_argument("--mtp", type=int, default=0, metavar="K",
+                   help="multi-token prediction: K draft tokens per decode step from the model's MTP module "
+                   "(model.mtp_layers; deepseek-v3 has one), verified in one pass of K+1 tokens per sequence "
+                   "(default 0: off)")
+    p.add_argument("--mtp-acceptance", default=None, metavar="A1,A2,...",
+                   help="acceptance rate of each draft position given the previous ones were accepted, or one rate "
+                   "for all (default with --mtp 1: 0.85, DeepSeek-V3's published 85-90%%)")
     p.add_argument("--slo-ttft", type=float, default=None, help="TTFT SLO for goodput, seconds (default: none)")
     p.add_argument("--slo-tbt", type=float, default=None,
                    help="per-request mean TBT SLO for goodput, seconds (default: none)")
@@ -82,7 +89,8 @@ FLAGS = {"engine": "--engine", "rate": "--rate", "duration": "--duration", "trac
          "horizon_s": "--horizon", "max_batch": "--max-batch", "token_budget": "--token-budget",
          "block_size": "--block-size", "slo_ttft": "--slo-ttft", "slo_tbt": "--slo-tbt", "replicas": "--replicas",
          "nodes": "--nodes", "router": "--router", "scheduler": "--scheduler", "routing": "--routing",
-         "rank_router": "--rank-router", "seed": "--seed", "max_requests": "--max-requests", "max_gpus": "--max-gpus",
+         "rank_router": "--rank-router", "seed": "--seed",
+         "mtp": "--mtp", "mtp_acceptance": "--mtp-acceptance", "max_requests": "--max-requests", "max_gpus": "--max-gpus",
          **CLOSED_LOOP_FLAGS}
 
 
@@ -122,7 +130,8 @@ def run(args) -> dict:
             slo_ttft=args.slo_ttft, slo_tbt=args.slo_tbt, engine=args.engine, **_given(args),
             progress=progress, router=args.router,
             arrival=args.arrival, block_size=args.block_size, budget_scope=args.budget_scope,
-            rank_router=args.rank_router, horizon_s=args.horizon,
+            rank_router=args.rank_router, horizon_s=args.horizon, mtp=args.mtp,
+            mtp_acceptance=_rates(args.mtp_acceptance),
             skip_bad_rows=args.skip_bad_rows, record_timeline=args.timeline is not None,
             max_requests=args.max_requests, max_gpus=args.max_gpus)
     sim_s = (res.summary.get("sim") or {}).get("simulated_s")
@@ -133,6 +142,18 @@ def run(args) -> dict:
     return res.summary
 
 
+def _rates(text: str | None) -> tuple[float, ...] | None:
+    """``--mtp-acceptance A1,A2,...`` as floats (None when not given)."""
+    if text is None:
+        return None
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        from simfoe.errors import SpecError
+
+        raise SpecError("--mtp-acceptance", text, "comma-separated rates in [0, 1], one per draft position") from None
+
+
 def _given(args) -> dict:
     """The engine knobs given on the command line (the others stay the --engine profile's, or the defaults)."""
     return {k: getattr(args, k) for k in ("max_batch", "token_budget", "scheduler") if getattr(args, k) is not None}
@@ -140,6 +161,14 @@ def _given(args) -> dict:
 
 def _num(x, fmt="{:.2f}"):
     return "-" if x is None else fmt.format(x)
+
+
+def _mtp_lines(m: dict | None) -> list[str]:
+    """The text lines of the summary's ``mtp`` block (none when MTP is off)."""
+    if not m:
+        return []
+    return [f"MTP: {m['draft_tokens']} draft token(s) per step, acceptance {', '.join(f'{a:g}' for a in m['acceptance'])}; "
+            f"{_num(m['tokens_per_step'])} tokens per sequence step, drafts {m['draft_busy_fraction'] * 100:.1f}% of busy time"]
 
 
 def render(r: dict) -> str:
@@ -174,6 +203,7 @@ def render(r: dict) -> str:
         + f", mean use {kv['mean_used_fraction'] * 100:.1f}%, "
         f"max {kv['max_used_fraction'] * 100:.1f}%, {kv['preemptions']} preemptions",
         f"GPU utilization (busy share): {_num((r['gpu_utilization'] or 0) * 100, '{:.1f}')}%",
+        *_mtp_lines(r.get("mtp")),
         f"simulated {r['sim']['simulated_s']:.1f} s in {r['sim']['wall_s']:.2f} s wall "
         f"({_num(r['sim']['sim_s_per_wall_s'], '{:.0f}')} sim s/s; {r['sim']['iterations']} iterations, "
         f"{r['sim']['cost_evaluations']} forward-model evaluations)",

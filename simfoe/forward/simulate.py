@@ -398,14 +398,33 @@ class ForwardModel:
             kv = max(1.0, math.ceil(a.n_kv_heads / L.attention_tp))
         return float(2 * kv * a.head_dim * m.formats.bytes_of("kv_cache") * m.n_layers)
 
-    def kv_capacity_tokens(self) -> int:
-        """KV-cache tokens one instance can hold: HBM minus weights minus the reserve, per GPU layout."""
+    def kv_capacity_tokens(self, mtp: bool = False) -> int:
+        """KV-cache tokens one instance can hold: HBM minus weights minus the reserve, per GPU layout. With
+        ``mtp``, the multi-token-prediction module is loaded too: its ``model.mtp_layers`` layers add their
+        weights and their KV per token (an SGLang/vLLM draft keeps its own KV cache of every token)."""
+        if mtp and self.model.mtp_layers:
+            more = self.model.model_copy(update={"n_layers": self.model.n_layers + self.model.mtp_layers})
+            return ForwardModel(more, self.hw, self.placement, self.routing, self.seed).kv_capacity_tokens()
         free = self.usable_hbm_bytes() - self.weight_bytes_per_gpu()
         if free <= 0:
             return 0
         per_gpu = int(free // self.kv_bytes_per_token_per_gpu())
         # sequences are split over data-parallel groups; each group stores its own sequences
         return per_gpu * self.dp_ranks
+
+    def mtp_module(self) -> ForwardModel:
+        """The model's multi-token-prediction module placed as this model: ``model.mtp_layers`` layers like
+        its last (MoE where the model has experts) plus the shared embedding and LM head, so that one of
+        its passes prices one draft step. Its 2h -> h input projection is not priced (DeepSeek-V3: 0.10 B
+        parameters beside the layer's 11.5 B and the head's 0.93 B). A model without one is a SpecError."""
+        m = self.model
+        if not m.mtp_layers:
+            raise SpecError("model.mtp_layers", 0, f">= 1 to draft tokens: {m.name} has no multi-token-prediction "
+                            "module (deepseek-v3 has one; --set model.mtp_layers=1 assumes one like its last layer)")
+        upd = {"n_layers": m.mtp_layers, "mtp_layers": 0, "name": f"{m.name}-mtp"}
+        if m.moe is not None:
+            upd["moe"] = m.moe.model_copy(update={"first_dense_layers": 0})
+        return ForwardModel(m.model_copy(update=upd), self.hw, self.placement, self.routing, self.seed)
 
     def usable_hbm_bytes(self) -> float:
         """HBM per GPU less the reserve (bytes)."""

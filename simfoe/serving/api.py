@@ -161,6 +161,8 @@ def summarize(eng: Engine, wall_s: float, slo_ttft: float | None = None, slo_tbt
             "memo_hit_rate": 1.0 - cost.misses / iters if iters else None,
         },
     }
+    # multi-token prediction: drafts per step, acceptance, mean tokens a sequence emits per decode step (null: off)
+    summary["mtp"] = eng.drafts.summary(busy) if eng.drafts is not None else None
     bd = cost.total_breakdown()
     if bd:
         summary["busy_breakdown_s"] = bd
@@ -169,7 +171,7 @@ def summarize(eng: Engine, wall_s: float, slo_ttft: float | None = None, slo_tbt
 
 def simulate(requests, step_model, kv_capacity_tokens: int, engine: EngineConfig | None = None, *,
              slo_ttft: float | None = None, slo_tbt: float | None = None, progress: bool = False, seed: int = 0,
-             **knobs) -> ServingResult:
+             draft_model=None, **knobs) -> ServingResult:
     """Serve ``requests`` (a RequestTable, or anything with ``arrival_s, prompt_tokens,
     output_tokens``; or a :class:`simfoe.workloads.closed_loop.ClosedLoop`, whose lengths are drawn
     with ``seed`` and whose clients send the requests) on replicas of an instance whose iteration time is ``step_model`` (a
@@ -179,7 +181,9 @@ def simulate(requests, step_model, kv_capacity_tokens: int, engine: EngineConfig
     (tokens per iteration) apply to each data-parallel attention rank of an instance
     (``budget_scope="rank"``, the step model's ``dp_ranks``, as vLLM and SGLang do: each rank has its
     own queue and KV share, and ``rank_router`` pins an arriving request to one) or to the whole
-    instance (``"instance"``). See module docstring for metrics."""
+    instance (``"instance"``). With ``mtp`` draft tokens per decode step (:mod:`simfoe.serving.mtp`),
+    ``draft_model`` prices the draft module (a step model; None: drafts cost nothing) and ``seed`` seeds
+    the accepted drafts. See module docstring for metrics."""
     cfg = engine_config(engine, **knobs)
     _check_slo("slo_ttft", slo_ttft)
     _check_slo("slo_tbt", slo_tbt)
@@ -193,7 +197,7 @@ def simulate(requests, step_model, kv_capacity_tokens: int, engine: EngineConfig
     if rid is None:
         rid = np.arange(len(arr))
     eng = Engine(arr, requests.prompt_tokens, requests.output_tokens, rid, step_model, kv_capacity_tokens, cfg,
-                 progress=progress, closed=closed)
+                 progress=progress, closed=closed, draft_model=draft_model, seed=seed)
     t = time.perf_counter()
     eng.run()
     wall = time.perf_counter() - t
@@ -236,7 +240,7 @@ def simulate_serving(model, hardware, nodes: int, arch: str, trace, rate: float 
                      arrival: str | None = None, skip_bad_rows: bool = False, step_model=None,
                      kv_capacity_tokens: int | None = None, timeline: str | None = None,
                      record_timeline: bool = False, progress: bool = False, max_requests: int | None = None,
-                     max_gpus: int | None = None, **knobs) -> ServingResult:
+                     max_gpus: int | None = None, draft_model=None, **knobs) -> ServingResult:
     """Simulate serving ``trace`` (path or built-in name, or a closed-loop workload,
     :class:`simfoe.workloads.closed_loop.ClosedLoop`) on replicas of ``model`` on ``nodes`` nodes
     of ``hardware`` each, laid out as ``arch`` (moe | foe).
@@ -244,7 +248,8 @@ def simulate_serving(model, hardware, nodes: int, arch: str, trace, rate: float 
     ``rate`` req/s and ``duration`` s shape a trace's workload (simfoe.workloads.make_workload);
     ``routing`` is the expert-routing distribution. ``engine`` (or its fields as keywords, e.g.
     ``replicas=2, router="vllm-lb"``): the engine's knobs, :class:`EngineConfig`. ``step_model``
-    and ``kv_capacity_tokens`` replace the forward model (both or neither). ``timeline``: path of a
+    and ``kv_capacity_tokens`` replace the forward model (both or neither; ``draft_model`` then prices
+    MTP drafts, else the forward model's MTP module does and its KV and weights shrink the cache). ``timeline``: path of a
     Chrome/Perfetto trace of every iteration (batch composition, KV use) to write; ``record_timeline``:
     record those events without writing them (write later with :func:`write_serving_timeline`).
     ``max_requests``, ``max_gpus``: raise the bounds checked before the run (:mod:`simfoe.limits`)."""
@@ -268,13 +273,15 @@ def simulate_serving(model, hardware, nodes: int, arch: str, trace, rate: float 
     if step_model is None:
         fm, m, hw = build_forward(model, hardware, nodes, arch, routing, overrides, seed, max_gpus)
         step_model = fm
-        kv_capacity_tokens = fm.kv_capacity_tokens()
+        kv_capacity_tokens = fm.kv_capacity_tokens(mtp=True) if cfg.mtp else fm.kv_capacity_tokens()
+        if cfg.mtp:
+            draft_model = fm.mtp_module()
         gpus = fm.gpus
         layout = layout_info(fm.layout, fm.placement.nodes).to_dict()
     elif kv_capacity_tokens is None:
         raise SpecError("kv_capacity_tokens", None, "an integer number of tokens when step_model is given")
     res = simulate(reqs, step_model, kv_capacity_tokens, cfg, slo_ttft=slo_ttft, slo_tbt=slo_tbt, progress=progress,
-                   seed=seed)
+                   seed=seed, draft_model=draft_model)
     if timeline is not None:
         write_serving_timeline(res, timeline)
     head = {

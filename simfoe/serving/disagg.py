@@ -1,21 +1,23 @@
 """Prefill-decode disaggregation: a prefill pool and a decode pool of serving workers, the KV cache
 moving between them as flows on the fabric (issue 24.1).
 
-A request queues at a prefill worker (the prefill pool's router), is prefilled there in prefill-only
-iterations (the pool's step model, chunked as configured), and its KV cache moves to a decode worker
-(the decode pool's router and rank router pick it). The decode worker accepts the request only when
-the rank's free KV blocks hold its prompt and it runs fewer than ``max_batch`` requests (running plus
-those in transfer): transfers in flight are bounded by the decode side's free KV memory. The prefill
+A request is first pinned to a decode worker and rank (the decode pool's router and rank router),
+where it waits until the rank's free KV blocks hold its prompt and the rank runs fewer than
+``max_batch`` requests (running plus accepted): the decode side's free KV memory bounds the
+transfers in flight, and a prefill worker only computes KV that has somewhere to go (Dynamo and
+SGLang allocate the decode side's KV before the prefill runs). The accepted request then queues at
+a prefill worker (the prefill pool's router), is prefilled there in prefill-only iterations (the
+pool's step model, chunked as configured), and its KV cache moves to the decode rank; the prefill
 worker holds the request's KV blocks until the transfer has ended.
 
 KV transfer modes (:data:`TRANSFERS`):
 
 * ``after``: the whole KV is sent once prefill has ended (vLLM's NIXL connector, TensorRT-LLM);
-* ``layerwise``: each layer's KV is sent as it is computed. The decode side is asked for room when
-  the request's first prefill chunk is scheduled; from then on the first ``(L-1)/L`` of the bytes
-  stream as one flow, and the last layer's share is sent when prefill ends. The transfer ends when
-  both have arrived, ``max(prefill end + last layer's share, reservation + all bytes)`` on an idle
-  link (a flow may run ahead of the layers' compute; the last layer's share cannot);
+* ``layerwise``: each layer's KV is sent as it is computed: when the request's first prefill chunk
+  is scheduled the first ``(L-1)/L`` of the bytes start to stream as one flow, and the last layer's
+  share is sent when prefill ends. The transfer ends when both have arrived, about
+  ``max(prefill end + last layer's share, prefill start + all bytes)`` on an idle link (a flow may
+  run ahead of the layers' compute; the last layer's share cannot);
 * ``instant``: free and infinitely fast (a what-if bound and the aggregated-equivalence check).
 
 Flows run on a cluster of both pools (:func:`place_workers`: prefill workers first, the decode pool
@@ -45,7 +47,7 @@ import numpy as np
 
 from simfoe.errors import SpecError
 from simfoe.serving.engine import Engine, EngineConfig, Replica
-from simfoe.serving.metrics import STATUS_DONE, STATUS_DROPPED, STATUS_RUNNING, dist
+from simfoe.serving.metrics import STATUS_DONE, STATUS_DROPPED, STATUS_RUNNING, STATUS_WAITING, dist
 
 TRANSFERS = ("layerwise", "after", "instant")
 FIRST_TOKENS = ("prefill", "decode")
@@ -121,7 +123,7 @@ class PrefillReplica(Replica):
     def _schedule(self, now: float):
         batch = super()._schedule(now)
         if batch is not None and batch.chunks and self.engine.disagg.cfg.transfer == "layerwise":
-            for i, _ in batch.chunks:  # a first chunk: ask the decode side for room now
+            for i, _ in batch.chunks:  # a first chunk: the first layers' KV start to stream
                 self.engine.disagg.prefill_started(i)
         return batch
 
@@ -202,7 +204,6 @@ class DisaggEngine:
         shared = np.full(n, np.nan) if closed is not None else self.pre.store.arrival
         self.pre.store.arrival = self.dec.store.arrival = shared  # one arrival column
         self.pre.disagg = self.dec.disagg = self
-        self.handed = np.zeros(n, bool)  # routed to a decode rank
         self.reserved = np.full(n, np.nan)  # decode KV blocks reserved, transfer started (s)
         self.arrived_kv = np.full(n, np.nan)  # KV complete at the decode worker (s)
         self.kv_bytes = np.zeros(n)  # bytes sent
@@ -228,18 +229,28 @@ class DisaggEngine:
         return self.dec.replicas
 
     def arrive(self, i: int) -> None:
-        """Request row ``i`` is sent now (closed loop): to the prefill pool, or refused when its prompt can
-        never fit a prefill rank (the client hears of it at once, as of a failed request)."""
+        """Request row ``i`` is sent now: to a decode rank's queue for KV room, or refused when its prompt
+        can never fit a prefill rank (a closed loop's client hears of it at once, as of a failed request)."""
         if not self.pre.replicas[0].ranks[0].kv.fits(int(self.pre.store.prompt[i])):
             self.dec.store.status[i] = STATUS_DROPPED
             self.dec.store.dropped[i] = 1
-            ev = self.env.timeout(0)
-            ev.callbacks.append(lambda _e: self.clients.finished(1, self.env.now))
+            if self.clients is not None:
+                ev = self.env.timeout(0)
+                ev.callbacks.append(lambda _e: self.clients.finished(1, self.env.now))
             return
-        # the prefill engine's own front end where it has one (Engine.arrive), else straight to its router
-        getattr(self.pre, "arrive", self.pre.admit)(i)
+        self._route(i)
 
-    admit = arrive
+    admit = arrive  # the clients' name for it (before Engine.arrive)
+
+    def _arrivals(self):
+        """Open loop: every row arrives at its arrival time (as Engine.arrivals)."""
+        env, arr = self.env, self.dec.store.arrival
+        for i in range(len(arr)):
+            dt = arr[i] - env.now
+            if dt > 0:
+                yield env.timeout(dt)
+                arr[i] = env.now  # never one ulp before the arrival time (see Engine.arrivals)
+            self.arrive(i)
 
     def begin_measurement(self) -> None:
         self.pre.begin_measurement()
@@ -273,26 +284,15 @@ class DisaggEngine:
         if self._parts[i] == 0:
             self._arrive(i)
 
-    # ---- the hand-over: prefill rank -> decode rank
-    def prefill_started(self, i: int) -> None:
-        """Layerwise: request ``i``'s first prefill chunk is scheduled; ask the decode side for room."""
-        if not self.handed[i]:
-            self._route(i)
-
-    def prefilled(self, i: int) -> None:
-        """Request ``i``'s prefill has ended (now): route it (after, instant), or send its last layer."""
-        if not self.handed[i]:
-            self._route(i)
-        elif self.reserved[i] == self.reserved[i]:  # layerwise, room already reserved
-            self._flow(i, self.kv_bytes[i] / self.pools[1].layers)
-
+    # ---- the hand-over: decode room first, then prefill, then the KV transfer
     def _route(self, i: int) -> None:
-        self.handed[i] = True
+        """Request ``i`` arrives: pin it to a decode worker and rank, where it waits for KV room."""
         d, st = self.dec, self.dec.store
         k = d.router.pick(d.replicas, i)
         rep = d.replicas[k]
         r = rep.rank_router.pick(rep.views, i) if rep.rank_router is not None else 0
         st.replica[i], st.rank[i] = k, r
+        st.status[i] = STATUS_WAITING
         rep.pending[r].append(i)
         self.pump(rep, r)
 
@@ -303,7 +303,8 @@ class DisaggEngine:
 
     def pump(self, rep: DecodeReplica, r: int) -> None:
         """Accept rank ``r`` of decode worker ``rep``'s waiting requests, in order, while its free KV
-        blocks hold their prompts and it runs fewer than ``max_batch`` (running + in transfer)."""
+        blocks hold their prompts and it runs fewer than ``max_batch`` (running + accepted); an accepted
+        request goes to the prefill pool."""
         q, pend, st = rep.ranks[r], rep.pending[r], self.dec.store
         cap = self.dec.scheduler.max_batch
         while pend:
@@ -319,27 +320,28 @@ class DisaggEngine:
             q.kv.free -= need
             st.blocks[i] = need
             rep.in_flight[r] += 1
-            self._send(i)
+            self.reserved[i] = self.env.now
+            dec = self.pools[1]
+            self.kv_bytes[i] = self._tokens_sent(i) * dec.kv_bytes_per_token_per_gpu * _rank_gpus(
+                dec.gpus, self.dec.ranks_per_replica)
+            self.pre.admit(i)
 
-    def _send(self, i: int) -> None:
-        """Start request ``i``'s transfer now (its decode room is reserved)."""
-        self.reserved[i] = now = self.env.now
-        dec = self.pools[1]
-        total = self.kv_bytes[i] = self._tokens_sent(i) * dec.kv_bytes_per_token_per_gpu * _rank_gpus(dec.gpus,
-                                                                                                     self.dec.ranks_per_replica)
+    def prefill_started(self, i: int) -> None:
+        """Layerwise: request ``i``'s first prefill chunk is scheduled; its first L - 1 layers start to stream."""
+        if self._parts[i] == 0 and self.net is not None:
+            self._parts[i] = 2
+            self._flow(i, self.kv_bytes[i] * (1 - 1 / self.pools[1].layers))
+
+    def prefilled(self, i: int) -> None:
+        """Request ``i``'s prefill has ended (now): send its KV (after), its last layer (layerwise), or
+        hand it over at once (instant)."""
         if self.net is None:
             self._arrive(i)
-            return
-        ended = self.pre.store.first[i] <= now  # prefill has ended
-        if self.cfg.transfer == "after" or (ended and self.pools[1].layers == 1):
+        elif self.cfg.transfer == "after":
             self._parts[i] = 1
-            self._flow(i, total)
-            return
-        self._parts[i] = 2  # layerwise: the first L-1 layers now, the last one when prefill ends
-        last = total / self.pools[1].layers
-        self._flow(i, total - last)
-        if ended:
-            self._flow(i, last)
+            self._flow(i, self.kv_bytes[i])
+        else:
+            self._flow(i, self.kv_bytes[i] / self.pools[1].layers)
 
     def _release_prefill(self, i: int) -> None:
         """Free request ``i``'s KV blocks on its prefill rank (and wake that worker)."""
@@ -351,7 +353,6 @@ class DisaggEngine:
 
     def _refuse(self, i: int) -> None:
         """Drop request ``i`` at the decode side: prompt + output never fit a decode rank's KV cache."""
-        self._release_prefill(i)
         st = self.dec.store
         st.status[i] = STATUS_DROPPED
         st.dropped[i] = 1
@@ -389,7 +390,7 @@ class DisaggEngine:
         if self.clients is not None:
             self.clients.start()
         else:
-            env.process(self.pre.arrivals())
+            env.process(self._arrivals())
         for rep in self.pre.replicas + self.dec.replicas:
             env.process(rep.loop())
         gc_was_on = gc.isenabled()
@@ -449,8 +450,7 @@ def disagg_summary(de: DisaggEngine, wall_s: float, slo_ttft: float | None = Non
             if de.net is not None else {"intra_node": 0.0, "inter_node": 0.0},
             "kv_bytes_per_request": dist(de.kv_bytes[w:][done]),
             "exposed_s": dist(moved - end[done]),  # KV complete at the decode rank less prefill end
-            "wait_for_room_s": dist(de.reserved[w:][done] - np.where(de.cfg.transfer == "layerwise",
-                                                                     ps.scheduled[w:], end)[done]),
+            "wait_for_room_s": dist((de.reserved[w:] - arr)[done]),  # arrival to decode KV reserved
         },
     }
     s["sim"]["iterations"] = pools["prefill"]["iterations"] + pools["decode"]["iterations"]

@@ -22,6 +22,7 @@ from simfoe.errors import SpecError
 from simfoe.forward.work import Work
 from simfoe.serving.kv_cache import KVBlocks
 from simfoe.serving.clients import Clients
+from simfoe.serving.mtp import Drafts
 from simfoe.serving.metrics import (
     STATUS_DONE, STATUS_DROPPED, STATUS_RUNNING, STATUS_WAITING, GapHistogram, RequestStore,
 )
@@ -187,6 +188,7 @@ class Replica:
         ranks = self.ranks
         kvs = [q.kv for q in ranks]
         step_a, step_b = eng.cfg.step_overhead_s, eng.cfg.step_overhead_per_seq_s
+        drafts = eng.drafts
         while True:
             batch = self._schedule(env.now)
             if batch is None:
@@ -195,8 +197,9 @@ class Replica:
                 continue
             dec, chunks = batch.decodes, batch.chunks
             pf_tok, nd, kv_tok = batch.prefill_tokens, batch.decode_seqs, batch.decode_kv_tokens
-            excess = eng.excess(batch.loads, batch) if batch.loads is not None else 0.0
-            lat = cost(batch) + excess
+            work = batch if drafts is None else drafts.verify(batch)  # MTP: k + 1 query tokens per decode
+            excess = eng.excess(work.loads, work) if work.loads is not None else 0.0
+            lat = cost(work) + excess + (0.0 if drafts is None else drafts.price(batch))
             self.excess_s += excess
             if step_a or step_b:  # the engine's host time per iteration, and per sequence in its batch
                 lat += step_a + step_b * (nd + len(chunks))
@@ -222,8 +225,13 @@ class Replica:
             now = env.now
             # ---- advance decodes
             if nd:
-                st.ctx[dec] += 1
-                emit(dec, now)
+                if drafts is None:
+                    st.ctx[dec] += 1
+                    emit(dec, now)
+                else:  # 1 + accepted drafts each; their KV stays, the rejected drafts' is overwritten
+                    m = drafts.emitted(st.target[dec] - st.gen[dec])
+                    st.ctx[dec] += m
+                    emit(dec, now, m)
                 fin = dec[st.gen[dec] >= st.target[dec]]
             else:
                 fin = dec
@@ -303,6 +311,10 @@ class EngineConfig:
     step_overhead_s: float = 0.0
     step_overhead_per_seq_s: float = 0.0
     engine: str | None = None  # the engine profile the knobs came from (None: no profile)
+    # multi-token prediction (simfoe.serving.mtp): draft tokens per decode step (0: off) and the conditional
+    # acceptance rate of each draft position (None: DeepSeek-V3's published 0.85, for mtp 1 only)
+    mtp: int = 0
+    mtp_acceptance: tuple[float, ...] | None = None
 
 
 def engine_config(base: EngineConfig | str | None = None, **knobs) -> EngineConfig:
@@ -334,11 +346,13 @@ class Engine:
 
     def __init__(self, arrival_s, prompt_tokens, output_tokens, request_id, step_model,
                  kv_capacity_tokens: int, cfg: EngineConfig, progress: bool = False, closed: ClosedLoop | None = None,
-                 env: simpy.Environment | None = None):
+                 env: simpy.Environment | None = None, draft_model=None, seed: int = 0):
         """``closed``: closed-loop clients issue the rows (arrival times are then ignored and set as
         they are sent; the first ``closed.warmup`` rows are warm-ups); None: rows arrive at ``arrival_s``.
         ``env``: the SimPy environment to run in (default: a new one), e.g. a pipeline's whose stages
-        append rows (:meth:`RequestStore.append`) and :meth:`admit` them as they arrive."""
+        append rows (:meth:`RequestStore.append`) and :meth:`admit` them as they arrive.
+        ``draft_model``: with ``cfg.mtp``, the step model of the draft module (None: drafts cost nothing);
+        ``seed`` seeds the sampling of accepted drafts."""
         if not (isinstance(cfg.replicas, (int, np.integer)) and cfg.replicas >= 1):
             raise SpecError("replicas", cfg.replicas, "an integer >= 1")
         if cfg.horizon_s is not None and not (cfg.horizon_s > 0 and math.isfinite(cfg.horizon_s)):
@@ -358,8 +372,16 @@ class Engine:
         #: budget (budget_scope "rank"), or 1 (one for the whole instance)
         self.ranks_per_replica = n = self.cost.dp_ranks if cfg.budget_scope == "rank" else 1
         self.scheduler = make_scheduler(cfg.scheduler, cfg.max_batch, cfg.token_budget)
-        #: the policy's shortcut for several ranks that all just decode (None: schedule rank by rank)
-        self.decode_all = fast_decode(self.scheduler) if n > 1 else None
+        #: multi-token prediction (None: off): drafts per step, acceptance sampling, draft cost
+        self.drafts = Drafts(cfg.mtp, cfg.mtp_acceptance, None if draft_model is None else
+                             make_cost(draft_model, cfg.cost, cfg.bucket_bits), seed) if cfg.mtp else None
+        if self.drafts is not None:
+            self.scheduler.step_tokens = self.drafts.step_tokens
+        elif cfg.mtp_acceptance is not None:
+            Drafts(0, cfg.mtp_acceptance)  # refused: acceptance without drafts
+        #: the policy's shortcut for several ranks that all just decode (None: schedule rank by rank;
+        #: always with MTP, whose decodes need blocks for k + 1 tokens)
+        self.decode_all = fast_decode(self.scheduler) if n > 1 and self.drafts is None else None
         self.router = make_router(cfg.router, int(cfg.replicas))
         make_router(cfg.rank_router, 1, "rank_router")  # a bad name fails also where no instance has ranks
         #: the busiest rank's excess compute over a balanced instance (None: one rank, or the model has no rank costs)
@@ -434,6 +456,8 @@ class Engine:
         self.store.gaps = GapHistogram()
         for r in self.replicas:
             r.reset_counters()
+        if self.drafts is not None:
+            self.drafts.reset_counters()
 
     def run(self) -> Engine:
         """Simulate until every request is done (or the horizon); returns self."""

@@ -145,13 +145,18 @@ class RequestStore:
             self.token_buf = np.full(int(self.token_offsets[-1]), np.nan)
 
     # ---------------------------------------------------------------- token bookkeeping
-    def emit(self, idx: np.ndarray, now: float) -> None:
-        """Record one new output token at time ``now`` for each request in ``idx`` (int array)."""
+    def emit(self, idx: np.ndarray, now: float, count: np.ndarray | None = None) -> None:
+        """Record one new output token at time ``now`` for each request in ``idx`` (int array), or ``count``
+        tokens each (int array; multi-token prediction): tokens that arrive together make one gap."""
         if not len(idx):
             return
         if self.token_buf is not None:
-            self.token_buf[self.token_offsets[idx] + self.gen[idx]] = now
-        self.gen[idx] += 1
+            if count is None:
+                self.token_buf[self.token_offsets[idx] + self.gen[idx]] = now
+            else:  # the k-th token of a request lands at its offset + gen + k
+                k = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
+                self.token_buf[np.repeat(self.token_offsets[idx] + self.gen[idx], count) + k] = now
+        self.gen[idx] += 1 if count is None else count
         every = idx
         last = self.last[idx]
         newf = np.isnan(last)

@@ -47,6 +47,8 @@ class ChunkedFCFS:
     """FCFS continuous batching with chunked prefill; see module docstring."""
 
     chunked = True
+    #: KV tokens a decode writes per step: 1, or 1 + the drafts under multi-token prediction (simfoe.serving.mtp)
+    step_tokens = 1
 
     def __init__(self, max_batch: int = 256, token_budget: int = 8192):
         if not (isinstance(max_batch, (int, np.integer)) and max_batch >= 1):
@@ -113,6 +115,12 @@ class ChunkedFCFS:
             budget -= c
         return budget
 
+    def step_blocks(self, st, dec: np.ndarray, bs: int) -> np.ndarray:
+        """KV blocks each decode in ``dec`` must add to write this step's ``step_tokens`` tokens (no more
+        than it has left to generate), ``bs`` tokens per block (int array)."""
+        new = np.minimum(self.step_tokens, st.target[dec] - st.gen[dec])
+        return np.maximum(0, -(-(st.ctx[dec] + new) // bs) - st.blocks[dec])
+
     # ---------------------------------------------------------------- one iteration
     @staticmethod
     def decode_all(queues, st):
@@ -150,8 +158,12 @@ class ChunkedFCFS:
                 r = np.fromiter(run, np.int64, len(run))
                 dmask = st.pf_left[r] == 0
                 dec = r[dmask]
-                grow = (st.ctx[dec] % bs) == 0
-                need = int(np.count_nonzero(grow))
+                if self.step_tokens == 1:
+                    grow = (st.ctx[dec] % bs) == 0
+                    need = int(np.count_nonzero(grow))
+                else:
+                    grow = self.step_blocks(st, dec, bs)
+                    need = int(grow.sum())
                 if need > kv.free:
                     self.preempt_last(q, st)
                     continue
@@ -161,9 +173,12 @@ class ChunkedFCFS:
                 grow = dec
                 need = 0
             if need:
-                st.blocks[dec[grow]] += 1
+                if self.step_tokens == 1:
+                    st.blocks[dec[grow]] += 1
+                else:
+                    st.blocks[dec] += grow
                 kv.free -= need
-            budget = self.token_budget - len(dec)
+            budget = self.token_budget - len(dec) * self.step_tokens
             chunks = []
             if len(dec) < len(r):
                 for i in r[~dmask].tolist():

@@ -90,6 +90,9 @@ class ModelSpec(Spec):
     gated: bool = Field(True, description="SwiGLU-style FFN: three matrices instead of two")
     attention: AttentionSpec
     moe: MoESpec | None = None
+    mtp_layers: int = Field(0, ge=0, description="multi-token-prediction modules (config.json "
+                            "num_nextn_predict_layers; DeepSeek-V3: 1): one transformer layer each, like the model's "
+                            "last, sharing its embedding and LM head; serving drafts with them under EngineConfig.mtp")
     source: str = ""
 
     @model_validator(mode="after")

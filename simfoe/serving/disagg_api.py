@@ -1,0 +1,113 @@
+"""Disaggregated serving from presets (issue 24.1): the function ``simfoe serve --disagg`` calls.
+
+:func:`simulate_disagg_serving` builds one forward model per pool (its :class:`simfoe.specs.disagg.PoolSpec`:
+placement, workers, GPUs per worker, engine knobs) and runs :func:`simfoe.serving.disagg.simulate_disagg`
+on a trace or a closed loop. Units: seconds, tokens, bytes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from simfoe.errors import SpecError
+from simfoe.serving.disagg import DisaggConfig, DisaggResult, Pool, simulate_disagg
+
+
+@dataclass(frozen=True)
+class DisaggRun:
+    """What a disaggregated run is asked for besides its workload: the KV ``transfer`` mode, the
+    ``first_token`` convention, ``xpyd`` (prefill, decode workers; None: the pool specs' ``workers``),
+    the expert ``routing`` distribution, ``--set`` ``overrides`` (hardware.* and model.* only: each pool's
+    layout is its spec), ``seed``, SLOs (s), ``horizon_s``, and the bounds ``max_requests``, ``max_gpus``."""
+
+    transfer: str = "layerwise"
+    first_token: str = "prefill"
+    xpyd: tuple[int, int] | None = None
+    routing: str = "uniform"
+    overrides: tuple[str, ...] = ()
+    seed: int = 0
+    slo_ttft: float | None = None
+    slo_tbt: float | None = None
+    horizon_s: float | None = None
+    max_requests: int | None = None
+    max_gpus: int | None = None
+
+
+def parse_xpyd(text: str, field: str = "xpyd") -> tuple[int, int]:
+    """``"2:1"`` -> (2, 1): prefill and decode workers."""
+    parts = str(text).split(":")
+    if len(parts) == 2 and all(p.strip().isdigit() and int(p) >= 1 for p in parts):
+        return int(parts[0]), int(parts[1])
+    raise SpecError(field, text, "PREFILL:DECODE workers, two integers >= 1 (e.g. 2:1)")
+
+
+def pool_of(spec, model, hardware, workers: int | None, routing: str, seed: int, max_gpus: int | None,
+            field: str) -> tuple[Pool, dict]:
+    """The :class:`Pool` of a pool spec (PoolSpec, mapping or YAML path) for ``model`` on ``hardware``
+    (specs), and its description for the summary (layout, workers, GPUs per worker)."""
+    from simfoe.forward import ForwardModel
+    from simfoe.limits import check_instance_gpus
+    from simfoe.provenance import layout_info
+    from simfoe.serving.engine import engine_config
+    from simfoe.specs.disagg import load_pool
+    from simfoe.specs.routing import parse_routing
+
+    ps = load_pool(spec, field)
+    pl = ps.placement()
+    hw = hardware
+    if ps.gpus is not None:
+        if ps.nodes != 1 or ps.gpus > hardware.node.gpus_per_node:
+            raise SpecError(f"{field}.gpus", ps.gpus, f"at most {hardware.node.gpus_per_node} (one node) with nodes 1")
+        hw = hardware.model_copy(deep=True)
+        hw.node.gpus_per_node = ps.gpus
+    check_instance_gpus(pl.nodes, hw.node.gpus_per_node, max_gpus)
+    fm = ForwardModel(model, hw, pl, parse_routing(routing), seed=seed)
+    e = ps.engine
+    cfg = engine_config(max_batch=e.max_batch, token_budget=e.token_budget, budget_scope=e.budget_scope,
+                        rank_router=e.rank_router, router=e.router, scheduler=e.scheduler, block_size=e.block_size)
+    n = workers if workers is not None else ps.workers
+    pool = Pool(fm, fm.kv_capacity_tokens(), n, cfg, fm.gpus, fm.kv_bytes_per_token_per_gpu(), model.n_layers)
+    return pool, {"workers": n, "gpus_per_worker": fm.gpus, "arch": pl.arch, "nodes_per_worker": pl.nodes,
+                  "layout": layout_info(fm.layout, pl.nodes).to_dict()}
+
+
+def _workload(trace, rate, duration, arrival, seed, max_requests):
+    """(requests, workload description) of a trace or a closed loop, as ``simfoe serve`` reads them."""
+    from simfoe.workloads import make_workload
+    from simfoe.workloads.closed_loop import ClosedLoop
+
+    if isinstance(trace, ClosedLoop):
+        return trace, {**trace.to_dict(), "source": trace.describe(), "requests": trace.num_prompts}
+    reqs = make_workload(trace, rate=rate, duration=duration, arrival=arrival, seed=seed, max_requests=max_requests)
+    return reqs, {"kind": "open-loop", "source": reqs.source, "requests": len(reqs), "skipped_rows": reqs.skipped_rows}
+
+
+def simulate_disagg_serving(model, hardware, prefill, decode, trace, rate: float | None = None,
+                            duration: float | None = None, run: DisaggRun | None = None,
+                            arrival: str | None = None) -> DisaggResult:
+    """Serve ``trace`` (a path or built-in name with ``rate``, ``duration``, ``arrival``; or a
+    :class:`simfoe.workloads.closed_loop.ClosedLoop`) on ``model`` (preset, path or spec) disaggregated on
+    ``hardware``: a ``prefill`` and a ``decode`` pool, each a :class:`simfoe.specs.disagg.PoolSpec` (or a
+    mapping or YAML path), as ``run`` (:class:`DisaggRun`) asks. The summary is that of ``simfoe serve``
+    plus ``disagg`` (see :func:`simfoe.serving.disagg.disagg_summary`) and ``prefill``/``decode`` pools."""
+    from simfoe.specs.io import check_override_roots, load_hardware, load_model, split_override
+
+    run = run or DisaggRun()
+    ov = list(run.overrides)
+    check_override_roots(ov)
+    for item in ov:
+        if split_override(item)[0] == "placement":
+            raise SpecError("--set", item, "hardware.* or model.* with --disagg (each pool's layout is its spec file)")
+    m = model if not isinstance(model, str) else load_model(model, ov)
+    hw = hardware if not isinstance(hardware, str) else load_hardware(hardware, ov)
+    x, y = run.xpyd if run.xpyd is not None else (None, None)
+    pre, pre_info = pool_of(prefill, m, hw, x, run.routing, run.seed, run.max_gpus, "prefill")
+    dec, dec_info = pool_of(decode, m, hw, y, run.routing, run.seed, run.max_gpus, "decode")
+    reqs, workload = _workload(trace, rate, duration, arrival, run.seed, run.max_requests)
+    res = simulate_disagg(reqs, pre, dec, DisaggConfig(run.transfer, run.first_token, hw, run.horizon_s),
+                          slo_ttft=run.slo_ttft, slo_tbt=run.slo_tbt, seed=run.seed)
+    head = {"model": str(getattr(model, "name", model)), "hardware": str(getattr(hardware, "name", hardware)),
+            "mode": "disagg", "xpyd": f"{pre.workers}:{dec.workers}", "seed": run.seed, "workload": workload}
+    res.summary = {**head, **res.summary}
+    res.summary["disagg"]["prefill"].update(pre_info)
+    res.summary["disagg"]["decode"].update(dec_info)
+    return res
