@@ -120,9 +120,9 @@ def load(kind: str, name: str, overrides=()):
     if kind == "model":
         return load_model(name, list(overrides))
     if kind == "pipeline":
-        from simfoe.pipelines.spec import load_pipeline
+        from simfoe.pipelines.api import load_pipeline
 
-        return load_pipeline(name, list(overrides))
+        return load_pipeline(name, tuple(overrides))
     raise SpecError("kind", kind, "hardware, model or pipeline")
 
 
@@ -180,14 +180,10 @@ def run(s: Scenario) -> dict:
 
         return _flat({k: r[k] for k in SUMMARY_METRICS if k in r})
     if s.kind == "pipeline":
-        from simfoe.pipelines.engine import simulate
-        from simfoe.pipelines.metrics import summarize
-        from simfoe.pipelines.spec import load_pipeline
+        from simfoe.pipelines.api import run_pipeline
 
-        spec = load_pipeline(s.spec, list(s.overrides))
-        r = summarize(simulate(spec, s.mode, float(s.rate or 1.0), float(s.duration or 60.0), s.seed,
-                               s.pipeline_routing), per_instance=False)
-        return _flat(r)
+        return _flat(run_pipeline(s.spec, s.mode, float(s.rate or 1.0), float(s.duration or 60.0), s.seed,
+                                  s.pipeline_routing, s.overrides))
     raise SpecError("kind", s.kind, "one of " + ", ".join(KINDS))
 
 

@@ -259,6 +259,44 @@ def test_metrics_helpers():
     assert max_load_meeting(pts, 4.0) == 3
 
 
+def _pt(rate, p50, valid=True):
+    return {"offered_rps": rate, "achieved_rps": 0.9 * rate, "valid_point": valid, "latency_s": {"p50": p50}}
+
+
+def test_load_at_target_says_found_not_reached_or_none():
+    """Hand-made points: the limit is only a limit when a higher rate missed the target (or was dropped)."""
+    from simfoe.pipelines.metrics import load_at_target, load_at_target_text
+
+    found = load_at_target([_pt(2, 1.0), _pt(4, 3.0), _pt(6, 5.0)], 4.0)
+    assert (found["max_load_status"], found["max_load_at_target_rps"]) == ("found", pytest.approx(3.6))
+    assert load_at_target_text(found, 4.0) == "3.60"
+    saturated = load_at_target([_pt(2, 1.0), _pt(4, 3.0), _pt(6, 2.0, valid=False)], 4.0)
+    assert saturated["max_load_status"] == "found" and saturated["dropped_rates_rps"] == [6]
+    never = load_at_target([_pt(2, 1.0), _pt(4, 3.0)], 4.0)
+    assert (never["max_load_status"], never["max_load_at_target_rps"]) == ("not_reached", None)
+    assert never["meets_target_up_to_rps"] == pytest.approx(3.6)
+    assert load_at_target_text(never, 4.0) == "not reached up to 4 req/s"
+    none = load_at_target([_pt(2, 5.0), _pt(4, 6.0)], 4.0)
+    assert none["max_load_status"] == "none_met" and none["meets_target_up_to_rps"] is None
+    assert max_load_meeting([_pt(2, 1.0), _pt(4, 3.0)], 4.0) == never["meets_target_up_to_rps"]
+
+
+def test_one_api_for_cli_whatif_and_sweeps():
+    """whatif and a sweep's pipeline kind run the same simfoe.pipelines.run_pipeline: same inputs, same numbers."""
+    import simfoe.pipelines as pl
+    import simfoe.whatif as wi
+    from simfoe.sweep.scenarios import get_kind
+
+    ov = ("stages.bm25.instances=2",)
+    ref = pl.run_pipeline("factool", "batch", 4.0, 30.0, 3, "least-loaded", ov)
+    row = wi.run(wi.scenario("pipeline", spec="factool", mode="batch", rate=4.0, duration=30.0, seed=3,
+                             pipeline_routing="least-loaded", overrides=ov))
+    assert row["latency_s.p99"] == ref["latency_s"]["p99"] and row["completed"] == ref["completed"]
+    swept = get_kind("pipeline").function()(spec="factool", mode="batch", rate=4.0, duration=30.0, seed=3,
+                                            routing="least-loaded", overrides=ov)
+    assert swept == ref
+
+
 def test_hardware_profile_sets_network_and_cross_node_transfers_cost_time():
     """Instances placed on two nodes of an A100 profile pay its calibrated NIC rate and latency."""
     from simfoe.pipelines.spec import parse_pipeline as parse_spec

@@ -5,7 +5,7 @@ Curves:    simfoe pipeline --spec factool --compare stream,batch --rates 1:30:1 
 """
 from __future__ import annotations
 
-from simfoe.cli.common import add_json_flag, add_limit_flag, table
+from simfoe.cli.common import add_json_flag, add_limit_flag, add_progress_flag, table
 from simfoe.limits import PIPELINE_REQUESTS
 from simfoe.outputs import fmt_time
 from simfoe.pipelines.routing import POLICIES as ROUTINGS
@@ -34,6 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, help="folder for --compare results (points.json, curves.png)")
     p.add_argument("--jobs", type=int, default=None, help="worker processes for --compare (default 2)")
     add_limit_flag(p, PIPELINE_REQUESTS, "requests (--rate x --duration; with --compare, summed over all runs)")
+    add_progress_flag(p, "a line per finished --compare point on stderr")
     add_json_flag(p)
     p.set_defaults(func=run, render=render)
 
@@ -48,10 +49,8 @@ def run(args) -> dict:
     from simfoe.cli.common import check_seed, renamed_fields
     from simfoe.inputs import check_text_file
     from simfoe.errors import SpecError
-    from simfoe.outputs import AtomicFiles, check_dir
-    from simfoe.pipelines.engine import MODES, simulate
-    from simfoe.pipelines.metrics import max_load_meeting, parse_rates, summarize
-    from simfoe.pipelines.spec import load_pipeline
+    from simfoe.pipelines.api import load_pipeline, run_pipeline
+    from simfoe.pipelines.engine import MODES
 
     check_seed(args.seed)
     check_text_file("--spec", args.spec)
@@ -70,21 +69,31 @@ def run(args) -> dict:
             if given is not None:
                 raise SpecError(flag, given, "only with --compare" + (" (a single run takes --rate)" if flag == "--rates" else ""))
         with renamed_fields(LIMIT_FLAGS):
-            res = simulate(spec, args.mode, args.rate, args.duration, args.seed, args.routing,
-                           max_requests=args.max_requests)
-        return {**summarize(res), "run": _run(args, spec)}
+            res = run_pipeline(spec, args.mode, args.rate, args.duration, args.seed, args.routing,
+                               max_requests=args.max_requests, per_instance=True)
+        return {**res, "run": _run(args, spec)}
+    return _compare(args, spec)
 
+
+def _compare(args, spec) -> dict:
+    """``--compare``: every variant at every rate through :func:`simfoe.pipelines.api.compare`."""
+    import math
     from pathlib import Path
 
-    from simfoe.pipelines.curves import plot_curves, sweep
+    from simfoe.cli.common import renamed_fields, want_progress
+    from simfoe.errors import SpecError
+    from simfoe.outputs import AtomicFiles, check_dir
+    from simfoe.pipelines.api import Variant, compare, plot_curves
+    from simfoe.pipelines.engine import MODES
+    from simfoe.pipelines.metrics import parse_rates
 
     items = [x.strip() for x in args.compare.split(",") if x.strip()]
     variants = []
     for x in items:
         if x in MODES:
-            variants.append((x, args.routing))
+            variants.append(Variant(x, args.routing))
         elif x in ROUTINGS:
-            variants.append((args.mode, x))
+            variants.append(Variant(args.mode, x))
         else:
             raise SpecError("--compare", x, f"modes ({', '.join(MODES)}) or routings ({', '.join(ROUTINGS)})")
     if len(variants) < 1:
@@ -98,28 +107,32 @@ def run(args) -> dict:
         check_dir("--out", args.out, files=("points.json", "curves.png"))
     given = ("--rates", args.rates) if args.rates is not None else ("--rate", args.rate)
     with renamed_fields({**LIMIT_FLAGS, "rates": given[0]}, {"rates": given[1]}):
-        points = sweep(spec, variants, rates, args.duration, args.seed, args.jobs, args.max_requests)
-    summary = {}
-    for v in dict.fromkeys(p["variant"] for p in points):
-        pts = [p for p in points if p["variant"] == v]
-        low = min(pts, key=lambda p: p["offered_rps"])
-        summary[v] = {
-            "max_load_at_target_rps": max_load_meeting(pts, args.target),
-            "p99_at_lowest_rate_s": low["latency_s"]["p99"],
-            "p50_at_lowest_rate_s": low["latency_s"]["p50"],
-        }
-    result = {"spec": spec.name, "target_s": args.target, "duration_s": args.duration, "seed": args.seed,
-              "summary": summary, "points": points, "run": _run(args, spec)}
+        result = compare(spec, variants, rates, args.duration, args.seed, args.target, args.jobs, args.max_requests,
+                         progress=_progress_line if want_progress(args) else None)
+    result["run"] = _run(args, spec)
     if args.out:
         from simfoe.outputs import json_text
 
         out = Path(args.out)
         with AtomicFiles("--out") as w:  # both files or neither
             w.path(out / "points.json").write_text(json_text(result), encoding="utf-8")
-            plot_curves(points, w.path(out / "curves.png"), title=f"{spec.name}: latency vs achieved load",
+            plot_curves(result["points"], w.path(out / "curves.png"), title=f"{spec.name}: latency vs achieved load",
                         target_s=args.target)
         result["files"] = [str(out / "points.json"), str(out / "curves.png")]
     return result
+
+
+def _progress_line(d) -> None:
+    """One stderr line per finished --compare point (a :class:`simfoe.pipelines.curves.PointDone`)."""
+    import sys
+
+    p = d.point
+    lat = p["latency_s"]
+    shown = (f"p50 {fmt_time(lat['p50'])}, p99 {fmt_time(lat['p99'])}" if lat["p50"] is not None else "none completed")
+    flag = "" if p["valid_point"] else " (dropped: achieved < 80% of offered)"
+    sys.stderr.write(f"pipeline {d.done}/{d.total}: {p['variant']} at {p['offered_rps']:g} req/s: achieved "
+                     f"{p['achieved_rps']:.2f} req/s, {shown}{flag} [{d.wall_s:.1f} s]\n")
+    sys.stderr.flush()
 
 
 def _run(args, spec) -> dict:
@@ -136,9 +149,15 @@ def render(result: dict) -> str:
         rows = [[p["variant"], f"{p['offered_rps']:g}", f"{p['achieved_rps']:.2f}", fmt_time(p["latency_s"]["p50"]),
                  fmt_time(p["latency_s"]["p99"]), "yes" if p["valid_point"] else "no"] for p in result["points"]]
         s = table(rows, ["variant", "offered", "achieved", "p50", "p99", "valid"])
-        srows = [[v, "-" if x["max_load_at_target_rps"] is None else f"{x['max_load_at_target_rps']:.2f}",
-                  fmt_time(x["p99_at_lowest_rate_s"])] for v, x in result["summary"].items()]
+        from simfoe.pipelines.metrics import load_at_target_text
+
+        srows = [[v, load_at_target_text(x, result["target_s"]), fmt_time(x["p99_at_lowest_rate_s"])]
+                 for v, x in result["summary"].items()]
         s += "\n\n" + table(srows, ["variant", f"max load at p50 <= {result['target_s']:g} s", "p99 at lowest rate"])
+        dropped = [f"{v} at {', '.join(f'{r:g}' for r in x['dropped_rates_rps'])} req/s"
+                   for v, x in result["summary"].items() if x["dropped_rates_rps"]]
+        if dropped:
+            s += ("\n\nleft off the curves (achieved < 80% of offered, or none completed): " + "; ".join(dropped))
         if result.get("files"):
             s += "\n\nwrote " + ", ".join(result["files"])
         return s

@@ -69,6 +69,52 @@ def max_load_meeting(points: list[dict], target_s: float, stat: str = "p50") -> 
     return max(ok) if ok else None
 
 
+def on_curve(p: dict, stat: str = "p50") -> bool:
+    """Whether a point belongs on a latency-vs-load curve: valid (:data:`ACHIEVED_FRACTION_MIN`) and
+    with a latency ``stat`` (some request completed)."""
+    return bool(p["valid_point"]) and p["latency_s"][stat] is not None
+
+
+def load_at_target(points: list[dict], target_s: float, stat: str = "p50") -> dict:
+    """The load one variant's points sustain with latency ``stat`` <= ``target_s`` (s), said honestly:
+
+    - ``max_load_status``: ``found`` (a higher offered rate missed the target or was left off the
+      curve, so the limit lies inside the sweep), ``not_reached`` (every point from the best one up
+      met it: the limit lies above ``highest_rate_tried_rps``), or ``none_met`` (no valid point meets it).
+    - ``max_load_at_target_rps``: the largest achieved load (req/s) meeting the target, only when
+      ``found`` (else None: the highest rate tried is not a limit).
+    - ``meets_target_up_to_rps``: that load whatever the status (None when no point meets it).
+    - ``dropped_rates_rps``: offered rates of the points left off the curves (not valid or none completed).
+    """
+    def meets(p):
+        return on_curve(p, stat) and p["latency_s"][stat] <= target_s
+
+    best = max((p for p in points if meets(p)), key=lambda p: p["achieved_rps"], default=None)
+    top = max(p["offered_rps"] for p in points)
+    if best is None:
+        status = "none_met"
+    elif any(p["offered_rps"] > best["offered_rps"] and not meets(p) for p in points):
+        status = "found"
+    else:
+        status = "not_reached"
+    return {
+        "max_load_status": status,
+        "max_load_at_target_rps": best["achieved_rps"] if status == "found" else None,
+        "meets_target_up_to_rps": None if best is None else best["achieved_rps"],
+        "highest_rate_tried_rps": top,
+        "dropped_rates_rps": sorted(p["offered_rps"] for p in points if not on_curve(p, stat)),
+    }
+
+
+def load_at_target_text(s: dict, target_s: float) -> str:
+    """One summary entry of :func:`load_at_target` in words: the load, or why there is none."""
+    if s["max_load_status"] == "found":
+        return f"{s['max_load_at_target_rps']:.2f}"
+    if s["max_load_status"] == "not_reached":
+        return f"not reached up to {s['highest_rate_tried_rps']:g} req/s"
+    return f"none: no valid point within {target_s:g} s"
+
+
 #: Most rate points one --compare run accepts (each is a full simulation per variant).
 MAX_RATES = 10_000
 

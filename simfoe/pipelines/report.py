@@ -32,27 +32,28 @@ def _fmt(x, unit="", nd=2):
 
 
 def build(out: Path, duration: float, rates: list[float], policy_rates: list[float], seed: int, jobs: int) -> dict:
-    from simfoe.pipelines.curves import plot_curves, sweep
-    from simfoe.pipelines.metrics import max_load_meeting
-    from simfoe.pipelines.spec import load_pipeline
+    from simfoe.pipelines.api import Variant, compare, plot_curves
+    from simfoe.pipelines.metrics import load_at_target_text
 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    spec = load_pipeline("factool")
-    modes = sweep(spec, [("stream", "hash-all"), ("batch", "hash-all")], rates, duration, seed, jobs)
-    spec_c = load_pipeline("factool", CACHE_OVERRIDES)
+    cmp_modes = compare("factool", [Variant("stream", "hash-all"), Variant("batch", "hash-all")], rates, duration, seed,
+                        TARGET_S, jobs)
     policies = ["hash-all", "aggregation-aware", "least-loaded", "prompt-aware"]
-    pol = sweep(spec_c, [("stream", p) for p in policies], policy_rates, duration, seed, jobs)
+    cmp_pol = compare("factool", [Variant("stream", p) for p in policies], policy_rates, duration, seed, TARGET_S, jobs,
+                      overrides=CACHE_OVERRIDES)
+    modes, pol = cmp_modes["points"], cmp_pol["points"]
     wall = time.time() - t0
 
-    def summ(points, variant):
-        pts = [p for p in points if p["variant"] == variant]
-        low = min(pts, key=lambda p: p["offered_rps"])
-        return {"max_load": max_load_meeting(pts, TARGET_S), "p99_low": low["latency_s"]["p99"],
-                "p50_low": low["latency_s"]["p50"], "low_rate": low["offered_rps"],
+    def summ(cmp, variant):
+        x = cmp["summary"][variant]
+        pts = [p for p in cmp["points"] if p["variant"] == variant]
+        return {"max_load": x["max_load_at_target_rps"], "max_load_text": load_at_target_text(x, TARGET_S),
+                "p99_low": x["p99_at_lowest_rate_s"], "p50_low": x["p50_at_lowest_rate_s"],
+                "low_rate": x["lowest_rate_rps"],
                 "max_valid_load": max((p["achieved_rps"] for p in pts if p["valid_point"]), default=None)}
 
-    s, b = summ(modes, "stream/hash-all"), summ(modes, "batch/hash-all")
+    s, b = summ(cmp_modes, "stream/hash-all"), summ(cmp_modes, "batch/hash-all")
     load_ratio = s["max_load"] / b["max_load"] if s["max_load"] and b["max_load"] else None
     p99_ratio = b["p99_low"] / s["p99_low"] if s["p99_low"] else None
     plot_curves(modes, out / "stream_vs_batch.png", "FacTool preset, hash-all routing: stream vs batch", TARGET_S)
@@ -75,7 +76,7 @@ def build(out: Path, duration: float, rates: list[float], policy_rates: list[flo
         "",
         "| | stream | batch | simfoe ratio | paper |",
         "|---|---|---|---|---|",
-        f"| max load with median <= {TARGET_S:g} s (req/s) | {_fmt(s['max_load'])} | {_fmt(b['max_load'])} | "
+        f"| max load with median <= {TARGET_S:g} s (req/s) | {s['max_load_text']} | {b['max_load_text']} | "
         f"{_fmt(load_ratio, 'x')} | up to {PAPER_LOAD_RATIO:g}x |",
         f"| P99 latency at {s['low_rate']:g} req/s (s) | {_fmt(s['p99_low'])} | {_fmt(b['p99_low'])} | "
         f"{_fmt(p99_ratio, 'x')} lower | {PAPER_P99_RATIO:g}x lower |",
@@ -104,8 +105,8 @@ def build(out: Path, duration: float, rates: list[float], policy_rates: list[flo
     for p in policies:
         pts = [x for x in pol if x["variant"] == f"stream/{p}"]
         mid = [x for x in pts if x["offered_rps"] == policy_rates[len(policy_rates) // 2]][0]
-        sp = summ(pol, f"stream/{p}")
-        lines.append(f"| {p} | {_fmt(sp['max_load'])} | {_fmt(sp['p99_low'])} s | {_fmt(mid['latency_s']['p50'])} s | "
+        sp = summ(cmp_pol, f"stream/{p}")
+        lines.append(f"| {p} | {sp['max_load_text']} | {_fmt(sp['p99_low'])} s | {_fmt(mid['latency_s']['p50'])} s | "
                      f"{_fmt(mid['latency_s']['p99'])} s |")
     lines += [
         "",

@@ -173,11 +173,10 @@ def _check_closed_loop(options: dict) -> None:
     select_workload(options.get("trace"), **{k: options.get(k) for k in ClosedLoop.__dataclass_fields__})
 
 
-@functools.lru_cache(maxsize=256)
 def _check_pipeline(spec: str, overrides: tuple[str, ...]) -> None:
-    from simfoe.pipelines.spec import load_pipeline
+    from simfoe.pipelines.api import load_pipeline
 
-    load_pipeline(spec, list(overrides))
+    load_pipeline(spec, overrides)
 
 
 def check_pipeline_options(options: dict, overrides: dict) -> None:
@@ -195,33 +194,6 @@ def check_pipeline_options(options: dict, overrides: dict) -> None:
         _check_pipeline(str(options["spec"]), tuple(format_override(p, v) for p, v in sorted(overrides.items())))
 
 
-# ---- pipeline adapter (until/unless simfoe.pipelines exposes a dict-returning run function) -----
-
-@functools.lru_cache(maxsize=64)
-def _pipeline_spec(spec: str, overrides: tuple[str, ...]):
-    from simfoe.pipelines.spec import load_pipeline
-
-    return load_pipeline(spec, list(overrides))
-
-
-def run_pipeline(spec: str, mode: str = "stream", rate: float = 1.0, duration: float = 60.0,
-                 seed: int = 0, routing: str | None = None, overrides: tuple[str, ...] = ()) -> dict:
-    """One pipeline scenario -> the ``simfoe pipeline --json`` object (rate in requests/s, duration in s)."""
-    for mod, attr in (("simfoe.pipelines.api", "run_pipeline"), ("simfoe.pipelines", "run_pipeline")):
-        try:
-            fn = getattr(importlib.import_module(mod), attr)
-        except (ImportError, AttributeError):
-            continue
-        return fn(spec=spec, mode=mode, rate=rate, duration=duration, seed=seed, routing=routing,
-                  overrides=list(overrides))
-    from simfoe.pipelines.engine import simulate
-    from simfoe.pipelines.metrics import summarize
-
-    res = simulate(_pipeline_spec(str(spec), tuple(overrides)), mode=mode, rate=rate, duration=duration,
-                   seed=seed, routing=routing)
-    return summarize(res, per_instance=False)
-
-
 # Built-in kinds. Known metric names follow the public contract in DESIGN.md.
 FORWARD_METRICS = ("latency_s", "gpus", "breakdown_s", "comm_bytes", "local_activation_rate", "nodes_per_token",
                    "memory", "micro_batches")
@@ -233,4 +205,4 @@ register(ScenarioKind(
     "serve", "simfoe.serving.api:run_serve",
     override_roots=("hardware", "model", "placement"), check=check_model_options, builtin=True))
 register(ScenarioKind(
-    "pipeline", "simfoe.sweep.scenarios:run_pipeline", check=check_pipeline_options, builtin=True))
+    "pipeline", "simfoe.pipelines.api:run_pipeline", check=check_pipeline_options, builtin=True))
