@@ -51,6 +51,16 @@ MODEL_PRESETS = {
 #: cache, simfoe.specs.precision; per-tensor fp8 is priced as fp8-block, whose scales are 4 bytes per 16384).
 QUANT_DTYPES = {"": "bf16", "fp8": "fp8", "fp8_block": "fp8"}
 
+#: 4-bit quant modes: the rows' label for a checkpoint whose routed experts ship in 4 bits. Mapped to the
+#: checkpoint's own formats (the preset's ``model.precision.expert_weights``, everything else bf16), never to
+#: a format the engine would have to re-quantize to: the gpt-oss-120b rows say nvfp4 (InferenceX's "fp4",
+#: ids ``..._fp4_...``) but serve openai/gpt-oss-120b, whose experts are MXFP4 (config.json
+#: ``quantization_config.quant_method: mxfp4``; attention, router, embeddings, LM head bf16). On H100 (no fp4
+#: tensor cores) vLLM runs them as MXFP4 weights x bf16 activations (vllm/model_executor/layers/quantization/
+#: mxfp4.py on SM90: triton_kernels matmul_ogs, mxfp4_w4a16), which the preset's formats price: weight-only,
+#: at the bf16 peak (simfoe.costs.kernels.math_dtype). A preset without fp4 experts is not covered.
+FP4_QUANTS = ("nvfp4", "mxfp4")
+
 #: Engine knobs of every replayed deployment: tokens per iteration 8192, the engines' defaults
 #: (vLLM V1 max_num_batched_tokens for the OpenAI server on H100-class GPUs, vllm/engine/arg_utils.py;
 #: TensorRT-LLM max_num_tokens, tensorrt_llm/llmapi BuildConfig; SGLang chunked_prefill_size on 80 GB
@@ -239,12 +249,26 @@ def _id_parallelism(row: SiliconRow) -> str | None:
     return None
 
 
-def _dtype(row: SiliconRow, is_moe: bool) -> str | NotCovered:
+def _dtype(row: SiliconRow, is_moe: bool, preset: str) -> str | NotCovered:
+    """The ``model.dtype`` of ``row``'s quant modes (QUANT_DTYPES; FP4_QUANTS: the checkpoint's formats)."""
     quants = {row.gemm_quant} | ({row.moe_quant} if is_moe else set())
-    bad = sorted(q for q in quants if q not in QUANT_DTYPES)
+    bad = sorted(q for q in quants if q not in QUANT_DTYPES and q not in FP4_QUANTS)
     if bad:
-        return NotCovered(f"quant {bad[0]}: not mapped yet (mapped: fp8, fp8_block, none)")
-    return "fp8" if "fp8" in {QUANT_DTYPES[q] for q in quants} else "bf16"
+        return NotCovered(f"quant {bad[0]}: not mapped yet (mapped: fp8, fp8_block, nvfp4, mxfp4, none)")
+    fp4 = sorted(quants & set(FP4_QUANTS))
+    if fp4 and _fp4_experts(preset) is None:
+        return NotCovered(f"quant {fp4[0]}: the model preset has no fp4 checkpoint (4-bit expert weights)")
+    return "fp8" if "fp8" in {QUANT_DTYPES.get(q) for q in quants} else "bf16"
+
+
+@lru_cache(maxsize=None)
+def _fp4_experts(preset: str) -> str | None:
+    """The 4-bit format ``preset``'s routed experts ship in (gpt-oss-120b: mxfp4), else None."""
+    from simfoe.specs.io import load_model
+    from simfoe.specs.precision import FORMATS
+
+    f = load_model(preset).formats.expert_weights
+    return f if FORMATS[f].math == "fp4" else None
 
 
 def _layout(row: SiliconRow, is_moe: bool, gpus_per_node: int) -> tuple[str, ...] | NotCovered:
@@ -257,12 +281,12 @@ def _layout(row: SiliconRow, is_moe: bool, gpus_per_node: int) -> tuple[str, ...
         return NotCovered("instance larger than one node: not mapped yet")
     ov = [f"hardware.node.gpus_per_node={gpus}", "placement.moe.attention=tp", f"placement.moe.attention_tp={row.tp}"]
     if is_moe:
-        if (row.moe_tp or 1) > 1:
-            return NotCovered("moe_tp > 1 (experts tensor-parallel) not modelled yet")
-        ep = row.moe_ep or 1
-        if ep != gpus:  # moe_tp is 1 here
+        etp, ep = row.moe_tp or 1, row.moe_ep or 1
+        if etp * ep != gpus:
             return NotCovered("moe_tp x moe_ep != tp x attention_dp: inconsistent parallelism")
         ov.append(f"placement.moe.ep={ep}")
+        if etp > 1:  # experts sliced over moe_tp GPUs (vLLM without EP: moe_tp = tp; TRT-LLM moe_tp_size)
+            ov.append(f"placement.moe.expert_tp={etp}")
     return tuple(ov)
 
 
@@ -295,7 +319,7 @@ def scenario(row: SiliconRow) -> Scenario | NotCovered:
     if suspect:
         return NotCovered(suspect)
     gpus_per_node, is_moe = facts
-    dtype = _dtype(row, is_moe)
+    dtype = _dtype(row, is_moe, preset)
     if isinstance(dtype, NotCovered):
         return dtype
     layout = _layout(row, is_moe, gpus_per_node)
