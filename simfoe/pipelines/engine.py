@@ -57,14 +57,16 @@ class Request:
 
 
 class Job:
-    """One input at a stateless stage: unit durations and, per unit, the cells forwarded after it."""
+    """One input at a stateless stage: unit durations (s; an engine stage: output tokens per unit) and, per
+    unit, the cells forwarded after it; ``prompt``: prompt tokens (engine stages, else 0)."""
 
-    __slots__ = ("req", "durs", "emits")
+    __slots__ = ("req", "durs", "emits", "prompt")
 
-    def __init__(self, req, durs, emits):
+    def __init__(self, req, durs, emits, prompt: int = 0):
         self.req = req
         self.durs = durs
         self.emits = emits
+        self.prompt = prompt
 
 
 class Agg:
@@ -118,7 +120,11 @@ class StageRT:
         self.i = i
         self.spec = spec
         r_svc, r_out, r_parts = (np.random.default_rng(s) for s in ss.spawn(3))
-        self.svc = BufferedSampler(spec.service_s, r_svc)
+        # an engine stage samples output tokens per unit where a slot stage samples seconds per unit
+        eng = spec.engine is not None
+        self.svc = BufferedSampler(spec.output_tokens, r_svc, counts=True) if eng else BufferedSampler(spec.service_s, r_svc)
+        self.prompt = BufferedSampler(spec.prompt_tokens, np.random.default_rng(ss.spawn(1)[0]), counts=True) if eng else None
+        self.lm = None  # simfoe.pipelines.lm_engine.EngineStage serving an engine stage, set by the Simulation
         self.outs = BufferedSampler(spec.outputs, r_out, counts=True) if spec.level else None
         self.parts = BufferedSampler(spec.parts.count, r_parts, counts=True) if spec.parts else None
         self.instances = [Instance(i, k, spec.nodes[k], spec.concurrency)
@@ -184,10 +190,22 @@ class Simulation:
         one_node = len({n for s in spec.stages for n in s.nodes} | {0}) == 1
         self._free_tx = one_node and all(d[0] == 0 for d in self.tx)
         self.env = simpy.Environment()
+        self._start_engines()
         self.latencies: list[float] = []
         self.t_end = 0.0
         self.sent = 0
         self.open = 0
+
+    def _start_engines(self) -> None:
+        """Put the serving engine of every stage that has one into this run's environment."""
+        if not any(st.spec.engine is not None for st in self.st):
+            return
+        from simfoe.pipelines.lm_engine import EngineStage
+
+        models: dict = {}  # one forward model per engine spec
+        for st in self.st:
+            if st.spec.engine is not None:
+                st.lm = EngineStage(st, self.env, self.stream, self._forward, self.seed, models)
 
     # ----------------------------------------------------------------------------- plan
     def _units(self, i: int, base: tuple, sample_durs: bool, sink: bool):
@@ -259,9 +277,10 @@ class Simulation:
                     else:
                         a.job = Job(req, durs, emits)
             else:
+                prompt = st.prompt
                 for path, cell in items:
                     durs, emits = self._units(i, path, True, sink)
-                    cell[1] = Job(req, durs, emits)
+                    cell[1] = Job(req, durs, emits, prompt.next() if prompt is not None else 0)
         req.remaining = self._sink_units
         return root
 
@@ -328,7 +347,11 @@ class Simulation:
         heappush(env._queue, (env._now + delay, _NORMAL, next(env._eid), ev))
 
     def _enqueue(self, inst: Instance, work):
-        self.st[inst.stage].items_in += 1
+        st = self.st[inst.stage]
+        st.items_in += 1
+        if st.lm is not None:
+            st.lm.submit(inst, work)
+            return
         if type(work) is SItem and work.dur is None:  # counted on arrival; the aggregate's job is served
             self._count(inst, work)
             return
@@ -449,6 +472,9 @@ class Simulation:
         finally:
             if gc_was_on:
                 gc.enable()
+        for st in self.st:
+            if st.lm is not None:
+                st.lm.close()
         self._check()
         lat = sorted(self.latencies)
         return RunResult(

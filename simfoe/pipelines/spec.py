@@ -6,7 +6,7 @@ Stage keys (all but ``name`` optional; defaults in brackets):
 - ``concurrency`` [1]: requests an instance serves at once (slots sharing one queue; an LM
   engine batching requests has many, a retrieval server one). ``instances: 1, concurrency: c``
   is an M/G/c queue.
-- ``service_s`` [required]: seconds per emitted unit (per part when ``parts`` is given, else per
+- ``service_s`` [required unless ``engine``]: seconds per emitted unit (per part when ``parts`` is given, else per
   output; for a stateful stage: per arriving item).
 - ``outputs`` [1]: partial outputs per input (per aggregate for a stateful stage), rounded, >= 1.
   Giving it (or ``level``) starts a new key level named ``level`` [stage name].
@@ -24,6 +24,10 @@ Stage keys (all but ``name`` optional; defaults in brackets):
   prompt type is among the K most recent prompt types the instance served.
 - ``item_bytes`` [0]: bytes per emitted item (for transfer time between nodes).
 - ``placement`` [node 0]: ``{node: N}`` or ``{nodes: [N0, N1, ...]}`` one per instance.
+- ``engine``: ``{model, hardware, nodes, arch, set, routing, profile, max_batch, token_budget, ...}``
+  (:class:`EngineSpec`): each instance is a serving-engine replica instead of slots; then
+  ``prompt_tokens`` (per input) and ``output_tokens`` (per emitted unit) are required distributions
+  of tokens and ``service_s`` is not given (docs/pipelines.md, simfoe/pipelines/lm_engine.py).
 
 Pipeline keys: ``name``, ``stages``, ``routing`` [aggregation-aware], ``hardware`` (a hardware
 profile, e.g. ``a100-sxm``, or a YAML path: the cluster the instances are placed on; its calibrated
@@ -111,9 +115,27 @@ class StagePlacementSpec(PipelineModel):
     nodes: tuple[Annotated[int, Field(ge=0)], ...] | None = None  # one node per instance (wins over node)
 
 
+class EngineSpec(PipelineModel):
+    """The served model behind an LM stage (simfoe/pipelines/lm_engine.py): each instance of the stage is
+    one replica of the serving engine, ``nodes`` nodes of ``hardware`` holding ``model`` laid out as ``arch``.
+    The engine knobs left out (None) take the profile's values, else the serving engine's defaults (``simfoe serve``)."""
+
+    model: str = Field(min_length=1)  # model preset or YAML path
+    hardware: str = Field(min_length=1)  # hardware profile or YAML path
+    nodes: int = Field(1, ge=1)  # nodes per instance
+    arch: Literal["moe", "foe"] = "moe"
+    set: tuple[str, ...] = ()  # overrides of the model, hardware and placement specs (``simfoe serve --set``)
+    routing: str = "uniform"  # expert routing (``simfoe serve --routing``)
+    profile: str | None = None  # engine profile (``simfoe serve --engine``: vllm, sglang, trtllm or a YAML path)
+    max_batch: int | None = Field(None, ge=1)  # sequences per iteration and DP attention rank
+    token_budget: int | None = Field(None, ge=1)  # tokens per iteration and rank
+    scheduler: str | None = None  # chunked | whole-prompt
+    budget_scope: Literal["rank", "instance"] | None = None
+
+
 class StageSpec(PipelineModel):
     name: str = Field(min_length=1)
-    service_s: Dist  # seconds per emitted unit
+    service_s: Dist | None = None  # seconds per emitted unit (required unless the stage has an engine)
     instances: int = Field(1, ge=1)
     concurrency: int = Field(1, ge=1)
     outputs: Dist = DistSpec.constant(1)
@@ -128,6 +150,9 @@ class StageSpec(PipelineModel):
     item_bytes: float = Field(0.0, ge=0.0)  # bytes per emitted item
     placement: StagePlacementSpec = StagePlacementSpec()
     note: str | None = None
+    engine: EngineSpec | None = None  # served by the serving engine instead of slots (kind lm)
+    prompt_tokens: Dist | None = None  # engine: prompt tokens per input
+    output_tokens: Dist | None = None  # engine: output tokens per emitted unit (part, else output)
 
     @model_validator(mode="before")
     @classmethod
@@ -143,7 +168,7 @@ class StageSpec(PipelineModel):
             d["level"] = name
         if isinstance(d.get("parts"), dict) and "level" not in d["parts"]:
             d["parts"] = {**d["parts"], "level": f"{name}_part"}
-        d.setdefault("kind", "lm" if fans and not d.get("stateful") else "compute")
+        d.setdefault("kind", "lm" if (fans or "engine" in d) and not d.get("stateful") else "compute")
         to = d.get("to", [])
         to = [to] if isinstance(to, str) else to
         if isinstance(to, list):
@@ -161,7 +186,27 @@ class StageSpec(PipelineModel):
         nodes = self.placement.nodes
         if nodes is not None and len(nodes) != self.instances:
             raise SpecError("placement.nodes", list(nodes), f"a list of {self.instances} node indices")
+        self._check_engine()
         return self
+
+    def _check_engine(self) -> None:
+        """An engine stage is a stateless LM stage with token lengths and no slot-model keys; a slot stage has service_s."""
+        if self.engine is None:
+            if self.service_s is None:
+                raise SpecError("service_s", None, "a distribution of seconds per unit (required unless the stage has an engine)")
+            for k in ("prompt_tokens", "output_tokens"):
+                if getattr(self, k) is not None:
+                    raise SpecError(k, getattr(self, k).mean, "only on a stage with an engine (engine: {model, hardware, ...})")
+            return
+        if self.kind != "lm" or self.stateful:
+            raise SpecError("engine", self.engine.model, "only on a stateless LM stage (kind: lm, not stateful)")
+        for k in ("prompt_tokens", "output_tokens"):
+            if getattr(self, k) is None:
+                raise SpecError(k, None, "a distribution of tokens (required on a stage with an engine)")
+        for k, given in (("service_s", self.service_s is not None), ("prefix_cache", self.prefix_cache is not None),
+                         ("concurrency", self.concurrency != 1)):
+            if given:
+                raise SpecError(k, getattr(self, k), "omitted on a stage with an engine (the engine batches and times it)")
 
     @property
     def nodes(self) -> tuple[int, ...]:

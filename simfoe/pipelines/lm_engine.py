@@ -1,0 +1,142 @@
+"""LM stages backed by the serving engine (issue 27.1): each instance of such a stage is one replica of
+:class:`simfoe.serving.engine.Engine` running in the pipeline's SimPy environment, so the pipeline's
+clock drives continuous batching, chunked prefill, the KV cache and iteration times from the forward
+model.
+
+A job (one input of the stage) becomes one serving request: ``prompt_tokens`` drawn from the stage's
+distribution, and as output the sum of its units' tokens (``output_tokens`` per unit: a part when the
+stage has ``parts``, else an output). Unit boundaries are precomputed per request as cumulative token
+counts; the engine calls back after every iteration with the rows that got a token
+(``RequestStore.on_emit``), and a unit leaves at the iteration that decodes its last token (``stream``)
+or every unit leaves when the request's last token decodes (``batch``). The cost grows with iterations
+and emitted units, not with tokens: one vectorized comparison per iteration, Python work only for rows
+that finish a unit.
+
+Layers: serving and pipelines sit side by side above forward (DESIGN.md); this module imports
+serving, serving imports nothing from pipelines (its hook is a plain callback).
+"""
+from __future__ import annotations
+
+from itertools import accumulate
+
+import numpy as np
+
+from simfoe.errors import SpecError
+from simfoe.serving import api as serving_api
+from simfoe.serving.engine import Engine, engine_config
+
+#: fields of :class:`simfoe.pipelines.spec.EngineSpec` that are serving-engine knobs (None: its default)
+ENGINE_KNOBS = ("max_batch", "token_budget", "scheduler", "budget_scope")
+#: serving summary keys an engine-backed stage reports (definitions: docs/serving.md)
+ENGINE_METRICS = ("requests", "ttft_s", "tbt_s", "tpot_s", "e2e_s", "queue_s", "gpu_utilization", "kv_cache")
+
+
+def _forward_model(es, seed: int):
+    """(forward model, KV capacity in tokens, GPUs) of one instance of engine spec ``es``."""
+    fm, _, _ = serving_api.build_forward(es.model, es.hardware, es.nodes, es.arch, es.routing, list(es.set), seed)
+    return fm, fm.kv_capacity_tokens(), fm.gpus
+
+
+class EngineStage:
+    """The serving engine behind one LM stage: replica k serves the stage's instance k.
+
+    ``forward(cells, inst, req)`` hands a unit's cells downstream (the pipeline's hand-over);
+    ``stream``: units leave as they decode (else all at the request's last token).
+    """
+
+    def __init__(self, st, env, stream: bool, forward, seed: int = 0, models: dict | None = None):
+        try:
+            self._build(st, env, seed, models)
+        except SpecError as e:  # name the stage's key: stages.NAME.engine.FIELD
+            field = "profile" if e.field == "engine" else e.field
+            raise SpecError(f"stages.{st.spec.name}.engine.{field}", e.value, e.allowed, problem=e.problem) from None
+        self.store = self.eng.store
+        self.store.on_emit = self._emitted
+        for r in self.eng.replicas:
+            env.process(r.loop())
+        self.st = st
+        self.env = env
+        self.stream = stream
+        self.forward = forward
+        self.jobs: list = []  # row -> (instance, job), None once every unit has left
+        self.ends: list = []  # row -> cumulative output tokens at which each unit leaves
+        self.unit: list[int] = []  # row -> next unit to leave
+        self.next_end = np.zeros(16, np.int64)  # row -> output tokens at which the next unit leaves
+
+    def _build(self, st, env, seed: int, models: dict | None) -> None:
+        """The engine (one replica per instance) on the forward model of the stage's engine spec."""
+        es = st.spec.engine
+        key = (es, seed)
+        if models is None or key not in models:
+            built = _forward_model(es, seed)
+            if models is not None:
+                models[key] = built
+        else:
+            built = models[key]
+        fm, kv, self.gpus = built
+        knobs = {k: getattr(es, k) for k in ENGINE_KNOBS if getattr(es, k) is not None}
+        cfg = engine_config(es.profile, replicas=len(st.instances), **knobs)
+        if cfg.request_overhead_s:  # Engine.arrive applies it, but to the router's pick, not the pipeline's
+            raise SpecError("profile", es.profile, "a profile without a per-request overhead (not applied to "
+                            "pipeline stages yet)")
+        none = np.zeros(0, np.int64)
+        self.eng = Engine(np.zeros(0), none, none, none, fm, kv, cfg, env=env)
+
+    def submit(self, inst, job) -> None:
+        """Job ``job`` (``durs``: output tokens per unit, ``prompt``: prompt tokens) arrives at instance ``inst``."""
+        ends = list(accumulate(job.durs))
+        row = self.store.append(self.env.now, job.prompt, ends[-1], len(self.jobs))
+        if row >= len(self.next_end):
+            self.next_end = np.concatenate([self.next_end, np.zeros(len(self.next_end), np.int64)])
+        self.jobs.append((inst, job))
+        self.ends.append(ends if self.stream else ends[-1:])
+        self.unit.append(0)
+        self.next_end[row] = self.ends[row][0]
+        inst.busy += 1
+        self.eng.admit(row, inst.idx)
+
+    def _emitted(self, rows: np.ndarray, now: float) -> None:
+        """Engine callback after an iteration: ``rows`` got one token each; send the units they finished."""
+        gen = self.store.gen
+        hit = rows[gen[rows] >= self.next_end[rows]]
+        for row in hit.tolist():
+            inst, job = self.jobs[row]
+            ends, k, got = self.ends[row], self.unit[row], int(gen[row])
+            if self.stream:
+                while k < len(ends) and ends[k] <= got:
+                    self.forward(job.emits[k], inst, job.req)
+                    k += 1
+            else:
+                for cells in job.emits:
+                    self.forward(cells, inst, job.req)
+                k = 1
+            if k < len(ends):
+                self.unit[row] = k
+                self.next_end[row] = ends[k]
+            else:
+                self.jobs[row] = None
+                inst.busy -= 1
+                inst.served += 1
+
+    def close(self) -> None:
+        """After the run: trim the store, copy busy time into the instances; a request the engine dropped
+        (prompt + output larger than one instance's KV cache) is an error naming the stage's lengths."""
+        st = self.store
+        st.trim()
+        dropped = int((st.dropped != 0).sum())
+        if dropped:
+            r = self.eng.replicas[0]
+            kv = r.ranks[0].kv.capacity_tokens
+            raise SpecError(f"stages.{self.st.spec.name}.output_tokens", None,
+                            f"prompt + output tokens within one instance's KV cache ({kv} tokens per rank)",
+                            problem=f"{dropped} requests too long for the KV cache")
+        for inst, rep in zip(self.st.instances, self.eng.replicas):
+            inst.busy_time = rep.busy_s
+
+    def summary(self) -> dict:
+        """The serving metrics of this stage's requests (TTFT, TBT, ... over all its instances)."""
+        es = self.st.spec.engine
+        s = serving_api.summarize(self.eng, 0.0)
+        head = {"model": es.model, "hardware": es.hardware, "nodes": es.nodes, "arch": es.arch,
+                "gpus_per_instance": self.gpus}
+        return {**head, **{k: s[k] for k in ENGINE_METRICS}}
