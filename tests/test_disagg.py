@@ -139,3 +139,43 @@ def test_presets_pools_from_specs_and_xpyd():
     with pytest.raises(SpecError, match="--set"):
         simulate_disagg_serving("qwen3-32b", "h100-sxm", pre, dec, ClosedLoop(concurrency=1, isl=10, osl=2),
                                 run=DisaggRun(overrides=("placement.nodes=2",)))
+
+
+def _pool_files(tmp_path):
+    (tmp_path / "p.yaml").write_text("arch: moe\ngpus: 2\nmoe: {attention: tp, attention_tp: 2}\nworkers: 2\n")
+    (tmp_path / "d.yaml").write_text("arch: moe\ngpus: 1\nengine: {max_batch: 8}\n")
+    return ["serve", "--disagg", "--model", "qwen3-32b", "--hardware", "h100-sxm", "--prefill", tmp_path / "p.yaml",
+            "--decode", tmp_path / "d.yaml", "--concurrency", 4, "--isl", 500, "--osl", 8]
+
+
+def test_cli_serve_disagg_prints_one_json_object(tmp_path, capsys):
+    import json
+
+    from simfoe.cli import main
+
+    assert main([str(a) for a in _pool_files(tmp_path) + ["--xpyd", "1:2", "--kv-transfer", "after", "--json"]]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["mode"] == "disagg" and s["xpyd"] == "1:2" and s["requests"]["completed"] == 40
+    assert s["disagg"]["kv_transfer"] == "after" and s["disagg"]["gpus"] == 4
+    assert s["disagg"]["decode"]["max_batch"] == 8 and s["ttft_s"]["mean"] > 0
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--xpyd", "2"], ["--xpyd", "PREFILL:DECODE"]),
+    (["--kv-transfer", "sideways"], ["--kv-transfer", "layerwise, after, instant"]),
+    (["--first-token", "third"], ["--first-token", "prefill, decode"]),
+    (["--arch", "moe"], ["--arch", "omitted with --disagg"]),
+    (["--replicas", "2"], ["--replicas", "--xpyd"]),
+    (["--set", "placement.nodes=2"], ["--set", "hardware.* or model.*"]),
+])
+def test_cli_serve_disagg_refuses_bad_input(tmp_path, refused, extra, words):
+    refused(_pool_files(tmp_path) + extra, *words)
+
+
+def test_cli_serve_disagg_refuses_a_bad_pool_spec(tmp_path, refused):
+    (tmp_path / "bad.yaml").write_text("arch: moe\nwrkers: 2\n")
+    argv = _pool_files(tmp_path)
+    argv[argv.index("--prefill") + 1] = tmp_path / "bad.yaml"
+    refused(argv, "--prefill.wrkers", "workers")
+    refused(["serve", "--model", "qwen3-32b", "--hardware", "h100-sxm", "--concurrency", 1, "--isl", 5, "--osl", 2],
+            "--arch", "required unless --disagg")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from simfoe.cli.closed_loop import CLOSED_LOOP_FLAGS, add_closed_loop_flags, workload_of
+from simfoe.cli.serve_disagg import add_disagg_flags, render_disagg, run_disagg
 from simfoe.cli.common import (add_json_flag, add_limit_flag, add_progress_flag, add_set_flag, run_lines, table,
                                want_progress)
 from simfoe.limits import INSTANCE_GPUS, SERVING_REQUESTS
@@ -20,7 +21,8 @@ def register(subparsers) -> None:
     p.add_argument("--model", required=True, help="model preset or YAML path")
     p.add_argument("--hardware", required=True, help="hardware profile: " + ", ".join(hardware_presets()) + ", or a YAML path")
     p.add_argument("--nodes", type=int, default=None, help="nodes per model instance (default 1)")
-    p.add_argument("--arch", required=True, choices=["moe", "foe"], help="MoE (expert parallel) or FoE layout")
+    p.add_argument("--arch", default=None, choices=["moe", "foe"],
+                   help="MoE (expert parallel) or FoE layout (required unless --disagg)")
     p.add_argument("--trace", default=None,
                    help="trace file (Azure/Mooncake/ShareGPT/simfoe csv) or built-in name: longbench, "
                    "azure-conv, azure-code, sharegpt, mooncake-conv, ... (or a closed loop: --concurrency)")
@@ -79,6 +81,7 @@ def register(subparsers) -> None:
     add_limit_flag(p, SERVING_REQUESTS, "requests (--rate x --duration, or the trace's rows)")
     add_limit_flag(p, INSTANCE_GPUS, "GPUs in one instance (--nodes x GPUs per node)")
     add_progress_flag(p)
+    add_disagg_flags(p)
     add_set_flag(p)
     add_json_flag(p)
     p.set_defaults(func=run, render=render)
@@ -103,6 +106,12 @@ def run(args) -> dict:
     from simfoe.outputs import check_dir, check_file
     from simfoe.serving import api
 
+    if args.disagg:
+        return run_disagg(args)
+    if args.arch is None:
+        from simfoe.errors import SpecError
+
+        raise SpecError("--arch", None, "moe or foe (required unless --disagg)")
     check_seed(args.seed)
     check_override_roots(args.overrides)
     via_set = placement_conflicts(args, args.overrides)
@@ -174,9 +183,9 @@ def _mtp_lines(m: dict | None) -> list[str]:
 def render(r: dict) -> str:
     req = r["requests"]
     lines = [
-        f"{r['model']} on {r['replicas']} x {r['nodes']} node(s) of {r['hardware']} ({r['arch']}), "
-        f"{r.get('gpus_per_replica') or '?'} GPUs per replica",
-        *run_lines(r),
+        *(render_disagg(r) if r.get("mode") == "disagg" else
+          [f"{r['model']} on {r['replicas']} x {r['nodes']} node(s) of {r['hardware']} ({r['arch']}), "
+           f"{r.get('gpus_per_replica') or '?'} GPUs per replica", *run_lines(r)]),
         *([f"engine profile: {r['engine']} ({r['scheduler']}, {r['token_budget']:,} tokens and {r['max_batch']} "
            "sequences per iteration and rank)"] if r.get("engine") else []),
         f"workload: {r['workload']['source']}",

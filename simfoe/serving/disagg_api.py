@@ -47,7 +47,6 @@ def pool_of(spec, model, hardware, workers: int | None, routing: str, seed: int,
     from simfoe.forward import ForwardModel
     from simfoe.limits import check_instance_gpus
     from simfoe.provenance import layout_info
-    from simfoe.serving.engine import engine_config
     from simfoe.specs.disagg import load_pool
     from simfoe.specs.routing import parse_routing
 
@@ -61,13 +60,29 @@ def pool_of(spec, model, hardware, workers: int | None, routing: str, seed: int,
         hw.node.gpus_per_node = ps.gpus
     check_instance_gpus(pl.nodes, hw.node.gpus_per_node, max_gpus)
     fm = ForwardModel(model, hw, pl, parse_routing(routing), seed=seed)
-    e = ps.engine
-    cfg = engine_config(max_batch=e.max_batch, token_budget=e.token_budget, budget_scope=e.budget_scope,
-                        rank_router=e.rank_router, router=e.router, scheduler=e.scheduler, block_size=e.block_size)
+    cfg = _engine_of(ps, field)
     n = workers if workers is not None else ps.workers
     pool = Pool(fm, fm.kv_capacity_tokens(), n, cfg, fm.gpus, fm.kv_bytes_per_token_per_gpu(), model.n_layers)
     return pool, {"workers": n, "gpus_per_worker": fm.gpus, "arch": pl.arch, "nodes_per_worker": pl.nodes,
                   "layout": layout_info(fm.layout, pl.nodes).to_dict()}
+
+
+def _engine_of(ps, field: str):
+    """The :class:`EngineConfig` of pool spec ``ps``; a bad knob is a SpecError naming ``field.engine.<knob>``."""
+    from simfoe.serving.engine import BUDGET_SCOPES, engine_config
+    from simfoe.serving.router import make_router
+    from simfoe.serving.scheduler import make_scheduler
+
+    cfg = engine_config(**ps.engine.model_dump())
+    try:
+        make_scheduler(cfg.scheduler, cfg.max_batch, cfg.token_budget)
+        make_router(cfg.router, 1)
+        make_router(cfg.rank_router, 1, "rank_router")
+        if cfg.budget_scope not in BUDGET_SCOPES:
+            raise SpecError("budget_scope", cfg.budget_scope, "allowed: " + ", ".join(BUDGET_SCOPES))
+    except SpecError as e:
+        raise SpecError(f"{field}.engine.{e.field}", e.value, e.allowed) from None
+    return cfg
 
 
 def _workload(trace, rate, duration, arrival, seed, max_requests):
@@ -106,7 +121,9 @@ def simulate_disagg_serving(model, hardware, prefill, decode, trace, rate: float
     res = simulate_disagg(reqs, pre, dec, DisaggConfig(run.transfer, run.first_token, hw, run.horizon_s),
                           slo_ttft=run.slo_ttft, slo_tbt=run.slo_tbt, seed=run.seed)
     head = {"model": str(getattr(model, "name", model)), "hardware": str(getattr(hardware, "name", hardware)),
-            "mode": "disagg", "xpyd": f"{pre.workers}:{dec.workers}", "seed": run.seed, "workload": workload}
+            "mode": "disagg", "xpyd": f"{pre.workers}:{dec.workers}", "seed": run.seed, "workload": workload,
+            # the decode workers' budgets (what the clients' requests run under after prefill)
+            "max_batch": dec.engine.max_batch, "token_budget": dec.engine.token_budget}
     res.summary = {**head, **res.summary}
     res.summary["disagg"]["prefill"].update(pre_info)
     res.summary["disagg"]["decode"].update(dec_info)
