@@ -179,3 +179,68 @@ def test_cli_serve_disagg_refuses_a_bad_pool_spec(tmp_path, refused):
     refused(argv, "--prefill.wrkers", "workers")
     refused(["serve", "--model", "qwen3-32b", "--hardware", "h100-sxm", "--concurrency", 1, "--isl", 5, "--osl", 2],
             "--arch", "required unless --disagg")
+
+
+# ---- disaggregated silicon rows (issue 24.5): mapped from hand-built rows, no shared data needed
+def _disagg_row(prefill, decode, **kw):
+    import simfoe.calibration.silicon as si
+
+    base = dict(id="d", system="h100_sxm", model_path="Qwen/Qwen3-32B", backend="vllm", backend_version="0.12.0",
+                mode="disagg", isl=4000, osl=1000, gemm_quant="fp8", moe_quant="fp8", batch_size=None, tp=None, pp=1,
+                adp=1, moe_tp=None, moe_ep=None, ttft_ms=368.0, tpot_ms=8.7, source="image=x",
+                prefill=si.PoolColumns(*prefill), decode=si.PoolColumns(*decode))
+    base["disagg_concurrency"] = decode[6] * decode[2] * decode[5] if all(decode[i] for i in (2, 5, 6)) else None
+    return si.SiliconRow(**{**base, **kw})
+
+
+def test_complete_disagg_row_maps_to_two_pools():
+    import json
+
+    import simfoe.calibration.silicon as si
+
+    # Qwen3-32B vLLM row 678: 8 prefill workers of tp1 (batch 1), 2 decode workers of tp4 (batch 224)
+    sc = si.scenario(_disagg_row((1, 1, 1, 0, 0, 8, 1), (4, 1, 1, 0, 0, 2, 224)))
+    pre, dec = json.loads(sc.prefill), json.loads(sc.decode)
+    assert pre == {"arch": "moe", "nodes": 1, "gpus": 1, "workers": 8, "moe": {"attention": "tp", "attention_tp": 1},
+                   "engine": {"max_batch": 1}}
+    assert dec["gpus"] == 4 and dec["moe"]["attention_tp"] == 4 and dec["workers"] == 2
+    assert sc.concurrency == 448 and sc.max_batch == 224 and "model.dtype=fp8" in sc.overrides
+    # DeepSeek-V3 TRT-LLM (cfg494): prefill attention DP 16 x EP 16 on two nodes; decode attention TP 16 is refused
+    v3 = dict(model_path="deepseek-ai/DeepSeek-V3", backend="trtllm")
+    row = _disagg_row((1, 1, 16, 1, 16, 1, 1), (16, 1, 1, 1, 16, 3, 2), **v3)
+    assert si.scenario(row).reason == "disagg: decode attention TP 16 spans nodes: not modelled"
+    ok = si.scenario(_disagg_row((1, 1, 16, 1, 16, 1, 1), (1, 1, 16, 1, 16, 3, 2), **v3))
+    assert json.loads(ok.prefill)["nodes"] == 2 and json.loads(ok.prefill)["moe"]["ep"] == 16
+
+
+@pytest.mark.parametrize("prefill, decode, reason", [
+    ((16, 1, 1, 16, 1, None, None), (16, 1, 1, 16, 1, None, None), "disagg: prefill_num_workers missing"),
+    ((1, 1, 4, 0, 0, 1, 1), (4, 1, 1, 0, 0, 3, 24), "disagg: prefill_moe_ep_size missing"),
+    ((1, 1, 4, 1, 4, 1, 1), (4, 1, 1, 1, 2, 3, 24), "moe_tp x moe_ep != tp x attention_dp"),
+])
+def test_incomplete_disagg_rows_are_not_covered_with_the_column(prefill, decode, reason):
+    import simfoe.calibration.silicon as si
+
+    row = _disagg_row(prefill, decode, model_path="Qwen/Qwen3-235B-A22B-FP8")
+    assert si.scenario(row).reason.startswith(reason)
+
+
+def test_disagg_row_replayed_and_reported_beside_the_aggregated_ones():
+    import simfoe.calibration.silicon as si
+
+    row = _disagg_row((1, 1, 1, 0, 0, 1, 1), (1, 1, 1, 0, 0, 1, 2), isl=64, osl=4, source="")
+    p = si.predict_row(row)
+    assert p.reason is None and p.ttft_ms > 0 and p.tpot_ms > 0
+    agg = si.Prediction(_disagg_row((1, 1, 1, 0, 0, 1, 1), (1, 1, 1, 0, 0, 1, 2), mode="agg", id="a"), 100.0, 10.0)
+    r = si.report([p, agg])
+    assert r["rows"] == 1 and r["by_mode"]["disagg"]["covered"] == 1  # top level: the aggregated rows
+    assert set(r["by_group"]) == {"h100_sxm/Qwen/Qwen3-32B/vllm/disagg", "h100_sxm/Qwen/Qwen3-32B/vllm/agg"}
+
+
+def test_h100_disagg_rows_complete_ones_are_mapped(shared_data):
+    import simfoe.calibration.silicon as si
+
+    rows = [r for r in si.load_rows(shared_data / si.H100_FILE).rows if r.mode == "disagg"]
+    why = [getattr(si.scenario(r), "reason", None) for r in rows]
+    assert len(rows) == 75 and why.count(None) == 5  # Qwen3-32B: 4 SGLang, 1 vLLM
+    assert sum(str(w).startswith("disagg: prefill_num_workers missing") for w in why) == 60

@@ -100,7 +100,7 @@ def test_moe_row_sets_its_expert_parallel_group_and_inferencex_lengths():
 
 
 @pytest.mark.parametrize("change, reason", [
-    (dict(mode="disagg"), "disagg: issue 24"),
+    (dict(mode="disagg"), "disagg: prefill columns missing"),
     (dict(model_path="someone/unknown-model"), "model preset missing"),
     (dict(system="b200_sxm"), "system b200_sxm: no hardware profile"),
     (dict(pp=2), "pp_size > 1: pipeline parallelism not modelled"),

@@ -84,8 +84,23 @@ DEDUP_RULES = {
                                            "README: listed under both DeepSeek-R1 and DeepSeek-V3)",
 }
 
+_POOL_COLS = ("tp_size", "pp_size", "attention_dp_size", "moe_tp_size", "moe_ep_size", "num_workers", "batch_size")
 _INT_COLS = ("isl", "osl", "batch_size", "tp_size", "pp_size", "attention_dp_size", "moe_tp_size", "moe_ep_size",
-             "decode_batch_size", "decode_attention_dp_size", "decode_num_workers")
+             *(f"{side}_{c}" for side in ("prefill", "decode") for c in _POOL_COLS))
+
+
+@dataclass(frozen=True)
+class PoolColumns:
+    """One side of a disaggregated row (data README): one worker's ``tp``, ``pp``, ``adp`` (attention DP),
+    ``moe_tp``, ``moe_ep``, the ``workers`` and the ``batch_size`` per attention-DP rank; None where empty."""
+
+    tp: int | None
+    pp: int | None
+    adp: int | None
+    moe_tp: int | None
+    moe_ep: int | None
+    workers: int | None
+    batch_size: int | None
 
 
 @dataclass(frozen=True)
@@ -113,6 +128,8 @@ class SiliconRow:
     tpot_ms: float
     source: str = ""
     disagg_concurrency: int | None = None
+    prefill: PoolColumns | None = None  # disagg rows: the prefill and decode workers
+    decode: PoolColumns | None = None
 
     @property
     def concurrency(self) -> int | None:
@@ -160,7 +177,9 @@ def _row(r: dict) -> SiliconRow:
         gemm_quant=_str(r.get("gemm_quant_mode")), moe_quant=_str(r.get("moe_quant_mode")),
         batch_size=g["batch_size"], tp=g["tp_size"], pp=g["pp_size"] or 1, adp=g["attention_dp_size"] or 1,
         moe_tp=g["moe_tp_size"], moe_ep=g["moe_ep_size"], ttft_ms=float(r["silicon_ttft_ms"]),
-        tpot_ms=float(r["silicon_tpot_ms"]), source=_str(r.get("silicon_data_source")), disagg_concurrency=dc)
+        tpot_ms=float(r["silicon_tpot_ms"]), source=_str(r.get("silicon_data_source")), disagg_concurrency=dc,
+        **{side: PoolColumns(*(g[f"{side}_{c}"] for c in _POOL_COLS)) for side in ("prefill", "decode")
+           if _str(r["mode"]) == "disagg"})
 
 
 def _filled(r: dict) -> int:
@@ -304,8 +323,8 @@ def _preset_facts(hardware: str, model: str) -> tuple[int, bool] | NotCovered:
 
 def scenario(row: SiliconRow) -> Scenario | NotCovered:
     """The serving scenario of ``row``, or why it has none (never an error)."""
-    if row.mode != "agg":
-        return NotCovered("disagg: issue 24" if row.mode == "disagg" else f"mode {row.mode}: unknown")
+    if row.mode not in ("agg", "disagg"):
+        return NotCovered(f"mode {row.mode}: unknown")
     hw = SYSTEM_PROFILES.get(row.system)
     if hw is None:
         return NotCovered(f"system {row.system}: no hardware profile")
@@ -322,6 +341,10 @@ def scenario(row: SiliconRow) -> Scenario | NotCovered:
     dtype = _dtype(row, is_moe, preset)
     if isinstance(dtype, NotCovered):
         return dtype
+    if row.mode == "disagg":
+        from simfoe.calibration.silicon_disagg import disagg_scenario
+
+        return disagg_scenario(row, hw, preset, is_moe, dtype, gpus_per_node)
     layout = _layout(row, is_moe, gpus_per_node)
     if isinstance(layout, NotCovered):
         return layout
@@ -370,6 +393,10 @@ def serve_row(row: SiliconRow, deployments: _Deployments | None = None, seed: in
     if isinstance(sc, NotCovered):
         return sc
     deployments = deployments or _Deployments()
+    if row.mode == "disagg":
+        from simfoe.calibration.silicon_disagg import serve_disagg_row
+
+        return serve_disagg_row(sc, deployments, seed, engines)
     try:
         workload = sc.workload()
     except ImportError:  # a checkout without the closed-loop serving workloads
@@ -470,11 +497,15 @@ def _summary(preds: list[Prediction]) -> dict:
 
 def report(preds: list[Prediction], dropped: dict | None = None) -> dict:
     """``{"rows", "covered", "coverage", "ttft_mape", "tpot_mape", "ttft_mdape", "tpot_mdape",
-    "ttft_within_25pct", "tpot_within_25pct", "by_group": {group: same}, "not_covered": {reason: n},
-    "duplicates": {rule: n}}`` (APE in %, shares in [0, 1]; rows after dropping duplicates)."""
+    "ttft_within_25pct", "tpot_within_25pct", "by_mode": {mode: same}, "by_group": {group: same},
+    "not_covered": {reason: n}, "duplicates": {rule: n}}`` (APE in %, shares in [0, 1]; rows after
+    dropping duplicates). The top-level figures are the aggregated rows' (the disaggregated ones, a
+    different experiment, are in ``by_mode["disagg"]`` and their groups, beside them)."""
     groups: dict[str, list] = {}
+    modes: dict[str, list] = {}
     for p in preds:
         groups.setdefault(p.row.group, []).append(p)
+        modes.setdefault(p.row.mode, []).append(p)
     nc: dict[str, int] = {}
     for p in preds:
         if p.reason is not None:
@@ -482,7 +513,9 @@ def report(preds: list[Prediction], dropped: dict | None = None) -> dict:
     dup: dict[str, int] = {}
     for why in (dropped or {}).values():
         dup[why] = dup.get(why, 0) + 1
-    return {**_summary(preds), "by_group": {g: _summary(v) for g, v in sorted(groups.items())},
+    return {**_summary([p for p in preds if p.row.mode != "disagg"]),
+            "by_mode": {m: _summary(v) for m, v in sorted(modes.items())},
+            "by_group": {g: _summary(v) for g, v in sorted(groups.items())},
             "not_covered": dict(sorted(nc.items(), key=lambda kv: -kv[1])), "duplicates": dup}
 
 
