@@ -112,10 +112,9 @@ def test_stream_never_slower_than_batch_behind_one_engine(const_forward, d, seed
 def test_stream_into_a_second_engine_is_late_by_at_most_its_iteration(const_forward, d, seed):
     """A streamed unit that reaches a busy engine mid-iteration waits for the iteration boundary (as vLLM's
     loop does), so behind a second engine a request may finish later than in batch mode, by less than that
-    engine's iteration time; on average streaming is faster."""
+    engine's iteration time (nor is the mean always lower: hypothesis found a chain 0.2% slower)."""
     s, b = _both(d, seed, np.arange(15) * 100.0)
     assert (s < b + STEPS["slow"]).all()
-    assert s.mean() <= b.mean()
 
 
 def test_engine_stage_conserves_units_and_reports_serving_metrics(const_forward):

@@ -24,6 +24,7 @@ import numpy as np
 from simfoe.errors import SpecError
 from simfoe.serving import api as serving_api
 from simfoe.serving.engine import Engine, engine_config
+from simfoe.serving.step_models import make_cost
 
 #: fields of :class:`simfoe.pipelines.spec.EngineSpec` that are serving-engine knobs (None: its default)
 ENGINE_KNOBS = ("max_batch", "token_budget", "scheduler", "budget_scope")
@@ -31,10 +32,11 @@ ENGINE_KNOBS = ("max_batch", "token_budget", "scheduler", "budget_scope")
 ENGINE_METRICS = ("requests", "ttft_s", "tbt_s", "tpot_s", "e2e_s", "queue_s", "gpu_utilization", "kv_cache")
 
 
-def _forward_model(es, seed: int):
-    """(forward model, KV capacity in tokens, GPUs) of one instance of engine spec ``es``."""
+def _priced_model(es, seed: int):
+    """(iteration cost, KV capacity in tokens, GPUs) of one instance of engine spec ``es``: its forward model
+    wrapped as ``simfoe serve`` wraps it (:func:`simfoe.serving.step_models.make_cost`)."""
     fm, _, _ = serving_api.build_forward(es.model, es.hardware, es.nodes, es.arch, es.routing, list(es.set), seed)
-    return fm, fm.kv_capacity_tokens(), fm.gpus
+    return make_cost(fm), fm.kv_capacity_tokens(), fm.gpus
 
 
 class EngineStage:
@@ -66,21 +68,21 @@ class EngineStage:
     def _build(self, st, env, seed: int, models: dict | None) -> None:
         """The engine (one replica per instance) on the forward model of the stage's engine spec."""
         es = st.spec.engine
-        key = (es, seed)
-        if models is None or key not in models:
-            built = _forward_model(es, seed)
+        # stages serving one model on one layout share its iteration costs (forward passes are deterministic)
+        key = (es.model, es.hardware, es.nodes, es.arch, es.set, es.routing, seed)
+        built = models.get(key) if models is not None else None
+        if built is None:
+            built = _priced_model(es, seed)
             if models is not None:
                 models[key] = built
-        else:
-            built = models[key]
-        fm, kv, self.gpus = built
+        cost, kv, self.gpus = built
         knobs = {k: getattr(es, k) for k in ENGINE_KNOBS if getattr(es, k) is not None}
         cfg = engine_config(es.profile, replicas=len(st.instances), **knobs)
         if cfg.request_overhead_s:  # Engine.arrive applies it, but to the router's pick, not the pipeline's
             raise SpecError("profile", es.profile, "a profile without a per-request overhead (not applied to "
                             "pipeline stages yet)")
         none = np.zeros(0, np.int64)
-        self.eng = Engine(np.zeros(0), none, none, none, fm, kv, cfg, env=env)
+        self.eng = Engine(np.zeros(0), none, none, none, cost, kv, cfg, env=env)
 
     def submit(self, inst, job) -> None:
         """Job ``job`` (``durs``: output tokens per unit, ``prompt``: prompt tokens) arrives at instance ``inst``."""
