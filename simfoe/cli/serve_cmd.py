@@ -25,7 +25,8 @@ def register(subparsers) -> None:
                    help="MoE (expert parallel) or FoE layout (required unless --disagg)")
     p.add_argument("--trace", default=None,
                    help="trace file (Azure/Mooncake/ShareGPT/simfoe csv) or built-in name: longbench, "
-                   "azure-conv, azure-code, sharegpt, mooncake-conv, ... (or a closed loop: --concurrency)")
+                   "azure-conv, azure-code, sharegpt, mooncake-conv, multi-turn[:KEY=VALUE,...], ... (or a closed "
+                   "loop: --concurrency)")
     p.add_argument("--rate", type=float, default=None, help="arrival rate, requests/s (default: trace timestamps)")
     p.add_argument("--duration", type=float, default=None,
                    help="keep arrivals in [0, S) seconds (default: the whole trace)")
@@ -33,7 +34,8 @@ def register(subparsers) -> None:
     add_closed_loop_flags(p)
     p.add_argument("--replicas", type=int, default=1, help="data-parallel copies of the instance (default 1)")
     p.add_argument("--router", default="round-robin", help="replica router: round-robin | least-outstanding (fewest waiting + running "
-                   "requests) | vllm-lb (fewest 4 x waiting + running)")
+                   "requests) | vllm-lb (fewest 4 x waiting + running) | cache-aware (longest cached prefix, "
+                   "with --prefix-cache)")
     p.add_argument("--engine", default=None,
                    help="engine profile: vllm | sglang | trtllm (simfoe/specs/engines/*.yaml, or a YAML path): that "
                    "version's scheduling order, token budget, running requests and fitted per-request and "
@@ -55,7 +57,8 @@ def register(subparsers) -> None:
     p.add_argument("--rank-router", default="vllm-lb",
                    help="which DP attention rank an arriving request is pinned to (--budget-scope rank): "
                    "vllm-lb (default: fewest 4 x waiting + running requests, vLLM v1's DP load balancer score) | "
-                   "least-outstanding (fewest waiting + running) | round-robin (SGLang's default)")
+                   "least-outstanding (fewest waiting + running) | round-robin (SGLang's default) | cache-aware "
+                   "(longest cached prefix, with --prefix-cache)")
     p.add_argument("--block-size", type=int, default=16, help="KV-cache block size, tokens (default 16)")
     p.add_argument("--mtp", type=int, default=0, metavar="K",
                    help="multi-token prediction: K draft tokens per decode step from the model's MTP module "
@@ -64,6 +67,10 @@ def register(subparsers) -> None:
     p.add_argument("--mtp-acceptance", default=None, metavar="A1,A2,...",
                    help="acceptance rate of each draft position given the previous ones were accepted, or one rate "
                    "for all (default with --mtp 1: 0.85, DeepSeek-V3's published 85-90%%)")
+    p.add_argument("--prefix-cache", action="store_true",
+                   help="prefix caching: one LRU block cache per KV pool (instance or DP attention rank) inside the "
+                   "KV memory; hits skip prefill compute. Needs requests with prefix block ids: a Mooncake trace "
+                   "(hash_ids) or --trace multi-turn")
     p.add_argument("--slo-ttft", type=float, default=None, help="TTFT SLO for goodput, seconds (default: none)")
     p.add_argument("--slo-tbt", type=float, default=None,
                    help="per-request mean TBT SLO for goodput, seconds (default: none)")
@@ -93,7 +100,8 @@ FLAGS = {"engine": "--engine", "rate": "--rate", "duration": "--duration", "trac
          "block_size": "--block-size", "slo_ttft": "--slo-ttft", "slo_tbt": "--slo-tbt", "replicas": "--replicas",
          "nodes": "--nodes", "router": "--router", "scheduler": "--scheduler", "routing": "--routing",
          "rank_router": "--rank-router", "seed": "--seed",
-         "mtp": "--mtp", "mtp_acceptance": "--mtp-acceptance", "max_requests": "--max-requests", "max_gpus": "--max-gpus",
+         "mtp": "--mtp", "mtp_acceptance": "--mtp-acceptance",
+         "prefix_cache": "--prefix-cache", "max_requests": "--max-requests", "max_gpus": "--max-gpus",
          **CLOSED_LOOP_FLAGS}
 
 
@@ -140,7 +148,7 @@ def run(args) -> dict:
             progress=progress, router=args.router,
             arrival=args.arrival, block_size=args.block_size, budget_scope=args.budget_scope,
             rank_router=args.rank_router, horizon_s=args.horizon, mtp=args.mtp,
-            mtp_acceptance=_rates(args.mtp_acceptance),
+            mtp_acceptance=_rates(args.mtp_acceptance), prefix_cache=args.prefix_cache,
             skip_bad_rows=args.skip_bad_rows, record_timeline=args.timeline is not None,
             max_requests=args.max_requests, max_gpus=args.max_gpus)
     sim_s = (res.summary.get("sim") or {}).get("simulated_s")
@@ -180,6 +188,15 @@ def _mtp_lines(m: dict | None) -> list[str]:
             f"{_num(m['tokens_per_step'])} tokens per sequence step, drafts {m['draft_busy_fraction'] * 100:.1f}% of busy time"]
 
 
+def _prefix_lines(p: dict | None) -> list[str]:
+    """The text line of the summary's ``prefix_cache`` block (none when prefix caching is off)."""
+    if not p:
+        return []
+    return [f"prefix cache: {_num((p['hit_rate'] or 0) * 100, '{:.1f}')}% of prompt tokens hit "
+            f"({p['hit_tokens']:,} of {p['prompt_tokens']:,}; blocks of {p['block_tokens']} tokens), "
+            f"{p['evicted_tokens']:,} tokens evicted"]
+
+
 def render(r: dict) -> str:
     req = r["requests"]
     lines = [
@@ -213,6 +230,7 @@ def render(r: dict) -> str:
         f"max {kv['max_used_fraction'] * 100:.1f}%, {kv['preemptions']} preemptions",
         f"GPU utilization (busy share): {_num((r['gpu_utilization'] or 0) * 100, '{:.1f}')}%",
         *_mtp_lines(r.get("mtp")),
+        *_prefix_lines(r.get("prefix_cache")),
         f"simulated {r['sim']['simulated_s']:.1f} s in {r['sim']['wall_s']:.2f} s wall "
         f"({_num(r['sim']['sim_s_per_wall_s'], '{:.0f}')} sim s/s; {r['sim']['iterations']} iterations, "
         f"{r['sim']['cost_evaluations']} forward-model evaluations)",

@@ -26,6 +26,7 @@ from simfoe.limits import SERVING_REQUESTS, check_instance_gpus
 from simfoe.provenance import layout_info
 from simfoe.serving.engine import Engine, EngineConfig, engine_config
 from simfoe.serving.metrics import DROP_REASONS, STATUS_DONE, dist
+from simfoe.serving.prefix_cache import Prefixes
 from simfoe.workloads.closed_loop import ClosedLoop
 
 
@@ -163,10 +164,26 @@ def summarize(eng: Engine, wall_s: float, slo_ttft: float | None = None, slo_tbt
     }
     # multi-token prediction: drafts per step, acceptance, mean tokens a sequence emits per decode step (null: off)
     summary["mtp"] = eng.drafts.summary(busy) if eng.drafts is not None else None
+    # prefix caching: share of the prompt tokens found cached (null: off)
+    summary["prefix_cache"] = _prefix_cache_summary(eng) if eng.prefixes is not None else None
     bd = cost.total_breakdown()
     if bd:
         summary["busy_breakdown_s"] = bd
     return summary
+
+
+def _prefix_cache_summary(eng: Engine) -> dict:
+    """The summary's ``prefix_cache`` block: prompt tokens that the measured requests' first prefills found
+    cached over their prompt tokens (requests that reached a prefill), and the tokens evicted."""
+    st, w = eng.store, eng.measure_from
+    ran = ~np.isnan(st.scheduled[w:])
+    hit, prompt = int(st.hit[w:][ran].sum()), int(st.prompt[w:][ran].sum())
+    pools = [q.kv for r in eng.replicas for q in r.ranks]
+    for kv in pools:
+        kv.cache.usage()  # evicts what the last allocations claimed
+    return {"block_tokens": eng.prefixes.block_tokens, "hit_rate": hit / prompt if prompt else None,
+            "hit_tokens": hit, "prompt_tokens": prompt,
+            "evicted_tokens": sum(kv.cache.evicted for kv in pools) * pools[0].block_size}
 
 
 def simulate(requests, step_model, kv_capacity_tokens: int, engine: EngineConfig | None = None, *,
@@ -183,7 +200,8 @@ def simulate(requests, step_model, kv_capacity_tokens: int, engine: EngineConfig
     own queue and KV share, and ``rank_router`` pins an arriving request to one) or to the whole
     instance (``"instance"``). With ``mtp`` draft tokens per decode step (:mod:`simfoe.serving.mtp`),
     ``draft_model`` prices the draft module (a step model; None: drafts cost nothing) and ``seed`` seeds
-    the accepted drafts. See module docstring for metrics."""
+    the accepted drafts. With ``prefix_cache``, the requests' prefix block ids (a table's ``hash_ids``)
+    feed one prefix cache per KV pool (:mod:`simfoe.serving.prefix_cache`). See module docstring for metrics."""
     cfg = engine_config(engine, **knobs)
     _check_slo("slo_ttft", slo_ttft)
     _check_slo("slo_tbt", slo_tbt)
@@ -197,7 +215,7 @@ def simulate(requests, step_model, kv_capacity_tokens: int, engine: EngineConfig
     if rid is None:
         rid = np.arange(len(arr))
     eng = Engine(arr, requests.prompt_tokens, requests.output_tokens, rid, step_model, kv_capacity_tokens, cfg,
-                 progress=progress, closed=closed, draft_model=draft_model, seed=seed)
+                 progress=progress, closed=closed, draft_model=draft_model, seed=seed, prefixes=Prefixes.of(requests))
     t = time.perf_counter()
     eng.run()
     wall = time.perf_counter() - t

@@ -23,6 +23,7 @@ from simfoe.forward.work import Work
 from simfoe.serving.kv_cache import KVBlocks
 from simfoe.serving.clients import Clients
 from simfoe.serving.mtp import Drafts
+from simfoe.serving.prefix_cache import PrefixCache, Prefixes
 from simfoe.serving.metrics import (
     STATUS_DONE, STATUS_DROPPED, STATUS_RUNNING, STATUS_WAITING, GapHistogram, RequestStore,
 )
@@ -51,6 +52,10 @@ class Rank:
     def outstanding(self, waiting_weight: int = 1) -> int:
         """Running requests plus ``waiting_weight`` x waiting ones."""
         return waiting_weight * len(self.waiting) + len(self.running)
+
+    def prefix_match(self, i: int) -> float:
+        """Share of request ``i``'s prefix blocks this rank's prefix cache holds (0 without one)."""
+        return self.kv.cache.match_rate(i) if self.kv.cache is not None else 0.0
 
 
 def _chunks(chunks, st) -> tuple:
@@ -107,6 +112,10 @@ class Replica:
 
     def outstanding(self, waiting_weight: int = 1) -> int:
         return sum(q.outstanding(waiting_weight) for q in self.ranks)
+
+    def prefix_match(self, i: int) -> float:
+        """The longest cached prefix of request ``i`` on any of its ranks, as a share of its prefix blocks."""
+        return max(q.prefix_match(i) for q in self.ranks)
 
     def submit(self, i: int) -> None:
         rr = self.rank_router
@@ -245,6 +254,9 @@ class Replica:
                     if left == 0:
                         done_pf.append(i)
                 if done_pf:
+                    if eng.prefixes is not None:  # their prompts' blocks join their rank's prefix cache
+                        for i in done_pf:
+                            ranks[st.rank[i]].kv.cache.insert(i, st)
                     dp = np.asarray(done_pf, np.int64)
                     emit(dp, now)
                     f2 = dp[st.gen[dp] >= st.target[dp]]
@@ -259,6 +271,9 @@ class Replica:
         """Free the KV blocks of finished requests ``fin`` on their ranks and mark them done."""
         eng = self.engine
         st = eng.store
+        if eng.prefixes is not None:  # prefix caching: own blocks freed, cached prefix unpinned (blocks -> 0)
+            for i in fin.tolist():
+                self.ranks[st.rank[i]].kv.cache.release(i, st)
         if len(self.ranks) == 1:
             touched = ((self.ranks[0], int(st.blocks[fin].sum())),)
         else:
@@ -315,6 +330,8 @@ class EngineConfig:
     # acceptance rate of each draft position (None: DeepSeek-V3's published 0.85, for mtp 1 only)
     mtp: int = 0
     mtp_acceptance: tuple[float, ...] | None = None
+    # prefix caching (simfoe.serving.prefix_cache): one block cache per KV pool, from the requests' prefix block ids
+    prefix_cache: bool = False
 
 
 def engine_config(base: EngineConfig | str | None = None, **knobs) -> EngineConfig:
@@ -346,13 +363,15 @@ class Engine:
 
     def __init__(self, arrival_s, prompt_tokens, output_tokens, request_id, step_model,
                  kv_capacity_tokens: int, cfg: EngineConfig, progress: bool = False, closed: ClosedLoop | None = None,
-                 env: simpy.Environment | None = None, draft_model=None, seed: int = 0):
+                 env: simpy.Environment | None = None, draft_model=None, seed: int = 0,
+                 prefixes: Prefixes | None = None):
         """``closed``: closed-loop clients issue the rows (arrival times are then ignored and set as
         they are sent; the first ``closed.warmup`` rows are warm-ups); None: rows arrive at ``arrival_s``.
         ``env``: the SimPy environment to run in (default: a new one), e.g. a pipeline's whose stages
         append rows (:meth:`RequestStore.append`) and :meth:`admit` them as they arrive.
         ``draft_model``: with ``cfg.mtp``, the step model of the draft module (None: drafts cost nothing);
-        ``seed`` seeds the sampling of accepted drafts."""
+        ``seed`` seeds the sampling of accepted drafts. ``prefixes``: the rows' prefix block ids, for
+        ``cfg.prefix_cache``."""
         if not (isinstance(cfg.replicas, (int, np.integer)) and cfg.replicas >= 1):
             raise SpecError("replicas", cfg.replicas, "an integer >= 1")
         if cfg.horizon_s is not None and not (cfg.horizon_s > 0 and math.isfinite(cfg.horizon_s)):
@@ -388,6 +407,8 @@ class Engine:
         self.excess = self.cost.rank_excess(n) if n > 1 else None
         self.replicas = [Replica(self, k, kv_capacity_tokens, cfg.block_size, n, cfg.rank_router)
                          for k in range(int(cfg.replicas))]
+        #: the rows' prefix block ids when prefix caching is on (None: off)
+        self.prefixes = self._prefix_caches(prefixes) if cfg.prefix_cache else None
         for k in ("request_overhead_s", "step_overhead_s", "step_overhead_per_seq_s"):
             v = getattr(cfg, k)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
@@ -403,6 +424,19 @@ class Engine:
         self.timeline_truncated = False
         self._progress = progress
         self._last_tick = 0.0
+
+    def _prefix_caches(self, prefixes: Prefixes | None) -> Prefixes:
+        """Give every KV pool its prefix cache and the store its columns (pinned blocks, tokens hit)."""
+        if prefixes is None:
+            raise SpecError("prefix_cache", True, "a workload whose requests carry prefix block ids: a Mooncake "
+                            "trace (mooncake-conv, mooncake-synthetic) or multi-turn")
+        st = self.store
+        st.shared = np.zeros(st.n, np.int64)
+        st.hit = np.zeros(st.n, np.int64)
+        for r in self.replicas:
+            for q in r.ranks:
+                q.kv.cache = PrefixCache(q.kv, prefixes)
+        return prefixes
 
     def tick(self, now: float) -> None:
         """Advance the progress bar to simulated time ``now`` (s), at most once per simulated second."""

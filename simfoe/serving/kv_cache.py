@@ -15,7 +15,7 @@ class KVBlocks:
     """One rank's pool: ``total`` blocks of ``block_size`` tokens, a ``1/ranks`` share of an
     instance holding ``capacity_tokens``; ``free`` is updated by the scheduler."""
 
-    __slots__ = ("block_size", "total", "free")
+    __slots__ = ("block_size", "total", "free", "cache")
 
     def __init__(self, capacity_tokens: int, block_size: int = 16, ranks: int = 1):
         if not (isinstance(block_size, int) and block_size >= 1):
@@ -32,6 +32,9 @@ class KVBlocks:
         self.block_size = block_size
         self.total = rank_cap // block_size
         self.free = self.total
+        #: the pool's prefix cache (simfoe.serving.prefix_cache.PrefixCache; None: no prefix caching);
+        #: its unpinned cached blocks count as free
+        self.cache = None
 
     @property
     def capacity_tokens(self) -> int:

@@ -135,6 +135,9 @@ class RequestStore:
         self.preempted = np.zeros(n, np.int32)
         self.dropped = np.zeros(n, np.int8)
         self.gaps = GapHistogram()
+        #: prefix caching only (simfoe.serving.prefix_cache; None when off): leading prefix blocks each
+        #: request pins, and the prompt tokens its first prefill found cached
+        self.shared = self.hit = None
         #: called as ``on_emit(rows, now)`` after every :meth:`emit` (rows: int array); None: no call
         self.on_emit = None
         self.token_offsets = None
@@ -244,6 +247,7 @@ class RequestStore:
             "preemptions": self.preempted,
             "completed": done,
             "dropped": reason[self.dropped],
+            **({} if self.hit is None else {"cached_tokens": self.hit}),
         })
 
 

@@ -52,6 +52,34 @@ class VllmLoadBalance(LeastOutstanding):
     waiting_weight = 4
 
 
+@register_router("cache-aware")
+class CacheAware:
+    """SGLang's cache-aware routing (its model gateway's ``cache_aware`` policy) on targets with
+    ``prefix_match(i)``, the share of request ``i``'s prefix blocks their prefix cache holds: while the
+    loads (waiting + running requests) are imbalanced, the least loaded target; else the target with
+    the longest match when that exceeds ``CACHE_THRESHOLD``, otherwise the least loaded (SGLang: the
+    target with the smallest cache tree). Ties: the lower load, then the lower index."""
+
+    #: defaults of SGLang's model gateway (lightseekorg/smg, docs/getting-started/load-balancing.md):
+    #: --cache-threshold 0.3, --balance-abs-threshold 64, --balance-rel-threshold 1.5
+    CACHE_THRESHOLD = 0.3
+    BALANCE_ABS = 64
+    BALANCE_REL = 1.5
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def pick(self, targets, i: int) -> int:
+        loads = [t.outstanding(1) for t in targets]
+        lo, hi = min(loads), max(loads)
+        least = loads.index(lo)
+        if hi - lo > self.BALANCE_ABS and hi > lo * self.BALANCE_REL:
+            return least
+        rates = [t.prefix_match(i) for t in targets]
+        best = min(range(len(targets)), key=lambda k: (-rates[k], loads[k], k))
+        return best if rates[best] > self.CACHE_THRESHOLD else least
+
+
 def make_router(name: str, n: int, field: str = "router"):
     """Router ``name`` over ``n`` targets; an unknown name is a SpecError naming ``field``."""
     cls = ROUTERS.get(name)

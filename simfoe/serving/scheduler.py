@@ -64,7 +64,10 @@ class ChunkedFCFS:
     def preempt_last(q, st) -> None:
         """Preempt the most recently admitted running request (recompute)."""
         i = q.running.pop()
-        q.kv.free += int(st.blocks[i])
+        if q.kv.cache is not None:  # prefix caching: its own blocks freed, its cached prefix unpinned
+            q.kv.cache.release(i, st)
+        else:
+            q.kv.free += int(st.blocks[i])
         st.blocks[i] = 0
         st.ctx[i] = 0
         st.pf_left[i] = st.prompt[i] + st.gen[i]
@@ -75,6 +78,12 @@ class ChunkedFCFS:
 
     def _chunk(self, i: int, budget: int, alone: bool, st, kv) -> int:
         """Prefill tokens of request ``i`` to run now (0: none); allocates their KV blocks."""
+        if kv.cache is not None and not st.blocks[i] and kv.cache.lookup(i, st):
+            # a prefix-cache hit: its context starts after the cached blocks it now holds
+            c = self._chunk(i, budget, alone, st, kv)
+            if not c:
+                kv.cache.undo(i, st)
+            return c
         left = int(st.pf_left[i])
         if self.chunked:
             c = min(left, budget)

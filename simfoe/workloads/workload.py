@@ -13,6 +13,8 @@ Rules (seconds, requests/s):
 
 Built-in names (the shared public data is read in place, see simfoe.paths):
 ``longbench`` or ``longbench:DS1,DS2`` (synthetic, see simfoe.workloads.longbench; no timestamps),
+``multi-turn`` or ``multi-turn:KEY=VALUE,...`` (synthetic conversations with prefix block ids, see
+simfoe.workloads.multiturn),
 ``sharegpt``, ``azure-conv``, ``azure-code``, ``mooncake-conv``, ``mooncake-synthetic``.
 """
 from __future__ import annotations
@@ -29,6 +31,7 @@ from simfoe.paths import shared_data_dir
 from simfoe.workloads.arrivals import parse_arrival, renewal_arrivals, renewal_arrivals_until, rescale_to_rate
 from simfoe.workloads.lengths import LENGTH_MODES, LognormalLengths, sample_lengths
 from simfoe.workloads.loaders import load_trace
+from simfoe.workloads import multiturn
 from simfoe.workloads.longbench import longbench_suite
 from simfoe.workloads.requests import RequestTable
 
@@ -40,7 +43,7 @@ SHARED_TRACES = {
     "mooncake-conv": "mooncake_conversation_trace.jsonl",
     "mooncake-synthetic": "mooncake_synthetic_trace.jsonl",
 }
-BUILTIN_NAMES = ("longbench", *SHARED_TRACES)
+BUILTIN_NAMES = ("longbench", multiturn.NAME, *SHARED_TRACES)
 
 
 def resolve_trace(trace: str | Path, rng: np.random.Generator, skip_bad_rows: bool = False) -> RequestTable:
@@ -48,6 +51,8 @@ def resolve_trace(trace: str | Path, rng: np.random.Generator, skip_bad_rows: bo
     name = str(trace)
     if name == "longbench" or name.startswith("longbench:"):
         return longbench_suite(rng, datasets=name.partition(":")[2] or None)
+    if name == multiturn.NAME or name.startswith(multiturn.NAME + ":"):
+        return multiturn.multi_turn(name, rng)
     if name in SHARED_TRACES:
         d = shared_data_dir()
         if d is None or not (d / "traces" / SHARED_TRACES[name]).is_file():
