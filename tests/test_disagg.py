@@ -244,3 +244,31 @@ def test_h100_disagg_rows_complete_ones_are_mapped(shared_data):
     why = [getattr(si.scenario(r), "reason", None) for r in rows]
     assert len(rows) == 75 and why.count(None) == 5  # Qwen3-32B: 4 SGLang, 1 vLLM
     assert sum(str(w).startswith("disagg: prefill_num_workers missing") for w in why) == 60
+
+
+def test_sweep_over_the_xpyd_ratio(tmp_path):
+    from simfoe.sweep.runner import run_sweep
+    from simfoe.sweep.spec import parse_sweep_spec
+
+    spec = parse_sweep_spec({"kind": "serve-disagg", "base": {
+        "model": "qwen3-32b", "hardware": "h100-sxm", "prefill": {"arch": "moe", "gpus": 1},
+        "decode": {"arch": "moe", "gpus": 1}, "concurrency": 2, "isl": 200, "osl": 4, "kv_transfer": "after"},
+        "grid": {"xpyd": ["1:1", "2:1"]}})
+    run_sweep(spec, tmp_path / "out", progress=False)
+    import pandas as pd
+
+    got = pd.concat(pd.read_parquet(p) for p in (tmp_path / "out").rglob("*.parquet"))
+    assert sorted(got["xpyd"].astype(str).tolist()) == ["1:1", "2:1"]
+
+
+def test_requests_accepted_but_not_arrived_count_on_their_decode_rank():
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class FourRanks(LinearStep):
+        dp_ranks = 4
+
+    four = FourRanks(base_s=0.01, per_prefill_token_s=1e-4, per_decode_seq_s=1e-3)
+    t = RequestTable.from_arrays(np.zeros(8), np.full(8, 100), np.full(8, 3))
+    r = simulate_disagg(t, Pool(LIN, 100_000), Pool(four, 100_000, gpus=4), DisaggConfig("instant"))
+    assert sorted(r.records["rank"].tolist()) == [0, 0, 1, 1, 2, 2, 3, 3]  # not all on rank 0

@@ -105,16 +105,18 @@ def place_workers(pools: tuple[tuple[int, int], ...], gpus_per_node: int) -> tup
 
 
 class _PendingView:
-    """A decode rank as its router sees it: running and waiting requests plus those waiting for room."""
+    """Rank ``k`` of decode worker ``rep`` as its router sees it: running and waiting requests, plus those
+    waiting for KV room (as waiting) and those accepted but not yet arrived (as running)."""
 
-    __slots__ = ("rank", "pending")
+    __slots__ = ("rep", "k")
 
-    def __init__(self, rank, pending: deque):
-        self.rank = rank
-        self.pending = pending
+    def __init__(self, rep, k: int):
+        self.rep = rep
+        self.k = k
 
     def outstanding(self, waiting_weight: int = 1) -> int:
-        return self.rank.outstanding(waiting_weight) + waiting_weight * len(self.pending)
+        rep, k = self.rep, self.k
+        return rep.ranks[k].outstanding(waiting_weight) + waiting_weight * len(rep.pending[k]) + rep.in_flight[k]
 
 
 class PrefillReplica(Replica):
@@ -144,7 +146,7 @@ class DecodeReplica(Replica):
         super().__init__(*a, **kw)
         self.pending = [deque() for _ in self.ranks]
         self.in_flight = [0] * len(self.ranks)
-        self.views = [_PendingView(q, p) for q, p in zip(self.ranks, self.pending)]
+        self.views = [_PendingView(self, k) for k in range(len(self.ranks))]
 
     def outstanding(self, waiting_weight: int = 1) -> int:
         return sum(v.outstanding(waiting_weight) for v in self.views)

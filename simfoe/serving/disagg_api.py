@@ -128,3 +128,22 @@ def simulate_disagg_serving(model, hardware, prefill, decode, trace, rate: float
     res.summary["disagg"]["prefill"].update(pre_info)
     res.summary["disagg"]["decode"].update(dec_info)
     return res
+
+
+def run_serve_disagg(model, hardware, prefill, decode, trace=None, rate: float | None = None,
+                     duration: float | None = None, xpyd: str | None = None, kv_transfer: str = "layerwise",
+                     first_token: str = "prefill", routing: str = "uniform", overrides=(), seed: int = 0,
+                     slo_ttft: float | None = None, slo_tbt: float | None = None, arrival: str | None = None,
+                     concurrency: int | None = None, isl: int | None = None, osl: int | None = None,
+                     random_range_ratio: float | None = None, num_prompts: int | None = None,
+                     warmup: int | None = None) -> dict:
+    """The JSON summary of ``simfoe serve --disagg`` with plain options: a sweep's ``kind: serve-disagg``
+    scenario. ``prefill``/``decode``: pool specs (YAML paths or mappings); ``xpyd``: ``"P:D"`` or None;
+    a ``trace`` (with ``rate``, ``duration``, ``arrival``) or a closed loop of ``concurrency`` clients."""
+    from simfoe.workloads.closed_loop import select_workload
+
+    work = select_workload(trace, concurrency, isl=isl, osl=osl, random_range_ratio=random_range_ratio,
+                           num_prompts=num_prompts, warmup=warmup)
+    run = DisaggRun(kv_transfer, first_token, parse_xpyd(xpyd) if xpyd is not None else None, routing,
+                    tuple(overrides or ()), seed, slo_ttft, slo_tbt)
+    return simulate_disagg_serving(model, hardware, prefill, decode, work, rate, duration, run, arrival).summary

@@ -1,4 +1,4 @@
-"""Registry of scenario kinds: which function a sweep calls for ``kind: forward | serve | pipeline``.
+"""Registry of scenario kinds: which function a sweep calls for ``kind: forward | serve | serve-disagg | pipeline``.
 
 A kind names its target lazily (``"module:function"``) so that importing the sweep machinery
 stays cheap; the function is imported once per process. The target's keyword parameters are
@@ -204,5 +204,8 @@ register(ScenarioKind(
 register(ScenarioKind(
     "serve", "simfoe.serving.api:run_serve",
     override_roots=("hardware", "model", "placement"), check=check_model_options, builtin=True))
+register(ScenarioKind(
+    "serve-disagg", "simfoe.serving.disagg_api:run_serve_disagg",
+    override_roots=("hardware", "model"), check=check_model_options, builtin=True))
 register(ScenarioKind(
     "pipeline", "simfoe.pipelines.api:run_pipeline", check=check_pipeline_options, builtin=True))

@@ -2,7 +2,7 @@
 
 Format (see docs/sweep.md)::
 
-    kind: forward                 # forward | serve | pipeline
+    kind: forward                 # forward | serve | serve-disagg | pipeline
     name: moe_vs_foe              # optional, used in titles
     base:                         # options of that command (model, hardware, nodes, ...)
       model: qwen3-30b-a3b        # presets or YAML paths
@@ -333,7 +333,7 @@ def parse_sweep_spec(data: Any, source: str = "<dict>") -> SweepSpec:
         if k not in TOP_KEYS:
             raise SpecError("sweep spec", k, "unknown key; allowed: " + ", ".join(TOP_KEYS))
     if "kind" not in data:
-        raise SpecError("kind", None, "required: forward, serve or pipeline")
+        raise SpecError("kind", None, "required: forward, serve, serve-disagg or pipeline")
     kind = get_kind(data["kind"])
     params = kind.parameters()
     base_raw = data.get("base") or {}
