@@ -22,11 +22,10 @@ from __future__ import annotations
 import gc
 from collections import deque
 from dataclasses import dataclass
-from heapq import heappush
 
 import numpy as np
 import simpy
-from simpy.core import NORMAL as _NORMAL
+from simpy import Timeout
 
 from simfoe.errors import SpecError
 from simfoe.limits import PIPELINE_REQUESTS
@@ -34,8 +33,6 @@ from simfoe.pipelines.graph import StageGraph, build_graph
 from simfoe.pipelines.routing import make_policy, mix
 from simfoe.pipelines.spec import PipelineSpec, StageSpec
 from simfoe.specs.distributions import BufferedSampler
-
-_new_event = object.__new__
 
 MODES = ("stream", "batch")
 
@@ -332,19 +329,9 @@ class Simulation:
         self.st[src.stage].units_out += len(cells)
 
     def _after(self, delay: float, fn) -> None:
-        """Call ``fn(event)`` ``delay`` seconds from now.
-
-        The hottest call of a run (one per served unit): a bare, already-triggered SimPy event pushed on
-        the environment's queue directly, which is what ``Environment.schedule`` does (NORMAL priority),
-        without the ``Event.__init__`` / ``schedule`` call overhead.
-        """
-        env = self.env
-        ev = _new_event(simpy.Event)
-        ev.env = env
-        ev.callbacks = [fn]
-        ev._ok = True
-        ev._value = None
-        heappush(env._queue, (env._now + delay, _NORMAL, next(env._eid), ev))
+        """Call ``fn(event)`` ``delay`` seconds from now: a SimPy ``Timeout`` (public API) with ``fn`` as its
+        callback. The hottest call of a run (one per served unit)."""
+        Timeout(self.env, delay).callbacks.append(fn)
 
     def _enqueue(self, inst: Instance, work):
         st = self.st[inst.stage]
