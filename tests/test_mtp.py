@@ -147,3 +147,13 @@ def test_serve_mtp_flags(capsys, refused):
     refused(argv + ["--mtp", "1", "--mtp-acceptance", "0.9,x"], "--mtp-acceptance", "0.9,x")
     refused(["serve", "--model", "mixtral-8x7b", "--hardware", "h100-sxm", "--arch", "moe", "--concurrency", "1",
              "--isl", "16", "--osl", "4", "--mtp", "1"], "model.mtp_layers", "mixtral-8x7b")
+
+
+def test_a_serve_sweep_varies_mtp_and_prefix_caching():
+    """Both are serve-scenario keys of a sweep (validated without running)."""
+    from simfoe.sweep.spec import parse_sweep_spec
+
+    spec = parse_sweep_spec({"kind": "serve", "base": {"model": "deepseek-v3", "hardware": "h100-sxm", "nodes": 4,
+                                                       "arch": "moe", "trace": "multi-turn", "mtp_acceptance": [0.9]},
+                             "grid": {"mtp": [0, 1], "prefix_cache": [False, True]}})
+    assert spec.count() == 4

@@ -12,6 +12,10 @@ reduction (Simple only, as in NCCL). Effective rates are derived once from the s
 links run at the ring's calibrated efficiency; NVLS, tree and all-to-all flows put ``link rate / own rate``
 x their bytes on the wire.
 
+A "node" below is an NVLink domain: one node unless the profile joins several (``node.gpus_per_nvlink_domain``,
+GB200 NVL72), where NCCL's multi-node NVLink (MNNVL) runs its intra-node algorithms, NVLS included, across
+the whole domain; a domain's NICs are those of its nodes.
+
 Algorithms (S = bytes per GPU, n = group size, k = GPUs of the group per node, m = nodes spanned):
 
 - ring all-reduce: pipelined; each GPU streams 2(n-1)/n*S to its ring successor; 2(n-1) steps.
@@ -87,8 +91,15 @@ def _nbytes(name: str, v) -> float:
     return x
 
 
+def _nics_per_domain(net: FlowNetwork) -> int:
+    """NICs of one NVLink domain (nics_per_node x the nodes it joins)."""
+    c = net.cluster
+    return c.hw.network.nics_per_node * (c.gpus_per_domain // c.gpus_per_node)
+
+
 def _spans_nodes(net: FlowNetwork, g: np.ndarray) -> bool:
-    nodes = g // net.cluster.gpus_per_node
+    """Whether group ``g`` spans NVLink domains (nodes unless the profile joins several into one domain)."""
+    nodes = g // net.cluster.gpus_per_domain
     return bool(nodes.min() != nodes.max())
 
 
@@ -98,7 +109,7 @@ def _path(net: FlowNetwork, g: np.ndarray):
 
 
 def _n_nodes(net: FlowNetwork, g: np.ndarray) -> int:
-    return int(np.unique(g // net.cluster.gpus_per_node).size)
+    return int(np.unique(g // net.cluster.gpus_per_domain).size)
 
 
 #: NCCL tuning-model constants (NVIDIA/nccl src/graph/tuning.cc, NCCL 2.29, read 2026-12-07): tree
@@ -218,23 +229,23 @@ def _check_algo(name: str, value: str, allowed) -> None:
 
 def _uniform_shape(net: FlowNetwork, g: np.ndarray):
     """(nodes, locals) matrix of the group when every node spanned holds the same local indices, else None."""
-    gpn = net.cluster.gpus_per_node
-    nodes = np.unique(g // gpn)
-    locs = [np.sort(g[g // gpn == nd] % gpn) for nd in nodes]
+    dom = net.cluster.gpus_per_domain
+    nodes = np.unique(g // dom)
+    locs = [np.sort(g[g // dom == nd] % dom) for nd in nodes]
     if any(lc.size != locs[0].size or (lc != locs[0]).any() for lc in locs):
         return None
-    return nodes[:, None] * gpn + locs[0][None, :]
+    return nodes[:, None] * dom + locs[0][None, :]
 
 
 def _ring_orders(net: FlowNetwork, g: np.ndarray) -> list[np.ndarray]:
     """Ring orders (one per channel). Across nodes: nodes in order, channel c rotates each node's locals by c."""
     if not _spans_nodes(net, g):
         return [g]
-    gpn = net.cluster.gpus_per_node
-    nodes = np.unique(g // gpn)
-    per_node = [np.sort(g[g // gpn == nd]) for nd in nodes]
+    dom = net.cluster.gpus_per_domain
+    nodes = np.unique(g // dom)
+    per_node = [np.sort(g[g // dom == nd]) for nd in nodes]
     k = min(len(p) for p in per_node)
-    channels = max(1, min(k, net.cluster.hw.network.nics_per_node))
+    channels = max(1, min(k, _nics_per_domain(net)))
     return [np.concatenate([np.roll(p, -c) for p in per_node]) for c in range(channels)]
 
 
@@ -323,10 +334,10 @@ def _ar_tree(net: FlowNetwork, g: np.ndarray, S: float) -> tuple[Phase, ...]:
     complementary trees (chains reversed, nodes reversed) carry half each, up and down at once. Across
     nodes the data is split over ``min(k, nics_per_node)`` channels whose chains start at successive
     local GPUs, so that the heads leave through different NICs (as NCCL's channels do)."""
-    gpn = net.cluster.gpus_per_node
-    members = [np.sort(g[g // gpn == nd]) for nd in np.unique(g // gpn)]
+    dom = net.cluster.gpus_per_domain
+    members = [np.sort(g[g // dom == nd]) for nd in np.unique(g // dom)]
     m, k = len(members), max(len(x) for x in members)
-    channels = max(1, min(min(len(x) for x in members), net.cluster.hw.network.nics_per_node)) if m > 1 else 1
+    channels = max(1, min(min(len(x) for x in members), _nics_per_domain(net))) if m > 1 else 1
     src, dst = [], []
     for c in range(channels):
         for rev in (False, True):
@@ -496,7 +507,7 @@ def all_to_all(net: FlowNetwork, gpus, traffic, algorithm: str = "direct", tag: 
         raise SpecError("traffic", "negative or non-finite entries", "bytes >= 0")
     if n == 1:
         return
-    gpn = net.cluster.gpus_per_node
+    dom = net.cluster.gpus_per_domain
     if algorithm == "direct" or not _spans_nodes(net, g):
         i, j = np.nonzero(T)
         if i.size:
@@ -504,7 +515,7 @@ def all_to_all(net: FlowNetwork, gpus, traffic, algorithm: str = "direct", tag: 
             r = rates(net.cluster.hw)
             p, lat = _choose(net, g, 1, 1 if _spans_nodes(net, g) else 0, float(T.sum(axis=1).max()),
                              _gpu_rate(net, g, r.all_to_all_nvlink))
-            intra = (g[i] // gpn) == (g[j] // gpn)
+            intra = (g[i] // dom) == (g[j] // dom)
             yield from _run_plan(net, (Phase(tuple(
                 Flows(g[i[s]], g[j[s]], T[i[s], j[s]], lat, p.wire_factor * w)
                 for s, w in ((intra, r.wire(r.all_to_all_nvlink)), (~intra, 1.0)) if s.any())),), tag)
@@ -512,11 +523,11 @@ def all_to_all(net: FlowNetwork, gpus, traffic, algorithm: str = "direct", tag: 
     shape = _uniform_shape(net, g)
     if shape is None:
         raise SpecError("gpus", g.tolist(), "for hierarchical all-to-all, the same local GPUs on every node")
-    node = g // gpn
-    local = g % gpn
+    node = g // dom
+    local = g % dom
     # relay for (i -> j): GPU on i's node with j's local index
     pos = {int(x): p for p, x in enumerate(g)}
-    relay = np.array([[pos[int(node[a] * gpn + local[b])] for b in range(n)] for a in range(n)])
+    relay = np.array([[pos[int(node[a] * dom + local[b])] for b in range(n)] for a in range(n)])
     hw = net.cluster.hw
     # phase 1: to relays on own node (intra-node); aggregate by (src, relay)
     P1 = np.zeros((n, n))

@@ -57,6 +57,8 @@ SPLIT_COUNT_BYTES = 8.0
 @dataclass(frozen=True)
 class DispatchTraffic:
     """Expected token copies one dispatch moves inside a group of n GPUs spanning m nodes (tokens, not bytes).
+    A "node" here is an NVLink domain (one node unless the profile joins several, GB200 NVL72): tokens for
+    GPUs of the same domain go over NVLink, as DeepEP and NCCL run on multi-node NVLink.
 
     gpu[i, j]: copies from GPU i to GPU j, one per destination GPU (diagonal: stays local);
     node[i, b]: copies from GPU i to node b, one per destination node (column of i's own node: the
@@ -255,7 +257,7 @@ def shape(hw: HardwareSpec, traffic: DispatchTraffic, token_bytes: float, algori
     """The :class:`Shape` of one exchange with the traffic's GPUs on a cluster of ``nodes`` nodes."""
     cl = build_cluster(hw, nodes)
     n = traffic.nodes_of.size
-    g = traffic.nodes_of * cl.gpus_per_node + traffic.local_of
+    g = traffic.nodes_of * cl.gpus_per_domain + traffic.local_of
     by = {False: (0.0, 0.0), True: (0.0, 0.0)}
     sets = flows(traffic, token_bytes, algorithm, op)
     for s in sets:
@@ -364,7 +366,7 @@ def run_alone(hw: HardwareSpec, traffic: DispatchTraffic, token_bytes: float, al
     env = simpy.Environment()
     cl = build_cluster(hw, nodes)
     net = FlowNetwork(env, cl)
-    g = traffic.nodes_of * cl.gpus_per_node + traffic.local_of
+    g = traffic.nodes_of * cl.gpus_per_domain + traffic.local_of
     proc = env.process(exchange(net, g, traffic, token_bytes, algorithm, op, "x"))
     env.run(proc)
     return float(env.now), dict(net.bytes_by_tag.get("x", {"intra_node": 0.0, "inter_node": 0.0}))
@@ -393,6 +395,9 @@ def exchange_cost(hw: HardwareSpec, op: str, a2a: str, nodes: int, tokens_per_gp
         raise SpecError("--dtype", dtype, "bf16 or fp8 for a dispatch; bf16 for a combine (expert outputs "
                         "return in bf16)")
     algorithm = A2A_NAMES[a2a]
-    tr = deepep_test_traffic(nodes, hw.node.gpus_per_node, tokens_per_gpu, experts, topk, node_groups)
+    per = min(hw.node.gpus_per_domain, nodes * hw.node.gpus_per_node)  # GPUs of one NVLink domain in use
+    if nodes * hw.node.gpus_per_node % per:
+        raise SpecError("--nodes", nodes, f"whole NVLink domains of {per} GPUs ({per // hw.node.gpus_per_node} nodes)")
+    tr = deepep_test_traffic(nodes * hw.node.gpus_per_node // per, per, tokens_per_gpu, experts, topk, node_groups)
     t, nbytes = run_alone(hw, tr, copy_bytes(hidden, 1 if dtype == "fp8" else 2, algorithm, op), algorithm, op, nodes)
     return {"latency_s": t, "algorithm": algorithm, "comm_bytes": nbytes}

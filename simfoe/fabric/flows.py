@@ -96,7 +96,8 @@ class FlowNetwork:
     """Flows on a :class:`Cluster` inside ``env``.
 
     ``bytes_by_tag[tag] = {"intra_node": bytes, "inter_node": bytes}`` counts bytes that leave a GPU for
-    another GPU (src == dst excluded); intra_node = both GPUs on one node. ``recorder(kind, name,
+    another GPU (src == dst excluded); intra_node = both GPUs in one NVLink domain (one node unless the profile
+    sets ``node.gpus_per_nvlink_domain``), so inter_node = the bytes that cross the network. ``recorder(kind, name,
     resource, start_s, end_s, bytes)`` is called once per finished batch (kind "comm", resource "fabric").
     """
 
@@ -154,8 +155,8 @@ class FlowNetwork:
         if src.size == 0:
             ev.succeed()
             return ev
-        gpn = self.cluster.gpus_per_node
-        intra = (src // gpn) == (dst // gpn)
+        dom = self.cluster.gpus_per_domain
+        intra = (src // dom) == (dst // dom)
         tot = float(nb.sum())
         b_intra = float(nb[intra].sum())
         acc["intra_node"] += b_intra

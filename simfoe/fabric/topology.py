@@ -1,5 +1,9 @@
 """Cluster topology: GPUs, NVSwitch domains, NICs, leaf and spine switches as a directed link graph.
 
+An NVLink domain is one node unless the profile joins several (``node.gpus_per_nvlink_domain``: GB200 NVL72
+has 18 trays of 4 GPUs on one NVSwitch domain of 72); GPU g belongs to domain g // gpus_per_domain and one
+NVSwitch per domain joins them.
+
 Every physical link is one directed edge with a capacity (bytes/s, per direction, already scaled by
 the calibrated path efficiency ``hw.collectives.{nvlink,network}.efficiency``) and a latency (s).
 Links are numbered densely so that the flow model can work on numpy arrays:
@@ -23,8 +27,8 @@ G = GPUs, K = NICs (``nodes * nics_per_node``), Lf = leaves. GPU local index i u
 capacity and zero latency (paths are padded with it to a fixed width).
 
 Routing (deterministic, single path):
-- same node: GPU -> NVSwitch -> GPU (2 links);
-- other node, same leaf: GPU -> NIC -> leaf -> NIC -> GPU (4 links);
+- same NVLink domain (same node by default): GPU -> NVSwitch -> GPU (2 links), never a NIC;
+- other domain, same leaf: GPU -> NIC -> leaf -> NIC -> GPU (4 links);
 - other node, other leaf: GPU -> NIC -> leaf -> spine -> leaf -> NIC -> GPU (6 links).
   Rail-optimized: leaf i holds NIC i of every node, so a cross-rail transfer (source NIC index !=
   destination NIC index) climbs to the spine. NCCL's PXN (hop over NVLink to the rail peer first) is not
@@ -55,6 +59,7 @@ class Cluster:
     nodes: int
     gpus_per_node: int
     n_gpus: int
+    gpus_per_domain: int  # GPUs per NVLink domain (hw.node.gpus_per_domain; a node by default)
     graph: nx.DiGraph
     link_capacity: np.ndarray  # bytes/s, shape (n_links + 1,)
     link_latency: np.ndarray  # s, shape (n_links + 1,)
@@ -91,12 +96,12 @@ class Cluster:
         Lf = int(self.leaf_of_nic.max()) + 1
         pad = self.n_links
         out = np.full((src.size, MAX_PATH), pad, dtype=np.int64)
-        gpn = self.gpus_per_node
-        same_node = (src // gpn) == (dst // gpn)
-        intra = same_node & (src != dst)
+        dom = self.gpus_per_domain
+        same_domain = (src // dom) == (dst // dom)
+        intra = same_domain & (src != dst)
         out[intra, 0] = src[intra]
         out[intra, 1] = G + dst[intra]
-        inter = ~same_node
+        inter = ~same_domain
         if inter.any():
             s, d = src[inter], dst[inter]
             ns, nd = self.nic_of_gpu[s], self.nic_of_gpu[d]
@@ -175,7 +180,8 @@ def _build(hw_json: str, nodes: int) -> Cluster:
         ends.append((a, b))
 
     gname = [f"gpu{g}" for g in range(G)]
-    sw = [f"nvswitch{g // gpn}" for g in range(G)]
+    dom = hw.node.gpus_per_domain
+    sw = [f"nvswitch{g // dom}" for g in range(G)]
     nicname = [f"nic{k}" for k in range(K)]
     leafname = [f"leaf{i}" for i in range(Lf)]
     for g in range(G):
@@ -206,6 +212,7 @@ def _build(hw_json: str, nodes: int) -> Cluster:
         nodes=nodes,
         gpus_per_node=gpn,
         n_gpus=G,
+        gpus_per_domain=dom,
         graph=graph,
         link_capacity=np.array(cap + [np.inf]),
         link_latency=np.array(lat + [0.0]),

@@ -215,12 +215,12 @@ def _glue_seconds(c: _Costs, loads: np.ndarray, ranks: int, tokens: float) -> fl
     return K.routing_glue(c.hw, active, len(loads) - active, ranks, float(loads.sum()), float(tokens))
 
 
-def _traffic(s, tokens: np.ndarray, grp: np.ndarray, k: int, L: MoELayout) -> D.DispatchTraffic:
+def _traffic(s, tokens: np.ndarray, grp: np.ndarray, k: int, dom: int) -> D.DispatchTraffic:
     """Dispatch traffic of one EP group's routing sample ``s`` (tokens per source GPU ``tokens``): its
     per-destination-GPU copies (per choice without dedup), and per-choice copies from the sampled loads."""
     load = s.expert_load.reshape(len(grp), -1).sum(axis=1)
     choice = np.outer(tokens, k * load / max(load.sum(), 1e-300))
-    return D.traffic_from_gpu_copies(s.traffic_tokens, choice, tokens, grp, L.gpus_per_node, s.node_visits)
+    return D.traffic_from_gpu_copies(s.traffic_tokens, choice, tokens, grp, dom, s.node_visits)
 
 
 def _groups(G: int, size: int) -> tuple[np.ndarray, ...]:
@@ -271,9 +271,9 @@ def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work | list[Work]
     for grp in ep_groups:
         # each EP group holds all experts; a token is routed inside its own group
         s = route_group(probs, tok_gpu[grp], moe.top_k, epg, L.dedup, rng, slot_map, memo, limit,
-                        grp // L.gpus_per_node)
+                        grp // c.hw.node.gpus_per_domain)
         visits += s.node_visits
-        traffic.append(_traffic(s, tok_gpu[grp], grp, moe.top_k, L))
+        traffic.append(_traffic(s, tok_gpu[grp], grp, moe.top_k, c.hw.node.gpus_per_domain))
         local += s.local
         acts += s.activations
         for j, gpu in enumerate(grp):
@@ -339,7 +339,7 @@ def _sliced_experts(c: _Costs, model: ModelSpec, L: MoELayout, steps: list, tok_
     for grp, n in zip(x_groups, tok_x):
         # EP rank of GPU r of the group: r % ep (TRT-LLM Mapping: moe_ep_rank = tp_rank % moe_ep_size)
         s = route_group(probs, even_split(n, ep), moe.top_k, epg, True, rng, None, memo, limit,
-                        grp[:ep] // L.gpus_per_node)
+                        grp[:ep] // c.hw.node.gpus_per_domain)
         acts += s.activations
         visits += s.node_visits
         for r, gpu in enumerate(grp):

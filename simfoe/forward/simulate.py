@@ -328,7 +328,7 @@ class ForwardModel:
         self.seed = int(seed)
         gpn = hw.node.gpus_per_node
         if placement.arch == "foe":
-            self.layout = resolve_foe(model, gpn, placement)
+            self.layout = resolve_foe(model, gpn, placement, hw.node.gpus_per_domain)
             n_dist = self.layout.clusters
             n_exp = self.layout.experts_per_cluster
         else:

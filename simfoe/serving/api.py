@@ -354,14 +354,17 @@ def run_serve(model, hardware, nodes: int, arch: str, trace=None, rate: float | 
               progress: bool = False,
               out=None, rank_router: str = "vllm-lb", concurrency: int | None = None, isl: int | None = None,
               osl: int | None = None, random_range_ratio: float | None = None, num_prompts: int | None = None,
-              warmup: int | None = None, timeline: str | None = None, **kw) -> dict:
+              warmup: int | None = None, timeline: str | None = None, mtp: int = 0, mtp_acceptance=None,
+              prefix_cache: bool = False, **kw) -> dict:
     """The JSON summary of ``simfoe serve`` (keys in DESIGN.md plus more); writes ``requests.parquet``
     and ``summary.json`` under ``out`` and the iteration trace to ``timeline`` when given. A sweep's or
     what-if's serve scenario: ``trace`` (with ``rate``, ``duration``), or a closed loop of
     ``concurrency`` clients (``isl``, ``osl``, ``random_range_ratio``, ``num_prompts``, ``warmup``; see
     :class:`simfoe.workloads.closed_loop.ClosedLoop`); ``kw`` as for :func:`simulate_serving` (e.g.
     ``engine="vllm"``: that engine profile's knobs). ``max_batch``, ``token_budget``: None keeps the
-    engine's (default 256 sequences, 8192 tokens)."""
+    engine's (default 256 sequences, 8192 tokens). ``mtp``, ``mtp_acceptance`` (one rate or a list),
+    ``prefix_cache``: :class:`EngineConfig`'s multi-token prediction and prefix caching, named here so
+    that sweeps may vary them."""
     from simfoe.workloads.closed_loop import select_workload
 
     work = select_workload(trace, concurrency, isl=isl, osl=osl, random_range_ratio=random_range_ratio,
@@ -370,6 +373,8 @@ def run_serve(model, hardware, nodes: int, arch: str, trace=None, rate: float | 
                            routing=routing, overrides=overrides, seed=seed, slo_ttft=slo_ttft, slo_tbt=slo_tbt,
                            **{k: v for k, v in (("max_batch", max_batch), ("token_budget", token_budget)) if v is not None},
                            budget_scope=budget_scope,
-                           rank_router=rank_router, progress=progress, record_timeline=timeline is not None, **kw)
+                           rank_router=rank_router, progress=progress, record_timeline=timeline is not None, mtp=mtp,
+                           mtp_acceptance=tuple(mtp_acceptance) if isinstance(mtp_acceptance, list) else mtp_acceptance,
+                           prefix_cache=prefix_cache, **kw)
     write_serving_outputs(res, out, timeline)
     return res.summary

@@ -25,12 +25,28 @@ class GPUSpec(Spec):
 
 
 class NodeSpec(Spec):
-    """A node: GPUs joined by an NVSwitch domain (or shared memory for CPU profiles)."""
+    """A node (tray): GPUs joined by NVLink/NVSwitch (or shared memory for CPU profiles). The NVLink domain
+    is one node unless ``gpus_per_nvlink_domain`` joins several (GB200 NVL72: 18 trays of 4 GPUs, 72)."""
 
     gpus_per_node: PositiveInt
     nvlink_bandwidth: PositiveFloat = Field(description="per-GPU NVLink bandwidth per direction, bytes/s")
     nvlink_latency_s: float = Field(ge=0, description="one-way GPU-to-GPU small-message latency, s")
     nvswitch_reduction: bool = Field(False, description="in-switch reduction (NVLS) available")
+    gpus_per_nvlink_domain: PositiveInt | None = Field(
+        None, description="GPUs in one NVLink/NVSwitch domain, a multiple of gpus_per_node; traffic inside it "
+        "never uses a NIC (None: one node)")
+
+    @model_validator(mode="after")
+    def _domain(self) -> "NodeSpec":
+        d = self.gpus_per_nvlink_domain
+        if d is not None and d % self.gpus_per_node:
+            raise ValueError(f"gpus_per_nvlink_domain ({d}) must be a multiple of gpus_per_node ({self.gpus_per_node})")
+        return self
+
+    @property
+    def gpus_per_domain(self) -> int:
+        """GPUs per NVLink domain: ``gpus_per_nvlink_domain``, else one node's."""
+        return self.gpus_per_nvlink_domain or self.gpus_per_node
 
 
 class NetworkSpec(Spec):

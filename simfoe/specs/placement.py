@@ -253,8 +253,11 @@ def derive_foe_shared(model: ModelSpec, clusters: int, f: FoEPlacement) -> int:
     return sw // clusters
 
 
-def resolve_foe(model: ModelSpec, gpus_per_node: int, p: PlacementSpec) -> FoELayout:
+def resolve_foe(model: ModelSpec, gpus_per_node: int, p: PlacementSpec, gpus_per_domain: int | None = None) -> FoELayout:
+    """The FoE layout of ``model`` on ``p.nodes`` x ``gpus_per_node`` GPUs. A cluster never crosses an NVLink
+    domain (``gpus_per_domain``, one node when None; GB200 NVL72: 72): it may span trays inside one."""
     G = p.nodes * gpus_per_node
+    dom = gpus_per_domain or gpus_per_node
     a = model.attention
     f = p.foe
     if f.clusters is None:
@@ -270,18 +273,19 @@ def resolve_foe(model: ModelSpec, gpus_per_node: int, p: PlacementSpec) -> FoELa
         raise SpecError("placement.foe.clusters", C, f"must divide n_heads ({a.n_heads})")
     ec, kc, fw = derive_foe_experts(model, C, f)
     try:
-        g, cpg = _foe_shape(G, C, gpus_per_node, ec, f.gpus_per_cluster)
+        g, cpg = _foe_shape(G, C, min(dom, G), ec, f.gpus_per_cluster, "node" if dom == gpus_per_node else "NVLink domain")
     except SpecError as e:
         if f.gpus_per_cluster is not None:
             raise  # the user's own gpus_per_cluster: the message names it
-        raise _foe_misfit(model, p, gpus_per_node, C, e) from None
+        raise _foe_misfit(model, p, gpus_per_node, C, e, dom) from None
     kvpc = (a.n_kv_heads / C) if a.kind != "mla" else a.n_heads / C
     return FoELayout(G, gpus_per_node, C, g, cpg, ec, kc, fw, kvpc, f.all_reduce, derive_foe_shared(model, C, f))
 
 
-def _foe_shape(G: int, C: int, gpn: int, ec: int, g_set: int | None = None) -> tuple[int, int]:
-    """(GPUs per cluster, clusters per GPU) of C clusters with ec experts each on G GPUs, gpn per node;
-    ``g_set``: the user's placement.foe.gpus_per_cluster (None: derived). SpecError when none exists."""
+def _foe_shape(G: int, C: int, gpn: int, ec: int, g_set: int | None = None, unit: str = "node") -> tuple[int, int]:
+    """(GPUs per cluster, clusters per GPU) of C clusters with ec experts each on G GPUs, gpn per ``unit`` (a node, or
+    the GPUs of one NVLink domain in use); ``g_set``: the user's placement.foe.gpus_per_cluster (None: derived).
+    SpecError when none exists."""
     if g_set is not None and g_set * C != G and not (g_set == 1 and C % G == 0):
         raise SpecError("placement.foe.gpus_per_cluster", g_set, f"clusters x gpus_per_cluster must equal the {G} GPUs")
     g = g_set if g_set is not None else max(1, G // C)
@@ -295,40 +299,42 @@ def _foe_shape(G: int, C: int, gpn: int, ec: int, g_set: int | None = None) -> t
         cpg, g = C // G, 1
     if g > gpn or gpn % g:
         raise SpecError("placement.foe.gpus_per_cluster", g,
-                        f"a cluster lives inside one node: must divide GPUs per node ({gpn})")
+                        f"a cluster lives inside one {unit}: must divide GPUs per {unit} ({gpn})")
     if ec % g:
         raise SpecError("placement.foe.gpus_per_cluster", g, f"must divide experts per cluster ({ec})")
     return g, cpg
 
 
-def _foe_fits(model: ModelSpec, G: int, C: int, gpn: int, f: FoEPlacement) -> bool:
-    """Whether C clusters (experts derived as :func:`resolve_foe` does) have a shape on G GPUs."""
+def _foe_fits(model: ModelSpec, G: int, C: int, dom: int, f: FoEPlacement) -> bool:
+    """Whether C clusters (experts derived as :func:`resolve_foe` does) have a shape on G GPUs, ``dom`` per
+    NVLink domain."""
     try:
         ec = derive_foe_experts(model, C, f)[0]
         derive_foe_shared(model, C, f)
-        _foe_shape(G, C, gpn, ec)
+        _foe_shape(G, C, min(dom, G), ec)
     except SpecError:
         return False
     return True
 
 
-def _foe_misfit(model: ModelSpec, p: PlacementSpec, gpn: int, C: int, e: SpecError) -> SpecError:
+def _foe_misfit(model: ModelSpec, p: PlacementSpec, gpn: int, C: int, e: SpecError, dom: int) -> SpecError:
     """The error for a derived FoE shape that does not exist: it names the user's inputs (nodes, arch,
-    clusters) and the node counts and cluster counts that would work."""
+    clusters) and the node counts and cluster counts that would work (``dom`` GPUs per NVLink domain)."""
     a, G = model.attention, p.nodes * gpn
+    box = f"{gpn}-GPU node" if dom == gpn else f"{min(dom, G)}-GPU NVLink domain"
     heads = a.n_heads if a.kind == "mla" else a.n_kv_heads
     unit = "query heads" if a.kind == "mla" else "KV heads"
     src = "placement.foe.clusters" if p.foe.clusters is not None else f"the default, one per {unit[:-1]}"
     if e.field == "placement.foe.clusters":
         why = f"the {G} GPUs do not split evenly into them"
-    elif "GPUs per node" in e.allowed:
-        why = f"that is {e.value} GPUs per cluster, and a cluster must fit evenly inside one {gpn}-GPU node"
+    elif "a cluster lives inside one" in e.allowed:
+        why = f"that is {e.value} GPUs per cluster, and a cluster must fit evenly inside one {box}"
     else:
         why = (f"that is {e.value} GPUs per cluster, which do not split a cluster's "
                f"{derive_foe_experts(model, C, p.foe)[0]} experts evenly")
-    nodes_ok = [str(n) for n in range(1, 65) if _foe_fits(model, n * gpn, C, gpn, p.foe)][:6]
+    nodes_ok = [str(n) for n in range(1, 65) if _foe_fits(model, n * gpn, C, dom, p.foe)][:6]
     cs = [c for c in range(1, heads + 1) if heads % c == 0 and a.n_heads % c == 0]
-    cs_ok = [str(c) for c in cs if _foe_fits(model, G, c, gpn, p.foe)]
+    cs_ok = [str(c) for c in cs if _foe_fits(model, G, c, dom, p.foe)]
     on_these = (f"placement.foe.clusters={' or '.join(cs_ok)} on {p.nodes} node(s)" if cs_ok else
                 f"no cluster count that divides the {heads} {unit} fits {p.nodes} node(s)")
     return SpecError("nodes", p.nodes,
