@@ -233,10 +233,11 @@ def test_the_excess_sees_each_ranks_own_decode_kv_tokens():
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=hs.integers(0, 10_000), ranks=hs.integers(2, 6), kv_per_rank=hs.integers(200, 3000),
        router=hs.sampled_from(["vllm-lb", "least-outstanding", "round-robin"]),
-       sched=hs.sampled_from(["chunked", "whole-prompt"]), replicas=hs.integers(1, 2))
-def test_the_all_decode_fast_path_forms_the_same_batches(seed, ranks, kv_per_rank, router, sched, replicas):
+       sched=hs.sampled_from(["chunked", "whole-prompt"]), replicas=hs.integers(1, 2), mtp=hs.sampled_from([0, 1, 3]))
+def test_the_all_decode_fast_path_forms_the_same_batches(seed, ranks, kv_per_rank, router, sched, replicas, mtp):
     """ChunkedFCFS.decode_all (every rank just decodes: one pass for the instance) gives exactly the
-    records of scheduling rank by rank, also when small KV shares force preemptions."""
+    records of scheduling rank by rank, also when small KV shares force preemptions, and with ``mtp``
+    draft tokens per step (k + 1 tokens' blocks per decode)."""
     rng = np.random.default_rng(seed)
     n = 40
     arr = np.sort(rng.uniform(0, 1.0, n))
@@ -244,7 +245,7 @@ def test_the_all_decode_fast_path_forms_the_same_batches(seed, ranks, kv_per_ran
     runs = []
     for fast in (True, False):
         cfg = EngineConfig(max_batch=8, token_budget=512, cost="memo", rank_router=router, scheduler=sched,
-                           replicas=replicas)
+                           replicas=replicas, mtp=mtp, mtp_acceptance=0.7 if mtp else None)
         eng = Engine(arr, prompt, output, np.arange(n), RankedLinear(ranks, 0.002), kv_per_rank * ranks, cfg)
         if not fast:
             eng.decode_all = None

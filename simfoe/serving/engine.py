@@ -12,6 +12,7 @@ import gc
 
 import math
 from collections import deque
+from functools import partial
 from operator import attrgetter
 from dataclasses import dataclass, replace
 
@@ -398,9 +399,10 @@ class Engine:
             self.scheduler.step_tokens = self.drafts.step_tokens
         elif cfg.mtp_acceptance is not None:
             Drafts(0, cfg.mtp_acceptance)  # refused: acceptance without drafts
-        #: the policy's shortcut for several ranks that all just decode (None: schedule rank by rank;
-        #: always with MTP, whose decodes need blocks for k + 1 tokens)
-        self.decode_all = fast_decode(self.scheduler) if n > 1 and self.drafts is None else None
+        #: the policy's shortcut for several ranks that all just decode (None: schedule rank by rank);
+        #: under MTP its decodes take blocks for k + 1 tokens
+        fast = fast_decode(self.scheduler) if n > 1 else None
+        self.decode_all = fast if fast is None or self.drafts is None else partial(fast, step_tokens=self.drafts.step_tokens)
         self.router = make_router(cfg.router, int(cfg.replicas))
         make_router(cfg.rank_router, 1, "rank_router")  # a bad name fails also where no instance has ranks
         #: the busiest rank's excess compute over a balanced instance (None: one rank, or the model has no rank costs)

@@ -124,20 +124,14 @@ class ChunkedFCFS:
             budget -= c
         return budget
 
-    def step_blocks(self, st, dec: np.ndarray, bs: int) -> np.ndarray:
-        """KV blocks each decode in ``dec`` must add to write this step's ``step_tokens`` tokens (no more
-        than it has left to generate), ``bs`` tokens per block (int array)."""
-        new = np.minimum(self.step_tokens, st.target[dec] - st.gen[dec])
-        return np.maximum(0, -(-(st.ctx[dec] + new) // bs) - st.blocks[dec])
-
     # ---------------------------------------------------------------- one iteration
     @staticmethod
-    def decode_all(queues, st):
+    def decode_all(queues, st, step_tokens: int = 1):
         """Fast path for an instance of several ranks (``queues``) that all just decode: when no queue
-        has a waiting request or a partial prefill and every queue has the KV blocks its decodes need,
-        allocate those blocks and return ``(decoding requests in queue order, decodes per queue)``;
-        otherwise ``None`` with nothing changed. The same batches :meth:`schedule` forms queue by
-        queue, with a few array operations for the whole instance."""
+        has a waiting request or a partial prefill and every queue has the KV blocks its decodes need
+        (``step_tokens`` each, see :attr:`step_tokens`), allocate those blocks and return ``(decoding
+        requests in queue order, decodes per queue)``; otherwise ``None`` with nothing changed. The same
+        batches :meth:`schedule` forms queue by queue, with a few array operations for the whole instance."""
         run = []
         for q in queues:
             if q.waiting:
@@ -148,6 +142,8 @@ class ChunkedFCFS:
         r = np.fromiter(run, np.int64, len(run))
         if st.pf_left[r].any():
             return None
+        if step_tokens > 1:
+            return _decode_all_steps(queues, st, r, step_tokens)
         grow = r[(st.ctx[r] % queues[0].kv.block_size) == 0]
         if len(grow):
             need = np.bincount(st.rank[grow], minlength=len(queues)).tolist()
@@ -171,7 +167,7 @@ class ChunkedFCFS:
                     grow = (st.ctx[dec] % bs) == 0
                     need = int(np.count_nonzero(grow))
                 else:
-                    grow = self.step_blocks(st, dec, bs)
+                    grow = step_blocks(st, dec, bs, self.step_tokens)
                     need = int(grow.sum())
                 if need > kv.free:
                     self.preempt_last(q, st)
@@ -204,6 +200,19 @@ class ChunkedFCFS:
                 self.preempt_last(q, st)
                 continue
             return None
+
+
+def _decode_all_steps(queues, st, r: np.ndarray, step_tokens: int):
+    """:meth:`ChunkedFCFS.decode_all` for decodes ``r`` that write ``step_tokens`` tokens each."""
+    grow = step_blocks(st, r, queues[0].kv.block_size, step_tokens)
+    if grow.any():
+        need = np.bincount(st.rank[r], weights=grow, minlength=len(queues)).astype(np.int64).tolist()
+        if any(n > q.kv.free for n, q in zip(need, queues)):
+            return None
+        st.blocks[r] += grow
+        for n, q in zip(need, queues):
+            q.kv.free -= n
+    return r, [len(q.running) for q in queues]
 
 
 @register_scheduler("whole-prompt")
@@ -244,6 +253,13 @@ class PrefillFirst(ChunkedFCFS):
                 budget -= c
         self._admit(q, st, now, budget, chunks)
         return chunks
+
+
+def step_blocks(st, dec: np.ndarray, bs: int, step_tokens: int) -> np.ndarray:
+    """KV blocks each decode in ``dec`` must add to write this step's ``step_tokens`` tokens (no more than
+    it has left to generate), ``bs`` tokens per block (int array)."""
+    new = np.minimum(step_tokens, st.target[dec] - st.gen[dec])
+    return np.maximum(0, -(-(st.ctx[dec] + new) // bs) - st.blocks[dec])
 
 
 def fast_decode(policy):
