@@ -185,6 +185,17 @@ def test_tolerance_bounds_from_above_and_below_by_hand():
     assert not judge(s, {"tpot_mdape": 100.0})[1]  # so does one the summary lacks
 
 
+def test_committed_h100_bounds_name_summary_metrics():
+    """A misspelt bound in validation/tolerances.yaml would fail every CI run; say so without the data."""
+    from simfoe.calibration.regression import load_tolerances
+
+    bounds = load_tolerances()["sources"][si.tolerance_source(si.H100_FILE)]
+    summary = si.report([si.Prediction(_row(), 100.0, 10.0)])
+    assert {k for k in bounds if k != "reason"} and bounds["reason"]
+    for k in bounds:
+        assert k == "reason" or (k[:-4] if k.endswith("_min") else k) in summary, k
+
+
 @pytest.mark.parametrize("bounds, code", [({"ttft_mape": 1e9, "coverage_min": 0.5}, 0),
                                           ({"ttft_mape": 1e9, "coverage_min": 0.9}, 1),
                                           ({"tpot_mdape": 1e-6}, 1)])
