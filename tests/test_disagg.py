@@ -272,3 +272,13 @@ def test_requests_accepted_but_not_arrived_count_on_their_decode_rank():
     t = RequestTable.from_arrays(np.zeros(8), np.full(8, 100), np.full(8, 3))
     r = simulate_disagg(t, Pool(LIN, 100_000), Pool(four, 100_000, gpus=4), DisaggConfig("instant"))
     assert sorted(r.records["rank"].tolist()) == [0, 0, 1, 1, 2, 2, 3, 3]  # not all on rank 0
+
+
+def test_request_overhead_of_the_engine_profile_delays_every_request():
+    from dataclasses import replace
+
+    t = RequestTable.from_arrays(np.array([0.0]), np.array([100]), np.array([5]))
+    slow = Pool(LIN, 100_000, engine=replace(EngineConfig(), request_overhead_s=0.5))
+    fast = simulate_disagg(t, Pool(LIN, 100_000), Pool(LIN, 100_000)).records
+    late = simulate_disagg(t, slow, Pool(LIN, 100_000)).records
+    assert late["ttft_s"][0] == pytest.approx(fast["ttft_s"][0] + 0.5)

@@ -181,9 +181,7 @@ def _pool_engine(pool: Pool, arr, prompt, output, rid, replica_cls, env=None) ->
     from dataclasses import replace
 
     cfg = replace(pool.engine, replicas=pool.workers, horizon_s=None, timeline=False, token_times=False)
-    eng = Engine(arr, prompt, output, rid, pool.step_model, pool.kv_capacity_tokens, cfg)
-    if env is not None:
-        eng.env = env
+    eng = Engine(arr, prompt, output, rid, pool.step_model, pool.kv_capacity_tokens, cfg, env=env)
     eng.replicas = [replica_cls(eng, k, pool.kv_capacity_tokens, cfg.block_size, eng.ranks_per_replica,
                                 cfg.rank_router) for k in range(cfg.replicas)]
     return eng
@@ -240,9 +238,11 @@ class DisaggEngine:
                 ev = self.env.timeout(0)
                 ev.callbacks.append(lambda _e: self.clients.finished(1, self.env.now))
             return
-        self._route(i)
-
-    admit = arrive  # the clients' name for it (before Engine.arrive)
+        ov = self.pre.cfg.request_overhead_s  # the API server's time per request (engine profile), as Engine.arrive
+        if ov:
+            self.env.timeout(ov).callbacks.append(lambda _e: self._route(i))
+        else:
+            self._route(i)
 
     def _arrivals(self):
         """Open loop: every row arrives at its arrival time (as Engine.arrivals)."""
