@@ -5,6 +5,9 @@
   simfoe fit dispatch --hardware h100-sxm [--write] [--json]   (DeepEP kernels, AIConfigurator H100 tables)
   simfoe fit nccl --hardware h100-sxm [--write] [--json]       (NVLink/NVLS/all-to-all terms, nccl-tests table;
                                                                 writes h100-sxm, h200-sxm and their -measured)
+  simfoe fit silicon [--silicon PATH] [--jobs N] [--write] [--json]
+                                      (engine profiles' per-request and per-iteration overheads, real serving
+                                       benchmarks; writes simfoe/specs/engines/*.yaml)
 
 Without --write nothing is changed; with it the fitted section (and its provenance) is written into
 hwprofiles/<hardware>.yaml through simfoe.specs.profile_io.update_profile.
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 from simfoe.cli.common import add_json_flag, table
 
-TARGETS = ("kernels", "collectives", "dispatch", "nccl")
+TARGETS = ("kernels", "collectives", "dispatch", "nccl", "silicon")
 
 
 def register(subparsers) -> None:
@@ -26,7 +29,11 @@ def register(subparsers) -> None:
         "(H100 only).",
     )
     p.add_argument("target", help=" | ".join(TARGETS))
-    p.add_argument("--hardware", required=True, help="hardware preset to fit (h100-sxm, a100-sxm, h200-sxm)")
+    p.add_argument("--hardware", default=None, help="hardware preset to fit (h100-sxm, a100-sxm, h200-sxm); "
+                   "required but for silicon")
+    p.add_argument("--silicon", default=None, metavar="PATH",
+                   help="silicon: an AIConfigurator silicon CSV (default ../shared/data/aiconfigurator/silicon/h100_sxm.csv)")
+    p.add_argument("--jobs", type=int, default=None, help="silicon: worker processes (default: the CPU count)")
     p.add_argument("--vidur", default=None,
                    help="Vidur profiling data folder (default: ../shared/data/vidur when present)")
     p.add_argument("--write", action="store_true", help="write the fitted section into hwprofiles/<hardware>.yaml")
@@ -58,6 +65,13 @@ def run(args) -> dict:
 
     if args.target not in TARGETS:
         raise SpecError("fit", args.target, "allowed: " + ", ".join(TARGETS))
+    if args.target == "silicon":
+        return _fit_silicon(args)
+    for flag in ("silicon", "jobs"):
+        if getattr(args, flag) is not None:
+            raise SpecError("--" + flag, getattr(args, flag), "only with fit silicon")
+    if args.hardware is None:
+        raise SpecError("--hardware", None, f"a hardware preset to fit (required for fit {args.target})")
     if args.target == "dispatch":
         from simfoe.costs.fit_dispatch import TABLE_DIR, check_hardware, fit_report
         from simfoe.paths import shared_data_dir
@@ -104,6 +118,33 @@ def _fit_nccl(args) -> dict:
     if shared is None or not (shared / TABLE).is_file():
         raise SpecError("fit nccl", None, f"the nccl-tests table {TABLE_NAME}", problem="not found")
     return {"target": "nccl", "hardware": args.hardware, "data": TABLE_NAME, **run_fit(shared, args.write)}
+
+
+def _fit_silicon(args) -> dict:
+    """Engine profiles' overheads fitted to real serving benchmarks (simfoe.calibration.fit_silicon)."""
+    import os
+    import sys
+
+    from simfoe.calibration import fit_silicon, silicon
+    from simfoe.errors import SpecError
+
+    if args.hardware is not None or args.vidur is not None:
+        raise SpecError("--hardware" if args.hardware is not None else "--vidur", args.hardware or args.vidur,
+                        "omitted with fit silicon (each row names its hardware)")
+    path = args.silicon or silicon.default_path()
+    if path is None:
+        raise SpecError("--silicon", None, "a silicon CSV (../shared/data is absent)")
+    jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
+    if not (isinstance(jobs, int) and jobs >= 1):
+        raise SpecError("--jobs", jobs, "an integer >= 1 (worker processes)")
+    silicon.load_rows(path)  # a bad file is refused before anything runs
+    progress = None
+    if sys.stderr.isatty() and not args.json:
+        def progress(i, n, row):
+            print(f"\rfit silicon: {i + 1}/{n} rows", end="", file=sys.stderr, flush=True)
+    rep = fit_silicon.fit(path, workers=jobs, progress=progress)
+    rep["written"] = fit_silicon.write(rep) if args.write else None
+    return {"target": "silicon", **rep}
 
 
 def render(result: dict) -> str:

@@ -321,8 +321,8 @@ class EngineConfig:
     token_times: bool = False
     timeline: bool = False  # record one trace event per iteration (bounded by simfoe.timeline.MAX_EVENTS)
     # host time the forward model does not price (an engine profile's fitted overheads, simfoe.specs.engine):
-    # per request, from being sent to being schedulable, one request at a time (one API server in front of
-    # every replica); per iteration; per iteration and sequence in its batch. Seconds.
+    # per request, from being sent to being schedulable (requests overlap in it: HTTP, tokenization and the
+    # hand-over run concurrently with the engine); per iteration; per iteration and sequence in its batch. Seconds.
     request_overhead_s: float = 0.0
     step_overhead_s: float = 0.0
     step_overhead_per_seq_s: float = 0.0
@@ -415,7 +415,6 @@ class Engine:
             v = getattr(cfg, k)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise SpecError(k, v, "seconds >= 0")
-        self._frontend_free = 0.0  # when the API server is next free (request_overhead_s), s
         self.completed = 0
         self.arrived = 0
         #: closed-loop clients (None: open loop); rows before ``measure_from`` are warm-ups, left out of metrics
@@ -463,16 +462,12 @@ class Engine:
         self.replicas[k].submit(i)
 
     def arrive(self, i: int) -> None:
-        """Request row ``i`` is sent now: :meth:`admit` it after ``cfg.request_overhead_s`` of API-server
-        time, the server taking one request at a time (at once when that overhead is 0)."""
+        """Request row ``i`` is sent now: :meth:`admit` it ``cfg.request_overhead_s`` later (at once when 0)."""
         ov = self.cfg.request_overhead_s
         if not ov:
             self.admit(i)
             return
-        now = self.env.now
-        t = max(now, self._frontend_free) + ov
-        self._frontend_free = t
-        self.env.timeout(t - now).callbacks.append(lambda _ev: self.admit(i))
+        self.env.timeout(ov).callbacks.append(lambda _ev: self.admit(i))
 
     def arrivals(self):
         """Open loop: every row arrives at its arrival time."""

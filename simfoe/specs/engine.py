@@ -26,7 +26,7 @@ class Overheads(Spec):
     """Host time the forward model does not price (s); fitted to measured serving runs."""
 
     request_s: float = Field(0.0, ge=0, description="per request: client send -> schedulable in the engine (HTTP, "
-                             "tokenization, hand-over to the engine core), one request at a time, s")
+                             "tokenization, hand-over to the engine core; requests overlap in it), s")
     step_s: float = Field(0.0, ge=0, description="per iteration: scheduling, sampling and launch time the GPU "
                           "waits for, s")
     step_per_seq_s: float = Field(0.0, ge=0, description="per iteration and sequence in its batch (input "
