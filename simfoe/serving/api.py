@@ -33,7 +33,8 @@ from simfoe.workloads.closed_loop import ClosedLoop
 #: Top-level keys of a serving summary that are results (what-if columns, `simfoe compare` metrics);
 #: the other keys describe the run (model, layout, options, workload) or its wall-clock cost (``sim``).
 SUMMARY_METRICS = ("requests", "ttft_s", "tbt_s", "tpot_s", "e2e_s", "queue_s", "throughput", "goodput",
-                   "gpu_utilization", "gpus_per_replica", "ranks_per_replica", "rank_imbalance_fraction")
+                   "gpu_utilization", "gpus_per_replica", "ranks_per_replica", "rank_imbalance_fraction",
+                   "mtp", "prefix_cache")
 
 
 @dataclass
