@@ -282,3 +282,11 @@ def test_request_overhead_of_the_engine_profile_delays_every_request():
     fast = simulate_disagg(t, Pool(LIN, 100_000), Pool(LIN, 100_000)).records
     late = simulate_disagg(t, slow, Pool(LIN, 100_000)).records
     assert late["ttft_s"][0] == pytest.approx(fast["ttft_s"][0] + 0.5)
+
+
+def test_mtp_in_the_decode_pool_emits_more_than_one_token_per_step():
+    t = RequestTable.from_arrays(np.zeros(4), np.full(4, 100), np.full(4, 40))
+    plain = simulate_disagg(t, Pool(LIN, 100_000), Pool(LIN, 100_000)).summary
+    mtp = simulate_disagg(t, Pool(LIN, 100_000), Pool(LIN, 100_000, engine=EngineConfig(mtp=1))).summary
+    assert mtp["requests"]["completed"] == 4 and mtp["mtp"]["tokens_per_step"] > 1
+    assert mtp["tpot_s"]["mean"] < plain["tpot_s"]["mean"]

@@ -56,8 +56,9 @@ FIRST_TOKENS = ("prefill", "decode")
 @dataclass(frozen=True)
 class Pool:
     """One pool of identical workers: a step model and KV capacity (tokens) per worker, its engine
-    knobs (:class:`EngineConfig`; ``replicas`` is replaced by ``workers``), GPUs per worker, KV bytes
-    one token occupies on each GPU of its rank, and the model's layers (for ``layerwise``)."""
+    knobs (:class:`EngineConfig`; ``replicas`` is replaced by ``workers``; ``mtp`` drafts in its decodes),
+    GPUs per worker, KV bytes one token occupies on each GPU of its rank, the model's layers (for
+    ``layerwise``) and the MTP draft module's step model."""
 
     step_model: object
     kv_capacity_tokens: int
@@ -66,6 +67,7 @@ class Pool:
     gpus: int = 1
     kv_bytes_per_token_per_gpu: float = 0.0
     layers: int = 1
+    draft_model: object = None  # with engine.mtp: the draft module's step model (None: drafts cost nothing)
 
 
 @dataclass(frozen=True)
@@ -176,12 +178,13 @@ def _split(gpus: np.ndarray, ranks: int) -> list[np.ndarray]:
     return [gpus[r * k:(r + 1) * k] if k < len(gpus) else gpus for r in range(ranks)]
 
 
-def _pool_engine(pool: Pool, arr, prompt, output, rid, replica_cls, env=None) -> Engine:
+def _pool_engine(pool: Pool, arr, prompt, output, rid, replica_cls, env=None, seed: int = 0) -> Engine:
     """An :class:`Engine` of ``pool``'s workers as ``replica_cls`` replicas (in ``env`` when given)."""
     from dataclasses import replace
 
     cfg = replace(pool.engine, replicas=pool.workers, horizon_s=None, timeline=False, token_times=False)
-    eng = Engine(arr, prompt, output, rid, pool.step_model, pool.kv_capacity_tokens, cfg, env=env)
+    eng = Engine(arr, prompt, output, rid, pool.step_model, pool.kv_capacity_tokens, cfg, env=env,
+                 draft_model=pool.draft_model, seed=seed)
     eng.replicas = [replica_cls(eng, k, pool.kv_capacity_tokens, cfg.block_size, eng.ranks_per_replica,
                                 cfg.rank_router) for k in range(cfg.replicas)]
     return eng
@@ -193,13 +196,13 @@ class DisaggEngine:
     transfers. The decode engine's store is the clients' view (arrival shared, first token, TPOT)."""
 
     def __init__(self, arrival_s, prompt_tokens, output_tokens, request_id, prefill: Pool, decode: Pool,
-                 cfg: DisaggConfig, closed=None):
+                 cfg: DisaggConfig, closed=None, seed: int = 0):
         n = len(prompt_tokens)
         arr = np.zeros(n) if closed is not None else np.asarray(arrival_s, dtype=np.float64)
         self.cfg = cfg
         self.pools = (prefill, decode)
         self.pre = _pool_engine(prefill, arr, prompt_tokens, np.ones(n, np.int64), request_id, PrefillReplica)
-        self.dec = _pool_engine(decode, arr, prompt_tokens, output_tokens, request_id, DecodeReplica, self.pre.env)
+        self.dec = _pool_engine(decode, arr, prompt_tokens, output_tokens, request_id, DecodeReplica, self.pre.env, seed)
         self.env = self.pre.env
         shared = np.full(n, np.nan) if closed is not None else self.pre.store.arrival
         self.pre.store.arrival = self.dec.store.arrival = shared  # one arrival column
@@ -504,7 +507,7 @@ def simulate_disagg(requests, prefill: Pool, decode: Pool, cfg: DisaggConfig | N
     rid = getattr(requests, "request_id", None)
     n = len(requests.prompt_tokens)
     de = DisaggEngine(requests.arrival_s, requests.prompt_tokens, requests.output_tokens,
-                      np.arange(n) if rid is None else rid, prefill, decode, cfg, closed)
+                      np.arange(n) if rid is None else rid, prefill, decode, cfg, closed, seed)
     t = time.perf_counter()
     de.run()
     return DisaggResult(disagg_summary(de, time.perf_counter() - t, slo_ttft, slo_tbt), de)

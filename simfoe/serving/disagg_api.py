@@ -62,7 +62,9 @@ def pool_of(spec, model, hardware, workers: int | None, routing: str, seed: int,
     fm = ForwardModel(model, hw, pl, parse_routing(routing), seed=seed)
     cfg = _engine_of(ps, field)
     n = workers if workers is not None else ps.workers
-    pool = Pool(fm, fm.kv_capacity_tokens(), n, cfg, fm.gpus, fm.kv_bytes_per_token_per_gpu(), model.n_layers)
+    mtp = cfg.mtp > 0
+    pool = Pool(fm, fm.kv_capacity_tokens(mtp=mtp), n, cfg, fm.gpus, fm.kv_bytes_per_token_per_gpu(), model.n_layers,
+                fm.mtp_module() if mtp else None)
     return pool, {"workers": n, "gpus_per_worker": fm.gpus, "arch": pl.arch, "nodes_per_worker": pl.nodes,
                   "layout": layout_info(fm.layout, pl.nodes).to_dict()}
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, PositiveInt
+from pydantic import Field, NonNegativeInt, PositiveInt
 
 from simfoe.specs.base import Spec, validate_spec
 from simfoe.specs.placement import PlacementSpec
@@ -30,6 +30,8 @@ class PoolEngine(Spec):
     router: str = Field("round-robin", description="which worker of the pool receives a request")
     scheduler: str = Field("chunked", description="batching policy: chunked | whole-prompt")
     block_size: PositiveInt = Field(16, description="KV-cache block size, tokens")
+    mtp: NonNegativeInt = Field(0, description="multi-token prediction: draft tokens per decode step (a decode "
+                                "pool; the model's MTP module prices them and shares the KV memory)")
 
 
 class PoolSpec(PlacementSpec):
