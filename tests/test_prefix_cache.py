@@ -78,15 +78,16 @@ def pools(res):
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=hs.integers(0, 10_000), n=hs.integers(1, 50), kv=hs.integers(40, 400), block=hs.sampled_from([16, 32, 64]),
        reps=hs.integers(1, 2), ranked=hs.booleans(), horizon=hs.one_of(hs.none(), hs.floats(0.05, 3.0)),
-       router=hs.sampled_from(["round-robin", "cache-aware"]))
-def test_hits_bounded_and_kv_blocks_conserved(seed, n, kv, block, reps, ranked, horizon, router):
+       router=hs.sampled_from(["round-robin", "cache-aware"]), mtp=hs.sampled_from([0, 2]))
+def test_hits_bounded_and_kv_blocks_conserved(seed, n, kv, block, reps, ranked, horizon, router, mtp):
     """Hits never exceed a prompt (less its last token); at any stop, each pool's blocks are truly free,
     cached, pinned prefix blocks or the requests' own: they add up to its capacity; once drained, nothing
-    is pinned or held."""
+    is pinned or held. Also with multi-token prediction (blocks held for drafts that may be rejected)."""
     t = shared_prefix_table(seed, n, block)
     model = RankedLinear() if ranked else LIN
     r = simulate(t, model, kv * 16 * (2 if ranked else 1), prefix_cache=True, max_batch=8, token_budget=256,
-                 replicas=reps, router=router, rank_router=router, horizon_s=horizon)
+                 replicas=reps, router=router, rank_router=router, horizon_s=horizon, mtp=mtp,
+                 mtp_acceptance=0.6 if mtp else None)
     rec, st = r.records, r.engine.store
     assert (rec["cached_tokens"] <= np.maximum(rec["prompt_tokens"] - 1, 0)).all()
     for p, kvp in enumerate(pools(r)):
