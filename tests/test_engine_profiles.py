@@ -148,3 +148,21 @@ def test_serve_engine_flag(fake_forward, capsys, refused):
     r = json.loads(capsys.readouterr().out)
     assert (r["engine"], r["scheduler"], r["max_batch"], r["token_budget"]) == (None, "chunked", 256, 8192)
     refused([*argv, "--engine", "tgi"], "--engine", "'tgi'", "vllm")
+
+
+def test_sweep_checks_a_serve_scenarios_engine_before_running():
+    from simfoe.sweep.scenarios import check_model_options
+
+    check_model_options({"engine": "trtllm"}, {})
+    with pytest.raises(SpecError) as e:
+        check_model_options({"engine": "tgi"}, {})
+    assert e.value.field == "engine"
+
+
+def test_run_serve_takes_an_engine_profile(fake_forward):
+    from simfoe.serving.api import run_serve
+
+    r = run_serve("mixtral-8x7b", "h100-sxm", 1, "moe", concurrency=2, isl=64, osl=4, num_prompts=2, engine="trtllm")
+    assert (r["engine"], r["scheduler"], r["max_batch"]) == ("trtllm", "whole-prompt", load_engine("trtllm").max_batch)
+    assert run_serve("mixtral-8x7b", "h100-sxm", 1, "moe", concurrency=2, isl=64, osl=4, num_prompts=2,
+                     engine="trtllm", max_batch=5)["max_batch"] == 5

@@ -147,7 +147,34 @@ def _fit_silicon(args) -> dict:
     return {"target": "silicon", **rep}
 
 
+def _render_silicon(r: dict) -> str:
+    """Text of a fit silicon report: parameters per engine, then errors before and after, fitted and held out."""
+    lines = [f"fit silicon from {r['data']} ({r['rows']} covered rows; held out: {r['held_out']['rows']} rows, "
+             f"{r['held_out']['rule']})"]
+    rows = [[e, f"{p['request_s'] * 1e3:.2f}", f"{p['step_s'] * 1e3:.3f}", f"{p['step_per_seq_s'] * 1e6:.2f}",
+             ", ".join(r["held_out"]["models"].get(e) or ["-"])] for e, p in r["params"].items()]
+    lines.append(table(rows, ["engine", "request ms", "step ms", "per seq us", "held-out model"]))
+    rows = []
+    for when in ("before", "after"):
+        for e, v in [("all", r[when]), *r[when]["by_engine"].items()]:
+            for part in ("fitted", "held_out"):
+                s = v[part]
+                rows.append([when, e, part, s["rows"], *(_p(s.get(f"{w}_{k}")) for w in ("ttft", "tpot")
+                                                         for k in ("mape", "mdape")),
+                             *(_share(s.get(f"{w}_within_25pct")) for w in ("ttft", "tpot"))])
+    lines.append(table(rows, ["", "engine", "rows", "n", "TTFT MAPE", "TTFT MdAPE", "TPOT MAPE", "TPOT MdAPE",
+                              "TTFT <=25%", "TPOT <=25%"]))
+    lines.append(f"written: {', '.join(r['written'])}" if r.get("written") else "not written (use --write)")
+    return "\n".join(lines)
+
+
+def _share(x) -> str:
+    return "-" if x is None else f"{x:.0%}"
+
+
 def render(result: dict) -> str:
+    if result.get("target") == "silicon":
+        return _render_silicon(result)
     lines = [f"fit {result.get('target')} for {result.get('hardware')} from {result.get('data', '-')}"]
     if "mape_pct" not in result:  # another fitter's report: print it as indented YAML
         import yaml

@@ -160,6 +160,10 @@ def check_model_options(options: dict, overrides: dict) -> None:
         _check_placement(options["arch"], options["nodes"], _by_root(overrides, "placement"))
     if options.get("concurrency") is not None:
         _check_closed_loop(options)
+    if options.get("engine") is not None:  # serve: an engine profile (simfoe.specs.engine)
+        from simfoe.specs.engine import load_engine
+
+        load_engine(str(options["engine"]))
 
 
 def _check_closed_loop(options: dict) -> None:
