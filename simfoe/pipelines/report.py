@@ -31,6 +31,14 @@ def _fmt(x, unit="", nd=2):
     return "-" if x is None else f"{x:.{nd}f}{unit}"
 
 
+def _dropped_line(cmp: dict) -> str:
+    """The points a compare result left off its curves, in words (none: says so)."""
+    gone = [f"{v} at {', '.join(f'{r:g}' for r in x['dropped_rates_rps'])} req/s"
+            for v, x in cmp["summary"].items() if x["dropped_rates_rps"]]
+    return ("Left off the curves (achieved < 80% of offered): " + "; ".join(gone) + "." if gone
+            else "No point was left off the curves.")
+
+
 def build(out: Path, duration: float, rates: list[float], policy_rates: list[float], seed: int, jobs: int) -> dict:
     from simfoe.pipelines.api import Variant, compare, plot_curves
     from simfoe.pipelines.metrics import load_at_target_text
@@ -83,6 +91,8 @@ def build(out: Path, duration: float, rates: list[float], policy_rates: list[flo
         f"| median latency at {s['low_rate']:g} req/s (s) | {_fmt(s['p50_low'])} | {_fmt(b['p50_low'])} | | |",
         f"| highest valid achieved load (req/s) | {_fmt(s['max_valid_load'])} | {_fmt(b['max_valid_load'])} | | |",
         "",
+        _dropped_line(cmp_modes),
+        "",
         "Reading: in simfoe the two modes hold every instance for the same service time, so they saturate at the "
         "same load; streaming only shortens each request's critical path (a claim's queries start before the "
         "other claims exist, BM25 scores tokens while the query is still being generated). The gain therefore "
@@ -115,6 +125,8 @@ def build(out: Path, duration: float, rates: list[float], policy_rates: list[flo
         "instance; aggregation-aware hashes only the stateful stages (BM25, reranker) by query and spreads the "
         "rest; prompt-aware keeps each prompt type on a home LM instance for prefix-cache hits and spills to the "
         "least-loaded instance when the home queue exceeds `spill_queue` items.",
+        "",
+        _dropped_line(cmp_pol),
         "",
         "All runs pass the engine's aggregation checks (every aggregate received exactly its items, at one instance).",
         "",
