@@ -127,6 +127,19 @@ def test_aggregation_conserves_items(d, seed, mode, routing):
     assert len(r.latencies) == r.sent
 
 
+@settings(max_examples=30, deadline=None)
+@given(d=chain_specs(), seed=hst.integers(0, 10_000))
+def test_dumped_spec_runs_the_same(d, seed):
+    """A spec dumped to a mapping (as the run record stores it) validates back equal and runs the same work."""
+    spec = load_pipeline(d)
+    again = load_pipeline(spec.model_dump())
+    assert again == spec
+    arrivals = np.arange(5) * 2.0
+    a = Simulation(spec, "stream", None, seed).run(1.0, 10.0, arrivals)
+    b = Simulation(again, "stream", None, seed).run(1.0, 10.0, arrivals)
+    assert np.array_equal(a.latencies, b.latencies)
+
+
 def test_duplicated_item_is_caught(monkeypatch):
     spec = load_pipeline("factool")
     sim = Simulation(spec, "stream", "aggregation-aware", 0)
