@@ -143,3 +143,15 @@ def test_engine_stage_validation_names_the_field(stage, field):
     with pytest.raises(SpecError) as e:
         load_pipeline({"name": "t", "stages": [{"name": "a", **stage}]})
     assert field in str(e.value)
+
+
+def test_factool_engine_preset_is_factool_with_engine_lm_stages():
+    """Same stages, instance counts, fan-outs and retrieval as `factool`; its LM stages are engines, one GPU each."""
+    slots, eng = load_pipeline("factool"), load_pipeline("factool-engine")
+    assert [(s.name, s.instances, s.outputs, s.to) for s in slots.stages] == \
+        [(s.name, s.instances, s.outputs, s.to) for s in eng.stages]
+    lm = [s for s in eng.stages if s.engine is not None]
+    assert [s.name for s in lm] == ["question_answering", "claim_extraction", "query_generation"]
+    out = summarize(simulate(eng, "stream", rate=2, duration=10, seed=0))
+    assert out["completed"] == out["sent"] > 0
+    assert all(out["stages"][s.name]["engine"]["gpus_per_instance"] == 1 for s in lm)
