@@ -41,12 +41,16 @@ def test_mla_flag_prices_with_the_mla_family_when_fitted():
     assert K.attention_prefill(hw2, 4, 8192, 8192, 16, 16, 192).latency_s == base
 
 
-@pytest.fixture(scope="module")
-def h100_tables(shared_data):
-    root = shared_data / "aiconfigurator" / "h100_sxm"
+def _tables(shared_data, system: str):
+    root = shared_data / "aiconfigurator" / system
     if not (root / "gemm").is_dir():
         pytest.skip(f"{root} has no kernel tables")
     return FT.find_tables(root, "sglang")
+
+
+@pytest.fixture(scope="module")
+def h100_tables(shared_data):
+    return _tables(shared_data, "h100_sxm")
 
 
 def test_mla_context_fit_holds_out_within_bound(h100_tables):
@@ -163,3 +167,42 @@ def test_forward_prices_mla_models_with_the_mla_families():
     base = attention()
     assert attention("hardware.kernels.attention_decode_mla.per_seq_head_s=1e-5") > base + 1e-5 * 64  # >= 1 layer
     assert attention("hardware.kernels.attention_decode.per_seq_head_s=1e-5") == base  # the GQA family: unused
+
+
+def test_fp4_families_price_fp4_math_only():
+    """gemm_fp4 / grouped_gemm_fp4 over gemm / grouped_gemm: nvfp4 x nvfp4 runs at the fp4 peak with them;
+    bf16 and weight-only fp4 (bf16 math) ignore them."""
+    hw0 = load_hardware("b200-sxm-datasheet")
+    hw, hw2 = (hw0.model_copy(update={"kernels": {"gemm_fp4": f, "grouped_gemm_fp4": f}})
+               for f in ({"eff_max": 1.0, "launch_s": 0.0}, {"eff_max": 0.5, "launch_s": 0.0}))
+    big = (8192, 8192, 8192)  # compute-bound: half the efficiency, twice the time
+    assert K.gemm(hw2, *big, "nvfp4").latency_s == pytest.approx(2 * K.gemm(hw, *big, "nvfp4").latency_s, rel=0.02)
+    assert K.gemm(hw2, *big, "bf16").latency_s == K.gemm(hw, *big, "bf16").latency_s
+    assert K.gemm(hw2, *big, "bf16", "nvfp4").latency_s == K.gemm(hw, *big, "bf16", "nvfp4").latency_s
+    loads = [4096] * 8
+    slow, fast = (K.grouped_gemm(h, loads, 4096, 7168, "nvfp4").latency_s for h in (hw2, hw))
+    assert slow == pytest.approx(2 * fast, rel=0.02)
+
+
+@pytest.fixture(scope="module")
+def b200_tables(shared_data):
+    return _tables(shared_data, "b200_sxm")
+
+
+def test_blackwell_tables_fit_fp4_parts_on_sm100_kernels(b200_tables):
+    assert b200_tables.blackwell
+    parts = {p.label: p for p in FT.table_parts(b200_tables)}
+    assert {"gemm nvfp4", "fused moe nvfp4", "attention context bf16", "mla generation bf16"} <= set(parts)
+    assert parts["gemm nvfp4"].family == "gemm_fp4" and parts["fused moe nvfp4"].family == "grouped_gemm_fp4"
+    # one kernel per part: FlashInfer's TRT-LLM fused MoE (the Triton kernel's rows dropped), TRT-LLM attention
+    assert len(parts["fused moe bf16"].rows) < len(parts["fused moe nvfp4"].rows) * 1.5
+
+
+def test_training_draw_spans_the_token_sweep(b200_tables):
+    """The fit's FIT_ROWS rows cover the swept token counts (every j-th row once drew a single one: j = 27 =
+    the counts swept on B200's nvfp4 fused-MoE table)."""
+    p = [p for p in FT.table_parts(b200_tables) if p.label == "fused moe nvfp4"][0]
+    tr = FT._train(p.rows)
+    rows = {sum(int(x) for x in s.split(";")) for s in tr.tokens_per_expert}
+    assert len(tr) == FT.FIT_ROWS and len(rows) > 20
+    assert not tr.held.any()

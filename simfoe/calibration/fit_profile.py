@@ -31,6 +31,7 @@ import numpy as np
 
 from simfoe.errors import SpecError
 from simfoe.inputs import check_text_file
+from simfoe.specs.precision import number_format
 
 SIG = 5
 #: GQA decode/prefill rows are fitted (all simfoe attention models are GQA; the testbed too).
@@ -177,7 +178,7 @@ def predict_kernel_row(hw, r) -> float | None:
     if r.op == "grouped_ffn":
         # as simfoe.forward.plan._experts_seconds: grouped up (n=2f), activation, grouped down
         loads = np.array([int(x) for x in str(r.tokens_per_expert).split(";") if x != ""], dtype=float)
-        k, n, eb = int(r.k), int(r.n), K.dtype_bytes(dt)
+        k, n, eb = int(r.k), int(r.n), number_format(dt).output_bytes  # fp4 experts write bf16
         return (K.grouped_gemm(hw, loads, 2 * n, k, dt).latency_s
                 + K.elementwise(hw, 3.0 * loads.sum() * n * eb, kind="act").latency_s
                 + K.grouped_gemm(hw, loads, k, n, dt).latency_s)

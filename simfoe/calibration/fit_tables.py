@@ -17,7 +17,7 @@ the same families are fitted through the same functions (simfoe/costs/kernels.py
 Hold-out by shape, decided in code (:func:`held_out`): a row is held out when the CRC-32 of its shape key
 (GEMM: n, k; MoE: hidden, inter, experts, top-k, TP, EP; attention: heads, KV heads, head dim; MLA: heads,
 batch) is divisible by :data:`HOLD_OUT_EVERY`. Fits see only the other rows (at most :data:`FIT_ROWS`
-of them, every j-th, so the fit runs in seconds); errors are reported on all train and held-out rows.
+of them, a seeded draw, so the fit runs in seconds); errors are reported on all train and held-out rows.
 """
 from __future__ import annotations
 
@@ -29,18 +29,24 @@ from pathlib import Path
 import numpy as np
 
 from simfoe.errors import SpecError
+from simfoe.specs.precision import number_format
 
 FRAMEWORKS = ("sglang", "vllm", "trtllm")
 HOLD_OUT_EVERY = 4
 """A shape is held out when crc32(shape key) % HOLD_OUT_EVERY == 0 (about a quarter of the shapes)."""
 FIT_ROWS = 300
-"""Most training rows one family's fit evaluates (every j-th of its training rows, in table order)."""
+"""Most training rows one family's fit evaluates (a seeded draw of its training rows, see _train)."""
+FIT_SEED = 0
+GROUPED_EFF_MIN = 0.005
+"""Lowest grouped (fused MoE) efficiency a fit may reach (see _spec_for)."""
 MS = 1e-3
 """Table latencies are milliseconds (AIConfigurator's collectors; README.md of the data)."""
 MLA_DIMS = {"qk_nope": 128, "qk_rope": 64, "kv_lora_rank": 512}
 """DeepSeek-V3's MLA dimensions (its config.json), the model the MLA tables were collected for."""
-GEMM_DTYPES = {"bfloat16": "bf16", "fp8": "fp8", "fp8_block": "fp8"}
-MOE_DTYPES = {"bfloat16": "bf16", "fp8_block": "fp8"}
+GEMM_DTYPES = {"bfloat16": "bf16", "fp8": "fp8", "fp8_block": "fp8", "nvfp4": "nvfp4"}
+MOE_DTYPES = {"bfloat16": "bf16", "fp8_block": "fp8", "nvfp4": "nvfp4"}
+"""Table dtype -> the activation (= weight) format a record is priced in (simfoe.specs.precision.FORMATS);
+nvfp4 is fp4 x fp4 (w4a4: FlashInfer's CuTe-DSL GEMM and TRT-LLM fused MoE quantize the activations)."""
 KERNEL_SOURCES = {
     "sglang": {"moe": ("sglang_fused_moe_triton",), "attention": ("fa3",)},
     "vllm": {"gemm": ("torch.nn.functional.linear", "CutlassFP8ScaledMMLinearKernel", "DeepGemmFp8BlockScaledMMKernel"),
@@ -49,6 +55,12 @@ KERNEL_SOURCES = {
     "trtllm": {"moe": ("moe_torch_flow_cutlass",)}}
 """Per framework and op, the kernels fitted where a table holds several for one dtype (the engine's default
 on Hopper: Triton fused MoE, FlashAttention-3, DeepGEMM block-scaled fp8); rows of other kernels are dropped."""
+BLACKWELL_KERNEL_SOURCES = {
+    "sglang": {"moe": ("sglang_flashinfer_trtllm_moe",), "attention": ("trtllm_mha",)}}
+"""As KERNEL_SOURCES for Blackwell tables (``device`` B200 / GB200): FA3 is Hopper-only; SGLang's SM100 kernels are
+TRT-LLM's attention (``--attention-backend trtllm_mha``) and FlashInfer's TRT-LLM fused MoE, the one MoE kernel the
+tables measure at bf16, fp8 block-scaled and nvfp4 alike (the Triton kernel has no fp4)."""
+BLACKWELL_DEVICES = ("B200", "GB200")
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,7 @@ class TableSet:
     root: Path
     framework: str
     versions: dict
+    blackwell: bool = False
 
     def path(self, op: str) -> Path:
         return self.root / op / self.framework / self.versions[op]
@@ -82,7 +95,19 @@ def find_tables(root: str | Path, framework: str) -> TableSet:
     if "gemm" not in versions:
         raise SpecError("--from-tables", str(root), f"a folder with gemm/{framework}/<version>/gemm_perf.parquet "
                         "(AIConfigurator's layout, e.g. ../shared/data/aiconfigurator/h100_sxm)")
-    return TableSet(root, framework, versions)
+    return TableSet(root, framework, versions, _is_blackwell(root / "gemm" / framework / versions["gemm"]))
+
+
+def _is_blackwell(gemm_dir: Path) -> bool:
+    """Whether the GEMM table's ``device`` names a Blackwell GPU (B200, GB200); a table without one: no."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    path = gemm_dir / "gemm_perf.parquet"
+    if not path.is_file() or "device" not in pq.read_schema(path).names:
+        return False
+    dev = pd.read_parquet(path, columns=["device"]).device.iloc[0]
+    return any(d in str(dev).split() for d in BLACKWELL_DEVICES)
 
 
 def shape_key_hash(*parts) -> int:
@@ -106,7 +131,8 @@ def _read(ts: TableSet, op: str, table: str):
 
 def _kernels(ts: TableSet, op: str, d):
     """``d`` without the rows of kernels :data:`KERNEL_SOURCES` leaves out for this framework and op."""
-    keep = KERNEL_SOURCES.get(ts.framework, {}).get(op)
+    table = BLACKWELL_KERNEL_SOURCES if ts.blackwell else KERNEL_SOURCES
+    keep = table.get(ts.framework, {}).get(op)
     return d if keep is None else d[d.kernel_source.isin(list(keep))]
 
 
@@ -122,11 +148,12 @@ def _records(rows: dict, n: int, t_ms, keys, table: str):
 
 
 def gemm_records(ts: TableSet):
-    """GEMM rows: op gemm, dtype bf16 / fp8 (variant ``per_tensor`` or ``block``)."""
+    """GEMM rows: op gemm, dtype bf16 / fp8 (variant ``per_tensor`` or ``block``) / nvfp4."""
     g = _kernels(ts, "gemm", _read(ts, "gemm", "gemm_perf.parquet"))
     g = g[g.gemm_dtype.isin(list(GEMM_DTYPES))]
     keys = [shape_key_hash(n, k) for n, k in zip(g.n, g.k)]
-    var = np.where(g.gemm_dtype == "fp8_block", "block", np.where(g.gemm_dtype == "fp8", "per_tensor", "dense"))
+    var = np.select([g.gemm_dtype == "fp8_block", g.gemm_dtype == "fp8", g.gemm_dtype == "nvfp4"],
+                    ["block", "per_tensor", "nvfp4"], "dense")
     return _records({"op": "gemm", "variant": var, "dtype": g.gemm_dtype.map(GEMM_DTYPES).to_numpy(),
                      "m": g.m.to_numpy(), "n": g.n.to_numpy(), "k": g.k.to_numpy()}, len(g), g.latency, keys,
                     ts.source("gemm", "gemm_perf.parquet"))
@@ -229,10 +256,14 @@ class Part:
 
 
 def _train(rows):
-    """The training rows one fit evaluates: at most FIT_ROWS, every j-th of the rows not held out."""
+    """The training rows one fit evaluates: at most FIT_ROWS of the rows not held out, drawn without replacement
+    by a generator seeded with FIT_SEED (every j-th row aliased with the tables' sweep order: on B200's nvfp4
+    fused-MoE table j = 27 = the token counts swept, so every row drawn had one token count)."""
     tr = _train_all(rows)
-    step = max(1, -(-len(tr) // FIT_ROWS))
-    return tr.iloc[::step]
+    if len(tr) <= FIT_ROWS:
+        return tr
+    pick = np.random.default_rng(FIT_SEED).choice(len(tr), FIT_ROWS, replace=False)
+    return tr.iloc[np.sort(pick)]
 
 
 def _train_all(rows):
@@ -243,10 +274,14 @@ def _train_all(rows):
 def _spec_for(family: str, kern: dict) -> dict:
     from simfoe.calibration.fit_profile import _gemm_spec
 
-    if family in ("gemm", "gemm_fp8"):
+    if family in ("gemm", "gemm_fp8", "gemm_fp4"):
         return _gemm_spec(kern.get("gemm", {}))
     if family.startswith("grouped_gemm"):
-        return _gemm_spec(kern.get("grouped_gemm") or kern.get("gemm", {}), pad_start=1.0)
+        spec = _gemm_spec(kern.get("grouped_gemm") or kern.get("gemm", {}), pad_start=1.0)
+        # fused MoE kernels reach a few % of a Blackwell fp8/fp4 peak (B200 fp8 block-scaled, 7168 x 2048 experts,
+        # 16k tokens: 1.4 TFLOP in 8.0 ms = 4% of 4.5 PFLOP/s): the dense floor of 0.05 would cut the fit off
+        spec["eff_max"] = (spec["eff_max"][0], GROUPED_EFF_MIN, *spec["eff_max"][2:])
+        return spec
     return _attn_spec(family.startswith("attention_prefill"))
 
 
@@ -361,8 +396,10 @@ def table_parts(ts: TableSet) -> list[Part]:
             Part("gemm fp8 (per-tensor)", "gemm:fp8", "gemm_fp8", sel(g, variant="per_tensor")),
             Part("gemm fp8 block-scaled (judged on gemm_fp8)", "gemm:fp8_block", "gemm_fp8", sel(g, variant="block"),
                  fit=False),
+            Part("gemm nvfp4", "gemm:nvfp4", "gemm_fp4", sel(g, variant="nvfp4")),
             Part("fused moe bf16", "moe:bf16", "grouped_gemm", sel(m, dtype="bf16")),
             Part("fused moe fp8 block-scaled", "moe:fp8_block", "grouped_gemm_fp8", sel(m, dtype="fp8")),
+            Part("fused moe nvfp4", "moe:nvfp4", "grouped_gemm_fp4", sel(m, dtype="nvfp4")),
             Part("attention context bf16", "attention:context", "attention_prefill", phase(a, "prefill")),
             Part("attention generation bf16", "attention:generation", "attention_decode", phase(a, "decode")),
             Part("mla context bf16", "mla:context", "attention_prefill_mla", phase(mla, "prefill")),
@@ -421,8 +458,8 @@ def fit_tables_profile(root: str | Path, base: str, framework: str = "sglang",
     profile["description"] = f"{raw.get('description', base)}; kernels fitted from {framework} kernel tables"
     profile["kernels"] = kern
     smooth = HardwareSpec.model_validate(profile)
-    profile["gemm_corrections"] = {dt: fit_gemm_correction(smooth, _train_all(p.rows))
-                                   for p, dt in ((p, p.rows.dtype.iloc[0]) for p in parts if p.fit and p.key.startswith("gemm:"))}
+    profile["gemm_corrections"] = {number_format(p.rows.dtype.iloc[0]).math: fit_gemm_correction(smooth, _train_all(p.rows))
+                                   for p in parts if p.fit and p.key.startswith("gemm:")}
     hw = HardwareSpec.model_validate(profile)
     report = {"tables": _source_dir(ts.root), "framework": framework, "versions": dict(ts.versions), "base": base,
               "profile": profile["name"], "hold_out": f"shapes with crc32(shape key) % {HOLD_OUT_EVERY} == 0",
@@ -434,7 +471,8 @@ def fit_tables_profile(root: str | Path, base: str, framework: str = "sglang",
     prov.update({"name": "profile name", "description": f"{base} with kernels fitted from {report['tables']} ({framework})",
                  "gemm_corrections": (
                      f"fit by simfoe.calibration.fit_tables on {_dt.date.today().isoformat()}: ln(measured / smooth "
-                     "form) of every training GEMM row (bf16: the bf16 table rows, fp8: the per-tensor fp8 rows) by "
+                     "form) of every training GEMM row (bf16: the bf16 table rows, fp8: the per-tensor fp8 rows, "
+                     "fp4: the nvfp4 rows, where the tables have them) by "
                      f"damped least squares (damp {CORRECTION_DAMP}) under trilinear interpolation on the grid given; "
                      "errors with and without it in the report and docs/calibration-kernels.md")})
     return profile, prov, report

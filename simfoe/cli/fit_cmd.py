@@ -4,7 +4,8 @@
   simfoe fit collectives --hardware h100-sxm --vidur ../shared/data/vidur [--write] [--json]
   simfoe fit dispatch --hardware h100-sxm [--write] [--json]   (DeepEP kernels, AIConfigurator H100 tables)
   simfoe fit nccl --hardware h100-sxm [--write] [--json]       (NVLink/NVLS/all-to-all terms, nccl-tests table;
-                                                                writes h100-sxm, h200-sxm and their -measured)
+                                                                writes h100-sxm, h200-sxm and their -measured;
+                                                                b200-sxm, gb200-nvl72: their own tables and profile)
   simfoe fit silicon [--silicon PATH] [--jobs N] [--write] [--json]
                                       (engine profiles' per-request and per-iteration overheads, real serving
                                        benchmarks; writes simfoe/specs/engines/*.yaml)
@@ -26,7 +27,7 @@ def register(subparsers) -> None:
         description="Fit a hardware profile's efficiencies to measured data and report fitted/held-out errors "
         "(MAPE, %): kernels and collectives to Vidur's public measurements (--vidur); dispatch to the DeepEP "
         "normal and low-latency tables and nccl to the nccl-tests table in ../shared/data/aiconfigurator "
-        "(H100 only).",
+        "(H100; nccl also B200 and GB200).",
     )
     p.add_argument("target", help=" | ".join(TARGETS))
     p.add_argument("--hardware", default=None, help="hardware preset to fit (h100-sxm, a100-sxm, h200-sxm); "
@@ -106,18 +107,19 @@ def run(args) -> dict:
 
 
 def _fit_nccl(args) -> dict:
-    """NVLink side of h100-sxm fitted to nccl-tests on one node (simfoe.costs.fit_nccl_tests)."""
-    from simfoe.costs.fit_nccl_tests import TABLE, TABLE_NAME, TARGETS as WRITES, run_fit
+    """NVLink side of h100-sxm, b200-sxm or gb200-nvl72 fitted to its nccl-tests on one node
+    (simfoe.costs.fit_nccl_tests)."""
+    from simfoe.costs.fit_nccl_tests import SYSTEMS, TARGETS as WRITES, run_fit, table_of
     from simfoe.errors import SpecError
     from simfoe.paths import shared_data_dir
 
-    if args.hardware != "h100-sxm":
-        raise SpecError("--hardware", args.hardware, "h100-sxm (the nccl-tests table is H100; --write also "
-                        "updates " + ", ".join(WRITES[1:]) + ")")
-    shared = shared_data_dir()
-    if shared is None or not (shared / TABLE).is_file():
-        raise SpecError("fit nccl", None, f"the nccl-tests table {TABLE_NAME}", problem="not found")
-    return {"target": "nccl", "hardware": args.hardware, "data": TABLE_NAME, **run_fit(shared, args.write)}
+    if args.hardware not in SYSTEMS:
+        raise SpecError("--hardware", args.hardware, ", ".join(SYSTEMS) + " (the systems with nccl-tests tables; "
+                        "for h100-sxm --write also updates " + ", ".join(WRITES[1:]) + ")")
+    shared, name = shared_data_dir(), "../shared/data/" + table_of(args.hardware).as_posix()
+    if shared is None or not (shared / table_of(args.hardware)).is_file():
+        raise SpecError("fit nccl", None, f"the nccl-tests table {name}", problem="not found")
+    return {"target": "nccl", "hardware": args.hardware, "data": name, **run_fit(shared, args.write, args.hardware)}
 
 
 def _fit_silicon(args) -> dict:

@@ -1,4 +1,8 @@
-"""Fit the NVLink side of ``hw.collectives`` to nccl-tests on one H100 node, holding part of the table out.
+"""Fit the NVLink side of ``hw.collectives`` to nccl-tests on one node, holding part of the table out.
+
+Systems (:data:`SYSTEMS`): H100 (8 GPUs of a DGX node), B200 (8 GPUs of an HGX node), GB200 (2 and 4 GPUs of one
+NVL72 tray: the table has no more). The H100 fit is written to the H100 and H200 profiles (TARGETS); the
+others to their own profile only.
 
 Data: ``<shared>/aiconfigurator/h100_sxm/comm/nccl/2.29.2/nccl_perf.parquet`` (NVIDIA AIConfigurator,
 Apache-2.0): nccl-tests all_gather, all_reduce, alltoall and reduce_scatter on 2, 4 and 8 H100 of one node,
@@ -31,12 +35,21 @@ from simfoe.specs.hardware import HardwareSpec
 
 TABLE = Path("aiconfigurator/h100_sxm/comm/nccl/2.29.2/nccl_perf.parquet")
 TABLE_NAME = "../shared/data/" + TABLE.as_posix()
+#: profile -> AIConfigurator system folder of its nccl-tests table
+SYSTEMS = {"h100-sxm": "h100_sxm", "b200-sxm": "b200_sxm", "gb200-nvl72": "gb200"}
+
+
+def table_of(profile: str) -> Path:
+    """The nccl-tests table (relative to ../shared/data) of ``profile`` (a key of SYSTEMS)."""
+    return Path(TABLE.as_posix().replace("h100_sxm", SYSTEMS[profile]))
+
 BYTES_PER_ELEMENT = {"half": 2, "int8": 1}  # README: message_size = nccl-tests bytes / element size
 #: nccl-tests op -> (simfoe collective, divide nccl-tests' size by n for predict's nbytes)
 OPS = {"all_reduce": ("all_reduce", False), "all_gather": ("all_gather", True),
        "reduce_scatter": ("reduce_scatter", False), "alltoall": ("all_to_all", True)}
 MIN_BYTES = 1 << 20  # headline regime: nccl-tests size >= 1 MiB
 FIT_GPUS = 8
+"""GPUs of the fitted rows on H100 and B200 (GB200: the table's largest count, 4)."""
 #: NCCL src/graph/tuning.cc (NCCL 2.29): ring LL128 per-step NVLink latency 1.9 us, bus bandwidth 0.92 x Simple
 LL128_HOP_S = 1.9e-6
 LL128_BW_FRACTION = 0.92
@@ -48,7 +61,7 @@ TARGETS = ("h100-sxm", "h100-sxm-measured", "h200-sxm", "h200-sxm-measured")
 
 def load_nccl_tests(path: str | Path) -> pd.DataFrame:
     """Rows: op (nccl-tests name), collective, n_gpus, bytes (nccl-tests size), nbytes (predict's), time_s,
-    size_rank (position on the size ladder), held_out (bool)."""
+    size_rank (position on the size ladder), held_out (bool: not the largest GPU count, or an odd position)."""
     p = Path(path)
     if not p.is_file():
         raise SpecError("nccl_table", str(path), f"the nccl-tests parquet ({TABLE_NAME})")
@@ -60,7 +73,7 @@ def load_nccl_tests(path: str | Path) -> pd.DataFrame:
     out["collective"] = out["op"].map(lambda o: OPS[o][0])
     out["nbytes"] = [b / n if OPS[o][1] else b for o, b, n in zip(out["op"], out["bytes"], out["n_gpus"])]
     out["size_rank"] = out.groupby(["op", "n_gpus"])["bytes"].rank(method="dense").astype(int) - 1
-    out["held_out"] = (out["n_gpus"] != FIT_GPUS) | (out["size_rank"] % 2 == 1)
+    out["held_out"] = (out["n_gpus"] != out["n_gpus"].max()) | (out["size_rank"] % 2 == 1)
     return out.sort_values(["op", "n_gpus", "bytes"]).reset_index(drop=True)
 
 
@@ -122,19 +135,21 @@ def errors(hw: HardwareSpec, df: pd.DataFrame) -> dict:
     return out
 
 
-def write_profiles(params) -> list[str]:
-    """Write the fitted PARAMS (with NCCL's LL128 terms) into every profile of TARGETS, with provenance;
-    only the sections this fit owns (other fits write the rest of ``collectives``)."""
+def write_profiles(params, base: str = "h100-sxm", fit_gpus: int = FIT_GPUS) -> list[str]:
+    """Write the fitted PARAMS (with NCCL's LL128 terms) into every profile of TARGETS (H100's fit) or into
+    ``base``, with provenance; only the sections this fit owns (other fits write the rest of ``collectives``)."""
     from simfoe.specs.io import load_hardware
     from simfoe.specs.profile_io import update_profile
 
-    prov = {f"collectives.{p}": f"fit to {TABLE_NAME} (nccl-tests, half, 8 GPUs, even size positions; odd "
-            f"positions and 2/4 GPUs held out), simfoe.costs.fit_nccl_tests" for p in PARAMS}
+    name = "../shared/data/" + table_of(base).as_posix()
+    others = "odd positions and 2/4 GPUs" if fit_gpus == 8 else f"odd positions and fewer than {fit_gpus} GPUs"
+    prov = {f"collectives.{p}": f"fit to {name} (nccl-tests, half, {fit_gpus} GPUs, even size positions; "
+            f"{others} held out), simfoe.costs.fit_nccl_tests" for p in PARAMS}
     prov["collectives.nvlink.ll128_hop_s"] = prov["collectives.nvlink.ll128_bandwidth_fraction"] = LL128_SOURCE
     written = []
-    for t in TARGETS:
+    for t in TARGETS if base == "h100-sxm" else (base,):
         c = with_params(load_hardware(t), params).collectives
-        pt = prov if t.startswith("h100") else {
+        pt = prov if not t.startswith("h200") else {
             k: f"copied from the h100-sxm fit (same NVLink4/NVSwitch gen3; no H200 table): {v}" for k, v in prov.items()}
         for section, values in (("nvlink", c.nvlink.model_dump(exclude_none=True)),
                                 ("nvls", c.nvls.model_dump(exclude_none=True)),
@@ -145,20 +160,21 @@ def write_profiles(params) -> list[str]:
 
 
 def run_fit(shared: Path, write: bool, base: str = "h100-sxm") -> dict:
-    """Fit PARAMS of ``base`` on the fitted rows; report errors on every row; optionally write TARGETS.
+    """Fit PARAMS of ``base`` (a key of SYSTEMS) on the fitted rows of its table; report errors on every row;
+    optionally write them (:func:`write_profiles`).
 
     Returns {"params", "fit_mape" (fitted rows, all sizes), "errors" (see :func:`errors`), "written"}.
     """
     from simfoe.specs.io import load_hardware
 
-    df = load_nccl_tests(Path(shared) / TABLE)
+    df = load_nccl_tests(Path(shared) / table_of(base))
     hw = load_hardware(base)
     params, fit_mape = _fit(hw, df[~df["held_out"]])
     hw = with_params(hw, params)
     result = {"params": dict(zip(PARAMS, params)), "fit_mape": round(100 * fit_mape, 2), "errors": errors(hw, df),
               "written": []}
     if write:
-        result["written"] = write_profiles(params)
+        result["written"] = write_profiles(params, base, int(df["n_gpus"].max()))
     return result
 
 

@@ -26,9 +26,10 @@ output format (bf16 for fp8-block/mxfp4/nvfp4). The math runs at the peak of the
 computed at the bf16 peak (H100 has no fp4 tensor cores); fp4 x fp4 needs an ``fp4`` entry in
 ``gpu.peak_flops`` (Blackwell). Attention reads Q and O in its ``dtype`` and K, V in ``kv_dtype``.
 
-``gemm_fp8`` (optional; profiles fitted from measured fp8 GEMMs)
-    the ``gemm`` keys for fp8 GEMMs (a key it lacks takes ``gemm``'s value), priced against the fp8
-    peak. Without it fp8 GEMMs use ``gemm``'s bf16-fitted efficiencies with the fp8 peak.
+``gemm_fp8`` / ``gemm_fp4`` (optional; profiles fitted from measured fp8 / NVFP4 GEMMs)
+    the ``gemm`` keys for fp8 (fp4 x fp4) GEMMs (a key it lacks takes ``gemm``'s value), priced against the
+    fp8 (fp4) peak; block-scale reads and quantization overheads the measured kernel pays are in the fitted
+    values. Without it they use ``gemm``'s bf16-fitted efficiencies with their peak.
 ``grouped_gemm`` (optional; profiles fitted from measured grouped kernels)
     the ``gemm`` keys for the grouped launch (a key it lacks takes ``gemm``'s value) plus the row tile:
     ``m_tile`` (rows): each active expert's rows are padded up to a multiple of it (a grouped kernel
@@ -43,9 +44,9 @@ computed at the bf16 peak (H100 has no fp4 tensor cores); fp4 x fp4 needs an ``f
     ``mem_eff``, ``mem_floor_bytes``, ``launch_s``, ``eff_max`` (for the small FLOP term); optional
     ``smooth_p`` (default plain max) and ``per_seq_head_s``: fixed seconds per (sequence x KV head), the
     work items a FlashAttention decode kernel schedules (fitted on kernel tables; default 0).
-``attention_prefill_mla`` / ``attention_decode_mla`` / ``grouped_gemm_fp8`` (optional; profiles fitted
-    from kernel tables, simfoe.calibration.fit_tables) the same keys for MLA attention (``mla=True``)
-    and for fp8 grouped experts; absent, the plain family prices them.
+``attention_prefill_mla`` / ``attention_decode_mla`` / ``grouped_gemm_fp8`` / ``grouped_gemm_fp4`` (optional;
+    profiles fitted from kernel tables, simfoe.calibration.fit_tables) the same keys for MLA attention
+    (``mla=True``) and for fp8 / fp4 grouped experts; absent, the plain family prices them.
 
 ``routing_glue`` (CPU profiles; absent elsewhere, then 0)
     the small framework ops of an eager MoE layer beside its GEMMs (validation/eager_moe.py):
@@ -159,15 +160,17 @@ def _cost(t_c: float, t_m: float, p: float, launch: float, flops: float, nbytes:
     return KernelCost(body + launch, float(flops), float(nbytes), bound)
 
 
+NARROW_MATH = ("fp8", "fp4")
+"""Math classes with families of their own over the bf16 ones (``gemm_fp8``, ``grouped_gemm_fp4``, ...)."""
 GEMM_KEYS = ("eff_max", "m_pad", "n_pad", "k_pad", "mem_eff", "mem_floor_bytes", "launch_s", "smooth_p")
 
 
 def gemm_params(hw, dtype: str = "bf16") -> tuple[float, float, float, float, float, float, float, float]:
     """(eff_max, m_pad, n_pad, k_pad, mem_eff, mem_floor_bytes, launch_s, smooth_p) of ``hw`` for
-    ``dtype`` (fp8: ``kernels.gemm_fp8`` over ``kernels.gemm``, see module doc)."""
+    ``dtype`` (fp8 / fp4: ``kernels.gemm_fp8`` / ``kernels.gemm_fp4`` over ``kernels.gemm``, see module doc)."""
     g = _family(hw, "gemm")
-    if dtype == "fp8":
-        g = {**g, **_family(hw, "gemm_fp8")}
+    if dtype in NARROW_MATH:
+        g = {**g, **_family(hw, f"gemm_{dtype}")}
     return (
         float(g.get("eff_max", 1.0)), float(g.get("m_pad", 0.0)), float(g.get("n_pad", 0.0)),
         float(g.get("k_pad", 0.0)), float(g.get("mem_eff", 1.0)), float(g.get("mem_floor_bytes", 0.0)),
@@ -292,11 +295,11 @@ def gemm_correction(hw, dtype: str, m: float, n: float, k: float) -> float:
 
 def grouped_params(hw, dtype: str = "bf16") -> dict[str, float]:
     """The grouped launch's parameters: ``kernels.grouped_gemm`` over ``kernels.gemm`` (see module doc);
-    for fp8, ``kernels.grouped_gemm_fp8`` over ``grouped_gemm`` over ``gemm_fp8`` over ``gemm``."""
+    for fp8 (fp4), ``kernels.grouped_gemm_fp8`` (``_fp4``) over ``grouped_gemm`` over ``gemm_fp8`` (``_fp4``) over ``gemm``."""
     out = dict(zip(GEMM_KEYS, gemm_params(hw, dtype)))
     out.update({key: float(v) for key, v in _family(hw, "grouped_gemm").items()})
-    if dtype == "fp8":
-        out.update({key: float(v) for key, v in _family(hw, "grouped_gemm_fp8").items()})
+    if dtype in NARROW_MATH:
+        out.update({key: float(v) for key, v in _family(hw, f"grouped_gemm_{dtype}").items()})
     return out
 
 
