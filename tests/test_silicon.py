@@ -99,10 +99,16 @@ def test_moe_row_sets_its_expert_parallel_group_and_inferencex_lengths():
     assert sc.range_ratio == si.INFERENCEX_RANGE_RATIO
 
 
+def test_blackwell_rows_map_to_the_blackwell_profiles():
+    """issue 25: b200_sxm and gb200 rows are replayed on b200-sxm and gb200-nvl72 (one-tray instances on GB200)."""
+    assert si.scenario(replace(_row(), system="b200_sxm")).hardware == "b200-sxm"
+    assert si.scenario(replace(_row(), system="gb200")).hardware == "gb200-nvl72"
+
+
 @pytest.mark.parametrize("change, reason", [
     (dict(mode="disagg"), "disagg: prefill columns missing"),
     (dict(model_path="someone/unknown-model"), "model preset missing"),
-    (dict(system="b200_sxm"), "system b200_sxm: no hardware profile"),
+    (dict(system="mi300x"), "system mi300x: no hardware profile"),
     (dict(pp=2), "pp_size > 1: pipeline parallelism not modelled"),
     (dict(gemm_quant="w4a8_awq"), "quant w4a8_awq: not mapped yet (mapped: fp8, fp8_block, nvfp4, mxfp4, none)"),
     (dict(gemm_quant="nvfp4"), "quant nvfp4: the model preset has no fp4 checkpoint (4-bit expert weights)"),

@@ -28,8 +28,8 @@ from simfoe.errors import SpecError
 #: The H100 file, relative to the shared data folder.
 H100_FILE = "aiconfigurator/silicon/h100_sxm.csv"
 
-#: AIConfigurator ``system`` -> simfoe hardware profile (b200_sxm, gb200: no profile yet).
-SYSTEM_PROFILES = {"h100_sxm": "h100-sxm", "h200_sxm": "h200-sxm"}
+#: AIConfigurator ``system`` -> simfoe hardware profile (b200_sxm, gb200: fitted from their kernel tables, issue 25).
+SYSTEM_PROFILES = {"h100_sxm": "h100-sxm", "h200_sxm": "h200-sxm", "b200_sxm": "b200-sxm", "gb200": "gb200-nvl72"}
 
 #: Hugging Face ``model_path`` -> simfoe model preset (DeepSeek-R1 has DeepSeek-V3's architecture:
 #: deepseek-ai/DeepSeek-R1 config.json is DeepseekV3ForCausalLM with the same dimensions).
