@@ -206,3 +206,21 @@ def test_training_draw_spans_the_token_sweep(b200_tables):
     rows = {sum(int(x) for x in s.split(";")) for s in tr.tokens_per_expert}
     assert len(tr) == FT.FIT_ROWS and len(rows) > 20
     assert not tr.held.any()
+
+
+def test_every_blackwell_table_source_has_a_tolerance():
+    """simfoe validate judges the B200 and GB200 tables (issue 25.5): each source table_sources yields for them
+    has a bound in validation/tolerances.yaml, and each is judged with a profile that exists."""
+    from simfoe.calibration import regression as R
+    from simfoe.specs.io import list_presets
+
+    tol = R.load_tolerances()["sources"]
+    parts = ("gemm:bf16", "gemm:fp8", "gemm:fp8_block", "gemm:nvfp4", "moe:bf16", "moe:fp8_block", "moe:nvfp4",
+             "attention:context", "attention:generation", "mla:context", "mla:generation")
+    for system in ("b200_sxm", "gb200"):
+        assert set(R.TABLE_SYSTEMS[system]) <= set(list_presets("hardware"))
+        for p in parts:
+            for split in ("fitted", "held_out"):
+                assert f"kernels:{system}:{p}:{split}" in tol
+        for op in ("all_reduce", "all_gather", "reduce_scatter", "alltoall"):
+            assert {f"nccl:{system}:{op}", f"nccl:{system}:{op}:small", f"nccl:{system}:{op}:2gpu"} <= set(tol)

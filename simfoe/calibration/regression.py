@@ -10,11 +10,12 @@ Sources (each judged against its tolerance in validation/tolerances.yaml):
 * ``deepep:h100_sxm:<normal|ll>:<op>:<n>n`` (and ``:shapes``): DeepEP dispatch/combine on 1-8 H100 nodes
   (AIConfigurator's SGLang tables, read in place from ``<shared>/aiconfigurator``), predicted with h100-sxm
   (:func:`deepep_rows`);
-* ``nccl:h100_sxm:<op>[:<n>gpu|:small]``: nccl-tests on one H100 node (AIConfigurator's table, read in place
-  from ``<shared>/aiconfigurator``), predicted with h100-sxm (:func:`nccl_rows`);
-* ``kernels:h100_sxm:<op>:<kind>:<fitted|held_out>``: H100 kernel tables (AIConfigurator's SGLang GEMM, fused
-  MoE, attention, MLA; read in place from ``<shared>/aiconfigurator``) predicted with the stored
-  h100-sxm-tables profile, split as its fit held shapes out (:func:`kernel_table_rows`);
+* ``nccl:<system>:<op>[:<n>gpu|:small]``: nccl-tests on one node of H100, B200 or GB200 (``h100_sxm``,
+  ``b200_sxm``, ``gb200``; AIConfigurator's tables, read in place from ``<shared>/aiconfigurator``), predicted
+  with h100-sxm, b200-sxm, gb200-nvl72 (:func:`nccl_rows`, :data:`TABLE_SYSTEMS`);
+* ``kernels:<system>:<op>:<kind>:<fitted|held_out>``: the same systems' kernel tables (AIConfigurator's SGLang
+  GEMM, fused MoE, attention, MLA) predicted with the stored profile fitted from them (h100-sxm-tables,
+  b200-sxm, gb200-nvl72), split as its fit held shapes out (:func:`kernel_table_rows`);
 * ``testbed:<profile>``: the stored testbed measurements (reports/calibration/testbed-<profile>.json, one per
   machine kind, each naming its profile; tolerance ``testbed:<profile>``) against the current
   forward-model predictions, judged by the MoE/FoE speedup error.
@@ -174,21 +175,26 @@ def deepep_rows(shared: Path, hw) -> list[dict]:
 
 
 NCCL_PROFILE = "h100-sxm"
+#: AIConfigurator system -> (profile judged on its nccl-tests table, profile judged on its kernel tables): each
+#: fitted from them (simfoe fit nccl, simfoe calibrate --from-tables)
+TABLE_SYSTEMS = {"h100_sxm": (NCCL_PROFILE, "h100-sxm-tables"), "b200_sxm": ("b200-sxm", "b200-sxm"),
+                 "gb200": ("gb200-nvl72", "gb200-nvl72")}
 
 
-def nccl_rows(table: Path, hw) -> list[dict]:
-    """nccl-tests rows of one H100 node (simfoe.costs.fit_nccl_tests) predicted with ``hw``. Sources:
-    ``nccl:h100_sxm:<op>`` = 8 GPUs, >= 1 MiB; ``...:<op>:<n>gpu`` = 2 or 4 GPUs, >= 1 MiB;
-    ``...:<op>:small`` = 8 GPUs, < 1 MiB (the latency regime)."""
+def nccl_rows(table: Path, hw, system: str = "h100_sxm") -> list[dict]:
+    """nccl-tests rows of one node (simfoe.costs.fit_nccl_tests) predicted with ``hw``. Sources, N = the table's
+    largest GPU count (8; GB200: 4): ``nccl:<system>:<op>`` = N GPUs, >= 1 MiB; ``...:<op>:<n>gpu`` = fewer GPUs,
+    >= 1 MiB; ``...:<op>:small`` = N GPUs, < 1 MiB (the latency regime)."""
     from simfoe.costs import fit_nccl_tests as fn
 
     df = fn.load_nccl_tests(table)
     pred = fn.predict_rows(hw, df)
+    most = int(df["n_gpus"].max())
     out = []
     for (op, n, big), idx in df.groupby(["op", "n_gpus", df["bytes"] >= fn.MIN_BYTES]).groups.items():
-        if n != fn.FIT_GPUS and not big:
+        if n != most and not big:
             continue
-        src = f"nccl:h100_sxm:{op}" + ("" if n == fn.FIT_GPUS and big else f":{n}gpu" if big else ":small")
+        src = f"nccl:{system}:{op}" + ("" if n == most and big else f":{n}gpu" if big else ":small")
         out += _rows(src, op, pred[idx], df.loc[idx, "time_s"])
     return out
 
@@ -197,10 +203,10 @@ KERNEL_TABLES = "aiconfigurator/h100_sxm"
 KERNEL_TABLES_PROFILE = "h100-sxm-tables"
 
 
-def kernel_table_rows(root: Path, hw) -> list[dict]:
-    """H100 kernel tables (AIConfigurator's SGLang GEMM, fused MoE, attention and MLA tables; records and
-    hold-out of simfoe.calibration.fit_tables) predicted with ``hw``: ``kernels:h100_sxm:<op>:<kind>:<split>``,
-    split ``fitted`` (shapes the stored profile was fitted on) or ``held_out``."""
+def kernel_table_rows(root: Path, hw, system: str = "h100_sxm") -> list[dict]:
+    """Kernel tables (AIConfigurator's SGLang GEMM, fused MoE, attention and MLA tables; records and hold-out of
+    simfoe.calibration.fit_tables) predicted with ``hw``: ``kernels:<system>:<op>:<kind>:<split>``, split
+    ``fitted`` (shapes the stored profile was fitted on) or ``held_out``."""
     from simfoe.calibration import fit_tables as ft
 
     out = []
@@ -208,8 +214,36 @@ def kernel_table_rows(root: Path, hw) -> list[dict]:
         if part.rows is None or part.rows.empty:
             continue
         for split, rows in ft.split_rows(part):
-            out += _rows(f"kernels:h100_sxm:{part.key}:{split}", part.family, ft.predict_rows(hw, rows), rows.t_s)
+            out += _rows(f"kernels:{system}:{part.key}:{split}", part.family, ft.predict_rows(hw, rows), rows.t_s)
     return out
+
+
+def table_sources(hardware, hw_overrides, missing: dict, skipped: dict) -> list[dict]:
+    """Rows of the nccl-tests and kernel-table sources of every system in TABLE_SYSTEMS (H100's when ``hardware``
+    names h100-sxm; all when None); an absent table is named in ``missing`` / ``skipped`` (H100: keys nccl,
+    kernels; others nccl:<system>, kernels:<system>)."""
+    from simfoe.costs.fit_nccl_tests import table_of
+    from simfoe.paths import shared_data_expected
+    from simfoe.specs.io import load_hardware
+
+    rows: list[dict] = []
+    for system, (nccl_prof, kern_prof) in TABLE_SYSTEMS.items():
+        if hardware is not None and nccl_prof not in hardware:
+            continue
+        tag = "" if system == "h100_sxm" else f":{system}"
+        table = shared_data_expected() / table_of(nccl_prof)
+        if table.is_file():
+            rows += nccl_rows(table, load_hardware(nccl_prof, hw_overrides), system)
+        else:
+            missing["nccl" + tag] = str(table)
+            skipped["nccl" + tag] = f"{table} absent"
+        root = shared_data_expected() / "aiconfigurator" / system  # judged with the profile fitted from them
+        if (root / "gemm").is_dir():
+            rows += kernel_table_rows(root, load_hardware(kern_prof, hw_overrides), system)
+        else:
+            missing["kernels" + tag] = str(root)
+            skipped["kernels" + tag] = f"{root} absent"
+    return rows
 
 
 def testbed_results(folder: Path = TESTBED_DIR) -> list[Path]:
@@ -302,22 +336,7 @@ def validate(vidur: str | Path | None = None, hardware: list[str] | None = None,
         else:
             missing["deepep"] = str(shared_data_expected() / TABLE_DIR)
             skipped["deepep"] = f"{missing['deepep']} absent"
-    if hardware is None or NCCL_PROFILE in hardware:
-        from simfoe.costs.fit_nccl_tests import TABLE
-
-        table = shared_data_expected() / TABLE
-        if table.is_file():
-            rows += nccl_rows(table, load_hardware(NCCL_PROFILE, hw_overrides))
-        else:
-            missing["nccl"] = str(table)
-            skipped["nccl"] = f"{table} absent"
-    if hardware is None or NCCL_PROFILE in hardware:  # the H100 tables, judged with the profile fitted from them
-        root = shared_data_expected() / KERNEL_TABLES
-        if (root / "gemm").is_dir():
-            rows += kernel_table_rows(root, load_hardware(KERNEL_TABLES_PROFILE, hw_overrides))
-        else:
-            missing["kernels"] = str(root)
-            skipped["kernels"] = f"{root} absent"
+    rows += table_sources(hardware, hw_overrides, missing, skipped)
     if include_testbed:
         stored = testbed_results()
         if not stored:
