@@ -83,3 +83,18 @@ def test_foe_cluster_may_span_trays_inside_a_domain_but_not_cross_one():
     p2 = build_placement("foe", 8, ["placement.foe.clusters=2"])
     with pytest.raises(SpecError, match="inside one 8-GPU NVLink domain"):
         resolve_foe(model, 4, p2, gpus_per_domain=8)
+
+
+def test_planner_offers_foe_clusters_across_trays_of_a_rack():
+    """recommend's enumeration resolves FoE with the domain: Qwen3-235B-A22B's 4 clusters of 16 GPUs on 16 trays
+    (one rack) are a candidate; on 8-GPU H100 nodes the same 64 GPUs offer none."""
+    from simfoe.planner.layouts import enumerate_layouts
+
+    model = load_model("qwen3-235b-a22b")
+
+    def foe_16(hw_name, nodes):
+        e = enumerate_layouts(model, {hw_name: load_hardware(hw_name)}, nodes, archs=("foe",))
+        return [c for c in e.candidates if c.nodes == nodes and ("placement.foe.gpus_per_cluster", 16) in c.settings]
+
+    assert foe_16(RACK, 16)
+    assert not foe_16("h100-sxm", 8)

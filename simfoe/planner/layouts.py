@@ -137,7 +137,8 @@ def enumerate_layouts(model, hardware: dict, max_nodes: int, user_overrides=(), 
         ov = [f"{k}={_fmt(v)}" for k, v in settings] + user_pl
         try:
             pl = build_placement(arch, nodes, ov)
-            lay = resolve_foe(model, gpn, pl) if arch == "foe" else resolve_moe(model, gpn, pl)
+            dom = hardware[hw_name].node.gpus_per_domain  # an FoE cluster may span the nodes of one NVLink domain
+            lay = resolve_foe(model, gpn, pl, dom) if arch == "foe" else resolve_moe(model, gpn, pl)
         except SpecError as e:
             return e
         # canonical settings: the resolved values (so pinned/derived values show in the label)
