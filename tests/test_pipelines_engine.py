@@ -61,7 +61,7 @@ def const_forward(monkeypatch):
     """Engine stages run on :class:`_Const` models named in STEPS instead of the forward simulator."""
     from simfoe.serving import api
 
-    monkeypatch.setattr(api, "build_forward", lambda model, *a, **k: (_Const(STEPS[model]), None, None))
+    monkeypatch.setattr(api, "build_forward", lambda model, *a, **k: (_Const(STEPS.get(model, 0.01)), None, None))
 
 
 FAN = hst.sampled_from([{"dist": "normal", "mean": 3.3, "std": 1.8}, {"dist": "constant", "mean": 2},
@@ -155,3 +155,31 @@ def test_factool_engine_preset_is_factool_with_engine_lm_stages():
     out = summarize(simulate(eng, "stream", rate=2, duration=10, seed=0))
     assert out["completed"] == out["sent"] > 0
     assert all(out["stages"][s.name]["engine"]["gpus_per_instance"] == 1 for s in lm)
+
+
+def test_alto_report_engine_section_tables_every_variant(const_forward, tmp_path):
+    """The report's engine section: one row per sensitivity variant, its curves, and the paper's ratios
+    divided by the largest any row reaches (10 ms iterations stand in for the forward model)."""
+    from simfoe.pipelines.report import ENGINE_VARIANTS, PAPER_P99_RATIO, engine_section
+
+    lines, data = engine_section(tmp_path, 20.0, [1.0, 4.0], 0, 1, {"load_ratio": None, "p99_ratio": 1.0})
+    text = "\n".join(lines)
+    assert all(f"| {label} |" in text for label, _ in ENGINE_VARIANTS)
+    assert (tmp_path / "stream_vs_batch_engine.png").is_file()
+    best = max(r["p99_ratio"] for r in data["engine"].values())
+    assert f"{PAPER_P99_RATIO / best:.1f} of its {PAPER_P99_RATIO:g}x" in text
+
+
+def test_engine_profile_request_overhead_delays_each_request(const_forward, tmp_path):
+    """A profile's per-request overhead (API server time) is paid by every request a stage's engine receives."""
+    prof = tmp_path / "slow-frontend.yaml"
+    keys = ("scheduler", "token_budget", "max_batch", "overheads.request_s", "overheads.step_s", "overheads.step_per_seq_s")
+    prof.write_text("name: slow-frontend\nversion: test\nscheduler: chunked\ntoken_budget: 8192\nmax_batch: 256\n"
+                    "overheads: {request_s: 0.5, step_s: 0.0, step_per_seq_s: 0.0}\nprovenance:\n"
+                    + "".join(f"  {k}: this test\n" for k in keys))
+    stages = [{"name": "gen", "engine": {"model": "fast", "hardware": "x"}, "prompt_tokens": 100, "output_tokens": 5}]
+    arrivals = np.arange(5) * 100.0
+    base = Simulation(load_pipeline({"name": "t", "stages": stages}), "stream", seed=0).run(1.0, 500.0, arrivals)
+    stages[0]["engine"]["profile"] = str(prof)
+    slow = Simulation(load_pipeline({"name": "t", "stages": stages}), "stream", seed=0).run(1.0, 500.0, arrivals)
+    assert slow.latencies == pytest.approx(base.latencies + 0.5)

@@ -50,7 +50,7 @@ class EngineStage:
         try:
             self._build(st, env, seed, models)
         except SpecError as e:  # name the stage's key: stages.NAME.engine.FIELD
-            field = "profile" if e.field == "engine" else e.field
+            field = "profile" + e.field[6:] if e.field.split(".")[0] == "engine" else e.field
             raise SpecError(f"stages.{st.spec.name}.engine.{field}", e.value, e.allowed, problem=e.problem) from None
         self.store = self.eng.store
         self.store.on_emit = self._emitted
@@ -78,9 +78,6 @@ class EngineStage:
         cost, kv, self.gpus = built
         knobs = {k: getattr(es, k) for k in ENGINE_KNOBS if getattr(es, k) is not None}
         cfg = engine_config(es.profile, replicas=len(st.instances), **knobs)
-        if cfg.request_overhead_s:  # Engine.arrive applies it, but to the router's pick, not the pipeline's
-            raise SpecError("profile", es.profile, "a profile without a per-request overhead (not applied to "
-                            "pipeline stages yet)")
         none = np.zeros(0, np.int64)
         self.eng = Engine(np.zeros(0), none, none, none, cost, kv, cfg, env=env)
 
@@ -95,7 +92,7 @@ class EngineStage:
         self.unit.append(0)
         self.next_end[row] = self.ends[row][0]
         inst.busy += 1
-        self.eng.admit(row, inst.idx)
+        self.eng.arrive(row, inst.idx)  # after the profile's per-request overhead, if any
 
     def _emitted(self, rows: np.ndarray, now: float) -> None:
         """Engine callback after an iteration: ``rows`` got one token each; send the units they finished."""

@@ -461,13 +461,14 @@ class Engine:
         self.arrived += 1
         self.replicas[k].submit(i)
 
-    def arrive(self, i: int) -> None:
-        """Request row ``i`` is sent now: :meth:`admit` it ``cfg.request_overhead_s`` later (at once when 0)."""
+    def arrive(self, i: int, replica: int | None = None) -> None:
+        """Request row ``i`` is sent now: :meth:`admit` it (to ``replica`` when given) ``cfg.request_overhead_s``
+        later (at once when 0)."""
         ov = self.cfg.request_overhead_s
         if not ov:
-            self.admit(i)
+            self.admit(i, replica)
             return
-        self.env.timeout(ov).callbacks.append(lambda _ev: self.admit(i))
+        self.env.timeout(ov).callbacks.append(lambda _ev: self.admit(i, replica))
 
     def arrivals(self):
         """Open loop: every row arrives at its arrival time."""
