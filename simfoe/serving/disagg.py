@@ -207,11 +207,11 @@ class DisaggEngine:
         shared = np.full(n, np.nan) if closed is not None else self.pre.store.arrival
         self.pre.store.arrival = self.dec.store.arrival = shared  # one arrival column
         self.pre.disagg = self.dec.disagg = self
-        self.reserved = np.full(n, np.nan)  # decode KV blocks reserved, transfer started (s)
+        self.reserved = np.full(n, np.nan)  # decode KV blocks reserved, the request sent to prefill (s)
         self.arrived_kv = np.full(n, np.nan)  # KV complete at the decode worker (s)
         self.kv_bytes = np.zeros(n)  # bytes sent
         self._parts = np.zeros(n, np.int8)  # flows of a transfer still to arrive
-        self.net = self._rank_gpus = None
+        self.net = self._rank_gpus = self.nodes = None
         if cfg.transfer != "instant":
             self._build_fabric()
         self.clients = None
@@ -222,7 +222,7 @@ class DisaggEngine:
             self.dec.measure_from = closed.warmup
         self.measure_from = self.dec.measure_from
 
-    # ---- the clients' view: the decode store, the decode pool's KV pools, admission at the prefill pool
+    # ---- the clients' view: the decode store, the decode pool's KV pools, arrival at the decode side's queue
     @property
     def store(self):
         return self.dec.store
@@ -449,7 +449,7 @@ def disagg_summary(de: DisaggEngine, wall_s: float, slo_ttft: float | None = Non
     moved = de.arrived_kv[w:][done]
     s["disagg"] = {
         "kv_transfer": de.cfg.transfer, "first_token": de.cfg.first_token, "gpus": sum(gpus.values()),
-        "nodes": getattr(de, "nodes", None), **pools,
+        "nodes": de.nodes, **pools,
         "transfer": {
             "bytes": dict(de.net.bytes_by_tag.get("kv", {"intra_node": 0.0, "inter_node": 0.0}))
             if de.net is not None else {"intra_node": 0.0, "inter_node": 0.0},
