@@ -166,6 +166,8 @@ def test_cli_serve_disagg_prints_one_json_object(tmp_path, capsys):
     (["--first-token", "third"], ["--first-token", "prefill, decode"]),
     (["--arch", "moe"], ["--arch", "omitted with --disagg"]),
     (["--replicas", "2"], ["--replicas", "--xpyd"]),
+    (["--max-batch", "8"], ["--max-batch", "pool spec's engine"]),
+    (["--mtp", "1"], ["--mtp", "pool spec's engine"]),
     (["--set", "placement.nodes=2"], ["--set", "hardware.* or model.*"]),
 ])
 def test_cli_serve_disagg_refuses_bad_input(tmp_path, refused, extra, words):

@@ -14,6 +14,12 @@ FLAGS = {"kv_transfer": "--kv-transfer", "first_token": "--first-token", "xpyd":
 #: serve options that describe one aggregated instance: refused with --disagg (a pool's are in its spec)
 AGGREGATED_ONLY = {"arch": "--arch", "nodes": "--nodes", "timeline": "--timeline", "out": "--out"}
 
+#: an instance's engine flags and their defaults: given with --disagg they are refused (each pool's engine
+#: knobs are its spec's ``engine``), so that none is silently ignored
+ENGINE_FLAGS = {"engine": None, "scheduler": None, "max_batch": None, "token_budget": None, "mtp": 0,
+                "mtp_acceptance": None, "prefix_cache": False, "router": "round-robin", "rank_router": "vllm-lb",
+                "block_size": 16, "budget_scope": "rank", "replicas": 1, "skip_bad_rows": False, "csv": False}
+
 
 def add_disagg_flags(p) -> None:
     g = p.add_argument_group("disaggregated serving (--disagg; docs/serving.md)")
@@ -48,8 +54,10 @@ def run_disagg(args) -> dict:
         if getattr(args, k, None) is not None:
             raise SpecError(flag, getattr(args, k), "omitted with --disagg (each pool's layout is its --prefill/--decode "
                             "spec; records and timelines are not written yet)")
-    if args.replicas != 1:
-        raise SpecError("--replicas", args.replicas, "omitted with --disagg (workers: --xpyd or the pool specs)")
+    for k, default in ENGINE_FLAGS.items():
+        if getattr(args, k, default) != default:
+            raise SpecError("--" + k.replace("_", "-"), getattr(args, k), "omitted with --disagg (workers: --xpyd; "
+                            "engine knobs: the pool spec's engine, e.g. engine: {max_batch: 64, mtp: 1})")
     pools = {}
     for flag in ("prefill", "decode"):
         if getattr(args, flag) is None:
