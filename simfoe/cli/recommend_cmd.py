@@ -40,6 +40,10 @@ def register(subparsers) -> None:
                    help="rate bisection steps after bracketing (default 4; not with --concurrency)")
     p.add_argument("--seed", type=int, default=0, help="random seed, an integer >= 0")
     p.add_argument("--no-sensitivity", action="store_true", help="skip the 2x load / skew / half-bandwidth runs")
+    p.add_argument("--disagg", action="store_true",
+                   help="also search prefill-decode disaggregated deployments (xPyD, each pool's layout, MTP on/off "
+                   "where the model has an MTP module) and show the Pareto front of tokens/s per GPU against "
+                   "tokens/s per user; needs --concurrency")
     add_limit_flag(p, PLANNER_LAYOUTS, "candidate layouts (an upper bound: --hardware types x --max-nodes x "
                    "layouts per node count)")
     add_limit_flag(p, SERVING_REQUESTS, "requests in one rate probe (--requests x up to --max-nodes replicas)")
@@ -103,7 +107,7 @@ def run(args) -> dict:
                       slo_ttft_p90=args.slo_ttft_p90, slo_tbt_p99=args.slo_tbt_p99, prices=_prices(args.price) or None,
                       routing=args.routing, seed=args.seed, **search,
                       overrides=tuple(args.overrides), sensitivity=not args.no_sensitivity, progress=progress,
-                      max_layouts=args.max_layouts, max_requests=args.max_requests)
+                      max_layouts=args.max_layouts, max_requests=args.max_requests, disagg=args.disagg)
     r["run"] = _run(args, r["hardware"])
     if args.out:
         from simfoe.planner.report import write_report
@@ -173,9 +177,27 @@ def render(r: dict) -> str:
                  f"{pruned_words(s)}, {s['skipped_placements']} invalid placements; search {s['wall_s']:.1f} s")
     if r.get("why"):
         lines.append(r["why"])
+    if r.get("disagg"):
+        lines += _disagg_lines(r["disagg"])
     if "files" in r:
         lines.append(f"report: {r['files']['html']}  summary: {r['files']['json']}")
     return "\n".join(lines)
+
+
+def _disagg_lines(d: dict) -> list[str]:
+    """The disaggregated search in a few lines: the best of both modes, the Pareto front, the counts."""
+    from simfoe.planner.report import disagg_words
+
+    s = d["search"]
+    rows = [[e["label"], e["mode"], f"{e['output_tokens_per_s_per_gpu']:.4g}", f"{e['tokens_per_s_per_user'] or 0:.4g}"]
+            for e in d["deployments"] if e["pareto"]]
+    out = ["", disagg_words(d)]
+    if rows:
+        out += ["Pareto front (tokens/s per GPU against tokens/s per user):",
+                table(rows, ["deployment", "mode", "out tok/s per GPU", "tok/s per user"])]
+    out.append(f"disaggregated: {s['candidates']} deployments, {s['simulated']} simulated, {s['pruned']} pruned; "
+               f"{s['wall_s']:.1f} s")
+    return out
 
 
 def _headline(x: dict, closed: bool) -> str:

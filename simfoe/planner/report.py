@@ -71,6 +71,8 @@ def caveats(result: dict) -> list[str]:
                    "understate tail effects of long runs; rates are found to within the bisection bracket.")
         out.append("Goodput of a deployment = replicas x the rate one replica sustains (one replica simulated); "
                    "the recommended layout is re-checked with all replicas when it has more than one.")
+    if result.get("disagg"):
+        out.append(_disagg_caveat(result["disagg"]))
     out.append(f"Expert routing: {result.get('routing')}; iteration times are interpolated from forward-model "
                "evaluations on a grid (simfoe.serving.step_models.InterpCost).")
     out.append("Token budget per iteration (chunked prefill) is chosen per layout and applies to each data-parallel "
@@ -90,6 +92,17 @@ def caveats(result: dict) -> list[str]:
         out.append("No calibration error figures were found in the hardware profiles' provenance or "
                    "docs/calibration-*.md; treat absolute numbers as uncalibrated.")
     return out
+
+
+def _disagg_caveat(d: dict) -> str:
+    mtp = (" The decode pool's multi-token prediction accepts its draft with DeepSeek-V3's published 85% "
+           "(simfoe.serving.mtp).") if max(d.get("mtp") or [0]) else ""
+    return ("Disaggregated deployments run both pools on one GPU type, each worker whole nodes of one layout, at the "
+            "workload's concurrency (one probe each, as the aggregated layouts). A deployment is pruned only when its "
+            "bounds reach neither the top two in tokens/s per GPU nor past an achieved deployment in both tokens/s "
+            "per GPU and per user, so the Pareto front is that of every deployment searched, as far as the bounds hold "
+            "(they take a passing run's mean TTFT to be at most twice its p90; docs/planner.md); aggregated layouts "
+            "are on it as the aggregated search found them." + mtp)
 
 
 def is_closed_loop(result: dict) -> bool:
@@ -256,7 +269,26 @@ def plots(result: dict) -> dict[str, str]:
         axes[0][0].legend(fontsize=6)
         fig.suptitle("Rate search probes (a probe passes when every SLO holds)")
         figs["probes"] = _png(fig)
+    if (result.get("disagg") or {}).get("deployments"):
+        figs["pareto"] = _pareto_png(result["disagg"], plt)
     return figs
+
+
+def _pareto_png(d: dict, plt) -> str:
+    """Tokens/s per GPU against tokens/s per user of every passing deployment, by mode, the front joined."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    deps, key = d["deployments"], d.get("front_key", "output_tokens_per_s_per_gpu")
+    for mode, m, col in (("aggregated", "o", "#4c6ef5"), ("disagg", "s", "#f76707")):
+        pts = [(e["tokens_per_s_per_user"] or 0.0, e[key]) for e in deps if e["mode"] == mode]
+        if pts:
+            ax.scatter(*zip(*pts), marker=m, color=col, alpha=0.6, label=mode)
+    front = sorted((e["tokens_per_s_per_user"] or 0.0, e[key]) for e in deps if e["pareto"])
+    ax.plot(*zip(*front), color="k", lw=1, marker="*", ms=10, label="Pareto front")
+    ax.set_xlabel("output tokens/s per user (1 / mean TPOT)")
+    ax.set_ylabel(key.replace("_", " ").replace("per s", "/s"))
+    ax.legend(fontsize=7)
+    ax.set_title("Aggregated vs disaggregated deployments at the concurrency")
+    return _png(fig)
 
 
 # ---- HTML --------------------------------------------------------------------------------------
@@ -312,6 +344,40 @@ def _layout_desc(x: dict) -> str:
             + f"; weights {_e(fmt_bytes(x['weight_bytes_per_gpu']))} per GPU.")
 
 
+def disagg_words(d: dict) -> str:
+    """The best deployment of either mode in words (or that none passed)."""
+    rec = d.get("recommended")
+    if not rec:
+        return "no deployment, aggregated or disaggregated, meets the SLOs at the concurrency"
+    user = rec["tokens_per_s_per_user"]
+    return (f"best of both modes: {rec['label']} ({rec['mode']}), {rec['output_tokens_per_s_per_gpu']:,.0f} output "
+            f"tokens/s per GPU, {'-' if user is None else f'{user:,.0f}'} tokens/s per user; "
+            f"{len(d['pareto'])} deployment(s) on the Pareto front")
+
+
+def _disagg_section(d: dict, figs: dict) -> list[str]:
+    """'Aggregated or disaggregated': the best of both modes, the Pareto figure and table, the search's counts."""
+    s = d["search"]
+    out = ["<h2>Aggregated or disaggregated</h2>",
+           f"<p>{_e(disagg_words(d))}. Disaggregated deployments: a prefill pool of x workers and a decode pool of y "
+           f"workers (xPyD), each worker one of the layouts above, MTP drafts per decode step {_e(d['mtp'])}; KV sent "
+           f"{_e(d['kv_transfer'])} on the fabric, first token from the {_e(d['first_token'])} worker. No launch "
+           "command is given (engine profiles do not carry launch commands yet).</p>",
+           f"<p class=\"muted\">{s['candidates']} disaggregated deployments from {s['pools_screened']} pool "
+           f"screenings: {s['simulated']} simulated ({s['probes']} probes, {s['infeasible_after_simulation']} missed "
+           f"the SLOs), {s['pruned']} pruned ({_e(', '.join(f'{v} {k}' for k, v in s['pruned_by_reason'].items()) or '-')})"
+           f"; {s['wall_s']:.1f} s.</p>"]
+    if "pareto" in figs:
+        out.append(f"<img alt=\"Pareto front\" src=\"{figs['pareto']}\">")
+    rows = [[_e(e["label"]), _e(e["mode"]), _e(e["total_gpus"]), _e(_n(e["output_tokens_per_s_per_gpu"])),
+             _e(_n(e["tokens_per_s_per_user"])), _e(fmt_time(e["ttft_p90_s"])), _e(fmt_time(e["tbt_p99_s"])),
+             "yes" if e["pareto"] else ""] for e in d["deployments"][:30]]
+    if rows:
+        out.append(_table(["deployment", "mode", "GPUs", "output tokens/s per GPU", "tokens/s per user", "p90 TTFT",
+                           "p99 TBT", "Pareto"], rows))
+    return out
+
+
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#212529}
 table{border-collapse:collapse;font-size:12px;margin:1em 0}td,th{border:1px solid #dee2e6;padding:3px 6px;text-align:right}
 td:first-child,th:first-child{text-align:left}th{background:#f1f3f5}.win{background:#ebfbee;padding:.6em 1em;border-left:4px solid #2b8a3e}
@@ -351,6 +417,8 @@ def render_html(result: dict) -> str:
                  f"{s.get('total_wall_s', s['wall_s']):.1f} s with the analysis.</p>")
     if s["pruned_by_reason"]:
         parts.append(_table(["pruned because", "layouts"], [[_e(k), _e(v)] for k, v in s["pruned_by_reason"].items()]))
+    if r.get("disagg"):
+        parts += _disagg_section(r["disagg"], figs)
     an = r.get("analysis", {})
     if an:
         parts.append("<h2>Why the winner wins</h2>")

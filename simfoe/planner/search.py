@@ -110,6 +110,7 @@ class PlanConfig:
     progress: object = None  # callable(str) for one line per layout screened and simulated, or None
     max_layouts: int | None = None  # refuse a search of more candidate layouts (None: simfoe.limits.PLANNER_LAYOUTS)
     max_requests: int | None = None  # refuse probes of more requests (None: simfoe.limits.SERVING_REQUESTS)
+    disagg: bool = False  # also search prefill-decode disaggregated deployments (closed loop; simfoe.planner.disagg)
 
     def check(self):
         from simfoe.specs.routing import parse_routing
@@ -131,6 +132,9 @@ class PlanConfig:
             parse_routing(self.routing)  # a bad --routing is an input error, not a rejected layout
         except SpecError as e:
             raise SpecError("--routing", self.routing, e.allowed) from None
+        if self.disagg and not isinstance(self.trace, ClosedLoop):
+            raise SpecError("--disagg", True, "with a closed-loop workload (--concurrency N --isl L --osl L): "
+                            "deployments are compared at one concurrency", problem="no --concurrency is given")
 
 
 #: (closed loop, per dollar) -> (``rank_by`` words, the layout key ranked by, its unit)
@@ -429,7 +433,8 @@ class Planner:
         return {**head, "ok": bool(ok), "requests": s["requests"]["total"],
                 "completed": s["requests"]["completed"], "ttft_p90_s": ttft, "tbt_p99_s": tbt,
                 "ttft_mean_s": s["ttft_s"].get("mean"), "queue_mean_s": s["queue_s"].get("mean"),
-                "e2e_mean_s": s["e2e_s"].get("mean"), "gpu_utilization": s.get("gpu_utilization"),
+                "e2e_mean_s": s["e2e_s"].get("mean"), "tpot_mean_s": s["tpot_s"].get("mean"),
+                "gpu_utilization": s.get("gpu_utilization"),
                 "output_tokens_per_s": s["throughput"]["output_tokens_per_s"],
                 "wall_s": time.perf_counter() - t0}
 
@@ -602,6 +607,10 @@ class Planner:
                         key=lambda e: (e.status != "feasible", -self._score(e)))
         result = self._summary(enum, evs, ranked, search_s)
         self._ranked = ranked
+        if self.cfg.disagg:  # after the aggregated search: its passing layouts seed the bounds and the front
+            from simfoe.planner.disagg import DisaggSearch
+
+            result["disagg"] = DisaggSearch(self).run(enum.candidates, result["layouts"])
         if ranked:
             t1 = time.perf_counter()
             result["analysis"] = {e.cand.label: self.analyse(e) for e in ranked[:2]}
