@@ -183,3 +183,10 @@ def test_engine_profile_request_overhead_delays_each_request(const_forward, tmp_
     stages[0]["engine"]["profile"] = str(prof)
     slow = Simulation(load_pipeline({"name": "t", "stages": stages}), "stream", seed=0).run(1.0, 500.0, arrivals)
     assert slow.latencies == pytest.approx(base.latencies + 0.5)
+
+
+def test_request_longer_than_the_kv_cache_is_an_error_naming_the_stage(const_forward):
+    spec = load_pipeline({"name": "t", "stages": [{"name": "gen", "engine": {"model": "fast", "hardware": "x"},
+                                                   "prompt_tokens": 2_000_000, "output_tokens": 5}]})
+    with pytest.raises(SpecError, match="stages.gen.output_tokens: 1 requests too long for the KV cache"):
+        Simulation(spec, "stream", seed=0).run(1.0, 1.0, np.array([0.0]))

@@ -95,7 +95,8 @@ class EngineStage:
         self.eng.arrive(row, inst.idx)  # after the profile's per-request overhead, if any
 
     def _emitted(self, rows: np.ndarray, now: float) -> None:
-        """Engine callback after an iteration: ``rows`` got one token each; send the units they finished."""
+        """Engine callback after an iteration: ``rows`` got a token each (several with multi-token prediction);
+        send the units they finished."""
         gen = self.store.gen
         hit = rows[gen[rows] >= self.next_end[rows]]
         for row in hit.tolist():
