@@ -1,6 +1,6 @@
 """Regenerate reports/silicon/: simfoe's replay of real H100 serving benchmarks against the measured TTFT and TPOT.
 
-Run from the repository root: ``python reports/silicon/make_report.py [--cases CSV] [--jobs N]``. Without
+Run from the repository root: ``python reports/silicon/make_report.py [--cases CSV [--label TEXT]] [--jobs N]``. Without
 ``--cases`` it replays the H100 file first (``simfoe validate --silicon --cases-out reports/silicon/cases.csv``,
 a few minutes on 2 cores); with it, it only renders that ``--cases-out`` CSV. Writes README.md, parity.png and
 error_by_concurrency.png next to this file. Data: AIConfigurator's silicon rows (ai-dynamo/aiconfigurator,
@@ -39,6 +39,17 @@ def replay(jobs: int) -> Path:
     return out
 
 
+def _commit() -> str | None:
+    """This checkout's commit (short hash, ``+changes`` when the tree differs from it), or None outside git."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=HERE, capture_output=True, text=True).stdout.strip()
+
+    rev = git("rev-parse", "--short", "HEAD")
+    return (rev + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")) or None
+
+
 def load(cases: Path):
     """The cases CSV with ``backend``, ``mode`` and ``model`` split out of ``group``, the concurrency ``bin``
     and the signed errors (%)."""
@@ -50,6 +61,7 @@ def load(cases: Path):
     df["backend"] = parts.str[-2]
     df["mode"] = parts.str[-1]
     df["model"] = parts.str[1:-2].str.join("/")
+    df["model / engine / mode"] = df["model"] + " / " + df["backend"] + " / " + df["mode"]
     df["covered"] = df["not_covered"] == ""
     df["bin"] = [conc_bin(c) if c == c else "" for c in df["concurrency"]]  # NaN: a disagg row without one
     for w in ("ttft", "tpot"):
@@ -144,31 +156,37 @@ def plots(df) -> list[str]:
     return files
 
 
+def _row(label: str, s: dict) -> str:
+    """One line of the headline table: ``label``, rows predicted and the APE figures of ``s`` (:func:`stats`)."""
+    return (f"| {label} | {s['covered']} of {s['rows']} | {_pct(s['ttft_mape'])} | {_pct(s['ttft_mdape'])} "
+            f"| {_share(s['ttft_within_25pct'])} | {_pct(s['tpot_mape'])} | {_pct(s['tpot_mdape'])} "
+            f"| {_share(s['tpot_within_25pct'])} |")
+
+
 def _headline(df) -> list[str]:
-    s = stats(df)
-    agg = df[df["mode"] == "agg"]
+    s = stats(df[df["mode"] == "agg"])
+    dis = df[df["mode"] == "disagg"]
     return [
         "## simfoe and AIConfigurator on the H100 file", "",
         "| | rows predicted | TTFT MAPE | TTFT median APE | TTFT within 25% | TPOT MAPE | TPOT median APE "
         "| TPOT within 25% |", "|---|---|---|---|---|---|---|---|",
-        f"| simfoe (this replay) | {s['covered']} of {s['rows']} ({agg['covered'].sum()} of {len(agg)} aggregated) "
-        f"| {_pct(s['ttft_mape'])} | {_pct(s['ttft_mdape'])} | {_share(s['ttft_within_25pct'])} "
-        f"| {_pct(s['tpot_mape'])} | {_pct(s['tpot_mdape'])} | {_share(s['tpot_within_25pct'])} |",
-        f"| AIConfigurator 0.12.0 (data README) | {AIC['predicted']} of {AIC['rows']} | {_pct(AIC['ttft_mape'])} "
-        f"| {_pct(AIC['ttft_mdape'])} | not published | {_pct(AIC['tpot_mape'])} | {_pct(AIC['tpot_mdape'])} "
-        "| not published |", "",
-        f"Median signed error of simfoe: TTFT {_pct(s['ttft_bias'])}, TPOT {_pct(s['tpot_bias'])} (negative: "
-        "predicted too fast). The two row sets differ: simfoe counts the file after dropping duplicates and predicts "
-        "no disaggregated or nvfp4 row (coverage below); AIConfigurator's figures are over the 917 rows as "
-        "published, of which it predicted 689 and no disaggregated row. Issue 23's bars for the H100 aggregated "
-        "rows: TTFT median APE <= 15%, TPOT median APE <= 8%, coverage >= 90%.", ""]
+        _row("simfoe, aggregated rows", s)] + ([_row("simfoe, disaggregated rows", stats(dis))] if len(dis) else []) + [
+        f"| AIConfigurator 0.12.0 (data README), all rows | {AIC['predicted']} of {AIC['rows']} "
+        f"| {_pct(AIC['ttft_mape'])} | {_pct(AIC['ttft_mdape'])} | not published | {_pct(AIC['tpot_mape'])} "
+        f"| {_pct(AIC['tpot_mdape'])} | not published |", "",
+        f"Median signed error of simfoe on the aggregated rows: TTFT {_pct(s['ttft_bias'])}, TPOT {_pct(s['tpot_bias'])} "
+        "(negative: predicted too fast). The row sets differ: simfoe counts the file after dropping duplicates "
+        "(coverage below); AIConfigurator's figures are over the 917 rows as published, of which it predicted 689 and "
+        "no disaggregated row. Issue 23's bars for the H100 aggregated rows: TTFT median APE <= 15%, TPOT median "
+        "APE <= 8%, coverage >= 90%. The plots and the tables by engine and by concurrency are the aggregated rows'.",
+        ""]
 
 
 def _table(df, key: str, title: str, keys) -> list[str]:
     lines = [f"## {title}", "", f"| {key} | rows | covered | TTFT MAPE / median / within 25% / median signed "
              "| TPOT MAPE / median / within 25% / median signed |", "|---|---|---|---|---|"]
     for k in keys:
-        s = stats(df[df[key] == k] if key != "model / backend" else df[df["model"] + " / " + df["backend"] == k])
+        s = stats(df[df[key] == k])
         if not s["rows"]:
             continue
         cells = [" / ".join([_pct(s[f"{w}_mape"]), _pct(s[f"{w}_mdape"]), _share(s[f"{w}_within_25pct"]),
@@ -178,14 +196,14 @@ def _table(df, key: str, title: str, keys) -> list[str]:
 
 
 def _coverage(df) -> list[str]:
-    nc = df[~df["covered"]]["not_covered"].value_counts()
+    nc = df[~df["covered"]].groupby(["mode", "not_covered"]).size().sort_values(ascending=False)
     return ["## Coverage", "", f"{int(df['covered'].sum())} of {len(df)} rows predicted. Not covered, by reason "
-            "(simfoe.calibration.silicon; never an error):", "", "| reason | rows |", "|---|---|"] + [
-        f"| {why} | {n} |" for why, n in nc.items()] + [""]
+            "(simfoe.calibration.silicon; never an error):", "", "| mode | reason | rows |", "|---|---|---|"] + [
+        f"| {mode} | {why} | {n} |" for (mode, why), n in nc.items()] + [""]
 
 
 def render(df, cases: Path, files: list[str], took: str) -> str:
-    groups = sorted((df["model"] + " / " + df["backend"]).unique())
+    agg = df[df["mode"] == "agg"]
     lines = ["# Real H100 serving benchmarks replayed by simfoe", "",
              f"Regenerate: `python reports/silicon/make_report.py` ({took}). Rows: `{cases.name}`, the "
              "`simfoe validate --silicon --cases-out` CSV (mean TTFT and TPOT in ms, one line per row). Data: NVIDIA "
@@ -194,11 +212,11 @@ def render(df, cases: Path, files: list[str], took: str) -> str:
              "(profiles and presets as committed; how a row becomes a run: docs/calibration.md, Serving benchmarks).",
              ""]
     lines += _headline(df)
-    lines += ["## Parity (log-log, predicted vs measured, per engine)", "", "![parity](parity.png)", ""]
-    lines += _table(df, "backend", "By engine", BACKENDS)
-    lines += _table(df, "model / backend", "By model and engine", groups)
-    lines += ["## Error by concurrency", "", "![error by concurrency](error_by_concurrency.png)", ""]
-    lines += _table(df, "bin", "By client concurrency (all engines)", [conc_bin(b) for b in CONC_BINS])
+    lines += ["## Parity (log-log, predicted vs measured, per engine; aggregated rows)", "", "![parity](parity.png)", ""]
+    lines += _table(agg, "backend", "By engine (aggregated rows)", BACKENDS)
+    lines += _table(df, "model / engine / mode", "By model, engine and mode", sorted(df["model / engine / mode"].unique()))
+    lines += ["## Error by concurrency (aggregated rows)", "", "![error by concurrency](error_by_concurrency.png)", ""]
+    lines += _table(agg, "bin", "By client concurrency (aggregated rows, all engines)", [conc_bin(b) for b in CONC_BINS])
     lines += _coverage(df)
     return "\n".join(lines)
 
@@ -208,12 +226,16 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", type=Path, default=None, help="a validate --silicon --cases-out CSV to render "
                     "(default: replay the H100 file into reports/silicon/cases.csv first)")
     ap.add_argument("--jobs", type=int, default=2, help="worker processes of the replay (default 2)")
+    ap.add_argument("--label", default=None, help="what made the --cases CSV, e.g. the commit it was replayed at "
+                    "(default: this checkout's commit when it replays)")
     a = ap.parse_args(argv)
     t = time.perf_counter()
     cases = a.cases or replay(a.jobs)
     took = f"replay and render {time.perf_counter() - t:.0f} s" if a.cases is None else f"rendered from {a.cases.name}"
+    label = a.label or (_commit() if a.cases is None else None)
+    took += f"; predictions of {label}" if label else ""
     df = load(cases)
-    files = plots(df)
+    files = plots(df[df["mode"] == "agg"])
     (HERE / "README.md").write_text(render(df, cases, files, took) + "\n")
     print(f"wrote {HERE / 'README.md'} and {', '.join(files)}")
     return 0
