@@ -69,6 +69,9 @@ def test_two_nodes_pair_one_node_workers_one_to_one_and_every_probe_runs_the_who
         assert (x["xpyd"], x["nodes"], x["total_gpus"]) == ("1:1", 2, 16)
         (p,) = x["probes"]
         assert (p["concurrency"], p["requests"]) == (8, 24)
+        # MTP on: sequences emit 1 + accepted drafts per decode step (85% accepted: about 1.85); off: no MTP block
+        assert (p["mtp_tokens_per_step"] is None) if x["mtp"] == 0 else (1.5 < p["mtp_tokens_per_step"] <= 2)
+    assert any(x["mtp"] == 1 for x in d["layouts"] + d["rejected"])
     for x in d["layouts"]:
         assert x["probes"][0]["ok"] and x["probes"][0]["completed"] == 24
         assert x["output_tokens_per_s_per_gpu"] == pytest.approx(x["output_tokens_per_s"] / 16)

@@ -168,11 +168,12 @@ def expected_tokens_per_step(k: int, acceptance=None) -> float:
 
 
 def _dominates(q: PoolCandidate, p: PoolCandidate, q_first: bool) -> bool:
-    """Whether screened ``q`` dominates ``p`` in their role: same GPU type, nodes and drafts, no more DP attention
+    """Whether screened ``q`` dominates ``p`` in their role: same GPU type, nodes, drafts and architecture (an FoE
+    model is another model: it never stands in for an MoE layout), no more DP attention
     ranks, at least as many KV tokens per rank, no slower on any of ``speed``; strictly better somewhere, or
     equal and enumerated first."""
     c, d = q.cand, p.cand
-    if (c.hardware, c.nodes, q.mtp) != (d.hardware, d.nodes, p.mtp) or q.fm.dp_ranks > p.fm.dp_ranks:
+    if (c.hardware, c.nodes, q.mtp, c.arch) != (d.hardware, d.nodes, p.mtp, d.arch) or q.fm.dp_ranks > p.fm.dp_ranks:
         return False
     kq, kp = q.kv_capacity_tokens // q.fm.dp_ranks, p.kv_capacity_tokens // p.fm.dp_ranks
     if kq < kp or any(a > b for a, b in zip(q.speed, p.speed)):
@@ -411,6 +412,7 @@ class DisaggSearch:
         rps = s["throughput"]["requests_per_s"]
         p = self.pl._judge(s, t0, {"concurrency": self.closed.concurrency, "xpyd": f"{dep.x}:{dep.y}", "rate_rps": rps})
         p["kv_exposed_mean_s"] = s["disagg"]["transfer"]["exposed_s"].get("mean")
+        p["mtp_tokens_per_step"] = (s.get("mtp") or {}).get("tokens_per_step")  # None without MTP
         dep.probe = p
         if p["ok"]:
             dep.status = "feasible"
