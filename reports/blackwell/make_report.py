@@ -21,15 +21,18 @@ MODELS = {"deepseek-v3": ["placement.foe.clusters=8"], "qwen3-235b-a22b": []}
 LAYOUTS = {"moe-tp": ("moe", []), "moe-dp": ("moe", ["placement.moe.attention=dp"]), "foe": ("foe", None)}
 #: phase -> (sequences per instance, tokens per sequence): prefill 16 x 4096 tokens, decode 512 sequences at 4096
 PHASES = {"prefill": (16, 4096), "decode": (512, 4096)}
+#: precision -> overrides: the presets' own, and NVFP4 weights and activations in every GEMM and expert (w4a4, the fp4
+#: peak; Blackwell only: H100 has no fp4 tensor cores)
+PRECISIONS = {"preset": [], "nvfp4": ["model.precision.gemm_weights=nvfp4", "model.precision.gemm_activations=nvfp4"]}
 
 
-def run_one(model: str, profile: str, nodes: int, layout: str, phase: str) -> dict:
+def run_one(model: str, profile: str, nodes: int, layout: str, phase: str, precision: str = "preset") -> dict:
     """One forward pass: latency, breakdown, bytes by path, or the reason the layout does not place."""
     from simfoe.api import forward
     from simfoe.errors import SpecError
 
     arch, ov = LAYOUTS[layout]
-    ov = MODELS[model] if ov is None else ov
+    ov = (MODELS[model] if ov is None else ov) + PRECISIONS[precision]
     batch, seq = PHASES[phase]
     try:
         r = forward(model, profile, nodes=nodes, arch=arch, phase=phase, batch=batch, seq_len=seq, overrides=ov)
@@ -42,15 +45,24 @@ def run_one(model: str, profile: str, nodes: int, layout: str, phase: str) -> di
 
 def collect() -> list[dict]:
     rows = []
-    for label, profile, nodes in SYSTEMS:
-        for model in MODELS:
-            for phase in PHASES:
-                for layout in LAYOUTS:
-                    rows.append({"system": label, "hardware": profile, "nodes": nodes, "model": model, "phase": phase,
-                                 "arch": layout, **run_one(model, profile, nodes, layout, phase)})
-                    print(rows[-1]["system"], model, phase, layout, rows[-1].get("latency_s", rows[-1].get("error")),
-                          file=sys.stderr, flush=True)
+    for label, profile, nodes, model, phase, prec in _cells():
+        for layout in LAYOUTS:
+            rows.append({"system": label, "hardware": profile, "nodes": nodes, "model": model, "phase": phase,
+                         "precision": prec, "arch": layout, **run_one(model, profile, nodes, layout, phase, prec)})
+            print(label, model, phase, prec, layout, rows[-1].get("latency_s", rows[-1].get("error")),
+                  file=sys.stderr, flush=True)
     return rows
+
+
+def _cells():
+    """(system label, profile, nodes, model, phase, precision) of every table row, in order."""
+    for label, profile, nodes in SYSTEMS:
+        for prec in PRECISIONS:
+            if prec == "nvfp4" and profile.startswith("h100"):
+                continue
+            for model in MODELS:
+                for phase in PHASES:
+                    yield label, profile, nodes, model, phase, prec
 
 
 COMM = ("dispatch", "combine", "all_reduce", "all_gather", "reduce_scatter", "all_to_all")
@@ -62,29 +74,29 @@ def _comm_ms(r: dict) -> float:
 
 def render(rows: list[dict]) -> str:
     """README.md: one row per system, model and phase: each layout's pass time, the best MoE over FoE."""
-    key = {(r["system"], r["model"], r["phase"], r["arch"]): r for r in rows}
+    key = {(r["system"], r["model"], r["phase"], r.get("precision", "preset"), r["arch"]): r for r in rows}
     out = ["# MoE vs FoE on H100, B200 and a GB200 NVL72 rack (issue 25.4)", "",
            "Regenerate: `python reports/blackwell/make_report.py` (results.json beside it). One forward pass on 64 GPUs of "
-           "each system (simfoe.api.forward, uniform routing, seed 0, the models' default precision); prefill: 16 sequences "
+           "each system (simfoe.api.forward, uniform routing, seed 0; precision `preset`: the models' own (DeepSeek-V3 fp8 block, "
+           "Qwen3-235B-A22B bf16), `nvfp4`: NVFP4 weights and activations in every GEMM and expert on Blackwell's fp4 "
+           "peak); prefill: 16 sequences "
            "x 4096 tokens, decode: 512 sequences at 4096 tokens of context. Profiles `h100-sxm`, `b200-sxm`, `gb200-nvl72` "
            "(Blackwell kernels fitted to NVIDIA AIConfigurator's measured tables, Apache-2.0; errors in "
            "docs/calibration-kernels.md). On the rack every flow is NVLink (one domain of 72: docs/forward.md).", "",
-           "| system | model | phase | moe-tp ms | moe-dp ms | foe ms | best MoE / FoE (> 1: FoE faster) | "
+           "| system | model | precision | phase | moe-tp ms | moe-dp ms | foe ms | best MoE / FoE (> 1: FoE faster) | "
            "comm ms: best MoE / FoE | network GB: best MoE / FoE |",
-           "|---|---|---|---|---|---|---|---|---|"]
-    for label, _, _ in SYSTEMS:
-        for model in MODELS:
-            for phase in PHASES:
-                r = {a: key[(label, model, phase, a)] for a in LAYOUTS}
-                ms = {a: (f"{1e3 * v['latency_s']:.2f}" if "latency_s" in v else "not placed") for a, v in r.items()}
-                moes = [v for a, v in r.items() if a != "foe" and "latency_s" in v]
-                best = min(moes, key=lambda v: v["latency_s"]) if moes else None
-                foe = r["foe"] if "latency_s" in r["foe"] else None
-                ratio = f"{best['latency_s'] / foe['latency_s']:.2f}" if best and foe else "-"
-                comm = f"{_comm_ms(best):.2f} / {_comm_ms(foe):.2f}" if best and foe else "-"
-                net = (f"{best['network_bytes'] / 1e9:.2f} / {foe['network_bytes'] / 1e9:.2f}" if best and foe else "-")
-                out.append(f"| {label} | {model} | {phase} | {ms['moe-tp']} | {ms['moe-dp']} | {ms['foe']} | {ratio} | "
-                           f"{comm} | {net} |")
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for label, _, _, model, phase, prec in _cells():
+        r = {a: key[(label, model, phase, prec, a)] for a in LAYOUTS}
+        ms = {a: (f"{1e3 * v['latency_s']:.2f}" if "latency_s" in v else "not placed") for a, v in r.items()}
+        moes = [v for a, v in r.items() if a != "foe" and "latency_s" in v]
+        best = min(moes, key=lambda v: v["latency_s"]) if moes else None
+        foe = r["foe"] if "latency_s" in r["foe"] else None
+        ratio = f"{best['latency_s'] / foe['latency_s']:.2f}" if best and foe else "-"
+        comm = f"{_comm_ms(best):.2f} / {_comm_ms(foe):.2f}" if best and foe else "-"
+        net = (f"{best['network_bytes'] / 1e9:.2f} / {foe['network_bytes'] / 1e9:.2f}" if best and foe else "-")
+        out.append(f"| {label} | {model} | {prec} | {phase} | {ms['moe-tp']} | {ms['moe-dp']} | {ms['foe']} | {ratio} | "
+                   f"{comm} | {net} |")
     errs = sorted({(r["system"], r["model"], r["arch"], r["error"]) for r in rows if "error" in r})
     if errs:
         out += ["", "Layouts that do not place:", ""]
