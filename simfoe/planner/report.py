@@ -285,7 +285,7 @@ def _pareto_png(d: dict, plt) -> str:
     front = sorted((e["tokens_per_s_per_user"] or 0.0, e[key]) for e in deps if e["pareto"])
     ax.plot(*zip(*front), color="k", lw=1, marker="*", ms=10, label="Pareto front")
     ax.set_xlabel("output tokens/s per user (1 / mean TPOT)")
-    ax.set_ylabel(key.replace("_", " ").replace("per s", "/s"))
+    ax.set_ylabel({"output_tokens_per_dollar": "output tokens per $"}.get(key, "output tokens/s per GPU"))
     ax.legend(fontsize=7)
     ax.set_title("Aggregated vs disaggregated deployments at the concurrency")
     return _png(fig)
@@ -360,7 +360,8 @@ def _disagg_section(d: dict, figs: dict) -> list[str]:
     s = d["search"]
     out = ["<h2>Aggregated or disaggregated</h2>",
            f"<p>{_e(disagg_words(d))}. Disaggregated deployments: a prefill pool of x workers and a decode pool of y "
-           f"workers (xPyD), each worker one of the layouts above, MTP drafts per decode step {_e(d['mtp'])}; KV sent "
+           f"workers (xPyD), each worker one of the layouts above, MTP drafts per decode step searched: "
+           f"{_e(', '.join(map(str, d['mtp'])))}; KV sent "
            f"{_e(d['kv_transfer'])} on the fabric, first token from the {_e(d['first_token'])} worker. No launch "
            "command is given (engine profiles do not carry launch commands yet).</p>",
            f"<p class=\"muted\">{s['candidates']} disaggregated deployments from {s['pools_screened']} pool "
