@@ -108,9 +108,13 @@ def test_cli_disagg_prints_one_json_object_and_the_report_shows_the_front(tmp_pa
     assert json.loads(html.with_suffix(".json").read_text())["disagg"]["pareto"] == r["disagg"]["pareto"]
 
 
-@pytest.mark.parametrize("extra", [[], ["--trace", "longbench"]])
-def test_disagg_without_a_closed_loop_exits_2_with_one_line(capsys, extra):
+@pytest.mark.parametrize("extra, field, words", [
+    ([], "--disagg", "--concurrency"),
+    (["--trace", "longbench"], "--disagg", "--concurrency"),
+    (["--max-nodes", "1", "--concurrency", "8", "--isl", "256", "--osl", "32"], "--max-nodes", ">= 2 with --disagg"),
+])
+def test_disagg_it_cannot_honour_exits_2_with_one_line(capsys, extra, field, words):
     assert main(BASE + ["--disagg", "--json"] + extra) == 2
     cap = capsys.readouterr()
     err = cap.err.strip().splitlines()
-    assert cap.out == "" and len(err) == 1 and err[0].startswith("error: --disagg") and "--concurrency" in err[0]
+    assert cap.out == "" and len(err) == 1 and err[0].startswith(f"error: {field}") and words in err[0]

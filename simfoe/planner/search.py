@@ -251,6 +251,9 @@ class Planner:
         cfg.check()
         if not (isinstance(max_nodes, int) and max_nodes >= 1):
             raise SpecError("--max-nodes", max_nodes, "an integer >= 1")
+        if cfg.disagg and max_nodes < 2:
+            raise SpecError("--max-nodes", max_nodes, "an integer >= 2 with --disagg (each pool's workers take whole "
+                            "nodes: one prefill and one decode worker need two)")
         if not hardware:
             raise SpecError("--hardware", hardware, "one or more hardware presets or YAML paths")
         check_override_roots(list(cfg.overrides))
