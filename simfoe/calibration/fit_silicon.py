@@ -1,6 +1,6 @@
 """Fit the engine profiles' host overheads to the real serving benchmarks (``simfoe fit silicon``).
 
-Three parameters per engine profile (simfoe/specs/engines/*.yaml, ``overheads``), the host time the
+Fitted on the aggregated rows (one engine instance each). Three parameters per engine profile (simfoe/specs/engines/*.yaml, ``overheads``), the host time the
 forward model does not price: ``request_s`` (per request, before it can be scheduled), ``step_s`` and
 ``step_per_seq_s`` (per iteration, and per sequence in its batch). Nothing per row or per model.
 
@@ -84,6 +84,8 @@ def row_fit(engines: dict | None, row, deployments=None, seed: int = 0) -> RowFi
     res = silicon.serve_row(row, deployments, seed, engines, record_timeline=True)
     if isinstance(res, silicon.NotCovered):
         return RowFit(row, reason=res.reason)
+    if getattr(res.engine, "timeline", None) is None:  # not one engine's run (a disaggregated row)
+        return RowFit(row, reason="not an aggregated run")
     if res.engine.timeline_truncated:
         return RowFit(row, reason="too many iterations to fit")
     d = derivatives(res)
@@ -182,7 +184,7 @@ def fit(path, workers: int = 1, progress=None) -> dict:
     s). ``after`` is the replay moved along its derivatives (``validate --silicon`` replays the written profiles)."""
     rows = list(silicon.load_rows(path).rows)
     scen = {r.id: silicon.scenario(r) for r in rows}
-    rows = [r for r in rows if not isinstance(scen[r.id], silicon.NotCovered) and scen[r.id].engine]
+    rows = [r for r in rows if r.mode == "agg" and not isinstance(scen[r.id], silicon.NotCovered) and scen[r.id].engine]
     engine_of = {r.id: scen[r.id].engine for r in rows}
     names = sorted(set(engine_of.values()))
     zero = (0.0, 0.0, 0.0)
