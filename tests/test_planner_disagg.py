@@ -62,16 +62,21 @@ def test_two_nodes_pair_one_node_workers_one_to_one_and_every_probe_runs_the_who
     pre = [p for p in d["pools"]["prefill"] if p["status"] == "screened"]
     dec = [p for p in d["pools"]["decode"] if p["status"] == "screened"]
     assert {p["mtp"] for p in d["pools"]["decode"]} == {0, 1} and d["mtp"] == [0, 1]
-    # by hand: 2 nodes hold one 1-node prefill worker and one 1-node decode worker, nothing else (1P1D)
-    n1 = sum(1 for p in pre if p["nodes"] == 1) * sum(1 for p in dec if p["nodes"] == 1)
+    # by hand: 2 nodes hold one 1-node prefill worker and one 1-node decode worker, nothing else (1P1D), of one
+    # architecture (one model: an MoE model's KV cannot be decoded by an FoE model)
+    n1 = sum(sum(1 for p in pre if (p["nodes"], p["arch"]) == (1, a)) * sum(1 for p in dec if (p["nodes"], p["arch"]) == (1, a))
+             for a in ("moe", "foe"))
     assert d["search"]["candidates"] == n1 == d["search"]["simulated"] + d["search"]["pruned"]
     for x in d["layouts"] + d["rejected"]:
         assert (x["xpyd"], x["nodes"], x["total_gpus"]) == ("1:1", 2, 16)
+        assert x["prefill"]["arch"] == x["decode"]["arch"] == x["arch"]
         (p,) = x["probes"]
         assert (p["concurrency"], p["requests"]) == (8, 24)
         # MTP on: sequences emit 1 + accepted drafts per decode step (85% accepted: about 1.85); off: no MTP block
         assert (p["mtp_tokens_per_step"] is None) if x["mtp"] == 0 else (1.5 < p["mtp_tokens_per_step"] <= 2)
     assert any(x["mtp"] == 1 for x in d["layouts"] + d["rejected"])
+    # the best-bound deployment of each architecture is simulated, so both are compared
+    assert {x["arch"] for x in d["layouts"] + d["rejected"]} == {"moe", "foe"} == set(d["best_by_arch"])
     for x in d["layouts"]:
         assert x["probes"][0]["ok"] and x["probes"][0]["completed"] == 24
         assert x["output_tokens_per_s_per_gpu"] == pytest.approx(x["output_tokens_per_s"] / 16)

@@ -5,6 +5,9 @@ the decode pool with or without multi-token prediction where the model has an MT
 Closed loop only (N clients): every deployment is judged at the workload's concurrency, as the aggregated
 closed-loop search judges its layouts, so the two modes compare on one footing. Steps:
 
+Both pools run one model, so one architecture: an MoE model's KV cache cannot be decoded by an FoE model (a
+different, retrained model), nor the other way round; MoE/MoE and FoE/FoE deployments are compared.
+
 1. **Pool screening**, once per layout and role. Prefill: weights fit, one DP attention rank's KV holds the
    longest prompt, the solo prefill of the p90 prompt is within the p90 TTFT SLO; its bound is the requests/s
    one worker prefills at full chunks of ``TOKEN_BUDGETS[0]`` tokens per rank (no decodes share its
@@ -23,7 +26,8 @@ closed-loop search judges its layouts, so the two modes compare on one footing. 
 3. **Branch and bound**: deployments in decreasing order of their bound; one is pruned when its bound is not
    above the runner-up so far (the two best of either mode) *and* every step of its staircase has an achieved
    deployment at least as good in tokens/s per GPU and per user (then it can neither rank in the top two nor
-   reach the Pareto front). The aggregated layouts the planner simulated seed both. The others get one
+   reach the Pareto front). The aggregated layouts the planner simulated seed both; the best-bound deployment of
+   each architecture is always simulated, as the aggregated search does, so that the report compares them. The others get one
    probe (:func:`simfoe.serving.disagg.simulate_disagg`, layerwise KV transfer on the fabric, the first
    token from the prefill worker, least-outstanding routers); a probe passes as the aggregated ones do.
 4. **Ranking and front**: every passing deployment of both modes by output tokens/s per GPU (per dollar
@@ -130,7 +134,7 @@ class Deployment:
 
     def to_dict(self, mean_output: float) -> dict:
         tps, g = self.output_tps, self.gpus
-        return {"mode": "disagg", "label": self.label, "hardware": self.pre.cand.hardware,
+        return {"mode": "disagg", "label": self.label, "arch": self.pre.cand.arch, "hardware": self.pre.cand.hardware,
                 "xpyd": f"{self.x}:{self.y}", "nodes": self.nodes, "total_gpus": g, "mtp": self.dec.mtp,
                 "prefill": self.pre.to_dict(self.x), "decode": self.dec.to_dict(self.y),
                 "status": self.status, "reason": self.reason,
@@ -340,7 +344,8 @@ class DisaggSearch:
         n_max = self.pl.max_nodes
         out = []
         for p in (p for p in pre if p.status == "screened"):
-            for d in (d for d in dec if d.status == "screened" and d.cand.hardware == p.cand.hardware):
+            for d in (d for d in dec if d.status == "screened" and (d.cand.hardware, d.cand.arch) == (p.cand.hardware,
+                                                                                               p.cand.arch)):
                 for x in range(1, (n_max - d.cand.nodes) // p.cand.nodes + 1):
                     for y in range(1, (n_max - x * p.cand.nodes) // d.cand.nodes + 1):
                         dep = Deployment(p, x, d, y, price=self.pl.prices.get(p.cand.hardware))
@@ -361,6 +366,9 @@ class DisaggSearch:
         done = list(seeds)
         top = sorted((s for s, _ in seeds), reverse=True)[:2]
         order = sorted(deps, key=lambda d: -self.score(d.bound_rps * self.st.mean_output, d.gpus, d.price))
+        # the best-bound deployment of each architecture is simulated whatever its bound (the report compares them)
+        baselines = {id(next(d for d in order if d.stairs and d.pre.cand.arch == a))
+                     for a in {d.pre.cand.arch for d in order if d.stairs}}
         for dep in order:
             b = self.score(dep.bound_rps * self.st.mean_output, dep.gpus, dep.price)
             second = top[1] if len(top) >= 2 else None
@@ -369,7 +377,7 @@ class DisaggSearch:
                 dep.reason = ("at no decode batch can its bound rate carry the clients not decoding through a mean "
                               f"TTFT within {TTFT_MEAN_OVER_P90:g} x the p90 TTFT SLO ({self.cfg.slo_ttft_p90:g} s)")
                 continue
-            if second is not None and b <= second and self._dominated(dep, done):
+            if id(dep) not in baselines and second is not None and b <= second and self._dominated(dep, done):
                 dep.status, dep.reason_kind = "pruned", "bounds dominated"
                 dep.reason = (f"its bound ({self.pl._unit(b)}) is not above the runner-up ({self.pl._unit(second)}) and "
                               "achieved deployments are at least as good per GPU and per user at every decode batch")
@@ -460,6 +468,7 @@ class DisaggSearch:
             "kv_transfer": KV_TRANSFER, "first_token": FIRST_TOKEN, "router": POOL_ROUTER, "mtp": list(self.mtps),
             "front_key": key,  # the front: this (the ranked figure) against tokens_per_s_per_user
             "recommended": entries[0] if entries else None, "runner_up": entries[1] if len(entries) > 1 else None,
+            "best_by_arch": {a: next(e for e in entries if e["arch"] == a)["label"] for a in {e["arch"] for e in entries}},
             "deployments": entries, "pareto": [entries[i]["label"] for i in front],
             "layouts": [d.to_dict(mo) for d in feas],
             "rejected": [d.to_dict(mo) for d in deps if d.status == "infeasible"],
@@ -472,7 +481,7 @@ class DisaggSearch:
 
 
 #: keys of a deployment, aggregated or disaggregated, in the ``disagg.deployments`` ranking
-BRIEF_KEYS = ("mode", "label", "total_gpus", "output_tokens_per_s", "output_tokens_per_s_per_gpu",
+BRIEF_KEYS = ("mode", "label", "arch", "total_gpus", "output_tokens_per_s", "output_tokens_per_s_per_gpu",
               "output_tokens_per_dollar", "tokens_per_s_per_user", "price_per_gpu_hour")
 
 
