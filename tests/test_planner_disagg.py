@@ -75,6 +75,12 @@ def test_two_nodes_pair_one_node_workers_one_to_one_and_every_probe_runs_the_who
         # MTP on: sequences emit 1 + accepted drafts per decode step (85% accepted: about 1.85); off: no MTP block
         assert (p["mtp_tokens_per_step"] is None) if x["mtp"] == 0 else (1.5 < p["mtp_tokens_per_step"] <= 2)
     assert any(x["mtp"] == 1 for x in d["layouts"] + d["rejected"])
+    # aggregated layouts are probed with MTP too, and those that pass are ranked with the rest
+    agg = d["aggregated_mtp"]
+    assert agg and all(1.5 < x["probe"]["mtp_tokens_per_step"] <= 2 for x in agg)
+    ranked = {e["label"] for e in d["deployments"]}
+    assert {x["label"] for x in agg if x["status"] == "feasible"} <= ranked
+    assert all(lab.endswith(", MTP 1") for lab in ranked if "MTP" in lab)
     # the best-bound deployment of each architecture is simulated, so both are compared
     assert {x["arch"] for x in d["layouts"] + d["rejected"]} == {"moe", "foe"} == set(d["best_by_arch"])
     for x in d["layouts"]:
@@ -88,7 +94,8 @@ def test_both_modes_are_ranked_by_tokens_per_gpu_and_the_front_is_not_dominated(
     agg, d = searched[1], searched[1]["disagg"]
     deps = d["deployments"]
     assert {e["mode"] for e in deps} == {"aggregated", "disagg"}
-    assert len([e for e in deps if e["mode"] == "aggregated"]) == len(agg["layouts"])
+    mtp_ok = [x for x in d["aggregated_mtp"] if x["status"] == "feasible"]
+    assert len([e for e in deps if e["mode"] == "aggregated"]) == len(agg["layouts"]) + len(mtp_ok)
     per_gpu = [e["output_tokens_per_s_per_gpu"] for e in deps]
     assert per_gpu == sorted(per_gpu, reverse=True) and d["recommended"] == deps[0]
     pts = {e["label"]: (e["output_tokens_per_s_per_gpu"], e["tokens_per_s_per_user"]) for e in deps}

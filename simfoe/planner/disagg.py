@@ -210,6 +210,7 @@ class DisaggSearch:
         self.max_prompt = int(max(t.prompt_tokens[self.closed.warmup:]))
         self._fms: dict = {}
         self._t_dec: dict = {}
+        self._drafts: dict = {}
 
     # ---- pools ------------------------------------------------------------------------------------
     def _fm(self, cand: Candidate):
@@ -406,7 +407,14 @@ class DisaggSearch:
             pc.cost = self.pl._cost(pc.fm)
         eng = EngineConfig(router=POOL_ROUTER, max_batch=self.cfg.max_batch, token_budget=pc.token_budget, mtp=pc.mtp)
         return Pool(pc.cost, pc.kv_capacity_tokens, workers, eng, pc.cand.gpus, pc.fm.kv_bytes_per_token_per_gpu(),
-                    self.pl.model.n_layers, pc.fm.mtp_module() if pc.mtp else None)
+                    self.pl.model.n_layers, self._draft(pc.fm) if pc.mtp else None)
+
+    def _draft(self, fm):
+        """The interpolated step model of ``fm``'s MTP module, one per forward model (shared by its probes)."""
+        k = id(fm)
+        if k not in self._drafts:
+            self._drafts[k] = (fm, self.pl._cost(fm.mtp_module()))  # fm kept: its id stays unique
+        return self._drafts[k][1]
 
     def probe(self, dep: Deployment) -> None:
         """One closed-loop run of the deployment; feasible when the planner's probe rule passes."""
@@ -430,16 +438,52 @@ class DisaggSearch:
                       f"p90 TTFT {_s(p['ttft_p90_s'])}, p99 TBT {_s(p['tbt_p99_s'])}")
 
     # ---- the whole search and its summary ----------------------------------------------------------
-    def run(self, cands: list[Candidate], aggregated: list[dict]) -> dict:
+    def run(self, cands: list[Candidate], aggregated: list[dict], evs: list = ()) -> dict:
         """Screen ``cands`` in both roles, search the deployments and return the summary's ``disagg`` block;
-        ``aggregated``: the planner's feasible layouts (dicts), ranked and put on the front with them."""
+        ``aggregated``: the planner's feasible layouts (dicts), ranked and put on the front with them; ``evs``: its
+        Evaluations (with an MTP module, the screened ones are probed again with MTP: :meth:`aggregated_mtp`)."""
         t0 = time.perf_counter()
         probes0 = self.pl.probes
         pre, dec = self.pools(cands)
         deps = self.deployments(pre, dec)
         entries = [_aggregated_entry(x) for x in aggregated if x["status"] == "feasible"]
+        mtp = self.aggregated_mtp(evs, entries)
+        entries += [x["entry"] for x in mtp if x["status"] == "feasible"]
         self.search(deps, [(self._entry_score(e), e["tokens_per_s_per_user"] or 0.0) for e in entries], t0)
-        return self.summary(pre, dec, deps, entries, self.pl.probes - probes0, time.perf_counter() - t0)
+        out = self.summary(pre, dec, deps, entries, self.pl.probes - probes0, time.perf_counter() - t0)
+        out["aggregated_mtp"] = [{k: v for k, v in x.items() if k != "entry"} for x in mtp]
+        return out
+
+    def aggregated_mtp(self, evs: list, entries: list[dict]) -> list[dict]:
+        """The aggregated layouts the planner screened, probed once more with MTP (1 draft per step) where the model
+        has an MTP module, in decreasing order of their bound x e (MTP speeds decodes up at most e times); one whose
+        scaled bound is not above the runner-up so far is pruned (tokens/s per GPU only). Records of the probed."""
+        if 1 not in self.mtps:
+            return []
+        from simfoe.serving.api import simulate
+
+        e, pl, out = expected_tokens_per_step(1), self.pl, []
+        top = sorted((self._entry_score(x) for x in entries), reverse=True)[:2]
+        for ev in sorted((v for v in evs if v.bound_rps is not None), key=lambda v: -pl._score(v, bound=True)):
+            if len(top) >= 2 and pl._score(ev, bound=True) * e <= top[1]:
+                continue
+            t0 = time.perf_counter()
+            res = simulate(self.closed, ev.cost or pl._cost(ev.fm), ev.fm.kv_capacity_tokens(mtp=True),
+                           replicas=ev.cand.replicas, router=POOL_ROUTER, max_batch=self.cfg.max_batch,
+                           token_budget=ev.token_budget, seed=self.cfg.seed, mtp=1, draft_model=self._draft(ev.fm))
+            p = pl._judge(res.summary, t0, {"concurrency": self.closed.concurrency, "replicas": ev.cand.replicas})
+            p["mtp_tokens_per_step"] = (res.summary.get("mtp") or {}).get("tokens_per_step")
+            t, tps, g = p["tpot_mean_s"], p["output_tokens_per_s"], ev.cand.total_gpus
+            entry = _brief({"mode": "aggregated", "label": f"{ev.cand.label}, MTP 1", "arch": ev.cand.arch,
+                            "total_gpus": g, "output_tokens_per_s": tps, "price_per_gpu_hour": ev.price,
+                            "output_tokens_per_s_per_gpu": None if tps is None else tps / g,
+                            "output_tokens_per_dollar": per_gpu_or_dollar(tps, g, ev.price, True),
+                            "tokens_per_s_per_user": 1.0 / t if t else None, "at_max_rate": p})
+            out.append({"label": entry["label"], "status": "feasible" if p["ok"] else "infeasible", "probe": p,
+                        "entry": entry})
+            if p["ok"]:
+                top = sorted(top + [self._entry_score(entry)], reverse=True)[:2]
+        return out
 
     def _entry_score(self, e: dict) -> float:
         return self.score(e["output_tokens_per_s"], e["total_gpus"], e.get("price_per_gpu_hour"))

@@ -613,7 +613,7 @@ class Planner:
         if self.cfg.disagg:  # after the aggregated search: its passing layouts seed the bounds and the front
             from simfoe.planner.disagg import DisaggSearch
 
-            result["disagg"] = DisaggSearch(self).run(enum.candidates, result["layouts"])
+            result["disagg"] = DisaggSearch(self).run(enum.candidates, result["layouts"], evs)
         if ranked:
             t1 = time.perf_counter()
             result["analysis"] = {e.cand.label: self.analyse(e) for e in ranked[:2]}
