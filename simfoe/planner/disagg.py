@@ -483,6 +483,8 @@ class DisaggSearch:
                         "entry": entry})
             if p["ok"]:
                 top = sorted(top + [self._entry_score(entry)], reverse=True)[:2]
+            if self.cfg.progress:
+                self.cfg.progress(f"{entry['label']}: {out[-1]['status']} {self._entry_score(entry):.3g}")
         return out
 
     def _entry_score(self, e: dict) -> float:
