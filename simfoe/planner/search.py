@@ -49,6 +49,8 @@ tokens/s per GPU (per dollar with prices). Branch and bound: a layout whose thro
 output tokens per GPU is not above the runner-up's achieved tokens/s per GPU is pruned (no calibrated
 pruning: one probe per layout costs what the calibration would save). The 2x-load check runs 2N
 clients (and twice the prompts and warm-ups); skew and half-bandwidth checks rerun the same probe.
+With ``disagg`` (closed loop only), prefill-decode disaggregated deployments are searched after the aggregated
+layouts and ranked with them (:mod:`simfoe.planner.disagg`; the summary's ``disagg`` block).
 Units: seconds, requests/s, bytes, tokens; prices in $ per GPU-hour.
 """
 from __future__ import annotations
