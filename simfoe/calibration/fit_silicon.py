@@ -10,11 +10,13 @@ effect of each parameter on its mean TTFT and TPOT is read off the run (TTFT: 1 
 ``request_s``, the iterations between a request's sending and its first token and their sequences;
 TPOT: the iterations between its first and last token, per token); the parameters >= 0 that minimise
 the summed absolute relative error of TTFT and TPOT over the engine's *fitted* rows (a linear
-program; terms the model already over-predicts are left out, :data:`OVER`) are the fit. Held out: for an engine
+program; terms the model already over-predicts are left out, :data:`OVER`) are the fit; it is replayed,
+and an engine keeps it only when that replay fits the engine's fitted rows better than no overheads
+(the first-order model misses how a delay moves closed-loop clients against the iterations). Held out: for an engine
 with rows of several models, all rows of the model with the fewest covered rows; with one model,
 every third row in id order (:func:`held_out`). The report gives MAPE, MdAPE and the share within
-25%, fitted and held-out, per engine and overall: before (the replay) and after (the replay moved along
-its derivatives; ``simfoe validate --silicon`` replays the profiles as written).
+25%, fitted and held-out, per engine and overall: before (no overheads), linearised (the first replay
+moved along its derivatives) and after (replayed with what each engine keeps).
 Units: seconds (parameters), milliseconds (TTFT, TPOT), % (errors).
 """
 from __future__ import annotations
@@ -166,6 +168,11 @@ def moved(f: RowFit, theta) -> RowFit:
     return replace(f, ttft_ms=f.ttft_ms + float(np.dot(f.d_ttft, th)), tpot_ms=f.tpot_ms + float(np.dot(f.d_tpot, th)))
 
 
+def _objective(fits: list[RowFit]) -> float:
+    """Summed absolute relative error of TTFT and TPOT (what :func:`solve` minimises, every term counted)."""
+    return float(sum(abs(f.ttft_ms / f.row.ttft_ms - 1) + abs(f.tpot_ms / f.row.tpot_ms - 1) for f in fits))
+
+
 def _split(fits: list[RowFit], held: set[str]) -> dict:
     """Error statistics of ``fits`` (those predicted): fitted rows, held-out rows, all."""
     ok = [f for f in fits if f.reason is None]
@@ -180,8 +187,9 @@ def _summary(fits: list[RowFit], held: set[str], engine_of: dict) -> dict:
 
 def fit(path, workers: int = 1, progress=None) -> dict:
     """Fit every engine profile's overheads to the silicon rows at ``path`` (one replay without overheads, one
-    linear program per engine); returns the report (module docstring) with ``params`` (profile -> parameters,
-    s). ``after`` is the replay moved along its derivatives (``validate --silicon`` replays the written profiles)."""
+    linear program per engine, one replay of the result); returns the report (module docstring) with ``params`` (profile -> parameters,
+    s). ``linearised``: the first replay moved along its derivatives; ``after``: the replay with the parameters each
+    engine keeps (``accepted``)."""
     rows = list(silicon.load_rows(path).rows)
     scen = {r.id: silicon.scenario(r) for r in rows}
     rows = [r for r in rows if r.mode == "agg" and not isinstance(scen[r.id], silicon.NotCovered) and scen[r.id].engine]
@@ -192,7 +200,19 @@ def fit(path, workers: int = 1, progress=None) -> dict:
     ok = [f for f in fits if f.reason is None]
     held = set().union(*(held_out([f.row for f in ok if engine_of[f.row.id] == e]) for e in names))
     theta = {e: solve([f for f in ok if engine_of[f.row.id] == e and f.row.id not in held], zero) for e in names}
-    after = [moved(f, theta[engine_of[f.row.id]]) if f.reason is None else f for f in fits]
+    moved_fits = [moved(f, theta[engine_of[f.row.id]]) if f.reason is None else f for f in fits]
+    # the linearisation misses how a delay shifts closed-loop clients against the iterations (waves of
+    # prompts merge or split), so the fit is replayed and an engine keeps its overheads only when that
+    # replay fits its fitted rows better than none did; otherwise it keeps none
+    tried = replay_fits(rows, theta, workers, progress)
+
+    def objective(fs, e):
+        return _objective([f for f in fs if f.reason is None and engine_of[f.row.id] == e and f.row.id not in held])
+
+    gain = {e: (objective(fits, e), objective(tried, e)) for e in names}
+    keep = {e: gain[e][1] < gain[e][0] for e in names}
+    theta = {e: theta[e] if keep[e] else zero for e in names}
+    after = [a if keep[engine_of[a.row.id]] else b for a, b in zip(tried, fits)]
     models = {e: sorted({f.row.model_path for f in ok if f.row.id in held and engine_of[f.row.id] == e})
               for e in names}
     left = {e: sum(int(f.ttft_ms > OVER * f.row.ttft_ms) + int(f.tpot_ms > OVER * f.row.tpot_ms) for f in ok
@@ -203,7 +223,10 @@ def fit(path, workers: int = 1, progress=None) -> dict:
             "terms_left_out": {"rule": f"a TTFT or TPOT predicted above {OVER:g} x measured without overheads",
                                "by_engine": left},
             "params": {e: dict(zip(PARAMS, theta[e])) for e in names},
-            "before": _summary(fits, held, engine_of), "after": _summary(after, held, engine_of)}
+            "accepted": {e: {"kept": keep[e], "fitted_objective_before": gain[e][0], "fitted_objective_replayed": gain[e][1]}
+                         for e in names},
+            "before": _summary(fits, held, engine_of), "linearised": _summary(moved_fits, held, engine_of),
+            "after": _summary(after, held, engine_of)}
 
 
 def write(report: dict) -> list[str]:
@@ -226,6 +249,11 @@ def write(report: dict) -> list[str]:
                f"{a['held_out']['rows']} held out; after: TTFT MdAPE {_pct(a['fitted'].get('ttft_mdape'))} fitted, "
                f"{_pct(a['held_out'].get('ttft_mdape'))} held out; TPOT MdAPE {_pct(a['fitted'].get('tpot_mdape'))}, "
                f"{_pct(a['held_out'].get('tpot_mdape'))}; docs/calibration.md)")
+        acc = report.get("accepted", {}).get(e)
+        if acc and not acc["kept"]:
+            src = (f"simfoe fit silicon {day}: none; the fitted overheads replayed worse on the engine's fitted rows "
+                   f"(summed relative error {acc['fitted_objective_before']:.1f} without, "
+                   f"{acc['fitted_objective_replayed']:.1f} with; docs/calibration.md)")
         raw["provenance"].update({f"overheads.{k}": src for k in params})
         validate_spec(EngineProfile, raw, "engine")
         write_text(path, yaml.safe_dump(raw, sort_keys=False, width=200), "engine profile")

@@ -154,10 +154,11 @@ def _render_silicon(r: dict) -> str:
     lines = [f"fit silicon from {r['data']} ({r['rows']} covered rows; held out: {r['held_out']['rows']} rows, "
              f"{r['held_out']['rule']})"]
     rows = [[e, f"{p['request_s'] * 1e3:.2f}", f"{p['step_s'] * 1e3:.3f}", f"{p['step_per_seq_s'] * 1e6:.2f}",
+             "yes" if r.get("accepted", {}).get(e, {}).get("kept", True) else "no (replayed worse)",
              ", ".join(r["held_out"]["models"].get(e) or ["-"])] for e, p in r["params"].items()]
-    lines.append(table(rows, ["engine", "request ms", "step ms", "per seq us", "held-out model"]))
+    lines.append(table(rows, ["engine", "request ms", "step ms", "per seq us", "kept", "held-out model"]))
     rows = []
-    for when in ("before", "after"):
+    for when in ("before", "linearised", "after"):
         for e, v in [("all", r[when]), *r[when]["by_engine"].items()]:
             for part in ("fitted", "held_out"):
                 s = v[part]
