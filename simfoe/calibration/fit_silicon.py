@@ -1,8 +1,9 @@
 """Fit the engine profiles' host overheads to the real serving benchmarks (``simfoe fit silicon``).
 
-Fitted on the aggregated rows (one engine instance each). Three parameters per engine profile (simfoe/specs/engines/*.yaml, ``overheads``), the host time the
-forward model does not price: ``request_s`` (per request, before it can be scheduled), ``step_s`` and
-``step_per_seq_s`` (per iteration, and per sequence in its batch). Nothing per row or per model.
+Fitted on the aggregated rows (one engine instance each). Three parameters per engine profile
+(simfoe/specs/engines/*.yaml, ``overheads``), the host time the forward model does not price:
+``request_s`` (per request, before it can be scheduled), ``step_s`` and ``step_per_seq_s`` (per
+iteration, and per sequence in its batch). Nothing per row or per model.
 
 Method (one linearised step, L1 on relative error): replay every covered row without overheads
 (:func:`simfoe.calibration.silicon.serve_row`, recording its iterations); for each row the first-order
