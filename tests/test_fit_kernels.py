@@ -47,7 +47,11 @@ def test_fit_is_reproducible_and_matches_committed_profile(vidur, hw):
     r = F.run_fit(hw, vidur, write=False)
     committed = load_hardware(hw).kernels
     assert r["written"] is None
-    assert set(r["params"]) == set(committed)
+    # the Vidur fit makes these families; any other committed one comes from the kernel tables
+    assert set(r["params"]) <= set(committed)
+    hw_prov = load_hardware(hw).provenance
+    for fam in set(committed) - set(r["params"]):
+        assert "fit_tables" in hw_prov[f"kernels.{fam}"], fam
     for fam, vals in r["params"].items():
         for k, v in vals.items():
             assert v == pytest.approx(committed[fam][k], rel=2e-3, abs=1e-9), (fam, k)

@@ -203,8 +203,9 @@ def _r2(x: float) -> float:
 def run_fit(hardware: str, vidur_dir: str | Path, write: bool = False) -> dict:
     """Fit ``hardware``'s kernel efficiencies to Vidur data; optionally write them to its profile.
 
-    Returns a report: params (the ``kernels`` section), held-out groups, MAPE (%) per op on train and
-    held-out rows, and the written path (or None).
+    Returns a report: params (the families Vidur's rows fit: GEMM, elementwise, attention), held-out groups,
+    MAPE (%) per op on train and held-out rows, and the written path (or None). Writing keeps the profile's
+    other kernel families (e.g. ``grouped_gemm*`` from ``calibrate --from-tables``) and their provenance.
     """
     from simfoe.specs.io import load_hardware
 
@@ -250,10 +251,11 @@ def run_fit(hardware: str, vidur_dir: str | Path, write: bool = False) -> dict:
                                     "eff_max as kernels.attention_prefill",
     }
     written = None
-    if write:
+    if write:  # families this fit does not make (fused MoE from the kernel tables) stay as they are
         from simfoe.specs.profile_io import update_profile
 
-        written = str(update_profile(hardware, "kernels", params, provenance=provenance))
+        kept = {k: v for k, v in load_hardware(hardware).kernels.items() if k not in params}
+        written = str(update_profile(hardware, "kernels", {**params, **kept}, provenance=provenance))
     return {
         "hardware": hardware,
         "data": str(gpu_dir),
