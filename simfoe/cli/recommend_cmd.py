@@ -44,6 +44,10 @@ def register(subparsers) -> None:
                    help="also search prefill-decode disaggregated deployments (xPyD, each pool's layout, MTP on/off "
                    "where the model has an MTP module) and show the Pareto front of tokens/s per GPU against "
                    "tokens/s per user; needs --concurrency")
+    p.add_argument("--engine", default=None,
+                   help="print the winner's launch command for this engine (vllm, sglang, trtllm, or a profile YAML "
+                   "with a launch template); it shapes only the command, not the simulated scheduler "
+                   "(default: no launch command)")
     add_limit_flag(p, PLANNER_LAYOUTS, "candidate layouts (an upper bound: --hardware types x --max-nodes x "
                    "layouts per node count)")
     add_limit_flag(p, SERVING_REQUESTS, "requests in one rate probe (--requests x up to --max-nodes replicas)")
@@ -102,12 +106,13 @@ def run(args) -> dict:
     if sys.stderr.isatty() and not args.json:
         def progress(line):
             sys.stderr.write(line + "\n")
-    with renamed_fields({"max_layouts": "--max-layouts", "max_requests": "--max-requests"}):
+    with renamed_fields({"max_layouts": "--max-layouts", "max_requests": "--max-requests", "engine": "--engine"}):
         r = recommend(args.model, args.hardware, max_nodes=args.max_nodes, trace=work,
                       slo_ttft_p90=args.slo_ttft_p90, slo_tbt_p99=args.slo_tbt_p99, prices=_prices(args.price) or None,
                       routing=args.routing, seed=args.seed, **search,
                       overrides=tuple(args.overrides), sensitivity=not args.no_sensitivity, progress=progress,
-                      max_layouts=args.max_layouts, max_requests=args.max_requests, disagg=args.disagg)
+                      max_layouts=args.max_layouts, max_requests=args.max_requests, disagg=args.disagg,
+                      engine=args.engine)
     r["run"] = _run(args, r["hardware"])
     if args.out:
         from simfoe.planner.report import write_report
@@ -177,11 +182,19 @@ def render(r: dict) -> str:
                  f"{pruned_words(s)}, {s['skipped_placements']} invalid placements; search {s['wall_s']:.1f} s")
     if r.get("why"):
         lines.append(r["why"])
+    if r.get("launch"):
+        lines += launch_lines("launch", r["launch"])
     if r.get("disagg"):
         lines += _disagg_lines(r["disagg"])
     if "files" in r:
         lines.append(f"report: {r['files']['html']}  summary: {r['files']['json']}")
     return "\n".join(lines)
+
+
+def launch_lines(title: str, launch: dict) -> list[str]:
+    """A launch block: ``title (engine version):``, each command, then its notes."""
+    return (["", f"{title} ({launch['engine']} {launch['version']}):"] + [f"  {c}" for c in launch["commands"]]
+            + [f"  note: {n}" for n in launch["notes"]])
 
 
 def _disagg_lines(d: dict) -> list[str]:
@@ -195,6 +208,10 @@ def _disagg_lines(d: dict) -> list[str]:
     if rows:
         out += ["Pareto front (tokens/s per GPU against tokens/s per user):",
                 table(rows, ["deployment", "mode", "out tok/s per GPU", "tok/s per user"])]
+    best = next((e for e in d["layouts"] if e.get("launch")), None)
+    if best is not None:
+        for role in ("prefill", "decode"):
+            out += launch_lines(f"{best['label']}: {role} pool launch", best["launch"][role])
     out.append(f"disaggregated: {s['candidates']} deployments, {s['simulated']} simulated, {s['pruned']} pruned; "
                f"{s['wall_s']:.1f} s")
     return out

@@ -362,8 +362,10 @@ def _disagg_section(d: dict, figs: dict) -> list[str]:
            f"<p>{_e(disagg_words(d))}. Disaggregated deployments: a prefill pool of x workers and a decode pool of y "
            f"workers (xPyD), each worker one of the layouts above, MTP drafts per decode step searched: "
            f"{_e(', '.join(map(str, d['mtp'])))}; KV sent "
-           f"{_e(d['kv_transfer'])} on the fabric, first token from the {_e(d['first_token'])} worker. No launch "
-           "command is given (engine profiles do not carry launch commands yet).</p>",
+           f"{_e(d['kv_transfer'])} on the fabric, first token from the {_e(d['first_token'])} worker. "
+           + ("The best deployment's launch commands per pool follow the table."
+              if any(e.get("launch") for e in d["layouts"]) else
+              "No launch command is given (recommend --engine NAME gives one).") + "</p>",
            f"<p class=\"muted\">{s['candidates']} disaggregated deployments from {s['pools_screened']} pool "
            f"screenings: {s['simulated']} simulated ({s['probes']} probes, {s['infeasible_after_simulation']} missed "
            f"the SLOs), {s['pruned']} pruned ({_e(', '.join(f'{v} {k}' for k, v in s['pruned_by_reason'].items()) or '-')})"
@@ -376,7 +378,18 @@ def _disagg_section(d: dict, figs: dict) -> list[str]:
     if rows:
         out.append(_table(["deployment", "mode", "GPUs", "output tokens/s per GPU", "tokens/s per user", "p90 TTFT",
                            "p99 TBT", "Pareto"], rows))
+    best = next((e for e in d["layouts"] if e.get("launch")), None)
+    if best is not None:
+        for role in ("prefill", "decode"):
+            out += launch_html(f"{best['label']}: {role} pool", best["launch"][role])
     return out
+
+
+def launch_html(title: str, launch: dict) -> list[str]:
+    """A launch block: the engine, each command as code, the notes."""
+    return [f"<h3>Launch: {_e(title)} ({_e(launch['engine'])} {_e(launch['version'])})</h3>"]\
+        + [f"<p><code>{_e(c)}</code></p>" for c in launch["commands"]]\
+        + ["<ul>" + "".join(f"<li>{_e(n)}</li>" for n in launch["notes"]) + "</ul>"]
 
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#212529}
@@ -407,6 +420,8 @@ def render_html(result: dict) -> str:
             parts.append(f"<p>Check with all {_e(rec['replicas'])} replicas simulated at {_n(rc['rate_rps'])} req/s: "
                          f"p90 TTFT {_e(fmt_time(rc['ttft_p90_s']))}, p99 TBT {_e(fmt_time(rc['tbt_p99_s']))}, "
                          f"{'meets' if rc['ok'] else 'MISSES'} the SLOs.</p>")
+        if r.get("launch"):
+            parts += launch_html("the recommended layout", r["launch"])
         if ru:
             parts.append(f"<p>Runner-up: {_layout_desc(ru)}</p>")
     else:

@@ -112,6 +112,7 @@ class PlanConfig:
     progress: object = None  # callable(str) for one line per layout screened and simulated, or None
     max_layouts: int | None = None  # refuse a search of more candidate layouts (None: simfoe.limits.PLANNER_LAYOUTS)
     max_requests: int | None = None  # refuse probes of more requests (None: simfoe.limits.SERVING_REQUESTS)
+    engine: str | None = None  # engine profile whose launch command the summary gives (simfoe.planner.launch)
     disagg: bool = False  # also search prefill-decode disaggregated deployments (closed loop; simfoe.planner.disagg)
 
     def check(self):
@@ -262,6 +263,7 @@ class Planner:
         self.model_name, self.max_nodes, self.cfg = str(model), max_nodes, cfg
         self.model = load_model(model, list(cfg.overrides))
         self.hw = {str(h): load_hardware(h, list(cfg.overrides)) for h in hardware}
+        self.engine = _launch_engine(cfg.engine)
         #: the closed-loop workload (one probe per layout), or None (a trace: rate search)
         self.closed = cfg.trace if isinstance(cfg.trace, ClosedLoop) else None
         self._check_size()
@@ -629,6 +631,11 @@ class Planner:
                 p = self._probe(w, w.rate_rps * w.cand.replicas, replicas=w.cand.replicas)
                 result["recommended"]["replica_check"] = p
             result["search"]["analysis_wall_s"] = time.perf_counter() - t1
+        result["launch"] = None
+        if self.engine is not None:
+            from simfoe.planner.launch import add_launches
+
+            add_launches(result, self.model, self.hw, self.engine, self.cfg.max_batch)
         result["search"]["total_wall_s"] = time.perf_counter() - t0
         return result
 
@@ -742,6 +749,18 @@ class Planner:
         if self.cfg.sensitivity and ev.rate_rps:
             out["sensitivity"] = self.sensitivity(ev)
         return out
+
+
+def _launch_engine(name: str | None):
+    """The engine profile ``name`` (None: no launch command); SpecError ``engine`` without a launch template."""
+    if name is None:
+        return None
+    from simfoe.specs.engine import load_engine
+
+    prof = load_engine(name)
+    if prof.launch is None:
+        raise SpecError("engine", name, "an engine profile with a launch template (vllm, sglang, trtllm)")
+    return prof
 
 
 def recommend(model: str, hardware: str | list[str], max_nodes: int = 1, trace: str | ClosedLoop = "longbench",

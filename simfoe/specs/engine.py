@@ -33,6 +33,35 @@ class Overheads(Spec):
                                   "preparation, sampling, detokenization), s")
 
 
+#: When a launch flag applies (see :mod:`simfoe.specs.launch`): always; the model has experts and they are
+#: spread (ep > 1); more than one DP rank; DP attention; DeepEP-style dedup dispatch with ep > 1; more
+#: than one node; on the first node / the others of a multi-node instance; a prefill / decode pool.
+WHEN = ("always", "ep", "dp", "dp_attention", "deepep", "multi_node", "head", "worker", "prefill", "decode")
+
+
+class LaunchFlag(Spec):
+    """One command-line argument of a launch template, with the condition it applies under."""
+
+    arg: str = Field(description="the argument, a str.format template over the fields of "
+                     "simfoe.specs.launch.LaunchPlan (model, tp, dp, ep, token_budget, max_batch, nnodes, "
+                     "node_rank, gpus_per_node, dp_local, dp_start_rank, head_addr)")
+    when: Literal[WHEN] = Field("always", description="the condition it applies under (WHEN)")
+    source: str = Field(description="where the engine documents this flag")
+
+
+class LaunchTemplate(Spec):
+    """How to start one instance of the engine: the command, its flags, one line per node or one."""
+
+    command: str = Field(description="the program and model argument, a template like the flags' arg")
+    source: str = Field(description="where the engine documents the command")
+    flags: list[LaunchFlag] = Field(default_factory=list, description="in the order they are printed")
+    per_node: bool = Field(description="true: one command per node (node rank differs); false: one command "
+                           "started on every node by the cluster launcher")
+    disaggregation: bool = Field(False, description="the flags with when prefill/decode start a "
+                                 "disaggregated pool (false: the engine's disaggregation is not templated)")
+    notes: list[str] = Field(default_factory=list, description="what the command assumes, printed with it")
+
+
 class EngineProfile(Spec):
     """One serving engine at one version: its batching defaults and host overheads."""
 
@@ -47,6 +76,8 @@ class EngineProfile(Spec):
     max_batch: PositiveInt = Field(description="running requests per DP attention rank")
     overheads: Overheads = Field(default_factory=Overheads)
     provenance: dict[str, str] = Field(default_factory=dict, description="field (dotted) -> its source")
+    launch: LaunchTemplate | None = Field(None, description="the launch-command template of this version "
+                                          "(each flag names its source)")
 
     @model_validator(mode="after")
     def _sourced(self):

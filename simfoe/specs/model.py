@@ -94,6 +94,7 @@ class ModelSpec(Spec):
                             "num_nextn_predict_layers; DeepSeek-V3: 1): one transformer layer each, like the model's "
                             "last, sharing its embedding and LM head; serving drafts with them under EngineConfig.mtp")
     source: str = ""
+    hf_id: str | None = None  # Hugging Face repository id of the checkpoint, as its source names it (launch commands)
 
     @model_validator(mode="after")
     def _check(self):
