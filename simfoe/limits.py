@@ -86,6 +86,12 @@ PIPELINE_REQUESTS = Limit(
     source="simfoe pipeline --spec factool --rate 10 --duration 720 vs 7200: 7,250 -> 72,027 requests, "
     "8.6 -> 71.7 s wall, maxrss 69.7 -> 82.8 MB")
 
+#: The same bound for a pipeline whose LM stages run on the serving engine (``engine:``): dearer per request.
+PIPELINE_ENGINE_REQUESTS = Limit(
+    "requests", 1_000_000, "max_requests", "--max-requests", s_per_unit=1.8e-3, bytes_per_unit=2_900,
+    source="python benchmarks/bench_pipeline.py --spec factool-engine --duration 360 vs 720 (one core, 2026-12-07): "
+    "5,382 -> 10,836 requests, 10.8 -> 20.2 s wall, maxrss 155.7 -> 171.6 MB")
+
 #: GPUs of one model instance (the fabric graph and the per-GPU programs grow with them).
 INSTANCE_GPUS = Limit(
     "GPUs", 16_384, "max_gpus", "--max-gpus", s_per_unit=2.1e-4, bytes_per_unit=5_200,
@@ -109,4 +115,5 @@ def check_instance_gpus(nodes: int, gpus_per_node: int, max_gpus: int | None = N
 
 
 #: API arguments that raise a limit: they bound a run and never change its result
-LIMIT_OPTIONS = frozenset(lim.option for lim in (SERVING_REQUESTS, PIPELINE_REQUESTS, INSTANCE_GPUS, PLANNER_LAYOUTS))
+LIMIT_OPTIONS = frozenset(lim.option for lim in (SERVING_REQUESTS, PIPELINE_REQUESTS, PIPELINE_ENGINE_REQUESTS,
+                                                   INSTANCE_GPUS, PLANNER_LAYOUTS))

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from simfoe.limits import PIPELINE_REQUESTS
 from simfoe.pipelines.spec import PipelineSpec
 
 
@@ -59,11 +58,11 @@ def sweep(spec: PipelineSpec, variants: list[Variant], rates: list[float], durat
 
     ``jobs`` worker processes (default: min(2, CPUs)); results in (variant, rate) order whatever
     order they finish in; ``progress`` is called as each finishes. More than ``max_requests``
-    expected requests in all runs together (default :data:`simfoe.limits.PIPELINE_REQUESTS`) is
+    expected requests in all runs together (default: the spec's ``request_limit``, simfoe.limits) is
     refused before the first starts.
     """
     total = len(variants) * sum(rates) * duration
-    PIPELINE_REQUESTS.check("rates", rates, total, max_requests, "sum of rates x duration x variants")
+    spec.request_limit.check("rates", rates, total, max_requests, "sum of rates x duration x variants")
     tasks = [_Task(spec, v, rate, duration, seed, max_requests) for v in variants for rate in rates]
     jobs = jobs or min(2, os.cpu_count() or 1)
     out: list = [None] * len(tasks)

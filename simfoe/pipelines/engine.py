@@ -28,7 +28,6 @@ import simpy
 from simpy import Timeout
 
 from simfoe.errors import SpecError
-from simfoe.limits import PIPELINE_REQUESTS
 from simfoe.pipelines.graph import StageGraph, build_graph
 from simfoe.pipelines.routing import make_policy, mix
 from simfoe.pipelines.spec import PipelineSpec, StageSpec
@@ -433,20 +432,21 @@ class Simulation:
             max_requests: int | None = None) -> RunResult:
         """Poisson arrivals at ``rate`` req/s during ``duration`` s (or given ``arrivals`` times);
         runs until every request has completed. More than ``max_requests`` expected requests
-        (default :data:`simfoe.limits.PIPELINE_REQUESTS`) is refused before any is drawn."""
+        (default: the spec's ``request_limit``, :data:`simfoe.limits.PIPELINE_REQUESTS` or, with engine-backed
+        stages, :data:`simfoe.limits.PIPELINE_ENGINE_REQUESTS`) is refused before any is drawn."""
         if arrivals is None:
             if not rate > 0:
                 raise SpecError("rate", rate, "a rate > 0 requests/s")
             if not duration > 0:
                 raise SpecError("duration", duration, "a duration > 0 s")
-            PIPELINE_REQUESTS.check("rate", rate, rate * duration, max_requests, "rate x duration")
+            self.spec.request_limit.check("rate", rate, rate * duration, max_requests, "rate x duration")
             n_guess = int(rate * duration + 10 * np.sqrt(rate * duration) + 20)
             t = np.cumsum(self.rng_arr.exponential(1.0 / rate, n_guess))
             while t[-1] < duration:
                 t = np.concatenate([t, t[-1] + np.cumsum(self.rng_arr.exponential(1.0 / rate, n_guess))])
             arrivals = t[t < duration]
         else:
-            PIPELINE_REQUESTS.check("arrivals", len(arrivals), len(arrivals), max_requests, "arrival times given")
+            self.spec.request_limit.check("arrivals", len(arrivals), len(arrivals), max_requests, "arrival times given")
         w = np.asarray(self.spec.prompts.weights, dtype=float)
         ptypes = self.rng_pt.choice(len(w), size=len(arrivals), p=w / w.sum())
         self.env.process(self._arrivals(np.asarray(arrivals, dtype=float), ptypes))

@@ -56,6 +56,7 @@ from pydantic import (BeforeValidator, ConfigDict, Field, PlainSerializer, Valid
                       model_validator)
 
 from simfoe.errors import SpecError
+from simfoe.limits import PIPELINE_ENGINE_REQUESTS, PIPELINE_REQUESTS
 from simfoe.pipelines.routing import POLICIES
 from simfoe.specs.base import Spec, validate_spec
 from simfoe.specs.distributions import DistSpec, parse_dist
@@ -285,6 +286,11 @@ class PipelineSpec(PipelineModel):
 
     def with_routing(self, routing: str) -> "PipelineSpec":
         return self.model_copy(update={"routing": routing})
+
+    @property
+    def request_limit(self):
+        """The run-size bound of this pipeline (:mod:`simfoe.limits`): engine-backed LM stages cost more per request."""
+        return PIPELINE_ENGINE_REQUESTS if any(st.engine is not None for st in self.stages) else PIPELINE_REQUESTS
 
 
 def parse_pipeline(d: Any) -> PipelineSpec:
