@@ -2,6 +2,8 @@
 and the hand-checked equivalence with an aggregated run whose prefill and decode never share an iteration."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -207,23 +209,44 @@ def test_complete_disagg_row_maps_to_two_pools():
                    "engine": {"max_batch": 1}}
     assert dec["gpus"] == 4 and dec["moe"]["attention_tp"] == 4 and dec["workers"] == 2
     assert sc.concurrency == 448 and sc.max_batch == 224 and "model.dtype=fp8" in sc.overrides
-    # DeepSeek-V3 TRT-LLM (cfg494): prefill attention DP 16 x EP 16 on two nodes; decode attention TP 16 is refused
+    # DeepSeek-V3 TRT-LLM (cfg494): prefill attention DP 16 x EP 16 on two nodes; decode attention TP 16 x EP 16,
+    # one TP group over two nodes, 3 workers of batch 2 (6 clients)
     v3 = dict(model_path="deepseek-ai/DeepSeek-V3", backend="trtllm")
-    row = _disagg_row((1, 1, 16, 1, 16, 1, 1), (16, 1, 1, 1, 16, 3, 2), **v3)
-    assert si.scenario(row).reason == "disagg: decode attention TP 16 spans nodes: not modelled"
-    ok = si.scenario(_disagg_row((1, 1, 16, 1, 16, 1, 1), (1, 1, 16, 1, 16, 3, 2), **v3))
-    assert json.loads(ok.prefill)["nodes"] == 2 and json.loads(ok.prefill)["moe"]["ep"] == 16
+    sc = si.scenario(_disagg_row((1, 1, 16, 1, 16, 1, 1), (16, 1, 1, 1, 16, 3, 2), **v3))
+    pre, dec = json.loads(sc.prefill), json.loads(sc.decode)
+    assert pre == {"arch": "moe", "nodes": 2, "workers": 1, "moe": {"attention": "tp", "attention_tp": 1, "ep": 16},
+                   "engine": {"max_batch": 1}}
+    assert dec == {"arch": "moe", "nodes": 2, "workers": 3, "moe": {"attention": "tp", "attention_tp": 16, "ep": 16},
+                   "engine": {"max_batch": 2}}
+    assert sc.concurrency == 6
+    # a worker of 12 GPUs is not whole nodes
+    assert si.scenario(_disagg_row((1, 1, 16, 1, 16, 1, 1), (12, 1, 1, 1, 12, 3, 2), **v3)).reason == (
+        "disagg: decode worker of 12 GPUs (attention TP 12) is not whole nodes")
+
+
+def test_vllm_row_without_expert_columns_slices_experts_over_the_worker():
+    """vLLM without --enable-expert-parallel: moe tp = dp x tp (FusedMoEParallelConfig.make), by hand."""
+    import json
+
+    import simfoe.calibration.silicon as si
+
+    # Qwen3-235B vLLM row 675: prefill 1 worker of tp1 x DP 4, decode 3 workers of tp4; moe_tp = moe_ep = 0
+    sc = si.scenario(_disagg_row((1, 1, 4, 0, 0, 1, 1), (4, 1, 1, 0, 0, 3, 24), model_path="Qwen/Qwen3-235B-A22B-FP8"))
+    pre, dec = json.loads(sc.prefill), json.loads(sc.decode)
+    assert pre["moe"] == {"attention": "tp", "attention_tp": 1, "ep": 1, "expert_tp": 4} and pre["gpus"] == 4
+    assert dec["moe"] == {"attention": "tp", "attention_tp": 4, "ep": 1, "expert_tp": 4} and dec["workers"] == 3
+    assert sc.concurrency == 72
 
 
 @pytest.mark.parametrize("prefill, decode, reason", [
     ((16, 1, 1, 16, 1, None, None), (16, 1, 1, 16, 1, None, None), "disagg: prefill_num_workers missing"),
-    ((1, 1, 4, 0, 0, 1, 1), (4, 1, 1, 0, 0, 3, 24), "disagg: prefill_moe_ep_size missing"),
+    ((1, 1, 4, 0, 0, 1, 1), (4, 1, 1, 0, 0, 3, 24), "disagg: prefill_moe_ep_size missing"),  # SGLang: no default
     ((1, 1, 4, 1, 4, 1, 1), (4, 1, 1, 1, 2, 3, 24), "moe_tp x moe_ep != tp x attention_dp"),
 ])
 def test_incomplete_disagg_rows_are_not_covered_with_the_column(prefill, decode, reason):
     import simfoe.calibration.silicon as si
 
-    row = _disagg_row(prefill, decode, model_path="Qwen/Qwen3-235B-A22B-FP8")
+    row = _disagg_row(prefill, decode, model_path="Qwen/Qwen3-235B-A22B-FP8", backend="sglang")
     assert si.scenario(row).reason.startswith(reason)
 
 
@@ -237,15 +260,36 @@ def test_disagg_row_replayed_and_reported_beside_the_aggregated_ones():
     r = si.report([p, agg])
     assert r["rows"] == 1 and r["by_mode"]["disagg"]["covered"] == 1  # top level: the aggregated rows
     assert set(r["by_group"]) == {"h100_sxm/Qwen/Qwen3-32B/vllm/disagg", "h100_sxm/Qwen/Qwen3-32B/vllm/agg"}
+    assert r["disagg_complete_rows"] == 0  # its run records no concurrency (source "", id "d")
+    done = si.report([si.Prediction(replace(row, id="x_c2_y"), 100.0, 10.0)])
+    assert (done["disagg_complete_rows"], done["disagg_complete_covered"]) == (1, 1)
+    assert done["disagg_complete_tpot_mdape"] == pytest.approx(abs(10.0 - 8.7) / 8.7 * 100)
+
+
+def test_a_complete_disagg_row_records_the_concurrency_its_columns_give():
+    from simfoe.calibration.silicon_disagg import complete, recorded_concurrency
+
+    row = _disagg_row((1, 1, 16, 1, 16, 1, 1), (16, 1, 1, 1, 16, 3, 2), model_path="deepseek-ai/DeepSeek-V3")
+    src = "db-dump; config_id=494; silicon_concurrency=6; workflow_run_id=269"
+    assert recorded_concurrency(replace(row, source=src)) == 6 and complete(replace(row, source=src))
+    assert recorded_concurrency(replace(row, id="dsr1_fp8_disagg_1024x1024_c6_cfg494")) == 6
+    assert recorded_concurrency(replace(row, id="qwen3_32b_disagg_4000x1000_c_tpnone_epnone_1")) is None
+    assert not complete(row)  # nothing recorded (the gap-analysis rows)
+    assert not complete(replace(row, source=src.replace("=6", "=9")))  # recorded, but not the columns' 2 x 1 x 3
+    assert not complete(replace(row, source=src, decode=replace(row.decode, workers=None)))
 
 
 def test_h100_disagg_rows_complete_ones_are_mapped(shared_data):
     import simfoe.calibration.silicon as si
+    from simfoe.calibration.silicon_disagg import complete
 
     rows = [r for r in si.load_rows(shared_data / si.H100_FILE).rows if r.mode == "disagg"]
     why = [getattr(si.scenario(r), "reason", None) for r in rows]
-    assert len(rows) == 75 and why.count(None) == 5  # Qwen3-32B: 4 SGLang, 1 vLLM
+    # every row with both sides' columns: Qwen3-32B 4 SGLang + 1 vLLM, Qwen3-235B 2 vLLM, DeepSeek-V3 8 TRT-LLM
+    assert len(rows) == 75 and why.count(None) == 15
     assert sum(str(w).startswith("disagg: prefill_num_workers missing") for w in why) == 60
+    done = [r for r in rows if complete(r)]
+    assert len(done) == 8 and {r.backend for r in done} == {"trtllm"}  # the gap-analysis rows record no concurrency
 
 
 def test_sweep_over_the_xpyd_ratio(tmp_path):
@@ -292,3 +336,23 @@ def test_mtp_in_the_decode_pool_emits_more_than_one_token_per_step():
     mtp = simulate_disagg(t, Pool(LIN, 100_000), Pool(LIN, 100_000, engine=EngineConfig(mtp=1))).summary
     assert mtp["requests"]["completed"] == 4 and mtp["mtp"]["tokens_per_step"] > 1
     assert mtp["tpot_s"]["mean"] < plain["tpot_s"]["mean"]
+
+
+def test_attention_tp_group_of_whole_nodes_spans_them():
+    """TensorRT-LLM's decode workers run attention TP 16 on two 8-GPU nodes: one TP group whose all-reduce
+    crosses the network (TP 8 on the same GPUs keeps it inside each node); TP groups that are not whole
+    nodes, or do not divide the GPUs, are refused."""
+    from simfoe.api import forward
+    from simfoe.specs.io import load_model
+    from simfoe.specs.placement import PlacementSpec, resolve_moe
+
+    base = dict(model="qwen3-30b-a3b", hardware="h100-sxm", nodes=2, arch="moe", phase="decode", batch=8, seq_len=256)
+    tp16 = forward(**base, overrides=["placement.moe.attention_tp=16", "placement.moe.ep=16"])
+    tp8 = forward(**base, overrides=["placement.moe.attention_tp=8", "placement.moe.ep=16"])
+    assert (tp16["layout"]["attention_tp"], tp16["layout"]["attention_dp"]) == (16, 1)
+    assert tp16["comm_bytes"]["all_reduce"]["inter_node"] > 0 == tp8["comm_bytes"]["all_reduce"]["inter_node"]
+    m = load_model("qwen3-30b-a3b")
+    for nodes, tp in ((2, 12), (3, 16)):
+        with pytest.raises(SpecError) as e:
+            resolve_moe(m, 8, PlacementSpec(nodes=nodes, moe={"attention_tp": tp}))
+        assert e.value.field == "placement.moe.attention_tp"

@@ -500,7 +500,8 @@ def report(preds: list[Prediction], dropped: dict | None = None) -> dict:
     "ttft_within_25pct", "tpot_within_25pct", "by_mode": {mode: same}, "by_group": {group: same},
     "not_covered": {reason: n}, "duplicates": {rule: n}}`` (APE in %, shares in [0, 1]; rows after
     dropping duplicates). The top-level figures are the aggregated rows' (the disaggregated ones, a
-    different experiment, are in ``by_mode["disagg"]`` and their groups, beside them)."""
+    different experiment, are in ``by_mode["disagg"]`` and their groups, beside them; the complete
+    disaggregated rows' (simfoe.calibration.silicon_disagg.complete) as ``disagg_complete_<key>``)."""
     groups: dict[str, list] = {}
     modes: dict[str, list] = {}
     for p in preds:
@@ -513,7 +514,9 @@ def report(preds: list[Prediction], dropped: dict | None = None) -> dict:
     dup: dict[str, int] = {}
     for why in (dropped or {}).values():
         dup[why] = dup.get(why, 0) + 1
-    return {**_summary([p for p in preds if p.row.mode != "disagg"]),
+    from simfoe.calibration.silicon_disagg import complete_summary
+
+    return {**_summary([p for p in preds if p.row.mode != "disagg"]), **complete_summary(preds, _summary),
             "by_mode": {m: _summary(v) for m, v in sorted(modes.items())},
             "by_group": {g: _summary(v) for g, v in sorted(groups.items())},
             "not_covered": dict(sorted(nc.items(), key=lambda kv: -kv[1])), "duplicates": dup}

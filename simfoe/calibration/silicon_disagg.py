@@ -1,11 +1,19 @@
 """Disaggregated silicon rows (issue 24.5): a ``mode=disagg`` row of AIConfigurator's H100 file as a
 prefill pool and a decode pool (:mod:`simfoe.serving.disagg`), replayed beside the aggregated rows.
 
-A row is complete when both sides give tp, attention DP, workers and batch size, and moe_ep for an
+A row is replayed when both sides give tp, attention DP, workers and batch size, and moe_ep for an
 MoE model (the data README: some disagg rows lack batch sizes or workers); others are not covered,
-with the missing column named. Each side's worker maps as an aggregated row's instance does
-(:func:`simfoe.calibration.silicon._layout`: attention TP ``tp`` inside each of ``attention_dp``
-ranks, experts over ``moe_ep`` x ``moe_tp``); a worker of more than one node takes whole nodes.
+with the missing column named. vLLM rows that record neither moe_tp nor moe_ep run vLLM's default
+(experts sliced over every GPU of the worker, :func:`_expert_split`). A row is *complete*
+(:func:`complete`) when, besides, its run records the client concurrency and that equals the
+columns' (decode batch x attention DP x workers): the rows of AIConfigurator's gap analysis record
+none (ids ``..._c_...``), and the aggregated rows of the same job replay 6-120% slow in TPOT, all
+too slow, where the replay is within a few % on the same models and engines at recorded
+concurrencies, so their columns do not give the load they ran (docs/calibration.md). Each side's
+worker maps as an aggregated row's instance does (:func:`simfoe.calibration.silicon._layout`:
+attention TP ``tp`` inside each of ``attention_dp`` ranks, experts over ``moe_ep`` x ``moe_tp``); a
+worker of more than one node takes whole nodes, its attention TP group too (TensorRT-LLM's decode
+workers of attention TP 16 on two nodes).
 The decode side's ``batch_size`` is its ``max_batch`` per rank (with the decode workers and their
 attention DP it is the client concurrency); the prefill side's, the prefill ranks'. The KV moves
 ``after`` prefill (vLLM's NIXL connector, TensorRT-LLM's and SGLang's transfer backends send a
@@ -16,6 +24,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
+
+import re
 
 from simfoe.calibration.silicon import (BACKEND_ENGINES, INFERENCEX_RANGE_RATIO, TOKEN_BUDGET, NotCovered,
                                         PoolColumns, Scenario, SiliconRow)
@@ -39,6 +49,16 @@ class DisaggScenario(Scenario):
         return (self.hardware, self.model, self.overrides, self.prefill, self.decode)
 
 
+def _expert_split(c: PoolColumns, backend: str) -> PoolColumns:
+    """``c`` with vLLM's default expert split where the row records none (moe_tp and moe_ep both 0 or
+    empty, the gap-analysis rows of vLLM): without ``--enable-expert-parallel`` vLLM's fused MoE slices
+    every expert over all tp x attention-DP GPUs (vllm/model_executor/layers/fused_moe/config.py,
+    FusedMoEParallelConfig.make: use_ep only with enable_expert_parallel, else moe tp = dp x tp)."""
+    if backend != "vllm" or c.moe_tp or c.moe_ep or not (c.tp and c.adp):
+        return c
+    return replace(c, moe_tp=c.tp * c.adp, moe_ep=1)
+
+
 def _pool_spec(side: str, c: PoolColumns, is_moe: bool, gpus_per_node: int) -> dict | NotCovered:
     """The PoolSpec mapping of one side of a row, or why it has none."""
     need = {"tp_size": c.tp, "attention_dp_size": c.adp, "num_workers": c.workers, "batch_size": c.batch_size}
@@ -51,8 +71,8 @@ def _pool_spec(side: str, c: PoolColumns, is_moe: bool, gpus_per_node: int) -> d
     if (c.pp or 1) > 1:
         return NotCovered("pp_size > 1: pipeline parallelism not modelled")
     gpus = c.tp * c.adp
-    if gpus > gpus_per_node and (gpus % gpus_per_node or c.tp > gpus_per_node):
-        return NotCovered(f"disagg: {side} attention TP {c.tp} spans nodes: not modelled")
+    if gpus > gpus_per_node and (gpus % gpus_per_node or (c.tp > gpus_per_node and c.tp % gpus_per_node)):
+        return NotCovered(f"disagg: {side} worker of {gpus} GPUs (attention TP {c.tp}) is not whole nodes")
     spec = {"arch": "moe", "nodes": max(1, gpus // gpus_per_node), "workers": c.workers,
             "moe": {"attention": "tp", "attention_tp": c.tp}, "engine": {"max_batch": c.batch_size}}
     if gpus < gpus_per_node:
@@ -73,8 +93,9 @@ def disagg_scenario(row: SiliconRow, hardware: str, preset: str, is_moe: bool, d
     specs = {}
     for side in ("prefill", "decode"):
         cols = getattr(row, side)
-        spec = _pool_spec(side, cols, is_moe, gpus_per_node) if cols is not None else NotCovered(
-            f"disagg: {side} columns missing")
+        if cols is None:
+            return NotCovered(f"disagg: {side} columns missing")
+        spec = _pool_spec(side, _expert_split(cols, row.backend), is_moe, gpus_per_node)
         if isinstance(spec, NotCovered):
             return spec
         specs[side] = json.dumps(spec, sort_keys=True)
@@ -118,3 +139,26 @@ def serve_disagg_row(sc: DisaggScenario, deployments, seed: int = 0, engines: di
         return simulate_disagg(sc.workload(), pre, dec, DisaggConfig(TRANSFER, FIRST_TOKEN, hw), seed=seed)
     except SpecError as e:
         return NotCovered(f"simulator refused: {e.field}")
+
+
+def recorded_concurrency(row: SiliconRow) -> int | None:
+    """The client concurrency the row's run records: ``silicon_concurrency=N`` in its source, else
+    ``_cN_`` in its id; None when neither does (AIConfigurator's gap-analysis rows, ids ``..._c_...``)."""
+    m = re.search(r"silicon_concurrency=(\d+)", row.source) or re.search(r"_c(\d+)_", row.id)
+    return int(m.group(1)) if m else None
+
+
+def complete(row: SiliconRow) -> bool:
+    """A disaggregated row with both sides' tp, attention DP, workers and batch size and a recorded
+    concurrency equal to the columns' (see the module docstring)."""
+    sides = (row.prefill, row.decode)
+    if row.mode != "disagg" or any(c is None or not all((c.tp, c.adp, c.workers, c.batch_size)) for c in sides):
+        return False
+    return recorded_concurrency(row) == row.concurrency
+
+
+def complete_summary(preds: list, summarize) -> dict:
+    """``summarize`` (silicon's per-group summary) of the complete disaggregated rows among ``preds``,
+    its keys prefixed ``disagg_complete_`` (flat, so that validation/tolerances.yaml can bound them)."""
+    s = summarize([p for p in preds if complete(p.row)])
+    return {f"disagg_complete_{k}": v for k, v in s.items()}

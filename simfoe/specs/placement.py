@@ -164,8 +164,10 @@ def resolve_moe(model: ModelSpec, gpus_per_node: int, p: PlacementSpec) -> MoELa
     moe = model.moe
     if p.moe.attention == "tp":
         tp = p.moe.attention_tp or min(gpus_per_node, G)
-        if gpus_per_node % tp:
-            raise SpecError("placement.moe.attention_tp", tp, f"must divide GPUs per node ({gpus_per_node})")
+        if (gpus_per_node % tp if tp <= gpus_per_node else tp % gpus_per_node or G % tp):
+            raise SpecError("placement.moe.attention_tp", tp, f"must divide GPUs per node ({gpus_per_node}), or be "
+                            f"whole nodes dividing the GPU count ({G}): a TP group spanning nodes, as TensorRT-LLM "
+                            "runs attention TP 16 on two nodes")
         if tp > model.attention.n_heads or model.attention.n_heads % tp:
             raise SpecError("placement.moe.attention_tp", tp, f"must divide the {model.attention.n_heads} query heads")
     else:
