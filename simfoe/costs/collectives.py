@@ -40,7 +40,11 @@ Algorithms (S = bytes per GPU, n = group size, k = GPUs of the group per node, m
   (:func:`all_reduce_algorithms`) is timed alone on a fresh copy of the cluster (memoized) and the fastest
   is run, so ``auto`` is never slower alone than an algorithm simfoe models.
 - all-gather / reduce-scatter: ring (multi-channel across nodes as above); (n-1) steps.
-- all-to-all direct: all pairs at once, one step; NVLink flows at ``all_to_all_nvlink_efficiency``.
+- all-to-all direct: all pairs at once, one step; NVLink flows at ``all_to_all_nvlink_efficiency``. Inside
+  one node, profiles that set ``all_to_all_alpha_s`` price NCCL's point-to-point kernel instead of the ring's
+  protocols: LL when no peer gets more than 16 KiB, else Simple at that latency; ``all_to_all_channel_pool``
+  splits the NVLink rate over the n peers, the GPU itself included ((n-1)/n of it), as NCCL splits its p2p
+  channels (src/enqueue.cc).
   Hierarchical (PXN-like, rail-aligned): phase 1, every GPU (a, i) sends over NVLink all data for GPU
   (b, j) to its own node's GPU (a, j) (data for its own node goes straight to the destination); phase 2,
   GPU (a, j) sends the aggregate for (b, j) over rail j to (b, j). The data then already sits on its
@@ -495,6 +499,35 @@ def send_recv(net: FlowNetwork, src: int, dst: int, nbytes: float, tag: str = "s
     yield net.transfer_many([int(src)], [int(dst)], [S], tag, lat, p.wire_factor)
 
 
+#: NCCL src/enqueue.cc addP2pToPlan (NCCL 2.29): a send/recv runs LL when its bytes <= nChannels x
+#: NCCL_P2P_LL_THRESHOLD (16384); inside one node a peer's first channel takes up to 64 KiB (p2pChunkSize / 8),
+#: so LL exactly when a peer gets <= 16 KiB, Simple above.
+P2P_LL_THRESHOLD = 16384
+
+
+def _a2a_direct_terms(net: FlowNetwork, g: np.ndarray, T: np.ndarray) -> tuple[float, float, float]:
+    """(latency s, protocol wire factor, NVLink wire factor) of a one-step direct all-to-all of ``T`` bytes.
+
+    Default: the protocol of the group's path whose estimate for the busiest sender is smallest, NVLink
+    flows at the all-to-all rate. Inside one node with ``all_to_all_alpha_s`` set, NCCL's p2p kernel:
+    LL (nvlink.ll_*) when no peer gets more than P2P_LL_THRESHOLD bytes, else Simple at that latency; with
+    ``all_to_all_channel_pool`` the n peers (self included) share the channels, (n-1)/n of the rate.
+    """
+    hw = net.cluster.hw
+    c, r = hw.collectives, rates(hw)
+    nv_wire = r.wire(r.all_to_all_nvlink)
+    spans = _spans_nodes(net, g)
+    if c.all_to_all_alpha_s is None or spans:
+        p, lat = _choose(net, g, 1, 1 if spans else 0, float(T.sum(axis=1).max()), _gpu_rate(net, g, r.all_to_all_nvlink))
+        return lat, p.wire_factor, nv_wire
+    if c.all_to_all_channel_pool:
+        nv_wire *= g.size / (g.size - 1)
+    ll = c.nvlink
+    if ll.ll_alpha_s is not None and float(T.max()) <= P2P_LL_THRESHOLD:
+        return ll.ll_alpha_s + ll.ll_hop_s, 1.0 / ll.ll_bandwidth_fraction, nv_wire
+    return c.all_to_all_alpha_s, 1.0, nv_wire
+
+
 def all_to_all(net: FlowNetwork, gpus, traffic, algorithm: str = "direct", tag: str = "all_to_all"):
     """All-to-all; ``traffic[i, j]`` = bytes from ``gpus[i]`` to ``gpus[j]`` (diagonal stays local)."""
     _check_algo("algorithm", algorithm, ALL_TO_ALL_ALGORITHMS)
@@ -511,14 +544,11 @@ def all_to_all(net: FlowNetwork, gpus, traffic, algorithm: str = "direct", tag: 
     if algorithm == "direct" or not _spans_nodes(net, g):
         i, j = np.nonzero(T)
         if i.size:
-            # one step; the busiest sender's bytes decide the protocol; NVLink flows at the all-to-all rate
-            r = rates(net.cluster.hw)
-            p, lat = _choose(net, g, 1, 1 if _spans_nodes(net, g) else 0, float(T.sum(axis=1).max()),
-                             _gpu_rate(net, g, r.all_to_all_nvlink))
+            lat, wf, nv_wire = _a2a_direct_terms(net, g, T)
             intra = (g[i] // dom) == (g[j] // dom)
             yield from _run_plan(net, (Phase(tuple(
-                Flows(g[i[s]], g[j[s]], T[i[s], j[s]], lat, p.wire_factor * w)
-                for s, w in ((intra, r.wire(r.all_to_all_nvlink)), (~intra, 1.0)) if s.any())),), tag)
+                Flows(g[i[s]], g[j[s]], T[i[s], j[s]], lat, wf * w)
+                for s, w in ((intra, nv_wire), (~intra, 1.0)) if s.any())),), tag)
         return
     shape = _uniform_shape(net, g)
     if shape is None:

@@ -15,7 +15,9 @@ read per rank, the 8-GPU 512 MiB all_gather would receive 2.7 TB/s per GPU over 
 Parameters fitted (each a real one): ``nvlink.efficiency`` (ring bus efficiency, the NVLink link rate),
 ``nvlink.alpha_s`` / ``ll_alpha_s`` / ``ll128_alpha_s`` (base latencies of Simple / LL / LL128),
 ``nvls.efficiency`` and ``nvls.alpha_s`` (in-switch all-reduce), ``all_to_all_nvlink_efficiency``. Per-step
-latencies and protocol bandwidth shares are NCCL's constants (fit_collectives.HOP_S, LL128_* below).
+latencies and protocol bandwidth shares are NCCL's constants (fit_collectives.HOP_S, LL128_* below). B200 and GB200
+(:func:`params_of`) also fit the LL / LL128 bandwidth shares and ``all_to_all_alpha_s`` (the one-node all-to-all
+as NCCL's p2p kernel), with ``all_to_all_channel_pool`` set (CHANNEL_POOL).
 
 Split, decided here: 8-GPU rows at even positions of the size ladder (512 B, 2 KiB, ... 512 MiB) are fitted;
 8-GPU rows at odd positions and every 2- and 4-GPU row are held out. The fit minimizes the mean relative
@@ -56,7 +58,21 @@ LL128_BW_FRACTION = 0.92
 LL128_SOURCE = "NCCL src/graph/tuning.cc hwLat[NVLINK][RING][LL128] = 1.9 us per step; ring LL128 busBw x 0.92 (NCCL 2.29)"
 PARAMS = ("nvlink.efficiency", "nvlink.alpha_s", "nvlink.ll_alpha_s", "nvlink.ll128_alpha_s",
           "nvls.efficiency", "nvls.alpha_s", "all_to_all_nvlink_efficiency")
+#: Blackwell fits also fit the LL / LL128 bandwidth shares (NCCL's 0.5 / 0.92 are its tuner's guesses; LL is
+#: further capped by llMaxBw, 282 GB/s on Blackwell) and price the one-node all-to-all as NCCL's p2p kernel
+#: (simfoe.costs.collectives._a2a_direct_terms) with its own Simple latency. H100 keeps PARAMS (its profiles and
+#: the numbers quoted from them are not refitted).
+P2P_PARAMS = ("nvlink.ll_bandwidth_fraction", "nvlink.ll128_bandwidth_fraction", "all_to_all_alpha_s")
+#: Profiles whose one-node all-to-all NVLink rate is the p2p channel pool's, shared by the n peers (self
+#: included): on both Blackwell tables a 512 MiB alltoall takes the same time on 2, 4 and 8 GPUs (B200 810 /
+#: 825 / 834 us) though the bytes on the wire grow as (n-1)/n; on H100 it grows with n (959 / 1397 / 1490 us).
+CHANNEL_POOL = ("b200-sxm", "gb200-nvl72")
 TARGETS = ("h100-sxm", "h100-sxm-measured", "h200-sxm", "h200-sxm-measured")
+
+
+def params_of(profile: str) -> tuple[str, ...]:
+    """The parameters the fit of ``profile`` (a key of SYSTEMS) sets."""
+    return PARAMS if profile == "h100-sxm" else PARAMS + P2P_PARAMS
 
 
 def load_nccl_tests(path: str | Path) -> pd.DataFrame:
@@ -77,22 +93,32 @@ def load_nccl_tests(path: str | Path) -> pd.DataFrame:
     return out.sort_values(["op", "n_gpus", "bytes"]).reset_index(drop=True)
 
 
-def with_params(hw: HardwareSpec, x) -> HardwareSpec:
-    """``hw`` with the PARAMS set to ``x`` (NCCL's LL128 hop and bandwidth share on the NVLink path)."""
+def with_params(hw: HardwareSpec, x, params: tuple[str, ...] = PARAMS, pool: bool = False) -> HardwareSpec:
+    """``hw`` with ``params`` (dotted names under ``collectives``) set to ``x``, NCCL's LL128 per-step latency
+    (and its LL128 share unless fitted) on the NVLink path, and ``all_to_all_channel_pool`` = ``pool``."""
     c = hw.collectives.model_dump()
-    v = dict(zip(PARAMS, (float(a) for a in x)))
-    c["nvlink"].update({"efficiency": v["nvlink.efficiency"], "alpha_s": v["nvlink.alpha_s"],
-                        "ll_alpha_s": v["nvlink.ll_alpha_s"], "ll128_alpha_s": v["nvlink.ll128_alpha_s"],
-                        "ll128_hop_s": LL128_HOP_S, "ll128_bandwidth_fraction": LL128_BW_FRACTION})
-    c["nvls"].update({"efficiency": v["nvls.efficiency"], "alpha_s": v["nvls.alpha_s"]})
-    c["all_to_all_nvlink_efficiency"] = v["all_to_all_nvlink_efficiency"]
+    c["nvlink"].update({"ll128_hop_s": LL128_HOP_S, "ll128_bandwidth_fraction": LL128_BW_FRACTION})
+    for name, v in zip(params, x):
+        *path, leaf = name.split(".")
+        node = c
+        for k in path:
+            node = node[k]
+        node[leaf] = float(v)
+    c["all_to_all_channel_pool"] = pool
     return hw.model_copy(update={"collectives": type(hw.collectives).model_validate(c)})
 
 
-def current_params(hw: HardwareSpec) -> list[float]:
-    c = hw.collectives
-    return [c.nvlink.efficiency, c.nvlink.alpha_s, c.nvlink.ll_alpha_s or 1e-5, c.nvlink.ll128_alpha_s or 1e-5,
-            c.nvls.efficiency, c.nvls.alpha_s, c.all_to_all_nvlink_efficiency or c.nvlink.efficiency]
+def current_params(hw: HardwareSpec, params: tuple[str, ...] = PARAMS) -> list[float]:
+    """Start values of ``params`` from ``hw`` (unset latencies 10 us, the all-to-all efficiency the ring's)."""
+    c = hw.collectives.model_dump()
+    start = {"all_to_all_nvlink_efficiency": c["nvlink"]["efficiency"]}
+    out = []
+    for name in params:
+        node = c
+        for k in name.split("."):
+            node = node.get(k) if isinstance(node, dict) else None
+        out.append(node if node is not None else start.get(name, 1e-5))
+    return out
 
 
 def predict_rows(hw: HardwareSpec, rows: pd.DataFrame) -> np.ndarray:
@@ -101,18 +127,20 @@ def predict_rows(hw: HardwareSpec, rows: pd.DataFrame) -> np.ndarray:
                      for r in rows.itertuples(index=False)])
 
 
-def _fit(hw: HardwareSpec, rows: pd.DataFrame) -> tuple[list[float], float]:
-    """Nelder-Mead on log latencies and efficiencies; returns (params, mean relative error on ``rows``)."""
+def _fit(hw: HardwareSpec, rows: pd.DataFrame, params: tuple[str, ...] = PARAMS,
+         pool: bool = False) -> tuple[list[float], float]:
+    """Nelder-Mead on log latencies and efficiencies (and bandwidth shares); returns (params, mean relative
+    error on ``rows``)."""
     meas = rows["time_s"].to_numpy()
-    is_eff = np.array(["efficiency" in p for p in PARAMS])
+    is_eff = np.array(["efficiency" in p or "fraction" in p for p in params])
 
     def unpack(z):
         return np.where(is_eff, np.clip(z, 0.05, 1.0), np.exp(np.minimum(z, 0.0)))
 
     def loss(z):
-        return float(np.mean(np.abs(predict_rows(with_params(hw, unpack(z)), rows) / meas - 1)))
+        return float(np.mean(np.abs(predict_rows(with_params(hw, unpack(z), params, pool), rows) / meas - 1)))
 
-    x0 = np.array(current_params(hw))
+    x0 = np.array(current_params(hw, params))
     z = np.where(is_eff, x0, np.log(x0))
     for _ in range(2):
         res = minimize(loss, z, method="Nelder-Mead", options={"xatol": 1e-3, "fatol": 1e-5, "maxiter": 900})
@@ -121,7 +149,7 @@ def _fit(hw: HardwareSpec, rows: pd.DataFrame) -> tuple[list[float], float]:
 
 
 def errors(hw: HardwareSpec, df: pd.DataFrame) -> dict:
-    """MAPE (%) per op and GPU count, by regime (>= / < 1 MiB) and split (fitted / held out)."""
+    """MAPE and median APE (%) per op and GPU count, by regime (>= / < 1 MiB) and split (fitted / held out)."""
     pred = predict_rows(hw, df)
     ape = np.abs(pred / df["time_s"].to_numpy() - 1) * 100
     d = df.assign(ape=ape, regime=np.where(df["bytes"] >= MIN_BYTES, ">=1MiB", "<1MiB"),
@@ -130,48 +158,65 @@ def errors(hw: HardwareSpec, df: pd.DataFrame) -> dict:
     for (op, n, reg), g in d.groupby(["op", "n_gpus", "regime"]):
         key = f"{op} {n} GPUs {reg}"
         out[key] = {"points": int(len(g)), "mape": round(float(g["ape"].mean()), 2),
-                    "max_ape": round(float(g["ape"].max()), 1),
-                    **{f"mape_{s}": round(float(gs["ape"].mean()), 2) for s, gs in g.groupby("split")}}
+                    "mdape": round(float(g["ape"].median()), 2), "max_ape": round(float(g["ape"].max()), 1)}
+        for s, gs in g.groupby("split"):
+            out[key].update({f"mape_{s}": round(float(gs["ape"].mean()), 2),
+                             f"mdape_{s}": round(float(gs["ape"].median()), 2)})
     return out
 
 
-def write_profiles(params, base: str = "h100-sxm", fit_gpus: int = FIT_GPUS) -> list[str]:
-    """Write the fitted PARAMS (with NCCL's LL128 terms) into every profile of TARGETS (H100's fit) or into
-    ``base``, with provenance; only the sections this fit owns (other fits write the rest of ``collectives``)."""
-    from simfoe.specs.io import load_hardware
-    from simfoe.specs.profile_io import update_profile
-
+def _provenance(base: str, fit_gpus: int, params: tuple[str, ...]) -> dict:
+    """Provenance of every value ``write_profiles`` sets in ``base``'s fit."""
     name = "../shared/data/" + table_of(base).as_posix()
     others = "odd positions and 2/4 GPUs" if fit_gpus == 8 else f"odd positions and fewer than {fit_gpus} GPUs"
     prov = {f"collectives.{p}": f"fit to {name} (nccl-tests, half, {fit_gpus} GPUs, even size positions; "
-            f"{others} held out), simfoe.costs.fit_nccl_tests" for p in PARAMS}
-    prov["collectives.nvlink.ll128_hop_s"] = prov["collectives.nvlink.ll128_bandwidth_fraction"] = LL128_SOURCE
+            f"{others} held out), simfoe.costs.fit_nccl_tests" for p in params}
+    prov["collectives.nvlink.ll128_hop_s"] = LL128_SOURCE
+    if "nvlink.ll128_bandwidth_fraction" not in params:
+        prov["collectives.nvlink.ll128_bandwidth_fraction"] = LL128_SOURCE
+    if base in CHANNEL_POOL:
+        prov["collectives.all_to_all_channel_pool"] = (
+            "NCCL src/enqueue.cc scheduleP2pTasksToPlan (2.29): per-peer channels halve until peers x channels fit "
+            f"the p2p channels; {name}: the 512 MiB alltoall takes the same time on every GPU count "
+            "(simfoe.costs.fit_nccl_tests.CHANNEL_POOL)")
+    return prov
+
+
+def write_profiles(params, base: str = "h100-sxm", fit_gpus: int = FIT_GPUS) -> list[str]:
+    """Write the fitted parameters (:func:`params_of`, with NCCL's LL128 terms) into every profile of TARGETS
+    (H100's fit) or into ``base``, with provenance; only the sections this fit owns (other fits write the rest
+    of ``collectives``)."""
+    from simfoe.specs.io import load_hardware
+    from simfoe.specs.profile_io import update_profile
+
+    names = params_of(base)
+    prov = _provenance(base, fit_gpus, names)
+    a2a = ("all_to_all_nvlink_efficiency",) + (() if names == PARAMS else ("all_to_all_alpha_s", "all_to_all_channel_pool"))
     written = []
     for t in TARGETS if base == "h100-sxm" else (base,):
-        c = with_params(load_hardware(t), params).collectives
+        c = with_params(load_hardware(t), params, names, base in CHANNEL_POOL).collectives
         pt = prov if not t.startswith("h200") else {
             k: f"copied from the h100-sxm fit (same NVLink4/NVSwitch gen3; no H200 table): {v}" for k, v in prov.items()}
-        for section, values in (("nvlink", c.nvlink.model_dump(exclude_none=True)),
-                                ("nvls", c.nvls.model_dump(exclude_none=True)),
-                                ("all_to_all_nvlink_efficiency", c.all_to_all_nvlink_efficiency)):
+        sections = [("nvlink", c.nvlink.model_dump(exclude_none=True)), ("nvls", c.nvls.model_dump(exclude_none=True))]
+        for section, values in sections + [(k, getattr(c, k)) for k in a2a]:
             path = update_profile(t, f"collectives.{section}", values, provenance=pt)
         written.append(str(path))
     return written
 
 
 def run_fit(shared: Path, write: bool, base: str = "h100-sxm") -> dict:
-    """Fit PARAMS of ``base`` (a key of SYSTEMS) on the fitted rows of its table; report errors on every row;
-    optionally write them (:func:`write_profiles`).
+    """Fit the parameters of ``base`` (a key of SYSTEMS; :func:`params_of`) on the fitted rows of its table;
+    report errors on every row; optionally write them (:func:`write_profiles`).
 
     Returns {"params", "fit_mape" (fitted rows, all sizes), "errors" (see :func:`errors`), "written"}.
     """
     from simfoe.specs.io import load_hardware
 
     df = load_nccl_tests(Path(shared) / table_of(base))
-    hw = load_hardware(base)
-    params, fit_mape = _fit(hw, df[~df["held_out"]])
-    hw = with_params(hw, params)
-    result = {"params": dict(zip(PARAMS, params)), "fit_mape": round(100 * fit_mape, 2), "errors": errors(hw, df),
+    hw, names, pool = load_hardware(base), params_of(base), base in CHANNEL_POOL
+    params, fit_mape = _fit(hw, df[~df["held_out"]], names, pool)
+    hw = with_params(hw, params, names, pool)
+    result = {"params": dict(zip(names, params)), "fit_mape": round(100 * fit_mape, 2), "errors": errors(hw, df),
               "written": []}
     if write:
         result["written"] = write_profiles(params, base, int(df["n_gpus"].max()))

@@ -117,6 +117,12 @@ class CollectiveCalibration(Spec):
     all_to_all_nvlink_efficiency: float | None = Field(
         None, gt=0, le=1.0, description="achieved NVLink rate of an all-to-all's flows / line rate "
         "(None: nvlink.efficiency, the ring's)")
+    all_to_all_alpha_s: float | None = Field(
+        None, ge=0, description="one-node all-to-all as NCCL's point-to-point kernel: latency of its Simple "
+        "protocol, s; LL (nvlink.ll_*) when no peer gets more than 16 KiB (None: the nvlink path's protocols)")
+    all_to_all_channel_pool: bool = Field(
+        False, description="one-node all-to-all: NCCL's p2p channels are split evenly over the n peers, the GPU "
+        "itself included, so a group of n sends at (n-1)/n of the all-to-all NVLink rate")
     deepep: DeepEPCalibration | None = Field(None, description="DeepEP dispatch/combine kernels "
                                              "(None: they use the nvlink/network calibration)")
 

@@ -1,0 +1,94 @@
+"""NCCL protocol choice (Simple / LL / LL128) and the point-to-point all-to-all of simfoe.costs.collectives."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from simfoe.costs.collectives import P2P_LL_THRESHOLD, predict
+from simfoe.specs.io import load_hardware
+
+#: hand-set NVLink path: Simple 10 us + 3.4 us/step at 0.8 x line rate; LL 5 us + 0.6 us/step at half of
+#: that; LL128 8 us + 1.9 us/step at 0.92 of it
+NVLINK = {"alpha_s": 10e-6, "efficiency": 0.8, "hop_s": 3.4e-6, "ll_alpha_s": 5e-6, "ll_hop_s": 0.6e-6,
+          "ll_bandwidth_fraction": 0.5, "ll128_alpha_s": 8e-6, "ll128_hop_s": 1.9e-6, "ll128_bandwidth_fraction": 0.92}
+PATH_S = 2e-6  # node.nvlink_latency_s set below: every flow's path latency
+
+
+def _hw(nvlink: dict, **collectives):
+    """h100-sxm (450 GB/s NVLink) with the given NVLink path calibration and collective fields."""
+    hw = load_hardware("h100-sxm")
+    c = hw.collectives
+    coll = c.model_copy(update={"nvlink": type(c.nvlink)(**nvlink), **collectives})
+    return hw.model_copy(update={"collectives": coll, "node": hw.node.model_copy(update={"nvlink_latency_s": PATH_S})})
+
+
+def _only(protocol: str) -> dict:
+    """NVLINK with the other protocols removed (LL128 / LL absent) or priced out (Simple: 1 s base)."""
+    out = dict(NVLINK)
+    if protocol != "ll128":
+        out["ll128_alpha_s"] = None
+    if protocol != "ll":
+        out["ll_alpha_s"] = None
+    if protocol != "simple":
+        out["alpha_s"] = 1.0
+    return out
+
+
+@pytest.mark.parametrize("S, proto, expected_us", [
+    # 8-GPU ring all-gather of S bytes: 7 steps, 7/8 S per GPU at 360 GB/s x the protocol's share
+    (64 * 1024, "ll", 5 + 7 * 0.6 + 7 / 8 * 65536 / 180e3 + 2),            # 11.5 (Simple 36.0, LL128 23.5)
+    (16 * 2**20, "ll128", 8 + 7 * 1.9 + 7 / 8 * 16777216 / (0.92 * 360e3) + 2),  # 67.6 (LL 92.8, Simple 76.6)
+    (256 * 2**20, "simple", 10 + 7 * 3.4 + 7 / 8 * 268435456 / 360e3 + 2),  # 688 (LL128 732)
+])
+def test_protocol_choice_by_hand(S, proto, expected_us):
+    """The fastest protocol for the size is the one NCCL's tuning model picks, at its own latency and share."""
+    hw = _hw(NVLINK)
+    t = predict(hw, "all_gather", 8, S / 8)
+    assert t == pytest.approx(expected_us * 1e-6, rel=1e-6)
+    assert t == pytest.approx(predict(_hw(_only(proto)), "all_gather", 8, S / 8), rel=1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(op=st.sampled_from(["all_reduce", "all_gather", "reduce_scatter"]), n=st.sampled_from([2, 4, 8]),
+       log_bytes=st.floats(3.0, 9.0), grow=st.floats(1.0, 4.0))
+def test_min_over_protocols_never_above_one_protocol_and_monotone(op, n, log_bytes, grow):
+    """The price is the minimum over the protocols: never above any single protocol's, and monotone in bytes."""
+    S = 10 ** log_bytes
+    full = predict(_hw(NVLINK), op, n, S, "ring" if op == "all_reduce" else "auto")
+    for proto in ("simple", "ll", "ll128"):
+        single = predict(_hw(_only(proto)), op, n, S, "ring" if op == "all_reduce" else "auto")
+        assert full <= single * (1 + 1e-9)
+    assert predict(_hw(NVLINK), op, n, S * grow, "ring" if op == "all_reduce" else "auto") >= full * (1 - 1e-9)
+
+
+def test_p2p_all_to_all_by_hand():
+    """With all_to_all_alpha_s set, one node: Simple at that latency when a peer gets more than 16 KiB, LL
+    (nvlink.ll_*) up to 16 KiB; with the channel pool the n peers (self included) share the rate."""
+    rate = 450e9 * 0.7
+    hw = _hw(NVLINK, all_to_all_nvlink_efficiency=0.7, all_to_all_alpha_s=20e-6, all_to_all_channel_pool=True)
+    s = 2**20  # per peer, 4 GPUs: 3 peers, the rate shared by 4 slots
+    assert predict(hw, "all_to_all", 4, s) == pytest.approx(20e-6 + PATH_S + 3 * s * (4 / 3) / rate, rel=1e-6)
+    s = P2P_LL_THRESHOLD  # LL: 5 + 0.6 us, half the rate
+    assert predict(hw, "all_to_all", 4, s) == pytest.approx(5.6e-6 + PATH_S + 3 * s * (4 / 3) / (0.5 * rate), rel=1e-6)
+    no_pool = hw.model_copy(update={"collectives": hw.collectives.model_copy(update={"all_to_all_channel_pool": False})})
+    assert predict(no_pool, "all_to_all", 4, 2**20) == pytest.approx(20e-6 + PATH_S + 3 * 2**20 / rate, rel=1e-6)
+
+
+@pytest.mark.parametrize("buffer", [2**20, 2**26, 2**29])
+def test_channel_pool_prices_the_whole_buffer(buffer):
+    """NCCL's p2p channels split over n slots: one GPU's whole send buffer (its own piece included) takes the
+    same time on 2, 4 and 8 GPUs, as the Blackwell tables measure (B200 512 MiB: 810 / 825 / 834 us)."""
+    hw = _hw(NVLINK, all_to_all_nvlink_efficiency=0.7, all_to_all_alpha_s=20e-6, all_to_all_channel_pool=True)
+    times = [predict(hw, "all_to_all", n, buffer / n) for n in (2, 4, 8)]
+    assert times == pytest.approx([times[0]] * 3, rel=1e-9)
+
+
+def test_profiles_without_the_p2p_fields_price_as_before():
+    """all_to_all_alpha_s unset: the all-to-all keeps the path's protocols (LL128 too) at one step."""
+    hw = _hw(NVLINK, all_to_all_nvlink_efficiency=0.7)
+    s = 2**20
+    rate = 450e9 * 0.7
+    simple = 10e-6 + 3.4e-6 + 7 * s / rate
+    ll128 = 8e-6 + 1.9e-6 + 7 * s / (0.92 * rate)
+    assert predict(hw, "all_to_all", 8, s) == pytest.approx(min(simple, ll128) + PATH_S, rel=1e-6)
