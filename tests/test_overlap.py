@@ -47,6 +47,29 @@ def test_two_programs_expose_a_long_collective():
     assert lat < 2 * run_programs(HW, 1, [_program(1.5)])[0]
 
 
+def test_later_layers_of_a_chain_repeat_the_first_layers_collectives():
+    # two layers, collective 0.5 s in layer 0 and 1.5 s in layer 1; stages A | B A' | B'. Repeating layer 0's:
+    # mb0 A 0-1 (coll 1-1.5), mb1 A 1-2 (coll 2-2.5), mb0 B 2-3 A' 3-4 (coll 4-4.5), mb1 B 4-5 A' 5-6 (coll 6-6.5),
+    # mb0 B' 6-7, mb1 B' 7-8. With layer 1's own 1.5 s: mb0's coll 4-5.5, mb1's 6-7.5, so mb1 B' 7.5-8.5
+    chain = _program(0.5) + _program(1.5)
+    assert run_programs(HW, 1, [chain, chain], layer_steps=3)[0] == pytest.approx(8.0)
+    assert run_programs(HW, 1, [chain, chain])[0] == pytest.approx(8.5)
+    # one program: 1 + 0.5 + 1, twice
+    assert run_programs(HW, 1, [chain], layer_steps=3)[0] == pytest.approx(5.0)
+
+
+def test_repeated_collectives_put_no_bytes_on_the_fabric():
+    """A later layer's all-reduce lasts what the first one took and moves nothing; the pass's bytes are the
+    first layer's (the caller scales them to all layers)."""
+    g = (np.arange(G),)
+    layer = [Compute("attention", np.full(G, 1e-3)), Collective("all_reduce", "all_reduce", g, (64e6,)),
+             Compute("dense_ffn", np.full(G, 1e-3))]
+    lat1, _, bytes1 = run_programs(HW, 1, [layer])
+    lat2, _, bytes2 = run_programs(HW, 1, [layer + layer], layer_steps=3)
+    assert lat2 == pytest.approx(2 * lat1, rel=1e-12)
+    assert bytes2 == bytes1 and bytes1["all_reduce"]["intra_node"] > 0
+
+
 @settings(max_examples=60, deadline=None)
 @given(pf=hs.integers(0, 64), plen=hs.integers(1, 4096), past=hs.integers(0, 4096),
        ds=hs.integers(0, 300), ctx=hs.integers(1, 8192))
@@ -135,13 +158,16 @@ def test_decode_overlap_reads_weights_twice():
     ("qwen3-30b-a3b", 2, "moe", "prefill", 4),
     # FoE, one GPU per cluster: a layer is one stage per micro-batch, so a turn measured from layer 0 lacks
     # the other micro-batch's experts (27% short on one node) or sees both all-reduces at once (19% long on 2)
-    ("olmoe-1b-7b", 1, "foe", "decode", 64), ("olmoe-1b-7b", 2, "foe", "prefill", 4)])
+    ("olmoe-1b-7b", 1, "foe", "decode", 64), ("olmoe-1b-7b", 2, "foe", "prefill", 4),
+    # decode across nodes: low-latency dispatch and combine, which the chain's later layers repeat
+    ("qwen3-30b-a3b", 2, "moe", "decode", 256)])
 def test_per_layer_chain_matches_the_steady_state_extrapolation(model, nodes, arch, phase, batch):
     kw = dict(model=model, nodes=nodes, arch=arch, routing="uniform", phase=phase, batch=batch,
               seq_len=1024 if phase == "decode" else 2048, hardware="h100-sxm")
     chained = forward(overrides=["placement.overlap=two-batch"], per_layer=True, **kw)
     scaled = forward(overrides=["placement.overlap=two-batch"], **kw)
-    # a chain of OVERLAP_CHAIN layers (own routing samples) extrapolated at its steady rate vs all layers chained
+    # a chain of OVERLAP_CHAIN layers (own routing samples; the later layers' collectives repeat the first
+    # layer's seconds) extrapolated at its steady rate vs all layers chained, every collective on the fabric
     assert chained["latency_s"] == pytest.approx(scaled["latency_s"], rel=0.01)
     assert chained["micro_batches"] == scaled["micro_batches"] == 2
 
@@ -242,5 +268,7 @@ def test_timeline_shows_a_dispatch_under_the_other_micro_batchs_attention():
     assert {e["name"] for e in compute} >= {"attention mb0", "attention mb1", "experts mb0", "experts mb1"}
     assert all("stage" in e["args"] for e in compute)
     first_a2a = min(e["ts"] for e in events if e["name"] == "all_to_all")
+    # the chain's later layers show their collectives too, as repeats of the first layer's
+    assert any(e["args"].get("repeats") for e in events if e["name"] == "all_to_all")
     attn1 = min((e for e in compute if e["name"] == "attention mb1"), key=lambda e: e["ts"])
     assert first_a2a < attn1["ts"] + attn1["dur"]
