@@ -149,7 +149,8 @@ def _fit(hw: HardwareSpec, rows: pd.DataFrame, params: tuple[str, ...] = PARAMS,
 
 
 def errors(hw: HardwareSpec, df: pd.DataFrame) -> dict:
-    """MAPE and median APE (%) per op and GPU count, by regime (>= / < 1 MiB) and split (fitted / held out)."""
+    """MAPE, median APE and share of rows within 25% (%) per op and GPU count, by regime (>= / < 1 MiB) and
+    split (fitted / held out)."""
     pred = predict_rows(hw, df)
     ape = np.abs(pred / df["time_s"].to_numpy() - 1) * 100
     d = df.assign(ape=ape, regime=np.where(df["bytes"] >= MIN_BYTES, ">=1MiB", "<1MiB"),
@@ -158,7 +159,8 @@ def errors(hw: HardwareSpec, df: pd.DataFrame) -> dict:
     for (op, n, reg), g in d.groupby(["op", "n_gpus", "regime"]):
         key = f"{op} {n} GPUs {reg}"
         out[key] = {"points": int(len(g)), "mape": round(float(g["ape"].mean()), 2),
-                    "mdape": round(float(g["ape"].median()), 2), "max_ape": round(float(g["ape"].max()), 1)}
+                    "mdape": round(float(g["ape"].median()), 2), "max_ape": round(float(g["ape"].max()), 1),
+                    "within_25": round(100 * float((g["ape"] <= 25).mean()), 1)}
         for s, gs in g.groupby("split"):
             out[key].update({f"mape_{s}": round(float(gs["ape"].mean()), 2),
                              f"mdape_{s}": round(float(gs["ape"].median()), 2)})
