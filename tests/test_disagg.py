@@ -356,3 +356,32 @@ def test_attention_tp_group_of_whole_nodes_spans_them():
         with pytest.raises(SpecError) as e:
             resolve_moe(m, 8, PlacementSpec(nodes=nodes, moe={"attention_tp": tp}))
         assert e.value.field == "placement.moe.attention_tp"
+
+
+def test_validate_silicon_prints_the_complete_disagg_rows(tmp_path, capsys):
+    """A disaggregated row whose run records its concurrency (id ``_c2_``: 2 = batch 2 x 1 worker) is judged
+    on its own line; one without (the gap-analysis ids ``_c_``) only in the disagg rows."""
+    import csv
+
+    from simfoe.cli import main
+
+    cols = ["id", "silicon_data_source", "backend", "backend_version", "model_path", "system", "mode", "isl", "osl",
+            "gemm_quant_mode", "silicon_ttft_ms", "silicon_tpot_ms"] + [
+        f"{side}_{c}" for side in ("prefill", "decode")
+        for c in ("batch_size", "num_workers", "tp_size", "pp_size", "attention_dp_size")]
+    row = dict(silicon_data_source="src", backend="vllm", backend_version="0.12.0", model_path="Qwen/Qwen3-32B",
+               system="h100_sxm", mode="disagg", isl=64, osl=4, gemm_quant_mode="fp8", silicon_ttft_ms=50.0,
+               silicon_tpot_ms=10.0, prefill_batch_size=1, prefill_num_workers=1, prefill_tp_size=1, prefill_pp_size=1,
+               prefill_attention_dp_size=1, decode_batch_size=2, decode_num_workers=1, decode_tp_size=1,
+               decode_pp_size=1, decode_attention_dp_size=1)
+    path = tmp_path / "mini.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows([{**row, "id": "q_disagg_64x4_c2_1"}, {**row, "id": "q_disagg_64x4_c_2", "silicon_ttft_ms": 60.0}])
+    (tmp_path / "t.yaml").write_text("sources: {}\n")
+    assert main(["validate", "--silicon", str(path), "--jobs", "1", "--tolerances", str(tmp_path / "t.yaml")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    done = [x for x in lines if x.startswith("complete disagg rows (concurrency recorded)")]
+    assert len(done) == 1 and done[0].split()[5:7] == ["1", "1"]  # rows, covered
+    assert [x.split()[3:5] for x in lines if x.startswith("all disagg rows")] == [["2", "2"]]
