@@ -224,3 +224,22 @@ def test_every_blackwell_table_source_has_a_tolerance():
                 assert f"kernels:{system}:{p}:{split}" in tol
         for op in ("all_reduce", "all_gather", "reduce_scatter", "alltoall"):
             assert {f"nccl:{system}:{op}", f"nccl:{system}:{op}:small", f"nccl:{system}:{op}:2gpu"} <= set(tol)
+
+
+def test_fused_moe_rows_pay_for_every_routed_slot(b200_tables):
+    """A fused-MoE table row hands all T x top-k slots to the kernel whatever the EP: at EP = E (one local
+    expert) its price is the local experts' GEMMs plus moe_slots of the T x top-k slots, not of the local rows."""
+    from simfoe.calibration.fit_profile import predict_kernel_row
+
+    hw = load_hardware("b200-sxm")
+    assert hw.kernels["grouped_gemm"].get("slot_bytes", 0.0) > 0.0
+    p = [p for p in FT.table_parts(b200_tables) if p.label == "fused moe bf16"][0]
+    one = p.rows[p.rows.tokens_per_expert.str.count(";") == 0].iloc[[-1]]  # one local expert
+    r = next(one.itertuples(index=False))
+    local = float(r.tokens_per_expert)
+    assert r.slots > local
+    walked = predict_kernel_row(hw, r)
+    # without the column: the local rows, as a serving GPU that received only its own tokens
+    alone = predict_kernel_row(hw, next(one.drop(columns="slots").itertuples(index=False)))
+    extra = K.moe_slots(hw, r.slots, int(r.k), int(r.n)).latency_s - K.moe_slots(hw, local, int(r.k), int(r.n)).latency_s
+    assert walked - alone == pytest.approx(extra) and extra > 0.0

@@ -84,6 +84,30 @@ def test_grouped_gemm_row_tiles_by_hand():
         K.grouped_gemm(H100D, [5, 7], 1024, 1024).latency_s - H100.kernels["gemm"]["launch_s"] + 1e-3)
 
 
+def test_moe_slots_by_hand_and_absent_without_its_keys():
+    """Per-slot work of a fused MoE kernel: slots x (hidden x slot_bytes + inter x slot_inter_bytes) bytes at
+    the grouped family's mem_eff of HBM; the fp8 family's keys price fp8 slots only; no keys, no cost."""
+    fam = {"mem_eff": 0.5, "slot_bytes": 2.0, "slot_inter_bytes": 1.0}
+    hw = RAW.model_copy(update={"kernels": {"grouped_gemm": fam, "grouped_gemm_fp8": {"slot_bytes": 4.0}}})
+    c = K.moe_slots(hw, 100, 1000, 10)
+    assert c.bytes == 100 * (1000 * 2.0 + 10 * 1.0) and c.bound == "memory" and c.flops == 0.0
+    assert c.latency_s == pytest.approx(201_000 / (BW * 0.5))
+    assert K.moe_slots(hw, 100, 1000, 10, "fp8").bytes == 100 * (1000 * 4.0 + 10 * 1.0)
+    for prof in (H100, A100, H200, H100M, RAW):  # profiles fitted before the term price experts as before
+        assert K.moe_slots(prof, 4096, 7168, 2048).latency_s == 0.0
+    assert K.moe_slots(hw, 0, 1000, 10).latency_s == 0.0
+    with pytest.raises(SpecError):
+        K.moe_slots(hw, -1, 1000, 10)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.floats(0, 1e6), st.floats(0, 1e6), st.integers(1, 16384), st.integers(1, 8192))
+def test_moe_slots_grow_with_the_slots(a, b, hidden, inter):
+    hw = RAW.model_copy(update={"kernels": {"grouped_gemm": {"slot_bytes": 1.5, "slot_inter_bytes": 0.5}}})
+    lo, hi = sorted((a, b))
+    assert K.moe_slots(hw, lo, hidden, inter).latency_s <= K.moe_slots(hw, hi, hidden, inter).latency_s
+
+
 def test_gemm_fp8_family_prices_fp8_only():
     """kernels.gemm_fp8 overrides kernels.gemm for fp8 GEMMs only; without it fp8 takes the bf16 fit."""
     hw8 = H100.model_copy(update={"kernels": {**H100.kernels, "gemm_fp8": {"eff_max": 0.3}}})

@@ -36,6 +36,9 @@ computed at the bf16 peak (H100 has no fp4 tensor cores); fp4 x fp4 needs an ``f
     tiles every expert's rows separately, so skewed loads leave more partial tiles than uniform ones);
     optional ``m_tile_small`` used instead when the mean rows per expert are at most ``small_rows``
     (kernels that pick a smaller tile for small groups). Without ``m_tile``: ``m_pad`` as for ``gemm``.
+    Optional ``slot_bytes`` and ``slot_inter_bytes`` (bytes per element): the fused MoE kernel's work per
+    routed token slot, priced as slots x (hidden x ``slot_bytes`` + inter x ``slot_inter_bytes``) bytes at the
+    family's ``mem_eff`` of HBM (:func:`moe_slots`); absent, 0.
 ``elementwise`` (and optional ``elementwise_norm``, ``elementwise_act``, ``elementwise_add``)
     ``mem_eff``, ``mem_floor_bytes``, ``launch_s``.
 ``attention_prefill``
@@ -353,6 +356,21 @@ def grouped_gemm(hw, tokens_per_expert, n: int, k: int, dtype: str = "bf16",
     t_c = 2.0 * rows * (n + g["n_pad"]) * (k + g["k_pad"]) / (hw.peak(mdt) * g["eff_max"])
     t_m = (nbytes + g["mem_floor_bytes"]) / (hw.gpu.hbm_bandwidth * g["mem_eff"])
     return _cost(t_c, t_m, g["smooth_p"], g["launch_s"], flops, nbytes)
+
+
+def moe_slots(hw, slots: float, hidden: int, inter: int, dtype: str = "bf16", weights: str | None = None) -> KernelCost:
+    """Per-slot work of a fused MoE kernel (permute, quantization, activation hand-off and finalize of every
+    routed token x expert slot it walks, whatever the experts' owner): ``slots`` x (``hidden`` x
+    ``slot_bytes`` + ``inter`` x ``slot_inter_bytes``) bytes of the grouped family (``inter``: the expert's
+    intermediate width on this GPU), at ``hbm_bandwidth * mem_eff`` (s). Zero without those keys (the
+    routing is then in the fitted efficiencies, as before). No launch: part of the fused launch."""
+    s = _pos("slots", slots, allow_zero=True)
+    h, f = _pos("hidden", hidden), _pos("inter", inter)
+    g = grouped_params(hw, operands(dtype, weights)[2])
+    nbytes = s * (h * g.get("slot_bytes", 0.0) + f * g.get("slot_inter_bytes", 0.0))
+    if nbytes <= 0.0:
+        return KernelCost(0.0, 0.0, 0.0, "launch")
+    return KernelCost(nbytes / (hw.gpu.hbm_bandwidth * g["mem_eff"]), 0.0, nbytes, "memory")
 
 
 def _check_heads(n_heads, n_kv_heads, head_dim) -> tuple[float, float, float]:

@@ -106,6 +106,12 @@ class _Costs:
         f = self.formats
         return K.grouped_gemm(self.hw, np.rint(loads), int(n), int(k), f.gemm_activations, f.expert_weights).latency_s
 
+    def slots(self, rows: float, h, width) -> float:
+        """Per-slot work of the fused MoE kernel over ``rows`` local token-expert rows (0 unless the profile
+        fitted it, see simfoe.costs.kernels.moe_slots)."""
+        f = self.formats
+        return K.moe_slots(self.hw, float(rows), int(h), int(width), f.gemm_activations, f.expert_weights).latency_s
+
     def attn_prefill(self, tokens, pairs, h, hkv, d, mla: bool = False) -> float:
         """Prefill chunks as one non-causal block of ``tokens`` queries x pairs/tokens keys
         (FLOPs = 4 h d pairs, the causal count the caller computed); ``mla``: the profile's MLA family."""
@@ -198,12 +204,14 @@ def _ffn_seconds(c: _Costs, model: ModelSpec, tokens: int, width: float) -> floa
 
 
 def _experts_seconds(c: _Costs, model: ModelSpec, loads: np.ndarray, width: int) -> float:
-    """Grouped expert FFN on one GPU; ``loads`` = tokens per local expert."""
+    """Grouped expert FFN on one GPU; ``loads`` = tokens per local expert. The fused kernel walks the rows
+    dispatched to this GPU (its routed slots: ``loads.sum()``)."""
     if loads.sum() <= 0:
         return 0.0
     h, b = model.hidden, c.act_bytes
     up = (2 if model.gated else 1) * width
-    return (c.grouped(loads, up, h) + c.ew(3 * loads.sum() * width * b, "act") + c.grouped(loads, h, width))
+    return (c.grouped(loads, up, h) + c.ew(3 * loads.sum() * width * b, "act") + c.grouped(loads, h, width)
+            + c.slots(loads.sum(), h, width))
 
 
 def _glue_seconds(c: _Costs, loads: np.ndarray, ranks: int, tokens: float) -> float:
