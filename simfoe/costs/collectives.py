@@ -469,24 +469,23 @@ def all_reduce(net: FlowNetwork, gpus, nbytes: float, algorithm: str = "auto", t
 
 def all_gather(net: FlowNetwork, gpus, nbytes_per_rank: float, algorithm: str = "auto", tag: str = "all_gather"):
     """All-gather: every GPU contributes ``nbytes_per_rank`` bytes and ends with all n pieces (ring)."""
-    _check_algo("algorithm", algorithm, RING_ALGORITHMS)
-    g = _group(net, gpus)
-    s = _nbytes("nbytes_per_rank", nbytes_per_rank)
-    n = g.size
-    if n == 1 or s == 0:
-        return
-    yield from _run_plan(net, _ring_plan(net, g, (n - 1) * s), tag)
+    yield from _ring_collective(net, gpus, algorithm, tag, "nbytes_per_rank", nbytes_per_rank, lambda n, s: (n - 1) * s)
 
 
 def reduce_scatter(net: FlowNetwork, gpus, nbytes: float, algorithm: str = "auto", tag: str = "reduce_scatter"):
     """Reduce-scatter of ``nbytes`` bytes per GPU; each ends with a reduced 1/n shard (ring)."""
+    yield from _ring_collective(net, gpus, algorithm, tag, "nbytes", nbytes, lambda n, S: (n - 1) / n * S)
+
+
+def _ring_collective(net: FlowNetwork, gpus, algorithm: str, tag: str, field: str, nbytes: float, per_gpu):
+    """All-gather or reduce-scatter of ``nbytes`` (argument ``field``, bytes) over ``gpus``: a ring plan in which
+    each GPU streams ``per_gpu(n, nbytes)`` bytes in all (SimPy process generator)."""
     _check_algo("algorithm", algorithm, RING_ALGORITHMS)
     g = _group(net, gpus)
-    S = _nbytes("nbytes", nbytes)
-    n = g.size
-    if n == 1 or S == 0:
+    s = _nbytes(field, nbytes)
+    if g.size == 1 or s == 0:
         return
-    yield from _run_plan(net, _ring_plan(net, g, (n - 1) / n * S), tag)
+    yield from _run_plan(net, _ring_plan(net, g, per_gpu(g.size, s)), tag)
 
 
 def send_recv(net: FlowNetwork, src: int, dst: int, nbytes: float, tag: str = "send_recv"):
