@@ -307,12 +307,23 @@ def _foe_shape(G: int, C: int, gpn: int, ec: int, g_set: int | None = None, unit
     return g, cpg
 
 
-def _foe_fits(model: ModelSpec, G: int, C: int, dom: int, f: FoEPlacement) -> bool:
-    """Whether C clusters (experts derived as :func:`resolve_foe` does) have a shape on G GPUs, ``dom`` per
-    NVLink domain."""
+def _foe_experts(model: ModelSpec, C: int, f: FoEPlacement) -> int | None:
+    """Experts per cluster of C clusters as :func:`resolve_foe` derives them (the shared slice checked too);
+    None when the derivation is refused."""
     try:
         ec = derive_foe_experts(model, C, f)[0]
         derive_foe_shared(model, C, f)
+    except SpecError:
+        return None
+    return ec
+
+
+def _shape_fits(G: int, C: int, dom: int, ec: int | None) -> bool:
+    """Whether C clusters of ``ec`` experts (None: not derivable) have a shape on G GPUs, ``dom`` per NVLink
+    domain."""
+    if ec is None:
+        return False
+    try:
         _foe_shape(G, C, min(dom, G), ec)
     except SpecError:
         return False
@@ -334,9 +345,10 @@ def _foe_misfit(model: ModelSpec, p: PlacementSpec, gpn: int, C: int, e: SpecErr
     else:
         why = (f"that is {e.value} GPUs per cluster, which do not split a cluster's "
                f"{derive_foe_experts(model, C, p.foe)[0]} experts evenly")
-    nodes_ok = [str(n) for n in range(1, 65) if _foe_fits(model, n * gpn, C, dom, p.foe)][:6]
+    ec = _foe_experts(model, C, p.foe)  # derived once for every node count tried
+    nodes_ok = [str(n) for n in range(1, 65) if _shape_fits(n * gpn, C, dom, ec)][:6]
     cs = [c for c in range(1, heads + 1) if heads % c == 0 and a.n_heads % c == 0]
-    cs_ok = [str(c) for c in cs if _foe_fits(model, G, c, dom, p.foe)]
+    cs_ok = [str(c) for c in cs if _shape_fits(G, c, dom, _foe_experts(model, c, p.foe))]
     on_these = (f"placement.foe.clusters={' or '.join(cs_ok)} on {p.nodes} node(s)" if cs_ok else
                 f"no cluster count that divides the {heads} {unit} fits {p.nodes} node(s)")
     return SpecError("nodes", p.nodes,
