@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 
 from simfoe.errors import SpecError
 from simfoe.planner.layouts import Candidate
-from simfoe.planner.search import TOKEN_BUDGETS, _chunk_ranks, _s, per_gpu_or_dollar
+from simfoe.planner.search import TOKEN_BUDGETS, TopTwo, _chunk_ranks, _s, per_gpu_or_dollar
 
 #: How the pools are joined in a probe (simfoe.serving.disagg): KV sent layer by layer, first token from prefill.
 KV_TRANSFER, FIRST_TOKEN = "layerwise", "prefill"
@@ -365,14 +365,14 @@ class DisaggSearch:
         """Branch and bound over ``deps`` (module docstring, step 3); ``seeds``: (score, tokens/s per user)
         of the aggregated layouts that passed."""
         done = list(seeds)
-        top = sorted((s for s, _ in seeds), reverse=True)[:2]
+        top = TopTwo.of(s for s, _ in seeds)
         order = sorted(deps, key=lambda d: -self.score(d.bound_rps * self.st.mean_output, d.gpus, d.price))
         # the best-bound deployment of each architecture is simulated whatever its bound (the report compares them)
         baselines = {id(next(d for d in order if d.stairs and d.pre.cand.arch == a))
                      for a in {d.pre.cand.arch for d in order if d.stairs}}
         for dep in order:
             b = self.score(dep.bound_rps * self.st.mean_output, dep.gpus, dep.price)
-            second = top[1] if len(top) >= 2 else None
+            second = top.runner_up
             if not dep.stairs:
                 dep.status, dep.reason_kind = "pruned", "latency bound: TTFT at the concurrency"
                 dep.reason = ("at no decode batch can its bound rate carry the clients not decoding through a mean "
@@ -390,7 +390,7 @@ class DisaggSearch:
             if dep.status == "feasible":
                 s = self.score(dep.output_tps, dep.gpus, dep.price)
                 done.append((s, dep.user_tps or 0.0))
-                top = sorted(top + [s], reverse=True)[:2]
+                top.add(s)
 
     def _dominated(self, dep: Deployment, done: list[tuple[float, float]]) -> bool:
         """Whether every (score, tokens/s per user) bound of ``dep``'s staircase has an achieved point in
@@ -463,9 +463,9 @@ class DisaggSearch:
         from simfoe.serving.api import simulate
 
         e, pl, out = expected_tokens_per_step(1), self.pl, []
-        top = sorted((self._entry_score(x) for x in entries), reverse=True)[:2]
+        top = TopTwo.of(self._entry_score(x) for x in entries)
         for ev in sorted((v for v in evs if v.bound_rps is not None), key=lambda v: -pl._score(v, bound=True)):
-            if len(top) >= 2 and pl._score(ev, bound=True) * e <= top[1]:
+            if top.runner_up is not None and pl._score(ev, bound=True) * e <= top.runner_up:
                 continue
             t0 = time.perf_counter()
             res = simulate(self.closed, ev.cost or pl._cost(ev.fm), ev.fm.kv_capacity_tokens(mtp=True),
@@ -482,7 +482,7 @@ class DisaggSearch:
             out.append({"label": entry["label"], "status": "feasible" if p["ok"] else "infeasible", "probe": p,
                         "entry": entry})
             if p["ok"]:
-                top = sorted(top + [self._entry_score(entry)], reverse=True)[:2]
+                top.add(self._entry_score(entry))
             if self.cfg.progress:
                 self.cfg.progress(f"{entry['label']}: {out[-1]['status']} {self._entry_score(entry):.3g}")
         return out

@@ -88,6 +88,28 @@ def _s(x: float | None) -> str:
 
 
 @dataclass
+class TopTwo:
+    """The best two scores achieved so far in a search (higher is better; units of the ranking metric): a layout
+    whose bound is not above the runner-up cannot rank in the top two, so the search may prune it."""
+
+    scores: list[float] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, scores) -> TopTwo:
+        """The top two of the iterable ``scores``."""
+        return cls(sorted(scores, reverse=True)[:2])
+
+    def add(self, score: float) -> None:
+        """Record an achieved score."""
+        self.scores = TopTwo.of(self.scores + [score]).scores
+
+    @property
+    def runner_up(self) -> float | None:
+        """The second-best score so far (None until two are recorded)."""
+        return self.scores[1] if len(self.scores) >= 2 else None
+
+
+@dataclass
 class PlanConfig:
     """Search settings. SLOs in seconds; ``requests``: requests per probe; ``bisect_steps``:
     geometric bisection steps after bracketing (precision ~ 2**(1/2**steps) of the bracket)."""
@@ -546,11 +568,11 @@ class Planner:
 
     def _search_rates(self, order: list[Evaluation], t0: float) -> None:
         """Open loop: rate search of each layout in ``order`` that its (calibrated) bound does not prune."""
-        top: list[float] = []  # best two achieved scores
+        top = TopTwo()
         eff = 0.0  # highest (max rate / throughput bound) seen among simulated layouts
         baselines = self._baselines(order)
         for ev in order:
-            second = top[1] if len(top) >= 2 else None
+            second = top.runner_up
             b = ev.score(self.rank_by, bound=True)
             k = min(1.0, self.cfg.calibration_margin * eff)
             if id(ev) in baselines:
@@ -570,14 +592,14 @@ class Planner:
                                   f"({len(ev.probes)} probes, {time.perf_counter() - t0:.0f} s)")
             if ev.rate_rps is not None and ev.status == "feasible":
                 eff = max(eff, ev.rate_rps / ev.bound_rps)
-                top = sorted(top + [ev.score(self.rank_by)], reverse=True)[:2]
+                top.add(ev.score(self.rank_by))
 
     def _search_closed(self, order: list[Evaluation], t0: float) -> None:
         """Closed loop: one probe of each layout in ``order`` whose bound is above the runner-up so far."""
-        top: list[float] = []  # best two achieved scores
+        top = TopTwo()
         baselines = self._baselines(order)
         for ev in order:
-            second = top[1] if len(top) >= 2 else None
+            second = top.runner_up
             b = self._score(ev, bound=True)
             if id(ev) not in baselines and second is not None and b <= second:
                 self._prune_bound(ev, b, second)
@@ -587,7 +609,7 @@ class Planner:
                 self.cfg.progress(f"{ev.cand.label}: {ev.status} {self._unit(self._score(ev))} "
                                   f"({time.perf_counter() - t0:.0f} s)")
             if ev.status == "feasible":
-                top = sorted(top + [self._score(ev)], reverse=True)[:2]
+                top.add(self._score(ev))
 
     def probe_closed(self, ev: Evaluation) -> None:
         """Closed loop: one probe at the workload's concurrency; feasible when it meets the SLOs."""
