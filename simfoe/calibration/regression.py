@@ -235,15 +235,19 @@ def table_sources(hardware, hw_overrides, missing: dict, skipped: dict) -> list[
         if table.is_file():
             rows += nccl_rows(table, load_hardware(nccl_prof, hw_overrides), system)
         else:
-            missing["nccl" + tag] = str(table)
-            skipped["nccl" + tag] = f"{table} absent"
+            _absent("nccl" + tag, table, missing, skipped)
         root = shared_data_expected() / "aiconfigurator" / system  # judged with the profile fitted from them
         if (root / "gemm").is_dir():
             rows += kernel_table_rows(root, load_hardware(kern_prof, hw_overrides), system)
         else:
-            missing["kernels" + tag] = str(root)
-            skipped["kernels" + tag] = f"{root} absent"
+            _absent("kernels" + tag, root, missing, skipped)
     return rows
+
+
+def _absent(key: str, path, missing: dict, skipped: dict, why: str = "{} absent") -> None:
+    """Record source ``key`` as not found: ``missing`` names the path looked for, ``skipped`` says why."""
+    missing[key] = str(path)
+    skipped[key] = why.format(missing[key])
 
 
 def testbed_results(folder: Path = TESTBED_DIR) -> list[Path]:
@@ -293,70 +297,103 @@ def validate(vidur: str | Path | None = None, hardware: list[str] | None = None,
     to check (default h100-sxm, a100-sxm); ``hw_overrides``: --set items applied to every profile;
     ``tolerances``: the tolerance file, or its already loaded contents (:func:`load_tolerances`).
     """
-    from simfoe.paths import shared_data_dir, shared_data_expected
-    from simfoe.specs.io import load_hardware
-
     tol = tolerances if isinstance(tolerances, dict) else load_tolerances(tolerances)
-    rows: list[dict] = []
     extra: dict[str, dict] = {}
     skipped: dict[str, str] = {}
     missing: dict[str, str] = {}  # source (or group) -> the path looked for and not found
-    if include_sets:
-        for d in sorted(DATA_DIR.iterdir()) if DATA_DIR.is_dir() else []:
-            if not (d / "kernels.csv").is_file():
-                continue
-            hwname = (tol.get("measurement_sets") or {}).get(d.name, {}).get("hardware")
-            if hwname is None:
-                skipped[d.name] = "no profile assigned in validation/tolerances.yaml measurement_sets"
-                continue
-            rows += set_rows(d, load_hardware(hwname, hw_overrides))
-    vdir = Path(vidur) if vidur else (shared_data_dir() / "vidur" if shared_data_dir() else None)
-    if vidur and not Path(vidur).is_dir():
-        raise SpecError("--vidur", str(vidur), "an existing folder of Vidur profiling data")
-    if vdir is not None and vdir.is_dir():
-        for h in hardware or list(VIDUR_GPU):
-            if h not in VIDUR_GPU:
-                raise SpecError("--hardware", h, "allowed: " + ", ".join(VIDUR_GPU))
-            if hw_overrides:
-                from unittest import mock
-
-                hwo = load_hardware(h, hw_overrides)
-                with mock.patch("simfoe.specs.io.load_hardware", lambda *a, **k: hwo):  # noqa: B023 (used in the with)
-                    rows += vidur_rows(vdir, h, missing)
-            else:
-                rows += vidur_rows(vdir, h, missing)
-    else:
-        missing["vidur"] = str(shared_data_expected() / "vidur")
-        skipped["vidur"] = f"{missing['vidur']} absent"
+    rows = _measurement_set_rows(tol, hw_overrides, skipped) if include_sets else []
+    rows += _vidur_source(vidur, hardware, hw_overrides, missing, skipped)
     if hardware is None or DEEPEP_PROFILE in hardware:
-        from simfoe.costs.fit_dispatch import TABLE_DIR
-
-        if (shared_data_expected() / TABLE_DIR).is_dir():
-            rows += deepep_rows(shared_data_expected(), load_hardware(DEEPEP_PROFILE, hw_overrides))
-        else:
-            missing["deepep"] = str(shared_data_expected() / TABLE_DIR)
-            skipped["deepep"] = f"{missing['deepep']} absent"
+        rows += _deepep_source(hw_overrides, missing, skipped)
     rows += table_sources(hardware, hw_overrides, missing, skipped)
     if include_testbed:
-        stored = testbed_results()
-        if not stored:
-            missing["testbed"] = str(TESTBED_DIR / "testbed-*.json")
-            skipped["testbed"] = f"no {missing['testbed']}"
-        for path in stored:
-            tb = testbed_source(path)
-            rows += tb[0]
-            extra[tb[0][0]["source"]] = {"speedup_error": tb[1]["speedup_error"],
-                                         "speedup_error_max": tb[1]["speedup_error_max"]}
+        rows += _testbed_sources(extra, missing, skipped)
     if not rows:
         raise SpecError("validate", None, "at least one source (validation/data sets or Vidur data)",
                         problem="found no data to check")
+    by = _by_source(rows, extra, tol)
+    allsum = _summ(rows)
+    cases = [{"source": src, **{k: v for k, v in s.items() if k in ("n", "mape", "max_ape", "ok")}} for src, s in by.items()]
+    return {"cases": cases, "mape": allsum["mape"], "max_ape": allsum["max_ape"], "by_source": by,
+            "failed": [s for s, v in by.items() if not v["ok"]], "skipped": skipped, "missing": missing, "rows": rows}
+
+
+def _measurement_set_rows(tol: dict, hw_overrides, skipped: dict) -> list[dict]:
+    """Rows of every validation/data set with a kernels.csv, on the profile validation/tolerances.yaml assigns it
+    (a set with none is named in ``skipped``)."""
+    from simfoe.specs.io import load_hardware
+
+    rows: list[dict] = []
+    for d in sorted(DATA_DIR.iterdir()) if DATA_DIR.is_dir() else []:
+        if not (d / "kernels.csv").is_file():
+            continue
+        hwname = (tol.get("measurement_sets") or {}).get(d.name, {}).get("hardware")
+        if hwname is None:
+            skipped[d.name] = "no profile assigned in validation/tolerances.yaml measurement_sets"
+            continue
+        rows += set_rows(d, load_hardware(hwname, hw_overrides))
+    return rows
+
+
+def _vidur_source(vidur, hardware, hw_overrides, missing: dict, skipped: dict) -> list[dict]:
+    """Rows of the Vidur profiles ``hardware`` (default all of VIDUR_GPU) from the folder ``vidur`` (default
+    <shared>/vidur; absent: recorded in ``missing``)."""
+    from simfoe.paths import shared_data_dir, shared_data_expected
+    from simfoe.specs.io import load_hardware
+
+    vdir = Path(vidur) if vidur else (shared_data_dir() / "vidur" if shared_data_dir() else None)
+    if vidur and not Path(vidur).is_dir():
+        raise SpecError("--vidur", str(vidur), "an existing folder of Vidur profiling data")
+    if vdir is None or not vdir.is_dir():
+        _absent("vidur", shared_data_expected() / "vidur", missing, skipped)
+        return []
+    rows: list[dict] = []
+    for h in hardware or list(VIDUR_GPU):
+        if h not in VIDUR_GPU:
+            raise SpecError("--hardware", h, "allowed: " + ", ".join(VIDUR_GPU))
+        if hw_overrides:
+            from unittest import mock
+
+            hwo = load_hardware(h, hw_overrides)
+            with mock.patch("simfoe.specs.io.load_hardware", lambda *a, **k: hwo):  # noqa: B023 (used in the with)
+                rows += vidur_rows(vdir, h, missing)
+        else:
+            rows += vidur_rows(vdir, h, missing)
+    return rows
+
+
+def _deepep_source(hw_overrides, missing: dict, skipped: dict) -> list[dict]:
+    """Rows of the DeepEP tables on DEEPEP_PROFILE (absent: recorded in ``missing``)."""
+    from simfoe.costs.fit_dispatch import TABLE_DIR
+    from simfoe.paths import shared_data_expected
+    from simfoe.specs.io import load_hardware
+
+    if not (shared_data_expected() / TABLE_DIR).is_dir():
+        _absent("deepep", shared_data_expected() / TABLE_DIR, missing, skipped)
+        return []
+    return deepep_rows(shared_data_expected(), load_hardware(DEEPEP_PROFILE, hw_overrides))
+
+
+def _testbed_sources(extra: dict, missing: dict, skipped: dict) -> list[dict]:
+    """Rows of every stored testbed run; each one's speed-up errors go to ``extra`` under its source."""
+    stored = testbed_results()
+    if not stored:
+        _absent("testbed", TESTBED_DIR / "testbed-*.json", missing, skipped, "no {}")
+    rows: list[dict] = []
+    for path in stored:
+        tb = testbed_source(path)
+        rows += tb[0]
+        extra[tb[0][0]["source"]] = {"speedup_error": tb[1]["speedup_error"],
+                                     "speedup_error_max": tb[1]["speedup_error_max"]}
+    return rows
+
+
+def _by_source(rows: list[dict], extra: dict, tol: dict) -> dict[str, dict]:
+    """Each source's error summary (:func:`_summ`, plus ``extra``), judged against its tolerance."""
     by: dict[str, dict] = {}
     for src in sorted({r["source"] for r in rows}):
         s = _summ([r for r in rows if r["source"] == src])
         s.update(extra.get(src, {}))
         s["tolerance"], s["ok"] = judge(s, (tol.get("sources") or {}).get(src))
         by[src] = s
-    allsum = _summ(rows)
-    cases = [{"source": src, **{k: v for k, v in s.items() if k in ("n", "mape", "max_ape", "ok")}} for src, s in by.items()]
-    return {"cases": cases, "mape": allsum["mape"], "max_ape": allsum["max_ape"], "by_source": by,
-            "failed": [s for s, v in by.items() if not v["ok"]], "skipped": skipped, "missing": missing, "rows": rows}
+    return by
