@@ -297,3 +297,75 @@ def test_cost_is_cheap_plain_floats():
     c = K.gemm(H100, 100, 200, 300)
     assert all(type(x) is float for x in (c.latency_s, c.flops, c.bytes))
     assert math.isfinite(c.latency_s)
+
+
+# Tiled attention terms (kernel-table fits on Blackwell; kernels.py module doc). A 10-SM toy GPU keeps the hand
+# computations short: peak 1e13 FLOP/s, 1e12 B/s, no launch.
+TOY = RAW.model_copy(update={"gpu": RAW.gpu.model_copy(update={"sms": 10, "peak_flops": {"bf16": 1e13},
+                                                                 "hbm_bandwidth": 1e12, "launch_overhead_s": 0.0})})
+
+
+def _with(hw, family, **fam):
+    return hw.model_copy(update={"kernels": {**hw.kernels, family: fam}})
+
+
+def test_tiled_prefill_by_hand():
+    """q = kv = 300, tile 128: 3 q tiles x 3 kv tiles, causal 6 blocks; 2 x 4 heads = 24 CTAs in 3 waves on
+    10 SMs (fill 24/30); head_dim 64 + pad 64 = 128: a block is 4 * 128 * 128^2 FLOP."""
+    hw = _with(TOY, "attention_prefill", tile=128, head_dim_pad=64, per_wave_s=1e-6)
+    c = K.attention_prefill(hw, 2, 300, 300, 4, 4, 64)
+    block = 4 * 128 * 128**2 / 1e13
+    t_c = 6 * 8 * block / (24 / 30)
+    assert t_c > 3 * block * 10  # the longest CTA (3 blocks on one SM) is shorter here
+    assert c.bytes / 1e12 < t_c  # compute-bound (plain max): + 3 waves
+    assert c.latency_s == pytest.approx(t_c + 3e-6)
+    assert c.flops == 4 * 2 * 4 * 64 * (300 * 300 - 300 * 300 / 2)  # reported work: the exact pairs
+    # one sequence, one head: a single CTA per q tile; the last q tile's 3 blocks on one SM bound it
+    one = K.attention_prefill(_with(TOY, "attention_prefill", tile=128, head_dim_pad=64), 1, 300, 300, 1, 1, 64)
+    assert one.latency_s == pytest.approx(3 * block * 10)
+
+
+def test_decode_kv_tile_and_split_fill_by_hand():
+    """kv 100 and 300 in 128-token tiles read 128 and 384 tokens; 2 sequences x 1 KV head, at most 4 splits
+    of >= 128 tokens (mean kv 200: 2 splits) on 10 SMs keep 4 of 10 streaming the KV (Q and O unsplit)."""
+    h, hkv, d = 8, 1, 128
+    plain = K.attention_decode(TOY, 2, [100, 300], h, hkv, d)
+    tiled = K.attention_decode(_with(TOY, "attention_decode", kv_tile=128), 2, [100, 300], h, hkv, d)
+    split = K.attention_decode(_with(TOY, "attention_decode", kv_tile=128, max_splits=4, split_tokens=128),
+                               2, [100, 300], h, hkv, d)
+    q_o = 2 * 2 * h * d * 2  # Q and O, bf16
+    assert plain.latency_s == pytest.approx((2 * 2 * d * 400 + q_o) / 1e12)
+    assert tiled.latency_s == pytest.approx((2 * 2 * d * 512 + q_o) / 1e12)
+    assert split.latency_s == pytest.approx((2 * 2 * d * 512 / (2 * 2 / 10) + q_o) / 1e12)
+    assert tiled.bytes == plain.bytes and tiled.flops == plain.flops  # reported traffic: what the model reads
+    assert K.attention_decode(_with(TOY, "attention_decode", kv_tile=128), 2, 200, h, hkv, d).latency_s == \
+        pytest.approx((2 * 2 * d * 512 + q_o) / 1e12)
+
+
+def test_tiled_terms_need_an_sm_count():
+    """Without gpu.sms the tile and split terms are off (the h100-sxm-tables-style smooth form), the pad is not."""
+    nosm = TOY.model_copy(update={"gpu": TOY.gpu.model_copy(update={"sms": None})})
+    fam = dict(tile=128, per_wave_s=1e-3, max_splits=4)
+    assert K.attention_prefill(_with(nosm, "attention_prefill", **fam), 2, 300, 300, 4, 4, 64) == \
+        K.attention_prefill(nosm, 2, 300, 300, 4, 4, 64)
+    assert K.attention_decode(_with(nosm, "attention_decode", **fam), 2, 300, 4, 4, 64) == \
+        K.attention_decode(nosm, 2, 300, 4, 4, 64)
+
+
+@settings(max_examples=100, deadline=None)
+@given(b=st.integers(1, 64), q=st.integers(1, 4096), extra=st.integers(0, 4096), kvh=st.sampled_from([1, 2, 8]),
+       g=st.sampled_from([1, 4, 16]), d=st.sampled_from([64, 128, 256]), system=st.sampled_from(["b200-sxm", "gb200-nvl72"]))
+def test_tiled_attention_never_beats_untiled_and_grows_with_context(b, q, extra, kvh, g, d, system):
+    """On the Blackwell profiles (tiled families): padding to tiles, partial waves and splits only add time over
+    the same family without them, and more context never costs less."""
+    hw = load_hardware(system)
+    untiled = hw.model_copy(update={"kernels": {f: {k: v for k, v in fam.items() if k not in K.TILE_KEYS}
+                                                for f, fam in hw.kernels.items()}})
+    h = kvh * g
+    for mla in (False, True):
+        a = K.attention_prefill(hw, b, q, q, h, kvh, d, mla=mla)
+        assert a.latency_s >= K.attention_prefill(untiled, b, q, q, h, kvh, d, mla=mla).latency_s * (1 - 1e-12)
+        assert K.attention_prefill(hw, b, q, q + extra, h, kvh, d, mla=mla).latency_s >= a.latency_s * (1 - 1e-12)
+        dec = K.attention_decode(hw, b, q, h, kvh, d, mla=mla)
+        assert dec.latency_s >= K.attention_decode(untiled, b, q, h, kvh, d, mla=mla).latency_s * (1 - 1e-12)
+        assert K.attention_decode(hw, b, q + extra, h, kvh, d, mla=mla).latency_s >= dec.latency_s * (1 - 1e-12)

@@ -42,11 +42,16 @@ computed at the bf16 peak (H100 has no fp4 tensor cores); fp4 x fp4 needs an ``f
 ``elementwise`` (and optional ``elementwise_norm``, ``elementwise_act``, ``elementwise_add``)
     ``mem_eff``, ``mem_floor_bytes``, ``launch_s``.
 ``attention_prefill``
-    ``eff_max`` (achieved FlashAttention FLOP/s / peak), ``mem_eff``, ``launch_s``, ``smooth_p``.
+    ``eff_max`` (achieved FlashAttention FLOP/s / peak), ``mem_eff``, ``launch_s``, ``smooth_p``; optional
+    (kernel-table fits, :func:`_prefill_compute`; absent: exact pairs, no waves): ``head_dim_pad`` (the softmax's
+    cost per score in head-dim elements), ``tile`` (tokens: q and kv tile; with ``hw.gpu.sms``, whole blocks,
+    CTA waves and the longest CTA) and ``per_wave_s`` (fixed seconds per wave of CTAs).
 ``attention_decode``
     ``mem_eff``, ``mem_floor_bytes``, ``launch_s``, ``eff_max`` (for the small FLOP term); optional
     ``smooth_p`` (default plain max) and ``per_seq_head_s``: fixed seconds per (sequence x KV head), the
-    work items a FlashAttention decode kernel schedules (fitted on kernel tables; default 0).
+    work items a FlashAttention decode kernel schedules (fitted on kernel tables; default 0); ``kv_tile``
+    (tokens: each sequence's KV read in whole tiles) and ``max_splits`` / ``split_tokens`` (split-KV: the
+    SMs a small batch keeps streaming, :func:`_split_fill`; with ``hw.gpu.sms``).
 ``attention_prefill_mla`` / ``attention_decode_mla`` / ``grouped_gemm_fp8`` / ``grouped_gemm_fp4`` (optional;
     profiles fitted from kernel tables, simfoe.calibration.fit_tables) the same keys for MLA attention
     (``mla=True``) and for fp8 / fp4 grouped experts; absent, the plain family prices them.
@@ -83,6 +88,8 @@ from simfoe.specs.precision import NumberFormat, number_format
 
 DTYPE_BYTES: dict[str, int] = {"bf16": 2, "fp16": 2, "fp8": 1, "fp32": 4}
 BOUNDS = ("compute", "memory", "launch")
+TILE_KEYS = ("tile", "per_wave_s", "kv_tile", "max_splits", "split_tokens")
+"""Attention family keys of the kernels' tiling and SM waves (module doc); all optional."""
 ELEMENTWISE_KINDS = ("norm", "act", "add")
 
 
@@ -407,9 +414,34 @@ def attention_prefill(hw, batch: int, q_len: int, kv_len: int, n_heads: int, n_k
     flops = 4.0 * b * h * d * pairs
     nbytes = b * d * (eb * 2.0 * q * h + kvb * 2.0 * kv * hkv)
     f = (_family(hw, "attention_prefill_mla") if mla else None) or _family(hw, "attention_prefill")
-    t_c = flops / (hw.peak(dtype) * float(f.get("eff_max", 1.0)))
+    rate = hw.peak(dtype) * float(f.get("eff_max", 1.0))
+    t_c, waves = _prefill_compute(f, hw.gpu.sms, rate, b * h, q, kv, d, causal)
     t_m = nbytes / (hw.gpu.hbm_bandwidth * float(f.get("mem_eff", 1.0)))
-    return _cost(t_c, t_m, float(f.get("smooth_p", math.inf)), _launch(hw, f), flops, nbytes)
+    launch = _launch(hw, f) + float(f.get("per_wave_s", 0.0)) * waves
+    return _cost(t_c, t_m, float(f.get("smooth_p", math.inf)), launch, flops, nbytes)
+
+
+def _prefill_compute(f: dict, sms: int | None, rate: float, seq_heads: float, q: float, kv: float, d: float,
+                     causal: bool) -> tuple[float, float]:
+    """(compute seconds, CTA waves) of a prefill at ``rate`` FLOP/s for ``seq_heads`` = batch x heads.
+
+    Each score costs 4 (d + ``head_dim_pad``) FLOP (the pad: the softmax's exponentials and rescaling, in
+    MMA-FLOP equivalents). With a ``tile`` (tokens) and ``sms``, the kernel's tiling: one CTA per (sequence,
+    head, q tile) computes whole tile x tile blocks (causal: the blocks on or below the diagonal); CTAs run
+    in ceil(CTAs / sms) waves, a partial last wave idles SMs, and no wave is shorter than its longest CTA
+    (the last q tile, all kv tiles, on one SM). Without them: the exact pairs, no waves (0).
+    """
+    dp = d + float(f.get("head_dim_pad", 0.0))
+    tile = float(f.get("tile", 0.0))
+    if tile <= 0.0 or not sms:
+        pairs = q * kv - (q * q / 2.0 if causal else 0.0)
+        return 4.0 * seq_heads * dp * pairs / rate, 0.0
+    qt, kt = math.ceil(q / tile), math.ceil(kv / tile)
+    blocks = qt * kt - (qt * (qt - 1) / 2.0 if causal else 0.0)
+    ctas = seq_heads * qt
+    waves = math.ceil(ctas / sms)
+    block_s = 4.0 * dp * tile * tile / rate  # one block with every SM on it
+    return max(blocks * seq_heads * block_s * waves * sms / ctas, kt * block_s * sms), float(waves)
 
 
 def attention_decode(hw, batch: int, kv_len, n_heads: int, n_kv_heads: int, head_dim: int,
@@ -440,11 +472,39 @@ def attention_decode(hw, batch: int, kv_len, n_heads: int, n_kv_heads: int, head
     flops = 4.0 * h * d * total
     nbytes = d * (kvb * 2.0 * hkv * total + eb * 2.0 * b * h)
     f = (_family(hw, "attention_decode_mla") if mla else None) or _family(hw, "attention_decode")
-    t_c = flops / (hw.peak(dtype) * float(f.get("eff_max", 1.0)))
-    t_m = (nbytes + float(f.get("mem_floor_bytes", 0.0))) / (hw.gpu.hbm_bandwidth * float(f.get("mem_eff", 1.0)))
+    read = _decode_tokens(f, kv_len, b, total)
+    t_c = 4.0 * h * d * read / (hw.peak(dtype) * float(f.get("eff_max", 1.0)))
+    kv_read = d * kvb * 2.0 * hkv * read / _split_fill(f, hw.gpu.sms, b * hkv, total / b)
+    streamed = kv_read + d * eb * 2.0 * b * h + float(f.get("mem_floor_bytes", 0.0))
+    t_m = streamed / (hw.gpu.hbm_bandwidth * float(f.get("mem_eff", 1.0)))
     launch = _launch(hw, f) + float(f.get("per_seq_head_s", 0.0)) * b * hkv
     return _cost(t_c, t_m, float(f.get("smooth_p", math.inf)), launch, flops, nbytes)
 
+
+def _decode_tokens(f: dict, kv_len, b: float, total: float) -> float:
+    """KV tokens a decode kernel reads: ``total``, or with a ``kv_tile`` (tokens, the kernel's KV tile / page)
+    each sequence's length rounded up to whole tiles."""
+    tile = float(f.get("kv_tile", 0.0))
+    if tile <= 0.0:
+        return total
+    if isinstance(kv_len, (int, float)):
+        return b * math.ceil(float(kv_len) / tile) * tile
+    import numpy as np
+
+    return float((np.ceil(np.asarray(kv_len, dtype=float) / tile) * tile).sum())
+
+
+def _split_fill(f: dict, sms: int | None, seq_heads: float, mean_kv: float) -> float:
+    """Share of the SMs a split-KV decode keeps streaming its KV (flash-decoding): each (sequence, KV head) is
+    split into at most ``max_splits`` CTAs, and with ``split_tokens`` into no more than ceil(kv / split_tokens)
+    (mean length; the fit tries 0 and ``kv_tile``, which keep the KV time monotone in kv); fill = min(1, CTAs /
+    sms). 1 without ``max_splits`` or ``sms``."""
+    most = float(f.get("max_splits", 0.0))
+    if most <= 0.0 or not sms:
+        return 1.0
+    per = float(f.get("split_tokens", 0.0))
+    splits = min(most, max(1.0, math.ceil(mean_kv / per))) if per > 0.0 else most
+    return min(1.0, seq_heads * splits / sms)
 
 def elementwise(hw, nbytes: float, flops: float = 0.0, kind: str | None = None) -> KernelCost:
     """Memory-bound elementwise kernel (norm, activation, residual add) moving ``nbytes``.
