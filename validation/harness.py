@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -88,45 +89,62 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+class _Usage(ValueError):
+    """Bad command-line input: main prints ``error: <message>`` on stderr and exits 2."""
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """The checked selection of a run: ops, dtypes and CPU thread counts for GEMM."""
+
+    ops: list[str]
+    dtypes: tuple[str, ...]
+    gemm_threads: list[int]
+
+
+def _check_args(args: argparse.Namespace) -> _Checked:
+    """Check the command line (``_Usage`` naming the flag, its value and what is allowed) and fill in the
+    derived ``args.flush_bytes`` (bytes) and the default ``args.gemm_draws``."""
     ops = list(ALL_OPS) if args.ops == "all" else _csv_list(args.ops)
     bad = [o for o in ops if o not in ALL_OPS]
     if bad:
-        print(f"error: --ops={args.ops!r}: unknown {','.join(bad)}; allowed {','.join(ALL_OPS)} or all", file=sys.stderr)
-        return 2
+        raise _Usage(f"--ops={args.ops!r}: unknown {','.join(bad)}; allowed {','.join(ALL_OPS)} or all")
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device=cuda: torch.cuda.is_available() is False", file=sys.stderr)
-        return 2
+        raise _Usage("--device=cuda: torch.cuda.is_available() is False")
     if args.threads < 1:
-        print(f"error: --threads={args.threads}: must be >= 1", file=sys.stderr)
-        return 2
+        raise _Usage(f"--threads={args.threads}: must be >= 1")
     dtypes = tuple(_csv_list(args.dtypes)) if args.dtypes else default_dtypes(args.device)
     bad = [d for d in dtypes if d not in DTYPES]
     if bad or not dtypes:
-        print(f"error: --dtypes={args.dtypes!r}: allowed {','.join(DTYPES)}", file=sys.stderr)
-        return 2
+        raise _Usage(f"--dtypes={args.dtypes!r}: allowed {','.join(DTYPES)}")
     if not other_op_dtypes(dtypes) and any(op not in ("gemm", "collectives") for op in ops):
-        print(f"error: --dtypes={args.dtypes!r}: {','.join(GEMM_ONLY_DTYPES)} times GEMMs only; add fp32, bf16 "
-              "or fp16 for the other ops, or pass --ops gemm", file=sys.stderr)
-        return 2
+        raise _Usage(f"--dtypes={args.dtypes!r}: {','.join(GEMM_ONLY_DTYPES)} times GEMMs only; add fp32, bf16 "
+                     "or fp16 for the other ops, or pass --ops gemm")
     if args.device == "cpu" and "fp8" in dtypes:
         log("note: fp8 on a CPU runs torch's emulated _scaled_mm (about 0.1 GFLOP/s here): it checks the "
             "plumbing, it does not measure fp8 hardware")
     gemm_threads = _int_list(args.gemm_threads, "--gemm-threads") if args.gemm_threads else [args.threads]
     if args.flush_mb is not None and args.flush_mb < 0:
-        print(f"error: --flush-mb={args.flush_mb}: must be >= 0 (0 skips the cold rows)", file=sys.stderr)
-        return 2
+        raise _Usage(f"--flush-mb={args.flush_mb}: must be >= 0 (0 skips the cold rows)")
     args.flush_bytes = 0 if args.device == "cuda" else (
         args.flush_mb if args.flush_mb is not None else 16 if args.quick else 256) * 1024 ** 2
     if args.concurrent < 1 or (args.concurrent > 1 and args.device != "cpu"):
-        print(f"error: --concurrent={args.concurrent}: an integer >= 1, and > 1 only with --device cpu", file=sys.stderr)
-        return 2
+        raise _Usage(f"--concurrent={args.concurrent}: an integer >= 1, and > 1 only with --device cpu")
     if args.gemm_draws is None:
         args.gemm_draws = 1 if args.quick or args.device == "cuda" else 3
     if args.gemm_draws < 1 or (args.gemm_draws > 1 and args.device != "cpu"):
-        print(f"error: --gemm-draws={args.gemm_draws}: an integer >= 1, and > 1 only with --device cpu", file=sys.stderr)
+        raise _Usage(f"--gemm-draws={args.gemm_draws}: an integer >= 1, and > 1 only with --device cpu")
+    return _Checked(ops, dtypes, gemm_threads)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        sel = _check_args(args)
+    except _Usage as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
+    ops, dtypes, gemm_threads = sel.ops, sel.dtypes, sel.gemm_threads
 
     device = torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu")
     base = QUICK_POLICY if args.quick else FULL_POLICY
@@ -139,6 +157,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         pass  # already fixed once parallel work ran; recorded in env.json either way
     torch.set_num_threads(args.threads)
 
+    env = _run_env(args, argv, device, policy, sel)
+    cap = 2 * 1024 ** 3 if args.device == "cuda" else 512 * 1024 ** 2
+    ctx = KernelContext(device=device, policy=policy, cache_bytes=env["last_level_cache_bytes"], rotate_mem_cap_bytes=cap,
+                        flush_bytes=args.flush_bytes, cuda_graphs=args.cuda_graphs)
+    shapes = shape_set(args.device, args.quick)
+    kernel_rows: list[dict] = []
+    coll_rows: list[dict] = []
+    t_all = time.perf_counter()
+    for op in ops:
+        t0 = time.perf_counter()
+        if op == "collectives":
+            coll_rows = _collectives(args, device, policy, env)
+        else:
+            kernel_rows += _kernel_op(args, op, ctx, shapes, dtypes, gemm_threads, policy, env)
+        env["op_wall_s"][op] = round(time.perf_counter() - t0, 2)
+        env["loadavg_after_op"][op] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+        # write after every op so that an interrupted run keeps what it measured
+        write_csv(os.path.join(args.out, "kernels.csv"), KERNEL_COLUMNS, kernel_rows)
+        write_csv(os.path.join(args.out, "collectives.csv"), COLLECTIVE_COLUMNS, coll_rows)
+        _write_env(args.out, env)
+    env["total_wall_s"] = round(time.perf_counter() - t_all, 2)
+    env["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    write_csv(os.path.join(args.out, "kernels.csv"), KERNEL_COLUMNS, kernel_rows)
+    write_csv(os.path.join(args.out, "collectives.csv"), COLLECTIVE_COLUMNS, coll_rows)
+    _write_env(args.out, env)
+    print(json.dumps({"out": args.out, "kernels": len(kernel_rows), "collectives": len(coll_rows),
+                      "wall_s": env["total_wall_s"]}))
+    return 0
+
+
+def _run_env(args: argparse.Namespace, argv, device, policy, sel: _Checked) -> dict:
+    """env.json's contents at the start: the machine (:func:`collect_env`) and how this run measures."""
+    ops, dtypes, gemm_threads = sel.ops, sel.dtypes, sel.gemm_threads
     env = collect_env(device, args.threads)
     env.update({
         "format_version": FORMAT_VERSION,
@@ -158,50 +209,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         "gemm_draws": args.gemm_draws,
         "cuda_graphs": bool(args.cuda_graphs and args.device == "cuda"),
     })
+    return env
 
-    cap = 2 * 1024 ** 3 if args.device == "cuda" else 512 * 1024 ** 2
-    ctx = KernelContext(device=device, policy=policy, cache_bytes=env["last_level_cache_bytes"], rotate_mem_cap_bytes=cap,
-                        flush_bytes=args.flush_bytes, cuda_graphs=args.cuda_graphs)
-    shapes = shape_set(args.device, args.quick)
-    kernel_rows: list[dict] = []
-    coll_rows: list[dict] = []
-    t_all = time.perf_counter()
-    for op in ops:
-        t0 = time.perf_counter()
-        if op == "collectives":
-            coll_rows = _collectives(args, device, policy, env)
-        elif op == "gemm" and args.gemm_draws > 1:
-            draws = []
-            for d in range(args.gemm_draws):
-                log(f"[gemm] draw {d + 1}/{args.gemm_draws}: {args.concurrent} concurrent process(es)")
-                draws.append(_concurrent_kernels(args, op, dtypes, gemm_threads, policy, env))
-            kernel_rows += median_draw(draws)
-        elif args.concurrent > 1:
-            log(f"[{op}] {args.concurrent} concurrent processes")
-            kernel_rows += _concurrent_kernels(args, op, dtypes, gemm_threads, policy, env)
-        elif op == "gemm":
-            for thr in (gemm_threads if args.device == "cpu" else [args.threads]):
-                torch.set_num_threads(thr)
-                log(f"[gemm] threads={thr}")
-                kernel_rows += run_kernels(ctx, op, shapes, dtypes)
-            torch.set_num_threads(args.threads)
-        else:
-            log(f"[{op}]")
-            kernel_rows += run_kernels(ctx, op, shapes, other_op_dtypes(dtypes))
-        env["op_wall_s"][op] = round(time.perf_counter() - t0, 2)
-        env["loadavg_after_op"][op] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-        # write after every op so that an interrupted run keeps what it measured
-        write_csv(os.path.join(args.out, "kernels.csv"), KERNEL_COLUMNS, kernel_rows)
-        write_csv(os.path.join(args.out, "collectives.csv"), COLLECTIVE_COLUMNS, coll_rows)
-        _write_env(args.out, env)
-    env["total_wall_s"] = round(time.perf_counter() - t_all, 2)
-    env["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    write_csv(os.path.join(args.out, "kernels.csv"), KERNEL_COLUMNS, kernel_rows)
-    write_csv(os.path.join(args.out, "collectives.csv"), COLLECTIVE_COLUMNS, coll_rows)
-    _write_env(args.out, env)
-    print(json.dumps({"out": args.out, "kernels": len(kernel_rows), "collectives": len(coll_rows),
-                      "wall_s": env["total_wall_s"]}))
-    return 0
+
+def _kernel_op(args: argparse.Namespace, op: str, ctx, shapes, dtypes: tuple, gemm_threads: list, policy,
+               env: dict) -> list[dict]:
+    """The kernel rows of ``op``: median of N concurrent draws (gemm), N concurrent processes, each GEMM
+    thread count in turn, or one pass."""
+    if op == "gemm" and args.gemm_draws > 1:
+        draws = []
+        for d in range(args.gemm_draws):
+            log(f"[gemm] draw {d + 1}/{args.gemm_draws}: {args.concurrent} concurrent process(es)")
+            draws.append(_concurrent_kernels(args, op, dtypes, gemm_threads, policy, env))
+        return median_draw(draws)
+    if args.concurrent > 1:
+        log(f"[{op}] {args.concurrent} concurrent processes")
+        return _concurrent_kernels(args, op, dtypes, gemm_threads, policy, env)
+    if op == "gemm":
+        rows = []
+        for thr in (gemm_threads if args.device == "cpu" else [args.threads]):
+            torch.set_num_threads(thr)
+            log(f"[gemm] threads={thr}")
+            rows += run_kernels(ctx, op, shapes, dtypes)
+        torch.set_num_threads(args.threads)
+        return rows
+    log(f"[{op}]")
+    return run_kernels(ctx, op, shapes, other_op_dtypes(dtypes))
 
 
 _TIMING_COLUMNS = ("median_s", "p10_s", "p90_s", "min_s", "max_s", "cpu_median_s", "cpu_p10_s", "cpu_p90_s",
