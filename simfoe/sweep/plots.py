@@ -9,6 +9,7 @@ Inputs that vary besides the plotted axes split the output into one figure per c
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -103,134 +104,158 @@ def _batch_axis(ax, batches):
     ax.grid(True, which="major", alpha=0.3)
 
 
+@dataclass(frozen=True)
+class _Facet:
+    """The forward rows of one facet (one value of every other swept input) and what its plots share."""
+
+    sub: pd.DataFrame
+    phases: list
+    nodes: list
+    tag: str  # file-name suffix
+    note: str  # title suffix naming the facet
+    what: str  # "model on hardware" when the facet has one of each
+
+
 def plot_forward(df: pd.DataFrame, d: Path, formats) -> list[Path]:
-    plt = _plt()
+    """Per facet: latency vs batch, the MoE/FoE speed-up heatmap (both architectures swept) and the share of
+    forward time per component (breakdown columns present)."""
     need = {"arch", "nodes", "batch", "latency_s"}
     if not need <= set(df.columns):
         return []
     paths: list[Path] = []
     other = _input_cols(df, ("arch", "nodes", "batch", "phase"), FWD_METRICS)
     for fixed, sub in _facets(df, other):
-        phases = _phases(sub)
-        tag = ("_" + _slug(fixed)) if fixed else ""
-        note = f"\n{_label(fixed)}" if fixed else ""
         model = sub["model"].iloc[0] if "model" in sub and sub["model"].nunique() == 1 else None
         hw = sub["hardware"].iloc[0] if "hardware" in sub and sub["hardware"].nunique() == 1 else None
-        what = " on ".join(x for x in (model, hw) if x)
-        nodes = sorted(sub["nodes"].unique())
-        cmap = plt.get_cmap("viridis")
-        colors = {n: cmap(i / max(1, len(nodes) - 1) * 0.85) for i, n in enumerate(nodes)}
-        styles = {"moe": ("-", "o"), "foe": ("--", "s")}
-
-        # 1. latency vs batch
-        fig, axes = plt.subplots(1, len(phases), figsize=(5.2 * len(phases), 4.2), squeeze=False)
-        for ax, ph in zip(axes[0], phases):
-            p = sub if ph is None else sub[sub["phase"] == ph]
-            for (arch, n), g in p.groupby(["arch", "nodes"], sort=True):
-                g = g.sort_values("batch")
-                ls, mk = styles.get(arch, (":", "^"))
-                ax.plot(g["batch"], _ms(g["latency_s"]), ls, marker=mk, ms=4, color=colors[n],
-                        label=f"{str(arch).upper()}, {n} node{'s' if n != 1 else ''}")
-            _batch_axis(ax, sorted(p["batch"].unique()))
-            ax.set_yscale("log")
-            from matplotlib.ticker import FuncFormatter
-
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(f"{v:g}")[0] in "25" else ""))
-            ax.set_ylabel("forward latency (ms)")
-            ax.set_title(f"{ph}" if ph else "forward pass")
-        axes[0][-1].legend(fontsize=8, ncol=2 if len(nodes) > 2 else 1)
-        fig.suptitle(f"Forward latency vs batch {('- ' + what) if what else ''}{note}", fontsize=11)
-        fig.tight_layout()
-        paths += _save(fig, d, f"latency_vs_batch{tag}", formats)
-
-        # 2. speed-up heatmap (MoE latency / FoE latency)
-        if {"moe", "foe"} <= set(sub["arch"].unique()):
-            # constrained layout keeps the (possibly two-line) suptitle clear of the subplot titles and
-            # the shared colorbar, which tight_layout cannot place
-            fig, axes = plt.subplots(1, len(phases), figsize=(5.4 * len(phases), 0.5 * len(nodes) + 2.6 + 0.3 * bool(note)),
-                                     squeeze=False, layout="constrained")
-            from matplotlib.colors import TwoSlopeNorm
-
-            im = None
-            for ax, ph in zip(axes[0], phases):
-                p = sub if ph is None else sub[sub["phase"] == ph]
-                t = p.pivot_table(index="nodes", columns=["batch", "arch"], values="latency_s", aggfunc="first")
-                batches = sorted(p["batch"].unique())
-                m = np.full((len(nodes), len(batches)), np.nan)
-                for i, n in enumerate(nodes):
-                    for j, b in enumerate(batches):
-                        try:
-                            m[i, j] = t.loc[n, (b, "moe")] / t.loc[n, (b, "foe")]
-                        except KeyError:
-                            pass
-                finite = m[np.isfinite(m)]
-                lo = min(0.5, float(finite.min()) if finite.size else 1) * 0.99
-                hi = max(2.0, float(finite.max()) if finite.size else 1) * 1.01
-                im = ax.imshow(m, cmap="RdBu", norm=TwoSlopeNorm(vmin=lo, vcenter=1.0, vmax=hi), aspect="auto")
-                for i in range(len(nodes)):
-                    for j in range(len(batches)):
-                        if np.isfinite(m[i, j]):
-                            ax.text(j, i, f"{m[i, j]:.2f}x", ha="center", va="center", fontsize=8)
-                ax.set_xticks(range(len(batches)), [str(b) for b in batches], rotation=45 if len(batches) > 8 else 0)
-                ax.set_yticks(range(len(nodes)), [str(n) for n in nodes])
-                ax.set_xlabel("batch (sequences)")
-                ax.set_ylabel("nodes")
-                ax.set_title(f"{ph}" if ph else "forward pass")
-            fig.colorbar(im, ax=list(axes[0]), label="MoE latency / FoE latency (>1: FoE faster)")
-            fig.suptitle(f"FoE speed-up over MoE {('- ' + what) if what else ''}{note}", fontsize=11)
-            paths += _save(fig, d, f"speedup_heatmap{tag}", formats)
-
-        # 3. time share per component (stacked bars)
-        comps = [c for c in sub.columns if c.startswith("breakdown_s.")]
-        if comps:
-            comps_sorted = sorted(comps, key=lambda c: (not COMM_PAT.search(c), c))
-            picks = {}
-            for ph in phases:
-                bs = sorted((sub if ph is None else sub[sub["phase"] == ph])["batch"].unique())
-                picks[ph] = sorted({bs[0], bs[-1]})
-            ncol = max(len(v) for v in picks.values())
-            fig, axes = plt.subplots(len(phases), ncol, figsize=(0.55 * len(nodes) * 2 * ncol + 4,
-                                     3.4 * len(phases)), squeeze=False)
-            comm_cmap, comp_cmap = plt.get_cmap("autumn"), plt.get_cmap("Blues")
-            n_comm = sum(bool(COMM_PAT.search(c)) for c in comps_sorted)
-            color = {}
-            for i, c in enumerate(comps_sorted):
-                if i < n_comm:
-                    color[c] = comm_cmap(0.15 + 0.7 * i / max(1, n_comm - 1))
-                else:
-                    k = i - n_comm
-                    color[c] = comp_cmap(0.35 + 0.6 * k / max(1, len(comps_sorted) - n_comm - 1))
-            for r, ph in enumerate(phases):
-                for cidx in range(ncol):
-                    ax = axes[r][cidx]
-                    if cidx >= len(picks[ph]):
-                        ax.set_visible(False)
-                        continue
-                    b = picks[ph][cidx]
-                    p = sub if ph is None else sub[sub["phase"] == ph]
-                    p = p[p["batch"] == b].sort_values(["nodes", "arch"])
-                    labels = [f"{n} node{'s' if n != 1 else ''}\n{str(a).upper()}" for n, a in zip(p["nodes"], p["arch"])]
-                    vals = p[comps_sorted].fillna(0).to_numpy(dtype=float)
-                    tot = vals.sum(axis=1, keepdims=True)
-                    share = np.divide(vals, tot, out=np.zeros_like(vals), where=tot > 0) * 100
-                    bottom = np.zeros(len(p))
-                    for j, c in enumerate(comps_sorted):
-                        ax.bar(range(len(p)), share[:, j], bottom=bottom, color=color[c],
-                               hatch="//" if j < n_comm else None, edgecolor="white", linewidth=0.4,
-                               label=c.split(".", 1)[1])
-                        bottom += share[:, j]
-                    ax.set_xticks(range(len(p)), labels, fontsize=7)
-                    ax.set_ylim(0, 100)
-                    ax.set_ylabel("share of forward time (%)")
-                    ax.set_title(f"{ph + ', ' if ph else ''}batch {b}", fontsize=10)
-            h, lab = axes[0][-1].get_legend_handles_labels()
-            fig.legend(h, lab, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
-                       title="component (hatched: communication)", title_fontsize=8)
-            fig.suptitle(f"Where the time goes {('- ' + what) if what else ''}{note}", fontsize=11)
-            fig.tight_layout()
-            paths += _save(fig, d, f"comm_share{tag}", formats)
+        f = _Facet(sub, _phases(sub), sorted(sub["nodes"].unique()), ("_" + _slug(fixed)) if fixed else "",
+                   f"\n{_label(fixed)}" if fixed else "", " on ".join(x for x in (model, hw) if x))
+        paths += _latency_plot(f, d, formats)
+        paths += _speedup_heatmap(f, d, formats)
+        paths += _comm_share_plot(f, d, formats)
     return paths
+
+
+def _latency_plot(f: _Facet, d: Path, formats) -> list[Path]:
+    """Forward latency (ms) vs batch, a line per architecture and node count, a panel per phase."""
+    plt, sub, phases, nodes, tag, note, what = _plt(), f.sub, f.phases, f.nodes, f.tag, f.note, f.what
+    cmap = plt.get_cmap("viridis")
+    colors = {n: cmap(i / max(1, len(nodes) - 1) * 0.85) for i, n in enumerate(nodes)}
+    styles = {"moe": ("-", "o"), "foe": ("--", "s")}
+    fig, axes = plt.subplots(1, len(phases), figsize=(5.2 * len(phases), 4.2), squeeze=False)
+    for ax, ph in zip(axes[0], phases):
+        p = sub if ph is None else sub[sub["phase"] == ph]
+        for (arch, n), g in p.groupby(["arch", "nodes"], sort=True):
+            g = g.sort_values("batch")
+            ls, mk = styles.get(arch, (":", "^"))
+            ax.plot(g["batch"], _ms(g["latency_s"]), ls, marker=mk, ms=4, color=colors[n],
+                    label=f"{str(arch).upper()}, {n} node{'s' if n != 1 else ''}")
+        _batch_axis(ax, sorted(p["batch"].unique()))
+        ax.set_yscale("log")
+        from matplotlib.ticker import FuncFormatter
+
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(f"{v:g}")[0] in "25" else ""))
+        ax.set_ylabel("forward latency (ms)")
+        ax.set_title(f"{ph}" if ph else "forward pass")
+    axes[0][-1].legend(fontsize=8, ncol=2 if len(nodes) > 2 else 1)
+    fig.suptitle(f"Forward latency vs batch {('- ' + what) if what else ''}{note}", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, d, f"latency_vs_batch{tag}", formats)
+
+
+def _speedup_heatmap(f: _Facet, d: Path, formats) -> list[Path]:
+    """MoE latency / FoE latency per node count and batch (none unless both architectures were swept)."""
+    plt, sub, phases, nodes, tag, note, what = _plt(), f.sub, f.phases, f.nodes, f.tag, f.note, f.what
+    if not {"moe", "foe"} <= set(sub["arch"].unique()):
+        return []
+    # constrained layout keeps the (possibly two-line) suptitle clear of the subplot titles and
+    # the shared colorbar, which tight_layout cannot place
+    fig, axes = plt.subplots(1, len(phases), figsize=(5.4 * len(phases), 0.5 * len(nodes) + 2.6 + 0.3 * bool(note)),
+                             squeeze=False, layout="constrained")
+    from matplotlib.colors import TwoSlopeNorm
+
+    im = None
+    for ax, ph in zip(axes[0], phases):
+        p = sub if ph is None else sub[sub["phase"] == ph]
+        t = p.pivot_table(index="nodes", columns=["batch", "arch"], values="latency_s", aggfunc="first")
+        batches = sorted(p["batch"].unique())
+        m = np.full((len(nodes), len(batches)), np.nan)
+        for i, n in enumerate(nodes):
+            for j, b in enumerate(batches):
+                try:
+                    m[i, j] = t.loc[n, (b, "moe")] / t.loc[n, (b, "foe")]
+                except KeyError:
+                    pass
+        finite = m[np.isfinite(m)]
+        lo = min(0.5, float(finite.min()) if finite.size else 1) * 0.99
+        hi = max(2.0, float(finite.max()) if finite.size else 1) * 1.01
+        im = ax.imshow(m, cmap="RdBu", norm=TwoSlopeNorm(vmin=lo, vcenter=1.0, vmax=hi), aspect="auto")
+        for i in range(len(nodes)):
+            for j in range(len(batches)):
+                if np.isfinite(m[i, j]):
+                    ax.text(j, i, f"{m[i, j]:.2f}x", ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(len(batches)), [str(b) for b in batches], rotation=45 if len(batches) > 8 else 0)
+        ax.set_yticks(range(len(nodes)), [str(n) for n in nodes])
+        ax.set_xlabel("batch (sequences)")
+        ax.set_ylabel("nodes")
+        ax.set_title(f"{ph}" if ph else "forward pass")
+    fig.colorbar(im, ax=list(axes[0]), label="MoE latency / FoE latency (>1: FoE faster)")
+    fig.suptitle(f"FoE speed-up over MoE {('- ' + what) if what else ''}{note}", fontsize=11)
+    return _save(fig, d, f"speedup_heatmap{tag}", formats)
+
+
+def _comm_share_plot(f: _Facet, d: Path, formats) -> list[Path]:
+    """Share of forward time (%) per component at the smallest and largest batch (none without breakdowns)."""
+    plt, sub, phases, nodes, tag, note, what = _plt(), f.sub, f.phases, f.nodes, f.tag, f.note, f.what
+    comps = [c for c in sub.columns if c.startswith("breakdown_s.")]
+    if not comps:
+        return []
+    comps_sorted = sorted(comps, key=lambda c: (not COMM_PAT.search(c), c))
+    picks = {}
+    for ph in phases:
+        bs = sorted((sub if ph is None else sub[sub["phase"] == ph])["batch"].unique())
+        picks[ph] = sorted({bs[0], bs[-1]})
+    ncol = max(len(v) for v in picks.values())
+    fig, axes = plt.subplots(len(phases), ncol, figsize=(0.55 * len(nodes) * 2 * ncol + 4,
+                             3.4 * len(phases)), squeeze=False)
+    comm_cmap, comp_cmap = plt.get_cmap("autumn"), plt.get_cmap("Blues")
+    n_comm = sum(bool(COMM_PAT.search(c)) for c in comps_sorted)
+    color = {}
+    for i, c in enumerate(comps_sorted):
+        if i < n_comm:
+            color[c] = comm_cmap(0.15 + 0.7 * i / max(1, n_comm - 1))
+        else:
+            k = i - n_comm
+            color[c] = comp_cmap(0.35 + 0.6 * k / max(1, len(comps_sorted) - n_comm - 1))
+    for r, ph in enumerate(phases):
+        for cidx in range(ncol):
+            ax = axes[r][cidx]
+            if cidx >= len(picks[ph]):
+                ax.set_visible(False)
+                continue
+            b = picks[ph][cidx]
+            p = sub if ph is None else sub[sub["phase"] == ph]
+            p = p[p["batch"] == b].sort_values(["nodes", "arch"])
+            labels = [f"{n} node{'s' if n != 1 else ''}\n{str(a).upper()}" for n, a in zip(p["nodes"], p["arch"])]
+            vals = p[comps_sorted].fillna(0).to_numpy(dtype=float)
+            tot = vals.sum(axis=1, keepdims=True)
+            share = np.divide(vals, tot, out=np.zeros_like(vals), where=tot > 0) * 100
+            bottom = np.zeros(len(p))
+            for j, c in enumerate(comps_sorted):
+                ax.bar(range(len(p)), share[:, j], bottom=bottom, color=color[c],
+                       hatch="//" if j < n_comm else None, edgecolor="white", linewidth=0.4,
+                       label=c.split(".", 1)[1])
+                bottom += share[:, j]
+            ax.set_xticks(range(len(p)), labels, fontsize=7)
+            ax.set_ylim(0, 100)
+            ax.set_ylabel("share of forward time (%)")
+            ax.set_title(f"{ph + ', ' if ph else ''}batch {b}", fontsize=10)
+    h, lab = axes[0][-1].get_legend_handles_labels()
+    fig.legend(h, lab, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
+               title="component (hatched: communication)", title_fontsize=8)
+    fig.suptitle(f"Where the time goes {('- ' + what) if what else ''}{note}", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, d, f"comm_share{tag}", formats)
 
 
 # ---- serve --------------------------------------------------------------------------------------
