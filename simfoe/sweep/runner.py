@@ -7,6 +7,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,16 +90,7 @@ def run_sweep(spec: SweepSpec | str | Path | None = None, out: str | Path = "sim
 
     if not isinstance(spec, SweepSpec):
         spec = load_sweep_spec(spec)
-    if executor not in EXECUTORS:
-        raise SpecError("--executor", executor, "allowed: " + ", ".join(EXECUTORS))
-    workers = default_workers() if workers is None else workers
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise SpecError("--workers", workers, "a positive integer")
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise SpecError("--chunk-size", chunk_size, "a positive integer")
-    if resume and overwrite:
-        raise SpecError("--overwrite", True, "use --resume to continue the results in OUT, or --overwrite to "
-                        "delete them and start over", problem="cannot be combined with --resume")
+    workers = _checked_workers(executor, workers, chunk_size, resume, overwrite)
     _check_unused_options(executor, address, resume, retry_failed, dry_run, probes, max_retries)
     scenarios = spec.scenarios()  # validates every distinct value before anything runs
     check_scenario_files(spec)
@@ -122,28 +114,81 @@ def run_sweep(spec: SweepSpec | str | Path | None = None, out: str | Path = "sim
     if overwrite:
         store.clear()
     chunk = chunk_size or auto_chunk(len(todo), workers)
+    it = _executor_iter(spec, todo, chunk, executor, workers, address, max_retries)
+    bar = _progress(len(todo), progress)
+    t0 = time.perf_counter()
+    tally = _store_all(it, spec, base, store, todo, bar)
+    ok, failed = tally.ok, tally.failed
+    wall = time.perf_counter() - t0
+    df = store.compact()
+    result = {**base, "ran": ok + failed, "ok": ok, "failed": failed, "wall_s": wall,
+              "scenarios_per_s": (ok + failed) / wall if wall > 0 and ok + failed else None,
+              "chunk_size": chunk, "results": str(store.results), "rows": int(len(df)), "up_to_date": False}
+    if csv or store.csv.is_file():  # once written, kept in step with results.parquet
+        result["csv"] = str(store.write_csv(df))
+    if plots:
+        from simfoe.sweep.plots import make_plots
+        from simfoe.sweep.summary import write_summary
+
+        result["plots"] = [str(p) for p in make_plots(df, out / "plots")]
+        result["summary"] = str(write_summary(df, out, spec_name=spec.name, run=result))
+    return result
+
+
+def _checked_workers(executor: str, workers: int | None, chunk_size: int | None, resume: bool,
+                     overwrite: bool) -> int:
+    """The worker count (default: :func:`default_workers`); SpecError for a bad executor, worker count or
+    chunk size, or --resume with --overwrite."""
+    if executor not in EXECUTORS:
+        raise SpecError("--executor", executor, "allowed: " + ", ".join(EXECUTORS))
+    workers = default_workers() if workers is None else workers
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise SpecError("--workers", workers, "a positive integer")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise SpecError("--chunk-size", chunk_size, "a positive integer")
+    if resume and overwrite:
+        raise SpecError("--overwrite", True, "use --resume to continue the results in OUT, or --overwrite to "
+                        "delete them and start over", problem="cannot be combined with --resume")
+    return workers
+
+
+def _executor_iter(spec: SweepSpec, todo: list[Scenario], chunk: int, executor: str, workers: int,
+                   address: str | None, max_retries: int | None):
+    """The executor's iterator of finished chunks (lists of records) of ``todo``, ``chunk`` scenarios a task."""
+    from simfoe.sweep import executors
+
     # Dispatch in run_id order (a stable shuffle): costly corners of the grid spread over tasks.
     order = sorted(todo, key=lambda s: s.run_id)
     chunks = [[_task(s) for s in order[i:i + chunk]] for i in range(0, len(order), chunk)]
-    by_index = {s.index: s for s in todo}
     kind = spec.scenario_kind()
     fn = None if kind.builtin else kind.function()
-    from simfoe.sweep import executors
-
     if executor == "ray":
-        it = executors.iter_ray(spec.kind, chunks, spec.metrics, fn, workers, address,
-                                RAY_MAX_RETRIES if max_retries is None else max_retries)
-    else:
-        it = executors.iter_local(spec.kind, chunks, spec.metrics, fn, workers)
-    bar = _progress(len(todo), progress)
+        return executors.iter_ray(spec.kind, chunks, spec.metrics, fn, workers, address,
+                                  RAY_MAX_RETRIES if max_retries is None else max_retries)
+    return executors.iter_local(spec.kind, chunks, spec.metrics, fn, workers)
+
+
+@dataclass(frozen=True)
+class _Tally:
+    """Scenarios a run stored: ``ok`` and ``failed`` (stored with their error)."""
+
+    ok: int
+    failed: int
+
+
+def _store_all(it, spec: SweepSpec, base: dict, store: ResultStore, todo: list[Scenario], bar) -> _Tally:
+    """Store every chunk ``it`` yields as it comes (the manifest with the first; on Ctrl-C what is stored is
+    compacted and the interrupt goes on); returns how many scenarios ran ok and how many failed."""
+    from simfoe import __version__
+
+    by_index = {s.index: s for s in todo}
+    out = store.out
     ok = failed = 0
-    t0 = time.perf_counter()
     wrote = False  # the manifest goes with the first rows: an executor that cannot start leaves nothing
     try:
         for recs in it:
             wrote = wrote or _write_manifest(spec, out, base, __version__)
-            rows = [make_row(spec, by_index[r["index"]], r, __version__) for r in recs]
-            store.append(rows)
+            store.append([make_row(spec, by_index[r["index"]], r, __version__) for r in recs])
             n_ok = sum(r["status"] == "ok" for r in recs)
             ok += n_ok
             failed += len(recs) - n_ok
@@ -167,20 +212,7 @@ def run_sweep(spec: SweepSpec | str | Path | None = None, out: str | Path = "sim
         bar.close()
     if not wrote:
         _write_manifest(spec, out, base, __version__)
-    wall = time.perf_counter() - t0
-    df = store.compact()
-    result = {**base, "ran": ok + failed, "ok": ok, "failed": failed, "wall_s": wall,
-              "scenarios_per_s": (ok + failed) / wall if wall > 0 and ok + failed else None,
-              "chunk_size": chunk, "results": str(store.results), "rows": int(len(df)), "up_to_date": False}
-    if csv or store.csv.is_file():  # once written, kept in step with results.parquet
-        result["csv"] = str(store.write_csv(df))
-    if plots:
-        from simfoe.sweep.plots import make_plots
-        from simfoe.sweep.summary import write_summary
-
-        result["plots"] = [str(p) for p in make_plots(df, out / "plots")]
-        result["summary"] = str(write_summary(df, out, spec_name=spec.name, run=result))
-    return result
+    return _Tally(ok, failed)
 
 
 def _check_unused_options(executor: str, address: str | None, resume: bool, retry_failed: bool,
