@@ -120,25 +120,53 @@ def enumerate_layouts(model, hardware: dict, max_nodes: int, user_overrides=(), 
     ``user_overrides``: the user's ``--set`` strings; a ``placement.*`` path set there pins that
     dimension (it is not searched). Placement validity is checked with the resolvers."""
     from simfoe.specs.io import build_placement
-    from simfoe.specs.placement import ep_sizes, resolve_foe, resolve_moe
 
-    pinned = {o.split("=", 1)[0].strip() for o in user_overrides if o.strip().startswith("placement.")}
     user_pl = [o for o in user_overrides if o.strip().startswith("placement.")]
-    out = Enumeration()
-    seen = set()
+    en = _Enumerator(model, hardware, max_nodes, {o.split("=", 1)[0].strip() for o in user_pl}, user_pl)
     try:
         redundant = build_placement("moe", 1, user_pl).moe.redundant_experts
     except SpecError:
         redundant = 0  # the resolvers report the bad override for every candidate
     foe_reasons: dict[str, str] = {}
+    for hw_name, hw in hardware.items():
+        gpn = hw.node.gpus_per_node
+        for nodes in range(1, max_nodes + 1):
+            if "moe" in archs:
+                en.moe(hw_name, gpn, nodes, redundant, dispatch_variants)
+            if "foe" in archs:
+                if model.moe is None:
+                    foe_reasons["dense"] = "FoE needs an MoE model (a dense model has no experts to federate)"
+                    continue
+                en.foe(hw_name, gpn, nodes, _foe_clusters(model, user_overrides), foe_reasons)
+    for what, reason in foe_reasons.items():
+        en.out.skipped.append({"what": f"FoE ({what})", "reason": reason, "foe_not_federable": True})
+    return en.out
 
-    def add(hw_name, gpn, nodes, arch, settings):
-        settings = tuple((k, v) for k, v in settings if k not in pinned)
-        ov = [f"{k}={_fmt(v)}" for k, v in settings] + user_pl
+
+@dataclass
+class _Enumerator:
+    """Collects the valid, distinct candidates of one enumeration and the placements skipped (with why).
+    ``pinned``: placement paths the user's ``--set`` fixes; ``user_pl``: those ``--set`` strings."""
+
+    model: object
+    hardware: dict
+    max_nodes: int
+    pinned: set
+    user_pl: list
+    out: Enumeration = field(default_factory=Enumeration)
+    seen: set = field(default_factory=set)
+
+    def add(self, hw_name: str, gpn: int, nodes: int, arch: str, settings) -> SpecError | None:
+        """Resolve one placement; keep it (once, under its resolved settings) or return why it is invalid."""
+        from simfoe.specs.io import build_placement
+        from simfoe.specs.placement import resolve_foe, resolve_moe
+
+        settings = tuple((k, v) for k, v in settings if k not in self.pinned)
+        ov = [f"{k}={_fmt(v)}" for k, v in settings] + self.user_pl
         try:
             pl = build_placement(arch, nodes, ov)
-            dom = hardware[hw_name].node.gpus_per_domain  # an FoE cluster may span the nodes of one NVLink domain
-            lay = resolve_foe(model, gpn, pl, dom) if arch == "foe" else resolve_moe(model, gpn, pl)
+            dom = self.hardware[hw_name].node.gpus_per_domain  # an FoE cluster may span the nodes of one NVLink domain
+            lay = resolve_foe(self.model, gpn, pl, dom) if arch == "foe" else resolve_moe(self.model, gpn, pl)
         except SpecError as e:
             return e
         # canonical settings: the resolved values (so pinned/derived values show in the label)
@@ -147,48 +175,47 @@ def enumerate_layouts(model, hardware: dict, max_nodes: int, user_overrides=(), 
                      ("placement.moe.dedup_dispatch", lay.dedup))
         else:
             canon = (("placement.foe.clusters", lay.clusters), ("placement.foe.gpus_per_cluster", lay.gpus_per_cluster))
-        c = Candidate(hw_name, nodes, arch, canon, max_nodes // nodes, gpn)
-        if c.key() not in seen:
-            seen.add(c.key())
-            out.candidates.append(c)
+        c = Candidate(hw_name, nodes, arch, canon, self.max_nodes // nodes, gpn)
+        if c.key() not in self.seen:
+            self.seen.add(c.key())
+            self.out.candidates.append(c)
         return None
 
-    for hw_name, hw in hardware.items():
-        gpn = hw.node.gpus_per_node
-        for nodes in range(1, max_nodes + 1):
-            G = nodes * gpn
-            if "moe" in archs:
-                if model.moe is None:
-                    eps = [None]
-                else:
-                    valid = ep_sizes(G, model.moe.n_experts + redundant)  # slots: replicas included
-                    eps = sorted({max(valid), *([gpn] if gpn in valid else [])}, reverse=True)
-                for att in ATTENTIONS:
-                    for ep in eps:
-                        for dd in (DISPATCH_VARIANTS if (dispatch_variants and model.moe) else (True,)):
-                            s = [("placement.moe.attention", att), ("placement.moe.dedup_dispatch", dd)]
-                            if ep is not None:
-                                s.append(("placement.moe.ep", ep))
-                            err = add(hw_name, gpn, nodes, "moe", s)
-                            if err is not None:
-                                out.skipped.append({"what": f"MoE {att} attn EP{ep} on {nodes} node(s) {hw_name}",
-                                                    "reason": str(err)})
-            if "foe" in archs:
-                if model.moe is None:
-                    foe_reasons["dense"] = "FoE needs an MoE model (a dense model has no experts to federate)"
-                    continue
-                for C in _foe_clusters(model, user_overrides):
-                    s = [] if C is None else [("placement.foe.clusters", C)]
-                    if C is not None and C <= G:
-                        if G % C == 0:
-                            s.append(("placement.foe.gpus_per_cluster", G // C))
-                    err = add(hw_name, gpn, nodes, "foe", s)
+    def moe(self, hw_name: str, gpn: int, nodes: int, redundant: int, dispatch_variants: bool) -> None:
+        """MoE candidates on ``nodes`` nodes: each attention layout x the largest EP size (and one node's)
+        x the dispatch variants."""
+        from simfoe.specs.placement import ep_sizes
+
+        moe = self.model.moe
+        if moe is None:
+            eps = [None]
+        else:
+            valid = ep_sizes(nodes * gpn, moe.n_experts + redundant)  # slots: replicas included
+            eps = sorted({max(valid), *([gpn] if gpn in valid else [])}, reverse=True)
+        for att in ATTENTIONS:
+            for ep in eps:
+                for dd in (DISPATCH_VARIANTS if (dispatch_variants and moe) else (True,)):
+                    s = [("placement.moe.attention", att), ("placement.moe.dedup_dispatch", dd)]
+                    if ep is not None:
+                        s.append(("placement.moe.ep", ep))
+                    err = self.add(hw_name, gpn, nodes, "moe", s)
                     if err is not None:
-                        msg = str(err)
-                        if C is None or "federate" in msg or "MLA" in msg or "iso-parameter" in msg:
-                            foe_reasons[f"C={C}"] = msg
-                        else:
-                            out.skipped.append({"what": f"FoE C={C} on {nodes} node(s) {hw_name}", "reason": msg})
-    for what, reason in foe_reasons.items():
-        out.skipped.append({"what": f"FoE ({what})", "reason": reason, "foe_not_federable": True})
-    return out
+                        self.out.skipped.append({"what": f"MoE {att} attn EP{ep} on {nodes} node(s) {hw_name}",
+                                                 "reason": str(err)})
+
+    def foe(self, hw_name: str, gpn: int, nodes: int, clusters: list, foe_reasons: dict) -> None:
+        """FoE candidates on ``nodes`` nodes, one per cluster count; a model-wide refusal goes to
+        ``foe_reasons`` (reported once), any other to the skipped placements."""
+        G = nodes * gpn
+        for C in clusters:
+            s = [] if C is None else [("placement.foe.clusters", C)]
+            if C is not None and C <= G:
+                if G % C == 0:
+                    s.append(("placement.foe.gpus_per_cluster", G // C))
+            err = self.add(hw_name, gpn, nodes, "foe", s)
+            if err is not None:
+                msg = str(err)
+                if C is None or "federate" in msg or "MLA" in msg or "iso-parameter" in msg:
+                    foe_reasons[f"C={C}"] = msg
+                else:
+                    self.out.skipped.append({"what": f"FoE C={C} on {nodes} node(s) {hw_name}", "reason": msg})
