@@ -19,6 +19,19 @@ def test_balanced_loads_hand_computed():
     assert len(loads) == 32 and sum(loads) == 1
 
 
+def test_grouped_loads_hand_computed():
+    """DeepSeek-V3's group-limited routing of the collector's tied balanced logits (8 groups of 32, 4 kept,
+    ties to the lower index): one token selects experts 0, 32, ..., 224 (one per group); groups 0-3 are kept,
+    so it takes 0, 32, 64, 96 and then the lowest-numbered others, 1, 2, 3, 4."""
+    rows = [int(x) for x in FT.grouped_loads(1, 8, 256, 1, 8, 4).split(";")]
+    assert [e for e, r in enumerate(rows) if r] == [0, 1, 2, 3, 4, 32, 64, 96]
+    # 64 tokens: experts 0-3 take every token, and every row is still one of the 64 x 8 slots
+    many = [int(x) for x in FT.grouped_loads(64, 8, 256, 1, 8, 4).split(";")]
+    assert many[:4] == [64] * 4 and sum(many) == 64 * 8 and not any(many[128:])
+    # EP 64: rank 0 holds experts 0-3 only
+    assert FT.grouped_loads(64, 8, 256, 64, 8, 4) == "64;64;64;64"
+
+
 @given(st.lists(st.tuples(st.integers(1, 65536), st.integers(1, 65536)), min_size=1, max_size=50))
 def test_hold_out_is_a_function_of_the_shape(shapes):
     keys = [FT.shape_key_hash(n, k) for n, k in shapes]
