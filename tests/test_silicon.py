@@ -99,6 +99,18 @@ def test_moe_row_sets_its_expert_parallel_group_and_inferencex_lengths():
     assert sc.range_ratio == si.INFERENCEX_RANGE_RATIO
 
 
+@pytest.mark.parametrize("source, inferencex", [
+    ("source_file=2026-04-06.csv; model=Llama-3.1-70B; silicon_concurrency=8; wip=False", True),  # an export's row
+    ("x; image=vllm/vllm-openai:v0.18.0", True),
+    ("source_file=/Users/x/aic-auto-gap-analysis/data/h100_sxm/vllm/0.12.0/Qwen_Qwen3-32B.csv", False),
+    ("source_file=/data/2026-04-06.csv.bak", False),
+])
+def test_rows_of_an_inferencex_export_draw_their_lengths(source, inferencex):
+    """issue 23: a row of a dated InferenceX export is replayed with the export's range ratio, image named or not."""
+    sc = si.scenario(_row(source=source))
+    assert sc.range_ratio == (si.INFERENCEX_RANGE_RATIO if inferencex else 0.0)
+
+
 def test_blackwell_rows_map_to_the_blackwell_profiles():
     """issue 25: b200_sxm and gb200 rows are replayed on b200-sxm and gb200-nvl72 (one-tray instances on GB200)."""
     assert si.scenario(replace(_row(), system="b200_sxm")).hardware == "b200-sxm"

@@ -17,6 +17,7 @@ these rows: the prediction is the raw model (profiles and presets as committed).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -75,6 +76,12 @@ BACKEND_ENGINES = {"vllm": "vllm", "sglang": "sglang", "trtllm": "trtllm"}
 #: The InferenceX-style runs' ``--random-range-ratio`` (data README); other rows' tool is unrecorded
 #: and they are replayed with fixed lengths.
 INFERENCEX_RANGE_RATIO = 0.8
+
+#: The dated InferenceX exports (``source_file=2026-04-06.csv``): every row of one export comes from its
+#: benchmark runs, also where a row's source omits the image (the 45 Llama-3.1-70B vLLM rows and five
+#: gpt-oss-120b rows of 2026-04-06.csv, whose other rows name vllm/vllm-openai images). Replayed with fixed
+#: lengths, their 8 clients of 1024-token prompts stayed in lockstep (TTFT 534 ms vs 155 ms measured).
+INFERENCEX_EXPORT = re.compile(r"source_file=\d{4}-\d{2}-\d{2}\.csv")
 
 DEDUP_RULES = {
     "exact duplicate": "every column but id and silicon_data_source equals an earlier row's (data README: "
@@ -145,8 +152,10 @@ class SiliconRow:
 
     @property
     def inferencex(self) -> bool:
-        """A run whose source names an image and a workflow run (benchmark_serving.py, range ratio 0.8)."""
-        return "image=" in self.source or "nvcr.io" in self.source or "workflow_run_id" in self.source
+        """A run whose source names an image and a workflow run (benchmark_serving.py, range ratio 0.8), or a
+        row of one of the InferenceX exports (:data:`INFERENCEX_EXPORT`) whose source omits them."""
+        s = self.source
+        return "image=" in s or "nvcr.io" in s or "workflow_run_id" in s or INFERENCEX_EXPORT.search(s) is not None
 
 
 @dataclass(frozen=True)
