@@ -12,6 +12,19 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def repo_relative(p: str | Path, beside: bool = False) -> str:
+    """``p`` relative to the repository root, for provenance and regenerate lines; with ``beside``, a path
+    next to the checkout (the shared data) as ``../...``; else absolute."""
+    p = Path(p).resolve()
+    roots = ((REPO_ROOT, ""), (REPO_ROOT.parent, "../")) if beside else ((REPO_ROOT, ""),)
+    for root, prefix in roots:
+        try:
+            return prefix + str(p.relative_to(root))
+        except ValueError:
+            continue
+    return str(p)
+
+
 def hwprofiles_dir():
     """hwprofiles/ of a checkout (editable install), else the copy installed as simfoe.hwprofiles."""
     local = REPO_ROOT / "hwprofiles"

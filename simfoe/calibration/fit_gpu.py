@@ -24,9 +24,10 @@ from __future__ import annotations
 import datetime as _dt
 from pathlib import Path
 
-from simfoe.calibration.fit_profile import (ATTENTION_VARIANT, _fit_family, _gemm_spec, _rel, fit_copy_attention,
+from simfoe.calibration.fit_profile import (ATTENTION_VARIANT, _fit_family, _gemm_spec, fit_copy_attention,
                                            load_set, row_errors)
 from simfoe.errors import SpecError
+from simfoe.paths import repo_relative
 
 BASE_BY_NAME: tuple[tuple[str, str], ...] = (("H200", "h200-sxm"), ("H100", "h100-sxm"), ("A100", "a100-sxm"))
 """env.json device_name substring -> published profile a set is fitted on top of (first match wins)."""
@@ -84,7 +85,7 @@ def fit_gpu_profile(set_dir: str | Path, name: str | None = None, base: str | No
     raw = yaml.safe_load(profile_path(base).read_text())
     prov_base = dict(raw.pop("provenance", {}) or {})
     hw0 = load_hardware(base)
-    src = _rel(set_dir)
+    src = repo_relative(set_dir)
     name = name or f"{base}-{set_dir.name}"
     g8 = k[(k.op == "gemm") & (k.dtype.astype(str) == "fp8")]  # torch._scaled_mm rows (harness on sm_89+)
     k = k[(k.dtype.astype(str) == "bf16") | (k.op == "memcopy")]  # the dtype a GPU set measures (copies: u8)

@@ -31,6 +31,7 @@ import numpy as np
 
 from simfoe.errors import SpecError
 from simfoe.inputs import check_text_file
+from simfoe.paths import repo_relative
 from simfoe.specs.precision import number_format
 
 SIG = 5
@@ -44,16 +45,6 @@ COLLECTIVE_DIVISOR = {"all_reduce": False, "all_gather": True, "all_to_all": Tru
 
 def _round(x: float) -> float:
     return float(f"{x:.{SIG}g}") if x and math.isfinite(x) else float(x)
-
-
-def _rel(p: Path) -> str:
-    from simfoe.paths import REPO_ROOT
-
-    p = Path(p).resolve()
-    try:
-        return str(p.relative_to(REPO_ROOT))
-    except ValueError:
-        return str(p)
 
 
 # --------------------------------------------------------------------------------------- loading
@@ -470,7 +461,7 @@ def fit_profile(set_dir: str | Path, name: str | None = None, env: dict | None =
     k, c, env = load_set(set_dir, env)
     if env.get("device") != "cpu":
         raise SpecError("measurement set", str(set_dir), "a CPU set (device cpu); GPU sets are validated, not fitted here")
-    src = _rel(set_dir)
+    src = repo_relative(set_dir)
     name = name or f"cpu-{set_dir.name}"
     gpu, why = _gpu_section(k, env, src)
     procs = int(env.get("cpus_available") or 1)
@@ -604,7 +595,7 @@ def write_profile(profile: dict, provenance: dict, out: str | Path, set_dir: str
         return path
     data = {**profile, "provenance": dict(provenance)}
     validate_spec(HardwareSpec, data, "hardware")
-    return write_text(path, header.format(src=_rel(Path(set_dir)), out=_rel(path), base=base)
+    return write_text(path, header.format(src=repo_relative(set_dir), out=repo_relative(path), base=base)
                       + yaml.safe_dump(data, sort_keys=False, width=200), "hardware profile")
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from simfoe.errors import SpecError
+from simfoe.paths import repo_relative
 from simfoe.specs.precision import number_format
 
 FRAMEWORKS = ("sglang", "vllm", "trtllm")
@@ -81,7 +82,7 @@ class TableSet:
         return self.root / op / self.framework / self.versions[op]
 
     def source(self, op: str, table: str) -> str:
-        return _source_dir(self.path(op) / table)
+        return repo_relative(self.path(op) / table, beside=True)
 
 
 def find_tables(root: str | Path, framework: str) -> TableSet:
@@ -552,7 +553,7 @@ def fit_tables_profile(root: str | Path, base: str, framework: str = "sglang",
     profile["gemm_corrections"] = {number_format(p.rows.dtype.iloc[0]).math: fit_gemm_correction(smooth, _train_all(p.rows))
                                    for p in parts if p.fit and p.key.startswith("gemm:")}
     hw = HardwareSpec.model_validate(profile)
-    report = {"tables": _source_dir(ts.root), "framework": framework, "versions": dict(ts.versions), "base": base,
+    report = {"tables": repo_relative(ts.root, beside=True), "framework": framework, "versions": dict(ts.versions), "base": base,
               "profile": profile["name"], "hold_out": f"shapes with crc32(shape key) % {HOLD_OUT_EVERY} == 0",
               "parts": part_errors(hw, parts),
               "kernels_fit": {p.family: kern[p.family] for p in parts if p.fit and p.family in kern}}
@@ -569,19 +570,6 @@ def fit_tables_profile(root: str | Path, base: str, framework: str = "sglang",
     return profile, prov, report
 
 
-def _source_dir(p: Path) -> str:
-    """``p`` relative to the repository (``../shared/...`` for the shared data), else absolute."""
-    from simfoe.paths import REPO_ROOT
-
-    p = Path(p).resolve()
-    for root, prefix in ((REPO_ROOT, ""), (REPO_ROOT.parent, "../")):
-        try:
-            return prefix + str(p.relative_to(root))
-        except ValueError:
-            continue
-    return str(p)
-
-
 TABLES_HEADER = ("# GPU profile: the published {base} profile with its kernel families fitted from per-op kernel\n"
                  "# tables (AIConfigurator layout). Regenerate: simfoe calibrate --from-tables {src} --base {base} --out {out}\n")
 
@@ -592,6 +580,6 @@ def run_fit_tables(root: str | Path, base: str, out: str | Path | None = None, f
 
     name = Path(str(out)).name.removesuffix(".yaml").removesuffix(".yml") if out is not None else None
     profile, prov, report = fit_tables_profile(root, base, framework, name)
-    header = TABLES_HEADER.replace("{src}", _source_dir(Path(root)))  # ../shared/... rather than an absolute path
+    header = TABLES_HEADER.replace("{src}", repo_relative(root, beside=True))  # ../shared/... rather than an absolute path
     report["written"] = (str(write_profile(profile, prov, out, root, header, base)) if out is not None else None)
     return report
