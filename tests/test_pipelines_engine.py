@@ -190,3 +190,112 @@ def test_request_longer_than_the_kv_cache_is_an_error_naming_the_stage(const_for
                                                    "prompt_tokens": 2_000_000, "output_tokens": 5}]})
     with pytest.raises(SpecError, match="stages.gen.output_tokens: 1 requests too long for the KV cache"):
         Simulation(spec, "stream", seed=0).run(1.0, 1.0, np.array([0.0]))
+
+
+# ---------------------------------------------------------------- stream_into: request (appended context)
+
+def _verifier(stream_into: str, gen_model: str = "fast", claims=2, claim_tokens=1, ver_instances: int = 1) -> dict:
+    """gen (an engine stage) streams ``claims`` claims of ``claim_tokens`` tokens into ver (a second engine
+    stage, 10 prompt tokens per claim, one output token), fed ``stream_into`` (new or request)."""
+    return {"name": "verify", "stages": [
+        {"name": "gen", "engine": {"model": gen_model, "hardware": "x"}, "prompt_tokens": 100, "outputs": claims,
+         "level": "claim", "output_tokens": claim_tokens, "to": ["ver"]},
+        {"name": "ver", "engine": {"model": "slow", "hardware": "x"}, "instances": ver_instances,
+         "stream_into": stream_into, "prompt_tokens": 10, "output_tokens": 1}]}
+
+
+def test_stream_into_request_is_one_request_whose_prompt_grows(const_forward):
+    """Three claims into one verifier request: one engine request per pipeline request, prompt 3 x 10 tokens."""
+    spec = load_pipeline(_verifier("request", claims=3, claim_tokens=4))
+    for mode in ("stream", "batch"):
+        r = Simulation(spec, mode, seed=0).run(1.0, 30.0, np.arange(3) * 10.0)
+        ver = r.stages[1].lm.eng.store
+        assert ver.n == 3 and (ver.prompt == 30).all() and (ver.gen == 1).all()
+        assert summarize(r)["stages"]["ver"]["aggregates"] == 3
+
+
+@pytest.mark.parametrize("into", ["new", "request"])
+def test_stream_is_late_by_a_unit_arriving_mid_iteration_hand_worked(const_forward, into):
+    """The literal property 'stream never slower than batch' is false for an iteration-level engine. gen
+    (8 ms iterations) decodes claim 1 at 8 ms (its prefill iteration) and claim 2 at 16 ms; ver (13.1 ms
+    iterations) starts prefilling claim 1 at 8 ms, so claim 2, arriving at 16 ms mid-iteration, waits for the
+    boundary at 21.1 ms and its prefill ends at 34.2 ms (the verdict's one token). Batch hands both claims
+    over at 16 ms to an idle ver: one iteration, 29.1 ms. Stream is 13.1 - 8 = 5.1 ms later, in both modes."""
+    spec = load_pipeline(_verifier(into))
+    lat = {m: Simulation(spec, m, seed=0).run(1.0, 1.0, np.array([0.0])).latencies[0] for m in ("stream", "batch")}
+    assert lat["stream"] == pytest.approx(0.008 + 2 * 0.0131)
+    assert lat["batch"] == pytest.approx(0.016 + 0.0131)
+    assert lat["stream"] - lat["batch"] == pytest.approx(0.0131 - 0.008)
+
+
+def test_held_request_keeps_its_kv_and_waits_to_decode(const_forward):
+    """Stream mode: claim 1 (40 tokens) leaves gen at its 40th iteration (0.32 s); once it is prefilled
+    (0.3331 s) the verifier request holds its KV block, has no token and runs no iteration until claim 2
+    (0.64 s) arrives at the idle verifier: one iteration prefills it and yields the verdict."""
+    spec = load_pipeline(_verifier("request", claim_tokens=40))
+    sim = Simulation(spec, "stream", seed=0)
+    eng = sim.st[1].lm.eng
+    seen = {}
+    sim.env.process(_probe(sim.env, eng, 0.5, seen))
+    r = sim.run(1.0, 1.0, np.array([0.0]))
+    assert seen == {"status": "held", "gen": 0, "kv_blocks": 1, "iterations": 1}
+    assert r.latencies[0] == pytest.approx(0.008 * 80 + 0.0131)
+
+
+def _probe(env, eng, t: float, seen: dict):
+    """At time ``t``: the state of row 0 and of the replica's KV pool."""
+    from simfoe.serving.metrics import STATUS_HELD
+
+    yield env.timeout(t)
+    st, rep = eng.store, eng.replicas[0]
+    seen.update(status="held" if st.status[0] == STATUS_HELD else int(st.status[0]), gen=int(st.gen[0]),
+                kv_blocks=rep.ranks[0].kv.total - rep.ranks[0].kv.free, iterations=rep.iterations)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(d=engine_chains(second_engine=True), seed=hst.integers(0, 10_000), into=hst.sampled_from(["new", "request"]))
+def test_stream_into_a_second_engine_appended_is_late_by_at_most_its_iteration(const_forward, d, seed, into):
+    """As for new requests, appended context is late by less than the second engine's iteration, never more."""
+    d["stages"][1]["stream_into"] = into
+    d["stages"][2]["key"] = "request"  # mid's own levels no longer hold a claim when it consumes them
+    s, b = _both(d, seed, np.arange(15) * 100.0)
+    assert (s < b + STEPS["slow"]).all()
+
+
+@pytest.mark.parametrize("stage, field", [
+    ({"service_s": 0.1, "stream_into": "request"}, "stream_into"),
+    ({"service_s": 0.1, "context_tokens": 5}, "context_tokens"),
+    ({"engine": OLMOE, "prompt_tokens": 5, "output_tokens": 5, "stream_into": "append"}, "stream_into"),
+])
+def test_stream_into_validation_names_the_field(stage, field):
+    with pytest.raises(SpecError) as e:
+        load_pipeline({"name": "t", "stages": [{"name": "a", **stage}]})
+    assert field in str(e.value)
+
+
+def test_stream_into_request_needs_an_upstream_fan_out_and_set_reaches_it():
+    d = _verifier("new")
+    d["stages"][0].pop("outputs")
+    d["stages"][0].pop("level")
+    with pytest.raises(SpecError, match="stages.ver.stream_into"):
+        load_pipeline(d, ["stages.ver.stream_into=request"])
+    assert load_pipeline(_verifier("new"), ["stages.ver.stream_into=request"]).stage("ver").stream_into == "request"
+
+
+def test_context_tokens_open_each_request(const_forward):
+    """context_tokens: 50 tokens before the input: new requests get 10 + 50, an appended request 50 + 2 x 10."""
+    for into, prompts in (("new", [60, 60]), ("request", [70])):
+        d = _verifier(into)
+        d["stages"][1]["context_tokens"] = 50
+        r = Simulation(load_pipeline(d), "stream", seed=0).run(1.0, 1.0, np.array([0.0]))
+        assert r.stages[1].lm.eng.store.prompt.tolist() == prompts
+
+
+def test_factool_verify_preset_makes_one_request_per_answer_at_each_appended_stage():
+    out = summarize(simulate(load_pipeline("factool-verify"), "stream", rate=2, duration=10, seed=0))
+    assert out["completed"] == out["sent"] > 0
+    for name in ("claim_extraction", "verify"):
+        st = out["stages"][name]
+        assert st["aggregates"] == st["engine"]["requests"]["completed"] == out["sent"]
+        assert st["items_in"] > out["sent"]  # several sentences / claims per answer

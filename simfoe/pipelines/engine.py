@@ -66,7 +66,10 @@ class Job:
 
 
 class Agg:
-    __slots__ = ("req", "key", "expected", "got", "emits", "inst", "job")
+    """The items of one key at a stateful stage, or the units feeding one request at a ``stream_into: request``
+    engine stage (``row``: that request's row in the engine)."""
+
+    __slots__ = ("req", "key", "expected", "got", "emits", "inst", "job", "row")
 
     def __init__(self, req, key):
         self.req = req
@@ -76,10 +79,12 @@ class Agg:
         self.emits: list = []
         self.inst = None
         self.job: Job | None = None  # service_per: aggregate -> the job run on completion
+        self.row = -1  # stream_into request: the engine row of its request, once its first item arrived
 
 
 class SItem:
-    """One item at a stateful stage."""
+    """One item at a stateful stage (``dur``: its service time, s, or None), or one unit streamed into a request
+    (``dur``: the prompt tokens it appends)."""
 
     __slots__ = ("req", "dur", "agg")
 
@@ -120,6 +125,9 @@ class StageRT:
         eng = spec.engine is not None
         self.svc = BufferedSampler(spec.output_tokens, r_svc, counts=True) if eng else BufferedSampler(spec.service_s, r_svc)
         self.prompt = BufferedSampler(spec.prompt_tokens, np.random.default_rng(ss.spawn(1)[0]), counts=True) if eng else None
+        # tokens each engine request opens with (None: none); its own stream, spawned after the others
+        ctx = spec.context_tokens
+        self.context = BufferedSampler(ctx, np.random.default_rng(ss.spawn(1)[0]), counts=True) if ctx is not None else None
         self.lm = None  # simfoe.pipelines.lm_engine.EngineStage serving an engine stage, set by the Simulation
         self.outs = BufferedSampler(spec.outputs, r_out, counts=True) if spec.level else None
         self.parts = BufferedSampler(spec.parts.count, r_parts, counts=True) if spec.parts else None
@@ -127,6 +135,8 @@ class StageRT:
                           for k in range(spec.instances)]
         self.rr = 0
         self.stateful = spec.stateful
+        #: items grouped into aggregates (routed per aggregate): a stateful stage, or units streamed into requests
+        self.grouped = spec.stateful or spec.stream_into == "request"
         self.items_in = 0
         self.units_out = 0
         self.aggs_created = 0
@@ -240,6 +250,20 @@ class Simulation:
                 emits.append(cells)
         return durs, emits
 
+    @staticmethod
+    def _group(req: Request, items: list, kd: int, sampler) -> dict:
+        """The aggregates (key path -> :class:`Agg`) of ``items`` (``(path, cell)``) by their first ``kd`` levels;
+        each cell gets its :class:`SItem`, whose ``dur`` is drawn from ``sampler`` (None: no draw)."""
+        aggs: dict = {}
+        for path, cell in items:
+            key = path[:kd]
+            a = aggs.get(key)
+            if a is None:
+                a = aggs[key] = Agg(req, key)
+            a.expected += 1
+            cell[1] = SItem(req, sampler.next() if sampler is not None else None, a)
+        return aggs
+
     def _plan(self, req: Request) -> list:
         g = self.g
         self._pending = pending = [[] for _ in self.st]
@@ -254,17 +278,8 @@ class Simulation:
             st = self.st[i]
             sink = i in sinks
             if st.stateful:
-                kd = g.key_depth[i]
-                aggs: dict = {}
                 per_item = st.spec.service_per == "item"
-                svc = st.svc
-                for path, cell in items:
-                    key = path[:kd]
-                    a = aggs.get(key)
-                    if a is None:
-                        a = aggs[key] = Agg(req, key)
-                    a.expected += 1
-                    cell[1] = SItem(req, svc.next() if per_item else None, a)
+                aggs = self._group(req, items, g.key_depth[i], st.svc if per_item else None)
                 st.aggs_created += len(aggs)
                 for key, a in aggs.items():
                     durs, emits = self._units(i, key, not per_item, sink)
@@ -272,11 +287,18 @@ class Simulation:
                         a.emits = [c for cells in emits for c in cells]
                     else:
                         a.job = Job(req, durs, emits)
+            elif st.grouped:  # stream_into request: each aggregate is one engine request (prompt: its context + items)
+                aggs = self._group(req, items, g.key_depth[i], st.prompt)
+                st.aggs_created += len(aggs)
+                for key, a in aggs.items():
+                    durs, emits = self._units(i, key, True, sink)
+                    a.job = Job(req, durs, emits, st.context.next() if st.context is not None else 0)
             else:
-                prompt = st.prompt
+                prompt, context = st.prompt, st.context
                 for path, cell in items:
                     durs, emits = self._units(i, path, True, sink)
-                    cell[1] = Job(req, durs, emits, prompt.next() if prompt is not None else 0)
+                    n = prompt.next() if prompt is not None else 0
+                    cell[1] = Job(req, durs, emits, n + context.next() if context is not None else n)
         req.remaining = self._sink_units
         return root
 
@@ -296,7 +318,7 @@ class Simulation:
     def _deliver(self, cell, src: Instance | None):
         dst, work = cell
         st = self.st[dst]
-        if st.stateful:
+        if st.grouped:
             a = work.agg
             inst = a.inst
             if inst is None:
@@ -474,7 +496,7 @@ class Simulation:
         if self.open != 0 or len(self.latencies) != self.sent:
             raise AggregationError(f"{self.open} of {self.sent} requests never completed")
         for st in self.st:
-            if st.stateful and (st.aggs_done != st.aggs_created or st.agg_items != st.items_in):
+            if st.grouped and (st.aggs_done != st.aggs_created or st.agg_items != st.items_in):
                 raise AggregationError(
                     f"stage {st.spec.name}: {st.aggs_done}/{st.aggs_created} aggregates completed, "
                     f"{st.agg_items} items aggregated of {st.items_in} received")

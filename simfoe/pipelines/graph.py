@@ -31,7 +31,7 @@ class StageGraph:
     order: tuple[int, ...]  # topological order of stage indices
     in_levels: tuple[tuple[str, ...], ...]  # levels of arriving items, per stage
     out_levels: tuple[tuple[str, ...], ...]  # levels of the finest emitted unit, per stage
-    key_depth: tuple[int, ...]  # stateful: path length of the aggregation key, else 0
+    key_depth: tuple[int, ...]  # stateful or stream_into request: path length of the aggregation key, else 0
     edges: tuple[tuple[EdgeInfo, ...], ...]  # outgoing edges per stage
     n_in: tuple[int, ...]  # incoming edges per stage
     sinks: tuple[int, ...]
@@ -75,25 +75,9 @@ def build_graph(spec: PipelineSpec) -> StageGraph:
         s = spec.stages[i]
         lv = in_levels[i]
         assert lv is not None
-        base = lv
-        if s.stateful:
-            if i == 0:
-                raise SpecError(f"stages.{s.name}.stateful", True,
-                                "stateful only on a stage fed by another stage (the first stage gets whole requests)")
-            if s.key is None:
-                kd = len(lv) - 1
-            elif s.key in lv:
-                kd = lv.index(s.key) + 1
-            else:
-                raise SpecError(f"stages.{s.name}.key", s.key, f"a level of the arriving items ({', '.join(lv)})")
-            if kd < 1 or (kd == len(lv) and len(preds[i]) < 2):
-                raise SpecError(f"stages.{s.name}.key", s.key or lv[-1],
-                                f"a level above the arriving items' own ({', '.join(lv[:-1])}): "
-                                "with one input edge each item would be its own aggregate" if len(lv) > 1 else
-                                "an upstream fan-out to aggregate (give an upstream stage `outputs`) or "
-                                "a second input edge to join")
-            key_depth[i] = kd
-            base = lv[:kd]
+        kd = _key_depth(s, i, lv, len(preds[i]))
+        key_depth[i] = kd
+        base = lv[:kd] if kd else lv
         own = tuple(x for x in (s.level, s.parts_level) if x is not None)
         for x in own:
             if x in base:
@@ -122,3 +106,33 @@ def build_graph(spec: PipelineSpec) -> StageGraph:
         graph=g, order=order, in_levels=tuple(in_levels), out_levels=tuple(out_levels),  # type: ignore[arg-type]
         key_depth=tuple(key_depth), edges=tuple(tuple(e) for e in edges), n_in=tuple(port_count), sinks=sinks,
     )
+
+
+def _key_depth(s, i: int, lv: tuple[str, ...], n_in: int) -> int:
+    """Path length of the key stage ``s`` (index ``i``, ``n_in`` input edges, arriving items of levels ``lv``)
+    groups its items by: a stateful stage's ``key``, a ``stream_into: request`` stage's one request per
+    upstream job (the arriving units' parent level); 0: no grouping."""
+    if s.stateful:
+        if i == 0:
+            raise SpecError(f"stages.{s.name}.stateful", True,
+                            "stateful only on a stage fed by another stage (the first stage gets whole requests)")
+        if s.key is None:
+            kd = len(lv) - 1
+        elif s.key in lv:
+            kd = lv.index(s.key) + 1
+        else:
+            raise SpecError(f"stages.{s.name}.key", s.key, f"a level of the arriving items ({', '.join(lv)})")
+        if kd < 1 or (kd == len(lv) and n_in < 2):
+            raise SpecError(f"stages.{s.name}.key", s.key or lv[-1],
+                            f"a level above the arriving items' own ({', '.join(lv[:-1])}): "
+                            "with one input edge each item would be its own aggregate" if len(lv) > 1 else
+                            "an upstream fan-out to aggregate (give an upstream stage `outputs`) or "
+                            "a second input edge to join")
+        return kd
+    if s.stream_into == "request":
+        if len(lv) < 2:
+            raise SpecError(f"stages.{s.name}.stream_into", "request",
+                            "new, or request where the arriving items are units of an upstream fan-out "
+                            f"(they arrive as whole {lv[-1]}s: give the upstream stage outputs or parts)")
+        return len(lv) - 1
+    return 0

@@ -8,7 +8,10 @@ distribution, and as output the sum of its units' tokens (``output_tokens`` per 
 stage has ``parts``, else an output). Unit boundaries are precomputed per request as cumulative token
 counts; the engine calls back after every iteration with the rows that got a token
 (``RequestStore.on_emit``), and a unit leaves at the iteration that decodes its last token (``stream``)
-or every unit leaves when the request's last token decodes (``batch``). The cost grows with iterations
+or every unit leaves when the request's last token decodes (``batch``). A ``stream_into: request`` stage
+instead makes one request per aggregate of arriving units (those sharing their parent key): the first unit
+opens it holding before decode, each later one appends its ``prompt_tokens`` to its context
+(:func:`simfoe.serving.streamed.extend`), and the last releases it to decode once prefilled. The cost grows with iterations
 and emitted units, not with tokens: one vectorized comparison per iteration, Python work only for rows
 that finish a unit.
 
@@ -22,7 +25,9 @@ from itertools import accumulate
 import numpy as np
 
 from simfoe.errors import SpecError
+from simfoe.pipelines.engine import SItem
 from simfoe.serving import api as serving_api
+from simfoe.serving import streamed
 from simfoe.serving.engine import Engine, engine_config
 from simfoe.serving.step_models import make_cost
 
@@ -81,10 +86,34 @@ class EngineStage:
         none = np.zeros(0, np.int64)
         self.eng = Engine(np.zeros(0), none, none, none, cost, kv, cfg, env=env)
 
-    def submit(self, inst, job) -> None:
-        """Job ``job`` (``durs``: output tokens per unit, ``prompt``: prompt tokens) arrives at instance ``inst``."""
+    def submit(self, inst, work) -> None:
+        """``work`` arrives at instance ``inst``: a job (``durs``: output tokens per unit, ``prompt``: prompt
+        tokens) is a new request; an item streamed into a request (``stream_into: request``) opens or extends it."""
+        if type(work) is SItem:
+            self._append(inst, work)
+        else:
+            self._open(inst, work, work.prompt, False)
+
+    def _append(self, inst, item: SItem) -> None:
+        """Unit ``item`` (``dur``: its prompt tokens) of an aggregate arrives: the first opens the aggregate's
+        request (its job's ``prompt``: the stage's context tokens, then the unit's), holding before decode unless
+        it is also the last; later ones append to its context."""
+        a = item.agg
+        a.got += 1
+        last = a.got == a.expected
+        if a.got == 1:
+            a.row = self._open(inst, a.job, a.job.prompt + item.dur, not last)  # its context_tokens, then the unit
+        else:
+            streamed.extend(self.eng, a.row, item.dur, last)
+        if last:
+            self.st.aggs_done += 1
+            self.st.agg_items += a.got
+
+    def _open(self, inst, job, prompt: int, hold: bool) -> int:
+        """Job ``job`` becomes a request of ``prompt`` tokens at instance ``inst`` (``hold``: it awaits more
+        prompt before decoding, :func:`simfoe.serving.streamed.hold`); returns its row."""
         ends = list(accumulate(job.durs))
-        row = self.store.append(self.env.now, job.prompt, ends[-1], len(self.jobs))
+        row = self.store.append(self.env.now, prompt, ends[-1], len(self.jobs))
         if row >= len(self.next_end):
             self.next_end = np.concatenate([self.next_end, np.zeros(len(self.next_end), np.int64)])
         self.jobs.append((inst, job))
@@ -92,7 +121,10 @@ class EngineStage:
         self.unit.append(0)
         self.next_end[row] = self.ends[row][0]
         inst.busy += 1
+        if hold:
+            streamed.hold(self.eng, row)
         self.eng.arrive(row, inst.idx)  # after the profile's per-request overhead, if any
+        return row
 
     def _emitted(self, rows: np.ndarray, now: float) -> None:
         """Engine callback after an iteration: ``rows`` got a token each (several with multi-token prediction);

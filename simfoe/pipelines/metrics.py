@@ -55,7 +55,7 @@ def summarize(r: RunResult, per_instance: bool = True) -> dict:
             "utilization_mean": float(np.mean(u)),
             "utilization_max": float(np.max(u)),
             "mean_queue": float(np.sum([x["mean_queue"] for x in insts])),
-            **({"aggregates": st.aggs_done} if st.stateful else {}),
+            **({"aggregates": st.aggs_done} if st.grouped else {}),
             **({"engine": st.lm.summary()} if st.lm is not None else {}),
             **({"per_instance": insts} if per_instance else {}),
         }

@@ -28,6 +28,10 @@ Stage keys (all but ``name`` optional; defaults in brackets):
   (:class:`EngineSpec`): each instance is a serving-engine replica instead of slots; then
   ``prompt_tokens`` (per input) and ``output_tokens`` (per emitted unit) are required distributions
   of tokens and ``service_s`` is not given (docs/pipelines.md, simfoe/pipelines/lm_engine.py).
+  ``stream_into`` [new]: ``new`` makes each arriving unit a request; ``request`` feeds the units of one
+  upstream job (items sharing their parent level) into ONE request whose context grows as they arrive
+  and which decodes after the last (appended context; needs an upstream fan-out). ``context_tokens``
+  [none]: tokens each request opens with (instructions) before its input's ``prompt_tokens``.
 
 Pipeline keys: ``name``, ``stages``, ``routing`` [aggregation-aware], ``hardware`` (a hardware
 profile, e.g. ``a100-sxm``, or a YAML path: the cluster the instances are placed on; its calibrated
@@ -154,6 +158,15 @@ class StageSpec(PipelineModel):
     engine: EngineSpec | None = None  # served by the serving engine instead of slots (kind lm)
     prompt_tokens: Dist | None = None  # engine: prompt tokens per input
     output_tokens: Dist | None = None  # engine: output tokens per emitted unit (part, else output)
+    context_tokens: Dist | None = Field(None, description=(
+        "engine stages: tokens each request opens with before its input (e.g. instructions): added to prompt_tokens "
+        "(stream_into new), or the prompt the first unit's tokens are appended to (stream_into request). "
+        "Default: none."))
+    stream_into: Literal["new", "request"] = Field("new", description=(
+        "engine stages: how arriving units enter the engine. new: each unit is a new request (its prompt_tokens). "
+        "request: the units of one upstream job (items sharing their parent key) feed ONE request: the first opens "
+        "it, each appends its prompt_tokens to its context (chunk-prefilled as they arrive), and it decodes once "
+        "the last has arrived and been prefilled (batch hand-over: the whole prompt at once)."))
 
     @model_validator(mode="before")
     @classmethod
@@ -193,9 +206,11 @@ class StageSpec(PipelineModel):
     def _check_engine(self) -> None:
         """An engine stage is a stateless LM stage with token lengths and no slot-model keys; a slot stage has service_s."""
         if self.engine is None:
+            if self.stream_into != "new":
+                raise SpecError("stream_into", self.stream_into, "new (request only on a stage with an engine)")
             if self.service_s is None:
                 raise SpecError("service_s", None, "a distribution of seconds per unit (required unless the stage has an engine)")
-            for k in ("prompt_tokens", "output_tokens"):
+            for k in ("prompt_tokens", "output_tokens", "context_tokens"):
                 if getattr(self, k) is not None:
                     raise SpecError(k, getattr(self, k).mean, "only on a stage with an engine (engine: {model, hardware, ...})")
             return

@@ -16,7 +16,9 @@ DROP_REASONS = {
     2: "unfinished: still queued or running at the simulation horizon",
 }
 
-STATUS_PENDING, STATUS_WAITING, STATUS_RUNNING, STATUS_DONE, STATUS_DROPPED = range(5)
+#: held: prefilled and admitted, keeping its KV, waiting for more prompt tokens before it may decode
+#: (streamed input, :mod:`simfoe.serving.streamed`)
+STATUS_PENDING, STATUS_WAITING, STATUS_RUNNING, STATUS_DONE, STATUS_DROPPED, STATUS_HELD = range(6)
 
 
 class GapHistogram:
@@ -138,6 +140,10 @@ class RequestStore:
         #: prefix caching only (simfoe.serving.prefix_cache; None when off): leading prefix blocks each
         #: request pins, and the prompt tokens its first prefill found cached
         self.shared = self.hit = None
+        #: streamed input only (None: no request holds; simfoe.serving.streamed): True while a request awaits
+        #: more prompt tokens and must not decode; ``on_hold(rows)`` takes held rows whose prefill completed
+        self.held = None
+        self.on_hold = None
         #: called as ``on_emit(rows, now)`` after every :meth:`emit` (rows: int array); None: no call
         self.on_emit = None
         self.token_offsets = None
@@ -150,7 +156,14 @@ class RequestStore:
     # ---------------------------------------------------------------- token bookkeeping
     def emit(self, idx: np.ndarray, now: float, count: np.ndarray | None = None) -> None:
         """Record one new output token at time ``now`` for each request in ``idx`` (int array), or ``count``
-        tokens each (int array; multi-token prediction): tokens that arrive together make one gap."""
+        tokens each (int array; multi-token prediction): tokens that arrive together make one gap. A held row
+        (streamed input, :attr:`held`) whose prefill completed takes no token: it goes to :attr:`on_hold`."""
+        if self.held is not None and len(idx):
+            h = self.held[idx]
+            if h.any():
+                self.on_hold(idx[h])
+                idx = idx[~h]
+                count = None if count is None else count[~h]
         if not len(idx):
             return
         if self.token_buf is not None:
@@ -203,7 +216,9 @@ class RequestStore:
         k = rows - len(self.prompt)
         fresh = RequestStore(np.full(k, np.nan), np.zeros(k, np.int64), np.zeros(k, np.int64), np.zeros(k, np.int64))
         for a in self._columns():
-            setattr(self, a, np.concatenate([getattr(self, a), getattr(fresh, a)]))
+            col = getattr(self, a)
+            new = getattr(fresh, a)  # a column a fresh store lacks (set later, e.g. held): zeros
+            setattr(self, a, np.concatenate([col, new if isinstance(new, np.ndarray) else np.zeros(k, col.dtype)]))
 
     def trim(self) -> None:
         """Drop the spare rows :meth:`append` left past ``n``."""
