@@ -30,6 +30,7 @@ prediction (:func:`simfoe.costs.collectives.predict`, Nelder-Mead), two rounds. 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -197,7 +198,6 @@ def run_fit(hardware: str, vidur_dir: Path, write: bool) -> dict:
     "overall_mean_rel_err", "nccl" (bus-bandwidth comparison), "written" (profile paths)}.
     """
     from simfoe.specs.io import load_hardware
-    from simfoe.specs.profile_io import update_profile
 
     if hardware not in _DATASET:
         raise SpecError("hardware", hardware, "one of " + ", ".join(sorted(_DATASET)))
@@ -213,48 +213,9 @@ def run_fit(hardware: str, vidur_dir: Path, write: bool) -> dict:
             hw = _with(hw, path, cur.alpha_s, cur.efficiency)
     src = f"../shared/data/vidur/network/{dataset}"
     prov: dict[str, str] = {}
-    if dataset == "h100_dgx":
-        one = ar[ar["nodes"] == 1]
-        sr_out = sr_all[sr_all["nodes"] > 1]
-        # NVLink and NVLS come from nccl-tests on 2/4/8 H100 (simfoe.costs.fit_nccl_tests), held here
-        prov["collectives.nvlink.ll_alpha_s"] = hw.provenance.get("collectives.nvlink.ll_alpha_s", "")
-        e_net = hw.collectives.network.efficiency
-        a, e, ll = _fit_two_stage(hw, "network", [("send_recv", sr_out)], fixed_eff=e_net)
-        hw = _with(hw, "network", a, e, ll)
-        prov["collectives.network.alpha_s"] = (
-            f"fit to {src}/send_recv.csv, 2 GPUs on 2 nodes, sizes >= 1 MB, efficiency held (`simfoe fit collectives`)")
-        prov["collectives.network.efficiency"] = (
-            "HW nodes: achieved per NIC 46-49 GB/s of 50 [M] nccl#1048, nccl-tests#290 (held in the fit: NCCL "
-            "spreads one inter-node send over several NICs)")
-        errors = {**error_table(hw, "all_reduce", one), **error_table(hw, "send_recv", sr)}
-        headline = error_table(hw, "all_reduce", ar)
-    else:
-        a, e, ll = _fit_two_stage(hw, "nvlink", [("all_reduce", ar_all[ar_all["nodes"] == 1])])
-        hw = _with(hw, "nvlink", a, e, ll)
-        for key in ("alpha_s", "efficiency"):
-            prov[f"collectives.nvlink.{key}"] = (
-                f"fit to {src}/all_reduce.csv, 2/4/8 GPUs in one node (ring), sizes >= 1 MB (`simfoe fit collectives`)")
-        h100 = load_hardware("h100-sxm")
-        net = h100.collectives.network
-        hw = _with(hw, "network", net.alpha_s, A100_NIC_EFFICIENCY, net.ll_alpha_s)
-        prov["collectives.network.efficiency"] = A100_NIC_SOURCE
-        for key in ("alpha_s", "ll_alpha_s"):
-            prov[f"collectives.network.{key}"] = (
-                "the h100-sxm fit's (NCCL's tuning model has one set of network latencies for HDR and NDR): "
-                + h100.provenance.get(f"collectives.network.{key}", ""))
-        errors = {**error_table(hw, "all_reduce", ar), **error_table(hw, "send_recv", sr)}
-        headline = error_table(hw, "all_reduce", ar[ar["nodes"] == 1])
-    for path, hop in HOP_S.items():
-        if getattr(hw.collectives, path) is None:
-            continue
-        prov[f"collectives.{path}.hop_s"] = HOP_SOURCE.format(path=path.upper(), proto="Simple", us=hop * 1e6) if hop else (
-            "NVLS in-switch reduction has no ring steps (NCCL tuning model: NVLS latency = base only)")
-        if path in LL_HOP_S and getattr(hw.collectives, path).ll_alpha_s is not None:
-            prov[f"collectives.{path}.ll_hop_s"] = HOP_SOURCE.format(path=path.upper(), proto="LL", us=LL_HOP_S[path] * 1e6)
-            prov[f"collectives.{path}.ll_bandwidth_fraction"] = "NCCL src/graph/tuning.cc: ring LL bus bandwidth = 0.5 x Simple (NCCL 2.2x)"
-            prov.setdefault(f"collectives.{path}.ll_alpha_s", (
-                f"fit to {src} sizes <= 64 KB ({'all_reduce' if path == 'nvlink' else 'send_recv'}), "
-                "Simple parameters held (`simfoe fit collectives`)"))
+    fit = _fit_h100(hw, ar, sr, sr_all, src, prov) if dataset == "h100_dgx" else _fit_a100(hw, ar, ar_all, sr, src, prov)
+    hw, errors, headline = fit.hw, fit.errors, fit.headline
+    _hop_provenance(hw, src, prov)
     small = error_table(hw, "all_reduce", ar_all[(ar_all["bytes"] <= SMALL_MAX_BYTES) & (ar_all["nodes"] == 1)])
     pts = sum(v["points"] for v in headline.values())
     overall = sum(v["mean_rel_err"] * v["points"] for v in headline.values()) / pts
@@ -274,13 +235,90 @@ def run_fit(hardware: str, vidur_dir: Path, write: bool) -> dict:
         "written": [],
     }
     if write:
-        targets = [hardware] + (["h200-sxm"] if hardware == "h100-sxm" else [])
-        for t in targets:
-            p = dict(prov)
-            if t != hardware:
-                p = {k: f"copied from the {hardware} fit (same NVLink4/NVSwitch gen3/NDR NICs; no H200 data): {v}"
-                     for k, v in prov.items()}
-            for path, values in coll.items():
-                out = update_profile(t, f"collectives.{path}", values, provenance=p)
-            result["written"].append(str(out))
+        result["written"] = _write_fit(hardware, coll, prov)
     return result
+
+
+@dataclass(frozen=True)
+class _PathFit:
+    """A profile with its collective paths fitted, the error tables of the rows it is judged on (``errors``)
+    and of the headline all-reduce rows (``headline``)."""
+
+    hw: object
+    errors: dict
+    headline: dict
+
+
+def _fit_h100(hw, ar, sr, sr_all, src: str, prov: dict) -> _PathFit:
+    """H100 DGX: the network path's latencies fitted to Vidur's 2-node send/recv, its efficiency held; NVLink
+    and NVLS stay the nccl-tests fits'. Adds the sources to ``prov``."""
+    one = ar[ar["nodes"] == 1]
+    sr_out = sr_all[sr_all["nodes"] > 1]
+    # NVLink and NVLS come from nccl-tests on 2/4/8 H100 (simfoe.costs.fit_nccl_tests), held here
+    prov["collectives.nvlink.ll_alpha_s"] = hw.provenance.get("collectives.nvlink.ll_alpha_s", "")
+    e_net = hw.collectives.network.efficiency
+    a, e, ll = _fit_two_stage(hw, "network", [("send_recv", sr_out)], fixed_eff=e_net)
+    hw = _with(hw, "network", a, e, ll)
+    prov["collectives.network.alpha_s"] = (
+        f"fit to {src}/send_recv.csv, 2 GPUs on 2 nodes, sizes >= 1 MB, efficiency held (`simfoe fit collectives`)")
+    prov["collectives.network.efficiency"] = (
+        "HW nodes: achieved per NIC 46-49 GB/s of 50 [M] nccl#1048, nccl-tests#290 (held in the fit: NCCL "
+        "spreads one inter-node send over several NICs)")
+    errors = {**error_table(hw, "all_reduce", one), **error_table(hw, "send_recv", sr)}
+    headline = error_table(hw, "all_reduce", ar)
+    return _PathFit(hw, errors, headline)
+
+
+def _fit_a100(hw, ar, ar_all, sr, src: str, prov: dict) -> _PathFit:
+    """A100: NVLink fitted to Vidur's one-node all-reduce (ring); the network's latencies are h100-sxm's, its
+    efficiency the NIC's measured one. Adds the sources to ``prov``."""
+    from simfoe.specs.io import load_hardware
+
+    a, e, ll = _fit_two_stage(hw, "nvlink", [("all_reduce", ar_all[ar_all["nodes"] == 1])])
+    hw = _with(hw, "nvlink", a, e, ll)
+    for key in ("alpha_s", "efficiency"):
+        prov[f"collectives.nvlink.{key}"] = (
+            f"fit to {src}/all_reduce.csv, 2/4/8 GPUs in one node (ring), sizes >= 1 MB (`simfoe fit collectives`)")
+    h100 = load_hardware("h100-sxm")
+    net = h100.collectives.network
+    hw = _with(hw, "network", net.alpha_s, A100_NIC_EFFICIENCY, net.ll_alpha_s)
+    prov["collectives.network.efficiency"] = A100_NIC_SOURCE
+    for key in ("alpha_s", "ll_alpha_s"):
+        prov[f"collectives.network.{key}"] = (
+            "the h100-sxm fit's (NCCL's tuning model has one set of network latencies for HDR and NDR): "
+            + h100.provenance.get(f"collectives.network.{key}", ""))
+    errors = {**error_table(hw, "all_reduce", ar), **error_table(hw, "send_recv", sr)}
+    headline = error_table(hw, "all_reduce", ar[ar["nodes"] == 1])
+    return _PathFit(hw, errors, headline)
+
+
+def _hop_provenance(hw, src: str, prov: dict) -> None:
+    """Add to ``prov`` the sources of each path's per-hop latencies (NCCL's tuning model) and LL parameters."""
+    for path, hop in HOP_S.items():
+        if getattr(hw.collectives, path) is None:
+            continue
+        prov[f"collectives.{path}.hop_s"] = HOP_SOURCE.format(path=path.upper(), proto="Simple", us=hop * 1e6) if hop else (
+            "NVLS in-switch reduction has no ring steps (NCCL tuning model: NVLS latency = base only)")
+        if path in LL_HOP_S and getattr(hw.collectives, path).ll_alpha_s is not None:
+            prov[f"collectives.{path}.ll_hop_s"] = HOP_SOURCE.format(path=path.upper(), proto="LL", us=LL_HOP_S[path] * 1e6)
+            prov[f"collectives.{path}.ll_bandwidth_fraction"] = "NCCL src/graph/tuning.cc: ring LL bus bandwidth = 0.5 x Simple (NCCL 2.2x)"
+            prov.setdefault(f"collectives.{path}.ll_alpha_s", (
+                f"fit to {src} sizes <= 64 KB ({'all_reduce' if path == 'nvlink' else 'send_recv'}), "
+                "Simple parameters held (`simfoe fit collectives`)"))
+
+
+def _write_fit(hardware: str, coll: dict, prov: dict) -> list[str]:
+    """Write the fitted paths into ``hardware``'s profile (and h200-sxm's, for h100-sxm); the paths written."""
+    from simfoe.specs.profile_io import update_profile
+
+    written = []
+    targets = [hardware] + (["h200-sxm"] if hardware == "h100-sxm" else [])
+    for t in targets:
+        p = dict(prov)
+        if t != hardware:
+            p = {k: f"copied from the {hardware} fit (same NVLink4/NVSwitch gen3/NDR NICs; no H200 data): {v}"
+                 for k, v in prov.items()}
+        for path, values in coll.items():
+            out = update_profile(t, f"collectives.{path}", values, provenance=p)
+        written.append(str(out))
+    return written
