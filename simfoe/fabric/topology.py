@@ -148,6 +148,51 @@ def build_cluster(hw: HardwareSpec, nodes: int) -> Cluster:
 def _build(hw_json: str, nodes: int) -> Cluster:
     hw = HardwareSpec.model_validate_json(hw_json)
     gpn = hw.node.gpus_per_node
+    G = nodes * gpn
+    ln = _links(hw, nodes)
+    graph = nx.DiGraph()
+    for i, (a, b) in enumerate(ln.ends):
+        graph.add_edge(a, b, index=i, capacity=ln.cap[i], latency=ln.lat[i], network=ln.net[i])
+    for g in range(G):
+        graph.nodes[f"gpu{g}"].update(kind="gpu", node=g // gpn, local=g % gpn)
+
+    cluster = Cluster(
+        hw=hw,
+        nodes=nodes,
+        gpus_per_node=gpn,
+        n_gpus=G,
+        gpus_per_domain=hw.node.gpus_per_domain,
+        graph=graph,
+        link_capacity=np.array(ln.cap + [np.inf]),
+        link_latency=np.array(ln.lat + [0.0]),
+        link_is_network=np.array(ln.net + [False]),
+        link_names=ln.names,
+        nic_of_gpu=ln.nic_of_gpu,
+        leaf_of_nic=ln.leaf_of_nic,
+    )
+    for arr in (cluster.link_capacity, cluster.link_latency, cluster.link_is_network):
+        arr.setflags(write=False)
+    return cluster
+
+
+@dataclass(frozen=True)
+class _Links:
+    """The directed links of a cluster, in link-index order: name ``a->b``, capacity (bytes/s), latency (s),
+    whether on the network, and ends; with each GPU's NIC and each NIC's leaf switch."""
+
+    names: list[str]
+    cap: list[float]
+    lat: list[float]
+    net: list[bool]
+    ends: list[tuple]
+    nic_of_gpu: np.ndarray
+    leaf_of_nic: np.ndarray
+
+
+def _links(hw: HardwareSpec, nodes: int) -> _Links:
+    """Links of ``nodes`` nodes of ``hw``: GPU <-> NVSwitch (one per NVLink domain), GPU <-> NIC, NIC <-> leaf
+    (rail-optimized: leaf = rail), leaf <-> spine (oversubscribed); each direction's links together."""
+    gpn = hw.node.gpus_per_node
     npn = hw.network.nics_per_node
     G = nodes * gpn
     K = nodes * npn
@@ -166,18 +211,14 @@ def _build(hw_json: str, nodes: int) -> Cluster:
     nics_per_leaf = np.bincount(leaf_of_nic, minlength=Lf)
     up_cap = nics_per_leaf * nic_cap / hw.network.oversubscription
 
-    names: list[str] = []
-    cap: list[float] = []
-    lat: list[float] = []
-    net: list[bool] = []
-    ends: list[tuple] = []
+    ln = _Links([], [], [], [], [], nic_of_gpu, leaf_of_nic)
 
     def add(a, b, c, latency, is_net):
-        names.append(f"{a}->{b}")
-        cap.append(c)
-        lat.append(latency)
-        net.append(is_net)
-        ends.append((a, b))
+        ln.names.append(f"{a}->{b}")
+        ln.cap.append(c)
+        ln.lat.append(latency)
+        ln.net.append(is_net)
+        ln.ends.append((a, b))
 
     gname = [f"gpu{g}" for g in range(G)]
     dom = hw.node.gpus_per_domain
@@ -200,27 +241,4 @@ def _build(hw_json: str, nodes: int) -> Cluster:
         add(leafname[i], "spine", float(up_cap[i]), nic_lat, True)
     for i in range(Lf):
         add("spine", leafname[i], float(up_cap[i]), nic_lat, True)
-
-    graph = nx.DiGraph()
-    for i, (a, b) in enumerate(ends):
-        graph.add_edge(a, b, index=i, capacity=cap[i], latency=lat[i], network=net[i])
-    for g in range(G):
-        graph.nodes[gname[g]].update(kind="gpu", node=g // gpn, local=g % gpn)
-
-    cluster = Cluster(
-        hw=hw,
-        nodes=nodes,
-        gpus_per_node=gpn,
-        n_gpus=G,
-        gpus_per_domain=dom,
-        graph=graph,
-        link_capacity=np.array(cap + [np.inf]),
-        link_latency=np.array(lat + [0.0]),
-        link_is_network=np.array(net + [False]),
-        link_names=names,
-        nic_of_gpu=nic_of_gpu,
-        leaf_of_nic=leaf_of_nic,
-    )
-    for arr in (cluster.link_capacity, cluster.link_latency, cluster.link_is_network):
-        arr.setflags(write=False)
-    return cluster
+    return ln
