@@ -464,19 +464,7 @@ def fit_profile(set_dir: str | Path, name: str | None = None, env: dict | None =
     src = repo_relative(set_dir)
     name = name or f"cpu-{set_dir.name}"
     gpu, why = _gpu_section(k, env, src)
-    procs = int(env.get("cpus_available") or 1)
-    # start from an uncalibrated profile: fitted pieces replace these values below
-    base = {
-        "name": name,
-        "description": f"one torch process per core ({procs} on one node) of {env.get('device_name')}, "
-                       f"{env.get('torch')}; fitted from {src}",
-        "gpu": gpu,
-        "node": {"gpus_per_node": procs, "nvlink_bandwidth": 1e9, "nvlink_latency_s": 0.0, "nvswitch_reduction": False},
-        "network": {"nics_per_node": procs, "nic_bandwidth": 1e9, "nic_latency_s": 0.0,
-                    "topology": "rail-optimized", "oversubscription": 1.0},
-        "collectives": {"nvlink": {"alpha_s": 0.0, "efficiency": 1.0}, "network": {"alpha_s": 0.0, "efficiency": 1.0}},
-        "kernels": {},
-    }
+    base = _uncalibrated(name, env, src, gpu)
     hw = HardwareSpec.model_validate(base)
     report: dict = {"set": src, "profile": name, "kernels": {}, "held_out": {}}
 
@@ -507,6 +495,35 @@ def fit_profile(set_dir: str | Path, name: str | None = None, env: dict | None =
     base["gemm_tables"] = tables
     hw = HardwareSpec.model_validate(base)
 
+    _cpu_residuals(report, hw, hw_param, k, tables, table_checks, cp, pre, dec, glue)
+    report["kernels_fit"] = kern
+    report["gpu"] = gpu
+    return base, _cpu_provenance(src, gpu, why, kern, fp32, glue), report
+
+
+def _uncalibrated(name: str, env: dict, src: str, gpu: dict) -> dict:
+    """The uncalibrated CPU profile a fit starts from: one process per core is one 'GPU'; links of 1 GB/s
+    and no latency, which the fitted pieces replace."""
+    procs = int(env.get("cpus_available") or 1)
+    return {
+        "name": name,
+        "description": f"one torch process per core ({procs} on one node) of {env.get('device_name')}, "
+                       f"{env.get('torch')}; fitted from {src}",
+        "gpu": gpu,
+        "node": {"gpus_per_node": procs, "nvlink_bandwidth": 1e9, "nvlink_latency_s": 0.0, "nvswitch_reduction": False},
+        "network": {"nics_per_node": procs, "nic_bandwidth": 1e9, "nic_latency_s": 0.0,
+                    "topology": "rail-optimized", "oversubscription": 1.0},
+        "collectives": {"nvlink": {"alpha_s": 0.0, "efficiency": 1.0}, "network": {"alpha_s": 0.0, "efficiency": 1.0}},
+        "kernels": {},
+    }
+
+
+def _cpu_residuals(report: dict, hw, hw_param, k, tables: dict, table_checks: dict, cp, pre, dec, glue) -> None:
+    """Add to ``report`` the residuals of the rows each kernel family was fitted to (``hw``; the parametric
+    GEMM with ``hw_param``, the profile without gemm_tables) and the held-out checks (other dtypes, grouped FFN)."""
+    one = k[(k.op == "gemm") & (k.threads == 1)]  # 1-thread GEMM rows, every dtype
+    fp32 = one[one.dtype == "fp32"]
+
     def resid_of(rows, h=None):
         return row_errors(h or hw, rows)
 
@@ -527,9 +544,10 @@ def fit_profile(set_dir: str | Path, name: str | None = None, env: dict | None =
     g = k[(k.op == "grouped_ffn") & (k.threads == 1)]
     if not g.empty:
         report["held_out"][f"grouped_ffn ({g.variant.iloc[0]})"] = resid_of(g)
-    report["kernels_fit"] = kern
-    report["gpu"] = gpu
 
+
+def _cpu_provenance(src: str, gpu: dict, why: dict, kern: dict, fp32, glue) -> dict:
+    """The source of every fitted or derived value of a CPU profile fitted from the set at ``src``."""
     today = _dt.date.today().isoformat()
     fitted = f"fit to {src} by simfoe.calibration.fit_profile on {today}"
     prov = {f"gpu.peak_flops.{dt}": f"{src}/kernels.csv: {why['peak']}" for dt in gpu["peak_flops"]}
@@ -565,7 +583,7 @@ def fit_profile(set_dir: str | Path, name: str | None = None, env: dict | None =
     if "routing_glue" in kern:
         prov["kernels.routing_glue"] = (f"{fitted}: routing_glue rows{_state(glue)}, cpu_median_s, "
                                         "non-negative least squares on relative residuals")
-    return base, prov, report
+    return prov
 
 
 HEADER = ("# CPU profile fitted from a stored measurement set: one torch process (1 thread) = one 'GPU'.\n"
