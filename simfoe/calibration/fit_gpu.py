@@ -22,6 +22,7 @@ Held out (never fitted): the per-expert loop rows (``loop_swiglu``), a reference
 from __future__ import annotations
 
 import datetime as _dt
+from dataclasses import dataclass
 from pathlib import Path
 
 from simfoe.calibration.fit_profile import (ATTENTION_VARIANT, _fit_family, _gemm_spec, fit_copy_attention,
@@ -102,14 +103,7 @@ def fit_gpu_profile(set_dir: str | Path, name: str | None = None, base: str | No
     cross: dict[str, dict] = {}
     if not grouped.empty:
         kern["grouped_gemm"] = _fit_grouped(hw0, kern, grouped)
-        for fit_on in sorted(set(grouped.routing.astype(str))):
-            on = grouped[grouped.routing.astype(str) == fit_on]
-            judged = grouped[grouped.routing.astype(str) != fit_on]
-            if judged.empty:
-                continue
-            part = {**kern, "grouped_gemm": _fit_grouped(hw0, kern, on)}
-            label = f"grouped_gemm fit on {fit_on}, judged on " + ", ".join(sorted(set(judged.routing.astype(str))))
-            cross[label] = row_errors(hw0.model_copy(update={"kernels": part}), judged)
+        cross = _grouped_cross_checks(hw0, kern, grouped)
     # copies and attention: starts near HBM streaming and a few-microsecond launch
     cp, pre, dec = fit_copy_attention(hw0, kern, k, copy_start=(0.8, 3e-6), attn_start=(0.8, 5e-6), launch_max=1e-3)
     profile = {key: v for key, v in raw.items() if key not in ("kernels",)}
@@ -118,8 +112,45 @@ def fit_gpu_profile(set_dir: str | Path, name: str | None = None, base: str | No
     profile["kernels"] = kern
     hw = HardwareSpec.model_validate(profile)
 
-    report: dict = {"set": src, "profile": name, "base": base, "device_name": env.get("device_name"),
-                    "kernels": {}, "held_out": {}, "base_on_set": {}}
+    rows = _GpuRows(k, gm, g8, cp, pre, dec, grouped)
+    report = _gpu_report(hw, hw0, rows, cross, kern, {"set": src, "profile": name, "base": base,
+                                                       "device_name": env.get("device_name")})
+    return profile, _gpu_provenance(prov_base, src, base, rows), report
+
+
+@dataclass(frozen=True)
+class _GpuRows:
+    """The rows of a CUDA set by use: ``k`` (bf16 and copies), bf16 and fp8 GEMMs, copies, prefill and decode
+    attention, and the grouped-GEMM variant's rows."""
+
+    k: object
+    gm: object
+    g8: object
+    cp: object
+    pre: object
+    dec: object
+    grouped: object
+
+
+def _grouped_cross_checks(hw0, kern: dict, grouped) -> dict[str, dict]:
+    """Held-out checks of the grouped-GEMM fit: fitted on one routing's rows, judged on the others'."""
+    cross: dict[str, dict] = {}
+    for fit_on in sorted(set(grouped.routing.astype(str))):
+        on = grouped[grouped.routing.astype(str) == fit_on]
+        judged = grouped[grouped.routing.astype(str) != fit_on]
+        if judged.empty:
+            continue
+        part = {**kern, "grouped_gemm": _fit_grouped(hw0, kern, on)}
+        label = f"grouped_gemm fit on {fit_on}, judged on " + ", ".join(sorted(set(judged.routing.astype(str))))
+        cross[label] = row_errors(hw0.model_copy(update={"kernels": part}), judged)
+    return cross
+
+
+def _gpu_report(hw, hw0, rows: _GpuRows, cross: dict, kern: dict, head: dict) -> dict:
+    """The fit report: residuals (APE %) of the refit ``hw`` and of the base ``hw0`` on the rows each family was
+    fitted to and on the held-out rows; ``head``: set, profile, base and device names."""
+    k, gm, g8, cp, pre, dec, grouped = rows.k, rows.gm, rows.g8, rows.cp, rows.pre, rows.dec, rows.grouped
+    report: dict = {**head, "kernels": {}, "held_out": {}, "base_on_set": {}}
     parts = {"gemm (bf16)": gm, "elementwise (copy)": cp}
     if not g8.empty:
         parts["gemm (fp8)"] = g8
@@ -131,16 +162,21 @@ def fit_gpu_profile(set_dir: str | Path, name: str | None = None, base: str | No
     if not grouped.empty:
         parts[f"grouped_gemm ({GROUPED_VARIANT})"] = grouped
     held = {f"grouped_ffn ({v})": g[g.variant == v] for v in sorted(set(g.variant)) if v != GROUPED_VARIANT}
-    for label, rows in parts.items():
-        report["kernels"][label] = row_errors(hw, rows)
-        report["base_on_set"][label] = row_errors(hw0, rows)
-    for label, rows in held.items():
-        report["held_out"][label] = row_errors(hw, rows)
-        report["base_on_set"][label] = row_errors(hw0, rows)
+    for label, part in parts.items():
+        report["kernels"][label] = row_errors(hw, part)
+        report["base_on_set"][label] = row_errors(hw0, part)
+    for label, part in held.items():
+        report["held_out"][label] = row_errors(hw, part)
+        report["base_on_set"][label] = row_errors(hw0, part)
     report["held_out"].update(cross)
     report["kernels_fit"] = {f: kern[f] for f in ("gemm", "gemm_fp8", "grouped_gemm", "elementwise",
                                                   "attention_prefill", "attention_decode") if f in kern}
+    return report
 
+
+def _gpu_provenance(prov_base: dict, src: str, base: str, rows: _GpuRows) -> dict:
+    """The base profile's sources, with the refitted kernel families' replaced by the fit's."""
+    gm, g8, cp, pre, dec, grouped = rows.gm, rows.g8, rows.cp, rows.pre, rows.dec, rows.grouped
     today = _dt.date.today().isoformat()
     fitted = f"fit to {src} by simfoe.calibration.fit_gpu on {today} (CUDA-graph replay, bf16)"
     prov = dict(prov_base)  # what is not refitted keeps the base's source; the refitted families are replaced below
@@ -166,4 +202,4 @@ def fit_gpu_profile(set_dir: str | Path, name: str | None = None, base: str | No
     if not dec.empty:
         prov["kernels.attention_decode"] = (f"{fitted}: {len(dec)} decode:{ATTENTION_VARIANT} rows; eff_max from "
                                             "attention_prefill")
-    return profile, prov, report
+    return prov
