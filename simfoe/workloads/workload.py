@@ -20,7 +20,7 @@ simfoe.workloads.multiturn),
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -105,38 +105,56 @@ def make_workload(
     if len(src) == 0:
         raise SpecError("trace", str(trace), "a trace with at least one valid request")
     label = f"{src.source} | "
-
     if kind == "trace":
-        if not src.has_arrivals:
-            if arrival is not None:  # asked to replay timestamps the trace does not have
-                raise SpecError("arrival", arrival, f"poisson or gamma:CV: trace {str(trace)!r} has no timestamps to replay")
-            raise SpecError("rate", rate, f"a rate in requests/s: trace {str(trace)!r} has no timestamps")
-        t = src
-        if lengths == "lognormal":
-            p, o = LognormalLengths.fit(src).sample(len(src), rng)
-            t = RequestTable.from_arrays(src.arrival_s, p, o, request_id=src.request_id, source=src.source)
-        if rate is not None:
-            t = t.with_arrivals(rescale_to_rate(t.arrival_s, rate))
-        if duration is not None:
-            t = t.truncated(duration)
-        # the trace's rows are in memory already: bound what the simulation would hold and run
-        SERVING_REQUESTS.check("trace", str(trace), len(t), max_requests, "rows of the trace kept")
-        desc = "trace timestamps" + (f" rescaled to {rate:g} req/s" if rate is not None else "")
+        timed = _replayed(src, trace, rate, duration, arrival, lengths, rng, max_requests)
     else:
-        if rate is None:
-            rate = src.mean_rate
-            if not math.isfinite(rate):
-                raise SpecError("rate", None, f"a rate in requests/s: trace {str(trace)!r} has no timestamps to take it from")
-        if duration is not None:
-            SERVING_REQUESTS.check("rate", rate, rate * duration, max_requests, "rate x duration")
-            arr = renewal_arrivals_until(duration, rate, rng, cv_)
-            reqs = sample_lengths(src, len(arr), rng, lengths)
-        else:
-            SERVING_REQUESTS.check("trace", str(trace), len(src), max_requests, "rows of the trace")
-            arr = renewal_arrivals(len(src), rate, rng, cv_)
-            reqs = src if lengths == "empirical" else sample_lengths(src, len(src), rng, lengths)
-        t = reqs.with_arrivals(arr)
-        desc = ("poisson" if cv_ == 1.0 else f"gamma cv={cv_:g}") + f" at {rate:g} req/s"
+        timed = _drawn(src, trace, rate, duration, cv_, lengths, rng, max_requests)
+    t, desc = timed.table, timed.desc
     if duration is not None:
         desc += f", {duration:g} s"
     return replace(t, source=label + desc, skipped_rows=src.skipped_rows, skipped_lines=src.skipped_lines)
+
+
+@dataclass(frozen=True)
+class _Timed:
+    """Timed requests and the words that say how they were timed."""
+
+    table: RequestTable
+    desc: str
+
+
+def _replayed(src: RequestTable, trace, rate, duration, arrival, lengths: str, rng, max_requests) -> _Timed:
+    """The trace's own timestamps, rescaled to ``rate`` (requests/s) and cut at ``duration`` (s) when given."""
+    if not src.has_arrivals:
+        if arrival is not None:  # asked to replay timestamps the trace does not have
+            raise SpecError("arrival", arrival, f"poisson or gamma:CV: trace {str(trace)!r} has no timestamps to replay")
+        raise SpecError("rate", rate, f"a rate in requests/s: trace {str(trace)!r} has no timestamps")
+    t = src
+    if lengths == "lognormal":
+        p, o = LognormalLengths.fit(src).sample(len(src), rng)
+        t = RequestTable.from_arrays(src.arrival_s, p, o, request_id=src.request_id, source=src.source)
+    if rate is not None:
+        t = t.with_arrivals(rescale_to_rate(t.arrival_s, rate))
+    if duration is not None:
+        t = t.truncated(duration)
+    # the trace's rows are in memory already: bound what the simulation would hold and run
+    SERVING_REQUESTS.check("trace", str(trace), len(t), max_requests, "rows of the trace kept")
+    return _Timed(t, "trace timestamps" + (f" rescaled to {rate:g} req/s" if rate is not None else ""))
+
+
+def _drawn(src: RequestTable, trace, rate, duration, cv_: float, lengths: str, rng, max_requests) -> _Timed:
+    """Renewal arrivals (Poisson, or gamma of CV ``cv_``) at ``rate`` (default: the trace's mean rate) for
+    ``duration`` seconds, else one per trace row; lengths from the trace."""
+    if rate is None:
+        rate = src.mean_rate
+        if not math.isfinite(rate):
+            raise SpecError("rate", None, f"a rate in requests/s: trace {str(trace)!r} has no timestamps to take it from")
+    if duration is not None:
+        SERVING_REQUESTS.check("rate", rate, rate * duration, max_requests, "rate x duration")
+        arr = renewal_arrivals_until(duration, rate, rng, cv_)
+        reqs = sample_lengths(src, len(arr), rng, lengths)
+    else:
+        SERVING_REQUESTS.check("trace", str(trace), len(src), max_requests, "rows of the trace")
+        arr = renewal_arrivals(len(src), rate, rng, cv_)
+        reqs = src if lengths == "empirical" else sample_lengths(src, len(src), rng, lengths)
+    return _Timed(reqs.with_arrivals(arr), ("poisson" if cv_ == 1.0 else f"gamma cv={cv_:g}") + f" at {rate:g} req/s")
