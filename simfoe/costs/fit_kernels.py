@@ -220,36 +220,12 @@ def run_fit(hardware: str, vidur_dir: str | Path, write: bool = False) -> dict:
     train = df[~held]
     peak, bw = src.peak("bf16"), src.gpu.hbm_bandwidth
 
-    g = _fit_gemm(peak, bw, train[train.kind == "gemm"])
-    params: dict[str, dict[str, float]] = {"gemm": g}
-    ew = train[train.kind != "gemm"]
-    params["elementwise"] = _fit_elementwise(bw, ew)
-    for kind in ("norm", "act", "add"):
-        params[f"elementwise_{kind}"] = _fit_elementwise(bw, ew[ew.kind == kind])
-    fa_flops, fa_src = ATTENTION_PUBLISHED[gpu]
-    params["attention_prefill"] = {"eff_max": _round(fa_flops / peak), "mem_eff": g["mem_eff"], "launch_s": g["launch_s"]}
-    params["attention_decode"] = {"mem_eff": g["mem_eff"], "mem_floor_bytes": g["mem_floor_bytes"],
-                                  "launch_s": g["launch_s"], "eff_max": _round(fa_flops / peak)}
-
+    params = _fit_params(peak, bw, train, gpu)
     target = load_hardware(hardware).model_copy(update={"kernels": params})
     fitted_src = src.model_copy(update={"kernels": params})
     errors = error_table(fitted_src, df, held)
     gemm_held = errors["gemm (all)"]["held_out"]
-    today = _dt.date.today().isoformat()
-    data_rel = f"../shared/data/vidur/compute/{gpu}"
-    base = f"fit to {data_rel} by `simfoe fit kernels` on {today}, held-out GEMM MAPE {gemm_held}%"
-    if hardware != src_name:
-        base = (f"copied from the {src_name} fit (no {hardware} operator data; same GH100 die; memory term "
-                f"uses {hardware}'s own hbm_bandwidth): " + base)
-    provenance = {
-        "kernels": base,
-        "kernels.gemm": base + "; form: docs/calibration-kernels.md",
-        "kernels.elementwise": base + " (norm, act, add rows; bytes = elements moved x 2)",
-        "kernels.attention_prefill": f"eff_max = {fa_flops / 1e12:.0f} TFLOP/s / bf16 peak: {fa_src}; "
-                                     "mem_eff, launch_s from kernels.gemm",
-        "kernels.attention_decode": "mem_eff, mem_floor_bytes, launch_s from kernels.gemm (HBM streaming of weights); "
-                                    "eff_max as kernels.attention_prefill",
-    }
+    provenance = _provenance(hardware, src_name, gpu, gemm_held)
     written = None
     if write:  # families this fit does not make (fused MoE from the kernel tables) stay as they are
         from simfoe.specs.profile_io import update_profile
@@ -268,4 +244,41 @@ def run_fit(hardware: str, vidur_dir: str | Path, write: bool = False) -> dict:
         "provenance": provenance,
         "written": written,
         "target_hbm_bandwidth": target.gpu.hbm_bandwidth,
+    }
+
+
+def _fit_params(peak: float, bw: float, train, gpu: str) -> dict[str, dict[str, float]]:
+    """The kernel families Vidur's training rows fit (``peak``: bf16 FLOP/s, ``bw``: HBM bytes/s): GEMM, pooled
+    and per-kind elementwise; attention from the published FlashAttention rate of ``gpu`` and the GEMM's
+    memory terms."""
+    g = _fit_gemm(peak, bw, train[train.kind == "gemm"])
+    params: dict[str, dict[str, float]] = {"gemm": g}
+    ew = train[train.kind != "gemm"]
+    params["elementwise"] = _fit_elementwise(bw, ew)
+    for kind in ("norm", "act", "add"):
+        params[f"elementwise_{kind}"] = _fit_elementwise(bw, ew[ew.kind == kind])
+    fa_flops, _ = ATTENTION_PUBLISHED[gpu]
+    params["attention_prefill"] = {"eff_max": _round(fa_flops / peak), "mem_eff": g["mem_eff"], "launch_s": g["launch_s"]}
+    params["attention_decode"] = {"mem_eff": g["mem_eff"], "mem_floor_bytes": g["mem_floor_bytes"],
+                                  "launch_s": g["launch_s"], "eff_max": _round(fa_flops / peak)}
+    return params
+
+
+def _provenance(hardware: str, src_name: str, gpu: str, gemm_held: float) -> dict[str, str]:
+    """Sources of the fitted kernel families (``src_name``'s fit, copied when ``hardware`` has no data)."""
+    fa_flops, fa_src = ATTENTION_PUBLISHED[gpu]
+    today = _dt.date.today().isoformat()
+    data_rel = f"../shared/data/vidur/compute/{gpu}"
+    base = f"fit to {data_rel} by `simfoe fit kernels` on {today}, held-out GEMM MAPE {gemm_held}%"
+    if hardware != src_name:
+        base = (f"copied from the {src_name} fit (no {hardware} operator data; same GH100 die; memory term "
+                f"uses {hardware}'s own hbm_bandwidth): " + base)
+    return {
+        "kernels": base,
+        "kernels.gemm": base + "; form: docs/calibration-kernels.md",
+        "kernels.elementwise": base + " (norm, act, add rows; bytes = elements moved x 2)",
+        "kernels.attention_prefill": f"eff_max = {fa_flops / 1e12:.0f} TFLOP/s / bf16 peak: {fa_src}; "
+                                     "mem_eff, launch_s from kernels.gemm",
+        "kernels.attention_decode": "mem_eff, mem_floor_bytes, launch_s from kernels.gemm (HBM streaming of weights); "
+                                    "eff_max as kernels.attention_prefill",
     }
