@@ -2,8 +2,10 @@
 
 Each replica is one SimPy process: form a batch (scheduler), ask the memoized step model for the
 iteration time, wait that long, then advance every scheduled request (tokens, KV, metrics). An
-idle replica sleeps on an event that the next submitted request triggers, so the event count
-grows with iterations and arrivals, not with tokens. Per-request bookkeeping is vectorized over
+idle replica sleeps on an event that the next submitted request triggers, and a batch that only
+decodes runs up to the next event that can change it (a completion, an arrival, a full KV cache) in
+one turn (:mod:`simfoe.serving.fastforward`, bit-identical results), so the loop turns grow with
+arrivals and completions rather than with iterations. Per-request bookkeeping is vectorized over
 numpy columns (:class:`simfoe.serving.metrics.RequestStore`). Deterministic: no randomness here.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ from simfoe.errors import SpecError
 from simfoe.forward.work import Work
 from simfoe.serving.kv_cache import KVBlocks
 from simfoe.serving.clients import Clients
+from simfoe.serving.fastforward import decode_run, enabled as fast_forward
 from simfoe.serving.mtp import Drafts
 from simfoe.serving.prefix_cache import PrefixCache, Prefixes
 from simfoe.serving.metrics import (
@@ -106,6 +109,7 @@ class Replica:
         self.kv_time = 0.0  # integral of used KV fraction over busy time, s
         self.kv_max = 0.0
         self.iterations = 0
+        self.fast_forwarded = 0  # of those, iterations advanced in decode-only runs (simfoe.serving.fastforward)
 
     @property
     def preemptions(self) -> int:
@@ -193,12 +197,11 @@ class Replica:
 
     def loop(self):
         eng = self.engine
-        env, st, cost = eng.env, eng.store, eng.cost
+        env, st = eng.env, eng.store
         emit = st.emit
         ranks = self.ranks
-        kvs = [q.kv for q in ranks]
-        step_a, step_b = eng.cfg.step_overhead_s, eng.cfg.step_overhead_per_seq_s
         drafts = eng.drafts
+        ff = fast_forward(eng)
         while True:
             batch = self._schedule(env.now)
             if batch is None:
@@ -206,32 +209,14 @@ class Replica:
                 yield self.idle
                 continue
             dec, chunks = batch.decodes, batch.chunks
-            pf_tok, nd, kv_tok = batch.prefill_tokens, batch.decode_seqs, batch.decode_kv_tokens
-            work = batch if drafts is None else drafts.verify(batch)  # MTP: k + 1 query tokens per decode
-            excess = eng.excess(work.loads, work) if work.loads is not None else 0.0
-            lat = cost(work) + excess + (0.0 if drafts is None else drafts.price(batch))
-            self.excess_s += excess
-            if step_a or step_b:  # the engine's host time per iteration, and per sequence in its batch
-                lat += step_a + step_b * (nd + len(chunks))
-            used = 1.0 - (sum(map(_free, kvs)) if len(kvs) > 1 else kvs[0].free) / self.kv_total
-            self.kv_time += used * lat
-            if used > self.kv_max:
-                self.kv_max = used
-            self.busy_s += lat
-            self.iterations += 1
-            tl = eng.timeline
-            if tl is not None and lat > 0:
-                if len(tl) < MAX_EVENTS:
-                    tl.append({"name": "prefill+decode" if (pf_tok and nd) else ("prefill" if pf_tok else "decode"),
-                               "ph": "X", "pid": 0, "tid": self.index, "ts": env.now * 1e6, "dur": lat * 1e6,
-                               "args": {"prefill_tokens": pf_tok, "prefill_seqs": len(chunks), "decode_seqs": nd,
-                                        "kv_tokens": kv_tok,
-                                        "kv_used_fraction": round(used, 4),
-                                        "waiting": sum(len(q.waiting) for q in ranks),
-                                        "rank_excess_s": excess}})
-                else:
-                    eng.timeline_truncated = True
-            yield env.timeout(lat)
+            nd = batch.decode_seqs
+            # decode-only: its iterations up to the next event at once (the last one ends below)
+            hops = decode_run(self, batch, env.now) if ff and nd and not chunks else None
+            if hops is None:
+                yield env.timeout(self._price(batch))
+            else:
+                for d in hops:
+                    yield env.timeout(d)
             now = env.now
             # ---- advance decodes
             if nd:
@@ -267,6 +252,41 @@ class Replica:
                 self._finish(fin)
             if eng.pbar is not None:
                 eng.tick(now)
+
+    def _price(self, batch: Batch) -> float:
+        """Seconds of one iteration of ``batch`` (cost, busiest-rank excess, MTP drafts, host overheads),
+        added to the busy-time, KV-use and excess counters and the timeline."""
+        eng = self.engine
+        env, cost, drafts, ranks = eng.env, eng.cost, eng.drafts, self.ranks
+        kvs = [q.kv for q in ranks]
+        step_a, step_b = eng.cfg.step_overhead_s, eng.cfg.step_overhead_per_seq_s
+        chunks = batch.chunks
+        pf_tok, nd, kv_tok = batch.prefill_tokens, batch.decode_seqs, batch.decode_kv_tokens
+        work = batch if drafts is None else drafts.verify(batch)  # MTP: k + 1 query tokens per decode
+        excess = eng.excess(work.loads, work) if work.loads is not None else 0.0
+        lat = cost(work) + excess + (0.0 if drafts is None else drafts.price(batch))
+        self.excess_s += excess
+        if step_a or step_b:  # the engine's host time per iteration, and per sequence in its batch
+            lat += step_a + step_b * (nd + len(chunks))
+        used = 1.0 - (sum(map(_free, kvs)) if len(kvs) > 1 else kvs[0].free) / self.kv_total
+        self.kv_time += used * lat
+        if used > self.kv_max:
+            self.kv_max = used
+        self.busy_s += lat
+        self.iterations += 1
+        tl = eng.timeline
+        if tl is not None and lat > 0:
+            if len(tl) < MAX_EVENTS:
+                tl.append({"name": "prefill+decode" if (pf_tok and nd) else ("prefill" if pf_tok else "decode"),
+                           "ph": "X", "pid": 0, "tid": self.index, "ts": env.now * 1e6, "dur": lat * 1e6,
+                           "args": {"prefill_tokens": pf_tok, "prefill_seqs": len(chunks), "decode_seqs": nd,
+                                    "kv_tokens": kv_tok,
+                                    "kv_used_fraction": round(used, 4),
+                                    "waiting": sum(len(q.waiting) for q in ranks),
+                                    "rank_excess_s": excess}})
+            else:
+                eng.timeline_truncated = True
+        return lat
 
     def _finish(self, fin: np.ndarray) -> None:
         """Free the KV blocks of finished requests ``fin`` on their ranks and mark them done."""
@@ -333,6 +353,9 @@ class EngineConfig:
     mtp_acceptance: tuple[float, ...] | None = None
     # prefix caching (simfoe.serving.prefix_cache): one block cache per KV pool, from the requests' prefix block ids
     prefix_cache: bool = False
+    # advance decode-only iterations up to the next event at once (simfoe.serving.fastforward; the same
+    # results, bit for bit); False: one iteration per turn of the loop
+    fast_forward: bool = True
 
 
 def engine_config(base: EngineConfig | str | None = None, **knobs) -> EngineConfig:

@@ -57,6 +57,22 @@ class GapHistogram:
         self._buf[f:f + k] = gaps
         self._fill = f + k
 
+    def add_repeated(self, values: np.ndarray, n: int) -> None:
+        """The same as ``add(np.full(n, v))`` for each ``v`` of ``values`` in turn (iterations whose ``n``
+        decodes share one gap), one buffer write per buffer's worth."""
+        if n > self.BUFFER:
+            for v in values:
+                self.add(np.full(n, v))
+            return
+        i = 0
+        while i < len(values):
+            if self._fill + n > self.BUFFER:
+                self._flush()
+            m = min(len(values) - i, (self.BUFFER - self._fill) // n)
+            self._buf[self._fill:self._fill + m * n] = np.repeat(values[i:i + m], n)
+            self._fill += m * n
+            i += m
+
     def _flush(self) -> None:
         if self._fill:
             self._bin(self._buf[:self._fill])

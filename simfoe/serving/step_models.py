@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from numbers import Real
 from typing import Callable, ClassVar, Protocol
 
+import numpy as np
+
 from simfoe.errors import SpecError
 from simfoe.forward.work import Work
 
@@ -225,6 +227,10 @@ class _CostWrapper:
         #: the model's data-parallel attention ranks
         self.dp_ranks = int(model.dp_ranks)
 
+    #: decode-only iterations priced in bulk (``decode_prices(ds, kv)`` and ``note_lookups(ds, kv)``, see
+    #: simfoe.serving.fastforward), or None: one by one
+    decode_prices = None
+
     def rank_excess(self, dp_ranks: int) -> RankExcess | None:
         """The :class:`RankExcess` of this wrapper's model over ``dp_ranks`` ranks (None if the model has
         no ``rank_compute_s``)."""
@@ -262,15 +268,44 @@ class MemoCost(_CostWrapper):
                bucket_up(it.decode_kv_tokens, b), s)
         t = self.table.get(key)
         if t is None:
-            t, bd = evaluate(self.model, key[0], key[1], key[2], key[3], s)
-            self.table[key] = t
-            if bd:
-                self.breakdown[key] = dict(bd)
-            self.counts[key] = 1
-            self.misses += 1
-        else:
-            self.counts[key] += 1
+            t = self._evaluate(key)
+        self.counts[key] += 1
         return t
+
+    def _evaluate(self, key: tuple) -> float:
+        """Evaluate the step model at ``key`` into the table (no lookup counted)."""
+        t, bd = evaluate(self.model, key[0], key[1], key[2], key[3], key[4])
+        self.table[key] = t
+        if bd:
+            self.breakdown[key] = dict(bd)
+        self.counts[key] = 0
+        self.misses += 1
+        return t
+
+    def decode_prices(self, ds: int, kv: np.ndarray) -> np.ndarray:
+        """Seconds of decode-only iterations of ``ds`` sequences and ``kv[j]`` KV tokens, as :meth:`__call__`
+        gives them, for the leading entries already in the table (the first always: it runs now).
+        Counts no lookups (:meth:`note_lookups`)."""
+        b = self.bits
+        xd = bucket_up(ds, b)
+        out = []
+        for y in kv.tolist():
+            key = (0, 0, xd, bucket_up(y, b), 0)
+            t = self.table.get(key)
+            if t is None:
+                if out:
+                    break
+                t = self._evaluate(key)
+            out.append(t)
+        return np.array(out)
+
+    def note_lookups(self, ds: int, kv: np.ndarray) -> None:
+        """Count the decode-only iterations of ``ds`` sequences and ``kv[j]`` KV tokens priced by
+        :meth:`decode_prices` as lookups."""
+        b = self.bits
+        xd = bucket_up(ds, b)
+        for y in kv.tolist():
+            self.counts[(0, 0, xd, bucket_up(y, b), 0)] += 1
 
     @property
     def lookups(self) -> int:
@@ -398,6 +433,34 @@ class InterpCost(_CostWrapper):
         if decode_seqs:
             t += max(0.0, self._bilinear(decode_seqs, kv_tokens, False) - self._bilinear(decode_seqs, decode_seqs, False))
         return t
+
+    def decode_prices(self, ds: int, kv: np.ndarray) -> np.ndarray:
+        """Seconds of decode-only iterations of ``ds`` sequences and ``kv[j]`` KV tokens (increasing
+        integers), the very floats :meth:`price` gives one by one, for the leading entries whose grid
+        cells need no new step-model evaluation (the first always gets one: it runs now). Counts no
+        lookups (:meth:`note_lookups`)."""
+        b = self.bits
+        x0, x1 = bracket(ds, b)
+        wx = (ds - x0) / (x1 - x0) if x1 != x0 else 0.0
+        out = np.empty(len(kv))
+        i = 0
+        while i < len(kv):
+            y0, y1 = bracket(int(kv[i]), b)
+            if i and not all((0, 0, x, y, 0) in self.table for x in (x0, x1) for y in (y0, y1)):
+                break  # the step loop evaluates the next cell when it gets there
+            f00, f01, f10, f11 = self._cell(x0, x1, y0, y1, False)
+            j = i + 1 if y1 == y0 else int(np.searchsorted(kv, y1, "left"))  # the entries inside this cell
+            if x1 == x0 and y1 == y0:
+                out[i:j] = f00
+            else:
+                wy = (kv[i:j] - y0) / (y1 - y0) if y1 != y0 else 0.0
+                out[i:j] = (f00 * (1 - wx) + f10 * wx) * (1 - wy) + (f01 * (1 - wx) + f11 * wx) * wy
+            i = j
+        return out[:i]
+
+    def note_lookups(self, ds: int, kv: np.ndarray) -> None:
+        """Count the iterations priced by :meth:`decode_prices` (KV tokens ``kv``) as lookups."""
+        self.calls += len(kv)
 
     @property
     def lookups(self) -> int:
