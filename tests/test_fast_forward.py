@@ -135,6 +135,7 @@ def test_decode_prices_are_the_one_by_one_prices(ds, kv0, k, bits, cls):
     assert 1 <= len(got) <= k
     want = [b.price(0, 0.0, ds, int(y)) if cls is InterpCost else b(_decode(ds, int(y))) for y in kv[:len(got)]]
     assert got.tolist() == want
+    assert cls(LIN, bits).decode_price(ds, int(kv[0])) == want[0]
 
 
 def _decode(ds: int, kv: int):

@@ -305,7 +305,8 @@ class Replica:
         st.status[fin] = STATUS_DONE
         for q, blocks in touched:
             q.kv.free += blocks
-            q.running = [j for j in q.running if st.status[j] == STATUS_RUNNING]
+            run = np.fromiter(q.running, np.int64, len(q.running))
+            q.running = run[st.status[run] == STATUS_RUNNING].tolist()
         eng.completed += len(fin)
         if eng.clients is not None:
             eng.clients.finished(len(fin), eng.env.now)

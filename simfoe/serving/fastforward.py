@@ -44,7 +44,7 @@ def decode_run(rep, batch, now: float) -> tuple[float, ...] | None:
             or sum(len(q.running) for q in rep.ranks) != nd):
         return None
     k = int((st.target[dec] - st.gen[dec]).min())  # the first completion ends the run
-    if k < 2 or np.isnan(st.last[dec]).any():
+    if k < 2 or not _second_starts(eng, batch, now) or np.isnan(st.last[dec]).any():
         return None
     ctx0 = st.ctx[dec]
     bs = rep.ranks[0].kv.block_size
@@ -65,6 +65,19 @@ def decode_run(rep, batch, now: float) -> tuple[float, ...] | None:
     for r, n in enumerate(np.bincount(rank, weights=blocks, minlength=len(rep.ranks)).astype(np.int64).tolist()):
         rep.ranks[r].kv.free -= n
     return exact_hops(now, t, lat)
+
+
+def _second_starts(eng, batch, now: float) -> bool:
+    """Whether a second iteration can start before the engine's next event: the first one's cost and
+    host overheads end before it (its rank excess, >= 0, can only make it later). A cheap test that
+    spares the run's set-up where other replicas' iterations interleave."""
+    nxt = eng.env.peek()
+    if nxt <= now:
+        return False
+    nd = batch.decode_seqs
+    c = eng.cost.decode_price(nd, batch.decode_kv_tokens)
+    a, b = eng.cfg.step_overhead_s, eng.cfg.step_overhead_per_seq_s
+    return now + (c + (a + b * nd) if (a or b) else c) < nxt
 
 
 def _allocations(ctx0: np.ndarray, rank: np.ndarray, ranks: int, k: int, bs: int) -> np.ndarray:

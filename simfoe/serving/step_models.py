@@ -227,8 +227,8 @@ class _CostWrapper:
         #: the model's data-parallel attention ranks
         self.dp_ranks = int(model.dp_ranks)
 
-    #: decode-only iterations priced in bulk (``decode_prices(ds, kv)`` and ``note_lookups(ds, kv)``, see
-    #: simfoe.serving.fastforward), or None: one by one
+    #: decode-only iterations priced in bulk (``decode_price(ds, kv)``, ``decode_prices(ds, kv)`` and
+    #: ``note_lookups(ds, kv)``, see simfoe.serving.fastforward), or None: one by one
     decode_prices = None
 
     def rank_excess(self, dp_ranks: int) -> RankExcess | None:
@@ -281,6 +281,13 @@ class MemoCost(_CostWrapper):
         self.counts[key] = 0
         self.misses += 1
         return t
+
+    def decode_price(self, ds: int, kv: int) -> float:
+        """Seconds of one decode-only iteration of ``ds`` sequences and ``kv`` KV tokens (no lookup counted)."""
+        b = self.bits
+        key = (0, 0, bucket_up(ds, b), bucket_up(kv, b), 0)
+        t = self.table.get(key)
+        return self._evaluate(key) if t is None else t
 
     def decode_prices(self, ds: int, kv: np.ndarray) -> np.ndarray:
         """Seconds of decode-only iterations of ``ds`` sequences and ``kv[j]`` KV tokens, as :meth:`__call__`
@@ -433,6 +440,10 @@ class InterpCost(_CostWrapper):
         if decode_seqs:
             t += max(0.0, self._bilinear(decode_seqs, kv_tokens, False) - self._bilinear(decode_seqs, decode_seqs, False))
         return t
+
+    def decode_price(self, ds: int, kv: int) -> float:
+        """Seconds of one decode-only iteration of ``ds`` sequences and ``kv`` KV tokens (no lookup counted)."""
+        return self._bilinear(ds, kv, False)
 
     def decode_prices(self, ds: int, kv: np.ndarray) -> np.ndarray:
         """Seconds of decode-only iterations of ``ds`` sequences and ``kv[j]`` KV tokens (increasing
