@@ -10,9 +10,10 @@ adds its gaps one at a time, the gap histogram receives the same arrays. Per-tok
 exactly (``token_times``). The last of the k iterations ends through the loop's own code (its
 tokens, completions, clients), at its exact end time.
 
-Off (the loop steps one iteration at a time) with ``EngineConfig.fast_forward=False``, multi-token prediction, a timeline, prefix caching,
-a progress bar, an emit hook (``RequestStore.on_emit``) or a policy without the all-decode fast path
-(:func:`simfoe.serving.scheduler.fast_decode`).
+Off (the loop steps one iteration at a time) with ``EngineConfig.fast_forward=False``, multi-token
+prediction, a timeline, prefix caching, a progress bar, an emit hook (``RequestStore.on_emit``) or a
+policy without the all-decode fast path (:func:`simfoe.serving.scheduler.fast_decode`), whose promise
+(the batches ``schedule`` forms when every rank just decodes) is what a run relies on.
 """
 from __future__ import annotations
 
