@@ -4,10 +4,11 @@ once per deployment) and serving runs, with the engine iterations simulated. Not
 JSON object.
 
 Run: ``python benchmarks/bench_silicon.py [--path CSV] [--limit N | --every K] [--workers N] [--profile]``
-Issue 23's target: the whole H100 file in <= 2 minutes on a 2-core machine: 152 s of CPU with
-``--workers 2`` (2026-12-07; 305 s before the serving loop's fast-forward, same digest), so ~80 s of wall
-on 2 idle cores. Each row runs the benchmark's own workload (10 x concurrency prompts after 2 x
-concurrency warm-ups), so a row costs about 12 x OSL engine iterations, most of them fast-forwarded
+Issue 23's target: the whole H100 file in <= 2 minutes on a 2-core machine: 151 s of CPU and 115 s
+of wall with ``--workers 2`` at load average 2-2.7 (2026-12-07). The serving loop's fast-forward off
+took 286 s of CPU, with the same digest. So 2 idle cores should take ~80 s of wall (CPU / 2). Each
+row runs the benchmark's own workload (10 x concurrency prompts after 2 x concurrency warm-ups), so
+a row costs about 12 x OSL engine iterations, most of them fast-forwarded
 (simfoe/serving/fastforward.py). ``cpu_s`` is the CPU time of this process and its workers
 (user + system), the figure to compare on a shared machine, where wall time follows the other load.
 ``predictions_sha256`` digests every prediction (row id, TTFT, TPOT, reason, as ``repr``): equal
