@@ -99,3 +99,48 @@ def test_blackwell_tables_fit_their_largest_gpu_count(shared_data, profile, fit_
         rows = t[(t.op == op) & (t.n_gpus == fit_gpus) & (t.bytes >= fn.MIN_BYTES)]
         ape = abs(fn.predict_rows(hw, rows) / rows.time_s.to_numpy() - 1)
         assert ape.mean() <= 0.10, op
+
+
+def _perturbed_presets(tmp_path, monkeypatch, profile: str, factor: float) -> None:
+    """hwprofiles/ copied to ``tmp_path`` with every fitted collective of ``profile`` scaled by ``factor``."""
+    import shutil
+
+    import yaml
+
+    from simfoe import paths
+    from simfoe.specs import io
+
+    src = paths.hwprofiles_dir()
+    for f in src.iterdir():
+        if f.name.endswith(".yaml"):
+            shutil.copyfile(f, tmp_path / f.name)
+    raw = yaml.safe_load((tmp_path / f"{profile}.yaml").read_text())
+    for name in fn.params_of(profile):
+        *path, leaf = name.split(".")
+        node = raw["collectives"]
+        for k in path:
+            node = node[k]
+        if node.get(leaf) is not None:
+            node[leaf] = min(1.0, node[leaf] * factor) if "efficiency" in leaf or "fraction" in leaf else node[leaf] * factor
+    (tmp_path / f"{profile}.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    monkeypatch.setattr(io, "hwprofiles_dir", lambda: tmp_path)
+
+
+@pytest.mark.parametrize("profile", ["b200-sxm", "gb200-nvl72"])
+def test_blackwell_fit_start_ignores_the_profiles_collectives(tmp_path, monkeypatch, profile):
+    """The B200 / GB200 fit starts from the ``-datasheet`` profile, so a profile whose collectives were moved
+    (by an earlier `fit nccl --write`) starts, and so ends, where a fresh `calibrate` does."""
+    names = fn.params_of(profile)
+    before = fn.start_params(profile, names)
+    assert before == fn.current_params(load_hardware(f"{profile}-datasheet"), names)
+    _perturbed_presets(tmp_path, monkeypatch, profile, 0.7)
+    assert load_hardware(profile).collectives.nvlink.alpha_s != pytest.approx(before[1])
+    assert fn.start_params(profile, names) == before
+
+
+def test_h100_fit_still_starts_from_its_profile(tmp_path, monkeypatch):
+    """h100-sxm keeps its historical start (the profile's values), so its fit and quoted numbers do not move."""
+    before = fn.start_params("h100-sxm")
+    assert before == fn.current_params(load_hardware("h100-sxm"))
+    _perturbed_presets(tmp_path, monkeypatch, "h100-sxm", 0.7)
+    assert fn.start_params("h100-sxm") == pytest.approx([v * 0.7 for v in before])
