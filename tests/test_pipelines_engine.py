@@ -170,6 +170,34 @@ def test_alto_report_engine_section_tables_every_variant(const_forward, tmp_path
     assert f"{PAPER_P99_RATIO / best:.1f} of its {PAPER_P99_RATIO:g}x" in text
 
 
+def test_alto_report_verify_section_tables_every_rate(const_forward):
+    """The report's appended-context section: one row per rate whose ratios are batch over stream of that
+    row's own numbers (10 ms iterations stand in for the forward model)."""
+    from simfoe.pipelines.report import verify_section
+
+    lines, data = verify_section(20.0, [1.0, 4.0], 0, 1, [(None, 1.0)])
+    rows = [ln for ln in lines if ln.startswith("| 1 |") or ln.startswith("| 4 |")]
+    assert len(rows) == 2
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        (s50, b50), (s99, b99) = (map(float, cells[i].split(" / ")) for i in (1, 2))
+        assert float(cells[3].rstrip("x")) == pytest.approx(b50 / s50, abs=0.011)
+        assert float(cells[4].rstrip("x")) == pytest.approx(b99 / s99, abs=0.011)
+    assert data["verify"]["low_rate"] == 1.0
+
+
+def test_alto_report_verify_reading_says_whether_it_moves_the_largest_ratio():
+    """Hand cases: a P99 ratio above every earlier row's shrinks the unexplained factors (3 / 1.14 = 2.6, 1.8 / 1.2 = 1.5);
+    one below leaves the statement unchanged."""
+    from simfoe.pipelines.report import _verify_reading
+
+    r = {"load_ratio": None, "p99_ratio": 1.2, "low_rate": 1.0, "stream_load": "a", "batch_load": "b"}
+    above = " ".join(_verify_reading(r, [(1.14, 1.05), (None, 1.04)]))
+    assert "shrink to 2.6 and 1.5" in above
+    below = " ".join(_verify_reading({**r, "p99_ratio": 1.01}, [(1.14, 1.05)]))
+    assert "does not change" in below and "1.14x load, 1.05x P99" in below
+
+
 def test_engine_profile_request_overhead_delays_each_request(const_forward, tmp_path):
     """A profile's per-request overhead (API server time) is paid by every request a stage's engine receives."""
     prof = tmp_path / "slow-frontend.yaml"
