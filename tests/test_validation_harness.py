@@ -22,6 +22,12 @@ from validation.bench_kernels import KERNEL_COLUMNS, attention_flops, route_toke
 pytestmark = pytest.mark.torch
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _harness(out: Path, *args: str) -> dict:
     proc = subprocess.run([sys.executable, "-m", "validation.harness", "--device", "cpu", "--quick",
                            "--out", str(out), *args],
@@ -100,6 +106,19 @@ def test_bad_flush_exit_2(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "validation.harness", "--out", str(out), "--flush-mb", "-1"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.startswith("error: --flush-mb") and not out.exists()
+
+
+@pytest.mark.parametrize("flag,value", [("--gemm-threads", "a,b"), ("--gemm-threads", "0"),
+                                        ("--world-sizes", "2,x"), ("--collective-sizes", "0"),
+                                        pytest.param("--backend", "nccl", marks=pytest.mark.skipif(
+                                            _cuda(), reason="a CUDA GPU is here: --backend nccl is allowed"))])
+def test_bad_integer_lists_and_backend_exit_2_before_anything_is_written(tmp_path: Path, flag, value) -> None:
+    # checked with the other flags, before a measurement starts (they used to exit 1, the lists mid-run)
+    out = tmp_path / "set"
+    proc = subprocess.run([sys.executable, "-m", "validation.harness", "--out", str(out), "--ops", "collectives",
+                           flag, value], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"error: {flag}") and not out.exists()
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_bad_gemm_draws_exit_2(tmp_path: Path) -> None:

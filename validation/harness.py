@@ -44,9 +44,9 @@ def _int_list(text: str, field: str) -> list[int]:
     try:
         vals = [int(t) for t in _csv_list(text)]
     except ValueError:
-        raise SystemExit(f"error: {field}={text!r}: expected comma-separated integers") from None
+        raise _Usage(f"{field}={text!r}: expected comma-separated integers") from None
     if not vals or min(vals) < 1:
-        raise SystemExit(f"error: {field}={text!r}: expected positive integers")
+        raise _Usage(f"{field}={text!r}: expected positive integers")
     return vals
 
 
@@ -124,6 +124,11 @@ def _check_args(args: argparse.Namespace) -> _Checked:
         log("note: fp8 on a CPU runs torch's emulated _scaled_mm (about 0.1 GFLOP/s here): it checks the "
             "plumbing, it does not measure fp8 hardware")
     gemm_threads = _int_list(args.gemm_threads, "--gemm-threads") if args.gemm_threads else [args.threads]
+    for flag, text in (("--world-sizes", args.world_sizes), ("--collective-sizes", args.collective_sizes)):
+        if text:  # checked before anything is measured or written; _collectives reads them again
+            _int_list(text, flag)
+    if args.backend == "nccl" and not torch.cuda.is_available():
+        raise _Usage("--backend=nccl: needs CUDA GPUs (torch.cuda.is_available() is False)")
     if args.flush_mb is not None and args.flush_mb < 0:
         raise _Usage(f"--flush-mb={args.flush_mb}: must be >= 0 (0 skips the cold rows)")
     args.flush_bytes = 0 if args.device == "cuda" else (
@@ -330,8 +335,6 @@ def _write_env(out: str, env: dict) -> None:
 def _collectives(args: argparse.Namespace, device: torch.device, policy: TimingPolicy, env: dict) -> list[dict]:
     backend = args.backend or ("nccl" if device.type == "cuda" else "gloo")
     dev_type = "cuda" if backend == "nccl" else "cpu"
-    if backend == "nccl" and not torch.cuda.is_available():
-        raise SystemExit("error: --backend=nccl: needs CUDA GPUs")
     if args.world_sizes:
         world_sizes = _int_list(args.world_sizes, "--world-sizes")
     elif dev_type == "cuda":
