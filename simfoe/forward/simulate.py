@@ -215,13 +215,12 @@ class _Streams:
 @dataclass
 class _Launch:
     """Run state of one collective step: each GPU's group (-1: none), and per group its arrivals, its completion
-    event and its seconds (``took``); ``longest``: the longest group's seconds."""
+    event and its seconds (``took``)."""
 
     member: np.ndarray
     arrived: list
     done: list
     took: np.ndarray
-    longest: float = 0.0
 
 
 def run_programs(hw: HardwareSpec, nodes: int, programs: list[list], recorder: _Recorder | None = None,
@@ -320,7 +319,6 @@ def run_programs(hw: HardwareSpec, nodes: int, programs: list[list], recorder: _
         st.took[gi] = env.now - t0
         if multi:
             streams.communicating(group, -1, s.sm_share)
-            st.longest = max(st.longest, env.now - t0)
         st.done[gi].succeed()
 
     for pi in range(len(programs)):
@@ -343,7 +341,7 @@ def run_programs(hw: HardwareSpec, nodes: int, programs: list[list], recorder: _
     comm_s = dict.fromkeys(CATEGORIES, 0.0)
     for pi, steps in enumerate(programs):
         for si, st in coll_state[pi].items():
-            comm_s[steps[si].category] += st.longest
+            comm_s[steps[si].category] += float(st.took.max())  # the longest group's seconds
     return float(finish[last]), _overlap_breakdown(float(finish[last]), {c: float(b[last]) for c, b in busy.items()},
                                                    comm_s), net.bytes_by_tag
 

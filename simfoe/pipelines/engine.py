@@ -81,6 +81,18 @@ class Agg:
         self.job: Job | None = None  # service_per: aggregate -> the job run on completion
         self.row = -1  # stream_into request: the engine row of its request, once its first item arrived
 
+    def count(self, st) -> bool:
+        """Count one more item; on the last, the aggregate is counted into ``st`` (a stage's stats) and True is
+        returned. More items than ``expected`` raise AggregationError."""
+        self.got += 1
+        if self.got == self.expected:
+            st.aggs_done += 1
+            st.agg_items += self.got
+            return True
+        if self.got > self.expected:
+            raise AggregationError(f"aggregate {self.key} got {self.got} items, expected {self.expected}")
+        return False
+
 
 class SItem:
     """One item at a stateful stage (``dur``: its service time, s, or None), or one unit streamed into a request
@@ -426,18 +438,13 @@ class Simulation:
         a = item.agg
         if a.inst is not inst:
             raise AggregationError(f"item of aggregate {a.key} at instance {inst.idx}, aggregate at {a.inst.idx}")
-        a.got += 1
-        if a.got == a.expected:
-            st = self.st[inst.stage]
-            st.aggs_done += 1
-            st.agg_items += a.got
+        st = self.st[inst.stage]
+        if a.count(st):
             if a.job is not None:
                 st.items_in -= 1  # the job is not an arriving item
                 self._enqueue(inst, a.job)
             else:
                 self._forward(a.emits, inst, a.req)
-        elif a.got > a.expected:
-            raise AggregationError(f"aggregate {a.key} got {a.got} items, expected {a.expected}")
 
     def _free(self, inst: Instance):
         inst.busy -= 1

@@ -99,15 +99,11 @@ class EngineStage:
         request (its job's ``prompt``: the stage's context tokens, then the unit's), holding before decode unless
         it is also the last; later ones append to its context."""
         a = item.agg
-        a.got += 1
-        last = a.got == a.expected
+        last = a.count(self.st)
         if a.got == 1:
             a.row = self._open(inst, a.job, a.job.prompt + item.dur, not last)  # its context_tokens, then the unit
         else:
             streamed.extend(self.eng, a.row, item.dur, last)
-        if last:
-            self.st.aggs_done += 1
-            self.st.agg_items += a.got
 
     def _open(self, inst, job, prompt: int, hold: bool) -> int:
         """Job ``job`` becomes a request of ``prompt`` tokens at instance ``inst`` (``hold``: it awaits more
