@@ -127,6 +127,10 @@ class Replica:
         k = rr.pick(self.ranks, i) if rr is not None else 0
         self.engine.store.rank[i] = k
         self.ranks[k].waiting.append(i)
+        self.wake()
+
+    def wake(self) -> None:
+        """New work for this replica: end its idle wait, if it is waiting."""
         ev = self.idle
         if ev is not None:
             self.idle = None

@@ -27,9 +27,11 @@ from simfoe.serving.step_models import RankLoads
 
 
 def enabled(engine) -> bool:
-    """Whether ``engine``'s replicas may fast-forward decode-only iterations (see the module docstring)."""
+    """Whether ``engine``'s replicas may fast-forward decode-only iterations (see the module docstring); read
+    once, when a replica's loop starts (after a pipeline stage has set its emit hook)."""
     return (engine.cfg.fast_forward and engine.drafts is None and engine.timeline is None
-            and engine.prefixes is None and engine.pbar is None and fast_decode(engine.scheduler) is not None)
+            and engine.prefixes is None and engine.pbar is None and engine.store.on_emit is None
+            and engine.cost.decode_prices is not None and fast_decode(engine.scheduler) is not None)
 
 
 def decode_run(rep, batch, now: float) -> tuple[float, ...] | None:
@@ -41,8 +43,7 @@ def decode_run(rep, batch, now: float) -> tuple[float, ...] | None:
     st = eng.store
     dec = batch.decodes
     nd = len(dec)
-    if (eng.cost.decode_prices is None or st.on_emit is not None or any(q.waiting for q in rep.ranks)
-            or sum(len(q.running) for q in rep.ranks) != nd):
+    if any(q.waiting for q in rep.ranks) or sum(len(q.running) for q in rep.ranks) != nd:
         return None
     k = int((st.target[dec] - st.gen[dec]).min())  # the first completion ends the run
     if k < 2 or not _second_starts(eng, batch, now) or np.isnan(st.last[dec]).any():
@@ -50,7 +51,7 @@ def decode_run(rep, batch, now: float) -> tuple[float, ...] | None:
     ctx0 = st.ctx[dec]
     bs = rep.ranks[0].kv.block_size
     rank = st.rank[dec] if len(rep.ranks) > 1 else np.zeros(nd, np.int64)
-    k = _block_room(rep, ctx0, rank, k, bs)
+    k, alloc = _block_room(rep, ctx0, rank, k, bs)
     lat, ex = _latencies(rep, batch, k, now)
     k = len(lat)
     if k < 2:
@@ -59,12 +60,13 @@ def decode_run(rep, batch, now: float) -> tuple[float, ...] | None:
     eng.cost.note_lookups(nd, batch.decode_kv_tokens + nd * np.arange(k, dtype=np.int64))
     rep.fast_forwarded += k
     blocks = (ctx0 + k - 1) // bs - ctx0 // bs  # blocks each decode adds in iterations 1..k-1
-    _book_counters(rep, lat, ex, _allocations(ctx0, rank, len(rep.ranks), k, bs))
+    alloc = alloc[:, :k]  # the blocks of the k iterations that run (a prefix of those tried)
+    _book_counters(rep, lat, ex, alloc)
     _book_tokens(st, dec, t[1:k])
     st.ctx[dec] += k - 1
     st.blocks[dec] += blocks
-    for r, n in enumerate(np.bincount(rank, weights=blocks, minlength=len(rep.ranks)).astype(np.int64).tolist()):
-        rep.ranks[r].kv.free -= n
+    for q, n in zip(rep.ranks, alloc.sum(axis=1).tolist()):
+        q.kv.free -= n
     return exact_hops(now, t, lat)
 
 
@@ -94,15 +96,15 @@ def _allocations(ctx0: np.ndarray, rank: np.ndarray, ranks: int, k: int, bs: int
     return alloc
 
 
-def _block_room(rep, ctx0: np.ndarray, rank: np.ndarray, k: int, bs: int) -> int:
-    """Iterations (at most ``k``) whose KV blocks every rank of ``rep`` has free: the run stops before
-    an iteration where a rank would preempt."""
+def _block_room(rep, ctx0: np.ndarray, rank: np.ndarray, k: int, bs: int) -> tuple[int, np.ndarray]:
+    """(iterations (at most ``k``) whose KV blocks every rank of ``rep`` has free - the run stops before
+    an iteration where a rank would preempt -, :func:`_allocations` of the ``k`` tried)."""
     alloc = _allocations(ctx0, rank, len(rep.ranks), k, bs)
     for r, q in enumerate(rep.ranks):
         over = np.flatnonzero(np.cumsum(alloc[r]) > q.kv.free)
         if len(over):
             k = min(k, int(over[0]))
-    return k
+    return k, alloc
 
 
 def _latencies(rep, batch, k: int, now: float) -> tuple[np.ndarray, np.ndarray | None]:

@@ -42,10 +42,7 @@ def extend(eng, i: int, tokens: int, last: bool) -> None:
         st.status[i] = STATUS_RUNNING
         rep = eng.replicas[st.replica[i]]
         rep.ranks[st.rank[i]].running.append(i)
-        ev = rep.idle
-        if ev is not None:
-            rep.idle = None
-            ev.succeed()
+        rep.wake()
 
 
 def _park(eng, rows: np.ndarray) -> None:
