@@ -101,7 +101,8 @@ class Replica:
         self.engine = engine
         self.index = index
         self.ranks = [Rank(KVBlocks(kv_capacity_tokens, block_size, ranks)) for _ in range(ranks)]
-        self.kv_total = sum(q.kv.total for q in self.ranks)  # blocks
+        self.kvs = [q.kv for q in self.ranks]  # each rank's KV blocks (fixed for the run)
+        self.kv_total = sum(q.total for q in self.kvs)  # blocks
         self.rank_router = make_router(rank_router, ranks, "rank_router") if ranks > 1 else None
         self.idle: simpy.Event | None = None
         self.busy_s = 0.0
@@ -261,8 +262,7 @@ class Replica:
         """Seconds of one iteration of ``batch`` (cost, busiest-rank excess, MTP drafts, host overheads),
         added to the busy-time, KV-use and excess counters and the timeline."""
         eng = self.engine
-        env, cost, drafts, ranks = eng.env, eng.cost, eng.drafts, self.ranks
-        kvs = [q.kv for q in ranks]
+        env, cost, drafts, kvs = eng.env, eng.cost, eng.drafts, self.kvs
         step_a, step_b = eng.cfg.step_overhead_s, eng.cfg.step_overhead_per_seq_s
         chunks = batch.chunks
         pf_tok, nd, kv_tok = batch.prefill_tokens, batch.decode_seqs, batch.decode_kv_tokens
@@ -286,7 +286,7 @@ class Replica:
                            "args": {"prefill_tokens": pf_tok, "prefill_seqs": len(chunks), "decode_seqs": nd,
                                     "kv_tokens": kv_tok,
                                     "kv_used_fraction": round(used, 4),
-                                    "waiting": sum(len(q.waiting) for q in ranks),
+                                    "waiting": sum(len(q.waiting) for q in self.ranks),
                                     "rank_excess_s": excess}})
             else:
                 eng.timeline_truncated = True
