@@ -8,8 +8,6 @@ serves a Federation-of-Experts model. Units: GPUs, tokens, sequences.
 """
 from __future__ import annotations
 
-import dataclasses
-
 from simfoe.specs.launch import LaunchPlan, launch_commands
 
 #: Said instead of a command for an FoE layout.
@@ -18,8 +16,10 @@ FOE_NOTE = ("not runnable: no serving engine runs a Federation-of-Experts model 
             "replicas of the original model on the clusters' GPUs would not be FoE, so no command is given")
 
 
-def layout_plan(entry: dict, model, gpus_per_node: int, max_batch: int, role: str | None = None) -> LaunchPlan:
-    """The LaunchPlan of one MoE (or dense) layout's JSON entry (a recommended layout or a disaggregated pool)."""
+def layout_plan(entry: dict, model, gpus_per_node: int, max_batch: int, token_budget: int,
+                role: str | None = None) -> LaunchPlan:
+    """The LaunchPlan of one MoE (or dense) layout's JSON entry (a recommended layout or a disaggregated pool);
+    ``token_budget``: the engine's, unless the entry names its own (tokens per iteration)."""
     s = entry["settings"]
     gpus = int(entry.get("gpus_per_replica") or entry["gpus_per_worker"])
     if s.get("placement.moe.attention") == "dp":
@@ -30,7 +30,7 @@ def layout_plan(entry: dict, model, gpus_per_node: int, max_batch: int, role: st
         att_tp = int(s.get("placement.moe.attention_tp") or min(gpus_per_node, gpus))
     ep = s.get("placement.moe.ep") if model.moe is not None else None
     return LaunchPlan(model=model.hf_id or model.name, gpus=gpus, gpus_per_node=gpus_per_node, attention_tp=att_tp,
-                      token_budget=int(entry.get("token_budget") or 0) or None, max_batch=max_batch,
+                      token_budget=int(entry.get("token_budget") or 0) or token_budget, max_batch=max_batch,
                       ep=None if ep is None else int(ep), deepep=bool(s.get("placement.moe.dedup_dispatch")),
                       role=role)
 
@@ -39,9 +39,7 @@ def entry_launch(entry: dict, model, gpus_per_node: int, profile, max_batch: int
     """``{engine, version, commands, notes}`` for one layout entry; FoE: no commands, the reason in notes."""
     if entry["arch"] == "foe":
         return {"engine": profile.name, "version": profile.version, "commands": [], "notes": [FOE_NOTE]}
-    plan = layout_plan(entry, model, gpus_per_node, max_batch, role)
-    if plan.token_budget is None:
-        plan = dataclasses.replace(plan, token_budget=profile.token_budget)
+    plan = layout_plan(entry, model, gpus_per_node, max_batch, profile.token_budget, role)
     out = launch_commands(profile, plan).to_dict()
     if not model.hf_id:
         out["notes"].append(f"the model preset names no Hugging Face id: replace {model.name} by the checkpoint path")
