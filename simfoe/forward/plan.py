@@ -110,6 +110,12 @@ class _Costs:
         """Per-slot work of the fused MoE kernel over ``rows`` local token-expert rows (0 unless the profile
         fitted it, see simfoe.costs.kernels.moe_slots)."""
         f = self.formats
+        on = self._c.get("slots")
+        if on is None:  # whether the profile fitted the term at all: most do not, and then it is 0 every call
+            g = K.grouped_params(self.hw, K.operands(f.gemm_activations, f.expert_weights)[2])
+            on = self._c["slots"] = bool(g.get("slot_bytes", 0.0) or g.get("slot_inter_bytes", 0.0))
+        if not on:
+            return 0.0
         return K.moe_slots(self.hw, float(rows), int(h), int(width), f.gemm_activations, f.expert_weights).latency_s
 
     def attn_prefill(self, tokens, pairs, h, hkv, d, mla: bool = False) -> float:
