@@ -222,6 +222,15 @@ class _Launch:
     done: list
     took: np.ndarray
 
+    @classmethod
+    def of(cls, env: simpy.Environment, G: int, step: Collective) -> _Launch:
+        """Fresh run state of ``step`` on ``G`` GPUs: nobody arrived, nothing done."""
+        member = np.full(G, -1)
+        for gi, grp in enumerate(step.groups):
+            member[grp] = gi
+        n = len(step.groups)
+        return cls(member, [0] * n, [env.event() for _ in step.groups], np.zeros(n))
+
 
 def run_programs(hw: HardwareSpec, nodes: int, programs: list[list], recorder: _Recorder | None = None,
                  comm_sm_share: float | str = 0.0, step_ends: list | None = None, layer_steps: int = 0):
@@ -245,105 +254,133 @@ def run_programs(hw: HardwareSpec, nodes: int, programs: list[list], recorder: _
     at step i >= m puts no flows on the fabric and lasts what the same group's step i mod m took (its first
     layer's), which costs no fabric events (``ForwardModel.OVERLAP_CHAIN``).
     """
-    env = simpy.Environment()
-    net = FlowNetwork(env, build_cluster(hw, nodes), recorder)
-    G = next(len(s.seconds) for steps in programs for s in steps if isinstance(s, Compute))
-    multi = len(programs) > 1
-    share = comm_sm_share if comm_sm_share == "auto" else float(comm_sm_share)
-    streams = _Streams(env, G, programs, share) if multi else None
-    busy = {c: [0.0] * G for c in CATEGORIES}  # compute seconds per GPU (several programs)
-    done_at = [[[0.0] * G for _ in steps] for steps in programs]  # when each step ended, per GPU (s)
-    # per collective step: group index of each GPU, arrival counters, completion events, longest group (s)
-    coll_state = []
-    for steps in programs:
-        st = {}
-        for si, s in enumerate(steps):
-            if isinstance(s, Collective):
-                member = np.full(G, -1)
-                for gi, grp in enumerate(s.groups):
-                    member[grp] = gi
-                st[si] = _Launch(member, [0] * len(s.groups), [env.event() for _ in s.groups], np.zeros(len(s.groups)))
-        coll_state.append(st)
+    run = _ProgramRun(hw, nodes, programs, recorder, comm_sm_share, layer_steps)
+    for pi in range(len(programs)):
+        for gpu in range(run.G):
+            run.env.process(run.walk(pi, gpu))
+    run.env.run()
+    done_at = [np.array(d) for d in run.done_at]
+    if step_ends is not None:
+        step_ends.extend(d.max(axis=1) for d in done_at)
+    latency, breakdown = run.serial_breakdown(done_at[0]) if not run.multi else run.overlap_breakdown(done_at)
+    return latency, breakdown, run.net.bytes_by_tag
 
-    # per program and step: compute seconds per GPU as floats (None: a collective)
-    seconds = [[np.asarray(s.seconds).tolist() if isinstance(s, Compute) else None for s in steps] for steps in programs]
 
-    def gpu_proc(pi: int, gpu: int):
-        label = f" mb{pi}" if multi else ""
+class _ProgramRun:
+    """The state of one :func:`run_programs` simulation: its fabric, the GPUs' compute streams (several
+    programs), each collective step's :class:`_Launch`, each compute category's busy seconds per GPU and
+    when each step ended on each GPU (s)."""
+
+    def __init__(self, hw: HardwareSpec, nodes: int, programs: list[list], recorder: _Recorder | None,
+                 comm_sm_share: float | str, layer_steps: int):
+        self.env = env = simpy.Environment()
+        self.net = FlowNetwork(env, build_cluster(hw, nodes), recorder)
+        self.programs, self.recorder, self.layer_steps = programs, recorder, layer_steps
+        self.G = G = next(len(s.seconds) for steps in programs for s in steps if isinstance(s, Compute))
+        self.multi = len(programs) > 1
+        share = comm_sm_share if comm_sm_share == "auto" else float(comm_sm_share)
+        self.streams = _Streams(env, G, programs, share) if self.multi else None
+        self.busy = {c: [0.0] * G for c in CATEGORIES}  # compute seconds per GPU (several programs)
+        self.done_at = [[[0.0] * G for _ in steps] for steps in programs]  # when each step ended, per GPU (s)
+        self.launches = [{si: _Launch.of(env, G, s) for si, s in enumerate(steps) if isinstance(s, Collective)}
+                         for steps in programs]
+        # per program and step: compute seconds per GPU as floats (None: a collective)
+        self.seconds = [[np.asarray(s.seconds).tolist() if isinstance(s, Compute) else None for s in steps]
+                        for steps in programs]
+
+    def walk(self, pi: int, gpu: int):
+        """SimPy process: ``gpu`` walks program ``pi``. With several programs a collective is launched and
+        awaited before the next step that needs it (an independent compute step does not)."""
+        env, done_at, seconds = self.env, self.done_at[pi], self.seconds[pi]
         inflight: list = []  # several programs: this micro-batch's collectives launched here, not yet awaited
-        for si, s in enumerate(programs[pi]):
-            secs = seconds[pi][si]
+        for si, s in enumerate(self.programs[pi]):
+            secs = seconds[si]
             if inflight and not (secs is not None and s.independent):
                 yield inflight[0] if len(inflight) == 1 else simpy.AllOf(env, inflight)
                 inflight = []
             if secs is not None:
-                d = float(secs[gpu])
-                t0 = env.now
-                if multi:
-                    t0 = yield from streams.run(pi, si, gpu, d)
-                elif d > 0:
-                    yield env.timeout(d)
-                if d > 0:
-                    if multi:
-                        busy[s.category][gpu] += env.now - t0
-                    if recorder:
-                        recorder.compute(gpu, s.category + label, t0, env.now,
-                                         streams.stage_of[pi][si] if multi else None)
+                yield from self._compute(pi, si, gpu, float(secs[gpu]))
             else:
-                st = coll_state[pi][si]
-                gi = st.member[gpu]
-                if gi >= 0:
-                    st.arrived[gi] += 1
-                    if st.arrived[gi] == len(s.groups[gi]):
-                        env.process(_run_coll(pi, si, gi))
-                    if multi:
-                        inflight.append(st.done[gi])
+                done = self._arrive(pi, si, gpu)
+                if done is not None:
+                    if self.multi:
+                        inflight.append(done)
                     else:
-                        yield st.done[gi]
-            done_at[pi][si][gpu] = env.now
+                        yield done
+            done_at[si][gpu] = env.now
         if inflight:
             yield simpy.AllOf(env, inflight)
-            done_at[pi][-1][gpu] = env.now
+            done_at[-1][gpu] = env.now
 
-    def _run_coll(pi: int, si: int, gi: int):
-        s, st = programs[pi][si], coll_state[pi][si]
+    def _compute(self, pi: int, si: int, gpu: int, d: float):
+        """Compute step ``si`` of program ``pi`` on ``gpu``: ``d`` seconds (several programs: in its stream's
+        turn, counted in ``busy``), recorded on the timeline."""
+        env, s = self.env, self.programs[pi][si]
+        t0 = env.now
+        if self.multi:
+            t0 = yield from self.streams.run(pi, si, gpu, d)
+        elif d > 0:
+            yield env.timeout(d)
+        if d > 0:
+            if self.multi:
+                self.busy[s.category][gpu] += env.now - t0
+            if self.recorder:
+                label = f" mb{pi}" if self.multi else ""
+                self.recorder.compute(gpu, s.category + label, t0, env.now,
+                                      self.streams.stage_of[pi][si] if self.multi else None)
+
+    def _arrive(self, pi: int, si: int, gpu: int) -> simpy.Event | None:
+        """``gpu`` reaches collective step ``si`` of program ``pi``; the last member of its group launches the
+        group's run. Returns the group's completion event (None: ``gpu`` is in no group)."""
+        s, st = self.programs[pi][si], self.launches[pi][si]
+        gi = st.member[gpu]
+        if gi < 0:
+            return None
+        st.arrived[gi] += 1
+        if st.arrived[gi] == len(s.groups[gi]):
+            self.env.process(self._collective(pi, si, gi))
+        return st.done[gi]
+
+    def _collective(self, pi: int, si: int, gi: int):
+        """SimPy process: group ``gi`` of collective step ``si`` of program ``pi`` runs (as flows on the fabric,
+        or, at a later layer of a chain, for its first layer's seconds) and records its seconds in ``took``."""
+        env, s, st = self.env, self.programs[pi][si], self.launches[pi][si]
         t0, group = env.now, s.groups[gi]
-        if multi:
-            streams.communicating(group, +1, s.sm_share)
-        if layer_steps and si >= layer_steps:  # a later layer of a chain: its first layer's seconds
-            yield env.timeout(coll_state[pi][si % layer_steps].took[gi])
-            if recorder:
-                recorder.repeated(s.tag, t0, env.now)
+        if self.multi:
+            self.streams.communicating(group, +1, s.sm_share)
+        if self.layer_steps and si >= self.layer_steps:  # a later layer of a chain: its first layer's seconds
+            yield env.timeout(self.launches[pi][si % self.layer_steps].took[gi])
+            if self.recorder:
+                self.recorder.repeated(s.tag, t0, env.now)
         else:
-            yield from run_step(net, s, gi)
+            yield from run_step(self.net, s, gi)
         st.took[gi] = env.now - t0
-        if multi:
-            streams.communicating(group, -1, s.sm_share)
+        if self.multi:
+            self.streams.communicating(group, -1, s.sm_share)
         st.done[gi].succeed()
 
-    for pi in range(len(programs)):
-        for gpu in range(G):
-            env.process(gpu_proc(pi, gpu))
-    env.run()
-    done_at = [np.array(d) for d in done_at]
-    if step_ends is not None:
-        step_ends.extend(d.max(axis=1) for d in done_at)
-    if not multi:
+    def serial_breakdown(self, done_at: np.ndarray) -> tuple[float, dict[str, float]]:
+        """One program (``done_at``: (steps, G) end times, s): its latency and the seconds each step's
+        category adds to the pass."""
         breakdown = dict.fromkeys(CATEGORIES, 0.0)
-        ends = done_at[0].max(axis=1)
+        ends = done_at.max(axis=1)
         prev = 0.0
-        for si, s in enumerate(programs[0]):
+        for si, s in enumerate(self.programs[0]):
             breakdown[s.category] += float(max(ends[si] - prev, 0.0))
             prev = max(prev, float(ends[si]))
-        return float(ends[-1]), breakdown, net.bytes_by_tag
-    finish = np.max([d[-1] for d in done_at], axis=0)  # per GPU
-    last = int(np.argmax(finish))
-    comm_s = dict.fromkeys(CATEGORIES, 0.0)
-    for pi, steps in enumerate(programs):
-        for si, st in coll_state[pi].items():
-            comm_s[steps[si].category] += float(st.took.max())  # the longest group's seconds
-    return float(finish[last]), _overlap_breakdown(float(finish[last]), {c: float(b[last]) for c, b in busy.items()},
-                                                   comm_s), net.bytes_by_tag
+        return float(ends[-1]), breakdown
+
+    def overlap_breakdown(self, done_at: list[np.ndarray]) -> tuple[float, dict[str, float]]:
+        """Several programs (``done_at``: (steps, G) end times per program, s): the latency of the GPU that
+        finishes last and its breakdown (:func:`_overlap_breakdown`; a collective step counts its longest group)."""
+        finish = np.max([d[-1] for d in done_at], axis=0)  # per GPU
+        last = int(np.argmax(finish))
+        comm_s = dict.fromkeys(CATEGORIES, 0.0)
+        for pi, steps in enumerate(self.programs):
+            for si, st in self.launches[pi].items():
+                comm_s[steps[si].category] += float(st.took.max())  # the longest group's seconds
+        latency = float(finish[last])
+        return latency, _overlap_breakdown(latency, {c: float(b[last]) for c, b in self.busy.items()}, comm_s)
 
 
 def _overlap_breakdown(latency: float, busy: dict[str, float], comm_s: dict[str, float]) -> dict[str, float]:
