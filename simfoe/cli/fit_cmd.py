@@ -109,13 +109,13 @@ def run(args) -> dict:
 def _fit_nccl(args) -> dict:
     """NVLink side of h100-sxm, b200-sxm or gb200-nvl72 fitted to its nccl-tests on one node
     (simfoe.costs.fit_nccl_tests)."""
-    from simfoe.costs.fit_nccl_tests import SYSTEMS, TARGETS as WRITES, run_fit, table_of
+    from simfoe.costs.fit_nccl_tests import SYSTEMS, run_fit, table_of
     from simfoe.errors import SpecError
     from simfoe.paths import shared_data_dir
 
     if args.hardware not in SYSTEMS:
         raise SpecError("--hardware", args.hardware, ", ".join(SYSTEMS) + " (the systems with nccl-tests tables; "
-                        "for h100-sxm --write also updates " + ", ".join(WRITES[1:]) + ")")
+                        "for h100-sxm --write also updates " + ", ".join(SYSTEMS["h100-sxm"].targets[1:]) + ")")
     shared, name = shared_data_dir(), "../shared/data/" + table_of(args.hardware).as_posix()
     if shared is None or not (shared / table_of(args.hardware)).is_file():
         raise SpecError("fit nccl", None, f"the nccl-tests table {name}", problem="not found")

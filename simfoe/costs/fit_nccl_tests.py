@@ -17,7 +17,7 @@ Parameters fitted (each a real one): ``nvlink.efficiency`` (ring bus efficiency,
 ``nvls.efficiency`` and ``nvls.alpha_s`` (in-switch all-reduce), ``all_to_all_nvlink_efficiency``. Per-step
 latencies and protocol bandwidth shares are NCCL's constants (fit_collectives.HOP_S, LL128_* below). B200 and GB200
 (:func:`params_of`) also fit the LL / LL128 bandwidth shares and ``all_to_all_alpha_s`` (the one-node all-to-all
-as NCCL's p2p kernel), with ``all_to_all_channel_pool`` set (CHANNEL_POOL).
+as NCCL's p2p kernel), with ``all_to_all_channel_pool`` set (SYSTEMS: the one table of what differs per system).
 
 Split, decided here: 8-GPU rows at even positions of the size ladder (512 B, 2 KiB, ... 512 MiB) are fitted;
 8-GPU rows at odd positions and every 2- and 4-GPU row are held out. The fit minimizes the mean relative
@@ -27,6 +27,7 @@ committed profiles are the documented commands' output whatever they held before
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,14 +40,6 @@ from simfoe.specs.hardware import HardwareSpec
 
 TABLE = Path("aiconfigurator/h100_sxm/comm/nccl/2.29.2/nccl_perf.parquet")
 TABLE_NAME = "../shared/data/" + TABLE.as_posix()
-#: profile -> AIConfigurator system folder of its nccl-tests table
-SYSTEMS = {"h100-sxm": "h100_sxm", "b200-sxm": "b200_sxm", "gb200-nvl72": "gb200"}
-
-
-def table_of(profile: str) -> Path:
-    """The nccl-tests table (relative to ../shared/data) of ``profile`` (a key of SYSTEMS)."""
-    return Path(TABLE.as_posix().replace("h100_sxm", SYSTEMS[profile]))
-
 BYTES_PER_ELEMENT = {"half": 2, "int8": 1}  # README: message_size = nccl-tests bytes / element size
 #: nccl-tests op -> (simfoe collective, divide nccl-tests' size by n for predict's nbytes)
 OPS = {"all_reduce": ("all_reduce", False), "all_gather": ("all_gather", True),
@@ -65,16 +58,50 @@ PARAMS = ("nvlink.efficiency", "nvlink.alpha_s", "nvlink.ll_alpha_s", "nvlink.ll
 #: (simfoe.costs.collectives._a2a_direct_terms) with its own Simple latency. H100 keeps PARAMS (its profiles and
 #: the numbers quoted from them are not refitted).
 P2P_PARAMS = ("nvlink.ll_bandwidth_fraction", "nvlink.ll128_bandwidth_fraction", "all_to_all_alpha_s")
-#: Profiles whose one-node all-to-all NVLink rate is the p2p channel pool's, shared by the n peers (self
-#: included): on both Blackwell tables a 512 MiB alltoall takes the same time on 2, 4 and 8 GPUs (B200 810 /
-#: 825 / 834 us) though the bytes on the wire grow as (n-1)/n; on H100 it grows with n (959 / 1397 / 1490 us).
-CHANNEL_POOL = ("b200-sxm", "gb200-nvl72")
 TARGETS = ("h100-sxm", "h100-sxm-measured", "h200-sxm", "h200-sxm-measured")
+#: Nelder-Mead restarts: (least, most) rounds; a round gaining less than CONVERGED_RTOL (relative) of the loss ends it.
+CONVERGED_ROUNDS = (2, 12)
+CONVERGED_RTOL = 1e-3
+
+
+@dataclass(frozen=True)
+class NcclSystem:
+    """How one profile's NVLink side is fitted to its nccl-tests table (the one place a system differs).
+
+    ``channel_pool``: the one-node all-to-all's NVLink rate is the p2p channel pool's, shared by the n peers (self
+    included): on both Blackwell tables a 512 MiB alltoall takes the same time on 2, 4 and 8 GPUs (B200 810 / 825 /
+    834 us) though the bytes on the wire grow as (n-1)/n; on H100 it grows with n (959 / 1397 / 1490 us).
+    ``start``: the profile whose collectives start the fit; ``rounds``: :func:`_minimize`'s; ``targets``: the
+    profiles written."""
+
+    folder: str
+    params: tuple[str, ...]
+    channel_pool: bool
+    start: str
+    rounds: tuple[int, int]
+    targets: tuple[str, ...]
+
+
+#: profile -> its fit. h100-sxm keeps its historical fit (PARAMS from its own values, two rounds, written to the H100
+#: and H200 profiles) so that its numbers do not move; B200 / GB200 start from their ``-datasheet`` profile and run
+#: to convergence, so one ``fit nccl --write`` after ``calibrate`` gives the committed profile.
+SYSTEMS = {
+    "h100-sxm": NcclSystem("h100_sxm", PARAMS, False, "h100-sxm", (2, 2), TARGETS),
+    "b200-sxm": NcclSystem("b200_sxm", PARAMS + P2P_PARAMS, True, "b200-sxm-datasheet", CONVERGED_ROUNDS,
+                           ("b200-sxm",)),
+    "gb200-nvl72": NcclSystem("gb200", PARAMS + P2P_PARAMS, True, "gb200-nvl72-datasheet", CONVERGED_ROUNDS,
+                              ("gb200-nvl72",)),
+}
+
+
+def table_of(profile: str) -> Path:
+    """The nccl-tests table (relative to ../shared/data) of ``profile`` (a key of SYSTEMS)."""
+    return Path(TABLE.as_posix().replace("h100_sxm", SYSTEMS[profile].folder))
 
 
 def params_of(profile: str) -> tuple[str, ...]:
     """The parameters the fit of ``profile`` (a key of SYSTEMS) sets."""
-    return PARAMS if profile == "h100-sxm" else PARAMS + P2P_PARAMS
+    return SYSTEMS[profile].params
 
 
 def load_nccl_tests(path: str | Path) -> pd.DataFrame:
@@ -124,19 +151,11 @@ def current_params(hw: HardwareSpec, params: tuple[str, ...] = PARAMS) -> list[f
 
 
 def start_params(base: str, params: tuple[str, ...] = PARAMS) -> list[float]:
-    """The fit's start point: h100-sxm's current values (its fit and the numbers quoted from it unchanged);
-    for the other bases the ``<base>-datasheet`` profile's collectives, fixed whatever ``base`` holds, so one
-    ``simfoe fit nccl --write`` after ``simfoe calibrate`` reproduces the committed profile."""
+    """The fit's start point: ``params`` of ``SYSTEMS[base].start`` (h100-sxm: its own current values; B200 /
+    GB200: the ``-datasheet`` profile's, fixed whatever ``base`` holds)."""
     from simfoe.specs.io import load_hardware
 
-    return current_params(load_hardware(base if base == "h100-sxm" else f"{base}-datasheet"), params)
-
-
-#: Nelder-Mead restarts: (least, most) rounds and the relative loss gain below which a round counts as converged.
-#: h100-sxm keeps its historical two rounds; the others run to convergence from the datasheet start.
-ROUNDS = {"h100-sxm": (2, 2)}
-CONVERGED_ROUNDS = (2, 12)
-CONVERGED_RTOL = 1e-3
+    return current_params(load_hardware(SYSTEMS[base].start), params)
 
 
 def predict_rows(hw: HardwareSpec, rows: pd.DataFrame) -> np.ndarray:
@@ -204,27 +223,28 @@ def _provenance(base: str, fit_gpus: int, params: tuple[str, ...]) -> dict:
     prov["collectives.nvlink.ll128_hop_s"] = LL128_SOURCE
     if "nvlink.ll128_bandwidth_fraction" not in params:
         prov["collectives.nvlink.ll128_bandwidth_fraction"] = LL128_SOURCE
-    if base in CHANNEL_POOL:
+    if SYSTEMS[base].channel_pool:
         prov["collectives.all_to_all_channel_pool"] = (
             "NCCL src/enqueue.cc scheduleP2pTasksToPlan (2.29): per-peer channels halve until peers x channels fit "
             f"the p2p channels; {name}: the 512 MiB alltoall takes the same time on every GPU count "
-            "(simfoe.costs.fit_nccl_tests.CHANNEL_POOL)")
+            "(simfoe.costs.fit_nccl_tests.SYSTEMS)")
     return prov
 
 
 def write_profiles(params, base: str = "h100-sxm", fit_gpus: int = FIT_GPUS) -> list[str]:
-    """Write the fitted parameters (:func:`params_of`, with NCCL's LL128 terms) into every profile of TARGETS
-    (H100's fit) or into ``base``, with provenance; only the sections this fit owns (other fits write the rest
-    of ``collectives``)."""
+    """Write the fitted parameters (:func:`params_of`, with NCCL's LL128 terms) into every profile of
+    ``SYSTEMS[base].targets``, with provenance; only the sections this fit owns (other fits write the rest of
+    ``collectives``)."""
     from simfoe.specs.io import load_hardware
     from simfoe.specs.profile_io import update_profile
 
-    names = params_of(base)
+    system, names = SYSTEMS[base], params_of(base)
     prov = _provenance(base, fit_gpus, names)
-    a2a = ("all_to_all_nvlink_efficiency",) + (() if names == PARAMS else ("all_to_all_alpha_s", "all_to_all_channel_pool"))
+    a2a = ("all_to_all_nvlink_efficiency",) + (
+        ("all_to_all_alpha_s", "all_to_all_channel_pool") if "all_to_all_alpha_s" in names else ())
     written = []
-    for t in TARGETS if base == "h100-sxm" else (base,):
-        c = with_params(load_hardware(t), params, names, base in CHANNEL_POOL).collectives
+    for t in system.targets:
+        c = with_params(load_hardware(t), params, names, system.channel_pool).collectives
         pt = prov if not t.startswith("h200") else {
             k: f"copied from the h100-sxm fit (same NVLink4/NVSwitch gen3; no H200 table): {v}" for k, v in prov.items()}
         sections = [("nvlink", c.nvlink.model_dump(exclude_none=True)), ("nvls", c.nvls.model_dump(exclude_none=True))]
@@ -243,9 +263,9 @@ def run_fit(shared: Path, write: bool, base: str = "h100-sxm") -> dict:
     from simfoe.specs.io import load_hardware
 
     df = load_nccl_tests(Path(shared) / table_of(base))
-    hw, names, pool = load_hardware(base), params_of(base), base in CHANNEL_POOL
-    params, fit_mape = _fit(hw, df[~df["held_out"]], names, pool, start_params(base, names),
-                            ROUNDS.get(base, CONVERGED_ROUNDS))
+    system, hw, names = SYSTEMS[base], load_hardware(base), params_of(base)
+    pool = system.channel_pool
+    params, fit_mape = _fit(hw, df[~df["held_out"]], names, pool, start_params(base, names), system.rounds)
     hw = with_params(hw, params, names, pool)
     result = {"params": dict(zip(names, params)), "fit_mape": round(100 * fit_mape, 2), "errors": errors(hw, df),
               "written": []}
