@@ -111,6 +111,27 @@ def test_rows_of_an_inferencex_export_draw_their_lengths(source, inferencex):
     assert sc.range_ratio == (si.INFERENCEX_RANGE_RATIO if inferencex else 0.0)
 
 
+GAP = "source_file=/Users/x/aic-auto-gap-analysis/data/h100_sxm/vllm/0.12.0/Qwen_Qwen3-32B.csv; silicon_concurrency=8"
+
+
+@pytest.mark.parametrize("backend, source, budget", [
+    ("vllm", GAP, 8 + 1024 + 1500),  # AIConfigurator's generator: max_batch_size + ISL + 1500
+    ("vllm", "source_file=2026-04-06.csv; model=Llama-3.1-70B; silicon_concurrency=8", None),  # InferenceX: default
+    ("sglang", GAP.replace("vllm", "sglang"), None),  # no generator budget for that backend
+])
+def test_gap_analysis_rows_run_the_generators_token_budget(backend, source, budget):
+    """issue 23: a vLLM row of AIConfigurator's gap analysis runs --max-num-batched-tokens = batch + ISL + 1500."""
+    sc = si.scenario(_row(backend=backend, source=source, batch_size=8, isl=1024))
+    assert sc.launch_budget == budget
+
+
+def test_the_launch_budget_replaces_the_profiles_in_the_replay():
+    row = _row(model_path="meta-llama/Llama-3.1-8B-Instruct", tp=1, batch_size=2, isl=64, osl=4, source=GAP)
+    s = si.serve_row(row).summary
+    assert (s["engine"], s["token_budget"]) == ("vllm", 2 + 64 + 1500)
+    assert si.serve_row(replace(row, source="src")).summary["token_budget"] == 8192  # the profile's own
+
+
 def test_blackwell_rows_map_to_the_blackwell_profiles():
     """issue 25: b200_sxm and gb200 rows are replayed on b200-sxm and gb200-nvl72 (one-tray instances on GB200)."""
     assert si.scenario(replace(_row(), system="b200_sxm")).hardware == "b200-sxm"

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -82,6 +82,35 @@ INFERENCEX_RANGE_RATIO = 0.8
 #: gpt-oss-120b rows of 2026-04-06.csv, whose other rows name vllm/vllm-openai images). Replayed with fixed
 #: lengths, their 8 clients of 1024-token prompts stayed in lockstep (TTFT 534 ms vs 155 ms measured).
 INFERENCEX_EXPORT = re.compile(r"source_file=\d{4}-\d{2}-\d{2}\.csv")
+
+#: AIConfigurator's gap-analysis runs: a row whose source names this folder was deployed from AIConfigurator's
+#: generated launch (its 4000 x 1000 rows name nvcr.io/nvidia/ai-dynamo/vllm-runtime:0.8.0, Dynamo on vLLM 0.12.0)
+#: and measured with aiperf (fixed lengths, ignore_eos, 10 x concurrency requests after 2 x concurrency warm-ups:
+#: aiconfigurator src/aiconfigurator/eval/benchmarks/genai_perf_runner.py).
+AIC_GAP_ANALYSIS = "aic-auto-gap-analysis"
+
+
+@dataclass(frozen=True)
+class GeneratorBudget:
+    """The token budget per iteration AIConfigurator's generator launches an aggregated worker with:
+    max_batch_size + ISL + ``margin`` tokens (rule_plugin/<backend>.rule ``agg max_num_tokens``)."""
+
+    margin: int
+    source: str
+
+    def tokens(self, batch_size: int, isl: int) -> int:
+        return batch_size + isl + self.margin
+
+
+#: Backend -> the budget its gap-analysis rows ran with (other backends: the engine profile's). vLLM: the
+#: generator's ``agg max_num_tokens = max_batch_size + isl + 1500`` becomes ``--max-num-batched-tokens``
+#: (cli_args.j2 passes it since aiconfigurator 2cecd6596, 2026-01-08). With it the wave of 8 clients x 1024
+#: tokens no longer fits one iteration, as the measured rows say (TPOT grows as OSL shrinks: prompts
+#: interleave with decodes; docs/calibration.md).
+GENERATOR_BUDGETS = {
+    "vllm": GeneratorBudget(1500, "aiconfigurator generator/rule_plugin/vllm.rule agg max_num_tokens "
+                                  "(max_batch_size + isl + 1500) -> vllm --max-num-batched-tokens"),
+}
 
 DEDUP_RULES = {
     "exact duplicate": "every column but id and silicon_data_source equals an earlier row's (data README: "
@@ -149,6 +178,15 @@ class SiliconRow:
     def group(self) -> str:
         """``<system>/<model>/<backend>/<mode>``, the key of a report's ``by_group``."""
         return f"{self.system}/{self.model_path}/{self.backend}/{self.mode}"
+
+    @property
+    def launch_budget(self) -> int | None:
+        """Tokens per iteration the run's launch set (:data:`GENERATOR_BUDGETS`, for AIConfigurator's gap-analysis
+        rows of those backends); None: the engine profile's default."""
+        gen = GENERATOR_BUDGETS.get(self.backend)
+        if gen is None or AIC_GAP_ANALYSIS not in self.source or self.batch_size is None:
+            return None
+        return gen.tokens(self.batch_size, self.isl)
 
     @property
     def inferencex(self) -> bool:
@@ -251,6 +289,7 @@ class Scenario:
     osl: int
     range_ratio: float
     engine: str | None = None  # the engine profile (BACKEND_ENGINES); None: the engine's defaults
+    launch_budget: int | None = None  # tokens per iteration the run's launch set, replacing the profile's (None: its own)
 
     @property
     def deployment(self) -> tuple:
@@ -360,7 +399,7 @@ def scenario(row: SiliconRow) -> Scenario | NotCovered:
     return Scenario(hw, preset, layout + (f"model.dtype={dtype}",), max_batch=row.batch_size,
                     token_budget=TOKEN_BUDGET, concurrency=row.concurrency, isl=row.isl, osl=row.osl,
                     range_ratio=INFERENCEX_RANGE_RATIO if row.inferencex else 0.0,
-                    engine=BACKEND_ENGINES.get(row.backend))
+                    engine=BACKEND_ENGINES.get(row.backend), launch_budget=row.launch_budget)
 
 
 # ---- replay and report -------------------------------------------------------------------------
@@ -413,7 +452,8 @@ def serve_row(row: SiliconRow, deployments: _Deployments | None = None, seed: in
     if sc.engine is None:
         knobs = {"token_budget": sc.token_budget}
     else:
-        knobs = {"engine": (engines or {}).get(sc.engine) or profile_config(sc.engine)}
+        cfg = (engines or {}).get(sc.engine) or profile_config(sc.engine)
+        knobs = {"engine": cfg if sc.launch_budget is None else replace(cfg, token_budget=sc.launch_budget)}
     try:
         cost, kv = deployments.get(sc)
         return simulate_serving(sc.model, sc.hardware, 1, "moe", workload, step_model=cost, kv_capacity_tokens=kv,
