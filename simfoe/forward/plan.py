@@ -242,59 +242,100 @@ def _groups(G: int, size: int) -> tuple[np.ndarray, ...]:
 
 
 # ------------------------------------------------------------------------------------------- MoE
+@dataclass(frozen=True)
+class _Routed:
+    """One layer's tokens routed to their experts: seconds of routed experts and routing glue per GPU (s),
+    each group's dispatch traffic (empty where the experts are local), and the routing counts."""
+
+    expert_s: np.ndarray  # (G,)
+    traffic: tuple
+    local: float  # expert activations served on the token's own GPU
+    activations: float
+    node_visits: float = 0.0  # (token, node) pairs the expert choices reach
+
+
+def _per_gpu_step(fn, tokens: np.ndarray, independent: bool = False) -> Compute:
+    """An ``experts`` compute step of ``fn(n)`` seconds on each GPU, ``n`` its tokens (``tokens``, one per GPU)."""
+    return Compute("experts", np.array([fn(n) for n in tokens]), independent=independent)
+
+
+def _rows_bytes(tokens: np.ndarray, h: int, b: float) -> tuple:
+    """Bytes of ``tokens`` rows of the residual stream (width ``h``, ``b`` bytes per element), one per group."""
+    return tuple(n * h * b for n in tokens)
+
+
 def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work | list[Work], probs: np.ndarray | None,
               rng: np.random.Generator, dense: bool, slot_map=None, memo: dict | None = None) -> LayerPlan:
     """Program of one MoE (or, with ``dense``, dense-FFN) layer under the expert-parallel baseline.
     ``work``: the pass, split here over the data-parallel groups, or already one Work per group.
     ``slot_map``: where redundant expert replicas live (simfoe.forward.eplb), None without them.
     ``memo``: routing memo (:func:`simfoe.forward.routing.route_group`)."""
-    G, t, h, b = L.gpus, L.attention_tp, model.hidden, c.act_bytes
+    G, t = L.gpus, L.attention_tp
     n_groups = G // t
     per_group = list(work) if isinstance(work, list) else work.split(n_groups)
     if len(per_group) != n_groups:
         raise ValueError(f"moe_layer: {len(per_group)} group shares for {n_groups} data-parallel groups")
-    steps: list = []
     heads, kvh = _moe_heads(model, L)
-    attn = np.repeat([_attention_seconds(c, model, w, heads, kvh) for w in per_group], t)
-    steps.append(Compute("attention", attn))
-    tp_groups = _groups(G, t)
+    steps: list = [Compute("attention", np.repeat([_attention_seconds(c, model, w, heads, kvh) for w in per_group], t))]
     tok_group = np.array([w.tokens for w in per_group])
-    # tokens each GPU holds after the TP reduce-scatter (sequence-parallel shard)
-    tok_gpu = np.concatenate([even_split(n, t) for n in tok_group])
     if dense:
-        if t > 1:
-            steps.append(Collective("all_reduce", "all_reduce", tp_groups, tuple(n * h * b for n in tok_group)))
-        ffn = np.repeat([_ffn_seconds(c, model, n, model.ffn / t) for n in tok_group], t)
-        steps.append(Compute("dense_ffn", ffn))
-        if t > 1:
-            steps.append(Collective("all_reduce", "all_reduce", tp_groups, tuple(n * h * b for n in tok_group)))
-        return LayerPlan(steps)
-    moe = model.moe
+        return LayerPlan(steps + _tp_dense_ffn(c, model, L, tok_group))
     if L.expert_tp > 1:
         return _sliced_experts(c, model, L, steps, tok_group, probs, rng, memo)
+    tp_groups, tp_bytes = _groups(G, t), _rows_bytes(tok_group, model.hidden, c.act_bytes)
+    # tokens each GPU holds after the TP reduce-scatter (sequence-parallel shard)
+    tok_gpu = np.concatenate([even_split(n, t) for n in tok_group])
     if t > 1:
-        steps.append(Collective("reduce_scatter", "all_reduce", tp_groups, tuple(n * h * b for n in tok_group)))
-    # router on the local shard (shared experts run beside the routed ones, below)
-    router = np.array([_router_seconds(c, model, n, moe.n_experts) for n in tok_gpu])
-    steps.append(Compute("experts", router))
-    ep_groups = _groups(G, L.ep)
-    epg = L.experts_per_gpu
-    traffic, expert_time = [], np.zeros(G)
-    local = acts = visits = 0.0
+        steps.append(Collective("reduce_scatter", "all_reduce", tp_groups, tp_bytes))
+    # router on the local shard (shared experts run beside the routed ones, in _ep_exchange)
+    steps.append(_per_gpu_step(lambda n: _router_seconds(c, model, n, model.moe.n_experts), tok_gpu))
+    routed = _ep_experts(c, model, L, tok_gpu, probs, rng, slot_map, memo)
+    algo = D.resolve(L.all_to_all, any(w.prefill_tokens for w in per_group))
+    steps += _ep_exchange(c, model, L, tok_gpu, routed, algo)
+    if t > 1:
+        steps.append(Collective("all_gather", "all_reduce", tp_groups, tuple(x / t for x in tp_bytes)))
+    return LayerPlan(steps, routed.local, routed.activations, routed.node_visits)
+
+
+def _tp_dense_ffn(c: _Costs, model: ModelSpec, L: MoELayout, tok_group: np.ndarray) -> list:
+    """Dense FFN of a dense layer, sliced over each attention TP group (``tok_group`` tokens per group),
+    between the group's all-reduces."""
+    t = L.attention_tp
+    ffn = Compute("dense_ffn", np.repeat([_ffn_seconds(c, model, n, model.ffn / t) for n in tok_group], t))
+    if t == 1:
+        return [ffn]
+    tp_groups, tp_bytes = _groups(L.gpus, t), _rows_bytes(tok_group, model.hidden, c.act_bytes)
+    return [Collective("all_reduce", "all_reduce", tp_groups, tp_bytes), ffn,
+            Collective("all_reduce", "all_reduce", tp_groups, tp_bytes)]
+
+
+def _ep_experts(c: _Costs, model: ModelSpec, L: MoELayout, tok_gpu: np.ndarray, probs: np.ndarray | None,
+                rng: np.random.Generator, slot_map, memo: dict | None) -> _Routed:
+    """Route each EP group's tokens (``tok_gpu`` per GPU) inside the group, which holds all experts, and
+    price every GPU's routed experts and routing glue."""
+    moe, epg, dom = model.moe, L.experts_per_gpu, c.hw.node.gpus_per_domain
     limit = GroupLimit.of(moe)
-    for grp in ep_groups:
-        # each EP group holds all experts; a token is routed inside its own group
-        s = route_group(probs, tok_gpu[grp], moe.top_k, epg, L.dedup, rng, slot_map, memo, limit,
-                        grp // c.hw.node.gpus_per_domain)
+    traffic, expert_s = [], np.zeros(L.gpus)
+    local = acts = visits = 0.0
+    for grp in _groups(L.gpus, L.ep):
+        s = route_group(probs, tok_gpu[grp], moe.top_k, epg, L.dedup, rng, slot_map, memo, limit, grp // dom)
         visits += s.node_visits
-        traffic.append(_traffic(s, tok_gpu[grp], grp, moe.top_k, c.hw.node.gpus_per_domain))
+        traffic.append(_traffic(s, tok_gpu[grp], grp, moe.top_k, dom))
         local += s.local
         acts += s.activations
         for j, gpu in enumerate(grp):
             loads = s.expert_load[j * epg:(j + 1) * epg]
-            expert_time[gpu] = (_experts_seconds(c, model, loads, moe.expert_ffn)
-                                + _glue_seconds(c, loads, L.ep if L.ep > 1 else 0, tok_gpu[gpu]))
-    algo = D.resolve(L.all_to_all, any(w.prefill_tokens for w in per_group))
+            expert_s[gpu] = (_experts_seconds(c, model, loads, moe.expert_ffn)
+                             + _glue_seconds(c, loads, L.ep if L.ep > 1 else 0, tok_gpu[gpu]))
+    return _Routed(expert_s, tuple(traffic), local, acts, visits)
+
+
+def _ep_exchange(c: _Costs, model: ModelSpec, L: MoELayout, tok_gpu: np.ndarray, routed: _Routed,
+                 algo: str) -> list:
+    """The expert-parallel half of a MoE layer in all-to-all algorithm ``algo``: the split exchange where
+    ``algo`` needs it, dispatch, shared experts beside it, routed experts, combine and the residual add."""
+    h, ep_groups, moe = model.hidden, _groups(L.gpus, L.ep), model.moe
+    steps: list = []
     # nccl runs its split exchange itself, deepep-normal its notify step; deepep-ll needs none (fixed buffers)
     if L.split_exchange and L.ep > 1 and algo in ("direct", "hierarchical"):
         # one int64 row count per peer, before the variable-size dispatch
@@ -302,18 +343,15 @@ def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work | list[Work]
         steps.append(Collective("all_to_all", "dispatch", ep_groups, (counts,) * len(ep_groups), "direct"))
     # dispatch and combine in their formats (fp8 dispatch: + per-128 scales, simfoe.costs.dispatch.copy_bytes)
     held = D.sm_share(c.hw, algo)
-    steps.append(Collective("dispatch", "dispatch", ep_groups, tuple(traffic), algo,
+    steps.append(Collective("dispatch", "dispatch", ep_groups, routed.traffic, algo,
                             D.copy_bytes(h, c.formats.bytes_of("dispatch"), algo, "dispatch"), held))
     if moe.n_shared_experts:  # need no dispatched token: under two-batch overlap they run during the dispatch
-        sw = moe.shared_width
-        steps.append(Compute("experts", np.array([_ffn_seconds(c, model, n, sw) for n in tok_gpu]), independent=True))
-    steps.append(Compute("experts", expert_time))
-    steps.append(Collective("combine", "combine", ep_groups, tuple(traffic), algo,
+        steps.append(_per_gpu_step(lambda n: _ffn_seconds(c, model, n, moe.shared_width), tok_gpu, True))
+    steps.append(Compute("experts", routed.expert_s))
+    steps.append(Collective("combine", "combine", ep_groups, routed.traffic, algo,
                             D.copy_bytes(h, c.formats.bytes_of("combine"), algo, "combine"), held))
-    steps.append(Compute("experts", np.array([_add_seconds(c, model, n) for n in tok_gpu])))
-    if t > 1:
-        steps.append(Collective("all_gather", "all_reduce", tp_groups, tuple(n * h * b / t for n in tok_group)))
-    return LayerPlan(steps, local, acts, visits)
+    steps.append(_per_gpu_step(lambda n: _add_seconds(c, model, n), tok_gpu))
+    return steps
 
 
 def _sliced_experts(c: _Costs, model: ModelSpec, L: MoELayout, steps: list, tok_group: np.ndarray,
@@ -329,26 +367,42 @@ def _sliced_experts(c: _Costs, model: ModelSpec, L: MoELayout, steps: list, tok_
     reduce-scatter in the TP group, an all-gather in the expert group, and a reduce-scatter there after the
     experts (TRT-LLM attention DP without all-to-all). Router and shared experts are priced on the GPU's 1/t
     share of the tokens, as :func:`rank_compute_seconds` does (the FLOPs of vLLM's TP-sliced shared experts)."""
-    G, t, h, b, X, ep = L.gpus, L.attention_tp, model.hidden, c.act_bytes, L.expert_group, L.ep
+    G, t, h, b, X = L.gpus, L.attention_tp, model.hidden, c.act_bytes, L.expert_group
     moe = model.moe
-    tp_groups, x_groups = _groups(G, t), _groups(G, X)
+    tp_groups, x_groups, tp_bytes = _groups(G, t), _groups(G, X), _rows_bytes(tok_group, h, b)
     tok_gpu = np.concatenate([even_split(n, t) for n in tok_group])
     tok_x = tok_group.reshape(-1, X // t).sum(axis=1)  # tokens every GPU of an expert group computes on
     one = X == t
     if one:
-        steps.append(Collective("all_reduce", "all_reduce", tp_groups, tuple(n * h * b for n in tok_group)))
+        steps.append(Collective("all_reduce", "all_reduce", tp_groups, tp_bytes))
     elif t > 1:
-        steps.append(Collective("reduce_scatter", "all_reduce", tp_groups, tuple(n * h * b for n in tok_group)))
-    steps.append(Compute("experts", np.array([_router_seconds(c, model, n, moe.n_experts) for n in tok_gpu])))
+        steps.append(Collective("reduce_scatter", "all_reduce", tp_groups, tp_bytes))
+    steps.append(_per_gpu_step(lambda n: _router_seconds(c, model, n, moe.n_experts), tok_gpu))
     if not one:
         steps.append(Collective("all_gather", "all_reduce", x_groups,
                                 tuple(float(tok_gpu[g].max()) * h * b for g in x_groups)))
     if moe.n_shared_experts:
-        sw = moe.shared_width
-        steps.append(Compute("experts", np.array([_ffn_seconds(c, model, n, sw) for n in tok_gpu]),
-                             independent=not one))
-    epg, limit = L.experts_per_gpu, GroupLimit.of(moe)
-    expert_time = np.zeros(G)
+        steps.append(_per_gpu_step(lambda n: _ffn_seconds(c, model, n, moe.shared_width), tok_gpu, not one))
+    routed = _sliced_routing(c, model, L, x_groups, tok_x, probs, rng, memo)
+    steps.append(Compute("experts", routed.expert_s))
+    if one:
+        steps.append(Collective("all_reduce", "all_reduce", tp_groups, tp_bytes))
+    else:
+        steps.append(Collective("reduce_scatter", "all_reduce", x_groups, tuple(float(n) * h * b for n in tok_x)))
+    steps.append(_per_gpu_step(lambda n: _add_seconds(c, model, n), tok_gpu))
+    if not one and t > 1:
+        steps.append(Collective("all_gather", "all_reduce", tp_groups, tuple(x / t for x in tp_bytes)))
+    return LayerPlan(steps, routed.local, routed.activations, routed.node_visits)
+
+
+def _sliced_routing(c: _Costs, model: ModelSpec, L: MoELayout, x_groups: tuple, tok_x: np.ndarray,
+                    probs: np.ndarray | None, rng: np.random.Generator, memo: dict | None) -> _Routed:
+    """Route each expert group's tokens (``tok_x`` per group) over its EP ranks and price every GPU's expert
+    slices and routing glue. Every GPU of an expert group holds every token it computes on: all activations
+    are local."""
+    moe, ep, epg = model.moe, L.ep, L.experts_per_gpu
+    limit = GroupLimit.of(moe)
+    expert_s = np.zeros(L.gpus)
     acts = visits = 0.0
     for grp, n in zip(x_groups, tok_x):
         # EP rank of GPU r of the group: r % ep (TRT-LLM Mapping: moe_ep_rank = tp_rank % moe_ep_size)
@@ -358,18 +412,9 @@ def _sliced_experts(c: _Costs, model: ModelSpec, L: MoELayout, steps: list, tok_
         visits += s.node_visits
         for r, gpu in enumerate(grp):
             loads = s.expert_load[(r % ep) * epg:(r % ep + 1) * epg]
-            expert_time[gpu] = (_experts_seconds(c, model, loads, L.expert_ffn_per_gpu)
-                                + _glue_seconds(c, loads, 0, float(n)))
-    steps.append(Compute("experts", expert_time))
-    if one:
-        steps.append(Collective("all_reduce", "all_reduce", tp_groups, tuple(n * h * b for n in tok_group)))
-    else:
-        steps.append(Collective("reduce_scatter", "all_reduce", x_groups, tuple(float(n) * h * b for n in tok_x)))
-    steps.append(Compute("experts", np.array([_add_seconds(c, model, n) for n in tok_gpu])))
-    if not one and t > 1:
-        steps.append(Collective("all_gather", "all_reduce", tp_groups, tuple(n * h * b / t for n in tok_group)))
-    # every GPU of an expert group holds every token it computes on: all activations are local
-    return LayerPlan(steps, acts, acts, visits)
+            expert_s[gpu] = (_experts_seconds(c, model, loads, L.expert_ffn_per_gpu)
+                             + _glue_seconds(c, loads, 0, float(n)))
+    return _Routed(expert_s, (), acts, acts, visits)
 
 
 def _router_seconds(c: _Costs, model: ModelSpec, tokens: int, n_experts: int) -> float:
@@ -418,65 +463,89 @@ def foe_layer(c: _Costs, model: ModelSpec, L: FoELayout, work: Work, probs: np.n
               rng: np.random.Generator, dense: bool, memo: dict | None = None) -> LayerPlan:
     """Program of one FoE layer (or a dense layer of an FoE model, FFN tensor-parallel over all GPUs).
     ``memo``: routing memo (:func:`simfoe.forward.routing.route_group`)."""
-    G, g, h, b = L.gpus, L.gpus_per_cluster, model.hidden, c.act_bytes
-    a = model.attention
-    C, cpg = L.clusters, L.clusters_per_gpu
-    T = work.tokens
-    heads = a.n_heads / C * cpg / g
-    kvh = (a.n_kv_heads or 1) / C * cpg / g
+    G, a, T = L.gpus, model.attention, work.tokens
+    C, cpg, g = L.clusters, L.clusters_per_gpu, L.gpus_per_cluster
+    heads, kvh = a.n_heads / C * cpg / g, (a.n_kv_heads or 1) / C * cpg / g  # a GPU's share of the heads
     steps: list = [Compute("attention", np.full(G, _attention_seconds(c, model, work, heads, kvh)))]
-    everyone = (np.arange(G),)
     if G > 1:
-        steps.append(Collective("all_reduce", "all_reduce", everyone, (T * h * b,), L.all_reduce))
+        steps.append(_foe_all_reduce(c, model, L, T))
     if dense:
         steps.append(Compute("dense_ffn", np.full(G, _ffn_seconds(c, model, T, model.ffn / G))))
         if G > 1:
-            steps.append(Collective("all_reduce", "all_reduce", everyone, (T * h * b,), L.all_reduce))
+            steps.append(_foe_all_reduce(c, model, L, T))
         return LayerPlan(steps)
-    Ec, kc, fw = L.experts_per_cluster, L.top_k_per_cluster, L.expert_ffn
-    epg = Ec // g  # experts of one cluster on one GPU
-    expert_time = np.zeros(G)
-    local = acts = 0.0
     if g == 1:
-        router = _router_seconds(c, model, T, Ec * cpg)
-        for gpu in range(G):
-            loads = []
-            for cl in range(gpu * cpg, (gpu + 1) * cpg):
-                s = route_group(probs[cl], np.array([T]), kc, Ec, True, rng, memo=memo)
-                loads.append(s.expert_load)
-                expert_time[gpu] += _glue_seconds(c, s.expert_load, 0, T)
-                local += s.activations
-                acts += s.activations
-            expert_time[gpu] += _experts_seconds(c, model, np.concatenate(loads), fw)
-        # the clusters' slices of the shared expert(s) on this GPU, one fused FFN over all its tokens
-        expert_time += _ffn_seconds(c, model, T, L.shared_ffn * cpg)
-        steps.append(Compute("experts", np.full(G, router) + expert_time + _add_seconds(c, model, T)))
-        return LayerPlan(steps, local, acts)
-    clusters = _groups(G, g)
-    shard = even_split(T, g)
-    router = np.tile([_router_seconds(c, model, n, Ec) for n in shard], C)
-    steps.append(Compute("experts", router))
-    traffic = []
+        return _foe_local_experts(c, model, L, steps, T, probs, rng, memo)
+    return _foe_cluster_experts(c, model, L, steps, T, probs, rng, memo)
+
+
+def _foe_all_reduce(c: _Costs, model: ModelSpec, L: FoELayout, tokens: int) -> Collective:
+    """The all-reduce over all GPUs that sums the clusters' residuals of ``tokens`` tokens."""
+    return Collective("all_reduce", "all_reduce", (np.arange(L.gpus),), (tokens * model.hidden * c.act_bytes,),
+                      L.all_reduce)
+
+
+def _foe_local_experts(c: _Costs, model: ModelSpec, L: FoELayout, steps: list, T: int, probs: np.ndarray,
+                       rng: np.random.Generator, memo: dict | None) -> LayerPlan:
+    """The expert half of an FoE layer with a GPU per cluster or several clusters per GPU, after ``steps``:
+    every cluster routes all ``T`` tokens to its own experts on its GPU; no all-to-all."""
+    Ec, cpg = L.experts_per_cluster, L.clusters_per_gpu
+    router = _router_seconds(c, model, T, Ec * cpg)
+    expert_time = np.zeros(L.gpus)
+    acts = 0.0
+    for gpu in range(L.gpus):
+        loads = []
+        for cl in range(gpu * cpg, (gpu + 1) * cpg):
+            s = route_group(probs[cl], np.array([T]), L.top_k_per_cluster, Ec, True, rng, memo=memo)
+            loads.append(s.expert_load)
+            expert_time[gpu] += _glue_seconds(c, s.expert_load, 0, T)
+            acts += s.activations
+        expert_time[gpu] += _experts_seconds(c, model, np.concatenate(loads), L.expert_ffn)
+    # the clusters' slices of the shared expert(s) on this GPU, one fused FFN over all its tokens
+    expert_time += _ffn_seconds(c, model, T, L.shared_ffn * cpg)
+    steps.append(Compute("experts", np.full(L.gpus, router) + expert_time + _add_seconds(c, model, T)))
+    return LayerPlan(steps, acts, acts)
+
+
+def _foe_cluster_experts(c: _Costs, model: ModelSpec, L: FoELayout, steps: list, T: int, probs: np.ndarray,
+                         rng: np.random.Generator, memo: dict | None) -> LayerPlan:
+    """The expert half of an FoE layer with g > 1 GPUs per cluster, after ``steps``: the ``T`` tokens sharded
+    g ways in each cluster, dispatched to and combined from the cluster's experts by an all-to-all among its
+    GPUs (NVLink), the clusters' shared-expert slices beside the dispatch, and an all-gather in the cluster."""
+    g, h, b = L.gpus_per_cluster, model.hidden, c.act_bytes
+    clusters, shard = _groups(L.gpus, g), even_split(T, g)
+    tok_gpu = np.tile(shard, L.clusters)
+    steps.append(_per_gpu_step(lambda n: _router_seconds(c, model, n, L.experts_per_cluster), tok_gpu))
+    routed = _foe_route_clusters(c, model, L, clusters, shard, probs, rng, memo)
+    per_elem = {op: D.copy_bytes(h, c.formats.bytes_of(op), "direct", op) / h for op in ("dispatch", "combine")}
+    steps.append(Collective("all_to_all", "dispatch", clusters,
+                            tuple(m * per_elem["dispatch"] for m in routed.traffic), "direct"))
+    if L.shared_ffn:  # the clusters' shared-expert slices, during the dispatch under two-batch overlap
+        steps.append(_per_gpu_step(lambda n: _ffn_seconds(c, model, n, L.shared_ffn), tok_gpu, True))
+    steps.append(Compute("experts", routed.expert_s))
+    steps.append(Collective("all_to_all", "combine", clusters,
+                            tuple(m.T * per_elem["combine"] for m in routed.traffic), "direct"))
+    steps.append(_per_gpu_step(lambda n: _add_seconds(c, model, n), tok_gpu))
+    steps.append(Collective("all_gather", "all_reduce", clusters, (float(shard.max()) * h * b,) * len(clusters)))
+    return LayerPlan(steps, routed.local, routed.activations)
+
+
+def _foe_route_clusters(c: _Costs, model: ModelSpec, L: FoELayout, clusters: tuple, shard: np.ndarray,
+                        probs: np.ndarray, rng: np.random.Generator, memo: dict | None) -> _Routed:
+    """Route each cluster's tokens (``shard`` per GPU of a cluster) to k_c of its experts and price every
+    GPU's experts and routing glue; traffic in elements (token copies x hidden)."""
+    g, epg = L.gpus_per_cluster, L.experts_per_cluster // L.gpus_per_cluster  # a cluster's experts on one GPU
+    traffic, expert_s = [], np.zeros(L.gpus)
+    local = acts = 0.0
     for ci, grp in enumerate(clusters):
-        s = route_group(probs[ci], shard, kc, epg, True, rng, memo=memo)
-        traffic.append(s.traffic_tokens * h)  # elements
+        s = route_group(probs[ci], shard, L.top_k_per_cluster, epg, True, rng, memo=memo)
+        traffic.append(s.traffic_tokens * model.hidden)  # elements
         local += s.local
         acts += s.activations
         for j, gpu in enumerate(grp):
             loads = s.expert_load[j * epg:(j + 1) * epg]
-            expert_time[gpu] = _experts_seconds(c, model, loads, fw) + _glue_seconds(c, loads, g, shard[j])
-    shared = np.tile([_ffn_seconds(c, model, n, L.shared_ffn) for n in shard], C)
-    per_elem = {op: D.copy_bytes(h, c.formats.bytes_of(op), "direct", op) / h for op in ("dispatch", "combine")}
-    steps.append(Collective("all_to_all", "dispatch", clusters, tuple(m * per_elem["dispatch"] for m in traffic),
-                            "direct"))
-    if L.shared_ffn:  # the clusters' shared-expert slices, during the dispatch under two-batch overlap
-        steps.append(Compute("experts", shared, independent=True))
-    steps.append(Compute("experts", expert_time))
-    steps.append(Collective("all_to_all", "combine", clusters, tuple(m.T * per_elem["combine"] for m in traffic),
-                            "direct"))
-    steps.append(Compute("experts", np.tile([c.ew(3 * n * h * b, "add") for n in shard], C)))
-    steps.append(Collective("all_gather", "all_reduce", clusters, (float(shard.max()) * h * b,) * len(clusters)))
-    return LayerPlan(steps, local, acts)
+            expert_s[gpu] = _experts_seconds(c, model, loads, L.expert_ffn) + _glue_seconds(c, loads, g, shard[j])
+    return _Routed(expert_s, tuple(traffic), local, acts)
 
 
 def head_seconds(c: _Costs, model: ModelSpec, work: Work, vocab_split: int, dp_groups: int) -> float:
