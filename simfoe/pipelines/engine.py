@@ -277,42 +277,48 @@ class Simulation:
         return aggs
 
     def _plan(self, req: Request) -> list:
-        g = self.g
+        """Sample ``req``'s whole work tree, stage by stage in topological order; returns its root cell."""
         self._pending = pending = [[] for _ in self.st]
         self._sink_units = 0
         root = [0, None]
         pending[0].append(((req.rid,), root))
-        sinks = g.sinks
-        for i in g.order:
+        for i in self.g.order:
             items = pending[i]
             if not items:
                 continue
-            st = self.st[i]
-            sink = i in sinks
-            if st.stateful:
-                per_item = st.spec.service_per == "item"
-                aggs = self._group(req, items, g.key_depth[i], st.svc if per_item else None)
-                st.aggs_created += len(aggs)
-                for key, a in aggs.items():
-                    durs, emits = self._units(i, key, not per_item, sink)
-                    if per_item:
-                        a.emits = [c for cells in emits for c in cells]
-                    else:
-                        a.job = Job(req, durs, emits)
-            elif st.grouped:  # stream_into request: each aggregate is one engine request (prompt: its context + items)
-                aggs = self._group(req, items, g.key_depth[i], st.prompt)
-                st.aggs_created += len(aggs)
-                for key, a in aggs.items():
-                    durs, emits = self._units(i, key, True, sink)
-                    a.job = Job(req, durs, emits, st.context.next() if st.context is not None else 0)
+            if self.st[i].grouped:
+                self._plan_aggregates(req, i, items)
             else:
-                prompt, context = st.prompt, st.context
-                for path, cell in items:
-                    durs, emits = self._units(i, path, True, sink)
-                    n = prompt.next() if prompt is not None else 0
-                    cell[1] = Job(req, durs, emits, n + context.next() if context is not None else n)
+                self._plan_jobs(req, i, items)
         req.remaining = self._sink_units
         return root
+
+    def _plan_jobs(self, req: Request, i: int, items: list) -> None:
+        """A stateless stage ``i``: each arriving item (``(path, cell)``) is one job, put into its cell."""
+        st, sink = self.st[i], i in self.g.sinks
+        prompt, context = st.prompt, st.context
+        for path, cell in items:
+            durs, emits = self._units(i, path, True, sink)
+            n = prompt.next() if prompt is not None else 0
+            cell[1] = Job(req, durs, emits, n + context.next() if context is not None else n)
+
+    def _plan_aggregates(self, req: Request, i: int, items: list) -> None:
+        """A grouped stage ``i``: its items' aggregates. A stateful stage serving per item draws each item's
+        seconds and emits the aggregate's outputs on its last item; else each aggregate is one job (a stateful
+        stage serving per aggregate; a ``stream_into: request`` stage, whose items draw the prompt tokens they
+        append and whose job opens with its context tokens)."""
+        st = self.st[i]
+        per_item = st.stateful and st.spec.service_per == "item"
+        # st.prompt: the stream_into request stage's (an engine stage); None at a stateful stage
+        aggs = self._group(req, items, self.g.key_depth[i], st.svc if per_item else st.prompt)
+        st.aggs_created += len(aggs)
+        sink = i in self.g.sinks
+        for key, a in aggs.items():
+            durs, emits = self._units(i, key, not per_item, sink)
+            if per_item:
+                a.emits = [c for cells in emits for c in cells]
+            else:
+                a.job = Job(req, durs, emits, st.context.next() if st.context is not None else 0)
 
     # ----------------------------------------------------------------------------- runtime
     def _arrivals(self, times: np.ndarray, ptypes: np.ndarray):
