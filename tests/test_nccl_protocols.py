@@ -51,15 +51,46 @@ def test_protocol_choice_by_hand(S, proto, expected_us):
 
 @settings(max_examples=40, deadline=None)
 @given(op=st.sampled_from(["all_reduce", "all_gather", "reduce_scatter"]), n=st.sampled_from([2, 4, 8]),
-       log_bytes=st.floats(3.0, 9.0), grow=st.floats(1.0, 4.0))
-def test_min_over_protocols_never_above_one_protocol_and_monotone(op, n, log_bytes, grow):
-    """The price is the minimum over the protocols: never above any single protocol's, and monotone in bytes."""
+       log_bytes=st.floats(3.0, 9.0), grow=st.floats(1.0, 4.0), copy=st.sampled_from([None, 0.3, 1.0]))
+def test_min_over_protocols_never_above_one_protocol_and_monotone(op, n, log_bytes, grow, copy):
+    """The price is the minimum over the protocols: never above any single protocol's, and monotone in bytes
+    (with and without the ring's copy step)."""
     S = 10 ** log_bytes
-    full = predict(_hw(NVLINK), op, n, S, "ring" if op == "all_reduce" else "auto")
+    algo = "ring" if op == "all_reduce" else "auto"
+    full = predict(_hw({**NVLINK, "ring_copy_step": copy}), op, n, S, algo)
     for proto in ("simple", "ll", "ll128"):
-        single = predict(_hw(_only(proto)), op, n, S, "ring" if op == "all_reduce" else "auto")
+        single = predict(_hw({**_only(proto), "ring_copy_step": copy}), op, n, S, algo)
         assert full <= single * (1 + 1e-9)
-    assert predict(_hw(NVLINK), op, n, S * grow, "ring" if op == "all_reduce" else "auto") >= full * (1 - 1e-9)
+    assert predict(_hw({**NVLINK, "ring_copy_step": copy}), op, n, S * grow, algo) >= full * (1 - 1e-9)
+
+
+@pytest.mark.parametrize("op, n, steps, per_gpu", [
+    ("all_gather", 2, 1, 1 / 2), ("reduce_scatter", 4, 3, 3 / 4), ("all_reduce", 8, 14, 2 * 7 / 8)])
+def test_ring_copy_step_by_hand(op, n, steps, per_gpu):
+    """ring_copy_step 0.5, Simple only, 64 MiB: s link steps move the bytes in (s + 0.5) / s of the link time
+    (2-GPU all_gather: 10 + 3.4 + 1.5 x 32 MiB / 360 GB/s + 2 = 155.2 us, 1.5x the bytes' 93.2 us)."""
+    S = 64 * 2**20
+    nbytes = S / n if op == "all_gather" else S
+    t = predict(_hw({**_only("simple"), "ring_copy_step": 0.5}), op, n, nbytes, "ring" if op == "all_reduce" else "auto")
+    expected = 10e-6 + steps * 3.4e-6 + (steps + 0.5) / steps * per_gpu * S / 360e9 + PATH_S
+    assert t == pytest.approx(expected, rel=1e-9)
+
+
+def test_ring_copy_step_lowers_bus_bandwidth_on_fewer_gpus():
+    """The copy step weighs 1/s: at 512 MiB the all-gather's bus bandwidth ((n-1)/n x size / time) grows with n as
+    (n-1) / (n-1 + c), as the tables measure (B200 438 / 567 / 617 GB/s on 2 / 4 / 8 GPUs); without it, flat."""
+    S = 512 * 2**20
+    for copy, grows in ((0.5, True), (None, False)):
+        hw = _hw({**_only("simple"), "ring_copy_step": copy})
+        bus = [(n - 1) / n * S / predict(hw, "all_gather", n, S / n) for n in (2, 4, 8)]
+        assert (bus[0] < bus[1] < bus[2]) if grows else bus == pytest.approx([bus[2]] * 3, rel=0.01)
+
+
+def test_ring_copy_step_only_inside_one_nvlink_domain():
+    """Across nodes the ring is network-bound; the copy step (a local copy) is not added there."""
+    a = _hw({**_only("simple"), "ring_copy_step": 0.5})
+    b = _hw(_only("simple"))
+    assert predict(a, "all_reduce", 16, 2**28, "ring", nodes=2) == predict(b, "all_reduce", 16, 2**28, "ring", nodes=2)
 
 
 def test_p2p_all_to_all_by_hand():

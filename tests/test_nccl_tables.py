@@ -158,3 +158,33 @@ def test_gb200_fit_reproduces_the_committed_profile(shared_data):
     got = fn.run_fit(shared_data, write=False, base="gb200-nvl72")
     for p, v in zip(names, fn.current_params(load_hardware("gb200-nvl72"), names)):
         assert got["params"][p] == pytest.approx(v, rel=0.02), p
+
+
+def test_gb200_held_out_rows_within_10_percent(shared_data):
+    """Issue 25's bound on GB200's held-out rows, 1 MiB and up: every op on 2 GPUs (never fitted; the ring's copy
+    step carries the 4-GPU fit to them: all_gather 11.7 -> 5.8%, reduce_scatter 13.1 -> 9.5%) and the 4-GPU odd
+    sizes."""
+    path = shared_data / fn.table_of("gb200-nvl72")
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    e = fn.errors(load_hardware("gb200-nvl72"), fn.load_nccl_tests(path))
+    for op in fn.OPS:
+        assert e[f"{op} 2 GPUs >=1MiB"]["mape_held_out"] <= 10, op
+        assert e[f"{op} 4 GPUs >=1MiB"]["mape_held_out"] <= 10, op
+
+
+@pytest.mark.parametrize("profile", ["b200-sxm", "gb200-nvl72"])
+def test_fewer_gpus_reach_a_lower_ring_bus_bandwidth(shared_data, profile):
+    """The ring's copy step, fitted on the largest count only, predicts how much lower the 512 MiB all_gather's bus
+    bandwidth is on 2 GPUs than on the fitted count (B200 measured 438 vs 617 GB/s: 0.71; predicted 0.77), where
+    a plain ring efficiency predicts 1.0."""
+    path = shared_data / fn.table_of(profile)
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    t = fn.load_nccl_tests(path)
+    ag = t[(t.op == "all_gather") & (t.bytes == 512 * 2**20)]
+    n = ag.n_gpus.to_numpy()
+    bus_meas = (n - 1) / n * 512 * 2**20 / ag.time_s.to_numpy()
+    bus_pred = (n - 1) / n * 512 * 2**20 / fn.predict_rows(load_hardware(profile), ag)
+    meas, pred = bus_meas[n == 2][0] / bus_meas[n == n.max()][0], bus_pred[n == 2][0] / bus_pred[n == n.max()][0]
+    assert meas < 0.85 and pred == pytest.approx(meas, rel=0.10)

@@ -40,6 +40,9 @@ Algorithms (S = bytes per GPU, n = group size, k = GPUs of the group per node, m
   (:func:`all_reduce_algorithms`) is timed alone on a fresh copy of the cluster (memoized) and the fastest
   is run, so ``auto`` is never slower alone than an algorithm simfoe models.
 - all-gather / reduce-scatter: ring (multi-channel across nodes as above); (n-1) steps.
+- ring copy step (profiles with ``nvlink.ring_copy_step`` = c, inside one NVLink domain): a ring of s link steps
+  moves its bytes in (s + c) / s of the link time (:func:`_ring_copy_factor`: NCCL's receive-only last step of
+  each chunk loop), so fewer GPUs reach a lower bus bandwidth.
 - all-to-all direct: all pairs at once, one step; NVLink flows at ``all_to_all_nvlink_efficiency``. Inside
   one node, profiles that set ``all_to_all_alpha_s`` price NCCL's point-to-point kernel instead of the ring's
   protocols: LL when no peer gets more than 16 KiB, else Simple at that latency; ``all_to_all_channel_pool``
@@ -319,11 +322,27 @@ def _rows_ring(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rows.ravel(), np.roll(rows, -1, axis=1).ravel()
 
 
+def _ring_copy_factor(net: FlowNetwork, g: np.ndarray, steps: int) -> float:
+    """(steps + c) / steps, c = ``nvlink.ring_copy_step``, for a ring of ``steps`` link steps inside one NVLink
+    domain (else 1). NCCL's ring kernels (src/device/all_gather.h, reduce_scatter.h, all_reduce.h ``runRing``) run
+    each chunk loop's steps in order on the channel's CTA: s steps send the chunk over NVLink, the last one
+    (``directRecv`` / ``recvReduceCopy``) only copies it into the user buffer, so a loop takes s link steps plus
+    that copy, whatever the chunk's size: a bandwidth term that weighs 1/s, more on fewer GPUs."""
+    c = net.cluster.hw.collectives.nvlink.ring_copy_step
+    return 1.0 if not c or _spans_nodes(net, g) else (steps + c) / steps
+
+
+def _ring_step_plan(net: FlowNetwork, g: np.ndarray, steps: int, per_gpu_bytes: float) -> tuple[Phase, ...]:
+    """A ring of ``steps`` steps (protocol by NCCL's rule) in which each GPU streams ``per_gpu_bytes``."""
+    f = _ring_copy_factor(net, g, steps)
+    p, lat = _choose(net, g, steps, (steps // (g.size - 1)) * (_n_nodes(net, g) - 1), f * per_gpu_bytes)
+    return (Phase((_ring_flows(net, g, per_gpu_bytes, lat, p.wire_factor * f),)),)
+
+
 # ---------------------------------------------------------------------------------------- all-reduce plans
 def _ar_ring(net: FlowNetwork, g: np.ndarray, S: float) -> tuple[Phase, ...]:
-    n, m = g.size, _n_nodes(net, g)
-    p, lat = _choose(net, g, 2 * (n - 1), 2 * (m - 1), 2 * (n - 1) / n * S)
-    return (Phase((_ring_flows(net, g, 2 * (n - 1) / n * S, lat, p.wire_factor),)),)
+    n = g.size
+    return _ring_step_plan(net, g, 2 * (n - 1), 2 * (n - 1) / n * S)
 
 
 def _binary_tree(order: np.ndarray) -> tuple[list, list]:
@@ -449,11 +468,8 @@ def _ar_plan_of(net: FlowNetwork, g: np.ndarray, S: float, algorithm: str) -> tu
 def _ring_plan(net: FlowNetwork, g: np.ndarray, per_gpu_bytes: float) -> tuple[Phase, ...]:
     """All-gather or reduce-scatter: n - 1 ring steps, each GPU streams ``per_gpu_bytes`` to its successor
     (memoized as :func:`_ar_plan`: a layer's TP collectives repeat across layers and micro-batches)."""
-    def make() -> tuple[Phase, ...]:
-        p, lat = _choose(net, g, g.size - 1, _n_nodes(net, g) - 1, per_gpu_bytes)
-        return (Phase((_ring_flows(net, g, per_gpu_bytes, lat, p.wire_factor),)),)
-
-    return _memo(_PLANS, net, ("ring", g.tobytes(), per_gpu_bytes), make)
+    return _memo(_PLANS, net, ("ring", g.tobytes(), per_gpu_bytes),
+                 lambda: _ring_step_plan(net, g, g.size - 1, per_gpu_bytes))
 
 
 # ---------------------------------------------------------------------------------------- collectives

@@ -16,8 +16,9 @@ Parameters fitted (each a real one): ``nvlink.efficiency`` (ring bus efficiency,
 ``nvlink.alpha_s`` / ``ll_alpha_s`` / ``ll128_alpha_s`` (base latencies of Simple / LL / LL128),
 ``nvls.efficiency`` and ``nvls.alpha_s`` (in-switch all-reduce), ``all_to_all_nvlink_efficiency``. Per-step
 latencies and protocol bandwidth shares are NCCL's constants (fit_collectives.HOP_S, LL128_* below). B200 and GB200
-(:func:`params_of`) also fit the LL / LL128 bandwidth shares and ``all_to_all_alpha_s`` (the one-node all-to-all
-as NCCL's p2p kernel), with ``all_to_all_channel_pool`` set (SYSTEMS: the one table of what differs per system).
+(:func:`params_of`) also fit the LL / LL128 bandwidth shares, ``nvlink.ring_copy_step`` (the ring's receive-only
+copy step) and ``all_to_all_alpha_s`` (the one-node all-to-all as NCCL's p2p kernel), with
+``all_to_all_channel_pool`` set (SYSTEMS: the one table of what differs per system).
 
 Split, decided here: 8-GPU rows at even positions of the size ladder (512 B, 2 KiB, ... 512 MiB) are fitted;
 8-GPU rows at odd positions and every 2- and 4-GPU row are held out. The fit minimizes the mean relative
@@ -58,6 +59,9 @@ PARAMS = ("nvlink.efficiency", "nvlink.alpha_s", "nvlink.ll_alpha_s", "nvlink.ll
 #: (simfoe.costs.collectives._a2a_direct_terms) with its own Simple latency. H100 keeps PARAMS (its profiles and
 #: the numbers quoted from them are not refitted).
 P2P_PARAMS = ("nvlink.ll_bandwidth_fraction", "nvlink.ll128_bandwidth_fraction", "all_to_all_alpha_s")
+#: and the ring's receive-only copy step (collectives._ring_copy_factor), the term that makes fewer GPUs reach a lower
+#: ring bus bandwidth; it starts at half a link step (between a free copy, 0, and a whole step, 1).
+RING_PARAMS = ("nvlink.ring_copy_step",)
 TARGETS = ("h100-sxm", "h100-sxm-measured", "h200-sxm", "h200-sxm-measured")
 #: Nelder-Mead restarts: (least, most) rounds; a round gaining less than CONVERGED_RTOL (relative) of the loss ends it.
 CONVERGED_ROUNDS = (2, 12)
@@ -87,9 +91,9 @@ class NcclSystem:
 #: to convergence, so one ``fit nccl --write`` after ``calibrate`` gives the committed profile.
 SYSTEMS = {
     "h100-sxm": NcclSystem("h100_sxm", PARAMS, False, "h100-sxm", (2, 2), TARGETS),
-    "b200-sxm": NcclSystem("b200_sxm", PARAMS + P2P_PARAMS, True, "b200-sxm-datasheet", CONVERGED_ROUNDS,
+    "b200-sxm": NcclSystem("b200_sxm", PARAMS + P2P_PARAMS + RING_PARAMS, True, "b200-sxm-datasheet", CONVERGED_ROUNDS,
                            ("b200-sxm",)),
-    "gb200-nvl72": NcclSystem("gb200", PARAMS + P2P_PARAMS, True, "gb200-nvl72-datasheet", CONVERGED_ROUNDS,
+    "gb200-nvl72": NcclSystem("gb200", PARAMS + P2P_PARAMS + RING_PARAMS, True, "gb200-nvl72-datasheet", CONVERGED_ROUNDS,
                               ("gb200-nvl72",)),
 }
 
@@ -140,7 +144,7 @@ def with_params(hw: HardwareSpec, x, params: tuple[str, ...] = PARAMS, pool: boo
 def current_params(hw: HardwareSpec, params: tuple[str, ...] = PARAMS) -> list[float]:
     """Start values of ``params`` from ``hw`` (unset latencies 10 us, the all-to-all efficiency the ring's)."""
     c = hw.collectives.model_dump()
-    start = {"all_to_all_nvlink_efficiency": c["nvlink"]["efficiency"]}
+    start = {"all_to_all_nvlink_efficiency": c["nvlink"]["efficiency"], "nvlink.ring_copy_step": 0.5}
     out = []
     for name in params:
         node = c
@@ -221,6 +225,10 @@ def _provenance(base: str, fit_gpus: int, params: tuple[str, ...]) -> dict:
     prov = {f"collectives.{p}": f"fit to {name} (nccl-tests, half, {fit_gpus} GPUs, even size positions; "
             f"{others} held out), simfoe.costs.fit_nccl_tests" for p in params}
     prov["collectives.nvlink.ll128_hop_s"] = LL128_SOURCE
+    if "nvlink.ring_copy_step" in params:
+        prov["collectives.nvlink.ring_copy_step"] += (
+            "; the term: NCCL src/device/all_gather.h, reduce_scatter.h, all_reduce.h runRing (2.29), each chunk loop "
+            "ends in a receive-only copy into the user buffer (simfoe.costs.collectives._ring_copy_factor)")
     if "nvlink.ll128_bandwidth_fraction" not in params:
         prov["collectives.nvlink.ll128_bandwidth_fraction"] = LL128_SOURCE
     if SYSTEMS[base].channel_pool:

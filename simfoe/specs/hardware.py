@@ -79,6 +79,10 @@ class PathCalibration(Spec):
     ll128_alpha_s: float | None = Field(None, ge=0, description="LL128 protocol: base latency, s (None: no LL128)")
     ll128_hop_s: float = Field(0.0, ge=0, description="LL128 protocol: latency per algorithm step, s")
     ll128_bandwidth_fraction: float = Field(0.92, gt=0, le=1.0, description="LL128 protocol: share of the Simple rate")
+    ring_copy_step: float | None = Field(None, ge=0, description="ring all-reduce / all-gather / reduce-scatter inside one "
+                                  "NVLink domain: time of a channel's receive-only last step of each chunk loop (a copy "
+                                  "into the user buffer, no link bytes), in link steps; s link steps then take "
+                                  "(s + ring_copy_step) / s of the link time (None: no such term)")
 
 
 class DispatchKernel(Spec):
