@@ -44,37 +44,67 @@ def _dropped_line(cmp: dict) -> str:
             else "No point was left off the curves.")
 
 
+#: routing policies the report compares in stream mode (ALTO sections 3.1, 3.2 and 6.2)
+POLICIES = ["hash-all", "aggregation-aware", "least-loaded", "prompt-aware"]
+
+
 def build(out: Path, duration: float, rates: list[float], policy_rates: list[float], seed: int, jobs: int,
           engine_rates: list[float] | None = None, engine_duration: float = 120.0,
           verify_rates: list[float] | None = None) -> dict:
+    """Run the report's comparisons and write report.md, points.json and the PNGs into ``out``; returns the
+    headline figures (stream and batch summaries, their load and P99 ratios, wall seconds, the engine and
+    appended-context sections' data). Durations in s, rates in req/s; ``None`` rates skip a section."""
     from simfoe.pipelines.api import Variant, compare, plot_curves
-    from simfoe.pipelines.metrics import load_at_target_text
 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     cmp_modes = compare("factool", [Variant("stream", "hash-all"), Variant("batch", "hash-all")], rates, duration, seed,
                         TARGET_S, jobs)
-    policies = ["hash-all", "aggregation-aware", "least-loaded", "prompt-aware"]
-    cmp_pol = compare("factool", [Variant("stream", p) for p in policies], policy_rates, duration, seed, TARGET_S, jobs,
+    cmp_pol = compare("factool", [Variant("stream", p) for p in POLICIES], policy_rates, duration, seed, TARGET_S, jobs,
                       overrides=CACHE_OVERRIDES)
     modes, pol = cmp_modes["points"], cmp_pol["points"]
     wall = time.time() - t0
-
-    def summ(cmp, variant):
-        x = cmp["summary"][variant]
-        pts = [p for p in cmp["points"] if p["variant"] == variant]
-        return {"max_load": x["max_load_at_target_rps"], "max_load_text": load_at_target_text(x, TARGET_S),
-                "p99_low": x["p99_at_lowest_rate_s"], "p50_low": x["p50_at_lowest_rate_s"],
-                "low_rate": x["lowest_rate_rps"],
-                "max_valid_load": max((p["achieved_rps"] for p in pts if p["valid_point"]), default=None)}
-
-    s, b = summ(cmp_modes, "stream/hash-all"), summ(cmp_modes, "batch/hash-all")
-    load_ratio = s["max_load"] / b["max_load"] if s["max_load"] and b["max_load"] else None
-    p99_ratio = b["p99_low"] / s["p99_low"] if s["p99_low"] else None
     plot_curves(modes, out / "stream_vs_batch.png", "FacTool preset, hash-all routing: stream vs batch", TARGET_S)
     plot_curves(pol, out / "routing_policies.png", "FacTool preset, stream, prefix cache on: routing policies",
                 TARGET_S)
+    lines, res = _modes_section(cmp_modes, duration, seed, wall)
+    lines += _policies_section(cmp_pol, policy_rates)
+    slot = {"load_ratio": res["load_ratio"], "p99_ratio": res["p99_ratio"]}
+    eng: dict = {}
+    if engine_rates:  # LM stages on the serving engine (engine_section), next to the slot model above
+        eng_lines, eng = engine_section(out, engine_duration, engine_rates, seed, jobs, slot)
+        lines += eng_lines + [""]
+    ver: dict = {}
+    if verify_rates:  # appended context: one downstream request per upstream job (verify_section)
+        ratios = [(slot["load_ratio"], slot["p99_ratio"])] + [(r["load_ratio"], r["p99_ratio"])
+                                                             for r in eng.get("engine", {}).values()]
+        ver_lines, ver = verify_section(duration, verify_rates, seed, jobs, ratios)
+        lines += ver_lines + [""]
+    (out / "points.json").write_text(json_text({"modes": modes, "policies": pol, "engine": eng.get("engine_points"),
+                                                "verify": ver.get("points")}), encoding="utf-8")
+    (out / "report.md").write_text("\n".join(lines))
+    return {**res, "wall_s": time.time() - t0, "engine": eng.get("engine"), "verify": ver.get("verify")}
 
+
+def _summary(cmp: dict, variant: str) -> dict:
+    """One variant of a compare result: its load at the target (and in words), P99 and median at the lowest
+    rate (s), that rate and the highest valid achieved load (req/s)."""
+    from simfoe.pipelines.metrics import load_at_target_text
+
+    x = cmp["summary"][variant]
+    pts = [p for p in cmp["points"] if p["variant"] == variant]
+    return {"max_load": x["max_load_at_target_rps"], "max_load_text": load_at_target_text(x, TARGET_S),
+            "p99_low": x["p99_at_lowest_rate_s"], "p50_low": x["p50_at_lowest_rate_s"],
+            "low_rate": x["lowest_rate_rps"],
+            "max_valid_load": max((p["achieved_rps"] for p in pts if p["valid_point"]), default=None)}
+
+
+def _modes_section(cmp: dict, duration: float, seed: int, wall: float) -> tuple[list[str], dict]:
+    """The report's head and its stream-vs-batch section from the modes' compare result ``cmp`` (``wall``: s
+    the comparisons took). Returns (lines, {"stream", "batch": summaries, "load_ratio", "p99_ratio"})."""
+    s, b = _summary(cmp, "stream/hash-all"), _summary(cmp, "batch/hash-all")
+    r = _ratios(cmp)
+    load_ratio, p99_ratio = r["load_ratio"], r["p99_ratio"]
     lines = [
         "# ALTO reproduction: FacTool pipeline, stream vs batch, routing policies",
         "",
@@ -97,7 +127,7 @@ def build(out: Path, duration: float, rates: list[float], policy_rates: list[flo
         f"| median latency at {s['low_rate']:g} req/s (s) | {_fmt(s['p50_low'])} | {_fmt(b['p50_low'])} | | |",
         f"| highest valid achieved load (req/s) | {_fmt(s['max_valid_load'])} | {_fmt(b['max_valid_load'])} | | |",
         "",
-        _dropped_line(cmp_modes),
+        _dropped_line(cmp),
         "",
         "Reading: in simfoe the two modes hold every instance for the same service time, so they saturate at the "
         "same load; streaming only shortens each request's critical path (a claim's queries start before the "
@@ -107,6 +137,14 @@ def build(out: Path, duration: float, rates: list[float], policy_rates: list[flo
         "than whole ones; idle stages in the baseline; its hash-all routing of real engines); "
         "treat the gap as the part of ALTO's gain that critical-path overlap alone explains.",
         "",
+    ]
+    return lines, {"stream": s, "batch": b, "load_ratio": load_ratio, "p99_ratio": p99_ratio}
+
+
+def _policies_section(cmp: dict, policy_rates: list[float]) -> list[str]:
+    """The routing-policies section from the policies' compare result ``cmp`` at ``policy_rates`` (req/s)."""
+    mid_rate = policy_rates[len(policy_rates) // 2]
+    lines = [
         "## Routing policies (ALTO sections 3.1, 3.2 and 6.2)",
         "",
         "Stream mode, LM prefix cache on (a hit saves 30% of an output's time; one prompt type cached per "
@@ -115,13 +153,12 @@ def build(out: Path, duration: float, rates: list[float], policy_rates: list[flo
         "![routing policies](routing_policies.png)",
         "",
         f"| policy | max load with median <= {TARGET_S:g} s | P99 at {policy_rates[0]:g} req/s | "
-        f"median at {policy_rates[len(policy_rates) // 2]:g} req/s | P99 at {policy_rates[len(policy_rates) // 2]:g} req/s |",
+        f"median at {mid_rate:g} req/s | P99 at {mid_rate:g} req/s |",
         "|---|---|---|---|---|",
     ]
-    for p in policies:
-        pts = [x for x in pol if x["variant"] == f"stream/{p}"]
-        mid = [x for x in pts if x["offered_rps"] == policy_rates[len(policy_rates) // 2]][0]
-        sp = summ(cmp_pol, f"stream/{p}")
+    for p in POLICIES:
+        mid = [x for x in cmp["points"] if x["variant"] == f"stream/{p}" and x["offered_rps"] == mid_rate][0]
+        sp = _summary(cmp, f"stream/{p}")
         lines.append(f"| {p} | {sp['max_load_text']} | {_fmt(sp['p99_low'])} s | {_fmt(mid['latency_s']['p50'])} s | "
                      f"{_fmt(mid['latency_s']['p99'])} s |")
     lines += [
@@ -132,26 +169,12 @@ def build(out: Path, duration: float, rates: list[float], policy_rates: list[flo
         "rest; prompt-aware keeps each prompt type on a home LM instance for prefix-cache hits and spills to the "
         "least-loaded instance when the home queue exceeds `spill_queue` items.",
         "",
-        _dropped_line(cmp_pol),
+        _dropped_line(cmp),
         "",
         "All runs pass the engine's aggregation checks (every aggregate received exactly its items, at one instance).",
         "",
     ]
-    eng: dict = {}
-    if engine_rates:  # LM stages on the serving engine (engine_section), next to the slot model above
-        eng_lines, eng = engine_section(out, engine_duration, engine_rates, seed, jobs,
-                                        {"load_ratio": load_ratio, "p99_ratio": p99_ratio})
-        lines += eng_lines + [""]
-    ver: dict = {}
-    if verify_rates:  # appended context: one downstream request per upstream job (verify_section)
-        ratios = [(load_ratio, p99_ratio)] + [(r["load_ratio"], r["p99_ratio"]) for r in eng.get("engine", {}).values()]
-        ver_lines, ver = verify_section(duration, verify_rates, seed, jobs, ratios)
-        lines += ver_lines + [""]
-    (out / "points.json").write_text(json_text({"modes": modes, "policies": pol, "engine": eng.get("engine_points"),
-                                                "verify": ver.get("points")}), encoding="utf-8")
-    (out / "report.md").write_text("\n".join(lines))
-    return {"stream": s, "batch": b, "load_ratio": load_ratio, "p99_ratio": p99_ratio, "wall_s": time.time() - t0,
-            "engine": eng.get("engine"), "verify": ver.get("verify")}
+    return lines
 
 
 #: sensitivity of the engine stage model to what the paper leaves unknown: (label, --set overrides of factool-engine)
