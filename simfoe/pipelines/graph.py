@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import networkx as nx
 
 from simfoe.errors import SpecError
-from simfoe.pipelines.spec import PipelineSpec
+from simfoe.pipelines.spec import EdgeSpec, PipelineSpec, StageSpec
 
 ROOT_LEVEL = "request"
 
@@ -40,6 +40,42 @@ class StageGraph:
 def build_graph(spec: PipelineSpec) -> StageGraph:
     """Validate ``spec`` as a DAG whose first stage receives requests; derive key levels."""
     names = [s.name for s in spec.stages]
+    g = _dag(spec, names)
+    order = tuple(nx.lexicographical_topological_sort(g))
+    n_stages = len(names)
+    in_levels: list[tuple[str, ...] | None] = [None] * n_stages
+    out_levels: list[tuple[str, ...]] = [()] * n_stages
+    key_depth = [0] * n_stages
+    in_levels[0] = (ROOT_LEVEL,)
+    edges: list[list[EdgeInfo]] = [[] for _ in range(n_stages)]
+    port_count = [0] * n_stages
+    for i in order:
+        s = spec.stages[i]
+        lv = in_levels[i]
+        assert lv is not None
+        kd = key_depth[i] = _key_depth(s, i, lv, g.in_degree(i))
+        base = lv[:kd] if kd else lv
+        own = tuple(x for x in (s.level, s.parts_level) if x is not None)
+        for x in own:
+            if x in base:
+                raise SpecError(f"stages.{s.name}.level", x, f"a level name not already used upstream ({', '.join(base)})")
+        out = out_levels[i] = base + own
+        for e in s.to:
+            j = names.index(e.stage)
+            depth = _edge_depth(s, e, len(base), own, len(out))
+            _arrive(in_levels, j, e.stage, out[:depth])
+            edges[i].append(EdgeInfo(i, j, depth, port_count[j]))
+            port_count[j] += 1
+    sinks = tuple(i for i in order if g.out_degree(i) == 0)
+    return StageGraph(
+        graph=g, order=order, in_levels=tuple(in_levels), out_levels=tuple(out_levels),  # type: ignore[arg-type]
+        key_depth=tuple(key_depth), edges=tuple(tuple(e) for e in edges), n_in=tuple(port_count), sinks=sinks,
+    )
+
+
+def _dag(spec: PipelineSpec, names: list[str]) -> nx.DiGraph:
+    """The stage graph of ``spec`` (stage indices, an edge per ``to``): unique names, known destinations named
+    once each, no cycle, every stage reachable from the first; else a SpecError naming the stage."""
     idx: dict[str, int] = {}
     for i, n in enumerate(names):
         if n in idx:
@@ -62,50 +98,28 @@ def build_graph(spec: PipelineSpec) -> StageGraph:
     for i, n in enumerate(names):
         if i not in reach:
             raise SpecError(f"stages.{n}", n, f"a stage reachable from the first stage {names[0]!r}")
-    order = tuple(nx.lexicographical_topological_sort(g))
-    n_stages = len(names)
-    in_levels: list[tuple[str, ...] | None] = [None] * n_stages
-    out_levels: list[tuple[str, ...]] = [()] * n_stages
-    key_depth = [0] * n_stages
-    in_levels[0] = (ROOT_LEVEL,)
-    preds: dict[int, list[int]] = {i: sorted(g.predecessors(i)) for i in range(n_stages)}
-    edges: list[list[EdgeInfo]] = [[] for _ in range(n_stages)]
-    port_count = [0] * n_stages
-    for i in order:
-        s = spec.stages[i]
-        lv = in_levels[i]
-        assert lv is not None
-        kd = _key_depth(s, i, lv, len(preds[i]))
-        key_depth[i] = kd
-        base = lv[:kd] if kd else lv
-        own = tuple(x for x in (s.level, s.parts_level) if x is not None)
-        for x in own:
-            if x in base:
-                raise SpecError(f"stages.{s.name}.level", x, f"a level name not already used upstream ({', '.join(base)})")
-        out = base + own
-        out_levels[i] = out
-        for e in s.to:
-            j = names.index(e.stage)
-            if e.unit is None:
-                depth = len(out)
-            elif e.unit in own:
-                depth = len(base) + own.index(e.unit) + 1
-            else:
-                raise SpecError(f"stages.{s.name}.to.{e.stage}.unit", e.unit,
-                                f"one of this stage's own levels ({', '.join(own) or 'none: it has no fan-out'})")
-            lv_e = out[:depth]
-            if in_levels[j] is None:
-                in_levels[j] = lv_e
-            elif in_levels[j] != lv_e:
-                raise SpecError(f"stages.{e.stage}", "/".join(lv_e),
-                                f"the same item levels on every input edge (another edge brings {'/'.join(in_levels[j])})")
-            edges[i].append(EdgeInfo(i, j, depth, port_count[j]))
-            port_count[j] += 1
-    sinks = tuple(i for i in order if g.out_degree(i) == 0)
-    return StageGraph(
-        graph=g, order=order, in_levels=tuple(in_levels), out_levels=tuple(out_levels),  # type: ignore[arg-type]
-        key_depth=tuple(key_depth), edges=tuple(tuple(e) for e in edges), n_in=tuple(port_count), sinks=sinks,
-    )
+    return g
+
+
+def _edge_depth(s: StageSpec, e: EdgeSpec, n_base: int, own: tuple[str, ...], n_out: int) -> int:
+    """Path length of the items stage ``s`` forwards on edge ``e``: its finest unit's (``n_out`` levels), or
+    that of ``e.unit``, one of its own levels ``own`` after the ``n_base`` levels it keeps."""
+    if e.unit is None:
+        return n_out
+    if e.unit in own:
+        return n_base + own.index(e.unit) + 1
+    raise SpecError(f"stages.{s.name}.to.{e.stage}.unit", e.unit,
+                    f"one of this stage's own levels ({', '.join(own) or 'none: it has no fan-out'})")
+
+
+def _arrive(in_levels: list, j: int, name: str, levels: tuple[str, ...]) -> None:
+    """Items of ``levels`` arrive at stage ``j`` (``name``) on one more edge: the first edge sets its levels,
+    every other must bring the same."""
+    if in_levels[j] is None:
+        in_levels[j] = levels
+    elif in_levels[j] != levels:
+        raise SpecError(f"stages.{name}", "/".join(levels),
+                        f"the same item levels on every input edge (another edge brings {'/'.join(in_levels[j])})")
 
 
 def _key_depth(s, i: int, lv: tuple[str, ...], n_in: int) -> int:
