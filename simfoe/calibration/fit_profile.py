@@ -24,8 +24,9 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -33,6 +34,9 @@ from simfoe.errors import SpecError
 from simfoe.inputs import check_text_file
 from simfoe.paths import repo_relative
 from simfoe.specs.precision import number_format
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SIG = 5
 #: GQA decode/prefill rows are fitted (all simfoe attention models are GQA; the testbed too).
@@ -495,7 +499,8 @@ def fit_profile(set_dir: str | Path, name: str | None = None, env: dict | None =
     base["gemm_tables"] = tables
     hw = HardwareSpec.model_validate(base)
 
-    _cpu_residuals(report, hw, hw_param, k, tables, table_checks, cp, pre, dec, glue)
+    rows = _CpuRows(one, fp32, cp, pre, dec, glue, k[(k.op == "grouped_ffn") & (k.threads == 1)])
+    _cpu_residuals(report, hw, hw_param, rows, tables, table_checks)
     report["kernels_fit"] = kern
     report["gpu"] = gpu
     return base, _cpu_provenance(src, gpu, why, kern, fp32, glue), report
@@ -518,32 +523,44 @@ def _uncalibrated(name: str, env: dict, src: str, gpu: dict) -> dict:
     }
 
 
-def _cpu_residuals(report: dict, hw, hw_param, k, tables: dict, table_checks: dict, cp, pre, dec, glue) -> None:
+@dataclass(frozen=True)
+class _CpuRows:
+    """The rows of a CPU set each part of the fit uses: 1-thread GEMM rows of every dtype and
+    their fp32 ones (the parametric GEMM's fit), copies, GQA attention prefill and decode, routing glue, and
+    the 1-thread grouped FFN rows (held out)."""
+
+    gemm: pd.DataFrame
+    gemm_fp32: pd.DataFrame
+    copy: pd.DataFrame
+    prefill: pd.DataFrame
+    decode: pd.DataFrame
+    glue: pd.DataFrame
+    grouped: pd.DataFrame
+
+
+def _cpu_residuals(report: dict, hw, hw_param, rows: _CpuRows, tables: dict, table_checks: dict) -> None:
     """Add to ``report`` the residuals of the rows each kernel family was fitted to (``hw``; the parametric
     GEMM with ``hw_param``, the profile without gemm_tables) and the held-out checks (other dtypes, grouped FFN)."""
-    one = k[(k.op == "gemm") & (k.threads == 1)]  # 1-thread GEMM rows, every dtype
-    fp32 = one[one.dtype == "fp32"]
+    one = rows.gemm
 
-    def resid_of(rows, h=None):
-        return row_errors(h or hw, rows)
+    def resid_of(r, h=None):
+        return row_errors(h or hw, r)
 
-    report["kernels"] = {"gemm (fp32, 1 thread), parametric kernels.gemm": resid_of(fp32, hw_param),
-                         "elementwise (copy)": resid_of(cp)}
+    report["kernels"] = {"gemm (fp32, 1 thread), parametric kernels.gemm": resid_of(rows.gemm_fp32, hw_param),
+                         "elementwise (copy)": resid_of(rows.copy)}
     for dt in tables:
         report["kernels"][f"gemm table ({dt}, 1 thread)"] = resid_of(one[one.dtype == dt])
     report["held_out"].update(table_checks)
-    if not pre.empty:
-        report["kernels"][f"attention_prefill ({ATTENTION_VARIANT})"] = resid_of(pre)
-    if not dec.empty:
-        report["kernels"][f"attention_decode ({ATTENTION_VARIANT})"] = resid_of(dec)
-    if not glue.empty:
-        report["kernels"][f"routing_glue ({glue.variant.iloc[0]})"] = resid_of(glue)
+    if not rows.prefill.empty:
+        report["kernels"][f"attention_prefill ({ATTENTION_VARIANT})"] = resid_of(rows.prefill)
+    if not rows.decode.empty:
+        report["kernels"][f"attention_decode ({ATTENTION_VARIANT})"] = resid_of(rows.decode)
+    if not rows.glue.empty:
+        report["kernels"][f"routing_glue ({rows.glue.variant.iloc[0]})"] = resid_of(rows.glue)
     for dt in sorted(set(one.dtype) - {"fp32"}):
-        report["held_out"][f"gemm ({dt}, 1 thread), parametric kernels.gemm"] = resid_of(
-            one[one.dtype == dt], hw_param)
-    g = k[(k.op == "grouped_ffn") & (k.threads == 1)]
-    if not g.empty:
-        report["held_out"][f"grouped_ffn ({g.variant.iloc[0]})"] = resid_of(g)
+        report["held_out"][f"gemm ({dt}, 1 thread), parametric kernels.gemm"] = resid_of(one[one.dtype == dt], hw_param)
+    if not rows.grouped.empty:
+        report["held_out"][f"grouped_ffn ({rows.grouped.variant.iloc[0]})"] = resid_of(rows.grouped)
 
 
 def _cpu_provenance(src: str, gpu: dict, why: dict, kern: dict, fp32, glue) -> dict:
