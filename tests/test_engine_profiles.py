@@ -86,6 +86,35 @@ def test_prefill_first_equals_chunked_without_prompts_in_flight():
     assert a["e2e_s"].tolist() == b["e2e_s"].tolist()
 
 
+def test_overlap_scheduler_runs_an_arrival_two_iterations_later():
+    # 10 ms iterations; A arrives at 0 into an idle engine (taken at once), B at 15 ms, during iteration 2
+    # (10-20 ms). Without the overlap scheduler B runs in iteration 3 (20-30 ms): TTFT 15 ms. With it, the batch of
+    # iteration 3 was formed when iteration 2 began, so B is fetched at 20 ms and runs in iteration 4: TTFT 25 ms
+    t = _trace([0.0, 0.015], [100, 100], [10, 3])
+    plain = simulate(t, ConstantStep(0.01), 10**6).records
+    lag = simulate(t, ConstantStep(0.01), 10**6, overlap_scheduler=True).records
+    assert plain["ttft_s"].tolist() == pytest.approx([0.01, 0.015])
+    assert lag["ttft_s"].tolist() == pytest.approx([0.01, 0.025])
+    assert lag["e2e_s"][0] == pytest.approx(0.10)  # A's iterations are not delayed
+
+
+def test_overlap_scheduler_keeps_a_lone_client_at_one_prefill():
+    # one client finds the engine idle every time: its request is taken at once, TTFT = one prefill (11 ms)
+    s = simulate(_loop(), STEP, 10**6, overlap_scheduler=True).summary
+    assert s["ttft_s"]["mean"] == pytest.approx(0.011) and s["tpot_s"]["mean"] == pytest.approx(0.010)
+
+
+def test_only_trtllm_runs_the_overlap_scheduler_and_says_why(tmp_path):
+    assert [load_engine(n).overlap_scheduler for n in engine_presets()] == [False, True, False]
+    assert engine_config("trtllm").overlap_scheduler and load_engine("trtllm").provenance["overlap_scheduler"]
+    raw = yaml.safe_load(engine_path("vllm").read_text())
+    raw["overlap_scheduler"] = True
+    f = tmp_path / "e.yaml"
+    f.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SpecError, match="provenance lacks overlap_scheduler"):
+        load_engine(str(f))
+
+
 def test_bundled_profiles_load_and_name_their_sources():
     assert engine_presets() == ["sglang", "trtllm", "vllm"]
     for name in engine_presets():

@@ -118,9 +118,11 @@ GAP = "source_file=/Users/x/aic-auto-gap-analysis/data/h100_sxm/vllm/0.12.0/Qwen
     ("vllm", GAP, 8 + 1024 + 1500),  # AIConfigurator's generator: max_batch_size + ISL + 1500
     ("vllm", "source_file=2026-04-06.csv; model=Llama-3.1-70B; silicon_concurrency=8", None),  # InferenceX: default
     ("sglang", GAP.replace("vllm", "sglang"), None),  # no generator budget for that backend
+    ("trtllm", GAP.replace("vllm/0.12.0", "trtllm/1.0.0rc3"), 8 + 1024 + 1500),  # max_num_tokens, the same rule
 ])
 def test_gap_analysis_rows_run_the_generators_token_budget(backend, source, budget):
-    """issue 23: a vLLM row of AIConfigurator's gap analysis runs --max-num-batched-tokens = batch + ISL + 1500."""
+    """issue 23: a vLLM (TensorRT-LLM) row of AIConfigurator's gap analysis runs --max-num-batched-tokens
+    (max_num_tokens) = batch + ISL + 1500."""
     sc = si.scenario(_row(backend=backend, source=source, batch_size=8, isl=1024))
     assert sc.launch_budget == budget
 

@@ -106,10 +106,13 @@ class GeneratorBudget:
 #: generator's ``agg max_num_tokens = max_batch_size + isl + 1500`` becomes ``--max-num-batched-tokens``
 #: (cli_args.j2 passes it since aiconfigurator 2cecd6596, 2026-01-08). With it the wave of 8 clients x 1024
 #: tokens no longer fits one iteration, as the measured rows say (TPOT grows as OSL shrinks: prompts
-#: interleave with decodes; docs/calibration.md).
+#: interleave with decodes; docs/calibration.md). TensorRT-LLM: the same rule, as max_num_tokens.
 GENERATOR_BUDGETS = {
     "vllm": GeneratorBudget(1500, "aiconfigurator generator/rule_plugin/vllm.rule agg max_num_tokens "
                                   "(max_batch_size + isl + 1500) -> vllm --max-num-batched-tokens"),
+    "trtllm": GeneratorBudget(1500, "aiconfigurator src/aiconfigurator/cli/backends/trtllm.py (2025-08-22, the "
+                                    "1.0.0rc3 runs' era): agg max_num_tokens = bs + isl + 1500 -> the worker's "
+                                    "max_num_tokens; generator/rule_plugin/trtllm.rule keeps it since"),
 }
 
 DEDUP_RULES = {

@@ -122,7 +122,10 @@ def _pools(sc: DisaggScenario, engines: dict | None):
     out = []
     for side in ("prefill", "decode"):
         pool = pool_of(json.loads(getattr(sc, side)), m, hw, None, "uniform", 0, None, side)[0]
-        eng = replace(base, max_batch=pool.engine.max_batch, token_budget=max(base.token_budget, pool.engine.max_batch))
+        # AIConfigurator runs TensorRT-LLM's prefill workers without the overlap scheduler and its decode workers
+        # with it (src/aiconfigurator/cli/backends/trtllm.py, 2025-08-22: disable_overlap_scheduler True / False)
+        eng = replace(base, max_batch=pool.engine.max_batch, token_budget=max(base.token_budget, pool.engine.max_batch),
+                      overlap_scheduler=base.overlap_scheduler and side == "decode")
         out.append(replace(pool, step_model=make_cost(pool.step_model, "interp"), engine=eng))
     return tuple(out), hw
 

@@ -111,6 +111,10 @@ class Replica:
         self.kv_max = 0.0
         self.iterations = 0
         self.fast_forwarded = 0  # of those, iterations advanced in decode-only runs (simfoe.serving.fastforward)
+        #: overlap scheduler (EngineConfig.overlap_scheduler): requests that arrived while an iteration ran
+        #: (``inbox``), and those the scheduler has fetched for the iteration after the next (``fetched``)
+        self.inbox: list[int] = []
+        self.fetched: list[int] = []
 
     @property
     def preemptions(self) -> int:
@@ -127,8 +131,22 @@ class Replica:
         rr = self.rank_router
         k = rr.pick(self.ranks, i) if rr is not None else 0
         self.engine.store.rank[i] = k
+        if self.engine.cfg.overlap_scheduler and self.idle is None:  # an iteration runs: seen two batches later
+            self.inbox.append(i)
+            return
         self.ranks[k].waiting.append(i)
         self.wake()
+
+    def fetch(self, everything: bool = False) -> bool:
+        """Overlap scheduler, at the end of an iteration: the requests fetched one iteration ago join their
+        ranks' queues and those that arrived during it are fetched (``everything``: all of them join at once,
+        as an idle engine takes a request at once); whether any joined."""
+        st = self.engine.store
+        join = self.fetched + self.inbox if everything else self.fetched
+        self.fetched, self.inbox = ([], []) if everything else (self.inbox, [])
+        for i in join:
+            self.ranks[st.rank[i]].waiting.append(i)
+        return bool(join)
 
     def wake(self) -> None:
         """New work for this replica: end its idle wait, if it is waiting."""
@@ -207,22 +225,28 @@ class Replica:
         ranks = self.ranks
         drafts = eng.drafts
         ff = fast_forward(eng)
+        overlap = eng.cfg.overlap_scheduler
         while True:
             batch = self._schedule(env.now)
             if batch is None:
+                if overlap and self.fetch(everything=True):
+                    continue
                 self.idle = env.event()
                 yield self.idle
                 continue
             dec, chunks = batch.decodes, batch.chunks
             nd = batch.decode_seqs
             # decode-only: its iterations up to the next event at once (the last one ends below)
-            hops = decode_run(self, batch, env.now) if ff and nd and not chunks else None
+            hops = (decode_run(self, batch, env.now) if ff and nd and not chunks
+                    and not (overlap and (self.inbox or self.fetched)) else None)
             if hops is None:
                 yield env.timeout(self._price(batch))
             else:
                 for d in hops:
                     yield env.timeout(d)
             now = env.now
+            if overlap:  # before this iteration's completions send their clients' next requests
+                self.fetch()
             # ---- advance decodes
             if nd:
                 if drafts is None:
@@ -358,6 +382,11 @@ class EngineConfig:
     mtp_acceptance: tuple[float, ...] | None = None
     # prefix caching (simfoe.serving.prefix_cache): one block cache per KV pool, from the requests' prefix block ids
     prefix_cache: bool = False
+    # TensorRT-LLM's overlap scheduler: the batch of iteration n + 2 is formed while iteration n + 1 runs,
+    # from the requests that had arrived when n ended, so a request arriving during iteration n runs from
+    # n + 2 on, and a closed-loop client's next request (sent when its last token, of iteration n, came out)
+    # from n + 3 on; an idle engine takes a request at once. False: from the next iteration on
+    overlap_scheduler: bool = False
     # advance decode-only iterations up to the next event at once (simfoe.serving.fastforward; the same
     # results, bit for bit); False: one iteration per turn of the loop
     fast_forward: bool = True
@@ -384,7 +413,7 @@ def profile_config(engine, base: EngineConfig | None = None) -> EngineConfig:
     o = p.overheads
     return replace(base or EngineConfig(), scheduler=p.scheduler, token_budget=p.token_budget, max_batch=p.max_batch,
                    request_overhead_s=o.request_s, step_overhead_s=o.step_s, step_overhead_per_seq_s=o.step_per_seq_s,
-                   engine=p.name)
+                   overlap_scheduler=p.overlap_scheduler, engine=p.name)
 
 
 class Engine:

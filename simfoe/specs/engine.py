@@ -74,6 +74,10 @@ class EngineProfile(Spec):
                                            "decodes wait (prefill and decode never mixed)")
     token_budget: PositiveInt = Field(description="tokens per iteration and DP attention rank")
     max_batch: PositiveInt = Field(description="running requests per DP attention rank")
+    overlap_scheduler: bool = Field(False, description="true: the batch of the next iteration is formed while "
+                                    "this one runs (TensorRT-LLM's overlap scheduler), so a request that arrives "
+                                    "during an iteration runs two iterations later (simfoe.serving.engine."
+                                    "EngineConfig.overlap_scheduler)")
     overheads: Overheads = Field(default_factory=Overheads)
     provenance: dict[str, str] = Field(default_factory=dict, description="field (dotted) -> its source")
     launch: LaunchTemplate | None = Field(None, description="the launch-command template of this version "
@@ -81,7 +85,8 @@ class EngineProfile(Spec):
 
     @model_validator(mode="after")
     def _sourced(self):
-        given = {"scheduler", "token_budget", "max_batch", *(f"overheads.{k}" for k in Overheads.model_fields)}
+        given = {"scheduler", "token_budget", "max_batch", *(f"overheads.{k}" for k in Overheads.model_fields),
+                 *({"overlap_scheduler"} & self.model_fields_set)}
         missing = sorted(given - set(self.provenance))
         if missing:
             raise ValueError("every value names its source: provenance lacks " + ", ".join(missing))
