@@ -86,91 +86,127 @@ def _check_slo(name: str, v) -> None:
 
 def summarize(eng: Engine, wall_s: float, slo_ttft: float | None = None, slo_tbt: float | None = None) -> dict:
     """Summary dict of a finished engine (see module docstring for definitions)."""
-    st = eng.store
-    # the measured rows (closed loop: after the warm-ups; their counters restarted when those ended)
-    status, arrival, first, last, scheduled, gen, sum_gap, dropped = (
-        a[eng.measure_from:] for a in (st.status, st.arrival, st.first, st.last, st.scheduled, st.gen, st.sum_gap,
-                                       st.dropped))
-    done = status == STATUS_DONE
-    n = len(status)
-    ttft = first - arrival
-    e2e = np.where(done, last - arrival, np.nan)
-    queue = scheduled - arrival
-    with np.errstate(invalid="ignore", divide="ignore"):
-        tpot = np.where(done & (gen > 1), sum_gap / np.maximum(gen - 1, 1), np.nan)
-    issued = arrival[~np.isnan(arrival)]  # closed loop: rows not sent before the horizon have no arrival
-    t0 = float(issued.min()) if len(issued) else 0.0
-    t_end = float(np.nanmax(last[done])) if done.any() else t0
-    span = t_end - t0
-    ncomp = int(done.sum())
-    out_tok = int(gen[done].sum())
-
-    def per_s(x):
-        return x / span if span > 0 else None
-
-    ok = done.copy()
-    if slo_ttft is not None:
-        ok &= ttft <= slo_ttft
-    if slo_tbt is not None:
-        ok &= ~(tpot > slo_tbt)  # one-token requests have no TBT and pass
-    reasons = {DROP_REASONS[k].split(":")[0]: int((dropped == k).sum()) for k in DROP_REASONS}
+    m = _Measured.of(eng)
     reps = eng.replicas
-    cost = eng.cost
-    iters = sum(r.iterations for r in reps)
     busy = sum(r.busy_s for r in reps)
-    offered_span = float(issued.max() - t0) if len(issued) > 1 else 0.0
-    sim_s = float(eng.env.now) - (float(np.nanmin(st.arrival)) if len(issued) else 0.0)
     summary = {
         "ranks_per_replica": eng.ranks_per_replica,
         "rank_router": eng.cfg.rank_router if eng.ranks_per_replica > 1 else None,
         # share of busy time the busiest DP attention rank added over an evenly spread batch
         "rank_imbalance_fraction": (sum(r.excess_s for r in reps) / busy if busy > 0 else 0.0)
         if eng.excess is not None else None,
-        "requests": {"total": n, "completed": ncomp, "dropped": n - ncomp, "dropped_by_reason": reasons},
-        "ttft_s": dist(ttft[done]),
-        "tbt_s": st.gaps.stats(),
-        "tpot_s": dist(tpot),
-        "e2e_s": dist(e2e),
-        "queue_s": dist(queue[done]),
-        "throughput": {
-            "requests_per_s": per_s(ncomp),
-            "output_tokens_per_s": per_s(out_tok),
-            "offered_requests_per_s": (len(issued) - 1) / offered_span if offered_span > 0 else None,
-        },
-        "goodput": {
-            "slo_ttft_s": slo_ttft,
-            "slo_tbt_s": slo_tbt,
-            "requests_per_s": per_s(int(ok.sum())),
-            "fraction_of_requests": float(ok.sum()) / n if n else None,
-        },
-        "kv_cache": {
-            "capacity_tokens": reps[0].kv_total * reps[0].ranks[0].kv.block_size,
-            "capacity_tokens_per_rank": reps[0].ranks[0].kv.capacity_tokens,
-            "block_size": reps[0].ranks[0].kv.block_size,
-            "mean_used_fraction": (sum(r.kv_time for r in reps) / busy) if busy > 0 else 0.0,
-            "max_used_fraction": max(r.kv_max for r in reps),
-            "preemptions": int(sum(r.preemptions for r in reps)),
-        },
-        "gpu_utilization": (busy / (len(reps) * span)) if span > 0 else None,
-        "replica_utilization": [r.busy_s / span if span > 0 else None for r in reps],
-        "sim": {
-            "simulated_s": sim_s,
-            "wall_s": wall_s,
-            "sim_s_per_wall_s": sim_s / wall_s if wall_s > 0 else None,
-            "iterations": iters,
-            "cost_model": type(cost).__name__,
-            "cost_evaluations": cost.misses,
-            "memo_hit_rate": 1.0 - cost.misses / iters if iters else None,
-        },
+        **_request_summary(eng, m, slo_ttft, slo_tbt),
+        "kv_cache": _kv_summary(reps, busy),
+        "gpu_utilization": (busy / (len(reps) * m.span)) if m.span > 0 else None,
+        "replica_utilization": [r.busy_s / m.span if m.span > 0 else None for r in reps],
+        "sim": _sim_summary(eng, m, wall_s),
     }
     # multi-token prediction: drafts per step, acceptance, mean tokens a sequence emits per decode step (null: off)
     summary["mtp"] = eng.drafts.summary(busy) if eng.drafts is not None else None
     # prefix caching: share of the prompt tokens found cached (null: off)
     summary["prefix_cache"] = _prefix_cache_summary(eng) if eng.prefixes is not None else None
-    bd = cost.total_breakdown()
+    bd = eng.cost.total_breakdown()
     if bd:
         summary["busy_breakdown_s"] = bd
     return summary
+
+
+@dataclass(frozen=True)
+class _Measured:
+    """The measured requests of a finished engine (closed loop: after the warm-ups, whose counters restarted
+    when they ended), per request: completed or not, TTFT, end-to-end, queueing delay and TPOT (s; NaN where
+    undefined), output tokens, drop reason code; the arrival times of those sent (s), the first of them
+    (``t0``) and the ``span`` from it to the last completion (s)."""
+
+    done: np.ndarray
+    ttft: np.ndarray
+    e2e: np.ndarray
+    queue: np.ndarray
+    tpot: np.ndarray
+    gen: np.ndarray
+    dropped: np.ndarray
+    issued: np.ndarray
+    t0: float
+    span: float
+
+    @classmethod
+    def of(cls, eng: Engine) -> _Measured:
+        st = eng.store
+        status, arrival, first, last, scheduled, gen, sum_gap, dropped = (
+            a[eng.measure_from:] for a in (st.status, st.arrival, st.first, st.last, st.scheduled, st.gen,
+                                           st.sum_gap, st.dropped))
+        done = status == STATUS_DONE
+        with np.errstate(invalid="ignore", divide="ignore"):
+            tpot = np.where(done & (gen > 1), sum_gap / np.maximum(gen - 1, 1), np.nan)
+        issued = arrival[~np.isnan(arrival)]  # closed loop: rows not sent before the horizon have no arrival
+        t0 = float(issued.min()) if len(issued) else 0.0
+        t_end = float(np.nanmax(last[done])) if done.any() else t0
+        return cls(done, first - arrival, np.where(done, last - arrival, np.nan), scheduled - arrival, tpot, gen,
+                   dropped, issued, t0, t_end - t0)
+
+    def per_s(self, x):
+        """``x`` per second of the span (None: an empty span)."""
+        return x / self.span if self.span > 0 else None
+
+
+def _request_summary(eng: Engine, m: _Measured, slo_ttft: float | None, slo_tbt: float | None) -> dict:
+    """The summary's request counts, latency distributions (s), throughput and goodput (per s)."""
+    n, done = len(m.done), m.done
+    ncomp = int(done.sum())
+    ok = done.copy()
+    if slo_ttft is not None:
+        ok &= m.ttft <= slo_ttft
+    if slo_tbt is not None:
+        ok &= ~(m.tpot > slo_tbt)  # one-token requests have no TBT and pass
+    reasons = {DROP_REASONS[k].split(":")[0]: int((m.dropped == k).sum()) for k in DROP_REASONS}
+    offered_span = float(m.issued.max() - m.t0) if len(m.issued) > 1 else 0.0
+    return {
+        "requests": {"total": n, "completed": ncomp, "dropped": n - ncomp, "dropped_by_reason": reasons},
+        "ttft_s": dist(m.ttft[done]),
+        "tbt_s": eng.store.gaps.stats(),
+        "tpot_s": dist(m.tpot),
+        "e2e_s": dist(m.e2e),
+        "queue_s": dist(m.queue[done]),
+        "throughput": {
+            "requests_per_s": m.per_s(ncomp),
+            "output_tokens_per_s": m.per_s(int(m.gen[done].sum())),
+            "offered_requests_per_s": (len(m.issued) - 1) / offered_span if offered_span > 0 else None,
+        },
+        "goodput": {
+            "slo_ttft_s": slo_ttft,
+            "slo_tbt_s": slo_tbt,
+            "requests_per_s": m.per_s(int(ok.sum())),
+            "fraction_of_requests": float(ok.sum()) / n if n else None,
+        },
+    }
+
+
+def _kv_summary(reps: list, busy: float) -> dict:
+    """The summary's ``kv_cache`` block: capacity (tokens), use over the replicas' ``busy`` seconds, preemptions."""
+    kv = reps[0].ranks[0].kv
+    return {
+        "capacity_tokens": reps[0].kv_total * kv.block_size,
+        "capacity_tokens_per_rank": kv.capacity_tokens,
+        "block_size": kv.block_size,
+        "mean_used_fraction": (sum(r.kv_time for r in reps) / busy) if busy > 0 else 0.0,
+        "max_used_fraction": max(r.kv_max for r in reps),
+        "preemptions": int(sum(r.preemptions for r in reps)),
+    }
+
+
+def _sim_summary(eng: Engine, m: _Measured, wall_s: float) -> dict:
+    """The summary's ``sim`` block: simulated and ``wall_s`` seconds, iterations, the cost model's memo."""
+    cost, iters = eng.cost, sum(r.iterations for r in eng.replicas)
+    sim_s = float(eng.env.now) - (float(np.nanmin(eng.store.arrival)) if len(m.issued) else 0.0)
+    return {
+        "simulated_s": sim_s,
+        "wall_s": wall_s,
+        "sim_s_per_wall_s": sim_s / wall_s if wall_s > 0 else None,
+        "iterations": iters,
+        "cost_model": type(cost).__name__,
+        "cost_evaluations": cost.misses,
+        "memo_hit_rate": 1.0 - cost.misses / iters if iters else None,
+    }
 
 
 def _prefix_cache_summary(eng: Engine) -> dict:
