@@ -18,11 +18,24 @@ def register(subparsers) -> None:
         "vLLM-like continuous batching (chunked prefill, paged KV cache, recompute preemption). "
         "Iteration times come from the forward model. Times in seconds.",
     )
+    _add_instance_flags(p)
+    _add_workload_flags(p)
+    _add_engine_flags(p)
+    _add_run_flags(p)
+    p.set_defaults(func=run, render=render)
+
+
+def _add_instance_flags(p) -> None:
+    """What one model instance is: model, hardware, nodes, layout."""
     p.add_argument("--model", required=True, help="model preset or YAML path")
     p.add_argument("--hardware", required=True, help="hardware profile: " + ", ".join(hardware_presets()) + ", or a YAML path")
     p.add_argument("--nodes", type=int, default=None, help="nodes per model instance (default 1)")
     p.add_argument("--arch", default=None, choices=["moe", "foe"],
                    help="MoE (expert parallel) or FoE layout (required unless --disagg)")
+
+
+def _add_workload_flags(p) -> None:
+    """Where the requests come from: a trace shaped by rate, duration and arrivals, or a closed loop."""
     p.add_argument("--trace", default=None,
                    help="trace file (Azure/Mooncake/ShareGPT/simfoe csv) or built-in name: longbench, "
                    "azure-conv, azure-code, sharegpt, mooncake-conv, multi-turn[:KEY=VALUE,...], ... (or a closed "
@@ -32,6 +45,10 @@ def register(subparsers) -> None:
                    help="keep arrivals in [0, S) seconds (default: the whole trace)")
     p.add_argument("--arrival", default=None, help="trace | poisson | gamma:CV (default poisson when --rate)")
     add_closed_loop_flags(p)
+
+
+def _add_engine_flags(p) -> None:
+    """The engine's knobs: replicas and routers, profile, scheduler, budgets, KV blocks, MTP, prefix cache."""
     p.add_argument("--replicas", type=int, default=1, help="data-parallel copies of the instance (default 1)")
     p.add_argument("--router", default="round-robin", help="replica router: round-robin | least-outstanding (fewest waiting + running "
                    "requests) | vllm-lb (fewest 4 x waiting + running) | cache-aware (longest cached prefix, "
@@ -71,6 +88,10 @@ def register(subparsers) -> None:
                    help="prefix caching: one LRU block cache per KV pool (instance or DP attention rank) inside the "
                    "KV memory; hits skip prefill compute. Needs requests with prefix block ids: a Mooncake trace "
                    "(hash_ids) or --trace multi-turn")
+
+
+def _add_run_flags(p) -> None:
+    """SLOs, horizon, seed, outputs, limits and the common flags (progress, disaggregation, --set, --json)."""
     p.add_argument("--slo-ttft", type=float, default=None, help="TTFT SLO for goodput, seconds (default: none)")
     p.add_argument("--slo-tbt", type=float, default=None,
                    help="per-request mean TBT SLO for goodput, seconds (default: none)")
@@ -91,7 +112,6 @@ def register(subparsers) -> None:
     add_disagg_flags(p)
     add_set_flag(p)
     add_json_flag(p)
-    p.set_defaults(func=run, render=render)
 
 
 #: internal field names of serving errors -> the serve flags
