@@ -333,7 +333,8 @@ def _ring_copy_factor(net: FlowNetwork, g: np.ndarray, steps: int) -> float:
 
 
 def _ring_step_plan(net: FlowNetwork, g: np.ndarray, steps: int, per_gpu_bytes: float) -> tuple[Phase, ...]:
-    """A ring of ``steps`` steps (protocol by NCCL's rule) in which each GPU streams ``per_gpu_bytes``."""
+    """A ring of ``steps`` link steps (the fastest protocol, :func:`_choose`; the copy step where the profile has it)
+    in which each GPU streams ``per_gpu_bytes``."""
     f = _ring_copy_factor(net, g, steps)
     p, lat = _choose(net, g, steps, (steps // (g.size - 1)) * (_n_nodes(net, g) - 1), f * per_gpu_bytes)
     return (Phase((_ring_flows(net, g, per_gpu_bytes, lat, p.wire_factor * f),)),)
