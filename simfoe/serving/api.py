@@ -308,22 +308,11 @@ def simulate_serving(model, hardware, nodes: int, arch: str, trace, rate: float 
     Chrome/Perfetto trace of every iteration (batch composition, KV use) to write; ``record_timeline``:
     record those events without writing them (write later with :func:`write_serving_timeline`).
     ``max_requests``, ``max_gpus``: raise the bounds checked before the run (:mod:`simfoe.limits`)."""
-    from simfoe.workloads import make_workload
-
     cfg = engine_config(engine, **knobs)
     cfg = replace(cfg, timeline=cfg.timeline or timeline is not None or record_timeline)
     _check_slo("slo_ttft", slo_ttft)
     _check_slo("slo_tbt", slo_tbt)
-    if isinstance(trace, ClosedLoop):
-        _open_loop_only(rate=rate, duration=duration, arrival=arrival)
-        SERVING_REQUESTS.check("num_prompts", trace.num_prompts, trace.num_prompts + trace.warmup, max_requests,
-                               "num_prompts + warmup")
-        reqs = trace
-        workload = {**trace.to_dict(), "source": trace.describe(), "requests": trace.num_prompts, "skipped_rows": 0}
-    else:
-        reqs = make_workload(trace, rate=rate, duration=duration, arrival=arrival, seed=seed, skip_bad_rows=skip_bad_rows,
-                             max_requests=max_requests)
-        workload = {"kind": "open-loop", "source": reqs.source, "requests": len(reqs), "skipped_rows": reqs.skipped_rows}
+    reqs, workload = _serving_workload(trace, rate, duration, arrival, seed, skip_bad_rows, max_requests)
     gpus = layout = None
     if step_model is None:
         fm, m, hw = build_forward(model, hardware, nodes, arch, routing, overrides, seed, max_gpus)
@@ -347,17 +336,35 @@ def simulate_serving(model, hardware, nodes: int, arch: str, trace, rate: float 
         "replicas": cfg.replicas,
         "gpus_per_replica": gpus,
         "layout": layout,  # simfoe.provenance.LayoutInfo of one replica (None with a custom step_model)
-        "router": cfg.router,
-        "scheduler": cfg.scheduler,
-        "engine": cfg.engine,  # the engine profile (simfoe.specs.engine) the knobs came from, None: none
-        "max_batch": cfg.max_batch,
-        "token_budget": cfg.token_budget,
-        "budget_scope": cfg.budget_scope,
+        **_engine_head(cfg),
         "seed": seed,
         "workload": workload,
     }
     res.summary = {**head, **res.summary}
     return res
+
+
+def _serving_workload(trace, rate: float | None, duration: float | None, arrival: str | None, seed: int,
+                      skip_bad_rows: bool, max_requests: int | None) -> tuple:
+    """(requests, the summary's ``workload`` block) of a closed loop (checked against ``max_requests``; it
+    takes no open-loop option) or of a trace shaped by ``rate`` (req/s), ``duration`` (s) and ``arrival``."""
+    from simfoe.workloads import make_workload
+
+    if isinstance(trace, ClosedLoop):
+        _open_loop_only(rate=rate, duration=duration, arrival=arrival)
+        SERVING_REQUESTS.check("num_prompts", trace.num_prompts, trace.num_prompts + trace.warmup, max_requests,
+                               "num_prompts + warmup")
+        return trace, {**trace.to_dict(), "source": trace.describe(), "requests": trace.num_prompts, "skipped_rows": 0}
+    reqs = make_workload(trace, rate=rate, duration=duration, arrival=arrival, seed=seed, skip_bad_rows=skip_bad_rows,
+                         max_requests=max_requests)
+    return reqs, {"kind": "open-loop", "source": reqs.source, "requests": len(reqs), "skipped_rows": reqs.skipped_rows}
+
+
+def _engine_head(cfg: EngineConfig) -> dict:
+    """The engine knobs a serving summary reports: routers' and scheduler's names, the engine profile the knobs
+    came from (None: none), the per-rank budgets (sequences, tokens) and their scope."""
+    return {"router": cfg.router, "scheduler": cfg.scheduler, "engine": cfg.engine, "max_batch": cfg.max_batch,
+            "token_budget": cfg.token_budget, "budget_scope": cfg.budget_scope}
 
 
 def write_serving_timeline(res: ServingResult, path: str | Path, files=None, field: str = "--timeline") -> None:
