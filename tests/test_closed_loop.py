@@ -24,6 +24,16 @@ def test_length_bounds_follow_vllm_random_range_ratio():
     assert ClosedLoop(1, 7, 1, 0.5).bounds() == ((3, 11), (1, 2))
 
 
+def test_length_bounds_below_as_sa_bench_draws_them():
+    # [int(L r), L] (srt-slurm sa-bench, InferenceX benchmark_serving.py): int(1000 x 0.8) = 800
+    assert ClosedLoop(1, 1000, 100, 0.8, range_style="below").bounds() == ((800, 1000), (80, 100))
+    assert ClosedLoop(1, 1024, 3, 0.5, range_style="below").bounds() == ((512, 1024), (1, 3))
+    assert ClosedLoop(1, 1000, 100, 1.0, range_style="below").bounds() == ((1000, 1000), (100, 100))
+    assert "1000 x [0.8, 1]" in ClosedLoop(1, 1000, 100, 0.8, range_style="below").describe()
+    with pytest.raises(SpecError, match=r"\(0, 1\]"):  # r = 0 would draw from [0, L], as the benchmark does
+        ClosedLoop(1, 1000, 100, range_style="below")
+
+
 @settings(max_examples=40, deadline=None)
 @given(isl=hs.integers(1, 5000), osl=hs.integers(1, 2000), r=hs.floats(0, 0.99), n=hs.integers(1, 40),
        w=hs.integers(0, 10), seed=hs.integers(0, 1000))
@@ -43,6 +53,7 @@ def test_table_rows_warmups_first_then_lengths_in_bounds(isl, osl, r, n, w, seed
     ({"concurrency": 0}, "concurrency"), ({"isl": 0}, "isl"), ({"osl": -1}, "osl"),
     ({"random_range_ratio": 1.0}, "random_range_ratio"), ({"random_range_ratio": -0.1}, "random_range_ratio"),
     ({"num_prompts": 0}, "num_prompts"), ({"warmup": -1}, "warmup"), ({"concurrency": 2.5}, "concurrency"),
+    ({"range_style": "above"}, "range_style"),
 ])
 def test_bad_parameters_name_the_field(kw, field):
     args = {"concurrency": 4, "isl": 128, "osl": 16, **kw}

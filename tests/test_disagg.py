@@ -54,15 +54,18 @@ def _table(seed, n):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=hs.integers(0, 10_000), n=hs.integers(1, 40), xp=hs.integers(1, 3), yd=hs.integers(1, 3),
        gpus=hs.sampled_from([(1, 1), (2, 4), (8, 8), (16, 8)]), kv=hs.integers(3000, 20_000),
-       mode=hs.sampled_from(["after", "layerwise"]), first=hs.sampled_from(["prefill", "decode"]),
+       mode=hs.sampled_from(["after", "layerwise", "prefill-first"]), first=hs.sampled_from(["prefill", "decode"]),
        max_batch=hs.integers(1, 8))
 def test_kv_conserved_causal_and_bounded(seed, n, xp, yd, gpus, kv, mode, first, max_batch):
+    """Both orders (mode prefill-first: the KV sent after prefill, once the decode rank has room)."""
     t = _table(seed, n)
     per = 2e4
     pre = Pool(LIN, 50_000, workers=xp, gpus=gpus[0], kv_bytes_per_token_per_gpu=per, layers=30)
     dec = Pool(LIN, kv, workers=yd, gpus=gpus[1], kv_bytes_per_token_per_gpu=per, layers=30,
                engine=EngineConfig(max_batch=max_batch))
-    r = simulate_disagg(t, pre, dec, DisaggConfig(mode, first, HW))
+    order = "prefill-first" if mode == "prefill-first" else "decode-first"
+    r = simulate_disagg(t, pre, dec, DisaggConfig("after" if order == "prefill-first" else mode, first, HW,
+                                                  order=order))
     rec, de = r.records, r.engine
     done = rec["completed"].to_numpy()
     too_big = np.ceil((t.prompt_tokens + t.output_tokens - 1) / 16) > kv // 16
@@ -97,6 +100,24 @@ def test_decode_room_bounds_transfers_in_flight():
     # each reservation waits for the previous request to finish decoding
     assert (rec["kv_reserved_s"].to_numpy()[1:] >= rec["finish_s"].to_numpy()[:-1]).all()
     assert r.summary["disagg"]["transfer"]["wait_for_room_s"]["p99"] > 0
+
+
+def test_prefill_first_hides_the_prefill_behind_the_wait_for_decode_room_hand_checked():
+    """One decode slot, two 100-token prompts at t = 0, prefilled one at a time (0.01 + 100 x 1e-4 = 0.02 s
+    each), 3 output tokens (the prefill's, then 2 decode steps of 0.01 + 1e-3 s), KV free and instant.
+    decode-first: B takes the slot when A ends (0.02 + 2 x 0.011 = 0.042 s), then is prefilled: TTFT 0.062 s.
+    prefill-first: B is prefilled 0.02-0.04 s while A decodes and takes the slot at 0.042 s: TTFT 0.042 s."""
+    t = RequestTable.from_arrays(np.zeros(2), np.array([100, 100]), np.array([3, 3]))
+    pre = Pool(LIN, 100_000, engine=EngineConfig(max_batch=1))
+    dec = Pool(LIN, 100_000, engine=EngineConfig(max_batch=1))
+    ttft = {o: simulate_disagg(t, pre, dec, DisaggConfig("instant", order=o)).records["ttft_s"].tolist()
+            for o in ("decode-first", "prefill-first")}
+    assert ttft["decode-first"] == pytest.approx([0.02, 0.062])
+    assert ttft["prefill-first"] == pytest.approx([0.02, 0.042])
+    with pytest.raises(SpecError, match="kv_transfer"):  # layerwise streams while prefill runs: needs the room
+        DisaggConfig("layerwise", hardware=HW, order="prefill-first")
+    with pytest.raises(SpecError, match="disagg_order"):
+        DisaggConfig("instant", order="sideways")
 
 
 def test_closed_loop_completes_every_prompt():
@@ -224,6 +245,30 @@ def test_complete_disagg_row_maps_to_two_pools():
         "disagg: decode worker of 12 GPUs (attention TP 12) is not whole nodes")
 
 
+def test_a_row_of_a_published_recipe_runs_the_recipes_engine_settings():
+    """InferenceX's dsr1-fp8-h100-dynamo-trt at 6 clients, 1024 x 1024: srt-slurm recipe ctx1_gen3_tep16_batch1 (3
+    decode workers of max_batch_size 1, prefill ranks of 2, KV fp8), not the columns' batch 2 (= 6 clients / 3
+    workers); sa-bench lengths; Dynamo's frontend prefills first. Another image or layout keeps the columns."""
+    import json
+
+    import simfoe.calibration.silicon as si
+    from simfoe.calibration.silicon_disagg import RECIPE_IMAGE, recipe
+
+    v3 = dict(model_path="deepseek-ai/DeepSeek-V3", backend="trtllm", isl=1024, osl=1024,
+              source=f"config_id=494; silicon_concurrency=6; {RECIPE_IMAGE}")
+    row = _disagg_row((1, 1, 16, 1, 16, 1, 1), (16, 1, 1, 1, 16, 3, 2), **v3)
+    sc = si.scenario(row)
+    assert recipe(row).path.endswith("ctx1_gen3_tep16_batch1_eplb0_mtp0.yaml")
+    assert json.loads(sc.decode)["engine"] == {"max_batch": 1} and sc.max_batch == 1
+    assert json.loads(sc.prefill)["engine"] == {"max_batch": 2}
+    assert "model.precision.kv_cache=fp8" in sc.overrides and sc.order == "prefill-first"
+    w = sc.workload()
+    assert (w.range_style, w.bounds()) == ("below", ((819, 1024), (819, 1024)))
+    for other in (replace(row, source="image=x"), replace(row, decode=replace(row.decode, workers=2))):
+        assert recipe(other) is None
+    assert si.scenario(replace(row, source="image=x")).max_batch == 2
+
+
 def test_vllm_row_without_expert_columns_slices_experts_over_the_worker():
     """vLLM without --enable-expert-parallel: moe tp = dp x tp (FusedMoEParallelConfig.make), by hand."""
     import json
@@ -281,7 +326,7 @@ def test_a_complete_disagg_row_records_the_concurrency_its_columns_give():
 
 def test_h100_disagg_rows_complete_ones_are_mapped(shared_data):
     import simfoe.calibration.silicon as si
-    from simfoe.calibration.silicon_disagg import complete
+    from simfoe.calibration.silicon_disagg import complete, recipe
 
     rows = [r for r in si.load_rows(shared_data / si.H100_FILE).rows if r.mode == "disagg"]
     why = [getattr(si.scenario(r), "reason", None) for r in rows]
@@ -290,6 +335,7 @@ def test_h100_disagg_rows_complete_ones_are_mapped(shared_data):
     assert sum(str(w).startswith("disagg: prefill_num_workers missing") for w in why) == 60
     done = [r for r in rows if complete(r)]
     assert len(done) == 8 and {r.backend for r in done} == {"trtllm"}  # the gap-analysis rows record no concurrency
+    assert all(recipe(r) is not None for r in done)  # each names its srt-slurm recipe
 
 
 def test_sweep_over_the_xpyd_ratio(tmp_path):

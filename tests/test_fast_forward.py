@@ -90,9 +90,10 @@ def test_open_loop_same_as_step_by_step(seed, n, reps, horizon, cost):
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=hs.integers(0, 10_000), n=hs.integers(1, 30), xp=hs.integers(1, 2), yd=hs.integers(1, 3),
-       mode=hs.sampled_from(["after", "layerwise"]), kv=hs.sampled_from([4000, 100_000]))
+       mode=hs.sampled_from(["after", "layerwise", "prefill-first"]), kv=hs.sampled_from([4000, 100_000]))
 def test_disaggregated_same_as_step_by_step(seed, n, xp, yd, mode, kv):
-    """Prefill and decode pools joined by KV transfers (events the decode runs stop at), decode room limits."""
+    """Prefill and decode pools joined by KV transfers (events the decode runs stop at), decode room limits;
+    prefill-first: a decode completion admits a prefilled request and starts its transfer."""
     from simfoe.serving import EngineConfig
     from simfoe.serving.disagg import DisaggConfig, Pool, simulate_disagg
     from simfoe.specs.io import load_hardware
@@ -104,7 +105,10 @@ def test_disaggregated_same_as_step_by_step(seed, n, xp, yd, mode, kv):
         cfg = EngineConfig(fast_forward=ff)
         pools = [Pool(LIN, size, workers=w, gpus=8, kv_bytes_per_token_per_gpu=2e4, layers=30, engine=cfg)
                  for size, w in ((50_000, xp), (kv, yd))]
-        out.append(simulate_disagg(t, *pools, DisaggConfig(mode, "prefill", load_hardware("h100-sxm"))))
+        order = "prefill-first" if mode == "prefill-first" else "decode-first"
+        cfg = DisaggConfig("after" if order == "prefill-first" else mode, "prefill", load_hardware("h100-sxm"),
+                           order=order)
+        out.append(simulate_disagg(t, *pools, cfg))
     fast, slow = out
     assert fast.records.equals(slow.records)
     sa, sb = (json.dumps({k: v for k, v in r.summary.items() if k != "sim"}, sort_keys=True) for r in out)

@@ -541,7 +541,8 @@ def ape_stats(predicted, measured, what: str) -> dict:
             f"{what}_within_25pct": float((ape <= 25.0).mean())}
 
 
-def _summary(preds: list[Prediction]) -> dict:
+def summarize_group(preds: list[Prediction]) -> dict:
+    """Rows, covered rows, coverage and the TTFT and TPOT :func:`ape_stats` of the covered ones among ``preds``."""
     ok = [p for p in preds if p.reason is None]
     return {"rows": len(preds), "covered": len(ok), "coverage": len(ok) / len(preds) if preds else None,
             **_errors(ok, "ttft"), **_errors(ok, "tpot")}
@@ -568,9 +569,9 @@ def report(preds: list[Prediction], dropped: dict | None = None) -> dict:
         dup[why] = dup.get(why, 0) + 1
     from simfoe.calibration.silicon_disagg import complete_summary
 
-    return {**_summary([p for p in preds if p.row.mode != "disagg"]), **complete_summary(preds, _summary),
-            "by_mode": {m: _summary(v) for m, v in sorted(modes.items())},
-            "by_group": {g: _summary(v) for g, v in sorted(groups.items())},
+    return {**summarize_group([p for p in preds if p.row.mode != "disagg"]), **complete_summary(preds),
+            "by_mode": {m: summarize_group(v) for m, v in sorted(modes.items())},
+            "by_group": {g: summarize_group(v) for g, v in sorted(groups.items())},
             "not_covered": dict(sorted(nc.items(), key=lambda kv: -kv[1])), "duplicates": dup}
 
 

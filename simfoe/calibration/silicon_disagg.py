@@ -28,25 +28,82 @@ from dataclasses import dataclass, replace
 import re
 
 from simfoe.calibration.silicon import (BACKEND_ENGINES, INFERENCEX_RANGE_RATIO, TOKEN_BUDGET, NotCovered,
-                                        PoolColumns, Scenario, SiliconRow)
+                                        PoolColumns, Scenario, SiliconRow, summarize_group)
 from simfoe.errors import SpecError
 
 #: how the replay joins the pools (see the module docstring)
 TRANSFER = "after"
 FIRST_TOKEN = "prefill"
 
+#: Dynamo's TensorRT-LLM images: the frontend prefills first, then routes to a decode worker
+#: (simfoe.serving.disagg, ``prefill-first``); other rows' tool is unrecorded and keep ``decode-first``.
+DYNAMO_TRTLLM_IMAGE = "ai-dynamo/tensorrtllm-runtime"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The engine settings of a published disaggregated deployment whose silicon rows record others:
+    its NVIDIA/srt-slurm recipe (``path`` under recipes/trtllm/h100-fp8/), the decode workers' TensorRT-LLM
+    ``max_batch_size`` (sequences per worker: attention TP, no attention DP) and the prefill attention-DP
+    ranks' (sequences per rank), and how many decode workers it runs."""
+
+    path: str
+    decode_max_batch: int
+    prefill_max_batch: int
+    decode_workers: int
+
+
+#: DeepSeek-R1 FP8 on H100, Dynamo 0.8.1.post3 with TensorRT-LLM, no MTP: SemiAnalysisAI/InferenceX pull request 651
+#: (2026-02-07, .github/configs/nvidia-master.yaml ``dsr1-fp8-h100-dynamo-trt``) names one srt-slurm recipe per
+#: (ISL, OSL, concurrency); the recipes (NVIDIA/srt-slurm 5063eb43, recipes/trtllm/h100-fp8/) set the engines'
+#: max_batch_size. The silicon file's decode_batch_size is the concurrency / workers instead (2, 3, 10, 20, 77),
+#: so its runs held 1.2-2x more clients than decode slots (6 clients on 3 x 1). Prefill: one worker of attention
+#: DP 16 (ctx1 dep16); sa-bench clients (:data:`SA_BENCH_RANGE_STYLE`).
+RECIPES = {
+    (1024, 1024, 6): Recipe("1k1k/stp/ctx1_gen3_tep16_batch1_eplb0_mtp0.yaml", 1, 2, 3),
+    (1024, 1024, 9): Recipe("1k1k/stp/ctx1_gen3_tep16_batch2_eplb0_mtp0.yaml", 2, 2, 3),
+    (1024, 1024, 30): Recipe("1k1k/stp/ctx1_gen3_tep16_batch8_eplb0_mtp0.yaml", 8, 2, 3),
+    (1024, 1024, 60): Recipe("1k1k/stp/ctx1_gen3_tep16_batch16_eplb0_mtp0.yaml", 16, 2, 3),
+    (8192, 1024, 6): Recipe("8k1k/stp/ctx1_gen3_tep16_batch1_eplb0_mtp0.yaml", 1, 1, 3),
+    (8192, 1024, 9): Recipe("8k1k/stp/ctx1_gen3_tep16_batch2_eplb0_mtp0.yaml", 2, 1, 3),
+    (8192, 1024, 30): Recipe("8k1k/stp/ctx1_gen3_tep16_batch8_eplb0_mtp0.yaml", 8, 1, 3),
+    (8192, 1024, 154): Recipe("8k1k/stp/ctx1_gen2_tep16_batch64_eplb0_mtp0.yaml", 64, 1, 2),
+}
+RECIPE_IMAGE = "nvcr.io/nvidia/ai-dynamo/tensorrtllm-runtime:0.8.1.post3"
+
+#: srt-slurm's sa-bench draws lengths from [int(L r), L] (src/srtctl/benchmarks/scripts/sa-bench/
+#: benchmark_serving.py, ``sample_random_requests``; the recipes' max_seq_len, ISL + OSL + 40, admits no more)
+SA_BENCH_RANGE_STYLE = "below"
+
 
 @dataclass(frozen=True)
 class DisaggScenario(Scenario):
     """A disaggregated row as two pool specs (JSON of :class:`simfoe.specs.disagg.PoolSpec` mappings);
-    ``max_batch`` is the decode side's."""
+    ``max_batch`` is the decode side's; ``order`` joins the pools (:data:`simfoe.serving.disagg.ORDERS`);
+    ``range_style`` spreads the lengths (:data:`simfoe.workloads.closed_loop.RANGE_STYLES`)."""
 
     prefill: str = ""
     decode: str = ""
+    order: str = "decode-first"
+    range_style: str = "symmetric"
 
     @property
     def deployment(self) -> tuple:
         return (self.hardware, self.model, self.overrides, self.prefill, self.decode)
+
+    def workload(self):
+        """The benchmark's closed loop (:meth:`Scenario.workload`) with the scenario's ``range_style``."""
+        return replace(super().workload(), range_style=self.range_style)
+
+
+def recipe(row: SiliconRow) -> Recipe | None:
+    """The :data:`RECIPES` entry of ``row``: its image, model (DeepSeek-V3 or -R1), ISL, OSL and concurrency
+    name one and its decode columns (workers, attention TP 16, no attention DP) agree with it; else None."""
+    rec = RECIPES.get((row.isl, row.osl, row.concurrency))
+    d = row.decode
+    if rec is None or RECIPE_IMAGE not in row.source or "DeepSeek" not in row.model_path or d is None:
+        return None
+    return rec if (d.workers, d.tp, d.adp) == (rec.decode_workers, 16, 1) else None
 
 
 def _expert_split(c: PoolColumns, backend: str) -> PoolColumns:
@@ -89,7 +146,10 @@ def _pool_spec(side: str, c: PoolColumns, is_moe: bool, gpus_per_node: int) -> d
 
 def disagg_scenario(row: SiliconRow, hardware: str, preset: str, is_moe: bool, dtype: str,
                     gpus_per_node: int) -> DisaggScenario | NotCovered:
-    """The scenario of a disaggregated ``row`` (its presets and dtype already resolved), or why it has none."""
+    """The scenario of a disaggregated ``row`` (its presets and dtype already resolved), or why it has none:
+    with its :func:`recipe`'s batch sizes, KV cache format and clients where it has one."""
+    rec = recipe(row)
+    batch = {"prefill": rec.prefill_max_batch, "decode": rec.decode_max_batch} if rec else {}
     specs = {}
     for side in ("prefill", "decode"):
         cols = getattr(row, side)
@@ -98,11 +158,16 @@ def disagg_scenario(row: SiliconRow, hardware: str, preset: str, is_moe: bool, d
         spec = _pool_spec(side, _expert_split(cols, row.backend), is_moe, gpus_per_node)
         if isinstance(spec, NotCovered):
             return spec
+        if side in batch:
+            spec["engine"]["max_batch"] = batch[side]
         specs[side] = json.dumps(spec, sort_keys=True)
-    return DisaggScenario(hardware, preset, (f"model.dtype={dtype}",), max_batch=row.decode.batch_size,
+    overrides = (f"model.dtype={dtype}",) + (("model.precision.kv_cache=fp8",) if rec else ())  # kv_cache_config
+    return DisaggScenario(hardware, preset, overrides, max_batch=batch.get("decode", row.decode.batch_size),
                           token_budget=TOKEN_BUDGET, concurrency=row.concurrency, isl=row.isl, osl=row.osl,
                           range_ratio=INFERENCEX_RANGE_RATIO if row.inferencex else 0.0,
-                          engine=BACKEND_ENGINES.get(row.backend), **specs)
+                          engine=BACKEND_ENGINES.get(row.backend), **specs,
+                          order="prefill-first" if DYNAMO_TRTLLM_IMAGE in row.source else "decode-first",
+                          range_style=SA_BENCH_RANGE_STYLE if rec else "symmetric")
 
 
 def _pools(sc: DisaggScenario, engines: dict | None):
@@ -139,7 +204,8 @@ def serve_disagg_row(sc: DisaggScenario, deployments, seed: int = 0, engines: di
         if sc.deployment not in deployments.built:
             deployments.built[sc.deployment] = _pools(sc, engines)
         (pre, dec), hw = deployments.built[sc.deployment]
-        return simulate_disagg(sc.workload(), pre, dec, DisaggConfig(TRANSFER, FIRST_TOKEN, hw), seed=seed)
+        return simulate_disagg(sc.workload(), pre, dec, DisaggConfig(TRANSFER, FIRST_TOKEN, hw, order=sc.order),
+                               seed=seed)
     except SpecError as e:
         return NotCovered(f"simulator refused: {e.field}")
 
@@ -160,8 +226,9 @@ def complete(row: SiliconRow) -> bool:
     return recorded_concurrency(row) == row.concurrency
 
 
-def complete_summary(preds: list, summarize) -> dict:
-    """``summarize`` (silicon's per-group summary) of the complete disaggregated rows among ``preds``,
-    its keys prefixed ``disagg_complete_`` (flat, so that validation/tolerances.yaml can bound them)."""
-    s = summarize([p for p in preds if complete(p.row)])
+def complete_summary(preds: list) -> dict:
+    """The per-group summary (:func:`simfoe.calibration.silicon.summarize_group`) of the complete disaggregated
+    rows among ``preds``, its keys prefixed ``disagg_complete_`` (flat, so that validation/tolerances.yaml can
+    bound them)."""
+    s = summarize_group([p for p in preds if complete(p.row)])
     return {f"disagg_complete_{k}": v for k, v in s.items()}

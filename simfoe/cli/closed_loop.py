@@ -4,7 +4,8 @@ from __future__ import annotations
 
 #: ClosedLoop fields -> the flags that set them
 CLOSED_LOOP_FLAGS = {"concurrency": "--concurrency", "isl": "--isl", "osl": "--osl",
-                     "random_range_ratio": "--random-range-ratio", "num_prompts": "--num-prompts", "warmup": "--warmup"}
+                     "random_range_ratio": "--random-range-ratio", "range_style": "--range-style",
+                     "num_prompts": "--num-prompts", "warmup": "--warmup"}
 
 
 def add_closed_loop_flags(p) -> None:
@@ -17,6 +18,9 @@ def add_closed_loop_flags(p) -> None:
     g.add_argument("--osl", type=int, default=None, help="output tokens per request, ignore_eos (--random-output-len)")
     g.add_argument("--random-range-ratio", type=float, default=None,
                    help="draw lengths uniformly from [L (1 - R), L (1 + R)], R in [0, 1) (default 0: fixed)")
+    g.add_argument("--range-style", default=None,
+                   help="symmetric (default: [L (1 - R), L (1 + R)], vLLM's RandomDataset) | below ([int(L R), L], "
+                   "R in (0, 1]: srt-slurm's sa-bench and InferenceX's benchmark_serving.py)")
     g.add_argument("--num-prompts", type=int, default=None, help="measured requests (default 10 x --concurrency)")
     g.add_argument("--warmup", type=int, default=None,
                    help="warm-up requests run first and left out of every metric (--num-warmups; default 0)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from simfoe.cli.closed_loop import CLOSED_LOOP_FLAGS
 
 #: internal field names of disaggregation errors -> the serve flags
-FLAGS = {"kv_transfer": "--kv-transfer", "first_token": "--first-token", "xpyd": "--xpyd",
+FLAGS = {"kv_transfer": "--kv-transfer", "first_token": "--first-token", "disagg_order": "--disagg-order", "xpyd": "--xpyd",
          "prefill.workers": "--xpyd", "decode.workers": "--xpyd", "rate": "--rate", "duration": "--duration",
          "trace": "--trace", "arrival": "--arrival", "cv": "--arrival", "horizon_s": "--horizon",
          "slo_ttft": "--slo-ttft", "slo_tbt": "--slo-tbt", "routing": "--routing", "seed": "--seed",
@@ -38,6 +38,10 @@ def add_disagg_flags(p) -> None:
     g.add_argument("--first-token", default="prefill",
                    help="prefill (default; AIConfigurator's convention: the prefill worker's token reaches the "
                    "client when the KV has arrived) | decode (the decode worker's first step makes it)")
+    g.add_argument("--disagg-order", default="decode-first",
+                   help="decode-first (default: a request takes its decode room, then is prefilled; SGLang) | "
+                   "prefill-first (prefilled at once, then it waits for decode room with its KV on the prefill "
+                   "worker; Dynamo's frontend with TensorRT-LLM); with prefill-first, --kv-transfer after or instant")
 
 
 def run_disagg(args) -> dict:
@@ -68,7 +72,8 @@ def run_disagg(args) -> dict:
             check_text_file("--" + flag, getattr(args, flag))
     check_routing_file(args.routing)
     xpyd = parse_xpyd(args.xpyd, "--xpyd") if args.xpyd is not None else None
-    run = DisaggRun(transfer=args.kv_transfer, first_token=args.first_token, xpyd=xpyd, routing=args.routing,
+    run = DisaggRun(transfer=args.kv_transfer, first_token=args.first_token, order=args.disagg_order, xpyd=xpyd,
+                    routing=args.routing,
                     overrides=tuple(args.overrides), seed=args.seed, slo_ttft=args.slo_ttft, slo_tbt=args.slo_tbt,
                     horizon_s=args.horizon, max_requests=args.max_requests, max_gpus=args.max_gpus)
     with renamed_fields(FLAGS, {"cv": args.arrival}):
@@ -84,7 +89,8 @@ def render_disagg(r: dict) -> list[str]:
 
     d = r["disagg"]
     lines = [f"{r['model']} on {r['hardware']}, disaggregated {r['xpyd']} (prefill:decode workers), {d['gpus']} GPUs "
-             f"on {d['nodes'] or '?'} node(s); KV transfer {d['kv_transfer']}, first token from {d['first_token']}"]
+             f"on {d['nodes'] or '?'} node(s); {d['order']}, KV transfer {d['kv_transfer']}, first token from "
+             f"{d['first_token']}"]
     for name in ("prefill", "decode"):
         p = d[name]
         lines.append(f"  {name}: {p['workers']} x {p['layout']['label'] if p.get('layout') else p['gpus_per_worker']}; "

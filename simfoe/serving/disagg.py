@@ -1,14 +1,29 @@
 """Prefill-decode disaggregation: a prefill pool and a decode pool of serving workers, the KV cache
 moving between them as flows on the fabric (issue 24.1).
 
-A request is first pinned to a decode worker and rank (the decode pool's router and rank router),
-where it waits until the rank's free KV blocks hold its prompt and the rank runs fewer than
-``max_batch`` requests (running plus accepted): the decode side's free KV memory bounds the
-transfers in flight, and a prefill worker only computes KV that has somewhere to go (Dynamo and
-SGLang allocate the decode side's KV before the prefill runs). The accepted request then queues at
-a prefill worker (the prefill pool's router), is prefilled there in prefill-only iterations (the
-pool's step model, chunked as configured), and its KV cache moves to the decode rank; the prefill
-worker holds the request's KV blocks until the transfer has ended.
+Order (:data:`ORDERS`), ``decode-first`` (default): a request is first pinned to a decode worker and
+rank (the decode pool's router and rank router), where it waits until the rank's free KV blocks hold
+its prompt and the rank runs fewer than ``max_batch`` requests (running plus accepted): the decode
+side's free KV memory bounds the transfers in flight, and a prefill worker only computes KV that has
+somewhere to go (SGLang's decode server allocates the KV before the prefill runs, and Dynamo's
+frontend sends SGLang's prefill and decode halves at once: ai-dynamo/dynamo
+lib/llm/src/kv_router/prefill_router.rs, the bootstrap path). The accepted request then queues at a
+prefill worker (the prefill pool's router), is prefilled there in prefill-only iterations (the pool's
+step model, chunked as configured), and its KV cache moves to the decode rank; the prefill worker
+holds the request's KV blocks until the transfer has ended.
+
+``prefill-first``: the request goes to a prefill worker at once; when its prefill has ended it is
+pinned to a decode worker and rank and waits there, its KV blocks still held on the prefill rank,
+until the rank has room (as above); then the KV moves. A decode slot is not held while the prompt is
+queued or prefilled. This is Dynamo's frontend with TensorRT-LLM (and any engine without SGLang's
+bootstrap address): ``PrefillRouter`` awaits the prefill worker's answer (``max_tokens`` 1, its
+``disaggregated_params``) before it routes the request to a decode worker (prefill_router.rs, "original
+prefill path"; ai-dynamo/dynamo pull request 4097, Dynamo 0.7: the TensorRT-LLM workers' own
+``decode_first``/``prefill_first`` strategies removed, the frontend orders the hops), and TensorRT-LLM's
+generation server allocates the request's KV and pulls it from the context server only when its
+capacity scheduler admits the generation-only request (tensorrt_llm/_torch/pyexecutor/py_executor.py,
+``DISAGG_GENERATION_INIT`` -> ``DISAGG_GENERATION_TRANS_IN_PROGRESS``). It sends the KV ``after``
+prefill (or ``instant``); ``layerwise`` streaming needs the decode room while prefill runs.
 
 KV transfer modes (:data:`TRANSFERS`):
 
@@ -51,6 +66,7 @@ from simfoe.serving.metrics import STATUS_DONE, STATUS_DROPPED, STATUS_RUNNING, 
 
 TRANSFERS = ("layerwise", "after", "instant")
 FIRST_TOKENS = ("prefill", "decode")
+ORDERS = ("decode-first", "prefill-first")
 
 
 @dataclass(frozen=True)
@@ -73,18 +89,25 @@ class Pool:
 @dataclass(frozen=True)
 class DisaggConfig:
     """How the pools are joined: KV ``transfer`` mode, ``first_token`` convention, the fabric's
-    ``hardware`` spec (None only with ``transfer="instant"``), and a ``horizon_s`` (None: run until drained)."""
+    ``hardware`` spec (None only with ``transfer="instant"``), a ``horizon_s`` (None: run until drained)
+    and the ``order`` of the decode room and the prefill (:data:`ORDERS`, see the module docstring)."""
 
     transfer: str = "layerwise"
     first_token: str = "prefill"
     hardware: object = None
     horizon_s: float | None = None
+    order: str = "decode-first"
 
     def __post_init__(self):
         if self.transfer not in TRANSFERS:
             raise SpecError("kv_transfer", self.transfer, "allowed: " + ", ".join(TRANSFERS))
         if self.first_token not in FIRST_TOKENS:
             raise SpecError("first_token", self.first_token, "allowed: " + ", ".join(FIRST_TOKENS))
+        if self.order not in ORDERS:
+            raise SpecError("disagg_order", self.order, "allowed: " + ", ".join(ORDERS))
+        if self.order == "prefill-first" and self.transfer == "layerwise":
+            raise SpecError("kv_transfer", self.transfer, "after or instant with disagg_order prefill-first (the "
+                            "decode room is taken only once prefill has ended)")
         if self.transfer != "instant" and self.hardware is None:
             raise SpecError("hardware", None, "a hardware spec for the KV transfer's fabric (or kv_transfer instant)")
 
@@ -291,7 +314,17 @@ class DisaggEngine:
 
     # ---- the hand-over: decode room first, then prefill, then the KV transfer
     def _route(self, i: int) -> None:
-        """Request ``i`` arrives: pin it to a decode worker and rank, where it waits for KV room."""
+        """Request ``i`` arrives: pin it to a decode worker and rank, where it waits for KV room (decode-first),
+        or send it to the prefill pool (prefill-first)."""
+        if self.cfg.order == "prefill-first":
+            self.dec.store.status[i] = STATUS_WAITING
+            self._set_kv_bytes(i)
+            self.pre.admit(i)
+        else:
+            self._pin(i)
+
+    def _pin(self, i: int) -> None:
+        """Pin request ``i`` to a decode worker and rank, where it waits for KV room."""
         d, st = self.dec, self.dec.store
         k = d.router.pick(d.replicas, i)
         rep = d.replicas[k]
@@ -309,7 +342,7 @@ class DisaggEngine:
     def pump(self, rep: DecodeReplica, r: int) -> None:
         """Accept rank ``r`` of decode worker ``rep``'s waiting requests, in order, while its free KV
         blocks hold their prompts and it runs fewer than ``max_batch`` (running + accepted); an accepted
-        request goes to the prefill pool."""
+        request goes to the prefill pool (decode-first) or its KV starts to move (prefill-first)."""
         q, pend, st = rep.ranks[r], rep.pending[r], self.dec.store
         cap = self.dec.scheduler.max_batch
         while pend:
@@ -326,10 +359,17 @@ class DisaggEngine:
             st.blocks[i] = need
             rep.in_flight[r] += 1
             self.reserved[i] = self.env.now
-            dec = self.pools[1]
-            self.kv_bytes[i] = self._tokens_sent(i) * dec.kv_bytes_per_token_per_gpu * _rank_gpus(
-                dec.gpus, self.dec.ranks_per_replica)
-            self.pre.admit(i)
+            if self.cfg.order == "prefill-first":
+                self._send(i)
+            else:
+                self._set_kv_bytes(i)
+                self.pre.admit(i)
+
+    def _set_kv_bytes(self, i: int) -> None:
+        """The KV bytes request ``i`` sends to each decode GPU of its rank, summed over them."""
+        dec = self.pools[1]
+        self.kv_bytes[i] = self._tokens_sent(i) * dec.kv_bytes_per_token_per_gpu * _rank_gpus(
+            dec.gpus, self.dec.ranks_per_replica)
 
     def prefill_started(self, i: int) -> None:
         """Layerwise: request ``i``'s first prefill chunk is scheduled; its first L - 1 layers start to stream."""
@@ -339,7 +379,15 @@ class DisaggEngine:
 
     def prefilled(self, i: int) -> None:
         """Request ``i``'s prefill has ended (now): send its KV (after), its last layer (layerwise), or
-        hand it over at once (instant)."""
+        hand it over at once (instant); prefill-first: first pin it to a decode rank, which sends for it
+        when it has room."""
+        if self.cfg.order == "prefill-first":
+            self._pin(i)
+        else:
+            self._send(i)
+
+    def _send(self, i: int) -> None:
+        """Move request ``i``'s KV to its decode rank (see :meth:`prefilled`)."""
         if self.net is None:
             self._arrive(i)
         elif self.cfg.transfer == "after":
@@ -357,7 +405,10 @@ class DisaggEngine:
         _wake(rep)
 
     def _refuse(self, i: int) -> None:
-        """Drop request ``i`` at the decode side: prompt + output never fit a decode rank's KV cache."""
+        """Drop request ``i`` at the decode side: prompt + output never fit a decode rank's KV cache
+        (prefill-first: its prefill rank's KV blocks are freed)."""
+        if self.cfg.order == "prefill-first":
+            self._release_prefill(i)
         st = self.dec.store
         st.status[i] = STATUS_DROPPED
         st.dropped[i] = 1
@@ -448,14 +499,16 @@ def disagg_summary(de: DisaggEngine, wall_s: float, slo_ttft: float | None = Non
     end = ps.first[w:]
     moved = de.arrived_kv[w:][done]
     s["disagg"] = {
-        "kv_transfer": de.cfg.transfer, "first_token": de.cfg.first_token, "gpus": sum(gpus.values()),
+        "kv_transfer": de.cfg.transfer, "first_token": de.cfg.first_token, "order": de.cfg.order,
+        "gpus": sum(gpus.values()),
         "nodes": de.nodes, **pools,
         "transfer": {
             "bytes": dict(de.net.bytes_by_tag.get("kv", {"intra_node": 0.0, "inter_node": 0.0}))
             if de.net is not None else {"intra_node": 0.0, "inter_node": 0.0},
             "kv_bytes_per_request": dist(de.kv_bytes[w:][done]),
             "exposed_s": dist(moved - end[done]),  # KV complete at the decode rank less prefill end
-            "wait_for_room_s": dist((de.reserved[w:] - arr)[done]),  # arrival to decode KV reserved
+            "wait_for_room_s": dist((de.reserved[w:] - arr)[done]),  # arrival to decode KV reserved (+ prefill:
+            # prefill-first)
         },
     }
     s["sim"]["iterations"] = pools["prefill"]["iterations"] + pools["decode"]["iterations"]

@@ -15,12 +15,14 @@ from simfoe.serving.disagg import DisaggConfig, DisaggResult, Pool, simulate_dis
 @dataclass(frozen=True)
 class DisaggRun:
     """What a disaggregated run is asked for besides its workload: the KV ``transfer`` mode, the
-    ``first_token`` convention, ``xpyd`` (prefill, decode workers; None: the pool specs' ``workers``),
+    ``first_token`` convention, the pools' ``order`` (decode-first or prefill-first), ``xpyd`` (prefill, decode
+    workers; None: the pool specs' ``workers``),
     the expert ``routing`` distribution, ``--set`` ``overrides`` (hardware.* and model.* only: each pool's
     layout is its spec), ``seed``, SLOs (s), ``horizon_s``, and the bounds ``max_requests``, ``max_gpus``."""
 
     transfer: str = "layerwise"
     first_token: str = "prefill"
+    order: str = "decode-first"
     xpyd: tuple[int, int] | None = None
     routing: str = "uniform"
     overrides: tuple[str, ...] = ()
@@ -120,7 +122,7 @@ def simulate_disagg_serving(model, hardware, prefill, decode, trace, rate: float
     pre, pre_info = pool_of(prefill, m, hw, x, run.routing, run.seed, run.max_gpus, "prefill")
     dec, dec_info = pool_of(decode, m, hw, y, run.routing, run.seed, run.max_gpus, "decode")
     reqs, workload = _workload(trace, rate, duration, arrival, run.seed, run.max_requests)
-    res = simulate_disagg(reqs, pre, dec, DisaggConfig(run.transfer, run.first_token, hw, run.horizon_s),
+    res = simulate_disagg(reqs, pre, dec, DisaggConfig(run.transfer, run.first_token, hw, run.horizon_s, run.order),
                           slo_ttft=run.slo_ttft, slo_tbt=run.slo_tbt, seed=run.seed)
     head = {"model": str(getattr(model, "name", model)), "hardware": str(getattr(hardware, "name", hardware)),
             "mode": "disagg", "xpyd": f"{pre.workers}:{dec.workers}", "seed": run.seed, "workload": workload,
@@ -134,7 +136,8 @@ def simulate_disagg_serving(model, hardware, prefill, decode, trace, rate: float
 
 def run_serve_disagg(model, hardware, prefill, decode, trace=None, rate: float | None = None,
                      duration: float | None = None, xpyd: str | None = None, kv_transfer: str = "layerwise",
-                     first_token: str = "prefill", routing: str = "uniform", overrides=(), seed: int = 0,
+                     first_token: str = "prefill", disagg_order: str = "decode-first", routing: str = "uniform",
+                     overrides=(), seed: int = 0,
                      slo_ttft: float | None = None, slo_tbt: float | None = None, arrival: str | None = None,
                      concurrency: int | None = None, isl: int | None = None, osl: int | None = None,
                      random_range_ratio: float | None = None, num_prompts: int | None = None,
@@ -146,6 +149,6 @@ def run_serve_disagg(model, hardware, prefill, decode, trace=None, rate: float |
 
     work = select_workload(trace, concurrency, isl=isl, osl=osl, random_range_ratio=random_range_ratio,
                            num_prompts=num_prompts, warmup=warmup)
-    run = DisaggRun(kv_transfer, first_token, parse_xpyd(xpyd) if xpyd is not None else None, routing,
+    run = DisaggRun(kv_transfer, first_token, disagg_order, parse_xpyd(xpyd) if xpyd is not None else None, routing,
                     tuple(overrides or ()), seed, slo_ttft, slo_tbt)
     return simulate_disagg_serving(model, hardware, prefill, decode, work, rate, duration, run, arrival).summary

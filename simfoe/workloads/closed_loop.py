@@ -7,9 +7,13 @@ This is vLLM's ``benchmark_serving.py`` (``vllm bench serve``) with ``--dataset-
 
 * lengths: ``random_range_ratio`` r in [0, 1) draws every prompt length uniformly from the integers
   [floor(ISL (1 - r)), ceil(ISL (1 + r))] and every output length from [max(1, floor(OSL (1 - r))),
-  ceil(OSL (1 + r))] (vLLM ``vllm/benchmarks/datasets.py``, ``RandomDataset``; earlier versions of
-  ``benchmark_serving.py`` drew from [ISL r, ISL] instead). vLLM also takes the tokenizer's special
-  tokens off ISL; here ISL is the prompt length as given.
+  ceil(OSL (1 + r))] (``range_style`` "symmetric": vLLM ``vllm/benchmarks/datasets.py``,
+  ``RandomDataset``). Earlier versions of ``benchmark_serving.py`` and the forks InferenceX and
+  srt-slurm run draw from [int(ISL r), ISL] and [int(OSL r), OSL] instead (``range_style`` "below":
+  SemiAnalysisAI/InferenceX ``utils/bench_serving/benchmark_serving.py`` since 2026-01-21 and
+  NVIDIA/srt-slurm ``src/srtctl/benchmarks/scripts/sa-bench/benchmark_serving.py``,
+  ``sample_random_requests``). vLLM also takes the tokenizer's special tokens off ISL; here ISL is
+  the prompt length as given.
 * ``--ignore-eos``: every request generates exactly its output length (the simulator always does).
 * ``--request-rate inf --max-concurrency N``: all P requests are issued at once behind a semaphore of
   N, so request k+N starts the instant a running one finishes, in list order.
@@ -29,6 +33,9 @@ import numpy as np
 from simfoe.errors import SpecError
 from simfoe.workloads.requests import RequestTable
 
+#: how ``random_range_ratio`` r spreads the lengths around ISL and OSL (see the module docstring)
+RANGE_STYLES = ("symmetric", "below")
+
 
 def _check_int(field: str, v, low: int, what: str) -> None:
     if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= low):
@@ -39,7 +46,8 @@ def _check_int(field: str, v, low: int, what: str) -> None:
 class ClosedLoop:
     """``concurrency`` clients, ``num_prompts`` measured requests (default 10 x concurrency) after
     ``warmup`` excluded ones; prompt and output lengths ``isl`` and ``osl`` tokens, each drawn
-    within ``random_range_ratio`` of them (0: fixed). See the module docstring."""
+    within ``random_range_ratio`` of them (0: fixed) as ``range_style`` says (:data:`RANGE_STYLES`). See the
+    module docstring."""
 
     concurrency: int
     isl: int
@@ -47,14 +55,20 @@ class ClosedLoop:
     random_range_ratio: float = 0.0
     num_prompts: int | None = None
     warmup: int = 0
+    range_style: str = "symmetric"
 
     def __post_init__(self):
         _check_int("concurrency", self.concurrency, 1, "clients, each with one request in flight")
         _check_int("isl", self.isl, 1, "prompt tokens")
         _check_int("osl", self.osl, 1, "output tokens")
+        if self.range_style not in RANGE_STYLES:
+            raise SpecError("range_style", self.range_style, "allowed: " + ", ".join(RANGE_STYLES))
         r = self.random_range_ratio
-        if not (isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and 0 <= r < 1):
-            raise SpecError("random_range_ratio", r, "a number in [0, 1) (0: fixed lengths)")
+        below = self.range_style == "below"
+        if not (isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r)
+                and (0 < r <= 1 if below else 0 <= r < 1)):
+            raise SpecError("random_range_ratio", r, "a number in (0, 1] with range_style below (1: fixed lengths)"
+                            if below else "a number in [0, 1) (0: fixed lengths)")
         if self.num_prompts is not None:
             _check_int("num_prompts", self.num_prompts, 1, "measured requests")
         _check_int("warmup", self.warmup, 0, "warm-up requests")
@@ -64,6 +78,8 @@ class ClosedLoop:
     def bounds(self) -> tuple[tuple[int, int], tuple[int, int]]:
         """((lowest, highest) prompt tokens, (lowest, highest) output tokens), both inclusive."""
         r = self.random_range_ratio
+        if self.range_style == "below":
+            return (max(1, int(self.isl * r)), self.isl), (max(1, int(self.osl * r)), self.osl)
         lo_i, hi_i = math.floor(self.isl * (1 - r)), math.ceil(self.isl * (1 + r))
         lo_o, hi_o = max(1, math.floor(self.osl * (1 - r))), math.ceil(self.osl * (1 + r))
         return (max(1, lo_i), hi_i), (lo_o, hi_o)
@@ -82,14 +98,19 @@ class ClosedLoop:
 
     def describe(self) -> str:
         """One line: the workload as the benchmark would be run."""
-        rr = f" x (1 +- {self.random_range_ratio:g})" if self.random_range_ratio else ""
+        r = self.random_range_ratio
+        if self.range_style == "below":
+            rr = f" x [{r:g}, 1]" if r < 1 else ""
+        else:
+            rr = f" x (1 +- {r:g})" if r else ""
         return (f"closed loop: {self.concurrency} clients, {self.num_prompts} prompts of {self.isl}{rr} -> "
                 f"{self.osl}{rr} tokens (ignore_eos), {self.warmup} warm-up")
 
     def to_dict(self) -> dict:
         """The summary's ``workload`` fields of this workload."""
         return {"kind": "closed-loop", "concurrency": self.concurrency, "isl": self.isl, "osl": self.osl,
-                "random_range_ratio": self.random_range_ratio, "num_prompts": self.num_prompts,
+                "random_range_ratio": self.random_range_ratio, "range_style": self.range_style,
+                "num_prompts": self.num_prompts,
                 "warmup": self.warmup, "ignore_eos": True}
 
 
