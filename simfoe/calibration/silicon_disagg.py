@@ -15,10 +15,14 @@ attention TP ``tp`` inside each of ``attention_dp`` ranks, experts over ``moe_ep
 worker of more than one node takes whole nodes, its attention TP group too (TensorRT-LLM's decode
 workers of attention TP 16 on two nodes).
 The decode side's ``batch_size`` is its ``max_batch`` per rank (with the decode workers and their
-attention DP it is the client concurrency); the prefill side's, the prefill ranks'. The KV moves
+attention DP it is the client concurrency); the prefill side's, the prefill ranks'. A row of a published
+deployment recipe (:data:`RECIPES`, :func:`recipe`) runs the recipe's engine settings instead: the file's
+batch sizes of those rows are the concurrency / workers, not the engines' ``max_batch_size``. The KV moves
 ``after`` prefill (vLLM's NIXL connector, TensorRT-LLM's and SGLang's transfer backends send a
 request's KV once its prefill, or its chunk, is done), and the first token is the prefill worker's
-(AIConfigurator's TTFT convention for these rows; :mod:`simfoe.serving.disagg`).
+(AIConfigurator's TTFT convention for these rows; :mod:`simfoe.serving.disagg`). Rows of Dynamo's
+TensorRT-LLM images run ``prefill-first`` (Dynamo's frontend prefills, then routes to a decode worker),
+the others ``decode-first``.
 """
 from __future__ import annotations
 
