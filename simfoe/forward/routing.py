@@ -274,37 +274,37 @@ def route_group(probs: np.ndarray, tokens_per_gpu: np.ndarray, k: int, experts_p
     leaves ``rng`` in the state the sampling would have left it: exact, not an approximation. The
     forward model's iteration grids ask for the same token counts at many context lengths.
     """
-    if memo is not None:
-        st = rng.bit_generator.state
-        # probs by address, shape and strides: callers pass views (probs[layer]) of arrays they keep alive
-        key = (probs.ctypes.data, probs.shape, probs.strides, id(slot_map), tokens_per_gpu.dtype.str,
-               tokens_per_gpu.tobytes(), k, experts_per_gpu, dedup, limit,
-               None if node_of is None else node_of.tobytes(),
-               st["state"]["state"], st["state"]["inc"], st["has_uint32"], st["uinteger"])
-        hit = memo.get(key)
-        if hit is not None:
-            rng.bit_generator.state = hit[1]
-            return hit[0]
-        s = route_group(probs, tokens_per_gpu, k, experts_per_gpu, dedup, rng, slot_map, None, limit, node_of)
-        for a in (s.expert_load, s.traffic_tokens):
-            a.setflags(write=False)
-        if len(memo) >= ROUTE_MEMO_ENTRIES:
-            memo.clear()
-        memo[key] = (s, rng.bit_generator.state)
-        return s
+    if memo is None:
+        return _route(probs, tokens_per_gpu, k, experts_per_gpu, dedup, rng, slot_map, limit, node_of)
+    st = rng.bit_generator.state
+    # probs by address, shape and strides: callers pass views (probs[layer]) of arrays they keep alive
+    key = (probs.ctypes.data, probs.shape, probs.strides, id(slot_map), tokens_per_gpu.dtype.str,
+           tokens_per_gpu.tobytes(), k, experts_per_gpu, dedup, limit,
+           None if node_of is None else node_of.tobytes(),
+           st["state"]["state"], st["state"]["inc"], st["has_uint32"], st["uinteger"])
+    hit = memo.get(key)
+    if hit is not None:
+        rng.bit_generator.state = hit[1]
+        return hit[0]
+    s = _route(probs, tokens_per_gpu, k, experts_per_gpu, dedup, rng, slot_map, limit, node_of)
+    for a in (s.expert_load, s.traffic_tokens):
+        a.setflags(write=False)
+    if len(memo) >= ROUTE_MEMO_ENTRIES:
+        memo.clear()
+    memo[key] = (s, rng.bit_generator.state)
+    return s
+
+
+def _route(probs: np.ndarray, tokens_per_gpu: np.ndarray, k: int, experts_per_gpu: int, dedup: bool,
+           rng: np.random.Generator, slot_map, limit: GroupLimit | None, node_of: np.ndarray | None) -> RoutingSample:
+    """:func:`route_group` without a memo: sample the choices and count loads, local activations, traffic."""
     g = tokens_per_gpu.shape[0]
     total = int(tokens_per_gpu.sum())
     E = probs.shape[0] if slot_map is None else slot_map.n_slots
     if total == 0:
         return RoutingSample(np.zeros(E), np.zeros((g, g)), 0.0, 0.0)
-    scale = 1.0
-    counts = tokens_per_gpu.astype(np.int64)
-    if total > MAX_SAMPLED_TOKENS:
-        scale = total / MAX_SAMPLED_TOKENS
-        counts = np.maximum(1, np.round(tokens_per_gpu / scale)).astype(np.int64)
-        scale = total / counts.sum()
-    n = int(counts.sum())
-    choices = sample_topk(probs, n, k, rng, limit)
+    counts, scale = _sampled_counts(tokens_per_gpu, total)
+    choices = sample_topk(probs, int(counts.sum()), k, rng, limit)
     if slot_map is not None:
         choices = slot_map.assign(choices, rng)
         experts_per_gpu = slot_map.per_gpu
@@ -312,6 +312,22 @@ def route_group(probs: np.ndarray, tokens_per_gpu: np.ndarray, k: int, experts_p
     dst_gpu = choices // experts_per_gpu
     load = np.bincount(choices.ravel(), minlength=E).astype(float) * scale
     local = float((dst_gpu == src[:, None]).sum()) * scale
+    per_src = _gpu_pair_counts(src, dst_gpu, g, dedup)
+    return RoutingSample(load, per_src * scale, local, float(total * k), _node_visits(dst_gpu, node_of) * scale)
+
+
+def _sampled_counts(tokens_per_gpu: np.ndarray, total: int) -> tuple[np.ndarray, float]:
+    """(tokens to sample per source GPU, the factor that scales their counts back to ``total``): all of them,
+    or beyond MAX_SAMPLED_TOKENS a proportional subset (at least one per GPU)."""
+    if total <= MAX_SAMPLED_TOKENS:
+        return tokens_per_gpu.astype(np.int64), 1.0
+    counts = np.maximum(1, np.round(tokens_per_gpu / (total / MAX_SAMPLED_TOKENS))).astype(np.int64)
+    return counts, total / counts.sum()
+
+
+def _gpu_pair_counts(src: np.ndarray, dst_gpu: np.ndarray, g: int, dedup: bool) -> np.ndarray:
+    """(g, g) token copies from source GPU i (``src``: each token's) to GPU j (``dst_gpu``: (n, k), each
+    choice's): one per choice, or with ``dedup`` one per (token, destination GPU)."""
     pair = src[:, None] * g + dst_gpu  # (n, k) source x destination GPU of every choice
     if dedup:
         # one copy per (token, destination GPU): sort each token's k destinations and keep the first of a run
@@ -319,8 +335,7 @@ def route_group(probs: np.ndarray, tokens_per_gpu: np.ndarray, k: int, experts_p
         first = np.ones(pair.shape, dtype=bool)
         first[:, 1:] = pair[:, 1:] != pair[:, :-1]
         pair = pair[first]
-    per_src = np.bincount(pair.ravel(), minlength=g * g).reshape(g, g).astype(float)
-    return RoutingSample(load, per_src * scale, local, float(total * k), _node_visits(dst_gpu, node_of) * scale)
+    return np.bincount(pair.ravel(), minlength=g * g).reshape(g, g).astype(float)
 
 
 def _node_visits(dst_gpu: np.ndarray, node_of: np.ndarray | None) -> float:
