@@ -40,6 +40,7 @@ class LayoutInfo:
     attention_dp: int | None = None  # MoE: data-parallel attention ranks = GPUs / attention TP
     redundant_experts: int | None = None  # MoE: extra expert replicas per EP group
     expert_tp: int | None = None  # MoE: GPUs each expert is sliced over (set only when > 1)
+    token_exchange: str | None = None  # MoE: "gather" when expert groups gather tokens with whole experts (else unset)
     clusters: int | None = None  # FoE: expert clusters
     gpus_per_cluster: int | None = None  # FoE: GPUs per cluster, inside one node
     clusters_per_gpu: int | None = None  # FoE: clusters sharing one GPU (1 unless clusters > GPUs)
@@ -54,6 +55,8 @@ class LayoutInfo:
         head = f"MoE: EP {self.ep}," if self.ep is not None else "dense:"
         if self.expert_tp:
             head = f"MoE: EP {self.ep} x expert TP {self.expert_tp},"
+        elif self.token_exchange:
+            head = f"MoE: EP {self.ep} (tokens gathered, no all-to-all),"
         extra = f", +{self.redundant_experts} redundant experts" if self.redundant_experts else ""
         return f"{head} attention TP {self.attention_tp} x DP {self.attention_dp}{extra}; {where}"
 
@@ -72,7 +75,8 @@ def layout_info(layout: MoELayout | FoELayout, nodes: int) -> LayoutInfo:
     return LayoutInfo("moe", **base, ep=None if dense else layout.ep, attention=layout.attention,
                       attention_tp=layout.attention_tp, attention_dp=layout.attention_dp,
                       redundant_experts=None if dense else layout.redundant,
-                      expert_tp=layout.expert_tp if layout.expert_tp > 1 and not dense else None)
+                      expert_tp=layout.expert_tp if layout.expert_tp > 1 and not dense else None,
+                      token_exchange="gather" if layout.gather and layout.expert_tp == 1 and not dense else None)
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,21 @@ def test_hybrid_expert_tp_x_ep_splits_experts_over_ep_ranks_and_slices_over_tp_r
     assert all(up[1:] == (2 * 512, 2048) and down[1:] == (2048, 512) for up, down in gemms)
 
 
+def test_gathered_expert_parallelism_is_two_all_reduces_and_whole_experts_over_ep_ranks():
+    # TRT-LLM EP 4 under attention TP 4 on H100 (token_exchange gather): no all-to-all; every GPU runs its 16 whole
+    # experts (width 1024) on the choices of all 16 tokens routed to them, each choice on exactly one GPU
+    colls, gemms = _program(4, 16, attention_tp=4, ep=4, token_exchange="gather")
+    S = 16 * 2048 * 2
+    assert colls == [("all_reduce", [[0, 1, 2, 3]], (S,)), ("all_reduce", [[0, 1, 2, 3]], (S,))]
+    assert sum(up[0] for up, _ in gemms) == 16 * 8
+    assert all(up[1:] == (2 * 1024, 2048) and down[1:] == (2048, 1024) for up, down in gemms)
+    info = forward(model=MODEL, hardware="h100-sxm", nodes=1, arch="moe", phase="decode", batch=8, seq_len=512,
+                   overrides=["hardware.node.gpus_per_node=4", "placement.moe.token_exchange=gather"])["layout"]
+    assert info["token_exchange"] == "gather" and "tokens gathered" in info["label"]
+    dispatched, _ = _program(4, 16, attention_tp=4, ep=4)
+    assert [k for k, _, _ in dispatched] == ["reduce_scatter", "dispatch", "combine", "all_gather"]
+
+
 def test_attention_dp_gathers_the_tokens_and_reduce_scatters_the_partial_outputs():
     # 4 DP attention ranks of 4 sequences each; one expert group of ep 2 x expert_tp 2
     colls, gemms = _program(4, 16, attention="dp", expert_tp=2, ep=2)
@@ -127,6 +142,8 @@ def test_expert_bytes_and_flops_are_conserved_over_the_ep_x_expert_tp_grid(gpus_
     (dict(expert_tp=2, ep=4), "placement.moe.ep"),  # ep x expert_tp = 8 > 4 GPUs
     (dict(expert_tp=2, ep=1, attention_tp=4), "placement.moe.expert_tp"),  # group of 2 inside a TP group of 4
     (dict(expert_tp=2, ep=2, redundant_experts=4), "placement.moe.expert_tp"),
+    (dict(token_exchange="gather", ep=2, attention_tp=4), "placement.moe.token_exchange"),  # group inside a TP group
+    (dict(token_exchange="gather", ep=4, redundant_experts=4), "placement.moe.token_exchange"),
 ])
 def test_impossible_expert_tp_names_the_field(moe, field):
     with pytest.raises(SpecError) as e:

@@ -38,6 +38,19 @@ def test_expert_parallel_rows_keep_their_overrides():
     assert not any("expert_tp" in o for o in sc.overrides)  # their deployments, and so results, are unchanged
 
 
+def test_trtllm_expert_parallel_rows_gather_their_tokens():
+    # TensorRT-LLM on H100 all-reduces and sums instead of dispatching (silicon.GATHERING_BACKENDS); vLLM dispatches
+    kw = dict(model_path="Qwen/Qwen3-235B-A22B-FP8", gemm_quant="fp8_block", moe_quant="fp8_block", tp=4, moe_tp=1,
+              moe_ep=4)
+    trt = si.scenario(_row(backend="trtllm", **kw)).overrides
+    assert "placement.moe.token_exchange=gather" in trt and "placement.moe.ep=4" in trt
+    assert not any("token_exchange" in o for o in si.scenario(_row(**kw)).overrides)
+    hybrid = si.scenario(_row(backend="trtllm", **{**kw, "moe_tp": 2, "moe_ep": 2})).overrides
+    assert not any("token_exchange" in o for o in hybrid)  # expert_tp 2 gathers already
+    fm = forward_model("qwen3-235b-a22b", "h100-sxm", 1, "moe", overrides=trt)
+    assert fm.layout.gather and fm.layout.sliced
+
+
 def test_fp4_row_of_a_model_without_an_fp4_checkpoint_says_why():
     row = _row(model_path="Qwen/Qwen3-235B-A22B-FP8", tp=8, moe_tp=8)
     assert si.scenario(row) == si.NotCovered("quant nvfp4: the model preset has no fp4 checkpoint (4-bit expert weights)")

@@ -115,6 +115,13 @@ GENERATOR_BUDGETS = {
                                     "max_num_tokens; generator/rule_plugin/trtllm.rule keeps it since"),
 }
 
+#: Backends whose expert parallelism gathers the tokens instead of dispatching them (placement.moe.token_exchange
+#: gather): TensorRT-LLM's fused MoE (tensorrt_llm/_torch/modules/fused_moe) all-to-alls only with attention DP on
+#: multi-node NVLink (enable_alltoall: MnnvlMemory.supports_mnnvl(), which H100 lacks); otherwise every rank runs
+#: its experts on all tokens (all-reduced after TP attention, all-gathered across attention DP ranks) and the
+#: outputs are reduced (reducescatter_or_allreduce).
+GATHERING_BACKENDS = ("trtllm",)
+
 DEDUP_RULES = {
     "exact duplicate": "every column but id and silicon_data_source equals an earlier row's (data README: "
                        "exact duplicates)",
@@ -357,6 +364,8 @@ def _layout(row: SiliconRow, is_moe: bool, gpus_per_node: int) -> tuple[str, ...
         ov.append(f"placement.moe.ep={ep}")
         if etp > 1:  # experts sliced over moe_tp GPUs (vLLM without EP: moe_tp = tp; TRT-LLM moe_tp_size)
             ov.append(f"placement.moe.expert_tp={etp}")
+        elif ep > 1 and row.backend in GATHERING_BACKENDS:
+            ov.append("placement.moe.token_exchange=gather")
     return tuple(ov)
 
 

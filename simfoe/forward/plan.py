@@ -16,9 +16,10 @@ group (all-to-all), experts run, results return (all-to-all) and are all-gathere
 Reduce-scatter + all-gather move the bytes of one all-reduce and are counted as ``all_reduce``.
 MoE, attention ``dp`` (DeepSeek/SGLang): every GPU holds all attention heads and its own sequences;
 dispatch and combine all-to-all only.
-MoE, ``expert_tp`` T > 1 (vLLM without EP, TRT-LLM moe_tp): experts sliced over T GPUs; an expert group
-of ep x T GPUs sees all its attention ranks' tokens (all-reduce, or all-gather) and sums the partial
-outputs (all-reduce, or reduce-scatter); no all-to-all (:func:`_sliced_experts`).
+MoE, ``expert_tp`` T > 1 (vLLM without EP, TRT-LLM moe_tp) or ``token_exchange`` gather (TRT-LLM EP on H100):
+experts sliced over T GPUs (T = 1: whole); an expert group of ep x T GPUs sees all its attention ranks' tokens
+(all-reduce, or all-gather) and sums the partial outputs (all-reduce, or reduce-scatter); no all-to-all
+(:func:`_sliced_experts`).
 FoE: every GPU computes the attention heads of its cluster(s) for all tokens; one all-reduce over all
 GPUs sums the post-attention residuals; each cluster routes every token to k_c of its experts. With
 one GPU per cluster (or several clusters per GPU) the experts are local: no all-to-all. With g GPUs
@@ -280,7 +281,7 @@ def moe_layer(c: _Costs, model: ModelSpec, L: MoELayout, work: Work | list[Work]
     tok_group = np.array([w.tokens for w in per_group])
     if dense:
         return LayerPlan(steps + _tp_dense_ffn(c, model, L, tok_group))
-    if L.expert_tp > 1:
+    if L.sliced:
         return _sliced_experts(c, model, L, steps, tok_group, probs, rng, memo)
     tp_groups, tp_bytes = _groups(G, t), _rows_bytes(tok_group, model.hidden, c.act_bytes)
     # tokens each GPU holds after the TP reduce-scatter (sequence-parallel shard)
@@ -356,7 +357,8 @@ def _ep_exchange(c: _Costs, model: ModelSpec, L: MoELayout, tok_gpu: np.ndarray,
 
 def _sliced_experts(c: _Costs, model: ModelSpec, L: MoELayout, steps: list, tok_group: np.ndarray,
                     probs: np.ndarray | None, rng: np.random.Generator, memo: dict | None) -> LayerPlan:
-    """The MoE half of a layer whose experts are tensor-parallel (``L.expert_tp`` = T > 1), after ``steps``
+    """The MoE half of a layer whose expert groups gather their tokens (``L.sliced``: experts tensor-parallel,
+    ``L.expert_tp`` = T > 1, or whole with ``token_exchange`` gather, T = 1), after ``steps``
     (attention); ``tok_group``: tokens per attention TP group. As TRT-LLM runs moe_tp_size (docs/source/advanced/
     expert-parallelism.md: each GPU of the expert TP group receives all tokens' hidden states and computes with
     its partial weights) and vLLM without expert parallelism (vllm/model_executor/layers/fused_moe/layer.py

@@ -29,6 +29,13 @@ class MoEPlacement(Spec):
         "parallelism: the TP size): each expert's intermediate dimension is sliced over expert_tp GPUs, which hold "
         "the same experts; with more than 1, ep x expert_tp GPUs hold all experts, see every token of their "
         "attention ranks (gathered, no all-to-all) and sum their partial outputs; 1: expert parallelism only")
+    token_exchange: Literal["all_to_all", "gather"] = Field(
+        "all_to_all", description="how tokens reach their experts with expert_tp 1: all_to_all (dispatch and combine, "
+        "priced by all_to_all below) or gather: every GPU of an expert group runs its experts on all of the group's "
+        "tokens (the all-reduce after TP attention leaves them there; across attention DP ranks they are all-gathered) "
+        "and the partial outputs are summed back, no all-to-all, as TensorRT-LLM runs expert parallelism on H100 (its "
+        "fused MoE all-to-alls only with attention DP over multi-node NVLink, else all-gather / reduce-scatter). "
+        "expert_tp > 1 always gathers")
     dedup_dispatch: bool = Field(True, description="send a token once per destination GPU (DeepEP-style), not once per expert choice")
     all_to_all: Literal["auto", "deepep-normal", "deepep-ll", "nccl", "direct", "hierarchical"] = Field(
         "auto", description="dispatch/combine algorithm (simfoe.costs.dispatch): auto = as SGLang --deepep-mode auto "
@@ -107,6 +114,13 @@ class MoELayout:
     split_exchange: bool = False
     redundant: int = 0  # extra expert replicas per EP group (simfoe.forward.eplb)
     expert_tp: int = 1  # GPUs each expert's intermediate dimension is sliced over (placement.moe.expert_tp)
+    gather: bool = False  # placement.moe.token_exchange gather: experts see their group's tokens, no all-to-all
+
+    @property
+    def sliced(self) -> bool:
+        """Whether an expert group gathers its tokens and sums partial outputs (no all-to-all): expert_tp > 1 or
+        token_exchange gather."""
+        return self.expert_tp > 1 or self.gather
 
     @property
     def experts_per_gpu(self) -> int:
@@ -190,11 +204,16 @@ def resolve_moe(model: ModelSpec, gpus_per_node: int, p: PlacementSpec) -> MoELa
         raise SpecError("placement.moe.redundant_experts", R,
                         f"0 here: n_experts + redundant_experts ({slots}) must split over an EP group of more "
                         f"than one of the {G} GPUs")
-    if T > 1 and (ep * T) % tp:
-        raise SpecError("placement.moe.expert_tp", T, f"ep x expert_tp ({ep} x {T}) must be a multiple of "
-                        f"attention_tp ({tp}): an expert group holds whole attention TP groups")
+    gather = p.moe.token_exchange == "gather"
+    if (T > 1 or gather) and (ep * T) % tp:
+        field, v = ("placement.moe.expert_tp", T) if T > 1 else ("placement.moe.token_exchange", "gather")
+        raise SpecError(field, v, f"ep x expert_tp ({ep} x {T}) must be a multiple of attention_tp ({tp}): an "
+                        "expert group holds whole attention TP groups")
+    if gather and R:
+        raise SpecError("placement.moe.token_exchange", "gather", "all_to_all with redundant_experts (replicas are "
+                        "placed for dispatched tokens)")
     return MoELayout(G, gpus_per_node, p.moe.attention, tp, ep, moe.n_experts, moe.top_k, moe.expert_ffn,
-                     p.moe.dedup_dispatch, p.moe.all_to_all, p.moe.split_exchange, R, T)
+                     p.moe.dedup_dispatch, p.moe.all_to_all, p.moe.split_exchange, R, T, gather)
 
 
 def _expert_tp(model: ModelSpec, p: PlacementSpec, G: int) -> int:
