@@ -96,12 +96,7 @@ def run_sweep(spec: SweepSpec | str | Path | None = None, out: str | Path = "sim
     check_scenario_files(spec)
     out = Path(out)
     store = ResultStore(out)
-    done: dict[str, str] = {}
-    if store.has_results() and not overwrite:
-        done = store.finished()
-        if not resume and not _continues(out, spec, scenarios, done):  # a dry run too: it checks what the run would
-            raise SpecError("--out", str(out), "already holds sweep results; pass --resume to skip finished "
-                            "scenarios or --overwrite to start over")
+    done = _stored_runs(store, spec, scenarios, resume, overwrite)
     todo = [s for s in scenarios if s.run_id not in done or (retry_failed and done[s.run_id] != "ok")]
     base = {"spec": spec.source, "name": spec.name, "kind": spec.kind, "out": str(out),
             "scenarios": len(scenarios), "already_done": len(scenarios) - len(todo), "to_run": len(todo),
@@ -124,14 +119,33 @@ def run_sweep(spec: SweepSpec | str | Path | None = None, out: str | Path = "sim
     result = {**base, "ran": ok + failed, "ok": ok, "failed": failed, "wall_s": wall,
               "scenarios_per_s": (ok + failed) / wall if wall > 0 and ok + failed else None,
               "chunk_size": chunk, "results": str(store.results), "rows": int(len(df)), "up_to_date": False}
+    return _write_reports(result, df, store, spec, csv, plots)
+
+
+def _stored_runs(store: ResultStore, spec: SweepSpec, scenarios: list[Scenario], resume: bool,
+                 overwrite: bool) -> dict[str, str]:
+    """Status of each run_id already stored in ``store`` that the run keeps (none with ``overwrite``). Stored
+    results that this spec does not continue (:func:`_continues`) raise SpecError unless ``resume``."""
+    if not store.has_results() or overwrite:
+        return {}
+    done = store.finished()
+    if not resume and not _continues(store.out, spec, scenarios, done):  # a dry run too: it checks what the run would
+        raise SpecError("--out", str(store.out), "already holds sweep results; pass --resume to skip finished "
+                        "scenarios or --overwrite to start over")
+    return done
+
+
+def _write_reports(result: dict, df, store: ResultStore, spec: SweepSpec, csv: bool, plots: bool) -> dict:
+    """After a run's results ``df`` are compacted: results.csv (with ``csv``, or when one exists), and with
+    ``plots`` the plots and summary.md; returns ``result`` with their paths."""
     if csv or store.csv.is_file():  # once written, kept in step with results.parquet
         result["csv"] = str(store.write_csv(df))
     if plots:
         from simfoe.sweep.plots import make_plots
         from simfoe.sweep.summary import write_summary
 
-        result["plots"] = [str(p) for p in make_plots(df, out / "plots")]
-        result["summary"] = str(write_summary(df, out, spec_name=spec.name, run=result))
+        result["plots"] = [str(p) for p in make_plots(df, store.out / "plots")]
+        result["summary"] = str(write_summary(df, store.out, spec_name=spec.name, run=result))
     return result
 
 
