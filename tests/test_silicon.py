@@ -104,11 +104,17 @@ def test_moe_row_sets_its_expert_parallel_group_and_inferencex_lengths():
     ("x; image=vllm/vllm-openai:v0.18.0", True),
     ("source_file=/Users/x/aic-auto-gap-analysis/data/h100_sxm/vllm/0.12.0/Qwen_Qwen3-32B.csv", False),
     ("source_file=/data/2026-04-06.csv.bak", False),
+    # an AIConfigurator gap-analysis row naming its Dynamo image: aiperf, fixed lengths
+    ("source_file=/Users/x/aic-auto-gap-analysis/data/h100_sxm/vllm/q.csv; image=nvcr.io/nvidia/ai-dynamo/vllm-runtime:0.8.0",
+     False),
 ])
 def test_rows_of_an_inferencex_export_draw_their_lengths(source, inferencex):
-    """issue 23: a row of a dated InferenceX export is replayed with the export's range ratio, image named or not."""
-    sc = si.scenario(_row(source=source))
+    """issue 23: a row of a dated InferenceX export is replayed with the export's range ratio, image named or not,
+    drawn as InferenceX's client draws them: uniform in [int(0.8 L), L] (benchmark_serving.sample_random_requests)."""
+    sc = si.scenario(_row(source=source, isl=1024, osl=128))
     assert sc.range_ratio == (si.INFERENCEX_RANGE_RATIO if inferencex else 0.0)
+    bounds = ((819, 1024), (102, 128)) if inferencex else ((1024, 1024), (128, 128))
+    assert sc.workload().bounds() == bounds
 
 
 GAP = "source_file=/Users/x/aic-auto-gap-analysis/data/h100_sxm/vllm/0.12.0/Qwen_Qwen3-32B.csv; silicon_concurrency=8"

@@ -77,6 +77,12 @@ BACKEND_ENGINES = {"vllm": "vllm", "sglang": "sglang", "trtllm": "trtllm"}
 #: and they are replayed with fixed lengths.
 INFERENCEX_RANGE_RATIO = 0.8
 
+#: How InferenceX's client spreads lengths with that ratio: uniform integers in [int(L r), L]
+#: (SemiAnalysisAI/InferenceX utils/bench_serving/benchmark_serving.py ``sample_random_requests``: lower =
+#: int(seq_len * range_ratio), upper = seq_len; its earlier fork kimbochen/bench_serving draws the same), not
+#: vLLM's [L (1 - r), L (1 + r)] (:data:`simfoe.workloads.closed_loop.RANGE_STYLES`).
+INFERENCEX_RANGE_STYLE = "below"
+
 #: The dated InferenceX exports (``source_file=2026-04-06.csv``): every row of one export comes from its
 #: benchmark runs, also where a row's source omits the image (the 45 Llama-3.1-70B vLLM rows and five
 #: gpt-oss-120b rows of 2026-04-06.csv, whose other rows name vllm/vllm-openai images). Replayed with fixed
@@ -199,10 +205,20 @@ class SiliconRow:
         return gen.tokens(self.batch_size, self.isl)
 
     @property
+    def range_style(self) -> str:
+        """How the run's client spread lengths around ISL / OSL: InferenceX's (:data:`INFERENCEX_RANGE_STYLE`),
+        else "symmetric" (moot: those rows are replayed with fixed lengths)."""
+        return INFERENCEX_RANGE_STYLE if self.inferencex else "symmetric"
+
+    @property
     def inferencex(self) -> bool:
         """A run whose source names an image and a workflow run (benchmark_serving.py, range ratio 0.8), or a
-        row of one of the InferenceX exports (:data:`INFERENCEX_EXPORT`) whose source omits them."""
+        row of one of the InferenceX exports (:data:`INFERENCEX_EXPORT`) whose source omits them. AIConfigurator's
+        gap-analysis rows are not, though some name an nvcr.io image: aiperf measured them with fixed lengths
+        (:data:`AIC_GAP_ANALYSIS`)."""
         s = self.source
+        if AIC_GAP_ANALYSIS in s:
+            return False
         return "image=" in s or "nvcr.io" in s or "workflow_run_id" in s or INFERENCEX_EXPORT.search(s) is not None
 
 
@@ -298,6 +314,7 @@ class Scenario:
     isl: int
     osl: int
     range_ratio: float
+    range_style: str = "symmetric"  # how range_ratio spreads lengths (closed_loop.RANGE_STYLES)
     engine: str | None = None  # the engine profile (BACKEND_ENGINES); None: the engine's defaults
     launch_budget: int | None = None  # tokens per iteration the run's launch set, replacing the profile's (None: its own)
 
@@ -310,8 +327,8 @@ class Scenario:
         from simfoe.workloads.closed_loop import ClosedLoop
 
         return ClosedLoop(concurrency=self.concurrency, isl=self.isl, osl=self.osl,
-                          random_range_ratio=self.range_ratio, num_prompts=10 * self.concurrency,
-                          warmup=2 * self.concurrency)
+                          random_range_ratio=self.range_ratio, range_style=self.range_style,
+                          num_prompts=10 * self.concurrency, warmup=2 * self.concurrency)
 
 
 def _id_parallelism(row: SiliconRow) -> str | None:
@@ -411,6 +428,7 @@ def scenario(row: SiliconRow) -> Scenario | NotCovered:
     return Scenario(hw, preset, layout + (f"model.dtype={dtype}",), max_batch=row.batch_size,
                     token_budget=TOKEN_BUDGET, concurrency=row.concurrency, isl=row.isl, osl=row.osl,
                     range_ratio=INFERENCEX_RANGE_RATIO if row.inferencex else 0.0,
+                    range_style=row.range_style,
                     engine=BACKEND_ENGINES.get(row.backend), launch_budget=row.launch_budget)
 
 

@@ -83,21 +83,15 @@ SA_BENCH_RANGE_STYLE = "below"
 @dataclass(frozen=True)
 class DisaggScenario(Scenario):
     """A disaggregated row as two pool specs (JSON of :class:`simfoe.specs.disagg.PoolSpec` mappings);
-    ``max_batch`` is the decode side's; ``order`` joins the pools (:data:`simfoe.serving.disagg.ORDERS`);
-    ``range_style`` spreads the lengths (:data:`simfoe.workloads.closed_loop.RANGE_STYLES`)."""
+    ``max_batch`` is the decode side's; ``order`` joins the pools (:data:`simfoe.serving.disagg.ORDERS`)."""
 
     prefill: str = ""
     decode: str = ""
     order: str = "decode-first"
-    range_style: str = "symmetric"
 
     @property
     def deployment(self) -> tuple:
         return (self.hardware, self.model, self.overrides, self.prefill, self.decode)
-
-    def workload(self):
-        """The benchmark's closed loop (:meth:`Scenario.workload`) with the scenario's ``range_style``."""
-        return replace(super().workload(), range_style=self.range_style)
 
 
 def recipe(row: SiliconRow) -> Recipe | None:
@@ -171,7 +165,7 @@ def disagg_scenario(row: SiliconRow, hardware: str, preset: str, is_moe: bool, d
                           range_ratio=INFERENCEX_RANGE_RATIO if row.inferencex else 0.0,
                           engine=BACKEND_ENGINES.get(row.backend), **specs,
                           order="prefill-first" if DYNAMO_TRTLLM_IMAGE in row.source else "decode-first",
-                          range_style=SA_BENCH_RANGE_STYLE if rec else "symmetric")
+                          range_style=SA_BENCH_RANGE_STYLE if rec else row.range_style)
 
 
 def _pools(sc: DisaggScenario, engines: dict | None):
