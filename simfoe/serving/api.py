@@ -312,7 +312,7 @@ def simulate_serving(model, hardware, nodes: int, arch: str, trace, rate: float 
     cfg = replace(cfg, timeline=cfg.timeline or timeline is not None or record_timeline)
     _check_slo("slo_ttft", slo_ttft)
     _check_slo("slo_tbt", slo_tbt)
-    reqs, workload = _serving_workload(trace, rate, duration, arrival, seed, skip_bad_rows, max_requests)
+    reqs, workload = serving_workload(trace, rate, duration, arrival, seed, skip_bad_rows, max_requests)
     gpus = layout = None
     if step_model is None:
         fm, m, hw = build_forward(model, hardware, nodes, arch, routing, overrides, seed, max_gpus)
@@ -344,7 +344,7 @@ def simulate_serving(model, hardware, nodes: int, arch: str, trace, rate: float 
     return res
 
 
-def _serving_workload(trace, rate: float | None, duration: float | None, arrival: str | None, seed: int,
+def serving_workload(trace, rate: float | None, duration: float | None, arrival: str | None, seed: int,
                       skip_bad_rows: bool, max_requests: int | None) -> tuple:
     """(requests, the summary's ``workload`` block) of a closed loop (checked against ``max_requests``; it
     takes no open-loop option) or of a trace shaped by ``rate`` (req/s), ``duration`` (s) and ``arrival``."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from simfoe.errors import SpecError
+from simfoe.serving.api import serving_workload
 from simfoe.serving.disagg import DisaggConfig, DisaggResult, Pool, simulate_disagg
 
 
@@ -89,17 +90,6 @@ def _engine_of(ps, field: str):
     return cfg
 
 
-def _workload(trace, rate, duration, arrival, seed, max_requests):
-    """(requests, workload description) of a trace or a closed loop, as ``simfoe serve`` reads them."""
-    from simfoe.workloads import make_workload
-    from simfoe.workloads.closed_loop import ClosedLoop
-
-    if isinstance(trace, ClosedLoop):
-        return trace, {**trace.to_dict(), "source": trace.describe(), "requests": trace.num_prompts}
-    reqs = make_workload(trace, rate=rate, duration=duration, arrival=arrival, seed=seed, max_requests=max_requests)
-    return reqs, {"kind": "open-loop", "source": reqs.source, "requests": len(reqs), "skipped_rows": reqs.skipped_rows}
-
-
 def simulate_disagg_serving(model, hardware, prefill, decode, trace, rate: float | None = None,
                             duration: float | None = None, run: DisaggRun | None = None,
                             arrival: str | None = None) -> DisaggResult:
@@ -121,7 +111,7 @@ def simulate_disagg_serving(model, hardware, prefill, decode, trace, rate: float
     x, y = run.xpyd if run.xpyd is not None else (None, None)
     pre, pre_info = pool_of(prefill, m, hw, x, run.routing, run.seed, run.max_gpus, "prefill")
     dec, dec_info = pool_of(decode, m, hw, y, run.routing, run.seed, run.max_gpus, "decode")
-    reqs, workload = _workload(trace, rate, duration, arrival, run.seed, run.max_requests)
+    reqs, workload = serving_workload(trace, rate, duration, arrival, run.seed, False, run.max_requests)
     res = simulate_disagg(reqs, pre, dec, DisaggConfig(run.transfer, run.first_token, hw, run.horizon_s, run.order),
                           slo_ttft=run.slo_ttft, slo_tbt=run.slo_tbt, seed=run.seed)
     head = {"model": str(getattr(model, "name", model)), "hardware": str(getattr(hardware, "name", hardware)),
