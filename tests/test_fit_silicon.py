@@ -49,6 +49,17 @@ def test_solve_leaves_out_what_overheads_cannot_explain():
     assert F.solve(bad, (0.0, 0.0, 0.0)) == (0.0, 0.0, 0.0)  # nothing to fit: no overheads
 
 
+def test_solve_moves_only_the_freed_parameters():
+    theta = (0.0, 0.002, 5e-5)  # made without a request overhead
+    fits = _synthetic(theta)
+    got = F.solve(fits, (0.0, 0.0, 0.0), free=("step_s", "step_per_seq_s"))
+    assert got == pytest.approx(theta, rel=1e-6, abs=1e-9)
+    for f in fits:  # the same rows, 30 ms slower to first token: the per-iteration terms cannot absorb it alone
+        f.row.ttft_ms += 30.0
+    got = F.solve(fits, (0.0, 0.0, 0.0), free=("step_s", "step_per_seq_s"))
+    assert got[0] == 0.0 and F.solve(fits, (0.0, 0.0, 0.0))[0] > 0.0
+
+
 def test_solve_parameters_are_never_negative():
     fits = _synthetic((0.0, 0.0, 0.0))
     for f in fits:  # measured 10% below every prediction: the best non-negative fit is no overhead
@@ -113,3 +124,4 @@ def test_fit_silicon_cli_refuses_flags_of_other_targets(refused):
     refused(["fit", "silicon", "--hardware", "h100-sxm"], "--hardware", "omitted with fit silicon")
     refused(["fit", "kernels", "--jobs", "2"], "--jobs", "only with fit silicon")
     refused(["fit", "silicon", "--silicon", "/nonexistent.csv"], "--silicon")
+    refused(["fit", "kernels", "--engine", "vllm"], "--engine", "only with fit silicon")

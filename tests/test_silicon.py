@@ -140,6 +140,28 @@ def test_the_launch_budget_replaces_the_profiles_in_the_replay():
     assert si.serve_row(replace(row, source="src")).summary["token_budget"] == 8192  # the profile's own
 
 
+@pytest.mark.parametrize("backend, version, overlapped", [
+    ("vllm", "0.18.0", True),  # async scheduling by default since 0.14
+    ("vllm", "0.14.0rc1", True),
+    ("vllm", "0.12.0", False),
+    ("vllm", "", False),  # unrecorded: runs as the profile
+    ("sglang", "0.5.8.post1", False),
+])
+def test_async_scheduling_versions_run_without_per_iteration_host_time(backend, version, overlapped):
+    from simfoe.serving.engine import EngineConfig
+
+    sc = si.scenario(_row(backend=backend, backend_version=version))
+    assert sc.async_host is overlapped
+    cfg = si.run_config(sc, EngineConfig(request_overhead_s=0.02, step_overhead_s=0.001, step_overhead_per_seq_s=3e-5))
+    assert (cfg.request_overhead_s, cfg.step_overhead_s, cfg.step_overhead_per_seq_s) == (
+        (0.02, 0.0, 0.0) if overlapped else (0.02, 0.001, 3e-5))
+
+
+def test_version_tuple_by_hand():
+    assert si.version_tuple("0.18.0") == (0, 18, 0) and si.version_tuple("1.3.0rc1") == (1, 3, 0)
+    assert si.version_tuple("") is None and si.version_tuple("main") is None
+
+
 def test_blackwell_rows_map_to_the_blackwell_profiles():
     """issue 25: b200_sxm and gb200 rows are replayed on b200-sxm and gb200-nvl72 (one-tray instances on GB200)."""
     assert si.scenario(replace(_row(), system="b200_sxm")).hardware == "b200-sxm"

@@ -128,6 +128,21 @@ GENERATOR_BUDGETS = {
 #: outputs are reduced (reducescatter_or_allreduce).
 GATHERING_BACKENDS = ("trtllm",)
 
+#: Backend -> the first version that schedules asynchronously by default (vLLM: vllm-project/vllm#27614, part of
+#: the async-scheduling plan #27679; SchedulerConfig.async_scheduling "helps to avoid gaps in GPU utilization"): the
+#: host work of iteration n + 1 (scheduling, input preparation, the outputs of iteration n) runs while iteration n
+#: is on the GPU, so a row of such a version runs without the profile's per-iteration host time (step_s,
+#: step_per_seq_s). The profile describes the synchronous version (vllm.yaml: 0.12.0); a row without a version
+#: runs as the profile (the Llama-3.1-70B export rows, measured 2025-10-29, before #27614).
+ASYNC_SCHEDULING_SINCE = {"vllm": (0, 14)}
+
+
+def version_tuple(v: str) -> tuple[int, ...] | None:
+    """The leading numbers of a version string ("0.18.0" -> (0, 18, 0), "1.3.0rc1" -> (1, 3, 0)); None: none."""
+    m = re.match(r"\d+(?:\.\d+)*", v.strip())
+    return tuple(int(x) for x in m.group(0).split(".")) if m else None
+
+
 DEDUP_RULES = {
     "exact duplicate": "every column but id and silicon_data_source equals an earlier row's (data README: "
                        "exact duplicates)",
@@ -209,6 +224,13 @@ class SiliconRow:
         """How the run's client spread lengths around ISL / OSL: InferenceX's (:data:`INFERENCEX_RANGE_STYLE`),
         else "symmetric" (moot: those rows are replayed with fixed lengths)."""
         return INFERENCEX_RANGE_STYLE if self.inferencex else "symmetric"
+
+    @property
+    def async_host(self) -> bool:
+        """The row's engine version overlaps its per-iteration host time with the GPU (:data:`ASYNC_SCHEDULING_SINCE`)."""
+        since = ASYNC_SCHEDULING_SINCE.get(self.backend)
+        v = version_tuple(self.backend_version)
+        return since is not None and v is not None and v >= since
 
     @property
     def inferencex(self) -> bool:
@@ -317,6 +339,7 @@ class Scenario:
     range_style: str = "symmetric"  # how range_ratio spreads lengths (closed_loop.RANGE_STYLES)
     engine: str | None = None  # the engine profile (BACKEND_ENGINES); None: the engine's defaults
     launch_budget: int | None = None  # tokens per iteration the run's launch set, replacing the profile's (None: its own)
+    async_host: bool = False  # the engine overlaps its per-iteration host time with the GPU (no step overheads)
 
     @property
     def deployment(self) -> tuple:
@@ -429,7 +452,8 @@ def scenario(row: SiliconRow) -> Scenario | NotCovered:
                     token_budget=TOKEN_BUDGET, concurrency=row.concurrency, isl=row.isl, osl=row.osl,
                     range_ratio=INFERENCEX_RANGE_RATIO if row.inferencex else 0.0,
                     range_style=row.range_style,
-                    engine=BACKEND_ENGINES.get(row.backend), launch_budget=row.launch_budget)
+                    engine=BACKEND_ENGINES.get(row.backend), launch_budget=row.launch_budget,
+                    async_host=row.async_host)
 
 
 # ---- replay and report -------------------------------------------------------------------------
@@ -459,6 +483,14 @@ class _Deployments:
         return self.built[sc.deployment]
 
 
+def run_config(sc: Scenario, cfg):
+    """The engine configuration ``cfg`` (a profile's :class:`simfoe.serving.engine.EngineConfig`) as ``sc``'s run had it:
+    its launch's token budget, and no per-iteration host time when the engine overlaps it (``sc.async_host``)."""
+    if sc.launch_budget is not None:
+        cfg = replace(cfg, token_budget=sc.launch_budget)
+    return replace(cfg, step_overhead_s=0.0, step_overhead_per_seq_s=0.0) if sc.async_host else cfg
+
+
 def serve_row(row: SiliconRow, deployments: _Deployments | None = None, seed: int = 0, engines: dict | None = None,
               **kw):
     """The :class:`simfoe.serving.api.ServingResult` of one row, or why it has none (:class:`NotCovered`).
@@ -482,8 +514,7 @@ def serve_row(row: SiliconRow, deployments: _Deployments | None = None, seed: in
     if sc.engine is None:
         knobs = {"token_budget": sc.token_budget}
     else:
-        cfg = (engines or {}).get(sc.engine) or profile_config(sc.engine)
-        knobs = {"engine": cfg if sc.launch_budget is None else replace(cfg, token_budget=sc.launch_budget)}
+        knobs = {"engine": run_config(sc, (engines or {}).get(sc.engine) or profile_config(sc.engine))}
     try:
         cost, kv = deployments.get(sc)
         return simulate_serving(sc.model, sc.hardware, 1, "moe", workload, step_model=cost, kv_capacity_tokens=kv,

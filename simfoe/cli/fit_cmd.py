@@ -6,7 +6,7 @@
   simfoe fit nccl --hardware h100-sxm [--write] [--json]       (NVLink/NVLS/all-to-all terms, nccl-tests table;
                                                                 writes h100-sxm, h200-sxm and their -measured;
                                                                 b200-sxm, gb200-nvl72: their own tables and profile)
-  simfoe fit silicon [--silicon PATH] [--jobs N] [--write] [--json]
+  simfoe fit silicon [--silicon PATH] [--jobs N] [--engine PROFILE ...] [--write] [--json]
                                       (engine profiles' per-request and per-iteration overheads, real serving
                                        benchmarks; writes simfoe/specs/engines/*.yaml)
 
@@ -35,6 +35,8 @@ def register(subparsers) -> None:
     p.add_argument("--silicon", default=None, metavar="PATH",
                    help="silicon: an AIConfigurator silicon CSV (default ../shared/data/aiconfigurator/silicon/h100_sxm.csv)")
     p.add_argument("--jobs", type=int, default=None, help="silicon: worker processes (default: the CPU count)")
+    p.add_argument("--engine", action="append", default=None, metavar="PROFILE",
+                   help="silicon: fit only this engine profile (repeatable; default: every profile with covered rows)")
     p.add_argument("--vidur", default=None,
                    help="Vidur profiling data folder (default: ../shared/data/vidur when present)")
     p.add_argument("--write", action="store_true", help="write the fitted section into hwprofiles/<hardware>.yaml")
@@ -68,7 +70,7 @@ def run(args) -> dict:
         raise SpecError("fit", args.target, "allowed: " + ", ".join(TARGETS))
     if args.target == "silicon":
         return _fit_silicon(args)
-    for flag in ("silicon", "jobs"):
+    for flag in ("silicon", "jobs", "engine"):
         if getattr(args, flag) is not None:
             raise SpecError("--" + flag, getattr(args, flag), "only with fit silicon")
     if args.hardware is None:
@@ -144,7 +146,7 @@ def _fit_silicon(args) -> dict:
     if sys.stderr.isatty() and not args.json:
         def progress(i, n, row):
             print(f"\rfit silicon: {i + 1}/{n} rows", end="", file=sys.stderr, flush=True)
-    rep = fit_silicon.fit(path, workers=jobs, progress=progress)
+    rep = fit_silicon.fit(path, workers=jobs, progress=progress, engines=args.engine)
     rep["written"] = fit_silicon.write(rep) if args.write else None
     return {"target": "silicon", **rep}
 
