@@ -342,6 +342,51 @@ def test_decode_kv_tile_and_split_fill_by_hand():
         pytest.approx((2 * 2 * d * 512 + q_o) / 1e12)
 
 
+def test_prefill_rescale_term_and_shortest_wave_by_hand():
+    """rescale_elems E adds d^2 / E head-dim elements per score (the O rescale per kv tile of E / d tokens): d 64,
+    pad 64, E 256 -> 144 per score, the 24-CTA case of test_tiled_prefill_by_hand otherwise; min_wave_s: 40 one-token
+    sequences are 40 CTAs in 4 waves of 10, each wave at least min_wave_s long."""
+    hw = _with(TOY, "attention_prefill", tile=128, head_dim_pad=64, rescale_elems=256)
+    block = 4 * (64 + 64 + 64 * 64 / 256) * 128**2 / 1e13
+    assert K.attention_prefill(hw, 2, 300, 300, 4, 4, 64).latency_s == pytest.approx(6 * 8 * block / (24 / 30))
+    fam = dict(tile=128, head_dim_pad=64)
+    short = K.attention_prefill(_with(TOY, "attention_prefill", **fam), 40, 1, 1, 1, 1, 64)
+    floored = K.attention_prefill(_with(TOY, "attention_prefill", **fam, min_wave_s=2e-5), 40, 1, 1, 1, 1, 64)
+    one_block = 4 * 128 * 128**2 / 1e13 * 10  # one CTA's block on one SM
+    assert short.latency_s == pytest.approx(4 * one_block) and 4 * one_block < 8e-5
+    assert floored.latency_s == pytest.approx(4 * 2e-5)
+
+
+MLA_TOY = TOY.model_copy(update={"gpu": TOY.gpu.model_copy(update={"peak_flops": {"bf16": 1e16}})})  # KV-read bound
+
+
+def test_mla_decode_head_groups_by_hand():
+    """TRT-LLM's MLA decode kernels (kernels.MLA_DECODE_HEAD_TILES) on 10 SMs, d = 288 (one latent read as K and V
+    halves), reread 0.5, 1e-8 s per (sequence x head group), 1e-9 s per (sequence x query head):
+    16 heads: one group of 16; 32 heads: two, the KV latent read 1 + 0.5 times; 128 heads of one sequence at 1000
+    tokens: 8 CTAs fit 10 SMs and one split of 1000 <= 1024 tokens, the low-latency kernel, 8 groups; at 2000 tokens
+    the high-throughput kernel, one group (measured: B200 128 heads, 16 sequences, 26.8 us at 1024 tokens, 22.8 at
+    2048); 2 sequences x 128 heads = 16 CTAs > 10 SMs: one group."""
+    hw = _with(MLA_TOY, "attention_decode_mla", head_groups=1, reread=0.5, per_seq_head_s=1e-8, per_seq_qhead_s=1e-9)
+    d = 288
+
+    def by_hand(b, kv, h, groups):
+        kv_bytes = 2 * 2 * d * b * kv * (1 + 0.5 * (groups - 1))
+        t_c = 4 * h * d * b * kv / 1e16
+        return max(t_c, (kv_bytes + 2 * 2 * d * b * h) / 1e12) + 1e-8 * b * groups + 1e-9 * b * h
+
+    for b, kv, h, groups in ((1, 1000, 16, 1), (1, 1000, 32, 2), (1, 1000, 128, 8), (1, 2000, 128, 1),
+                             (2, 100, 128, 1)):
+        assert K.attention_decode(hw, b, kv, h, 1, d, mla=True).latency_s == pytest.approx(by_hand(b, kv, h, groups))
+    assert K.attention_decode(hw, 1, 2000, 128, 1, d, mla=True).latency_s < \
+        K.attention_decode(hw, 1, 1000, 128, 1, d, mla=True).latency_s  # the kernel switch, as measured
+    # the plain family (GQA decode) never groups heads; without head_groups MLA reads the latent once
+    assert K.attention_decode(_with(MLA_TOY, "attention_decode", head_groups=1), 1, 1000, 32, 1, d).latency_s == \
+        pytest.approx(by_hand(1, 1000, 32, 1) - 1e-8 - 32e-9)
+    assert K.attention_decode(_with(MLA_TOY, "attention_decode_mla", reread=0.5), 1, 1000, 32, 1, d,
+                              mla=True).latency_s == pytest.approx(by_hand(1, 1000, 32, 1) - 1e-8 - 32e-9)
+
+
 def test_tiled_terms_need_an_sm_count():
     """Without gpu.sms the tile and split terms are off (the h100-sxm-tables-style smooth form), the pad is not."""
     nosm = TOY.model_copy(update={"gpu": TOY.gpu.model_copy(update={"sms": None})})

@@ -280,30 +280,46 @@ def mla_records(ts: TableSet):
     return pd.concat(out, ignore_index=True) if out else None
 
 
-def _attn_spec(prefill: bool, tiled: bool = False) -> dict:
-    """Fit spec of an attention family (start, low, high, log scale), as fit_profile.fit_copy_attention; ``tiled``
-    (a part with a :data:`TILE_GRID`): the prefill's softmax pad and per-wave cost too."""
-    if prefill:
+def _attn_spec(family: str, tiled: bool = False) -> dict:
+    """Fit spec of an attention ``family`` (start, low, high, log scale), as fit_profile.fit_copy_attention; ``tiled``
+    (a part with a :data:`TILE_GRID`): the prefill's softmax pad and per-wave cost too (attention, not MLA: the shortest
+    wave), and MLA decode's re-read share of another head group's KV and cost per (sequence x query head)."""
+    if family.startswith("attention_prefill"):
         spec = {"eff_max": (0.5, 0.01, 1.0, False), "mem_eff": (0.8, 0.01, 1.0, False),
                 "launch_s": (5e-6, 1e-8, 1e-3, True), "smooth_p": (4.0, 1.0, 50.0, False)}
         if tiled:
             spec.update({"head_dim_pad": (16.0, 0.01, 1e3, True), "per_wave_s": (1e-6, 1e-10, 1e-4, True)})
+        if tiled and not family.endswith("_mla"):  # MLA context: no gain held out (docs/calibration-kernels.md)
+            spec["min_wave_s"] = (2e-6, 1e-8, 1e-4, True)
         return spec
-    return {"mem_eff": (0.8, 0.01, 1.0, False), "mem_floor_bytes": (1e4, 1.0, 1e9, True),
+    spec = {"mem_eff": (0.8, 0.01, 1.0, False), "mem_floor_bytes": (1e4, 1.0, 1e9, True),
             "launch_s": (5e-6, 1e-8, 1e-3, True), "eff_max": (0.5, 0.01, 1.0, False),
             "smooth_p": (4.0, 1.0, 50.0, False), "per_seq_head_s": (1e-9, 1e-13, 1e-5, True)}
+    if tiled and family.endswith("_mla"):
+        spec.update({"reread": (0.5, 0.0, 1.0, False), "per_seq_qhead_s": (1e-10, 1e-14, 1e-6, True)})
+    return spec
 
 
-def _decode_grid() -> tuple:
-    """Decode kernel shapes tried: KV tile x split-KV limit x split granularity (none, or one KV tile per split)."""
-    return tuple({"kv_tile": t, "max_splits": m, "split_tokens": st}
+def _decode_grid(mla: bool = False) -> tuple:
+    """Decode kernel shapes tried: KV tile x split-KV limit x split granularity (none, or one KV tile per split); MLA:
+    with the kernel's query-head groups (simfoe.costs.kernels.MLA_DECODE_HEAD_TILES)."""
+    extra = {"head_groups": 1} if mla else {}
+    return tuple({"kv_tile": t, "max_splits": m, "split_tokens": st, **extra}
                  for t in (64, 128) for m in (16, 32, 64) for st in (0, t))
 
 
-TILE_GRID = {"prefill": tuple({"tile": t} for t in (64, 128)), "decode": _decode_grid()}
-"""The kernel tile shapes a Blackwell attention fit tries (simfoe/costs/kernels.py, attention families): the
-TRT-LLM kernels' tiles are powers of two, so each is a choice, not a continuous fit; the one with the lowest
-training MAPE is kept (the report's ``kernels_fit`` and the profile show it)."""
+def _prefill_grid() -> tuple:
+    """Context kernel shapes tried: tile x the O rescale's shared-memory stage (elements, simfoe.costs.kernels._score_cost;
+    0: no rescale term)."""
+    return tuple({"tile": t, "rescale_elems": e} for t in (64, 128) for e in (0, 512, 1024, 2048, 4096))
+
+
+TILE_GRID = {"prefill": _prefill_grid(), "prefill_mla": tuple({"tile": t} for t in (64, 128)),
+             "decode": _decode_grid(), "decode_mla": _decode_grid(mla=True)}
+"""The kernel shapes a Blackwell attention fit tries (simfoe/costs/kernels.py, attention families): the TRT-LLM kernels'
+tiles are powers of two and their code paths switches, so each is a choice, not a continuous fit; the one with the
+lowest training MAPE is kept (the report's ``kernels_fit`` and the profile show it). MLA context has one head dim, so
+the head-dim term (``rescale_elems``) is not identifiable there and not tried."""
 
 
 @dataclass(frozen=True)
@@ -351,7 +367,7 @@ def _spec_for(family: str, kern: dict) -> dict:
         spec["slot_bytes"] = (2.0, 1e-3, 1e3, True)
         spec["slot_inter_bytes"] = (1.0, 1e-3, 1e3, True)
         return spec
-    return _attn_spec(family.startswith("attention_prefill"))
+    return _attn_spec(family)
 
 
 def fit_parts(hw0, kern: dict, parts: list[Part]) -> dict:
@@ -374,7 +390,7 @@ def _fit_grid(hw0, kern: dict, part: Part, tr) -> dict:
     the training draw ``tr``."""
     from simfoe.calibration.fit_profile import _fit_family, _with_kernels
 
-    spec = _attn_spec(part.family.startswith("attention_prefill"), tiled=True)
+    spec = _attn_spec(part.family, tiled=True)
     best, best_err = None, math.inf
     for shape in part.grid:
         trial = {**kern, part.family: {**kern.get(part.family, {}), **shape}}
@@ -483,7 +499,7 @@ def table_parts(ts: TableSet) -> list[Part]:
         return None if df is None else df[df.variant.astype(str).str.startswith(ph)]
 
     # the tiled attention forms on Blackwell tables only: h100-sxm-tables keeps the smooth form it was published with
-    pre, dec = (TILE_GRID["prefill"], TILE_GRID["decode"]) if ts.blackwell else ((), ())
+    grid = TILE_GRID if ts.blackwell else {k: () for k in TILE_GRID}
     parts = [Part("gemm bf16", "gemm:bf16", "gemm", sel(g, variant="dense")),
             Part("gemm fp8 (per-tensor)", "gemm:fp8", "gemm_fp8", sel(g, variant="per_tensor")),
             Part("gemm fp8 block-scaled (judged on gemm_fp8)", "gemm:fp8_block", "gemm_fp8", sel(g, variant="block"),
@@ -492,10 +508,10 @@ def table_parts(ts: TableSet) -> list[Part]:
             Part("fused moe bf16", "moe:bf16", "grouped_gemm", sel(m, dtype="bf16")),
             Part("fused moe fp8 block-scaled", "moe:fp8_block", "grouped_gemm_fp8", sel(m, dtype="fp8")),
             Part("fused moe nvfp4", "moe:nvfp4", "grouped_gemm_fp4", sel(m, dtype="nvfp4")),
-            Part("attention context bf16", "attention:context", "attention_prefill", phase(a, "prefill"), grid=pre),
-            Part("attention generation bf16", "attention:generation", "attention_decode", phase(a, "decode"), grid=dec),
-            Part("mla context bf16", "mla:context", "attention_prefill_mla", phase(mla, "prefill"), grid=pre),
-            Part("mla generation bf16", "mla:generation", "attention_decode_mla", phase(mla, "decode"), grid=dec)]
+            Part("attention context bf16", "attention:context", "attention_prefill", phase(a, "prefill"), grid=grid["prefill"]),
+            Part("attention generation bf16", "attention:generation", "attention_decode", phase(a, "decode"), grid=grid["decode"]),
+            Part("mla context bf16", "mla:context", "attention_prefill_mla", phase(mla, "prefill"), grid=grid["prefill_mla"]),
+            Part("mla generation bf16", "mla:generation", "attention_decode_mla", phase(mla, "decode"), grid=grid["decode_mla"])]
     return [p for p in parts if p.rows is not None and not p.rows.empty]  # tables or kernels this engine lacks
 
 

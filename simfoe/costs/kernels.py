@@ -44,14 +44,18 @@ computed at the bf16 peak (H100 has no fp4 tensor cores); fp4 x fp4 needs an ``f
 ``attention_prefill``
     ``eff_max`` (achieved FlashAttention FLOP/s / peak), ``mem_eff``, ``launch_s``, ``smooth_p``; optional
     (kernel-table fits, :func:`_prefill_compute`; absent: exact pairs, no waves): ``head_dim_pad`` (the softmax's
-    cost per score in head-dim elements), ``tile`` (tokens: q and kv tile; with ``hw.gpu.sms``, whole blocks,
-    CTA waves and the longest CTA) and ``per_wave_s`` (fixed seconds per wave of CTAs).
+    cost per score in head-dim elements), ``rescale_elems`` (the O accumulator's rescale per kv tile, d^2 / E per
+    score, :func:`_score_cost`), ``tile`` (tokens: q and kv tile; with ``hw.gpu.sms``, whole blocks, CTA waves and
+    the longest CTA), ``per_wave_s`` (fixed seconds per wave of CTAs) and ``min_wave_s`` (no wave shorter).
 ``attention_decode``
     ``mem_eff``, ``mem_floor_bytes``, ``launch_s``, ``eff_max`` (for the small FLOP term); optional
     ``smooth_p`` (default plain max) and ``per_seq_head_s``: fixed seconds per (sequence x KV head), the
     work items a FlashAttention decode kernel schedules (fitted on kernel tables; default 0); ``kv_tile``
     (tokens: each sequence's KV read in whole tiles) and ``max_splits`` / ``split_tokens`` (split-KV: the
-    SMs a small batch keeps streaming, :func:`_split_fill`; with ``hw.gpu.sms``).
+    SMs a small batch keeps streaming, :func:`_split_fill`; with ``hw.gpu.sms``). MLA only (``mla=True``):
+    ``head_groups`` (TRT-LLM's query-head CTA groups, :func:`_head_groups`: each group streams the KV latent, the
+    2nd and later at ``reread`` of its bytes, default 1, and is a work item of ``per_seq_head_s``) and
+    ``per_seq_qhead_s`` (fixed seconds per (sequence x query head)).
 ``attention_prefill_mla`` / ``attention_decode_mla`` / ``grouped_gemm_fp8`` / ``grouped_gemm_fp4`` (optional;
     profiles fitted from kernel tables, simfoe.calibration.fit_tables) the same keys for MLA attention
     (``mla=True``) and for fp8 / fp4 grouped experts; absent, the plain family prices them.
@@ -88,7 +92,8 @@ from simfoe.specs.precision import NumberFormat, number_format
 
 DTYPE_BYTES: dict[str, int] = {"bf16": 2, "fp16": 2, "fp8": 1, "fp32": 4}
 BOUNDS = ("compute", "memory", "launch")
-TILE_KEYS = ("tile", "per_wave_s", "kv_tile", "max_splits", "split_tokens")
+TILE_KEYS = ("tile", "per_wave_s", "min_wave_s", "rescale_elems", "kv_tile", "max_splits", "split_tokens",
+             "head_groups", "reread", "per_seq_qhead_s")
 """Attention family keys of the kernels' tiling and SM waves (module doc); all optional."""
 ELEMENTWISE_KINDS = ("norm", "act", "add")
 
@@ -431,7 +436,7 @@ def _prefill_compute(f: dict, sms: int | None, rate: float, seq_heads: float, q:
     in ceil(CTAs / sms) waves, a partial last wave idles SMs, and no wave is shorter than its longest CTA
     (the last q tile, all kv tiles, on one SM). Without them: the exact pairs, no waves (0).
     """
-    dp = d + float(f.get("head_dim_pad", 0.0))
+    dp = _score_cost(f, d)
     tile = float(f.get("tile", 0.0))
     if tile <= 0.0 or not sms:
         pairs = q * kv - (q * q / 2.0 if causal else 0.0)
@@ -441,7 +446,19 @@ def _prefill_compute(f: dict, sms: int | None, rate: float, seq_heads: float, q:
     ctas = seq_heads * qt
     waves = math.ceil(ctas / sms)
     block_s = 4.0 * dp * tile * tile / rate  # one block with every SM on it
-    return max(blocks * seq_heads * block_s * waves * sms / ctas, kt * block_s * sms), float(waves)
+    floor = float(f.get("min_wave_s", 0.0)) * waves  # no wave shorter than a CTA's fixed prologue and epilogue
+    return max(blocks * seq_heads * block_s * waves * sms / ctas, kt * block_s * sms, floor), float(waves)
+
+
+def _score_cost(f: dict, d: float) -> float:
+    """Cost of one attention score in head-dim elements (x 4 FLOP at the family's rate): d + ``head_dim_pad`` (the
+    softmax's exponentials in MMA-FLOP equivalents), plus with ``rescale_elems`` E d^2 / E: the O accumulator (q tile x
+    d) is rescaled once per kv tile, and a kv tile of a fixed shared-memory stage holds E / d tokens, so per score the
+    rescale costs d / (E / d). E also folds in one O element's rescale cost relative to 4 MMA FLOP, so it is a fitted
+    choice (simfoe.calibration.fit_tables.TILE_GRID), not the kernel's stage size."""
+    dp = d + float(f.get("head_dim_pad", 0.0))
+    e = float(f.get("rescale_elems", 0.0))
+    return dp + d * d / e if e > 0.0 else dp
 
 
 def attention_decode(hw, batch: int, kv_len, n_heads: int, n_kv_heads: int, head_dim: int,
@@ -474,11 +491,38 @@ def attention_decode(hw, batch: int, kv_len, n_heads: int, n_kv_heads: int, head
     f = (_family(hw, "attention_decode_mla") if mla else None) or _family(hw, "attention_decode")
     read = _decode_tokens(f, kv_len, b, total)
     t_c = 4.0 * h * d * read / (hw.peak(dtype) * float(f.get("eff_max", 1.0)))
-    kv_read = d * kvb * 2.0 * hkv * read / _split_fill(f, hw.gpu.sms, b * hkv, total / b)
+    g = _head_groups(f, hw.gpu.sms, b, h / hkv, total / b) if mla else 1.0
+    reads = 1.0 + float(f.get("reread", 1.0)) * (g - 1.0)  # the KV latent, once per head group
+    kv_read = d * kvb * 2.0 * hkv * read * reads / _split_fill(f, hw.gpu.sms, b * hkv * g, total / b)
     streamed = kv_read + d * eb * 2.0 * b * h + float(f.get("mem_floor_bytes", 0.0))
     t_m = streamed / (hw.gpu.hbm_bandwidth * float(f.get("mem_eff", 1.0)))
-    launch = _launch(hw, f) + float(f.get("per_seq_head_s", 0.0)) * b * hkv
+    launch = (_launch(hw, f) + float(f.get("per_seq_head_s", 0.0)) * b * hkv * g
+              + float(f.get("per_seq_qhead_s", 0.0)) * b * h)
     return _cost(t_c, t_m, float(f.get("smooth_p", math.inf)), launch, flops, nbytes)
+
+
+MLA_DECODE_HEAD_TILES = {"low_latency": (8, 16), "wide_above": 32, "split_step": 256, "split_most_tokens": 1024}
+"""TensorRT-LLM's MLA decode kernel choice (trtllm-gen, cpp/tensorrt_llm/kernels/trtllmGenKernels/fmha/fmhaKernels.h:
+hashFromRunnerParams, useSwapsMmaAbMlaGenKernel), which SGLang's ``trtllm_mla`` backend runs through FlashInfer: the
+low-latency kernel (SwapsMmaAb) puts 8 (heads <= 8) or 16 query heads in one CTA; it runs when heads <= 32, or when
+batch x ceil(heads / 16) CTAs fit the SMs and each split-KV CTA (one per 256 tokens at most, SMs / CTAs of them)
+reads <= 1024 tokens; otherwise the high-throughput kernel (KeepsMmaAb) holds 64 heads per CTA (128: a 2-CTA pair,
+each half of V's columns), one group."""
+
+
+def _head_groups(f: dict, sms: int | None, b: float, heads: float, kv: float) -> float:
+    """CTA groups of query heads an MLA decode kernel runs per sequence, each streaming the KV latent
+    (:data:`MLA_DECODE_HEAD_TILES`); 1 without the family's ``head_groups`` or ``sms``. ``kv``: mean tokens."""
+    if not f.get("head_groups") or not sms:
+        return 1.0
+    t = MLA_DECODE_HEAD_TILES
+    small, large = t["low_latency"]
+    low = math.ceil(heads / (small if heads <= small else large))
+    ctas = b * math.ceil(heads / large)
+    splits = min(max(1, math.ceil(kv / t["split_step"])), max(1, sms // ctas))
+    if heads <= t["wide_above"] or (ctas <= sms and math.ceil(kv / splits) <= t["split_most_tokens"]):
+        return float(low)
+    return 1.0
 
 
 def _decode_tokens(f: dict, kv_len, b: float, total: float) -> float:
