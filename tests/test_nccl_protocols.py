@@ -123,3 +123,82 @@ def test_profiles_without_the_p2p_fields_price_as_before():
     simple = 10e-6 + 3.4e-6 + 7 * s / rate
     ll128 = 8e-6 + 1.9e-6 + 7 * s / (0.92 * rate)
     assert predict(hw, "all_to_all", 8, s) == pytest.approx(min(simple, ll128) + PATH_S, rel=1e-6)
+
+
+#: NCCL's protocol choice (nvlink.nccl_protocol_choice): the tuner sees a 700 GB/s ring (LL capped at 282 GB/s); LL128
+#: and Simple take at least 13 us + 12 us per ring step (the B200 tables' post-switch floors)
+CHOICE = {"tuner_bus_bandwidth": 700e9, "tuner_ll_max_bandwidth": 282e9, "floor_alpha_s": 13e-6, "floor_step_s": 12e-6}
+RATE = 450e9 * 0.8  # NVLINK's ring rate
+
+
+def _ring(op: str, n: int, S: float) -> tuple[int, float, float]:
+    """(ring steps, bytes each GPU streams, predict's nbytes) of a ring ``op`` on n GPUs of ``S`` (nccl-tests size)."""
+    if op == "all_reduce":
+        return 2 * (n - 1), 2 * (n - 1) / n * S, S
+    return n - 1, (n - 1) / n * S, S / n if op == "all_gather" else S
+
+
+def _by_hand(proto: str, steps: int, per_gpu: float, copy: float | None) -> float:
+    """One protocol's price under the choice: NVLINK's own terms, the byte stream max'ed with the floor
+    (LL128 / Simple), plus the path latency."""
+    key = {"simple": ("alpha_s", "hop_s", 1.0), "ll": ("ll_alpha_s", "ll_hop_s", NVLINK["ll_bandwidth_fraction"]),
+           "ll128": ("ll128_alpha_s", "ll128_hop_s", NVLINK["ll128_bandwidth_fraction"])}[proto]
+    own = NVLINK[key[0]] + steps * NVLINK[key[1]] + (steps + (copy or 0)) / steps * per_gpu / (RATE * key[2])
+    floor = CHOICE["floor_alpha_s"] + steps * CHOICE["floor_step_s"] if proto != "ll" else 0.0
+    return max(own, floor) + PATH_S
+
+
+def test_nccl_choice_prices_the_switch_by_hand():
+    """2-GPU all_reduce (2 steps). NCCL's estimate: 2 MiB LL 15.2 us (Simple 18.2), 4 MiB Simple 21.2 us (LL 22.7,
+    LL128 24.3): it leaves LL between them, as the B200 table (19 -> 37 us). Priced at the path's terms, Simple at
+    4 MiB is its floor, 13 + 2 x 12 + 2 = 39 us, above the fastest protocol (LL128, 8 + 3.8 + 4 MiB / 331.2 GB/s + 2 =
+    26.5 us), which the min-over-protocols price would take; 2 MiB stays LL, 6.2 + 2 MiB / 180 GB/s + 2 = 19.85 us."""
+    from simfoe.costs.collectives import nccl_ring_protocol
+
+    hw = _hw({**NVLINK, "nccl_protocol_choice": CHOICE})
+    choice = hw.collectives.nvlink.nccl_protocol_choice
+    assert [nccl_ring_protocol(choice, 2, s) for s in (2 * 2**20, 4 * 2**20)] == ["ll", "simple"]
+    assert predict(hw, "all_reduce", 2, 2 * 2**20, "ring") == pytest.approx(19.851e-6, rel=1e-4)
+    assert predict(hw, "all_reduce", 2, 4 * 2**20, "ring") == pytest.approx(39e-6, rel=1e-9)
+    assert predict(_hw(NVLINK), "all_reduce", 2, 4 * 2**20, "ring") == pytest.approx(26.464e-6, rel=1e-4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(op=st.sampled_from(["all_reduce", "all_gather", "reduce_scatter"]), n=st.sampled_from([2, 4, 8]),
+       log_bytes=st.floats(4.0, 9.0), grow=st.floats(1.0, 4.0), copy=st.sampled_from([None, 0.3, 1.0]))
+def test_nccl_choice_is_the_chosen_protocols_price(op, n, log_bytes, grow, copy):
+    """With nccl_protocol_choice the price is the chosen protocol's (so between the fastest and the slowest
+    protocol's), and monotone in bytes while NCCL's pick stays the same. Not monotone across a switch: NCCL leaves a
+    protocol where its own estimate says so, and the next one, at the path's terms, can be faster (a drop) or
+    slower (a step up) than the one it leaves."""
+    from simfoe.costs.collectives import nccl_ring_protocol
+
+    hw = _hw({**NVLINK, "ring_copy_step": copy, "nccl_protocol_choice": CHOICE})
+    choice = hw.collectives.nvlink.nccl_protocol_choice
+    algo = "ring" if op == "all_reduce" else "auto"
+    prices = {}
+    for S in (10 ** log_bytes, 10 ** log_bytes * grow):
+        steps, per_gpu, nbytes = _ring(op, n, S)
+        picked = nccl_ring_protocol(choice, steps, per_gpu)
+        each = [_by_hand(p, steps, per_gpu, copy) for p in ("simple", "ll", "ll128")]
+        t = predict(hw, op, n, nbytes, algo)
+        assert t == pytest.approx(_by_hand(picked, steps, per_gpu, copy), rel=1e-9)
+        assert min(each) * (1 - 1e-9) <= t <= max(each) * (1 + 1e-9)
+        prices[picked] = prices.get(picked, []) + [t]
+    for ts in prices.values():
+        assert ts == sorted(ts) or ts[0] == pytest.approx(ts[-1], rel=1e-9)
+
+
+def test_nccl_choice_only_inside_one_nvlink_domain():
+    """Across nodes the ring keeps the fastest protocol (the tables measure one node)."""
+    a = _hw({**NVLINK, "nccl_protocol_choice": CHOICE})
+    assert predict(a, "all_reduce", 16, 2**22, "ring", nodes=2) == predict(_hw(NVLINK), "all_reduce", 16, 2**22,
+                                                                             "ring", nodes=2)
+
+
+def test_nccl_choice_needs_every_protocol():
+    """NCCL picks among LL, LL128 and Simple: a path without LL128 cannot carry the choice (a one-line spec error)."""
+    from simfoe.specs.hardware import PathCalibration
+
+    with pytest.raises(ValueError, match="nccl_protocol_choice needs"):
+        PathCalibration(**{**_only("ll"), "alpha_s": 10e-6, "nccl_protocol_choice": CHOICE})

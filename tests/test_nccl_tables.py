@@ -82,21 +82,25 @@ def test_refit_reproduces_the_committed_profile(shared_data, table):
     assert got["errors"]["all_reduce 8 GPUs >=1MiB"]["mape"] <= 10
 
 
-@pytest.mark.parametrize("profile, fit_gpus", [("b200-sxm", 8), ("gb200-nvl72", 4)])
-def test_blackwell_tables_fit_their_largest_gpu_count(shared_data, profile, fit_gpus):
-    """B200 and GB200 (issue 25.1): each system's table is its own (table_of), the rows fitted are its largest GPU
-    count at even size positions (GB200: one tray of 4), and the committed profile holds the issue's 10% on every
-    op of the fitted count, 1 MiB and up (the all-to-all as NCCL's p2p kernel with its channel pool)."""
+@pytest.mark.parametrize("profile, fit_gpus", [("b200-sxm", {8, 2}), ("gb200-nvl72", {4})])
+def test_blackwell_tables_fit_their_split(shared_data, profile, fit_gpus):
+    """B200 and GB200 (issue 25.1): each system's table is its own (table_of); the rows fitted are even size
+    positions of the largest GPU count (GB200: one tray of 4) and, on B200, whose floor's base and per-step terms one
+    count cannot separate, of the smallest (2) too, for the ring collectives; 4 B200 GPUs are held out whole. The
+    committed profile holds the issue's 10% on every op of the largest count, 1 MiB and up."""
     path = shared_data / fn.table_of(profile)
     if not path.is_file():
         pytest.skip(f"{path} is absent")
-    t = fn.load_nccl_tests(path)
+    t = fn.load_table(shared_data, profile)
     fit = t[~t.held_out]
-    assert set(fit.n_gpus) == {fit_gpus} and (fit.size_rank % 2 == 0).all() and t.held_out.any()
+    assert set(fit.n_gpus) == fit_gpus and (fit.size_rank % 2 == 0).all()
+    assert set(fit[fit.op == "alltoall"].n_gpus) == {max(fit_gpus)}  # no floor to separate: the largest count only
+    assert set(t[t.size_rank % 2 == 1].held_out) == {True} and set(t.n_gpus) - fit_gpus <= set(t[t.held_out].n_gpus)
     hw = load_hardware(profile)
     assert hw.collectives.all_to_all_alpha_s is not None and hw.collectives.all_to_all_channel_pool
+    most = max(fit_gpus)
     for op in fn.OPS:
-        rows = t[(t.op == op) & (t.n_gpus == fit_gpus) & (t.bytes >= fn.MIN_BYTES)]
+        rows = t[(t.op == op) & (t.n_gpus == most) & (t.bytes >= fn.MIN_BYTES)]
         ape = abs(fn.predict_rows(hw, rows) / rows.time_s.to_numpy() - 1)
         assert ape.mean() <= 0.10, op
 
@@ -149,7 +153,7 @@ def test_h100_fit_still_starts_from_its_profile(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_gb200_fit_reproduces_the_committed_profile(shared_data):
     """One `simfoe fit nccl --hardware gb200-nvl72` gives the committed values back (the profile is that
-    command's output, docs/calibration-kernels.md "Blackwell"); about 1 CPU minute (B200's, 4, is left to
+    command's output, docs/calibration-kernels.md "Blackwell"); about 1 CPU minute (B200's, several, is left to
     the documented commands). 2% allows a pricing change that moves the optimum within rounding."""
     path = shared_data / fn.table_of("gb200-nvl72")
     if not path.is_file():
@@ -188,3 +192,37 @@ def test_fewer_gpus_reach_a_lower_ring_bus_bandwidth(shared_data, profile):
     bus_pred = (n - 1) / n * 512 * 2**20 / fn.predict_rows(load_hardware(profile), ag)
     meas, pred = bus_meas[n == 2][0] / bus_meas[n == n.max()][0], bus_pred[n == 2][0] / bus_pred[n == n.max()][0]
     assert meas < 0.85 and pred == pytest.approx(meas, rel=0.10)
+
+
+def test_b200_takes_nccls_protocol_choice_and_stays_monotone():
+    """b200-sxm carries nvlink.nccl_protocol_choice (NCCL's pick, a per-step floor for LL128 / Simple). NCCL's pick
+    can make a price drop where the next protocol is faster at the path's terms; with the fitted B200 terms every
+    switch steps up (the tables' 19 -> 37 us kind), so the ring collectives stay monotone in bytes from 256 KiB to
+    512 MiB on 2, 4 and 8 GPUs (a grid of 8 points per doubling)."""
+    import numpy as np
+
+    from simfoe.costs.collectives import predict
+
+    hw = load_hardware("b200-sxm")
+    assert hw.collectives.nvlink.nccl_protocol_choice is not None
+    for op in ("all_gather", "reduce_scatter", "all_reduce"):
+        for n in (2, 4, 8):
+            sizes = np.geomspace(2**18, 2**29, 89)
+            t = [predict(hw, op, n, s / n if op == "all_gather" else s, "ring" if op == "all_reduce" else "auto")
+                 for s in sizes]
+            assert all(b >= a * (1 - 1e-9) for a, b in zip(t, t[1:])), (op, n)
+
+
+def test_b200_held_out_rows_within_10_percent(shared_data):
+    """Issue 25's bound on B200's held-out rows, 1 MiB and up, with NCCL's protocol choice: every ring collective
+    on 8 and 2 GPUs (odd sizes) and 4 GPUs (never fitted; before the choice 9.8-14.2%), the alltoall on 4 and 8. The
+    2-GPU alltoall (12.0%, predicted slow) is the one row set that misses it (docs/calibration-collectives.md)."""
+    path = shared_data / fn.table_of("b200-sxm")
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    e = fn.errors(load_hardware("b200-sxm"), fn.load_table(shared_data, "b200-sxm"))
+    for op in ("all_gather", "reduce_scatter", "all_reduce"):
+        for n in (2, 4, 8):
+            assert e[f"{op} {n} GPUs >=1MiB"]["mape_held_out"] <= 10, (op, n)
+    for n in (4, 8):
+        assert e[f"alltoall {n} GPUs >=1MiB"]["mape_held_out"] <= 10, n

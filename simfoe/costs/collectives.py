@@ -6,7 +6,10 @@ is on the fabric. Latency follows NCCL's own tuning model (src/graph/tuning.cc):
 collective plus a per-step hardware latency for each algorithm step (NVLink steps inside nodes, network
 steps between them), for one of three protocols: Simple (``alpha_s``, ``hop_s``, full calibrated
 bandwidth), LL and LL128 (their own base and per-step latencies, ``*_bandwidth_fraction`` of the rate).
-Each collective takes the protocol whose estimated time alone is smallest, as NCCL's tuner does. The base
+Each collective takes the protocol whose estimated time alone is smallest; profiles with
+``nvlink.nccl_protocol_choice`` run a one-domain ring (all-reduce ring, all-gather, reduce-scatter) on the protocol
+NCCL's own tuner picks from its published constants (:func:`nccl_ring_protocol`), which can be the slower one, with a
+per-step time floor for LL128 / Simple (:func:`_nccl_pick`). The base
 latency is the ``network`` path's when the group spans nodes, else ``nvlink``'s; ``nvls`` for in-switch
 reduction (Simple only, as in NCCL). Effective rates are derived once from the spec (:func:`rates`): the
 links run at the ring's calibrated efficiency; NVLS, tree and all-to-all flows put ``link rate / own rate``
@@ -332,11 +335,58 @@ def _ring_copy_factor(net: FlowNetwork, g: np.ndarray, steps: int) -> float:
     return 1.0 if not c or _spans_nodes(net, g) else (steps + c) / steps
 
 
+@dataclass(frozen=True)
+class TunerProtocol:
+    """One protocol in NCCL's ring tuning model: base latency (s), NVLink latency per ring step (s), share of the
+    ring's bus bandwidth."""
+
+    base_s: float
+    nvlink_step_s: float
+    bw_fraction: float
+
+
+#: NCCL src/graph/tuning.cc (NCCL 2.29): ring baseLat LL / LL128 / Simple 6.6 / 14.0 / 8.4 us, hwLat[NVLINK][RING]
+#: 0.6 / 1.9 / 3.4 us per step, bus bandwidth LL 0.5 x the ring's (capped at llMaxBw), LL128 0.92 x, Simple 1 x.
+NCCL_RING_TUNER = {"ll": TunerProtocol(6.6e-6, 0.6e-6, 0.5), "ll128": TunerProtocol(14.0e-6, 1.9e-6, 0.92),
+                   "simple": TunerProtocol(8.4e-6, 3.4e-6, 1.0)}
+
+
+def nccl_ring_protocol(choice, steps: int, per_gpu_bytes: float) -> str:
+    """The protocol NCCL's tuner picks for a one-domain ring of ``steps`` steps in which each GPU streams
+    ``per_gpu_bytes`` (``choice``: a NcclProtocolChoice). Its estimate: base + steps x per-step latency + the op's
+    bytes at the algorithm bandwidth, bus bandwidth x n / steps, i.e. ``per_gpu_bytes`` at the bus bandwidth."""
+    def estimate(name: str) -> float:
+        t = NCCL_RING_TUNER[name]
+        bw = choice.tuner_bus_bandwidth * t.bw_fraction
+        bw = min(bw, choice.tuner_ll_max_bandwidth) if name == "ll" else bw
+        return t.base_s + steps * t.nvlink_step_s + per_gpu_bytes / bw
+
+    return min(NCCL_RING_TUNER, key=estimate)
+
+
+def _nccl_pick(net: FlowNetwork, g: np.ndarray, steps: int, per_gpu_bytes: float, copy: float) -> tuple[Proto, float]:
+    """(protocol, latency s) of a one-domain ring under ``nvlink.nccl_protocol_choice``: NCCL's pick at the path's
+    own terms; LL128 / Simple then take at least floor_alpha_s + steps x floor_step_s, max'ed with the byte stream
+    alone (``copy`` x ``per_gpu_bytes`` at the protocol's rate): latency = max(own, floor - stream)."""
+    hw = net.cluster.hw
+    choice = hw.collectives.nvlink.nccl_protocol_choice
+    p = {q.name: q for q in protocols(net, g)}[nccl_ring_protocol(choice, steps, per_gpu_bytes)]
+    lat = _steps_latency(p, steps, 0)
+    if p.name == "ll":
+        return p, lat
+    stream = copy * per_gpu_bytes * p.wire_factor / rates(hw).nvlink
+    return p, max(lat, choice.floor_alpha_s + steps * choice.floor_step_s - stream)
+
+
 def _ring_step_plan(net: FlowNetwork, g: np.ndarray, steps: int, per_gpu_bytes: float) -> tuple[Phase, ...]:
-    """A ring of ``steps`` link steps (the fastest protocol, :func:`_choose`; the copy step where the profile has it)
-    in which each GPU streams ``per_gpu_bytes``."""
+    """A ring of ``steps`` link steps (the fastest protocol, :func:`_choose`, or inside one NVLink domain under
+    ``nvlink.nccl_protocol_choice`` NCCL's pick, :func:`_nccl_pick`; the copy step where the profile has it) in which
+    each GPU streams ``per_gpu_bytes``."""
     f = _ring_copy_factor(net, g, steps)
-    p, lat = _choose(net, g, steps, (steps // (g.size - 1)) * (_n_nodes(net, g) - 1), f * per_gpu_bytes)
+    if net.cluster.hw.collectives.nvlink.nccl_protocol_choice is not None and not _spans_nodes(net, g):
+        p, lat = _nccl_pick(net, g, steps, per_gpu_bytes, f)
+    else:
+        p, lat = _choose(net, g, steps, (steps // (g.size - 1)) * (_n_nodes(net, g) - 1), f * per_gpu_bytes)
     return (Phase((_ring_flows(net, g, per_gpu_bytes, lat, p.wire_factor * f),)),)
 
 

@@ -20,8 +20,11 @@ latencies and protocol bandwidth shares are NCCL's constants (fit_collectives.HO
 copy step) and ``all_to_all_alpha_s`` (the one-node all-to-all as NCCL's p2p kernel), with
 ``all_to_all_channel_pool`` set (SYSTEMS: the one table of what differs per system).
 
-Split, decided here: 8-GPU rows at even positions of the size ladder (512 B, 2 KiB, ... 512 MiB) are fitted;
-8-GPU rows at odd positions and every 2- and 4-GPU row are held out. The fit minimizes the mean relative
+Split, decided here (``NcclSystem.fit_gpus``): rows at even positions of the size ladder (512 B, 2 KiB, ... 512
+MiB) of the largest GPU count are fitted, odd positions and the other counts held out; B200, which runs NCCL's
+protocol choice with a per-step floor (``nvlink.nccl_protocol_choice``, CHOICE_PARAMS), fits its ring collectives at
+the even positions of 8 and 2 GPUs and holds out odd positions and all of 4 GPUs (one GPU count does not separate
+the floor's base from its per-step term); its all-to-all keeps 8 GPUs. The fit minimizes the mean relative
 error of :func:`simfoe.costs.collectives.predict` (Nelder-Mead; h100-sxm: from the profile's values, two rounds;
 B200 / GB200: from the ``-datasheet`` profile's values, restarted to convergence, :func:`start_params`, so the
 committed profiles are the documented commands' output whatever they held before).
@@ -62,6 +65,17 @@ P2P_PARAMS = ("nvlink.ll_bandwidth_fraction", "nvlink.ll128_bandwidth_fraction",
 #: and the ring's receive-only copy step (collectives._ring_copy_factor), the term that makes fewer GPUs reach a lower
 #: ring bus bandwidth; it starts at half a link step (between a free copy, 0, and a whole step, 1).
 RING_PARAMS = ("nvlink.ring_copy_step",)
+#: B200: NCCL's protocol choice (collectives.nccl_ring_protocol) and the LL128 / Simple per-step floor it needs
+#: (collectives._nccl_pick), the floor's base and per-step terms fitted (start: the measured post-switch floors,
+#: ~13 us + 12 us per step, docs/calibration-collectives.md).
+CHOICE = "nvlink.nccl_protocol_choice"
+CHOICE_PARAMS = (f"{CHOICE}.floor_alpha_s", f"{CHOICE}.floor_step_s")
+FLOOR_START = {CHOICE_PARAMS[0]: 13e-6, CHOICE_PARAMS[1]: 12e-6}
+#: NCCL's per-architecture bandwidths the choice reads (not fitted): Blackwell NVLink5, 18 links x SM100_NVLINK_BW
+#: 40.1 GB/s (src/graph/topo.h, 2.29) for the ring; llMaxBw 282 GB/s for LL (src/graph/tuning.cc, 2.29)
+BLACKWELL_TUNER = {"tuner_bus_bandwidth": 18 * 40.1e9, "tuner_ll_max_bandwidth": 282e9}
+TUNER_SOURCE = {"tuner_bus_bandwidth": "NCCL src/graph/topo.h (2.29): 18 NVLink5 links x SM100_NVLINK_BW 40.1 GB/s",
+                "tuner_ll_max_bandwidth": "NCCL src/graph/tuning.cc (2.29): llMaxBw on Blackwell, 282 GB/s"}
 TARGETS = ("h100-sxm", "h100-sxm-measured", "h200-sxm", "h200-sxm-measured")
 #: Nelder-Mead restarts: (least, most) rounds; a round gaining less than CONVERGED_RTOL (relative) of the loss ends it.
 CONVERGED_ROUNDS = (2, 12)
@@ -76,7 +90,9 @@ class NcclSystem:
     included): on both Blackwell tables a 512 MiB alltoall takes the same time on 2, 4 and 8 GPUs (B200 810 / 825 /
     834 us) though the bytes on the wire grow as (n-1)/n; on H100 it grows with n (959 / 1397 / 1490 us).
     ``start``: the profile whose collectives start the fit; ``rounds``: :func:`_minimize`'s; ``targets``: the
-    profiles written."""
+    profiles written. ``fit_gpus``: the GPU counts whose even size positions are fitted for the ring collectives (None,
+    and always for the all-to-all: the table's largest);
+    ``tuner``: NCCL's bandwidths for ``nvlink.nccl_protocol_choice`` (None: the fastest protocol, no floor)."""
 
     folder: str
     params: tuple[str, ...]
@@ -84,15 +100,22 @@ class NcclSystem:
     start: str
     rounds: tuple[int, int]
     targets: tuple[str, ...]
+    fit_gpus: tuple[int, ...] | None = None
+    tuner: dict | None = None
 
 
 #: profile -> its fit. h100-sxm keeps its historical fit (PARAMS from its own values, two rounds, written to the H100
 #: and H200 profiles) so that its numbers do not move; B200 / GB200 start from their ``-datasheet`` profile and run
 #: to convergence, so one ``fit nccl --write`` after ``calibrate`` gives the committed profile.
+#: B200 runs NCCL's protocol choice with its floor a + steps x f; one GPU count cannot separate a per-collective
+#: floor from a per-step one (its ops differ in steps by 2x at most), so its ring collectives are fitted on the even
+#: sizes of the largest and the smallest count (8 and 2 GPUs: 14 against 2 steps for all-reduce), odd sizes and all
+#: of 4 GPUs held out. The all-to-all has no floor: it keeps the largest count only (fitting its 2-GPU rows too
+#: trades them for the 8-GPU ones: 2 / 8 GPUs 12.0 / 6.4% -> 5.2 / 11.4%).
 SYSTEMS = {
     "h100-sxm": NcclSystem("h100_sxm", PARAMS, False, "h100-sxm", (2, 2), TARGETS),
-    "b200-sxm": NcclSystem("b200_sxm", PARAMS + P2P_PARAMS + RING_PARAMS, True, "b200-sxm-datasheet", CONVERGED_ROUNDS,
-                           ("b200-sxm",)),
+    "b200-sxm": NcclSystem("b200_sxm", PARAMS + P2P_PARAMS + RING_PARAMS + CHOICE_PARAMS, True, "b200-sxm-datasheet",
+                           CONVERGED_ROUNDS, ("b200-sxm",), (8, 2), BLACKWELL_TUNER),
     "gb200-nvl72": NcclSystem("gb200", PARAMS + P2P_PARAMS + RING_PARAMS, True, "gb200-nvl72-datasheet", CONVERGED_ROUNDS,
                               ("gb200-nvl72",)),
 }
@@ -103,14 +126,31 @@ def table_of(profile: str) -> Path:
     return Path(TABLE.as_posix().replace("h100_sxm", SYSTEMS[profile].folder))
 
 
+def load_table(shared: Path, profile: str) -> pd.DataFrame:
+    """``profile``'s nccl-tests table under ``shared`` with its system's split (:func:`load_nccl_tests`)."""
+    return load_nccl_tests(Path(shared) / table_of(profile), SYSTEMS[profile].fit_gpus)
+
+
+def with_choice(hw: HardwareSpec, tuner: dict | None) -> HardwareSpec:
+    """``hw`` with ``nvlink.nccl_protocol_choice`` holding NCCL's ``tuner`` bandwidths (its floor kept, or started at
+    FLOOR_START); ``hw`` itself when ``tuner`` is None."""
+    if tuner is None:
+        return hw
+    c = hw.collectives.model_dump()
+    old = c["nvlink"].get("nccl_protocol_choice") or {k.rsplit(".", 1)[1]: v for k, v in FLOOR_START.items()}
+    c["nvlink"]["nccl_protocol_choice"] = {**old, **tuner}
+    return hw.model_copy(update={"collectives": type(hw.collectives).model_validate(c)})
+
+
 def params_of(profile: str) -> tuple[str, ...]:
     """The parameters the fit of ``profile`` (a key of SYSTEMS) sets."""
     return SYSTEMS[profile].params
 
 
-def load_nccl_tests(path: str | Path) -> pd.DataFrame:
+def load_nccl_tests(path: str | Path, fit_gpus: tuple[int, ...] | None = None) -> pd.DataFrame:
     """Rows: op (nccl-tests name), collective, n_gpus, bytes (nccl-tests size), nbytes (predict's), time_s,
-    size_rank (position on the size ladder), held_out (bool: not the largest GPU count, or an odd position)."""
+    size_rank (position on the size ladder), held_out (bool: an odd position, or a GPU count other than the largest
+    and, for the ring collectives, than ``fit_gpus``)."""
     p = Path(path)
     if not p.is_file():
         raise SpecError("nccl_table", str(path), f"the nccl-tests parquet ({TABLE_NAME})")
@@ -122,7 +162,8 @@ def load_nccl_tests(path: str | Path) -> pd.DataFrame:
     out["collective"] = out["op"].map(lambda o: OPS[o][0])
     out["nbytes"] = [b / n if OPS[o][1] else b for o, b, n in zip(out["op"], out["bytes"], out["n_gpus"])]
     out["size_rank"] = out.groupby(["op", "n_gpus"])["bytes"].rank(method="dense").astype(int) - 1
-    out["held_out"] = (out["n_gpus"] != out["n_gpus"].max()) | (out["size_rank"] % 2 == 1)
+    fitted = (out["n_gpus"] == out["n_gpus"].max()) | (out["n_gpus"].isin(fit_gpus or ()) & (out["op"] != "alltoall"))
+    out["held_out"] = ~fitted | (out["size_rank"] % 2 == 1)
     return out.sort_values(["op", "n_gpus", "bytes"]).reset_index(drop=True)
 
 
@@ -144,7 +185,7 @@ def with_params(hw: HardwareSpec, x, params: tuple[str, ...] = PARAMS, pool: boo
 def current_params(hw: HardwareSpec, params: tuple[str, ...] = PARAMS) -> list[float]:
     """Start values of ``params`` from ``hw`` (unset latencies 10 us, the all-to-all efficiency the ring's)."""
     c = hw.collectives.model_dump()
-    start = {"all_to_all_nvlink_efficiency": c["nvlink"]["efficiency"], "nvlink.ring_copy_step": 0.5}
+    start = {"all_to_all_nvlink_efficiency": c["nvlink"]["efficiency"], "nvlink.ring_copy_step": 0.5, **FLOOR_START}
     out = []
     for name in params:
         node = c
@@ -218,17 +259,26 @@ def errors(hw: HardwareSpec, df: pd.DataFrame) -> dict:
     return out
 
 
-def _provenance(base: str, fit_gpus: int, params: tuple[str, ...]) -> dict:
-    """Provenance of every value ``write_profiles`` sets in ``base``'s fit."""
+def _provenance(base: str, fit_gpus: tuple[int, ...], held_gpus: tuple[int, ...], params: tuple[str, ...]) -> dict:
+    """Provenance of every value ``write_profiles`` sets in ``base``'s fit (``fit_gpus`` / ``held_gpus``: the GPU
+    counts fitted at even size positions / held out whole)."""
     name = "../shared/data/" + table_of(base).as_posix()
-    others = "odd positions and 2/4 GPUs" if fit_gpus == 8 else f"odd positions and fewer than {fit_gpus} GPUs"
-    prov = {f"collectives.{p}": f"fit to {name} (nccl-tests, half, {fit_gpus} GPUs, even size positions; "
-            f"{others} held out), simfoe.costs.fit_nccl_tests" for p in params}
+    fit, held = ("/".join(str(n) for n in ns) for ns in (fit_gpus, held_gpus))
+    fit += f" ({'/'.join(str(n) for n in fit_gpus[1:])}: ring collectives only)" if len(fit_gpus) > 1 else ""
+    prov = {f"collectives.{p}": f"fit to {name} (nccl-tests, half, {fit} GPUs, even size positions; "
+            f"odd positions and {held} GPUs held out), simfoe.costs.fit_nccl_tests" for p in params}
     prov["collectives.nvlink.ll128_hop_s"] = LL128_SOURCE
     if "nvlink.ring_copy_step" in params:
         prov["collectives.nvlink.ring_copy_step"] += (
             "; the term: NCCL src/device/all_gather.h, reduce_scatter.h, all_reduce.h runRing (2.29), each chunk loop "
             "ends in a receive-only copy into the user buffer (simfoe.costs.collectives._ring_copy_factor)")
+    for k, v in (TUNER_SOURCE if SYSTEMS[base].tuner else {}).items():
+        prov[f"collectives.{CHOICE}.{k}"] = v
+    for p in params:
+        if p.startswith(CHOICE):
+            prov[f"collectives.{p}"] += ("; the term: NCCL's pick (src/graph/tuning.cc 2.29 constants, "
+                                         "simfoe.costs.collectives.nccl_ring_protocol) runs LL128 / Simple at least "
+                                         "floor_alpha_s + steps x floor_step_s (collectives._nccl_pick)")
     if "nvlink.ll128_bandwidth_fraction" not in params:
         prov["collectives.nvlink.ll128_bandwidth_fraction"] = LL128_SOURCE
     if SYSTEMS[base].channel_pool:
@@ -239,7 +289,8 @@ def _provenance(base: str, fit_gpus: int, params: tuple[str, ...]) -> dict:
     return prov
 
 
-def write_profiles(params, base: str = "h100-sxm", fit_gpus: int = FIT_GPUS) -> list[str]:
+def write_profiles(params, base: str = "h100-sxm", fit_gpus: tuple[int, ...] = (FIT_GPUS,),
+                   held_gpus: tuple[int, ...] = (2, 4)) -> list[str]:
     """Write the fitted parameters (:func:`params_of`, with NCCL's LL128 terms) into every profile of
     ``SYSTEMS[base].targets``, with provenance; only the sections this fit owns (other fits write the rest of
     ``collectives``)."""
@@ -247,12 +298,12 @@ def write_profiles(params, base: str = "h100-sxm", fit_gpus: int = FIT_GPUS) -> 
     from simfoe.specs.profile_io import update_profile
 
     system, names = SYSTEMS[base], params_of(base)
-    prov = _provenance(base, fit_gpus, names)
+    prov = _provenance(base, fit_gpus, held_gpus, names)
     a2a = ("all_to_all_nvlink_efficiency",) + (
         ("all_to_all_alpha_s", "all_to_all_channel_pool") if "all_to_all_alpha_s" in names else ())
     written = []
     for t in system.targets:
-        c = with_params(load_hardware(t), params, names, system.channel_pool).collectives
+        c = with_params(with_choice(load_hardware(t), system.tuner), params, names, system.channel_pool).collectives
         pt = prov if not t.startswith("h200") else {
             k: f"copied from the h100-sxm fit (same NVLink4/NVSwitch gen3; no H200 table): {v}" for k, v in prov.items()}
         sections = [("nvlink", c.nvlink.model_dump(exclude_none=True)), ("nvls", c.nvls.model_dump(exclude_none=True))]
@@ -270,15 +321,18 @@ def run_fit(shared: Path, write: bool, base: str = "h100-sxm") -> dict:
     """
     from simfoe.specs.io import load_hardware
 
-    df = load_nccl_tests(Path(shared) / table_of(base))
-    system, hw, names = SYSTEMS[base], load_hardware(base), params_of(base)
+    df = load_table(shared, base)
+    system, names = SYSTEMS[base], params_of(base)
+    hw = with_choice(load_hardware(base), system.tuner)
     pool = system.channel_pool
     params, fit_mape = _fit(hw, df[~df["held_out"]], names, pool, start_params(base, names), system.rounds)
     hw = with_params(hw, params, names, pool)
     result = {"params": dict(zip(names, params)), "fit_mape": round(100 * fit_mape, 2), "errors": errors(hw, df),
               "written": []}
     if write:
-        result["written"] = write_profiles(params, base, int(df["n_gpus"].max()))
+        fitted = tuple(sorted(set(df.loc[~df["held_out"], "n_gpus"]), reverse=True))
+        held = tuple(sorted(set(df["n_gpus"]) - set(fitted)))
+        result["written"] = write_profiles(params, base, fitted, held)
     return result
 
 

@@ -59,6 +59,22 @@ class NetworkSpec(Spec):
     oversubscription: float = Field(1.0, ge=1.0, description="leaf uplink oversubscription factor")
 
 
+class NcclProtocolChoice(Spec):
+    """Ring collectives inside one NVLink domain run the protocol NCCL's own tuner picks, not the fastest one.
+
+    The pick uses NCCL's published ring constants (simfoe.costs.collectives.NCCL_RING_TUNER: base and per-step
+    latencies, bandwidth shares) with the two per-architecture bandwidths below; nothing fitted enters it. The
+    chosen protocol is priced with the path's own terms; LL128 and Simple also take at least ``floor_alpha_s`` +
+    steps x ``floor_step_s`` (the byte stream hides it once it is longer)."""
+
+    tuner_bus_bandwidth: float = Field(gt=0, description="ring bus bandwidth NCCL's tuner assumes for one GPU "
+                                       "(its topology's NVLink bandwidth), bytes/s")
+    tuner_ll_max_bandwidth: float = Field(gt=0, description="NCCL's cap on the LL protocol's bus bandwidth "
+                                          "(llMaxBw), bytes/s")
+    floor_alpha_s: float = Field(ge=0, description="LL128 / Simple ring: base of the time floor, s")
+    floor_step_s: float = Field(ge=0, description="LL128 / Simple ring: time floor per ring step, s")
+
+
 class PathCalibration(Spec):
     """Latency-bandwidth calibration of one transfer path, for NCCL's two regimes.
 
@@ -66,8 +82,8 @@ class PathCalibration(Spec):
     its bytes at ``efficiency`` x line rate, shared max-min fairly with other flows. LL protocol (small
     messages, when ``ll_alpha_s`` is set): ``ll_alpha_s + steps * ll_hop_s``, at
     ``ll_bandwidth_fraction`` of that rate; LL128 (mid-size messages, when ``ll128_alpha_s`` is set)
-    likewise with its own terms. Each collective uses the protocol that is faster for its size, as
-    NCCL's tuner does.
+    likewise with its own terms. Each collective uses the protocol that is faster for its size, or, with
+    ``nccl_protocol_choice``, the ring's inside one NVLink domain uses the one NCCL's tuner picks.
     """
 
     alpha_s: float = Field(ge=0, description="Simple protocol: base latency of one collective on this path, s")
@@ -83,6 +99,15 @@ class PathCalibration(Spec):
                                   "NVLink domain: time of a channel's receive-only last step of each chunk loop (a copy "
                                   "into the user buffer, no link bytes), in link steps; s link steps then take "
                                   "(s + ring_copy_step) / s of the link time (None: no such term)")
+    nccl_protocol_choice: NcclProtocolChoice | None = Field(
+        None, description="ring collectives inside one NVLink domain take the protocol NCCL's tuner picks, with a "
+        "per-step time floor for LL128 / Simple (None: the fastest protocol for the size)")
+
+    @model_validator(mode="after")
+    def _choice_needs_protocols(self) -> "PathCalibration":
+        if self.nccl_protocol_choice is not None and (self.ll_alpha_s is None or self.ll128_alpha_s is None):
+            raise ValueError("nccl_protocol_choice needs ll_alpha_s and ll128_alpha_s (NCCL picks among all three)")
+        return self
 
 
 class DispatchKernel(Spec):
