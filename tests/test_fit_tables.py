@@ -100,6 +100,31 @@ def test_gemm_correction_grid_fit_recovers_a_known_factor(h100_tables):
     assert np.median(np.abs(ratio - 1.0)) < 0.02
 
 
+def test_gemm_correction_l1_rounds_follow_the_majority():
+    """Every m, n, k at one grid node: 9 rows measured 1.2x the smooth form and one 3x. Least squares takes the mean
+    log ratio (damped); the reweighted rounds (CORRECTION_L1) take the median, 1.2x."""
+    import math
+
+    import numpy as np
+    import pandas as pd
+
+    from simfoe.specs.hardware import GemmCorrection
+
+    hw = load_hardware("h100-sxm")
+    rows = pd.DataFrame({"op": "gemm", "variant": "dense", "dtype": "bf16", "m": 1024, "n": 2048, "k": 2048},
+                        index=range(10))
+    rows["t_s"] = FT.predict_rows(hw, rows) * np.array([1.2] * 9 + [3.0])
+
+    def node(g):  # the grid's factor at m = 1024, n = k = 2048 (log2 10, 11, 11: grid nodes)
+        hw2 = hw.model_copy(update={"gemm_corrections": {"bf16": GemmCorrection.model_validate(g)}})
+        return K.gemm_correction(hw2, "bf16", 1024, 2048, 2048)
+
+    ls, l1 = node(FT.fit_gemm_correction(hw, rows)), node(FT.fit_gemm_correction(hw, rows, 8))
+    mean = math.exp(np.mean(np.log([1.2] * 9 + [3.0])))  # 1.318
+    assert ls == pytest.approx(mean, rel=0.01)
+    assert l1 == pytest.approx(1.2, rel=0.01)
+
+
 def test_gemm_correction_interpolates_in_log2():
     import math
 
@@ -275,3 +300,21 @@ def test_stored_blackwell_profiles_hold_attention_bounds(shared_data, system, pr
     dec = [p for p in parts if p.family == "attention_decode_mla"][0].rows
     h32 = dec[dec.heads == 32]
     assert 0.9 < float(np.median(FT.predict_rows(hw, h32) / h32.t_s.to_numpy())) < 1.1
+
+
+def test_non_gated_rows_price_one_up_projection(b200_tables):
+    """Nemotron-3's experts are relu^2, two matrices (fit_tables.NON_GATED): its rows carry gated = 0 and are priced
+    with an up projection of n = inter / TP columns, not 2n; the other shapes keep the gate (gated = 1)."""
+    from simfoe.calibration.fit_profile import predict_kernel_row
+
+    rows = [p for p in FT.table_parts(b200_tables) if p.label == "fused moe bf16"][0].rows
+    shape = list(zip(rows.k, rows.n))
+    assert set(rows.gated[[s == (8192, 5120) for s in shape]]) == {0}  # Nemotron-3 Ultra at TP 1
+    assert set(rows.gated[[s == (7168, 2048) for s in shape]]) == {1}  # DeepSeek-V3 / Kimi-K2 at TP 1
+    hw = load_hardware("b200-sxm")
+    r = next(rows[rows.gated == 0].iloc[[0]].itertuples(index=False))
+    loads = [float(x) for x in r.tokens_per_expert.split(";")]
+    k, n = int(r.k), int(r.n)
+    gated = next(rows[rows.gated == 0].iloc[[0]].assign(gated=1).itertuples(index=False))
+    up_gap = K.grouped_gemm(hw, loads, 2 * n, k).latency_s - K.grouped_gemm(hw, loads, n, k).latency_s
+    assert predict_kernel_row(hw, gated) - predict_kernel_row(hw, r) == pytest.approx(up_gap) and up_gap > 0.0

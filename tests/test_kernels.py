@@ -118,6 +118,22 @@ def test_gemm_fp8_family_prices_fp8_only():
     assert slow >= 2 * m * n * k / (H100.peak("fp8") * 0.3)
 
 
+def test_gemm_row_tile_by_hand():
+    """A gemm family's m_tile rounds the compute term's rows up to whole tiles (gemm_fp8 over gemm); m = 1 (the
+    matrix-vector kernel) and families without it keep the exact rows."""
+    fam = {"eff_max": 1.0, "m_pad": 0.0, "n_pad": 0.0, "k_pad": 0.0, "mem_eff": 1.0, "mem_floor_bytes": 0.0,
+           "launch_s": 0.0, "smooth_p": math.inf}
+    hw = RAW.model_copy(update={"kernels": {"gemm": fam, "gemm_fp8": {"m_tile": 128}}})
+    n = k = 16384  # compute-bound from 512 rows of fp8 (2 x 512 x n x k / fp8 peak > fp8 bytes / BW)
+    c = K.gemm(hw, 513, n, k, "fp8")
+    assert c.bound == "compute" and c.flops == 2 * 513 * n * k
+    assert c.latency_s == pytest.approx(2 * 640 * n * k / hw.peak("fp8"))  # five 128-row tiles
+    assert K.gemm(hw, 512, n, k, "fp8").latency_s == pytest.approx(2 * 512 * n * k / hw.peak("fp8"))
+    assert K.gemm_rows(hw, "fp8", 1) == 1 and K.gemm_rows(hw, "fp8", 2) == 128
+    assert K.gemm_rows(hw, "bf16", 129) == 129  # bf16 takes kernels.gemm, which has no m_tile
+    assert K.gemm(H100, 129, n, k, "fp8") == K.gemm(H100.model_copy(), 129, n, k, "fp8")
+
+
 def test_grouped_gemm_is_one_launch():
     one = K.grouped_gemm(H100, [4] * 8, 1024, 1024).latency_s
     eight = sum(K.gemm(H100, 4, 1024, 1024).latency_s for _ in range(8))

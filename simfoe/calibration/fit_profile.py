@@ -171,11 +171,12 @@ def predict_kernel_row(hw, r) -> float | None:
     if r.op == "memcopy" and r.variant == "copy":
         return K.elementwise(hw, 2.0 * float(r.size_bytes)).latency_s
     if r.op == "grouped_ffn":
-        # as simfoe.forward.plan._experts_seconds: grouped up (n=2f), activation, grouped down, routed slots
+        # as simfoe.forward.plan._experts_seconds: grouped up (n=2f, f ungated), activation, grouped down, routed slots
         loads = np.array([int(x) for x in str(r.tokens_per_expert).split(";") if x != ""], dtype=float)
         k, n, eb = int(r.k), int(r.n), number_format(dt).output_bytes  # fp4 experts write bf16
         slots = float(getattr(r, "slots", loads.sum()))  # kernel tables: every token x top-k slot
-        return (K.grouped_gemm(hw, loads, 2 * n, k, dt).latency_s
+        up = (2 if int(getattr(r, "gated", 1)) else 1) * n  # kernel tables: relu^2 experts have no gate matrix
+        return (K.grouped_gemm(hw, loads, up, k, dt).latency_s
                 + K.elementwise(hw, 3.0 * loads.sum() * n * eb, kind="act").latency_s
                 + K.grouped_gemm(hw, loads, k, n, dt).latency_s + K.moe_slots(hw, slots, k, n, dt).latency_s)
     if r.op == "routing_glue":

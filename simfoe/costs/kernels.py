@@ -18,7 +18,8 @@ Fitted parameters live in ``hw.kernels`` (see docs/calibration-kernels.md), one 
     ``eff_max`` (peak fraction reached by large GEMMs), ``m_pad``, ``n_pad``, ``k_pad`` (elements):
     eff_c = eff_max * m/(m+m_pad) * n/(n+n_pad) * k/(k+k_pad), i.e. the kernel behaves as if each
     dimension were padded by a fixed amount (tile and wave under-fill); ``mem_eff`` and
-    ``mem_floor_bytes``: eff_m = mem_eff * B/(B+mem_floor_bytes); ``launch_s``; ``smooth_p``.
+    ``mem_floor_bytes``: eff_m = mem_eff * B/(B+mem_floor_bytes); ``launch_s``; ``smooth_p``; optional ``m_tile``
+    (rows; :func:`gemm_rows`): the compute term's m rounded up to whole row tiles (kernel-table fits of fp8 / fp4).
 Precision (simfoe.specs.precision): a GEMM's ``dtype`` is its activations' format and ``weights`` its weights'
 (default: the same); bytes count each operand in its format with its scales, the output in the activations'
 output format (bf16 for fp8-block/mxfp4/nvfp4). The math runs at the peak of the wider operand class
@@ -193,8 +194,16 @@ def gemm_params(hw, dtype: str = "bf16") -> tuple[float, float, float, float, fl
     )
 
 
+def gemm_rows(hw, dtype: str, m: float) -> float:
+    """Rows a GEMM of ``m`` rows computes: ``m`` rounded up to whole ``m_tile`` rows of its family (``gemm``, or
+    ``gemm_fp8`` / ``gemm_fp4`` over it; absent: ``m``); m = 1 stays 1 (matrix-vector kernel)."""
+    g = _family(hw, f"gemm_{dtype}") if dtype in NARROW_MATH else {}
+    tile = float(g.get("m_tile", _family(hw, "gemm").get("m_tile", 0.0)))
+    return m if tile <= 0.0 or m <= 1.0 else math.ceil(m / tile) * tile
+
+
 def gemm_time_array(peak: float, bw: float, params: Sequence[float], m, n, k, elem_bytes: float = 2.0):
-    """Vectorized GEMM latency (s) for numpy arrays m, n, k; same formula as :func:`gemm`.
+    """Vectorized GEMM latency (s) for numpy arrays m, n, k; same formula as :func:`gemm` (without ``m_tile``).
 
     Used by the fitter; ``params`` as returned by :func:`gemm_params`.
     """
@@ -271,7 +280,7 @@ def gemm(hw, m: int, n: int, k: int, dtype: str = "bf16", weights: str | None = 
     eff_max, m_pad, n_pad, k_pad, mem_eff, floor_b, launch, p = gemm_params(hw, mdt)
     if m == 1:
         m_pad = 0.0  # matrix-vector kernel (see docstring)
-    t_c = 2.0 * (m + m_pad) * (n + n_pad) * (k + k_pad) / (hw.peak(mdt) * eff_max)
+    t_c = 2.0 * (gemm_rows(hw, mdt, m) + m_pad) * (n + n_pad) * (k + k_pad) / (hw.peak(mdt) * eff_max)
     t_m = (nbytes + floor_b) / (hw.gpu.hbm_bandwidth * mem_eff)
     c = _cost(t_c, t_m, p, launch, flops, nbytes)
     f = gemm_correction(hw, mdt, m, n, k)
