@@ -310,7 +310,7 @@ def test_non_gated_rows_price_one_up_projection(b200_tables):
     rows = [p for p in FT.table_parts(b200_tables) if p.label == "fused moe bf16"][0].rows
     shape = list(zip(rows.k, rows.n))
     assert set(rows.gated[[s == (8192, 5120) for s in shape]]) == {0}  # Nemotron-3 Ultra at TP 1
-    assert set(rows.gated[[s == (7168, 2048) for s in shape]]) == {1}  # DeepSeek-V3 / Kimi-K2 at TP 1
+    assert set(rows.gated[[s == (4096, 1536) for s in shape]]) == {1}  # Qwen3-235B-A22B at TP 1
     hw = load_hardware("b200-sxm")
     r = next(rows[rows.gated == 0].iloc[[0]].itertuples(index=False))
     loads = [float(x) for x in r.tokens_per_expert.split(";")]
