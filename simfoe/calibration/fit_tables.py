@@ -364,7 +364,9 @@ def _train_all(rows):
     return rows[~rows.held.to_numpy()]
 
 
-def _spec_for(family: str, kern: dict) -> dict:
+def _spec_for(family: str, kern: dict, tiled: bool = False) -> dict:
+    """The fit spec of ``family``: GEMM and grouped forms from ``kern``'s fitted start; attention families'
+    tiled form with ``tiled`` (a TILE_GRID fit)."""
     from simfoe.calibration.fit_profile import _gemm_spec
 
     if family in ("gemm", "gemm_fp8", "gemm_fp4"):
@@ -380,7 +382,7 @@ def _spec_for(family: str, kern: dict) -> dict:
         spec["slot_bytes"] = (2.0, 1e-3, 1e3, True)
         spec["slot_inter_bytes"] = (1.0, 1e-3, 1e3, True)
         return spec
-    return _attn_spec(family)
+    return _attn_spec(family, tiled)
 
 
 def fit_parts(hw0, kern: dict, parts: list[Part]) -> dict:
@@ -403,8 +405,7 @@ def _fit_grid(hw0, kern: dict, part: Part, tr) -> dict:
     the training draw ``tr``."""
     from simfoe.calibration.fit_profile import _fit_family, _with_kernels
 
-    attn = part.family.startswith("attention")
-    spec = _attn_spec(part.family, tiled=True) if attn else _spec_for(part.family, kern)
+    spec = _spec_for(part.family, kern, tiled=True)
     best, best_err = None, math.inf
     for shape in part.grid:
         trial = {**kern, part.family: {**kern.get(part.family, {}), **shape}}

@@ -379,6 +379,13 @@ def grouped_gemm(hw, tokens_per_expert, n: int, k: int, dtype: str = "bf16",
     return _cost(t_c, t_m, g["smooth_p"], g["launch_s"], flops, nbytes)
 
 
+def moe_slots_fitted(hw, dtype: str = "bf16", weights: str | None = None) -> bool:
+    """Whether the grouped family of these operands carries the per-slot term :func:`moe_slots` prices
+    (``slot_bytes`` or ``slot_inter_bytes``); without it every :func:`moe_slots` call is zero."""
+    g = grouped_params(hw, operands(dtype, weights)[2])
+    return bool(g.get("slot_bytes", 0.0) or g.get("slot_inter_bytes", 0.0))
+
+
 def moe_slots(hw, slots: float, hidden: int, inter: int, dtype: str = "bf16", weights: str | None = None) -> KernelCost:
     """Per-slot work of a fused MoE kernel (permute, quantization, activation hand-off and finalize of every
     routed token x expert slot it walks, whatever the experts' owner): ``slots`` x (``hidden`` x
@@ -484,21 +491,22 @@ def attention_decode(hw, batch: int, kv_len, n_heads: int, n_kv_heads: int, head
     b = _pos("batch", batch, allow_zero=True)
     h, hkv, d = _check_heads(n_heads, n_kv_heads, head_dim)
     if isinstance(kv_len, (int, float)) and not isinstance(kv_len, bool):
-        total = _pos("kv_len", kv_len, allow_zero=True) * b
+        lens = _pos("kv_len", kv_len, allow_zero=True)
+        total = lens * b
     else:
         import numpy as np
 
-        arr = np.asarray(kv_len, dtype=float).ravel()
-        if arr.size != b or not np.all(np.isfinite(arr)) or np.any(arr < 0):
+        lens = np.asarray(kv_len, dtype=float).ravel()
+        if lens.size != b or not np.all(np.isfinite(lens)) or np.any(lens < 0):
             raise SpecError("kv_len", kv_len, f"an int or {int(b)} per-sequence lengths >= 0")
-        total = float(arr.sum())
+        total = float(lens.sum())
     if b == 0:
         return KernelCost(0.0, 0.0, 0.0, "launch")
     eb, kvb = dtype_bytes(dtype), dtype_bytes(kv_dtype or dtype)
     flops = 4.0 * h * d * total
     nbytes = d * (kvb * 2.0 * hkv * total + eb * 2.0 * b * h)
     f = (_family(hw, "attention_decode_mla") if mla else None) or _family(hw, "attention_decode")
-    read = _decode_tokens(f, kv_len, b, total)
+    read = _decode_tokens(f, lens, b, total)
     t_c = 4.0 * h * d * read / (hw.peak(dtype) * float(f.get("eff_max", 1.0)))
     g = _head_groups(f, hw.gpu.sms, b, h / hkv, total / b) if mla else 1.0
     reads = 1.0 + float(f.get("reread", 1.0)) * (g - 1.0)  # the KV latent, once per head group
@@ -534,17 +542,18 @@ def _head_groups(f: dict, sms: int | None, b: float, heads: float, kv: float) ->
     return 1.0
 
 
-def _decode_tokens(f: dict, kv_len, b: float, total: float) -> float:
+def _decode_tokens(f: dict, lens, b: float, total: float) -> float:
     """KV tokens a decode kernel reads: ``total``, or with a ``kv_tile`` (tokens, the kernel's KV tile / page)
-    each sequence's length rounded up to whole tiles."""
+    each sequence's length (``lens``: one float for all ``b``, or a checked float array) rounded up to whole
+    tiles."""
     tile = float(f.get("kv_tile", 0.0))
     if tile <= 0.0:
         return total
-    if isinstance(kv_len, (int, float)):
-        return b * math.ceil(float(kv_len) / tile) * tile
+    if isinstance(lens, float):
+        return b * math.ceil(lens / tile) * tile
     import numpy as np
 
-    return float((np.ceil(np.asarray(kv_len, dtype=float) / tile) * tile).sum())
+    return float((np.ceil(lens / tile) * tile).sum())
 
 
 def _split_fill(f: dict, sms: int | None, seq_heads: float, mean_kv: float) -> float:

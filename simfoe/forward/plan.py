@@ -113,8 +113,7 @@ class _Costs:
         f = self.formats
         on = self._c.get("slots")
         if on is None:  # whether the profile fitted the term at all: most do not, and then it is 0 every call
-            g = K.grouped_params(self.hw, K.operands(f.gemm_activations, f.expert_weights)[2])
-            on = self._c["slots"] = bool(g.get("slot_bytes", 0.0) or g.get("slot_inter_bytes", 0.0))
+            on = self._c["slots"] = K.moe_slots_fitted(self.hw, f.gemm_activations, f.expert_weights)
         if not on:
             return 0.0
         return K.moe_slots(self.hw, float(rows), int(h), int(width), f.gemm_activations, f.expert_weights).latency_s
@@ -255,9 +254,10 @@ class _Routed:
     node_visits: float = 0.0  # (token, node) pairs the expert choices reach
 
 
-def _per_gpu_step(fn, tokens: np.ndarray, independent: bool = False) -> Compute:
-    """An ``experts`` compute step of ``fn(n)`` seconds on each GPU, ``n`` its tokens (``tokens``, one per GPU)."""
-    return Compute("experts", np.array([fn(n) for n in tokens]), independent=independent)
+def _per_gpu_step(fn, tokens: np.ndarray, independent: bool = False, reps: int = 1) -> Compute:
+    """An ``experts`` compute step of ``fn(n)`` seconds on each GPU, ``n`` its tokens (``tokens``, one per GPU;
+    with ``reps``, one per GPU of a group the step repeats ``reps`` times, each ``fn(n)`` priced once)."""
+    return Compute("experts", np.tile([fn(n) for n in tokens], reps), independent=independent)
 
 
 def _rows_bytes(tokens: np.ndarray, h: int, b: float) -> tuple:
@@ -515,19 +515,18 @@ def _foe_cluster_experts(c: _Costs, model: ModelSpec, L: FoELayout, steps: list,
     g ways in each cluster, dispatched to and combined from the cluster's experts by an all-to-all among its
     GPUs (NVLink), the clusters' shared-expert slices beside the dispatch, and an all-gather in the cluster."""
     g, h, b = L.gpus_per_cluster, model.hidden, c.act_bytes
-    clusters, shard = _groups(L.gpus, g), even_split(T, g)
-    tok_gpu = np.tile(shard, L.clusters)
-    steps.append(_per_gpu_step(lambda n: _router_seconds(c, model, n, L.experts_per_cluster), tok_gpu))
+    clusters, shard, C = _groups(L.gpus, g), even_split(T, g), L.clusters
+    steps.append(_per_gpu_step(lambda n: _router_seconds(c, model, n, L.experts_per_cluster), shard, reps=C))
     routed = _foe_route_clusters(c, model, L, clusters, shard, probs, rng, memo)
     per_elem = {op: D.copy_bytes(h, c.formats.bytes_of(op), "direct", op) / h for op in ("dispatch", "combine")}
     steps.append(Collective("all_to_all", "dispatch", clusters,
                             tuple(m * per_elem["dispatch"] for m in routed.traffic), "direct"))
     if L.shared_ffn:  # the clusters' shared-expert slices, during the dispatch under two-batch overlap
-        steps.append(_per_gpu_step(lambda n: _ffn_seconds(c, model, n, L.shared_ffn), tok_gpu, True))
+        steps.append(_per_gpu_step(lambda n: _ffn_seconds(c, model, n, L.shared_ffn), shard, True, reps=C))
     steps.append(Compute("experts", routed.expert_s))
     steps.append(Collective("all_to_all", "combine", clusters,
                             tuple(m.T * per_elem["combine"] for m in routed.traffic), "direct"))
-    steps.append(_per_gpu_step(lambda n: _add_seconds(c, model, n), tok_gpu))
+    steps.append(_per_gpu_step(lambda n: _add_seconds(c, model, n), shard, reps=C))
     steps.append(Collective("all_gather", "all_reduce", clusters, (float(shard.max()) * h * b,) * len(clusters)))
     return LayerPlan(steps, routed.local, routed.activations)
 
