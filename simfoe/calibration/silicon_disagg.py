@@ -62,7 +62,9 @@ class Recipe:
 #: (ISL, OSL, concurrency); the recipes (NVIDIA/srt-slurm 5063eb43, recipes/trtllm/h100-fp8/) set the engines'
 #: max_batch_size. The silicon file's decode_batch_size is the concurrency / workers instead (2, 3, 10, 20, 77),
 #: so its runs held 1.2-2x more clients than decode slots (6 clients on 3 x 1). Prefill: one worker of attention
-#: DP 16 (ctx1 dep16); sa-bench clients (:data:`SA_BENCH_RANGE_STYLE`).
+#: DP 16 (ctx1 dep16). Their sa-bench clients draw lengths from [int(L r), L] (srt-slurm
+#: src/srtctl/benchmarks/scripts/sa-bench/benchmark_serving.py ``sample_random_requests``; the recipes' max_seq_len,
+#: ISL + OSL + 40, admits no more), as InferenceX's client does: the rows' own ``range_style``.
 RECIPES = {
     (1024, 1024, 6): Recipe("1k1k/stp/ctx1_gen3_tep16_batch1_eplb0_mtp0.yaml", 1, 2, 3),
     (1024, 1024, 9): Recipe("1k1k/stp/ctx1_gen3_tep16_batch2_eplb0_mtp0.yaml", 2, 2, 3),
@@ -73,11 +75,7 @@ RECIPES = {
     (8192, 1024, 30): Recipe("8k1k/stp/ctx1_gen3_tep16_batch8_eplb0_mtp0.yaml", 8, 1, 3),
     (8192, 1024, 154): Recipe("8k1k/stp/ctx1_gen2_tep16_batch64_eplb0_mtp0.yaml", 64, 1, 2),
 }
-RECIPE_IMAGE = "nvcr.io/nvidia/ai-dynamo/tensorrtllm-runtime:0.8.1.post3"
-
-#: srt-slurm's sa-bench draws lengths from [int(L r), L] (src/srtctl/benchmarks/scripts/sa-bench/
-#: benchmark_serving.py, ``sample_random_requests``; the recipes' max_seq_len, ISL + OSL + 40, admits no more)
-SA_BENCH_RANGE_STYLE = "below"
+RECIPE_IMAGE = f"nvcr.io/nvidia/{DYNAMO_TRTLLM_IMAGE}:0.8.1.post3"
 
 
 @dataclass(frozen=True)
@@ -165,7 +163,7 @@ def disagg_scenario(row: SiliconRow, hardware: str, preset: str, is_moe: bool, d
                           range_ratio=INFERENCEX_RANGE_RATIO if row.inferencex else 0.0,
                           engine=BACKEND_ENGINES.get(row.backend), **specs,
                           order="prefill-first" if DYNAMO_TRTLLM_IMAGE in row.source else "decode-first",
-                          range_style=SA_BENCH_RANGE_STYLE if rec else row.range_style)
+                          range_style=row.range_style)
 
 
 def _pools(sc: DisaggScenario, engines: dict | None):

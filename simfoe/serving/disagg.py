@@ -182,13 +182,6 @@ class DecodeReplica(Replica):
             self.engine.disagg.pump(self, k)
 
 
-def _wake(rep: Replica) -> None:
-    ev = rep.idle
-    if ev is not None:
-        rep.idle = None
-        ev.succeed()
-
-
 def _rank_gpus(gpus: int, ranks: int) -> int:
     """GPUs holding one request's KV in a worker of ``gpus`` GPUs and ``ranks`` DP attention ranks (all of
     them when the ranks do not split the GPUs evenly)."""
@@ -402,7 +395,7 @@ class DisaggEngine:
         rep = self.pre.replicas[ps.replica[i]]
         rep.ranks[ps.rank[i]].kv.free += int(ps.blocks[i])
         ps.blocks[i] = 0
-        _wake(rep)
+        rep.wake()
 
     def _refuse(self, i: int) -> None:
         """Drop request ``i`` at the decode side: prompt + output never fit a decode rank's KV cache
@@ -437,7 +430,7 @@ class DisaggEngine:
         else:
             st.ctx[i], st.pf_left[i] = p - 1, 1
         rep.ranks[r].running.append(i)
-        _wake(rep)
+        rep.wake()
 
     # ---- run
     def run(self) -> DisaggEngine:

@@ -62,7 +62,7 @@ def decode_run(rep, batch, now: float) -> tuple[float, ...] | None:
     blocks = (ctx0 + k - 1) // bs - ctx0 // bs  # blocks each decode adds in iterations 1..k-1
     alloc = alloc[:, :k]  # the blocks of the k iterations that run (a prefix of those tried)
     _book_counters(rep, lat, ex, alloc)
-    _book_tokens(st, dec, t[1:k])
+    st.emit_run(dec, t[1:k])  # enabled(): no emit hook, so no held rows
     st.ctx[dec] += k - 1
     st.blocks[dec] += blocks
     for q, n in zip(rep.ranks, alloc.sum(axis=1).tolist()):
@@ -160,38 +160,9 @@ def _book_counters(rep, lat: np.ndarray, ex: np.ndarray | None, alloc: np.ndarra
         rep.excess_s = _sum(rep.excess_s, ex)
 
 
-def _book_tokens(st, dec: np.ndarray, t: np.ndarray) -> None:
-    """Emit one token per decode at each time of ``t`` (s), as ``len(t)`` calls of ``st.emit`` would."""
-    m = len(t)
-    if st.token_buf is not None:
-        st.token_buf[(st.token_offsets[dec] + st.gen[dec])[:, None] + np.arange(m)] = t
-    st.gen[dec] += m
-    g0 = t[0] - st.last[dec]
-    rest = np.diff(t)
-    st.sum_gap[dec] = _sum_rows(st.sum_gap[dec] + g0, rest)
-    hi, lo = np.maximum(st.max_gap[dec], g0), np.minimum(st.min_gap[dec], g0)
-    if len(rest):
-        hi, lo = np.maximum(hi, rest.max()), np.minimum(lo, rest.min())
-    st.max_gap[dec], st.min_gap[dec] = hi, lo
-    st.gaps.add(g0)
-    st.gaps.add_repeated(rest, len(dec))
-    st.last[dec] = t[-1]
-
-
 def _sum(start: float, xs: np.ndarray) -> float:
     """``start + xs[0] + xs[1] + ...`` left to right (as a loop adds them)."""
     return float(np.add.accumulate(np.concatenate(([start], xs)))[-1]) if len(xs) else start
-
-
-def _sum_rows(start: np.ndarray, xs: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """``start[i] + xs[0] + xs[1] + ...`` for every ``i``, left to right (bounded memory)."""
-    s = start
-    for a in range(0, len(xs), chunk):
-        m = np.empty((min(chunk, len(xs) - a) + 1, len(s)))
-        m[0] = s
-        m[1:] = xs[a:a + chunk, None]
-        s = np.add.accumulate(m, axis=0)[-1]
-    return s
 
 
 def exact_hops(now: float, t: np.ndarray, lat: np.ndarray) -> tuple[float, ...]:

@@ -170,6 +170,25 @@ class RequestStore:
             self.token_buf = np.full(int(self.token_offsets[-1]), np.nan)
 
     # ---------------------------------------------------------------- token bookkeeping
+    def emit_run(self, idx: np.ndarray, times: np.ndarray) -> None:
+        """Record one token per request of ``idx`` at each of ``times`` (s, ascending), as ``len(times)`` calls
+        of :meth:`emit` would (the serving fast-forward's decode-only run). The requests have had their first
+        token and none is held (a store with an emit hook is never fast-forwarded)."""
+        m = len(times)
+        if self.token_buf is not None:
+            self.token_buf[(self.token_offsets[idx] + self.gen[idx])[:, None] + np.arange(m)] = times
+        self.gen[idx] += m
+        g0 = times[0] - self.last[idx]
+        rest = np.diff(times)
+        self.sum_gap[idx] = _sum_rows(self.sum_gap[idx] + g0, rest)
+        hi, lo = np.maximum(self.max_gap[idx], g0), np.minimum(self.min_gap[idx], g0)
+        if len(rest):
+            hi, lo = np.maximum(hi, rest.max()), np.minimum(lo, rest.min())
+        self.max_gap[idx], self.min_gap[idx] = hi, lo
+        self.gaps.add(g0)
+        self.gaps.add_repeated(rest, len(idx))
+        self.last[idx] = times[-1]
+
     def emit(self, idx: np.ndarray, now: float, count: np.ndarray | None = None) -> None:
         """Record one new output token at time ``now`` for each request in ``idx`` (int array), or ``count``
         tokens each (int array; multi-token prediction): tokens that arrive together make one gap. A held row
@@ -290,3 +309,14 @@ def dist(x: np.ndarray) -> dict:
         return {"mean": None, "p50": None, "p90": None, "p99": None}
     q = np.percentile(x, [50, 90, 99])
     return {"mean": float(x.mean()), "p50": float(q[0]), "p90": float(q[1]), "p99": float(q[2])}
+
+
+def _sum_rows(start: np.ndarray, xs: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """``start[i] + xs[0] + xs[1] + ...`` for every ``i``, left to right (bounded memory)."""
+    s = start
+    for a in range(0, len(xs), chunk):
+        m = np.empty((min(chunk, len(xs) - a) + 1, len(s)))
+        m[0] = s
+        m[1:] = xs[a:a + chunk, None]
+        s = np.add.accumulate(m, axis=0)[-1]
+    return s
