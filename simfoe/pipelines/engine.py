@@ -129,7 +129,7 @@ class Instance:
 class StageRT:
     """Runtime state of one stage: samplers, instances, counters."""
 
-    def __init__(self, i: int, spec: StageSpec, ss: np.random.SeedSequence):
+    def __init__(self, i: int, spec: StageSpec, ss: np.random.SeedSequence, grouped: bool = False):
         self.i = i
         self.spec = spec
         r_svc, r_out, r_parts = (np.random.default_rng(s) for s in ss.spawn(3))
@@ -146,9 +146,9 @@ class StageRT:
         self.instances = [Instance(i, k, spec.nodes[k], spec.concurrency)
                           for k in range(spec.instances)]
         self.rr = 0
-        self.stateful = spec.stateful
-        #: items grouped into aggregates (routed per aggregate): a stateful stage, or units streamed into requests
-        self.grouped = spec.stateful or spec.stream_into == "request"
+        #: items grouped into aggregates (routed per aggregate): the graph gave the stage an aggregation key
+        #: (a stateful stage, or units streamed into requests; simfoe.pipelines.graph.Graph.key_depth)
+        self.grouped = grouped
         self.items_in = 0
         self.units_out = 0
         self.aggs_created = 0
@@ -188,7 +188,8 @@ class Simulation:
         s_arr, s_pt, s_st = ss.spawn(3)
         self.rng_arr = np.random.default_rng(s_arr)
         self.rng_pt = np.random.default_rng(s_pt)
-        self.st = [StageRT(i, s, q) for (i, s), q in zip(enumerate(spec.stages), s_st.spawn(len(spec.stages)))]
+        self.st = [StageRT(i, s, q, self.g.key_depth[i] > 0)
+                   for (i, s), q in zip(enumerate(spec.stages), s_st.spawn(len(spec.stages)))]
         net = spec.network
         # per source stage: (same-node delay, cross-node delay) for one emitted item
         self.tx = [
@@ -308,7 +309,7 @@ class Simulation:
         stage serving per aggregate; a ``stream_into: request`` stage, whose items draw the prompt tokens they
         append and whose job opens with its context tokens)."""
         st = self.st[i]
-        per_item = st.stateful and st.spec.service_per == "item"
+        per_item = st.spec.stateful and st.spec.service_per == "item"
         # st.prompt: the stream_into request stage's (an engine stage); None at a stateful stage
         aggs = self._group(req, items, self.g.key_depth[i], st.svc if per_item else st.prompt)
         st.aggs_created += len(aggs)
